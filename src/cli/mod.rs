@@ -1,0 +1,89 @@
+//! The `sipblade` command line: one binary, one subcommand per job.
+//!
+//! Exit status (SPEC §3): 0 on success, 1 on invalid input, 2 on usage or
+//! I/O errors. Errors go to stderr as one line each.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod certs;
+mod parse;
+
+/// Exit status for invalid input (a bad SIP message, a bad config).
+pub const EXIT_INVALID: u8 = 1;
+/// Exit status for usage and I/O errors.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "sipblade", version, about = "SIP front end for cloud call centres")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one blade.
+    Run {
+        /// Configuration file (TOML); without it, an embedded single-blade default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Start two blades on loopback and place a cross-blade call between two
+    /// simulated agents, printing the SIP ladder.
+    Demo,
+    /// Parse each file (or stdin) as one SIP message; print one JSON line each.
+    Parse {
+        /// Files to parse; stdin when none.
+        files: Vec<PathBuf>,
+    },
+    /// Create a cluster CA and one certificate and key per blade.
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Comma-separated blade ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        blades: Vec<String>,
+    },
+}
+
+/// Runs the command line and returns the process exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let usage = err.use_stderr();
+            let _ = err.print();
+            return if usage { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        Command::Run { config } => run_blade(config),
+        Command::Demo => {
+            eprintln!("sipblade: demo: the cross-blade demo is not built yet (see README)");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Command::Parse { files } => parse::run(&files),
+        Command::Certs { dir, blades } => certs::run(&dir, &blades),
+    }
+}
+
+fn run_blade(config: Option<PathBuf>) -> ExitCode {
+    let loaded = match config {
+        Some(path) => crate::config::Config::load(&path),
+        None => crate::config::Config::embedded_default(),
+    };
+    match loaded {
+        Ok(_config) => {
+            eprintln!("sipblade: run: the blade runtime is not built yet (see README)");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(err) => {
+            eprintln!("sipblade: {err}");
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Header names: long and compact forms, compared case-insensitively.
+
+/// The headers sipblade reads, plus [`HeaderName::Other`] for the rest
+/// (kept verbatim, never split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum HeaderName {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    MaxForwards,
+    ContentLength,
+    ContentType,
+    Contact,
+    Route,
+    RecordRoute,
+    Expires,
+    MinExpires,
+    Require,
+    ProxyRequire,
+    Supported,
+    Unsupported,
+    Authorization,
+    ProxyAuthorization,
+    WwwAuthenticate,
+    ProxyAuthenticate,
+    Allow,
+    RetryAfter,
+    UserAgent,
+    Server,
+    Subject,
+    ContentEncoding,
+    Event,
+    AllowEvents,
+    ReferTo,
+    ReferredBy,
+    SessionExpires,
+    Identity,
+    /// Any other header.
+    Other,
+}
+
+impl HeaderName {
+    /// Classifies a header name, long or compact form, any case.
+    #[inline]
+    pub fn from_bytes(n: &[u8]) -> HeaderName {
+        use HeaderName::*;
+        if n.len() == 1 {
+            return match n[0] | 0x20 {
+                b'v' => Via,
+                b'f' => From,
+                b't' => To,
+                b'i' => CallId,
+                b'm' => Contact,
+                b'l' => ContentLength,
+                b'c' => ContentType,
+                b'k' => Supported,
+                b's' => Subject,
+                b'e' => ContentEncoding,
+                b'o' => Event,
+                b'u' => AllowEvents,
+                b'r' => ReferTo,
+                b'b' => ReferredBy,
+                b'x' => SessionExpires,
+                b'y' => Identity,
+                _ => Other,
+            };
+        }
+        let candidates: &[(&[u8], HeaderName)] = match (n.len(), n[0] | 0x20) {
+            (3, b'v') => &[(b"via", Via)],
+            (4, b'f') => &[(b"from", From)],
+            (2, b't') => &[(b"to", To)],
+            (7, b'c') => &[(b"call-id", CallId), (b"contact", Contact)],
+            (4, b'c') => &[(b"cseq", CSeq)],
+            (12, b'm') => &[(b"max-forwards", MaxForwards)],
+            (14, b'c') => &[(b"content-length", ContentLength)],
+            (12, b'c') => &[(b"content-type", ContentType)],
+            (5, b'r') => &[(b"route", Route)],
+            (12, b'r') => &[(b"record-route", RecordRoute)],
+            (7, b'e') => &[(b"expires", Expires)],
+            (11, b'm') => &[(b"min-expires", MinExpires)],
+            (7, b'r') => &[(b"require", Require)],
+            (13, b'p') => &[(b"proxy-require", ProxyRequire)],
+            (9, b's') => &[(b"supported", Supported)],
+            (11, b'u') => &[(b"unsupported", Unsupported)],
+            (13, b'a') => &[(b"authorization", Authorization)],
+            (19, b'p') => &[(b"proxy-authorization", ProxyAuthorization)],
+            (16, b'w') => &[(b"www-authenticate", WwwAuthenticate)],
+            (18, b'p') => &[(b"proxy-authenticate", ProxyAuthenticate)],
+            (5, b'a') => &[(b"allow", Allow)],
+            (11, b'r') => &[(b"retry-after", RetryAfter), (b"referred-by", ReferredBy)],
+            (10, b'u') => &[(b"user-agent", UserAgent)],
+            (6, b's') => &[(b"server", Server)],
+            (7, b's') => &[(b"subject", Subject)],
+            (16, b'c') => &[(b"content-encoding", ContentEncoding)],
+            (5, b'e') => &[(b"event", Event)],
+            (12, b'a') => &[(b"allow-events", AllowEvents)],
+            (8, b'r') => &[(b"refer-to", ReferTo)],
+            (15, b's') => &[(b"session-expires", SessionExpires)],
+            (8, b'i') => &[(b"identity", Identity)],
+            _ => return Other,
+        };
+        for (name, h) in candidates {
+            if n.eq_ignore_ascii_case(name) {
+                return *h;
+            }
+        }
+        Other
+    }
+
+    /// The canonical long form, as sipblade writes it; `""` for `Other`.
+    pub fn as_str(self) -> &'static str {
+        use HeaderName::*;
+        match self {
+            Via => "Via",
+            From => "From",
+            To => "To",
+            CallId => "Call-ID",
+            CSeq => "CSeq",
+            MaxForwards => "Max-Forwards",
+            ContentLength => "Content-Length",
+            ContentType => "Content-Type",
+            Contact => "Contact",
+            Route => "Route",
+            RecordRoute => "Record-Route",
+            Expires => "Expires",
+            MinExpires => "Min-Expires",
+            Require => "Require",
+            ProxyRequire => "Proxy-Require",
+            Supported => "Supported",
+            Unsupported => "Unsupported",
+            Authorization => "Authorization",
+            ProxyAuthorization => "Proxy-Authorization",
+            WwwAuthenticate => "WWW-Authenticate",
+            ProxyAuthenticate => "Proxy-Authenticate",
+            Allow => "Allow",
+            RetryAfter => "Retry-After",
+            UserAgent => "User-Agent",
+            Server => "Server",
+            Subject => "Subject",
+            ContentEncoding => "Content-Encoding",
+            Event => "Event",
+            AllowEvents => "Allow-Events",
+            ReferTo => "Refer-To",
+            ReferredBy => "Referred-By",
+            SessionExpires => "Session-Expires",
+            Identity => "Identity",
+            Other => "",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderName;
+
+    #[test]
+    fn long_compact_and_case() {
+        assert_eq!(HeaderName::from_bytes(b"MaX-fOrWaRdS"), HeaderName::MaxForwards);
+        assert_eq!(HeaderName::from_bytes(b"v"), HeaderName::Via);
+        assert_eq!(HeaderName::from_bytes(b"M"), HeaderName::Contact);
+        assert_eq!(HeaderName::from_bytes(b"call-ID"), HeaderName::CallId);
+        assert_eq!(HeaderName::from_bytes(b"C%6Fntact"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"Contacts"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"l"), HeaderName::ContentLength);
+    }
+
+    #[test]
+    fn every_long_form_round_trips() {
+        use HeaderName::*;
+        for h in [
+            Via, From, To, CallId, CSeq, MaxForwards, ContentLength, ContentType, Contact, Route,
+            RecordRoute, Expires, MinExpires, Require, ProxyRequire, Supported, Unsupported,
+            Authorization, ProxyAuthorization, WwwAuthenticate, ProxyAuthenticate, Allow,
+            RetryAfter, UserAgent, Server, Subject, ContentEncoding, Event, AllowEvents, ReferTo,
+            ReferredBy, SessionExpires, Identity,
+        ] {
+            assert_eq!(HeaderName::from_bytes(h.as_str().as_bytes()), h, "{}", h.as_str());
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! URIs (RFC 3261 §19.1, §25): `sip:`, `sips:`, `tel:` and opaque absolute
+//! URIs of any other scheme, parsed into spans of the message buffer.
+
+use super::chars::{self, HNV, HOST, PARAM, PASSWORD, TEL, URIC, USER};
+use super::scan::{Cursor, parse_u32};
+use super::span::Span;
+
+/// A URI scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `sip:`
+    Sip,
+    /// `sips:`
+    Sips,
+    /// `tel:` (RFC 3966)
+    Tel,
+    /// Any other scheme; the rest of the URI is opaque.
+    Other,
+}
+
+/// What kind of host a SIP URI names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// A domain name.
+    Name,
+    /// A dotted-quad IPv4 address.
+    Ipv4,
+    /// An IPv6 reference, brackets included in the span.
+    Ipv6,
+    /// No host: `tel:` and opaque URIs.
+    None,
+}
+
+/// The spans of a parsed URI. Use [`Uri`] to read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UriSpans {
+    /// The scheme.
+    pub scheme: Scheme,
+    /// The whole URI.
+    pub all: Span,
+    /// The user part, escapes kept (sip/sips).
+    pub user: Option<Span>,
+    /// The password, escapes kept.
+    pub password: Option<Span>,
+    /// The host (sip/sips), the number (tel), or the opaque part (other).
+    pub host: Span,
+    /// The kind of host.
+    pub host_kind: HostKind,
+    /// The port, if given.
+    pub port: Option<u16>,
+    /// The parameters, from the first `;` on (empty if none).
+    pub params: Span,
+    /// The headers after `?` (empty if none).
+    pub headers: Span,
+}
+
+/// A parsed URI: borrowed views into the message buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Uri<'a> {
+    src: &'a [u8],
+    spans: UriSpans,
+}
+
+impl<'a> Uri<'a> {
+    pub(crate) fn new(src: &'a [u8], spans: UriSpans) -> Self {
+        Uri { src, spans }
+    }
+
+    /// Parses `text` as a URI on its own (not inside a message).
+    pub fn parse(text: &'a [u8]) -> Option<Uri<'a>> {
+        let spans = parse(text, Span::new(0, text.len()))?;
+        Some(Uri { src: text, spans })
+    }
+
+    /// The spans, to store without the borrow.
+    pub fn spans(&self) -> UriSpans {
+        self.spans
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> Scheme {
+        self.spans.scheme
+    }
+
+    /// The whole URI as written.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.spans.all.of(self.src)
+    }
+
+    /// The whole URI as text (`""` if it holds non-UTF-8 octets).
+    pub fn as_str(&self) -> &'a str {
+        self.spans.all.str(self.src)
+    }
+
+    /// The user part as written (escapes kept).
+    pub fn user(&self) -> Option<&'a [u8]> {
+        self.spans.user.map(|s| s.of(self.src))
+    }
+
+    /// Whether the user part equals `user` after unescaping (§19.1.4).
+    pub fn user_is(&self, user: &[u8]) -> bool {
+        self.user().is_some_and(|u| chars::eq_unescaped(u, user, false))
+    }
+
+    /// The password as written.
+    pub fn password(&self) -> Option<&'a [u8]> {
+        self.spans.password.map(|s| s.of(self.src))
+    }
+
+    /// The host as written (IPv6 with brackets); for `tel:` the number,
+    /// for other schemes the opaque part.
+    pub fn host(&self) -> &'a str {
+        self.spans.host.str(self.src)
+    }
+
+    /// The kind of host.
+    pub fn host_kind(&self) -> HostKind {
+        self.spans.host_kind
+    }
+
+    /// The port, if written.
+    pub fn port(&self) -> Option<u16> {
+        self.spans.port
+    }
+
+    /// The parameters, in order: `(name, value)` as written.
+    pub fn params(&self) -> Params<'a> {
+        Params { rest: self.spans.params.of(self.src) }
+    }
+
+    /// The value of parameter `name` (compared case-insensitively after
+    /// unescaping): `Some(None)` for a parameter without a value.
+    pub fn param(&self, name: &str) -> Option<Option<&'a [u8]>> {
+        self.params()
+            .find(|(n, _)| chars::eq_unescaped(n, name.as_bytes(), true))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether the URI carries the loose-routing `lr` parameter.
+    pub fn is_loose_route(&self) -> bool {
+        self.param("lr").is_some()
+    }
+
+    /// The headers part after `?`, as written.
+    pub fn headers(&self) -> &'a [u8] {
+        self.spans.headers.of(self.src)
+    }
+}
+
+/// Iterator over `;name[=value]` URI parameters.
+#[derive(Debug, Clone)]
+pub struct Params<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Params<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let body = self.rest.strip_prefix(b";")?;
+        let end = memchr::memchr(b';', body).unwrap_or(body.len());
+        let (param, rest) = body.split_at(end);
+        self.rest = rest;
+        Some(match memchr::memchr(b'=', param) {
+            Some(eq) => (&param[..eq], Some(&param[eq + 1..])),
+            None => (param, None),
+        })
+    }
+}
+
+/// Parses the URI that exactly fills `span` of `src`.
+pub(crate) fn parse(src: &[u8], span: Span) -> Option<UriSpans> {
+    let mut c = Cursor::new(src, span);
+    // scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+    if !c.peek()?.is_ascii_alphabetic() {
+        return None;
+    }
+    let scheme_start = c.pos;
+    while c.peek().is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')) {
+        c.pos += 1;
+    }
+    let name = &src[scheme_start..c.pos];
+    if !c.eat(b':') {
+        return None;
+    }
+    let scheme = if name.eq_ignore_ascii_case(b"sip") {
+        Scheme::Sip
+    } else if name.eq_ignore_ascii_case(b"sips") {
+        Scheme::Sips
+    } else if name.eq_ignore_ascii_case(b"tel") {
+        Scheme::Tel
+    } else {
+        Scheme::Other
+    };
+    let mut uri = UriSpans {
+        scheme,
+        all: span,
+        user: None,
+        password: None,
+        host: Span::default(),
+        host_kind: HostKind::None,
+        port: None,
+        params: Span::new(c.end, c.end),
+        headers: Span::new(c.end, c.end),
+    };
+    match scheme {
+        Scheme::Sip | Scheme::Sips => sip_uri(&mut c, &mut uri)?,
+        Scheme::Tel => {
+            uri.host = c.take1(TEL)?;
+            if !chars::escapes_valid(uri.host.of(src)) {
+                return None;
+            }
+            uri.params = params(&mut c)?;
+        }
+        Scheme::Other => {
+            // opaque-part / hier-part: uric characters, with escapes valid.
+            uri.host = c.take1(URIC)?;
+            if !chars::escapes_valid(uri.host.of(src)) {
+                return None;
+            }
+        }
+    }
+    c.at_end().then_some(uri)
+}
+
+fn sip_uri(c: &mut Cursor<'_>, uri: &mut UriSpans) -> Option<()> {
+    let src = c.src;
+    // The first '@' ends the userinfo: user, password, parameters and
+    // headers admit '@' only escaped.
+    if let Some(at) = memchr::memchr(b'@', c.rest()) {
+        let at = c.pos + at;
+        let user_end = c.pos + chars::run(&src[c.pos..at], USER);
+        if user_end == c.pos {
+            return None;
+        }
+        uri.user = Some(Span::new(c.pos, user_end));
+        if user_end < at {
+            if src[user_end] != b':' {
+                return None;
+            }
+            let pw_end = user_end + 1 + chars::run(&src[user_end + 1..at], PASSWORD);
+            if pw_end != at {
+                return None;
+            }
+            uri.password = Some(Span::new(user_end + 1, at));
+        }
+        if !chars::escapes_valid(&src[c.pos..at]) {
+            return None;
+        }
+        c.pos = at + 1;
+    }
+    let (host, kind) = host(c)?;
+    uri.host = host;
+    uri.host_kind = kind;
+    if c.eat(b':') {
+        let digits = c.digits();
+        uri.port = Some(parse_u32(digits.of(src), 65535)? as u16);
+    }
+    uri.params = params(c)?;
+    if c.eat(b'?') {
+        let start = c.pos;
+        loop {
+            c.take1(HNV)?;
+            if !c.eat(b'=') {
+                return None;
+            }
+            c.take(HNV);
+            if !c.eat(b'&') {
+                break;
+            }
+        }
+        uri.headers = Span::new(start, c.pos);
+        if !chars::escapes_valid(uri.headers.of(src)) {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// `*( ";" pname [ "=" pvalue ] )` with escapes checked.
+fn params(c: &mut Cursor<'_>) -> Option<Span> {
+    let start = c.pos;
+    while c.eat(b';') {
+        c.take1(PARAM)?;
+        if c.eat(b'=') {
+            c.take1(PARAM)?;
+        }
+    }
+    let span = Span::new(start, c.pos);
+    chars::escapes_valid(span.of(c.src)).then_some(span)
+}
+
+/// `host = hostname / IPv4address / IPv6reference`
+pub(crate) fn host(c: &mut Cursor<'_>) -> Option<(Span, HostKind)> {
+    let start = c.pos;
+    if c.peek()? == b'[' {
+        let close = memchr::memchr(b']', c.rest())?;
+        c.pos += close + 1;
+        let span = Span::new(start, c.pos);
+        return ipv6_ok(&span.of(c.src)[1..close]).then_some((span, HostKind::Ipv6));
+    }
+    let span = c.take1(HOST)?;
+    let text = span.of(c.src);
+    let kind = host_kind(text)?;
+    Some((span, kind))
+}
+
+/// Classifies a bare host: a valid IPv4 address or a valid host name.
+pub(crate) fn host_kind(text: &[u8]) -> Option<HostKind> {
+    if text.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
+        return ipv4_ok(text).then_some(HostKind::Ipv4);
+    }
+    // hostname = *( domainlabel "." ) toplabel [ "." ]; labels are
+    // alphanumerics and inner hyphens; the top label starts with a letter.
+    let trimmed = text.strip_suffix(b".").unwrap_or(text);
+    let mut top = None;
+    for label in trimmed.split(|&b| b == b'.') {
+        let (first, last) = (*label.first()?, *label.last()?);
+        if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+            return None;
+        }
+        top = Some(first);
+    }
+    top.is_some_and(|b| b.is_ascii_alphabetic()).then_some(HostKind::Name)
+}
+
+pub(crate) fn ipv4_ok(text: &[u8]) -> bool {
+    let mut parts = 0;
+    for part in text.split(|&b| b == b'.') {
+        parts += 1;
+        if part.is_empty() || part.len() > 3 || parse_u32(part, 255).is_none() {
+            return false;
+        }
+    }
+    parts == 4
+}
+
+/// A tolerant IPv6 check: hex groups, colons and an optional dotted IPv4
+/// tail. RFC 5118 §4.10 asks parsers to tolerate the three-colon form that
+/// RFC 3261's ABNF admits, so this does not insist on RFC 4291's exact shape.
+pub(crate) fn ipv6_ok(inner: &[u8]) -> bool {
+    let colons = inner.iter().filter(|&&b| b == b':').count();
+    (2..=8).contains(&colons)
+        && inner.len() <= 47
+        && inner.iter().all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> Option<Uri<'_>> {
+        Uri::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn sip_uri_parts() {
+        let u = uri("sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi&x=").unwrap();
+        assert_eq!(u.scheme(), Scheme::Sip);
+        assert_eq!(u.user(), Some(&b"alice"[..]));
+        assert_eq!(u.password(), Some(&b"secret"[..]));
+        assert_eq!(u.host(), "example.com");
+        assert_eq!(u.port(), Some(5070));
+        assert_eq!(u.param("TRANSPORT"), Some(Some(&b"tcp"[..])));
+        assert!(u.is_loose_route());
+        assert_eq!(u.headers(), b"subject=hi&x=");
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(uri("sip:[2001:db8::10]:5070").unwrap().host(), "[2001:db8::10]");
+        assert_eq!(uri("sip:[2001:db8::10]").unwrap().host_kind(), HostKind::Ipv6);
+        assert_eq!(uri("sip:192.0.2.1").unwrap().host_kind(), HostKind::Ipv4);
+        assert!(uri("sip:2001:db8::10").is_none(), "IPv6 without brackets");
+        assert!(uri("sip:192.0.2.300").is_none());
+        assert!(uri("sip:host..example").is_none());
+        assert!(uri("sip:[2001:db8:::192.0.2.1]").is_some(), "RFC 5118 4.10");
+        assert!(uri("sip:user@").is_none());
+        assert!(uri("sip:u@h:99999").is_none());
+    }
+
+    #[test]
+    fn user_with_semicolon_and_escapes() {
+        let u = uri("sip:user;par=u%40example.net@example.com").unwrap();
+        assert_eq!(u.user(), Some(&b"user;par=u%40example.net"[..]));
+        assert!(u.user_is(b"user;par=u@example.net"));
+        assert_eq!(u.host(), "example.com");
+        assert!(uri("sip:us%zzer@example.com").is_none());
+        assert!(uri("sip:%00@example.com").unwrap().user_is(b"\0"));
+    }
+
+    #[test]
+    fn other_schemes() {
+        assert_eq!(uri("tel:+1-201-555-0123;phone-context=x").unwrap().host(), "+1-201-555-0123");
+        let u = uri("nobodyKnowsThisScheme:totallyopaquecontent").unwrap();
+        assert_eq!(u.scheme(), Scheme::Other);
+        assert!(uri("soap.beep://192.0.2.103:3002").is_some());
+        assert!(uri("<sip:user@example.com>").is_none());
+        assert!(uri("sip:user@example.com; lr").is_none());
+        assert!(uri("sip:host;;lr").is_none());
+        assert!(uri("").is_none());
+        assert!(uri("sip:").is_none());
+    }
+}
