@@ -1,1 +1,2 @@
+//! Parser benchmarks (placeholder).
 fn main() {}

@@ -17,7 +17,11 @@ pub const EXIT_INVALID: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "sipblade", version, about = "SIP front end for cloud call centres")]
+#[command(
+    name = "sipblade",
+    version,
+    about = "SIP front end for cloud call centres"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,11 @@ pub fn main() -> ExitCode {
         Err(err) => {
             let usage = err.use_stderr();
             let _ = err.print();
-            return if usage { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {

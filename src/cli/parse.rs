@@ -1,7 +1,87 @@
-//! `sipblade parse`: one JSON line per message.
+//! `sipblade parse [FILE...]`: parse each file (stdin when none) as one SIP
+//! message and print one JSON object per line (SPEC §3).
+
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub(crate) fn run(_files: &[PathBuf]) -> ExitCode {
-    ExitCode::SUCCESS
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{EXIT_INVALID, EXIT_USAGE};
+use crate::sip::Message;
+
+/// The name printed for standard input.
+const STDIN_NAME: &str = "-";
+
+pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
+    let mut invalid = false;
+    let mut io_error = false;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let inputs: Vec<(String, std::io::Result<Vec<u8>>)> = if files.is_empty() {
+        let mut buf = Vec::new();
+        let read = std::io::stdin().read_to_end(&mut buf).map(|_| buf);
+        vec![(STDIN_NAME.to_string(), read)]
+    } else {
+        files
+            .iter()
+            .map(|f| (f.display().to_string(), std::fs::read(f)))
+            .collect()
+    };
+    for (name, read) in inputs {
+        let line = match read {
+            Ok(bytes) => {
+                let (line, ok) = report(&name, Bytes::from(bytes));
+                invalid |= !ok;
+                line
+            }
+            Err(err) => {
+                eprintln!("sipblade: parse: {name}: {err}");
+                io_error = true;
+                continue;
+            }
+        };
+        if writeln!(out, "{line}").is_err() {
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    if io_error {
+        ExitCode::from(EXIT_USAGE)
+    } else if invalid {
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The JSON report of one message and whether it parsed.
+pub(crate) fn report(name: &str, bytes: Bytes) -> (Value, bool) {
+    match Message::parse(bytes) {
+        Ok(msg) => {
+            let request = msg.is_request();
+            let line = json!({
+                "file": name,
+                "ok": true,
+                "kind": if request { "request" } else { "response" },
+                "method": msg.method_str(),
+                "status": msg.status(),
+                "request_uri": msg.request_uri().map(|u| u.as_str().to_owned()),
+                "call_id": msg.call_id(),
+                "cseq": msg.cseq().seq,
+                "headers": msg.header_count(),
+                "body_len": msg.body().len(),
+            });
+            (line, true)
+        }
+        Err(err) => {
+            let line = json!({
+                "file": name,
+                "ok": false,
+                "error": err.kind.to_string(),
+                "offset": err.offset,
+            });
+            (line, false)
+        }
+    }
 }

@@ -33,19 +33,41 @@ const fn build() -> [u16; 256] {
         let b = c as u8;
         let alnum = b.is_ascii_alphanumeric();
         // mark = "-" / "_" / "." / "!" / "~" / "*" / "'" / "(" / ")"
-        let mark = matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')');
+        let mark = matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+        );
         let unreserved = alnum || mark;
         let mut f = 0u16;
-        if alnum || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~') {
+        if alnum
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            )
+        {
             f |= TOKEN | WORD;
         }
         if matches!(
             b,
-            b'(' | b')' | b'<' | b'>' | b':' | b'\\' | b'"' | b'/' | b'[' | b']' | b'?' | b'{' | b'}'
+            b'(' | b')'
+                | b'<'
+                | b'>'
+                | b':'
+                | b'\\'
+                | b'"'
+                | b'/'
+                | b'['
+                | b']'
+                | b'?'
+                | b'{'
+                | b'}'
         ) {
             f |= WORD;
         }
-        if unreserved || b == b'%' || matches!(b, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/') {
+        if unreserved
+            || b == b'%'
+            || matches!(b, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/')
+        {
             f |= USER;
         }
         if unreserved || b == b'%' || matches!(b, b'&' | b'=' | b'+' | b'$' | b',') {
@@ -61,13 +83,24 @@ const fn build() -> [u16; 256] {
             f |= HOST;
         }
         // uric = reserved / unreserved / escaped; reserved = ; / ? : @ & = + $ ,
-        if unreserved || b == b'%' || matches!(b, b';' | b'/' | b'?' | b':' | b'@' | b'&' | b'=' | b'+' | b'$' | b',') {
+        if unreserved
+            || b == b'%'
+            || matches!(
+                b,
+                b';' | b'/' | b'?' | b':' | b'@' | b'&' | b'=' | b'+' | b'$' | b','
+            )
+        {
             f |= URIC;
         }
         if f & TOKEN != 0 || matches!(b, b':' | b'[' | b']') {
             f |= GENVAL;
         }
-        if b.is_ascii_hexdigit() || matches!(b, b'*' | b'#' | b'+' | b'-' | b'.' | b'(' | b')' | b'p' | b'w' | b'P' | b'W' | b'%') {
+        if b.is_ascii_hexdigit()
+            || matches!(
+                b,
+                b'*' | b'#' | b'+' | b'-' | b'.' | b'(' | b')' | b'p' | b'w' | b'P' | b'W' | b'%'
+            )
+        {
             f |= TEL;
         }
         t[c] = f;
@@ -136,7 +169,11 @@ pub fn unescaped(s: &[u8]) -> impl Iterator<Item = u8> + '_ {
 /// ASCII case folded when `fold_case` (hosts, parameter names).
 pub fn eq_unescaped(a: &[u8], b: &[u8], fold_case: bool) -> bool {
     if !a.contains(&b'%') && !b.contains(&b'%') {
-        return if fold_case { a.eq_ignore_ascii_case(b) } else { a == b };
+        return if fold_case {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        };
     }
     let mut x = unescaped(a);
     let mut y = unescaped(b);

@@ -58,7 +58,10 @@ pub struct Header {
 impl Header {
     /// The whole line, from the name to past its CRLF.
     pub fn line(&self) -> Span {
-        Span { start: self.name_span.start, end: self.end }
+        Span {
+            start: self.name_span.start,
+            end: self.end,
+        }
     }
 }
 
@@ -141,7 +144,11 @@ fn start_line(b: &[u8], start: usize, end: usize) -> Result<StartLine, ParseErro
         let sp = memchr::memchr(b' ', line).ok_or(err(ErrorKind::StartLine, end))?;
         version(b, Span::new(start, start + sp))?;
         let code_start = start + sp + 1;
-        let code_end = code_start + b[code_start..end].iter().take_while(|c| c.is_ascii_digit()).count();
+        let code_end = code_start
+            + b[code_start..end]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
         let status = parse_u32(&b[code_start..code_end], 699)
             .filter(|s| (100..=699).contains(s) && code_end - code_start == 3)
             .ok_or(err(ErrorKind::StatusCode, code_start))?;
@@ -152,10 +159,16 @@ fn start_line(b: &[u8], start: usize, end: usize) -> Result<StartLine, ParseErro
             Some(b' ') => Span::new(code_end + 1, end),
             _ => return Err(err(ErrorKind::StatusCode, code_end)),
         };
-        if b[reason.range()].iter().any(|&c| c < 0x20 && c != b'\t' || c == 0x7f) {
+        if b[reason.range()]
+            .iter()
+            .any(|&c| c < 0x20 && c != b'\t' || c == 0x7f)
+        {
             return Err(err(ErrorKind::StartLine, reason.start as usize));
         }
-        return Ok(StartLine::Response { status: status as u16, reason });
+        return Ok(StartLine::Response {
+            status: status as u16,
+            reason,
+        });
     }
     let method_len = super::chars::run(line, TOKEN);
     if method_len == 0 || line.get(method_len) != Some(&b' ') {
@@ -170,7 +183,11 @@ fn start_line(b: &[u8], start: usize, end: usize) -> Result<StartLine, ParseErro
         // A Request-URI may not carry headers (RFC 3261 §19.1.1, table 1).
         .filter(|u| u.headers.is_empty())
         .ok_or(err(ErrorKind::RequestUri, uri_start))?;
-    Ok(StartLine::Request { method: Method::from_bytes(method_span.of(b)), method_span, uri })
+    Ok(StartLine::Request {
+        method: Method::from_bytes(method_span.of(b)),
+        method_span,
+        uri,
+    })
 }
 
 impl Message {
@@ -186,7 +203,7 @@ impl Message {
         if pos == b.len() {
             return Err(err(ErrorKind::Empty, pos));
         }
-        let end = line_end(b, pos)?;
+        let end = line_end(b, pos).map_err(|e| err(ErrorKind::StartLine, e.offset))?;
         let start = start_line(b, pos, end)?;
         pos = end + 2;
 
@@ -256,14 +273,23 @@ fn header_line(b: &[u8], start: usize, cr: usize) -> Result<Header, ParseError> 
         return Err(err(ErrorKind::HeaderName, start));
     }
     let name_span = Span::new(start, start + name_len);
-    let mut c = Cursor { src: b, pos: start + name_len, end: cr };
+    let mut c = Cursor {
+        src: b,
+        pos: start + name_len,
+        end: cr,
+    };
     c.lws();
     if !c.eat(b':') {
         return Err(err(ErrorKind::HeaderName, c.pos));
     }
     c.lws();
     let value = c.trimmed_to_end(c.pos);
-    Ok(Header { name: HeaderName::from_bytes(name_span.of(b)), name_span, value, end: (cr + 2) as u32 })
+    Ok(Header {
+        name: HeaderName::from_bytes(name_span.of(b)),
+        name_span,
+        value,
+        end: (cr + 2) as u32,
+    })
 }
 
 /// Validates the headers a proxy reads and records their typed views.
@@ -272,7 +298,12 @@ fn check_header(b: &[u8], h: &Header, found: &mut Found) -> Result<(), ParseErro
     let mut c = Cursor::new(b, h.value);
     let name = h.name;
     let bad = |c: &Cursor<'_>| err(ErrorKind::Header(name.as_str()), c.pos);
-    let repeated = || err(ErrorKind::Repeated(name.as_str()), h.name_span.start as usize);
+    let repeated = || {
+        err(
+            ErrorKind::Repeated(name.as_str()),
+            h.name_span.start as usize,
+        )
+    };
     match name {
         HeaderName::Via => {
             let mut first = found.top_via.is_none();
@@ -285,7 +316,11 @@ fn check_header(b: &[u8], h: &Header, found: &mut Found) -> Result<(), ParseErro
             .ok_or_else(|| bad(&c))?;
         }
         HeaderName::From | HeaderName::To => {
-            let slot = if name == HeaderName::From { &mut found.from } else { &mut found.to };
+            let slot = if name == HeaderName::From {
+                &mut found.from
+            } else {
+                &mut found.to
+            };
             if slot.is_some() {
                 return Err(repeated());
             }
@@ -320,21 +355,19 @@ fn check_header(b: &[u8], h: &Header, found: &mut Found) -> Result<(), ParseErro
             }
             found.content_length = Some(simple::number(&mut c, u32::MAX).ok_or_else(|| bad(&c))?);
         }
-        HeaderName::Contact => {
-            if !is_star(&c) {
-                name_addr::parse_list(&mut c, false, |_| {}).ok_or_else(|| bad(&c))?;
-            }
+        HeaderName::Contact if !is_star(&c) => {
+            name_addr::parse_list(&mut c, false, |_| {}).ok_or_else(|| bad(&c))?;
         }
         HeaderName::Route | HeaderName::RecordRoute => {
             name_addr::parse_list(&mut c, true, |_| {}).ok_or_else(|| bad(&c))?;
         }
-        HeaderName::ContentType => {
-            if std::mem::replace(&mut found.content_type, true) {
-                return Err(repeated());
-            }
-        }
-        HeaderName::Expires => {
-            if std::mem::replace(&mut found.expires, true) {
+        HeaderName::ContentType | HeaderName::Expires => {
+            let seen = if name == HeaderName::Expires {
+                &mut found.expires
+            } else {
+                &mut found.content_type
+            };
+            if std::mem::replace(seen, true) {
                 return Err(repeated());
             }
         }
@@ -441,12 +474,18 @@ impl Message {
 
     /// The value of the first header `name`.
     pub fn header(&self, name: HeaderName) -> Option<&[u8]> {
-        self.headers.iter().find(|h| h.name == name).map(|h| h.value.of(&self.buf))
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.of(&self.buf))
     }
 
     /// The values of every header `name`, in order.
     pub fn header_values(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
-        self.headers.iter().filter(move |h| h.name == name).map(|h| h.value.of(&self.buf))
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(|h| h.value.of(&self.buf))
     }
 
     /// The value of the first header whose name is `name` (any case; long
@@ -457,7 +496,10 @@ impl Message {
             .iter()
             .find(|h| {
                 if kind == HeaderName::Other {
-                    h.name == HeaderName::Other && h.name_span.of(&self.buf).eq_ignore_ascii_case(name.as_bytes())
+                    h.name == HeaderName::Other
+                        && h.name_span
+                            .of(&self.buf)
+                            .eq_ignore_ascii_case(name.as_bytes())
                 } else {
                     h.name == kind
                 }
@@ -472,7 +514,8 @@ impl Message {
 
     /// Every Via value, top first.
     pub fn vias(&self) -> impl Iterator<Item = Via<'_>> + '_ {
-        self.list(HeaderName::Via, via::parse).map(|s| Via::new(&self.buf, s))
+        self.list(HeaderName::Via, via::parse)
+            .map(|s| Via::new(&self.buf, s))
     }
 
     /// From.
@@ -527,12 +570,14 @@ impl Message {
 
     /// Every Contact value in order (none for `Contact: *`).
     pub fn contacts(&self) -> impl Iterator<Item = NameAddr<'_>> + '_ {
-        self.list(HeaderName::Contact, |c| name_addr::parse(c, false)).map(|s| NameAddr::new(&self.buf, s))
+        self.list(HeaderName::Contact, |c| name_addr::parse(c, false))
+            .map(|s| NameAddr::new(&self.buf, s))
     }
 
     /// Every Route value, top first.
     pub fn routes(&self) -> impl Iterator<Item = NameAddr<'_>> + '_ {
-        self.list(HeaderName::Route, |c| name_addr::parse(c, true)).map(|s| NameAddr::new(&self.buf, s))
+        self.list(HeaderName::Route, |c| name_addr::parse(c, true))
+            .map(|s| NameAddr::new(&self.buf, s))
     }
 
     /// Every Record-Route value, top first.
@@ -573,7 +618,10 @@ impl Message {
     }
 
     fn tokens(&self, name: HeaderName) -> impl Iterator<Item = &str> + '_ {
-        self.headers.iter().filter(move |h| h.name == name).flat_map(|h| Tokens::new(&self.buf, h.value))
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .flat_map(|h| Tokens::new(&self.buf, h.value))
     }
 
     /// The first Authorization value.
@@ -626,11 +674,14 @@ impl Message {
         name: HeaderName,
         parse: fn(&mut Cursor<'_>) -> Option<T>,
     ) -> impl Iterator<Item = T> + 's {
-        self.headers.iter().filter(move |h| h.name == name).flat_map(move |h| ListValues {
-            cursor: Cursor::new(&self.buf, h.value),
-            first: true,
-            parse,
-        })
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .flat_map(move |h| ListValues {
+                cursor: Cursor::new(&self.buf, h.value),
+                first: true,
+                parse,
+            })
     }
 }
 

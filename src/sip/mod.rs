@@ -14,7 +14,9 @@
 //! ```
 
 mod chars;
+pub mod edit;
 pub mod error;
+pub mod framing;
 pub mod header;
 mod message;
 mod method;
@@ -23,6 +25,7 @@ mod scan;
 mod span;
 pub mod uri;
 
+pub use edit::{EditError, Forward};
 pub use error::{ErrorKind, ParseError};
 pub use header::auth::{AuthValue, DigestParams};
 pub use header::name_addr::{NameAddr, NameAddrSpans};

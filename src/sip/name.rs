@@ -158,7 +158,10 @@ mod tests {
 
     #[test]
     fn long_compact_and_case() {
-        assert_eq!(HeaderName::from_bytes(b"MaX-fOrWaRdS"), HeaderName::MaxForwards);
+        assert_eq!(
+            HeaderName::from_bytes(b"MaX-fOrWaRdS"),
+            HeaderName::MaxForwards
+        );
         assert_eq!(HeaderName::from_bytes(b"v"), HeaderName::Via);
         assert_eq!(HeaderName::from_bytes(b"M"), HeaderName::Contact);
         assert_eq!(HeaderName::from_bytes(b"call-ID"), HeaderName::CallId);
@@ -171,13 +174,46 @@ mod tests {
     fn every_long_form_round_trips() {
         use HeaderName::*;
         for h in [
-            Via, From, To, CallId, CSeq, MaxForwards, ContentLength, ContentType, Contact, Route,
-            RecordRoute, Expires, MinExpires, Require, ProxyRequire, Supported, Unsupported,
-            Authorization, ProxyAuthorization, WwwAuthenticate, ProxyAuthenticate, Allow,
-            RetryAfter, UserAgent, Server, Subject, ContentEncoding, Event, AllowEvents, ReferTo,
-            ReferredBy, SessionExpires, Identity,
+            Via,
+            From,
+            To,
+            CallId,
+            CSeq,
+            MaxForwards,
+            ContentLength,
+            ContentType,
+            Contact,
+            Route,
+            RecordRoute,
+            Expires,
+            MinExpires,
+            Require,
+            ProxyRequire,
+            Supported,
+            Unsupported,
+            Authorization,
+            ProxyAuthorization,
+            WwwAuthenticate,
+            ProxyAuthenticate,
+            Allow,
+            RetryAfter,
+            UserAgent,
+            Server,
+            Subject,
+            ContentEncoding,
+            Event,
+            AllowEvents,
+            ReferTo,
+            ReferredBy,
+            SessionExpires,
+            Identity,
         ] {
-            assert_eq!(HeaderName::from_bytes(h.as_str().as_bytes()), h, "{}", h.as_str());
+            assert_eq!(
+                HeaderName::from_bytes(h.as_str().as_bytes()),
+                h,
+                "{}",
+                h.as_str()
+            );
         }
     }
 }

@@ -19,12 +19,20 @@ impl<'a> Cursor<'a> {
     /// A cursor over `span` of `src`.
     #[inline]
     pub fn new(src: &'a [u8], span: Span) -> Self {
-        Cursor { src, pos: span.start as usize, end: (span.end as usize).min(src.len()) }
+        Cursor {
+            src,
+            pos: span.start as usize,
+            end: (span.end as usize).min(src.len()),
+        }
     }
 
     #[inline]
     pub fn peek(&self) -> Option<u8> {
-        if self.pos < self.end { Some(self.src[self.pos]) } else { None }
+        if self.pos < self.end {
+            Some(self.src[self.pos])
+        } else {
+            None
+        }
     }
 
     #[inline]
@@ -56,9 +64,10 @@ impl<'a> Cursor<'a> {
         while self.pos < self.end {
             match self.src[self.pos] {
                 b' ' | b'\t' => self.pos += 1,
-                b'\r' if self.pos + 2 < self.end
-                    && self.src[self.pos + 1] == b'\n'
-                    && matches!(self.src[self.pos + 2], b' ' | b'\t') =>
+                b'\r'
+                    if self.pos + 2 < self.end
+                        && self.src[self.pos + 1] == b'\n'
+                        && matches!(self.src[self.pos + 2], b' ' | b'\t') =>
                 {
                     self.pos += 3
                 }
@@ -125,7 +134,10 @@ impl<'a> Cursor<'a> {
                     return Some(inner);
                 }
                 b'\\' => {
-                    let next = *self.src.get(self.pos + 1).filter(|_| self.pos + 1 < self.end)?;
+                    let next = *self
+                        .src
+                        .get(self.pos + 1)
+                        .filter(|_| self.pos + 1 < self.end)?;
                     if next == b'\r' || next == b'\n' {
                         return None;
                     }
@@ -236,6 +248,9 @@ mod tests {
         assert_eq!(parse_u32(b"300", 255), None);
         assert_eq!(parse_u32(b"36893488147419103232", u32::MAX), None);
         assert_eq!(parse_u32(b"-1", u32::MAX), None);
-        assert_eq!(parse_u32_saturating(b"1000000000000000000000"), Some(u32::MAX));
+        assert_eq!(
+            parse_u32_saturating(b"1000000000000000000000"),
+            Some(u32::MAX)
+        );
     }
 }

@@ -16,7 +16,10 @@ impl Span {
     /// framer and the datagram size, so offsets fit in `u32`.
     #[inline]
     pub(crate) fn new(start: usize, end: usize) -> Span {
-        Span { start: start as u32, end: end as u32 }
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
     }
 
     /// Length in bytes.

@@ -99,7 +99,8 @@ impl<'a> Uri<'a> {
 
     /// Whether the user part equals `user` after unescaping (§19.1.4).
     pub fn user_is(&self, user: &[u8]) -> bool {
-        self.user().is_some_and(|u| chars::eq_unescaped(u, user, false))
+        self.user()
+            .is_some_and(|u| chars::eq_unescaped(u, user, false))
     }
 
     /// The password as written.
@@ -125,7 +126,9 @@ impl<'a> Uri<'a> {
 
     /// The parameters, in order: `(name, value)` as written.
     pub fn params(&self) -> Params<'a> {
-        Params { rest: self.spans.params.of(self.src) }
+        Params {
+            rest: self.spans.params.of(self.src),
+        }
     }
 
     /// The value of parameter `name` (compared case-insensitively after
@@ -176,7 +179,10 @@ pub(crate) fn parse(src: &[u8], span: Span) -> Option<UriSpans> {
         return None;
     }
     let scheme_start = c.pos;
-    while c.peek().is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')) {
+    while c
+        .peek()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    {
         c.pos += 1;
     }
     let name = &src[scheme_start..c.pos];
@@ -321,7 +327,8 @@ pub(crate) fn host_kind(text: &[u8]) -> Option<HostKind> {
         }
         top = Some(first);
     }
-    top.is_some_and(|b| b.is_ascii_alphabetic()).then_some(HostKind::Name)
+    top.is_some_and(|b| b.is_ascii_alphabetic())
+        .then_some(HostKind::Name)
 }
 
 pub(crate) fn ipv4_ok(text: &[u8]) -> bool {
@@ -342,7 +349,9 @@ pub(crate) fn ipv6_ok(inner: &[u8]) -> bool {
     let colons = inner.iter().filter(|&&b| b == b':').count();
     (2..=8).contains(&colons)
         && inner.len() <= 47
-        && inner.iter().all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.')
+        && inner
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.')
 }
 
 #[cfg(test)]
@@ -368,8 +377,14 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(uri("sip:[2001:db8::10]:5070").unwrap().host(), "[2001:db8::10]");
-        assert_eq!(uri("sip:[2001:db8::10]").unwrap().host_kind(), HostKind::Ipv6);
+        assert_eq!(
+            uri("sip:[2001:db8::10]:5070").unwrap().host(),
+            "[2001:db8::10]"
+        );
+        assert_eq!(
+            uri("sip:[2001:db8::10]").unwrap().host_kind(),
+            HostKind::Ipv6
+        );
         assert_eq!(uri("sip:192.0.2.1").unwrap().host_kind(), HostKind::Ipv4);
         assert!(uri("sip:2001:db8::10").is_none(), "IPv6 without brackets");
         assert!(uri("sip:192.0.2.300").is_none());
@@ -391,7 +406,10 @@ mod tests {
 
     #[test]
     fn other_schemes() {
-        assert_eq!(uri("tel:+1-201-555-0123;phone-context=x").unwrap().host(), "+1-201-555-0123");
+        assert_eq!(
+            uri("tel:+1-201-555-0123;phone-context=x").unwrap().host(),
+            "+1-201-555-0123"
+        );
         let u = uri("nobodyKnowsThisScheme:totallyopaquecontent").unwrap();
         assert_eq!(u.scheme(), Scheme::Other);
         assert!(uri("soap.beep://192.0.2.103:3002").is_some());

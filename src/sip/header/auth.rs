@@ -24,7 +24,11 @@ impl<'a> AuthValue<'a> {
         if !c.at_end() && !c.lws() {
             return None;
         }
-        Some(AuthValue { src, scheme, params: Span::new(c.pos, value.end as usize) })
+        Some(AuthValue {
+            src,
+            scheme,
+            params: Span::new(c.pos, value.end as usize),
+        })
     }
 
     /// The scheme, e.g. `Digest`.
@@ -40,12 +44,17 @@ impl<'a> AuthValue<'a> {
     /// The parameters in order, quoted values without their quotes. Stops
     /// at the first malformed parameter.
     pub fn params(&self) -> AuthParams<'a> {
-        AuthParams { cursor: Cursor::new(self.src, self.params), first: true }
+        AuthParams {
+            cursor: Cursor::new(self.src, self.params),
+            first: true,
+        }
     }
 
     /// The value of parameter `name` (case-insensitive).
     pub fn param(&self, name: &str) -> Option<&'a str> {
-        self.params().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.params()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// The Digest parameters (RFC 2617 / RFC 8760), when the scheme is

@@ -24,7 +24,11 @@ pub(crate) fn params(
     let start = c.pos;
     while c.sep(b';') {
         let name = c.take1(TOKEN)?;
-        let value = if c.sep(b'=') { Some(gen_value(c)?) } else { None };
+        let value = if c.sep(b'=') {
+            Some(gen_value(c)?)
+        } else {
+            None
+        };
         each(name, value)?;
     }
     Some(Span::new(start, c.pos))
@@ -32,7 +36,11 @@ pub(crate) fn params(
 
 /// `gen-value`; a quoted string's span excludes the quotes.
 pub(crate) fn gen_value(c: &mut Cursor<'_>) -> Option<Span> {
-    if c.peek() == Some(b'"') { c.quoted() } else { c.take1(GENVAL) }
+    if c.peek() == Some(b'"') {
+        c.quoted()
+    } else {
+        c.take1(GENVAL)
+    }
 }
 
 /// Iterator over the `;name[=value]` parameters of a header value, as
@@ -44,13 +52,16 @@ pub struct HeaderParams<'a> {
 
 impl<'a> HeaderParams<'a> {
     pub(crate) fn new(src: &'a [u8], span: Span) -> Self {
-        HeaderParams { cursor: Cursor::new(src, span) }
+        HeaderParams {
+            cursor: Cursor::new(src, span),
+        }
     }
 
     /// The value of parameter `name` (case-insensitive): `Some(None)` for a
     /// parameter without a value.
     pub fn get(mut self, name: &str) -> Option<Option<&'a [u8]>> {
-        self.find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+        self.find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 }
 
@@ -63,7 +74,11 @@ impl<'a> Iterator for HeaderParams<'a> {
             return None;
         }
         let name = c.take1(TOKEN)?;
-        let value = if c.sep(b'=') { Some(gen_value(c)?) } else { None };
+        let value = if c.sep(b'=') {
+            Some(gen_value(c)?)
+        } else {
+            None
+        };
         Some((name.of(c.src), value.map(|v| v.of(c.src))))
     }
 }

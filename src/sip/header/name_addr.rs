@@ -66,7 +66,9 @@ impl<'a> NameAddr<'a> {
     /// The `expires` parameter, saturating at `u32::MAX`; `None` if absent
     /// or not a number.
     pub fn expires(&self) -> Option<u32> {
-        self.spans.expires.and_then(|s| super::super::scan::parse_u32_saturating(s.of(self.src)))
+        self.spans
+            .expires
+            .and_then(|s| super::super::scan::parse_u32_saturating(s.of(self.src)))
     }
 
     /// The header parameters.
@@ -124,7 +126,10 @@ pub(crate) fn parse(c: &mut Cursor<'_>, angle_only: bool) -> Option<NameAddrSpan
         // In an addr-spec, ';' starts header parameters and ',' the next
         // value; a URI holding either, or '?', must be in angle brackets.
         let uri_start = c.pos;
-        while c.peek().is_some_and(|b| !matches!(b, b';' | b',' | b' ' | b'\t' | b'\r' | b'\n')) {
+        while c
+            .peek()
+            .is_some_and(|b| !matches!(b, b';' | b',' | b' ' | b'\t' | b'\r' | b'\n'))
+        {
             c.pos += 1;
         }
         let uri = uri::parse(src, Span::new(uri_start, c.pos))?;
@@ -144,7 +149,15 @@ pub(crate) fn parse(c: &mut Cursor<'_>, angle_only: bool) -> Option<NameAddrSpan
         Some(())
     })?;
     let all = c.span_from(start);
-    Some(NameAddrSpans { all, display, angle, uri, params, tag, expires })
+    Some(NameAddrSpans {
+        all,
+        display,
+        angle,
+        uri,
+        params,
+        tag,
+        expires,
+    })
 }
 
 /// Parses a comma-separated list of name-addr values filling `span`,
@@ -191,7 +204,11 @@ mod tests {
 
         let s = "sip:+1972@gw1.example.net;unknownparam";
         let na = NameAddr::new(s.as_bytes(), one(s).unwrap().0);
-        assert_eq!(na.uri().params().count(), 0, "addr-spec params are header params");
+        assert_eq!(
+            na.uri().params().count(),
+            0,
+            "addr-spec params are header params"
+        );
         assert_eq!(na.params().get("unknownparam"), Some(None));
 
         let s = "caller<sip:caller@example.com>;tag=323";

@@ -26,7 +26,11 @@ pub(crate) fn cseq(c: &mut Cursor<'_>) -> Option<CSeq> {
     }
     let method_span = c.take1(TOKEN)?;
     c.lws();
-    c.at_end().then_some(CSeq { seq, method: Method::from_bytes(method_span.of(c.src)), method_span })
+    c.at_end().then_some(CSeq {
+        seq,
+        method: Method::from_bytes(method_span.of(c.src)),
+        method_span,
+    })
 }
 
 /// Checks a Call-ID, `word [ "@" word ]`, filling the cursor.
@@ -58,7 +62,10 @@ pub struct Tokens<'a> {
 
 impl<'a> Tokens<'a> {
     pub(crate) fn new(src: &'a [u8], span: Span) -> Self {
-        Tokens { cursor: Cursor::new(src, span), first: true }
+        Tokens {
+            cursor: Cursor::new(src, span),
+            first: true,
+        }
     }
 }
 
@@ -93,7 +100,10 @@ mod tests {
         assert!(cseq(&mut cur("1INVITE")).is_none());
         assert!(cseq(&mut cur("1 INVITE x")).is_none());
         assert!(cseq(&mut cur("INVITE")).is_none());
-        assert_eq!(cseq(&mut cur("4294967295 FOO")).unwrap().method, Method::Other);
+        assert_eq!(
+            cseq(&mut cur("4294967295 FOO")).unwrap().method,
+            Method::Other
+        );
     }
 
     #[test]

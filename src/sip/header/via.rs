@@ -61,7 +61,10 @@ impl<'a> Via<'a> {
 
     /// Protocol name and version, e.g. `("SIP", "2.0")`.
     pub fn protocol(&self) -> (&'a str, &'a str) {
-        (self.spans.protocol.str(self.src), self.spans.version.str(self.src))
+        (
+            self.spans.protocol.str(self.src),
+            self.spans.version.str(self.src),
+        )
     }
 
     /// The transport token as written.
@@ -138,7 +141,11 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
         return None;
     }
     let (host, host_kind) = uri::host(c)?;
-    let port = if c.sep(b':') { Some(parse_u32(c.digits().of(src), 65535)? as u16) } else { None };
+    let port = if c.sep(b':') {
+        Some(parse_u32(c.digits().of(src), 65535)? as u16)
+    } else {
+        None
+    };
     let (mut branch, mut received, mut rport, mut maddr, mut ttl) = (None, None, None, None, None);
     let params = params(c, |name, value| {
         if is_param(src, name, b"branch") {
@@ -146,7 +153,10 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
         } else if is_param(src, name, b"received") {
             let v = value?;
             let text = v.of(src);
-            let inner = text.strip_prefix(b"[").and_then(|t| t.strip_suffix(b"]")).unwrap_or(text);
+            let inner = text
+                .strip_prefix(b"[")
+                .and_then(|t| t.strip_suffix(b"]"))
+                .unwrap_or(text);
             if !(uri::ipv4_ok(inner) || uri::ipv6_ok(inner)) {
                 return None;
             }

@@ -1,0 +1,369 @@
+//! Editing and emitting: forward a request, build a response, strip a Via.
+//!
+//! Edits splice the original buffer: untouched bytes (the body, unknown
+//! headers, compact names, folds) are copied as they are, never re-encoded.
+
+use bytes::{BufMut, BytesMut};
+
+use super::header::{name_addr, via};
+use super::message::{Message, StartLine};
+use super::name::HeaderName;
+use super::scan::Cursor;
+
+/// Max-Forwards a proxy adds when a request has none (RFC 3261 §16.6).
+pub const DEFAULT_MAX_FORWARDS: u8 = 70;
+
+/// The edits a proxy makes when it forwards a request (RFC 3261 §16.6).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forward<'a> {
+    /// Value of the Via to push on top, e.g.
+    /// `SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK…`.
+    pub via: Option<&'a str>,
+    /// Value of the Record-Route to push on top, e.g. `<sip:192.0.2.1;lr>`.
+    pub record_route: Option<&'a str>,
+    /// A new Request-URI.
+    pub request_uri: Option<&'a str>,
+    /// Remove the top Route value (it named this proxy).
+    pub pop_route: bool,
+}
+
+/// Why a request cannot be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    /// Max-Forwards is 0: answer 483 Too Many Hops.
+    #[error("Max-Forwards exhausted")]
+    TooManyHops,
+    /// The message is a response; only requests are forwarded this way.
+    #[error("not a request")]
+    NotARequest,
+}
+
+/// Copies ranges of the source and writes new bytes between them, in order.
+struct Splicer<'a> {
+    src: &'a [u8],
+    out: &'a mut BytesMut,
+    at: usize,
+}
+
+impl Splicer<'_> {
+    /// Copies the source up to `pos`.
+    fn copy_to(&mut self, pos: usize) {
+        if pos > self.at {
+            self.out.extend_from_slice(&self.src[self.at..pos]);
+            self.at = pos;
+        }
+    }
+
+    /// Copies up to `from`, then skips the source up to `to`.
+    fn cut(&mut self, from: usize, to: usize) {
+        self.copy_to(from);
+        self.at = self.at.max(to);
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn put_header(&mut self, name: &str, value: &[u8]) {
+        self.put(name.as_bytes());
+        self.put(b": ");
+        self.put(value);
+        self.put(b"\r\n");
+    }
+}
+
+/// Writes `n` in decimal.
+fn put_u32(out: &mut BytesMut, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+}
+
+/// Where the first value of a list header ends and the rest begins:
+/// `Some(offset of the next value)` or `None` if it is the only value.
+fn rest_after_first(
+    msg: &Message,
+    value: super::span::Span,
+    parse_one: fn(&mut Cursor<'_>) -> bool,
+) -> Option<usize> {
+    let mut c = Cursor::new(msg.as_bytes(), value);
+    if !parse_one(&mut c) || !c.sep(b',') {
+        return None;
+    }
+    Some(c.pos)
+}
+
+impl Message {
+    /// Emits this request with the proxy edits of `edit` into `out`:
+    /// a new top Via and Record-Route, Max-Forwards decremented (or added
+    /// at 70), the Request-URI replaced, the top Route popped, and
+    /// Content-Length added if the request had none. Octets after the body
+    /// are dropped.
+    pub fn forward(&self, edit: &Forward<'_>, out: &mut BytesMut) -> Result<(), EditError> {
+        let StartLine::Request {
+            uri, method_span, ..
+        } = *self.start_line()
+        else {
+            return Err(EditError::NotARequest);
+        };
+        if self.max_forwards() == Some(0) {
+            return Err(EditError::TooManyHops);
+        }
+        let src = self.as_bytes();
+        out.reserve(src.len() + 160);
+        let mut s = Splicer { src, out, at: 0 };
+        s.cut(0, method_span.start as usize);
+        if let Some(new_uri) = edit.request_uri {
+            s.cut(uri.all.start as usize, uri.all.end as usize);
+            s.put(new_uri.as_bytes());
+        }
+        let first_header = self
+            .header_fields()
+            .first()
+            .map_or(self.headers_end() - 2, |h| h.line().start as usize);
+        s.copy_to(first_header);
+        if let Some(via) = edit.via {
+            s.put_header("Via", via.as_bytes());
+        }
+        if let Some(rr) = edit.record_route {
+            s.put_header("Record-Route", rr.as_bytes());
+        }
+        let mut route_popped = !edit.pop_route;
+        for h in self.header_fields() {
+            match h.name {
+                HeaderName::MaxForwards => {
+                    s.cut(h.value.start as usize, h.value.end as usize);
+                    put_u32(s.out, u32::from(self.max_forwards().unwrap_or(1)) - 1);
+                }
+                HeaderName::Route if !route_popped => {
+                    route_popped = true;
+                    let one = |c: &mut Cursor<'_>| name_addr::parse(c, true).is_some();
+                    match rest_after_first(self, h.value, one) {
+                        Some(next) => s.cut(h.value.start as usize, next),
+                        None => s.cut(h.line().start as usize, h.end as usize),
+                    }
+                }
+                _ => {}
+            }
+        }
+        let blank_line = self.headers_end() - 2;
+        s.copy_to(blank_line);
+        if self.max_forwards().is_none() {
+            s.put(b"Max-Forwards: ");
+            put_u32(s.out, u32::from(DEFAULT_MAX_FORWARDS));
+            s.put(b"\r\n");
+        }
+        if self.content_length().is_none() {
+            s.put(b"Content-Length: ");
+            put_u32(s.out, self.body().len() as u32);
+            s.put(b"\r\n");
+        }
+        s.copy_to(self.body_span().end as usize);
+        Ok(())
+    }
+
+    /// Emits this response without its top Via (a proxy forwarding a
+    /// response upstream, RFC 3261 §16.7 step 3). Octets after the body are
+    /// dropped; Content-Length is added if missing.
+    pub fn strip_top_via(&self, out: &mut BytesMut) {
+        let src = self.as_bytes();
+        out.reserve(src.len());
+        let mut s = Splicer { src, out, at: 0 };
+        let start = match self.start_line() {
+            StartLine::Request { method_span, .. } => method_span.start as usize,
+            StartLine::Response { .. } => src.len() - src.trim_ascii_start().len(),
+        };
+        s.cut(0, start);
+        if let Some(h) = self
+            .header_fields()
+            .iter()
+            .find(|h| h.name == HeaderName::Via)
+        {
+            let one = |c: &mut Cursor<'_>| via::parse(c).is_some();
+            match rest_after_first(self, h.value, one) {
+                Some(next) => s.cut(h.value.start as usize, next),
+                None => s.cut(h.line().start as usize, h.end as usize),
+            }
+        }
+        s.copy_to(self.headers_end() - 2);
+        if self.content_length().is_none() {
+            s.put(b"Content-Length: ");
+            put_u32(s.out, self.body().len() as u32);
+            s.put(b"\r\n");
+        }
+        s.copy_to(self.body_span().end as usize);
+    }
+
+    /// Emits a response to this request (RFC 3261 §8.2.6): the status line,
+    /// the request's Via, From, To (with `to_tag` added if To has none),
+    /// Call-ID and CSeq lines copied, then `extra` headers and an empty
+    /// body.
+    pub fn response(
+        &self,
+        status: u16,
+        reason: &str,
+        to_tag: Option<&str>,
+        extra: &[(&str, &str)],
+        out: &mut BytesMut,
+    ) {
+        let src = self.as_bytes();
+        out.reserve(256 + src.len() / 2);
+        out.put_slice(b"SIP/2.0 ");
+        put_u32(out, u32::from(status));
+        out.put_u8(b' ');
+        out.put_slice(reason.as_bytes());
+        out.put_slice(b"\r\n");
+        for h in self.header_fields() {
+            match h.name {
+                HeaderName::To if self.to().tag().is_none() && to_tag.is_some() => {
+                    out.put_slice(&src[h.line().start as usize..h.value.end as usize]);
+                    out.put_slice(b";tag=");
+                    out.put_slice(to_tag.unwrap_or_default().as_bytes());
+                    out.put_slice(b"\r\n");
+                }
+                HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq => {
+                    out.put_slice(h.line().of(src));
+                }
+                _ => {}
+            }
+        }
+        for (name, value) in extra {
+            out.put_slice(name.as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(value.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b"Content-Length: 0\r\n\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    const INVITE: &[u8] = b"INVITE sip:1002@cc.example SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5061;branch=z9hG4bKaaa\r\n\
+Route: <sip:127.0.0.1;lr>, <sip:127.0.0.2;lr>\r\n\
+Max-Forwards: 70\r\n\
+From: \"A\" <sip:1001@cc.example>;tag=1\r\n\
+To: <sip:1002@cc.example>\r\n\
+Call-ID: abc@10.0.0.1\r\n\
+CSeq: 1 INVITE\r\n\
+X-Custom:  kept \t as is\r\n\
+Content-Length: 4\r\n\r\nbody-trailing";
+
+    fn parse(b: &[u8]) -> Message {
+        Message::parse(Bytes::copy_from_slice(b)).unwrap()
+    }
+
+    #[test]
+    fn forward_request() {
+        let msg = parse(INVITE);
+        let mut out = BytesMut::new();
+        let edit = Forward {
+            via: Some("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnew"),
+            record_route: Some("<sip:127.0.0.1;lr>"),
+            request_uri: Some("sip:1002@10.0.0.2:5062"),
+            pop_route: true,
+        };
+        msg.forward(&edit, &mut out).unwrap();
+        let fwd = parse(&out);
+        assert_eq!(
+            fwd.request_uri().unwrap().as_str(),
+            "sip:1002@10.0.0.2:5062"
+        );
+        assert_eq!(fwd.top_via().branch(), Some("z9hG4bKnew"));
+        assert_eq!(fwd.vias().count(), 2);
+        assert_eq!(fwd.max_forwards(), Some(69));
+        let routes: Vec<_> = fwd.routes().map(|r| r.uri().host().to_owned()).collect();
+        assert_eq!(routes, ["127.0.0.2"]);
+        assert_eq!(
+            fwd.record_routes().next().unwrap().uri().host(),
+            "127.0.0.1"
+        );
+        assert_eq!(fwd.header_named("X-Custom"), Some(&b"kept \t as is"[..]));
+        assert_eq!(fwd.body(), b"body");
+        assert!(out.ends_with(b"\r\n\r\nbody"), "trailing octets dropped");
+    }
+
+    #[test]
+    fn forward_adds_missing_headers_and_refuses_zero() {
+        let raw = b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\nabc";
+        let mut out = BytesMut::new();
+        parse(raw).forward(&Forward::default(), &mut out).unwrap();
+        let fwd = parse(&out);
+        assert_eq!(fwd.max_forwards(), Some(70));
+        assert_eq!(fwd.content_length(), Some(3));
+        let zero = String::from_utf8_lossy(raw).replace("CSeq", "Max-Forwards: 0\r\nCSeq");
+        assert_eq!(
+            parse(zero.as_bytes()).forward(&Forward::default(), &mut out),
+            Err(EditError::TooManyHops)
+        );
+    }
+
+    #[test]
+    fn single_route_line_removed() {
+        let raw = String::from_utf8_lossy(INVITE).replace(", <sip:127.0.0.2;lr>", "");
+        let mut out = BytesMut::new();
+        parse(raw.as_bytes())
+            .forward(
+                &Forward {
+                    pop_route: true,
+                    ..Forward::default()
+                },
+                &mut out,
+            )
+            .unwrap();
+        let fwd = parse(&out);
+        assert_eq!(fwd.routes().count(), 0);
+        assert!(fwd.header(HeaderName::Route).is_none());
+    }
+
+    #[test]
+    fn response_from_request_and_via_strip() {
+        let msg = parse(INVITE);
+        let mut out = BytesMut::new();
+        msg.response(
+            486,
+            "Busy Here",
+            Some("srv1"),
+            &[("Retry-After", "5")],
+            &mut out,
+        );
+        let resp = parse(&out);
+        assert_eq!(resp.status(), Some(486));
+        assert_eq!(resp.to().tag(), Some("srv1"));
+        assert_eq!(resp.from().tag(), Some("1"));
+        assert_eq!(resp.call_id(), "abc@10.0.0.1");
+        assert_eq!(
+            (resp.cseq().seq, resp.cseq().method),
+            (msg.cseq().seq, msg.cseq().method)
+        );
+        assert_eq!(resp.header_named("Retry-After"), Some(&b"5"[..]));
+
+        let two = "SIP/2.0 200 OK\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1 , SIP/2.0/UDP b;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP c;branch=z9hG4bK3\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let mut out = BytesMut::new();
+        parse(two.as_bytes()).strip_top_via(&mut out);
+        let stripped = parse(&out);
+        let hosts: Vec<_> = stripped.vias().map(|v| v.host().to_owned()).collect();
+        assert_eq!(hosts, ["b", "c"]);
+        let mut again = BytesMut::new();
+        stripped.strip_top_via(&mut again);
+        let hosts: Vec<_> = parse(&again).vias().map(|v| v.host().to_owned()).collect();
+        assert_eq!(hosts, ["c"]);
+    }
+}

@@ -1,0 +1,203 @@
+//! The configuration files of SPEC §4: the example parses, defaults apply,
+//! relative paths follow the config file, and every fault names file and line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sipblade::config::{AgentKind, Agents, Config, ConfigError, Credential, DEFAULT_ADMIN};
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/config")
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn load_err(name: &str) -> ConfigError {
+    Config::load(&data().join(name)).unwrap_err()
+}
+
+/// Checks the file, the line and the start of the message.
+fn assert_error(err: &ConfigError, file: &str, line: usize, message: &str) {
+    assert_eq!(err.path(), data().join(file), "{err}");
+    assert_eq!(err.line(), Some(line), "{err}");
+    let expected = format!("{}:{line}: {message}", data().join(file).display());
+    assert!(
+        err.to_string().starts_with(&expected),
+        "{err}\nwanted: {expected}"
+    );
+    assert!(!err.to_string().contains('\n'), "{err}");
+}
+
+#[test]
+fn spec_example_parses() {
+    let config = Config::load(&data().join("spec.toml")).unwrap();
+    assert_eq!(config.blade.id, "blade-1");
+    assert_eq!(config.blade.domain, "cc.example");
+    assert_eq!(config.blade.sip, addr("127.0.0.1:5060"));
+    assert_eq!(config.blade.cores, 0);
+    assert_eq!(config.blade.admin, addr("127.0.0.1:8060"));
+
+    let cluster = config.cluster.unwrap();
+    assert_eq!(cluster.listen, addr("127.0.0.1:7060"));
+    assert_eq!(cluster.ca, data().join("certs/ca.pem"));
+    assert_eq!(cluster.cert, data().join("certs/blade-1.pem"));
+    assert_eq!(cluster.key, data().join("certs/blade-1.key"));
+    assert_eq!(cluster.lease_secs, 30);
+    assert_eq!(cluster.peers.len(), 1);
+    assert_eq!(cluster.peers[0].id, "blade-2");
+    assert_eq!(cluster.peers[0].quic, addr("127.0.0.2:7060"));
+    assert_eq!(cluster.peers[0].sip, addr("127.0.0.2:5060"));
+
+    assert_eq!(config.agents.file, data().join("agents.toml"));
+    assert!(config.agents.auth);
+    let agents = config.agents.provisioned.as_slice();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0].badge, "A1001");
+    assert_eq!(agents[0].extension, "1001");
+    assert_eq!(agents[0].kind, AgentKind::Agent);
+    assert_eq!(agents[0].credential, Credential::Password("s3cret".into()));
+}
+
+#[test]
+fn defaults_apply() {
+    let config = Config::load(&data().join("minimal.toml")).unwrap();
+    assert_eq!(config.blade.cores, 0);
+    assert_eq!(config.blade.admin, DEFAULT_ADMIN);
+    assert!(config.cluster.is_none());
+    assert!(config.agents.auth);
+    let agents = &config.agents.provisioned;
+    assert_eq!(agents.by_extension("2001").unwrap().kind, AgentKind::Agent);
+    let supervisor = agents.by_badge("S2002").unwrap();
+    assert_eq!(supervisor.kind, AgentKind::Supervisor);
+    assert_eq!(
+        supervisor.credential,
+        Credential::Ha1("5d41402abc4b2a76b9719d911017c592".into())
+    );
+}
+
+#[test]
+fn relative_paths_follow_the_config_file() {
+    // Cargo runs tests in the package root: this path is relative to it.
+    let config = Config::load(Path::new("tests/data/config/spec.toml")).unwrap();
+    let dir = Path::new("tests/data/config");
+    assert_eq!(config.agents.file, dir.join("agents.toml"));
+    assert_eq!(config.cluster.unwrap().ca, dir.join("certs/ca.pem"));
+    assert_eq!(config.agents.provisioned.len(), 1);
+}
+
+#[test]
+fn embedded_default() {
+    let config = Config::embedded_default().unwrap();
+    assert_eq!(config.blade.id, "blade-1");
+    assert_eq!(config.blade.sip, addr("127.0.0.1:5060"));
+    assert_eq!(config.blade.admin, addr("127.0.0.1:8060"));
+    assert!(config.cluster.is_none());
+    assert!(config.agents.auth);
+    let extensions: Vec<&str> = config
+        .agents
+        .provisioned
+        .iter()
+        .map(|a| a.extension.as_str())
+        .collect();
+    assert_eq!(extensions, ["1001", "1002", "1003", "1004"]);
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let err = load_err("bad_unknown_key.toml");
+    assert_error(
+        &err,
+        "bad_unknown_key.toml",
+        4,
+        "unknown field `sipp`, expected one of",
+    );
+    let err = Agents::from_toml(
+        "[[agent]]\nbadge = \"A\"\nextension = \"1\"\npassword = \"p\"\nmood = \"ok\"\n",
+        Path::new("a.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(err.line(), Some(5), "{err}");
+    assert!(err.to_string().contains("unknown field `mood`"), "{err}");
+}
+
+#[test]
+fn cluster_errors_name_the_line() {
+    assert_error(
+        &load_err("bad_peer_self.toml"),
+        "bad_peer_self.toml",
+        13,
+        "peer id `Blade-1` is this blade's own id",
+    );
+    assert_error(
+        &load_err("bad_peer_dup.toml"),
+        "bad_peer_dup.toml",
+        18,
+        "duplicate peer id `blade-2` (first on line 13)",
+    );
+    assert_error(
+        &load_err("bad_lease.toml"),
+        "bad_lease.toml",
+        11,
+        "lease_secs must be between 1 and 3600",
+    );
+    assert_error(
+        &load_err("bad_peer_addr.toml"),
+        "bad_peer_addr.toml",
+        14,
+        "peer quic = \"0.0.0.0:7060\" must name a reachable",
+    );
+}
+
+#[test]
+fn agent_errors_name_the_agents_file() {
+    assert_error(
+        &load_err("bad_agents_ref.toml"),
+        "bad_agents_both.toml",
+        10,
+        "agent `A1002`: give `password` or `ha1`, not both",
+    );
+    let err = Agents::load(&data().join("bad_agents_dup.toml")).unwrap_err();
+    assert_error(
+        &err,
+        "bad_agents_dup.toml",
+        8,
+        "duplicate extension `1001` (first on line 2)",
+    );
+}
+
+#[test]
+fn io_errors_name_the_file() {
+    let err = load_err("missing_agents.toml");
+    assert!(matches!(err, ConfigError::Io { .. }), "{err}");
+    assert_eq!(err.path(), data().join("no_such_agents.toml"));
+    assert!(err.to_string().starts_with(&format!(
+        "{}: ",
+        data().join("no_such_agents.toml").display()
+    )));
+
+    let err = load_err("no_such_config.toml");
+    assert_eq!(err.path(), data().join("no_such_config.toml"));
+    assert_eq!(err.line(), None);
+}
+
+#[test]
+fn cli_refuses_a_bad_config_with_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+        .args(["run", "--config"])
+        .arg(data().join("bad_unknown_key.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "sipblade: {}:4: unknown field `sipp`",
+            data().join("bad_unknown_key.toml").display()
+        )),
+        "{stderr}"
+    );
+}
