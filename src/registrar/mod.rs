@@ -1,3 +1,338 @@
-//! Registrar: REGISTER handling and digest authentication (SPEC §5).
+//! The registrar (RFC 3261 §10.3, SPEC §5): REGISTER is an agent's login,
+//! expiry or `Expires: 0` its logout. Sans-IO: a parsed REGISTER and the
+//! time go in; the response bytes and what changed come out.
 
 pub mod digest;
+pub mod location;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use crate::config::{Agent, Credential};
+use crate::sip::{HostKind, Message, Scheme, Transport, edit::derived_tag};
+use digest::{AuthError, Credentials, NonceManager, Secret};
+use location::{Binding, Location};
+
+/// Expiry when a REGISTER names none (RFC 3261 §10.2.1.1 suggests 3600).
+pub const DEFAULT_EXPIRES: u32 = 3600;
+/// Shortest registration accepted; shorter ones get 423 (RFC 3261 §10.3).
+pub const MIN_EXPIRES: u32 = 60;
+/// Longest registration granted; longer requests are shortened.
+pub const MAX_EXPIRES: u32 = 86_400;
+
+/// What a REGISTER did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent logged in (it was logged out).
+    LoggedIn(String),
+    /// A logged-in agent refreshed or moved its binding.
+    Refreshed(String),
+    /// The agent logged out.
+    LoggedOut(String),
+    /// Bindings were queried; nothing changed.
+    Queried(String),
+    /// Challenged (401): the client retries with credentials.
+    Challenged,
+    /// Refused with this status.
+    Refused(u16),
+}
+
+/// How the registrar is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The SIP domain, also the digest realm.
+    pub domain: String,
+    /// Whether REGISTER is challenged (SPEC §4 `[agents] auth`).
+    pub auth: bool,
+}
+
+/// One shard's registrar: the agents it owns and their bindings.
+#[derive(Debug)]
+pub struct Registrar {
+    settings: Settings,
+    location: Location,
+    nonces: NonceManager,
+}
+
+impl Registrar {
+    /// A registrar owning `agents`, verifying nonces with `nonces`.
+    pub fn new(
+        settings: Settings,
+        agents: impl IntoIterator<Item = Arc<Agent>>,
+        nonces: NonceManager,
+    ) -> Self {
+        Registrar {
+            settings,
+            location: Location::new(agents),
+            nonces,
+        }
+    }
+
+    /// The location store.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The location store, mutable (call state changes).
+    pub fn location_mut(&mut self) -> &mut Location {
+        &mut self.location
+    }
+
+    /// The nonce manager, shared with proxy authentication on this shard.
+    pub fn nonces_mut(&mut self) -> &mut NonceManager {
+        &mut self.nonces
+    }
+
+    /// Logs out agents whose binding lapsed; returns their extensions.
+    pub fn expire(&mut self, now: Duration) -> Vec<String> {
+        self.location.expire(now)
+    }
+
+    /// Handles a REGISTER received from `source` over `transport` at `now`;
+    /// writes the response into `out`.
+    pub fn handle_register(
+        &mut self,
+        now: Duration,
+        msg: &Message,
+        source: SocketAddr,
+        transport: Transport,
+        out: &mut BytesMut,
+    ) -> Outcome {
+        match self.register(now, msg, source, transport, out) {
+            Ok(outcome) => outcome,
+            Err(refusal) => {
+                let extra: Vec<(&str, &str)> = refusal
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (*n, v.as_str()))
+                    .collect();
+                msg.response(refusal.status, refusal.reason, Some(&tag(msg)), &extra, out);
+                if refusal.status == 401 {
+                    Outcome::Challenged
+                } else {
+                    Outcome::Refused(refusal.status)
+                }
+            }
+        }
+    }
+
+    fn register(
+        &mut self,
+        now: Duration,
+        msg: &Message,
+        source: SocketAddr,
+        transport: Transport,
+        out: &mut BytesMut,
+    ) -> Result<Outcome, Refusal> {
+        let to = msg.to();
+        let aor = to.uri();
+        if !matches!(aor.scheme(), Scheme::Sip | Scheme::Sips) {
+            return Err(Refusal::new(400, "To Must Be a SIP URI"));
+        }
+        let extension = aor
+            .user()
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or_default();
+        let agent = match self.location.get(extension) {
+            Some(record) => record.agent.clone(),
+            None => return Err(Refusal::new(404, "Not Found")),
+        };
+        let unsupported: Vec<&str> = msg.require().collect();
+        if !unsupported.is_empty() {
+            return Err(
+                Refusal::new(420, "Bad Extension").with("Unsupported", unsupported.join(", "))
+            );
+        }
+        if self.settings.auth {
+            self.authenticate(now, msg, &agent)?;
+        }
+
+        let existing = self.location.get(extension).and_then(|r| r.binding.clone());
+        if msg.is_contact_star() {
+            if msg.expires() != Some(0) || msg.contacts().next().is_some() {
+                return Err(Refusal::new(400, "Wildcard Contact Needs Expires 0"));
+            }
+            check_order(existing.as_ref(), msg)?;
+            self.location.unbind(extension);
+            msg.response(200, "OK", Some(&tag(msg)), &[], out);
+            return Ok(Outcome::LoggedOut(extension.to_owned()));
+        }
+        let mut contacts = msg.contacts();
+        let Some(contact) = contacts.next() else {
+            let listing = existing.as_ref().map(|b| contact_header(b, now));
+            let extra: Vec<(&str, &str)> =
+                listing.iter().map(|v| ("Contact", v.as_str())).collect();
+            msg.response(200, "OK", Some(&tag(msg)), &extra, out);
+            return Ok(Outcome::Queried(extension.to_owned()));
+        };
+        if contacts.next().is_some() {
+            return Err(Refusal::new(400, "One Contact Per Agent"));
+        }
+        let expires = contact
+            .expires()
+            .or(msg.expires())
+            .unwrap_or(DEFAULT_EXPIRES);
+        if expires != 0 && expires < MIN_EXPIRES {
+            return Err(Refusal::new(423, "Interval Too Brief")
+                .with("Min-Expires", MIN_EXPIRES.to_string()));
+        }
+        check_order(existing.as_ref(), msg)?;
+        let uri = contact.uri();
+        if expires == 0 {
+            let was_in = self.location.unbind(extension);
+            msg.response(200, "OK", Some(&tag(msg)), &[], out);
+            return Ok(if was_in {
+                Outcome::LoggedOut(extension.to_owned())
+            } else {
+                Outcome::Queried(extension.to_owned())
+            });
+        }
+        let expires = expires.min(MAX_EXPIRES);
+        let binding = Binding {
+            uri: uri.as_str().to_owned(),
+            addr: contact_addr(&uri, source),
+            transport: uri
+                .param("transport")
+                .flatten()
+                .and_then(Transport::parse)
+                .unwrap_or(transport),
+            expires_at: now + Duration::from_secs(u64::from(expires)),
+            call_id: msg.call_id().to_owned(),
+            cseq: msg.cseq().seq,
+        };
+        let was_in = existing.is_some();
+        let listing = contact_header(&binding, now);
+        self.location.bind(extension, binding);
+        msg.response(200, "OK", Some(&tag(msg)), &[("Contact", &listing)], out);
+        Ok(if was_in {
+            Outcome::Refreshed(extension.to_owned())
+        } else {
+            Outcome::LoggedIn(extension.to_owned())
+        })
+    }
+
+    /// Checks the Authorization of a REGISTER for `agent`.
+    fn authenticate(&mut self, now: Duration, msg: &Message, agent: &Agent) -> Result<(), Refusal> {
+        let secret = match &agent.credential {
+            Credential::Password(p) => Secret::Password(p),
+            Credential::Ha1(h) => Secret::Ha1(h),
+        };
+        let realm = self.settings.domain.as_str();
+        let Some(d) = msg.authorization().and_then(|a| a.digest()) else {
+            return Err(self.challenge(now, secret, false));
+        };
+        let creds = Credentials {
+            username: d.username.unwrap_or_default(),
+            realm: d.realm.unwrap_or_default(),
+            nonce: d.nonce.unwrap_or_default(),
+            uri: d.uri.unwrap_or_default(),
+            response: d.response.unwrap_or_default(),
+            algorithm: d.algorithm,
+            cnonce: d.cnonce,
+            qop: d.qop,
+            nc: d.nc,
+            opaque: d.opaque,
+        };
+        if creds.username != agent.extension {
+            return Err(Refusal::new(403, "Forbidden"));
+        }
+        match self.nonces.verify(
+            now,
+            msg.method_str().unwrap_or_default(),
+            &creds,
+            secret,
+            realm,
+        ) {
+            Ok(()) => Ok(()),
+            Err(AuthError::Malformed(_)) => Err(Refusal::new(400, "Malformed Authorization")),
+            Err(AuthError::WrongPassword) | Err(AuthError::BadSecret) => {
+                Err(Refusal::new(403, "Forbidden"))
+            }
+            Err(e) => Err(self.challenge(now, secret, e.wants_stale_challenge())),
+        }
+    }
+
+    fn challenge(&mut self, now: Duration, secret: Secret<'_>, stale: bool) -> Refusal {
+        let realm = self.settings.domain.clone();
+        let mut refusal = Refusal::new(401, "Unauthorized");
+        for challenge in self
+            .nonces
+            .challenges(now, &realm, secret.algorithms(), stale)
+        {
+            refusal = refusal.with("WWW-Authenticate", challenge.to_string());
+        }
+        refusal
+    }
+}
+
+/// A refusal: status, reason and extra headers.
+struct Refusal {
+    status: u16,
+    reason: &'static str,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: &'static str) -> Self {
+        Refusal {
+            status,
+            reason,
+            headers: Vec::new(),
+        }
+    }
+
+    fn with(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// RFC 3261 §10.3 step 7: a REGISTER in the same Call-ID as the binding
+/// must carry a higher CSeq, or it is out of order.
+fn check_order(existing: Option<&Binding>, msg: &Message) -> Result<(), Refusal> {
+    match existing {
+        Some(b) if b.call_id == msg.call_id() && msg.cseq().seq <= b.cseq => {
+            Err(Refusal::new(500, "Out Of Order CSeq").with("Retry-After", "1".to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The address to reach a contact: its IP literal and port, or else where
+/// the REGISTER came from (a host name is not resolved on the hot path).
+fn contact_addr(uri: &crate::sip::Uri<'_>, source: SocketAddr) -> SocketAddr {
+    let host = uri.host();
+    let ip: Option<IpAddr> = match uri.host_kind() {
+        HostKind::Ipv4 => host.parse().ok(),
+        HostKind::Ipv6 => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok(),
+        _ => None,
+    };
+    match ip {
+        Some(ip) => SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        None => source,
+    }
+}
+
+/// `<uri>;expires=N` for a 200 OK listing.
+fn contact_header(binding: &Binding, now: Duration) -> String {
+    let left = binding.expires_at.saturating_sub(now).as_secs();
+    format!("<{}>;expires={}", binding.uri, left)
+}
+
+/// The To tag of the registrar's responses: stable across retransmissions.
+fn tag(msg: &Message) -> String {
+    derived_tag(&[
+        msg.call_id_bytes(),
+        msg.from().tag().unwrap_or_default().as_bytes(),
+    ])
+}
+
+#[cfg(test)]
+mod tests;

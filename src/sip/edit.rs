@@ -72,6 +72,15 @@ impl Splicer<'_> {
     }
 }
 
+/// A tag (RFC 3261 §19.3) derived from `parts`: the same request always
+/// gets the same tag, so retransmissions are answered alike without state.
+pub fn derived_tag(parts: &[&[u8]]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    format!("sb{:016x}", h.finish())
+}
+
 /// Writes `n` in decimal.
 fn put_u32(out: &mut BytesMut, n: u32) {
     let mut digits = [0u8; 10];

@@ -23,6 +23,7 @@ mod method;
 mod name;
 mod scan;
 mod span;
+mod transport;
 pub mod uri;
 
 pub use edit::{EditError, Forward};
@@ -35,4 +36,5 @@ pub use message::{Header, HeaderRef, Message, StartLine};
 pub use method::Method;
 pub use name::HeaderName;
 pub use span::Span;
+pub use transport::Transport;
 pub use uri::{HostKind, Scheme, Uri};

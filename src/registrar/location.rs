@@ -1,0 +1,181 @@
+//! The location store: each agent's login information, keyed by extension.
+//!
+//! [`AgentRecord`] is the one record a blade keeps of an agent: what was
+//! provisioned, where its terminal is registered, and its call state. The
+//! hosting protocol ships it between blades, so it is plain data.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Agent, AgentKind};
+use crate::sip::Transport;
+
+/// Where an agent's terminal is registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The Contact URI as registered (without `<>` and header parameters).
+    pub uri: String,
+    /// The address requests for the agent are sent to: the Contact's IP and
+    /// port when it names an IP, else the address the REGISTER came from.
+    pub addr: SocketAddr,
+    /// The transport to reach it.
+    pub transport: Transport,
+    /// When the binding lapses (on the caller's clock).
+    pub expires_at: Duration,
+    /// Call-ID of the REGISTER that made it (RFC 3261 §10.3 ordering).
+    pub call_id: String,
+    /// CSeq of that REGISTER.
+    pub cseq: u32,
+}
+
+/// An agent's state (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentState {
+    /// No registration.
+    LoggedOut,
+    /// Registered and free.
+    Ready,
+    /// Registered and in a call (the Call-ID).
+    InCall {
+        /// The call.
+        call_id: String,
+    },
+    /// Handed over to another blade for the length of a session.
+    Hosted {
+        /// The hosting blade's id.
+        by: String,
+    },
+}
+
+impl AgentState {
+    /// The name used in `/status`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AgentState::LoggedOut => "logged_out",
+            AgentState::Ready => "ready",
+            AgentState::InCall { .. } => "in_call",
+            AgentState::Hosted { .. } => "hosted",
+        }
+    }
+}
+
+/// Everything a blade knows of one agent: its login information.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// Provisioning: badge, extension, kind, credential.
+    pub agent: Arc<Agent>,
+    /// The terminal binding; `None` while logged out.
+    pub binding: Option<Binding>,
+    /// The call state.
+    pub state: AgentState,
+}
+
+impl AgentRecord {
+    /// A logged-out record for a provisioned agent.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        AgentRecord {
+            agent,
+            binding: None,
+            state: AgentState::LoggedOut,
+        }
+    }
+
+    /// Badge number.
+    pub fn badge(&self) -> &str {
+        &self.agent.badge
+    }
+
+    /// Extension.
+    pub fn extension(&self) -> &str {
+        &self.agent.extension
+    }
+
+    /// Agent or supervisor.
+    pub fn kind(&self) -> AgentKind {
+        self.agent.kind
+    }
+
+    /// Whether the agent has a live registration.
+    pub fn is_logged_in(&self) -> bool {
+        self.binding.is_some()
+    }
+}
+
+/// The records of the agents one shard owns, keyed by extension.
+#[derive(Debug, Default)]
+pub struct Location {
+    records: HashMap<String, AgentRecord>,
+}
+
+impl Location {
+    /// A store holding a logged-out record for each agent in `agents`.
+    pub fn new(agents: impl IntoIterator<Item = Arc<Agent>>) -> Self {
+        let records = agents
+            .into_iter()
+            .map(|a| (a.extension.clone(), AgentRecord::new(a)))
+            .collect();
+        Location { records }
+    }
+
+    /// The record of `extension`.
+    pub fn get(&self, extension: &str) -> Option<&AgentRecord> {
+        self.records.get(extension)
+    }
+
+    /// The record of `extension`, mutable.
+    pub fn get_mut(&mut self, extension: &str) -> Option<&mut AgentRecord> {
+        self.records.get_mut(extension)
+    }
+
+    /// Every record, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &AgentRecord> {
+        self.records.values()
+    }
+
+    /// Records `binding` for `extension`: the agent logs in (or refreshes).
+    pub fn bind(&mut self, extension: &str, binding: Binding) {
+        if let Some(record) = self.records.get_mut(extension) {
+            record.binding = Some(binding);
+            if record.state == AgentState::LoggedOut {
+                record.state = AgentState::Ready;
+            }
+        }
+    }
+
+    /// Removes the binding of `extension`: the agent logs out. Returns
+    /// whether it was logged in.
+    pub fn unbind(&mut self, extension: &str) -> bool {
+        match self.records.get_mut(extension) {
+            Some(record) if record.binding.is_some() => {
+                record.binding = None;
+                record.state = AgentState::LoggedOut;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Logs out every agent whose binding lapsed at `now`; returns their
+    /// extensions.
+    pub fn expire(&mut self, now: Duration) -> Vec<String> {
+        let mut gone = Vec::new();
+        for record in self.records.values_mut() {
+            if record.binding.as_ref().is_some_and(|b| b.expires_at <= now) {
+                record.binding = None;
+                record.state = AgentState::LoggedOut;
+                gone.push(record.agent.extension.clone());
+            }
+        }
+        gone
+    }
+
+    /// The earliest binding expiry, for the caller's timer.
+    pub fn next_expiry(&self) -> Option<Duration> {
+        self.records
+            .values()
+            .filter_map(|r| r.binding.as_ref().map(|b| b.expires_at))
+            .min()
+    }
+}

@@ -1,0 +1,218 @@
+//! Registrar unit tests: REGISTER in, response out, in virtual time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::digest::{Credentials, NonceManager, Secret, expected_response};
+use super::location::AgentState;
+use super::{Outcome, Registrar, Settings};
+use crate::config::{Agent, AgentKind, Credential};
+use crate::sip::{Message, Transport};
+
+const SOURCE: &str = "127.0.0.12:5061";
+
+fn registrar(auth: bool) -> Registrar {
+    let agents = ["1001", "1002"].map(|ext| {
+        Arc::new(Agent {
+            badge: format!("A{ext}"),
+            extension: ext.to_owned(),
+            kind: AgentKind::Agent,
+            credential: Credential::Password(format!("pw{ext}")),
+        })
+    });
+    let settings = Settings {
+        domain: "cc.example".into(),
+        auth,
+    };
+    Registrar::new(settings, agents, NonceManager::from_secret([7; 32]))
+}
+
+fn register(ext: &str, cseq: u32, contact: &str, extra: &str) -> String {
+    format!(
+        "REGISTER sip:cc.example SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {SOURCE};branch=z9hG4bK{cseq}\r\n\
+         From: <sip:{ext}@cc.example>;tag=f{ext}\r\n\
+         To: <sip:{ext}@cc.example>\r\n\
+         Call-ID: reg-{ext}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         {contact}{extra}\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn send(r: &mut Registrar, now: Duration, text: &str) -> (Outcome, Message) {
+    let msg = Message::parse(Bytes::from(text.to_owned())).unwrap();
+    let mut out = BytesMut::new();
+    let source: SocketAddr = SOURCE.parse().unwrap();
+    let outcome = r.handle_register(now, &msg, source, Transport::Udp, &mut out);
+    (outcome, Message::parse(out.freeze()).unwrap())
+}
+
+/// The Authorization a client with `password` sends for `challenge`.
+fn answer(challenge: &Message, ext: &str, password: &str, nc: &str) -> String {
+    let www = challenge.www_authenticate().unwrap();
+    let d = www.digest().unwrap();
+    let mut creds = Credentials {
+        username: ext,
+        realm: d.realm.unwrap(),
+        nonce: d.nonce.unwrap(),
+        uri: "sip:cc.example",
+        response: "",
+        algorithm: d.algorithm,
+        cnonce: Some("c0ffee"),
+        qop: Some("auth"),
+        nc: Some(nc),
+        opaque: None,
+    };
+    let response = expected_response("REGISTER", &creds, Secret::Password(password)).unwrap();
+    creds.response = &response;
+    format!(
+        "Authorization: Digest username=\"{ext}\", realm=\"{}\", nonce=\"{}\", uri=\"sip:cc.example\", \
+         response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc}\r\n",
+        creds.realm,
+        creds.nonce,
+        creds.algorithm.unwrap_or("MD5"),
+    )
+}
+
+const CONTACT: &str = "Contact: <sip:1001@127.0.0.12:5061>\r\n";
+
+#[test]
+fn challenge_then_login() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    let (outcome, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    assert_eq!(outcome, Outcome::Challenged);
+    assert_eq!(challenge.status(), Some(401));
+    let algorithms: Vec<_> = challenge
+        .header_values(crate::sip::HeaderName::WwwAuthenticate)
+        .map(|v| String::from_utf8_lossy(v).contains("SHA-256"))
+        .collect();
+    assert_eq!(algorithms, [true, false], "SHA-256 offered first, then MD5");
+
+    let auth = answer(&challenge, "1001", "pw1001", "00000001");
+    let (outcome, ok) = send(&mut r, t0, &register("1001", 2, CONTACT, &auth));
+    assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+    assert_eq!(ok.status(), Some(200));
+    let listed = ok.contacts().next().unwrap();
+    assert_eq!(listed.uri().as_str(), "sip:1001@127.0.0.12:5061");
+    assert_eq!(listed.expires(), Some(3600));
+    let record = r.location().get("1001").unwrap();
+    assert_eq!(record.state, AgentState::Ready);
+    assert_eq!(
+        record.binding.as_ref().unwrap().addr,
+        SOURCE.parse().unwrap()
+    );
+
+    // The same credentials again: a replayed nonce count is re-challenged.
+    let (outcome, _) = send(&mut r, t0, &register("1001", 3, CONTACT, &auth));
+    assert_eq!(outcome, Outcome::Challenged);
+    // A higher nonce count on the same nonce is fine.
+    let auth = answer(&challenge, "1001", "pw1001", "00000002");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 4, CONTACT, &auth));
+    assert_eq!(outcome, Outcome::Refreshed("1001".into()));
+}
+
+#[test]
+fn wrong_password_is_forbidden_and_stale_nonce_rechallenged() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let bad = answer(&challenge, "1001", "wrong", "00000001");
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 2, CONTACT, &bad));
+    assert_eq!((outcome, resp.status()), (Outcome::Refused(403), Some(403)));
+    assert!(!r.location().get("1001").unwrap().is_logged_in());
+
+    let late = t0 + Duration::from_secs(3600);
+    let good = answer(&challenge, "1001", "pw1001", "00000001");
+    let (outcome, resp) = send(&mut r, late, &register("1001", 3, CONTACT, &good));
+    assert_eq!(outcome, Outcome::Challenged);
+    let www = resp.www_authenticate().unwrap();
+    assert_eq!(www.param("stale"), Some("true"));
+}
+
+#[test]
+fn someone_elses_credentials_are_forbidden() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(1);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let auth = answer(&challenge, "1002", "pw1002", "00000001");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 2, CONTACT, &auth));
+    assert_eq!(outcome, Outcome::Refused(403));
+}
+
+#[test]
+fn expiry_rules() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 1, CONTACT, "Expires: 30\r\n"));
+    assert_eq!(outcome, Outcome::Refused(423));
+    assert_eq!(resp.min_expires(), Some(60));
+
+    let contact = "Contact: <sip:1001@127.0.0.12:5061>;expires=120\r\n";
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 2, contact, "Expires: 30\r\n"));
+    assert_eq!(
+        outcome,
+        Outcome::LoggedIn("1001".into()),
+        "the contact param wins"
+    );
+    assert_eq!(resp.contacts().next().unwrap().expires(), Some(120));
+
+    assert!(r.expire(t0 + Duration::from_secs(119)).is_empty());
+    assert_eq!(r.expire(t0 + Duration::from_secs(120)), ["1001"]);
+    assert_eq!(
+        r.location().get("1001").unwrap().state,
+        AgentState::LoggedOut
+    );
+}
+
+#[test]
+fn wildcard_logout_query_and_ordering() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    send(&mut r, t0, &register("1001", 5, CONTACT, ""));
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 6, "", ""));
+    assert_eq!(outcome, Outcome::Queried("1001".into()));
+    assert_eq!(resp.contacts().count(), 1);
+
+    let (outcome, _) = send(&mut r, t0, &register("1001", 4, CONTACT, ""));
+    assert_eq!(
+        outcome,
+        Outcome::Refused(500),
+        "older CSeq in the same Call-ID"
+    );
+
+    let (outcome, _) = send(&mut r, t0, &register("1001", 7, "Contact: *\r\n", ""));
+    assert_eq!(
+        outcome,
+        Outcome::Refused(400),
+        "wildcard without Expires: 0"
+    );
+    let (outcome, resp) = send(
+        &mut r,
+        t0,
+        &register("1001", 8, "Contact: *\r\n", "Expires: 0\r\n"),
+    );
+    assert_eq!(
+        (outcome, resp.status()),
+        (Outcome::LoggedOut("1001".into()), Some(200))
+    );
+    assert!(!r.location().get("1001").unwrap().is_logged_in());
+}
+
+#[test]
+fn unknown_agent_and_unsupported_extension() {
+    let mut r = registrar(false);
+    let (outcome, _) = send(&mut r, Duration::ZERO, &register("9999", 1, CONTACT, ""));
+    assert_eq!(outcome, Outcome::Refused(404));
+    let (outcome, resp) = send(
+        &mut r,
+        Duration::ZERO,
+        &register("1001", 1, CONTACT, "Require: foo\r\n"),
+    );
+    assert_eq!(outcome, Outcome::Refused(420));
+    assert_eq!(resp.header_named("Unsupported"), Some(&b"foo"[..]));
+}
