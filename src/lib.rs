@@ -18,3 +18,4 @@ pub mod cluster;
 pub mod config;
 pub mod registrar;
 pub mod sip;
+pub mod transaction;

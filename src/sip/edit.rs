@@ -259,6 +259,40 @@ impl Message {
     }
 }
 
+impl Message {
+    /// Emits the ACK for a non-2xx final `response` to this INVITE
+    /// (RFC 3261 §17.1.1.3): same Request-URI, top Via, Route, From,
+    /// Call-ID and CSeq number as the INVITE; To from the response.
+    pub fn ack_for(&self, response: &Message, out: &mut BytesMut) {
+        let src = self.as_bytes();
+        let uri = self.request_uri().map(|u| u.as_bytes()).unwrap_or_default();
+        out.reserve(256 + uri.len());
+        out.put_slice(b"ACK ");
+        out.put_slice(uri);
+        out.put_slice(b" SIP/2.0\r\nVia: ");
+        out.put_slice(self.top_via().as_bytes());
+        out.put_slice(b"\r\n");
+        for h in self.header_fields() {
+            if matches!(
+                h.name,
+                HeaderName::Route | HeaderName::From | HeaderName::CallId
+            ) {
+                out.put_slice(h.line().of(src));
+            }
+        }
+        if let Some(to) = response
+            .header_fields()
+            .iter()
+            .find(|h| h.name == HeaderName::To)
+        {
+            out.put_slice(to.line().of(response.as_bytes()));
+        }
+        out.put_slice(b"CSeq: ");
+        put_u32(out, self.cseq().seq);
+        out.put_slice(b" ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
