@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod proxy;
 pub mod registrar;
 pub mod sip;
 pub mod transaction;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::config::{Agent, Credential};
-use crate::sip::{HostKind, Message, Scheme, Transport, edit::derived_tag};
+use crate::sip::{DigestParams, HostKind, Message, Scheme, Transport, edit::derived_tag};
 use digest::{AuthError, Credentials, NonceManager, Secret};
 use location::{Binding, Location};
 
@@ -104,12 +104,7 @@ impl Registrar {
         match self.register(now, msg, source, transport, out) {
             Ok(outcome) => outcome,
             Err(refusal) => {
-                let extra: Vec<(&str, &str)> = refusal
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (*n, v.as_str()))
-                    .collect();
-                msg.response(refusal.status, refusal.reason, Some(&tag(msg)), &extra, out);
+                refusal.respond(msg, &tag(msg), out);
                 if refusal.status == 401 {
                     Outcome::Challenged
                 } else {
@@ -216,13 +211,26 @@ impl Registrar {
 
     /// Checks the Authorization of a REGISTER for `agent`.
     fn authenticate(&mut self, now: Duration, msg: &Message, agent: &Agent) -> Result<(), Refusal> {
-        let secret = match &agent.credential {
-            Credential::Password(p) => Secret::Password(p),
-            Credential::Ha1(h) => Secret::Ha1(h),
-        };
-        let realm = self.settings.domain.as_str();
-        let Some(d) = msg.authorization().and_then(|a| a.digest()) else {
-            return Err(self.challenge(now, secret, false));
+        let digest = msg.authorization().and_then(|a| a.digest());
+        self.check_digest(now, msg, digest, agent, Challenger::Registrar)
+    }
+
+    /// Checks digest credentials of `msg` for `agent` (who must be the one
+    /// authenticating); on failure, the refusal to send: 400 for malformed
+    /// credentials, 403 for a wrong password or someone else's
+    /// credentials, else a fresh 401/407 challenge (`stale=true` when the
+    /// nonce only expired).
+    pub(crate) fn check_digest(
+        &mut self,
+        now: Duration,
+        msg: &Message,
+        digest: Option<DigestParams<'_>>,
+        agent: &Agent,
+        challenger: Challenger,
+    ) -> Result<(), Refusal> {
+        let secret = secret_of(agent);
+        let Some(d) = digest else {
+            return Err(self.challenge(now, secret, false, challenger));
         };
         let creds = Credentials {
             username: d.username.unwrap_or_default(),
@@ -239,44 +247,76 @@ impl Registrar {
         if creds.username != agent.extension {
             return Err(Refusal::new(403, "Forbidden"));
         }
+        let realm = self.settings.domain.clone();
         match self.nonces.verify(
             now,
             msg.method_str().unwrap_or_default(),
             &creds,
             secret,
-            realm,
+            &realm,
         ) {
             Ok(()) => Ok(()),
             Err(AuthError::Malformed(_)) => Err(Refusal::new(400, "Malformed Authorization")),
             Err(AuthError::WrongPassword) | Err(AuthError::BadSecret) => {
                 Err(Refusal::new(403, "Forbidden"))
             }
-            Err(e) => Err(self.challenge(now, secret, e.wants_stale_challenge())),
+            Err(e) => Err(self.challenge(now, secret, e.wants_stale_challenge(), challenger)),
         }
     }
 
-    fn challenge(&mut self, now: Duration, secret: Secret<'_>, stale: bool) -> Refusal {
+    fn challenge(
+        &mut self,
+        now: Duration,
+        secret: Secret<'_>,
+        stale: bool,
+        challenger: Challenger,
+    ) -> Refusal {
         let realm = self.settings.domain.clone();
-        let mut refusal = Refusal::new(401, "Unauthorized");
+        let (status, reason, header) = match challenger {
+            Challenger::Registrar => (401, "Unauthorized", "WWW-Authenticate"),
+            Challenger::Proxy => (407, "Proxy Authentication Required", "Proxy-Authenticate"),
+        };
+        let mut refusal = Refusal::new(status, reason);
         for challenge in self
             .nonces
             .challenges(now, &realm, secret.algorithms(), stale)
         {
-            refusal = refusal.with("WWW-Authenticate", challenge.to_string());
+            refusal = refusal.with(header, challenge.to_string());
         }
         refusal
     }
 }
 
+/// Who challenges: the registrar (401, WWW-Authenticate) or the proxy (407,
+/// Proxy-Authenticate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Challenger {
+    Registrar,
+    Proxy,
+}
+
+/// The digest secret of a provisioned agent.
+fn secret_of(agent: &Agent) -> Secret<'_> {
+    match &agent.credential {
+        Credential::Password(p) => Secret::Password(p),
+        Credential::Ha1(h) => Secret::Ha1(h),
+    }
+}
+
 /// A refusal: status, reason and extra headers.
-struct Refusal {
-    status: u16,
-    reason: &'static str,
-    headers: Vec<(&'static str, String)>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status code.
+    pub status: u16,
+    /// The reason phrase.
+    pub reason: &'static str,
+    /// Extra headers (challenges, Min-Expires, Unsupported, Retry-After).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Refusal {
-    fn new(status: u16, reason: &'static str) -> Self {
+    /// A refusal with no extra headers.
+    pub fn new(status: u16, reason: &'static str) -> Self {
         Refusal {
             status,
             reason,
@@ -284,9 +324,16 @@ impl Refusal {
         }
     }
 
-    fn with(mut self, name: &'static str, value: String) -> Self {
+    /// Adds a header.
+    pub fn with(mut self, name: &'static str, value: String) -> Self {
         self.headers.push((name, value));
         self
+    }
+
+    /// Writes the response to `request` with `to_tag` into `out`.
+    pub fn respond(&self, request: &Message, to_tag: &str, out: &mut BytesMut) {
+        let extra: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        request.response(self.status, self.reason, Some(to_tag), &extra, out);
     }
 }
 
@@ -326,8 +373,9 @@ fn contact_header(binding: &Binding, now: Duration) -> String {
     format!("<{}>;expires={}", binding.uri, left)
 }
 
-/// The To tag of the registrar's responses: stable across retransmissions.
-fn tag(msg: &Message) -> String {
+/// The To tag of locally generated responses: stable across
+/// retransmissions of the request.
+pub fn tag(msg: &Message) -> String {
     derived_tag(&[
         msg.call_id_bytes(),
         msg.from().tag().unwrap_or_default().as_bytes(),

@@ -264,10 +264,23 @@ impl Message {
     /// (RFC 3261 §17.1.1.3): same Request-URI, top Via, Route, From,
     /// Call-ID and CSeq number as the INVITE; To from the response.
     pub fn ack_for(&self, response: &Message, out: &mut BytesMut) {
+        self.hop_request("ACK", response, out);
+    }
+
+    /// Emits the CANCEL of this INVITE (RFC 3261 §9.1): same Request-URI,
+    /// top Via (so the same branch), Route, From, To, Call-ID and CSeq
+    /// number.
+    pub fn cancel_for(&self, out: &mut BytesMut) {
+        self.hop_request("CANCEL", self, out);
+    }
+
+    /// A request of `method` for this request's hop, with To from `to_of`.
+    fn hop_request(&self, method: &str, to_of: &Message, out: &mut BytesMut) {
         let src = self.as_bytes();
         let uri = self.request_uri().map(|u| u.as_bytes()).unwrap_or_default();
         out.reserve(256 + uri.len());
-        out.put_slice(b"ACK ");
+        out.put_slice(method.as_bytes());
+        out.put_u8(b' ');
         out.put_slice(uri);
         out.put_slice(b" SIP/2.0\r\nVia: ");
         out.put_slice(self.top_via().as_bytes());
@@ -280,17 +293,74 @@ impl Message {
                 out.put_slice(h.line().of(src));
             }
         }
-        if let Some(to) = response
+        if let Some(to) = to_of
             .header_fields()
             .iter()
             .find(|h| h.name == HeaderName::To)
         {
-            out.put_slice(to.line().of(response.as_bytes()));
+            out.put_slice(to.line().of(to_of.as_bytes()));
         }
         out.put_slice(b"CSeq: ");
         put_u32(out, self.cseq().seq);
-        out.put_slice(b" ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+        out.put_u8(b' ');
+        out.put_slice(method.as_bytes());
+        out.put_slice(b"\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
     }
+}
+
+/// Builds an error response (e.g. 400) to a request that failed to parse,
+/// from whatever Via, From, To, Call-ID and CSeq lines it has
+/// (RFC 3261 §16.3 step 1: answer a malformed request if at all possible).
+/// `None` when the input is not a request or has no Via to answer to.
+pub fn best_effort_response(raw: &[u8], status: u16, reason: &str, out: &mut BytesMut) -> bool {
+    let request_line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+    // Never answer a response, and never answer an ACK (§17.2.1).
+    if raw.len() < 4
+        || raw[..4].eq_ignore_ascii_case(b"SIP/")
+        || raw.starts_with(b"ACK ")
+        || !request_line.ends_with(b"\r")
+    {
+        return false;
+    }
+    let head_end = memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
+    let mut lines: Vec<&[u8]> = Vec::new();
+    let mut has_via = false;
+    for line in raw[..head_end].split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let name = HeaderName::from_bytes(line[..colon].trim_ascii());
+        // Keep only lines that are plain text: a control byte would let the
+        // malformed input inject into our response.
+        if line.iter().any(|&b| b < 0x20 && b != b'\t') {
+            continue;
+        }
+        match name {
+            HeaderName::Via => {
+                has_via = true;
+                lines.push(line);
+            }
+            HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq => {
+                lines.push(line)
+            }
+            _ => {}
+        }
+    }
+    if !has_via {
+        return false;
+    }
+    out.put_slice(b"SIP/2.0 ");
+    put_u32(out, u32::from(status));
+    out.put_u8(b' ');
+    out.put_slice(reason.as_bytes());
+    out.put_slice(b"\r\n");
+    for line in lines {
+        out.put_slice(line);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"Content-Length: 0\r\n\r\n");
+    true
 }
 
 #[cfg(test)]
@@ -408,5 +478,35 @@ Content-Length: 4\r\n\r\nbody-trailing";
         stripped.strip_top_via(&mut again);
         let hosts: Vec<_> = parse(&again).vias().map(|v| v.host().to_owned()).collect();
         assert_eq!(hosts, ["c"]);
+    }
+
+    #[test]
+    fn best_effort_answers_malformed_requests() {
+        let raw = b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
+        let mut out = BytesMut::new();
+        assert!(super::best_effort_response(
+            raw,
+            400,
+            "Bad Request",
+            &mut out
+        ));
+        let resp = parse(&out);
+        assert_eq!(resp.status(), Some(400));
+        assert_eq!(resp.top_via().branch(), Some("z9hG4bK1"));
+        let mut out = BytesMut::new();
+        assert!(!super::best_effort_response(
+            b"SIP/2.0 200 OK\r\n\r\n",
+            400,
+            "x",
+            &mut out
+        ));
+        assert!(!super::best_effort_response(b"garbage", 400, "x", &mut out));
+        assert!(!super::best_effort_response(
+            b"BYE x SIP/2.0\r\nFrom: a\r\n\r\n",
+            400,
+            "x",
+            &mut out
+        ));
     }
 }

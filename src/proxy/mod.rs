@@ -1,0 +1,1066 @@
+//! The transaction-stateful proxy of one core (RFC 3261 §16), sans-IO.
+//!
+//! A message and the time go in ([`Proxy::handle_datagram`],
+//! [`Proxy::handle_message`], [`Proxy::handle_timeout`]); datagrams to send
+//! and notices for other cores come out in an [`Output`]. The phases of a
+//! request:
+//!
+//! ```text
+//! request ──► matches a server transaction? ── yes ─► retransmission / ACK / CANCEL
+//!                │ no
+//!                ▼
+//!          checks: Proxy-Require (420), Max-Forwards (483), overload (503)
+//!                ▼
+//!          Route names us? pop it ── in dialog ─► forward along Route / R-URI
+//!                ▼ out of dialog
+//!          REGISTER ─► registrar        OPTIONS to the blade ─► 200
+//!                ▼
+//!          caller allowed? (407 / 403)  callee: 404 / 480 / 486
+//!                ▼
+//!          forward to the callee's binding: new Via, Record-Route, 100 Trying
+//! ```
+//!
+//! Each core owns the agents whose extension hashes to it
+//! ([`route::owner_core`]), the calls to them, and their transactions.
+
+pub mod route;
+pub mod session;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::Agent;
+use crate::registrar::location::AgentState;
+use crate::registrar::{self, Challenger, Outcome, Refusal, Registrar};
+use crate::sip::edit::{Forward, best_effort_response};
+use crate::sip::{Message, Method, Scheme};
+use crate::transaction::client::{ClientEvent, ClientState, ClientTx};
+use crate::transaction::server::ServerTx;
+use crate::transaction::timers::TimerQueue;
+use crate::transaction::{Peer, TimerConfig, Transmit};
+use route::{BRANCH_PREFIX, CORE_PARAM};
+use session::{Phase, Sessions};
+
+/// How long an INVITE may ring before the proxy gives up (timer C,
+/// RFC 3261 §16.6 step 11: more than 3 minutes).
+pub const TIMER_C: Duration = Duration::from_secs(181);
+
+/// A proxy core's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The blade's id.
+    pub blade_id: String,
+    /// The SIP domain.
+    pub domain: String,
+    /// The blade's SIP address (Via sent-by and Record-Route).
+    pub local: SocketAddr,
+    /// Whether out-of-dialog requests from agents are challenged.
+    pub auth: bool,
+    /// This core's index.
+    pub core: usize,
+    /// How many cores share the work.
+    pub cores: usize,
+    /// RFC 3261 timers.
+    pub timers: TimerConfig,
+    /// Transactions this core holds before it answers 503.
+    pub max_transactions: usize,
+}
+
+/// What one step of the proxy produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Datagrams and stream messages to send.
+    pub transmits: Vec<Transmit>,
+    /// Agent events for other cores.
+    pub notices: Vec<Notice>,
+}
+
+/// An agent event addressed to one or all other cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The core to tell; `None` for every other core.
+    pub to: Option<usize>,
+    /// What happened.
+    pub event: AgentEvent,
+}
+
+/// Agent events that cross cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// The agent registered (every core learns it may place calls).
+    LoggedIn(String),
+    /// The agent's registration ended.
+    LoggedOut(String),
+    /// The agent (owned by the receiving core) joined a call.
+    InCall {
+        /// The agent.
+        extension: String,
+        /// The call.
+        call_id: String,
+    },
+    /// The agent (owned by the receiving core) left a call.
+    Free {
+        /// The agent.
+        extension: String,
+        /// The call.
+        call_id: String,
+    },
+}
+
+/// Counters a core keeps; the admin port sums them over cores.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Calls answered 2xx.
+    pub calls_answered: u64,
+    /// Calls refused busy (486).
+    pub calls_busy: u64,
+    /// Calls cancelled by the caller.
+    pub calls_cancelled: u64,
+    /// Calls that failed otherwise (final non-2xx, timeout, refusal).
+    pub calls_failed: u64,
+    /// REGISTERs accepted.
+    pub registrations: u64,
+    /// Datagrams dropped or refused as malformed.
+    pub malformed: u64,
+    /// Requests refused with 503 under overload.
+    pub overloaded: u64,
+}
+
+/// An agent's state as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Badge number.
+    pub badge: String,
+    /// Extension.
+    pub extension: String,
+    /// `agent` or `supervisor`.
+    pub kind: &'static str,
+    /// `logged_out`, `ready`, `in_call` or `hosted`.
+    pub state: &'static str,
+    /// The hosting blade while hosted.
+    pub hosted_by: Option<String>,
+    /// The registered contact address.
+    pub contact: Option<SocketAddr>,
+}
+
+/// A session as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStatus {
+    /// The Call-ID.
+    pub call_id: String,
+    /// Extensions of the agents in it.
+    pub agents: Vec<String>,
+    /// Extensions of hosted agents.
+    pub hosted: Vec<String>,
+}
+
+/// A core's share of `/status` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The agents this core owns.
+    pub agents: Vec<AgentStatus>,
+    /// The sessions this core owns.
+    pub sessions: Vec<SessionStatus>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Live transactions.
+    pub transactions: usize,
+}
+
+/// Server transaction key (RFC 3261 §17.2.3): the branch and the method,
+/// ACK matching its INVITE.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ServerKey {
+    branch: Bytes,
+    method: Method,
+}
+
+impl ServerKey {
+    fn of(msg: &Message) -> ServerKey {
+        let method = match msg.method() {
+            Some(Method::Ack) | None => Method::Invite,
+            Some(m) => m,
+        };
+        let via = msg.top_via();
+        let branch = match via.branch() {
+            Some(b) if via.is_rfc3261_branch() => msg.buffer().slice_ref(b.as_bytes()),
+            // RFC 2543 peers: identify the transaction by what they keep
+            // constant instead (§17.2.3 fallback, simplified).
+            _ => Bytes::from(format!(
+                "2543|{}|{}|{}|{}",
+                msg.call_id(),
+                msg.cseq().seq,
+                msg.from().tag().unwrap_or_default(),
+                String::from_utf8_lossy(via.as_bytes())
+            )),
+        };
+        ServerKey { branch, method }
+    }
+}
+
+/// A server transaction and the client transaction it forwarded to.
+struct TxPair {
+    generation: u32,
+    key: ServerKey,
+    request: Message,
+    server: ServerTx,
+    client: Option<Client>,
+    /// INVITE: the CANCEL we sent downstream, or that one is due once a
+    /// provisional arrives (§9.1).
+    cancel: Option<ClientTx>,
+    cancel_pending: bool,
+    /// INVITE: timer C.
+    ringing_until: Option<Duration>,
+}
+
+struct Client {
+    tx: ClientTx,
+    branch: Bytes,
+}
+
+impl TxPair {
+    fn deadline(&self) -> Option<Duration> {
+        [
+            self.server.deadline(),
+            self.client.as_ref().and_then(|c| c.tx.deadline()),
+            self.cancel.as_ref().and_then(|c| c.deadline()),
+            self.ringing_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn is_done(&self) -> bool {
+        self.server.is_terminated()
+            && self.client.as_ref().is_none_or(|c| c.tx.is_terminated())
+            && self.cancel.as_ref().is_none_or(|c| c.is_terminated())
+    }
+}
+
+/// One core's proxy.
+pub struct Proxy {
+    settings: Settings,
+    registrar: Registrar,
+    agents: Arc<HashMap<String, Arc<Agent>>>,
+    /// Agents owned by other cores that are logged in (from notices).
+    logged_in_elsewhere: HashSet<String>,
+    txs: HashMap<u64, TxPair>,
+    by_server: HashMap<ServerKey, u64>,
+    by_client: HashMap<(Bytes, bool), u64>,
+    timers: TimerQueue,
+    next_id: u64,
+    sessions: Sessions,
+    metrics: Metrics,
+    sent_by: String,
+    record_route: String,
+}
+
+impl Proxy {
+    /// A proxy core. `registrar` owns this core's agents; `agents` is every
+    /// provisioned agent (read-only, shared by all cores).
+    pub fn new(
+        settings: Settings,
+        registrar: Registrar,
+        agents: Arc<HashMap<String, Arc<Agent>>>,
+    ) -> Self {
+        let sent_by = settings.local.to_string();
+        let record_route = format!("<sip:{sent_by};lr;{CORE_PARAM}={}>", settings.core);
+        Proxy {
+            settings,
+            registrar,
+            agents,
+            logged_in_elsewhere: HashSet::new(),
+            txs: HashMap::new(),
+            by_server: HashMap::new(),
+            by_client: HashMap::new(),
+            timers: TimerQueue::new(),
+            next_id: 0,
+            sessions: Sessions::default(),
+            metrics: Metrics::default(),
+            sent_by,
+            record_route,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The registrar of this core's agents.
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The number of live transactions.
+    pub fn transactions(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// This core's agents and sessions, for `/status`.
+    pub fn snapshot(&self) -> Snapshot {
+        let agents = self
+            .registrar
+            .location()
+            .iter()
+            .map(|r| AgentStatus {
+                badge: r.badge().to_owned(),
+                extension: r.extension().to_owned(),
+                kind: r.kind().as_str(),
+                state: r.state.as_str(),
+                hosted_by: match &r.state {
+                    AgentState::Hosted { by } => Some(by.clone()),
+                    _ => None,
+                },
+                contact: r.binding.as_ref().map(|b| b.addr),
+            })
+            .collect();
+        let sessions = self
+            .sessions
+            .iter()
+            .map(|(call_id, s)| SessionStatus {
+                call_id: call_id.to_owned(),
+                agents: vec![s.caller.clone(), s.callee.clone()],
+                hosted: Vec::new(),
+            })
+            .collect();
+        Snapshot {
+            agents,
+            sessions,
+            metrics: self.metrics.clone(),
+            transactions: self.txs.len(),
+        }
+    }
+
+    /// The next time [`Proxy::handle_timeout`] has work.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        let expiry = self.registrar.location().next_expiry();
+        [self.timers.next_deadline(), expiry]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Handles a datagram (or stream frame) from `source`.
+    pub fn handle_datagram(&mut self, now: Duration, source: Peer, data: Bytes, out: &mut Output) {
+        match Message::parse(data.clone()) {
+            Ok(msg) => self.handle_message(now, source, msg, out),
+            Err(err) => {
+                self.metrics.malformed += 1;
+                let mut buf = BytesMut::new();
+                let reason = if err.status() == 505 {
+                    "Version Not Supported"
+                } else {
+                    "Bad Request"
+                };
+                if best_effort_response(&data, err.status(), reason, &mut buf) {
+                    out.transmits.push(Transmit {
+                        to: source,
+                        data: buf.freeze(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Handles a parsed message from `source`.
+    pub fn handle_message(&mut self, now: Duration, source: Peer, msg: Message, out: &mut Output) {
+        if msg.is_request() {
+            self.handle_request(now, source, msg, out);
+        } else {
+            self.handle_response(now, msg, out);
+        }
+    }
+
+    /// Applies an agent event from another core.
+    pub fn handle_notice(&mut self, event: AgentEvent) {
+        match event {
+            AgentEvent::LoggedIn(ext) => {
+                self.logged_in_elsewhere.insert(ext);
+            }
+            AgentEvent::LoggedOut(ext) => {
+                self.logged_in_elsewhere.remove(&ext);
+            }
+            AgentEvent::InCall { extension, call_id } => self.set_in_call(&extension, &call_id),
+            AgentEvent::Free { extension, call_id } => self.set_free(&extension, &call_id),
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration, out: &mut Output) {
+        for ext in self.registrar.expire(now) {
+            out.notices.push(Notice {
+                to: None,
+                event: AgentEvent::LoggedOut(ext),
+            });
+        }
+        while let Some((id, generation)) = self.timers.pop_due(now) {
+            let Some(pair) = self.txs.get_mut(&id) else {
+                continue;
+            };
+            if pair.generation != generation {
+                continue;
+            }
+            pair.server.on_timeout(now, &mut out.transmits);
+            let mut timed_out = false;
+            if let Some(client) = pair.client.as_mut() {
+                timed_out =
+                    client.tx.on_timeout(now, &mut out.transmits) == Some(ClientEvent::Timeout);
+            }
+            if let Some(cancel) = pair.cancel.as_mut() {
+                cancel.on_timeout(now, &mut out.transmits);
+            }
+            if pair.ringing_until.is_some_and(|at| at <= now) {
+                pair.ringing_until = None;
+                timed_out = true;
+                send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+            }
+            if timed_out && !pair.server.is_final() {
+                let call_id = pair.request.call_id().to_owned();
+                let tag = registrar::tag(&pair.request);
+                let mut buf = BytesMut::new();
+                pair.request
+                    .response(408, "Request Timeout", Some(&tag), &[], &mut buf);
+                pair.server
+                    .respond(now, 408, buf.freeze(), &mut out.transmits);
+                if pair.request.method() == Some(Method::Invite) {
+                    self.metrics.calls_failed += 1;
+                    self.end_session(&call_id, out);
+                }
+            }
+            self.reschedule(id);
+        }
+    }
+
+    fn handle_request(&mut self, now: Duration, source: Peer, msg: Message, out: &mut Output) {
+        let method = msg.method().unwrap_or(Method::Other);
+        let key = ServerKey::of(&msg);
+        if let Some(&id) = self.by_server.get(&key) {
+            if let Some(pair) = self.txs.get_mut(&id) {
+                if method == Method::Ack {
+                    pair.server.on_ack(now);
+                } else {
+                    pair.server.on_retransmission(&mut out.transmits);
+                }
+            }
+            self.reschedule(id);
+            return;
+        }
+        match method {
+            Method::Ack => return self.forward_ack(&msg, out),
+            Method::Cancel => return self.handle_cancel(now, source, &msg, out),
+            _ => {}
+        }
+        let unsupported: Vec<&str> = msg.proxy_require().collect();
+        if !unsupported.is_empty() {
+            let refusal =
+                Refusal::new(420, "Bad Extension").with("Unsupported", unsupported.join(", "));
+            return self.refuse(now, source, msg, &refusal, out);
+        }
+        if self.txs.len() >= self.settings.max_transactions {
+            self.metrics.overloaded += 1;
+            let mut buf = BytesMut::new();
+            let tag = registrar::tag(&msg);
+            msg.response(
+                503,
+                "Service Unavailable",
+                Some(&tag),
+                &[("Retry-After", "1")],
+                &mut buf,
+            );
+            out.transmits.push(Transmit {
+                to: route::response_peer(source),
+                data: buf.freeze(),
+            });
+            return;
+        }
+
+        // Loose routing (§16.4): a top Route naming us is ours to remove.
+        let pop_route = msg.routes().next().is_some_and(|r| self.is_us(&r.uri()));
+        let next_route = msg
+            .routes()
+            .nth(usize::from(pop_route))
+            .and_then(|r| route::uri_peer(&r.uri()));
+        if msg.max_forwards() == Some(0)
+            && !(method == Method::Options && self.is_blade_options(&msg))
+        {
+            return self.refuse(now, source, msg, &Refusal::new(483, "Too Many Hops"), out);
+        }
+        if msg.to().tag().is_some() || next_route.is_some() {
+            return self.forward_in_dialog(now, source, msg, pop_route, next_route, out);
+        }
+        if method == Method::Register {
+            return self.handle_register(now, source, msg, out);
+        }
+        if method == Method::Options && self.is_blade_options(&msg) {
+            let allow = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, REFER, NOTIFY, SUBSCRIBE";
+            return self.refuse(
+                now,
+                source,
+                msg,
+                &Refusal::new(200, "OK").with("Allow", allow.to_owned()),
+                out,
+            );
+        }
+        self.route_to_agent(now, source, msg, out);
+    }
+
+    /// Whether `uri` names this blade (its address; a default port is 5060).
+    fn is_us(&self, uri: &crate::sip::Uri<'_>) -> bool {
+        route::uri_peer(uri).is_some_and(|p| p.addr == self.settings.local)
+    }
+
+    /// Whether a Request-URI host is ours: the domain or our address.
+    fn is_our_host(&self, uri: &crate::sip::Uri<'_>) -> bool {
+        uri.host().eq_ignore_ascii_case(&self.settings.domain)
+            || route::host_ip(uri.host(), uri.host_kind()) == Some(self.settings.local.ip())
+    }
+
+    /// OPTIONS to the blade itself: no user part, our host.
+    fn is_blade_options(&self, msg: &Message) -> bool {
+        msg.request_uri()
+            .is_some_and(|u| u.user().is_none() && self.is_our_host(&u))
+    }
+
+    fn handle_register(&mut self, now: Duration, source: Peer, msg: Message, out: &mut Output) {
+        let Some(uri) = msg.request_uri() else { return };
+        if !self.is_our_host(&uri) {
+            return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
+        }
+        let mut buf = BytesMut::new();
+        let outcome =
+            self.registrar
+                .handle_register(now, &msg, source.addr, source.transport, &mut buf);
+        match outcome {
+            Outcome::LoggedIn(ext) => {
+                self.metrics.registrations += 1;
+                out.notices.push(Notice {
+                    to: None,
+                    event: AgentEvent::LoggedIn(ext),
+                });
+            }
+            Outcome::Refreshed(_) => self.metrics.registrations += 1,
+            Outcome::LoggedOut(ext) => out.notices.push(Notice {
+                to: None,
+                event: AgentEvent::LoggedOut(ext),
+            }),
+            _ => {}
+        }
+        let status = Message::parse(buf.clone().freeze())
+            .ok()
+            .and_then(|m| m.status())
+            .unwrap_or(500);
+        self.respond_new(now, source, msg, status, buf.freeze(), out);
+    }
+
+    /// Answers `msg` locally through a new server transaction, so that
+    /// retransmissions get the same answer and an ACK is absorbed.
+    fn refuse(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        refusal: &Refusal,
+        out: &mut Output,
+    ) {
+        let mut buf = BytesMut::new();
+        refusal.respond(&msg, &registrar::tag(&msg), &mut buf);
+        self.respond_new(now, source, msg, refusal.status, buf.freeze(), out);
+    }
+
+    fn respond_new(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        status: u16,
+        data: Bytes,
+        out: &mut Output,
+    ) {
+        let invite = msg.method() == Some(Method::Invite);
+        let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
+        server.respond(now, status, data, &mut out.transmits);
+        let id = self.insert(msg, server, None);
+        self.reschedule(id);
+    }
+
+    fn insert(&mut self, request: Message, server: ServerTx, client: Option<Client>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let key = ServerKey::of(&request);
+        self.by_server.insert(key.clone(), id);
+        if let Some(c) = &client {
+            self.by_client.insert((c.branch.clone(), false), id);
+        }
+        let pair = TxPair {
+            generation: 0,
+            key,
+            request,
+            server,
+            client,
+            cancel: None,
+            cancel_pending: false,
+            ringing_until: None,
+        };
+        self.txs.insert(id, pair);
+        id
+    }
+
+    /// Re-arms the timer of transaction `id`, or drops it when done.
+    fn reschedule(&mut self, id: u64) {
+        let Some(pair) = self.txs.get_mut(&id) else {
+            return;
+        };
+        if pair.is_done() {
+            if let Some(pair) = self.txs.remove(&id) {
+                self.by_server.remove(&pair.key);
+                if let Some(c) = pair.client {
+                    self.by_client.remove(&(c.branch.clone(), false));
+                    self.by_client.remove(&(c.branch, true));
+                }
+            }
+            return;
+        }
+        pair.generation = pair.generation.wrapping_add(1);
+        if let Some(at) = pair.deadline() {
+            self.timers.schedule(at, id, pair.generation);
+        }
+    }
+
+    fn route_to_agent(&mut self, now: Duration, source: Peer, msg: Message, out: &mut Output) {
+        let Some(uri) = msg.request_uri() else { return };
+        if !matches!(uri.scheme(), Scheme::Sip | Scheme::Sips) {
+            return self.refuse(
+                now,
+                source,
+                msg,
+                &Refusal::new(416, "Unsupported URI Scheme"),
+                out,
+            );
+        }
+        if !self.is_our_host(&uri) {
+            return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
+        }
+        let callee = uri
+            .user()
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or_default()
+            .to_owned();
+        let method = msg.method().unwrap_or(Method::Other);
+        let needs_caller = matches!(
+            method,
+            Method::Invite | Method::Message | Method::Subscribe | Method::Refer
+        );
+        let caller = msg
+            .from()
+            .uri()
+            .user()
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or_default()
+            .to_owned();
+        if needs_caller {
+            if let Err(refusal) = self.check_caller(now, &msg, &caller) {
+                if method == Method::Invite {
+                    self.metrics.calls_failed += 1;
+                }
+                return self.refuse(now, source, msg, &refusal, out);
+            }
+        }
+        let Some(record) = self.registrar.location().get(&callee) else {
+            return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
+        };
+        let Some(binding) = record.binding.clone() else {
+            if method == Method::Invite {
+                self.metrics.calls_failed += 1;
+            }
+            return self.refuse(
+                now,
+                source,
+                msg,
+                &Refusal::new(480, "Temporarily Unavailable"),
+                out,
+            );
+        };
+        if method == Method::Invite {
+            if record.state != AgentState::Ready {
+                self.metrics.calls_busy += 1;
+                return self.refuse(now, source, msg, &Refusal::new(486, "Busy Here"), out);
+            }
+            let call_id = msg.call_id().to_owned();
+            self.sessions.open(&call_id, &caller, &callee);
+            self.set_in_call(&callee, &call_id);
+            self.tell_owner(
+                &caller,
+                AgentEvent::InCall {
+                    extension: caller.clone(),
+                    call_id,
+                },
+                out,
+            );
+        }
+        let target = Peer {
+            addr: binding.addr,
+            transport: binding.transport,
+        };
+        let record_route = matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
+        self.forward(
+            now,
+            source,
+            msg,
+            target,
+            Some(&binding.uri),
+            false,
+            record_route,
+            out,
+        );
+    }
+
+    /// SPEC §5: the caller must be a provisioned agent, logged in, and with
+    /// `auth` on, prove it with Proxy-Authorization.
+    fn check_caller(&mut self, now: Duration, msg: &Message, caller: &str) -> Result<(), Refusal> {
+        let agent = self
+            .agents
+            .get(caller)
+            .cloned()
+            .ok_or(Refusal::new(403, "Forbidden"))?;
+        if self.settings.auth {
+            let digest = msg.proxy_authorization().and_then(|a| a.digest());
+            self.registrar
+                .check_digest(now, msg, digest, &agent, Challenger::Proxy)?;
+        }
+        let local = self
+            .registrar
+            .location()
+            .get(caller)
+            .map(|r| r.is_logged_in());
+        let logged_in = local.unwrap_or_else(|| self.logged_in_elsewhere.contains(caller));
+        if logged_in {
+            Ok(())
+        } else {
+            Err(Refusal::new(403, "Forbidden"))
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        target: Peer,
+        request_uri: Option<&str>,
+        pop_route: bool,
+        record_route: bool,
+        out: &mut Output,
+    ) {
+        let id = self.next_id;
+        let branch = format!("{BRANCH_PREFIX}{}x{id}", self.settings.core);
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch}",
+            target.transport, self.sent_by
+        );
+        let edit = Forward {
+            via: Some(&via),
+            record_route: record_route.then_some(self.record_route.as_str()),
+            request_uri,
+            pop_route,
+        };
+        let mut buf = BytesMut::new();
+        if msg.forward(&edit, &mut buf).is_err() {
+            return self.refuse(now, source, msg, &Refusal::new(483, "Too Many Hops"), out);
+        }
+        let data = buf.freeze();
+        let Ok(forwarded) = Message::parse(data.clone()) else {
+            return self.refuse(
+                now,
+                source,
+                msg,
+                &Refusal::new(500, "Server Internal Error"),
+                out,
+            );
+        };
+        let invite = msg.method() == Some(Method::Invite);
+        let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
+        if invite {
+            // §16.2: answer 100 at once so the caller stops retransmitting.
+            let mut trying = BytesMut::new();
+            msg.response(100, "Trying", None, &[], &mut trying);
+            server.respond(now, 100, trying.freeze(), &mut out.transmits);
+        }
+        let (client, first) = ClientTx::start(now, forwarded, data, target, self.settings.timers);
+        out.transmits.push(first);
+        let branch = Bytes::from(branch);
+        let id = self.insert(msg, server, Some(Client { tx: client, branch }));
+        if invite {
+            if let Some(pair) = self.txs.get_mut(&id) {
+                pair.ringing_until = Some(now + TIMER_C);
+            }
+        }
+        self.reschedule(id);
+    }
+
+    fn forward_in_dialog(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        pop_route: bool,
+        next_route: Option<Peer>,
+        out: &mut Output,
+    ) {
+        let target = next_route.or_else(|| msg.request_uri().and_then(|u| route::uri_peer(&u)));
+        let Some(target) = target else {
+            return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
+        };
+        if msg.method() == Some(Method::Bye) {
+            let call_id = msg.call_id().to_owned();
+            self.end_session(&call_id, out);
+        }
+        self.forward(now, source, msg, target, None, pop_route, false, out);
+    }
+
+    /// ACK for a 2xx travels end to end (§16.7 does not apply; the ACK has
+    /// its own branch): forward it statelessly along Route / R-URI.
+    fn forward_ack(&mut self, msg: &Message, out: &mut Output) {
+        let pop_route = msg.routes().next().is_some_and(|r| self.is_us(&r.uri()));
+        let next = msg
+            .routes()
+            .nth(usize::from(pop_route))
+            .and_then(|r| route::uri_peer(&r.uri()));
+        let Some(target) = next.or_else(|| msg.request_uri().and_then(|u| route::uri_peer(&u)))
+        else {
+            return;
+        };
+        // A stateless branch: derived from the incoming one, so every
+        // retransmission of the ACK is forwarded alike (§16.11).
+        let branch = format!(
+            "{BRANCH_PREFIX}{}xa{}",
+            self.settings.core,
+            msg.top_via().branch().unwrap_or("0")
+        );
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch}",
+            target.transport, self.sent_by
+        );
+        let edit = Forward {
+            via: Some(&via),
+            pop_route,
+            ..Forward::default()
+        };
+        let mut buf = BytesMut::new();
+        if msg.forward(&edit, &mut buf).is_ok() {
+            out.transmits.push(Transmit {
+                to: target,
+                data: buf.freeze(),
+            });
+        }
+    }
+
+    fn handle_cancel(&mut self, now: Duration, source: Peer, msg: &Message, out: &mut Output) {
+        let invite_key = ServerKey {
+            method: Method::Invite,
+            ..ServerKey::of(msg)
+        };
+        let tag = registrar::tag(msg);
+        let mut buf = BytesMut::new();
+        let Some(&id) = self.by_server.get(&invite_key) else {
+            msg.response(
+                481,
+                "Call/Transaction Does Not Exist",
+                Some(&tag),
+                &[],
+                &mut buf,
+            );
+            out.transmits.push(Transmit {
+                to: route::response_peer(source),
+                data: buf.freeze(),
+            });
+            return;
+        };
+        // §16.10: answer the CANCEL, then cancel the branch downstream.
+        msg.response(200, "OK", Some(&tag), &[], &mut buf);
+        out.transmits.push(Transmit {
+            to: route::response_peer(source),
+            data: buf.freeze(),
+        });
+        if let Some(pair) = self.txs.get_mut(&id) {
+            if !pair.server.is_final() {
+                send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+                if let Some(c) = &pair.client {
+                    self.by_client.insert((c.branch.clone(), true), id);
+                }
+                self.metrics.calls_cancelled += 1;
+            }
+        }
+        self.reschedule(id);
+    }
+
+    fn handle_response(&mut self, now: Duration, msg: Message, out: &mut Output) {
+        let Some(branch) = msg.top_via().branch() else {
+            return;
+        };
+        if !branch.starts_with(BRANCH_PREFIX) {
+            return;
+        }
+        let cancel = msg.cseq().method == Method::Cancel;
+        let key = (msg.buffer().slice_ref(branch.as_bytes()), cancel);
+        let Some(&id) = self.by_client.get(&key) else {
+            return self.forward_stray_2xx(&msg, out);
+        };
+        let Some(pair) = self.txs.get_mut(&id) else {
+            return;
+        };
+        if cancel {
+            if let Some(c) = pair.cancel.as_mut() {
+                c.on_response(now, &msg, &mut out.transmits);
+            }
+            return self.reschedule(id);
+        }
+        let Some(client) = pair.client.as_mut() else {
+            return;
+        };
+        let status = msg.status().unwrap_or(0);
+        if client.tx.on_response(now, &msg, &mut out.transmits) != ClientEvent::Pass {
+            return self.reschedule(id);
+        }
+        let invite = pair.request.method() == Some(Method::Invite);
+        if status > 100 {
+            // §16.7 step 3: remove our Via and pass the response upstream.
+            let mut buf = BytesMut::new();
+            msg.strip_top_via(&mut buf);
+            pair.server
+                .respond(now, status, buf.freeze(), &mut out.transmits);
+        }
+        if invite && status < 200 {
+            if pair.cancel_pending && client.tx.state() == ClientState::Proceeding {
+                send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+            } else if pair.ringing_until.is_some() {
+                pair.ringing_until = Some(now + TIMER_C);
+            }
+        }
+        if invite && status >= 200 {
+            pair.ringing_until = None;
+            let call_id = pair.request.call_id().to_owned();
+            if status < 300 {
+                if self.sessions.confirm(&call_id) {
+                    self.metrics.calls_answered += 1;
+                }
+            } else {
+                match status {
+                    486 | 600 => self.metrics.calls_busy += 1,
+                    487 => {}
+                    _ => self.metrics.calls_failed += 1,
+                }
+                self.end_session(&call_id, out);
+            }
+        }
+        self.reschedule(id);
+    }
+
+    /// A 2xx to an INVITE whose client transaction is gone (a late
+    /// retransmission): forward it upstream statelessly (§16.7 step 10
+    /// with RFC 6026).
+    fn forward_stray_2xx(&mut self, msg: &Message, out: &mut Output) {
+        let is_2xx = msg.status().is_some_and(|s| (200..300).contains(&s));
+        if !is_2xx || msg.cseq().method != Method::Invite {
+            return;
+        }
+        if let Some(to) = route::via_peer(msg) {
+            let mut buf = BytesMut::new();
+            msg.strip_top_via(&mut buf);
+            out.transmits.push(Transmit {
+                to,
+                data: buf.freeze(),
+            });
+        }
+    }
+
+    /// Ends a session: both agents become ready again.
+    fn end_session(&mut self, call_id: &str, out: &mut Output) {
+        let Some(session) = self.sessions.close(call_id) else {
+            return;
+        };
+        if session.phase == Phase::Confirmed || session.phase == Phase::Setup {
+            self.set_free(&session.callee, call_id);
+            self.tell_owner(
+                &session.caller,
+                AgentEvent::Free {
+                    extension: session.caller.clone(),
+                    call_id: call_id.to_owned(),
+                },
+                out,
+            );
+        }
+    }
+
+    /// Applies `event` to `extension` here if this core owns it, else sends
+    /// it to the owner.
+    fn tell_owner(&mut self, extension: &str, event: AgentEvent, out: &mut Output) {
+        let owner = route::shard_of(extension.as_bytes(), self.settings.cores);
+        if owner == self.settings.core {
+            self.handle_notice(event);
+        } else {
+            out.notices.push(Notice {
+                to: Some(owner),
+                event,
+            });
+        }
+    }
+
+    fn set_in_call(&mut self, extension: &str, call_id: &str) {
+        if let Some(record) = self.registrar.location_mut().get_mut(extension) {
+            if record.state == AgentState::Ready {
+                record.state = AgentState::InCall {
+                    call_id: call_id.to_owned(),
+                };
+            }
+        }
+    }
+
+    fn set_free(&mut self, extension: &str, call_id: &str) {
+        if let Some(record) = self.registrar.location_mut().get_mut(extension) {
+            if matches!(&record.state, AgentState::InCall { call_id: c } if c == call_id) {
+                record.state = AgentState::Ready;
+            }
+        }
+    }
+}
+
+/// Sends the CANCEL of a forwarded INVITE, or marks it due once a
+/// provisional arrives (a CANCEL may not overtake the first response, §9.1).
+fn send_cancel(now: Duration, timers: TimerConfig, pair: &mut TxPair, out: &mut Vec<Transmit>) {
+    let Some(client) = pair.client.as_ref() else {
+        return;
+    };
+    if pair.cancel.is_some() {
+        return;
+    }
+    match client.tx.state() {
+        ClientState::Proceeding => {
+            let mut buf = BytesMut::new();
+            client.tx.request().cancel_for(&mut buf);
+            let data = buf.freeze();
+            if let Ok(cancel) = Message::parse(data.clone()) {
+                let (tx, first) = ClientTx::start(now, cancel, data, client.tx.peer(), timers);
+                out.push(first);
+                pair.cancel = Some(tx);
+                pair.cancel_pending = false;
+            }
+        }
+        ClientState::Calling => pair.cancel_pending = true,
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

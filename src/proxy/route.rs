@@ -1,0 +1,171 @@
+//! Routing decisions that need no state: which core owns a message, where
+//! a URI points, whether a URI names this blade.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::sip::{HostKind, Message, Method, Scheme, Transport, Uri};
+use crate::transaction::Peer;
+
+/// The URI parameter sipblade puts in its Record-Route to name the core
+/// that owns the dialog, so in-dialog requests reach it in one hop.
+pub const CORE_PARAM: &str = "sbc";
+
+/// The prefix of the branches sipblade generates: the magic cookie, then
+/// `sb`, the owning core, and `x`.
+pub const BRANCH_PREFIX: &str = "z9hG4bKsb";
+
+/// A stable hash of an extension, for placing agents on cores. FNV-1a:
+/// tiny, and the same on every core and every blade.
+pub fn shard_of(extension: &[u8], cores: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in extension {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % cores.max(1) as u64) as usize
+}
+
+/// The core a branch sipblade generated names.
+pub fn core_of_branch(branch: &str) -> Option<usize> {
+    let rest = branch.strip_prefix(BRANCH_PREFIX)?;
+    let end = rest.find('x')?;
+    rest[..end].parse().ok()
+}
+
+/// Which core should handle `msg` (SPEC §8: an agent's record and the calls
+/// to it live on the core its extension hashes to):
+/// - a response: the core named in its top Via branch;
+/// - a request with a Route naming a core (our Record-Route): that core;
+/// - REGISTER: the core of the To user;
+/// - any other request: the core of the Request-URI user.
+///
+/// `None` means any core may handle it (e.g. OPTIONS to the blade).
+pub fn owner_core(msg: &Message, cores: usize) -> Option<usize> {
+    if cores <= 1 {
+        return Some(0);
+    }
+    if !msg.is_request() {
+        return msg
+            .top_via()
+            .branch()
+            .and_then(core_of_branch)
+            .filter(|&c| c < cores);
+    }
+    if let Some(route) = msg.routes().next() {
+        if let Some(Some(core)) = route.uri().param(CORE_PARAM) {
+            return std::str::from_utf8(core)
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .filter(|&c| c < cores);
+        }
+    }
+    let user = if msg.method() == Some(Method::Register) {
+        msg.to().uri().user()
+    } else {
+        msg.request_uri().and_then(|u| u.user())
+    };
+    user.map(|u| shard_of(u, cores))
+}
+
+/// The address and transport a SIP URI points to, when its host is an IP
+/// literal (sipblade does not resolve names on the message path).
+pub fn uri_peer(uri: &Uri<'_>) -> Option<Peer> {
+    if !matches!(uri.scheme(), Scheme::Sip | Scheme::Sips) {
+        return None;
+    }
+    let ip = host_ip(uri.host(), uri.host_kind())?;
+    let transport = uri
+        .param("transport")
+        .flatten()
+        .and_then(Transport::parse)
+        .unwrap_or(Transport::Udp);
+    Some(Peer {
+        addr: SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        transport,
+    })
+}
+
+/// The IP of a host written as an IPv4 or bracketed IPv6 literal.
+pub fn host_ip(host: &str, kind: HostKind) -> Option<IpAddr> {
+    match kind {
+        HostKind::Ipv4 => host.parse().ok(),
+        HostKind::Ipv6 => host.strip_prefix('[')?.strip_suffix(']')?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Where the response to a request goes (RFC 3261 §18.2.2 with RFC 3581):
+/// the address the request came from, for UDP and TCP alike, which is what
+/// `received` and `rport` would say.
+pub fn response_peer(source: Peer) -> Peer {
+    source
+}
+
+/// The address a response travels back to after the top Via is removed:
+/// the next Via's `received`/`rport` if present, else its sent-by.
+pub fn via_peer(msg: &Message) -> Option<Peer> {
+    let via = msg.vias().nth(1)?;
+    let transport = Transport::parse(via.transport().as_bytes()).unwrap_or(Transport::Udp);
+    let ip = match via.received() {
+        Some(r) => r
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?,
+        None => host_ip(via.host(), via.host_kind())?,
+    };
+    let port = match via.rport() {
+        Some(Some(p)) => p,
+        _ => via.port().unwrap_or(5060),
+    };
+    Some(Peer {
+        addr: SocketAddr::new(ip, port),
+        transport,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        assert_eq!(shard_of(b"1001", 1), 0);
+        let counts = (1000..1100).fold([0usize; 4], |mut acc, n| {
+            acc[shard_of(n.to_string().as_bytes(), 4)] += 1;
+            acc
+        });
+        assert!(counts.iter().all(|&c| c > 10), "{counts:?}");
+        assert_eq!(shard_of(b"2001", 8), shard_of(b"2001", 8));
+    }
+
+    #[test]
+    fn branch_core() {
+        assert_eq!(core_of_branch("z9hG4bKsb3x17"), Some(3));
+        assert_eq!(core_of_branch("z9hG4bKother"), None);
+    }
+
+    #[test]
+    fn owners() {
+        let req = |extra: &str, uri: &str, method: &str| {
+            let raw = format!(
+                "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n{extra}From: <sip:1001@d>;tag=1\r\n\
+                 To: <sip:1002@d>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+            );
+            Message::parse(Bytes::from(raw)).unwrap()
+        };
+        let invite = req("", "sip:1002@d", "INVITE");
+        assert_eq!(owner_core(&invite, 4), Some(shard_of(b"1002", 4)));
+        let bye = req(
+            "Route: <sip:127.0.0.1;lr;sbc=2>\r\n",
+            "sip:1002@10.0.0.2",
+            "BYE",
+        );
+        assert_eq!(owner_core(&bye, 4), Some(2));
+        let options = req("", "sip:127.0.0.1", "OPTIONS");
+        assert_eq!(owner_core(&options, 4), None);
+        let reg = req("", "sip:d", "REGISTER");
+        assert_eq!(owner_core(&reg, 4), Some(shard_of(b"1002", 4)));
+    }
+}

@@ -1,0 +1,441 @@
+//! Proxy tests in virtual time: a blade core between simulated agents.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::{AgentKind, Credential};
+use crate::registrar::Settings as RegistrarSettings;
+use crate::registrar::digest::NonceManager;
+use crate::sip::Transport;
+
+const BLADE: &str = "127.0.0.1:5060";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn udp(s: &str) -> Peer {
+    Peer {
+        addr: addr(s),
+        transport: Transport::Udp,
+    }
+}
+
+/// Agent extension → its terminal's address.
+fn terminal(ext: &str) -> String {
+    format!(
+        "127.0.0.{}:{}",
+        10 + ext.as_bytes()[3] - b'0',
+        5000 + ext.parse::<u16>().unwrap() % 1000
+    )
+}
+
+struct Blade {
+    proxy: Proxy,
+    now: Duration,
+    /// Everything the proxy sent, by destination.
+    sent: Vec<Transmit>,
+}
+
+impl Blade {
+    fn new(auth: bool, max_transactions: usize) -> Blade {
+        let agents: HashMap<String, Arc<Agent>> = ["1001", "1002", "1003"]
+            .iter()
+            .map(|ext| {
+                let agent = Agent {
+                    badge: format!("A{ext}"),
+                    extension: ext.to_string(),
+                    kind: AgentKind::Agent,
+                    credential: Credential::Password(format!("pw{ext}")),
+                };
+                (ext.to_string(), Arc::new(agent))
+            })
+            .collect();
+        let settings = Settings {
+            blade_id: "blade-1".into(),
+            domain: "cc.example".into(),
+            local: addr(BLADE),
+            auth,
+            core: 0,
+            cores: 1,
+            timers: TimerConfig::default(),
+            max_transactions,
+        };
+        let registrar = Registrar::new(
+            RegistrarSettings {
+                domain: "cc.example".into(),
+                auth: false,
+            },
+            agents.values().cloned(),
+            NonceManager::from_secret([1; 32]),
+        );
+        Blade {
+            proxy: Proxy::new(settings, registrar, Arc::new(agents)),
+            now: Duration::ZERO,
+            sent: Vec::new(),
+        }
+    }
+
+    /// Delivers `text` from `from`; returns what the proxy sent.
+    fn send(&mut self, from: &str, text: &str) -> Vec<Transmit> {
+        let mut out = Output::default();
+        self.proxy
+            .handle_datagram(self.now, udp(from), Bytes::from(text.to_owned()), &mut out);
+        self.sent.extend(out.transmits.iter().cloned());
+        out.transmits
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<Transmit> {
+        let end = self.now + by;
+        let mut all = Vec::new();
+        while let Some(at) = self.proxy.next_deadline().filter(|&at| at <= end) {
+            self.now = self.now.max(at);
+            let mut out = Output::default();
+            self.proxy.handle_timeout(self.now, &mut out);
+            all.extend(out.transmits);
+        }
+        self.now = end;
+        all
+    }
+
+    fn register(&mut self, ext: &str) {
+        let t = terminal(ext);
+        let text = format!(
+            "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKr{ext}\r\n\
+             From: <sip:{ext}@cc.example>;tag=r\r\nTo: <sip:{ext}@cc.example>\r\nCall-ID: reg{ext}\r\n\
+             CSeq: 1 REGISTER\r\nContact: <sip:{ext}@{t}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let out = self.send(&t, &text);
+        assert_eq!(status(&out[0]), 200);
+    }
+
+    fn state(&self, ext: &str) -> &'static str {
+        self.proxy
+            .registrar()
+            .location()
+            .get(ext)
+            .unwrap()
+            .state
+            .as_str()
+    }
+}
+
+fn parse(t: &Transmit) -> Message {
+    Message::parse(t.data.clone()).unwrap()
+}
+
+fn status(t: &Transmit) -> u16 {
+    parse(t).status().unwrap()
+}
+
+fn invite(from: &str, to: &str, call_id: &str, branch: &str, extra: &str) -> String {
+    let t = terminal(from);
+    format!(
+        "INVITE sip:{to}@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch={branch}\r\nMax-Forwards: 70\r\n\
+         From: <sip:{from}@cc.example>;tag=f{from}\r\nTo: <sip:{to}@cc.example>\r\nCall-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:{from}@{t}>\r\n{extra}Content-Type: application/sdp\r\n\
+         Content-Length: 4\r\n\r\nv=0\n"
+    )
+}
+
+/// The callee's answer to a forwarded request.
+fn answer(req: &Message, status: u16, to_tag: &str) -> String {
+    let mut buf = bytes::BytesMut::new();
+    let tag = if status > 100 { Some(to_tag) } else { None };
+    let callee = req.request_uri().unwrap().as_str().to_owned();
+    let contact = format!("<{callee}>");
+    // A UAS copies the Record-Route set into its responses (§12.1.1).
+    let rr: Vec<String> = req
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let mut extra = vec![("Contact", contact.as_str())];
+    extra.extend(rr.iter().map(|r| ("Record-Route", r.as_str())));
+    req.response(status, "X", tag, &extra, &mut buf);
+    String::from_utf8(buf.to_vec()).unwrap()
+}
+
+/// An in-dialog request from the caller, along the Record-Route set.
+fn in_dialog(method: &str, from: &str, ok: &Message, cseq: u32, branch: &str) -> String {
+    let t = terminal(from);
+    let contact = ok.contacts().next().unwrap().uri().as_str().to_owned();
+    let routes: Vec<String> = ok
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let to = String::from_utf8_lossy(ok.header(crate::sip::HeaderName::To).unwrap()).into_owned();
+    let from_h =
+        String::from_utf8_lossy(ok.header(crate::sip::HeaderName::From).unwrap()).into_owned();
+    format!(
+        "{method} {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch={branch}\r\nRoute: {}\r\nMax-Forwards: 70\r\n\
+         From: {from_h}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+        routes.join(", "),
+        ok.call_id(),
+    )
+}
+
+#[test]
+fn options_to_the_blade_is_answered() {
+    let mut b = Blade::new(false, 100);
+    let out = b.send(
+        "127.0.0.99:5000",
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.99:5000;branch=z9hG4bKo\r\n\
+         From: <sip:probe@x>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0]), 200);
+    assert_eq!(out[0].to, udp("127.0.0.99:5000"));
+}
+
+#[test]
+fn call_answered_and_hung_up() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let out = b.send(&a, &invite("1001", "1002", "call1", "z9hG4bKi1", ""));
+    assert_eq!(out.len(), 2);
+    assert_eq!(status(&out[0]), 100);
+    assert_eq!(out[0].to, udp(&a));
+    let fwd = parse(&out[1]);
+    assert_eq!(out[1].to, udp(&bb));
+    assert_eq!(
+        fwd.request_uri().unwrap().as_str(),
+        format!("sip:1002@{bb}")
+    );
+    assert_eq!(fwd.vias().count(), 2);
+    assert_eq!(fwd.max_forwards(), Some(69));
+    assert!(fwd.record_routes().next().unwrap().uri().is_loose_route());
+    assert_eq!(fwd.body(), b"v=0\n");
+    assert_eq!((b.state("1001"), b.state("1002")), ("in_call", "in_call"));
+
+    let ringing = b.send(&bb, &answer(&fwd, 180, "t2"));
+    assert_eq!(ringing.len(), 1);
+    assert_eq!(status(&ringing[0]), 180);
+    assert_eq!(parse(&ringing[0]).vias().count(), 1, "our Via removed");
+    let ok = b.send(&bb, &answer(&fwd, 200, "t2"));
+    assert_eq!(status(&ok[0]), 200);
+    assert_eq!(ok[0].to, udp(&a));
+    let ok = parse(&ok[0]);
+    let snapshot = b.proxy.snapshot();
+    assert_eq!(snapshot.sessions.len(), 1);
+    assert_eq!(snapshot.sessions[0].agents, ["1001", "1002"]);
+
+    // The 2xx ACK and the BYE follow the Record-Route to the callee.
+    let ack_text = in_dialog("ACK", "1001", &ok, 1, "z9hG4bKa1");
+    let ack = b.send(&a, &ack_text);
+    assert_eq!(ack.len(), 1, "{ack_text}");
+    assert_eq!(ack[0].to, udp(&bb));
+    assert_eq!(parse(&ack[0]).routes().count(), 0, "our Route popped");
+    let bye = b.send(&a, &in_dialog("BYE", "1001", &ok, 2, "z9hG4bKb1"));
+    assert_eq!(bye[0].to, udp(&bb));
+    let done = b.send(&bb, &answer(&parse(&bye[0]), 200, "t2"));
+    assert_eq!(status(&done[0]), 200);
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+    assert!(b.proxy.snapshot().sessions.is_empty());
+    assert_eq!(b.proxy.metrics().calls_answered, 1);
+
+    b.advance(Duration::from_secs(40));
+    assert_eq!(b.proxy.transactions(), 0, "every transaction ends");
+}
+
+#[test]
+fn busy_agent_gets_486_and_the_ack_is_absorbed() {
+    let mut b = Blade::new(false, 100);
+    for ext in ["1001", "1002", "1003"] {
+        b.register(ext);
+    }
+    b.send(
+        &terminal("1001"),
+        &invite("1001", "1002", "c1", "z9hG4bKi1", ""),
+    );
+    let c = terminal("1003");
+    let out = b.send(&c, &invite("1003", "1002", "c2", "z9hG4bKi2", ""));
+    assert_eq!(out.len(), 1);
+    let busy = parse(&out[0]);
+    assert_eq!(busy.status(), Some(486));
+    let ack = format!(
+        "ACK sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {c};branch=z9hG4bKi2\r\nMax-Forwards: 70\r\n\
+         From: <sip:1003@cc.example>;tag=f1003\r\nTo: <sip:1002@cc.example>;tag={}\r\nCall-ID: c2\r\n\
+         CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        busy.to().tag().unwrap()
+    );
+    assert!(b.send(&c, &ack).is_empty(), "ACK to our 486 stops here");
+    assert_eq!(b.state("1003"), "ready");
+}
+
+#[test]
+fn cancel_after_ringing() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = invite("1001", "1002", "c1", "z9hG4bKi1", "");
+    let fwd = parse(&b.send(&a, &text)[1]);
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let cancel = text
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let out = b.send(&a, &cancel);
+    assert_eq!(status(&out[0]), 200, "the CANCEL is answered");
+    let downstream = parse(&out[1]);
+    assert_eq!(downstream.method(), Some(Method::Cancel));
+    assert_eq!(downstream.top_via().branch(), fwd.top_via().branch());
+    b.send(&bb, &answer(&downstream, 200, "t2"));
+    let out = b.send(&bb, &answer(&fwd, 487, "t2"));
+    let ack = parse(&out[0]);
+    assert_eq!(
+        (ack.method(), out[0].to),
+        (Some(Method::Ack), udp(&bb)),
+        "the 487 is ACKed hop by hop"
+    );
+    assert_eq!((status(&out[1]), out[1].to), (487, udp(&a)));
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+}
+
+#[test]
+fn retransmissions_are_absorbed_and_a_lost_200_is_relayed_again() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = invite("1001", "1002", "c1", "z9hG4bKi1", "");
+    let fwd = parse(&b.send(&a, &text)[1]);
+    let again = b.send(&a, &text);
+    assert_eq!(
+        again.len(),
+        1,
+        "a retransmitted INVITE only gets the 100 again"
+    );
+    assert_eq!(status(&again[0]), 100);
+    let retransmits = b.advance(Duration::from_millis(600));
+    assert_eq!(
+        retransmits.len(),
+        1,
+        "timer A resends the INVITE to the callee"
+    );
+    assert_eq!(retransmits[0].to, udp(&bb));
+    let ok = answer(&fwd, 200, "t2");
+    assert_eq!(b.send(&bb, &ok).len(), 1);
+    let relayed = b.send(&bb, &ok);
+    assert_eq!(
+        relayed.len(),
+        1,
+        "the callee's 200 retransmission goes upstream too"
+    );
+    assert_eq!(relayed[0].to, udp(&a));
+}
+
+#[test]
+fn unanswered_invite_times_out_with_408() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    b.send(
+        &terminal("1001"),
+        &invite("1001", "1002", "c1", "z9hG4bKi1", ""),
+    );
+    let out = b.advance(Duration::from_secs(33));
+    let first_408 = out
+        .iter()
+        .position(|t| Message::parse(t.data.clone()).is_ok_and(|m| m.status() == Some(408)));
+    assert!(first_408.is_some(), "timer B answers the caller 408");
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+}
+
+#[test]
+fn refusals() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    let a = terminal("1001");
+    let st = |b: &mut Blade, text: &str| status(&b.send(&a, text)[0]);
+    assert_eq!(
+        st(&mut b, &invite("1001", "9999", "r1", "z9hG4bK1", "")),
+        404
+    );
+    assert_eq!(
+        st(&mut b, &invite("1001", "1002", "r2", "z9hG4bK2", "")),
+        480
+    );
+    assert_eq!(
+        st(&mut b, &invite("1003", "1001", "r3", "z9hG4bK3", "")),
+        403,
+        "caller not logged in"
+    );
+    let mf0 =
+        invite("1001", "1002", "r4", "z9hG4bK4", "").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    assert_eq!(st(&mut b, &mf0), 483);
+    let pr = invite("1001", "1002", "r5", "z9hG4bK5", "Proxy-Require: x-foo\r\n");
+    let out = b.send(&a, &pr);
+    assert_eq!(status(&out[0]), 420);
+    assert_eq!(
+        parse(&out[0]).header_named("Unsupported"),
+        Some(&b"x-foo"[..])
+    );
+    let out = b.send(&a, "INVITE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.11:5001;branch=z9hG4bKm\r\n\
+        From: <sip:1001@cc.example>;tag=1\r\nTo: <sip:1002@cc.example>\r\nCall-ID: m\r\nCSeq: 1 INVITE\r\n\
+        Content-Length: 99\r\n\r\n");
+    assert_eq!(
+        status(&out[0]),
+        400,
+        "malformed: body shorter than Content-Length"
+    );
+    assert_eq!(b.proxy.metrics().malformed, 1);
+}
+
+#[test]
+fn overload_answers_503() {
+    let mut b = Blade::new(false, 1);
+    b.register("1001");
+    b.advance(Duration::from_secs(40));
+    b.register("1002");
+    let out = b.send(
+        &terminal("1001"),
+        &invite("1001", "1002", "c1", "z9hG4bKi1", ""),
+    );
+    assert_eq!(status(&out[0]), 503);
+    assert_eq!(parse(&out[0]).header_named("Retry-After"), Some(&b"1"[..]));
+}
+
+#[test]
+fn invites_are_challenged_when_auth_is_on() {
+    let mut b = Blade::new(true, 100);
+    b.register("1001");
+    b.register("1002");
+    let a = terminal("1001");
+    let out = b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi1", ""));
+    let challenge = parse(&out[0]);
+    assert_eq!(challenge.status(), Some(407));
+    let d = challenge.proxy_authenticate().unwrap().digest().unwrap();
+    let mut creds = crate::registrar::digest::Credentials {
+        username: "1001",
+        realm: d.realm.unwrap(),
+        nonce: d.nonce.unwrap(),
+        uri: "sip:1002@cc.example",
+        response: "",
+        algorithm: d.algorithm,
+        cnonce: Some("abc"),
+        qop: Some("auth"),
+        nc: Some("00000001"),
+        opaque: None,
+    };
+    let secret = crate::registrar::digest::Secret::Password("pw1001");
+    let response = crate::registrar::digest::expected_response("INVITE", &creds, secret).unwrap();
+    creds.response = &response;
+    let header = format!(
+        "Proxy-Authorization: Digest username=\"1001\", realm=\"{}\", nonce=\"{}\", uri=\"sip:1002@cc.example\", \
+         response=\"{response}\", algorithm={}, cnonce=\"abc\", qop=auth, nc=00000001\r\n",
+        creds.realm,
+        creds.nonce,
+        creds.algorithm.unwrap()
+    );
+    let out = b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi2", &header));
+    assert_eq!(status(&out[0]), 100);
+    assert_eq!(out[1].to, udp(&terminal("1002")));
+}
