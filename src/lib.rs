@@ -13,10 +13,12 @@
 //! The sans-IO layers take inputs (bytes, time) and return outputs; only the
 //! runtime and the command line touch sockets and files.
 
+pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod proxy;
 pub mod registrar;
+pub mod runtime;
 pub mod sip;
 pub mod transaction;

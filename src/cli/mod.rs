@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod certs;
 mod parse;
+mod run;
 
 /// Exit status for invalid input (a bad SIP message, a bad config).
 pub const EXIT_INVALID: u8 = 1;
@@ -69,29 +70,12 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config } => run_blade(config),
+        Command::Run { config } => run::run(config),
         Command::Demo => {
             eprintln!("sipblade: demo: the cross-blade demo is not built yet (see README)");
             ExitCode::from(EXIT_USAGE)
         }
         Command::Parse { files } => parse::run(&files),
         Command::Certs { dir, blades } => certs::run(&dir, &blades),
-    }
-}
-
-fn run_blade(config: Option<PathBuf>) -> ExitCode {
-    let loaded = match config {
-        Some(path) => crate::config::Config::load(&path),
-        None => crate::config::Config::embedded_default(),
-    };
-    match loaded {
-        Ok(_config) => {
-            eprintln!("sipblade: run: the blade runtime is not built yet (see README)");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(err) => {
-            eprintln!("sipblade: {err}");
-            ExitCode::from(EXIT_INVALID)
-        }
     }
 }

@@ -258,6 +258,8 @@ pub struct Proxy {
     metrics: Metrics,
     sent_by: String,
     record_route: String,
+    /// Stopping: new out-of-dialog requests are refused with 503.
+    draining: bool,
 }
 
 impl Proxy {
@@ -284,6 +286,7 @@ impl Proxy {
             metrics: Metrics::default(),
             sent_by,
             record_route,
+            draining: false,
         }
     }
 
@@ -305,6 +308,18 @@ impl Proxy {
     /// The number of live transactions.
     pub fn transactions(&self) -> usize {
         self.txs.len()
+    }
+
+    /// Transactions still waiting for a final response: the work a
+    /// stopping blade lets finish.
+    pub fn pending_transactions(&self) -> usize {
+        self.txs.values().filter(|p| !p.server.is_final()).count()
+    }
+
+    /// Starts or stops refusing new out-of-dialog requests (503), for a
+    /// graceful stop.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
     }
 
     /// This core's agents and sessions, for `/status`.
@@ -467,7 +482,8 @@ impl Proxy {
                 Refusal::new(420, "Bad Extension").with("Unsupported", unsupported.join(", "));
             return self.refuse(now, source, msg, &refusal, out);
         }
-        if self.txs.len() >= self.settings.max_transactions {
+        let new_call = msg.to().tag().is_none();
+        if self.txs.len() >= self.settings.max_transactions || (self.draining && new_call) {
             self.metrics.overloaded += 1;
             let mut buf = BytesMut::new();
             let tag = registrar::tag(&msg);

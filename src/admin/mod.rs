@@ -1,0 +1,126 @@
+//! The admin port (SPEC §6): `GET /status` (JSON) and `GET /metrics`
+//! (Prometheus text), served from a thread of its own so that reading
+//! status never runs on a SIP core. The thread asks each core for a
+//! [`Snapshot`] over a channel and waits a bounded time for the answers.
+
+pub mod render;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::proxy::Snapshot;
+
+/// How long a status request waits for the cores.
+const CORE_ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A request a core answers with its snapshot.
+pub type SnapshotRequest = flume::Sender<Snapshot>;
+
+/// What the admin port shows besides the cores' snapshots.
+#[derive(Debug, Clone)]
+pub struct BladeInfo {
+    /// The blade id.
+    pub id: String,
+    /// The configured peers, for `peers` (all down until the cluster link
+    /// exists).
+    pub peers: Vec<String>,
+}
+
+/// The running admin server.
+pub struct Admin {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl Admin {
+    /// Serves on `listener`, asking the cores through `cores`.
+    pub fn start(
+        listener: TcpListener,
+        info: BladeInfo,
+        cores: Vec<flume::Sender<SnapshotRequest>>,
+    ) -> std::io::Result<Admin> {
+        let addr = listener.local_addr()?;
+        let server =
+            tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?;
+        let server = Arc::new(server);
+        let serving = server.clone();
+        let thread = std::thread::Builder::new()
+            .name("sipblade-admin".into())
+            .spawn(move || serve(&serving, &info, &cores))?;
+        Ok(Admin {
+            server,
+            thread: Some(thread),
+            addr,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and joins the thread.
+    pub fn stop(mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(server: &tiny_http::Server, info: &BladeInfo, cores: &[flume::Sender<SnapshotRequest>]) {
+    for request in server.incoming_requests() {
+        let path = request
+            .url()
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let is_get = *request.method() == tiny_http::Method::Get;
+        let (status, content_type, body) = match (is_get, path.as_str()) {
+            (true, "/status") => (
+                200,
+                "application/json",
+                render::status_json(info, &gather(cores)),
+            ),
+            (true, "/metrics") => (
+                200,
+                "text/plain; version=0.0.4",
+                render::metrics_text(&gather(cores)),
+            ),
+            (false, "/status" | "/metrics") => {
+                (405, "text/plain", "method not allowed\n".to_owned())
+            }
+            _ => (
+                404,
+                "text/plain",
+                "not found: try /status or /metrics\n".to_owned(),
+            ),
+        };
+        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+        if let Ok(header) =
+            tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
+        {
+            response = response.with_header(header);
+        }
+        let _ = request.respond(response);
+    }
+}
+
+/// Asks every core for its snapshot; a core that does not answer in time
+/// is left out rather than stalling the admin port.
+fn gather(cores: &[flume::Sender<SnapshotRequest>]) -> Vec<Snapshot> {
+    let (reply, answers) = flume::bounded(cores.len().max(1));
+    let asked = cores
+        .iter()
+        .filter(|core| core.send(reply.clone()).is_ok())
+        .count();
+    drop(reply);
+    let deadline = std::time::Instant::now() + CORE_ANSWER_TIMEOUT;
+    (0..asked)
+        .filter_map(|_| answers.recv_deadline(deadline).ok())
+        .collect()
+}

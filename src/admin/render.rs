@@ -1,0 +1,102 @@
+//! `/status` JSON and `/metrics` text from the cores' snapshots.
+
+use std::fmt::Write;
+
+use serde_json::json;
+
+use super::BladeInfo;
+use crate::proxy::{Metrics, Snapshot};
+
+/// The `/status` document of SPEC §6.
+pub fn status_json(info: &BladeInfo, snapshots: &[Snapshot]) -> String {
+    let mut agents: Vec<_> = snapshots.iter().flat_map(|s| s.agents.iter()).collect();
+    agents.sort_by(|a, b| a.extension.cmp(&b.extension));
+    let agents: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            json!({
+                "badge": a.badge,
+                "extension": a.extension,
+                "kind": a.kind,
+                "state": a.state,
+                "hosted_by": a.hosted_by,
+                "contact": a.contact.map(|c| c.to_string()),
+            })
+        })
+        .collect();
+    let mut sessions: Vec<_> = snapshots.iter().flat_map(|s| s.sessions.iter()).collect();
+    sessions.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+    let sessions: Vec<_> = sessions
+        .iter()
+        .map(|s| json!({"call_id": s.call_id, "agents": s.agents, "hosted": s.hosted}))
+        .collect();
+    let peers: Vec<_> = info
+        .peers
+        .iter()
+        .map(|id| json!({"id": id, "up": false}))
+        .collect();
+    let doc = json!({"blade": info.id, "agents": agents, "sessions": sessions, "peers": peers});
+    format!("{doc}\n")
+}
+
+/// The `/metrics` text (Prometheus exposition format 0.0.4).
+pub fn metrics_text(snapshots: &[Snapshot]) -> String {
+    let mut m = Metrics::default();
+    for s in snapshots {
+        let c = &s.metrics;
+        m.calls_answered += c.calls_answered;
+        m.calls_busy += c.calls_busy;
+        m.calls_cancelled += c.calls_cancelled;
+        m.calls_failed += c.calls_failed;
+        m.registrations += c.registrations;
+        m.malformed += c.malformed;
+        m.overloaded += c.overloaded;
+    }
+    let transactions: usize = snapshots.iter().map(|s| s.transactions).sum();
+    let sessions: usize = snapshots.iter().map(|s| s.sessions.len()).sum();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP sipblade_calls_total Calls by outcome and route."
+    );
+    let _ = writeln!(out, "# TYPE sipblade_calls_total counter");
+    for (outcome, n) in [
+        ("answered", m.calls_answered),
+        ("busy", m.calls_busy),
+        ("cancelled", m.calls_cancelled),
+        ("failed", m.calls_failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "sipblade_calls_total{{outcome=\"{outcome}\",route=\"local\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sipblade_registrations_total REGISTERs accepted."
+    );
+    let _ = writeln!(out, "# TYPE sipblade_registrations_total counter");
+    let _ = writeln!(out, "sipblade_registrations_total {}", m.registrations);
+    let _ = writeln!(
+        out,
+        "# HELP sipblade_messages_malformed_total Messages refused or dropped as malformed."
+    );
+    let _ = writeln!(out, "# TYPE sipblade_messages_malformed_total counter");
+    let _ = writeln!(out, "sipblade_messages_malformed_total {}", m.malformed);
+    let _ = writeln!(
+        out,
+        "# HELP sipblade_overload_rejected_total Requests answered 503 under overload."
+    );
+    let _ = writeln!(out, "# TYPE sipblade_overload_rejected_total counter");
+    let _ = writeln!(out, "sipblade_overload_rejected_total {}", m.overloaded);
+    let _ = writeln!(
+        out,
+        "# HELP sipblade_transactions_active Live SIP transactions."
+    );
+    let _ = writeln!(out, "# TYPE sipblade_transactions_active gauge");
+    let _ = writeln!(out, "sipblade_transactions_active {transactions}");
+    let _ = writeln!(out, "# HELP sipblade_sessions_active Live sessions.");
+    let _ = writeln!(out, "# TYPE sipblade_sessions_active gauge");
+    let _ = writeln!(out, "sipblade_sessions_active {sessions}");
+    out
+}

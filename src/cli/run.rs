@@ -1,0 +1,56 @@
+//! `sipblade run [--config FILE]`: run one blade until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use super::{EXIT_INVALID, EXIT_USAGE};
+use crate::config::Config;
+use crate::runtime::Blade;
+
+pub(crate) fn run(config: Option<PathBuf>) -> ExitCode {
+    init_logging();
+    let loaded = match config {
+        Some(path) => Config::load(&path),
+        None => Config::embedded_default(),
+    };
+    let config = match loaded {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("sipblade: {err}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    // Register for the signals before starting, so none is missed.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("sipblade: run: cannot watch signals: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let blade = match Blade::start(config) {
+        Ok(blade) => blade,
+        Err(err) => {
+            eprintln!("sipblade: run: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "stopping: finishing running transactions");
+    }
+    blade.stop();
+    ExitCode::SUCCESS
+}
+
+/// Logs to stderr through `tracing`; `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

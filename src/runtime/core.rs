@@ -1,0 +1,253 @@
+//! One core: its UDP socket, its proxy, its share of the channel mesh.
+//!
+//! Tasks on the core share the proxy through a `RefCell`: the executor is
+//! single-threaded, and no borrow is held across an `.await`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+use glommio::net::UdpSocket;
+
+use super::{DRAIN_TIMEOUT, Shared};
+use crate::admin::SnapshotRequest;
+use crate::proxy::route::{owner_core, shard_of};
+use crate::proxy::{AgentEvent, Output, Proxy, Settings};
+use crate::registrar::digest::NonceManager;
+use crate::registrar::{Registrar, Settings as RegistrarSettings};
+use crate::sip::{Message, Transport};
+use crate::transaction::{Peer, TimerConfig};
+
+/// Largest datagram read (the UDP maximum).
+const DATAGRAM_MAX: usize = 65_535;
+
+/// How often the timer task runs due timers: transaction timers are coarse
+/// (T1 = 500 ms), so a 10 ms tick is precise enough and cheap.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Transactions a core holds before answering 503.
+const MAX_TRANSACTIONS: usize = 100_000;
+
+/// What cores send each other.
+pub(crate) enum CoreMsg {
+    /// A message this core received that the other owns.
+    Sip { source: Peer, msg: Message },
+    /// An agent event.
+    Notice(AgentEvent),
+}
+
+struct Core {
+    proxy: RefCell<Proxy>,
+    socket: UdpSocket,
+    mesh: Option<Senders<CoreMsg>>,
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl Core {
+    fn now(&self) -> Duration {
+        self.shared.epoch.elapsed()
+    }
+
+    /// Sends what a proxy step produced.
+    async fn flush(self: &Rc<Self>, out: Output) {
+        for t in out.transmits {
+            match t.to.transport {
+                Transport::Udp => {
+                    if let Err(e) = self.socket.send_to(&t.data, t.to.addr).await {
+                        tracing::debug!(to = %t.to.addr, "send failed: {e}");
+                    }
+                }
+                Transport::Tcp => {
+                    tracing::debug!(to = %t.to.addr, "TCP destination: not supported yet, dropped")
+                }
+            }
+        }
+        for notice in out.notices {
+            let targets: Vec<usize> = match notice.to {
+                Some(core) => vec![core],
+                None => (0..self.shared.cores)
+                    .filter(|&c| c != self.index)
+                    .collect(),
+            };
+            for target in targets {
+                let core = self.clone();
+                let event = notice.event.clone();
+                // Notices must not be lost, but a full peer queue must not
+                // stall this core either: wait in a task of its own.
+                glommio::spawn_local(async move {
+                    if let Some(mesh) = &core.mesh {
+                        let _ = mesh.send_to(target, CoreMsg::Notice(event)).await;
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// Handles one received datagram: here, or on the core that owns it.
+    async fn on_datagram(self: &Rc<Self>, source: Peer, data: Bytes) {
+        let now = self.now();
+        let mut out = Output::default();
+        match Message::parse(data.clone()) {
+            Ok(msg) => match owner_core(&msg, self.shared.cores) {
+                Some(owner) if owner != self.index => {
+                    if let Some(mesh) = &self.mesh {
+                        if let Err(e) = mesh.try_send_to(owner, CoreMsg::Sip { source, msg }) {
+                            tracing::warn!(owner, "core queue full, message dropped: {e}");
+                        }
+                    }
+                }
+                _ => self
+                    .proxy
+                    .borrow_mut()
+                    .handle_message(now, source, msg, &mut out),
+            },
+            Err(_) => self
+                .proxy
+                .borrow_mut()
+                .handle_datagram(now, source, data, &mut out),
+        }
+        self.flush(out).await;
+    }
+
+    async fn on_core_msg(self: &Rc<Self>, msg: CoreMsg) {
+        let mut out = Output::default();
+        match msg {
+            CoreMsg::Sip { source, msg } => {
+                let now = self.now();
+                self.proxy
+                    .borrow_mut()
+                    .handle_message(now, source, msg, &mut out);
+            }
+            CoreMsg::Notice(event) => self.proxy.borrow_mut().handle_notice(event),
+        }
+        self.flush(out).await;
+    }
+}
+
+/// The body of one core's executor.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    socket: socket2::Socket,
+    mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
+    status: flume::Receiver<SnapshotRequest>,
+) {
+    let (senders, mut receivers) = if shared.cores > 1 {
+        match mesh.join().await {
+            Ok((s, r)) => (Some(s), Some(r)),
+            Err(e) => {
+                tracing::error!("cannot join the core mesh: {e}");
+                return;
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let index = senders.as_ref().map_or(0, |s| s.peer_id());
+    let span = tracing::info_span!("core", index);
+    let _entered = span.enter();
+
+    let config = &shared.config;
+    let own_agents = shared
+        .agents
+        .values()
+        .filter(|a| shard_of(a.extension.as_bytes(), shared.cores) == index)
+        .cloned();
+    let registrar = Registrar::new(
+        RegistrarSettings {
+            domain: config.blade.domain.clone(),
+            auth: config.agents.auth,
+        },
+        own_agents,
+        NonceManager::from_secret(shared.nonce_secret),
+    );
+    let settings = Settings {
+        blade_id: config.blade.id.clone(),
+        domain: config.blade.domain.clone(),
+        local: shared.sip,
+        auth: config.agents.auth,
+        core: index,
+        cores: shared.cores,
+        timers: TimerConfig::default(),
+        max_transactions: MAX_TRANSACTIONS,
+    };
+    let socket = UdpSocket::from(socket);
+    // A read timeout lets the receive loop notice a stop request.
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
+    let core = Rc::new(Core {
+        proxy: RefCell::new(Proxy::new(settings, registrar, shared.agents.clone())),
+        socket,
+        mesh: senders,
+        shared: shared.clone(),
+        index,
+    });
+
+    let receiver = core.clone();
+    glommio::spawn_local(async move {
+        let mut buf = vec![0u8; DATAGRAM_MAX];
+        loop {
+            match receiver.socket.recv_from(&mut buf).await {
+                Ok((n, from)) => {
+                    let source = Peer {
+                        addr: from,
+                        transport: Transport::Udp,
+                    };
+                    receiver
+                        .on_datagram(source, Bytes::copy_from_slice(&buf[..n]))
+                        .await;
+                }
+                Err(e) => {
+                    if receiver.shared.stopping.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    tracing::trace!("recv: {e}");
+                }
+            }
+        }
+    })
+    .detach();
+
+    if let Some(receivers) = receivers.as_mut() {
+        for (_, stream) in receivers.streams() {
+            let core = core.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = stream.recv().await {
+                    core.on_core_msg(msg).await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    let answering = core.clone();
+    glommio::spawn_local(async move {
+        while let Ok(reply) = status.recv_async().await {
+            let snapshot = answering.proxy.borrow().snapshot();
+            let _ = reply.send(snapshot);
+        }
+    })
+    .detach();
+
+    // The timer loop is the executor's main task: when it returns, the core
+    // stops.
+    let mut drain_until = None;
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let now = core.now();
+        let mut out = Output::default();
+        core.proxy.borrow_mut().handle_timeout(now, &mut out);
+        core.flush(out).await;
+        if shared.stopping.load(Ordering::Relaxed) {
+            let until = *drain_until.get_or_insert(now + DRAIN_TIMEOUT);
+            core.proxy.borrow_mut().set_draining(true);
+            if core.proxy.borrow().pending_transactions() == 0 || now >= until {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The runtime: the only layer that owns threads, sockets and clocks.
+//!
+//! One glommio executor per core, pinned, each with its own SO_REUSEPORT
+//! UDP socket on the SIP address and its own [`Proxy`]. A message is
+//! handled on the core that owns it ([`crate::proxy::route::owner_core`]);
+//! a core that receives someone else's message hands the parsed
+//! [`crate::sip::Message`] over a glommio channel mesh (no copy, no lock).
+//! The admin port runs on a thread of its own.
+
+mod core;
+pub mod socket;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::admin::{Admin, BladeInfo};
+use crate::config::{Agent, Config};
+
+/// Memory glommio registers for io_uring buffers per executor. Those
+/// buffers serve file DMA, which a SIP core never does; 512 KiB keeps
+/// several executors under an 8 MiB RLIMIT_MEMLOCK (RUNTIME-NOTES).
+const IO_MEMORY: usize = 512 << 10;
+
+/// Depth of each core-to-core channel.
+const MESH_CAPACITY: usize = 4096;
+
+/// How long a stopping blade lets running transactions finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a blade could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An executor could not start (often RLIMIT_MEMLOCK; see README).
+    #[error("cannot start executor {core}: {message}")]
+    Executor {
+        /// The core.
+        core: usize,
+        /// glommio's error.
+        message: String,
+    },
+    /// The nonce secret could not be drawn.
+    #[error("cannot draw a random secret: {0}")]
+    Random(String),
+}
+
+/// A running blade.
+pub struct Blade {
+    sip: SocketAddr,
+    admin: Option<Admin>,
+    stopping: Arc<AtomicBool>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// Everything a core needs to build its proxy, shared read-only.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub sip: SocketAddr,
+    pub cores: usize,
+    pub agents: Arc<HashMap<String, Arc<Agent>>>,
+    pub nonce_secret: [u8; 32],
+    pub epoch: Instant,
+    pub stopping: Arc<AtomicBool>,
+}
+
+impl Blade {
+    /// Binds the sockets and starts the cores and the admin port.
+    pub fn start(config: Config) -> Result<Blade, StartError> {
+        let cores = match config.blade.cores {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let addr = config.blade.sip;
+        let (sip, sockets) =
+            socket::udp_per_core(addr, cores).map_err(|source| StartError::Bind {
+                what: "SIP UDP",
+                addr,
+                source,
+            })?;
+        let admin_addr = config.blade.admin;
+        let admin_listener = TcpListener::bind(admin_addr).map_err(|source| StartError::Bind {
+            what: "admin",
+            addr: admin_addr,
+            source,
+        })?;
+        let mut nonce_secret = [0u8; 32];
+        getrandom::fill(&mut nonce_secret).map_err(|e| StartError::Random(e.to_string()))?;
+        let agents = config
+            .agents
+            .provisioned
+            .iter()
+            .map(|a| (a.extension.clone(), Arc::new(a.clone())))
+            .collect::<HashMap<_, _>>();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let info = BladeInfo {
+            id: config.blade.id.clone(),
+            peers: config
+                .cluster
+                .iter()
+                .flat_map(|c| c.peers.iter().map(|p| p.id.clone()))
+                .collect(),
+        };
+        let shared = Arc::new(Shared {
+            config,
+            sip,
+            cores,
+            agents: Arc::new(agents),
+            nonce_secret,
+            epoch: Instant::now(),
+            stopping: stopping.clone(),
+        });
+
+        let mesh = MeshBuilder::full(cores, MESH_CAPACITY);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut executors = Vec::with_capacity(cores);
+        let mut status_senders = Vec::with_capacity(cores);
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let (status_tx, status_rx) = flume::unbounded();
+            status_senders.push(status_tx);
+            let shared = shared.clone();
+            let mesh = mesh.clone();
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+                .name(&format!("sipblade-core-{i}"))
+                .io_memory(IO_MEMORY)
+                .spawn(move || core::run(shared, socket, mesh, status_rx))
+                .map_err(|e| StartError::Executor {
+                    core: i,
+                    message: e.to_string(),
+                })?;
+            executors.push(handle);
+        }
+        let admin = Admin::start(admin_listener, info, status_senders).map_err(|source| {
+            StartError::Bind {
+                what: "admin",
+                addr: admin_addr,
+                source,
+            }
+        })?;
+        tracing::info!(sip = %sip, admin = %admin.addr(), cores, "blade started");
+        Ok(Blade {
+            sip,
+            admin: Some(admin),
+            stopping,
+            executors,
+        })
+    }
+
+    /// The SIP address the blade listens on (UDP).
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip
+    }
+
+    /// The admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::addr)
+    }
+
+    /// Stops taking new transactions, lets running ones finish (at most
+    /// [`DRAIN_TIMEOUT`]), then stops every core and the admin port.
+    pub fn stop(mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for handle in self.executors.drain(..) {
+            if let Err(e) = handle.join() {
+                tracing::warn!("core ended with an error: {e}");
+            }
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
+        tracing::info!("blade stopped");
+    }
+}
