@@ -34,8 +34,9 @@ const MAX_TRANSACTIONS: usize = 100_000;
 
 /// What cores send each other.
 pub(crate) enum CoreMsg {
-    /// A message this core received that the other owns.
-    Sip { source: Peer, msg: Message },
+    /// A message this core received that the other owns (boxed: a parsed
+    /// message is about 1 KiB of spans, the box keeps channel slots small).
+    Sip { source: Peer, msg: Box<Message> },
     /// An agent event.
     Notice(AgentEvent),
 }
@@ -97,7 +98,13 @@ impl Core {
             Ok(msg) => match owner_core(&msg, self.shared.cores) {
                 Some(owner) if owner != self.index => {
                     if let Some(mesh) = &self.mesh {
-                        if let Err(e) = mesh.try_send_to(owner, CoreMsg::Sip { source, msg }) {
+                        if let Err(e) = mesh.try_send_to(
+                            owner,
+                            CoreMsg::Sip {
+                                source,
+                                msg: Box::new(msg),
+                            },
+                        ) {
                             tracing::warn!(owner, "core queue full, message dropped: {e}");
                         }
                     }
