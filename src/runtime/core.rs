@@ -129,7 +129,7 @@ impl Core {
                 let now = self.now();
                 self.proxy
                     .borrow_mut()
-                    .handle_message(now, source, msg, &mut out);
+                    .handle_message(now, source, *msg, &mut out);
             }
             CoreMsg::Notice(event) => self.proxy.borrow_mut().handle_notice(event),
         }
