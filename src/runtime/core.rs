@@ -20,7 +20,7 @@ use crate::proxy::{AgentEvent, Output, Proxy, Settings};
 use crate::registrar::digest::NonceManager;
 use crate::registrar::{Registrar, Settings as RegistrarSettings};
 use crate::sip::{Message, Transport};
-use crate::transaction::{Peer, TimerConfig};
+use crate::transaction::Peer;
 
 /// Largest datagram read (the UDP maximum).
 const DATAGRAM_MAX: usize = 65_535;
@@ -28,9 +28,6 @@ const DATAGRAM_MAX: usize = 65_535;
 /// How often the timer task runs due timers: transaction timers are coarse
 /// (T1 = 500 ms), so a 10 ms tick is precise enough and cheap.
 const TICK: Duration = Duration::from_millis(10);
-
-/// Transactions a core holds before answering 503.
-const MAX_TRANSACTIONS: usize = 100_000;
 
 /// What cores send each other.
 pub(crate) enum CoreMsg {
@@ -180,8 +177,8 @@ pub(crate) async fn run(
         auth: config.agents.auth,
         core: index,
         cores: shared.cores,
-        timers: TimerConfig::default(),
-        max_transactions: MAX_TRANSACTIONS,
+        timers: shared.options.timers,
+        max_transactions: shared.options.max_transactions,
     };
     let socket = UdpSocket::from(socket);
     // A read timeout lets the receive loop notice a stop request.

@@ -59,6 +59,25 @@ pub enum StartError {
     Random(String),
 }
 
+/// Runtime knobs that are not part of the configuration file: defaults
+/// suit production; tests lower them to reach edge cases quickly.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Transactions one core holds before it answers 503 (overload).
+    pub max_transactions: usize,
+    /// RFC 3261 timer values.
+    pub timers: crate::transaction::TimerConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_transactions: 100_000,
+            timers: crate::transaction::TimerConfig::default(),
+        }
+    }
+}
+
 /// A running blade.
 pub struct Blade {
     sip: SocketAddr,
@@ -70,6 +89,7 @@ pub struct Blade {
 /// Everything a core needs to build its proxy, shared read-only.
 pub(crate) struct Shared {
     pub config: Config,
+    pub options: Options,
     pub sip: SocketAddr,
     pub cores: usize,
     pub agents: Arc<HashMap<String, Arc<Agent>>>,
@@ -81,6 +101,11 @@ pub(crate) struct Shared {
 impl Blade {
     /// Binds the sockets and starts the cores and the admin port.
     pub fn start(config: Config) -> Result<Blade, StartError> {
+        Blade::start_with(config, Options::default())
+    }
+
+    /// [`Blade::start`] with runtime options.
+    pub fn start_with(config: Config, options: Options) -> Result<Blade, StartError> {
         let cores = match config.blade.cores {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -117,6 +142,7 @@ impl Blade {
         };
         let shared = Arc::new(Shared {
             config,
+            options,
             sip,
             cores,
             agents: Arc::new(agents),
