@@ -337,7 +337,7 @@ impl Proxy {
                     AgentState::Hosted { by } => Some(by.clone()),
                     _ => None,
                 },
-                contact: r.binding.as_ref().map(|b| b.addr),
+                contact: r.binding.as_ref().map(|b| b.peer.addr),
             })
             .collect();
         let sessions = self
@@ -554,9 +554,7 @@ impl Proxy {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         }
         let mut buf = BytesMut::new();
-        let outcome =
-            self.registrar
-                .handle_register(now, &msg, source.addr, source.transport, &mut buf);
+        let outcome = self.registrar.handle_register(now, &msg, source, &mut buf);
         match outcome {
             Outcome::LoggedIn(ext) => {
                 self.metrics.registrations += 1;
@@ -724,10 +722,7 @@ impl Proxy {
                 out,
             );
         }
-        let target = Peer {
-            addr: binding.addr,
-            transport: binding.transport,
-        };
+        let target = binding.peer;
         let record_route = matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
         self.forward(
             now,

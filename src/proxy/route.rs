@@ -79,10 +79,10 @@ pub fn uri_peer(uri: &Uri<'_>) -> Option<Peer> {
         .flatten()
         .and_then(Transport::parse)
         .unwrap_or(Transport::Udp);
-    Some(Peer {
-        addr: SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+    Some(Peer::new(
+        SocketAddr::new(ip, uri.port().unwrap_or(5060)),
         transport,
-    })
+    ))
 }
 
 /// The IP of a host written as an IPv4 or bracketed IPv6 literal.
@@ -118,10 +118,7 @@ pub fn via_peer(msg: &Message) -> Option<Peer> {
         Some(Some(p)) => p,
         _ => via.port().unwrap_or(5060),
     };
-    Some(Peer {
-        addr: SocketAddr::new(ip, port),
-        transport,
-    })
+    Some(Peer::new(SocketAddr::new(ip, port), transport))
 }
 
 #[cfg(test)]

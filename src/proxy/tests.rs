@@ -20,10 +20,7 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn udp(s: &str) -> Peer {
-    Peer {
-        addr: addr(s),
-        transport: Transport::Udp,
-    }
+    Peer::udp(addr(s))
 }
 
 /// Agent extension → its terminal's address.

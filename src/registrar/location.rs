@@ -5,23 +5,22 @@
 //! hosting protocol ships it between blades, so it is plain data.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Agent, AgentKind};
-use crate::sip::Transport;
+use crate::sip::Peer;
 
 /// Where an agent's terminal is registered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     /// The Contact URI as registered (without `<>` and header parameters).
     pub uri: String,
-    /// The address requests for the agent are sent to: the Contact's IP and
-    /// port when it names an IP, else the address the REGISTER came from.
-    pub addr: SocketAddr,
-    /// The transport to reach it.
-    pub transport: Transport,
+    /// Where requests for the agent go: over UDP, the Contact's IP and port
+    /// when it names an IP, else the address the REGISTER came from; over
+    /// TCP, the connection the REGISTER came on (the terminal listens on
+    /// it, not on its Contact port).
+    pub peer: Peer,
     /// When the binding lapses (on the caller's clock).
     pub expires_at: Duration,
     /// Call-ID of the REGISTER that made it (RFC 3261 §10.3 ordering).

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::config::{Agent, Credential};
-use crate::sip::{DigestParams, HostKind, Message, Scheme, Transport, edit::derived_tag};
+use crate::sip::{DigestParams, HostKind, Message, Peer, Scheme, Transport, edit::derived_tag};
 use digest::{AuthError, Credentials, NonceManager, Secret};
 use location::{Binding, Location};
 
@@ -97,11 +97,10 @@ impl Registrar {
         &mut self,
         now: Duration,
         msg: &Message,
-        source: SocketAddr,
-        transport: Transport,
+        source: Peer,
         out: &mut BytesMut,
     ) -> Outcome {
-        match self.register(now, msg, source, transport, out) {
+        match self.register(now, msg, source, out) {
             Ok(outcome) => outcome,
             Err(refusal) => {
                 refusal.respond(msg, &tag(msg), out);
@@ -118,8 +117,7 @@ impl Registrar {
         &mut self,
         now: Duration,
         msg: &Message,
-        source: SocketAddr,
-        transport: Transport,
+        source: Peer,
         out: &mut BytesMut,
     ) -> Result<Outcome, Refusal> {
         let to = msg.to();
@@ -188,12 +186,7 @@ impl Registrar {
         let expires = expires.min(MAX_EXPIRES);
         let binding = Binding {
             uri: uri.as_str().to_owned(),
-            addr: contact_addr(&uri, source),
-            transport: uri
-                .param("transport")
-                .flatten()
-                .and_then(Transport::parse)
-                .unwrap_or(transport),
+            peer: contact_peer(&uri, source),
             expires_at: now + Duration::from_secs(u64::from(expires)),
             call_id: msg.call_id().to_owned(),
             cseq: msg.cseq().seq,
@@ -348,21 +341,30 @@ fn check_order(existing: Option<&Binding>, msg: &Message) -> Result<(), Refusal>
     }
 }
 
-/// The address to reach a contact: its IP literal and port, or else where
-/// the REGISTER came from (a host name is not resolved on the hot path).
-fn contact_addr(uri: &crate::sip::Uri<'_>, source: SocketAddr) -> SocketAddr {
-    let host = uri.host();
+/// Where to reach a registered contact. Over a stream, the connection
+/// the REGISTER came on. Over UDP, the Contact's IP literal and port (a
+/// host name is not resolved on the hot path: then the REGISTER's source).
+fn contact_peer(uri: &crate::sip::Uri<'_>, source: Peer) -> Peer {
+    if source.transport.is_reliable() {
+        return source;
+    }
     let ip: Option<IpAddr> = match uri.host_kind() {
-        HostKind::Ipv4 => host.parse().ok(),
-        HostKind::Ipv6 => host
+        HostKind::Ipv4 => uri.host().parse().ok(),
+        HostKind::Ipv6 => uri
+            .host()
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse()
             .ok(),
         _ => None,
     };
+    let transport = uri
+        .param("transport")
+        .flatten()
+        .and_then(Transport::parse)
+        .unwrap_or(Transport::Udp);
     match ip {
-        Some(ip) => SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        Some(ip) => Peer::new(SocketAddr::new(ip, uri.port().unwrap_or(5060)), transport),
         None => source,
     }
 }

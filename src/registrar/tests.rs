@@ -1,6 +1,5 @@
 //! Registrar unit tests: REGISTER in, response out, in virtual time.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use super::digest::{Credentials, NonceManager, Secret, expected_response};
 use super::location::AgentState;
 use super::{Outcome, Registrar, Settings};
 use crate::config::{Agent, AgentKind, Credential};
-use crate::sip::{Message, Transport};
+use crate::sip::{Message, Peer};
 
 const SOURCE: &str = "127.0.0.12:5061";
 
@@ -46,8 +45,8 @@ fn register(ext: &str, cseq: u32, contact: &str, extra: &str) -> String {
 fn send(r: &mut Registrar, now: Duration, text: &str) -> (Outcome, Message) {
     let msg = Message::parse(Bytes::from(text.to_owned())).unwrap();
     let mut out = BytesMut::new();
-    let source: SocketAddr = SOURCE.parse().unwrap();
-    let outcome = r.handle_register(now, &msg, source, Transport::Udp, &mut out);
+    let source = Peer::udp(SOURCE.parse().unwrap());
+    let outcome = r.handle_register(now, &msg, source, &mut out);
     (outcome, Message::parse(out.freeze()).unwrap())
 }
 
@@ -103,7 +102,7 @@ fn challenge_then_login() {
     let record = r.location().get("1001").unwrap();
     assert_eq!(record.state, AgentState::Ready);
     assert_eq!(
-        record.binding.as_ref().unwrap().addr,
+        record.binding.as_ref().unwrap().peer.addr,
         SOURCE.parse().unwrap()
     );
 

@@ -11,16 +11,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
-use glommio::net::UdpSocket;
+use glommio::net::{TcpListener, UdpSocket};
 
+use super::tcp::{self, Connections};
 use super::{DRAIN_TIMEOUT, Shared};
 use crate::admin::SnapshotRequest;
 use crate::proxy::route::{owner_core, shard_of};
 use crate::proxy::{AgentEvent, Output, Proxy, Settings};
 use crate::registrar::digest::NonceManager;
 use crate::registrar::{Registrar, Settings as RegistrarSettings};
-use crate::sip::{Message, Transport};
-use crate::transaction::Peer;
+use crate::sip::{Message, Peer, Transport};
 
 /// Largest datagram read (the UDP maximum).
 const DATAGRAM_MAX: usize = 65_535;
@@ -36,11 +36,14 @@ pub(crate) enum CoreMsg {
     Sip { source: Peer, msg: Box<Message> },
     /// An agent event.
     Notice(AgentEvent),
+    /// Bytes for a stream connection this core owns.
+    StreamSend { peer: Peer, data: Bytes },
 }
 
-struct Core {
+pub(crate) struct Core {
     proxy: RefCell<Proxy>,
     socket: UdpSocket,
+    pub(crate) conns: Connections,
     mesh: Option<Senders<CoreMsg>>,
     shared: Arc<Shared>,
     index: usize,
@@ -60,9 +63,7 @@ impl Core {
                         tracing::debug!(to = %t.to.addr, "send failed: {e}");
                     }
                 }
-                Transport::Tcp => {
-                    tracing::debug!(to = %t.to.addr, "TCP destination: not supported yet, dropped")
-                }
+                Transport::Tcp => self.send_stream(t.to, t.data),
             }
         }
         for notice in out.notices {
@@ -87,8 +88,27 @@ impl Core {
         }
     }
 
-    /// Handles one received datagram: here, or on the core that owns it.
-    async fn on_datagram(self: &Rc<Self>, source: Peer, data: Bytes) {
+    /// Sends on a stream: on the connection named (handing the bytes to the
+    /// core that owns it), else on this core's connection to the address,
+    /// else on a new connection.
+    fn send_stream(self: &Rc<Self>, peer: Peer, data: Bytes) {
+        if let Some(conn) = peer.conn.filter(|c| usize::from(c.core) != self.index) {
+            if let Some(mesh) = &self.mesh {
+                let msg = CoreMsg::StreamSend { peer, data };
+                if mesh.try_send_to(usize::from(conn.core), msg).is_err() {
+                    tracing::warn!(core = conn.core, "core queue full, stream message dropped");
+                }
+            }
+            return;
+        }
+        if !self.conns.send(peer, data.clone()) {
+            tcp::connect(self, peer.addr, data);
+        }
+    }
+
+    /// Handles one received message (a datagram or a stream frame): here,
+    /// or on the core that owns it.
+    pub(crate) async fn on_datagram(self: &Rc<Self>, source: Peer, data: Bytes) {
         let now = self.now();
         let mut out = Output::default();
         match Message::parse(data.clone()) {
@@ -129,6 +149,9 @@ impl Core {
                     .handle_message(now, source, *msg, &mut out);
             }
             CoreMsg::Notice(event) => self.proxy.borrow_mut().handle_notice(event),
+            CoreMsg::StreamSend { peer, data } => {
+                self.send_stream(Peer { conn: None, ..peer }, data)
+            }
         }
         self.flush(out).await;
     }
@@ -189,7 +212,17 @@ pub(crate) async fn run(
         mesh: senders,
         shared: shared.clone(),
         index,
+        conns: Connections::new(index),
     });
+
+    // Each core listens on the SIP address for TCP too (glommio sets
+    // SO_REUSEPORT); a connection stays on the core that accepted it.
+    match TcpListener::bind(shared.sip) {
+        Ok(listener) => {
+            glommio::spawn_local(tcp::accept_loop(core.clone(), listener)).detach();
+        }
+        Err(e) => tracing::error!(addr = %shared.sip, "cannot listen on TCP: {e}"),
+    }
 
     let receiver = core.clone();
     glommio::spawn_local(async move {
@@ -197,10 +230,7 @@ pub(crate) async fn run(
         loop {
             match receiver.socket.recv_from(&mut buf).await {
                 Ok((n, from)) => {
-                    let source = Peer {
-                        addr: from,
-                        transport: Transport::Udp,
-                    };
+                    let source = Peer::udp(from);
                     receiver
                         .on_datagram(source, Bytes::copy_from_slice(&buf[..n]))
                         .await;

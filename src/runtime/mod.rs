@@ -9,6 +9,7 @@
 
 mod core;
 pub mod socket;
+mod tcp;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};

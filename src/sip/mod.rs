@@ -36,5 +36,5 @@ pub use message::{Header, HeaderRef, Message, StartLine};
 pub use method::Method;
 pub use name::HeaderName;
 pub use span::Span;
-pub use transport::Transport;
+pub use transport::{ConnId, Peer, Transport};
 pub use uri::{HostKind, Scheme, Uri};

@@ -256,10 +256,7 @@ mod tests {
     }
 
     fn udp() -> Peer {
-        Peer {
-            addr: "127.0.0.2:5062".parse().unwrap(),
-            transport: Transport::Udp,
-        }
+        Peer::udp("127.0.0.2:5062".parse().unwrap())
     }
 
     fn start(now: Duration) -> ClientTx {

@@ -11,12 +11,11 @@ pub mod client;
 pub mod server;
 pub mod timers;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::sip::Transport;
+pub use crate::sip::Peer;
 
 /// The RFC 3261 timer base values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +44,6 @@ impl TimerConfig {
     pub fn timeout(&self) -> Duration {
         self.t1 * 64
     }
-}
-
-/// Where a message goes: an address and a transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Peer {
-    /// The remote address.
-    pub addr: SocketAddr,
-    /// The transport.
-    pub transport: Transport,
 }
 
 /// A message to send.

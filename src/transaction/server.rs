@@ -213,10 +213,7 @@ mod tests {
     use crate::sip::Transport;
 
     fn peer(transport: Transport) -> Peer {
-        Peer {
-            addr: "127.0.0.12:5061".parse().unwrap(),
-            transport,
-        }
+        Peer::new("127.0.0.12:5061".parse().unwrap(), transport)
     }
 
     fn ms(n: u64) -> Duration {

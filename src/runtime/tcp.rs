@@ -1,0 +1,215 @@
+//! SIP over TCP on a core: accepted and outbound connections, each with a
+//! reader task (framing by Content-Length) and a writer task fed by a local
+//! queue. A connection lives on the core that accepted or opened it; other
+//! cores reach it by handing the bytes over the mesh.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::core::Core;
+use crate::sip::framing::{DEFAULT_MAX_MESSAGE, Frame, frame};
+use crate::sip::{ConnId, Peer, Transport};
+
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// This core's connections.
+pub(crate) struct Connections {
+    core: u16,
+    next: Cell<u32>,
+    by_id: RefCell<HashMap<u32, (SocketAddr, LocalSender<Bytes>)>>,
+    by_addr: RefCell<HashMap<SocketAddr, u32>>,
+}
+
+impl Connections {
+    pub fn new(core: usize) -> Self {
+        Connections {
+            core: core as u16,
+            next: Cell::new(0),
+            by_id: RefCell::new(HashMap::new()),
+            by_addr: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a connection to `addr`; returns its id and its send queue.
+    fn register(&self, addr: SocketAddr) -> (ConnId, LocalReceiver<Bytes>) {
+        let id = self.next.get();
+        self.next.set(id.wrapping_add(1));
+        let (tx, rx) = local_channel::new_unbounded();
+        self.by_id.borrow_mut().insert(id, (addr, tx));
+        self.by_addr.borrow_mut().insert(addr, id);
+        (
+            ConnId {
+                core: self.core,
+                id,
+            },
+            rx,
+        )
+    }
+
+    fn remove(&self, id: u32) {
+        if let Some((addr, _)) = self.by_id.borrow_mut().remove(&id) {
+            let mut by_addr = self.by_addr.borrow_mut();
+            if by_addr.get(&addr) == Some(&id) {
+                by_addr.remove(&addr);
+            }
+        }
+    }
+
+    /// Queues `data` on the connection `peer` names, or on any connection
+    /// of this core to its address. Returns false when there is none.
+    pub fn send(&self, peer: Peer, data: Bytes) -> bool {
+        let id = peer
+            .conn
+            .filter(|c| c.core == self.core)
+            .map(|c| c.id)
+            .or_else(|| self.by_addr.borrow().get(&peer.addr).copied());
+        let by_id = self.by_id.borrow();
+        match id.and_then(|id| by_id.get(&id)) {
+            Some((_, queue)) => queue.try_send(data).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// A read or write half of a shared stream. The executor is
+/// single-threaded and each poll borrows the stream only for its duration,
+/// so the reader and writer tasks never hold it at the same time.
+struct Half(Rc<RefCell<TcpStream>>);
+
+impl AsyncRead for Half {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Half {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+/// Accepts connections on this core's listener for as long as the core runs.
+pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let Ok(addr) = stream.peer_addr() else {
+                    continue;
+                };
+                let (conn, queue) = core.conns.register(addr);
+                glommio::spawn_local(serve(core.clone(), stream, addr, conn, queue)).detach();
+            }
+            Err(e) => tracing::debug!("accept: {e}"),
+        }
+    }
+}
+
+/// Opens a connection to `addr` and sends `first` on it.
+pub(crate) fn connect(core: &Rc<Core>, addr: SocketAddr, first: Bytes) {
+    let (conn, queue) = core.conns.register(addr);
+    core.conns.send(
+        Peer {
+            addr,
+            transport: Transport::Tcp,
+            conn: Some(conn),
+        },
+        first,
+    );
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => serve(core, stream, addr, conn, queue).await,
+            Err(e) => {
+                tracing::debug!(%addr, "connect: {e}");
+                core.conns.remove(conn.id);
+            }
+        }
+    })
+    .detach();
+}
+
+async fn serve(
+    core: Rc<Core>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    conn: ConnId,
+    queue: LocalReceiver<Bytes>,
+) {
+    let _ = stream.set_nodelay(true);
+    let stream = Rc::new(RefCell::new(stream));
+    let mut writer = Half(stream.clone());
+    glommio::spawn_local(async move {
+        while let Some(data) = queue.recv().await {
+            if writer.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    })
+    .detach();
+
+    let mut reader = Half(stream);
+    let peer = Peer {
+        addr,
+        transport: Transport::Tcp,
+        conn: Some(conn),
+    };
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    'read: loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match frame(&buf, DEFAULT_MAX_MESSAGE) {
+                Ok(Frame::Complete(len)) => {
+                    let message = buf.split_to(len).freeze();
+                    core.on_datagram(peer, message).await;
+                }
+                Ok(Frame::KeepAlive { len, ping }) => {
+                    let _ = buf.split_to(len);
+                    if ping {
+                        // RFC 5626 §3.5.1: a double-CRLF ping gets a CRLF pong.
+                        core.conns.send(peer, Bytes::from_static(b"\r\n"));
+                    }
+                }
+                Ok(Frame::Partial) => break,
+                Err(e) => {
+                    // RFC 3261 §18.3: a framing error on a stream cannot be
+                    // recovered from; close the connection.
+                    tracing::debug!(%addr, "stream framing error: {e}");
+                    break 'read;
+                }
+            }
+        }
+    }
+    core.conns.remove(conn.id);
+}
