@@ -206,7 +206,11 @@ impl ServerKey {
 struct TxPair {
     generation: u32,
     key: ServerKey,
-    request: Message,
+    /// The request as received, kept until the server transaction sends a
+    /// final response (a 408 or a CANCEL may still need it), then dropped.
+    request: Option<Message>,
+    invite: bool,
+    call_id: Box<str>,
     server: ServerTx,
     client: Option<Client>,
     /// INVITE: the CANCEL we sent downstream, or that one is due once a
@@ -441,14 +445,20 @@ impl Proxy {
                 send_cancel(now, self.settings.timers, pair, &mut out.transmits);
             }
             if timed_out && !pair.server.is_final() {
-                let call_id = pair.request.call_id().to_owned();
-                let tag = registrar::tag(&pair.request);
-                let mut buf = BytesMut::new();
-                pair.request
-                    .response(408, "Request Timeout", Some(&tag), &[], &mut buf);
-                pair.server
-                    .respond(now, 408, buf.freeze(), &mut out.transmits);
-                if pair.request.method() == Some(Method::Invite) {
+                if let Some(request) = &pair.request {
+                    let mut buf = BytesMut::new();
+                    request.response(
+                        408,
+                        "Request Timeout",
+                        Some(&registrar::tag(request)),
+                        &[],
+                        &mut buf,
+                    );
+                    pair.server
+                        .respond(now, 408, buf.freeze(), &mut out.transmits);
+                }
+                if pair.invite {
+                    let call_id = pair.call_id.clone();
                     self.metrics.calls_failed += 1;
                     self.end_session(&call_id, out);
                 }
@@ -619,7 +629,9 @@ impl Proxy {
         let pair = TxPair {
             generation: 0,
             key,
-            request,
+            invite: request.method() == Some(Method::Invite),
+            call_id: request.call_id().into(),
+            request: Some(request),
             server,
             client,
             cancel: None,
@@ -644,6 +656,9 @@ impl Proxy {
                 }
             }
             return;
+        }
+        if pair.server.is_final() {
+            pair.request = None;
         }
         pair.generation = pair.generation.wrapping_add(1);
         if let Some(at) = pair.deadline() {
@@ -944,7 +959,7 @@ impl Proxy {
         if client.tx.on_response(now, &msg, &mut out.transmits) != ClientEvent::Pass {
             return self.reschedule(id);
         }
-        let invite = pair.request.method() == Some(Method::Invite);
+        let invite = pair.invite;
         if status > 100 {
             // §16.7 step 3: remove our Via and pass the response upstream.
             let mut buf = BytesMut::new();
@@ -961,7 +976,7 @@ impl Proxy {
         }
         if invite && status >= 200 {
             pair.ringing_until = None;
-            let call_id = pair.request.call_id().to_owned();
+            let call_id = pair.call_id.clone();
             if status < 300 {
                 if self.sessions.confirm(&call_id) {
                     self.metrics.calls_answered += 1;
@@ -1059,7 +1074,10 @@ fn send_cancel(now: Duration, timers: TimerConfig, pair: &mut TxPair, out: &mut 
     match client.tx.state() {
         ClientState::Proceeding => {
             let mut buf = BytesMut::new();
-            client.tx.request().cancel_for(&mut buf);
+            let Some(request) = client.tx.request() else {
+                return;
+            };
+            request.cancel_for(&mut buf);
             let data = buf.freeze();
             if let Ok(cancel) = Message::parse(data.clone()) {
                 let (tx, first) = ClientTx::start(now, cancel, data, client.tx.peer(), timers);

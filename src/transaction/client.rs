@@ -42,7 +42,10 @@ pub enum ClientEvent {
 pub struct ClientTx {
     invite: bool,
     state: ClientState,
-    request: Message,
+    /// The request, kept while it may still be needed to build an ACK or a
+    /// CANCEL; dropped once a final response arrives, so the transactions
+    /// that linger to absorb retransmissions stay small.
+    request: Option<Message>,
     data: Bytes,
     peer: Peer,
     timers: TimerConfig,
@@ -75,7 +78,7 @@ impl ClientTx {
             } else {
                 ClientState::Trying
             },
-            request,
+            request: Some(request),
             data: data.clone(),
             peer,
             timers,
@@ -92,9 +95,9 @@ impl ClientTx {
         self.state
     }
 
-    /// The request this transaction sent.
-    pub fn request(&self) -> &Message {
-        &self.request
+    /// The request this transaction sent, until a final response arrives.
+    pub fn request(&self) -> Option<&Message> {
+        self.request.as_ref()
     }
 
     /// Where the request went.
@@ -143,6 +146,7 @@ impl ClientTx {
             }
             (ClientState::Calling | ClientState::Proceeding, 200..=299) if self.invite => {
                 self.state = ClientState::Accepted;
+                self.request = None;
                 self.retransmit = None;
                 self.timeout = None;
                 self.linger = Some(now + self.timers.timeout());
@@ -151,7 +155,9 @@ impl ClientTx {
             (ClientState::Accepted, 200..=299) => ClientEvent::Pass,
             (ClientState::Calling | ClientState::Proceeding, 300..=699) if self.invite => {
                 let mut ack = BytesMut::new();
-                self.request.ack_for(response, &mut ack);
+                if let Some(request) = self.request.take() {
+                    request.ack_for(response, &mut ack);
+                }
                 let ack = ack.freeze();
                 out.push(Transmit {
                     to: self.peer,
@@ -181,6 +187,7 @@ impl ClientTx {
             }
             (ClientState::Trying | ClientState::Proceeding, 200..=699) => {
                 self.state = ClientState::Completed;
+                self.request = None;
                 self.retransmit = None;
                 self.timeout = None;
                 self.linger = Some(
@@ -229,6 +236,7 @@ impl ClientTx {
 
     fn terminate(&mut self) {
         self.state = ClientState::Terminated;
+        self.request = None;
         self.retransmit = None;
         self.timeout = None;
         self.linger = None;
