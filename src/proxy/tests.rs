@@ -11,7 +11,6 @@ use super::*;
 use crate::config::{AgentKind, Credential};
 use crate::registrar::Settings as RegistrarSettings;
 use crate::registrar::digest::NonceManager;
-use crate::sip::Transport;
 
 const BLADE: &str = "127.0.0.1:5060";
 
