@@ -19,14 +19,20 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
     let mut io_error = false;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let inputs: Vec<(String, std::io::Result<Vec<u8>>)> = if files.is_empty() {
+    // No file, or a file named "-", reads standard input (once).
+    let read_stdin = || {
         let mut buf = Vec::new();
-        let read = std::io::stdin().read_to_end(&mut buf).map(|_| buf);
-        vec![(STDIN_NAME.to_string(), read)]
+        std::io::stdin().read_to_end(&mut buf).map(|_| buf)
+    };
+    let inputs: Vec<(String, std::io::Result<Vec<u8>>)> = if files.is_empty() {
+        vec![(STDIN_NAME.to_string(), read_stdin())]
     } else {
         files
             .iter()
-            .map(|f| (f.display().to_string(), std::fs::read(f)))
+            .map(|f| match f.to_str() {
+                Some(STDIN_NAME) => (STDIN_NAME.to_string(), read_stdin()),
+                _ => (f.display().to_string(), std::fs::read(f)),
+            })
             .collect()
     };
     for (name, read) in inputs {

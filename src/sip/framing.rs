@@ -160,4 +160,17 @@ mod tests {
             ErrorKind::TooLarge
         );
     }
+
+    /// Found by the framing fuzz target: a line that starts with a colon (a
+    /// folded `Content-Length` name) gave the name classifier an empty slice.
+    #[test]
+    fn line_with_empty_name() {
+        let folded = b"BYE sip:a@b SIP/2.0\r\nContent-Length\r\n : 5\r\n\r\nhello";
+        assert_eq!(
+            frame(folded, 100).unwrap_err().kind,
+            ErrorKind::MissingContentLength
+        );
+        let bare = b"BYE sip:a@b SIP/2.0\r\n: x\r\nl: 0\r\n\r\n";
+        assert_eq!(frame(bare, 100), Ok(Frame::Complete(bare.len())));
+    }
 }

@@ -68,7 +68,12 @@ impl HeaderName {
                 _ => Other,
             };
         }
-        let candidates: &[(&[u8], HeaderName)] = match (n.len(), n[0] | 0x20) {
+        // The stream framer classifies whatever precedes a colon, which may
+        // be nothing: an empty name is no known header, not a panic.
+        let Some(&first) = n.first() else {
+            return Other;
+        };
+        let candidates: &[(&[u8], HeaderName)] = match (n.len(), first | 0x20) {
             (3, b'v') => &[(b"via", Via)],
             (4, b'f') => &[(b"from", From)],
             (2, b't') => &[(b"to", To)],
@@ -168,6 +173,7 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"C%6Fntact"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(b"Contacts"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(b"l"), HeaderName::ContentLength);
+        assert_eq!(HeaderName::from_bytes(b""), HeaderName::Other);
     }
 
     #[test]

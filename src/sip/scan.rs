@@ -156,10 +156,11 @@ impl<'a> Cursor<'a> {
     }
 
     /// Span from `start` to the end of the cursor's range, trailing white
-    /// space removed.
+    /// space removed, trailing folds included (a fold is one SP, RFC 3261
+    /// §7.3.1; inside a header line every CR and LF belongs to a fold).
     pub fn trimmed_to_end(&self, start: usize) -> Span {
         let mut end = self.end;
-        while end > start && matches!(self.src[end - 1], b' ' | b'\t') {
+        while end > start && matches!(self.src[end - 1], b' ' | b'\t' | b'\r' | b'\n') {
             end -= 1;
         }
         Span::new(start, end)
