@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use slab::Slab;
 
 use crate::config::Agent;
 use crate::registrar::location::AgentState;
@@ -253,11 +254,20 @@ pub struct Proxy {
     agents: Arc<HashMap<String, Arc<Agent>>>,
     /// Agents owned by other cores that are logged in (from notices).
     logged_in_elsewhere: HashSet<String>,
-    txs: HashMap<u64, TxPair>,
-    by_server: HashMap<ServerKey, u64>,
-    by_client: HashMap<(Bytes, bool), u64>,
+    /// Transaction pairs; their slab keys index the maps below and the
+    /// timer queue.
+    txs: Slab<TxPair>,
+    /// Server transactions by key. ahash: fast, and keyed randomly per
+    /// process, so peers cannot flood a bucket with chosen branches.
+    by_server: HashMap<ServerKey, usize, ahash::RandomState>,
+    by_client: HashMap<(Bytes, bool), usize, ahash::RandomState>,
     timers: TimerQueue,
-    next_id: u64,
+    /// Numbers the branches this core generates; never reused, unlike slab
+    /// keys, so a late response cannot match a newer transaction.
+    next_branch: u64,
+    /// Stamps each timer arming; a queue entry whose stamp is not the
+    /// pair's current one is stale.
+    next_generation: u32,
     sessions: Sessions,
     metrics: Metrics,
     sent_by: String,
@@ -281,11 +291,12 @@ impl Proxy {
             registrar,
             agents,
             logged_in_elsewhere: HashSet::new(),
-            txs: HashMap::new(),
-            by_server: HashMap::new(),
-            by_client: HashMap::new(),
+            txs: Slab::new(),
+            by_server: HashMap::default(),
+            by_client: HashMap::default(),
             timers: TimerQueue::new(),
-            next_id: 0,
+            next_branch: 0,
+            next_generation: 0,
             sessions: Sessions::default(),
             metrics: Metrics::default(),
             sent_by,
@@ -317,7 +328,10 @@ impl Proxy {
     /// Transactions still waiting for a final response: the work a
     /// stopping blade lets finish.
     pub fn pending_transactions(&self) -> usize {
-        self.txs.values().filter(|p| !p.server.is_final()).count()
+        self.txs
+            .iter()
+            .filter(|(_, p)| !p.server.is_final())
+            .count()
     }
 
     /// Starts or stops refusing new out-of-dialog requests (503), for a
@@ -424,7 +438,8 @@ impl Proxy {
             });
         }
         while let Some((id, generation)) = self.timers.pop_due(now) {
-            let Some(pair) = self.txs.get_mut(&id) else {
+            let id = id as usize;
+            let Some(pair) = self.txs.get_mut(id) else {
                 continue;
             };
             if pair.generation != generation {
@@ -471,7 +486,7 @@ impl Proxy {
         let method = msg.method().unwrap_or(Method::Other);
         let key = ServerKey::of(&msg);
         if let Some(&id) = self.by_server.get(&key) {
-            if let Some(pair) = self.txs.get_mut(&id) {
+            if let Some(pair) = self.txs.get_mut(id) {
                 if method == Method::Ack {
                     pair.server.on_ack(now);
                 } else {
@@ -618,17 +633,11 @@ impl Proxy {
         self.reschedule(id);
     }
 
-    fn insert(&mut self, request: Message, server: ServerTx, client: Option<Client>) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
+    fn insert(&mut self, request: Message, server: ServerTx, client: Option<Client>) -> usize {
         let key = ServerKey::of(&request);
-        self.by_server.insert(key.clone(), id);
-        if let Some(c) = &client {
-            self.by_client.insert((c.branch.clone(), false), id);
-        }
         let pair = TxPair {
             generation: 0,
-            key,
+            key: key.clone(),
             invite: request.method() == Some(Method::Invite),
             call_id: request.call_id().into(),
             request: Some(request),
@@ -638,31 +647,36 @@ impl Proxy {
             cancel_pending: false,
             ringing_until: None,
         };
-        self.txs.insert(id, pair);
+        let client_branch = pair.client.as_ref().map(|c| c.branch.clone());
+        let id = self.txs.insert(pair);
+        self.by_server.insert(key, id);
+        if let Some(branch) = client_branch {
+            self.by_client.insert((branch, false), id);
+        }
         id
     }
 
     /// Re-arms the timer of transaction `id`, or drops it when done.
-    fn reschedule(&mut self, id: u64) {
-        let Some(pair) = self.txs.get_mut(&id) else {
+    fn reschedule(&mut self, id: usize) {
+        let Some(pair) = self.txs.get_mut(id) else {
             return;
         };
         if pair.is_done() {
-            if let Some(pair) = self.txs.remove(&id) {
-                self.by_server.remove(&pair.key);
-                if let Some(c) = pair.client {
-                    self.by_client.remove(&(c.branch.clone(), false));
-                    self.by_client.remove(&(c.branch, true));
-                }
+            let pair = self.txs.remove(id);
+            self.by_server.remove(&pair.key);
+            if let Some(c) = pair.client {
+                self.by_client.remove(&(c.branch.clone(), false));
+                self.by_client.remove(&(c.branch, true));
             }
             return;
         }
         if pair.server.is_final() {
             pair.request = None;
         }
-        pair.generation = pair.generation.wrapping_add(1);
+        self.next_generation = self.next_generation.wrapping_add(1);
+        pair.generation = self.next_generation;
         if let Some(at) = pair.deadline() {
-            self.timers.schedule(at, id, pair.generation);
+            self.timers.schedule(at, id as u64, pair.generation);
         }
     }
 
@@ -789,8 +803,8 @@ impl Proxy {
         record_route: bool,
         out: &mut Output,
     ) {
-        let id = self.next_id;
-        let branch = format!("{BRANCH_PREFIX}{}x{id}", self.settings.core);
+        self.next_branch += 1;
+        let branch = format!("{BRANCH_PREFIX}{}x{}", self.settings.core, self.next_branch);
         let via = format!(
             "SIP/2.0/{} {};branch={branch}",
             target.transport, self.sent_by
@@ -828,7 +842,7 @@ impl Proxy {
         let branch = Bytes::from(branch);
         let id = self.insert(msg, server, Some(Client { tx: client, branch }));
         if invite {
-            if let Some(pair) = self.txs.get_mut(&id) {
+            if let Some(pair) = self.txs.get_mut(id) {
                 pair.ringing_until = Some(now + TIMER_C);
             }
         }
@@ -919,7 +933,7 @@ impl Proxy {
             to: route::response_peer(source),
             data: buf.freeze(),
         });
-        if let Some(pair) = self.txs.get_mut(&id) {
+        if let Some(pair) = self.txs.get_mut(id) {
             if !pair.server.is_final() {
                 send_cancel(now, self.settings.timers, pair, &mut out.transmits);
                 if let Some(c) = &pair.client {
@@ -943,7 +957,7 @@ impl Proxy {
         let Some(&id) = self.by_client.get(&key) else {
             return self.forward_stray_2xx(&msg, out);
         };
-        let Some(pair) = self.txs.get_mut(&id) else {
+        let Some(pair) = self.txs.get_mut(id) else {
             return;
         };
         if cancel {

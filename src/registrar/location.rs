@@ -106,6 +106,10 @@ impl AgentRecord {
 #[derive(Debug, Default)]
 pub struct Location {
     records: HashMap<String, AgentRecord>,
+    /// No binding lapses before this (a lower bound: unbinding leaves it
+    /// early, and the next sweep recomputes it). Lets the per-tick expiry
+    /// check skip the scan.
+    earliest_expiry: Option<Duration>,
 }
 
 impl Location {
@@ -115,7 +119,10 @@ impl Location {
             .into_iter()
             .map(|a| (a.extension.clone(), AgentRecord::new(a)))
             .collect();
-        Location { records }
+        Location {
+            records,
+            earliest_expiry: None,
+        }
     }
 
     /// The record of `extension`.
@@ -136,6 +143,8 @@ impl Location {
     /// Records `binding` for `extension`: the agent logs in (or refreshes).
     pub fn bind(&mut self, extension: &str, binding: Binding) {
         if let Some(record) = self.records.get_mut(extension) {
+            let at = binding.expires_at;
+            self.earliest_expiry = Some(self.earliest_expiry.map_or(at, |e| e.min(at)));
             record.binding = Some(binding);
             if record.state == AgentState::LoggedOut {
                 record.state = AgentState::Ready;
@@ -159,6 +168,9 @@ impl Location {
     /// Logs out every agent whose binding lapsed at `now`; returns their
     /// extensions.
     pub fn expire(&mut self, now: Duration) -> Vec<String> {
+        if self.earliest_expiry.is_none_or(|at| at > now) {
+            return Vec::new();
+        }
         let mut gone = Vec::new();
         for record in self.records.values_mut() {
             if record.binding.as_ref().is_some_and(|b| b.expires_at <= now) {
@@ -167,11 +179,16 @@ impl Location {
                 gone.push(record.agent.extension.clone());
             }
         }
+        self.earliest_expiry = self.scan_next_expiry();
         gone
     }
 
     /// The earliest binding expiry, for the caller's timer.
     pub fn next_expiry(&self) -> Option<Duration> {
+        self.earliest_expiry
+    }
+
+    fn scan_next_expiry(&self) -> Option<Duration> {
         self.records
             .values()
             .filter_map(|r| r.binding.as_ref().map(|b| b.expires_at))
