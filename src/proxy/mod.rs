@@ -858,7 +858,7 @@ impl Proxy {
         next_route: Option<Peer>,
         out: &mut Output,
     ) {
-        let target = next_route.or_else(|| msg.request_uri().and_then(|u| route::uri_peer(&u)));
+        let target = next_route.or_else(|| self.request_uri_peer(&msg));
         let Some(target) = target else {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         };
@@ -869,6 +869,22 @@ impl Proxy {
         self.forward(now, source, msg, target, None, pop_route, false, out);
     }
 
+    /// Where the Request-URI points. When it is the registered contact of
+    /// an agent this core owns, the binding's peer: over TCP that is the
+    /// agent's own connection, which its ephemeral port alone would not
+    /// reach.
+    fn request_uri_peer(&self, msg: &Message) -> Option<Peer> {
+        let uri = msg.request_uri()?;
+        let agent = uri.user().and_then(|u| std::str::from_utf8(u).ok());
+        let binding = agent
+            .and_then(|a| self.registrar.location().get(a))
+            .and_then(|r| r.binding.as_ref());
+        match binding {
+            Some(b) if b.uri == uri.as_str() => Some(b.peer),
+            _ => route::uri_peer(&uri),
+        }
+    }
+
     /// ACK for a 2xx travels end to end (§16.7 does not apply; the ACK has
     /// its own branch): forward it statelessly along Route / R-URI.
     fn forward_ack(&mut self, msg: &Message, out: &mut Output) {
@@ -877,8 +893,7 @@ impl Proxy {
             .routes()
             .nth(usize::from(pop_route))
             .and_then(|r| route::uri_peer(&r.uri()));
-        let Some(target) = next.or_else(|| msg.request_uri().and_then(|u| route::uri_peer(&u)))
-        else {
+        let Some(target) = next.or_else(|| self.request_uri_peer(msg)) else {
             return;
         };
         // A stateless branch: derived from the incoming one, so every
