@@ -510,19 +510,12 @@ impl Proxy {
         let new_call = msg.to().tag().is_none();
         if self.txs.len() >= self.settings.max_transactions || (self.draining && new_call) {
             self.metrics.overloaded += 1;
-            let mut buf = BytesMut::new();
-            let tag = registrar::tag(&msg);
-            msg.response(
-                503,
-                "Service Unavailable",
-                Some(&tag),
-                &[("Retry-After", "1")],
-                &mut buf,
-            );
-            out.transmits.push(Transmit {
-                to: route::response_peer(source),
-                data: buf.freeze(),
-            });
+            if let Some(data) = overload_response(&msg) {
+                out.transmits.push(Transmit {
+                    to: route::response_peer(source),
+                    data,
+                });
+            }
             return;
         }
 
@@ -536,6 +529,9 @@ impl Proxy {
             && !(method == Method::Options && self.is_blade_options(&msg))
         {
             return self.refuse(now, source, msg, &Refusal::new(483, "Too Many Hops"), out);
+        }
+        if self.is_loop(&msg) {
+            return self.refuse(now, source, msg, &Refusal::new(482, "Loop Detected"), out);
         }
         if msg.to().tag().is_some() || next_route.is_some() {
             return self.forward_in_dialog(now, source, msg, pop_route, next_route, out);
@@ -554,6 +550,22 @@ impl Proxy {
             );
         }
         self.route_to_agent(now, source, msg, out);
+    }
+
+    /// Loop detection (RFC 3261 §16.3 step 4): a Via of ours whose branch
+    /// carries the loop hash this very request would get means the request
+    /// came back unchanged: a loop. A different hash is a spiral (the
+    /// request was retargeted), which is fine.
+    fn is_loop(&self, msg: &Message) -> bool {
+        let mut ours = msg.vias().filter(|v| {
+            v.port().unwrap_or(5060) == self.settings.local.port()
+                && route::host_ip(v.host(), v.host_kind()) == Some(self.settings.local.ip())
+        });
+        let hash = format!("{:016x}", route::loop_hash(msg));
+        ours.any(|v| {
+            v.branch()
+                .is_some_and(|b| b.starts_with(BRANCH_PREFIX) && b.ends_with(&hash))
+        })
     }
 
     /// Whether `uri` names this blade (its address; a default port is 5060).
@@ -804,7 +816,12 @@ impl Proxy {
         out: &mut Output,
     ) {
         self.next_branch += 1;
-        let branch = format!("{BRANCH_PREFIX}{}x{}", self.settings.core, self.next_branch);
+        let branch = format!(
+            "{BRANCH_PREFIX}{}x{}.{:016x}",
+            self.settings.core,
+            self.next_branch,
+            route::loop_hash(&msg)
+        );
         let via = format!(
             "SIP/2.0/{} {};branch={branch}",
             target.transport, self.sent_by
@@ -1089,6 +1106,24 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The stateless 503 a blade answers a request with when it cannot take
+/// it on (a core's queue at its bound); `None` for responses and ACKs,
+/// which are never answered.
+pub fn overload_response(msg: &Message) -> Option<Bytes> {
+    if !msg.is_request() || msg.method() == Some(Method::Ack) {
+        return None;
+    }
+    let mut buf = BytesMut::new();
+    msg.response(
+        503,
+        "Service Unavailable",
+        Some(&registrar::tag(msg)),
+        &[("Retry-After", "1")],
+        &mut buf,
+    );
+    Some(buf.freeze())
 }
 
 /// Sends the CANCEL of a forwarded INVITE, or marks it due once a

@@ -25,6 +25,25 @@ pub fn shard_of(extension: &[u8], cores: usize) -> usize {
     (h % cores.max(1) as u64) as usize
 }
 
+/// The loop-detection hash of a request (RFC 3261 §16.6 step 8): what a
+/// looping request keeps and a spiralling one changes — Request-URI,
+/// Call-ID, From tag, To tag, CSeq number. FNV-1a, stable across cores.
+pub fn loop_hash(msg: &Message) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes.iter().chain(b"\0") {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(msg.request_uri().map(|u| u.as_bytes()).unwrap_or_default());
+    feed(msg.call_id_bytes());
+    feed(msg.from().tag().unwrap_or_default().as_bytes());
+    feed(msg.to().tag().unwrap_or_default().as_bytes());
+    feed(&msg.cseq().seq.to_be_bytes());
+    h
+}
+
 /// The core a branch sipblade generated names.
 pub fn core_of_branch(branch: &str) -> Option<usize> {
     let rest = branch.strip_prefix(BRANCH_PREFIX)?;

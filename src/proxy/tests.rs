@@ -435,3 +435,29 @@ fn invites_are_challenged_when_auth_is_on() {
     assert_eq!(status(&out[0]), 100);
     assert_eq!(out[1].to, udp(&terminal("1002")));
 }
+
+#[test]
+fn a_request_that_comes_back_unchanged_is_a_loop() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let out = b.send(&a, &invite("1001", "1002", "loop1", "z9hG4bKl1", ""));
+    let forwarded = String::from_utf8(out[1].data.to_vec()).unwrap();
+    // The same request, sent back to us as it was: same Request-URI.
+    let first_line_end = forwarded.find("\r\n").unwrap();
+    let looped = format!(
+        "INVITE sip:1002@cc.example SIP/2.0{}",
+        &forwarded[first_line_end..]
+    );
+    let out = b.send(&bb, &looped);
+    assert_eq!(status(&out[0]), 482);
+    // Retargeted (a spiral) is not a loop: it is routed on (here, the
+    // callee is busy with the first call).
+    let spiral = format!(
+        "INVITE sip:1002@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.99:5000;branch=z9hG4bKhop{}",
+        &forwarded[first_line_end..]
+    );
+    let out = b.send(&bb, &spiral);
+    assert_eq!(status(&out[0]), 486);
+}

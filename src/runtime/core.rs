@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::net::{TcpListener, UdpSocket};
+use glommio::{GlommioError, ResourceType};
 
 use super::tcp::{self, Connections};
 use super::{DRAIN_TIMEOUT, Shared};
@@ -21,6 +22,7 @@ use crate::proxy::{AgentEvent, Output, Proxy, Settings};
 use crate::registrar::digest::NonceManager;
 use crate::registrar::{Registrar, Settings as RegistrarSettings};
 use crate::sip::{Message, Peer, Transport};
+use crate::transaction::Transmit;
 
 /// Largest datagram read (the UDP maximum).
 const DATAGRAM_MAX: usize = 65_535;
@@ -29,13 +31,22 @@ const DATAGRAM_MAX: usize = 65_535;
 /// (T1 = 500 ms), so a 10 ms tick is precise enough and cheap.
 const TICK: Duration = Duration::from_millis(10);
 
+/// How long a step's datagrams wait for the other cores to apply its
+/// notices: they normally do within a millisecond; the bound only matters
+/// when a core is stopping or stalled.
+const NOTICE_WAIT: Duration = Duration::from_millis(50);
+
+/// How long a stopped core waits for its short-lived tasks to end (they
+/// hold the core, and so its sockets, open).
+const TASKS_WAIT: Duration = Duration::from_secs(1);
+
 /// What cores send each other.
 pub(crate) enum CoreMsg {
     /// A message this core received that the other owns (boxed: a parsed
     /// message is about 1 KiB of spans, the box keeps channel slots small).
     Sip { source: Peer, msg: Box<Message> },
-    /// An agent event.
-    Notice(AgentEvent),
+    /// An agent event, and where to say it has been applied.
+    Notice(AgentEvent, flume::Sender<()>),
     /// Bytes for a stream connection this core owns.
     StreamSend { peer: Peer, data: Bytes },
 }
@@ -54,9 +65,49 @@ impl Core {
         self.shared.epoch.elapsed()
     }
 
-    /// Sends what a proxy step produced.
+    /// Sends what a proxy step produced. A step that tells other cores
+    /// something (an agent logged in, joined or left a call) sends its
+    /// messages only once they have applied it, so that a client reacting
+    /// to them (a call placed right after its REGISTER's 200) finds every
+    /// core up to date. That wait runs in a task of its own: it must not
+    /// stall this core, nor a full peer queue.
     async fn flush(self: &Rc<Self>, out: Output) {
-        for t in out.transmits {
+        if out.notices.is_empty() {
+            return self.transmit(out.transmits).await;
+        }
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let mut applied = Vec::new();
+            for notice in out.notices {
+                let targets: Vec<usize> = match notice.to {
+                    Some(target) => vec![target],
+                    None => (0..core.shared.cores)
+                        .filter(|&c| c != core.index)
+                        .collect(),
+                };
+                for target in targets {
+                    let Some(mesh) = &core.mesh else { continue };
+                    let (ack, done) = flume::bounded(1);
+                    let msg = CoreMsg::Notice(notice.event.clone(), ack);
+                    if mesh.send_to(target, msg).await.is_ok() {
+                        applied.push(done);
+                    }
+                }
+            }
+            let _ = glommio::timer::timeout(NOTICE_WAIT, async {
+                for done in applied {
+                    let _ = done.recv_async().await;
+                }
+                Ok(())
+            })
+            .await;
+            core.transmit(out.transmits).await;
+        })
+        .detach();
+    }
+
+    async fn transmit(self: &Rc<Self>, transmits: Vec<Transmit>) {
+        for t in transmits {
             match t.to.transport {
                 Transport::Udp => {
                     if let Err(e) = self.socket.send_to(&t.data, t.to.addr).await {
@@ -64,26 +115,6 @@ impl Core {
                     }
                 }
                 Transport::Tcp => self.send_stream(t.to, t.data),
-            }
-        }
-        for notice in out.notices {
-            let targets: Vec<usize> = match notice.to {
-                Some(core) => vec![core],
-                None => (0..self.shared.cores)
-                    .filter(|&c| c != self.index)
-                    .collect(),
-            };
-            for target in targets {
-                let core = self.clone();
-                let event = notice.event.clone();
-                // Notices must not be lost, but a full peer queue must not
-                // stall this core either: wait in a task of its own.
-                glommio::spawn_local(async move {
-                    if let Some(mesh) = &core.mesh {
-                        let _ = mesh.send_to(target, CoreMsg::Notice(event)).await;
-                    }
-                })
-                .detach();
             }
         }
     }
@@ -115,14 +146,21 @@ impl Core {
             Ok(msg) => match owner_core(&msg, self.shared.cores) {
                 Some(owner) if owner != self.index => {
                     if let Some(mesh) = &self.mesh {
-                        if let Err(e) = mesh.try_send_to(
-                            owner,
-                            CoreMsg::Sip {
-                                source,
-                                msg: Box::new(msg),
-                            },
-                        ) {
-                            tracing::warn!(owner, "core queue full, message dropped: {e}");
+                        let handoff = CoreMsg::Sip {
+                            source,
+                            msg: Box::new(msg),
+                        };
+                        if let Err(GlommioError::WouldBlock(ResourceType::Channel(
+                            CoreMsg::Sip { source, msg },
+                        ))) = mesh.try_send_to(owner, handoff)
+                        {
+                            // The owner's queue is at its bound: shed load here
+                            // rather than queue without limit (SPEC §5: 503).
+                            tracing::debug!(owner, "core queue full: 503");
+                            if let Some(data) = crate::proxy::overload_response(&msg) {
+                                out.transmits
+                                    .push(crate::transaction::Transmit { to: source, data });
+                            }
                         }
                     }
                 }
@@ -148,7 +186,10 @@ impl Core {
                     .borrow_mut()
                     .handle_message(now, source, *msg, &mut out);
             }
-            CoreMsg::Notice(event) => self.proxy.borrow_mut().handle_notice(event),
+            CoreMsg::Notice(event, applied) => {
+                self.proxy.borrow_mut().handle_notice(event);
+                let _ = applied.send(());
+            }
             CoreMsg::StreamSend { peer, data } => {
                 self.send_stream(Peer { conn: None, ..peer }, data)
             }
@@ -217,15 +258,21 @@ pub(crate) async fn run(
 
     // Each core listens on the SIP address for TCP too (glommio sets
     // SO_REUSEPORT); a connection stays on the core that accepted it.
+    // The long-lived tasks, cancelled when the core stops: each holds the
+    // core, so a leftover one would keep its sockets bound after `stop`.
+    let mut tasks = Vec::new();
     match TcpListener::bind(shared.sip) {
         Ok(listener) => {
-            glommio::spawn_local(tcp::accept_loop(core.clone(), listener)).detach();
+            tasks.push(glommio::spawn_local(tcp::accept_loop(
+                core.clone(),
+                listener,
+            )));
         }
         Err(e) => tracing::error!(addr = %shared.sip, "cannot listen on TCP: {e}"),
     }
 
     let receiver = core.clone();
-    glommio::spawn_local(async move {
+    tasks.push(glommio::spawn_local(async move {
         let mut buf = vec![0u8; DATAGRAM_MAX];
         loop {
             match receiver.socket.recv_from(&mut buf).await {
@@ -243,29 +290,26 @@ pub(crate) async fn run(
                 }
             }
         }
-    })
-    .detach();
+    }));
 
     if let Some(receivers) = receivers.as_mut() {
         for (_, stream) in receivers.streams() {
             let core = core.clone();
-            glommio::spawn_local(async move {
+            tasks.push(glommio::spawn_local(async move {
                 while let Some(msg) = stream.recv().await {
                     core.on_core_msg(msg).await;
                 }
-            })
-            .detach();
+            }));
         }
     }
 
     let answering = core.clone();
-    glommio::spawn_local(async move {
+    tasks.push(glommio::spawn_local(async move {
         while let Ok(reply) = status.recv_async().await {
             let snapshot = answering.proxy.borrow().snapshot();
             let _ = reply.send(snapshot);
         }
-    })
-    .detach();
+    }));
 
     // The timer loop is the executor's main task: when it returns, the core
     // stops.
@@ -283,5 +327,15 @@ pub(crate) async fn run(
                 break;
             }
         }
+    }
+    for task in tasks {
+        task.cancel().await;
+    }
+    // Tasks still running (a flush waiting on a stopped peer, a stream
+    // connection) hold the core; give them a moment, so that the sockets
+    // close with the core when this returns.
+    let until = core.now() + TASKS_WAIT;
+    while Rc::strong_count(&core) > 1 && core.now() < until {
+        glommio::timer::sleep(TICK).await;
     }
 }
