@@ -5,10 +5,21 @@
 //! | layer | job | I/O? |
 //! | --- | --- | --- |
 //! | [`sip`] | wire format: zero-copy parse, validate, edit, emit; stream framing | no |
+//! | [`transaction`] | RFC 3261 client and server transactions and their timers | no |
+//! | [`registrar`] | REGISTER, digest authentication, the agents' location store | no |
+//! | [`proxy`] | one core's stateful proxy: routing, sessions, agent states | no |
+//! | [`cluster`] | inter-blade link: certificates (hosting protocol to come) | certs only |
 //! | [`config`] | blade configuration and agent provisioning (TOML) | reads files |
-//! | [`registrar`] | REGISTER semantics, digest authentication | no |
-//! | [`cluster`] | inter-blade link: certificates, hosting protocol | certs only |
+//! | [`runtime`] | glommio executors, sockets, the core mesh | yes |
+//! | [`admin`] | `/status` and `/metrics` on a thread of its own | yes |
 //! | [`cli`] | the `sipblade` command line | yes |
+//!
+//! One INVITE's path: a core's UDP socket receives it ([`runtime`]), the
+//! parser validates it in one pass ([`sip::Message::parse`]), the runtime
+//! hands it to the core owning the called agent, whose [`proxy::Proxy`]
+//! opens a server and a client transaction ([`transaction`]), checks the
+//! caller and the callee ([`registrar`]), and forwards it with a splice
+//! edit ([`sip::Message::forward`]).
 //!
 //! The sans-IO layers take inputs (bytes, time) and return outputs; only the
 //! runtime and the command line touch sockets and files.
