@@ -1,7 +1,7 @@
 //! The runtime: the only layer that owns threads, sockets and clocks.
 //!
 //! One glommio executor per core, pinned, each with its own SO_REUSEPORT
-//! UDP socket on the SIP address and its own [`Proxy`]. A message is
+//! UDP socket on the SIP address and its own [`Proxy`](crate::proxy::Proxy). A message is
 //! handled on the core that owns it ([`crate::proxy::route::owner_core`]);
 //! a core that receives someone else's message hands the parsed
 //! [`crate::sip::Message`] over a glommio channel mesh (no copy, no lock).

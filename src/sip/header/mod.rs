@@ -1,6 +1,6 @@
 //! Typed header values, parsed into spans of the message buffer.
 //!
-//! Every parser here takes a [`Cursor`] over one header value and returns
+//! Every parser here takes a cursor over one header value and returns
 //! `None` on malformed input, leaving the cursor where parsing stopped so
 //! the caller can report that offset.
 
