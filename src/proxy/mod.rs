@@ -27,6 +27,7 @@ pub mod route;
 pub mod session;
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,6 +275,8 @@ pub struct Proxy {
     record_route: String,
     /// Stopping: new out-of-dialog requests are refused with 503.
     draining: bool,
+    /// Reused to format the Via of each forwarded request.
+    via_scratch: String,
 }
 
 impl Proxy {
@@ -302,6 +305,7 @@ impl Proxy {
             sent_by,
             record_route,
             draining: false,
+            via_scratch: String::with_capacity(128),
         }
     }
 
@@ -557,14 +561,20 @@ impl Proxy {
     /// came back unchanged: a loop. A different hash is a spiral (the
     /// request was retargeted), which is fine.
     fn is_loop(&self, msg: &Message) -> bool {
-        let mut ours = msg.vias().filter(|v| {
+        // Most requests carry no Via of ours: a substring search of the Via
+        // lines rules that out before anything is parsed.
+        let finder = memchr::memmem::Finder::new(self.sent_by.as_bytes());
+        if !msg
+            .header_values(crate::sip::HeaderName::Via)
+            .any(|v| finder.find(v).is_some())
+        {
+            return false;
+        }
+        let hash = route::loop_hash(msg);
+        msg.vias().any(|v| {
             v.port().unwrap_or(5060) == self.settings.local.port()
                 && route::host_ip(v.host(), v.host_kind()) == Some(self.settings.local.ip())
-        });
-        let hash = format!("{:016x}", route::loop_hash(msg));
-        ours.any(|v| {
-            v.branch()
-                .is_some_and(|b| b.starts_with(BRANCH_PREFIX) && b.ends_with(&hash))
+                && v.branch().and_then(route::loop_hash_of_branch) == Some(hash)
         })
     }
 
@@ -816,15 +826,16 @@ impl Proxy {
         out: &mut Output,
     ) {
         self.next_branch += 1;
-        let branch = format!(
-            "{BRANCH_PREFIX}{}x{}.{:016x}",
+        let mut via = std::mem::take(&mut self.via_scratch);
+        via.clear();
+        let _ = write!(
+            via,
+            "SIP/2.0/{} {};branch={BRANCH_PREFIX}{}x{}.{:016x}",
+            target.transport,
+            self.sent_by,
             self.settings.core,
             self.next_branch,
             route::loop_hash(&msg)
-        );
-        let via = format!(
-            "SIP/2.0/{} {};branch={branch}",
-            target.transport, self.sent_by
         );
         let edit = Forward {
             via: Some(&via),
@@ -836,6 +847,7 @@ impl Proxy {
         if msg.forward(&edit, &mut buf).is_err() {
             return self.refuse(now, source, msg, &Refusal::new(483, "Too Many Hops"), out);
         }
+        self.via_scratch = via;
         let data = buf.freeze();
         let Ok(forwarded) = Message::parse(data.clone()) else {
             return self.refuse(
@@ -854,9 +866,14 @@ impl Proxy {
             msg.response(100, "Trying", None, &[], &mut trying);
             server.respond(now, 100, trying.freeze(), &mut out.transmits);
         }
+        // The branch as a slice of the forwarded buffer: no copy.
+        let branch = forwarded
+            .top_via()
+            .branch()
+            .map(|b| forwarded.buffer().slice_ref(b.as_bytes()));
+        let branch = branch.unwrap_or_default();
         let (client, first) = ClientTx::start(now, forwarded, data, target, self.settings.timers);
         out.transmits.push(first);
-        let branch = Bytes::from(branch);
         let id = self.insert(msg, server, Some(Client { tx: client, branch }));
         if invite {
             if let Some(pair) = self.txs.get_mut(id) {

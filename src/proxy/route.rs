@@ -44,6 +44,13 @@ pub fn loop_hash(msg: &Message) -> u64 {
     h
 }
 
+/// The loop hash a branch sipblade generated carries after its `.`.
+pub fn loop_hash_of_branch(branch: &str) -> Option<u64> {
+    let rest = branch.strip_prefix(BRANCH_PREFIX)?;
+    let (_, hash) = rest.rsplit_once('.')?;
+    u64::from_str_radix(hash, 16).ok()
+}
+
 /// The core a branch sipblade generated names.
 pub fn core_of_branch(branch: &str) -> Option<usize> {
     let rest = branch.strip_prefix(BRANCH_PREFIX)?;
