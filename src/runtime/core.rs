@@ -72,7 +72,17 @@ impl Core {
     /// core up to date. That wait runs in a task of its own: it must not
     /// stall this core, nor a full peer queue.
     async fn flush(self: &Rc<Self>, out: Output) {
-        if out.notices.is_empty() {
+        // Only logins and logouts gate the reply: another core must know a
+        // caller is logged in before the caller can act on its 200. Call
+        // state changes of the caller need no such ordering.
+        let gating = out
+            .notices
+            .iter()
+            .any(|n| matches!(n.event, AgentEvent::LoggedIn(_) | AgentEvent::LoggedOut(_)));
+        if !gating {
+            for notice in out.notices {
+                self.notify(notice);
+            }
             return self.transmit(out.transmits).await;
         }
         let core = self.clone();
@@ -104,6 +114,28 @@ impl Core {
             core.transmit(out.transmits).await;
         })
         .detach();
+    }
+
+    /// Sends a notice without waiting for it to be applied.
+    fn notify(self: &Rc<Self>, notice: crate::proxy::Notice) {
+        let targets: Vec<usize> = match notice.to {
+            Some(target) => vec![target],
+            None => (0..self.shared.cores)
+                .filter(|&c| c != self.index)
+                .collect(),
+        };
+        for target in targets {
+            let core = self.clone();
+            let event = notice.event.clone();
+            // A full peer queue must not stall this core: wait in a task.
+            glommio::spawn_local(async move {
+                if let Some(mesh) = &core.mesh {
+                    let (ack, _) = flume::bounded(1);
+                    let _ = mesh.send_to(target, CoreMsg::Notice(event, ack)).await;
+                }
+            })
+            .detach();
+        }
     }
 
     async fn transmit(self: &Rc<Self>, transmits: Vec<Transmit>) {
@@ -256,11 +288,12 @@ pub(crate) async fn run(
         conns: Connections::new(index),
     });
 
-    // Each core listens on the SIP address for TCP too (glommio sets
-    // SO_REUSEPORT); a connection stays on the core that accepted it.
     // The long-lived tasks, cancelled when the core stops: each holds the
     // core, so a leftover one would keep its sockets bound after `stop`.
     let mut tasks = Vec::new();
+
+    // Each core listens on the SIP address for TCP too (glommio sets
+    // SO_REUSEPORT); a connection stays on the core that accepted it.
     match TcpListener::bind(shared.sip) {
         Ok(listener) => {
             tasks.push(glommio::spawn_local(tcp::accept_loop(

@@ -1,0 +1,181 @@
+//! The real binary (SPEC §3): `sipblade run --config FILE` answers SIP and
+//! serves `/status`, exits 0 on SIGTERM, and refuses a bad config with
+//! exit status 1 and one stderr line naming `file:line`.
+
+mod common;
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Ua, WAIT, agents_toml, config_toml};
+use sipblade::sip::{Message, Method};
+
+/// The loopback address these tests use (the in-process blade tests use
+/// 127.0.0.1, the simulated phones 127.0.0.1x).
+const HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 61);
+
+/// A port free on `HOST` for UDP and TCP alike (the SIP address is both).
+fn free_sip_port() -> SocketAddr {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind((HOST, 0)).expect("bind UDP");
+        let addr = udp.local_addr().expect("address");
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no port free for both UDP and TCP on {HOST}");
+}
+
+/// A port free on `HOST` for TCP.
+fn free_tcp_port() -> SocketAddr {
+    let listener = TcpListener::bind((HOST, 0)).expect("bind TCP");
+    listener.local_addr().expect("address")
+}
+
+/// A `sipblade` process, killed if the test ends before it exits.
+struct Process {
+    child: Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Process {
+    fn start(config: &Path, stderr: &Path) -> Process {
+        let child = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(stderr).expect("stderr file"))
+            .spawn()
+            .expect("sipblade starts");
+        Process {
+            child,
+            stderr: stderr.to_owned(),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits at most `limit` for the process to exit.
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipblade did not exit within {limit:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// OPTIONS to the blade itself from `ua`; the answer's status, if any
+/// comes within `timeout`.
+fn ping(ua: &mut Ua, timeout: Duration) -> Option<u16> {
+    let branch = common::branch();
+    ua.send(format!(
+        "OPTIONS sip:{} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: <sip:probe@{}>;tag=p\r\n\
+         To: <sip:{}>\r\nCall-ID: {branch}@probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        ua.blade.ip(),
+        ua.via(&branch),
+        ua.addr,
+        ua.blade.ip(),
+    ));
+    let answer = ua.recv_raw(timeout)?;
+    let answer = Message::parse(answer).expect("a valid answer");
+    assert_eq!(answer.cseq().method, Method::Options);
+    assert_eq!(answer.call_id(), format!("{branch}@probe"));
+    answer.status()
+}
+
+#[test]
+fn run_serves_sip_and_status_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (sip, admin) = (free_sip_port(), free_tcp_port());
+    std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
+    let config = dir.path().join("blade.toml");
+    let text = config_toml(2, true, &sip.to_string(), &admin.to_string());
+    std::fs::write(&config, text).expect("config file");
+    let mut blade = Process::start(&config, &dir.path().join("stderr"));
+
+    // Ready when it answers: poll with OPTIONS.
+    let mut probe = Ua::new(sip, "probe");
+    let deadline = Instant::now() + 2 * WAIT;
+    let answered = loop {
+        if let Some(status) = ping(&mut probe, Duration::from_millis(200)) {
+            break status;
+        }
+        if let Some(status) = blade.child.try_wait().expect("try_wait") {
+            panic!("sipblade exited early ({status}):\n{}", blade.stderr());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sipblade never answered OPTIONS; stderr:\n{}",
+            blade.stderr()
+        );
+    };
+    assert_eq!(answered, 200, "OPTIONS to the blade is answered 200");
+
+    let status = common::status(admin);
+    assert_eq!(status["blade"], "blade-test", "{status}");
+    let agents = status["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), 4, "{status}");
+    assert!(
+        agents.iter().all(|a| a["state"] == "logged_out"),
+        "{status}"
+    );
+
+    let signalled = Command::new("kill")
+        .args(["-TERM", &blade.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    let exit = blade.wait_exit(WAIT);
+    assert_eq!(exit.code(), Some(0), "stderr:\n{}", blade.stderr());
+    assert_eq!(
+        ping(&mut probe, Duration::from_millis(300)),
+        None,
+        "nothing answers after the exit"
+    );
+}
+
+#[test]
+fn run_refuses_a_bad_config_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
+    let config = dir.path().join("blade.toml");
+    let sip = SocketAddr::new(IpAddr::V4(HOST), 0);
+    let text = config_toml(1, true, &sip.to_string(), &sip.to_string())
+        .replace("[blade]\n", "[blade]\ncolour = \"red\"\n");
+    assert_eq!(text.lines().nth(1), Some("colour = \"red\""), "{text}");
+    std::fs::write(&config, &text).expect("config file");
+
+    let stderr_path = dir.path().join("stderr");
+    let mut blade = Process::start(&config, &stderr_path);
+    let exit = blade.wait_exit(WAIT);
+    let stderr = blade.stderr();
+    assert_eq!(exit.code(), Some(1), "stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    let at = format!("{}:2", config.display());
+    assert!(lines[0].contains(&at), "names {at}: {stderr}");
+    assert!(lines[0].contains("colour"), "names the key: {stderr}");
+}
