@@ -7,6 +7,7 @@ pub mod render;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,9 +24,49 @@ pub type SnapshotRequest = flume::Sender<Snapshot>;
 pub struct BladeInfo {
     /// The blade id.
     pub id: String,
-    /// The configured peers, for `peers` (all down until the cluster link
-    /// exists).
-    pub peers: Vec<String>,
+    /// The configured peers and whether their link is up.
+    pub peers: Arc<Peers>,
+}
+
+/// The configured peers and their link state: written by the core that
+/// runs the link, read by the admin thread. Plain atomics, no lock.
+#[derive(Debug, Default)]
+pub struct Peers {
+    configured: Vec<(String, SocketAddr)>,
+    up: Vec<AtomicBool>,
+}
+
+impl Peers {
+    /// The peers `(id, QUIC address)`, all down.
+    pub fn new(configured: Vec<(String, SocketAddr)>) -> Self {
+        let up = configured.iter().map(|_| AtomicBool::new(false)).collect();
+        Peers { configured, up }
+    }
+
+    /// The configured peers.
+    pub fn configured(&self) -> &[(String, SocketAddr)] {
+        &self.configured
+    }
+
+    /// Records whether the link to `id` is up.
+    pub fn set_up(&self, id: &str, up: bool) {
+        if let Some(i) = self
+            .configured
+            .iter()
+            .position(|(p, _)| p.eq_ignore_ascii_case(id))
+        {
+            self.up[i].store(up, Ordering::Relaxed);
+        }
+    }
+
+    /// Every peer's id and whether it is up.
+    pub fn states(&self) -> Vec<(String, bool)> {
+        self.configured
+            .iter()
+            .zip(&self.up)
+            .map(|((id, _), up)| (id.clone(), up.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 /// The running admin server.

@@ -32,8 +32,9 @@ pub fn status_json(info: &BladeInfo, snapshots: &[Snapshot]) -> String {
         .collect();
     let peers: Vec<_> = info
         .peers
-        .iter()
-        .map(|id| json!({"id": id, "up": false}))
+        .states()
+        .into_iter()
+        .map(|(id, up)| json!({"id": id, "up": up}))
         .collect();
     let doc = json!({"blade": info.id, "agents": agents, "sessions": sessions, "peers": peers});
     format!("{doc}\n")

@@ -2,8 +2,14 @@
 //!
 //! Each blade proves who it is to its peers with a certificate issued by the
 //! cluster CA ([`certs`]); the blade id is the certificate's DNS name.
+//! Blades talk in [`codec`] frames; [`hosting`] is the sans-IO hosting
+//! protocol (grants, leases, tokens, the directory) those frames carry.
 
 pub mod certs;
+pub mod codec;
+pub mod hosting;
+pub mod link;
+pub mod tls;
 
 /// The longest blade id: one DNS label, since the id is the certificate's DNS name.
 pub const MAX_BLADE_ID_LEN: usize = 63;

@@ -236,6 +236,7 @@ pub(crate) async fn run(
     socket: socket2::Socket,
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     status: flume::Receiver<SnapshotRequest>,
+    link: Option<super::link::Setup>,
 ) {
     let (senders, mut receivers) = if shared.cores > 1 {
         match mesh.join().await {
@@ -291,6 +292,20 @@ pub(crate) async fn run(
     // The long-lived tasks, cancelled when the core stops: each holds the
     // core, so a leftover one would keep its sockets bound after `stop`.
     let mut tasks = Vec::new();
+    // The link task says goodbye to its peers when the blade stops (so
+    // they see it go at once, not after the idle timeout) and then ends;
+    // the core waits for that before it stops.
+    let link_running = Rc::new(std::cell::Cell::new(false));
+    if let Some(setup) = link {
+        link_running.set(true);
+        let running = link_running.clone();
+        let stopping = shared.stopping.clone();
+        glommio::spawn_local(async move {
+            super::link::run(setup, stopping).await;
+            running.set(false);
+        })
+        .detach();
+    }
 
     // Each core listens on the SIP address for TCP too (glommio sets
     // SO_REUSEPORT); a connection stays on the core that accepted it.
@@ -356,7 +371,8 @@ pub(crate) async fn run(
         if shared.stopping.load(Ordering::Relaxed) {
             let until = *drain_until.get_or_insert(now + DRAIN_TIMEOUT);
             core.proxy.borrow_mut().set_draining(true);
-            if core.proxy.borrow().pending_transactions() == 0 || now >= until {
+            let drained = core.proxy.borrow().pending_transactions() == 0 && !link_running.get();
+            if drained || now >= until {
                 break;
             }
         }

@@ -8,6 +8,7 @@
 //! The admin port runs on a thread of its own.
 
 mod core;
+mod link;
 pub mod socket;
 mod tcp;
 
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::admin::{Admin, BladeInfo};
+use crate::admin::{Admin, BladeInfo, Peers};
+use crate::cluster::tls::Identity;
 use crate::config::{Agent, Config};
 
 /// Memory glommio registers for io_uring buffers per executor. Those
@@ -55,6 +57,9 @@ pub enum StartError {
         /// glommio's error.
         message: String,
     },
+    /// The cluster identity (CA, certificate, key) could not be loaded.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The nonce secret could not be drawn.
     #[error("cannot draw a random secret: {0}")]
     Random(String),
@@ -133,13 +138,35 @@ impl Blade {
             .map(|a| (a.extension.clone(), Arc::new(a.clone())))
             .collect::<HashMap<_, _>>();
         let stopping = Arc::new(AtomicBool::new(false));
-        let info = BladeInfo {
-            id: config.blade.id.clone(),
-            peers: config
+        let peers = Arc::new(Peers::new(
+            config
                 .cluster
                 .iter()
-                .flat_map(|c| c.peers.iter().map(|p| p.id.clone()))
+                .flat_map(|c| c.peers.iter().map(|p| (p.id.clone(), p.quic)))
                 .collect(),
+        ));
+        let mut link = match &config.cluster {
+            Some(cluster) => {
+                let identity = Identity::load(&cluster.ca, &cluster.cert, &cluster.key)
+                    .map_err(|e| StartError::Cluster(e.to_string()))?;
+                let socket =
+                    socket::udp_reuseport(cluster.listen).map_err(|source| StartError::Bind {
+                        what: "cluster QUIC",
+                        addr: cluster.listen,
+                        source,
+                    })?;
+                Some(link::Setup {
+                    socket,
+                    me: config.blade.id.clone(),
+                    identity,
+                    peers: peers.clone(),
+                })
+            }
+            None => None,
+        };
+        let info = BladeInfo {
+            id: config.blade.id.clone(),
+            peers,
         };
         let shared = Arc::new(Shared {
             config,
@@ -161,10 +188,12 @@ impl Blade {
             status_senders.push(status_tx);
             let shared = shared.clone();
             let mesh = mesh.clone();
+            // The first core also runs the inter-blade link.
+            let link = link.take();
             let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
                 .name(&format!("sipblade-core-{i}"))
                 .io_memory(IO_MEMORY)
-                .spawn(move || core::run(shared, socket, mesh, status_rx))
+                .spawn(move || core::run(shared, socket, mesh, status_rx, link))
                 .map_err(|e| StartError::Executor {
                     core: i,
                     message: e.to_string(),

@@ -1,0 +1,1666 @@
+//! The inter-blade wire format: the messages blades exchange over the
+//! cluster link (SPEC §2 steps 3–8, §8 "Inter-blade link" and "Directory"),
+//! and their versioned binary codec.
+//!
+//! A frame is one message:
+//!
+//! ```text
+//! magic 0xB5 | version 1 | type u8 | fields…
+//! ```
+//!
+//! Integers are big-endian, strings are a `u16` byte length and UTF-8
+//! bytes, lists are a count (`u32` for directory entries, `u16` for a
+//! configuration) and their items, an optional value is a `0`/`1` tag and
+//! the value. A decoded frame must be consumed exactly: there is one
+//! encoding per message, so `encode(decode(b)) == b` whenever decoding
+//! succeeds (the fuzz target checks it).
+//!
+//! [`Message::decode`] never panics and never allocates more than the
+//! input can fill: a count is checked against the bytes left before any
+//! list is reserved. [`Message::encode`] is infallible; it clamps what no
+//! frame may carry (a string over 65 535 bytes, more than
+//! [`MAX_ENTRIES`] entries, more than [`MAX_CONFIG`] configuration pairs),
+//! which the hosting layer never produces.
+//!
+//! The codec knows nothing of the transport. A QUIC driver may carry one
+//! frame per stream (the stream's end delimits it) or many on one stream
+//! with [`Message::encode_framed`] and [`split_frame`] (a `u32` length
+//! prefix).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::config::AgentKind;
+use crate::registrar::location::{AgentRecord, AgentState};
+use crate::sip::{Peer, Transport};
+
+/// First byte of every frame: tells a cluster frame from stray bytes.
+pub const MAGIC: u8 = 0xB5;
+/// The format version this build writes and reads.
+pub const VERSION: u8 = 1;
+/// The largest frame [`split_frame`] accepts (a length prefix beyond it is
+/// refused before anything is buffered).
+pub const MAX_FRAME: usize = 16 << 20;
+/// The most directory entries one frame carries.
+pub const MAX_ENTRIES: usize = 1 << 20;
+/// The most configuration pairs one [`LoginInfo`] carries.
+pub const MAX_CONFIG: usize = 64;
+/// The longest string a frame carries, in bytes.
+pub const MAX_STR: usize = u16::MAX as usize;
+
+/// The smallest encoding of a [`DirectoryEntry`]: an empty extension and
+/// the epoch. Bounds a count by the bytes that remain.
+const MIN_ENTRY: usize = 2 + 8;
+/// The smallest encoding of a configuration pair: two empty strings.
+const MIN_PAIR: usize = 2 + 2;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame ends inside a field (a truncated frame).
+    #[error("frame ends unexpectedly")]
+    UnexpectedEnd,
+    /// The first byte is not [`MAGIC`]: not a cluster frame.
+    #[error("not a cluster frame (first byte {0:#04x})")]
+    BadMagic(u8),
+    /// A version this build does not speak.
+    #[error("unknown cluster protocol version {0} (this blade speaks {VERSION})")]
+    UnknownVersion(u8),
+    /// A message type this version does not define.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// A string field is not UTF-8.
+    #[error("field {0} is not UTF-8")]
+    BadUtf8(&'static str),
+    /// A count or length beyond the format's limits.
+    #[error("field {0} is too long")]
+    TooLong(&'static str),
+    /// A field holds a value the format does not define.
+    #[error("field {0} is invalid")]
+    Invalid(&'static str),
+    /// Bytes follow the message.
+    #[error("{0} bytes after the message")]
+    TrailingBytes(usize),
+}
+
+/// An unguessable hosting token: names one grant, bound by the target to
+/// the source blade, the Call-ID and the agent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token(pub [u8; 16]);
+
+impl Token {
+    /// The token as 32 lowercase hex digits (how the INVITE carries it).
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        for b in self.0 {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        s
+    }
+
+    /// Parses 32 hex digits (either case); `None` otherwise.
+    pub fn from_hex(text: &[u8]) -> Option<Token> {
+        if text.len() != 32 {
+            return None;
+        }
+        let mut raw = [0u8; 16];
+        for (byte, pair) in raw.iter_mut().zip(text.chunks_exact(2)) {
+            let hi = hex_val(pair[0])?;
+            let lo = hex_val(pair[1])?;
+            *byte = hi << 4 | lo;
+        }
+        Some(Token(raw))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    // A token is a bearer credential for one INVITE: logs get a prefix,
+    // enough to correlate, not to replay.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({}…)", &self.to_hex()[..8])
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One agent in a blade's directory announcement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DirectoryEntry {
+    /// The agent's extension.
+    pub extension: String,
+    /// The announcing blade's counter for this login: a higher epoch is a
+    /// later login, so a withdrawal or announcement that arrives out of
+    /// order is recognised as stale.
+    pub epoch: u64,
+}
+
+/// Why a target will not hand an agent over (SPEC §2 step 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// No such agent.
+    Unknown,
+    /// The agent is provisioned but not registered here.
+    NotLoggedIn,
+    /// The agent is in a call.
+    Busy,
+    /// Another session already hosts the agent.
+    AlreadyHosted,
+    /// The target cannot take the request now (also: no answer in time).
+    Overloaded,
+}
+
+impl Refusal {
+    /// The SIP status the source answers the caller with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Unknown => 404,
+            Refusal::NotLoggedIn => 480,
+            Refusal::Busy | Refusal::AlreadyHosted => 486,
+            Refusal::Overloaded => 503,
+        }
+    }
+
+    /// A short reason for logs and the ladder.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::Unknown => "unknown",
+            Refusal::NotLoggedIn => "not logged in",
+            Refusal::Busy => "busy",
+            Refusal::AlreadyHosted => "already hosted",
+            Refusal::Overloaded => "overloaded",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Refusal::Unknown => 1,
+            Refusal::NotLoggedIn => 2,
+            Refusal::Busy => 3,
+            Refusal::AlreadyHosted => 4,
+            Refusal::Overloaded => 5,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Refusal> {
+        Some(match code {
+            1 => Refusal::Unknown,
+            2 => Refusal::NotLoggedIn,
+            3 => Refusal::Busy,
+            4 => Refusal::AlreadyHosted,
+            5 => Refusal::Overloaded,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An agent's login information as the target hands it over (SPEC §1):
+/// everything but the credential, which never leaves the blade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginInfo {
+    /// Badge number.
+    pub badge: String,
+    /// Extension (telephone number).
+    pub extension: String,
+    /// Agent or supervisor.
+    pub kind: AgentKind,
+    /// The Contact URI as registered.
+    pub contact: String,
+    /// The registered IP and port requests for the agent go to.
+    pub addr: SocketAddr,
+    /// The registration's transport.
+    pub transport: Transport,
+    /// Seconds left on the registration when the information was taken.
+    pub expires_secs: u32,
+    /// The agent's state on the target (`Hosted` by the source once granted).
+    pub state: AgentState,
+    /// Per-agent configuration, as key/value pairs (at most [`MAX_CONFIG`]).
+    pub config: Vec<(String, String)>,
+}
+
+impl LoginInfo {
+    /// The login information of `record` at `now`; `None` while the agent
+    /// is logged out (there is no registration to hand over).
+    pub fn from_record(record: &AgentRecord, now: Duration) -> Option<LoginInfo> {
+        let binding = record.binding.as_ref()?;
+        let left = binding.expires_at.saturating_sub(now).as_secs();
+        Some(LoginInfo {
+            badge: record.badge().to_owned(),
+            extension: record.extension().to_owned(),
+            kind: record.kind(),
+            contact: binding.uri.clone(),
+            addr: binding.peer.addr,
+            transport: binding.peer.transport,
+            expires_secs: u32::try_from(left).unwrap_or(u32::MAX),
+            state: record.state.clone(),
+            // Provisioning holds nothing beyond badge, extension, kind and
+            // the credential yet; the list carries future per-agent settings
+            // without a format change.
+            config: Vec::new(),
+        })
+    }
+
+    /// Where the agent's terminal is reached, by address (a stream
+    /// connection is the target's own and does not travel).
+    pub fn peer(&self) -> Peer {
+        Peer::new(self.addr, self.transport)
+    }
+}
+
+/// A message on the cluster link.
+///
+/// Three families: directory notices (no reply), requests to the blade
+/// that owns an agent (each answered once, echoing its `request_id`), and
+/// the redirect a target sends the hosting blade. Which blade sent a frame
+/// is the link's authenticated peer (the certificate's blade id), never a
+/// field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Agents that logged in on the sender (or logged in again).
+    Announce {
+        /// The agents and their login epochs.
+        entries: Vec<DirectoryEntry>,
+    },
+    /// Agents that logged out of the sender or whose registration lapsed.
+    Withdraw {
+        /// The agents and the epochs of the logins that ended.
+        entries: Vec<DirectoryEntry>,
+    },
+    /// Every agent logged in on the sender: replaces all the receiver knew
+    /// of the sender. Sent when a link (re)connects.
+    Resync {
+        /// The sender's whole list.
+        entries: Vec<DirectoryEntry>,
+    },
+    /// Is this agent logged in on you? (A directory miss or a stale entry.)
+    Locate {
+        /// Echoed by the answer.
+        request_id: u64,
+        /// The agent.
+        extension: String,
+    },
+    /// The answer to [`Message::Locate`].
+    Located {
+        /// The request's id.
+        request_id: u64,
+        /// The login's epoch when the agent is logged in on the sender.
+        epoch: Option<u64>,
+    },
+    /// Host request and information acquisition in one (SPEC §2 step 3).
+    HostRequest {
+        /// Echoed by the answer.
+        request_id: u64,
+        /// The agent to host.
+        extension: String,
+        /// The session's Call-ID, which the grant is bound to.
+        call_id: String,
+        /// The lease the source asks for; the target may shorten it.
+        lease_secs: u32,
+    },
+    /// The agent is handed over.
+    HostGranted {
+        /// The request's id.
+        request_id: u64,
+        /// The request's Call-ID, so a source that gave up on the request
+        /// can still release the grant.
+        call_id: String,
+        /// The agent's full login information.
+        info: LoginInfo,
+        /// Carried by the INVITE the source sends the target.
+        token: Token,
+        /// The lease granted.
+        lease_secs: u32,
+    },
+    /// The agent is not handed over.
+    HostRefused {
+        /// The request's id.
+        request_id: u64,
+        /// Why.
+        reason: Refusal,
+    },
+    /// Extends a grant's lease.
+    Renew {
+        /// Echoed by the answer.
+        request_id: u64,
+        /// The hosted agent (lets a multi-core target route by owner).
+        extension: String,
+        /// The session's Call-ID.
+        call_id: String,
+        /// The grant's token.
+        token: Token,
+    },
+    /// The lease runs again from the target's receipt of the renewal.
+    RenewAck {
+        /// The request's id.
+        request_id: u64,
+        /// The lease, from now.
+        lease_secs: u32,
+    },
+    /// No such live grant: the lease lapsed or the agent was taken back.
+    RenewRefused {
+        /// The request's id.
+        request_id: u64,
+    },
+    /// The session ended: give the agent back (SPEC §2 step 7).
+    Unhost {
+        /// Echoed by the answer.
+        request_id: u64,
+        /// The hosted agent.
+        extension: String,
+        /// The session's Call-ID.
+        call_id: String,
+        /// The grant's token.
+        token: Token,
+    },
+    /// The grant is gone (also when it was gone already).
+    UnhostAck {
+        /// The request's id.
+        request_id: u64,
+    },
+    /// A new request for a hosted agent reached the target, which hands
+    /// the decision to the hosting blade (SPEC §2 step 6).
+    Redirect {
+        /// Echoed by the answer.
+        request_id: u64,
+        /// The `request_id` of the host request that won the grant, so a
+        /// multi-core source routes this to the core hosting the session.
+        grant: u64,
+        /// The grant's token.
+        token: Token,
+        /// The hosted agent.
+        extension: String,
+        /// The new request's Call-ID.
+        call_id: String,
+        /// The new request's caller (From URI).
+        caller: String,
+    },
+    /// The hosting blade's decision: a 3xx asks the target to proxy the
+    /// request to the hosting blade; 4xx–6xx is the final answer to send.
+    RedirectAnswer {
+        /// The request's id.
+        request_id: u64,
+        /// A SIP status, 300 to 699.
+        status: u16,
+    },
+}
+
+/// The family a message belongs to: tells a driver where to hand it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A directory notice (Announce, Withdraw, Resync): no answer.
+    Notice,
+    /// A request to the blade owning an agent (Locate, HostRequest, Renew,
+    /// Unhost): answered once.
+    Request,
+    /// The answer to a request (Located, HostGranted, HostRefused,
+    /// RenewAck, RenewRefused, UnhostAck).
+    Reply,
+    /// A target's redirect to the hosting blade: answered by
+    /// [`Message::RedirectAnswer`].
+    Redirect,
+    /// The answer to a redirect.
+    RedirectAnswer,
+}
+
+mod ty {
+    pub const ANNOUNCE: u8 = 1;
+    pub const WITHDRAW: u8 = 2;
+    pub const RESYNC: u8 = 3;
+    pub const LOCATE: u8 = 4;
+    pub const LOCATED: u8 = 5;
+    pub const HOST_REQUEST: u8 = 6;
+    pub const HOST_GRANTED: u8 = 7;
+    pub const HOST_REFUSED: u8 = 8;
+    pub const RENEW: u8 = 9;
+    pub const RENEW_ACK: u8 = 10;
+    pub const RENEW_REFUSED: u8 = 11;
+    pub const UNHOST: u8 = 12;
+    pub const UNHOST_ACK: u8 = 13;
+    pub const REDIRECT: u8 = 14;
+    pub const REDIRECT_ANSWER: u8 = 15;
+}
+
+impl Message {
+    /// The message's name, for logs and the ladder.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Announce { .. } => "Announce",
+            Message::Withdraw { .. } => "Withdraw",
+            Message::Resync { .. } => "Resync",
+            Message::Locate { .. } => "Locate",
+            Message::Located { .. } => "Located",
+            Message::HostRequest { .. } => "HostRequest",
+            Message::HostGranted { .. } => "HostGranted",
+            Message::HostRefused { .. } => "HostRefused",
+            Message::Renew { .. } => "Renew",
+            Message::RenewAck { .. } => "RenewAck",
+            Message::RenewRefused { .. } => "RenewRefused",
+            Message::Unhost { .. } => "Unhost",
+            Message::UnhostAck { .. } => "UnhostAck",
+            Message::Redirect { .. } => "Redirect",
+            Message::RedirectAnswer { .. } => "RedirectAnswer",
+        }
+    }
+
+    /// The message's family.
+    pub fn class(&self) -> Class {
+        match self {
+            Message::Announce { .. } | Message::Withdraw { .. } | Message::Resync { .. } => {
+                Class::Notice
+            }
+            Message::Locate { .. }
+            | Message::HostRequest { .. }
+            | Message::Renew { .. }
+            | Message::Unhost { .. } => Class::Request,
+            Message::Located { .. }
+            | Message::HostGranted { .. }
+            | Message::HostRefused { .. }
+            | Message::RenewAck { .. }
+            | Message::RenewRefused { .. }
+            | Message::UnhostAck { .. } => Class::Reply,
+            Message::Redirect { .. } => Class::Redirect,
+            Message::RedirectAnswer { .. } => Class::RedirectAnswer,
+        }
+    }
+
+    /// The exchange the message belongs to; `None` for notices.
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            Message::Announce { .. } | Message::Withdraw { .. } | Message::Resync { .. } => None,
+            Message::Locate { request_id, .. }
+            | Message::Located { request_id, .. }
+            | Message::HostRequest { request_id, .. }
+            | Message::HostGranted { request_id, .. }
+            | Message::HostRefused { request_id, .. }
+            | Message::Renew { request_id, .. }
+            | Message::RenewAck { request_id, .. }
+            | Message::RenewRefused { request_id }
+            | Message::Unhost { request_id, .. }
+            | Message::UnhostAck { request_id }
+            | Message::Redirect { request_id, .. }
+            | Message::RedirectAnswer { request_id, .. } => Some(*request_id),
+        }
+    }
+
+    /// The agent a request is about, for routing it to the core that owns
+    /// the agent; `None` for other messages.
+    pub fn extension(&self) -> Option<&str> {
+        match self {
+            Message::Locate { extension, .. }
+            | Message::HostRequest { extension, .. }
+            | Message::Renew { extension, .. }
+            | Message::Unhost { extension, .. }
+            | Message::Redirect { extension, .. } => Some(extension),
+            _ => None,
+        }
+    }
+
+    /// Appends the message's frame to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_u8(MAGIC);
+        out.put_u8(VERSION);
+        match self {
+            Message::Announce { entries } => {
+                out.put_u8(ty::ANNOUNCE);
+                put_entries(out, entries);
+            }
+            Message::Withdraw { entries } => {
+                out.put_u8(ty::WITHDRAW);
+                put_entries(out, entries);
+            }
+            Message::Resync { entries } => {
+                out.put_u8(ty::RESYNC);
+                put_entries(out, entries);
+            }
+            Message::Locate {
+                request_id,
+                extension,
+            } => {
+                out.put_u8(ty::LOCATE);
+                out.put_u64(*request_id);
+                put_str(out, extension);
+            }
+            Message::Located { request_id, epoch } => {
+                out.put_u8(ty::LOCATED);
+                out.put_u64(*request_id);
+                match epoch {
+                    None => out.put_u8(0),
+                    Some(e) => {
+                        out.put_u8(1);
+                        out.put_u64(*e);
+                    }
+                }
+            }
+            Message::HostRequest {
+                request_id,
+                extension,
+                call_id,
+                lease_secs,
+            } => {
+                out.put_u8(ty::HOST_REQUEST);
+                out.put_u64(*request_id);
+                put_str(out, extension);
+                put_str(out, call_id);
+                out.put_u32(*lease_secs);
+            }
+            Message::HostGranted {
+                request_id,
+                call_id,
+                info,
+                token,
+                lease_secs,
+            } => {
+                out.put_u8(ty::HOST_GRANTED);
+                out.put_u64(*request_id);
+                put_str(out, call_id);
+                put_info(out, info);
+                out.put_slice(&token.0);
+                out.put_u32(*lease_secs);
+            }
+            Message::HostRefused { request_id, reason } => {
+                out.put_u8(ty::HOST_REFUSED);
+                out.put_u64(*request_id);
+                out.put_u8(reason.code());
+            }
+            Message::Renew {
+                request_id,
+                extension,
+                call_id,
+                token,
+            } => {
+                out.put_u8(ty::RENEW);
+                out.put_u64(*request_id);
+                put_str(out, extension);
+                put_str(out, call_id);
+                out.put_slice(&token.0);
+            }
+            Message::RenewAck {
+                request_id,
+                lease_secs,
+            } => {
+                out.put_u8(ty::RENEW_ACK);
+                out.put_u64(*request_id);
+                out.put_u32(*lease_secs);
+            }
+            Message::RenewRefused { request_id } => {
+                out.put_u8(ty::RENEW_REFUSED);
+                out.put_u64(*request_id);
+            }
+            Message::Unhost {
+                request_id,
+                extension,
+                call_id,
+                token,
+            } => {
+                out.put_u8(ty::UNHOST);
+                out.put_u64(*request_id);
+                put_str(out, extension);
+                put_str(out, call_id);
+                out.put_slice(&token.0);
+            }
+            Message::UnhostAck { request_id } => {
+                out.put_u8(ty::UNHOST_ACK);
+                out.put_u64(*request_id);
+            }
+            Message::Redirect {
+                request_id,
+                grant,
+                token,
+                extension,
+                call_id,
+                caller,
+            } => {
+                out.put_u8(ty::REDIRECT);
+                out.put_u64(*request_id);
+                out.put_u64(*grant);
+                out.put_slice(&token.0);
+                put_str(out, extension);
+                put_str(out, call_id);
+                put_str(out, caller);
+            }
+            Message::RedirectAnswer { request_id, status } => {
+                out.put_u8(ty::REDIRECT_ANSWER);
+                out.put_u64(*request_id);
+                out.put_u16(*status);
+            }
+        }
+    }
+
+    /// Appends the frame behind a `u32` big-endian length, for several
+    /// frames on one stream (see [`split_frame`]).
+    pub fn encode_framed(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u32(0);
+        self.encode(out);
+        let len = out.len() - start - 4;
+        // A frame over u32::MAX cannot be built from clamped fields; the
+        // receiver refuses anything over MAX_FRAME anyway.
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Decodes one whole frame.
+    pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader { buf, pos: 0 };
+        let magic = r.u8()?;
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let msg = match r.u8()? {
+            ty::ANNOUNCE => Message::Announce {
+                entries: r.entries()?,
+            },
+            ty::WITHDRAW => Message::Withdraw {
+                entries: r.entries()?,
+            },
+            ty::RESYNC => Message::Resync {
+                entries: r.entries()?,
+            },
+            ty::LOCATE => Message::Locate {
+                request_id: r.u64()?,
+                extension: r.str("extension")?,
+            },
+            ty::LOCATED => Message::Located {
+                request_id: r.u64()?,
+                epoch: match r.u8()? {
+                    0 => None,
+                    1 => Some(r.u64()?),
+                    _ => return Err(DecodeError::Invalid("epoch")),
+                },
+            },
+            ty::HOST_REQUEST => Message::HostRequest {
+                request_id: r.u64()?,
+                extension: r.str("extension")?,
+                call_id: r.str("call_id")?,
+                lease_secs: r.u32()?,
+            },
+            ty::HOST_GRANTED => Message::HostGranted {
+                request_id: r.u64()?,
+                call_id: r.str("call_id")?,
+                info: r.info()?,
+                token: r.token()?,
+                lease_secs: r.u32()?,
+            },
+            ty::HOST_REFUSED => Message::HostRefused {
+                request_id: r.u64()?,
+                reason: Refusal::from_code(r.u8()?).ok_or(DecodeError::Invalid("reason"))?,
+            },
+            ty::RENEW => Message::Renew {
+                request_id: r.u64()?,
+                extension: r.str("extension")?,
+                call_id: r.str("call_id")?,
+                token: r.token()?,
+            },
+            ty::RENEW_ACK => Message::RenewAck {
+                request_id: r.u64()?,
+                lease_secs: r.u32()?,
+            },
+            ty::RENEW_REFUSED => Message::RenewRefused {
+                request_id: r.u64()?,
+            },
+            ty::UNHOST => Message::Unhost {
+                request_id: r.u64()?,
+                extension: r.str("extension")?,
+                call_id: r.str("call_id")?,
+                token: r.token()?,
+            },
+            ty::UNHOST_ACK => Message::UnhostAck {
+                request_id: r.u64()?,
+            },
+            ty::REDIRECT => Message::Redirect {
+                request_id: r.u64()?,
+                grant: r.u64()?,
+                token: r.token()?,
+                extension: r.str("extension")?,
+                call_id: r.str("call_id")?,
+                caller: r.str("caller")?,
+            },
+            ty::REDIRECT_ANSWER => Message::RedirectAnswer {
+                request_id: r.u64()?,
+                status: match r.u16()? {
+                    s @ 300..=699 => s,
+                    _ => return Err(DecodeError::Invalid("status")),
+                },
+            },
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        match r.buf.len() - r.pos {
+            0 => Ok(msg),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
+    }
+}
+
+/// Cuts the first length-prefixed frame off a stream buffer: `Ok(None)`
+/// until the whole frame is there, then the frame (for
+/// [`Message::decode`]) and how many bytes it took. A length over
+/// [`MAX_FRAME`] is refused at once, so a peer cannot make the reader
+/// buffer without bound.
+pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, DecodeError> {
+    let Some((prefix, rest)) = buf.split_first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = usize::try_from(u32::from_be_bytes(*prefix)).unwrap_or(usize::MAX);
+    if len > MAX_FRAME {
+        return Err(DecodeError::TooLong("frame"));
+    }
+    Ok(rest.get(..len).map(|frame| (frame, 4 + len)))
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn clamp(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let s = clamp(s, MAX_STR);
+    // Clamped to MAX_STR == u16::MAX just above.
+    out.put_u16(u16::try_from(s.len()).unwrap_or(u16::MAX));
+    out.put_slice(s.as_bytes());
+}
+
+fn put_entries(out: &mut BytesMut, entries: &[DirectoryEntry]) {
+    let entries = &entries[..entries.len().min(MAX_ENTRIES)];
+    out.put_u32(u32::try_from(entries.len()).unwrap_or(u32::MAX));
+    for e in entries {
+        put_str(out, &e.extension);
+        out.put_u64(e.epoch);
+    }
+}
+
+fn put_addr(out: &mut BytesMut, addr: SocketAddr) {
+    // Flow info and scope id are the target's local business.
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.put_u8(4);
+            out.put_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.put_u8(6);
+            out.put_slice(&ip.octets());
+        }
+    }
+    out.put_u16(addr.port());
+}
+
+fn put_state(out: &mut BytesMut, state: &AgentState) {
+    match state {
+        AgentState::LoggedOut => out.put_u8(0),
+        AgentState::Ready => out.put_u8(1),
+        AgentState::InCall { call_id } => {
+            out.put_u8(2);
+            put_str(out, call_id);
+        }
+        AgentState::Hosted { by } => {
+            out.put_u8(3);
+            put_str(out, by);
+        }
+    }
+}
+
+fn put_info(out: &mut BytesMut, info: &LoginInfo) {
+    put_str(out, &info.badge);
+    put_str(out, &info.extension);
+    out.put_u8(match info.kind {
+        AgentKind::Agent => 0,
+        AgentKind::Supervisor => 1,
+    });
+    put_str(out, &info.contact);
+    put_addr(out, info.addr);
+    out.put_u8(match info.transport {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+    });
+    out.put_u32(info.expires_secs);
+    put_state(out, &info.state);
+    let config = &info.config[..info.config.len().min(MAX_CONFIG)];
+    out.put_u16(u16::try_from(config.len()).unwrap_or(u16::MAX));
+    for (k, v) in config {
+        put_str(out, k);
+        put_str(out, v);
+    }
+}
+
+/// A cursor over a frame; every read checks the bytes left.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::UnexpectedEnd)?;
+        let bytes = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(DecodeError::UnexpectedEnd)?;
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(u8::from_be_bytes(self.array()?))
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn token(&mut self) -> Result<Token, DecodeError> {
+        Ok(Token(self.array()?))
+    }
+
+    fn str(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::BadUtf8(field))
+    }
+
+    /// Checks a count before anything is reserved: over `max`
+    /// is `TooLong`; more items than the bytes left could hold is a
+    /// truncated frame.
+    fn check_count(
+        &self,
+        n: usize,
+        max: usize,
+        min_item: usize,
+        field: &'static str,
+    ) -> Result<usize, DecodeError> {
+        if n > max {
+            return Err(DecodeError::TooLong(field));
+        }
+        if n.saturating_mul(min_item) > self.remaining() {
+            return Err(DecodeError::UnexpectedEnd);
+        }
+        Ok(n)
+    }
+
+    fn entries(&mut self) -> Result<Vec<DirectoryEntry>, DecodeError> {
+        let n = usize::try_from(self.u32()?).unwrap_or(usize::MAX);
+        let n = self.check_count(n, MAX_ENTRIES, MIN_ENTRY, "entries")?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push(DirectoryEntry {
+                extension: self.str("extension")?,
+                epoch: self.u64()?,
+            });
+        }
+        Ok(entries)
+    }
+
+    fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
+        let ip = match self.u8()? {
+            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+            _ => return Err(DecodeError::Invalid("address family")),
+        };
+        Ok(SocketAddr::new(ip, self.u16()?))
+    }
+
+    fn state(&mut self) -> Result<AgentState, DecodeError> {
+        Ok(match self.u8()? {
+            0 => AgentState::LoggedOut,
+            1 => AgentState::Ready,
+            2 => AgentState::InCall {
+                call_id: self.str("state call_id")?,
+            },
+            3 => AgentState::Hosted {
+                by: self.str("hosted by")?,
+            },
+            _ => return Err(DecodeError::Invalid("state")),
+        })
+    }
+
+    fn info(&mut self) -> Result<LoginInfo, DecodeError> {
+        let badge = self.str("badge")?;
+        let extension = self.str("extension")?;
+        let kind = match self.u8()? {
+            0 => AgentKind::Agent,
+            1 => AgentKind::Supervisor,
+            _ => return Err(DecodeError::Invalid("kind")),
+        };
+        let contact = self.str("contact")?;
+        let addr = self.addr()?;
+        let transport = match self.u8()? {
+            0 => Transport::Udp,
+            1 => Transport::Tcp,
+            _ => return Err(DecodeError::Invalid("transport")),
+        };
+        let expires_secs = self.u32()?;
+        let state = self.state()?;
+        let n = usize::from(self.u16()?);
+        let n = self.check_count(n, MAX_CONFIG, MIN_PAIR, "config")?;
+        let mut config = Vec::with_capacity(n);
+        for _ in 0..n {
+            config.push((self.str("config key")?, self.str("config value")?));
+        }
+        Ok(LoginInfo {
+            badge,
+            extension,
+            kind,
+            contact,
+            addr,
+            transport,
+            expires_secs,
+            state,
+            config,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::{BufMut, BytesMut};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{Agent, AgentKind, Credential};
+    use crate::registrar::location::{AgentRecord, AgentState, Binding};
+    use crate::sip::{Peer, Transport};
+
+    fn enc(m: &Message) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        m.encode(&mut out);
+        out.to_vec()
+    }
+
+    fn info() -> LoginInfo {
+        LoginInfo {
+            badge: "B2001".into(),
+            extension: "2001".into(),
+            kind: AgentKind::Supervisor,
+            contact: "sip:2001@192.0.2.20:5062;transport=tcp".into(),
+            addr: "192.0.2.20:5062".parse().unwrap(),
+            transport: Transport::Tcp,
+            expires_secs: 3599,
+            state: AgentState::Hosted {
+                by: "blade-1".into(),
+            },
+            config: vec![
+                ("skill".into(), "billing".into()),
+                ("lang".into(), "fr".into()),
+            ],
+        }
+    }
+
+    const TOKEN: Token = Token([0xa5; 16]);
+
+    /// One message of every type, and every variant of each enum field.
+    fn samples() -> Vec<Message> {
+        let entry = |e: &str, n| DirectoryEntry {
+            extension: e.into(),
+            epoch: n,
+        };
+        let mut v = vec![
+            Message::Announce {
+                entries: vec![entry("1001", 1), entry("1002", u64::MAX)],
+            },
+            Message::Withdraw {
+                entries: vec![entry("1001", 1)],
+            },
+            Message::Resync { entries: vec![] },
+            Message::Resync {
+                entries: vec![entry("", 0), entry("1003", 7)],
+            },
+            Message::Locate {
+                request_id: 7,
+                extension: "2001".into(),
+            },
+            Message::Located {
+                request_id: 7,
+                epoch: None,
+            },
+            Message::Located {
+                request_id: 7,
+                epoch: Some(42),
+            },
+            Message::HostRequest {
+                request_id: u64::MAX,
+                extension: "2001".into(),
+                call_id: "a84b4c76e66710@pc33".into(),
+                lease_secs: 30,
+            },
+            Message::HostGranted {
+                request_id: 1,
+                call_id: "c1".into(),
+                info: info(),
+                token: TOKEN,
+                lease_secs: 30,
+            },
+            Message::Renew {
+                request_id: 3,
+                extension: "2001".into(),
+                call_id: "c1".into(),
+                token: TOKEN,
+            },
+            Message::RenewAck {
+                request_id: 3,
+                lease_secs: 30,
+            },
+            Message::RenewRefused { request_id: 3 },
+            Message::Unhost {
+                request_id: 4,
+                extension: "2001".into(),
+                call_id: "c1".into(),
+                token: TOKEN,
+            },
+            Message::UnhostAck { request_id: 4 },
+            Message::Redirect {
+                request_id: 9,
+                grant: 1,
+                token: TOKEN,
+                extension: "2001".into(),
+                call_id: "c2".into(),
+                caller: "sip:3001@cc.example".into(),
+            },
+            Message::RedirectAnswer {
+                request_id: 9,
+                status: 486,
+            },
+            Message::RedirectAnswer {
+                request_id: 9,
+                status: 302,
+            },
+        ];
+        for reason in [
+            Refusal::Unknown,
+            Refusal::NotLoggedIn,
+            Refusal::Busy,
+            Refusal::AlreadyHosted,
+            Refusal::Overloaded,
+        ] {
+            v.push(Message::HostRefused {
+                request_id: 2,
+                reason,
+            });
+        }
+        let states = [
+            AgentState::LoggedOut,
+            AgentState::Ready,
+            AgentState::InCall {
+                call_id: "x@y".into(),
+            },
+        ];
+        for (i, state) in states.into_iter().enumerate() {
+            let mut info = info();
+            info.state = state;
+            info.kind = AgentKind::Agent;
+            info.transport = Transport::Udp;
+            info.config.clear();
+            if i == 1 {
+                info.addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 5060);
+            }
+            v.push(Message::HostGranted {
+                request_id: 5,
+                call_id: "ünïcødé".into(),
+                info,
+                token: Token([i as u8; 16]),
+                lease_secs: 1,
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let samples = samples();
+        let mut types: Vec<u8> = Vec::new();
+        for m in &samples {
+            let bytes = enc(m);
+            assert_eq!(&bytes[..2], &[MAGIC, VERSION]);
+            types.push(bytes[2]);
+            assert_eq!(Message::decode(&bytes).as_ref(), Ok(m), "{}", m.name());
+            // Length-prefixed, as on a shared stream.
+            let mut framed = BytesMut::new();
+            m.encode_framed(&mut framed);
+            m.encode_framed(&mut framed);
+            let (frame, used) = split_frame(&framed).unwrap().unwrap();
+            assert_eq!(frame, &bytes[..]);
+            assert_eq!(used, bytes.len() + 4);
+            assert_eq!(split_frame(&framed[..used + 3]), Ok(Some((frame, used))));
+            assert_eq!(split_frame(&framed[used..used + 3]), Ok(None));
+            assert_eq!(split_frame(&framed[..used - 1]), Ok(None));
+        }
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types, (1..=15).collect::<Vec<u8>>(), "every type sampled");
+    }
+
+    #[test]
+    fn classes_ids_and_extensions() {
+        for m in samples() {
+            match m.class() {
+                Class::Notice => assert_eq!(m.request_id(), None),
+                Class::Request | Class::Redirect => {
+                    assert!(m.request_id().is_some());
+                    assert!(m.extension().is_some(), "{}", m.name());
+                }
+                Class::Reply | Class::RedirectAnswer => {
+                    assert!(m.request_id().is_some());
+                    assert_eq!(m.extension(), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_version_magic_and_type_are_refused() {
+        let mut bytes = enc(&Message::UnhostAck { request_id: 1 });
+        bytes[1] = 2;
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownVersion(2)));
+        assert!(
+            DecodeError::UnknownVersion(2)
+                .to_string()
+                .contains("unknown cluster protocol version 2")
+        );
+        bytes[1] = 0;
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownVersion(0)));
+        bytes[1] = VERSION;
+        bytes[0] = b'I';
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::BadMagic(b'I')));
+        bytes[0] = MAGIC;
+        for t in [0, 16, 255] {
+            bytes[2] = t;
+            assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownType(t)));
+        }
+    }
+
+    #[test]
+    fn truncation_at_every_length_is_unexpected_end() {
+        for m in samples() {
+            let bytes = enc(&m);
+            for len in 0..bytes.len() {
+                assert_eq!(
+                    Message::decode(&bytes[..len]),
+                    Err(DecodeError::UnexpectedEnd),
+                    "{} cut at {len}",
+                    m.name()
+                );
+            }
+            let mut long = bytes.clone();
+            long.extend_from_slice(b"xy");
+            assert_eq!(Message::decode(&long), Err(DecodeError::TrailingBytes(2)));
+        }
+    }
+
+    fn header(ty: u8) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_slice(&[MAGIC, VERSION, ty]);
+        b
+    }
+
+    #[test]
+    fn absurd_lengths_are_refused_before_allocating() {
+        // A count over the limit.
+        let mut b = header(ty::ANNOUNCE);
+        b.put_u32(u32::MAX);
+        assert_eq!(Message::decode(&b), Err(DecodeError::TooLong("entries")));
+        // A plausible count the frame cannot hold: truncated, no reserve.
+        let mut b = header(ty::RESYNC);
+        b.put_u32(MAX_ENTRIES as u32);
+        b.put_slice(&[0; 12]);
+        assert_eq!(Message::decode(&b), Err(DecodeError::UnexpectedEnd));
+        // A string longer than the frame.
+        let mut b = header(ty::LOCATE);
+        b.put_u64(1);
+        b.put_u16(u16::MAX);
+        b.put_slice(b"2001");
+        assert_eq!(Message::decode(&b), Err(DecodeError::UnexpectedEnd));
+        // Too many configuration pairs.
+        let mut full = BytesMut::new();
+        Message::HostGranted {
+            request_id: 1,
+            call_id: "c".into(),
+            info: LoginInfo {
+                config: vec![],
+                ..info()
+            },
+            token: TOKEN,
+            lease_secs: 1,
+        }
+        .encode(&mut full);
+        // The config count sits before the token (16) and lease (4).
+        let at = full.len() - 20 - 2;
+        assert_eq!(&full[at..at + 2], &[0, 0]);
+        full[at..at + 2].copy_from_slice(&(MAX_CONFIG as u16 + 1).to_be_bytes());
+        assert_eq!(Message::decode(&full), Err(DecodeError::TooLong("config")));
+        // A stream frame over the limit.
+        let mut s = BytesMut::new();
+        s.put_u32(MAX_FRAME as u32 + 1);
+        assert_eq!(split_frame(&s), Err(DecodeError::TooLong("frame")));
+        s.clear();
+        s.put_u32(u32::MAX);
+        assert_eq!(split_frame(&s), Err(DecodeError::TooLong("frame")));
+        assert_eq!(split_frame(&[0, 0]), Ok(None));
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let mut b = header(ty::LOCATE);
+        b.put_u64(1);
+        b.put_u16(2);
+        b.put_slice(&[0xc3, 0x28]);
+        assert_eq!(Message::decode(&b), Err(DecodeError::BadUtf8("extension")));
+
+        let mut b = header(ty::HOST_REFUSED);
+        b.put_u64(1);
+        b.put_u8(9);
+        assert_eq!(Message::decode(&b), Err(DecodeError::Invalid("reason")));
+
+        let mut b = header(ty::LOCATED);
+        b.put_u64(1);
+        b.put_u8(2);
+        assert_eq!(Message::decode(&b), Err(DecodeError::Invalid("epoch")));
+
+        for status in [0u16, 200, 299, 700, u16::MAX] {
+            let mut b = header(ty::REDIRECT_ANSWER);
+            b.put_u64(1);
+            b.put_u16(status);
+            assert_eq!(Message::decode(&b), Err(DecodeError::Invalid("status")));
+        }
+
+        // Corrupt each enum of a LoginInfo in turn.
+        let granted = Message::HostGranted {
+            request_id: 1,
+            call_id: String::new(),
+            info: LoginInfo {
+                badge: String::new(),
+                extension: String::new(),
+                contact: String::new(),
+                ..info()
+            },
+            token: TOKEN,
+            lease_secs: 1,
+        };
+        let bytes = enc(&granted);
+        // magic, version, type, id(8), call_id(2), badge(2), extension(2)
+        let kind_at = 3 + 8 + 2 + 2 + 2;
+        let family_at = kind_at + 1 + 2;
+        let transport_at = family_at + 1 + 4 + 2;
+        let state_at = transport_at + 1 + 4;
+        for (at, field) in [
+            (kind_at, "kind"),
+            (family_at, "address family"),
+            (transport_at, "transport"),
+            (state_at, "state"),
+        ] {
+            let mut bad = bytes.clone();
+            bad[at] = 0x7f;
+            assert_eq!(Message::decode(&bad), Err(DecodeError::Invalid(field)));
+        }
+    }
+
+    #[test]
+    fn encode_clamps_what_no_frame_can_carry() {
+        // 'é' is two bytes: the cut must fall on a character boundary.
+        let long = "é".repeat(40_000);
+        let m = Message::Locate {
+            request_id: 1,
+            extension: long.clone(),
+        };
+        let Ok(Message::Locate { extension, .. }) = Message::decode(&enc(&m)) else {
+            panic!("clamped frame decodes");
+        };
+        assert_eq!(extension.len(), MAX_STR - 1);
+        assert!(long.starts_with(&extension));
+
+        let mut i = info();
+        i.config = (0..MAX_CONFIG + 5)
+            .map(|n| (n.to_string(), String::new()))
+            .collect();
+        let m = Message::HostGranted {
+            request_id: 1,
+            call_id: "c".into(),
+            info: i,
+            token: TOKEN,
+            lease_secs: 1,
+        };
+        let Ok(Message::HostGranted { info, .. }) = Message::decode(&enc(&m)) else {
+            panic!("clamped frame decodes");
+        };
+        assert_eq!(info.config.len(), MAX_CONFIG);
+    }
+
+    #[test]
+    fn token_hex_and_debug() {
+        let t = Token([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xfd, 0xfe, 0xff]);
+        let hex = t.to_hex();
+        assert_eq!(hex, "000102030405060708090a0b0cfdfeff");
+        assert_eq!(Token::from_hex(hex.as_bytes()), Some(t));
+        assert_eq!(Token::from_hex(hex.to_uppercase().as_bytes()), Some(t));
+        assert_eq!(Token::from_hex(&hex.as_bytes()[1..]), None);
+        assert_eq!(Token::from_hex(b"zz0102030405060708090a0b0cfdfeff"), None);
+        assert_eq!(format!("{t:?}"), "Token(00010203…)");
+    }
+
+    #[test]
+    fn refusal_statuses() {
+        assert_eq!(Refusal::Unknown.status(), 404);
+        assert_eq!(Refusal::NotLoggedIn.status(), 480);
+        assert_eq!(Refusal::Busy.status(), 486);
+        assert_eq!(Refusal::AlreadyHosted.status(), 486);
+        assert_eq!(Refusal::Overloaded.status(), 503);
+        assert_eq!(Refusal::AlreadyHosted.to_string(), "already hosted");
+    }
+
+    #[test]
+    fn login_info_from_record() {
+        let agent = Arc::new(Agent {
+            badge: "A1001".into(),
+            extension: "1001".into(),
+            kind: AgentKind::Agent,
+            credential: Credential::Password("s3cret".into()),
+        });
+        let mut record = AgentRecord::new(agent);
+        let now = Duration::from_secs(100);
+        assert_eq!(LoginInfo::from_record(&record, now), None);
+        let addr: SocketAddr = (Ipv4Addr::new(127, 0, 0, 12), 5061).into();
+        record.binding = Some(Binding {
+            uri: "sip:1001@127.0.0.12:5061".into(),
+            peer: Peer::udp(addr),
+            expires_at: Duration::from_millis(3_700_500),
+            call_id: "reg-1".into(),
+            cseq: 3,
+        });
+        record.state = AgentState::Ready;
+        let info = LoginInfo::from_record(&record, now).unwrap();
+        assert_eq!(
+            info,
+            LoginInfo {
+                badge: "A1001".into(),
+                extension: "1001".into(),
+                kind: AgentKind::Agent,
+                contact: "sip:1001@127.0.0.12:5061".into(),
+                addr,
+                transport: Transport::Udp,
+                expires_secs: 3600,
+                state: AgentState::Ready,
+                config: vec![],
+            }
+        );
+        assert_eq!(info.peer(), Peer::udp(addr));
+        // A lapsed binding reads as no time left, not a wrap.
+        assert_eq!(
+            LoginInfo::from_record(&record, Duration::from_secs(9999))
+                .unwrap()
+                .expires_secs,
+            0
+        );
+    }
+
+    /// The fuzz target's property: whatever decodes re-encodes to the very
+    /// same bytes (one encoding per message) and decodes again equal.
+    fn check_canonical(data: &[u8]) {
+        if let Ok(m) = Message::decode(data) {
+            let again = enc(&m);
+            assert_eq!(again, data, "re-encoding differs");
+            assert_eq!(Message::decode(&again), Ok(m));
+        }
+    }
+
+    /// The committed seeds decode, and the fuzz property holds on every
+    /// corpus file (what fuzzing found interesting stays checked on stable).
+    #[test]
+    fn fuzz_corpus_replays() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/cluster_codec");
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            return; // The fuzz tree is optional in a source package.
+        };
+        for entry in read {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("seed-") {
+                assert!(Message::decode(&data).is_ok(), "{name} decodes");
+            }
+            check_canonical(&data);
+        }
+    }
+
+    /// Rewrites the fuzz seeds from [`samples`]:
+    /// `cargo test --lib cluster::codec::tests::write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/corpus/cluster_codec"]
+    fn write_fuzz_seeds() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/cluster_codec");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, m) in samples().iter().enumerate() {
+            let name = format!("seed-{i:02}-{}", m.name());
+            std::fs::write(dir.join(name), enc(m)).unwrap();
+        }
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof!["[0-9]{0,6}", "\\PC{0,12}", "[a-z0-9@.-]{0,24}"]
+    }
+
+    fn token() -> impl Strategy<Value = Token> {
+        any::<[u8; 16]>().prop_map(Token)
+    }
+
+    fn entries() -> impl Strategy<Value = Vec<DirectoryEntry>> {
+        proptest::collection::vec(
+            (text(), any::<u64>())
+                .prop_map(|(extension, epoch)| DirectoryEntry { extension, epoch }),
+            0..6,
+        )
+    }
+
+    fn addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(ip, p)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), p)),
+        ]
+    }
+
+    fn state() -> impl Strategy<Value = AgentState> {
+        prop_oneof![
+            Just(AgentState::LoggedOut),
+            Just(AgentState::Ready),
+            text().prop_map(|call_id| AgentState::InCall { call_id }),
+            text().prop_map(|by| AgentState::Hosted { by }),
+        ]
+    }
+
+    fn login_info() -> impl Strategy<Value = LoginInfo> {
+        (
+            (text(), text(), any::<bool>(), text()),
+            (addr(), any::<bool>(), any::<u32>(), state()),
+            proptest::collection::vec((text(), text()), 0..4),
+        )
+            .prop_map(
+                |((badge, extension, sup, contact), (addr, tcp, expires_secs, state), config)| {
+                    LoginInfo {
+                        badge,
+                        extension,
+                        kind: if sup {
+                            AgentKind::Supervisor
+                        } else {
+                            AgentKind::Agent
+                        },
+                        contact,
+                        addr,
+                        transport: if tcp { Transport::Tcp } else { Transport::Udp },
+                        expires_secs,
+                        state,
+                        config,
+                    }
+                },
+            )
+    }
+
+    fn refusal() -> impl Strategy<Value = Refusal> {
+        prop_oneof![
+            Just(Refusal::Unknown),
+            Just(Refusal::NotLoggedIn),
+            Just(Refusal::Busy),
+            Just(Refusal::AlreadyHosted),
+            Just(Refusal::Overloaded),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        let id = any::<u64>();
+        prop_oneof![
+            entries().prop_map(|entries| Message::Announce { entries }),
+            entries().prop_map(|entries| Message::Withdraw { entries }),
+            entries().prop_map(|entries| Message::Resync { entries }),
+            (id, text()).prop_map(|(request_id, extension)| Message::Locate {
+                request_id,
+                extension
+            }),
+            (id, any::<Option<u64>>())
+                .prop_map(|(request_id, epoch)| Message::Located { request_id, epoch }),
+            (id, text(), text(), any::<u32>()).prop_map(
+                |(request_id, extension, call_id, lease_secs)| Message::HostRequest {
+                    request_id,
+                    extension,
+                    call_id,
+                    lease_secs,
+                }
+            ),
+            (id, text(), login_info(), token(), any::<u32>()).prop_map(
+                |(request_id, call_id, info, token, lease_secs)| Message::HostGranted {
+                    request_id,
+                    call_id,
+                    info,
+                    token,
+                    lease_secs,
+                }
+            ),
+            (id, refusal())
+                .prop_map(|(request_id, reason)| Message::HostRefused { request_id, reason }),
+            (id, text(), text(), token()).prop_map(|(request_id, extension, call_id, token)| {
+                Message::Renew {
+                    request_id,
+                    extension,
+                    call_id,
+                    token,
+                }
+            }),
+            (id, any::<u32>()).prop_map(|(request_id, lease_secs)| Message::RenewAck {
+                request_id,
+                lease_secs
+            }),
+            id.prop_map(|request_id| Message::RenewRefused { request_id }),
+            (id, text(), text(), token()).prop_map(|(request_id, extension, call_id, token)| {
+                Message::Unhost {
+                    request_id,
+                    extension,
+                    call_id,
+                    token,
+                }
+            }),
+            id.prop_map(|request_id| Message::UnhostAck { request_id }),
+            (id, id, token(), text(), text(), text()).prop_map(
+                |(request_id, grant, token, extension, call_id, caller)| Message::Redirect {
+                    request_id,
+                    grant,
+                    token,
+                    extension,
+                    call_id,
+                    caller,
+                }
+            ),
+            (id, 300u16..700)
+                .prop_map(|(request_id, status)| Message::RedirectAnswer { request_id, status }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_messages_round_trip(m in message()) {
+            let bytes = enc(&m);
+            prop_assert_eq!(Message::decode(&bytes), Ok(m.clone()));
+            let mut framed = BytesMut::new();
+            m.encode_framed(&mut framed);
+            prop_assert_eq!(split_frame(&framed), Ok(Some((&bytes[..], bytes.len() + 4))));
+            // Every proper prefix is a truncated frame.
+            let cut = bytes.len() / 2;
+            prop_assert_eq!(Message::decode(&bytes[..cut]), Err(DecodeError::UnexpectedEnd));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            check_canonical(&data);
+            let _ = split_frame(&data);
+        }
+
+        #[test]
+        fn random_bodies_never_panic(
+            ty in 0u8..17,
+            body in proptest::collection::vec(any::<u8>(), 0..192),
+        ) {
+            // Past the header, so every type's field decoding is reached.
+            let mut data = vec![MAGIC, VERSION, ty];
+            data.extend_from_slice(&body);
+            check_canonical(&data);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(
+            m in message(),
+            at in any::<usize>(),
+            byte in any::<u8>(),
+        ) {
+            let mut bytes = enc(&m);
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            check_canonical(&bytes);
+        }
+    }
+}

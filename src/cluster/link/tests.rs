@@ -1,0 +1,264 @@
+//! Two (or three) blades' links against each other in memory: real QUIC
+//! and real TLS from quinn-proto and rustls, with datagrams carried by the
+//! test and time that advances only when the test says so.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Link, LinkEvent};
+use crate::cluster::certs::{blade_cert_path, blade_key_path, ca_cert_path, generate_cluster};
+use crate::cluster::tls::Identity;
+
+struct Node {
+    addr: SocketAddr,
+    link: Link,
+    events: Vec<LinkEvent>,
+}
+
+fn identity(dir: &std::path::Path, id: &str) -> Identity {
+    Identity::load(
+        &ca_cert_path(dir),
+        &blade_cert_path(dir, id),
+        &blade_key_path(dir, id),
+    )
+    .unwrap()
+}
+
+fn node(dir: &std::path::Path, id: &str, addr: &str, peers: &[(&str, &str)], now: Instant) -> Node {
+    let peers: Vec<(String, SocketAddr)> = peers
+        .iter()
+        .map(|(i, a)| (i.to_string(), a.parse().unwrap()))
+        .collect();
+    Node {
+        addr: addr.parse().unwrap(),
+        link: Link::new(id, identity(dir, id), &peers, now),
+        events: Vec::new(),
+    }
+}
+
+/// Carries datagrams between the nodes and runs their timers until nothing
+/// moves or `limit` of virtual time has passed.
+fn run(nodes: &mut [Node], now: &mut Instant, limit: Duration) {
+    let end = *now + limit;
+    loop {
+        let mut moved = false;
+        for i in 0..nodes.len() {
+            while let Some((to, data)) = nodes[i].link.poll_transmit() {
+                moved = true;
+                let from = nodes[i].addr;
+                if let Some(dest) = nodes.iter_mut().find(|n| n.addr == to) {
+                    dest.link
+                        .handle_datagram(*now, from, BytesMut::from(&data[..]));
+                }
+            }
+            while let Some(e) = nodes[i].link.poll_event() {
+                nodes[i].events.push(e);
+            }
+        }
+        if moved {
+            continue;
+        }
+        let next = nodes.iter_mut().filter_map(|n| n.link.poll_timeout()).min();
+        match next {
+            Some(t) if t <= end => {
+                *now = (*now).max(t);
+                for n in nodes.iter_mut() {
+                    n.link.handle_timeout(*now);
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+#[test]
+fn peers_connect_and_exchange_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cluster(dir.path(), &["blade-1".into(), "blade-2".into()]).unwrap();
+    let mut now = Instant::now();
+    let mut nodes = vec![
+        node(
+            dir.path(),
+            "blade-1",
+            "127.0.0.1:7061",
+            &[("blade-2", "127.0.0.2:7062")],
+            now,
+        ),
+        node(
+            dir.path(),
+            "blade-2",
+            "127.0.0.2:7062",
+            &[("blade-1", "127.0.0.1:7061")],
+            now,
+        ),
+    ];
+    run(&mut nodes, &mut now, Duration::from_millis(500));
+    assert!(
+        nodes[0]
+            .events
+            .contains(&LinkEvent::PeerUp("blade-2".into())),
+        "{:?}",
+        nodes[0].events
+    );
+    assert!(
+        nodes[1]
+            .events
+            .contains(&LinkEvent::PeerUp("blade-1".into())),
+        "{:?}",
+        nodes[1].events
+    );
+    assert!(nodes[0].link.is_up("blade-2") && nodes[1].link.is_up("blade-1"));
+
+    let exchange = nodes[0]
+        .link
+        .request(now, "blade-2", Bytes::from_static(b"host 2001?"))
+        .unwrap();
+    run(&mut nodes, &mut now, Duration::from_millis(100));
+    let reply = match nodes[1].events.pop() {
+        Some(LinkEvent::Request { peer, reply, frame }) => {
+            assert_eq!((peer.as_str(), &frame[..]), ("blade-1", &b"host 2001?"[..]));
+            reply
+        }
+        other => panic!("expected a request, got {other:?}"),
+    };
+    nodes[1]
+        .link
+        .respond(now, reply, Bytes::from_static(b"granted"));
+    assert!(
+        nodes[1]
+            .link
+            .send(now, "blade-1", Bytes::from_static(b"announce"))
+    );
+    run(&mut nodes, &mut now, Duration::from_millis(100));
+    assert!(nodes[0].events.contains(&LinkEvent::Response {
+        peer: "blade-2".into(),
+        exchange,
+        frame: Bytes::from_static(b"granted")
+    }));
+    assert!(nodes[0].events.contains(&LinkEvent::Message {
+        peer: "blade-2".into(),
+        frame: Bytes::from_static(b"announce")
+    }));
+}
+
+#[test]
+fn a_lost_peer_goes_down_fails_its_exchanges_and_is_redialled() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cluster(dir.path(), &["blade-1".into(), "blade-2".into()]).unwrap();
+    let mut now = Instant::now();
+    let mut nodes = vec![
+        node(
+            dir.path(),
+            "blade-1",
+            "127.0.0.1:7061",
+            &[("blade-2", "127.0.0.2:7062")],
+            now,
+        ),
+        node(
+            dir.path(),
+            "blade-2",
+            "127.0.0.2:7062",
+            &[("blade-1", "127.0.0.1:7061")],
+            now,
+        ),
+    ];
+    run(&mut nodes, &mut now, Duration::from_millis(500));
+    let exchange = nodes[0]
+        .link
+        .request(now, "blade-2", Bytes::from_static(b"ping"))
+        .unwrap();
+    // blade-2 vanishes (SIGKILL): nothing it would send arrives any more.
+    let gone = nodes.pop().unwrap();
+    run(&mut nodes, &mut now, Duration::from_secs(15));
+    let events = &nodes[0].events;
+    assert!(
+        events.contains(&LinkEvent::PeerDown("blade-2".into())),
+        "{events:?}"
+    );
+    assert!(events.contains(&LinkEvent::Failed {
+        peer: "blade-2".into(),
+        exchange
+    }));
+    assert!(!nodes[0].link.is_up("blade-2"));
+    // It comes back (a restart: a fresh link); blade-1 redials it.
+    drop(gone);
+    nodes.push(node(
+        dir.path(),
+        "blade-2",
+        "127.0.0.2:7062",
+        &[("blade-1", "127.0.0.1:7061")],
+        now,
+    ));
+    run(&mut nodes, &mut now, Duration::from_secs(6));
+    assert!(nodes[0].link.is_up("blade-2"), "{:?}", nodes[0].events);
+}
+
+#[test]
+fn strangers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cluster(
+        dir.path(),
+        &["blade-1".into(), "blade-2".into(), "blade-1b".into()],
+    )
+    .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    generate_cluster(other.path(), &["blade-0".into()]).unwrap();
+    let mut now = Instant::now();
+    // blade-1b has a cluster certificate but blade-2 does not list it; its
+    // id sorts first, so it is the one that dials.
+    let mut nodes = vec![
+        node(
+            dir.path(),
+            "blade-2",
+            "127.0.0.2:7062",
+            &[("blade-1", "127.0.0.1:7061")],
+            now,
+        ),
+        node(
+            dir.path(),
+            "blade-1b",
+            "127.0.0.3:7063",
+            &[("blade-2", "127.0.0.2:7062")],
+            now,
+        ),
+    ];
+    // blade-0 claims to be a peer of blade-2 but its certificate is from
+    // another CA.
+    let rogue_peers = vec![("blade-2".to_string(), "127.0.0.2:7062".parse().unwrap())];
+    nodes.push(Node {
+        addr: "127.0.0.9:7069".parse().unwrap(),
+        link: Link::new(
+            "blade-0",
+            identity(other.path(), "blade-0"),
+            &rogue_peers,
+            now,
+        ),
+        events: Vec::new(),
+    });
+    run(&mut nodes, &mut now, Duration::from_secs(2));
+    assert!(
+        !nodes[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, LinkEvent::PeerUp(_))),
+        "{:?}",
+        nodes[0].events
+    );
+    assert!(
+        nodes[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, LinkEvent::Refused { claimed: Some(c), .. } if c == "blade-1b")),
+        "{:?}",
+        nodes[0].events
+    );
+    assert!(!nodes[1].link.is_up("blade-2") && !nodes[2].link.is_up("blade-2"));
+    assert!(
+        nodes[1]
+            .link
+            .request(now, "blade-2", Bytes::from_static(b"x"))
+            .is_none()
+    );
+}

@@ -1,0 +1,141 @@
+//! The cluster's mutual TLS for QUIC (rustls with ring): both sides present
+//! a certificate from the cluster CA; a client checks the server's blade id
+//! as its TLS server name, and a server reads the client's blade id from
+//! its certificate ([`peer_blade_id`]) and accepts only configured peers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn_proto::{ClientConfig, IdleTimeout, ServerConfig, TransportConfig, VarInt};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN of the inter-blade protocol; a version bump changes it.
+pub const ALPN: &[u8] = b"sipblade/1";
+
+/// How long a silent peer is kept before its connection is declared lost.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keep-alives keep an idle link from timing out and detect a dead peer.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// Concurrent hosting exchanges per connection (one stream each). quinn's
+/// default of 100 would cap hosting concurrency (RUNTIME-NOTES).
+pub const MAX_STREAMS: u32 = 4096;
+
+/// Why the cluster identity could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or decoded.
+    #[error("{path}: {message}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// rustls refused the certificates or key.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// This blade's QUIC configurations: as a server and as a client.
+#[derive(Clone)]
+pub struct Identity {
+    /// Accepts peers with a cluster certificate.
+    pub server: Arc<ServerConfig>,
+    /// Connects to peers, presenting our certificate.
+    pub client: ClientConfig,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(..)")
+    }
+}
+
+impl Identity {
+    /// Loads the CA certificate, this blade's certificate and its key.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| TlsError::Pem {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
+        };
+        Identity::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
+    }
+
+    /// Builds the configurations from PEM text.
+    pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Identity, TlsError> {
+        let pem_err = |what: &str| {
+            let what = what.to_owned();
+            move |e: rustls_pki_types::pem::Error| TlsError::Pem {
+                path: what.clone(),
+                message: e.to_string(),
+            }
+        };
+        let ca = CertificateDer::from_pem_slice(ca).map_err(pem_err("CA certificate"))?;
+        let chain =
+            vec![CertificateDer::from_pem_slice(cert).map_err(pem_err("blade certificate"))?];
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(pem_err("blade key"))?;
+        let config_err = |e: rustls::Error| TlsError::Config(e.to_string());
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).map_err(config_err)?;
+        let roots = Arc::new(roots);
+
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(config_err)?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        let server =
+            QuicServerConfig::try_from(server).map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut server = ServerConfig::with_crypto(Arc::new(server));
+        server.transport_config(transport());
+
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(config_err)?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        let client =
+            QuicClientConfig::try_from(client).map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut client = ClientConfig::new(Arc::new(client));
+        client.transport_config(transport());
+        Ok(Identity {
+            server: Arc::new(server),
+            client,
+        })
+    }
+}
+
+fn transport() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(VarInt::from_u32(MAX_STREAMS));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    Arc::new(t)
+}
+
+/// The blade id in the leaf certificate a peer presented, from the chain
+/// quinn reports as the connection's peer identity.
+pub fn peer_blade_id(identity: Option<Box<dyn std::any::Any>>) -> Option<String> {
+    let chain = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = chain.first()?;
+    super::certs::blade_id_from_cert_der(leaf)
+}
