@@ -602,26 +602,22 @@ impl Proxy {
         }
         let mut buf = BytesMut::new();
         let outcome = self.registrar.handle_register(now, &msg, source, &mut buf);
-        match outcome {
+        match &outcome {
             Outcome::LoggedIn(ext) => {
                 self.metrics.registrations += 1;
                 out.notices.push(Notice {
                     to: None,
-                    event: AgentEvent::LoggedIn(ext),
+                    event: AgentEvent::LoggedIn(ext.clone()),
                 });
             }
             Outcome::Refreshed(_) => self.metrics.registrations += 1,
             Outcome::LoggedOut(ext) => out.notices.push(Notice {
                 to: None,
-                event: AgentEvent::LoggedOut(ext),
+                event: AgentEvent::LoggedOut(ext.clone()),
             }),
             _ => {}
         }
-        let status = Message::parse(buf.clone().freeze())
-            .ok()
-            .and_then(|m| m.status())
-            .unwrap_or(500);
-        self.respond_new(now, source, msg, status, buf.freeze(), out);
+        self.respond_new(now, source, msg, outcome.status(), buf.freeze(), out);
     }
 
     /// Answers `msg` locally through a new server transaction, so that
@@ -670,9 +666,15 @@ impl Proxy {
             ringing_until: None,
         };
         let client_branch = pair.client.as_ref().map(|c| c.branch.clone());
+        let invite = pair.invite;
         let id = self.txs.insert(pair);
         self.by_server.insert(key, id);
         if let Some(branch) = client_branch {
+            // A CANCEL we send downstream (the caller's, or timer C's) shares
+            // the INVITE's branch; its responses find the pair this way.
+            if invite {
+                self.by_client.insert((branch.clone(), true), id);
+            }
             self.by_client.insert((branch, false), id);
         }
         id
@@ -983,11 +985,10 @@ impl Proxy {
             data: buf.freeze(),
         });
         if let Some(pair) = self.txs.get_mut(id) {
-            if !pair.server.is_final() {
+            // A retransmitted CANCEL finds the CANCEL already sent or due.
+            let first = pair.cancel.is_none() && !pair.cancel_pending;
+            if !pair.server.is_final() && first {
                 send_cancel(now, self.settings.timers, pair, &mut out.transmits);
-                if let Some(c) = &pair.client {
-                    self.by_client.insert((c.branch.clone(), true), id);
-                }
                 self.metrics.calls_cancelled += 1;
             }
         }

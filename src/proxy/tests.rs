@@ -461,3 +461,33 @@ fn a_request_that_comes_back_unchanged_is_a_loop() {
     let out = b.send(&bb, &spiral);
     assert_eq!(status(&out[0]), 486);
 }
+
+#[test]
+fn timer_c_cancels_a_call_that_rings_too_long() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let fwd = parse(&b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi1", ""))[1]);
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let out = b.advance(TIMER_C + Duration::from_millis(10));
+    let cancel = out
+        .iter()
+        .map(parse)
+        .find(|m| m.method() == Some(Method::Cancel))
+        .expect("a CANCEL downstream");
+    assert!(
+        out.iter().any(|t| t.to == udp(&a) && status(t) == 408),
+        "the caller gets 408"
+    );
+    // The callee's 200 to the CANCEL matches it: no more retransmissions.
+    assert!(b.send(&bb, &answer(&cancel, 200, "t2")).is_empty());
+    let later = b.advance(Duration::from_secs(2));
+    assert!(
+        !later
+            .iter()
+            .any(|t| parse(t).method() == Some(Method::Cancel)),
+        "CANCEL not resent after its 200"
+    );
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+}

@@ -40,6 +40,17 @@ pub enum Outcome {
     Refused(u16),
 }
 
+impl Outcome {
+    /// The status of the response the registrar wrote.
+    pub fn status(&self) -> u16 {
+        match self {
+            Outcome::Challenged => 401,
+            Outcome::Refused(status) => *status,
+            _ => 200,
+        }
+    }
+}
+
 /// How the registrar is set up.
 #[derive(Debug, Clone)]
 pub struct Settings {
