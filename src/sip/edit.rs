@@ -81,6 +81,25 @@ pub fn derived_tag(parts: &[&[u8]]) -> String {
     format!("sb{:016x}", h.finish())
 }
 
+/// Whether a header line holds a fold (a CRLF before its last).
+fn is_folded(src: &[u8], h: &super::message::Header) -> bool {
+    let line = h.line().of(src);
+    line.len() >= 2 && memchr::memchr(b'\r', &line[..line.len() - 2]).is_some()
+}
+
+impl Message {
+    /// Rewrites a folded Content-Length as one plain line: the parser
+    /// accepts folds anywhere, but stream framers (ours included) read
+    /// Content-Length from a single line, so a forwarded message must carry
+    /// it that way.
+    fn unfold_content_length(&self, s: &mut Splicer<'_>, h: &super::message::Header) {
+        s.cut(h.line().start as usize, h.end as usize);
+        s.put(b"Content-Length: ");
+        put_u32(s.out, self.body().len() as u32);
+        s.put(b"\r\n");
+    }
+}
+
 /// Writes `n` in decimal.
 fn put_u32(out: &mut BytesMut, n: u32) {
     let mut digits = [0u8; 10];
@@ -161,6 +180,9 @@ impl Message {
                         None => s.cut(h.line().start as usize, h.end as usize),
                     }
                 }
+                HeaderName::ContentLength if is_folded(src, h) => {
+                    self.unfold_content_length(&mut s, h)
+                }
                 _ => {}
             }
         }
@@ -192,15 +214,21 @@ impl Message {
             StartLine::Response { .. } => src.len() - src.trim_ascii_start().len(),
         };
         s.cut(0, start);
-        if let Some(h) = self
-            .header_fields()
-            .iter()
-            .find(|h| h.name == HeaderName::Via)
-        {
-            let one = |c: &mut Cursor<'_>| via::parse(c).is_some();
-            match rest_after_first(self, h.value, one) {
-                Some(next) => s.cut(h.value.start as usize, next),
-                None => s.cut(h.line().start as usize, h.end as usize),
+        let mut via_stripped = false;
+        for h in self.header_fields() {
+            match h.name {
+                HeaderName::Via if !via_stripped => {
+                    via_stripped = true;
+                    let one = |c: &mut Cursor<'_>| via::parse(c).is_some();
+                    match rest_after_first(self, h.value, one) {
+                        Some(next) => s.cut(h.value.start as usize, next),
+                        None => s.cut(h.line().start as usize, h.end as usize),
+                    }
+                }
+                HeaderName::ContentLength if is_folded(src, h) => {
+                    self.unfold_content_length(&mut s, h)
+                }
+                _ => {}
             }
         }
         s.copy_to(self.headers_end() - 2);
@@ -508,5 +536,17 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
             "x",
             &mut out
         ));
+    }
+
+    #[test]
+    fn a_folded_content_length_is_forwarded_on_one_line() {
+        let raw = b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length\r\n : 3\r\n\r\nabc";
+        let msg = parse(raw);
+        let mut out = BytesMut::new();
+        msg.forward(&Forward::default(), &mut out).unwrap();
+        let framed = crate::sip::framing::frame(&out, 65_536).unwrap();
+        assert_eq!(framed, crate::sip::framing::Frame::Complete(out.len()));
+        assert_eq!(parse(&out).body(), b"abc");
     }
 }
