@@ -25,6 +25,8 @@ pub const URIC: u16 = 1 << 7;
 pub const GENVAL: u16 = 1 << 8;
 /// Digits of a telephone-subscriber and visual separators (RFC 3966).
 pub const TEL: u16 = 1 << 9;
+/// Domain label characters: `alphanum / "-"`.
+pub const LABEL: u16 = 1 << 10;
 
 const fn build() -> [u16; 256] {
     let mut t = [0u16; 256];
@@ -82,6 +84,9 @@ const fn build() -> [u16; 256] {
         if alnum || b == b'-' || b == b'.' {
             f |= HOST;
         }
+        if alnum || b == b'-' {
+            f |= LABEL;
+        }
         // uric = reserved / unreserved / escaped; reserved = ; / ? : @ & = + $ ,
         if unreserved
             || b == b'%'
@@ -124,9 +129,11 @@ pub fn run(s: &[u8], mask: u16) -> usize {
 }
 
 /// Whether every `%` in `s` starts a valid `% HEXDIG HEXDIG` escape.
+/// The parts checked are a few bytes long, too short to repay `memchr`.
+#[inline]
 pub fn escapes_valid(s: &[u8]) -> bool {
     let mut i = 0;
-    while let Some(p) = memchr::memchr(b'%', &s[i..]) {
+    while let Some(p) = s[i..].iter().position(|&b| b == b'%') {
         let at = i + p;
         match s.get(at + 1..at + 3) {
             Some([a, b]) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => i = at + 3,

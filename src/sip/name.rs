@@ -108,7 +108,7 @@ impl HeaderName {
             _ => return Other,
         };
         for (name, h) in candidates {
-            if n.eq_ignore_ascii_case(name) {
+            if eq_lower(n, name) {
                 return *h;
             }
         }
@@ -157,6 +157,54 @@ impl HeaderName {
     }
 }
 
+/// Bit 5 of every byte: the ASCII case bit.
+const CASE: u64 = 0x2020_2020_2020_2020;
+
+/// Whether `n` equals `lower` ignoring ASCII case, where `lower` holds only
+/// lowercase letters and `-` (every long header name). Compares a word at a
+/// time: a letter of `lower` (bit 6 set) matches either case of `n`'s byte,
+/// any other byte only itself, so `n` may hold any bytes at all.
+#[inline(always)]
+pub(crate) fn eq_lower(n: &[u8], lower: &[u8]) -> bool {
+    let len = n.len();
+    if len != lower.len() {
+        return false;
+    }
+    let eq = |a: u64, b: u64| a | ((b >> 1) & CASE) == b;
+    // Callers index within `len`, so the slices are always long enough;
+    // copying through fixed arrays keeps that free of panicking paths.
+    let word = |s: &[u8], at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let half = |s: &[u8], at: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&s[at..at + 4]);
+        u64::from(u32::from_le_bytes(b))
+    };
+    if len >= 8 {
+        let mut i = 0;
+        while i + 8 < len {
+            if !eq(word(n, i), word(lower, i)) {
+                return false;
+            }
+            i += 8;
+        }
+        eq(word(n, len - 8), word(lower, len - 8))
+    } else if len >= 4 {
+        // Two overlapping halves, packed into one word.
+        eq(
+            half(n, 0) | half(n, len - 4) << 32,
+            half(lower, 0) | half(lower, len - 4) << 32,
+        )
+    } else {
+        n.iter()
+            .zip(lower)
+            .all(|(&a, &b)| a | ((b >> 1) & 0x20) == b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::HeaderName;
@@ -173,6 +221,20 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"C%6Fntact"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(b"Contacts"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(b"l"), HeaderName::ContentLength);
+        assert_eq!(
+            HeaderName::from_bytes(b"CONTENT-length"),
+            HeaderName::ContentLength
+        );
+        assert_eq!(
+            HeaderName::from_bytes(b"proxy-AUTHORIZATION"),
+            HeaderName::ProxyAuthorization
+        );
+        // Only letters fold: `-` matches itself alone.
+        assert_eq!(HeaderName::from_bytes(b"call\rid"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"Max_Forwards"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"Max\rForwards"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"VIA"), HeaderName::Via);
+        assert_eq!(HeaderName::from_bytes(b"Vi\x01"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(b""), HeaderName::Other);
     }
 

@@ -81,6 +81,21 @@ impl<'a> Cursor<'a> {
     /// it; on a miss the cursor does not move.
     #[inline]
     pub fn sep(&mut self, sep: u8) -> bool {
+        // Fast paths: the separator itself, or no white space before a miss.
+        match self.peek() {
+            Some(b) if b == sep => {
+                self.pos += 1;
+                self.lws();
+                true
+            }
+            Some(b' ' | b'\t' | b'\r') => self.sep_after_space(sep),
+            _ => false,
+        }
+    }
+
+    /// [`Cursor::sep`] when white space may come first.
+    #[inline(never)]
+    fn sep_after_space(&mut self, sep: u8) -> bool {
         let save = self.pos;
         self.lws();
         if self.eat(sep) {
@@ -111,9 +126,11 @@ impl<'a> Cursor<'a> {
     #[inline]
     pub fn digits(&mut self) -> Span {
         let start = self.pos;
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.pos += 1;
-        }
+        self.pos += self
+            .rest()
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         Span::new(start, self.pos)
     }
 

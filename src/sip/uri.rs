@@ -1,7 +1,7 @@
 //! URIs (RFC 3261 §19.1, §25): `sip:`, `sips:`, `tel:` and opaque absolute
 //! URIs of any other scheme, parsed into spans of the message buffer.
 
-use super::chars::{self, HNV, HOST, PARAM, PASSWORD, TEL, URIC, USER};
+use super::chars::{self, HNV, HOST, LABEL, PARAM, PASSWORD, TEL, URIC, USER};
 use super::scan::{Cursor, parse_u32};
 use super::span::Span;
 
@@ -174,29 +174,11 @@ impl<'a> Iterator for Params<'a> {
 /// Parses the URI that exactly fills `span` of `src`.
 pub(crate) fn parse(src: &[u8], span: Span) -> Option<UriSpans> {
     let mut c = Cursor::new(src, span);
-    // scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
-    if !c.peek()?.is_ascii_alphabetic() {
-        return None;
-    }
-    let scheme_start = c.pos;
-    while c
-        .peek()
-        .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-    {
-        c.pos += 1;
-    }
-    let name = &src[scheme_start..c.pos];
-    if !c.eat(b':') {
-        return None;
-    }
-    let scheme = if name.eq_ignore_ascii_case(b"sip") {
+    let scheme = if is_sip_colon(c.rest()) {
+        c.pos += 4;
         Scheme::Sip
-    } else if name.eq_ignore_ascii_case(b"sips") {
-        Scheme::Sips
-    } else if name.eq_ignore_ascii_case(b"tel") {
-        Scheme::Tel
     } else {
-        Scheme::Other
+        scheme(&mut c)?
     };
     let mut uri = UriSpans {
         scheme,
@@ -229,13 +211,62 @@ pub(crate) fn parse(src: &[u8], span: Span) -> Option<UriSpans> {
     c.at_end().then_some(uri)
 }
 
+/// Whether `s` starts with `sip:` in any case (the scheme of nearly every
+/// URI a proxy reads), compared as one word.
+#[inline]
+fn is_sip_colon(s: &[u8]) -> bool {
+    s.get(..4).is_some_and(|p| {
+        let w = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        // Fold the three letters only: `:` must match exactly.
+        w | 0x0020_2020 == u32::from_le_bytes(*b"sip:")
+    })
+}
+
+/// `scheme ":"`: `scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`.
+fn scheme(c: &mut Cursor<'_>) -> Option<Scheme> {
+    if !c.peek()?.is_ascii_alphabetic() {
+        return None;
+    }
+    let scheme_start = c.pos;
+    while c
+        .peek()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    {
+        c.pos += 1;
+    }
+    let name = &c.src[scheme_start..c.pos];
+    if !c.eat(b':') {
+        return None;
+    }
+    Some(if name.eq_ignore_ascii_case(b"sip") {
+        Scheme::Sip
+    } else if name.eq_ignore_ascii_case(b"sips") {
+        Scheme::Sips
+    } else if name.eq_ignore_ascii_case(b"tel") {
+        Scheme::Tel
+    } else {
+        Scheme::Other
+    })
+}
+
 fn sip_uri(c: &mut Cursor<'_>, uri: &mut UriSpans) -> Option<()> {
     let src = c.src;
     // The first '@' ends the userinfo: user, password, parameters and
-    // headers admit '@' only escaped.
-    if let Some(at) = memchr::memchr(b'@', c.rest()) {
+    // headers admit '@' only escaped. Host characters are user characters
+    // too, so one run finds it: the run stops at the userinfo's '@', or at
+    // a ':' (a password, or a port), or anywhere else when there is no
+    // userinfo (an '@' further on then fails the host, port, parameter
+    // and header grammar below, as it would fail the userinfo here).
+    let rest = c.rest();
+    let run = chars::run(rest, USER);
+    let at = match rest.get(run) {
+        Some(b'@') => Some(run),
+        Some(b':') => memchr::memchr(b'@', &rest[run..]).map(|i| run + i),
+        _ => None,
+    };
+    if let Some(at) = at {
         let at = c.pos + at;
-        let user_end = c.pos + chars::run(&src[c.pos..at], USER);
+        let user_end = c.pos + run;
         if user_end == c.pos {
             return None;
         }
@@ -305,10 +336,48 @@ pub(crate) fn host(c: &mut Cursor<'_>) -> Option<(Span, HostKind)> {
         let span = Span::new(start, c.pos);
         return ipv6_ok(&span.of(c.src)[1..close]).then_some((span, HostKind::Ipv6));
     }
-    let span = c.take1(HOST)?;
-    let text = span.of(c.src);
-    let kind = host_kind(text)?;
-    Some((span, kind))
+    // Label by label, with `host_kind`'s rules: each label is a run of
+    // alphanumerics and hyphens that starts and ends alphanumeric, labels
+    // are joined by single dots, and one trailing dot is allowed. A valid
+    // IPv4 address passes these checks too, so a top label that starts
+    // with a digit leaves only IPv4 to check.
+    let rest = c.rest();
+    // A malformed host still consumes its whole run, so the error offset
+    // stays where it always was.
+    let bad = |c: &mut Cursor<'_>| {
+        c.pos = start + chars::run(rest, HOST);
+        None
+    };
+    let (mut len, mut top) = (0, 0u8);
+    loop {
+        let n = chars::run(&rest[len..], LABEL);
+        if n == 0 {
+            // Only a trailing dot may end without a label.
+            if len == 0 || rest.get(len).is_some_and(|&b| chars::is(b, HOST)) {
+                return bad(c);
+            }
+            break;
+        }
+        let label = &rest[len..len + n];
+        if label[0] == b'-' || label[n - 1] == b'-' {
+            return bad(c);
+        }
+        top = label[0];
+        len += n;
+        if rest.get(len) != Some(&b'.') {
+            break;
+        }
+        len += 1;
+    }
+    let span = Span::new(start, start + len);
+    c.pos = start + len;
+    let kind = if top.is_ascii_digit() {
+        // Not a host name: an IPv4 address or nothing.
+        ipv4_ok(span.of(c.src)).then_some(HostKind::Ipv4)
+    } else {
+        Some(HostKind::Name)
+    };
+    Some((span, kind?))
 }
 
 /// Classifies a bare host: a valid IPv4 address or a valid host name.
@@ -331,15 +400,28 @@ pub(crate) fn host_kind(text: &[u8]) -> Option<HostKind> {
         .then_some(HostKind::Name)
 }
 
+/// `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT`, each
+/// at most 255 (leading zeros allowed).
 pub(crate) fn ipv4_ok(text: &[u8]) -> bool {
-    let mut parts = 0;
-    for part in text.split(|&b| b == b'.') {
-        parts += 1;
-        if part.is_empty() || part.len() > 3 || parse_u32(part, 255).is_none() {
+    let (mut dots, mut digits, mut value) = (0, 0, 0u32);
+    for &b in text {
+        if b == b'.' {
+            if digits == 0 {
+                return false;
+            }
+            dots += 1;
+            (digits, value) = (0, 0);
+        } else if b.is_ascii_digit() {
+            digits += 1;
+            value = value * 10 + u32::from(b - b'0');
+            if digits > 3 || value > 255 {
+                return false;
+            }
+        } else {
             return false;
         }
     }
-    parts == 4
+    dots == 3 && digits > 0
 }
 
 /// A tolerant IPv6 check: hex groups, colons and an optional dotted IPv4

@@ -83,8 +83,9 @@ impl<'a> Iterator for HeaderParams<'a> {
     }
 }
 
-/// Whether parameter `name` is `want` (case-insensitive).
+/// Whether parameter `name` is `want` (case-insensitive); `want` is
+/// lowercase letters, as every parameter name asked for is.
 #[inline]
 pub(crate) fn is_param(src: &[u8], name: Span, want: &[u8]) -> bool {
-    name.of(src).eq_ignore_ascii_case(want)
+    super::name::eq_lower(name.of(src), want)
 }
