@@ -237,6 +237,7 @@ pub(crate) async fn run(
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     status: flume::Receiver<SnapshotRequest>,
     link: Option<super::link::Setup>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let (senders, mut receivers) = if shared.cores > 1 {
         match mesh.join().await {
@@ -315,8 +316,13 @@ pub(crate) async fn run(
                 core.clone(),
                 listener,
             )));
+            // The blade counts as started once every core listens.
+            let _ = ready.send(Ok(()));
         }
-        Err(e) => tracing::error!(addr = %shared.sip, "cannot listen on TCP: {e}"),
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot listen on TCP {}: {e}", shared.sip)));
+            return;
+        }
     }
 
     let receiver = core.clone();

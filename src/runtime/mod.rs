@@ -33,6 +33,9 @@ const IO_MEMORY: usize = 512 << 10;
 /// Depth of each core-to-core channel.
 const MESH_CAPACITY: usize = 4096;
 
+/// How long `start` waits for every core to be listening.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a stopping blade lets running transactions finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -183,6 +186,7 @@ impl Blade {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut executors = Vec::with_capacity(cores);
         let mut status_senders = Vec::with_capacity(cores);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (i, socket) in sockets.into_iter().enumerate() {
             let (status_tx, status_rx) = flume::unbounded();
             status_senders.push(status_tx);
@@ -190,15 +194,35 @@ impl Blade {
             let mesh = mesh.clone();
             // The first core also runs the inter-blade link.
             let link = link.take();
+            let ready = ready_tx.clone();
             let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
                 .name(&format!("sipblade-core-{i}"))
                 .io_memory(IO_MEMORY)
-                .spawn(move || core::run(shared, socket, mesh, status_rx, link))
+                .spawn(move || core::run(shared, socket, mesh, status_rx, link, ready))
                 .map_err(|e| StartError::Executor {
                     core: i,
                     message: e.to_string(),
                 })?;
             executors.push(handle);
+        }
+        drop(ready_tx);
+        // Return only once every core listens, so a client that connects
+        // right after `start` is not refused.
+        for _ in 0..cores {
+            match ready_rx.recv_timeout(START_TIMEOUT) {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    stopping.store(true, Ordering::SeqCst);
+                    return Err(StartError::Executor { core: 0, message });
+                }
+                Err(_) => {
+                    stopping.store(true, Ordering::SeqCst);
+                    return Err(StartError::Executor {
+                        core: 0,
+                        message: "a core did not start in time".into(),
+                    });
+                }
+            }
         }
         let admin = Admin::start(admin_listener, info, status_senders).map_err(|source| {
             StartError::Bind {

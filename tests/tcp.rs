@@ -1,0 +1,198 @@
+//! SIP over TCP, and bridging TCP and UDP: an agent registered over TCP is
+//! reached on its own connection, framed by Content-Length; a caller on
+//! UDP calls it; CRLF keep-alives are answered.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sipblade::sip::Message;
+use sipblade::sip::framing::{DEFAULT_MAX_MESSAGE, Frame, frame};
+
+use common::{TestBlade, agent, wait_until};
+
+/// A SIP endpoint on a TCP connection: reads whole frames.
+struct TcpUa {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl TcpUa {
+    fn connect(blade: &TestBlade) -> TcpUa {
+        let stream = TcpStream::connect(blade.sip).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        TcpUa {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn local(&self) -> String {
+        self.stream.local_addr().unwrap().to_string()
+    }
+
+    fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// The next message, within a few seconds (keep-alives skipped).
+    fn recv_frame(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match frame(&self.buf, DEFAULT_MAX_MESSAGE).unwrap() {
+                Frame::Complete(n) => return self.buf.drain(..n).collect(),
+                Frame::KeepAlive { len, .. } => {
+                    self.buf.drain(..len);
+                    continue;
+                }
+                Frame::Partial => {}
+            }
+            assert!(Instant::now() < deadline, "nothing arrived over TCP");
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the blade closed the connection"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn recv(&mut self) -> Message {
+        Message::parse(Bytes::from(self.recv_frame())).unwrap()
+    }
+}
+
+fn register(ext: &str, contact: &str, transport: &str) -> String {
+    format!(
+        "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/{transport} {contact};branch=z9hG4bKreg{ext}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{ext}@cc.example>;tag=r{ext}\r\nTo: <sip:{ext}@cc.example>\r\n\
+         Call-ID: reg-{ext}-tcp\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:{ext}@{contact};transport={}>\r\nContent-Length: 0\r\n\r\n",
+        transport.to_lowercase()
+    )
+}
+
+/// The callee's answer to `req`, copying what a UAS copies.
+fn answer(req: &Message, status: u16, contact: &str) -> String {
+    let mut out = bytes::BytesMut::new();
+    let rr: Vec<String> = req
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let contact = format!("<sip:1002@{contact};transport=tcp>");
+    let mut extra = vec![("Contact", contact.as_str())];
+    extra.extend(rr.iter().map(|r| ("Record-Route", r.as_str())));
+    req.response(status, "OK", Some("callee"), &extra, &mut out);
+    String::from_utf8(out.to_vec()).unwrap()
+}
+
+#[test]
+fn a_udp_caller_reaches_a_tcp_callee_and_back() {
+    let blade = TestBlade::start(2, false);
+    let mut callee = TcpUa::connect(&blade);
+    let callee_addr = callee.local();
+    callee.send(&register("1002", &callee_addr, "TCP"));
+    assert_eq!(
+        callee.recv().status(),
+        Some(200),
+        "REGISTER over TCP answered on the connection"
+    );
+    wait_until("1002 ready", || {
+        agent(blade.admin, "1002")["state"] == "ready"
+    });
+
+    let caller = UdpSocket::bind("127.0.0.21:0").unwrap();
+    caller
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let caller_addr = caller.local_addr().unwrap().to_string();
+    let recv_udp = |sock: &UdpSocket| {
+        let mut buf = [0u8; 65_535];
+        let (n, _) = sock.recv_from(&mut buf).unwrap();
+        Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap()
+    };
+    caller
+        .send_to(register("1001", &caller_addr, "UDP").as_bytes(), blade.sip)
+        .unwrap();
+    assert_eq!(recv_udp(&caller).status(), Some(200));
+    wait_until("1001 ready", || {
+        agent(blade.admin, "1001")["state"] == "ready"
+    });
+
+    let invite = format!(
+        "INVITE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {caller_addr};branch=z9hG4bKtcp1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=a\r\nTo: <sip:1002@cc.example>\r\n\
+         Call-ID: tcp-bridge-1\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{caller_addr}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(invite.as_bytes(), blade.sip).unwrap();
+    assert_eq!(recv_udp(&caller).status(), Some(100));
+    let forwarded = callee.recv();
+    assert_eq!(forwarded.method_str(), Some("INVITE"));
+    assert_eq!(
+        forwarded.top_via().transport(),
+        "TCP",
+        "our Via names the transport we used"
+    );
+    assert_eq!(forwarded.vias().nth(1).unwrap().transport(), "UDP");
+
+    callee.send(&answer(&forwarded, 200, &callee_addr));
+    let ok = recv_udp(&caller);
+    assert_eq!((ok.status(), ok.vias().count()), (Some(200), 1));
+    wait_until("both in call", || {
+        agent(blade.admin, "1002")["state"] == "in_call"
+    });
+
+    // The BYE follows the Record-Route and reaches the callee on its
+    // connection (its Contact's port is ephemeral: not listening).
+    let route = String::from_utf8_lossy(ok.record_routes().next().unwrap().as_bytes()).into_owned();
+    let bye = format!(
+        "BYE sip:1002@{callee_addr};transport=tcp SIP/2.0\r\nVia: SIP/2.0/UDP {caller_addr};branch=z9hG4bKtcp2\r\n\
+         Route: {route}\r\nMax-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=a\r\n\
+         To: <sip:1002@cc.example>;tag=callee\r\nCall-ID: tcp-bridge-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(bye.as_bytes(), blade.sip).unwrap();
+    let bye = callee.recv();
+    assert_eq!(bye.method_str(), Some("BYE"));
+    callee.send(&answer(&bye, 200, &callee_addr));
+    assert_eq!(recv_udp(&caller).status(), Some(200));
+    wait_until("both ready", || {
+        agent(blade.admin, "1001")["state"] == "ready"
+            && agent(blade.admin, "1002")["state"] == "ready"
+    });
+}
+
+#[test]
+fn keep_alive_pings_get_pongs_and_bad_framing_closes_the_connection() {
+    let blade = TestBlade::start(1, false);
+    let mut ua = TcpUa::connect(&blade);
+    ua.send("\r\n\r\n");
+    // A lone CRLF could be the start of a ping to a framer: read it raw.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pong = Vec::new();
+    while pong.len() < 2 {
+        assert!(Instant::now() < deadline, "no pong");
+        let mut chunk = [0u8; 16];
+        if let Ok(n) = ua.stream.read(&mut chunk) {
+            pong.extend_from_slice(&chunk[..n]);
+        }
+    }
+    assert_eq!(pong, b"\r\n", "a CRLF pong");
+    ua.send("OPTIONS sip:127.0.0.1 SIP/2.0\r\nContent-Length: -5\r\n\r\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut chunk = [0u8; 64];
+    loop {
+        match ua.stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "the connection stays open after a framing error"
+            ),
+        }
+    }
+}
