@@ -45,7 +45,7 @@ use crate::transaction::server::ServerTx;
 use crate::transaction::timers::TimerQueue;
 use crate::transaction::{Peer, TimerConfig, Transmit};
 use route::{BRANCH_PREFIX, CORE_PARAM};
-use session::{Phase, Sessions};
+use session::Sessions;
 
 /// How long an INVITE may ring before the proxy gives up (timer C,
 /// RFC 3261 §16.6 step 11: more than 3 minutes).
@@ -1080,17 +1080,12 @@ impl Proxy {
         let Some(session) = self.sessions.close(call_id) else {
             return;
         };
-        if session.phase == Phase::Confirmed || session.phase == Phase::Setup {
-            self.set_free(&session.callee, call_id);
-            self.tell_owner(
-                &session.caller,
-                AgentEvent::Free {
-                    extension: session.caller.clone(),
-                    call_id: call_id.to_owned(),
-                },
-                out,
-            );
-        }
+        self.set_free(&session.callee, call_id);
+        let event = AgentEvent::Free {
+            extension: session.caller.clone(),
+            call_id: call_id.to_owned(),
+        };
+        self.tell_owner(&session.caller, event, out);
     }
 
     /// Applies `event` to `extension` here if this core owns it, else sends
