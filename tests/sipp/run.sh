@@ -33,6 +33,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
 calls="${SIPP_CALLS:-50}"
+cores="${SIPP_CORES:-2}"
 pairs="${SIPP_PAIRS:-5}"
 sipp_timeout=60 # sipp's own global timeout for the calls, seconds
 hard_timeout=90 # `timeout` around the UAS and the UAC, seconds
@@ -137,7 +138,7 @@ cat >"$work/blade.toml" <<TOML
 id = "sipp-blade"
 domain = "cc.example"
 sip = "127.0.0.1:$sip_port"
-cores = 2
+cores = $cores
 admin = "127.0.0.1:$admin_port"
 
 [agents]
@@ -168,6 +169,17 @@ done
     cat "$work/blade.log" >&2
     fail "blade did not answer /status"
 }
+
+# CPU the blade has used so far, in ns, over all its threads (schedstat).
+blade_cpu_ns() {
+    local total=0 ns
+    for f in /proc/"$blade_pid"/task/*/schedstat; do
+        read -r ns _ <"$f" 2>/dev/null || continue
+        total=$((total + ns))
+    done
+    echo "$total"
+}
+cpu_before="$(blade_cpu_ns)"
 
 cd "$work"
 # Every sipp: no stdin, statistics (CSV, final screen, errors) in $work,
@@ -251,6 +263,7 @@ else
 fi
 pids=("$blade_pid") # the UAS is reaped: its pid must not be killed again
 
+cpu_after="$(blade_cpu_ns)"
 read -r uac_ok uac_failed < <(final_counts "$work/uac.csv")
 read -r uas_ok uas_failed < <(final_counts "$work/uas.csv")
 echo "sipp interop: UAC: successful calls $uac_ok, failed calls $uac_failed (sipp exit $uac_rc)"
@@ -267,6 +280,9 @@ answered="$(awk '/^sipblade_calls_total\{outcome="answered"/ { n += $2 } END { p
 counter() { awk -v n="$1" '$1 == n { print $2 + 0 }' <<<"$metrics"; }
 malformed="$(counter sipblade_messages_malformed_total)"
 echo "sipp interop: blade: answered calls $answered, malformed messages ${malformed:-?}"
+# Registration included; a rough figure (sipp shares the cores), for trends.
+echo "sipp interop: blade CPU: $(((cpu_after - cpu_before) / 1000000)) ms for $calls calls" \
+    "($(((cpu_after - cpu_before) / calls / 1000)) us per call, cores = $cores)"
 [ "$answered" = "$calls" ] || fail "the blade counted $answered answered calls, expected $calls"
 [ "$malformed" = 0 ] || fail "the blade found $malformed of sipp's messages malformed"
 
