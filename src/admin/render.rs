@@ -72,32 +72,42 @@ pub fn metrics_text(snapshots: &[Snapshot]) -> String {
             "sipblade_calls_total{{outcome=\"{outcome}\",route=\"local\"}} {n}"
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP sipblade_registrations_total REGISTERs accepted."
-    );
-    let _ = writeln!(out, "# TYPE sipblade_registrations_total counter");
-    let _ = writeln!(out, "sipblade_registrations_total {}", m.registrations);
-    let _ = writeln!(
-        out,
-        "# HELP sipblade_messages_malformed_total Messages refused or dropped as malformed."
-    );
-    let _ = writeln!(out, "# TYPE sipblade_messages_malformed_total counter");
-    let _ = writeln!(out, "sipblade_messages_malformed_total {}", m.malformed);
-    let _ = writeln!(
-        out,
-        "# HELP sipblade_overload_rejected_total Requests answered 503 under overload."
-    );
-    let _ = writeln!(out, "# TYPE sipblade_overload_rejected_total counter");
-    let _ = writeln!(out, "sipblade_overload_rejected_total {}", m.overloaded);
-    let _ = writeln!(
-        out,
-        "# HELP sipblade_transactions_active Live SIP transactions."
-    );
-    let _ = writeln!(out, "# TYPE sipblade_transactions_active gauge");
-    let _ = writeln!(out, "sipblade_transactions_active {transactions}");
-    let _ = writeln!(out, "# HELP sipblade_sessions_active Live sessions.");
-    let _ = writeln!(out, "# TYPE sipblade_sessions_active gauge");
-    let _ = writeln!(out, "sipblade_sessions_active {sessions}");
+    for (name, kind, help, value) in [
+        (
+            "sipblade_registrations_total",
+            "counter",
+            "REGISTERs accepted.",
+            m.registrations as usize,
+        ),
+        (
+            "sipblade_messages_malformed_total",
+            "counter",
+            "Messages refused or dropped as malformed.",
+            m.malformed as usize,
+        ),
+        (
+            "sipblade_overload_rejected_total",
+            "counter",
+            "Requests answered 503 under overload.",
+            m.overloaded as usize,
+        ),
+        (
+            "sipblade_transactions_active",
+            "gauge",
+            "Live SIP transactions.",
+            transactions,
+        ),
+        (
+            "sipblade_sessions_active",
+            "gauge",
+            "Live sessions.",
+            sessions,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
     out
 }

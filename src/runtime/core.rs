@@ -95,13 +95,7 @@ impl Core {
         glommio::spawn_local(async move {
             let mut applied = Vec::new();
             for notice in out.notices {
-                let targets: Vec<usize> = match notice.to {
-                    Some(target) => vec![target],
-                    None => (0..core.shared.cores)
-                        .filter(|&c| c != core.index)
-                        .collect(),
-                };
-                for target in targets {
+                for target in core.targets(notice.to) {
                     let Some(mesh) = &core.mesh else { continue };
                     let (ack, done) = flume::bounded(1);
                     let msg = CoreMsg::Notice(notice.event.clone(), ack);
@@ -122,15 +116,19 @@ impl Core {
         .detach();
     }
 
-    /// Sends a notice without waiting for it to be applied.
-    fn notify(self: &Rc<Self>, notice: crate::proxy::Notice) {
-        let targets: Vec<usize> = match notice.to {
+    /// The cores a notice goes to: the one named, or every other core.
+    fn targets(&self, to: Option<usize>) -> Vec<usize> {
+        match to {
             Some(target) => vec![target],
             None => (0..self.shared.cores)
                 .filter(|&c| c != self.index)
                 .collect(),
-        };
-        for target in targets {
+        }
+    }
+
+    /// Sends a notice without waiting for it to be applied.
+    fn notify(self: &Rc<Self>, notice: crate::proxy::Notice) {
+        for target in self.targets(notice.to) {
             let core = self.clone();
             let event = notice.event.clone();
             // A full peer queue must not stall this core: wait in a task.
