@@ -550,6 +550,7 @@ fn overload_answers_503_with_retry_after_then_recovers() {
         Options {
             max_transactions: 2,
             timers,
+            ..Options::default()
         },
     );
     let mut a = blade.registered("1001");

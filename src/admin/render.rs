@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde_json::json;
 
 use super::BladeInfo;
+use crate::proxy::metrics::{REFUSALS, RTT_BUCKETS};
 use crate::proxy::{Metrics, Snapshot};
 
 /// The `/status` document of SPEC §6.
@@ -44,34 +45,54 @@ pub fn status_json(info: &BladeInfo, snapshots: &[Snapshot]) -> String {
 pub fn metrics_text(snapshots: &[Snapshot]) -> String {
     let mut m = Metrics::default();
     for s in snapshots {
-        let c = &s.metrics;
-        m.calls_answered += c.calls_answered;
-        m.calls_busy += c.calls_busy;
-        m.calls_cancelled += c.calls_cancelled;
-        m.calls_failed += c.calls_failed;
-        m.registrations += c.registrations;
-        m.malformed += c.malformed;
-        m.overloaded += c.overloaded;
+        m.merge(&s.metrics);
     }
     let transactions: usize = snapshots.iter().map(|s| s.transactions).sum();
     let sessions: usize = snapshots.iter().map(|s| s.sessions.len()).sum();
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# HELP sipblade_calls_total Calls by outcome and route."
+        "# HELP sipblade_calls_total Calls by outcome and route (cross-blade calls count on the source blade)."
     );
     let _ = writeln!(out, "# TYPE sipblade_calls_total counter");
-    for (outcome, n) in [
-        ("answered", m.calls_answered),
-        ("busy", m.calls_busy),
-        ("cancelled", m.calls_cancelled),
-        ("failed", m.calls_failed),
-    ] {
+    for (route, c) in [("local", &m.local), ("cross_blade", &m.cross_blade)] {
+        for (outcome, n) in [
+            ("answered", c.answered),
+            ("busy", c.busy),
+            ("cancelled", c.cancelled),
+            ("failed", c.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "sipblade_calls_total{{outcome=\"{outcome}\",route=\"{route}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sipblade_hosting_refused_total Host requests refused by the target, by reason."
+    );
+    let _ = writeln!(out, "# TYPE sipblade_hosting_refused_total counter");
+    for (reason, n) in REFUSALS.iter().zip(m.hosting_refused.iter()) {
         let _ = writeln!(
             out,
-            "sipblade_calls_total{{outcome=\"{outcome}\",route=\"local\"}} {n}"
+            "sipblade_hosting_refused_total{{reason=\"{}\"}} {n}",
+            reason.as_str().replace(' ', "_")
         );
     }
+    let name = "sipblade_hosting_rtt_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Host request to grant, on the source blade.\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0;
+    for (bound, n) in RTT_BUCKETS.iter().zip(m.hosting_rtt.buckets.iter()) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let h = &m.hosting_rtt;
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
     for (name, kind, help, value) in [
         (
             "sipblade_registrations_total",
@@ -90,6 +111,12 @@ pub fn metrics_text(snapshots: &[Snapshot]) -> String {
             "counter",
             "Requests answered 503 under overload.",
             m.overloaded as usize,
+        ),
+        (
+            "sipblade_hosting_granted_total",
+            "counter",
+            "Agents this blade handed over to a hosting blade.",
+            m.hosting_granted as usize,
         ),
         (
             "sipblade_transactions_active",

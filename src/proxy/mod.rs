@@ -23,6 +23,8 @@
 //! Each core owns the agents whose extension hashes to it
 //! ([`route::owner_core`]), the calls to them, and their transactions.
 
+pub mod cross;
+pub mod metrics;
 pub mod route;
 pub mod session;
 
@@ -44,6 +46,8 @@ use crate::transaction::client::{ClientEvent, ClientState, ClientTx};
 use crate::transaction::server::ServerTx;
 use crate::transaction::timers::TimerQueue;
 use crate::transaction::{Peer, TimerConfig, Transmit};
+use cross::{Cluster, ClusterSend, ClusterSettings, Waiting};
+pub use metrics::Metrics;
 use route::{BRANCH_PREFIX, CORE_PARAM};
 use session::Sessions;
 
@@ -70,6 +74,8 @@ pub struct Settings {
     pub timers: TimerConfig,
     /// Transactions this core holds before it answers 503.
     pub max_transactions: usize,
+    /// The other blades, when this blade is part of a cluster.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// What one step of the proxy produced.
@@ -79,6 +85,8 @@ pub struct Output {
     pub transmits: Vec<Transmit>,
     /// Agent events for other cores.
     pub notices: Vec<Notice>,
+    /// Messages for the inter-blade link.
+    pub cluster: Vec<ClusterSend>,
 }
 
 /// An agent event addressed to one or all other cores.
@@ -111,25 +119,6 @@ pub enum AgentEvent {
         /// The call.
         call_id: String,
     },
-}
-
-/// Counters a core keeps; the admin port sums them over cores.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Metrics {
-    /// Calls answered 2xx.
-    pub calls_answered: u64,
-    /// Calls refused busy (486).
-    pub calls_busy: u64,
-    /// Calls cancelled by the caller.
-    pub calls_cancelled: u64,
-    /// Calls that failed otherwise (final non-2xx, timeout, refusal).
-    pub calls_failed: u64,
-    /// REGISTERs accepted.
-    pub registrations: u64,
-    /// Datagrams dropped or refused as malformed.
-    pub malformed: u64,
-    /// Requests refused with 503 under overload.
-    pub overloaded: u64,
 }
 
 /// An agent's state as `/status` shows it.
@@ -221,6 +210,8 @@ struct TxPair {
     cancel_pending: bool,
     /// INVITE: timer C.
     ringing_until: Option<Duration>,
+    /// Held for the cluster: a host grant, or a hosting blade's verdict.
+    waiting: Option<Waiting>,
 }
 
 struct Client {
@@ -235,6 +226,7 @@ impl TxPair {
             self.client.as_ref().and_then(|c| c.tx.deadline()),
             self.cancel.as_ref().and_then(|c| c.deadline()),
             self.ringing_until,
+            self.waiting.as_ref().and_then(Waiting::deadline),
         ]
         .into_iter()
         .flatten()
@@ -277,6 +269,8 @@ pub struct Proxy {
     draining: bool,
     /// Reused to format the Via of each forwarded request.
     via_scratch: String,
+    /// Hosting state, when this blade has peers.
+    cluster: Option<Cluster>,
 }
 
 impl Proxy {
@@ -289,6 +283,10 @@ impl Proxy {
     ) -> Self {
         let sent_by = settings.local.to_string();
         let record_route = format!("<sip:{sent_by};lr;{CORE_PARAM}={}>", settings.core);
+        let cluster = settings
+            .cluster
+            .as_ref()
+            .map(|c| Cluster::new(c, settings.core));
         Proxy {
             settings,
             registrar,
@@ -306,6 +304,7 @@ impl Proxy {
             record_route,
             draining: false,
             via_scratch: String::with_capacity(128),
+            cluster,
         }
     }
 
@@ -368,7 +367,7 @@ impl Proxy {
             .map(|(call_id, s)| SessionStatus {
                 call_id: call_id.to_owned(),
                 agents: vec![s.caller.clone(), s.callee.clone()],
-                hosted: Vec::new(),
+                hosted: s.hosted.iter().map(|_| s.callee.clone()).collect(),
             })
             .collect();
         Snapshot {
@@ -382,7 +381,8 @@ impl Proxy {
     /// The next time [`Proxy::handle_timeout`] has work.
     pub fn next_deadline(&self) -> Option<Duration> {
         let expiry = self.registrar.location().next_expiry();
-        [self.timers.next_deadline(), expiry]
+        let cluster = self.cluster.as_ref().and_then(Cluster::next_deadline);
+        [self.timers.next_deadline(), expiry, cluster]
             .into_iter()
             .flatten()
             .min()
@@ -436,11 +436,13 @@ impl Proxy {
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Duration, out: &mut Output) {
         for ext in self.registrar.expire(now) {
+            self.announce_logout(&ext, out);
             out.notices.push(Notice {
                 to: None,
                 event: AgentEvent::LoggedOut(ext),
             });
         }
+        self.cluster_timeout(now, out);
         while let Some((id, generation)) = self.timers.pop_due(now) {
             let id = id as usize;
             let Some(pair) = self.txs.get_mut(id) else {
@@ -463,23 +465,26 @@ impl Proxy {
                 timed_out = true;
                 send_cancel(now, self.settings.timers, pair, &mut out.transmits);
             }
-            if timed_out && !pair.server.is_final() {
-                if let Some(request) = &pair.request {
-                    let mut buf = BytesMut::new();
-                    request.response(
-                        408,
-                        "Request Timeout",
-                        Some(&registrar::tag(request)),
-                        &[],
-                        &mut buf,
-                    );
-                    pair.server
-                        .respond(now, 408, buf.freeze(), &mut out.transmits);
+            if let Some(Waiting::Redirect { request_id, until }) = pair.waiting {
+                if until <= now {
+                    // The hosting blade never answered: the agent is hosted,
+                    // so it is busy (SPEC §2 step 6).
+                    pair.waiting = None;
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.awaiting_redirect.remove(&request_id);
+                    }
+                    self.answer_pending(now, id, 486, out);
                 }
-                if pair.invite {
-                    let call_id = pair.call_id.clone();
-                    self.metrics.calls_failed += 1;
-                    self.end_session(&call_id, out);
+            }
+            let Some(pair) = self.txs.get(id) else {
+                continue;
+            };
+            if timed_out && !pair.server.is_final() {
+                let (invite, call_id) = (pair.invite, pair.call_id.clone());
+                self.answer_pending(now, id, 408, out);
+                if invite {
+                    self.outcomes(&call_id).failed += 1;
+                    self.end_session(now, &call_id, out);
                 }
             }
             self.reschedule(id);
@@ -583,10 +588,20 @@ impl Proxy {
         route::uri_peer(uri).is_some_and(|p| p.addr == self.settings.local)
     }
 
-    /// Whether a Request-URI host is ours: the domain or our address.
+    /// Whether a Request-URI host names the cluster's agents (SPEC §5):
+    /// the domain, our address, or a peer blade's address.
     fn is_our_host(&self, uri: &crate::sip::Uri<'_>) -> bool {
-        uri.host().eq_ignore_ascii_case(&self.settings.domain)
-            || route::host_ip(uri.host(), uri.host_kind()) == Some(self.settings.local.ip())
+        if uri.host().eq_ignore_ascii_case(&self.settings.domain) {
+            return true;
+        }
+        let Some(ip) = route::host_ip(uri.host(), uri.host_kind()) else {
+            return false;
+        };
+        ip == self.settings.local.ip()
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.peer_by_ip(ip).is_some())
     }
 
     /// OPTIONS to the blade itself: no user part, our host.
@@ -605,16 +620,20 @@ impl Proxy {
         match &outcome {
             Outcome::LoggedIn(ext) => {
                 self.metrics.registrations += 1;
+                self.announce_login(ext, out);
                 out.notices.push(Notice {
                     to: None,
                     event: AgentEvent::LoggedIn(ext.clone()),
                 });
             }
             Outcome::Refreshed(_) => self.metrics.registrations += 1,
-            Outcome::LoggedOut(ext) => out.notices.push(Notice {
-                to: None,
-                event: AgentEvent::LoggedOut(ext.clone()),
-            }),
+            Outcome::LoggedOut(ext) => {
+                self.announce_logout(ext, out);
+                out.notices.push(Notice {
+                    to: None,
+                    event: AgentEvent::LoggedOut(ext.clone()),
+                });
+            }
             _ => {}
         }
         self.respond_new(now, source, msg, outcome.status(), buf.freeze(), out);
@@ -647,11 +666,42 @@ impl Proxy {
         let invite = msg.method() == Some(Method::Invite);
         let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
         server.respond(now, status, data, &mut out.transmits);
-        let id = self.insert(msg, server, None);
+        let id = self.insert(msg, server);
         self.reschedule(id);
     }
 
-    fn insert(&mut self, request: Message, server: ServerTx, client: Option<Client>) -> usize {
+    /// Answers the request of transaction `id` with `status`, unless it
+    /// already has a final answer.
+    fn answer_pending(&mut self, now: Duration, id: usize, status: u16, out: &mut Output) {
+        let Some(pair) = self.txs.get_mut(id) else {
+            return;
+        };
+        if pair.server.is_final() {
+            return;
+        }
+        let Some(request) = &pair.request else {
+            return;
+        };
+        let mut buf = BytesMut::new();
+        let retry: &[(&str, &str)] = if status == 503 {
+            &[("Retry-After", "1")]
+        } else {
+            &[]
+        };
+        request.response(
+            status,
+            reason_phrase(status),
+            Some(&registrar::tag(request)),
+            retry,
+            &mut buf,
+        );
+        pair.server
+            .respond(now, status, buf.freeze(), &mut out.transmits);
+        self.reschedule(id);
+    }
+
+    /// A new server transaction for `request`, without a client yet.
+    fn insert(&mut self, request: Message, server: ServerTx) -> usize {
         let key = ServerKey::of(&request);
         let pair = TxPair {
             generation: 0,
@@ -660,23 +710,14 @@ impl Proxy {
             call_id: request.call_id().into(),
             request: Some(request),
             server,
-            client,
+            client: None,
             cancel: None,
             cancel_pending: false,
             ringing_until: None,
+            waiting: None,
         };
-        let client_branch = pair.client.as_ref().map(|c| c.branch.clone());
-        let invite = pair.invite;
         let id = self.txs.insert(pair);
         self.by_server.insert(key, id);
-        if let Some(branch) = client_branch {
-            // A CANCEL we send downstream (the caller's, or timer C's) shares
-            // the INVITE's branch; its responses find the pair this way.
-            if invite {
-                self.by_client.insert((branch.clone(), true), id);
-            }
-            self.by_client.insert((branch, false), id);
-        }
         id
     }
 
@@ -724,6 +765,12 @@ impl Proxy {
             .unwrap_or_default()
             .to_owned();
         let method = msg.method().unwrap_or(Method::Other);
+        if let Some(token) = cross::hosting_token(&uri) {
+            // A peer blade bringing the INVITE of a session it hosts B for
+            // (SPEC §2 step 5): the token, not the caller, is checked.
+            let token = token.to_vec();
+            return self.accept_hosted(now, source, msg, &callee, &token, out);
+        }
         let needs_caller = matches!(
             method,
             Method::Invite | Method::Message | Method::Subscribe | Method::Refer
@@ -738,7 +785,7 @@ impl Proxy {
         if needs_caller {
             if let Err(refusal) = self.check_caller(now, &msg, &caller) {
                 if method == Method::Invite {
-                    self.metrics.calls_failed += 1;
+                    self.metrics.local.failed += 1;
                 }
                 return self.refuse(now, source, msg, &refusal, out);
             }
@@ -747,8 +794,12 @@ impl Proxy {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         };
         let Some(binding) = record.binding.clone() else {
+            if method == Method::Invite && self.cluster.is_some() {
+                // Not registered here: perhaps on another blade.
+                return self.host_remote(now, source, msg, &caller, &callee, out);
+            }
             if method == Method::Invite {
-                self.metrics.calls_failed += 1;
+                self.metrics.local.failed += 1;
             }
             return self.refuse(
                 now,
@@ -759,8 +810,11 @@ impl Proxy {
             );
         };
         if method == Method::Invite {
+            if matches!(record.state, AgentState::Hosted { .. }) {
+                return self.redirect_to_host(now, source, msg, &callee, &caller, out);
+            }
             if record.state != AgentState::Ready {
-                self.metrics.calls_busy += 1;
+                self.metrics.local.busy += 1;
                 return self.refuse(now, source, msg, &Refusal::new(486, "Busy Here"), out);
             }
             let call_id = msg.call_id().to_owned();
@@ -827,6 +881,33 @@ impl Proxy {
         record_route: bool,
         out: &mut Output,
     ) {
+        let forwarded = self.build_forward(&msg, target, request_uri, pop_route, record_route);
+        let (forwarded, data) = match forwarded {
+            Ok(f) => f,
+            Err(refusal) => return self.refuse(now, source, msg, &refusal, out),
+        };
+        let invite = msg.method() == Some(Method::Invite);
+        let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
+        if invite {
+            // §16.2: answer 100 at once so the caller stops retransmitting.
+            let mut trying = BytesMut::new();
+            msg.response(100, "Trying", None, &[], &mut trying);
+            server.respond(now, 100, trying.freeze(), &mut out.transmits);
+        }
+        let id = self.insert(msg, server);
+        self.start_client(now, id, forwarded, data, target, out);
+    }
+
+    /// The request to send downstream: a new Via, and the Record-Route,
+    /// Request-URI and Route edits asked for.
+    fn build_forward(
+        &mut self,
+        msg: &Message,
+        target: Peer,
+        request_uri: Option<&str>,
+        pop_route: bool,
+        record_route: bool,
+    ) -> Result<(Message, Bytes), Refusal> {
         self.next_branch += 1;
         let mut via = std::mem::take(&mut self.via_scratch);
         via.clear();
@@ -837,7 +918,7 @@ impl Proxy {
             self.sent_by,
             self.settings.core,
             self.next_branch,
-            route::loop_hash(&msg)
+            route::loop_hash(msg)
         );
         let edit = Forward {
             via: Some(&via),
@@ -846,42 +927,48 @@ impl Proxy {
             pop_route,
         };
         let mut buf = BytesMut::new();
-        if msg.forward(&edit, &mut buf).is_err() {
-            return self.refuse(now, source, msg, &Refusal::new(483, "Too Many Hops"), out);
-        }
+        let edited = msg.forward(&edit, &mut buf);
         self.via_scratch = via;
-        let data = buf.freeze();
-        let Ok(forwarded) = Message::parse(data.clone()) else {
-            return self.refuse(
-                now,
-                source,
-                msg,
-                &Refusal::new(500, "Server Internal Error"),
-                out,
-            );
-        };
-        let invite = msg.method() == Some(Method::Invite);
-        let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
-        if invite {
-            // §16.2: answer 100 at once so the caller stops retransmitting.
-            let mut trying = BytesMut::new();
-            msg.response(100, "Trying", None, &[], &mut trying);
-            server.respond(now, 100, trying.freeze(), &mut out.transmits);
+        if edited.is_err() {
+            return Err(Refusal::new(483, "Too Many Hops"));
         }
+        let data = buf.freeze();
+        match Message::parse(data.clone()) {
+            Ok(forwarded) => Ok((forwarded, data)),
+            Err(_) => Err(Refusal::new(500, "Server Internal Error")),
+        }
+    }
+
+    /// Sends `forwarded` to `target` through a new client transaction of
+    /// pair `id`.
+    fn start_client(
+        &mut self,
+        now: Duration,
+        id: usize,
+        forwarded: Message,
+        data: Bytes,
+        target: Peer,
+        out: &mut Output,
+    ) {
         // The branch as a slice of the forwarded buffer: no copy.
         let branch = forwarded
             .top_via()
             .branch()
-            .map(|b| forwarded.buffer().slice_ref(b.as_bytes()));
-        let branch = branch.unwrap_or_default();
+            .map(|b| forwarded.buffer().slice_ref(b.as_bytes()))
+            .unwrap_or_default();
         let (client, first) = ClientTx::start(now, forwarded, data, target, self.settings.timers);
         out.transmits.push(first);
-        let id = self.insert(msg, server, Some(Client { tx: client, branch }));
-        if invite {
-            if let Some(pair) = self.txs.get_mut(id) {
-                pair.ringing_until = Some(now + TIMER_C);
-            }
+        let Some(pair) = self.txs.get_mut(id) else {
+            return;
+        };
+        if pair.invite {
+            // A CANCEL we send downstream (the caller's, or timer C's)
+            // shares the INVITE's branch; its responses find the pair so.
+            self.by_client.insert((branch.clone(), true), id);
+            pair.ringing_until = Some(now + TIMER_C);
         }
+        self.by_client.insert((branch.clone(), false), id);
+        pair.client = Some(Client { tx: client, branch });
         self.reschedule(id);
     }
 
@@ -900,7 +987,7 @@ impl Proxy {
         };
         if msg.method() == Some(Method::Bye) {
             let call_id = msg.call_id().to_owned();
-            self.end_session(&call_id, out);
+            self.end_session(now, &call_id, out);
         }
         self.forward(now, source, msg, target, None, pop_route, false, out);
     }
@@ -984,13 +1071,25 @@ impl Proxy {
             to: route::response_peer(source),
             data: buf.freeze(),
         });
-        if let Some(pair) = self.txs.get_mut(id) {
-            // A retransmitted CANCEL finds the CANCEL already sent or due.
-            let first = pair.cancel.is_none() && !pair.cancel_pending;
-            if !pair.server.is_final() && first {
-                send_cancel(now, self.settings.timers, pair, &mut out.transmits);
-                self.metrics.calls_cancelled += 1;
-            }
+        let Some(pair) = self.txs.get_mut(id) else {
+            return;
+        };
+        if pair.client.is_none() && pair.waiting.is_some() && !pair.server.is_final() {
+            // Nothing went downstream yet (the INVITE waits on the cluster):
+            // end it here.
+            let call_id = pair.call_id.clone();
+            pair.waiting = None;
+            self.answer_pending(now, id, 487, out);
+            self.outcomes(&call_id).cancelled += 1;
+            self.end_session(now, &call_id, out);
+            return;
+        }
+        // A retransmitted CANCEL finds the CANCEL already sent or due.
+        let first = pair.cancel.is_none() && !pair.cancel_pending;
+        if !pair.server.is_final() && first {
+            send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+            let call_id = pair.call_id.clone();
+            self.outcomes(&call_id).cancelled += 1;
         }
         self.reschedule(id);
     }
@@ -1043,15 +1142,16 @@ impl Proxy {
             let call_id = pair.call_id.clone();
             if status < 300 {
                 if self.sessions.confirm(&call_id) {
-                    self.metrics.calls_answered += 1;
+                    self.outcomes(&call_id).answered += 1;
                 }
             } else {
+                let outcomes = self.outcomes(&call_id);
                 match status {
-                    486 | 600 => self.metrics.calls_busy += 1,
+                    486 | 600 => outcomes.busy += 1,
                     487 => {}
-                    _ => self.metrics.calls_failed += 1,
+                    _ => outcomes.failed += 1,
                 }
-                self.end_session(&call_id, out);
+                self.end_session(now, &call_id, out);
             }
         }
         self.reschedule(id);
@@ -1075,11 +1175,29 @@ impl Proxy {
         }
     }
 
-    /// Ends a session: both agents become ready again.
-    fn end_session(&mut self, call_id: &str, out: &mut Output) {
+    /// The counters of `call_id`'s route: cross-blade when its session
+    /// hosts an agent, local otherwise.
+    fn outcomes(&mut self, call_id: &str) -> &mut metrics::CallOutcomes {
+        let hosted = self
+            .sessions
+            .get(call_id)
+            .is_some_and(|s| s.hosted.is_some());
+        if hosted {
+            &mut self.metrics.cross_blade
+        } else {
+            &mut self.metrics.local
+        }
+    }
+
+    /// Ends a session: both agents become ready again, and a hosted one
+    /// goes back to its blade (SPEC §2 step 7).
+    fn end_session(&mut self, now: Duration, call_id: &str, out: &mut Output) {
         let Some(session) = self.sessions.close(call_id) else {
             return;
         };
+        if session.hosted.is_some() {
+            self.release_hosting(now, call_id, out);
+        }
         self.set_free(&session.callee, call_id);
         let event = AgentEvent::Free {
             extension: session.caller.clone(),
@@ -1118,6 +1236,22 @@ impl Proxy {
                 record.state = AgentState::Ready;
             }
         }
+    }
+}
+
+/// The reason phrase sipblade sends with `status`.
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        480 => "Temporarily Unavailable",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        500 => "Server Internal Error",
+        503 => "Service Unavailable",
+        600 => "Busy Everywhere",
+        _ => "Request Failed",
     }
 }
 

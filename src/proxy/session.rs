@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use crate::cluster::codec::LoginInfo;
+
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -20,6 +22,19 @@ pub struct Session {
     pub callee: String,
     /// Setup or confirmed.
     pub phase: Phase,
+    /// The callee, when it is registered on another blade and hosted here
+    /// for this session.
+    pub hosted: Option<Hosted>,
+}
+
+/// A callee hosted from another blade (SPEC §2 step 4): its blade, and
+/// once granted, its login information.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hosted {
+    /// The target blade's id, once a grant names it.
+    pub blade: Option<String>,
+    /// The login information the grant carried.
+    pub info: Option<LoginInfo>,
 }
 
 /// The sessions of one core, by Call-ID.
@@ -35,8 +50,14 @@ impl Sessions {
             caller: caller.to_owned(),
             callee: callee.to_owned(),
             phase: Phase::Setup,
+            hosted: None,
         };
         self.by_call_id.insert(call_id.to_owned(), session);
+    }
+
+    /// The session of `call_id`, to update.
+    pub fn get_mut(&mut self, call_id: &str) -> Option<&mut Session> {
+        self.by_call_id.get_mut(call_id)
     }
 
     /// Marks a session answered; returns whether it exists.

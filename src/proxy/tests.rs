@@ -61,6 +61,7 @@ impl Blade {
             cores: 1,
             timers: TimerConfig::default(),
             max_transactions,
+            cluster: None,
         };
         let registrar = Registrar::new(
             RegistrarSettings {
@@ -235,7 +236,7 @@ fn call_answered_and_hung_up() {
     assert_eq!(status(&done[0]), 200);
     assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
     assert!(b.proxy.snapshot().sessions.is_empty());
-    assert_eq!(b.proxy.metrics().calls_answered, 1);
+    assert_eq!(b.proxy.metrics().local.answered, 1);
 
     b.advance(Duration::from_secs(40));
     assert_eq!(b.proxy.transactions(), 0, "every transaction ends");

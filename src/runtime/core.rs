@@ -3,7 +3,7 @@
 //! Tasks on the core share the proxy through a `RefCell`: the executor is
 //! single-threaded, and no borrow is held across an `.await`.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,9 +14,13 @@ use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::net::{TcpListener, UdpSocket};
 use glommio::{GlommioError, ResourceType};
 
+use super::link::LinkDriver;
 use super::tcp::{self, Connections};
 use super::{DRAIN_TIMEOUT, Shared};
 use crate::admin::SnapshotRequest;
+use crate::cluster::codec::{DirectoryEntry, Message as LinkMessage};
+use crate::cluster::link::ReplyTo;
+use crate::proxy::cross::{ClusterSend, Dest, request_core, split_notice};
 use crate::proxy::route::{owner_core, shard_of};
 use crate::proxy::{AgentEvent, Output, Proxy, Settings};
 use crate::registrar::digest::NonceManager;
@@ -55,7 +59,23 @@ pub(crate) enum CoreMsg {
     Notice(AgentEvent, flume::Sender<()>),
     /// Bytes for a stream connection this core owns.
     StreamSend { peer: Peer, data: Bytes },
+    /// A hosting message from peer blade `from` for this core's agents or
+    /// sessions; `reply` is where a request's answer goes.
+    Cluster {
+        from: String,
+        msg: LinkMessage,
+        reply: Option<ReplyTo>,
+    },
+    /// The link to a peer blade came up or went down.
+    PeerState { peer: String, up: bool },
+    /// Asks for this core's logged-in agents (a directory resync).
+    Entries(flume::Sender<Vec<DirectoryEntry>>),
+    /// Hosting messages for the link, which core 0 runs.
+    ToLink(Vec<ClusterSend>),
 }
+
+/// How long a resync waits for each core's agents.
+const ENTRIES_WAIT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Core {
     proxy: RefCell<Proxy>,
@@ -64,11 +84,18 @@ pub(crate) struct Core {
     mesh: Option<Senders<CoreMsg>>,
     shared: Arc<Shared>,
     index: usize,
+    /// The inter-blade link, on core 0 of a clustered blade.
+    link: OnceCell<Rc<LinkDriver>>,
 }
 
 impl Core {
     fn now(&self) -> Duration {
         self.shared.epoch.elapsed()
+    }
+
+    /// Whether the blade is stopping.
+    pub(crate) fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Relaxed)
     }
 
     /// Sends what a proxy step produced. A step that tells other cores
@@ -77,7 +104,11 @@ impl Core {
     /// to them (a call placed right after its REGISTER's 200) finds every
     /// core up to date. That wait runs in a task of its own: it must not
     /// stall this core, nor a full peer queue.
-    async fn flush(self: &Rc<Self>, out: Output) {
+    async fn flush(self: &Rc<Self>, mut out: Output) {
+        let cluster = std::mem::take(&mut out.cluster);
+        if !cluster.is_empty() {
+            self.to_link(cluster).await;
+        }
         // Only logins and logouts gate the reply: another core must know a
         // caller is logged in before the caller can act on its 200. Call
         // state changes of the caller need no such ordering.
@@ -116,6 +147,110 @@ impl Core {
         .detach();
     }
 
+    /// Puts hosting messages on the link: here on core 0, else through
+    /// core 0's queue.
+    async fn to_link(self: &Rc<Self>, sends: Vec<ClusterSend>) {
+        if let Some(driver) = self.link.get() {
+            return driver.send(sends).await;
+        }
+        let Some(mesh) = &self.mesh else { return };
+        if let Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) =
+            mesh.try_send_to(0, CoreMsg::ToLink(sends))
+        {
+            // Core 0 is busy: wait for room in a task of our own.
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                if let Some(mesh) = &core.mesh {
+                    let _ = mesh.send_to(0, msg).await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Hands a message from the link to the core that owns it (SPEC §8:
+    /// hosting state lives with the agent's or the session's core).
+    pub(crate) async fn from_link(
+        self: &Rc<Self>,
+        from: String,
+        msg: LinkMessage,
+        reply: Option<ReplyTo>,
+    ) {
+        let cores = self.shared.cores;
+        match request_core(&msg, cores) {
+            Some(core) => {
+                self.deliver(core, CoreMsg::Cluster { from, msg, reply })
+                    .await
+            }
+            None => {
+                for (core, part) in split_notice(&msg, cores) {
+                    let from = from.clone();
+                    let msg = CoreMsg::Cluster {
+                        from,
+                        msg: part,
+                        reply: None,
+                    };
+                    self.deliver(core, msg).await;
+                }
+            }
+        }
+    }
+
+    /// Tells every core that the link to `peer` came up or went down.
+    pub(crate) async fn peer_state(self: &Rc<Self>, peer: String, up: bool) {
+        for core in 0..self.shared.cores {
+            let peer = peer.clone();
+            self.deliver(core, CoreMsg::PeerState { peer, up }).await;
+        }
+    }
+
+    /// Sends `peer` every logged-in agent of this blade, gathered from all
+    /// cores into one resync (the peer replaces what it knew of us).
+    pub(crate) fn resync(self: &Rc<Self>, driver: Rc<LinkDriver>, peer: String) {
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let mut entries = core.proxy.borrow_mut().directory_entries();
+            let mut parts = Vec::new();
+            if let Some(mesh) = &core.mesh {
+                for target in core.targets(None) {
+                    let (tx, rx) = flume::bounded(1);
+                    if mesh.send_to(target, CoreMsg::Entries(tx)).await.is_ok() {
+                        parts.push(rx);
+                    }
+                }
+            }
+            for rx in parts {
+                let part = glommio::timer::timeout(ENTRIES_WAIT, async {
+                    Ok(rx.recv_async().await.unwrap_or_default())
+                })
+                .await;
+                entries.extend(part.unwrap_or_default());
+            }
+            entries.sort_by(|a, b| a.extension.cmp(&b.extension));
+            let msg = LinkMessage::Resync { entries };
+            driver
+                .send(vec![ClusterSend {
+                    to: Dest::Peer(peer),
+                    msg,
+                }])
+                .await;
+        })
+        .detach();
+    }
+
+    /// Handles `msg` here if it is this core's, else queues it for its
+    /// core. A full queue drops it: the hosting layer's timeouts answer.
+    async fn deliver(self: &Rc<Self>, core: usize, msg: CoreMsg) {
+        if core == self.index {
+            return self.on_core_msg(msg).await;
+        }
+        if let Some(mesh) = &self.mesh {
+            if mesh.try_send_to(core, msg).is_err() {
+                tracing::warn!(core, "core queue full: link message dropped");
+            }
+        }
+    }
+
     /// The cores a notice goes to: the one named, or every other core.
     fn targets(&self, to: Option<usize>) -> Vec<usize> {
         match to {
@@ -144,6 +279,9 @@ impl Core {
 
     async fn transmit(self: &Rc<Self>, transmits: Vec<Transmit>) {
         for t in transmits {
+            if let Some(tracer) = &self.shared.options.trace {
+                self.trace_sip(tracer, &t);
+            }
             match t.to.transport {
                 Transport::Udp => {
                     if let Err(e) = self.socket.send_to(&t.data, t.to.addr).await {
@@ -153,6 +291,25 @@ impl Core {
                 Transport::Tcp => self.send_stream(t.to, t.data),
             }
         }
+    }
+
+    fn trace_sip(&self, tracer: &super::trace::Tracer, t: &Transmit) {
+        let Ok(msg) = Message::parse(t.data.clone()) else {
+            return;
+        };
+        let line_end = memchr::memchr(b'\r', t.data.as_ref()).unwrap_or(t.data.len());
+        let start_line = String::from_utf8_lossy(&t.data[..line_end]).into_owned();
+        let cseq = format!("{} {}", msg.cseq().seq, msg.cseq_method_str());
+        let _ = tracer.send(super::trace::TraceEvent {
+            at: std::time::Instant::now(),
+            blade: self.shared.blade_id.clone(),
+            sent: super::trace::Sent::Sip {
+                from: self.shared.sip,
+                to: t.to.addr,
+                start_line,
+                cseq,
+            },
+        });
     }
 
     /// Sends on a stream: on the connection named (handing the bytes to the
@@ -229,6 +386,20 @@ impl Core {
             CoreMsg::StreamSend { peer, data } => {
                 self.send_stream(Peer { conn: None, ..peer }, data)
             }
+            CoreMsg::Cluster { from, msg, reply } => {
+                let now = self.now();
+                self.proxy
+                    .borrow_mut()
+                    .handle_cluster(now, &from, msg, reply, &mut out);
+            }
+            CoreMsg::PeerState { peer, up } => {
+                let now = self.now();
+                self.proxy.borrow_mut().peer_state(now, &peer, up, &mut out);
+            }
+            CoreMsg::Entries(reply) => {
+                let _ = reply.send(self.proxy.borrow_mut().directory_entries());
+            }
+            CoreMsg::ToLink(sends) => out.cluster = sends,
         }
         self.flush(out).await;
     }
@@ -281,6 +452,7 @@ pub(crate) async fn run(
         cores: shared.cores,
         timers: shared.options.timers,
         max_transactions: shared.options.max_transactions,
+        cluster: shared.cluster.clone(),
     };
     let socket = UdpSocket::from(socket);
     // A read timeout lets the receive loop notice a stop request.
@@ -292,6 +464,7 @@ pub(crate) async fn run(
         shared: shared.clone(),
         index,
         conns: Connections::new(index),
+        link: OnceCell::new(),
     });
 
     // The long-lived tasks, cancelled when the core stops: each holds the
@@ -302,11 +475,18 @@ pub(crate) async fn run(
     // the core waits for that before it stops.
     let link_running = Rc::new(std::cell::Cell::new(false));
     if let Some(setup) = link {
+        let tracer = shared
+            .options
+            .trace
+            .clone()
+            .map(|t| (t, shared.blade_id.clone()));
+        let driver = Rc::new(LinkDriver::new(setup, tracer));
+        let _ = core.link.set(driver.clone());
         link_running.set(true);
         let running = link_running.clone();
-        let stopping = shared.stopping.clone();
+        let linked = core.clone();
         glommio::spawn_local(async move {
-            super::link::run(setup, stopping).await;
+            super::link::run(linked, driver).await;
             running.set(false);
         })
         .detach();

@@ -1,20 +1,29 @@
-//! Drives the inter-blade QUIC link ([`crate::cluster::link::Link`]) on one
-//! core: its UDP socket, its timers, and the peers' up/down state that
-//! `/status` shows.
+//! Drives the inter-blade QUIC link ([`crate::cluster::link::Link`]) on
+//! core 0: its UDP socket, its timers, the peers' up/down state that
+//! `/status` shows, and the hand-off of hosting messages between the link
+//! and the cores that own them.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use glommio::net::UdpSocket;
 
+use super::core::Core;
+use super::trace::{Sent, TraceEvent, Tracer};
 use crate::admin::Peers;
+use crate::cluster::codec::{Class, Message};
 use crate::cluster::link::{Link, LinkEvent};
 use crate::cluster::tls::Identity;
+use crate::proxy::cross::{ClusterSend, Dest};
 
 /// Longest wait for a datagram before timers are looked at again.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// How long a stopping blade waits for its goodbyes to go out.
+const CLOSE_GRACE: Duration = Duration::from_millis(50);
 
 /// What the core running the link needs.
 pub(crate) struct Setup {
@@ -24,53 +33,186 @@ pub(crate) struct Setup {
     pub peers: Arc<Peers>,
 }
 
-/// How long a stopping blade waits for its goodbyes to go out.
-const CLOSE_GRACE: Duration = Duration::from_millis(50);
+/// The link and its socket, shared by core 0's tasks: the receive loop
+/// and any task that has hosting messages to send. No borrow of the link
+/// is held across an `.await`.
+pub(crate) struct LinkDriver {
+    link: RefCell<Link>,
+    socket: UdpSocket,
+    pub(crate) peers: Arc<Peers>,
+    tracer: Option<(Tracer, Arc<str>)>,
+}
 
-/// Runs the link until `stopping` is set, then closes every connection.
-pub(crate) async fn run(setup: Setup, stopping: Arc<AtomicBool>) {
-    let socket = UdpSocket::from(setup.socket);
-    let configured: Vec<(String, std::net::SocketAddr)> = setup.peers.configured().to_vec();
-    let mut link = Link::new(&setup.me, setup.identity, &configured, Instant::now());
-    let mut buf = vec![0u8; 65_535];
-    loop {
-        let now = Instant::now();
-        if stopping.load(Ordering::Relaxed) {
-            link.close_all(now);
-            flush(&socket, &mut link).await;
-            glommio::timer::sleep(CLOSE_GRACE).await;
-            flush(&socket, &mut link).await;
-            return;
+impl LinkDriver {
+    pub(crate) fn new(setup: Setup, tracer: Option<(Tracer, Arc<str>)>) -> LinkDriver {
+        let configured: Vec<(String, std::net::SocketAddr)> = setup.peers.configured().to_vec();
+        LinkDriver {
+            link: RefCell::new(Link::new(
+                &setup.me,
+                setup.identity,
+                &configured,
+                Instant::now(),
+            )),
+            socket: UdpSocket::from(setup.socket),
+            peers: setup.peers,
+            tracer,
         }
-        link.handle_timeout(now);
-        flush(&socket, &mut link).await;
-        while let Some(event) = link.poll_event() {
-            match event {
-                LinkEvent::PeerUp(id) => setup.peers.set_up(&id, true),
-                LinkEvent::PeerDown(id) => setup.peers.set_up(&id, false),
-                LinkEvent::Refused { addr, claimed } => {
-                    tracing::warn!(%addr, ?claimed, "refused a process that is not a cluster peer");
+    }
+
+    /// Puts hosting messages on the link, then sends what it produced.
+    /// Requests open an exchange (their answer comes back on it); notices
+    /// and redirects are one-way. A peer that is down gets nothing: the
+    /// resync on reconnection covers notices, the hosting timeouts the rest.
+    pub(crate) async fn send(&self, sends: Vec<ClusterSend>) {
+        let now = Instant::now();
+        {
+            let mut link = self.link.borrow_mut();
+            for ClusterSend { to, msg } in sends {
+                let mut buf = BytesMut::new();
+                msg.encode(&mut buf);
+                let frame = buf.freeze();
+                match to {
+                    Dest::Reply { peer, reply } => {
+                        self.trace(&peer, &msg);
+                        link.respond(now, reply, frame);
+                    }
+                    Dest::Peer(peer) => {
+                        self.trace(&peer, &msg);
+                        let sent = if msg.class() == Class::Request {
+                            link.request(now, &peer, frame).is_some()
+                        } else {
+                            link.send(now, &peer, frame)
+                        };
+                        if !sent {
+                            tracing::debug!(%peer, msg = msg.name(), "peer down: not sent");
+                        }
+                    }
+                    Dest::AllPeers => {
+                        for (peer, _) in self.peers.configured() {
+                            if link.send(now, peer, frame.clone()) {
+                                self.trace(peer, &msg);
+                            }
+                        }
+                    }
                 }
-                // The hosting protocol is not wired to the proxy yet:
-                // requests get no answer and time out at the peer.
-                other => tracing::debug!(?other, "link event not handled yet"),
             }
         }
-        let wait = link
-            .poll_timeout()
-            .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()))
-            .clamp(Duration::from_millis(1), MAX_WAIT);
-        let _ = socket.set_read_timeout(Some(wait));
-        if let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            link.handle_datagram(Instant::now(), from, BytesMut::from(&buf[..n]));
+        self.flush().await;
+    }
+
+    async fn flush(&self) {
+        loop {
+            let next = self.link.borrow_mut().poll_transmit();
+            let Some((to, data)) = next else { return };
+            if let Err(e) = self.socket.send_to(&data, to).await {
+                tracing::debug!(%to, "link send failed: {e}");
+            }
+        }
+    }
+
+    fn trace(&self, peer: &str, msg: &Message) {
+        if let Some((tracer, blade)) = &self.tracer {
+            let _ = tracer.send(TraceEvent {
+                at: Instant::now(),
+                blade: blade.clone(),
+                sent: Sent::Cluster {
+                    peer: peer.to_owned(),
+                    summary: summary(msg),
+                },
+            });
         }
     }
 }
 
-async fn flush(socket: &UdpSocket, link: &mut Link) {
-    while let Some((to, data)) = link.poll_transmit() {
-        if let Err(e) = socket.send_to(&data, to).await {
-            tracing::debug!(%to, "link send failed: {e}");
+/// A message's name and the fields a reader of a ladder wants.
+pub(crate) fn summary(msg: &Message) -> String {
+    match msg {
+        Message::Announce { entries } | Message::Withdraw { entries } => {
+            let agents: Vec<&str> = entries.iter().map(|e| e.extension.as_str()).collect();
+            format!("{} {}", msg.name(), agents.join(","))
+        }
+        Message::Resync { entries } => format!("Resync ({} agents)", entries.len()),
+        Message::HostRequest {
+            extension,
+            lease_secs,
+            ..
+        } => format!("HostRequest {extension} (lease {lease_secs} s)"),
+        Message::HostGranted { info, .. } => {
+            format!("HostGranted {} at {}", info.extension, info.addr)
+        }
+        Message::HostRefused { reason, .. } => format!("HostRefused ({reason})"),
+        Message::RedirectAnswer { status, .. } => format!("RedirectAnswer {status}"),
+        other => match other.extension() {
+            Some(ext) => format!("{} {ext}", other.name()),
+            None => other.name().to_owned(),
+        },
+    }
+}
+
+/// Runs the link until the blade stops, then closes every connection.
+pub(crate) async fn run(core: Rc<Core>, driver: Rc<LinkDriver>) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let now = Instant::now();
+        if core.stopping() {
+            driver.link.borrow_mut().close_all(now);
+            driver.flush().await;
+            glommio::timer::sleep(CLOSE_GRACE).await;
+            driver.flush().await;
+            return;
+        }
+        driver.link.borrow_mut().handle_timeout(now);
+        driver.flush().await;
+        loop {
+            let event = driver.link.borrow_mut().poll_event();
+            let Some(event) = event else { break };
+            on_event(&core, &driver, event).await;
+        }
+        let wait = driver
+            .link
+            .borrow_mut()
+            .poll_timeout()
+            .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()))
+            .clamp(Duration::from_millis(1), MAX_WAIT);
+        let _ = driver.socket.set_read_timeout(Some(wait));
+        if let Ok((n, from)) = driver.socket.recv_from(&mut buf).await {
+            let data = BytesMut::from(&buf[..n]);
+            driver
+                .link
+                .borrow_mut()
+                .handle_datagram(Instant::now(), from, data);
+            driver.flush().await;
+        }
+    }
+}
+
+async fn on_event(core: &Rc<Core>, driver: &Rc<LinkDriver>, event: LinkEvent) {
+    match event {
+        LinkEvent::PeerUp(peer) => {
+            driver.peers.set_up(&peer, true);
+            core.peer_state(peer.clone(), true).await;
+            core.resync(driver.clone(), peer);
+        }
+        LinkEvent::PeerDown(peer) => {
+            driver.peers.set_up(&peer, false);
+            core.peer_state(peer, false).await;
+        }
+        LinkEvent::Request { peer, reply, frame } => match Message::decode(&frame) {
+            Ok(msg) => core.from_link(peer, msg, Some(reply)).await,
+            Err(e) => tracing::warn!(%peer, "undecodable request from peer: {e}"),
+        },
+        LinkEvent::Response { peer, frame, .. } | LinkEvent::Message { peer, frame } => {
+            match Message::decode(&frame) {
+                Ok(msg) => core.from_link(peer, msg, None).await,
+                Err(e) => tracing::warn!(%peer, "undecodable frame from peer: {e}"),
+            }
+        }
+        LinkEvent::Failed { peer, exchange } => {
+            // The hosting layer's own timeouts answer for the lost request.
+            tracing::debug!(%peer, exchange, "link request failed");
+        }
+        LinkEvent::Refused { addr, claimed } => {
+            tracing::warn!(%addr, ?claimed, "refused a process that is not a cluster peer");
         }
     }
 }

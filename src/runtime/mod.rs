@@ -11,6 +11,7 @@ mod core;
 mod link;
 pub mod socket;
 mod tcp;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -22,8 +23,10 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::admin::{Admin, BladeInfo, Peers};
+use crate::cluster::hosting::HostSecret;
 use crate::cluster::tls::Identity;
 use crate::config::{Agent, Config};
+use crate::proxy::cross::{ClusterSettings, PeerBlade};
 
 /// Memory glommio registers for io_uring buffers per executor. Those
 /// buffers serve file DMA, which a SIP core never does; 512 KiB keeps
@@ -76,6 +79,8 @@ pub struct Options {
     pub max_transactions: usize,
     /// RFC 3261 timer values.
     pub timers: crate::transaction::TimerConfig,
+    /// Where to report every message the blade sends (`sipblade demo`).
+    pub trace: Option<trace::Tracer>,
 }
 
 impl Default for Options {
@@ -83,6 +88,7 @@ impl Default for Options {
         Options {
             max_transactions: 100_000,
             timers: crate::transaction::TimerConfig::default(),
+            trace: None,
         }
     }
 }
@@ -100,11 +106,13 @@ pub(crate) struct Shared {
     pub config: Config,
     pub options: Options,
     pub sip: SocketAddr,
+    pub blade_id: Arc<str>,
     pub cores: usize,
     pub agents: Arc<HashMap<String, Arc<Agent>>>,
     pub nonce_secret: [u8; 32],
     pub epoch: Instant,
     pub stopping: Arc<AtomicBool>,
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Blade {
@@ -167,6 +175,22 @@ impl Blade {
             }
             None => None,
         };
+        let cluster = match &config.cluster {
+            Some(c) => Some(ClusterSettings {
+                peers: c
+                    .peers
+                    .iter()
+                    .map(|p| PeerBlade {
+                        id: p.id.clone(),
+                        sip: p.sip,
+                    })
+                    .collect(),
+                lease_secs: u32::try_from(c.lease_secs).unwrap_or(u32::MAX),
+                secret: HostSecret::random().map_err(|e| StartError::Random(e.to_string()))?,
+                epoch_base: epoch_base(),
+            }),
+            None => None,
+        };
         let info = BladeInfo {
             id: config.blade.id.clone(),
             peers,
@@ -175,11 +199,13 @@ impl Blade {
             config,
             options,
             sip,
+            blade_id: info.id.as_str().into(),
             cores,
             agents: Arc::new(agents),
             nonce_secret,
             epoch: Instant::now(),
             stopping: stopping.clone(),
+            cluster,
         });
 
         let mesh = MeshBuilder::full(cores, MESH_CAPACITY);
@@ -264,4 +290,12 @@ impl Blade {
         }
         tracing::info!("blade stopped");
     }
+}
+
+/// Where this run's login epochs start: microseconds since the Unix epoch,
+/// so a restarted blade's logins are newer than any it announced before.
+fn epoch_base() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

@@ -9,6 +9,8 @@
 // Each test binary uses part of this module.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::{HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};

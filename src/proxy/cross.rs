@@ -1,0 +1,614 @@
+//! Cross-blade calls (SPEC §2): the proxy's side of hosting.
+//!
+//! On the source blade S, an INVITE for an agent not registered here waits
+//! (after 100 Trying) while [`Source`] hosts the agent; the grant's login
+//! information is saved in the session and the INVITE goes to the target
+//! blade T with the hosting token in its Request-URI
+//! (`sip:2001@T;sbh=<token>`). On T, that token is checked against the
+//! grant and the INVITE goes on to the agent's terminal. Both blades
+//! Record-Route, so the dialog's requests follow the same path. When the
+//! session ends, S releases the agent.
+//!
+//! While an agent is hosted, a new INVITE for it reaching T is held and
+//! handed to S ([`Target::redirect`]), whose answer (486 while the agent is
+//! in the session) T relays to the caller.
+//!
+//! Which core handles what: the session, its [`Source`] hostings and the
+//! redirects for its agent live on the core the callee's extension hashes
+//! to; the agent's record and grant on T live on that core of T. The
+//! runtime routes link messages by extension or by request id
+//! ([`request_core`]).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::{AgentEvent, Output, Proxy, session::Hosted};
+use crate::cluster::codec::{Class, DirectoryEntry, Message as LinkMessage, Refusal, Token};
+use crate::cluster::hosting::{Directory, HostSecret, Source, SourceEvent, Target};
+use crate::cluster::link::ReplyTo;
+use crate::sip::{Message, Uri};
+use crate::transaction::Peer;
+use crate::transaction::server::ServerTx;
+
+/// The Request-URI parameter carrying the hosting token from S to T.
+pub const TOKEN_PARAM: &str = "sbh";
+
+/// How long T holds a new INVITE for a hosted agent while the hosting
+/// blade decides; then it answers 486 itself.
+pub const REDIRECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Request ids carry the core that sent the request in their top bits, so
+/// answers are routed back to it.
+const CORE_SHIFT: u32 = 48;
+
+/// Another blade of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerBlade {
+    /// Its blade id (the one in its certificate).
+    pub id: String,
+    /// Its SIP address: where INVITEs for the agents it hosts out go.
+    pub sip: SocketAddr,
+}
+
+/// What a proxy core needs to take part in hosting.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The other blades.
+    pub peers: Vec<PeerBlade>,
+    /// The lease this blade asks for and the longest it grants.
+    pub lease_secs: u32,
+    /// The key of this blade's hosting tokens (one per blade).
+    pub secret: HostSecret,
+    /// Where login epochs start: something that grows across restarts.
+    pub epoch_base: u64,
+}
+
+/// Where a message for the link goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    /// One peer blade.
+    Peer(String),
+    /// Every peer blade (directory notices).
+    AllPeers,
+    /// The answer to a request that came over the link from `peer`.
+    Reply {
+        /// The peer that asked.
+        peer: String,
+        /// The exchange to answer on.
+        reply: ReplyTo,
+    },
+}
+
+/// A message for the inter-blade link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSend {
+    /// Where it goes.
+    pub to: Dest,
+    /// What.
+    pub msg: LinkMessage,
+}
+
+/// Why a transaction is held without a client transaction yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waiting {
+    /// S: the INVITE waits for the callee's host grant (since when, for
+    /// the round-trip histogram). The source's own request timeout bounds
+    /// the wait.
+    Grant { since: Duration },
+    /// T: a new INVITE for a hosted agent waits for the hosting blade.
+    Redirect { request_id: u64, until: Duration },
+}
+
+impl Waiting {
+    pub(super) fn deadline(&self) -> Option<Duration> {
+        match self {
+            Waiting::Grant { .. } => None,
+            Waiting::Redirect { until, .. } => Some(*until),
+        }
+    }
+}
+
+/// A core's hosting state: both sides and its shard of the directory.
+pub(super) struct Cluster {
+    peers: Vec<PeerBlade>,
+    target: Target,
+    source: Source,
+    directory: Directory,
+    /// S: INVITEs waiting for a grant, by Call-ID.
+    awaiting_grant: HashMap<String, usize>,
+    /// T: INVITEs waiting for the hosting blade's verdict, by redirect id.
+    pub(super) awaiting_redirect: HashMap<u64, usize>,
+}
+
+impl Cluster {
+    pub(super) fn new(settings: &ClusterSettings, core: usize) -> Cluster {
+        let base = (core as u64) << CORE_SHIFT | 1;
+        Cluster {
+            peers: settings.peers.clone(),
+            target: Target::new(&settings.secret, settings.lease_secs)
+                .with_epoch_base(settings.epoch_base)
+                .with_request_base(base),
+            source: Source::new(settings.lease_secs).with_request_base(base),
+            directory: Directory::new(),
+            awaiting_grant: HashMap::new(),
+            awaiting_redirect: HashMap::new(),
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Duration> {
+        [self.target.next_deadline(), self.source.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The peer blade whose SIP address has this IP.
+    pub(super) fn peer_by_ip(&self, ip: IpAddr) -> Option<&PeerBlade> {
+        self.peers.iter().find(|p| p.sip.ip() == ip)
+    }
+
+    fn peer(&self, id: &str) -> Option<&PeerBlade> {
+        self.peers.iter().find(|p| p.id.eq_ignore_ascii_case(id))
+    }
+}
+
+/// The hosting token a Request-URI carries, if any.
+pub fn hosting_token<'a>(uri: &Uri<'a>) -> Option<&'a [u8]> {
+    uri.param(TOKEN_PARAM).map(Option::unwrap_or_default)
+}
+
+/// The core a link message belongs to on this blade: by its agent's
+/// extension for requests, notices of one agent and redirects, by its
+/// request id for answers. `None` for directory notices, which the
+/// runtime splits by extension.
+pub fn request_core(msg: &LinkMessage, cores: usize) -> Option<usize> {
+    let by_id = |id: u64| ((id >> CORE_SHIFT) as usize).min(cores.saturating_sub(1));
+    match msg.class() {
+        Class::Notice => None,
+        Class::Request | Class::Redirect => msg
+            .extension()
+            .map(|e| super::route::shard_of(e.as_bytes(), cores)),
+        Class::Reply | Class::RedirectAnswer => msg.request_id().map(by_id),
+    }
+}
+
+/// Splits a directory notice by the cores that own its agents. Every core
+/// gets its part of a resync, even an empty one (it replaces what the core
+/// knew of the peer); announcements and withdrawals go only where they
+/// name an agent.
+pub fn split_notice(msg: &LinkMessage, cores: usize) -> Vec<(usize, LinkMessage)> {
+    let entries = match msg {
+        LinkMessage::Announce { entries }
+        | LinkMessage::Withdraw { entries }
+        | LinkMessage::Resync { entries } => entries,
+        _ => return Vec::new(),
+    };
+    let mut parts: Vec<Vec<DirectoryEntry>> = vec![Vec::new(); cores.max(1)];
+    for e in entries {
+        parts[super::route::shard_of(e.extension.as_bytes(), cores)].push(e.clone());
+    }
+    let resync = matches!(msg, LinkMessage::Resync { .. });
+    parts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, part)| resync || !part.is_empty())
+        .map(|(core, entries)| {
+            let part = match msg {
+                LinkMessage::Announce { .. } => LinkMessage::Announce { entries },
+                LinkMessage::Withdraw { .. } => LinkMessage::Withdraw { entries },
+                _ => LinkMessage::Resync { entries },
+            };
+            (core, part)
+        })
+        .collect()
+}
+
+impl Proxy {
+    /// Handles a message from peer blade `from` (its certificate's id);
+    /// `reply` is where a request's answer goes.
+    pub fn handle_cluster(
+        &mut self,
+        now: Duration,
+        from: &str,
+        msg: LinkMessage,
+        reply: Option<ReplyTo>,
+        out: &mut Output,
+    ) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        match msg.class() {
+            Class::Notice => {
+                c.directory.apply(from, &msg);
+            }
+            Class::Request => {
+                let location = self.registrar.location_mut();
+                let answer = c.target.handle_request(now, location, from, &msg);
+                if let Some(answer) = answer {
+                    if let LinkMessage::HostGranted { info, .. } = &answer {
+                        self.metrics.hosting_granted += 1;
+                        tracing::debug!(agent = %info.extension, source = from, "agent hosted");
+                    }
+                    if let Some(reply) = reply {
+                        out.cluster.push(ClusterSend {
+                            to: Dest::Reply {
+                                peer: from.to_owned(),
+                                reply,
+                            },
+                            msg: answer,
+                        });
+                    }
+                }
+            }
+            Class::Reply | Class::Redirect => {
+                c.source.handle(now, &mut c.directory, from, msg);
+                self.pump_source(now, out);
+            }
+            Class::RedirectAnswer => {
+                if let LinkMessage::RedirectAnswer { request_id, status } = msg {
+                    let Some(id) = c.awaiting_redirect.remove(&request_id) else {
+                        return;
+                    };
+                    if let Some(pair) = self.txs.get_mut(id) {
+                        pair.waiting = None;
+                    }
+                    // Taking the request over (3xx) is not offered: the
+                    // agent stays busy.
+                    let status = if (400..700).contains(&status) {
+                        status
+                    } else {
+                        486
+                    };
+                    self.answer_pending(now, id, status, out);
+                }
+            }
+        }
+    }
+
+    /// The link to `peer` came up or went down.
+    pub fn peer_state(&mut self, now: Duration, peer: &str, up: bool, out: &mut Output) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if up {
+            c.directory.peer_up(peer);
+        } else {
+            c.directory.peer_down(peer);
+            c.source.peer_lost(peer);
+            let grants = c.target.peer_lost(peer);
+            if grants > 0 {
+                tracing::info!(peer, grants, "peer lost; its grants end with their leases");
+            }
+            self.pump_source(now, out);
+        }
+    }
+
+    /// This core's logged-in agents, for a full directory resync.
+    pub fn directory_entries(&mut self) -> Vec<DirectoryEntry> {
+        match self.cluster.as_mut() {
+            Some(c) => c.target.entries(self.registrar.location()),
+            None => Vec::new(),
+        }
+    }
+
+    pub(super) fn announce_login(&mut self, extension: &str, out: &mut Output) {
+        if let Some(c) = self.cluster.as_mut() {
+            out.cluster.push(ClusterSend {
+                to: Dest::AllPeers,
+                msg: c.target.logged_in(extension),
+            });
+        }
+    }
+
+    pub(super) fn announce_logout(&mut self, extension: &str, out: &mut Output) {
+        if let Some(msg) = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.target.logged_out(extension))
+        {
+            out.cluster.push(ClusterSend {
+                to: Dest::AllPeers,
+                msg,
+            });
+        }
+    }
+
+    pub(super) fn cluster_timeout(&mut self, now: Duration, out: &mut Output) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        for ext in c.target.handle_timeout(now, self.registrar.location_mut()) {
+            tracing::info!(agent = %ext, "hosting lease lapsed: agent taken back");
+        }
+        c.source.handle_timeout(now);
+        self.pump_source(now, out);
+    }
+
+    /// S: the callee is not registered here; host it from its blade
+    /// (SPEC §2 step 3). The INVITE waits, answered 100 Trying.
+    pub(super) fn host_remote(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        caller: &str,
+        callee: &str,
+        out: &mut Output,
+    ) {
+        let call_id = msg.call_id().to_owned();
+        let mut server = ServerTx::new(
+            true,
+            super::route::response_peer(source),
+            self.settings.timers,
+        );
+        let mut trying = bytes::BytesMut::new();
+        msg.response(100, "Trying", None, &[], &mut trying);
+        server.respond(now, 100, trying.freeze(), &mut out.transmits);
+        let id = self.insert(msg, server);
+        if let Some(pair) = self.txs.get_mut(id) {
+            pair.waiting = Some(Waiting::Grant { since: now });
+        }
+        self.sessions.open(&call_id, caller, callee);
+        if let Some(session) = self.sessions.get_mut(&call_id) {
+            session.hosted = Some(Hosted {
+                blade: None,
+                info: None,
+            });
+        }
+        self.tell_owner(
+            caller,
+            AgentEvent::InCall {
+                extension: caller.to_owned(),
+                call_id: call_id.clone(),
+            },
+            out,
+        );
+        if let Some(c) = self.cluster.as_mut() {
+            c.awaiting_grant.insert(call_id.clone(), id);
+            c.source.host(now, &c.directory, &call_id, callee);
+        }
+        self.reschedule(id);
+        self.pump_source(now, out);
+    }
+
+    /// T: an INVITE from a peer blade with a hosting token. Checked
+    /// against the grant, then sent to the agent's terminal; anything
+    /// else is 403.
+    pub(super) fn accept_hosted(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        callee: &str,
+        token: &[u8],
+        out: &mut Output,
+    ) {
+        let forbidden = super::Refusal::new(403, "Forbidden");
+        let Some(c) = self.cluster.as_ref() else {
+            return self.refuse(now, source, msg, &forbidden, out);
+        };
+        let granted = c.peer_by_ip(source.addr.ip()).is_some_and(|peer| {
+            Token::from_hex(token).is_some_and(|token| {
+                c.target
+                    .check_token(now, &peer.id, callee, msg.call_id(), &token)
+            })
+        });
+        if !granted || msg.method() != Some(crate::sip::Method::Invite) {
+            tracing::debug!(agent = callee, from = %source.addr, "hosting token refused");
+            return self.refuse(now, source, msg, &forbidden, out);
+        }
+        let binding = self
+            .registrar
+            .location()
+            .get(callee)
+            .and_then(|r| r.binding.clone());
+        let Some(binding) = binding else {
+            let gone = super::Refusal::new(480, "Temporarily Unavailable");
+            return self.refuse(now, source, msg, &gone, out);
+        };
+        self.forward(
+            now,
+            source,
+            msg,
+            binding.peer,
+            Some(&binding.uri),
+            false,
+            true,
+            out,
+        );
+    }
+
+    /// T: a new INVITE for an agent another blade hosts (SPEC §2 step 6):
+    /// held, answered 100 Trying, while the hosting blade decides.
+    pub(super) fn redirect_to_host(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        callee: &str,
+        caller: &str,
+        out: &mut Output,
+    ) {
+        let redirect = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.target.redirect(callee, msg.call_id(), caller));
+        let Some((peer, redirect)) = redirect else {
+            self.metrics.local.busy += 1;
+            let busy = super::Refusal::new(486, "Busy Here");
+            return self.refuse(now, source, msg, &busy, out);
+        };
+        let request_id = redirect.request_id().unwrap_or_default();
+        out.cluster.push(ClusterSend {
+            to: Dest::Peer(peer),
+            msg: redirect,
+        });
+        let mut server = ServerTx::new(
+            true,
+            super::route::response_peer(source),
+            self.settings.timers,
+        );
+        let mut trying = bytes::BytesMut::new();
+        msg.response(100, "Trying", None, &[], &mut trying);
+        server.respond(now, 100, trying.freeze(), &mut out.transmits);
+        let id = self.insert(msg, server);
+        if let Some(pair) = self.txs.get_mut(id) {
+            pair.waiting = Some(Waiting::Redirect {
+                request_id,
+                until: now + REDIRECT_WAIT,
+            });
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            c.awaiting_redirect.insert(request_id, id);
+        }
+        self.reschedule(id);
+    }
+
+    /// S: the session `call_id` ended; its hosted agent goes back.
+    pub(super) fn release_hosting(&mut self, now: Duration, call_id: &str, out: &mut Output) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.awaiting_grant.remove(call_id);
+            c.source.end(call_id);
+        }
+        self.pump_source(now, out);
+    }
+
+    /// Moves what the source side produced to the output, and acts on its
+    /// events, until both queues are empty.
+    fn pump_source(&mut self, now: Duration, out: &mut Output) {
+        loop {
+            let Some(c) = self.cluster.as_mut() else {
+                return;
+            };
+            while let Some((peer, msg)) = c.source.poll_transmit() {
+                out.cluster.push(ClusterSend {
+                    to: Dest::Peer(peer),
+                    msg,
+                });
+            }
+            let Some(event) = c.source.poll_event() else {
+                return;
+            };
+            self.on_source_event(now, event, out);
+        }
+    }
+
+    fn on_source_event(&mut self, now: Duration, event: SourceEvent, out: &mut Output) {
+        match event {
+            SourceEvent::Granted {
+                call_id,
+                extension,
+                peer,
+                info,
+                token,
+                lease_secs: _,
+            } => self.on_granted(now, &call_id, &extension, peer, info, token, out),
+            SourceEvent::Refused {
+                call_id,
+                extension,
+                reason,
+            } => self.on_refused(now, &call_id, &extension, reason, out),
+            SourceEvent::Lost {
+                call_id,
+                extension,
+                peer,
+            } => {
+                tracing::warn!(%call_id, agent = %extension, %peer, "hosting lost: session ended");
+                self.end_session(now, &call_id, out);
+            }
+            SourceEvent::Redirected {
+                peer, request_id, ..
+            } => {
+                // The agent is in a session this blade hosts: busy.
+                if let Some(c) = self.cluster.as_mut() {
+                    c.source.answer_redirect(&peer, request_id, 486);
+                }
+            }
+        }
+    }
+
+    /// S: the grant came (SPEC §2 steps 4–5): save the agent's login
+    /// information and send the INVITE to the target with the token.
+    #[allow(clippy::too_many_arguments)]
+    fn on_granted(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        extension: &str,
+        peer: String,
+        info: crate::cluster::codec::LoginInfo,
+        token: Token,
+        out: &mut Output,
+    ) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let id = c.awaiting_grant.remove(call_id);
+        let target = c.peer(&peer).map(|p| p.sip);
+        let pending = id.and_then(|id| {
+            let pair = self.txs.get_mut(id)?;
+            let Some(Waiting::Grant { since }) = pair.waiting else {
+                return None;
+            };
+            pair.waiting = None;
+            let request = pair.request.clone().filter(|_| !pair.server.is_final())?;
+            Some((id, since, request))
+        });
+        let (Some((id, since, request)), Some(target)) = (pending, target) else {
+            // The caller gave up meanwhile (or the peer has no SIP address):
+            // hand the agent back at once.
+            if let Some(id) = id {
+                self.answer_pending(now, id, 503, out);
+            }
+            self.end_session(now, call_id, out);
+            return;
+        };
+        self.metrics.hosting_rtt.observe(now.saturating_sub(since));
+        if let Some(session) = self.sessions.get_mut(call_id) {
+            session.hosted = Some(Hosted {
+                blade: Some(peer),
+                info: Some(info),
+            });
+        }
+        let uri = format!("sip:{extension}@{target};{TOKEN_PARAM}={}", token.to_hex());
+        let target = Peer::udp(target);
+        match self.build_forward(&request, target, Some(&uri), false, true) {
+            Ok((forwarded, data)) => self.start_client(now, id, forwarded, data, target, out),
+            Err(refusal) => {
+                self.answer_pending(now, id, refusal.status, out);
+                self.outcomes(call_id).failed += 1;
+                self.end_session(now, call_id, out);
+            }
+        }
+    }
+
+    /// S: the callee cannot be hosted: the caller gets the matching status.
+    fn on_refused(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        extension: &str,
+        reason: Refusal,
+        out: &mut Output,
+    ) {
+        tracing::debug!(%call_id, agent = extension, %reason, "hosting refused");
+        self.metrics.refused(reason);
+        let id = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.awaiting_grant.remove(call_id));
+        if let Some(id) = id {
+            if let Some(pair) = self.txs.get_mut(id) {
+                pair.waiting = None;
+            }
+            self.answer_pending(now, id, reason.status(), out);
+            let outcomes = self.outcomes(call_id);
+            match reason {
+                Refusal::Busy | Refusal::AlreadyHosted => outcomes.busy += 1,
+                _ => outcomes.failed += 1,
+            }
+        }
+        self.end_session(now, call_id, out);
+    }
+}

@@ -1,0 +1,128 @@
+//! Counters a core keeps; the admin port sums them over cores.
+
+use std::time::Duration;
+
+use crate::cluster::codec::Refusal;
+
+/// Upper bounds of the hosting round-trip histogram, in seconds: fine
+/// below a millisecond, where a loopback or LAN round trip lands.
+pub const RTT_BUCKETS: [f64; 10] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+
+/// Every refusal reason, in the order [`Metrics::hosting_refused`] counts
+/// them.
+pub const REFUSALS: [Refusal; 5] = [
+    Refusal::Unknown,
+    Refusal::NotLoggedIn,
+    Refusal::Busy,
+    Refusal::AlreadyHosted,
+    Refusal::Overloaded,
+];
+
+/// How calls ended, for one route (local or cross-blade).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOutcomes {
+    /// Answered 2xx.
+    pub answered: u64,
+    /// Refused busy (486 / 600).
+    pub busy: u64,
+    /// Cancelled by the caller.
+    pub cancelled: u64,
+    /// Failed otherwise (final non-2xx, timeout, refusal).
+    pub failed: u64,
+}
+
+impl CallOutcomes {
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &CallOutcomes) {
+        self.answered += other.answered;
+        self.busy += other.busy;
+        self.cancelled += other.cancelled;
+        self.failed += other.failed;
+    }
+}
+
+/// A fixed-bucket histogram (Prometheus `le` buckets, cumulative when
+/// rendered).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Observations per bucket of [`RTT_BUCKETS`] (not cumulative); the
+    /// last slot counts those above every bound.
+    pub buckets: [u64; RTT_BUCKETS.len() + 1],
+    /// Number of observations.
+    pub count: u64,
+    /// Sum of the observations, in seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&mut self, value: Duration) {
+        let secs = value.as_secs_f64();
+        let slot = RTT_BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(RTT_BUCKETS.len());
+        self.buckets[slot] += 1;
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    /// Adds `other`'s observations to these.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
+}
+
+/// Counters of one core.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics {
+    /// Calls between agents of this blade.
+    pub local: CallOutcomes,
+    /// Calls to an agent hosted from another blade (counted on the source).
+    pub cross_blade: CallOutcomes,
+    /// REGISTERs accepted.
+    pub registrations: u64,
+    /// Datagrams dropped or refused as malformed.
+    pub malformed: u64,
+    /// Requests refused with 503 under overload.
+    pub overloaded: u64,
+    /// Host requests this blade's sessions got refused, by [`REFUSALS`].
+    pub hosting_refused: [u64; REFUSALS.len()],
+    /// Grants this blade (as target) handed out.
+    pub hosting_granted: u64,
+    /// Host request to grant, as the source saw it.
+    pub hosting_rtt: Histogram,
+}
+
+impl Metrics {
+    /// Adds another core's counters to these.
+    pub fn merge(&mut self, other: &Metrics) {
+        self.local.add(&other.local);
+        self.cross_blade.add(&other.cross_blade);
+        self.registrations += other.registrations;
+        self.malformed += other.malformed;
+        self.overloaded += other.overloaded;
+        for (a, b) in self
+            .hosting_refused
+            .iter_mut()
+            .zip(other.hosting_refused.iter())
+        {
+            *a += b;
+        }
+        self.hosting_granted += other.hosting_granted;
+        self.hosting_rtt.merge(&other.hosting_rtt);
+    }
+
+    /// Counts a refusal of a host request.
+    pub fn refused(&mut self, reason: Refusal) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.hosting_refused[i] += 1;
+        }
+    }
+}
