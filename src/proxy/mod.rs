@@ -1303,4 +1303,6 @@ fn send_cancel(now: Duration, timers: TimerConfig, pair: &mut TxPair, out: &mut 
 }
 
 #[cfg(test)]
+mod cross_tests;
+#[cfg(test)]
 mod tests;

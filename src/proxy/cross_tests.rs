@@ -1,0 +1,532 @@
+//! Cross-blade calls in virtual time: two blade cores (S on 127.0.0.1,
+//! T on 127.0.0.2) whose SIP and link messages are carried in memory, and
+//! terminals that are just addresses whose inboxes the tests read.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::cross::{ClusterSend, ClusterSettings, Dest, PeerBlade};
+use super::*;
+use crate::cluster::codec::{Class, Message as LinkMessage};
+use crate::cluster::hosting::HostSecret;
+use crate::cluster::link::ReplyTo;
+use crate::config::{AgentKind, Credential};
+use crate::registrar::Settings as RegistrarSettings;
+use crate::registrar::digest::NonceManager;
+
+const S: usize = 0;
+const T: usize = 1;
+const LEASE: u32 = 30;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Agent extension → its terminal's address.
+fn terminal(ext: &str) -> SocketAddr {
+    addr(&format!(
+        "127.0.0.{}:5{}",
+        10 + ext.as_bytes()[3] - b'0',
+        &ext[1..]
+    ))
+}
+
+enum Event {
+    Sip {
+        node: usize,
+        source: Peer,
+        data: Bytes,
+    },
+    Link {
+        node: usize,
+        from: String,
+        msg: LinkMessage,
+        reply: Option<ReplyTo>,
+    },
+}
+
+struct Node {
+    id: String,
+    sip: SocketAddr,
+    proxy: Proxy,
+}
+
+struct World {
+    now: Duration,
+    nodes: Vec<Node>,
+    /// Whether link messages get through.
+    link_up: bool,
+    /// What reached the terminals, per address.
+    inbox: HashMap<SocketAddr, VecDeque<Message>>,
+    /// Every link message, as `(from, name)`.
+    link_log: Vec<(String, &'static str)>,
+}
+
+fn node(id: &str, sip: &str, peer: (&str, &str)) -> Node {
+    let agents: HashMap<String, Arc<Agent>> = ["1001", "1002", "1003", "1004"]
+        .iter()
+        .map(|ext| {
+            let agent = Agent {
+                badge: format!("A{ext}"),
+                extension: ext.to_string(),
+                kind: AgentKind::Agent,
+                credential: Credential::Password(format!("pw{ext}")),
+            };
+            (ext.to_string(), Arc::new(agent))
+        })
+        .collect();
+    let settings = Settings {
+        blade_id: id.into(),
+        domain: "cc.example".into(),
+        local: addr(sip),
+        auth: false,
+        core: 0,
+        cores: 1,
+        timers: TimerConfig::default(),
+        max_transactions: 1000,
+        cluster: Some(ClusterSettings {
+            peers: vec![PeerBlade {
+                id: peer.0.into(),
+                sip: addr(peer.1),
+            }],
+            lease_secs: LEASE,
+            secret: HostSecret::from_bytes([7; 32]),
+            epoch_base: 1,
+        }),
+    };
+    let registrar = Registrar::new(
+        RegistrarSettings {
+            domain: "cc.example".into(),
+            auth: false,
+        },
+        agents.values().cloned(),
+        NonceManager::from_secret([1; 32]),
+    );
+    Node {
+        id: id.into(),
+        sip: addr(sip),
+        proxy: Proxy::new(settings, registrar, Arc::new(agents)),
+    }
+}
+
+impl World {
+    fn new() -> World {
+        let mut w = World {
+            now: Duration::ZERO,
+            nodes: vec![
+                node("blade-1", "127.0.0.1:5060", ("blade-2", "127.0.0.2:5060")),
+                node("blade-2", "127.0.0.2:5060", ("blade-1", "127.0.0.1:5060")),
+            ],
+            link_up: true,
+            inbox: HashMap::new(),
+            link_log: Vec::new(),
+        };
+        for (n, peer) in [(S, "blade-2"), (T, "blade-1")] {
+            let mut out = Output::default();
+            w.nodes[n].proxy.peer_state(w.now, peer, true, &mut out);
+            w.run(n, out);
+        }
+        w
+    }
+
+    fn other(node: usize) -> usize {
+        1 - node
+    }
+
+    /// Delivers a datagram from a terminal to blade `node`.
+    fn from_terminal(&mut self, node: usize, ext: &str, text: &str) {
+        let source = Peer::udp(terminal(ext));
+        self.process(Event::Sip {
+            node,
+            source,
+            data: Bytes::from(text.to_owned()),
+        });
+    }
+
+    fn process(&mut self, first: Event) {
+        let mut queue = VecDeque::from([first]);
+        while let Some(event) = queue.pop_front() {
+            let mut out = Output::default();
+            let now = self.now;
+            let node = match event {
+                Event::Sip { node, source, data } => {
+                    self.nodes[node]
+                        .proxy
+                        .handle_datagram(now, source, data, &mut out);
+                    node
+                }
+                Event::Link {
+                    node,
+                    from,
+                    msg,
+                    reply,
+                } => {
+                    self.nodes[node]
+                        .proxy
+                        .handle_cluster(now, &from, msg, reply, &mut out);
+                    node
+                }
+            };
+            queue.extend(self.route(node, out));
+        }
+    }
+
+    fn run(&mut self, node: usize, out: Output) {
+        let events = self.route(node, out);
+        for e in events {
+            self.process(e);
+        }
+    }
+
+    /// Carries what `node` sent: to the other blade, or to an inbox.
+    fn route(&mut self, node: usize, out: Output) -> Vec<Event> {
+        let mut events = Vec::new();
+        let me = self.nodes[node].sip;
+        let other = World::other(node);
+        for t in out.transmits {
+            if t.to.addr == self.nodes[other].sip {
+                events.push(Event::Sip {
+                    node: other,
+                    source: Peer::udp(me),
+                    data: t.data,
+                });
+            } else {
+                let msg = Message::parse(t.data).unwrap();
+                self.inbox.entry(t.to.addr).or_default().push_back(msg);
+            }
+        }
+        for ClusterSend { to, msg } in out.cluster {
+            if !self.link_up {
+                continue;
+            }
+            self.link_log
+                .push((self.nodes[node].id.clone(), msg.name()));
+            let reply = (msg.class() == Class::Request).then(|| ReplyTo::for_tests(0));
+            let target = match to {
+                Dest::Peer(_) | Dest::AllPeers | Dest::Reply { .. } => other,
+            };
+            events.push(Event::Link {
+                node: target,
+                from: self.nodes[node].id.clone(),
+                msg,
+                reply,
+            });
+        }
+        events
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        loop {
+            let next = (0..2)
+                .filter_map(|n| self.nodes[n].proxy.next_deadline().map(|at| (at, n)))
+                .filter(|(at, _)| *at <= end)
+                .min();
+            let Some((at, n)) = next else { break };
+            self.now = self.now.max(at);
+            let mut out = Output::default();
+            self.nodes[n].proxy.handle_timeout(self.now, &mut out);
+            self.run(n, out);
+        }
+        self.now = end;
+    }
+
+    fn register(&mut self, node: usize, ext: &str) {
+        let t = terminal(ext);
+        let text = format!(
+            "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKr{ext}\r\n\
+             From: <sip:{ext}@cc.example>;tag=r\r\nTo: <sip:{ext}@cc.example>\r\nCall-ID: reg{ext}\r\n\
+             CSeq: 1 REGISTER\r\nContact: <sip:{ext}@{t}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        self.from_terminal(node, ext, &text);
+        assert_eq!(self.take(ext).status(), Some(200));
+    }
+
+    /// The next message terminal `ext` received.
+    fn take(&mut self, ext: &str) -> Message {
+        self.inbox
+            .get_mut(&terminal(ext))
+            .and_then(VecDeque::pop_front)
+            .unwrap_or_else(|| panic!("nothing reached {ext}"))
+    }
+
+    /// The next message `ext` received that is not a 100 Trying.
+    fn take_final(&mut self, ext: &str) -> Message {
+        loop {
+            let msg = self.take(ext);
+            if msg.status() != Some(100) {
+                return msg;
+            }
+        }
+    }
+
+    fn idle(&self, ext: &str) -> bool {
+        self.inbox
+            .get(&terminal(ext))
+            .is_none_or(VecDeque::is_empty)
+    }
+
+    fn state(&self, node: usize, ext: &str) -> &'static str {
+        let record = self.nodes[node].proxy.registrar().location().get(ext);
+        record.unwrap().state.as_str()
+    }
+
+    fn snapshot(&self, node: usize) -> Snapshot {
+        self.nodes[node].proxy.snapshot()
+    }
+}
+
+fn invite(from: &str, to: &str, call_id: &str) -> String {
+    let t = terminal(from);
+    format!(
+        "INVITE sip:{to}@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bK{call_id}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{from}@cc.example>;tag=f{from}\r\nTo: <sip:{to}@cc.example>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{from}@{t}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+    )
+}
+
+/// The callee's answer to a request it received.
+fn answer(req: &Message, status: u16) -> String {
+    let mut buf = bytes::BytesMut::new();
+    let contact = format!("<{}>", req.request_uri().unwrap().as_str());
+    let rr: Vec<String> = req
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let mut extra = vec![("Contact", contact.as_str())];
+    extra.extend(rr.iter().map(|r| ("Record-Route", r.as_str())));
+    req.response(status, "X", Some("callee"), &extra, &mut buf);
+    String::from_utf8(buf.to_vec()).unwrap()
+}
+
+/// An in-dialog request from the caller along the 2xx's route set.
+fn in_dialog(method: &str, from: &str, ok: &Message, cseq: u32) -> String {
+    let t = terminal(from);
+    let contact = ok.contacts().next().unwrap().uri().as_str().to_owned();
+    let mut routes: Vec<String> = ok
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    routes.reverse();
+    let header = |name| String::from_utf8_lossy(ok.header(name).unwrap()).into_owned();
+    format!(
+        "{method} {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bK{method}{cseq}\r\n\
+         Route: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\n\
+         CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+        routes.join(", "),
+        header(crate::sip::HeaderName::From),
+        header(crate::sip::HeaderName::To),
+        ok.call_id(),
+    )
+}
+
+/// 1001 on S calls 1002 on T, up to the caller's 200 OK.
+fn answered_call(w: &mut World) -> Message {
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.from_terminal(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    assert_eq!(
+        inv.request_uri().unwrap().as_str(),
+        format!("sip:1002@{}", terminal("1002"))
+    );
+    assert_eq!(inv.record_routes().count(), 2);
+    w.from_terminal(T, "1002", &answer(&inv, 200));
+    let ok = w.take_final("1001");
+    assert_eq!(ok.status(), Some(200));
+    ok
+}
+
+#[test]
+fn the_directory_names_the_target_and_one_round_trip_hosts() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    let names: Vec<&str> = w.link_log.iter().map(|(_, n)| *n).collect();
+    assert_eq!(
+        names,
+        ["Announce", "Announce", "HostRequest", "HostGranted"],
+        "T announced 1002, so S asked T directly"
+    );
+    assert_eq!(w.state(T, "1002"), "hosted");
+    assert_eq!(w.state(S, "1001"), "in_call");
+    let session = &w.snapshot(S).sessions[0];
+    assert_eq!(session.hosted, ["1002"]);
+    let hosted = w.nodes[S].proxy.sessions.get("c1").unwrap().hosted.clone();
+    let info = hosted.unwrap().info.unwrap();
+    assert_eq!(
+        (info.badge.as_str(), info.addr),
+        ("A1002", terminal("1002"))
+    );
+
+    // ACK and BYE go S → T → B; the BYE ends the hosting.
+    w.from_terminal(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.from_terminal(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(w.state(T, "1002"), "ready", "released at the BYE");
+    assert_eq!(w.state(S, "1001"), "ready");
+    w.from_terminal(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.nodes[S].proxy.metrics().cross_blade.answered, 1);
+    assert_eq!(w.nodes[S].proxy.metrics().hosting_rtt.count, 1);
+}
+
+#[test]
+fn a_directory_miss_falls_back_to_asking_the_peers() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.link_up = false; // T's announcement is lost.
+    w.register(T, "1002");
+    w.link_up = true;
+    w.from_terminal(S, "1001", &invite("1001", "1002", "c1"));
+    let names: Vec<&str> = w.link_log.iter().map(|(_, n)| *n).collect();
+    assert!(
+        names.ends_with(&["Locate", "Located", "HostRequest", "HostGranted"]),
+        "{names:?}"
+    );
+    assert_eq!(w.take_final("1002").method(), Some(Method::Invite));
+}
+
+#[test]
+fn a_forged_token_is_forbidden() {
+    let mut w = World::new();
+    w.register(T, "1002");
+    let text = invite("1001", "1002", "c9").replacen(
+        "sip:1002@cc.example SIP",
+        "sip:1002@127.0.0.2:5060;sbh=00112233445566778899aabbccddeeff SIP",
+        1,
+    );
+    // Even from S's address, a token T never granted is refused.
+    let out = {
+        let mut out = Output::default();
+        let data = Bytes::from(text);
+        w.nodes[T]
+            .proxy
+            .handle_datagram(w.now, Peer::udp(addr("127.0.0.1:5060")), data, &mut out);
+        out
+    };
+    assert_eq!(out.transmits.len(), 1);
+    let refusal = Message::parse(out.transmits[0].data.clone()).unwrap();
+    assert_eq!(refusal.status(), Some(403));
+    assert!(w.idle("1002"));
+    assert_eq!(w.state(T, "1002"), "ready");
+}
+
+#[test]
+fn a_new_call_for_a_hosted_agent_at_t_is_decided_by_s() {
+    let mut w = World::new();
+    answered_call(&mut w);
+    w.register(T, "1003");
+    w.from_terminal(T, "1003", &invite("1003", "1002", "c2"));
+    let busy = w.take_final("1003");
+    assert_eq!(busy.status(), Some(486));
+    let names: Vec<&str> = w.link_log.iter().map(|(_, n)| *n).collect();
+    assert!(
+        names.ends_with(&["Redirect", "RedirectAnswer"]),
+        "{names:?}"
+    );
+    assert!(w.idle("1002"), "B got no second INVITE");
+}
+
+#[test]
+fn without_the_hosting_blade_t_answers_486_itself() {
+    let mut w = World::new();
+    answered_call(&mut w);
+    w.register(T, "1003");
+    w.link_up = false;
+    w.from_terminal(T, "1003", &invite("1003", "1002", "c2"));
+    assert_eq!(w.take("1003").status(), Some(100));
+    w.advance(cross::REDIRECT_WAIT);
+    assert_eq!(w.take("1003").status(), Some(486));
+}
+
+#[test]
+fn refusals_reach_the_caller() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    // Registered nowhere: every peer says so.
+    w.from_terminal(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take_final("1001").status(), Some(480));
+    // Busy in a local call on T.
+    w.register(T, "1002");
+    w.register(T, "1003");
+    w.from_terminal(T, "1003", &invite("1003", "1002", "local"));
+    w.take_final("1002");
+    w.from_terminal(S, "1001", &invite("1001", "1002", "c2"));
+    assert_eq!(w.take_final("1001").status(), Some(486));
+    assert_eq!(w.state(S, "1001"), "ready", "the caller is free again");
+    let m = w.nodes[S].proxy.metrics();
+    assert_eq!(m.hosting_refused, [0, 1, 1, 0, 0]);
+}
+
+#[test]
+fn cancel_while_hosting_ends_the_call_and_releases_the_grant() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    // The grant is on its way back when the CANCEL arrives.
+    w.link_up = false;
+    w.from_terminal(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let cancel = invite("1001", "1002", "c1")
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("1 INVITE", "1 CANCEL");
+    w.from_terminal(S, "1001", &cancel);
+    let answers: Vec<u16> = (0..2).map(|_| w.take("1001").status().unwrap()).collect();
+    assert!(
+        answers.contains(&200) && answers.contains(&487),
+        "{answers:?}"
+    );
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(w.nodes[S].proxy.metrics().cross_blade.cancelled, 1);
+}
+
+#[test]
+fn a_lapsed_lease_returns_the_agent_when_s_vanishes() {
+    let mut w = World::new();
+    answered_call(&mut w);
+    w.link_up = false; // S is gone: no renewals, no unhost.
+    let lease = Duration::from_secs(u64::from(LEASE));
+    // Only T's timers run from here.
+    let end = w.now + lease + Duration::from_secs(1);
+    while let Some(at) = w.nodes[T].proxy.next_deadline().filter(|&at| at <= end) {
+        w.now = w.now.max(at);
+        let mut out = Output::default();
+        w.nodes[T].proxy.handle_timeout(w.now, &mut out);
+    }
+    assert_eq!(w.state(T, "1002"), "ready");
+}
+
+#[test]
+fn renewals_keep_a_long_call_hosted() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.from_terminal(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    w.advance(Duration::from_secs(u64::from(LEASE) * 4));
+    assert_eq!(w.state(T, "1002"), "hosted", "renewed all along");
+    let renewals = w.link_log.iter().filter(|(_, n)| *n == "RenewAck").count();
+    assert!(
+        renewals >= 9,
+        "a renewal every third of the lease: {renewals}"
+    );
+}
+
+#[test]
+fn losing_the_link_to_t_ends_the_session_on_s() {
+    let mut w = World::new();
+    answered_call(&mut w);
+    let mut out = Output::default();
+    w.nodes[S]
+        .proxy
+        .peer_state(w.now, "blade-2", false, &mut out);
+    w.run(S, out);
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert_eq!(w.state(S, "1001"), "ready");
+}
