@@ -138,7 +138,7 @@ impl World {
     }
 
     /// Delivers a datagram from a terminal to blade `node`.
-    fn from_terminal(&mut self, node: usize, ext: &str, text: &str) {
+    fn send_from(&mut self, node: usize, ext: &str, text: &str) {
         let source = Peer::udp(terminal(ext));
         self.process(Event::Sip {
             node,
@@ -242,7 +242,7 @@ impl World {
              From: <sip:{ext}@cc.example>;tag=r\r\nTo: <sip:{ext}@cc.example>\r\nCall-ID: reg{ext}\r\n\
              CSeq: 1 REGISTER\r\nContact: <sip:{ext}@{t}>\r\nContent-Length: 0\r\n\r\n"
         );
-        self.from_terminal(node, ext, &text);
+        self.send_from(node, ext, &text);
         assert_eq!(self.take(ext).status(), Some(200));
     }
 
@@ -329,7 +329,7 @@ fn in_dialog(method: &str, from: &str, ok: &Message, cseq: u32) -> String {
 fn answered_call(w: &mut World) -> Message {
     w.register(S, "1001");
     w.register(T, "1002");
-    w.from_terminal(S, "1001", &invite("1001", "1002", "c1"));
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
     assert_eq!(w.take("1001").status(), Some(100));
     let inv = w.take("1002");
     assert_eq!(
@@ -337,7 +337,7 @@ fn answered_call(w: &mut World) -> Message {
         format!("sip:1002@{}", terminal("1002"))
     );
     assert_eq!(inv.record_routes().count(), 2);
-    w.from_terminal(T, "1002", &answer(&inv, 200));
+    w.send_from(T, "1002", &answer(&inv, 200));
     let ok = w.take_final("1001");
     assert_eq!(ok.status(), Some(200));
     ok
@@ -365,14 +365,14 @@ fn the_directory_names_the_target_and_one_round_trip_hosts() {
     );
 
     // ACK and BYE go S → T → B; the BYE ends the hosting.
-    w.from_terminal(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
     assert_eq!(w.take("1002").method(), Some(Method::Ack));
-    w.from_terminal(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
     let bye = w.take("1002");
     assert_eq!(bye.method(), Some(Method::Bye));
     assert_eq!(w.state(T, "1002"), "ready", "released at the BYE");
     assert_eq!(w.state(S, "1001"), "ready");
-    w.from_terminal(T, "1002", &answer(&bye, 200));
+    w.send_from(T, "1002", &answer(&bye, 200));
     assert_eq!(w.take("1001").status(), Some(200));
     assert_eq!(w.nodes[S].proxy.metrics().cross_blade.answered, 1);
     assert_eq!(w.nodes[S].proxy.metrics().hosting_rtt.count, 1);
@@ -385,7 +385,7 @@ fn a_directory_miss_falls_back_to_asking_the_peers() {
     w.link_up = false; // T's announcement is lost.
     w.register(T, "1002");
     w.link_up = true;
-    w.from_terminal(S, "1001", &invite("1001", "1002", "c1"));
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
     let names: Vec<&str> = w.link_log.iter().map(|(_, n)| *n).collect();
     assert!(
         names.ends_with(&["Locate", "Located", "HostRequest", "HostGranted"]),
@@ -424,7 +424,7 @@ fn a_new_call_for_a_hosted_agent_at_t_is_decided_by_s() {
     let mut w = World::new();
     answered_call(&mut w);
     w.register(T, "1003");
-    w.from_terminal(T, "1003", &invite("1003", "1002", "c2"));
+    w.send_from(T, "1003", &invite("1003", "1002", "c2"));
     let busy = w.take_final("1003");
     assert_eq!(busy.status(), Some(486));
     let names: Vec<&str> = w.link_log.iter().map(|(_, n)| *n).collect();
@@ -441,7 +441,7 @@ fn without_the_hosting_blade_t_answers_486_itself() {
     answered_call(&mut w);
     w.register(T, "1003");
     w.link_up = false;
-    w.from_terminal(T, "1003", &invite("1003", "1002", "c2"));
+    w.send_from(T, "1003", &invite("1003", "1002", "c2"));
     assert_eq!(w.take("1003").status(), Some(100));
     w.advance(cross::REDIRECT_WAIT);
     assert_eq!(w.take("1003").status(), Some(486));
@@ -452,14 +452,14 @@ fn refusals_reach_the_caller() {
     let mut w = World::new();
     w.register(S, "1001");
     // Registered nowhere: every peer says so.
-    w.from_terminal(S, "1001", &invite("1001", "1002", "c1"));
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
     assert_eq!(w.take_final("1001").status(), Some(480));
     // Busy in a local call on T.
     w.register(T, "1002");
     w.register(T, "1003");
-    w.from_terminal(T, "1003", &invite("1003", "1002", "local"));
+    w.send_from(T, "1003", &invite("1003", "1002", "local"));
     w.take_final("1002");
-    w.from_terminal(S, "1001", &invite("1001", "1002", "c2"));
+    w.send_from(S, "1001", &invite("1001", "1002", "c2"));
     assert_eq!(w.take_final("1001").status(), Some(486));
     assert_eq!(w.state(S, "1001"), "ready", "the caller is free again");
     let m = w.nodes[S].proxy.metrics();
@@ -473,12 +473,12 @@ fn cancel_while_hosting_ends_the_call_and_releases_the_grant() {
     w.register(T, "1002");
     // The grant is on its way back when the CANCEL arrives.
     w.link_up = false;
-    w.from_terminal(S, "1001", &invite("1001", "1002", "c1"));
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
     assert_eq!(w.take("1001").status(), Some(100));
     let cancel = invite("1001", "1002", "c1")
         .replace("INVITE sip", "CANCEL sip")
         .replace("1 INVITE", "1 CANCEL");
-    w.from_terminal(S, "1001", &cancel);
+    w.send_from(S, "1001", &cancel);
     let answers: Vec<u16> = (0..2).map(|_| w.take("1001").status().unwrap()).collect();
     assert!(
         answers.contains(&200) && answers.contains(&487),
@@ -508,7 +508,7 @@ fn a_lapsed_lease_returns_the_agent_when_s_vanishes() {
 fn renewals_keep_a_long_call_hosted() {
     let mut w = World::new();
     let ok = answered_call(&mut w);
-    w.from_terminal(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
     w.advance(Duration::from_secs(u64::from(LEASE) * 4));
     assert_eq!(w.state(T, "1002"), "hosted", "renewed all along");
     let renewals = w.link_log.iter().filter(|(_, n)| *n == "RenewAck").count();
