@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod certs;
+mod demo;
+mod load;
 mod parse;
 mod run;
 
@@ -44,6 +46,12 @@ enum Command {
         /// Files to parse; stdin when none.
         files: Vec<PathBuf>,
     },
+    /// SIP load generator: callers and callees over UDP against a blade
+    /// (find its maximum calls per second).
+    Load {
+        #[command(subcommand)]
+        command: load::LoadCommand,
+    },
     /// Create a cluster CA and one certificate and key per blade.
     Certs {
         /// Output directory.
@@ -71,11 +79,9 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => run::run(config),
-        Command::Demo => {
-            eprintln!("sipblade: demo: the cross-blade demo is not built yet (see README)");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Command::Demo => demo::run(),
         Command::Parse { files } => parse::run(&files),
         Command::Certs { dir, blades } => certs::run(&dir, &blades),
+        Command::Load { command } => load::run(command),
     }
 }
