@@ -3,30 +3,47 @@
 //! the source blade S hosts the called agent from its target blade T for
 //! the length of the session, and hands it back when the session ends.
 //!
-//! Each test uses its own addresses (127.0.0.x), so they run in parallel.
+//! Each test uses its own addresses (127.0.0.x), so they run in parallel:
+//! 61-62, 63-64, 65-66, 67-68, 69-70, 71-72, 73-74, 75-76, 77-78, 79-81,
+//! 82-83, 84-85, 86-87.
 
 mod common;
 
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 use common::cluster::TestCluster;
-use common::{Call, Ua, first_line};
+use common::{Call, DOMAIN, Ua, WAIT, first_line};
+use sipblade::cluster::certs::generate_cluster;
 use sipblade::sip::{Message, Method};
 
 const CALLEE_TAG: &str = "callee-tag";
 
-/// `a` (on S) calls `b` (on T) up to the caller's 200 OK; returns the
-/// dialog and the INVITE as `b` got it.
-fn answered_cross_call(a: &mut Ua, b: &mut Ua) -> (Call, Message) {
+/// Long enough to see that a message does not arrive: every message in
+/// these tests crosses loopback in well under a millisecond.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// `a` calls `b` up to the caller's 200 OK through `blades` proxies (1:
+/// a local call, 2: S and T); returns the dialog and the INVITE as `b`
+/// got it.
+fn answered_call(a: &mut Ua, b: &mut Ua, blades: u8) -> (Call, Message) {
+    let hops = usize::from(blades);
     let mut call = a.call(&b.ext);
     a.invite(&mut call, "");
     let invite = b.request(Method::Invite, &call.call_id);
     assert_eq!(
         invite.request_uri().unwrap().as_str(),
         b.contact_uri(),
-        "T retargets to the registered contact"
+        "the last blade retargets to the registered contact"
     );
-    assert_eq!(invite.vias().count(), 3, "caller, S and T Vias");
-    assert_eq!(invite.record_routes().count(), 2, "S and T Record-Route");
-    assert_eq!(invite.max_forwards(), Some(68));
+    assert_eq!(invite.vias().count(), hops + 1, "caller's and blades' Vias");
+    assert_eq!(
+        invite.record_routes().count(),
+        hops,
+        "each blade Record-Routes"
+    );
+    assert_eq!(invite.max_forwards(), Some(70 - blades));
     b.answer(&invite, 180, "Ringing", CALLEE_TAG);
     let ringing = a.response(&call.call_id, Method::Invite);
     assert_eq!(ringing.status(), Some(180), "{}", first_line(&ringing));
@@ -34,8 +51,79 @@ fn answered_cross_call(a: &mut Ua, b: &mut Ua) -> (Call, Message) {
     let ok = a.response(&call.call_id, Method::Invite);
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
     call.learn(&ok);
-    assert_eq!(call.routes.len(), 2, "the route set is S then T");
+    assert_eq!(call.routes.len(), hops, "the route set has every blade");
     (call, invite)
+}
+
+/// `a` (on S) calls `b` (on T) up to the caller's 200 OK; returns the
+/// dialog and the INVITE as `b` got it.
+fn answered_cross_call(a: &mut Ua, b: &mut Ua) -> (Call, Message) {
+    answered_call(a, b, 2)
+}
+
+/// The caller ACKs the 2xx of `call`; the callee gets it.
+fn confirm(a: &mut Ua, b: &mut Ua, call: &Call) {
+    a.ack_2xx(call);
+    let ack = b.request(Method::Ack, &call.call_id);
+    assert_eq!(ack.routes().count(), 0, "every blade popped its Route");
+}
+
+/// The caller hangs up a confirmed `call`; the callee answers the BYE.
+fn hang_up(a: &mut Ua, b: &mut Ua, call: &mut Call) {
+    a.bye(call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    let done = a.response(&call.call_id, Method::Bye);
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+}
+
+/// `a` calls `callee` and gets a final failure, which it ACKs; returns the
+/// call and the final response.
+fn failed_call(a: &mut Ua, callee: &str) -> (Call, Message) {
+    let mut call = a.call(callee);
+    a.invite(&mut call, "");
+    let resp = a.response(&call.call_id, Method::Invite);
+    let status = resp.status().unwrap_or(0);
+    assert!(status >= 300, "a failure expected: {}", first_line(&resp));
+    a.ack_failure(&call, &resp);
+    (call, resp)
+}
+
+/// INVITEs of `call_id` that reach `ua` within [`QUIET`].
+fn invites_of(ua: &mut Ua, call_id: &str) -> Vec<String> {
+    ua.collect_where(QUIET, |m| {
+        m.method() == Some(Method::Invite) && m.call_id() == call_id
+    })
+}
+
+/// `sipblade_calls_total{outcome, route}` of member `i`.
+fn calls(cluster: &TestCluster, i: usize, outcome: &str, route: &str) -> f64 {
+    cluster.metric(
+        i,
+        &format!("sipblade_calls_total{{outcome=\"{outcome}\",route=\"{route}\"}}"),
+    )
+}
+
+/// `sipblade_hosting_refused_total{reason}` of member `i`.
+fn refused(cluster: &TestCluster, i: usize, reason: &str) -> f64 {
+    cluster.metric(
+        i,
+        &format!("sipblade_hosting_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Asserts that `ext` on member `i` is `hosted` by `by`.
+fn assert_hosted(cluster: &TestCluster, i: usize, ext: &str, by: &str) {
+    let agent = cluster.agent(i, ext);
+    assert_eq!(agent["state"], "hosted", "{agent}");
+    assert_eq!(agent["hosted_by"], by, "{agent}");
+}
+
+/// Waits until `ext` on member `i` is `ready` and hosted by nobody.
+fn wait_ready(cluster: &TestCluster, i: usize, ext: &str) {
+    cluster.wait_state(i, ext, "ready");
+    let agent = cluster.agent(i, ext);
+    assert_eq!(agent["hosted_by"], serde_json::Value::Null, "{agent}");
 }
 
 #[test]
@@ -48,9 +136,7 @@ fn cross_blade_call_hosts_the_callee_and_hands_it_back() {
     let (mut call, _) = answered_cross_call(&mut a, &mut b);
 
     // During the call: B hosted on T by S; S owns the session.
-    let on_t = cluster.agent(t, "1002");
-    assert_eq!(on_t["state"], "hosted", "{on_t}");
-    assert_eq!(on_t["hosted_by"], "blade-1", "{on_t}");
+    assert_hosted(&cluster, t, "1002", "blade-1");
     assert_eq!(cluster.agent(s, "1001")["state"], "in_call");
     let sessions = cluster.sessions(s);
     assert_eq!(sessions.len(), 1, "{sessions:?}");
@@ -59,30 +145,571 @@ fn cross_blade_call_hosts_the_callee_and_hands_it_back() {
     assert!(cluster.sessions(t).is_empty(), "T owns no session");
 
     // ACK and BYE follow the route set through S and T.
-    a.ack_2xx(&call);
-    let ack = b.request(Method::Ack, &call.call_id);
-    assert_eq!(ack.routes().count(), 0, "both blades popped their Route");
-    a.bye(&mut call);
-    let bye = b.request(Method::Bye, &call.call_id);
-    b.answer(&bye, 200, "OK", CALLEE_TAG);
-    let done = a.response(&call.call_id, Method::Bye);
-    assert_eq!(done.status(), Some(200));
+    confirm(&mut a, &mut b, &call);
+    hang_up(&mut a, &mut b, &mut call);
 
     // The session's end hands B back.
-    cluster.wait_state(t, "1002", "ready");
-    assert_eq!(
-        cluster.agent(t, "1002")["hosted_by"],
-        serde_json::Value::Null
-    );
+    wait_ready(&cluster, t, "1002");
     cluster.wait_state(s, "1001", "ready");
     assert!(cluster.sessions(s).is_empty());
-    assert_eq!(
-        cluster.metric(
-            s,
-            "sipblade_calls_total{outcome=\"answered\",route=\"cross_blade\"}"
-        ),
-        1.0
-    );
+    assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 1.0);
     assert_eq!(cluster.metric(s, "sipblade_hosting_rtt_seconds_count"), 1.0);
     assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 1.0);
+}
+
+/// SPEC §2 step 6: while B is hosted, a new INVITE for B reaching T (here
+/// from an agent registered on T) is not sent to B: T hands it to S, which
+/// answers 486, and T relays that. Once the session ends, B takes local
+/// calls again.
+#[test]
+fn a_call_to_a_hosted_agent_arriving_at_its_blade_is_answered_busy_by_the_host() {
+    let cluster = TestCluster::start(2, 63);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+    let mut c = cluster.registered(t, "1003");
+
+    let (mut first, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &first);
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    // 1003, on T itself, calls the hosted 1002.
+    busy_via_host(&mut c, &mut b);
+
+    // Nothing changed for the first call, and 1003 is not left in a call.
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_eq!(cluster.agent(t, "1003")["state"], "ready");
+    assert!(cluster.sessions(t).is_empty(), "{:?}", cluster.sessions(t));
+    assert_eq!(cluster.sessions(s).len(), 1);
+
+    hang_up(&mut a, &mut b, &mut first);
+    wait_ready(&cluster, t, "1002");
+
+    // B is T's again: 1003's call is an ordinary local call on T.
+    let (mut third, _) = answered_call(&mut c, &mut b, 1);
+    assert_eq!(cluster.agent(t, "1002")["state"], "in_call");
+    confirm(&mut c, &mut b, &third);
+    hang_up(&mut c, &mut b, &mut third);
+    cluster.wait_state(t, "1002", "ready");
+    cluster.wait_state(t, "1003", "ready");
+    assert_eq!(calls(&cluster, t, "answered", "local"), 1.0);
+    assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 1.0);
+    assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 1.0);
+}
+
+/// `a` calls `b`, which another blade than `a`'s hosts: `b`'s blade
+/// hands the INVITE to the hosting blade, whose 486 `a` gets; `b` sees
+/// nothing of it.
+fn busy_via_host(a: &mut Ua, b: &mut Ua) {
+    let started = Instant::now();
+    let (call, busy) = failed_call(a, &b.ext);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    // The agent's blade answers 486 on its own only after REDIRECT_WAIT
+    // (1 s) without a verdict from the host; a quicker 486 is the host's.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the 486 came after {:?}: the agent's blade's timeout, not the host's verdict",
+        started.elapsed()
+    );
+    let stray = invites_of(b, &call.call_id);
+    assert!(stray.is_empty(), "{} got a second INVITE: {stray:?}", b.ext);
+}
+
+/// SPEC §2 step 3: each reason T cannot hand B over maps to its SIP
+/// status on S (404, 480, 486), and B's state on T is as it was.
+#[test]
+fn every_refusal_maps_to_its_status_and_leaves_the_callee_as_it_was() {
+    let cluster = TestCluster::start(2, 65);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut d = cluster.registered(s, "1004");
+
+    // An extension nobody has: 404.
+    let (_, resp) = failed_call(&mut a, "9999");
+    assert_eq!(resp.status(), Some(404), "{}", first_line(&resp));
+    assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 0.0);
+
+    // 1002 is provisioned but logged in nowhere: 480.
+    let (_, resp) = failed_call(&mut a, "1002");
+    assert_eq!(resp.status(), Some(480), "{}", first_line(&resp));
+    assert_eq!(refused(&cluster, s, "not_logged_in"), 1.0);
+    assert_eq!(cluster.agent(t, "1002")["state"], "logged_out");
+    cluster.wait_state(s, "1001", "ready");
+
+    // 1002 is in a local call on T: 486.
+    let mut b = cluster.registered(t, "1002");
+    let mut c = cluster.registered(t, "1003");
+    let (mut local, _) = answered_call(&mut c, &mut b, 1);
+    confirm(&mut c, &mut b, &local);
+    let (busy_call, resp) = failed_call(&mut a, "1002");
+    assert_eq!(resp.status(), Some(486), "{}", first_line(&resp));
+    assert_eq!(refused(&cluster, s, "busy"), 1.0);
+    assert!(invites_of(&mut b, &busy_call.call_id).is_empty());
+    let on_t = cluster.agent(t, "1002");
+    assert_eq!(on_t["state"], "in_call", "{on_t}");
+    assert_eq!(on_t["hosted_by"], serde_json::Value::Null, "{on_t}");
+    cluster.wait_state(s, "1001", "ready");
+    hang_up(&mut c, &mut b, &mut local);
+    wait_ready(&cluster, t, "1002");
+
+    // 1002 is hosted by S for 1001's call; 1004 (also on S) calls it: 486.
+    let (mut hosted, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &hosted);
+    let (again, resp) = failed_call(&mut d, "1002");
+    assert_eq!(resp.status(), Some(486), "{}", first_line(&resp));
+    assert_eq!(refused(&cluster, s, "already_hosted"), 1.0);
+    assert!(invites_of(&mut b, &again.call_id).is_empty());
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    let sessions = cluster.sessions(s);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["call_id"], hosted.call_id.as_str());
+    cluster.wait_state(s, "1004", "ready");
+    hang_up(&mut a, &mut b, &mut hosted);
+    wait_ready(&cluster, t, "1002");
+
+    // 1002 logs out on T: S's directory entry is stale at worst, and the
+    // call is 480 again.
+    let bye = b.register(0);
+    assert_eq!(bye.status(), Some(200), "{}", first_line(&bye));
+    cluster.wait_state(t, "1002", "logged_out");
+    let (_, resp) = failed_call(&mut a, "1002");
+    assert_eq!(resp.status(), Some(480), "{}", first_line(&resp));
+    assert_eq!(refused(&cluster, s, "not_logged_in"), 2.0);
+
+    assert_eq!(refused(&cluster, s, "overloaded"), 0.0);
+    assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 1.0);
+    assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 1.0);
+    assert!(cluster.sessions(s).is_empty());
+}
+
+/// A CANCEL after the 180 crosses both blades: B's INVITE is cancelled,
+/// A gets the 487, and B goes back to ready on T.
+#[test]
+fn a_cancel_after_ringing_hands_the_callee_back() {
+    let cluster = TestCluster::start(2, 67);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 180, "Ringing", CALLEE_TAG);
+    let ringing = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ringing.status(), Some(180), "{}", first_line(&ringing));
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    a.cancel(&call);
+    let cancelled = a.response(&call.call_id, Method::Cancel);
+    assert_eq!(cancelled.status(), Some(200), "{}", first_line(&cancelled));
+    let cancel = b.request(Method::Cancel, &call.call_id);
+    b.answer(&cancel, 200, "OK", CALLEE_TAG);
+    b.answer(&invite, 487, "Request Terminated", CALLEE_TAG);
+    b.request(Method::Ack, &call.call_id);
+    let terminated = a.response(&call.call_id, Method::Invite);
+    assert_eq!(
+        terminated.status(),
+        Some(487),
+        "{}",
+        first_line(&terminated)
+    );
+    a.ack_failure(&call, &terminated);
+
+    wait_ready(&cluster, t, "1002");
+    cluster.wait_state(s, "1001", "ready");
+    assert!(cluster.sessions(s).is_empty());
+    assert_eq!(calls(&cluster, s, "cancelled", "cross_blade"), 1.0);
+    assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 0.0);
+}
+
+/// B refuses the call itself (603, then 486): A gets B's answer, and B
+/// goes back to ready on T each time.
+#[test]
+fn a_final_failure_from_the_callee_hands_it_back() {
+    let cluster = TestCluster::start(2, 69);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+
+    for (status, reason) in [(603, "Decline"), (486, "Busy Here")] {
+        let mut call = a.call("1002");
+        a.invite(&mut call, "");
+        let invite = b.request(Method::Invite, &call.call_id);
+        assert_hosted(&cluster, t, "1002", "blade-1");
+        b.answer(&invite, status, reason, CALLEE_TAG);
+        b.request(Method::Ack, &call.call_id);
+        let resp = a.response(&call.call_id, Method::Invite);
+        assert_eq!(resp.status(), Some(status), "{}", first_line(&resp));
+        a.ack_failure(&call, &resp);
+        wait_ready(&cluster, t, "1002");
+        cluster.wait_state(s, "1001", "ready");
+        assert!(cluster.sessions(s).is_empty());
+    }
+    assert_eq!(calls(&cluster, s, "failed", "cross_blade"), 1.0);
+    assert_eq!(calls(&cluster, s, "busy", "cross_blade"), 1.0);
+    assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 0.0);
+    assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 2.0);
+}
+
+/// SPEC §2 step 8: S is killed (SIGKILL: no BYE, no unhost, no goodbye on
+/// the link) in the middle of a call; T takes B back when the lease runs
+/// out. Renewals kept it hosted past one lease before that.
+#[test]
+fn a_killed_source_blade_strands_no_one_past_the_lease() {
+    const LEASE: u64 = 2;
+    let mut cluster = TestCluster::new(2, 71, LEASE as u32, 1);
+    let (s, t) = (0, 1);
+    cluster.spawn_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+
+    let (call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_eq!(cluster.sessions(s).len(), 1, "the child process is S");
+
+    // S renews the lease of a live session: still hosted after a lease.
+    std::thread::sleep(Duration::from_millis(LEASE * 1000 + 500));
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    cluster.kill_blade(s);
+    let killed = Instant::now();
+    let limit = Duration::from_secs(LEASE + 2);
+    loop {
+        let on_t = cluster.agent(t, "1002");
+        if on_t["state"] == "ready" {
+            assert_eq!(on_t["hosted_by"], serde_json::Value::Null, "{on_t}");
+            break;
+        }
+        assert_eq!(on_t["state"], "hosted", "{on_t}");
+        assert!(
+            killed.elapsed() < limit,
+            "1002 still hosted {:?} after S was killed: {on_t}",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // B is fully T's again: a local call reaches it.
+    let mut c = cluster.registered(t, "1003");
+    let (mut local, _) = answered_call(&mut c, &mut b, 1);
+    confirm(&mut c, &mut b, &local);
+    hang_up(&mut c, &mut b, &mut local);
+    cluster.wait_state(t, "1002", "ready");
+}
+
+/// SPEC §8: a process whose certificate comes from another CA (here one
+/// claiming to be blade-1) is no peer: it cannot host T's agents, and an
+/// INVITE with a made-up hosting token is refused 403.
+#[test]
+fn a_blade_from_another_ca_can_neither_host_nor_forge_a_token() {
+    let mut cluster = TestCluster::new(2, 73, 30, 1);
+    let (rogue, t) = (0, 1);
+    let rogue_certs = cluster.dir.path().join("rogue");
+    generate_cluster(&rogue_certs, &["blade-1".to_owned()]).expect("rogue certificates");
+    cluster.start_blade(t);
+    cluster.start_blade_with(rogue, &rogue_certs);
+    let mut a = cluster.registered(rogue, "1001");
+    let mut b = cluster.registered(t, "1002");
+
+    // The rogue's agent calls T's agent: the rogue has no link to host it.
+    let (call, resp) = failed_call(&mut a, "1002");
+    let status = resp.status().unwrap_or(0);
+    assert!(status == 480 || status == 503, "{}", first_line(&resp));
+    assert!(invites_of(&mut b, &call.call_id).is_empty());
+    wait_ready(&cluster, t, "1002");
+
+    // An INVITE straight to T from the rogue's address (which T's config
+    // names as blade-1's), with tokens T never issued.
+    let from_rogue = UdpSocket::bind((cluster.members[rogue].sip.ip(), 0)).expect("bind");
+    let t_sip = cluster.members[t].sip;
+    for param in [
+        "sbh=00112233445566778899aabbccddeeff",
+        "sbh=not-a-token",
+        "sbh",
+    ] {
+        let resp = forged_invite(&from_rogue, t_sip, param);
+        assert_eq!(resp.status(), Some(403), "{param}: {}", first_line(&resp));
+    }
+    // The same from an agent's address (not a blade at all).
+    let from_agent = UdpSocket::bind("127.0.0.11:0").expect("bind");
+    let resp = forged_invite(&from_agent, t_sip, "sbh=00112233445566778899aabbccddeeff");
+    assert_eq!(resp.status(), Some(403), "{}", first_line(&resp));
+    let stray = b.collect_where(QUIET, |m| m.method() == Some(Method::Invite));
+    assert!(stray.is_empty(), "B got INVITEs: {stray:?}");
+
+    wait_ready(&cluster, t, "1002");
+    assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 0.0);
+    assert!(!cluster.peer_up(t, "blade-1"), "{}", cluster.status(t));
+    assert!(
+        !cluster.peer_up(rogue, "blade-2"),
+        "{}",
+        cluster.status(rogue)
+    );
+    assert!(cluster.sessions(t).is_empty());
+}
+
+/// Sends, from `socket`, an INVITE for 1002 to `blade` with the URI
+/// parameter `param` (a hosting token) in its Request-URI; returns the
+/// final response.
+fn forged_invite(socket: &UdpSocket, blade: SocketAddr, param: &str) -> Message {
+    let me = socket.local_addr().expect("local address");
+    let n = common::unique();
+    let call_id = format!("forged-{n}@test");
+    let invite = format!(
+        "INVITE sip:1002@{blade};{param} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-forged{n}\r\n\
+         Max-Forwards: 69\r\nFrom: <sip:1001@{DOMAIN}>;tag=f{n}\r\nTo: <sip:1002@{DOMAIN}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{me}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    socket.send_to(invite.as_bytes(), blade).expect("send");
+    socket.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (len, from) = socket
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("no answer to the forged INVITE ({param}): {e}"));
+        assert_eq!(from, blade);
+        let resp = Message::parse(Bytes::copy_from_slice(&buf[..len])).expect("a response");
+        if resp.call_id() == call_id && resp.status().is_some_and(|s| s >= 200) {
+            return resp;
+        }
+    }
+}
+
+/// The directory converges after T restarts: S sees T go and come back,
+/// knows nothing of T's agents while T is down (480), and reaches B again
+/// once B registers on the new T, even before the link was back up.
+#[test]
+fn the_directory_converges_after_the_target_restarts() {
+    let mut cluster = TestCluster::start(2, 75);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, t, "1002");
+
+    cluster.stop_blade(t);
+    cluster.wait_until_peer_down(s, "blade-2");
+    let (_, resp) = failed_call(&mut a, "1002");
+    assert_eq!(resp.status(), Some(480), "{}", first_line(&resp));
+    cluster.wait_state(s, "1001", "ready");
+
+    // T comes back with no registrations; B registers as soon as T
+    // listens, likely before the link is up (the resync must carry it).
+    cluster.start_blade(t);
+    let mut b = cluster.registered(t, "1002");
+    cluster.wait_linked();
+    assert!(cluster.peer_up(s, "blade-2"), "{}", cluster.status(s));
+
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    confirm(&mut a, &mut b, &call);
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, t, "1002");
+    assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 2.0);
+}
+
+/// A call between two agents of the same blade is local: no hosting.
+#[test]
+fn a_local_call_takes_no_hosting() {
+    let cluster = TestCluster::start(2, 77);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut c = cluster.registered(s, "1003");
+    // T's agent registered too, so a directory lookup would have a peer.
+    let _b = cluster.registered(t, "1002");
+
+    let (mut call, _) = answered_call(&mut a, &mut c, 1);
+    let sessions = cluster.sessions(s);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["hosted"], serde_json::json!([]), "{sessions:?}");
+    confirm(&mut a, &mut c, &call);
+    hang_up(&mut a, &mut c, &mut call);
+    cluster.wait_state(s, "1001", "ready");
+    cluster.wait_state(s, "1003", "ready");
+
+    assert_eq!(calls(&cluster, s, "answered", "local"), 1.0);
+    assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 0.0);
+    assert_eq!(cluster.metric(s, "sipblade_hosting_rtt_seconds_count"), 0.0);
+    assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 0.0);
+    assert!(cluster.sessions(t).is_empty());
+    assert_eq!(cluster.agent(t, "1002")["state"], "ready");
+}
+
+/// Three blades: each caller's own blade hosts the callee, one session
+/// after the other.
+#[test]
+fn three_blades_each_source_hosts_in_turn() {
+    let cluster = TestCluster::start(3, 79);
+    let mut a = cluster.registered(0, "1001");
+    let mut b = cluster.registered(1, "1002");
+    let mut c = cluster.registered(2, "1003");
+
+    let (mut call, _) = answered_cross_call(&mut a, &mut c);
+    assert_hosted(&cluster, 2, "1003", "blade-1");
+    assert_eq!(cluster.sessions(0).len(), 1);
+    assert!(cluster.sessions(1).is_empty());
+    confirm(&mut a, &mut c, &call);
+    hang_up(&mut a, &mut c, &mut call);
+    wait_ready(&cluster, 2, "1003");
+
+    let (mut call, _) = answered_cross_call(&mut b, &mut c);
+    assert_hosted(&cluster, 2, "1003", "blade-2");
+    assert_eq!(cluster.sessions(1).len(), 1);
+    assert!(cluster.sessions(0).is_empty());
+    confirm(&mut b, &mut c, &call);
+    hang_up(&mut b, &mut c, &mut call);
+    wait_ready(&cluster, 2, "1003");
+
+    assert_eq!(calls(&cluster, 0, "answered", "cross_blade"), 1.0);
+    assert_eq!(calls(&cluster, 1, "answered", "cross_blade"), 1.0);
+    assert_eq!(cluster.metric(2, "sipblade_hosting_granted_total"), 2.0);
+}
+
+/// Two cores per blade: link messages reach the core that owns the agent
+/// or the session, and their answers come back (with two cores, 1002 and
+/// 1004 hash to core 0, 1001 and 1003 to core 1, and the link runs on
+/// core 0). Two calls each way, both up at once.
+#[test]
+fn cross_blade_calls_work_with_two_cores_per_blade() {
+    let cluster = TestCluster::start_with(2, 82, 30, 2);
+    let (s, t) = (0, 1);
+    let mut u1001 = cluster.registered(s, "1001");
+    let mut u1003 = cluster.registered(s, "1003");
+    let mut u1002 = cluster.registered(t, "1002");
+    let mut u1004 = cluster.registered(t, "1004");
+
+    two_cross_calls_at_once(
+        &cluster,
+        s,
+        t,
+        [(&mut u1001, &mut u1002), (&mut u1003, &mut u1004)],
+    );
+    two_cross_calls_at_once(
+        &cluster,
+        t,
+        s,
+        [(&mut u1002, &mut u1001), (&mut u1004, &mut u1003)],
+    );
+
+    // T hosts 1003 (core 1 on both blades); 1001, on S, calls it: S's core
+    // 1 hands the INVITE to T over the link on core 0, T's core 1 answers
+    // for its session, and the 486 finds its way back to S's core 1.
+    let (mut call, _) = answered_cross_call(&mut u1002, &mut u1003);
+    confirm(&mut u1002, &mut u1003, &call);
+    assert_hosted(&cluster, s, "1003", "blade-2");
+    busy_via_host(&mut u1001, &mut u1003);
+    assert_hosted(&cluster, s, "1003", "blade-2");
+    hang_up(&mut u1002, &mut u1003, &mut call);
+    wait_ready(&cluster, s, "1003");
+    assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 2.0);
+    assert_eq!(calls(&cluster, t, "answered", "cross_blade"), 3.0);
+    for blade in [s, t] {
+        let hosted_by_peer = if blade == s { 3.0 } else { 2.0 };
+        assert_eq!(
+            cluster.metric(blade, "sipblade_hosting_granted_total"),
+            hosted_by_peer
+        );
+        assert!(cluster.sessions(blade).is_empty());
+    }
+}
+
+/// Each caller (on `source`) calls its callee (on `target`); both calls
+/// are up at once, then both hang up.
+fn two_cross_calls_at_once(
+    cluster: &TestCluster,
+    source: usize,
+    target: usize,
+    pairs: [(&mut Ua, &mut Ua); 2],
+) {
+    let host = cluster.members[source].id.clone();
+    let mut live = Vec::new();
+    for (a, b) in pairs {
+        let (call, _) = answered_cross_call(a, b);
+        live.push((a, b, call));
+    }
+    for (_, b, _) in &live {
+        assert_hosted(cluster, target, &b.ext, &host);
+    }
+    assert_eq!(cluster.sessions(source).len(), 2);
+    for (a, b, call) in &mut live {
+        confirm(a, b, call);
+        hang_up(a, b, call);
+    }
+    for (a, b, _) in &live {
+        wait_ready(cluster, target, &b.ext);
+        cluster.wait_state(source, &a.ext, "ready");
+    }
+}
+
+/// T dies silently (SIGKILL; S has not noticed yet): S's host request
+/// goes unanswered, and the caller gets 503 with Retry-After once S stops
+/// waiting, not a hang; a CANCEL while S waits ends the call at once.
+#[test]
+fn a_silent_target_is_503_and_a_cancel_while_waiting_is_487() {
+    let mut cluster = TestCluster::new(2, 86, 30, 1);
+    let (s, t) = (0, 1);
+    cluster.start_blade(s);
+    cluster.spawn_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered(s, "1001");
+    let _b = cluster.registered(t, "1002");
+    cluster.kill_blade(t);
+
+    let started = Instant::now();
+    let (_, resp) = failed_call(&mut a, "1002");
+    assert_eq!(resp.status(), Some(503), "{}", first_line(&resp));
+    let text = String::from_utf8_lossy(resp.as_bytes()).into_owned();
+    assert!(text.contains("Retry-After:"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the 503 took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused(&cluster, s, "overloaded"), 1.0);
+    cluster.wait_state(s, "1001", "ready");
+    assert!(cluster.sessions(s).is_empty());
+
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    a.expect_where("100 Trying", |m| {
+        m.call_id() == call.call_id && m.status() == Some(100)
+    });
+    a.cancel(&call);
+    let cancelled = a.response(&call.call_id, Method::Cancel);
+    assert_eq!(cancelled.status(), Some(200), "{}", first_line(&cancelled));
+    let resp = a.response(&call.call_id, Method::Invite);
+    assert_eq!(resp.status(), Some(487), "{}", first_line(&resp));
+    a.ack_failure(&call, &resp);
+    cluster.wait_state(s, "1001", "ready");
+    assert!(cluster.sessions(s).is_empty());
+    assert_eq!(calls(&cluster, s, "cancelled", "cross_blade"), 1.0);
+    // The abandoned host request does not answer the caller again.
+    let late = a.collect_where(Duration::from_millis(1200), |m| m.call_id() == call.call_id);
+    assert!(late.is_empty(), "{late:?}");
+}
+
+/// A call T turns away busy because S hosts the callee (SPEC §2 step 6)
+/// is a call attempt on T like any other: `/metrics` counts it (local,
+/// busy), as T does when it finds no grant to redirect to.
+#[test]
+fn a_call_turned_away_busy_by_the_host_is_counted_on_the_agents_blade() {
+    let cluster = TestCluster::start(2, 84);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+    let mut c = cluster.registered(t, "1003");
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    busy_via_host(&mut c, &mut b);
+    let busy_on_t = calls(&cluster, t, "busy", "local") + calls(&cluster, t, "busy", "cross_blade");
+    assert_eq!(busy_on_t, 1.0, "the 486 that 1003 got is counted on T");
+
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, t, "1002");
 }

@@ -250,8 +250,12 @@ impl Proxy {
                     let Some(id) = c.awaiting_redirect.remove(&request_id) else {
                         return;
                     };
-                    if let Some(pair) = self.txs.get_mut(id) {
-                        pair.waiting = None;
+                    let Some(pair) = self.txs.get_mut(id) else {
+                        return;
+                    };
+                    pair.waiting = None;
+                    if pair.server.is_final() {
+                        return; // The caller cancelled meanwhile.
                     }
                     // Taking the request over (3xx) is not offered: the
                     // agent stays busy.
@@ -260,6 +264,11 @@ impl Proxy {
                     } else {
                         486
                     };
+                    // The call was for an agent of this blade: counted here.
+                    match status {
+                        486 | 600 => self.metrics.local.busy += 1,
+                        _ => self.metrics.local.failed += 1,
+                    }
                     self.answer_pending(now, id, status, out);
                 }
             }

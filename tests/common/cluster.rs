@@ -3,8 +3,11 @@
 //! CA: SIP on port 5060 and QUIC on 7060 of each address, admin on a port
 //! the OS picks.
 
-use std::net::SocketAddr;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use sipblade::cluster::certs::generate_cluster;
@@ -29,12 +32,43 @@ pub struct Member {
     pub quic: SocketAddr,
 }
 
+/// How a member runs, if it does.
+enum Running {
+    /// Not started, or stopped.
+    No,
+    /// In this process.
+    Here(Blade),
+    /// As a child process of the real binary (`sipblade run`).
+    Child(Child),
+}
+
+impl Running {
+    fn is_running(&self) -> bool {
+        !matches!(self, Running::No)
+    }
+
+    /// Stops it: gracefully in this process, with SIGKILL as a child.
+    fn stop(&mut self) {
+        match std::mem::replace(self, Running::No) {
+            Running::No => {}
+            Running::Here(blade) => blade.stop(),
+            Running::Child(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// A cluster of blades, stopped when dropped.
 pub struct TestCluster {
     /// The members, in order.
     pub members: Vec<Member>,
-    blades: Vec<Option<Blade>>,
+    blades: Vec<Running>,
     admins: Vec<SocketAddr>,
+    /// The admin port written in each member's config (0: the OS picks;
+    /// a child process needs a known one).
+    admin_ports: Vec<u16>,
     /// Where configs and certificates live.
     pub dir: tempfile::TempDir,
     lease_secs: u32,
@@ -50,6 +84,20 @@ impl TestCluster {
 
     /// [`TestCluster::start`] with a lease and a core count.
     pub fn start_with(n: usize, first_ip: u8, lease_secs: u32, cores: usize) -> TestCluster {
+        let mut cluster = TestCluster::new(n, first_ip, lease_secs, cores);
+        for i in 0..n {
+            cluster.start_blade(i);
+        }
+        cluster.wait_linked();
+        cluster
+    }
+
+    /// `n` members like [`TestCluster::start_with`], with their
+    /// certificates and agents file, none started: the test starts each
+    /// in this process ([`TestCluster::start_blade`]) or as a child
+    /// process ([`TestCluster::spawn_blade`]), then calls
+    /// [`TestCluster::wait_linked`].
+    pub fn new(n: usize, first_ip: u8, lease_secs: u32, cores: usize) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (0..n)
             .map(|i| {
@@ -64,19 +112,15 @@ impl TestCluster {
         let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
         generate_cluster(&dir.path().join("certs"), &ids).expect("certificates");
         std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
-        let mut cluster = TestCluster {
+        TestCluster {
             members,
-            blades: (0..n).map(|_| None).collect(),
+            blades: (0..n).map(|_| Running::No).collect(),
             admins: vec!["127.0.0.1:0".parse().expect("an address"); n],
+            admin_ports: vec![0; n],
             dir,
             lease_secs,
             cores,
-        };
-        for i in 0..n {
-            cluster.start_blade(i);
         }
-        cluster.wait_linked();
-        cluster
     }
 
     /// The config file of member `i`, with certificates from `certs`.
@@ -84,13 +128,14 @@ impl TestCluster {
         let m = &self.members[i];
         let mut text = format!(
             "[blade]\nid = \"{id}\"\ndomain = \"{domain}\"\nsip = \"{sip}\"\ncores = {cores}\n\
-             admin = \"{ip}:0\"\n\n[cluster]\nlisten = \"{quic}\"\nca = \"{ca}\"\ncert = \"{cert}\"\n\
+             admin = \"{ip}:{admin}\"\n\n[cluster]\nlisten = \"{quic}\"\nca = \"{ca}\"\ncert = \"{cert}\"\n\
              key = \"{key}\"\nlease_secs = {lease}\n\n",
             id = m.id,
             domain = super::DOMAIN,
             sip = m.sip,
             cores = self.cores,
             ip = m.sip.ip(),
+            admin = self.admin_ports[i],
             quic = m.quic,
             ca = certs.join("ca.pem").display(),
             cert = certs.join(format!("{}.pem", m.id)).display(),
@@ -112,34 +157,114 @@ impl TestCluster {
         text
     }
 
+    /// The cluster's certificates directory (CA, and each member's
+    /// certificate and key).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
     /// Writes member `i`'s config file and returns its path.
     pub fn write_config(&self, i: usize) -> PathBuf {
+        self.write_config_with(i, &self.certs_dir())
+    }
+
+    /// Writes member `i`'s config file, with certificates from `certs`,
+    /// and returns its path.
+    pub fn write_config_with(&self, i: usize, certs: &Path) -> PathBuf {
         let path = self.dir.path().join(format!("{}.toml", self.members[i].id));
-        let text = self.config_text(i, &self.dir.path().join("certs"));
+        let text = self.config_text(i, certs);
         std::fs::write(&path, text).expect("config file");
         path
     }
 
     /// Starts (or restarts) member `i` in this process.
     pub fn start_blade(&mut self, i: usize) {
-        let path = self.write_config(i);
+        let certs = self.certs_dir();
+        self.start_blade_with(i, &certs);
+    }
+
+    /// Starts member `i` in this process with certificates from `certs`
+    /// (another CA's: an impostor claiming the member's id).
+    pub fn start_blade_with(&mut self, i: usize, certs: &Path) {
+        assert!(!self.blades[i].is_running(), "member {i} already runs");
+        let path = self.write_config_with(i, certs);
         let config = Config::load(&path).expect("valid config");
         let blade = Blade::start_with(config, Options::default()).expect("the blade starts");
         self.admins[i] = blade.admin_addr().expect("an admin port");
-        self.blades[i] = Some(blade);
+        self.blades[i] = Running::Here(blade);
     }
 
-    /// Stops member `i` (gracefully).
+    /// Starts member `i` as a child process of the real binary
+    /// (`sipblade run --config FILE`, stderr in `DIR/ID.stderr`), on an
+    /// admin port chosen here; waits until its admin port answers.
+    pub fn spawn_blade(&mut self, i: usize) {
+        assert!(!self.blades[i].is_running(), "member {i} already runs");
+        let ip = self.members[i].sip.ip();
+        let port = TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free admin port")
+            .port();
+        self.admin_ports[i] = port;
+        let path = self.write_config(i);
+        let stderr = self.stderr_path(i);
+        let child = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("sipblade starts");
+        self.admins[i] = SocketAddr::new(ip, port);
+        self.blades[i] = Running::Child(child);
+        let admin = self.admins[i];
+        wait_until(
+            &format!("{}'s admin port {admin}", self.members[i].id),
+            || {
+                if let Running::Child(child) = &mut self.blades[i] {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!(
+                            "the child blade exited ({status}): {}",
+                            std::fs::read_to_string(&stderr).unwrap_or_default()
+                        );
+                    }
+                }
+                TcpStream::connect_timeout(&admin, Duration::from_millis(100)).is_ok()
+            },
+        );
+    }
+
+    /// Where a child process member writes its stderr.
+    pub fn stderr_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.stderr", self.members[i].id))
+    }
+
+    /// Kills the child process of member `i` with SIGKILL (no goodbye to
+    /// its peers, no unhost) and reaps it.
+    pub fn kill_blade(&mut self, i: usize) {
+        assert!(
+            matches!(self.blades[i], Running::Child(_)),
+            "member {i} is not a child process"
+        );
+        self.blades[i].stop();
+    }
+
+    /// Stops member `i`: gracefully in this process, a child with SIGKILL.
     pub fn stop_blade(&mut self, i: usize) {
-        if let Some(b) = self.blades[i].take() {
-            b.stop();
-        }
+        self.blades[i].stop();
+    }
+
+    /// Whether member `i` runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.blades[i].is_running()
     }
 
     /// Waits until every running member sees every other running one up.
     pub fn wait_linked(&self) {
         let running: Vec<usize> = (0..self.blades.len())
-            .filter(|&i| self.blades[i].is_some())
+            .filter(|&i| self.blades[i].is_running())
             .collect();
         for &i in &running {
             for &j in &running {
@@ -151,6 +276,14 @@ impl TestCluster {
                 }
             }
         }
+    }
+
+    /// Waits until member `i` reports `peer` down.
+    pub fn wait_until_peer_down(&self, i: usize, peer: &str) {
+        wait_until(
+            &format!("{} to see {peer} down", self.members[i].id),
+            || !self.peer_up(i, peer),
+        );
     }
 
     /// Whether member `i` reports `peer` up.
@@ -209,7 +342,7 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        for b in self.blades.iter_mut().filter_map(Option::take) {
+        for b in &mut self.blades {
             b.stop();
         }
     }
