@@ -50,6 +50,7 @@ fn proxy() -> Proxy {
         cores: 1,
         timers: TimerConfig::default(),
         max_transactions: 1 << 20,
+        cluster: None,
     };
     let registrar = Registrar::new(
         RegistrarSettings {

@@ -2,6 +2,12 @@
 //! drives this build's `sipblade` binary over loopback with the scenarios
 //! in `tests/sipp/` (agents register, then 50 calls INVITE / 180 / 200 /
 //! ACK / BYE / 200, five at a time) and fails on any failed call.
+//! `tests/sipp/cross.sh` does the same across two `sipblade run`
+//! processes linked over QUIC: callers registered on blade-1, callees on
+//! blade-2, so every call is cross-blade (SPEC §2); it also fails unless
+//! blade-1 counted every call as an answered cross-blade call and both
+//! blades end with no session and no agent hosted. The two run one after
+//! the other (a lock), not in parallel.
 //!
 //! When `sipp` is not on the PATH:
 //! - with the environment variable `CI` set (non-empty), the test FAILS:
@@ -12,6 +18,11 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// Held while a sipp script runs, so that the scripts do not compete for
+/// the machine's cores (their timeouts and CPU figures assume they don't).
+static SIPP: Mutex<()> = Mutex::new(());
 
 /// Whether a `sipp` executable can be started.
 fn sipp_installed() -> bool {
@@ -28,8 +39,9 @@ fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
-#[test]
-fn calls_through_sipp() {
+/// Runs `tests/sipp/SCRIPT` with this build's binary and asserts that it
+/// passed and printed `OK_LINE`; skipped (or failed in CI) without sipp.
+fn run_sipp_script(script: &str, ok_line: &str) {
     if !sipp_installed() {
         assert!(
             !in_ci(),
@@ -39,13 +51,16 @@ fn calls_through_sipp() {
         eprintln!("skipped: sipp not installed (run scripts/test as root to install sip-tester)");
         return;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/run.sh");
+    let _serial = SIPP.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sipp")
+        .join(script);
     let output = Command::new("bash")
-        .arg(&script)
+        .arg(&path)
         .arg(env!("CARGO_BIN_EXE_sipblade"))
         .stdin(Stdio::null())
         .output()
-        .expect("cannot start bash for tests/sipp/run.sh");
+        .unwrap_or_else(|e| panic!("cannot start bash for tests/sipp/{script}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Shown with `cargo test -- --nocapture`, and on failure.
@@ -53,11 +68,22 @@ fn calls_through_sipp() {
     eprintln!("{stderr}");
     assert!(
         output.status.success(),
-        "tests/sipp/run.sh failed ({}); its output is above",
+        "tests/sipp/{script} failed ({}); its output is above",
         output.status
     );
     assert!(
-        stdout.contains("sipp interop: OK"),
-        "tests/sipp/run.sh did not report success; its output is above"
+        stdout.contains(ok_line),
+        "tests/sipp/{script} did not report success; its output is above"
     );
+}
+
+#[test]
+fn calls_through_sipp() {
+    run_sipp_script("run.sh", "sipp interop: OK");
+}
+
+/// 50 cross-blade calls, 5 pairs at once (the script's defaults).
+#[test]
+fn cross_blade_calls_through_sipp() {
+    run_sipp_script("cross.sh", "sipp cross-blade: OK");
 }
