@@ -55,6 +55,10 @@ use session::Sessions;
 /// RFC 3261 §16.6 step 11: more than 3 minutes).
 pub const TIMER_C: Duration = Duration::from_secs(181);
 
+/// How many times `max_transactions` the table may hold in all, answered
+/// ones included, before new requests are refused (a memory bound).
+pub const LINGER_FACTOR: usize = 8;
+
 /// A proxy core's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -72,7 +76,10 @@ pub struct Settings {
     pub cores: usize,
     /// RFC 3261 timers.
     pub timers: TimerConfig,
-    /// Transactions this core holds before it answers 503.
+    /// Transactions awaiting their final response that this core holds
+    /// before it answers 503. Answered transactions linger (up to 64×T1
+    /// to absorb retransmissions) without counting; all of them together
+    /// are bounded by [`LINGER_FACTOR`] times this.
     pub max_transactions: usize,
     /// The other blades, when this blade is part of a cluster.
     pub cluster: Option<ClusterSettings>,
@@ -271,6 +278,8 @@ pub struct Proxy {
     via_scratch: String,
     /// Hosting state, when this blade has peers.
     cluster: Option<Cluster>,
+    /// Transactions whose request still awaits a final response.
+    pending: usize,
 }
 
 impl Proxy {
@@ -305,6 +314,7 @@ impl Proxy {
             draining: false,
             via_scratch: String::with_capacity(128),
             cluster,
+            pending: 0,
         }
     }
 
@@ -331,10 +341,7 @@ impl Proxy {
     /// Transactions still waiting for a final response: the work a
     /// stopping blade lets finish.
     pub fn pending_transactions(&self) -> usize {
-        self.txs
-            .iter()
-            .filter(|(_, p)| !p.server.is_final())
-            .count()
+        self.pending
     }
 
     /// Starts or stops refusing new out-of-dialog requests (503), for a
@@ -473,6 +480,7 @@ impl Proxy {
                     if let Some(c) = self.cluster.as_mut() {
                         c.awaiting_redirect.remove(&request_id);
                     }
+                    self.metrics.local.busy += 1;
                     self.answer_pending(now, id, 486, out);
                 }
             }
@@ -517,7 +525,9 @@ impl Proxy {
             return self.refuse(now, source, msg, &refusal, out);
         }
         let new_call = msg.to().tag().is_none();
-        if self.txs.len() >= self.settings.max_transactions || (self.draining && new_call) {
+        let max = self.settings.max_transactions;
+        let full = self.pending >= max || self.txs.len() >= max.saturating_mul(LINGER_FACTOR);
+        if full || (self.draining && new_call) {
             self.metrics.overloaded += 1;
             if let Some(data) = overload_response(&msg) {
                 out.transmits.push(Transmit {
@@ -702,7 +712,11 @@ impl Proxy {
 
     /// A new server transaction for `request`, without a client yet.
     fn insert(&mut self, request: Message, server: ServerTx) -> usize {
-        let key = ServerKey::of(&request);
+        let mut key = ServerKey::of(&request);
+        // An owned copy: a slice would keep the whole request buffer alive
+        // while the transaction lingers.
+        key.branch = Bytes::copy_from_slice(&key.branch);
+        self.pending += 1;
         let pair = TxPair {
             generation: 0,
             key: key.clone(),
@@ -728,6 +742,9 @@ impl Proxy {
         };
         if pair.is_done() {
             let pair = self.txs.remove(id);
+            if pair.request.is_some() {
+                self.pending -= 1;
+            }
             self.by_server.remove(&pair.key);
             if let Some(c) = pair.client {
                 self.by_client.remove(&(c.branch.clone(), false));
@@ -735,8 +752,8 @@ impl Proxy {
             }
             return;
         }
-        if pair.server.is_final() {
-            pair.request = None;
+        if pair.server.is_final() && pair.request.take().is_some() {
+            self.pending -= 1;
         }
         self.next_generation = self.next_generation.wrapping_add(1);
         pair.generation = self.next_generation;
@@ -950,11 +967,11 @@ impl Proxy {
         target: Peer,
         out: &mut Output,
     ) {
-        // The branch as a slice of the forwarded buffer: no copy.
+        // Owned, so a lingering transaction does not pin the request buffer.
         let branch = forwarded
             .top_via()
             .branch()
-            .map(|b| forwarded.buffer().slice_ref(b.as_bytes()))
+            .map(|b| Bytes::copy_from_slice(b.as_bytes()))
             .unwrap_or_default();
         let (client, first) = ClientTx::start(now, forwarded, data, target, self.settings.timers);
         out.transmits.push(first);

@@ -389,12 +389,20 @@ fn refusals() {
 #[test]
 fn overload_answers_503() {
     let mut b = Blade::new(false, 1);
-    b.register("1001");
-    b.advance(Duration::from_secs(40));
-    b.register("1002");
+    for ext in ["1001", "1002", "1003"] {
+        b.register(ext);
+    }
+    // Answered transactions linger without counting against the bound.
+    assert!(b.proxy.transactions() >= 3);
     let out = b.send(
         &terminal("1001"),
         &invite("1001", "1002", "c1", "z9hG4bKi1", ""),
+    );
+    assert_eq!(status(&out[0]), 100, "one pending transaction fits");
+    // The INVITE still awaits its answer: the next request is one too many.
+    let out = b.send(
+        &terminal("1003"),
+        &invite("1003", "1002", "c2", "z9hG4bKi2", ""),
     );
     assert_eq!(status(&out[0]), 503);
     assert_eq!(parse(&out[0]).header_named("Retry-After"), Some(&b"1"[..]));
