@@ -97,6 +97,7 @@ fn node(id: &str, sip: &str, peer: (&str, &str)) -> Node {
             secret: HostSecret::from_bytes([7; 32]),
             epoch_base: 1,
         }),
+        via_port: None,
     };
     let registrar = Registrar::new(
         RegistrarSettings {

@@ -83,6 +83,10 @@ pub struct Settings {
     pub max_transactions: usize,
     /// The other blades, when this blade is part of a cluster.
     pub cluster: Option<ClusterSettings>,
+    /// The UDP port this core's Via names, so that responses to the
+    /// requests it forwards come straight back to it rather than to
+    /// whichever core the kernel picks; `None` for the SIP port.
+    pub via_port: Option<u16>,
 }
 
 /// What one step of the proxy produced.
@@ -271,6 +275,8 @@ pub struct Proxy {
     sessions: Sessions,
     metrics: Metrics,
     sent_by: String,
+    /// The sent-by of UDP Vias: this core's own port.
+    udp_sent_by: String,
     record_route: String,
     /// Stopping: new out-of-dialog requests are refused with 503.
     draining: bool,
@@ -291,6 +297,10 @@ impl Proxy {
         agents: Arc<HashMap<String, Arc<Agent>>>,
     ) -> Self {
         let sent_by = settings.local.to_string();
+        let udp_sent_by = match settings.via_port {
+            Some(port) => SocketAddr::new(settings.local.ip(), port).to_string(),
+            None => sent_by.clone(),
+        };
         let record_route = format!("<sip:{sent_by};lr;{CORE_PARAM}={}>", settings.core);
         let cluster = settings
             .cluster
@@ -310,6 +320,7 @@ impl Proxy {
             sessions: Sessions::default(),
             metrics: Metrics::default(),
             sent_by,
+            udp_sent_by,
             record_route,
             draining: false,
             via_scratch: String::with_capacity(128),
@@ -575,10 +586,14 @@ impl Proxy {
     /// carries the loop hash this very request would get means the request
     /// came back unchanged: a loop. A different hash is a spiral (the
     /// request was retargeted), which is fine.
+    ///
+    /// Any core's Via counts (each names its own port), so a Via of ours
+    /// is one with our IP and a sipblade branch; the loop hash in the
+    /// branch makes a match specific to this request.
     fn is_loop(&self, msg: &Message) -> bool {
-        // Most requests carry no Via of ours: a substring search of the Via
-        // lines rules that out before anything is parsed.
-        let finder = memchr::memmem::Finder::new(self.sent_by.as_bytes());
+        // Most requests carry no Via of a sipblade: a substring search of
+        // the Via lines rules that out before anything is parsed.
+        let finder = memchr::memmem::Finder::new(BRANCH_PREFIX.as_bytes());
         if !msg
             .header_values(crate::sip::HeaderName::Via)
             .any(|v| finder.find(v).is_some())
@@ -587,10 +602,17 @@ impl Proxy {
         }
         let hash = route::loop_hash(msg);
         msg.vias().any(|v| {
-            v.port().unwrap_or(5060) == self.settings.local.port()
-                && route::host_ip(v.host(), v.host_kind()) == Some(self.settings.local.ip())
+            route::host_ip(v.host(), v.host_kind()) == Some(self.settings.local.ip())
                 && v.branch().and_then(route::loop_hash_of_branch) == Some(hash)
         })
+    }
+
+    /// The sent-by of a Via for a request that goes over `transport`.
+    fn sent_by(&self, transport: crate::sip::Transport) -> &str {
+        match transport {
+            crate::sip::Transport::Udp => &self.udp_sent_by,
+            _ => &self.sent_by,
+        }
     }
 
     /// Whether `uri` names this blade (its address; a default port is 5060).
@@ -932,7 +954,7 @@ impl Proxy {
             via,
             "SIP/2.0/{} {};branch={BRANCH_PREFIX}{}x{}.{:016x}",
             target.transport,
-            self.sent_by,
+            self.sent_by(target.transport),
             self.settings.core,
             self.next_branch,
             route::loop_hash(msg)
@@ -1045,7 +1067,8 @@ impl Proxy {
         );
         let via = format!(
             "SIP/2.0/{} {};branch={branch}",
-            target.transport, self.sent_by
+            target.transport,
+            self.sent_by(target.transport)
         );
         let edit = Forward {
             via: Some(&via),

@@ -62,6 +62,7 @@ impl Blade {
             timers: TimerConfig::default(),
             max_transactions,
             cluster: None,
+            via_port: None,
         };
         let registrar = Registrar::new(
             RegistrarSettings {

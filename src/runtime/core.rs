@@ -95,6 +95,9 @@ const ENTRIES_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Core {
     proxy: RefCell<Proxy>,
     socket: UdpSocket,
+    /// This core's own port, named in its Vias: responses to the requests
+    /// it forwards arrive here.
+    via_socket: UdpSocket,
     pub(crate) conns: Connections,
     mesh: Option<Senders<CoreMsg>>,
     shared: Arc<Shared>,
@@ -299,6 +302,10 @@ impl Core {
             }
             match t.to.transport {
                 Transport::Udp => {
+                    // Everything leaves from the SIP address: phones that
+                    // accept requests only from their registrar's address
+                    // keep working. Responses still reach this core's own
+                    // port, which our Vias name.
                     if let Err(e) = self.socket.send_to(&t.data, t.to.addr).await {
                         tracing::debug!(to = %t.to.addr, "send failed: {e}");
                     }
@@ -420,10 +427,39 @@ impl Core {
     }
 }
 
+/// Reads datagrams from the shared SIP socket, or from this core's own
+/// (`own`), until the blade stops.
+async fn receive_loop(core: Rc<Core>, own: bool) {
+    let socket = if own { &core.via_socket } else { &core.socket };
+    let mut buf = vec![0u8; DATAGRAM_MAX];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let data = Bytes::copy_from_slice(&buf[..n]);
+                core.on_datagram(Peer::udp(from), data).await;
+            }
+            Err(e) => {
+                if core.stopping() {
+                    break;
+                }
+                tracing::trace!("recv: {e}");
+            }
+        }
+    }
+}
+
+/// A core's UDP sockets.
+pub(crate) struct Sockets {
+    /// On the SIP address, shared with the other cores (SO_REUSEPORT).
+    pub sip: socket2::Socket,
+    /// On a port of this core's own.
+    pub via: socket2::Socket,
+}
+
 /// The body of one core's executor.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    socket: socket2::Socket,
+    sockets: Sockets,
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     status: flume::Receiver<SnapshotRequest>,
     link: Option<super::link::Setup>,
@@ -458,6 +494,12 @@ pub(crate) async fn run(
         own_agents,
         NonceManager::from_secret(shared.nonce_secret),
     );
+    let socket = UdpSocket::from(sockets.sip);
+    let via_socket = UdpSocket::from(sockets.via);
+    let via_port = via_socket.local_addr().ok().map(|a| a.port());
+    // A read timeout lets the receive loops notice a stop request.
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
+    let _ = via_socket.set_read_timeout(Some(Duration::from_millis(200)));
     let settings = Settings {
         blade_id: config.blade.id.clone(),
         domain: config.blade.domain.clone(),
@@ -468,13 +510,12 @@ pub(crate) async fn run(
         timers: shared.options.timers,
         max_transactions: shared.options.max_transactions,
         cluster: shared.cluster.clone(),
+        via_port,
     };
-    let socket = UdpSocket::from(socket);
-    // A read timeout lets the receive loop notice a stop request.
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
     let core = Rc::new(Core {
         proxy: RefCell::new(Proxy::new(settings, registrar, shared.agents.clone())),
         socket,
+        via_socket,
         mesh: senders,
         shared: shared.clone(),
         index,
@@ -524,26 +565,8 @@ pub(crate) async fn run(
         }
     }
 
-    let receiver = core.clone();
-    tasks.push(glommio::spawn_local(async move {
-        let mut buf = vec![0u8; DATAGRAM_MAX];
-        loop {
-            match receiver.socket.recv_from(&mut buf).await {
-                Ok((n, from)) => {
-                    let source = Peer::udp(from);
-                    receiver
-                        .on_datagram(source, Bytes::copy_from_slice(&buf[..n]))
-                        .await;
-                }
-                Err(e) => {
-                    if receiver.shared.stopping.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    tracing::trace!("recv: {e}");
-                }
-            }
-        }
-    }));
+    tasks.push(glommio::spawn_local(receive_loop(core.clone(), false)));
+    tasks.push(glommio::spawn_local(receive_loop(core.clone(), true)));
 
     if let Some(receivers) = receivers.as_mut() {
         for (_, stream) in receivers.streams() {

@@ -213,7 +213,17 @@ impl Blade {
         let mut executors = Vec::with_capacity(cores);
         let mut status_senders = Vec::with_capacity(cores);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        for (i, socket) in sockets.into_iter().enumerate() {
+        // Each core's own UDP port, named in the Vias it writes: responses
+        // come back to the core that owns their transaction.
+        let via_sockets = (0..cores)
+            .map(|_| socket::udp_reuseport(SocketAddr::new(sip.ip(), 0)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| StartError::Bind {
+                what: "per-core UDP",
+                addr: SocketAddr::new(sip.ip(), 0),
+                source,
+            })?;
+        for (i, (socket, via_socket)) in sockets.into_iter().zip(via_sockets).enumerate() {
             let (status_tx, status_rx) = flume::unbounded();
             status_senders.push(status_tx);
             let shared = shared.clone();
@@ -224,7 +234,13 @@ impl Blade {
             let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
                 .name(&format!("sipblade-core-{i}"))
                 .io_memory(IO_MEMORY)
-                .spawn(move || core::run(shared, socket, mesh, status_rx, link, ready))
+                .spawn(move || {
+                    let sockets = core::Sockets {
+                        sip: socket,
+                        via: via_socket,
+                    };
+                    core::run(shared, sockets, mesh, status_rx, link, ready)
+                })
                 .map_err(|e| StartError::Executor {
                     core: i,
                     message: e.to_string(),
