@@ -97,7 +97,7 @@ pub(crate) struct Core {
     socket: UdpSocket,
     /// This core's own port, named in its Vias: responses to the requests
     /// it forwards arrive here.
-    via_socket: UdpSocket,
+    via_socket: Option<UdpSocket>,
     pub(crate) conns: Connections,
     mesh: Option<Senders<CoreMsg>>,
     shared: Arc<Shared>,
@@ -430,7 +430,11 @@ impl Core {
 /// Reads datagrams from the shared SIP socket, or from this core's own
 /// (`own`), until the blade stops.
 async fn receive_loop(core: Rc<Core>, own: bool) {
-    let socket = if own { &core.via_socket } else { &core.socket };
+    let socket = match (own, &core.via_socket) {
+        (false, _) => &core.socket,
+        (true, Some(via)) => via,
+        (true, None) => return,
+    };
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
         match socket.recv_from(&mut buf).await {
@@ -452,8 +456,8 @@ async fn receive_loop(core: Rc<Core>, own: bool) {
 pub(crate) struct Sockets {
     /// On the SIP address, shared with the other cores (SO_REUSEPORT).
     pub sip: socket2::Socket,
-    /// On a port of this core's own.
-    pub via: socket2::Socket,
+    /// On a port of this core's own (several cores only).
+    pub via: Option<socket2::Socket>,
 }
 
 /// The body of one core's executor.
@@ -495,11 +499,16 @@ pub(crate) async fn run(
         NonceManager::from_secret(shared.nonce_secret),
     );
     let socket = UdpSocket::from(sockets.sip);
-    let via_socket = UdpSocket::from(sockets.via);
-    let via_port = via_socket.local_addr().ok().map(|a| a.port());
+    let via_socket = sockets.via.map(UdpSocket::from);
+    let via_port = via_socket
+        .as_ref()
+        .and_then(|s| s.local_addr().ok())
+        .map(|a| a.port());
     // A read timeout lets the receive loops notice a stop request.
     let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
-    let _ = via_socket.set_read_timeout(Some(Duration::from_millis(200)));
+    if let Some(via) = &via_socket {
+        let _ = via.set_read_timeout(Some(Duration::from_millis(200)));
+    }
     let settings = Settings {
         blade_id: config.blade.id.clone(),
         domain: config.blade.domain.clone(),
@@ -566,7 +575,9 @@ pub(crate) async fn run(
     }
 
     tasks.push(glommio::spawn_local(receive_loop(core.clone(), false)));
-    tasks.push(glommio::spawn_local(receive_loop(core.clone(), true)));
+    if core.via_socket.is_some() {
+        tasks.push(glommio::spawn_local(receive_loop(core.clone(), true)));
+    }
 
     if let Some(receivers) = receivers.as_mut() {
         for (_, stream) in receivers.streams() {

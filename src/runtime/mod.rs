@@ -213,10 +213,17 @@ impl Blade {
         let mut executors = Vec::with_capacity(cores);
         let mut status_senders = Vec::with_capacity(cores);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        // Each core's own UDP port, named in the Vias it writes: responses
-        // come back to the core that owns their transaction.
+        // With several cores, each gets a UDP port of its own, named in the
+        // Vias it writes: responses come back to the core that owns their
+        // transaction instead of hopping over from whichever core the
+        // kernel picked (measured: 15-19% less CPU per call at cores = 2,
+        // BENCHMARKS.md). One core needs none.
         let via_sockets = (0..cores)
-            .map(|_| socket::udp_reuseport(SocketAddr::new(sip.ip(), 0)))
+            .map(|_| {
+                (cores > 1)
+                    .then(|| socket::udp_reuseport(SocketAddr::new(sip.ip(), 0)))
+                    .transpose()
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| StartError::Bind {
                 what: "per-core UDP",
