@@ -51,6 +51,7 @@ fn proxy() -> Proxy {
         timers: TimerConfig::default(),
         max_transactions: 1 << 20,
         cluster: None,
+        via_port: None,
     };
     let registrar = Registrar::new(
         RegistrarSettings {

@@ -506,7 +506,12 @@ impl Worker {
             if let Some((len, from)) = self.recv(&mut buf) {
                 let data = Bytes::copy_from_slice(&buf[..len]);
                 match Message::parse(data) {
-                    Ok(msg) if msg.is_request() => self.uas_request(&msg, from),
+                    Ok(msg) if msg.is_request() => {
+                        // As a phone does (RFC 3261 §18.2.2): to the
+                        // source IP and the top Via's port.
+                        let port = msg.top_via().port().unwrap_or(5060);
+                        self.uas_request(&msg, SocketAddr::new(from.ip(), port));
+                    }
                     Ok(msg) => self.uac_response(&msg),
                     Err(_) => self.report.malformed += 1,
                 }
