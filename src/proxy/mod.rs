@@ -537,8 +537,11 @@ impl Proxy {
         }
         let new_call = msg.to().tag().is_none();
         let max = self.settings.max_transactions;
-        let full = self.pending >= max || self.txs.len() >= max.saturating_mul(LINGER_FACTOR);
-        if full || (self.draining && new_call) {
+        // In-dialog requests pass the pending bound: a BYE refused under
+        // load would leave its call, and both agents, up. Only the memory
+        // bound refuses them.
+        let busy = new_call && (self.pending >= max || self.draining);
+        if busy || self.txs.len() >= max.saturating_mul(LINGER_FACTOR) {
             self.metrics.overloaded += 1;
             if let Some(data) = overload_response(&msg) {
                 out.transmits.push(Transmit {

@@ -410,6 +410,32 @@ fn overload_answers_503() {
 }
 
 #[test]
+fn a_bye_passes_the_overload_bound() {
+    let mut b = Blade::new(false, 1);
+    for ext in ["1001", "1002", "1003"] {
+        b.register(ext);
+    }
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let out = b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi1", ""));
+    let fwd = parse(&out[1]);
+    let ok = parse(&b.send(&bb, &answer(&fwd, 200, "t2"))[0]);
+    b.send(&a, &in_dialog("ACK", "1001", &ok, 1, "z9hG4bKa1"));
+    // A second call, unanswered, fills the bound of one pending request.
+    let out = b.send(&a, &invite("1001", "1003", "c2", "z9hG4bKi2", ""));
+    assert_eq!(status(&out[0]), 100);
+    let out = b.send(
+        &terminal("1003"),
+        &invite("1003", "1002", "c3", "z9hG4bKi3", ""),
+    );
+    assert_eq!(status(&out[0]), 503, "a new call is shed");
+    // Hanging up the first call is not: it frees the agents.
+    let bye = b.send(&a, &in_dialog("BYE", "1001", &ok, 2, "z9hG4bKb1"));
+    assert_eq!(bye[0].to, udp(&bb), "the BYE is forwarded");
+    b.send(&bb, &answer(&parse(&bye[0]), 200, "t2"));
+    assert_eq!(b.state("1002"), "ready");
+}
+
+#[test]
 fn invites_are_challenged_when_auth_is_on() {
     let mut b = Blade::new(true, 100);
     b.register("1001");
