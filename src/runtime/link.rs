@@ -78,7 +78,12 @@ impl LinkDriver {
                     }
                     Dest::Peer(peer) => {
                         self.trace(&peer, &msg);
-                        let sent = if msg.class() == Class::Request {
+                        // An unhost needs no answer (the lease covers a
+                        // lost one): one-way, it saves the peer a reply and
+                        // this core a wake-up per call.
+                        let exchange =
+                            msg.class() == Class::Request && !matches!(msg, Message::Unhost { .. });
+                        let sent = if exchange {
                             link.request(now, &peer, frame).is_some()
                         } else {
                             link.send(now, &peer, frame)
