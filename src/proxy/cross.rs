@@ -29,7 +29,6 @@ use crate::cluster::hosting::{Directory, HostSecret, Source, SourceEvent, Target
 use crate::cluster::link::ReplyTo;
 use crate::sip::{Message, Uri};
 use crate::transaction::Peer;
-use crate::transaction::server::ServerTx;
 
 /// The Request-URI parameter carrying the hosting token from S to T.
 pub const TOKEN_PARAM: &str = "sbh";
@@ -346,18 +345,7 @@ impl Proxy {
         out: &mut Output,
     ) {
         let call_id = msg.call_id().to_owned();
-        let mut server = ServerTx::new(
-            true,
-            super::route::response_peer(source),
-            self.settings.timers,
-        );
-        let mut trying = bytes::BytesMut::new();
-        msg.response(100, "Trying", None, &[], &mut trying);
-        server.respond(now, 100, trying.freeze(), &mut out.transmits);
-        let id = self.insert(msg, server);
-        if let Some(pair) = self.txs.get_mut(id) {
-            pair.waiting = Some(Waiting::Grant { since: now });
-        }
+        let id = self.hold(now, source, msg, Waiting::Grant { since: now }, out);
         self.sessions.open(&call_id, caller, callee);
         if let Some(session) = self.sessions.get_mut(&call_id) {
             session.hosted = Some(Hosted {
@@ -453,25 +441,37 @@ impl Proxy {
             to: Dest::Peer(peer),
             msg: redirect,
         });
-        let mut server = ServerTx::new(
-            true,
-            super::route::response_peer(source),
-            self.settings.timers,
+        let until = now + REDIRECT_WAIT;
+        let id = self.hold(
+            now,
+            source,
+            msg,
+            Waiting::Redirect { request_id, until },
+            out,
         );
-        let mut trying = bytes::BytesMut::new();
-        msg.response(100, "Trying", None, &[], &mut trying);
-        server.respond(now, 100, trying.freeze(), &mut out.transmits);
-        let id = self.insert(msg, server);
-        if let Some(pair) = self.txs.get_mut(id) {
-            pair.waiting = Some(Waiting::Redirect {
-                request_id,
-                until: now + REDIRECT_WAIT,
-            });
-        }
         if let Some(c) = self.cluster.as_mut() {
             c.awaiting_redirect.insert(request_id, id);
         }
         self.reschedule(id);
+    }
+
+    /// Holds INVITE `msg` for the cluster: a server transaction that has
+    /// answered 100 Trying, with no client transaction until `waiting` is
+    /// resolved. Returns the transaction's id.
+    fn hold(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        waiting: Waiting,
+        out: &mut Output,
+    ) -> usize {
+        let server = self.trying(now, source, &msg, out);
+        let id = self.insert(msg, server);
+        if let Some(pair) = self.txs.get_mut(id) {
+            pair.waiting = Some(waiting);
+        }
+        id
     }
 
     /// S: the session `call_id` ended; its hosted agent goes back.

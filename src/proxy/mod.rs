@@ -928,16 +928,23 @@ impl Proxy {
             Ok(f) => f,
             Err(refusal) => return self.refuse(now, source, msg, &refusal, out),
         };
-        let invite = msg.method() == Some(Method::Invite);
-        let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
-        if invite {
-            // §16.2: answer 100 at once so the caller stops retransmitting.
-            let mut trying = BytesMut::new();
-            msg.response(100, "Trying", None, &[], &mut trying);
-            server.respond(now, 100, trying.freeze(), &mut out.transmits);
-        }
+        let server = if msg.method() == Some(Method::Invite) {
+            self.trying(now, source, &msg, out)
+        } else {
+            ServerTx::new(false, route::response_peer(source), self.settings.timers)
+        };
         let id = self.insert(msg, server);
         self.start_client(now, id, forwarded, data, target, out);
+    }
+
+    /// A server transaction for INVITE `msg` that has answered 100 Trying
+    /// (§16.2: at once, so the caller stops retransmitting).
+    fn trying(&self, now: Duration, source: Peer, msg: &Message, out: &mut Output) -> ServerTx {
+        let mut server = ServerTx::new(true, route::response_peer(source), self.settings.timers);
+        let mut trying = BytesMut::new();
+        msg.response(100, "Trying", None, &[], &mut trying);
+        server.respond(now, 100, trying.freeze(), &mut out.transmits);
+        server
     }
 
     /// The request to send downstream: a new Via, and the Record-Route,
