@@ -74,7 +74,7 @@ fn parsing_and_typed_views_do_not_allocate() {
         via: Some("SIP/2.0/UDP 198.51.100.1:5060;branch=z9hG4bKsb7f3a9c21d04e55"),
         record_route: Some("<sip:198.51.100.1;lr>"),
         request_uri: Some("sip:1002@198.51.100.20:5060"),
-        pop_route: true,
+        pop_routes: 1,
     };
     let mut out = BytesMut::with_capacity(4096);
     for (name, data) in INPUTS {

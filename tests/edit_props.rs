@@ -557,7 +557,7 @@ struct Edits {
     via: Option<String>,
     record_route: Option<String>,
     request_uri: Option<String>,
-    pop_route: bool,
+    pop_routes: usize,
 }
 
 fn edits() -> impl Strategy<Value = Edits> {
@@ -571,13 +571,13 @@ fn edits() -> impl Strategy<Value = Edits> {
             "[a-z0-9]{1,8}".prop_map(|u| format!("<sip:{u}@proxy.example;lr>")),
         ]),
         option::of(request_uri()),
-        any::<bool>(),
+        0..4usize,
     )
-        .prop_map(|(via, record_route, request_uri, pop_route)| Edits {
+        .prop_map(|(via, record_route, request_uri, pop_routes)| Edits {
             via,
             record_route,
             request_uri,
-            pop_route,
+            pop_routes,
         })
 }
 
@@ -687,7 +687,7 @@ proptest! {
             via: e.via.as_deref(),
             record_route: e.record_route.as_deref(),
             request_uri: e.request_uri.as_deref(),
-            pop_route: e.pop_route,
+            pop_routes: e.pop_routes,
         };
         let mut out = BytesMut::new();
         prop_assert!(orig.forward(&edit, &mut out).is_ok());
@@ -716,11 +716,10 @@ proptest! {
         }
         prop_assert_eq!(record_routes_of(&fwd), want_rr);
 
-        // Exactly the top Route value popped, if asked and there is one.
+        // Exactly the top Route values asked for popped, as many as there are.
         let old_routes = g.values(Kind::Route);
-        let popped = e.pop_route && !old_routes.is_empty();
-        let want_routes = if popped { &old_routes[1..] } else { &old_routes[..] };
-        prop_assert_eq!(routes_of(&fwd), want_routes);
+        let popped = e.pop_routes.min(old_routes.len());
+        prop_assert_eq!(routes_of(&fwd), &old_routes[popped..]);
 
         let want_mf = g.max_forwards().map_or(70, |n| n - 1);
         prop_assert_eq!(fwd.max_forwards(), Some(want_mf));
@@ -737,17 +736,19 @@ proptest! {
 
         // Line by line: what was not edited is copied as it was, in order;
         // the edited lines are spliced, not rewritten.
-        let first_route = g.lines.iter().position(|l| l.kind == Kind::Route);
+        let mut to_pop = e.pop_routes;
         let mut untouched = Vec::new();
         let mut edited = Vec::new();
-        for (i, (line, l)) in lines(&orig).into_iter().zip(&g.lines).enumerate() {
+        for (line, l) in lines(&orig).into_iter().zip(&g.lines) {
             if l.kind == Kind::MaxForwards {
                 let n: u8 = l.values[0].parse().unwrap();
                 edited.push(format!("{}{}{}\r\n", l.name, l.colon, n - 1));
-            } else if popped && Some(i) == first_route {
-                if l.values.len() > 1 {
-                    edited.push(l.text_from(1));
+            } else if l.kind == Kind::Route && to_pop > 0 {
+                // The line loses its first values; gone if it loses all.
+                if l.values.len() > to_pop {
+                    edited.push(l.text_from(to_pop));
                 }
+                to_pop = to_pop.saturating_sub(l.values.len());
             } else if l.kind == Kind::ContentLength && folded(line) {
                 // Stream framers read Content-Length from one line.
                 edited.push(format!("Content-Length: {}\r\n", g.body.len()));

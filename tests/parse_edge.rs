@@ -930,7 +930,7 @@ fn exercise(b: &[u8]) -> bool {
             via: Some("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx"),
             record_route: Some("<sip:192.0.2.1;lr>"),
             request_uri: Some("sip:x@192.0.2.2"),
-            pop_route: true,
+            pop_routes: 1,
         };
         if m.forward(&edit, &mut out).is_ok() {
             // A forwarded valid request is a valid request.

@@ -139,6 +139,15 @@ fn a_udp_caller_reaches_a_tcp_callee_and_back() {
         "our Via names the transport we used"
     );
     assert_eq!(forwarded.vias().nth(1).unwrap().transport(), "UDP");
+    // Bridging transports, the blade record-routes twice (RFC 5658): the
+    // callee's side (TCP) on top, the caller's (UDP) below.
+    let rrs: Vec<String> = forwarded
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    assert_eq!(rrs.len(), 2, "{rrs:?}");
+    assert!(rrs[0].contains("transport=tcp"), "{rrs:?}");
+    assert!(rrs[1].contains("transport=udp"), "{rrs:?}");
 
     callee.send(&answer(&forwarded, 200, &callee_addr));
     let ok = recv_udp(&caller);
@@ -147,9 +156,28 @@ fn a_udp_caller_reaches_a_tcp_callee_and_back() {
         agent(blade.admin, "1002")["state"] == "in_call"
     });
 
-    // The BYE follows the Record-Route and reaches the callee on its
-    // connection (its Contact's port is ephemeral: not listening).
-    let route = String::from_utf8_lossy(ok.record_routes().next().unwrap().as_bytes()).into_owned();
+    // The callee's in-dialog request goes out on its connection along the
+    // route set as recorded, and reaches the caller over UDP.
+    let info = format!(
+        "INFO sip:1001@{caller_addr} SIP/2.0\r\nVia: SIP/2.0/TCP {callee_addr};branch=z9hG4bKtcp3\r\n\
+         Route: {}\r\nMax-Forwards: 70\r\nFrom: <sip:1002@cc.example>;tag=callee\r\n\
+         To: <sip:1001@cc.example>;tag=a\r\nCall-ID: tcp-bridge-1\r\nCSeq: 1 INFO\r\nContent-Length: 0\r\n\r\n",
+        rrs.join(", ")
+    );
+    callee.send(&info);
+    let info = recv_udp(&caller);
+    assert_eq!(info.method_str(), Some("INFO"));
+    assert_eq!(info.routes().count(), 0, "both of our Routes popped");
+    assert_eq!(info.top_via().transport(), "UDP");
+    caller
+        .send_to(answer(&info, 200, &caller_addr).as_bytes(), blade.sip)
+        .unwrap();
+    assert_eq!(callee.recv().status(), Some(200), "the INFO's answer");
+
+    // The BYE follows the route set (the Record-Route reversed) and
+    // reaches the callee on its connection (its Contact's port is
+    // ephemeral: not listening).
+    let route = format!("{}, {}", rrs[1], rrs[0]);
     let bye = format!(
         "BYE sip:1002@{callee_addr};transport=tcp SIP/2.0\r\nVia: SIP/2.0/UDP {caller_addr};branch=z9hG4bKtcp2\r\n\
          Route: {route}\r\nMax-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=a\r\n\
@@ -158,6 +186,7 @@ fn a_udp_caller_reaches_a_tcp_callee_and_back() {
     caller.send_to(bye.as_bytes(), blade.sip).unwrap();
     let bye = callee.recv();
     assert_eq!(bye.method_str(), Some("BYE"));
+    assert_eq!(bye.routes().count(), 0, "both of our Routes popped");
     callee.send(&answer(&bye, 200, &callee_addr));
     assert_eq!(recv_udp(&caller).status(), Some(200));
     wait_until("both ready", || {

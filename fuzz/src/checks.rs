@@ -29,7 +29,7 @@ const FORWARD: Forward<'static> = Forward {
     via: Some(VIA),
     record_route: Some(RECORD_ROUTE),
     request_uri: Some(REQUEST_URI),
-    pop_route: true,
+    pop_routes: 1,
 };
 /// A stream limit small enough for fuzz inputs to reach the too-large paths.
 const SMALL_MAX: usize = 512;

@@ -410,7 +410,7 @@ impl Proxy {
             msg,
             binding.peer,
             Some(&binding.uri),
-            false,
+            0,
             true,
             out,
         );
@@ -562,9 +562,9 @@ impl Proxy {
             };
             pair.waiting = None;
             let request = pair.request.clone().filter(|_| !pair.server.is_final())?;
-            Some((id, since, request))
+            Some((id, since, request, pair.server.peer().transport))
         });
-        let (Some((id, since, request)), Some(target)) = (pending, target) else {
+        let (Some((id, since, request, upstream)), Some(target)) = (pending, target) else {
             // The caller gave up meanwhile (or the peer has no SIP address):
             // hand the agent back at once.
             if let Some(id) = id {
@@ -582,7 +582,8 @@ impl Proxy {
         }
         let uri = format!("sip:{extension}@{target};{TOKEN_PARAM}={}", token.to_hex());
         let target = Peer::udp(target);
-        match self.build_forward(&request, target, Some(&uri), false, true) {
+        let upstream = Some(upstream);
+        match self.build_forward(&request, target, Some(&uri), 0, upstream) {
             Ok((forwarded, data)) => self.start_client(now, id, forwarded, data, target, out),
             Err(refusal) => {
                 self.answer_pending(now, id, refusal.status, out);

@@ -552,11 +552,11 @@ impl Proxy {
             return;
         }
 
-        // Loose routing (§16.4): a top Route naming us is ours to remove.
-        let pop_route = msg.routes().next().is_some_and(|r| self.is_us(&r.uri()));
+        // Loose routing (§16.4): top Routes naming us are ours to remove.
+        let ours = self.our_routes(&msg);
         let next_route = msg
             .routes()
-            .nth(usize::from(pop_route))
+            .nth(ours)
             .and_then(|r| route::uri_peer(&r.uri()));
         if msg.max_forwards() == Some(0)
             && !(method == Method::Options && self.is_blade_options(&msg))
@@ -567,7 +567,7 @@ impl Proxy {
             return self.refuse(now, source, msg, &Refusal::new(482, "Loop Detected"), out);
         }
         if msg.to().tag().is_some() || next_route.is_some() {
-            return self.forward_in_dialog(now, source, msg, pop_route, next_route, out);
+            return self.forward_in_dialog(now, source, msg, ours, next_route, out);
         }
         if method == Method::Register {
             return self.handle_register(now, source, msg, out);
@@ -616,6 +616,12 @@ impl Proxy {
             crate::sip::Transport::Udp => &self.udp_sent_by,
             _ => &self.sent_by,
         }
+    }
+
+    /// How many of the top Routes name this blade: one, or two where it
+    /// record-routed twice to change transport (RFC 5658).
+    fn our_routes(&self, msg: &Message) -> usize {
+        msg.routes().take_while(|r| self.is_us(&r.uri())).count()
     }
 
     /// Whether `uri` names this blade (its address; a default port is 5060).
@@ -879,7 +885,7 @@ impl Proxy {
             msg,
             target,
             Some(&binding.uri),
-            false,
+            0,
             record_route,
             out,
         );
@@ -919,11 +925,12 @@ impl Proxy {
         msg: Message,
         target: Peer,
         request_uri: Option<&str>,
-        pop_route: bool,
+        pop_routes: usize,
         record_route: bool,
         out: &mut Output,
     ) {
-        let forwarded = self.build_forward(&msg, target, request_uri, pop_route, record_route);
+        let record_route = record_route.then_some(source.transport);
+        let forwarded = self.build_forward(&msg, target, request_uri, pop_routes, record_route);
         let (forwarded, data) = match forwarded {
             Ok(f) => f,
             Err(refusal) => return self.refuse(now, source, msg, &refusal, out),
@@ -937,6 +944,15 @@ impl Proxy {
         self.start_client(now, id, forwarded, data, target, out);
     }
 
+    /// Our Record-Route entry for the side reached over `transport`.
+    fn record_route_over(&self, transport: crate::sip::Transport) -> String {
+        let name = transport.to_string().to_ascii_lowercase();
+        format!(
+            "<sip:{};lr;{CORE_PARAM}={};transport={name}>",
+            self.sent_by, self.settings.core
+        )
+    }
+
     /// A server transaction for INVITE `msg` that has answered 100 Trying
     /// (§16.2: at once, so the caller stops retransmitting).
     fn trying(&self, now: Duration, source: Peer, msg: &Message, out: &mut Output) -> ServerTx {
@@ -948,14 +964,17 @@ impl Proxy {
     }
 
     /// The request to send downstream: a new Via, and the Record-Route,
-    /// Request-URI and Route edits asked for.
+    /// Request-URI and Route edits asked for. `record_route` names the
+    /// transport the request came in on: when it differs from the
+    /// target's, we record-route twice, one entry per side (RFC 5658), so
+    /// each side's in-dialog requests use its own transport.
     fn build_forward(
         &mut self,
         msg: &Message,
         target: Peer,
         request_uri: Option<&str>,
-        pop_route: bool,
-        record_route: bool,
+        pop_routes: usize,
+        record_route: Option<crate::sip::Transport>,
     ) -> Result<(Message, Bytes), Refusal> {
         self.next_branch += 1;
         let mut via = std::mem::take(&mut self.via_scratch);
@@ -969,11 +988,24 @@ impl Proxy {
             self.next_branch,
             route::loop_hash(msg)
         );
+        let bridged;
+        let record_route = match record_route {
+            Some(upstream) if upstream != target.transport => {
+                bridged = format!(
+                    "{}, {}",
+                    self.record_route_over(target.transport),
+                    self.record_route_over(upstream)
+                );
+                Some(bridged.as_str())
+            }
+            Some(_) => Some(self.record_route.as_str()),
+            None => None,
+        };
         let edit = Forward {
             via: Some(&via),
-            record_route: record_route.then_some(self.record_route.as_str()),
+            record_route,
             request_uri,
-            pop_route,
+            pop_routes,
         };
         let mut buf = BytesMut::new();
         let edited = msg.forward(&edit, &mut buf);
@@ -1026,7 +1058,7 @@ impl Proxy {
         now: Duration,
         source: Peer,
         msg: Message,
-        pop_route: bool,
+        pop_routes: usize,
         next_route: Option<Peer>,
         out: &mut Output,
     ) {
@@ -1038,7 +1070,7 @@ impl Proxy {
             let call_id = msg.call_id().to_owned();
             self.end_session(now, &call_id, out);
         }
-        self.forward(now, source, msg, target, None, pop_route, false, out);
+        self.forward(now, source, msg, target, None, pop_routes, false, out);
     }
 
     /// Where the Request-URI points. When it is the registered contact of
@@ -1060,10 +1092,10 @@ impl Proxy {
     /// ACK for a 2xx travels end to end (§16.7 does not apply; the ACK has
     /// its own branch): forward it statelessly along Route / R-URI.
     fn forward_ack(&mut self, msg: &Message, out: &mut Output) {
-        let pop_route = msg.routes().next().is_some_and(|r| self.is_us(&r.uri()));
+        let pop_routes = self.our_routes(msg);
         let next = msg
             .routes()
-            .nth(usize::from(pop_route))
+            .nth(pop_routes)
             .and_then(|r| route::uri_peer(&r.uri()));
         let Some(target) = next.or_else(|| self.request_uri_peer(msg)) else {
             return;
@@ -1082,7 +1114,7 @@ impl Proxy {
         );
         let edit = Forward {
             via: Some(&via),
-            pop_route,
+            pop_routes,
             ..Forward::default()
         };
         let mut buf = BytesMut::new();

@@ -23,8 +23,10 @@ pub struct Forward<'a> {
     pub record_route: Option<&'a str>,
     /// A new Request-URI.
     pub request_uri: Option<&'a str>,
-    /// Remove the top Route value (it named this proxy).
-    pub pop_route: bool,
+    /// How many Route values to remove from the top (those naming this
+    /// proxy: one, or two where it record-routed twice to change
+    /// transport, RFC 5658).
+    pub pop_routes: usize,
 }
 
 /// Why a request cannot be forwarded.
@@ -116,6 +118,25 @@ fn put_u32(out: &mut BytesMut, n: u32) {
     out.put_slice(&digits[i..]);
 }
 
+/// Skips up to `n` name-addr values of a list header: how many it
+/// skipped, and `Some(offset of the next value)` or `None` when the header
+/// has no more (the whole line goes).
+fn skip_values(msg: &Message, value: super::span::Span, n: usize) -> (usize, Option<usize>) {
+    let mut c = Cursor::new(msg.as_bytes(), value);
+    let mut skipped = 0;
+    while skipped < n {
+        if name_addr::parse(&mut c, true).is_none() {
+            // Unparsable (never after validation): drop the whole line.
+            return (skipped + 1, None);
+        }
+        skipped += 1;
+        if !c.sep(b',') {
+            return (skipped, None);
+        }
+    }
+    (skipped, Some(c.pos))
+}
+
 /// Where the first value of a list header ends and the rest begins:
 /// `Some(offset of the next value)` or `None` if it is the only value.
 fn rest_after_first(
@@ -165,17 +186,17 @@ impl Message {
         if let Some(rr) = edit.record_route {
             s.put_header("Record-Route", rr.as_bytes());
         }
-        let mut route_popped = !edit.pop_route;
+        let mut to_pop = edit.pop_routes;
         for h in self.header_fields() {
             match h.name {
                 HeaderName::MaxForwards => {
                     s.cut(h.value.start as usize, h.value.end as usize);
                     put_u32(s.out, u32::from(self.max_forwards().unwrap_or(1)) - 1);
                 }
-                HeaderName::Route if !route_popped => {
-                    route_popped = true;
-                    let one = |c: &mut Cursor<'_>| name_addr::parse(c, true).is_some();
-                    match rest_after_first(self, h.value, one) {
+                HeaderName::Route if to_pop > 0 => {
+                    let (popped, rest) = skip_values(self, h.value, to_pop);
+                    to_pop -= popped;
+                    match rest {
                         Some(next) => s.cut(h.value.start as usize, next),
                         None => s.cut(h.line().start as usize, h.end as usize),
                     }
@@ -419,7 +440,7 @@ Content-Length: 4\r\n\r\nbody-trailing";
             via: Some("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKnew"),
             record_route: Some("<sip:127.0.0.1;lr>"),
             request_uri: Some("sip:1002@10.0.0.2:5062"),
-            pop_route: true,
+            pop_routes: 1,
         };
         msg.forward(&edit, &mut out).unwrap();
         let fwd = parse(&out);
@@ -463,7 +484,7 @@ Content-Length: 4\r\n\r\nbody-trailing";
         parse(raw.as_bytes())
             .forward(
                 &Forward {
-                    pop_route: true,
+                    pop_routes: 1,
                     ..Forward::default()
                 },
                 &mut out,
