@@ -124,7 +124,7 @@ impl Blade {
     /// [`Blade::start`] with runtime options.
     pub fn start_with(config: Config, options: Options) -> Result<Blade, StartError> {
         let cores = match config.blade.cores {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => allowed_cpus().len(),
             n => n,
         };
         let addr = config.blade.sip;
@@ -209,7 +209,7 @@ impl Blade {
         });
 
         let mesh = MeshBuilder::full(cores, MESH_CAPACITY);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = allowed_cpus();
         let mut executors = Vec::with_capacity(cores);
         let mut status_senders = Vec::with_capacity(cores);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -238,7 +238,7 @@ impl Blade {
             // The first core also runs the inter-blade link.
             let link = link.take();
             let ready = ready_tx.clone();
-            let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
                 .name(&format!("sipblade-core-{i}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || {
@@ -321,4 +321,21 @@ fn epoch_base() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The CPUs this process may run on (its affinity mask: `taskset`, a
+/// container's cpuset), in order; core `i` is pinned to the `i`-th. Every
+/// CPU the machine reports when the mask cannot be read.
+fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    let all = || (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => {
+            let cpus: Vec<usize> = (0..CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .collect();
+            if cpus.is_empty() { all() } else { cpus }
+        }
+        Err(_) => all(),
+    }
 }
