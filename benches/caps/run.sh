@@ -1,0 +1,584 @@
+#!/usr/bin/env bash
+# Side-by-side CAPS (calls per second) harness: the same sipp load through
+# sipblade and through Kamailio 5.6 configured as its equal
+# (benches/caps/kamailio.cfg: in-memory registrar, tm stateful relay, rr
+# record-routing, no authentication), on loopback only.
+#
+#   benches/caps/run.sh [--smoke] [options]
+#
+# What it does:
+#   1. installs Debian's sip-tester (sipp) and kamailio if missing (as root,
+#      with apt-get), builds target/release/sipblade if missing;
+#   2. checks the Kamailio config (`kamailio -c`), starts Kamailio
+#      (children = CORES) on 127.0.0.42 and sipblade (cores = CORES,
+#      auth = false, PAIRS caller/callee pairs of agents) on 127.0.0.41,
+#      each on a free port;
+#   3. registers the callees (from the UAS address 127.0.0.44) and the
+#      callers (from the UAC address 127.0.0.43) on both proxies;
+#   4. for each offered rate, one phase per proxy (the order alternates
+#      from one rate to the next): a sipp UAS (sipp/uas_call.xml) and a
+#      sipp UAC (sipp/uac_call.xml: INVITE -> 100/180/200 -> ACK -> hold ->
+#      BYE -> 200) placing CALLS calls at that rate (-r), call N by pair
+#      N mod PAIRS;
+#   5. then, at one moderate rate, busy calls (the callee answers 486,
+#      sipp/u[ac]s_busy.xml) and calls cancelled after the 180
+#      (sipp/u[ac]s_cancel.xml) through each proxy;
+#   6. reports, per proxy, scenario and rate: calls ok / failed (sipp's
+#      counters: a call whose outcome was not the scenario's is failed),
+#      achieved CAPS, the proxy's CPU in ms per 1,000 calls (utime + stime
+#      from /proc/PID/stat of every process of the proxy's process group:
+#      Kamailio's main process and all the children it forks, sipblade's
+#      one process with all its threads; sampled just before the UAC starts
+#      and just after it exits; also from the threads' schedstat, and that
+#      less the proxy's idle CPU measured before the phases), sipp's own CPU
+#      (UAC + UAS, from their rusage) and the call setup time (INVITE sent
+#      to 200 received at the UAC, sipp -trace_rtt) p50 / p99 / mean, in
+#      sipp's whole milliseconds. A markdown table goes to stdout;
+#      results.json, results.tsv, table.md and two SVG plots (caps.svg:
+#      achieved vs offered CAPS; cpu.svg: proxy CPU per 1,000 calls vs
+#      offered rate) go to OUT (default target/caps/).
+#
+# Options (each also as an environment variable):
+#   --smoke               200 calls at 50/s and 50 busy + 50 cancelled calls
+#                         per proxy; exit 1 unless every call of both
+#                         proxies succeeded (what tests/caps_smoke.rs runs)
+#   --rates "R1 R2 ..."   CAPS_RATES, offered rates (default "100 200 400 800")
+#   --calls N             CAPS_CALLS, calls per rate and proxy (default 2000)
+#   --extra-rate R        CAPS_EXTRA_RATE, rate of the busy/cancel phases (200)
+#   --extra-calls N       CAPS_EXTRA_CALLS, calls per busy/cancel phase (1000)
+#   --pairs N             CAPS_PAIRS, caller/callee pairs (default 500; an
+#                         agent takes one call at a time, so a pair must not
+#                         be reused before its last call ended: the UAC
+#                         keeps at most PAIRS calls open, sipp -l)
+#   --cores N             CAPS_CORES, sipblade cores = Kamailio children (2)
+#   --hold-ms N           CAPS_HOLD_MS, ACK to BYE (default 10)
+#   --idle-secs N         CAPS_IDLE_SECS, idle CPU measurement (default 3)
+#   --out DIR             CAPS_OUT, results directory (default target/caps)
+#   --bin PATH            SIPBLADE_BIN, the sipblade binary
+#   --keep                CAPS_KEEP=1, keep the work directory with all logs
+#
+# Exit status: 0 when the run completed (in a full run, failed calls are
+# reported, not fatal; --smoke fails on any), 1 on a failure, 77 when sipp
+# or kamailio is missing and cannot be installed (not root, or no apt-get).
+# Every sipp runs with its own -timeout and under `timeout`; the EXIT trap
+# kills every process started here (each in its own process group).
+set -euo pipefail
+set +m
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+prog="caps"
+
+fail() {
+    echo "$prog: FAIL: $*" >&2
+    exit 1
+}
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
+smoke=""
+rates="${CAPS_RATES:-100 200 400 800}"
+calls="${CAPS_CALLS:-2000}"
+extra_rate="${CAPS_EXTRA_RATE:-200}"
+extra_calls="${CAPS_EXTRA_CALLS:-1000}"
+pairs="${CAPS_PAIRS:-500}"
+cores="${CAPS_CORES:-2}"
+hold_ms="${CAPS_HOLD_MS:-10}"
+idle_secs="${CAPS_IDLE_SECS:-3}"
+out="${CAPS_OUT:-$root/target/caps}"
+bin="${SIPBLADE_BIN:-}"
+keep="${CAPS_KEEP:-}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) smoke=1 ;;
+        --rates) rates="${2:?--rates needs a value}"; shift ;;
+        --calls) calls="${2:?--calls needs a value}"; shift ;;
+        --extra-rate) extra_rate="${2:?--extra-rate needs a value}"; shift ;;
+        --extra-calls) extra_calls="${2:?--extra-calls needs a value}"; shift ;;
+        --pairs) pairs="${2:?--pairs needs a value}"; shift ;;
+        --cores) cores="${2:?--cores needs a value}"; shift ;;
+        --hold-ms) hold_ms="${2:?--hold-ms needs a value}"; shift ;;
+        --idle-secs) idle_secs="${2:?--idle-secs needs a value}"; shift ;;
+        --out) out="${2:?--out needs a value}"; shift ;;
+        --bin) bin="${2:?--bin needs a value}"; shift ;;
+        --keep) keep=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "$prog: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ -n "$smoke" ]; then
+    rates="50" calls=200 extra_rate=50 extra_calls=50 pairs=50 idle_secs=1
+fi
+for v in calls extra_rate extra_calls pairs cores idle_secs; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || fail "$v must be a positive number (got '${!v}')"
+done
+[[ "$hold_ms" =~ ^[0-9]+$ ]] || fail "hold-ms must be a number"
+[ "$pairs" -le 9999 ] || fail "at most 9999 pairs"
+for r in $rates; do
+    [[ "$r" =~ ^[1-9][0-9]*$ ]] || fail "rates must be positive numbers (got '$r')"
+done
+[ -n "$rates" ] || fail "no rate given"
+
+# ---- 1. what it needs ----------------------------------------------------
+
+apt_updated=""
+install_pkg() { # install_pkg COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "$prog: installing $2" >&2
+        if [ -z "$apt_updated" ]; then
+            apt-get update -qq >/dev/null 2>&1 || true
+            apt_updated=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null 2>&1 ||
+            echo "$prog: warning: apt-get install $2 failed" >&2
+    fi
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "$prog: SKIP: $1 is not installed and cannot be installed here" \
+        "(run as root with apt-get: apt-get install -y $2)" >&2
+    exit 77
+}
+install_pkg sipp sip-tester
+install_pkg kamailio kamailio
+kamailio_version="$(kamailio -v 2>/dev/null | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p' | head -n 1)"
+sipp_version="$(sipp -v 2>/dev/null | grep -o 'SIPp v[^ ]*' | head -n 1 | sed 's/[.]$//' || true)"
+
+if [ -z "$bin" ]; then
+    bin="$root/target/release/sipblade"
+    if [ ! -x "$bin" ]; then
+        echo "$prog: building $bin (cargo build --release)" >&2
+        (cd "$root" && cargo build --release --locked --bin sipblade) >&2 ||
+            fail "cargo build --release failed"
+    fi
+fi
+[ -x "$bin" ] || fail "no sipblade binary at $bin"
+
+# ---- work directory, processes, cleanup ------------------------------------
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/sipblade-caps.XXXXXX")"
+groups=() # process groups started here (each leader's pid)
+cleanup() {
+    local status=$? g
+    for g in "${groups[@]}"; do
+        kill -TERM -- "-$g" 2>/dev/null || true
+    done
+    for g in "${groups[@]}"; do
+        wait "$g" 2>/dev/null || true
+    done
+    # Anything of ours that ignored TERM.
+    for g in "${groups[@]}"; do
+        kill -KILL -- "-$g" 2>/dev/null || true
+    done
+    if [ "$status" != 0 ] || [ -n "$keep" ]; then
+        echo "$prog: logs kept in $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# spawn NAME CMD...: runs CMD in a process group of its own (setsid; CMD
+# must not make a group of its own: `timeout --foreground`), its
+# output in $work/NAME.out, its CPU (user and system seconds, from bash's
+# `time`: the rusage of CMD and what it waited for) in $work/NAME.time.
+# Sets spawned.
+spawn() {
+    local name="$1"
+    shift
+    setsid bash -c 'TIMEFORMAT="%3U %3S"; { time "$@" >"$0.out" 2>&1; } 2>"$0.time"' \
+        "$work/$name" "$@" &
+    spawned=$!
+    groups+=("$spawned")
+}
+# stop_group PID: TERM to the process group PID leads, KILL to whatever is
+# left of it after 2 s (sipp catches TERM).
+stop_group() {
+    kill -TERM -- "-$1" 2>/dev/null || return 0
+    for _ in $(seq 20); do
+        kill -0 -- "-$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- "-$1" 2>/dev/null || true
+}
+# forget PID: a reaped group must not be signalled again.
+forget() {
+    local g keep_groups=()
+    for g in "${groups[@]}"; do
+        [ "$g" = "$1" ] || keep_groups+=("$g")
+    done
+    groups=("${keep_groups[@]}")
+}
+
+# Ports in use on any address (/proc/net lists them in hex).
+used_ports() {
+    cat /proc/net/udp /proc/net/udp6 /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+        awk '$2 ~ /:/ { split($2, a, ":"); print a[2] }'
+}
+picked=" "
+free_port() { # x="$(free_port)"; picked+="$x "
+    local used port tries=0
+    used="$(used_ports)"
+    while :; do
+        tries=$((tries + 1))
+        [ "$tries" -le 200 ] || fail "no free port found"
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        grep -qx "$(printf '%04X' "$port")" <<<"$used" && continue
+        [[ "$picked" == *" $port "* ]] && continue
+        echo "$port"
+        return
+    done
+}
+udp_bound() { # udp_bound IP PORT
+    local a b c d want
+    IFS=. read -r a b c d <<<"$1"
+    want="$(printf '%02X%02X%02X%02X:%04X' "$d" "$c" "$b" "$a" "$2")"
+    awk -v w="$want" '$2 == w { found = 1 } END { exit !found }' /proc/net/udp
+}
+# port_free IP PORT: waits (10 s at most) until no UDP socket is bound there.
+port_free() {
+    for _ in $(seq 100); do
+        udp_bound "$1" "$2" || return 0
+        sleep 0.1
+    done
+    return 1
+}
+show_logs() {
+    local f
+    for f in "$@"; do
+        if [ -s "$f" ]; then
+            echo "---- $f (last 30 lines)" >&2
+            tail -n 30 "$f" >&2
+            echo >&2
+        fi
+    done
+}
+now_ns() { date +%s%N; }
+
+# CPU of every process in process group $1: "ticks ns" (utime + stime of
+# /proc/PID/stat, which covers all of a process's threads, in clock ticks;
+# and the sum of the threads' schedstat run time, in ns).
+group_cpu() {
+    local pg="$1" f line rest pid t ticks=0 ns=0
+    local -a a
+    for f in /proc/[0-9]*/stat; do
+        { read -r line <"$f"; } 2>/dev/null || continue
+        rest="${line##*) }"
+        read -ra a <<<"$rest"
+        [ "${a[2]:-}" = "$pg" ] || continue
+        ticks=$((ticks + a[11] + a[12]))
+        pid="${f#/proc/}"
+        pid="${pid%/stat}"
+        for t in /proc/"$pid"/task/*/schedstat; do
+            { read -r line _ <"$t"; } 2>/dev/null || continue
+            ns=$((ns + line))
+        done
+    done
+    echo "$ticks $ns"
+}
+group_size() { # number of processes and threads in process group $1
+    local pg="$1" f line rest procs=0 threads=0
+    local -a a
+    for f in /proc/[0-9]*/stat; do
+        { read -r line <"$f"; } 2>/dev/null || continue
+        rest="${line##*) }"
+        read -ra a <<<"$rest"
+        [ "${a[2]:-}" = "$pg" ] || continue
+        procs=$((procs + 1))
+        threads=$((threads + a[17]))
+    done
+    echo "$procs $threads"
+}
+
+# sipp's final counters from its statistics file: "successful failed".
+final_counts() {
+    awk -F';' '
+        NR == 1 {
+            for (i = 1; i <= NF; i++) {
+                if ($i == "SuccessfulCall(C)") s = i
+                if ($i == "FailedCall(C)") f = i
+            }
+            next
+        }
+        { ok = $s; ko = $f }
+        END { if (s && f && NR > 1) print ok + 0, ko + 0; else print "- -" }' "$1" 2>/dev/null ||
+        echo "- -"
+}
+# User + system seconds from a spawn's .time file ("-" when absent).
+cpu_secs() {
+    awk 'NF == 2 { printf "%.3f\n", $1 + $2; found = 1 } END { if (!found) print "-" }' "$1" \
+        2>/dev/null || echo "-"
+}
+
+# ---- 2. configuration and the two proxies ----------------------------------
+
+SB_IP=127.0.0.41
+KAM_IP=127.0.0.42
+UAC_IP=127.0.0.43
+UAS_IP=127.0.0.44
+sb_port="$(free_port)"; picked+="$sb_port "
+admin_port="$(free_port)"; picked+="$admin_port "
+kam_port="$(free_port)"; picked+="$kam_port "
+uac_port="$(free_port)"; picked+="$uac_port "
+uas_port="$(free_port)"; picked+="$uas_port "
+media_port="$(free_port)"; picked+="$media_port "
+SB="$SB_IP:$sb_port"
+KAM="$KAM_IP:$kam_port"
+
+# Agents: pair k is caller 1kkkk calling callee 2kkkk.
+for k in $(seq "$pairs"); do
+    for base in 10000 20000; do
+        printf '[[agent]]\nbadge = "A%d"\nextension = "%d"\nkind = "agent"\npassword = "caps-%d"\n\n' \
+            $((base + k)) $((base + k)) $((base + k))
+    done
+done >"$work/agents.toml"
+{
+    echo SEQUENTIAL
+    for k in $(seq "$pairs"); do echo "$((10000 + k));"; done
+} >"$work/callers.csv"
+{
+    echo SEQUENTIAL
+    for k in $(seq "$pairs"); do echo "$((20000 + k));"; done
+} >"$work/callees.csv"
+{
+    echo SEQUENTIAL
+    for k in $(seq "$pairs"); do echo "$((10000 + k));$((20000 + k));"; done
+} >"$work/calls.csv"
+
+cat >"$work/blade.toml" <<TOML
+[blade]
+id = "caps-blade"
+domain = "cc.example"
+sip = "$SB"
+cores = $cores
+admin = "127.0.0.41:$admin_port"
+
+[agents]
+file = "$work/agents.toml"
+auth = false
+TOML
+
+kam_cfg="$here/kamailio.cfg"
+kam_args=(-f "$kam_cfg" -A "CAPS_IP=$KAM_IP" -A "CAPS_PORT=$kam_port"
+    -A "CAPS_CHILDREN=$cores" -A "CAPS_TCP_CHILDREN=$cores" -A 'CAPS_ALIAS="cc.example"'
+    -m 256 -M 16)
+kamailio -c "${kam_args[@]}" >"$work/kamailio-check.log" 2>&1 || {
+    show_logs "$work/kamailio-check.log"
+    fail "kamailio -c rejects $kam_cfg"
+}
+
+echo "$prog: sipblade $bin on $SB (cores = $cores); kamailio ($kamailio_version) on $KAM" \
+    "(children = $cores); UAC $UAC_IP:$uac_port, UAS $UAS_IP:$uas_port; $pairs pairs;" \
+    "$sipp_version" >&2
+
+# sipblade: one process, all its threads.
+setsid env RUST_LOG="${RUST_LOG:-warn}" "$bin" run --config "$work/blade.toml" \
+    >"$work/sipblade.out" 2>"$work/sipblade.log" &
+sb_pid=$!
+groups+=("$sb_pid")
+# Kamailio in the foreground (-DD) with its children in its process group.
+mkdir -p "$work/kamailio"
+setsid kamailio -DD -E "${kam_args[@]}" -P "$work/kamailio.pid" -w "$work/kamailio" \
+    -Y "$work/kamailio" >"$work/kamailio.log" 2>&1 &
+kam_pid=$!
+groups+=("$kam_pid")
+
+for _ in $(seq 100); do
+    kill -0 "$sb_pid" 2>/dev/null || { show_logs "$work/sipblade.log"; fail "sipblade exited at start"; }
+    kill -0 "$kam_pid" 2>/dev/null || { show_logs "$work/kamailio.log"; fail "kamailio exited at start"; }
+    if udp_bound "$SB_IP" "$sb_port" && udp_bound "$KAM_IP" "$kam_port"; then
+        break
+    fi
+    sleep 0.1
+done
+udp_bound "$SB_IP" "$sb_port" || { show_logs "$work/sipblade.log"; fail "sipblade did not bind $SB"; }
+udp_bound "$KAM_IP" "$kam_port" || { show_logs "$work/kamailio.log"; fail "kamailio did not bind $KAM"; }
+sleep 0.5 # Kamailio's children finish their start-up
+read -r kam_procs _ < <(group_size "$kam_pid")
+read -r _ sb_threads < <(group_size "$sb_pid")
+echo "$prog: kamailio runs $kam_procs processes, sipblade $sb_threads threads" >&2
+
+cd "$work"
+sipp_common=(-nostdin -timeout_error -mp "$media_port" -trace_err -trace_stat -fd 1)
+
+# register PROXY_ADDR WHO IP PORT: the agents in $work/WHO.csv from IP:PORT.
+register() {
+    local proxy="$1" who="$2" ip="$3" port="$4" name rc=0
+    name="register_${who}_${proxy%%:*}"
+    spawn "$name" timeout --foreground -k 5 60 sipp "$proxy" "${sipp_common[@]}" -timeout 45s \
+        -sf "$here/sipp/register.xml" -inf "$work/$who.csv" -i "$ip" -p "$port" -mi "$ip" \
+        -m "$pairs" -r 500 -stf "$work/$name.csv" -error_file "$work/$name.err"
+    wait "$spawned" || rc=$?
+    forget "$spawned"
+    if [ "$rc" != 0 ]; then
+        show_logs "$work/$name.out" "$work/$name.err" "$work/sipblade.log" "$work/kamailio.log"
+        fail "REGISTER of the $who on $proxy failed (sipp exit $rc)"
+    fi
+}
+for proxy in "$SB" "$KAM"; do
+    register "$proxy" callees "$UAS_IP" "$uas_port"
+    register "$proxy" callers "$UAC_IP" "$uac_port"
+done
+echo "$prog: $pairs callees and $pairs callers registered on both proxies" >&2
+
+# Idle CPU of each proxy (agents registered, no call), since every phase's
+# figure includes some quiet time too.
+sleep 0.5
+read -r _ sb_i0 < <(group_cpu "$sb_pid")
+read -r _ kam_i0 < <(group_cpu "$kam_pid")
+i0="$(now_ns)"
+sleep "$idle_secs"
+read -r _ sb_i1 < <(group_cpu "$sb_pid")
+read -r _ kam_i1 < <(group_cpu "$kam_pid")
+i1="$(now_ns)"
+sb_idle="$(awk -v a="$sb_i0" -v b="$sb_i1" -v t="$((i1 - i0))" 'BEGIN { printf "%.2f", (b - a) / 1e6 / (t / 1e9) }')"
+kam_idle="$(awk -v a="$kam_i0" -v b="$kam_i1" -v t="$((i1 - i0))" 'BEGIN { printf "%.2f", (b - a) / 1e6 / (t / 1e9) }')"
+echo "$prog: idle CPU over ${idle_secs} s (schedstat): sipblade $sb_idle ms/s, kamailio $kam_idle ms/s" >&2
+
+# ---- 3. the phases ----------------------------------------------------------
+
+raw="$work/raw.tsv"
+printf 'proxy\tscenario\trate\tcalls\tuac_ok\tuac_failed\tuas_ok\tuas_failed\tuac_rc\tuas_rc\tproxy_ticks\tproxy_ns\twall_ns\tuac_cpu_s\tuas_cpu_s\trtt_dir\n' >"$raw"
+idx=0
+# run_phase PROXY_NAME SCENARIO RATE CALLS
+run_phase() {
+    local name="$1" scen="$2" rate="$3" n="$4" target pg
+    case "$name" in
+        sipblade) target="$SB" pg="$sb_pid" ;;
+        kamailio) target="$KAM" pg="$kam_pid" ;;
+    esac
+    idx=$((idx + 1))
+    local tag dir limit uas uac uac_rc=0 uas_rc=0 t0 t1 c0t c0n c1t c1n
+    tag="$(printf '%02d' "$idx")_${name}_${scen}_$rate"
+    dir="$work/$tag"
+    mkdir -p "$dir"
+    # sipp's own global timeout: twice the nominal duration plus 20 s.
+    limit=$((2 * n / rate + 20))
+    kill -0 "$pg" 2>/dev/null || fail "$name is not running any more"
+    # The previous phase's sipp instances must have let go of their ports.
+    port_free "$UAS_IP" "$uas_port" || fail "the UAS port $UAS_IP:$uas_port is still in use"
+    port_free "$UAC_IP" "$uac_port" || fail "the UAC port $UAC_IP:$uac_port is still in use"
+    spawn "$tag/uas" timeout --foreground -k 5 $((limit + 20)) sipp "$target" "${sipp_common[@]}" \
+        -timeout "${limit}s" -sf "$here/sipp/uas_$scen.xml" -i "$UAS_IP" -p "$uas_port" \
+        -mi "$UAS_IP" -m "$n" -stf "$dir/uas.csv" -error_file "$dir/uas.err"
+    uas=$spawned
+    for _ in $(seq 100); do
+        udp_bound "$UAS_IP" "$uas_port" && break
+        kill -0 "$uas" 2>/dev/null || break
+        sleep 0.05
+    done
+    udp_bound "$UAS_IP" "$uas_port" || { show_logs "$dir/uas.out"; fail "the UAS did not start"; }
+    read -r c0t c0n < <(group_cpu "$pg")
+    t0="$(now_ns)"
+    cd "$dir" # sipp writes its -trace_rtt file in its working directory
+    spawn "$tag/uac" timeout --foreground -k 5 $((limit + 20)) sipp "$target" "${sipp_common[@]}" \
+        -timeout "${limit}s" -sf "$here/sipp/uac_$scen.xml" -inf "$work/calls.csv" \
+        -i "$UAC_IP" -p "$uac_port" -mi "$UAC_IP" -m "$n" -r "$rate" -d "$hold_ms" \
+        -l "$pairs" -trace_rtt -rtt_freq 1 -stf "$dir/uac.csv" -error_file "$dir/uac.err"
+    uac=$spawned
+    cd "$work"
+    wait "$uac" || uac_rc=$?
+    forget "$uac"
+    t1="$(now_ns)"
+    read -r c1t c1n < <(group_cpu "$pg")
+    if [ "$uac_rc" != 0 ]; then
+        # Calls failed: the UAS may never see them all. Give it 3 s to end
+        # on its own, then stop it (the whole group: wrapper, timeout, sipp).
+        for _ in $(seq 30); do
+            kill -0 "$uas" 2>/dev/null || break
+            sleep 0.1
+        done
+        stop_group "$uas"
+    fi
+    wait "$uas" || uas_rc=$?
+    forget "$uas"
+    local uac_ok uac_ko uas_ok uas_ko
+    read -r uac_ok uac_ko < <(final_counts "$dir/uac.csv")
+    read -r uas_ok uas_ko < <(final_counts "$dir/uas.csv")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$name" "$scen" "$rate" "$n" "$uac_ok" "$uac_ko" "$uas_ok" "$uas_ko" "$uac_rc" "$uas_rc" \
+        "$((c1t - c0t))" "$((c1n - c0n))" "$((t1 - t0))" \
+        "$(cpu_secs "$dir/uac.time")" "$(cpu_secs "$dir/uas.time")" "$dir" >>"$raw"
+    echo "$prog: $tag: UAC ok $uac_ok failed $uac_ko (exit $uac_rc), UAS ok $uas_ok" \
+        "failed $uas_ko (exit $uas_rc), proxy CPU $(((c1n - c0n) / 1000000)) ms," \
+        "$(((t1 - t0) / 1000000)) ms" >&2
+    if [ "$uac_rc" != 0 ] || [ "$uas_rc" != 0 ]; then
+        show_logs "$dir/uac.err" "$dir/uas.err"
+    fi
+}
+
+order=(sipblade kamailio)
+for rate in $rates; do
+    for name in "${order[@]}"; do
+        run_phase "$name" call "$rate" "$calls"
+    done
+    order=("${order[1]}" "${order[0]}")
+done
+for scen in busy cancel; do
+    for name in "${order[@]}"; do
+        run_phase "$name" "$scen" "$extra_rate" "$extra_calls"
+    done
+    order=("${order[1]}" "${order[0]}")
+done
+
+# sipblade's own view at the end: no session left, every agent ready, no
+# message found malformed (Kamailio keeps no such state to look at).
+http_get() { # GET $1 from sipblade's admin port: headers and body
+    timeout 5 bash -c '
+        exec 3<>"/dev/tcp/127.0.0.41/$1" || exit 1
+        printf "GET %s HTTP/1.0\r\nHost: 127.0.0.41\r\nConnection: close\r\n\r\n" "$2" >&3
+        cat <&3' _ "$admin_port" "$1"
+}
+count() { # count PATTERN TEXT: occurrences of the grep pattern in the text
+    { grep -o "$1" <<<"$2" || true; } | wc -l
+}
+sb_clean=""
+sb_end="?"
+for _ in $(seq 30); do
+    status="$(http_get /status 2>/dev/null | sed -n '/^{/p')" || status=""
+    if [ -n "$status" ]; then
+        sessions="$(count '"call_id"' "$status")"
+        busy_agents="$(count '"state":"\(in_call\|hosted\)"' "$status")"
+        ready="$(count '"state":"ready"' "$status")"
+        sb_end="$sessions sessions, $busy_agents agents in a call, $ready of $((2 * pairs)) ready"
+        if [ "$sessions" = 0 ] && [ "$busy_agents" = 0 ] && [ "$ready" = $((2 * pairs)) ]; then
+            sb_clean=1
+            break
+        fi
+    fi
+    sleep 0.1
+done
+malformed="$(http_get /metrics 2>/dev/null |
+    awk '$1 == "sipblade_messages_malformed_total" { print $2 + 0 }')" || malformed=""
+malformed="${malformed:-?}"
+echo "$prog: sipblade at the end: $sb_end; malformed messages $malformed" >&2
+
+# ---- 4. the report ------------------------------------------------------------
+
+mkdir -p "$out"
+report_rc=0
+python3 "$here/report.py" --raw "$raw" --out "$out" --tck "$(getconf CLK_TCK)" \
+    --meta "mode=$([ -n "$smoke" ] && echo smoke || echo full)" \
+    --meta "cores=$cores" --meta "pairs=$pairs" --meta "hold_ms=$hold_ms" \
+    --meta "kamailio=$kamailio_version" --meta "kamailio_processes=$kam_procs" \
+    --meta "sipblade_threads=$sb_threads" --meta "sipp=$sipp_version" \
+    --meta "idle_ms_per_s.sipblade=$sb_idle" --meta "idle_ms_per_s.kamailio=$kam_idle" \
+    --meta "sipblade_end_state=$sb_end" --meta "sipblade_malformed=$malformed" \
+    --meta "sipblade=$bin" --meta "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
+    --meta "nproc=$(nproc)" --meta "kernel=$(uname -r)" \
+    --meta "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --meta "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    ${smoke:+--strict} || report_rc=$?
+if [ "$report_rc" != 0 ]; then
+    [ -n "$smoke" ] && fail "not every call succeeded on both proxies (see above)"
+    fail "report.py failed (exit $report_rc)"
+fi
+if [ -n "$smoke" ]; then
+    [ -n "$sb_clean" ] || fail "sipblade did not end clean: $sb_end"
+    [ "$malformed" = 0 ] || fail "sipblade found $malformed of sipp's messages malformed"
+fi
+echo "$prog: results in $out (results.json, results.tsv, table.md, caps.svg, cpu.svg)" >&2
+[ -n "$smoke" ] && echo "$prog: smoke OK"
+exit 0
