@@ -38,7 +38,7 @@ EOT
 done
 taskset -c 0 $B run --config b1.toml > b1.log 2>&1 & p1=$!
 taskset -c 1 $B run --config b2.toml > b2.log 2>&1 & p2=$!
-trap 'kill $p1 $p2 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $p1 $p2 2>/dev/null; wait $p1 $p2 2>/dev/null; rm -rf "$W"' EXIT
 for i in $(seq 50); do curl -s 127.0.0.31:8060/status | grep -q '"up":true' && break; sleep 0.1; done
 cpu() { awk '{s=$0; sub(/.*\) /,"",s); split(s,f," "); print f[12]+f[13]}' /proc/$1/stat; }
 hist() { curl -s 127.0.0.31:8060/metrics | grep '^sipblade_hosting_rtt_seconds_bucket' | awk '{print $2}' | tr '\n' ' '; }

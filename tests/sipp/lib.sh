@@ -18,6 +18,8 @@
 B1_IP=127.0.0.21
 B2_IP=127.0.0.22
 
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 fail() {
     echo "$prog: FAIL: $*" >&2
     exit 1
@@ -57,11 +59,6 @@ cleanup() {
     fi
 }
 
-# Ports in use on any address (/proc/net lists them in hex).
-used_ports() {
-    cat /proc/net/udp /proc/net/udp6 /proc/net/tcp /proc/net/tcp6 2>/dev/null |
-        awk '$2 ~ /:/ { split($2, a, ":"); print a[2] }'
-}
 picked=" "
 # A free port not picked before; call it as `x="$(free_port)"; picked+="$x "`
 # (it runs in a subshell).
@@ -77,13 +74,6 @@ free_port() {
         echo "$port"
         return
     done
-}
-# Whether a UDP socket is bound to IPv4 ip:port.
-udp_bound() {
-    local a b c d want
-    IFS=. read -r a b c d <<<"$1"
-    want="$(printf '%02X%02X%02X%02X:%04X' "$d" "$c" "$b" "$a" "$2")"
-    awk -v w="$want" '$2 == w { found = 1 } END { exit !found }' /proc/net/udp
 }
 # GET $2 from the admin address $1 (ip:port): headers and body on stdout.
 http_get() {
@@ -206,20 +196,6 @@ register() {
     fi
 }
 
-# sipp's final counters from its statistics file: "successful failed".
-final_counts() {
-    awk -F';' '
-        NR == 1 {
-            for (i = 1; i <= NF; i++) {
-                if ($i == "SuccessfulCall(C)") s = i
-                if ($i == "FailedCall(C)") f = i
-            }
-            next
-        }
-        { ok = $s; ko = $f }
-        END { if (s && f && NR > 1) print ok + 0, ko + 0; else print "? ?" }' "$1" 2>/dev/null ||
-        echo "? ?"
-}
 
 # Starts a sipp UAS ($here/uas.xml) on IP:PORT for N calls in the
 # background, logs under $work/NAME.*; sets uas_pid. Waits until it binds.

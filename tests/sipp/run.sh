@@ -31,6 +31,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+. "$here/common.sh"
 
 calls="${SIPP_CALLS:-50}"
 cores="${SIPP_CORES:-2}"
@@ -77,11 +78,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Ports in use on any address (/proc/net lists them in hex).
-used_ports() {
-    cat /proc/net/udp /proc/net/udp6 /proc/net/tcp /proc/net/tcp6 2>/dev/null |
-        awk '$2 ~ /:/ { split($2, a, ":"); print a[2] }'
-}
 picked=" "
 free_port() {
     local used port tries=0
@@ -96,13 +92,6 @@ free_port() {
         echo "$port"
         return
     done
-}
-# Whether a UDP socket is bound to IPv4 ip:port.
-udp_bound() {
-    local a b c d want
-    IFS=. read -r a b c d <<<"$1"
-    want="$(printf '%02X%02X%02X%02X:%04X' "$d" "$c" "$b" "$a" "$2")"
-    awk -v w="$want" '$2 == w { found = 1 } END { exit !found }' /proc/net/udp
 }
 # GET $1 from the admin port; the response (headers and body) on stdout.
 http_get() {
@@ -211,20 +200,6 @@ register() {
     fi
 }
 
-# sipp's final counters from its statistics file: "successful failed".
-final_counts() {
-    awk -F';' '
-        NR == 1 {
-            for (i = 1; i <= NF; i++) {
-                if ($i == "SuccessfulCall(C)") s = i
-                if ($i == "FailedCall(C)") f = i
-            }
-            next
-        }
-        { ok = $s; ko = $f }
-        END { if (s && f && NR > 1) print ok + 0, ko + 0; else print "? ?" }' "$1" 2>/dev/null ||
-        echo "? ?"
-}
 
 register callees 127.0.0.3 "$uas_port"
 
