@@ -31,12 +31,13 @@ use crate::transaction::Transmit;
 /// Largest datagram read (the UDP maximum).
 const DATAGRAM_MAX: usize = 65_535;
 
-/// The timer task sleeps until the proxy's next deadline, but at most this
-/// long. A deadline added meanwhile is at least T1 (500 ms) away when it is
-/// created, so no timer runs late by more than this; and an idle core wakes
-/// only 20 times a second (each wake-up costs io_uring and membarrier work,
-/// RUNTIME-NOTES).
-const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// The timer task sleeps until the proxy's next deadline, but at most half
+/// of T1 and at most this long. A deadline added meanwhile is never sooner
+/// than T1/2 from its creation (T1 for SIP timers, a third of a lease of at
+/// least a second for hosting renewals), so none is missed; and an idle
+/// core wakes only 4 times a second (each wake-up costs io_uring and
+/// membarrier work, RUNTIME-NOTES).
+const MAX_SLEEP: Duration = Duration::from_millis(250);
 
 /// The shortest sleep, so a burst of due timers is handled in batches.
 const TICK: Duration = Duration::from_millis(1);
@@ -601,12 +602,13 @@ pub(crate) async fn run(
     // The timer loop is the executor's main task: when it returns, the core
     // stops.
     let mut drain_until = None;
+    let max_sleep = (shared.options.timers.t1 / 2).clamp(TICK, MAX_SLEEP);
     loop {
         let now = core.now();
         let next = core.proxy.borrow().next_deadline();
         let nap = next
-            .map_or(MAX_SLEEP, |at| wake_time(at).saturating_sub(now))
-            .clamp(TICK, MAX_SLEEP);
+            .map_or(max_sleep, |at| wake_time(at).saturating_sub(now))
+            .clamp(TICK, max_sleep);
         glommio::timer::sleep(nap).await;
         let now = core.now();
         let mut out = Output::default();
