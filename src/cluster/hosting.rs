@@ -927,6 +927,17 @@ impl Source {
         self.pending_deadlines.insert((deadline, id));
     }
 
+    /// Takes pending request `id` if `answers` accepts it (the right kind,
+    /// sent to the peer that answered); otherwise leaves it waiting.
+    fn take_if(&mut self, id: u64, answers: impl Fn(&Pending) -> bool) -> Option<Pending> {
+        let (_, pending) = self.pending.get(&id)?;
+        if answers(pending) {
+            self.take_pending(id)
+        } else {
+            None
+        }
+    }
+
     fn take_pending(&mut self, id: u64) -> Option<Pending> {
         let (deadline, p) = self.pending.remove(&id)?;
         self.pending_deadlines.remove(&(deadline, id));
@@ -1105,15 +1116,10 @@ impl Source {
         token: Token,
         lease_secs: u32,
     ) {
-        let ours = matches!(
-            self.pending.get(&request_id),
-            Some((_, Pending::Host { peer, .. })) if same_blade(peer, from)
+        let pending = self.take_if(
+            request_id,
+            |p| matches!(p, Pending::Host { peer, .. } if same_blade(peer, from)),
         );
-        let pending = if ours {
-            self.take_pending(request_id)
-        } else {
-            None
-        };
         let Some(Pending::Host {
             peer, key, sent_at, ..
         }) = pending
@@ -1166,19 +1172,15 @@ impl Source {
         request_id: u64,
         reason: Refusal,
     ) {
-        let ours = matches!(
-            self.pending.get(&request_id),
-            Some((_, Pending::Host { peer, .. })) if same_blade(peer, from)
-        );
-        if !ours {
-            return;
-        }
         let Some(Pending::Host {
             peer,
             key,
             from_directory,
             ..
-        }) = self.take_pending(request_id)
+        }) = self.take_if(
+            request_id,
+            |p| matches!(p, Pending::Host { peer, .. } if same_blade(peer, from)),
+        )
         else {
             return;
         };
@@ -1197,19 +1199,15 @@ impl Source {
     }
 
     fn on_renew_answer(&mut self, from: &str, request_id: u64, lease_secs: Option<u32>) {
-        let ours = matches!(
-            self.pending.get(&request_id),
-            Some((_, Pending::Renew { peer, .. })) if same_blade(peer, from)
-        );
-        if !ours {
-            return;
-        }
         let Some(Pending::Renew {
             key,
             token,
             sent_at,
             ..
-        }) = self.take_pending(request_id)
+        }) = self.take_if(
+            request_id,
+            |p| matches!(p, Pending::Renew { peer, .. } if same_blade(peer, from)),
+        )
         else {
             return;
         };

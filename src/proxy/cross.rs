@@ -264,10 +264,7 @@ impl Proxy {
                         486
                     };
                     // The call was for an agent of this blade: counted here.
-                    match status {
-                        486 | 600 => self.metrics.local.busy += 1,
-                        _ => self.metrics.local.failed += 1,
-                    }
+                    self.metrics.local.ended_with(status);
                     self.answer_pending(now, id, status, out);
                 }
             }
@@ -613,11 +610,7 @@ impl Proxy {
                 pair.waiting = None;
             }
             self.answer_pending(now, id, reason.status(), out);
-            let outcomes = self.outcomes(call_id);
-            match reason {
-                Refusal::Busy | Refusal::AlreadyHosted => outcomes.busy += 1,
-                _ => outcomes.failed += 1,
-            }
+            self.outcomes(call_id).ended_with(reason.status());
         }
         self.end_session(now, call_id, out);
     }

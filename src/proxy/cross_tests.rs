@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,9 +13,6 @@ use super::*;
 use crate::cluster::codec::{Class, Message as LinkMessage};
 use crate::cluster::hosting::HostSecret;
 use crate::cluster::link::ReplyTo;
-use crate::config::{AgentKind, Credential};
-use crate::registrar::Settings as RegistrarSettings;
-use crate::registrar::digest::NonceManager;
 
 const S: usize = 0;
 const T: usize = 1;
@@ -67,18 +63,6 @@ struct World {
 }
 
 fn node(id: &str, sip: &str, peer: (&str, &str)) -> Node {
-    let agents: HashMap<String, Arc<Agent>> = ["1001", "1002", "1003", "1004"]
-        .iter()
-        .map(|ext| {
-            let agent = Agent {
-                badge: format!("A{ext}"),
-                extension: ext.to_string(),
-                kind: AgentKind::Agent,
-                credential: Credential::Password(format!("pw{ext}")),
-            };
-            (ext.to_string(), Arc::new(agent))
-        })
-        .collect();
     let settings = Settings {
         blade_id: id.into(),
         domain: "cc.example".into(),
@@ -99,18 +83,10 @@ fn node(id: &str, sip: &str, peer: (&str, &str)) -> Node {
         }),
         via_port: None,
     };
-    let registrar = Registrar::new(
-        RegistrarSettings {
-            domain: "cc.example".into(),
-            auth: false,
-        },
-        agents.values().cloned(),
-        NonceManager::from_secret([1; 32]),
-    );
     Node {
         id: id.into(),
         sip: addr(sip),
-        proxy: Proxy::new(settings, registrar, Arc::new(agents)),
+        proxy: super::tests::proxy_with_agents(settings, &["1001", "1002", "1003", "1004"]),
     }
 }
 

@@ -34,6 +34,17 @@ pub struct CallOutcomes {
 }
 
 impl CallOutcomes {
+    /// Counts a call that ended with the final status `status` (300 or
+    /// more): busy for 486 and 600, failed otherwise. A 487 is not counted:
+    /// the caller's CANCEL was.
+    pub fn ended_with(&mut self, status: u16) {
+        match status {
+            486 | 600 => self.busy += 1,
+            487 => {}
+            _ => self.failed += 1,
+        }
+    }
+
     /// Adds `other` to these counts.
     pub fn add(&mut self, other: &CallOutcomes) {
         self.answered += other.answered;

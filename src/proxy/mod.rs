@@ -286,6 +286,9 @@ pub struct Proxy {
     cluster: Option<Cluster>,
     /// Transactions whose request still awaits a final response.
     pending: usize,
+    /// Searches Via lines for a sipblade branch (built once: a searcher's
+    /// setup is not free, and every request runs loop detection).
+    branch_finder: memchr::memmem::Finder<'static>,
 }
 
 impl Proxy {
@@ -326,6 +329,7 @@ impl Proxy {
             via_scratch: String::with_capacity(128),
             cluster,
             pending: 0,
+            branch_finder: memchr::memmem::Finder::new(BRANCH_PREFIX.as_bytes()),
         }
     }
 
@@ -596,10 +600,9 @@ impl Proxy {
     fn is_loop(&self, msg: &Message) -> bool {
         // Most requests carry no Via of a sipblade: a substring search of
         // the Via lines rules that out before anything is parsed.
-        let finder = memchr::memmem::Finder::new(BRANCH_PREFIX.as_bytes());
         if !msg
             .header_values(crate::sip::HeaderName::Via)
-            .any(|v| finder.find(v).is_some())
+            .any(|v| self.branch_finder.find(v).is_some())
         {
             return false;
         }
@@ -1227,12 +1230,7 @@ impl Proxy {
                     self.outcomes(&call_id).answered += 1;
                 }
             } else {
-                let outcomes = self.outcomes(&call_id);
-                match status {
-                    486 | 600 => outcomes.busy += 1,
-                    487 => {}
-                    _ => outcomes.failed += 1,
-                }
+                self.outcomes(&call_id).ended_with(status);
                 self.end_session(now, &call_id, out);
             }
         }

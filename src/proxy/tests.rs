@@ -31,6 +31,32 @@ fn terminal(ext: &str) -> String {
     )
 }
 
+/// A proxy with these agents provisioned (badge `A<ext>`, password
+/// `pw<ext>`), all on its one core.
+pub(super) fn proxy_with_agents(settings: Settings, extensions: &[&str]) -> Proxy {
+    let agents: HashMap<String, Arc<Agent>> = extensions
+        .iter()
+        .map(|ext| {
+            let agent = Agent {
+                badge: format!("A{ext}"),
+                extension: ext.to_string(),
+                kind: AgentKind::Agent,
+                credential: Credential::Password(format!("pw{ext}")),
+            };
+            (ext.to_string(), Arc::new(agent))
+        })
+        .collect();
+    let registrar = Registrar::new(
+        RegistrarSettings {
+            domain: "cc.example".into(),
+            auth: false,
+        },
+        agents.values().cloned(),
+        NonceManager::from_secret([1; 32]),
+    );
+    Proxy::new(settings, registrar, Arc::new(agents))
+}
+
 struct Blade {
     proxy: Proxy,
     now: Duration,
@@ -40,18 +66,6 @@ struct Blade {
 
 impl Blade {
     fn new(auth: bool, max_transactions: usize) -> Blade {
-        let agents: HashMap<String, Arc<Agent>> = ["1001", "1002", "1003"]
-            .iter()
-            .map(|ext| {
-                let agent = Agent {
-                    badge: format!("A{ext}"),
-                    extension: ext.to_string(),
-                    kind: AgentKind::Agent,
-                    credential: Credential::Password(format!("pw{ext}")),
-                };
-                (ext.to_string(), Arc::new(agent))
-            })
-            .collect();
         let settings = Settings {
             blade_id: "blade-1".into(),
             domain: "cc.example".into(),
@@ -64,16 +78,8 @@ impl Blade {
             cluster: None,
             via_port: None,
         };
-        let registrar = Registrar::new(
-            RegistrarSettings {
-                domain: "cc.example".into(),
-                auth: false,
-            },
-            agents.values().cloned(),
-            NonceManager::from_secret([1; 32]),
-        );
         Blade {
-            proxy: Proxy::new(settings, registrar, Arc::new(agents)),
+            proxy: proxy_with_agents(settings, &["1001", "1002", "1003"]),
             now: Duration::ZERO,
             sent: Vec::new(),
         }

@@ -587,6 +587,14 @@ impl Worker {
         );
         s.sent_at = now;
         s.deadline = now + self.plan.timeout + self.plan.hold;
+        self.report.first_invite.get_or_insert(now);
+        self.send_first(p, now);
+    }
+
+    /// Sends slot `p`'s stored request (INVITE or BYE) the first time and
+    /// arms its retransmission (timer A or E) from T1.
+    fn send_first(&mut self, p: usize, now: Instant) {
+        let s = &mut self.uac[p];
         s.interval = T1;
         s.retx_at = now + T1;
         s.generation = s.generation.wrapping_add(1);
@@ -594,7 +602,6 @@ impl Worker {
         let data = std::mem::take(&mut s.request);
         self.send(&data, self.plan.blade);
         self.uac[p].request = data;
-        self.report.first_invite.get_or_insert(now);
         self.push_timer(SIDE_UAC, p, at);
     }
 
@@ -649,15 +656,7 @@ impl Worker {
 
     fn send_bye(&mut self, p: usize, now: Instant) {
         self.set_uac(p, UacState::Terminating);
-        let s = &mut self.uac[p];
-        s.interval = T1;
-        s.retx_at = now + T1;
-        s.generation = s.generation.wrapping_add(1);
-        let at = s.retx_at.min(s.deadline);
-        let data = std::mem::take(&mut s.request);
-        self.send(&data, self.plan.blade);
-        self.uac[p].request = data;
-        self.push_timer(SIDE_UAC, p, at);
+        self.send_first(p, now);
     }
 
     /// Ends slot `p`'s call as failed for `why`.
