@@ -83,8 +83,9 @@ pub struct Settings {
     pub max_transactions: usize,
     /// The other blades, when this blade is part of a cluster.
     pub cluster: Option<ClusterSettings>,
-    /// The UDP port this core's Via names, so that responses to the
-    /// requests it forwards come straight back to it rather than to
+    /// The UDP port this core's Vias and UDP Record-Routes name, so that
+    /// responses to the requests it forwards, and the later requests of
+    /// the dialogs it owns, come straight back to it rather than to
     /// whichever core the kernel picks; `None` for the SIP port.
     pub via_port: Option<u16>,
 }
@@ -277,7 +278,13 @@ pub struct Proxy {
     sent_by: String,
     /// The sent-by of UDP Vias: this core's own port.
     udp_sent_by: String,
+    /// Our Record-Route for requests that stay on a stream transport.
     record_route: String,
+    /// Our Record-Route for requests that stay on UDP: it names this
+    /// core's own port, so the dialog's later requests (ACK, BYE, re-INVITE)
+    /// arrive on the core that owns the dialog instead of being handed
+    /// over from whichever core the kernel picked.
+    udp_record_route: String,
     /// Stopping: new out-of-dialog requests are refused with 503.
     draining: bool,
     /// Reused to format the Via of each forwarded request.
@@ -305,6 +312,7 @@ impl Proxy {
             None => sent_by.clone(),
         };
         let record_route = format!("<sip:{sent_by};lr;{CORE_PARAM}={}>", settings.core);
+        let udp_record_route = format!("<sip:{udp_sent_by};lr;{CORE_PARAM}={}>", settings.core);
         let cluster = settings
             .cluster
             .as_ref()
@@ -325,6 +333,7 @@ impl Proxy {
             sent_by,
             udp_sent_by,
             record_route,
+            udp_record_route,
             draining: false,
             via_scratch: String::with_capacity(128),
             cluster,
@@ -627,9 +636,14 @@ impl Proxy {
         msg.routes().take_while(|r| self.is_us(&r.uri())).count()
     }
 
-    /// Whether `uri` names this blade (its address; a default port is 5060).
+    /// Whether `uri` names this blade: its address (a default port is
+    /// 5060), or this core's own port, which our UDP Record-Routes name.
     fn is_us(&self, uri: &crate::sip::Uri<'_>) -> bool {
-        route::uri_peer(uri).is_some_and(|p| p.addr == self.settings.local)
+        let local = self.settings.local;
+        route::uri_peer(uri).is_some_and(|p| {
+            p.addr == local
+                || (p.addr.ip() == local.ip() && Some(p.addr.port()) == self.settings.via_port)
+        })
     }
 
     /// Whether a Request-URI host names the cluster's agents (SPEC §5):
@@ -952,7 +966,8 @@ impl Proxy {
         let name = transport.to_string().to_ascii_lowercase();
         format!(
             "<sip:{};lr;{CORE_PARAM}={};transport={name}>",
-            self.sent_by, self.settings.core
+            self.sent_by(transport),
+            self.settings.core
         )
     }
 
@@ -1001,6 +1016,7 @@ impl Proxy {
                 );
                 Some(bridged.as_str())
             }
+            Some(crate::sip::Transport::Udp) => Some(self.udp_record_route.as_str()),
             Some(_) => Some(self.record_route.as_str()),
             None => None,
         };

@@ -66,6 +66,11 @@ struct Blade {
 
 impl Blade {
     fn new(auth: bool, max_transactions: usize) -> Blade {
+        Blade::with_via_port(auth, max_transactions, None)
+    }
+
+    /// A blade core with a UDP port of its own (one of several cores).
+    fn with_via_port(auth: bool, max_transactions: usize, via_port: Option<u16>) -> Blade {
         let settings = Settings {
             blade_id: "blade-1".into(),
             domain: "cc.example".into(),
@@ -76,7 +81,7 @@ impl Blade {
             timers: TimerConfig::default(),
             max_transactions,
             cluster: None,
-            via_port: None,
+            via_port,
         };
         Blade {
             proxy: proxy_with_agents(settings, &["1001", "1002", "1003"]),
@@ -247,6 +252,33 @@ fn call_answered_and_hung_up() {
 
     b.advance(Duration::from_secs(40));
     assert_eq!(b.proxy.transactions(), 0, "every transaction ends");
+}
+
+#[test]
+fn a_core_with_its_own_port_record_routes_it_and_takes_routes_to_it() {
+    let mut b = Blade::with_via_port(false, 100, Some(40_001));
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let out = b.send(&a, &invite("1001", "1002", "own-port", "z9hG4bKi1", ""));
+    let fwd = parse(&out[1]);
+    assert_eq!(fwd.top_via().port(), Some(40_001));
+    let rr = fwd.record_routes().next().unwrap().uri();
+    assert_eq!((rr.host(), rr.port()), ("127.0.0.1", Some(40_001)));
+    assert!(rr.is_loose_route());
+
+    let ok = b.send(&bb, &answer(&fwd, 200, "t2"));
+    let ok = parse(&ok[0]);
+    let ack = b.send(&a, &in_dialog("ACK", "1001", &ok, 1, "z9hG4bKa1"));
+    assert_eq!(ack[0].to, udp(&bb));
+    assert_eq!(
+        parse(&ack[0]).routes().count(),
+        0,
+        "the Route to our port popped"
+    );
+    let bye = b.send(&a, &in_dialog("BYE", "1001", &ok, 2, "z9hG4bKb1"));
+    assert_eq!(bye[0].to, udp(&bb));
+    assert_eq!(parse(&bye[0]).routes().count(), 0);
 }
 
 #[test]

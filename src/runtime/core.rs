@@ -73,6 +73,9 @@ pub(crate) enum CoreMsg {
     Sip { source: Peer, msg: Box<Message> },
     /// An agent event, and where to say it has been applied.
     Notice(AgentEvent, flume::Sender<()>),
+    /// Call-state events, in the order they happened (see
+    /// `Core::queue_notices`).
+    Notices(Vec<AgentEvent>),
     /// Bytes for a stream connection this core owns.
     StreamSend { peer: Peer, data: Bytes },
     /// A hosting message from peer blade `from` for this core's agents or
@@ -105,6 +108,10 @@ pub(crate) struct Core {
     index: usize,
     /// The inter-blade link, on core 0 of a clustered blade.
     link: OnceCell<Rc<LinkDriver>>,
+    /// Call-state notices not yet sent, by core.
+    outbox: RefCell<Vec<Vec<AgentEvent>>>,
+    /// Whether a task will send the outbox.
+    outbox_flush_due: std::cell::Cell<bool>,
 }
 
 impl Core {
@@ -136,9 +143,7 @@ impl Core {
             .iter()
             .any(|n| matches!(n.event, AgentEvent::LoggedIn(_) | AgentEvent::LoggedOut(_)));
         if !gating {
-            for notice in out.notices {
-                self.notify(notice);
-            }
+            self.queue_notices(out.notices);
             return self.transmit(out.transmits).await;
         }
         let core = self.clone();
@@ -280,16 +285,56 @@ impl Core {
         }
     }
 
-    /// Sends a notice without waiting for it to be applied.
-    fn notify(self: &Rc<Self>, notice: crate::proxy::Notice) {
-        for target in self.targets(notice.to) {
-            let core = self.clone();
-            let event = notice.event.clone();
+    /// Queues call-state notices (an agent joined or left a call) for the
+    /// cores that own the agents. Nothing waits on them, so they are not
+    /// sent at once: they ride along with the next message to that core, or
+    /// go at the next timer grid point, when a busy core is awake for its
+    /// own timers anyway. Sending each alone woke an idle core per notice
+    /// (an eventfd write, then a wake-up and a park there).
+    fn queue_notices(self: &Rc<Self>, notices: Vec<crate::proxy::Notice>) {
+        if notices.is_empty() {
+            return;
+        }
+        {
+            let mut outbox = self.outbox.borrow_mut();
+            for notice in notices {
+                for target in self.targets(notice.to) {
+                    if let Some(queue) = outbox.get_mut(target) {
+                        queue.push(notice.event.clone());
+                    }
+                }
+            }
+        }
+        if self.outbox_flush_due.replace(true) {
+            return;
+        }
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let now = core.now();
+            glommio::timer::sleep(wake_time(now + TICK).saturating_sub(now)).await;
+            core.outbox_flush_due.set(false);
+            for target in 0..core.shared.cores {
+                core.send_outbox(target);
+            }
+        })
+        .detach();
+    }
+
+    /// Sends the notices queued for `target`, in one message.
+    fn send_outbox(self: &Rc<Self>, target: usize) {
+        let events = match self.outbox.borrow_mut().get_mut(target) {
+            Some(queue) if !queue.is_empty() => std::mem::take(queue),
+            _ => return,
+        };
+        let Some(mesh) = &self.mesh else { return };
+        if let Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) =
+            mesh.try_send_to(target, CoreMsg::Notices(events))
+        {
             // A full peer queue must not stall this core: wait in a task.
+            let core = self.clone();
             glommio::spawn_local(async move {
                 if let Some(mesh) = &core.mesh {
-                    let (ack, _) = flume::bounded(1);
-                    let _ = mesh.send_to(target, CoreMsg::Notice(event, ack)).await;
+                    let _ = mesh.send_to(target, msg).await;
                 }
             })
             .detach();
@@ -361,6 +406,9 @@ impl Core {
         match Message::parse(data.clone()) {
             Ok(msg) => match owner_core(&msg, self.shared.cores) {
                 Some(owner) if owner != self.index => {
+                    // The owner is woken for this message anyway: queued
+                    // notices for it go first, in the same wake-up.
+                    self.send_outbox(owner);
                     if let Some(mesh) = &self.mesh {
                         let handoff = CoreMsg::Sip {
                             source,
@@ -405,6 +453,12 @@ impl Core {
             CoreMsg::Notice(event, applied) => {
                 self.proxy.borrow_mut().handle_notice(event);
                 let _ = applied.send(());
+            }
+            CoreMsg::Notices(events) => {
+                let mut proxy = self.proxy.borrow_mut();
+                for event in events {
+                    proxy.handle_notice(event);
+                }
             }
             CoreMsg::StreamSend { peer, data } => {
                 self.send_stream(Peer { conn: None, ..peer }, data)
@@ -531,6 +585,8 @@ pub(crate) async fn run(
         index,
         conns: Connections::new(index),
         link: OnceCell::new(),
+        outbox: RefCell::new(vec![Vec::new(); shared.cores]),
+        outbox_flush_due: std::cell::Cell::new(false),
     });
 
     // The long-lived tasks, cancelled when the core stops: each holds the

@@ -102,6 +102,10 @@ struct Uac {
     request: Vec<u8>,
     /// The ACK of the 200: sent again when the 200 is.
     ack: Vec<u8>,
+    /// Where `request` and `ack` go: the blade for the INVITE, then the
+    /// dialog's first Route (RFC 3261 §12.2.1.1), which may name another
+    /// port of the blade than its SIP port.
+    next_hop: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +197,7 @@ impl Worker {
                 generation: 0,
                 request: Vec::with_capacity(768),
                 ack: Vec::with_capacity(384),
+                next_hop: plan.blade,
             });
             uas.push(Uas {
                 callee: extension(plan.first, i, true).to_string(),
@@ -564,6 +569,7 @@ impl Worker {
             format_args!("{}{p}.{}", self.prefix, s.serial),
         );
         s.request.clear();
+        s.next_hop = self.plan.blade;
         let domain = &self.plan.domain;
         let _ = write!(
             s.request,
@@ -600,7 +606,8 @@ impl Worker {
         s.generation = s.generation.wrapping_add(1);
         let at = s.retx_at.min(s.deadline);
         let data = std::mem::take(&mut s.request);
-        self.send(&data, self.plan.blade);
+        let to = s.next_hop;
+        self.send(&data, to);
         self.uac[p].request = data;
         self.push_timer(SIDE_UAC, p, at);
     }
@@ -608,7 +615,7 @@ impl Worker {
     /// Sends slot `p`'s stored request (INVITE or BYE) again.
     fn resend_request(&mut self, p: usize) {
         let data = std::mem::take(&mut self.uac[p].request);
-        self.send(&data, self.plan.blade);
+        self.send(&data, self.uac[p].next_hop);
         self.uac[p].request = data;
         self.report.retransmits += 1;
     }
@@ -694,7 +701,7 @@ impl Worker {
                     self.report.setup_us.push(micros(setup));
                     self.build_dialog_requests(p, msg);
                     let data = std::mem::take(&mut self.uac[p].ack);
-                    self.send(&data, self.plan.blade);
+                    self.send(&data, self.uac[p].next_hop);
                     self.uac[p].ack = data;
                     if self.plan.hold.is_zero() {
                         self.send_bye(p, now);
@@ -721,7 +728,7 @@ impl Worker {
             (Method::Invite, UacState::Holding | UacState::Terminating) => {
                 if (200..300).contains(&status) {
                     let data = std::mem::take(&mut self.uac[p].ack);
-                    self.send(&data, self.plan.blade);
+                    self.send(&data, self.uac[p].next_hop);
                     self.uac[p].ack = data;
                     self.report.retransmits += 1;
                 }
@@ -750,6 +757,11 @@ impl Worker {
         let src = ok.as_bytes();
         let mut routes: SmallVec<[&[u8]; 4]> = ok.record_routes().map(|r| r.as_bytes()).collect();
         routes.reverse();
+        let first_route = ok.record_routes().last().map(|r| r.uri());
+        self.uac[p].next_hop = first_route
+            .as_ref()
+            .and_then(crate::proxy::route::uri_peer)
+            .map_or(self.plan.blade, |peer| peer.addr);
         let to_line = ok
             .header_fields()
             .iter()
