@@ -155,6 +155,15 @@ fn cross_blade_call_hosts_the_callee_and_hands_it_back() {
     assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 1.0);
     assert_eq!(cluster.metric(s, "sipblade_hosting_rtt_seconds_count"), 1.0);
     assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 1.0);
+    for blade in [s, t] {
+        for direction in ["sent", "received"] {
+            let name = format!("sipblade_link_datagrams_total{{direction=\"{direction}\"}}");
+            assert!(
+                cluster.metric(blade, &name) > 0.0,
+                "blade {blade}: {name} counts the QUIC traffic"
+            );
+        }
+    }
 }
 
 /// SPEC §2 step 6: while B is hosted, a new INVITE for B reaching T (here

@@ -41,13 +41,16 @@ taskset -c 1 $B run --config b2.toml > b2.log 2>&1 & p2=$!
 trap 'kill $p1 $p2 2>/dev/null; wait $p1 $p2 2>/dev/null; rm -rf "$W"' EXIT
 for i in $(seq 50); do curl -s 127.0.0.31:8060/status | grep -q '"up":true' && break; sleep 0.1; done
 cpu() { awk '{s=$0; sub(/.*\) /,"",s); split(s,f," "); print f[12]+f[13]}' /proc/$1/stat; }
+# UDP datagrams sent on this machine (loopback: every datagram of the test).
+link_sent() { curl -s 127.0.0.3$1:8060/metrics | awk '/^sipblade_link_datagrams_total\{direction="sent"\}/ {print $2}'; }
+udp_out() { awk '/^Udp:/ { if (h) print $5; h = 1 }' /proc/net/snmp; }
 hist() { curl -s 127.0.0.31:8060/metrics | grep '^sipblade_hosting_rtt_seconds_bucket' | awk '{print $2}' | tr '\n' ' '; }
 for round in 1 2; do
   for kind in local cross; do
     callee=127.0.0.31:5060; first=100000; [ $kind = cross ] && callee=127.0.0.32:5060 && first=300000
-    h0=$(hist); a=$(cpu $p1); b=$(cpu $p2)
+    h0=$(hist); a=$(cpu $p1); b=$(cpu $p2); u=$(udp_out); l1=$(link_sent 1); l2=$(link_sent 2)
     out=$($B load run --blade 127.0.0.31:5060 --callee-blade $callee --first $first --pairs $PAIRS --rate $RATE --calls $((RATE*SECS)) --json 2>&1)
-    a2=$(cpu $p1); b2=$(cpu $p2); h1=$(hist)
+    a2=$(cpu $p1); b2=$(cpu $p2); h1=$(hist); u2=$(udp_out); l1b=$(link_sent 1); l2b=$(link_sent 2)
     echo "$out" | python3 -c "
 import json,sys
 r=json.loads(sys.stdin.read()); n=r['ok']+r['failed']
@@ -58,7 +61,7 @@ def pct(p):
     if not d or d[-1]==0: return '-'
     for i,c in enumerate(d):
         if c>=p*d[-1]: return le[i]
-print(f'round $round $kind: ok={r[\"ok\"]} failed={r[\"failed\"]} setup p50/p99={r[\"setup_ms\"][\"p50\"]}/{r[\"setup_ms\"][\"p99\"]} ms  blade-1 {($a2-$a)*10*1000/n:.0f} ms/1000  blade-2 {($b2-$b)*10*1000/n:.0f} ms/1000  rtt p50<={pct(0.5)} p99<={pct(0.99)} ({d[-1] if d else 0} hostings)')
+print(f'round $round $kind: ok={r[\"ok\"]} failed={r[\"failed\"]} setup p50/p99={r[\"setup_ms\"][\"p50\"]}/{r[\"setup_ms\"][\"p99\"]} ms  blade-1 {($a2-$a)*10*1000/n:.0f} ms/1000  blade-2 {($b2-$b)*10*1000/n:.0f} ms/1000  rtt p50<={pct(0.5)} p99<={pct(0.99)} ({d[-1] if d else 0} hostings)  UDP datagrams/call {($u2-$u)/n:.1f} (QUIC {(${l1b:-0}-${l1:-0}+${l2b:-0}-${l2:-0})/n:.2f})')
 "
   done
 done

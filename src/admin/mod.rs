@@ -7,7 +7,7 @@ pub mod render;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,13 +34,38 @@ pub struct BladeInfo {
 pub struct Peers {
     configured: Vec<(String, SocketAddr)>,
     up: Vec<AtomicBool>,
+    /// QUIC datagrams the link sent and received, all peers together.
+    datagrams_sent: AtomicU64,
+    datagrams_received: AtomicU64,
 }
 
 impl Peers {
     /// The peers `(id, QUIC address)`, all down.
     pub fn new(configured: Vec<(String, SocketAddr)>) -> Self {
         let up = configured.iter().map(|_| AtomicBool::new(false)).collect();
-        Peers { configured, up }
+        Peers {
+            configured,
+            up,
+            ..Peers::default()
+        }
+    }
+
+    /// Counts a datagram the link sent (`true`) or received.
+    pub fn count_datagram(&self, sent: bool) {
+        let counter = if sent {
+            &self.datagrams_sent
+        } else {
+            &self.datagrams_received
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Datagrams the link sent and received.
+    pub fn datagrams(&self) -> (u64, u64) {
+        (
+            self.datagrams_sent.load(Ordering::Relaxed),
+            self.datagrams_received.load(Ordering::Relaxed),
+        )
     }
 
     /// The configured peers.
@@ -130,7 +155,7 @@ fn serve(server: &tiny_http::Server, info: &BladeInfo, cores: &[flume::Sender<Sn
             (true, "/metrics") => (
                 200,
                 "text/plain; version=0.0.4",
-                render::metrics_text(&gather(cores)),
+                render::metrics_text(&gather(cores), info.peers.datagrams()),
             ),
             (false, "/status" | "/metrics") => {
                 (405, "text/plain", "method not allowed\n".to_owned())

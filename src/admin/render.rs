@@ -41,8 +41,9 @@ pub fn status_json(info: &BladeInfo, snapshots: &[Snapshot]) -> String {
     format!("{doc}\n")
 }
 
-/// The `/metrics` text (Prometheus exposition format 0.0.4).
-pub fn metrics_text(snapshots: &[Snapshot]) -> String {
+/// The `/metrics` text (Prometheus exposition format 0.0.4);
+/// `link_datagrams` are the QUIC datagrams the link sent and received.
+pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> String {
     let mut m = Metrics::default();
     for s in snapshots {
         m.merge(&s.metrics);
@@ -93,6 +94,14 @@ pub fn metrics_text(snapshots: &[Snapshot]) -> String {
     let h = &m.hosting_rtt;
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
     let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
+    let name = "sipblade_link_datagrams_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} QUIC datagrams of the inter-blade link.\n# TYPE {name} counter"
+    );
+    let (sent, received) = link_datagrams;
+    let _ = writeln!(out, "{name}{{direction=\"sent\"}} {sent}");
+    let _ = writeln!(out, "{name}{{direction=\"received\"}} {received}");
     for (name, kind, help, value) in [
         (
             "sipblade_registrations_total",

@@ -3,12 +3,13 @@
 //! `/status` shows, and the hand-off of hosting messages between the link
 //! and the cores that own them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::UdpSocket;
 
 use super::core::Core;
@@ -19,7 +20,8 @@ use crate::cluster::link::{Link, LinkEvent};
 use crate::cluster::tls::Identity;
 use crate::proxy::cross::{ClusterSend, Dest};
 
-/// Longest wait for a datagram before timers are looked at again.
+/// Longest wait of the receive loop (for a datagram) and of the timer
+/// task (for the link's next timeout), so both notice a stop.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// How long a stopping blade waits for its goodbyes to go out.
@@ -41,6 +43,12 @@ pub(crate) struct LinkDriver {
     socket: UdpSocket,
     pub(crate) peers: Arc<Peers>,
     tracer: Option<(Tracer, Arc<str>)>,
+    /// When the timer task wakes next.
+    timer_at: Cell<Instant>,
+    /// Wakes the timer task early: whatever sends on the link can move its
+    /// next timeout earlier (a retransmission timer, pacing), and the task
+    /// may be asleep until a later one.
+    rearm: (LocalSender<()>, LocalReceiver<()>),
 }
 
 impl LinkDriver {
@@ -56,6 +64,8 @@ impl LinkDriver {
             socket: UdpSocket::from(setup.socket),
             peers: setup.peers,
             tracer,
+            timer_at: Cell::new(Instant::now()),
+            rearm: local_channel::new_bounded(1),
         }
     }
 
@@ -108,10 +118,16 @@ impl LinkDriver {
     async fn flush(&self) {
         loop {
             let next = self.link.borrow_mut().poll_transmit();
-            let Some((to, data)) = next else { return };
-            if let Err(e) = self.socket.send_to(&data, to).await {
-                tracing::debug!(%to, "link send failed: {e}");
+            let Some((to, data)) = next else { break };
+            match self.socket.send_to(&data, to).await {
+                Ok(_) => self.peers.count_datagram(true),
+                Err(e) => tracing::debug!(%to, "link send failed: {e}"),
             }
+        }
+        let next = self.link.borrow_mut().poll_timeout();
+        if next.is_some_and(|at| at < self.timer_at.get()) {
+            // Full means the task is already due to look again.
+            let _ = self.rearm.0.try_send(());
         }
     }
 
@@ -154,40 +170,60 @@ pub(crate) fn summary(msg: &Message) -> String {
     }
 }
 
-/// Runs the link until the blade stops, then closes every connection.
+/// Runs the link until the blade stops, then closes every connection:
+/// this task receives, a second one serves the link's timers.
 pub(crate) async fn run(core: Rc<Core>, driver: Rc<LinkDriver>) {
+    glommio::spawn_local(run_timers(core.clone(), driver.clone())).detach();
     let mut buf = vec![0u8; 65_535];
+    let _ = driver.socket.set_read_timeout(Some(MAX_WAIT));
     loop {
-        let now = Instant::now();
         if core.stopping() {
-            driver.link.borrow_mut().close_all(now);
+            driver.link.borrow_mut().close_all(Instant::now());
             driver.flush().await;
             glommio::timer::sleep(CLOSE_GRACE).await;
             driver.flush().await;
             return;
         }
-        driver.link.borrow_mut().handle_timeout(now);
-        driver.flush().await;
-        loop {
-            let event = driver.link.borrow_mut().poll_event();
-            let Some(event) = event else { break };
-            on_event(&core, &driver, event).await;
-        }
-        let wait = driver
-            .link
-            .borrow_mut()
-            .poll_timeout()
-            .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()))
-            .clamp(Duration::from_millis(1), MAX_WAIT);
-        let _ = driver.socket.set_read_timeout(Some(wait));
         if let Ok((n, from)) = driver.socket.recv_from(&mut buf).await {
+            driver.peers.count_datagram(false);
             let data = BytesMut::from(&buf[..n]);
             driver
                 .link
                 .borrow_mut()
                 .handle_datagram(Instant::now(), from, data);
             driver.flush().await;
+            handle_events(&core, &driver).await;
         }
+    }
+}
+
+/// Serves the link's timers (retransmission, acknowledgement delay, keep
+/// alive, idle, reconnection) until the blade stops.
+async fn run_timers(core: Rc<Core>, driver: Rc<LinkDriver>) {
+    while !core.stopping() {
+        let now = Instant::now();
+        let wait = driver
+            .link
+            .borrow_mut()
+            .poll_timeout()
+            .map_or(MAX_WAIT, |t| t.saturating_duration_since(now))
+            .min(MAX_WAIT);
+        driver.timer_at.set(now + wait);
+        futures_lite::future::or(glommio::timer::sleep(wait), async {
+            let _ = driver.rearm.1.recv().await;
+        })
+        .await;
+        driver.link.borrow_mut().handle_timeout(Instant::now());
+        driver.flush().await;
+        handle_events(&core, &driver).await;
+    }
+}
+
+async fn handle_events(core: &Rc<Core>, driver: &Rc<LinkDriver>) {
+    loop {
+        let event = driver.link.borrow_mut().poll_event();
+        let Some(event) = event else { break };
+        on_event(core, driver, event).await;
     }
 }
 
