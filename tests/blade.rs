@@ -247,6 +247,9 @@ fn reregister_refreshes_and_expires_zero_logs_out() {
 // 3. Agent-to-agent calls.
 
 fn agent_to_agent_call(auth: bool) {
+    // The caller's record lives on the other core: its in_call and ready
+    // reach that core in the batched call-state notices.
+    assert_ne!(shard_of(b"1001", 2), shard_of(b"1002", 2));
     let blade = TestBlade::start(2, auth);
     let mut a = blade.registered("1001");
     let mut b = blade.registered("1002");
