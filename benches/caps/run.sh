@@ -68,6 +68,8 @@ set +m
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 prog="caps"
+# used_ports, udp_bound, final_counts: shared with the sipp tests.
+. "$root/tests/sipp/common.sh"
 
 fail() {
     echo "$prog: FAIL: $*" >&2
@@ -212,11 +214,6 @@ forget() {
     groups=("${keep_groups[@]}")
 }
 
-# Ports in use on any address (/proc/net lists them in hex).
-used_ports() {
-    cat /proc/net/udp /proc/net/udp6 /proc/net/tcp /proc/net/tcp6 2>/dev/null |
-        awk '$2 ~ /:/ { split($2, a, ":"); print a[2] }'
-}
 picked=" "
 free_port() { # x="$(free_port)"; picked+="$x "
     local used port tries=0
@@ -230,12 +227,6 @@ free_port() { # x="$(free_port)"; picked+="$x "
         echo "$port"
         return
     done
-}
-udp_bound() { # udp_bound IP PORT
-    local a b c d want
-    IFS=. read -r a b c d <<<"$1"
-    want="$(printf '%02X%02X%02X%02X:%04X' "$d" "$c" "$b" "$a" "$2")"
-    awk -v w="$want" '$2 == w { found = 1 } END { exit !found }' /proc/net/udp
 }
 # port_free IP PORT: waits (10 s at most) until no UDP socket is bound there.
 port_free() {
@@ -292,20 +283,6 @@ group_size() { # number of processes and threads in process group $1
     echo "$procs $threads"
 }
 
-# sipp's final counters from its statistics file: "successful failed".
-final_counts() {
-    awk -F';' '
-        NR == 1 {
-            for (i = 1; i <= NF; i++) {
-                if ($i == "SuccessfulCall(C)") s = i
-                if ($i == "FailedCall(C)") f = i
-            }
-            next
-        }
-        { ok = $s; ko = $f }
-        END { if (s && f && NR > 1) print ok + 0, ko + 0; else print "- -" }' "$1" 2>/dev/null ||
-        echo "- -"
-}
 # User + system seconds from a spawn's .time file ("-" when absent).
 cpu_secs() {
     awk 'NF == 2 { printf "%.3f\n", $1 + $2; found = 1 } END { if (!found) print "-" }' "$1" \

@@ -1,4 +1,5 @@
-# Helpers shared by the sipp scripts (sourced by run.sh and lib.sh).
+# Helpers shared by the sipp scripts (sourced by run.sh and lib.sh here, and
+# by benches/caps/run.sh).
 
 # Ports in use on any address (/proc/net lists them in hex).
 used_ports() {
