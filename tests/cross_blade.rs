@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cluster::TestCluster;
-use common::{Call, DOMAIN, Ua, WAIT, first_line};
+use common::{Call, DOMAIN, Ua, WAIT, aor, branch, first_line, unique};
 use sipblade::cluster::certs::generate_cluster;
 use sipblade::sip::{Message, Method};
 
@@ -721,4 +721,64 @@ fn a_call_turned_away_busy_by_the_host_is_counted_on_the_agents_blade() {
 
     hang_up(&mut a, &mut b, &mut call);
     wait_ready(&cluster, t, "1002");
+}
+
+/// A MESSAGE (not a call) from an agent on S to an agent on T is relayed:
+/// T gives S leave for that one request over the link (a token, as for an
+/// INVITE, but no hosting: the agent's state does not change), and the
+/// answer comes back the same way. To an agent logged in nowhere: 480.
+#[test]
+fn an_out_of_dialog_message_to_an_agent_on_another_blade_is_relayed() {
+    let cluster = TestCluster::start(2, 88);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+
+    let message = |a: &Ua, to: &str, call_id: &str| {
+        format!(
+            "MESSAGE {} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: <{}>;tag=m1\r\nTo: <{}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+             Content-Length: 5\r\n\r\nhello",
+            aor(to),
+            a.via(&branch()),
+            aor("1001"),
+            aor(to),
+        )
+    };
+    let call_id = format!("msg-{}@test", unique());
+    a.send(message(&a, "1002", &call_id));
+    let relayed = b.request(Method::Message, &call_id);
+    assert_eq!(relayed.body(), b"hello");
+    assert_eq!(
+        relayed.request_uri().unwrap().as_str(),
+        b.contact_uri(),
+        "T sent it to B's registered terminal"
+    );
+    assert_eq!(relayed.vias().count(), 3, "through S and T: {relayed:?}");
+    assert_eq!(cluster.agent(t, "1002")["state"], "ready", "not hosted");
+    b.send(b.answer(&relayed, 200, "OK", "b1"));
+    let ok = a.response(&call_id, Method::Message);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    assert!(cluster.sessions(s).is_empty() && cluster.sessions(t).is_empty());
+
+    // A token is no use to anyone but the blade it was given to: the same
+    // kind of request straight from a phone to T is refused.
+    let forged = format!("msg-{}@test", unique());
+    let mut direct = Ua::new(cluster.members[t].sip, "1001");
+    let text = message(&direct, "1002", &forged).replacen(
+        &aor("1002"),
+        &format!(
+            "sip:1002@{};sbh=00112233445566778899aabbccddeeff",
+            cluster.members[t].sip
+        ),
+        1,
+    );
+    direct.send(text);
+    let resp = direct.response(&forged, Method::Message);
+    assert_eq!(resp.status(), Some(403), "{}", first_line(&resp));
+
+    let nobody = format!("msg-{}@test", unique());
+    a.send(message(&a, "1003", &nobody));
+    let resp = a.response(&nobody, Method::Message);
+    assert_eq!(resp.status(), Some(480), "{}", first_line(&resp));
 }

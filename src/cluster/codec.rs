@@ -399,6 +399,26 @@ pub enum Message {
         /// A SIP status, 300 to 699.
         status: u16,
     },
+    /// Asks the agent's blade for leave to relay one out-of-dialog request
+    /// that is not a call (MESSAGE, SUBSCRIBE, REFER, ...) to the agent:
+    /// no hosting, the agent's state is unchanged.
+    RelayRequest {
+        /// Echoed by the answer.
+        request_id: u64,
+        /// The agent.
+        extension: String,
+        /// The request's Call-ID.
+        call_id: String,
+    },
+    /// Leave to relay: the request must carry `token` (refusals are
+    /// [`Message::HostRefused`]).
+    RelayGranted {
+        /// The request's id.
+        request_id: u64,
+        /// The token, bound to the requesting blade, the agent and the
+        /// Call-ID.
+        token: Token,
+    },
 }
 
 /// The family a message belongs to: tells a driver where to hand it.
@@ -435,6 +455,11 @@ mod ty {
     pub const UNHOST_ACK: u8 = 13;
     pub const REDIRECT: u8 = 14;
     pub const REDIRECT_ANSWER: u8 = 15;
+    // Added within version 1: a blade that predates them refuses them as
+    // unknown types and leaves the request unanswered, which its asker
+    // times out as 503.
+    pub const RELAY_REQUEST: u8 = 16;
+    pub const RELAY_GRANTED: u8 = 17;
 }
 
 impl Message {
@@ -456,6 +481,8 @@ impl Message {
             Message::UnhostAck { .. } => "UnhostAck",
             Message::Redirect { .. } => "Redirect",
             Message::RedirectAnswer { .. } => "RedirectAnswer",
+            Message::RelayRequest { .. } => "RelayRequest",
+            Message::RelayGranted { .. } => "RelayGranted",
         }
     }
 
@@ -468,13 +495,15 @@ impl Message {
             Message::Locate { .. }
             | Message::HostRequest { .. }
             | Message::Renew { .. }
-            | Message::Unhost { .. } => Class::Request,
+            | Message::Unhost { .. }
+            | Message::RelayRequest { .. } => Class::Request,
             Message::Located { .. }
             | Message::HostGranted { .. }
             | Message::HostRefused { .. }
             | Message::RenewAck { .. }
             | Message::RenewRefused { .. }
-            | Message::UnhostAck { .. } => Class::Reply,
+            | Message::UnhostAck { .. }
+            | Message::RelayGranted { .. } => Class::Reply,
             Message::Redirect { .. } => Class::Redirect,
             Message::RedirectAnswer { .. } => Class::RedirectAnswer,
         }
@@ -495,7 +524,9 @@ impl Message {
             | Message::Unhost { request_id, .. }
             | Message::UnhostAck { request_id }
             | Message::Redirect { request_id, .. }
-            | Message::RedirectAnswer { request_id, .. } => Some(*request_id),
+            | Message::RedirectAnswer { request_id, .. }
+            | Message::RelayRequest { request_id, .. }
+            | Message::RelayGranted { request_id, .. } => Some(*request_id),
         }
     }
 
@@ -507,7 +538,8 @@ impl Message {
             | Message::HostRequest { extension, .. }
             | Message::Renew { extension, .. }
             | Message::Unhost { extension, .. }
-            | Message::Redirect { extension, .. } => Some(extension),
+            | Message::Redirect { extension, .. }
+            | Message::RelayRequest { extension, .. } => Some(extension),
             _ => None,
         }
     }
@@ -640,6 +672,21 @@ impl Message {
                 out.put_u64(*request_id);
                 out.put_u16(*status);
             }
+            Message::RelayRequest {
+                request_id,
+                extension,
+                call_id,
+            } => {
+                out.put_u8(ty::RELAY_REQUEST);
+                out.put_u64(*request_id);
+                put_str(out, extension);
+                put_str(out, call_id);
+            }
+            Message::RelayGranted { request_id, token } => {
+                out.put_u8(ty::RELAY_GRANTED);
+                out.put_u64(*request_id);
+                out.put_slice(&token.0);
+            }
         }
     }
 
@@ -742,6 +789,15 @@ impl Message {
                     s @ 300..=699 => s,
                     _ => return Err(DecodeError::Invalid("status")),
                 },
+            },
+            ty::RELAY_REQUEST => Message::RelayRequest {
+                request_id: r.u64()?,
+                extension: r.str("extension")?,
+                call_id: r.str("call_id")?,
+            },
+            ty::RELAY_GRANTED => Message::RelayGranted {
+                request_id: r.u64()?,
+                token: r.token()?,
             },
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -1151,6 +1207,15 @@ mod tests {
                 lease_secs: 1,
             });
         }
+        v.push(Message::RelayRequest {
+            request_id: 9,
+            extension: "2001".into(),
+            call_id: "m1@host".into(),
+        });
+        v.push(Message::RelayGranted {
+            request_id: 9,
+            token: Token([0x5a; 16]),
+        });
         v
     }
 
@@ -1176,7 +1241,7 @@ mod tests {
         }
         types.sort_unstable();
         types.dedup();
-        assert_eq!(types, (1..=15).collect::<Vec<u8>>(), "every type sampled");
+        assert_eq!(types, (1..=17).collect::<Vec<u8>>(), "every type sampled");
     }
 
     #[test]
@@ -1212,7 +1277,7 @@ mod tests {
         bytes[0] = b'I';
         assert_eq!(Message::decode(&bytes), Err(DecodeError::BadMagic(b'I')));
         bytes[0] = MAGIC;
-        for t in [0, 16, 255] {
+        for t in [0, 18, 255] {
             bytes[2] = t;
             assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownType(t)));
         }
@@ -1618,6 +1683,15 @@ mod tests {
             ),
             (id, 300u16..700)
                 .prop_map(|(request_id, status)| Message::RedirectAnswer { request_id, status }),
+            (id, text(), text()).prop_map(|(request_id, extension, call_id)| {
+                Message::RelayRequest {
+                    request_id,
+                    extension,
+                    call_id,
+                }
+            }),
+            (id, token())
+                .prop_map(|(request_id, token)| Message::RelayGranted { request_id, token }),
         ]
     }
 
@@ -1642,7 +1716,7 @@ mod tests {
 
         #[test]
         fn random_bodies_never_panic(
-            ty in 0u8..17,
+            ty in 0u8..19,
             body in proptest::collection::vec(any::<u8>(), 0..192),
         ) {
             // Past the header, so every type's field decoding is reached.

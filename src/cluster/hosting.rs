@@ -132,6 +132,20 @@ pub struct Target {
     epochs: HashMap<String, u64>,
     next_epoch: u64,
     next_request: u64,
+    /// Leave given to relay one request: (agent, Call-ID) → grant.
+    relays: HashMap<(String, String), RelayGrant>,
+}
+
+/// How long leave to relay a request holds: a non-INVITE transaction's
+/// lifetime (64 × T1), so retransmissions of the relayed request pass.
+pub const RELAY_TTL: Duration = Duration::from_secs(32);
+
+/// Leave to relay one out-of-dialog request to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RelayGrant {
+    source: String,
+    token: Token,
+    expires_at: Duration,
 }
 
 impl Target {
@@ -152,6 +166,7 @@ impl Target {
             epochs: HashMap::new(),
             next_epoch: 1,
             next_request: 1,
+            relays: HashMap::new(),
         }
     }
 
@@ -305,6 +320,64 @@ impl Target {
             && g.call_id == call_id
             && g.expires_at > now;
         ok.then_some(g)
+    }
+
+    /// Gives blade `from` leave to relay one out-of-dialog request that is
+    /// not a call (`call_id`) to `extension`, who must be logged in here;
+    /// the agent's state does not change. The token expires after
+    /// [`RELAY_TTL`].
+    pub fn relay(
+        &mut self,
+        now: Duration,
+        location: &Location,
+        from: &str,
+        extension: &str,
+        call_id: &str,
+    ) -> Result<Token, Refusal> {
+        let record = location.get(extension).ok_or(Refusal::Unknown)?;
+        if !record.is_logged_in() {
+            return Err(Refusal::NotLoggedIn);
+        }
+        let key = (extension.to_owned(), call_id.to_owned());
+        if let Some(r) = self.relays.get(&key) {
+            if same_blade(&r.source, from) && r.expires_at > now {
+                return Ok(r.token);
+            }
+        }
+        self.relays.retain(|_, r| r.expires_at > now);
+        if self.relays.len() >= self.max_grants {
+            return Err(Refusal::Overloaded);
+        }
+        self.serial += 1;
+        let token = self.token(from, call_id, extension, self.serial);
+        self.relays.insert(
+            key,
+            RelayGrant {
+                source: from.to_owned(),
+                token,
+                expires_at: now + RELAY_TTL,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Whether a request from blade `from` for `extension` in `call_id`
+    /// carrying `token` has leave to be relayed ([`Target::relay`]).
+    pub fn check_relay(
+        &self,
+        now: Duration,
+        from: &str,
+        extension: &str,
+        call_id: &str,
+        token: &Token,
+    ) -> bool {
+        self.relays
+            .get(&(extension.to_owned(), call_id.to_owned()))
+            .is_some_and(|r| {
+                bool::from(r.token.0.ct_eq(&token.0))
+                    && same_blade(&r.source, from)
+                    && r.expires_at > now
+            })
     }
 
     /// Whether an INVITE from blade `from` for `extension` in `call_id`
@@ -523,6 +596,20 @@ impl Target {
                     request_id: *request_id,
                 }
             }
+            Message::RelayRequest {
+                request_id,
+                extension,
+                call_id,
+            } => match self.relay(now, location, from, extension, call_id) {
+                Ok(token) => Message::RelayGranted {
+                    request_id: *request_id,
+                    token,
+                },
+                Err(reason) => Message::HostRefused {
+                    request_id: *request_id,
+                    reason,
+                },
+            },
             _ => return None,
         })
     }
@@ -774,8 +861,20 @@ pub enum SourceEvent {
         /// The lease granted, in seconds.
         lease_secs: u32,
     },
-    /// The agent cannot be hosted: answer the caller with
-    /// `reason.status()` (404, 480, 486, 503).
+    /// Leave to relay the request `call_id` to the agent: send it to
+    /// `peer` carrying `token` ([`Source::relay`]).
+    Relayed {
+        /// The request's Call-ID.
+        call_id: String,
+        /// The agent.
+        extension: String,
+        /// The agent's blade.
+        peer: String,
+        /// The relay token for the request.
+        token: Token,
+    },
+    /// The agent cannot be hosted (or a request to it relayed): answer
+    /// the caller with `reason.status()` (404, 480, 486, 503).
     Refused {
         /// The session.
         call_id: String,
@@ -840,7 +939,7 @@ type Key = (String, String);
 
 #[derive(Debug)]
 enum Pending {
-    /// A host request to `peer`.
+    /// A host request (or, with `relay`, a relay request) to `peer`.
     Host {
         peer: String,
         key: Key,
@@ -848,14 +947,17 @@ enum Pending {
         /// was stale, so ask the other peers.
         from_directory: bool,
         sent_at: Duration,
+        relay: bool,
     },
-    /// A Locate sent to every peer in `waiting` under one request id.
+    /// A Locate sent to every peer in `waiting` under one request id,
+    /// before a host (or, with `relay`, a relay) request.
     Locate {
         key: Key,
         waiting: BTreeSet<String>,
         /// A peer went away before answering: a miss everywhere else is
         /// then 503, not 480 (that peer may have had the agent).
         unanswered: bool,
+        relay: bool,
     },
     /// A renewal of the hosting `key` with `token`.
     Renew {
@@ -949,27 +1051,59 @@ impl Source {
     /// Locate to every peer that is up. The outcome comes as a
     /// [`SourceEvent::Granted`] or [`SourceEvent::Refused`].
     pub fn host(&mut self, now: Duration, directory: &Directory, call_id: &str, extension: &str) {
+        self.start(now, directory, call_id, extension, false);
+    }
+
+    /// Asks the blade of `extension` for leave to relay the out-of-dialog
+    /// request `call_id` (not a call: no hosting), found the same way as
+    /// for [`Source::host`]. The outcome comes as a
+    /// [`SourceEvent::Relayed`] or [`SourceEvent::Refused`].
+    pub fn relay(&mut self, now: Duration, directory: &Directory, call_id: &str, extension: &str) {
+        self.start(now, directory, call_id, extension, true);
+    }
+
+    fn start(
+        &mut self,
+        now: Duration,
+        directory: &Directory,
+        call_id: &str,
+        extension: &str,
+        relay: bool,
+    ) {
         let key = (call_id.to_owned(), extension.to_owned());
         match directory.lookup(extension) {
             Some(peer) => {
                 let peer = peer.to_owned();
-                self.send_host(now, peer, key, true);
+                self.send_host(now, peer, key, true, relay);
             }
-            None => self.locate(now, directory, key, Vec::new()),
+            None => self.locate(now, directory, key, Vec::new(), relay),
         }
     }
 
-    fn send_host(&mut self, now: Duration, peer: String, key: Key, from_directory: bool) {
+    fn send_host(
+        &mut self,
+        now: Duration,
+        peer: String,
+        key: Key,
+        from_directory: bool,
+        relay: bool,
+    ) {
         let request_id = self.request_id();
-        self.transmits.push_back((
-            peer.clone(),
+        let msg = if relay {
+            Message::RelayRequest {
+                request_id,
+                extension: key.1.clone(),
+                call_id: key.0.clone(),
+            }
+        } else {
             Message::HostRequest {
                 request_id,
                 extension: key.1.clone(),
                 call_id: key.0.clone(),
                 lease_secs: self.lease_secs,
-            },
-        ));
+            }
+        };
+        self.transmits.push_back((peer.clone(), msg));
         self.add_pending(
             now,
             request_id,
@@ -978,12 +1112,20 @@ impl Source {
                 key,
                 from_directory,
                 sent_at: now,
+                relay,
             },
         );
     }
 
     /// Asks every peer that is up, but those in `tried`, for `key`'s agent.
-    fn locate(&mut self, now: Duration, directory: &Directory, key: Key, tried: Vec<String>) {
+    fn locate(
+        &mut self,
+        now: Duration,
+        directory: &Directory,
+        key: Key,
+        tried: Vec<String>,
+        relay: bool,
+    ) {
         let waiting: BTreeSet<String> = directory
             .peers()
             .filter(|p| !tried.iter().any(|t| same_blade(t, p)))
@@ -1014,6 +1156,7 @@ impl Source {
                 key,
                 waiting,
                 unanswered: false,
+                relay,
             },
         );
     }
@@ -1043,6 +1186,9 @@ impl Source {
             } => self.on_granted(now, from, request_id, call_id, info, token, lease_secs),
             Message::HostRefused { request_id, reason } => {
                 self.on_refused(now, directory, from, request_id, reason)
+            }
+            Message::RelayGranted { request_id, token } => {
+                self.on_relay_granted(from, request_id, token)
             }
             Message::RenewAck {
                 request_id,
@@ -1083,7 +1229,10 @@ impl Source {
             return;
         }
         let Some(Pending::Locate {
-            key, unanswered, ..
+            key,
+            unanswered,
+            relay,
+            ..
         }) = self.take_pending(request_id)
         else {
             return;
@@ -1091,7 +1240,7 @@ impl Source {
         match epoch {
             Some(epoch) => {
                 directory.learn(&peer, &key.1, epoch);
-                self.send_host(now, peer, key, false);
+                self.send_host(now, peer, key, false, relay);
             }
             None => self.events.push_back(SourceEvent::Refused {
                 call_id: key.0,
@@ -1118,7 +1267,7 @@ impl Source {
     ) {
         let pending = self.take_if(
             request_id,
-            |p| matches!(p, Pending::Host { peer, .. } if same_blade(peer, from)),
+            |p| matches!(p, Pending::Host { peer, relay: false, .. } if same_blade(peer, from)),
         );
         let Some(Pending::Host {
             peer, key, sent_at, ..
@@ -1164,6 +1313,23 @@ impl Source {
         });
     }
 
+    fn on_relay_granted(&mut self, from: &str, request_id: u64, token: Token) {
+        let pending = self.take_if(
+            request_id,
+            |p| matches!(p, Pending::Host { peer, relay: true, .. } if same_blade(peer, from)),
+        );
+        // Leave nobody waits for any more lapses by itself.
+        let Some(Pending::Host { peer, key, .. }) = pending else {
+            return;
+        };
+        self.events.push_back(SourceEvent::Relayed {
+            call_id: key.0,
+            extension: key.1,
+            peer,
+            token,
+        });
+    }
+
     fn on_refused(
         &mut self,
         now: Duration,
@@ -1176,6 +1342,7 @@ impl Source {
             peer,
             key,
             from_directory,
+            relay,
             ..
         }) = self.take_if(
             request_id,
@@ -1188,7 +1355,7 @@ impl Source {
         if stale && from_directory {
             // A stale directory entry: ask everyone else.
             directory.forget(&peer, &key.1);
-            self.locate(now, directory, key, vec![peer]);
+            self.locate(now, directory, key, vec![peer], relay);
             return;
         }
         self.events.push_back(SourceEvent::Refused {
@@ -1745,6 +1912,95 @@ mod tests {
         // Again (a crossing or repeated unhost): harmless.
         assert!(!t.unhost(&mut loc, "blade-s", "2001", "call-1", &g.token));
         assert_eq!(state(&loc, "2001"), AgentState::Ready);
+    }
+
+    #[test]
+    fn relay_leave_needs_a_logged_in_agent_and_changes_no_state() {
+        let mut t = target();
+        let mut loc = location();
+        assert_eq!(
+            t.relay(secs(0), &loc, "s", "9999", "m1"),
+            Err(Refusal::Unknown)
+        );
+        assert_eq!(
+            t.relay(secs(0), &loc, "s", "2001", "m1"),
+            Err(Refusal::NotLoggedIn)
+        );
+        bind(&mut loc, "2001");
+        let token = t.relay(secs(0), &loc, "s", "2001", "m1").unwrap();
+        assert_eq!(state(&loc, "2001"), AgentState::Ready, "not hosted");
+        // Asked again (a retried request): the same leave.
+        assert_eq!(t.relay(secs(1), &loc, "s", "2001", "m1"), Ok(token));
+        assert!(t.check_relay(secs(1), "s", "2001", "m1", &token));
+        assert!(!t.check_relay(secs(1), "other", "2001", "m1", &token));
+        assert!(!t.check_relay(secs(1), "s", "2001", "m2", &token));
+        assert!(!t.check_relay(secs(1), "s", "2002", "m1", &token));
+        assert!(!t.check_relay(secs(1), "s", "2001", "m1", &Token([0; 16])));
+        assert!(
+            !t.check_token(secs(1), "s", "2001", "m1", &token),
+            "no call"
+        );
+        assert!(
+            !t.check_relay(RELAY_TTL, "s", "2001", "m1", &token),
+            "expired"
+        );
+        // A busy agent may still get a message.
+        let g = t
+            .grant(secs(2), &mut loc, "s", 3, "2001", "c1", 10)
+            .unwrap();
+        assert!(t.relay(secs(2), &loc, "s", "2001", "m3").is_ok());
+        assert!(t.unhost(&mut loc, "s", "2001", "c1", &g.token));
+    }
+
+    #[test]
+    fn a_relay_round_trip_gives_the_source_a_token_the_target_accepts() {
+        let mut blades = cluster(&["s", "t"]);
+        login(&mut blades, "t", "2001");
+        let now = secs(1);
+        let s = idx(&blades, "s");
+        let Blade { source, dir, .. } = &mut blades[s];
+        source.relay(now, dir, "msg-1", "2001");
+        pump(now, &mut blades);
+        let events = blades[s].events();
+        let [
+            SourceEvent::Relayed {
+                call_id,
+                extension,
+                peer,
+                token,
+            },
+        ] = events.as_slice()
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!(
+            (call_id.as_str(), extension.as_str(), peer.as_str()),
+            ("msg-1", "2001", "t")
+        );
+        let t = idx(&blades, "t");
+        assert!(
+            blades[t]
+                .target
+                .check_relay(now, "s", "2001", "msg-1", token)
+        );
+        assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+        assert_eq!(blades[s].source.pending(), 0);
+
+        // An agent logged in nowhere: the Locate finds nobody.
+        let Blade { source, dir, .. } = &mut blades[s];
+        source.relay(now, dir, "msg-2", "2002");
+        pump(now, &mut blades);
+        let events = blades[s].events();
+        assert!(
+            matches!(
+                events.as_slice(),
+                [SourceEvent::Refused {
+                    reason: Refusal::NotLoggedIn,
+                    ..
+                }]
+            ),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -23,12 +23,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::route;
 use super::{AgentEvent, Output, Proxy, session::Hosted};
 use crate::cluster::codec::{Class, DirectoryEntry, Message as LinkMessage, Refusal, Token};
 use crate::cluster::hosting::{Directory, HostSecret, Source, SourceEvent, Target};
 use crate::cluster::link::ReplyTo;
-use crate::sip::{Message, Uri};
+use crate::sip::{Message, Method, Uri};
 use crate::transaction::Peer;
+use crate::transaction::server::ServerTx;
 
 /// The Request-URI parameter carrying the hosting token from S to T.
 pub const TOKEN_PARAM: &str = "sbh";
@@ -97,12 +99,16 @@ pub(super) enum Waiting {
     Grant { since: Duration },
     /// T: a new INVITE for a hosted agent waits for the hosting blade.
     Redirect { request_id: u64, until: Duration },
+    /// S: an out-of-dialog request that is not a call waits for leave to
+    /// relay it to the agent's blade; the source's request timeout bounds
+    /// the wait.
+    Relay,
 }
 
 impl Waiting {
     pub(super) fn deadline(&self) -> Option<Duration> {
         match self {
-            Waiting::Grant { .. } => None,
+            Waiting::Grant { .. } | Waiting::Relay => None,
             Waiting::Redirect { until, .. } => Some(*until),
         }
     }
@@ -118,6 +124,8 @@ pub(super) struct Cluster {
     awaiting_grant: HashMap<String, usize>,
     /// T: INVITEs waiting for the hosting blade's verdict, by redirect id.
     pub(super) awaiting_redirect: HashMap<u64, usize>,
+    /// S: requests waiting for leave to be relayed, by Call-ID.
+    awaiting_relay: HashMap<String, Vec<usize>>,
 }
 
 impl Cluster {
@@ -132,6 +140,7 @@ impl Cluster {
             directory: Directory::new(),
             awaiting_grant: HashMap::new(),
             awaiting_redirect: HashMap::new(),
+            awaiting_relay: HashMap::new(),
         }
     }
 
@@ -382,13 +391,20 @@ impl Proxy {
         let Some(c) = self.cluster.as_ref() else {
             return self.refuse(now, source, msg, &forbidden, out);
         };
+        let method = msg.method().unwrap_or(Method::Other);
+        let invite = method == Method::Invite;
         let granted = c.peer_by_ip(source.addr.ip()).is_some_and(|peer| {
             Token::from_hex(token).is_some_and(|token| {
-                c.target
-                    .check_token(now, &peer.id, callee, msg.call_id(), &token)
+                if invite {
+                    c.target
+                        .check_token(now, &peer.id, callee, msg.call_id(), &token)
+                } else {
+                    c.target
+                        .check_relay(now, &peer.id, callee, msg.call_id(), &token)
+                }
             })
         });
-        if !granted || msg.method() != Some(crate::sip::Method::Invite) {
+        if !granted {
             tracing::debug!(agent = callee, from = %source.addr, "hosting token refused");
             return self.refuse(now, source, msg, &forbidden, out);
         }
@@ -401,6 +417,7 @@ impl Proxy {
             let gone = super::Refusal::new(480, "Temporarily Unavailable");
             return self.refuse(now, source, msg, &gone, out);
         };
+        let record_route = matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
         self.forward(
             now,
             source,
@@ -408,9 +425,39 @@ impl Proxy {
             binding.peer,
             Some(&binding.uri),
             0,
-            true,
+            record_route,
             out,
         );
+    }
+
+    /// S: an out-of-dialog request that is not a call (MESSAGE, SUBSCRIBE,
+    /// REFER, ...) for an agent registered on another blade. No hosting:
+    /// the request is held while the agent's blade gives leave to relay it
+    /// (a token bound to this blade, the agent and the Call-ID, as the
+    /// SPEC trusts peer requests only through tokens), then sent there.
+    pub(super) fn relay_remote(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        callee: &str,
+        out: &mut Output,
+    ) {
+        let call_id = msg.call_id().to_owned();
+        let server = ServerTx::new(false, route::response_peer(source), self.settings.timers);
+        let id = self.insert(msg, server);
+        if let Some(pair) = self.txs.get_mut(id) {
+            pair.waiting = Some(Waiting::Relay);
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            c.awaiting_relay
+                .entry(call_id.clone())
+                .or_default()
+                .push(id);
+            c.source.relay(now, &c.directory, &call_id, callee);
+        }
+        self.reschedule(id);
+        self.pump_source(now, out);
     }
 
     /// T: a new INVITE for an agent another blade hosts (SPEC §2 step 6):
@@ -523,6 +570,12 @@ impl Proxy {
                 tracing::warn!(%call_id, agent = %extension, %peer, "hosting lost: session ended");
                 self.end_session(now, &call_id, out);
             }
+            SourceEvent::Relayed {
+                call_id,
+                extension,
+                peer,
+                token,
+            } => self.on_relayed(now, &call_id, &extension, &peer, token, out),
             SourceEvent::Redirected {
                 peer, request_id, ..
             } => {
@@ -590,7 +643,51 @@ impl Proxy {
         }
     }
 
-    /// S: the callee cannot be hosted: the caller gets the matching status.
+    /// S: leave to relay came: the requests waiting for it go to the
+    /// agent's blade with the token in their Request-URI.
+    fn on_relayed(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        extension: &str,
+        peer: &str,
+        token: Token,
+        out: &mut Output,
+    ) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let ids = c.awaiting_relay.remove(call_id).unwrap_or_default();
+        let target = c.peer(peer).map(|p| p.sip);
+        for id in ids {
+            let Some(pair) = self.txs.get_mut(id) else {
+                continue;
+            };
+            if pair.waiting != Some(Waiting::Relay) {
+                continue;
+            }
+            pair.waiting = None;
+            let Some(request) = pair.request.clone().filter(|_| !pair.server.is_final()) else {
+                continue;
+            };
+            let upstream = pair.server.peer().transport;
+            let Some(target) = target else {
+                self.answer_pending(now, id, 503, out);
+                continue;
+            };
+            let uri = format!("sip:{extension}@{target};{TOKEN_PARAM}={}", token.to_hex());
+            let record_route = matches!(request.method(), Some(Method::Subscribe | Method::Refer))
+                .then_some(upstream);
+            let target = Peer::udp(target);
+            match self.build_forward(&request, target, Some(&uri), 0, record_route) {
+                Ok((forwarded, data)) => self.start_client(now, id, forwarded, data, target, out),
+                Err(refusal) => self.answer_pending(now, id, refusal.status, out),
+            }
+        }
+    }
+
+    /// S: the callee cannot be hosted (or a request to it relayed): the
+    /// caller gets the matching status.
     fn on_refused(
         &mut self,
         now: Duration,
@@ -599,6 +696,20 @@ impl Proxy {
         reason: Refusal,
         out: &mut Output,
     ) {
+        let relays = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.awaiting_relay.remove(call_id));
+        if let Some(ids) = relays {
+            tracing::debug!(%call_id, agent = extension, %reason, "relay refused");
+            for id in ids {
+                if let Some(pair) = self.txs.get_mut(id) {
+                    pair.waiting = None;
+                }
+                self.answer_pending(now, id, reason.status(), out);
+            }
+            return;
+        }
         tracing::debug!(%call_id, agent = extension, %reason, "hosting refused");
         self.metrics.refused(reason);
         let id = self

@@ -507,3 +507,35 @@ fn losing_the_link_to_t_ends_the_session_on_s() {
     assert!(w.snapshot(S).sessions.is_empty());
     assert_eq!(w.state(S, "1001"), "ready");
 }
+
+#[test]
+fn a_subscribe_to_an_agent_on_t_is_relayed_without_hosting_and_record_routed() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    let t = terminal("1001");
+    let subscribe = format!(
+        "SUBSCRIBE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKsub1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=s1\r\nTo: <sip:1002@cc.example>\r\n\
+         Call-ID: sub1\r\nCSeq: 1 SUBSCRIBE\r\nEvent: dialog\r\nExpires: 600\r\n\
+         Contact: <sip:1001@{t}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    w.send_from(S, "1001", &subscribe);
+    let relayed = w.take("1002");
+    assert_eq!(relayed.method(), Some(Method::Subscribe));
+    assert_eq!(
+        relayed.record_routes().count(),
+        2,
+        "S and T are in the dialog"
+    );
+    let names: Vec<&str> = w.link_log.iter().map(|(_, n)| *n).collect();
+    assert_eq!(
+        names,
+        ["Announce", "Announce", "RelayRequest", "RelayGranted"]
+    );
+    assert_eq!(w.state(T, "1002"), "ready", "a subscription hosts nobody");
+    assert_eq!(w.state(S, "1001"), "ready");
+    w.send_from(T, "1002", &answer(&relayed, 200));
+    assert_eq!(w.take_final("1001").status(), Some(200));
+    assert!(w.snapshot(S).sessions.is_empty());
+}

@@ -859,9 +859,13 @@ impl Proxy {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         };
         let Some(binding) = record.binding.clone() else {
-            if method == Method::Invite && self.cluster.is_some() {
-                // Not registered here: perhaps on another blade.
-                return self.host_remote(now, source, msg, &caller, &callee, out);
+            if self.cluster.is_some() {
+                // Not registered here: perhaps on another blade. A call
+                // hosts the agent; anything else is only relayed.
+                if method == Method::Invite {
+                    return self.host_remote(now, source, msg, &caller, &callee, out);
+                }
+                return self.relay_remote(now, source, msg, &callee, out);
             }
             if method == Method::Invite {
                 self.metrics.local.failed += 1;
