@@ -4,12 +4,15 @@
 # callers on blade-1; callees on blade-1 (local) or blade-2 (cross),
 # distinct agents per phase; two rounds. Prints blade CPU per 1,000 calls
 # (from /proc/PID/stat), setup latency, and blade-1's hosting round trip
-# (from its /metrics histogram). Needs curl and python3.
+# (from its /metrics histogram), and UDP / QUIC datagrams per call.
+# Needs curl and python3. RATES runs a ladder: each rate in turn, its
+# rounds alternating local and cross (ROUNDS, default 2).
 #
 #   RATE=500 SECS=10 PAIRS=500 benches/cross/run.sh
+#   RATES="250 500 1000 2000" ROUNDS=1 SECS=6 benches/cross/run.sh
 set -u
 B=${SIPBLADE:-$PWD/target/release/sipblade}
-RATE=${RATE:-500}; SECS=${SECS:-10}; PAIRS=${PAIRS:-500}
+RATES=${RATES:-${RATE:-500}}; SECS=${SECS:-10}; PAIRS=${PAIRS:-500}; ROUNDS=${ROUNDS:-2}
 W=$(mktemp -d); cd "$W"; $B certs --dir certs --blades blade-1,blade-2 >/dev/null
 { $B load agents --pairs $PAIRS --first 100000; $B load agents --pairs $PAIRS --first 300000; } > agents.toml
 for i in 1 2; do
@@ -45,7 +48,8 @@ cpu() { awk '{s=$0; sub(/.*\) /,"",s); split(s,f," "); print f[12]+f[13]}' /proc
 link_sent() { curl -s 127.0.0.3$1:8060/metrics | awk '/^sipblade_link_datagrams_total\{direction="sent"\}/ {print $2}'; }
 udp_out() { awk '/^Udp:/ { if (h) print $5; h = 1 }' /proc/net/snmp; }
 hist() { curl -s 127.0.0.31:8060/metrics | grep '^sipblade_hosting_rtt_seconds_bucket' | awk '{print $2}' | tr '\n' ' '; }
-for round in 1 2; do
+for RATE in $RATES; do
+for round in $(seq $ROUNDS); do
   for kind in local cross; do
     callee=127.0.0.31:5060; first=100000; [ $kind = cross ] && callee=127.0.0.32:5060 && first=300000
     h0=$(hist); a=$(cpu $p1); b=$(cpu $p2); u=$(udp_out); l1=$(link_sent 1); l2=$(link_sent 2)
@@ -61,7 +65,8 @@ def pct(p):
     if not d or d[-1]==0: return '-'
     for i,c in enumerate(d):
         if c>=p*d[-1]: return le[i]
-print(f'round $round $kind: ok={r[\"ok\"]} failed={r[\"failed\"]} setup p50/p99={r[\"setup_ms\"][\"p50\"]}/{r[\"setup_ms\"][\"p99\"]} ms  blade-1 {($a2-$a)*10*1000/n:.0f} ms/1000  blade-2 {($b2-$b)*10*1000/n:.0f} ms/1000  rtt p50<={pct(0.5)} p99<={pct(0.99)} ({d[-1] if d else 0} hostings)  UDP datagrams/call {($u2-$u)/n:.1f} (QUIC {(${l1b:-0}-${l1:-0}+${l2b:-0}-${l2:-0})/n:.2f})')
+print(f'rate $RATE round $round $kind: ok={r[\"ok\"]} failed={r[\"failed\"]} setup p50/p99={r[\"setup_ms\"][\"p50\"]}/{r[\"setup_ms\"][\"p99\"]} ms  blade-1 {($a2-$a)*10*1000/n:.0f} ms/1000  blade-2 {($b2-$b)*10*1000/n:.0f} ms/1000  rtt p50<={pct(0.5)} p99<={pct(0.99)} ({d[-1] if d else 0} hostings)  UDP datagrams/call {($u2-$u)/n:.1f} (QUIC {(${l1b:-0}-${l1:-0}+${l2b:-0}-${l2:-0})/n:.2f})')
 "
   done
+done
 done
