@@ -68,7 +68,7 @@ set +m
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 prog="caps"
-# used_ports, udp_bound, final_counts: shared with the sipp tests.
+# used_ports, free_port, udp_bound, final_counts: shared with the sipp tests.
 . "$root/tests/sipp/common.sh"
 
 fail() {
@@ -214,20 +214,6 @@ forget() {
     groups=("${keep_groups[@]}")
 }
 
-picked=" "
-free_port() { # x="$(free_port)"; picked+="$x "
-    local used port tries=0
-    used="$(used_ports)"
-    while :; do
-        tries=$((tries + 1))
-        [ "$tries" -le 200 ] || fail "no free port found"
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-        grep -qx "$(printf '%04X' "$port")" <<<"$used" && continue
-        [[ "$picked" == *" $port "* ]] && continue
-        echo "$port"
-        return
-    done
-}
 # port_free IP PORT: waits (10 s at most) until no UDP socket is bound there.
 port_free() {
     for _ in $(seq 100); do
@@ -248,11 +234,12 @@ show_logs() {
 }
 now_ns() { date +%s%N; }
 
-# CPU of every process in process group $1: "ticks ns" (utime + stime of
-# /proc/PID/stat, which covers all of a process's threads, in clock ticks;
-# and the sum of the threads' schedstat run time, in ns).
-group_cpu() {
-    local pg="$1" f line rest pid t ticks=0 ns=0
+# Process group $1: "ticks ns procs threads": the CPU of all its
+# processes (utime + stime of /proc/PID/stat, which covers all of a
+# process's threads, in clock ticks; and the sum of the threads' schedstat
+# run time, in ns), and how many processes and threads it has.
+group_stat() {
+    local pg="$1" f line rest pid t ticks=0 ns=0 procs=0 threads=0
     local -a a
     for f in /proc/[0-9]*/stat; do
         { read -r line <"$f"; } 2>/dev/null || continue
@@ -260,6 +247,8 @@ group_cpu() {
         read -ra a <<<"$rest"
         [ "${a[2]:-}" = "$pg" ] || continue
         ticks=$((ticks + a[11] + a[12]))
+        procs=$((procs + 1))
+        threads=$((threads + a[17]))
         pid="${f#/proc/}"
         pid="${pid%/stat}"
         for t in /proc/"$pid"/task/*/schedstat; do
@@ -267,20 +256,7 @@ group_cpu() {
             ns=$((ns + line))
         done
     done
-    echo "$ticks $ns"
-}
-group_size() { # number of processes and threads in process group $1
-    local pg="$1" f line rest procs=0 threads=0
-    local -a a
-    for f in /proc/[0-9]*/stat; do
-        { read -r line <"$f"; } 2>/dev/null || continue
-        rest="${line##*) }"
-        read -ra a <<<"$rest"
-        [ "${a[2]:-}" = "$pg" ] || continue
-        procs=$((procs + 1))
-        threads=$((threads + a[17]))
-    done
-    echo "$procs $threads"
+    echo "$ticks $ns $procs $threads"
 }
 
 # User + system seconds from a spawn's .time file ("-" when absent).
@@ -379,8 +355,8 @@ done
 udp_bound "$SB_IP" "$sb_port" || { show_logs "$work/sipblade.log"; fail "sipblade did not bind $SB"; }
 udp_bound "$KAM_IP" "$kam_port" || { show_logs "$work/kamailio.log"; fail "kamailio did not bind $KAM"; }
 sleep 0.5 # Kamailio's children finish their start-up
-read -r kam_procs _ < <(group_size "$kam_pid")
-read -r _ sb_threads < <(group_size "$sb_pid")
+read -r _ _ kam_procs _ < <(group_stat "$kam_pid")
+read -r _ _ _ sb_threads < <(group_stat "$sb_pid")
 echo "$prog: kamailio runs $kam_procs processes, sipblade $sb_threads threads" >&2
 
 cd "$work"
@@ -409,12 +385,12 @@ echo "$prog: $pairs callees and $pairs callers registered on both proxies" >&2
 # Idle CPU of each proxy (agents registered, no call), since every phase's
 # figure includes some quiet time too.
 sleep 0.5
-read -r _ sb_i0 < <(group_cpu "$sb_pid")
-read -r _ kam_i0 < <(group_cpu "$kam_pid")
+read -r _ sb_i0 _ < <(group_stat "$sb_pid")
+read -r _ kam_i0 _ < <(group_stat "$kam_pid")
 i0="$(now_ns)"
 sleep "$idle_secs"
-read -r _ sb_i1 < <(group_cpu "$sb_pid")
-read -r _ kam_i1 < <(group_cpu "$kam_pid")
+read -r _ sb_i1 _ < <(group_stat "$sb_pid")
+read -r _ kam_i1 _ < <(group_stat "$kam_pid")
 i1="$(now_ns)"
 sb_idle="$(awk -v a="$sb_i0" -v b="$sb_i1" -v t="$((i1 - i0))" 'BEGIN { printf "%.2f", (b - a) / 1e6 / (t / 1e9) }')"
 kam_idle="$(awk -v a="$kam_i0" -v b="$kam_i1" -v t="$((i1 - i0))" 'BEGIN { printf "%.2f", (b - a) / 1e6 / (t / 1e9) }')"
@@ -453,7 +429,7 @@ run_phase() {
         sleep 0.05
     done
     udp_bound "$UAS_IP" "$uas_port" || { show_logs "$dir/uas.out"; fail "the UAS did not start"; }
-    read -r c0t c0n < <(group_cpu "$pg")
+    read -r c0t c0n _ < <(group_stat "$pg")
     t0="$(now_ns)"
     cd "$dir" # sipp writes its -trace_rtt file in its working directory
     spawn "$tag/uac" timeout --foreground -k 5 $((limit + 20)) sipp "$target" "${sipp_common[@]}" \
@@ -465,7 +441,7 @@ run_phase() {
     wait "$uac" || uac_rc=$?
     forget "$uac"
     t1="$(now_ns)"
-    read -r c1t c1n < <(group_cpu "$pg")
+    read -r c1t c1n _ < <(group_stat "$pg")
     if [ "$uac_rc" != 0 ]; then
         # Calls failed: the UAS may never see them all. Give it 3 s to end
         # on its own, then stop it (the whole group: wrapper, timeout, sipp).

@@ -134,6 +134,9 @@ pub struct Target {
     next_request: u64,
     /// Leave given to relay one request: (agent, Call-ID) → grant.
     relays: HashMap<(String, String), RelayGrant>,
+    /// The same keys by expiry, oldest first (every leave lasts
+    /// [`RELAY_TTL`], so insertion order is expiry order).
+    relay_expiry: VecDeque<(Duration, (String, String))>,
 }
 
 /// How long leave to relay a request holds: a non-INVITE transaction's
@@ -167,6 +170,7 @@ impl Target {
             next_epoch: 1,
             next_request: 1,
             relays: HashMap::new(),
+            relay_expiry: VecDeque::new(),
         }
     }
 
@@ -344,18 +348,30 @@ impl Target {
                 return Ok(r.token);
             }
         }
-        self.relays.retain(|_, r| r.expires_at > now);
+        while let Some((at, _)) = self.relay_expiry.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((at, key)) = self.relay_expiry.pop_front() {
+                // Unless the key was given again since (by another blade).
+                if self.relays.get(&key).is_some_and(|r| r.expires_at == at) {
+                    self.relays.remove(&key);
+                }
+            }
+        }
         if self.relays.len() >= self.max_grants {
             return Err(Refusal::Overloaded);
         }
         self.serial += 1;
         let token = self.token(from, call_id, extension, self.serial);
+        let expires_at = now + RELAY_TTL;
+        self.relay_expiry.push_back((expires_at, key.clone()));
         self.relays.insert(
             key,
             RelayGrant {
                 source: from.to_owned(),
                 token,
-                expires_at: now + RELAY_TTL,
+                expires_at,
             },
         );
         Ok(token)

@@ -23,14 +23,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::route;
 use super::{AgentEvent, Output, Proxy, session::Hosted};
 use crate::cluster::codec::{Class, DirectoryEntry, Message as LinkMessage, Refusal, Token};
 use crate::cluster::hosting::{Directory, HostSecret, Source, SourceEvent, Target};
 use crate::cluster::link::ReplyTo;
 use crate::sip::{Message, Method, Uri};
 use crate::transaction::Peer;
-use crate::transaction::server::ServerTx;
 
 /// The Request-URI parameter carrying the hosting token from S to T.
 pub const TOKEN_PARAM: &str = "sbh";
@@ -444,11 +442,7 @@ impl Proxy {
         out: &mut Output,
     ) {
         let call_id = msg.call_id().to_owned();
-        let server = ServerTx::new(false, route::response_peer(source), self.settings.timers);
-        let id = self.insert(msg, server);
-        if let Some(pair) = self.txs.get_mut(id) {
-            pair.waiting = Some(Waiting::Relay);
-        }
+        let id = self.hold(now, source, msg, Waiting::Relay, out);
         if let Some(c) = self.cluster.as_mut() {
             c.awaiting_relay
                 .entry(call_id.clone())
@@ -499,8 +493,8 @@ impl Proxy {
         self.reschedule(id);
     }
 
-    /// Holds INVITE `msg` for the cluster: a server transaction that has
-    /// answered 100 Trying, with no client transaction until `waiting` is
+    /// Holds `msg` for the cluster: a server transaction (an INVITE's has
+    /// answered 100 Trying), with no client transaction until `waiting` is
     /// resolved. Returns the transaction's id.
     fn hold(
         &mut self,
@@ -510,7 +504,7 @@ impl Proxy {
         waiting: Waiting,
         out: &mut Output,
     ) -> usize {
-        let server = self.trying(now, source, &msg, out);
+        let server = self.server_tx(now, source, &msg, out);
         let id = self.insert(msg, server);
         if let Some(pair) = self.txs.get_mut(id) {
             pair.waiting = Some(waiting);

@@ -956,11 +956,7 @@ impl Proxy {
             Ok(f) => f,
             Err(refusal) => return self.refuse(now, source, msg, &refusal, out),
         };
-        let server = if msg.method() == Some(Method::Invite) {
-            self.trying(now, source, &msg, out)
-        } else {
-            ServerTx::new(false, route::response_peer(source), self.settings.timers)
-        };
+        let server = self.server_tx(now, source, &msg, out);
         let id = self.insert(msg, server);
         self.start_client(now, id, forwarded, data, target, out);
     }
@@ -975,13 +971,16 @@ impl Proxy {
         )
     }
 
-    /// A server transaction for INVITE `msg` that has answered 100 Trying
-    /// (§16.2: at once, so the caller stops retransmitting).
-    fn trying(&self, now: Duration, source: Peer, msg: &Message, out: &mut Output) -> ServerTx {
-        let mut server = ServerTx::new(true, route::response_peer(source), self.settings.timers);
-        let mut trying = BytesMut::new();
-        msg.response(100, "Trying", None, &[], &mut trying);
-        server.respond(now, 100, trying.freeze(), &mut out.transmits);
+    /// The server transaction for request `msg`: an INVITE's has answered
+    /// 100 Trying (§16.2: at once, so the caller stops retransmitting).
+    fn server_tx(&self, now: Duration, source: Peer, msg: &Message, out: &mut Output) -> ServerTx {
+        let invite = msg.method() == Some(Method::Invite);
+        let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
+        if invite {
+            let mut trying = BytesMut::new();
+            msg.response(100, "Trying", None, &[], &mut trying);
+            server.respond(now, 100, trying.freeze(), &mut out.transmits);
+        }
         server
     }
 

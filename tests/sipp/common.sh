@@ -7,6 +7,24 @@ used_ports() {
         awk '$2 ~ /:/ { split($2, a, ":"); print a[2] }'
 }
 
+picked=" "
+# A free port not picked before, on any address. It runs in a subshell, so
+# record what it returns: `x="$(free_port)"; picked+="$x "`. Calls the
+# sourcing script's `fail` when none is found.
+free_port() {
+    local used port tries=0
+    used="$(used_ports)"
+    while :; do
+        tries=$((tries + 1))
+        [ "$tries" -le 200 ] || fail "no free port found"
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        grep -qx "$(printf '%04X' "$port")" <<<"$used" && continue
+        [[ "$picked" == *" $port "* ]] && continue
+        echo "$port"
+        return
+    done
+}
+
 # Whether a UDP socket is bound to IPv4 ip:port.
 udp_bound() {
     local a b c d want

@@ -59,22 +59,6 @@ cleanup() {
     fi
 }
 
-picked=" "
-# A free port not picked before; call it as `x="$(free_port)"; picked+="$x "`
-# (it runs in a subshell).
-free_port() {
-    local used port tries=0
-    used="$(used_ports)"
-    while :; do
-        tries=$((tries + 1))
-        [ "$tries" -le 200 ] || fail "no free port found"
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-        grep -qx "$(printf '%04X' "$port")" <<<"$used" && continue
-        [[ "$picked" == *" $port "* ]] && continue
-        echo "$port"
-        return
-    done
-}
 # GET $2 from the admin address $1 (ip:port): headers and body on stdout.
 http_get() {
     timeout 5 bash -c '

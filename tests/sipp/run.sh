@@ -78,21 +78,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-picked=" "
-free_port() {
-    local used port tries=0
-    used="$(used_ports)"
-    while :; do
-        tries=$((tries + 1))
-        [ "$tries" -le 200 ] || fail "no free port found"
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-        grep -qx "$(printf '%04X' "$port")" <<<"$used" && continue
-        [[ "$picked" == *" $port "* ]] && continue
-        picked+="$port "
-        echo "$port"
-        return
-    done
-}
 # GET $1 from the admin port; the response (headers and body) on stdout.
 http_get() {
     timeout 5 bash -c '
