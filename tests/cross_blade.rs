@@ -782,3 +782,59 @@ fn an_out_of_dialog_message_to_an_agent_on_another_blade_is_relayed() {
     let resp = a.response(&nobody, Method::Message);
     assert_eq!(resp.status(), Some(480), "{}", first_line(&resp));
 }
+
+/// SPEC §2 step 9: a supervisor on T monitors an agent of T whose call S
+/// hosts, with a Join (RFC 3911). T hands the Join to S, which owns the
+/// session: S hosts the supervisor from T by the same steps as a callee,
+/// and sends the join leg back through T to the agent's terminal. The
+/// supervisor's leaving hands it back; the call goes on.
+#[test]
+fn a_supervisor_joins_a_cross_blade_call_and_the_sessions_blade_hosts_it() {
+    let cluster = TestCluster::start(2, 91);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+    let mut sup = cluster.registered(t, "1004");
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let mut monitor = sup.call("1002");
+    let join = format!(
+        "Join: {};from-tag={CALLEE_TAG};to-tag={}\r\n",
+        call.call_id, call.from_tag
+    );
+    sup.invite(&mut monitor, &join);
+    let invite = b.request(Method::Invite, &monitor.call_id);
+    assert!(invite.header_named("Join").is_some(), "{invite:?}");
+    assert_eq!(invite.request_uri().unwrap().as_str(), b.contact_uri());
+    assert_eq!(invite.record_routes().count(), 3, "T, S, then T again");
+    assert_hosted(&cluster, t, "1004", "blade-1");
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    let sessions = cluster.sessions(s);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(
+        sessions[0]["agents"],
+        serde_json::json!(["1001", "1002", "1004"])
+    );
+    assert_eq!(sessions[0]["hosted"], serde_json::json!(["1002", "1004"]));
+    assert_eq!(cluster.metric(s, "sipblade_joins_total"), 1.0);
+
+    b.answer(&invite, 200, "OK", "b-join");
+    let ok = sup.response(&monitor.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    monitor.learn(&ok);
+    sup.ack_2xx(&monitor);
+    b.request(Method::Ack, &monitor.call_id);
+    sup.bye(&mut monitor);
+    let bye = b.request(Method::Bye, &monitor.call_id);
+    b.answer(&bye, 200, "OK", "b-join");
+    let done = sup.response(&monitor.call_id, Method::Bye);
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+    wait_ready(&cluster, t, "1004");
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, t, "1002");
+    cluster.wait_state(s, "1001", "ready");
+    assert!(cluster.sessions(s).is_empty());
+}

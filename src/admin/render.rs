@@ -128,6 +128,12 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
             m.hosting_granted as usize,
         ),
         (
+            "sipblade_joins_total",
+            "counter",
+            "Agents let into a live session with a Join (conference, monitoring).",
+            m.joins as usize,
+        ),
+        (
             "sipblade_transactions_active",
             "gauge",
             "Live SIP transactions.",

@@ -1706,6 +1706,15 @@ impl Source {
             .get(&(call_id.to_owned(), extension.to_owned()))
     }
 
+    /// Whether blade `from` presented the token of the grant this blade
+    /// holds for `extension` in the session `call_id`: the target blade
+    /// handing over a request that only the hosting blade may decide on
+    /// (a Join for a hosted agent, SPEC §2 steps 6 and 9).
+    pub fn holds(&self, from: &str, call_id: &str, extension: &str, token: &Token) -> bool {
+        self.hosting(call_id, extension)
+            .is_some_and(|h| same_blade(&h.peer, from) && bool::from(h.token.0.ct_eq(&token.0)))
+    }
+
     /// Number of live hostings.
     pub fn len(&self) -> usize {
         self.hostings.len()
@@ -2520,6 +2529,18 @@ mod tests {
             blades[t]
                 .target
                 .check_token(now, "s", "2001", "call-1", token)
+        );
+        // T can hand S a request for the agent by showing the grant's
+        // token; nobody else, and nothing else, passes.
+        assert!(blades[s].source.holds("t", "call-1", "2001", token));
+        assert!(blades[s].source.holds("T", "call-1", "2001", token));
+        assert!(!blades[s].source.holds("u", "call-1", "2001", token));
+        assert!(!blades[s].source.holds("t", "call-2", "2001", token));
+        assert!(!blades[s].source.holds("t", "call-1", "2002", token));
+        assert!(
+            !blades[s]
+                .source
+                .holds("t", "call-1", "2001", &Token([0; 16]))
         );
         let h = blades[s].source.hosting("call-1", "2001").unwrap();
         assert_eq!(h.next_renew, now + secs(10));

@@ -115,8 +115,8 @@ impl Waiting {
 /// A core's hosting state: both sides and its shard of the directory.
 pub(super) struct Cluster {
     peers: Vec<PeerBlade>,
-    target: Target,
-    source: Source,
+    pub(super) target: Target,
+    pub(super) source: Source,
     directory: Directory,
     /// S: INVITEs waiting for a grant, by Call-ID.
     awaiting_grant: HashMap<String, usize>,
@@ -154,7 +154,7 @@ impl Cluster {
         self.peers.iter().find(|p| p.sip.ip() == ip)
     }
 
-    fn peer(&self, id: &str) -> Option<&PeerBlade> {
+    pub(super) fn peer(&self, id: &str) -> Option<&PeerBlade> {
         self.peers.iter().find(|p| p.id.eq_ignore_ascii_case(id))
     }
 }
@@ -349,14 +349,19 @@ impl Proxy {
         out: &mut Output,
     ) {
         let call_id = msg.call_id().to_owned();
+        let session = self.sessions.open(
+            &call_id,
+            caller,
+            callee,
+            msg.from().tag().unwrap_or_default(),
+        );
+        session.caller_contact = super::join::caller_contact(source, &msg);
+        session.hosted = Some(Hosted {
+            extension: callee.to_owned(),
+            blade: None,
+            info: None,
+        });
         let id = self.hold(now, source, msg, Waiting::Grant { since: now }, out);
-        self.sessions.open(&call_id, caller, callee);
-        if let Some(session) = self.sessions.get_mut(&call_id) {
-            session.hosted = Some(Hosted {
-                blade: None,
-                info: None,
-            });
-        }
         self.tell_owner(
             caller,
             AgentEvent::InCall {
@@ -365,9 +370,22 @@ impl Proxy {
             },
             out,
         );
+        self.start_hosting(now, id, &call_id, callee, out);
+    }
+
+    /// S: hosts `extension` for `call_id` while transaction `id` waits for
+    /// the grant.
+    pub(super) fn start_hosting(
+        &mut self,
+        now: Duration,
+        id: usize,
+        call_id: &str,
+        extension: &str,
+        out: &mut Output,
+    ) {
         if let Some(c) = self.cluster.as_mut() {
-            c.awaiting_grant.insert(call_id.clone(), id);
-            c.source.host(now, &c.directory, &call_id, callee);
+            c.awaiting_grant.insert(call_id.to_owned(), id);
+            c.source.host(now, &c.directory, call_id, extension);
         }
         self.reschedule(id);
         self.pump_source(now, out);
@@ -391,17 +409,45 @@ impl Proxy {
         };
         let method = msg.method().unwrap_or(Method::Other);
         let invite = method == Method::Invite;
-        let granted = c.peer_by_ip(source.addr.ip()).is_some_and(|peer| {
-            Token::from_hex(token).is_some_and(|token| {
-                if invite {
-                    c.target
-                        .check_token(now, &peer.id, callee, msg.call_id(), &token)
-                } else {
-                    c.target
-                        .check_relay(now, &peer.id, callee, msg.call_id(), &token)
-                }
-            })
-        });
+        let (Some(peer), Some(token)) = (c.peer_by_ip(source.addr.ip()), Token::from_hex(token))
+        else {
+            tracing::debug!(agent = callee, from = %source.addr, "hosting token refused");
+            return self.refuse(now, source, msg, &forbidden, out);
+        };
+        let peer = peer.id.clone();
+        let join = invite
+            .then(|| super::join::Named::of(&msg))
+            .flatten()
+            .flatten();
+        if let Some(named) = &join {
+            // A join from another blade: handed over by the blade of an
+            // agent this blade hosts, or relayed by the joiner's blade.
+            let handed_over = c.source.holds(&peer, &named.call_id, callee, &token)
+                || c.target
+                    .check_relay(now, &peer, callee, msg.call_id(), &token);
+            if handed_over {
+                let joiner = msg
+                    .from()
+                    .uri()
+                    .user()
+                    .and_then(|u| std::str::from_utf8(u).ok())
+                    .filter(|u| self.agents.contains_key(*u))
+                    .map(str::to_owned);
+                let Some(joiner) = joiner else {
+                    return self.refuse(now, source, msg, &forbidden, out);
+                };
+                return self.route_join(now, source, msg, &joiner, callee, named, true, out);
+            }
+        }
+        let granted = if invite {
+            // A join leg to a hosted agent names the hosting session in its
+            // Join, not in its own Call-ID.
+            let session = join.as_ref().map_or(msg.call_id(), |j| j.call_id.as_str());
+            c.target.check_token(now, &peer, callee, session, &token)
+        } else {
+            c.target
+                .check_relay(now, &peer, callee, msg.call_id(), &token)
+        };
         if !granted {
             tracing::debug!(agent = callee, from = %source.addr, "hosting token refused");
             return self.refuse(now, source, msg, &forbidden, out);
@@ -496,7 +542,7 @@ impl Proxy {
     /// Holds `msg` for the cluster: a server transaction (an INVITE's has
     /// answered 100 Trying), with no client transaction until `waiting` is
     /// resolved. Returns the transaction's id.
-    fn hold(
+    pub(super) fn hold(
         &mut self,
         now: Duration,
         source: Peer,
@@ -618,14 +664,21 @@ impl Proxy {
             return;
         };
         self.metrics.hosting_rtt.observe(now.saturating_sub(since));
+        let mut join_dest = None;
         if let Some(session) = self.sessions.get_mut(call_id) {
             session.hosted = Some(Hosted {
+                extension: extension.to_owned(),
                 blade: Some(peer),
                 info: Some(info),
             });
+            join_dest = session.join_dest.clone();
         }
-        let uri = format!("sip:{extension}@{target};{TOKEN_PARAM}={}", token.to_hex());
-        let target = Peer::udp(target);
+        // A call goes to the hosted callee through its blade; a join leg,
+        // whose joiner was hosted, to the party it joins.
+        let (target, uri) = join_dest.unwrap_or_else(|| {
+            let uri = format!("sip:{extension}@{target};{TOKEN_PARAM}={}", token.to_hex());
+            (Peer::udp(target), uri)
+        });
         let upstream = Some(upstream);
         match self.build_forward(&request, target, Some(&uri), 0, upstream) {
             Ok((forwarded, data)) => self.start_client(now, id, forwarded, data, target, out),
@@ -670,8 +723,12 @@ impl Proxy {
                 continue;
             };
             let uri = format!("sip:{extension}@{target};{TOKEN_PARAM}={}", token.to_hex());
-            let record_route = matches!(request.method(), Some(Method::Subscribe | Method::Refer))
-                .then_some(upstream);
+            // A relayed Join INVITE starts a dialog, as SUBSCRIBE and REFER do.
+            let record_route = matches!(
+                request.method(),
+                Some(Method::Invite | Method::Subscribe | Method::Refer)
+            )
+            .then_some(upstream);
             let target = Peer::udp(target);
             match self.build_forward(&request, target, Some(&uri), 0, record_route) {
                 Ok((forwarded, data)) => self.start_client(now, id, forwarded, data, target, out),

@@ -539,3 +539,194 @@ fn a_subscribe_to_an_agent_on_t_is_relayed_without_hosting_and_record_routed() {
     assert_eq!(w.take_final("1001").status(), Some(200));
     assert!(w.snapshot(S).sessions.is_empty());
 }
+
+/// An INVITE from `from` to `to` that joins the dialog `join` (RFC 3911).
+fn join_invite(from: &str, to: &str, call_id: &str, join: &str) -> String {
+    invite(from, to, call_id).replacen("Contact:", &format!("Join: {join}\r\nContact:"), 1)
+}
+
+fn session_of(w: &World, node: usize, call_id: &str) -> SessionStatus {
+    w.snapshot(node)
+        .sessions
+        .into_iter()
+        .find(|s| s.call_id == call_id)
+        .unwrap_or_else(|| panic!("no session {call_id} on node {node}"))
+}
+
+/// 1001 on S calls 1003 on S, answered: a local call.
+fn answered_local_call(w: &mut World) -> Message {
+    w.register(S, "1001");
+    w.register(S, "1003");
+    w.send_from(S, "1001", &invite("1001", "1003", "c1"));
+    let inv = w.take_final("1003");
+    w.send_from(S, "1003", &answer(&inv, 200));
+    let ok = w.take_final("1001");
+    assert_eq!(ok.status(), Some(200));
+    ok
+}
+
+#[test]
+fn a_join_adds_the_joiner_to_a_local_session_until_its_leg_ends() {
+    let mut w = World::new();
+    let ok = answered_local_call(&mut w);
+    w.register(S, "1004");
+    // The Join names the dialog from 1003's side: tags in either order.
+    w.send_from(
+        S,
+        "1004",
+        &join_invite("1004", "1003", "j1", "c1;from-tag=callee;to-tag=f1001"),
+    );
+    let join = w.take_final("1003");
+    assert_eq!(join.method(), Some(Method::Invite));
+    assert!(join.header_named("Join").is_some(), "the Join goes on");
+    assert_eq!(join.record_routes().count(), 1);
+    assert_eq!(w.state(S, "1004"), "in_call");
+    let session = session_of(&w, S, "c1");
+    assert_eq!(session.agents, ["1001", "1003", "1004"]);
+    assert!(session.hosted.is_empty());
+    assert_eq!(w.snapshot(S).sessions.len(), 1, "the leg is not a session");
+    assert_eq!(w.nodes[S].proxy.metrics().joins, 1);
+    w.send_from(S, "1003", &answer(&join, 200));
+    let join_ok = w.take_final("1004");
+    assert_eq!(join_ok.status(), Some(200));
+
+    // The caller hangs up: 1003 stays, in the join leg.
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1003");
+    w.send_from(S, "1003", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(w.state(S, "1003"), "in_call");
+    assert_eq!(session_of(&w, S, "c1").agents, ["1003", "1004"]);
+
+    // The joiner hangs up: the session is over and everyone is ready.
+    // (CSeq 3: the test's branches derive from it, and 2 was the caller's.)
+    w.send_from(S, "1004", &in_dialog("BYE", "1004", &join_ok, 3));
+    let bye = w.take("1003");
+    w.send_from(S, "1003", &answer(&bye, 200));
+    assert_eq!(w.take("1004").status(), Some(200));
+    for ext in ["1001", "1003", "1004"] {
+        assert_eq!(w.state(S, ext), "ready", "{ext}");
+    }
+    assert!(w.snapshot(S).sessions.is_empty());
+}
+
+#[test]
+fn a_join_that_names_no_live_dialog_is_481_and_a_malformed_one_400() {
+    let mut w = World::new();
+    answered_local_call(&mut w);
+    w.register(S, "1004");
+    for (i, (join, status)) in [
+        ("nope;from-tag=callee;to-tag=f1001", 481),
+        ("c1;from-tag=callee;to-tag=wrong", 481),
+        ("c1;from-tag=callee;to-tag=f1001;early-only", 481),
+        ("c1;to-tag=f1001", 400),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call_id = format!("bad{i}");
+        w.send_from(S, "1004", &join_invite("1004", "1003", &call_id, join));
+        assert_eq!(w.take_final("1004").status(), Some(status), "{join}");
+    }
+    // A party of another dialog cannot be joined through this one.
+    w.register(S, "1002");
+    w.send_from(
+        S,
+        "1004",
+        &join_invite("1004", "1002", "bad9", "c1;from-tag=callee;to-tag=f1001"),
+    );
+    assert_eq!(w.take_final("1004").status(), Some(481));
+    assert!(w.idle("1003") && w.idle("1002"));
+    assert_eq!(w.state(S, "1004"), "ready");
+    assert_eq!(session_of(&w, S, "c1").agents, ["1001", "1003"]);
+}
+
+/// The supervisor sits on T with the agent it monitors, whose call S
+/// hosts: T hands the Join to S, S hosts the supervisor from T and sends
+/// the join leg back through T to the agent.
+#[test]
+fn a_join_for_a_hosted_agent_goes_to_the_hosting_blade_which_hosts_the_joiner() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.register(T, "1004");
+    w.link_log.clear();
+    w.send_from(
+        T,
+        "1004",
+        &join_invite("1004", "1002", "j1", "c1;from-tag=callee;to-tag=f1001"),
+    );
+    let join = w.take_final("1002");
+    assert_eq!(join.method(), Some(Method::Invite));
+    assert_eq!(join.call_id(), "j1");
+    assert_eq!(
+        join.request_uri().unwrap().as_str(),
+        format!("sip:1002@{}", terminal("1002"))
+    );
+    let names: Vec<&str> = w.link_log.iter().map(|(_, n)| *n).collect();
+    assert_eq!(names, ["HostRequest", "HostGranted"], "S hosted the joiner");
+    assert_eq!(w.state(T, "1004"), "hosted");
+    assert_eq!(w.state(T, "1002"), "hosted");
+    let session = session_of(&w, S, "c1");
+    assert_eq!(session.agents, ["1001", "1002", "1004"]);
+    assert_eq!(session.hosted, ["1002", "1004"]);
+
+    w.send_from(T, "1002", &answer(&join, 200));
+    let join_ok = w.take_final("1004");
+    assert_eq!(join_ok.status(), Some(200));
+    // The joiner leaves: back to ready on T; the call goes on.
+    w.send_from(T, "1004", &in_dialog("BYE", "1004", &join_ok, 2));
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1004").status(), Some(200));
+    assert_eq!(w.state(T, "1004"), "ready");
+    assert_eq!(w.state(T, "1002"), "hosted");
+    assert_eq!(session_of(&w, S, "c1").hosted, ["1002"]);
+
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert!(w.snapshot(S).sessions.is_empty());
+}
+
+/// The joiner's blade relays the Join to the blade of the call (which
+/// gives leave as for a MESSAGE); that blade hosts the joiner.
+#[test]
+fn a_join_from_another_blade_is_relayed_and_the_sessions_blade_hosts_the_joiner() {
+    let mut w = World::new();
+    w.register(T, "1002");
+    w.register(T, "1003");
+    w.send_from(T, "1002", &invite("1002", "1003", "c1"));
+    let inv = w.take_final("1003");
+    w.send_from(T, "1003", &answer(&inv, 200));
+    assert_eq!(w.take_final("1002").status(), Some(200));
+    w.register(S, "1001");
+    w.link_log.clear();
+
+    w.send_from(
+        S,
+        "1001",
+        &join_invite("1001", "1003", "j1", "c1;from-tag=f1002;to-tag=callee"),
+    );
+    let join = w.take_final("1003");
+    assert_eq!(join.call_id(), "j1");
+    let names: Vec<&str> = w.link_log.iter().map(|(_, n)| *n).collect();
+    assert_eq!(
+        names,
+        ["RelayRequest", "RelayGranted", "HostRequest", "HostGranted"]
+    );
+    assert_eq!(w.state(S, "1001"), "hosted");
+    let session = session_of(&w, T, "c1");
+    assert_eq!(session.agents, ["1002", "1003", "1001"]);
+    assert_eq!(session.hosted, ["1001"]);
+    assert_eq!(join.record_routes().count(), 2, "both blades record-route");
+
+    // The join fails (the agent's phone declines it): the joiner goes back.
+    w.send_from(T, "1003", &answer(&join, 603));
+    assert_eq!(w.take_final("1001").status(), Some(603));
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(session_of(&w, T, "c1").agents, ["1002", "1003"]);
+}

@@ -109,6 +109,8 @@ pub struct Metrics {
     pub hosting_granted: u64,
     /// Host request to grant, as the source saw it.
     pub hosting_rtt: Histogram,
+    /// Agents let into a session with a Join (conference, monitoring).
+    pub joins: u64,
 }
 
 impl Metrics {
@@ -128,6 +130,7 @@ impl Metrics {
         }
         self.hosting_granted += other.hosting_granted;
         self.hosting_rtt.merge(&other.hosting_rtt);
+        self.joins += other.joins;
     }
 
     /// Counts a refusal of a host request.

@@ -24,6 +24,7 @@
 //! ([`route::owner_core`]), the calls to them, and their transactions.
 
 pub mod cross;
+mod join;
 pub mod metrics;
 pub mod route;
 pub mod session;
@@ -392,13 +393,30 @@ impl Proxy {
                 contact: r.binding.as_ref().map(|b| b.peer.addr),
             })
             .collect();
+        // Join legs show as part of the session they joined.
         let sessions = self
             .sessions
             .iter()
-            .map(|(call_id, s)| SessionStatus {
-                call_id: call_id.to_owned(),
-                agents: vec![s.caller.clone(), s.callee.clone()],
-                hosted: s.hosted.iter().map(|_| s.callee.clone()).collect(),
+            .filter(|(_, s)| s.joins.is_none())
+            .map(|(call_id, s)| {
+                let mut status = SessionStatus {
+                    call_id: call_id.to_owned(),
+                    agents: Vec::new(),
+                    hosted: Vec::new(),
+                };
+                let legs =
+                    std::iter::once(s).chain(s.joined.iter().filter_map(|j| self.sessions.get(j)));
+                for leg in legs {
+                    for party in [&leg.caller, &leg.callee] {
+                        if leg.has_party(party) && !status.agents.contains(party) {
+                            status.agents.push(party.clone());
+                        }
+                    }
+                    if let Some(h) = leg.hosted.as_ref().filter(|h| leg.has_party(&h.extension)) {
+                        status.hosted.push(h.extension.clone());
+                    }
+                }
+                status
             })
             .collect();
         Snapshot {
@@ -858,6 +876,18 @@ impl Proxy {
         let Some(record) = self.registrar.location().get(&callee) else {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         };
+        if method == Method::Invite {
+            match join::Named::of(&msg) {
+                Some(Some(named)) => {
+                    return self.route_join(now, source, msg, &caller, &callee, &named, false, out);
+                }
+                Some(None) => {
+                    let bad = Refusal::new(400, "Bad Request (malformed Join)");
+                    return self.refuse(now, source, msg, &bad, out);
+                }
+                None => {}
+            }
+        }
         let Some(binding) = record.binding.clone() else {
             if self.cluster.is_some() {
                 // Not registered here: perhaps on another blade. A call
@@ -887,7 +917,10 @@ impl Proxy {
                 return self.refuse(now, source, msg, &Refusal::new(486, "Busy Here"), out);
             }
             let call_id = msg.call_id().to_owned();
-            self.sessions.open(&call_id, &caller, &callee);
+            let from_tag = msg.from().tag().unwrap_or_default();
+            self.sessions
+                .open(&call_id, &caller, &callee, from_tag)
+                .caller_contact = join::caller_contact(source, &msg);
             self.set_in_call(&callee, &call_id);
             self.tell_owner(
                 &caller,
@@ -925,17 +958,21 @@ impl Proxy {
             self.registrar
                 .check_digest(now, msg, digest, &agent, Challenger::Proxy)?;
         }
-        let local = self
-            .registrar
-            .location()
-            .get(caller)
-            .map(|r| r.is_logged_in());
-        let logged_in = local.unwrap_or_else(|| self.logged_in_elsewhere.contains(caller));
-        if logged_in {
+        if self.logged_in_on_blade(caller) {
             Ok(())
         } else {
             Err(Refusal::new(403, "Forbidden"))
         }
+    }
+
+    /// Whether `extension` is logged in on this blade (on any core).
+    fn logged_in_on_blade(&self, extension: &str) -> bool {
+        let local = self
+            .registrar
+            .location()
+            .get(extension)
+            .map(|r| r.is_logged_in());
+        local.unwrap_or_else(|| self.logged_in_elsewhere.contains(extension))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1245,7 +1282,7 @@ impl Proxy {
             pair.ringing_until = None;
             let call_id = pair.call_id.clone();
             if status < 300 {
-                if self.sessions.confirm(&call_id) {
+                if self.sessions.confirm(&call_id, msg.to().tag()) {
                     self.outcomes(&call_id).answered += 1;
                 }
             } else {
@@ -1288,21 +1325,46 @@ impl Proxy {
         }
     }
 
-    /// Ends a session: both agents become ready again, and a hosted one
-    /// goes back to its blade (SPEC §2 step 7).
+    /// Ends a call's dialog: both agents become ready again, and a hosted
+    /// one goes back to its blade (SPEC §2 step 7). A party that a join leg
+    /// still connects stays until that leg ends; a join leg's end lets its
+    /// joiner go.
     fn end_session(&mut self, now: Duration, call_id: &str, out: &mut Output) {
-        let Some(session) = self.sessions.close(call_id) else {
+        let Some(mut session) = self.sessions.close(call_id) else {
             return;
         };
-        if session.hosted.is_some() {
-            self.release_hosting(now, call_id, out);
+        if let Some(main) = session.joins.clone() {
+            return self.end_join_leg(now, call_id, session, &main, out);
         }
-        self.set_free(&session.callee, call_id);
-        let event = AgentEvent::Free {
-            extension: session.caller.clone(),
-            call_id: call_id.to_owned(),
-        };
-        self.tell_owner(&session.caller, event, out);
+        let staying: Vec<String> = session
+            .joined
+            .iter()
+            .filter_map(|j| self.sessions.get(j))
+            .map(|leg| leg.callee.clone())
+            .collect();
+        let leaving: Vec<String> = [&session.caller, &session.callee]
+            .into_iter()
+            .filter(|p| session.has_party(p) && !staying.contains(p))
+            .cloned()
+            .collect();
+        for party in &leaving {
+            if session
+                .hosted
+                .as_ref()
+                .is_some_and(|h| &h.extension == party)
+            {
+                self.release_hosting(now, call_id, out);
+            }
+            let event = AgentEvent::Free {
+                extension: party.clone(),
+                call_id: call_id.to_owned(),
+            };
+            self.tell_owner(party, event, out);
+        }
+        if !session.joined.is_empty() {
+            session.left.get_or_insert_default().extend(leaving);
+            self.sessions.restore(call_id, session);
+        }
     }
 
     /// Applies `event` to `extension` here if this core owns it, else sends

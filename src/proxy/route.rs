@@ -27,7 +27,9 @@ pub fn shard_of(extension: &[u8], cores: usize) -> usize {
 
 /// The loop-detection hash of a request (RFC 3261 §16.6 step 8): what a
 /// looping request keeps and a spiralling one changes — Request-URI,
-/// Call-ID, From tag, To tag, CSeq number. FNV-1a, stable across cores.
+/// Call-ID, From tag, To tag, CSeq number, and the Route set, which is
+/// what changes when an in-dialog request passes a blade twice (a join
+/// leg to a hosted agent: T, S, T). FNV-1a, stable across cores.
 pub fn loop_hash(msg: &Message) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
@@ -41,6 +43,9 @@ pub fn loop_hash(msg: &Message) -> u64 {
     feed(msg.from().tag().unwrap_or_default().as_bytes());
     feed(msg.to().tag().unwrap_or_default().as_bytes());
     feed(&msg.cseq().seq.to_be_bytes());
+    for route in msg.header_values(crate::sip::HeaderName::Route) {
+        feed(route);
+    }
     h
 }
 
@@ -161,6 +166,25 @@ mod tests {
         });
         assert!(counts.iter().all(|&c| c > 10), "{counts:?}");
         assert_eq!(shard_of(b"2001", 8), shard_of(b"2001", 8));
+    }
+
+    #[test]
+    fn the_loop_hash_tells_a_spiral_through_a_route_set_from_a_loop() {
+        let bye = |routes: &str| {
+            let raw = format!(
+                "BYE sip:1002@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n{routes}\
+                 From: <sip:1004@d>;tag=1\r\nTo: <sip:1002@d>;tag=2\r\nCall-ID: c\r\n\
+                 CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+            );
+            loop_hash(&Message::parse(Bytes::from(raw)).unwrap())
+        };
+        let first_pass = bye("Route: <sip:t;lr>, <sip:s;lr>, <sip:t;lr;x>\r\n");
+        assert_eq!(
+            first_pass,
+            bye("Route: <sip:t;lr>, <sip:s;lr>, <sip:t;lr;x>\r\n")
+        );
+        assert_ne!(first_pass, bye("Route: <sip:t;lr;x>\r\n"));
+        assert_ne!(bye(""), bye("Route: <sip:t;lr;x>\r\n"));
     }
 
     #[test]

@@ -1,8 +1,18 @@
 //! Sessions: the calls this core owns, and the agent states they drive.
+//!
+//! A session starts as one call (one dialog) between two agents. Agents
+//! join it later with INVITEs carrying a Join header (RFC 3911): a
+//! supervisor monitoring a call, or a third party of a conference
+//! (SPEC §2 step 9). Each such *join leg* is a dialog of its own between
+//! the joiner and the party it targeted, kept here as a session that names
+//! the one it joins, so its requests, its end and the hosting of its joiner
+//! work as for any call. The session ends when its own dialog and every
+//! join leg have ended.
 
 use std::collections::HashMap;
 
 use crate::cluster::codec::LoginInfo;
+use crate::transaction::Peer;
 
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,28 +23,60 @@ pub enum Phase {
     Confirmed,
 }
 
-/// A call between two agents that this core owns.
+/// A call between two agents that this core owns, or a join leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    /// The calling agent's extension.
+    /// The calling agent's extension (a join leg's joiner).
     pub caller: String,
-    /// The called agent's extension.
+    /// The called agent's extension (a join leg's target).
     pub callee: String,
     /// Setup or confirmed.
     pub phase: Phase,
-    /// The callee, when it is registered on another blade and hosted here
-    /// for this session.
+    /// The agent of this dialog hosted from another blade: the callee of a
+    /// call, or the joiner of a join leg.
     pub hosted: Option<Hosted>,
+    /// The caller's From tag and, once answered, the callee's To tag: the
+    /// dialog a Join must name.
+    pub from_tag: String,
+    /// See `from_tag`.
+    pub to_tag: Option<String>,
+    /// The caller's terminal (where its INVITE came from, and its Contact),
+    /// for a Join that targets the caller.
+    pub caller_contact: Option<(Peer, String)>,
+    /// A join leg: the session it joins. `None` for a call.
+    pub joins: Option<String>,
+    /// A join leg: where its INVITE goes (the target's terminal, or the
+    /// target's blade with the hosting token), once the joiner is hosted.
+    pub join_dest: Option<(Peer, String)>,
+    /// A call: its join legs still up, by Call-ID.
+    pub joined: Vec<String>,
+    /// A call whose own dialog ended while join legs lived on: the parties
+    /// that have left already (the others are in a join leg still).
+    pub left: Option<Vec<String>>,
 }
 
-/// A callee hosted from another blade (SPEC §2 step 4): its blade, and
-/// once granted, its login information.
+/// An agent hosted from another blade (SPEC §2 step 4): its blade, and once
+/// granted, its login information.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hosted {
-    /// The target blade's id, once a grant names it.
+    /// The hosted agent.
+    pub extension: String,
+    /// The agent's blade id, once a grant names it.
     pub blade: Option<String>,
     /// The login information the grant carried.
     pub info: Option<LoginInfo>,
+}
+
+impl Session {
+    /// Whether `extension` is one of this dialog's two parties and has not
+    /// left.
+    pub fn has_party(&self, extension: &str) -> bool {
+        (self.caller == extension || self.callee == extension)
+            && !self
+                .left
+                .as_ref()
+                .is_some_and(|l| l.iter().any(|e| e == extension))
+    }
 }
 
 /// The sessions of one core, by Call-ID.
@@ -44,15 +86,32 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Starts a session.
-    pub fn open(&mut self, call_id: &str, caller: &str, callee: &str) {
+    /// Starts a session: a call from `caller` (From tag `from_tag`) to
+    /// `callee`. Returns it, to fill in.
+    pub fn open(
+        &mut self,
+        call_id: &str,
+        caller: &str,
+        callee: &str,
+        from_tag: &str,
+    ) -> &mut Session {
         let session = Session {
             caller: caller.to_owned(),
             callee: callee.to_owned(),
             phase: Phase::Setup,
             hosted: None,
+            from_tag: from_tag.to_owned(),
+            to_tag: None,
+            caller_contact: None,
+            joins: None,
+            join_dest: None,
+            joined: Vec::new(),
+            left: None,
         };
-        self.by_call_id.insert(call_id.to_owned(), session);
+        self.by_call_id
+            .entry(call_id.to_owned())
+            .insert_entry(session)
+            .into_mut()
     }
 
     /// The session of `call_id`, to update.
@@ -60,11 +119,15 @@ impl Sessions {
         self.by_call_id.get_mut(call_id)
     }
 
-    /// Marks a session answered; returns whether it exists.
-    pub fn confirm(&mut self, call_id: &str) -> bool {
+    /// Marks a session answered by the callee with To tag `to_tag`;
+    /// returns whether it exists.
+    pub fn confirm(&mut self, call_id: &str, to_tag: Option<&str>) -> bool {
         match self.by_call_id.get_mut(call_id) {
             Some(s) => {
                 s.phase = Phase::Confirmed;
+                if s.to_tag.is_none() {
+                    s.to_tag = to_tag.map(str::to_owned);
+                }
                 true
             }
             None => false,
@@ -76,17 +139,22 @@ impl Sessions {
         self.by_call_id.remove(call_id)
     }
 
+    /// Puts back a session taken with [`Sessions::close`].
+    pub fn restore(&mut self, call_id: &str, session: Session) {
+        self.by_call_id.insert(call_id.to_owned(), session);
+    }
+
     /// The session of `call_id`.
     pub fn get(&self, call_id: &str) -> Option<&Session> {
         self.by_call_id.get(call_id)
     }
 
-    /// Every session with its Call-ID.
+    /// Every session with its Call-ID, join legs included.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Session)> {
         self.by_call_id.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// Number of live sessions.
+    /// Number of live sessions and join legs.
     pub fn len(&self) -> usize {
         self.by_call_id.len()
     }

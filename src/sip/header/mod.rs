@@ -5,6 +5,7 @@
 //! the caller can report that offset.
 
 pub mod auth;
+pub mod join;
 pub mod name_addr;
 pub mod simple;
 pub mod via;

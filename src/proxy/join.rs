@@ -1,0 +1,272 @@
+//! Many-party sessions (SPEC §2 step 9): an agent joins a live call with an
+//! INVITE carrying a Join header (RFC 3911): a supervisor monitoring or
+//! barging in, or a third party brought into a conference.
+//!
+//! The blade and core that own the session handle every join into it, and
+//! host the joiner when it is registered on another blade, by the same
+//! steps as a called agent: the organiser's blade hosts every added
+//! participant. A Join INVITE reaches that blade:
+//! - directly, when the joiner is registered there;
+//! - relayed by the joiner's blade to the target's blade (with leave, as a
+//!   MESSAGE is), when the target is registered elsewhere;
+//! - handed over by the target's blade with its grant's token, when the
+//!   target is hosted by the session's blade (SPEC §2 step 6: only the
+//!   hosting blade decides on a hosted agent).
+//!
+//! The join leg then goes to the target's terminal, or, for a hosted
+//! target, to the target's blade with the session's hosting token.
+
+use std::time::Duration;
+
+use super::cross::{TOKEN_PARAM, Waiting};
+use super::session::{Hosted, Phase};
+use super::{AgentEvent, Output, Proxy};
+use crate::registrar::Refusal;
+use crate::registrar::location::AgentState;
+use crate::sip::{Join, Message};
+use crate::transaction::Peer;
+
+/// The dialog a Join header names, owned (the request moves on while this
+/// is still needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Named {
+    pub call_id: String,
+    from_tag: String,
+    to_tag: String,
+    early_only: bool,
+}
+
+impl Named {
+    /// The Join of `msg`: `None` without one, `Some(None)` when malformed.
+    pub(super) fn of(msg: &Message) -> Option<Option<Named>> {
+        let value = msg.header_named("Join")?;
+        Some(Join::parse(value).map(|j| Named {
+            call_id: j.call_id.to_owned(),
+            from_tag: j.from_tag.to_owned(),
+            to_tag: j.to_tag.to_owned(),
+            early_only: j.early_only,
+        }))
+    }
+
+    fn join(&self) -> Join<'_> {
+        Join {
+            call_id: &self.call_id,
+            to_tag: &self.to_tag,
+            from_tag: &self.from_tag,
+            early_only: self.early_only,
+        }
+    }
+}
+
+/// The answer to a Join that names no dialog sipblade can join (RFC 3911
+/// §4).
+fn no_such_dialog() -> Refusal {
+    Refusal::new(481, "Call/Transaction Does Not Exist")
+}
+
+impl Proxy {
+    /// An out-of-dialog INVITE from `joiner` for `target` with a Join
+    /// naming `named`. `handed_over`: it came from a peer blade (relayed
+    /// or handed over), so it is not relayed again.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn route_join(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        joiner: &str,
+        target: &str,
+        named: &Named,
+        handed_over: bool,
+        out: &mut Output,
+    ) {
+        if self.sessions.get(&named.call_id).is_some() {
+            return self.join_here(now, source, msg, joiner, target, named, out);
+        }
+        let record = self.registrar.location().get(target);
+        let hosted_by = record.and_then(|r| match &r.state {
+            AgentState::Hosted { by } => Some(by.clone()),
+            _ => None,
+        });
+        if let Some(by) = hosted_by {
+            return self.hand_join_to_host(now, source, msg, target, &by, out);
+        }
+        let registered_here = record.is_some_and(|r| r.binding.is_some());
+        if !registered_here && !handed_over && self.cluster.is_some() {
+            return self.relay_remote(now, source, msg, target, out);
+        }
+        self.refuse(now, source, msg, &no_such_dialog(), out);
+    }
+
+    /// T: a Join for an agent that blade `by` hosts goes to `by`, which
+    /// owns the session; the grant's token shows `by` that this blade may
+    /// hand it over.
+    fn hand_join_to_host(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        target: &str,
+        by: &str,
+        out: &mut Output,
+    ) {
+        let dest = self.cluster.as_ref().and_then(|c| {
+            let grant = c.target.grant_of(target)?;
+            let sip = c.peer(by)?.sip;
+            Some((
+                sip,
+                format!("sip:{target}@{sip};{TOKEN_PARAM}={}", grant.token.to_hex()),
+            ))
+        });
+        let Some((sip, uri)) = dest else {
+            let busy = Refusal::new(486, "Busy Here");
+            return self.refuse(now, source, msg, &busy, out);
+        };
+        self.forward(now, source, msg, Peer::udp(sip), Some(&uri), 0, true, out);
+    }
+
+    /// The session's own core: checks the Join against the dialog it
+    /// names, opens the join leg, and sends it on, hosting the joiner
+    /// first when it is registered on another blade.
+    #[allow(clippy::too_many_arguments)]
+    fn join_here(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        joiner: &str,
+        target: &str,
+        named: &Named,
+        out: &mut Output,
+    ) {
+        let Some(dialog) = self.sessions.get(&named.call_id) else {
+            return self.refuse(now, source, msg, &no_such_dialog(), out);
+        };
+        // Only a confirmed dialog, named by both its tags, with the target
+        // still in it (RFC 3911 §4).
+        let joinable = dialog.phase == Phase::Confirmed
+            && !named.early_only
+            && dialog
+                .to_tag
+                .as_deref()
+                .is_some_and(|to| named.join().names(&named.call_id, &dialog.from_tag, to))
+            && dialog.has_party(target)
+            && !dialog.has_party(joiner);
+        if !joinable {
+            return self.refuse(now, source, msg, &no_such_dialog(), out);
+        }
+        let main = dialog
+            .joins
+            .clone()
+            .unwrap_or_else(|| named.call_id.clone());
+        let leg_id = msg.call_id().to_owned();
+        if self.sessions.get(&leg_id).is_some() {
+            let reused = Refusal::new(400, "Bad Request");
+            return self.refuse(now, source, msg, &reused, out);
+        }
+        let Some(dest) = self.join_dest(&named.call_id, target) else {
+            let gone = Refusal::new(480, "Temporarily Unavailable");
+            return self.refuse(now, source, msg, &gone, out);
+        };
+        let joiner_here = self.logged_in_on_blade(joiner);
+        let leg = self.sessions.open(
+            &leg_id,
+            joiner,
+            target,
+            msg.from().tag().unwrap_or_default(),
+        );
+        leg.joins = Some(main.clone());
+        leg.join_dest = Some(dest.clone());
+        leg.caller_contact = caller_contact(source, &msg);
+        if !joiner_here {
+            leg.hosted = Some(Hosted {
+                extension: joiner.to_owned(),
+                blade: None,
+                info: None,
+            });
+        }
+        if let Some(main) = self.sessions.get_mut(&main) {
+            main.joined.push(leg_id.clone());
+        }
+        self.metrics.joins += 1;
+        tracing::debug!(session = %main, %joiner, %target, hosted = !joiner_here, "join");
+        self.tell_owner(
+            joiner,
+            AgentEvent::InCall {
+                extension: joiner.to_owned(),
+                call_id: leg_id.clone(),
+            },
+            out,
+        );
+        if joiner_here {
+            let (peer, uri) = dest;
+            return self.forward(now, source, msg, peer, Some(&uri), 0, true, out);
+        }
+        let id = self.hold(now, source, msg, Waiting::Grant { since: now }, out);
+        self.start_hosting(now, id, &leg_id, joiner, out);
+    }
+
+    /// Where a join leg for `target`, a party of the dialog `dialog_id`,
+    /// goes: through the target's blade with the hosting token when this
+    /// blade hosts it, else to its terminal.
+    fn join_dest(&self, dialog_id: &str, target: &str) -> Option<(Peer, String)> {
+        let dialog = self.sessions.get(dialog_id)?;
+        if dialog
+            .hosted
+            .as_ref()
+            .is_some_and(|h| h.extension == target)
+        {
+            let c = self.cluster.as_ref()?;
+            let hosting = c.source.hosting(dialog_id, target)?;
+            let sip = c.peer(&hosting.peer)?.sip;
+            let uri = format!(
+                "sip:{target}@{sip};{TOKEN_PARAM}={}",
+                hosting.token.to_hex()
+            );
+            return Some((Peer::udp(sip), uri));
+        }
+        if dialog.callee == target {
+            let binding = self.registrar.location().get(target)?.binding.as_ref()?;
+            return Some((binding.peer, binding.uri.clone()));
+        }
+        dialog.caller_contact.clone()
+    }
+
+    /// A join leg ended: its joiner leaves (and goes back to its blade if
+    /// hosted); the session it joined ends with it when that was the last
+    /// of it.
+    pub(super) fn end_join_leg(
+        &mut self,
+        now: Duration,
+        leg_id: &str,
+        leg: super::session::Session,
+        main: &str,
+        out: &mut Output,
+    ) {
+        if leg.hosted.is_some() {
+            self.release_hosting(now, leg_id, out);
+        }
+        let event = AgentEvent::Free {
+            extension: leg.caller.clone(),
+            call_id: leg_id.to_owned(),
+        };
+        self.tell_owner(&leg.caller, event, out);
+        let finish = match self.sessions.get_mut(main) {
+            Some(session) => {
+                session.joined.retain(|j| j != leg_id);
+                session.left.is_some() && session.joined.is_empty()
+            }
+            None => false,
+        };
+        if finish {
+            self.end_session(now, main, out);
+        }
+    }
+}
+
+/// The caller's terminal as its INVITE shows it: where the request came
+/// from, and its Contact URI.
+pub(super) fn caller_contact(source: Peer, msg: &Message) -> Option<(Peer, String)> {
+    let contact = msg.contacts().next()?;
+    Some((source, contact.uri().as_str().to_owned()))
+}
