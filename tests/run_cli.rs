@@ -179,3 +179,18 @@ fn run_refuses_a_bad_config_with_file_and_line() {
     assert!(lines[0].contains(&at), "names {at}: {stderr}");
     assert!(lines[0].contains("colour"), "names the key: {stderr}");
 }
+
+/// SPEC §3: a config file that cannot be read is an I/O error: exit 2,
+/// one line naming it.
+#[test]
+fn run_with_a_missing_config_file_exits_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("no_such_blade.toml");
+    let stderr_path = dir.path().join("stderr");
+    let mut blade = Process::start(&config, &stderr_path);
+    let exit = blade.wait_exit(WAIT);
+    let stderr = blade.stderr();
+    assert_eq!(exit.code(), Some(2), "stderr:\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("no_such_blade.toml"), "{stderr}");
+}

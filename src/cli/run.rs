@@ -20,7 +20,10 @@ pub(crate) fn run(config: Option<PathBuf>) -> ExitCode {
         Ok(config) => config,
         Err(err) => {
             eprintln!("sipblade: {err}");
-            return ExitCode::from(EXIT_INVALID);
+            // SPEC §3: a file that cannot be read is an I/O error (2); one
+            // that is read and wrong is invalid input (1).
+            let status = if err.is_io() { EXIT_USAGE } else { EXIT_INVALID };
+            return ExitCode::from(status);
         }
     };
     // Register for the signals before starting, so none is missed.

@@ -14,12 +14,15 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}{}", path.display(), NamedBy(named_by))]
     Io {
         /// The file.
         path: PathBuf,
         /// The operating system's error.
         source: io::Error,
+        /// The config file and line that named this file, if another file
+        /// did.
+        named_by: Option<(PathBuf, usize)>,
     },
     /// The file was read but its content is wrong.
     #[error("{}: {message}", At(path, *line))]
@@ -48,6 +51,37 @@ impl ConfigError {
             ConfigError::Invalid { line, .. } => *line,
         }
     }
+
+    /// Whether the file could not be read (an I/O error, exit status 2)
+    /// rather than read and found wrong (exit status 1).
+    pub fn is_io(&self) -> bool {
+        matches!(self, ConfigError::Io { .. })
+    }
+
+    /// Notes that line `line` of config file `config` named the file at
+    /// fault (for a file that could not be read).
+    pub(crate) fn named_by(self, config: &Path, line: usize) -> ConfigError {
+        match self {
+            ConfigError::Io { path, source, .. } => ConfigError::Io {
+                path,
+                source,
+                named_by: Some((config.to_owned(), line)),
+            },
+            invalid => invalid,
+        }
+    }
+}
+
+/// ` (named at FILE:LINE)`, or nothing.
+struct NamedBy<'a>(&'a Option<(PathBuf, usize)>);
+
+impl fmt::Display for NamedBy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((file, line)) => write!(f, " (named at {}:{line})", file.display()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `FILE:LINE`, or `FILE` alone.
@@ -67,6 +101,7 @@ pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
+        named_by: None,
     })
 }
 

@@ -131,8 +131,10 @@ impl Config {
     /// in errors and anchors relative paths), then loads the agents file.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let base = path.parent().unwrap_or(Path::new(""));
-        let mut config = parse(&Source { path, text }, base)?;
-        config.agents.provisioned = Agents::load(&config.agents.file)?;
+        let src = Source { path, text };
+        let (mut config, agents_line) = parse(&src, base)?;
+        config.agents.provisioned =
+            Agents::load(&config.agents.file).map_err(|e| e.named_by(path, agents_line))?;
         Ok(config)
     }
 
@@ -143,7 +145,7 @@ impl Config {
     pub fn embedded_default() -> Result<Config, ConfigError> {
         let base = Path::new(EMBEDDED_DIR);
         let path = base.join("default.toml");
-        let mut config = parse(
+        let (mut config, _) = parse(
             &Source {
                 path: &path,
                 text: DEFAULT_TOML,
@@ -202,8 +204,9 @@ struct RawAgents {
     auth: Option<bool>,
 }
 
-/// Deserialises and checks everything but the agents file.
-fn parse(src: &Source<'_>, base: &Path) -> Result<Config, ConfigError> {
+/// Deserialises and checks everything but the agents file; returns the
+/// config and the line that names the agents file.
+fn parse(src: &Source<'_>, base: &Path) -> Result<(Config, usize), ConfigError> {
     let raw: RawConfig = src.parse()?;
     let blade = check_blade(src, &raw.blade)?;
     let cluster = match &raw.cluster {
@@ -215,11 +218,13 @@ fn parse(src: &Source<'_>, base: &Path) -> Result<Config, ConfigError> {
         auth: raw.agents.auth.unwrap_or(true),
         provisioned: Agents::default(),
     };
-    Ok(Config {
+    let agents_line = src.line_of(raw.agents.file.span().start);
+    let config = Config {
         blade,
         cluster,
         agents,
-    })
+    };
+    Ok((config, agents_line))
 }
 
 fn check_blade(src: &Source<'_>, raw: &RawBlade) -> Result<BladeConfig, ConfigError> {
