@@ -178,7 +178,10 @@ fn io_errors_name_the_file() {
         data().join("no_such_agents.toml").display()
     )));
     assert!(err.is_io());
-    let named_at = format!("(named at {}:7)", data().join("missing_agents.toml").display());
+    let named_at = format!(
+        "(named at {}:7)",
+        data().join("missing_agents.toml").display()
+    );
     assert!(err.to_string().ends_with(&named_at), "{err}");
 
     let err = load_err("no_such_config.toml");

@@ -194,3 +194,62 @@ fn run_with_a_missing_config_file_exits_2() {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("no_such_blade.toml"), "{stderr}");
 }
+
+/// A second blade on a SIP address another process holds is refused (exit
+/// 2, one line), though the blade's own cores share that address with
+/// SO_REUSEPORT: it would otherwise take part of the first one's traffic.
+#[test]
+fn run_refuses_a_sip_address_another_process_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
+    let sip = free_sip_port();
+    // The holder uses SO_REUSEPORT, as a running blade does.
+    let holder = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .expect("a UDP socket");
+    holder.set_reuse_port(true).expect("SO_REUSEPORT");
+    holder.bind(&sip.into()).expect("bind the holder");
+    let config = dir.path().join("blade.toml");
+    let text = config_toml(1, true, &sip.to_string(), &free_tcp_port().to_string());
+    std::fs::write(&config, text).expect("config file");
+    let mut blade = Process::start(&config, &dir.path().join("stderr"));
+    let exit = blade.wait_exit(WAIT);
+    let stderr = blade.stderr();
+    assert_eq!(exit.code(), Some(2), "stderr:\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(&sip.to_string()), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+}
+
+/// SPEC §3: a usage error is one clear stderr line and exit status 2;
+/// `--help` is not an error.
+#[test]
+fn usage_errors_are_one_line_and_exit_2() {
+    for args in [
+        &[][..],
+        &["run", "--bogus"],
+        &["bogus"],
+        &["certs"],
+        &["load"],
+        &["run", "--config"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+            .args(args)
+            .output()
+            .expect("sipblade runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("sipblade: "), "{args:?}: {stderr}");
+        assert!(stderr.contains("--help"), "{args:?}: {stderr}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+        .args(["run", "--help"])
+        .output()
+        .expect("sipblade runs");
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--config"));
+}

@@ -67,14 +67,14 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => {
-            let usage = err.use_stderr();
+        // --help and --version: clap prints them to stdout.
+        Err(err) if !err.use_stderr() => {
             let _ = err.print();
-            return if usage {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("sipblade: {}", usage_error_line(&err));
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     match cli.command {
@@ -84,4 +84,34 @@ pub fn main() -> ExitCode {
         Command::Certs { dir, blades } => certs::run(&dir, &blades),
         Command::Load { command } => load::run(command),
     }
+}
+
+/// A usage error as one line (SPEC §3), from clap's multi-line rendering:
+/// its first paragraph without the `error: ` prefix, and which `--help`
+/// to read.
+fn usage_error_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    // `Usage: sipblade load run [OPTIONS] ...`: the command path is the
+    // words before the first placeholder.
+    let usage = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .unwrap_or("sipblade");
+    let command: Vec<&str> = usage
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['[', '<', '-']))
+        .collect();
+    let help = format!("see `{} --help`", command.join(" "));
+    if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return format!("a command is required: {usage} ({help})");
+    }
+    let first: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let first = first.join(" ");
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
+    format!("{first} ({help})")
 }

@@ -22,7 +22,11 @@ pub(crate) fn run(config: Option<PathBuf>) -> ExitCode {
             eprintln!("sipblade: {err}");
             // SPEC §3: a file that cannot be read is an I/O error (2); one
             // that is read and wrong is invalid input (1).
-            let status = if err.is_io() { EXIT_USAGE } else { EXIT_INVALID };
+            let status = if err.is_io() {
+                EXIT_USAGE
+            } else {
+                EXIT_INVALID
+            };
             return ExitCode::from(status);
         }
     };

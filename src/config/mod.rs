@@ -398,6 +398,7 @@ mod tests {
             },
             Path::new("/etc/sipblade"),
         )
+        .map(|(config, _)| config)
     }
 
     #[test]

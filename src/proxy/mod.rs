@@ -441,6 +441,9 @@ impl Proxy {
     pub fn handle_datagram(&mut self, now: Duration, source: Peer, data: Bytes, out: &mut Output) {
         match Message::parse(data.clone()) {
             Ok(msg) => self.handle_message(now, source, msg, out),
+            // A keep-alive (RFC 5626 §4.4.1 sends CRLFs; phones do so over
+            // UDP too): nothing to answer, nothing wrong.
+            Err(_) if data.iter().all(|&b| b == b'\r' || b == b'\n') => {}
             Err(err) => {
                 self.metrics.malformed += 1;
                 let mut buf = BytesMut::new();
@@ -867,7 +870,9 @@ impl Proxy {
             .to_owned();
         if needs_caller {
             if let Err(refusal) = self.check_caller(now, &msg, &caller) {
-                if method == Method::Invite {
+                // A challenge is not an outcome: the call goes on with the
+                // credentials.
+                if method == Method::Invite && refusal.status != 407 {
                     self.metrics.local.failed += 1;
                 }
                 return self.refuse(now, source, msg, &refusal, out);

@@ -423,6 +423,11 @@ fn refusals() {
         "malformed: body shorter than Content-Length"
     );
     assert_eq!(b.proxy.metrics().malformed, 1);
+    // A CRLF keep-alive is neither answered nor malformed.
+    for keep_alive in ["\r\n\r\n", "\r\n"] {
+        assert!(b.send(&a, keep_alive).is_empty());
+    }
+    assert_eq!(b.proxy.metrics().malformed, 1);
 }
 
 #[test]
@@ -482,6 +487,11 @@ fn invites_are_challenged_when_auth_is_on() {
     let out = b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi1", ""));
     let challenge = parse(&out[0]);
     assert_eq!(challenge.status(), Some(407));
+    assert_eq!(
+        b.proxy.metrics().local,
+        Default::default(),
+        "a challenge is no call outcome"
+    );
     let d = challenge.proxy_authenticate().unwrap().digest().unwrap();
     let mut creds = crate::registrar::digest::Credentials {
         username: "1001",

@@ -128,9 +128,10 @@ impl Blade {
             n => n,
         };
         let addr = config.blade.sip;
-        let (sip, sockets) =
-            socket::udp_per_core(addr, cores).map_err(|source| StartError::Bind {
-                what: "SIP UDP",
+        let (sip, sockets) = socket::ensure_free(addr, true)
+            .and_then(|()| socket::udp_per_core(addr, cores))
+            .map_err(|source| StartError::Bind {
+                what: "SIP",
                 addr,
                 source,
             })?;
@@ -160,8 +161,9 @@ impl Blade {
             Some(cluster) => {
                 let identity = Identity::load(&cluster.ca, &cluster.cert, &cluster.key)
                     .map_err(|e| StartError::Cluster(e.to_string()))?;
-                let socket =
-                    socket::udp_reuseport(cluster.listen).map_err(|source| StartError::Bind {
+                let socket = socket::ensure_free(cluster.listen, false)
+                    .and_then(|()| socket::udp_reuseport(cluster.listen))
+                    .map_err(|source| StartError::Bind {
                         what: "cluster QUIC",
                         addr: cluster.listen,
                         source,

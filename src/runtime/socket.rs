@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -37,4 +38,60 @@ pub fn udp_per_core(addr: SocketAddr, cores: usize) -> io::Result<(SocketAddr, V
         sockets.push(udp_reuseport(bound)?);
     }
     Ok((bound, sockets))
+}
+
+/// How long [`ensure_free`] waits for an address that is held: the kernel
+/// closes an exited process's io_uring files in a worker of its own, so a
+/// socket it was receiving on may stay bound for a moment after the exit.
+const FREE_WAIT: Duration = Duration::from_secs(1);
+
+/// Fails with `AddrInUse` when another socket holds `addr`: for UDP, and
+/// with `tcp` for a TCP listener too. SO_REUSEPORT lets this blade's cores
+/// share an address, and would as quietly let a second process on the same
+/// address take part of its traffic; a probe bound without it finds any
+/// holder. Port 0 is always free.
+pub fn ensure_free(addr: SocketAddr, tcp: bool) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let deadline = Instant::now() + FREE_WAIT;
+    loop {
+        let probe = std::net::UdpSocket::bind(addr).map(drop).and_then(|()| {
+            if tcp {
+                std::net::TcpListener::bind(addr).map(drop)
+            } else {
+                Ok(())
+            }
+        });
+        match probe {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_address_is_not_free_and_a_released_one_is() {
+        let held = udp_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = held.local_addr().unwrap().as_socket().unwrap();
+        // Our own per-core sockets could join it; a probe cannot.
+        let err = ensure_free(addr, false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        drop(held);
+        ensure_free(addr, false).unwrap();
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            let err = ensure_free(addr, true).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        }
+        ensure_free("127.0.0.1:0".parse().unwrap(), true).unwrap();
+    }
 }

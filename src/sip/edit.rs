@@ -406,10 +406,57 @@ pub fn best_effort_response(raw: &[u8], status: u16, reason: &str, out: &mut Byt
     out.put_slice(b"\r\n");
     for line in lines {
         out.put_slice(line);
+        let name_end = memchr::memchr(b':', line).unwrap_or(0);
+        let is_to = HeaderName::from_bytes(line[..name_end].trim_ascii()) == HeaderName::To;
+        if is_to && !has_tag(line) {
+            // RFC 3261 §8.2.6.2: a final response's To carries our tag. The
+            // same for every retransmission of the request: derived from it.
+            let mut h: u32 = 0x811c_9dc5;
+            for &b in &raw[..head_end] {
+                h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+            }
+            out.put_slice(b";tag=sb");
+            put_hex32(out, h);
+        }
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"Content-Length: 0\r\n\r\n");
     true
+}
+
+/// Whether a raw To line has a `tag` parameter (outside a quoted display
+/// name and the `<>` of its URI).
+fn has_tag(line: &[u8]) -> bool {
+    let (mut quoted, mut angle) = (false, false);
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b';' if !quoted && !angle => {
+                let rest = line[i + 1..].trim_ascii_start();
+                if rest.len() >= 4 && rest[..3].eq_ignore_ascii_case(b"tag") {
+                    let after = rest[3..].trim_ascii_start();
+                    if after.first() == Some(&b'=') {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Eight lowercase hex digits.
+fn put_hex32(out: &mut BytesMut, v: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..8).rev() {
+        out.put_u8(HEX[(v >> (shift * 4)) as usize & 0xf]);
+    }
 }
 
 #[cfg(test)]
@@ -543,6 +590,39 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
         let resp = parse(&out);
         assert_eq!(resp.status(), Some(400));
         assert_eq!(resp.top_via().branch(), Some("z9hG4bK1"));
+        // Our To tag, the same for a retransmission; a tag sent is kept.
+        let tag = resp.to().tag().expect("a To tag").to_owned();
+        assert!(tag.starts_with("sb"), "{tag}");
+        let mut again = BytesMut::new();
+        assert!(super::best_effort_response(
+            raw,
+            400,
+            "Bad Request",
+            &mut again
+        ));
+        assert_eq!(parse(&again).to().tag(), Some(tag.as_str()));
+        let tagged = String::from_utf8_lossy(raw).replace(
+            "To: <sip:x@y>",
+            "To: \"a;tag=no\" <sip:x@y;tag=no> ; TAG = t9",
+        );
+        let mut out = BytesMut::new();
+        assert!(super::best_effort_response(
+            tagged.as_bytes(),
+            400,
+            "Bad Request",
+            &mut out
+        ));
+        assert_eq!(parse(&out).to().tag(), Some("t9"));
+        let untagged = String::from_utf8_lossy(raw)
+            .replace("To: <sip:x@y>", "To: \"a;tag=no\" <sip:x@y;tag=no>");
+        let mut out = BytesMut::new();
+        assert!(super::best_effort_response(
+            untagged.as_bytes(),
+            400,
+            "Bad Request",
+            &mut out
+        ));
+        assert!(parse(&out).to().tag().is_some_and(|t| t.starts_with("sb")));
         let mut out = BytesMut::new();
         assert!(!super::best_effort_response(
             b"SIP/2.0 200 OK\r\n\r\n",
