@@ -699,3 +699,69 @@ fn stop_returns_promptly_and_releases_the_ports() {
         "the admin port is closed"
     );
 }
+
+// Many-party sessions (SPEC §2 step 9).
+
+/// On a two-core blade a supervisor joins a call (RFC 3911 Join) once
+/// through its called party and once through its caller, whose core does
+/// not own the session: that core hands the Join over. Both join legs show
+/// in the session, and each ends with its BYE.
+#[test]
+fn a_supervisor_joins_a_call_through_either_party_on_a_two_core_blade() {
+    let blade = TestBlade::start(2, false);
+    // A caller and callee on different cores, so the session (on the
+    // callee's core) is not where the caller's record is.
+    let (caller, callee) = ["1001", "1002", "1003"]
+        .iter()
+        .flat_map(|a| ["1001", "1002", "1003"].map(|b| (*a, b)))
+        .find(|(a, b)| shard_of(a.as_bytes(), 2) != shard_of(b.as_bytes(), 2))
+        .expect("two agents on different cores");
+    let mut a = blade.registered(caller);
+    let mut b = blade.registered(callee);
+    let mut sup = blade.registered("1004");
+    let (call, _) = answered_call(&blade, &mut a, &mut b, false);
+    ack_answered(&mut a, &mut b, &call);
+    // The caller's core learns of the call within 10 ms (call states
+    // between cores are batched); a phone's Join comes much later.
+    blade.wait_state(caller, "in_call");
+
+    let join = format!(
+        "Join: {};from-tag={};to-tag={CALLEE_TAG}\r\n",
+        call.call_id, call.from_tag
+    );
+    let mut legs = Vec::new();
+    for party in [&mut b, &mut a] {
+        let mut leg = sup.call(&party.ext);
+        sup.invite(&mut leg, &join);
+        let invite = party.request(Method::Invite, &leg.call_id);
+        assert_eq!(invite.request_uri().unwrap().as_str(), party.contact_uri());
+        party.answer(&invite, 200, "OK", "joined");
+        let ok = sup.response(&leg.call_id, Method::Invite);
+        assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+        leg.learn(&ok);
+        legs.push(leg);
+    }
+    assert_eq!(blade.agent_state("1004"), "in_call");
+    let sessions = sessions(&blade);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let mut agents: Vec<&str> = sessions[0]["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    agents.sort_unstable();
+    let mut expected = vec![caller, callee, "1004"];
+    expected.sort_unstable();
+    assert_eq!(agents, expected);
+    assert_eq!(blade.metric("sipblade_joins_total"), 2.0);
+
+    for (leg, party) in legs.iter_mut().zip([&mut b, &mut a]) {
+        sup.bye(leg);
+        let bye = party.request(Method::Bye, &leg.call_id);
+        party.answer(&bye, 200, "OK", "joined");
+        assert_eq!(sup.response(&leg.call_id, Method::Bye).status(), Some(200));
+    }
+    blade.wait_state("1004", "ready");
+    assert_eq!(blade.agent_state(caller), "in_call", "the call goes on");
+}

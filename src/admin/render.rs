@@ -134,6 +134,12 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
             m.joins as usize,
         ),
         (
+            "sipblade_sessions_expired_total",
+            "counter",
+            "Sessions ended after max_call_secs without a BYE.",
+            m.sessions_expired as usize,
+        ),
+        (
             "sipblade_transactions_active",
             "gauge",
             "Live SIP transactions.",

@@ -11,6 +11,7 @@
 //! | --- | --- |
 //! | `blade.cores` | `0`: one executor per available core |
 //! | `blade.admin` | `127.0.0.1:8060` |
+//! | `blade.max_call_secs` | `14400` (4 hours; 1 to 604800 allowed) |
 //! | `cluster` | absent: a single blade |
 //! | `cluster.lease_secs` | `30` (1 to 3600 allowed) |
 //! | `cluster.peer` | none |
@@ -48,6 +49,10 @@ pub const DEFAULT_LEASE_SECS: u64 = 30;
 pub const MAX_LEASE_SECS: u64 = 3600;
 /// The most executor threads `blade.cores` may ask for (catches typos).
 pub const MAX_CORES: usize = 1024;
+/// How long a call may last when `blade.max_call_secs` is omitted.
+pub const DEFAULT_MAX_CALL_SECS: u64 = 4 * 3600;
+/// The largest `blade.max_call_secs`: a week.
+pub const MAX_MAX_CALL_SECS: u64 = 7 * 24 * 3600;
 
 /// Where the embedded default pretends to live, for paths and messages.
 const EMBEDDED_DIR: &str = "(embedded)";
@@ -78,6 +83,9 @@ pub struct BladeConfig {
     pub cores: usize,
     /// HTTP admin address (`/status`, `/metrics`).
     pub admin: SocketAddr,
+    /// A session still up after this many seconds is ended as if hung up:
+    /// a lost BYE must not leave its agents in a call (or hosted) for ever.
+    pub max_call_secs: u64,
 }
 
 /// `[cluster]`: the QUIC link to the other blades.
@@ -175,6 +183,7 @@ struct RawBlade {
     sip: Spanned<String>,
     cores: Option<Spanned<usize>>,
     admin: Option<Spanned<String>>,
+    max_call_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -259,12 +268,23 @@ fn check_blade(src: &Source<'_>, raw: &RawBlade) -> Result<BladeConfig, ConfigEr
         }
         None => DEFAULT_ADMIN,
     };
+    let max_call_secs = match &raw.max_call_secs {
+        Some(secs) if !(1..=MAX_MAX_CALL_SECS).contains(secs.get_ref()) => {
+            return Err(src.at(
+                secs.span(),
+                format!("max_call_secs must be between 1 and {MAX_MAX_CALL_SECS}"),
+            ));
+        }
+        Some(secs) => *secs.get_ref(),
+        None => DEFAULT_MAX_CALL_SECS,
+    };
     Ok(BladeConfig {
         id: id.clone(),
         domain: domain.clone(),
         sip,
         cores,
         admin,
+        max_call_secs,
     })
 }
 
@@ -428,6 +448,9 @@ mod tests {
         let config = parse_str(MINIMAL).unwrap();
         assert_eq!(config.blade.cores, 0);
         assert_eq!(config.blade.admin, DEFAULT_ADMIN);
+        assert_eq!(config.blade.max_call_secs, DEFAULT_MAX_CALL_SECS);
+        let short = MINIMAL.replace("[agents]", "max_call_secs = 90\n[agents]");
+        assert_eq!(parse_str(&short).unwrap().blade.max_call_secs, 90);
         assert!(config.agents.auth);
         assert_eq!(config.agents.file, Path::new("/etc/sipblade/agents.toml"));
         let abs = MINIMAL.replace("\"agents.toml\"", "\"/srv/agents.toml\"");
@@ -474,6 +497,12 @@ mod tests {
                 "file = \"a\"\nauth = \"yes\"",
                 7,
                 "invalid type: string",
+            ),
+            (
+                "[agents]",
+                "max_call_secs = 0\n[agents]",
+                5,
+                "max_call_secs must be between 1 and 604800",
             ),
             (
                 "[agents]",

@@ -354,6 +354,7 @@ impl Proxy {
             caller,
             callee,
             msg.from().tag().unwrap_or_default(),
+            now + self.settings.max_call,
         );
         session.caller_contact = super::join::caller_contact(source, &msg);
         session.hosted = Some(Hosted {
@@ -367,6 +368,7 @@ impl Proxy {
             AgentEvent::InCall {
                 extension: caller.to_owned(),
                 call_id: call_id.clone(),
+                session_core: self.settings.core,
             },
             out,
         );

@@ -17,6 +17,8 @@ use crate::cluster::link::ReplyTo;
 const S: usize = 0;
 const T: usize = 1;
 const LEASE: u32 = 30;
+/// Shorter than a registration (3600 s), so a test can outlive it.
+const MAX_CALL: Duration = Duration::from_secs(600);
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -82,6 +84,7 @@ fn node(id: &str, sip: &str, peer: (&str, &str)) -> Node {
             epoch_base: 1,
         }),
         via_port: None,
+        max_call: MAX_CALL,
     };
     Node {
         id: id.into(),
@@ -729,4 +732,41 @@ fn a_join_from_another_blade_is_relayed_and_the_sessions_blade_hosts_the_joiner(
     assert_eq!(w.take_final("1001").status(), Some(603));
     assert_eq!(w.state(S, "1001"), "ready");
     assert_eq!(session_of(&w, T, "c1").agents, ["1002", "1003"]);
+}
+
+/// A session whose BYE never comes ends after `max_call`: the hosted agent
+/// goes back to its blade and both agents are ready again (SPEC §2 steps 7
+/// and 8: nobody stays hosted for ever, even while S lives and renews).
+#[test]
+fn a_call_that_outlives_max_call_is_ended_and_its_agent_handed_back() {
+    let mut w = World::new();
+    answered_call(&mut w);
+    w.advance(MAX_CALL - Duration::from_secs(60));
+    assert_eq!(w.state(T, "1002"), "hosted", "renewed all along");
+    w.advance(Duration::from_secs(61));
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_expired, 1);
+}
+
+#[test]
+fn an_expired_session_ends_its_join_legs_too() {
+    let mut w = World::new();
+    answered_local_call(&mut w);
+    w.register(S, "1004");
+    w.send_from(
+        S,
+        "1004",
+        &join_invite("1004", "1003", "j1", "c1;from-tag=callee;to-tag=f1001"),
+    );
+    let join = w.take_final("1003");
+    w.send_from(S, "1003", &answer(&join, 200));
+    assert_eq!(w.take_final("1004").status(), Some(200));
+    w.advance(MAX_CALL + Duration::from_secs(1));
+    for ext in ["1001", "1003", "1004"] {
+        assert_eq!(w.state(S, ext), "ready", "{ext}");
+    }
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert!(w.nodes[S].proxy.sessions.is_empty(), "the leg too");
 }

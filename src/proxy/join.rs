@@ -83,6 +83,12 @@ impl Proxy {
         if self.sessions.get(&named.call_id).is_some() {
             return self.join_here(now, source, msg, joiner, target, named, out);
         }
+        if let Some(&core) = self.remote_sessions.get(&named.call_id) {
+            // The target is this core's agent, but the call's session lives
+            // on the core of its other party.
+            out.handoffs.push(super::Handoff { core, source, msg });
+            return;
+        }
         let record = self.registrar.location().get(target);
         let hosted_by = record.and_then(|r| match &r.state {
             AgentState::Hosted { by } => Some(by.clone()),
@@ -96,6 +102,30 @@ impl Proxy {
             return self.relay_remote(now, source, msg, target, out);
         }
         self.refuse(now, source, msg, &no_such_dialog(), out);
+    }
+
+    /// A Join INVITE another core of this blade checked and handed over
+    /// ([`super::Output::handoffs`]): this core owns the session it names.
+    pub fn handle_join_handoff(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        out: &mut Output,
+    ) {
+        let user = |uri: Option<crate::sip::Uri<'_>>| {
+            uri.and_then(|u| u.user())
+                .and_then(|u| std::str::from_utf8(u).ok())
+                .map(str::to_owned)
+        };
+        let (Some(joiner), Some(target), Some(Some(named))) = (
+            user(Some(msg.from().uri())),
+            user(msg.request_uri()),
+            Named::of(&msg),
+        ) else {
+            return self.refuse(now, source, msg, &no_such_dialog(), out);
+        };
+        self.join_here(now, source, msg, &joiner, &target, &named, out);
     }
 
     /// T: a Join for an agent that blade `by` hosts goes to `by`, which
@@ -174,6 +204,7 @@ impl Proxy {
             joiner,
             target,
             msg.from().tag().unwrap_or_default(),
+            now + self.settings.max_call,
         );
         leg.joins = Some(main.clone());
         leg.join_dest = Some(dest.clone());
@@ -195,6 +226,7 @@ impl Proxy {
             AgentEvent::InCall {
                 extension: joiner.to_owned(),
                 call_id: leg_id.clone(),
+                session_core: self.settings.core,
             },
             out,
         );

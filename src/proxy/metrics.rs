@@ -111,6 +111,8 @@ pub struct Metrics {
     pub hosting_rtt: Histogram,
     /// Agents let into a session with a Join (conference, monitoring).
     pub joins: u64,
+    /// Sessions ended because they outlived `max_call_secs` (a lost BYE).
+    pub sessions_expired: u64,
 }
 
 impl Metrics {
@@ -131,6 +133,7 @@ impl Metrics {
         self.hosting_granted += other.hosting_granted;
         self.hosting_rtt.merge(&other.hosting_rtt);
         self.joins += other.joins;
+        self.sessions_expired += other.sessions_expired;
     }
 
     /// Counts a refusal of a host request.

@@ -84,6 +84,9 @@ pub struct Settings {
     pub max_transactions: usize,
     /// The other blades, when this blade is part of a cluster.
     pub cluster: Option<ClusterSettings>,
+    /// How long a session may last without a BYE (`blade.max_call_secs`):
+    /// then it ends here as if hung up, so a lost BYE strands no agent.
+    pub max_call: Duration,
     /// The UDP port this core's Vias and UDP Record-Routes name, so that
     /// responses to the requests it forwards, and the later requests of
     /// the dialogs it owns, come straight back to it rather than to
@@ -100,6 +103,20 @@ pub struct Output {
     pub notices: Vec<Notice>,
     /// Messages for the inter-blade link.
     pub cluster: Vec<ClusterSend>,
+    /// Join INVITEs for sessions another core owns
+    /// ([`Proxy::handle_join_handoff`] there).
+    pub handoffs: Vec<Handoff>,
+}
+
+/// A request handed to the core that owns the session it names.
+#[derive(Debug)]
+pub struct Handoff {
+    /// That core.
+    pub core: usize,
+    /// Where the request came from.
+    pub source: Peer,
+    /// The request.
+    pub msg: Message,
 }
 
 /// An agent event addressed to one or all other cores.
@@ -124,6 +141,8 @@ pub enum AgentEvent {
         extension: String,
         /// The call.
         call_id: String,
+        /// The core that owns the call's session (where a Join for it goes).
+        session_core: usize,
     },
     /// The agent (owned by the receiving core) left a call.
     Free {
@@ -260,6 +279,9 @@ pub struct Proxy {
     agents: Arc<HashMap<String, Arc<Agent>>>,
     /// Agents owned by other cores that are logged in (from notices).
     logged_in_elsewhere: HashSet<String>,
+    /// Calls of this core's agents whose sessions other cores own, by
+    /// Call-ID: where a Join for them goes.
+    remote_sessions: HashMap<String, usize>,
     /// Transaction pairs; their slab keys index the maps below and the
     /// timer queue.
     txs: Slab<TxPair>,
@@ -323,6 +345,7 @@ impl Proxy {
             registrar,
             agents,
             logged_in_elsewhere: HashSet::new(),
+            remote_sessions: HashMap::new(),
             txs: Slab::new(),
             by_server: HashMap::default(),
             by_client: HashMap::default(),
@@ -431,7 +454,8 @@ impl Proxy {
     pub fn next_deadline(&self) -> Option<Duration> {
         let expiry = self.registrar.location().next_expiry();
         let cluster = self.cluster.as_ref().and_then(Cluster::next_deadline);
-        [self.timers.next_deadline(), expiry, cluster]
+        let sessions = self.sessions.next_expiry();
+        [self.timers.next_deadline(), expiry, cluster, sessions]
             .into_iter()
             .flatten()
             .min()
@@ -480,8 +504,20 @@ impl Proxy {
             AgentEvent::LoggedOut(ext) => {
                 self.logged_in_elsewhere.remove(&ext);
             }
-            AgentEvent::InCall { extension, call_id } => self.set_in_call(&extension, &call_id),
-            AgentEvent::Free { extension, call_id } => self.set_free(&extension, &call_id),
+            AgentEvent::InCall {
+                extension,
+                call_id,
+                session_core,
+            } => {
+                if session_core != self.settings.core {
+                    self.remote_sessions.insert(call_id.clone(), session_core);
+                }
+                self.set_in_call(&extension, &call_id);
+            }
+            AgentEvent::Free { extension, call_id } => {
+                self.remote_sessions.remove(&call_id);
+                self.set_free(&extension, &call_id);
+            }
         }
     }
 
@@ -495,6 +531,11 @@ impl Proxy {
             });
         }
         self.cluster_timeout(now, out);
+        while let Some(call_id) = self.sessions.pop_expired(now) {
+            tracing::warn!(%call_id, "session outlived max_call_secs without a BYE: ended");
+            self.metrics.sessions_expired += 1;
+            self.expire_session(now, &call_id, out);
+        }
         while let Some((id, generation)) = self.timers.pop_due(now) {
             let id = id as usize;
             let Some(pair) = self.txs.get_mut(id) else {
@@ -923,8 +964,9 @@ impl Proxy {
             }
             let call_id = msg.call_id().to_owned();
             let from_tag = msg.from().tag().unwrap_or_default();
+            let until = now + self.settings.max_call;
             self.sessions
-                .open(&call_id, &caller, &callee, from_tag)
+                .open(&call_id, &caller, &callee, from_tag, until)
                 .caller_contact = join::caller_contact(source, &msg);
             self.set_in_call(&callee, &call_id);
             self.tell_owner(
@@ -932,6 +974,7 @@ impl Proxy {
                 AgentEvent::InCall {
                     extension: caller.clone(),
                     call_id,
+                    session_core: self.settings.core,
                 },
                 out,
             );
@@ -1370,6 +1413,20 @@ impl Proxy {
             session.left.get_or_insert_default().extend(leaving);
             self.sessions.restore(call_id, session);
         }
+    }
+
+    /// Ends a session whose time ran out, its join legs first (else it
+    /// would wait for them).
+    fn expire_session(&mut self, now: Duration, call_id: &str, out: &mut Output) {
+        let legs = self
+            .sessions
+            .get(call_id)
+            .map(|s| s.joined.clone())
+            .unwrap_or_default();
+        for leg in legs {
+            self.end_session(now, &leg, out);
+        }
+        self.end_session(now, call_id, out);
     }
 
     /// Applies `event` to `extension` here if this core owns it, else sends

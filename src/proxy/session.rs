@@ -9,7 +9,8 @@
 //! work as for any call. The session ends when its own dialog and every
 //! join leg have ended.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use crate::cluster::codec::LoginInfo;
 use crate::transaction::Peer;
@@ -53,6 +54,10 @@ pub struct Session {
     /// A call whose own dialog ended while join legs lived on: the parties
     /// that have left already (the others are in a join leg still).
     pub left: Option<Vec<String>>,
+    /// When the session is ended even without a BYE (a lost BYE must not
+    /// leave its agents in a call, or hosted, for ever), and a serial
+    /// that tells it from another session ending at the same time.
+    expires: (Duration, u64),
 }
 
 /// An agent hosted from another blade (SPEC §2 step 4): its blade, and once
@@ -83,18 +88,26 @@ impl Session {
 #[derive(Debug, Default)]
 pub struct Sessions {
     by_call_id: HashMap<String, Session>,
+    /// Call-IDs by when they expire.
+    expiry: BTreeMap<(Duration, u64), String>,
+    serial: u64,
 }
 
 impl Sessions {
     /// Starts a session: a call from `caller` (From tag `from_tag`) to
-    /// `callee`. Returns it, to fill in.
+    /// `callee`, ended at `until` if nothing ends it before. Returns it, to
+    /// fill in.
     pub fn open(
         &mut self,
         call_id: &str,
         caller: &str,
         callee: &str,
         from_tag: &str,
+        until: Duration,
     ) -> &mut Session {
+        self.serial += 1;
+        let expires = (until, self.serial);
+        self.expiry.insert(expires, call_id.to_owned());
         let session = Session {
             caller: caller.to_owned(),
             callee: callee.to_owned(),
@@ -107,11 +120,14 @@ impl Sessions {
             join_dest: None,
             joined: Vec::new(),
             left: None,
+            expires,
         };
-        self.by_call_id
-            .entry(call_id.to_owned())
-            .insert_entry(session)
-            .into_mut()
+        let slot = self.by_call_id.entry(call_id.to_owned());
+        if let std::collections::hash_map::Entry::Occupied(old) = &slot {
+            // A Call-ID reused while its session lives: the new one wins.
+            self.expiry.remove(&old.get().expires);
+        }
+        slot.insert_entry(session).into_mut()
     }
 
     /// The session of `call_id`, to update.
@@ -136,12 +152,30 @@ impl Sessions {
 
     /// Ends a session and returns it.
     pub fn close(&mut self, call_id: &str) -> Option<Session> {
-        self.by_call_id.remove(call_id)
+        let session = self.by_call_id.remove(call_id)?;
+        self.expiry.remove(&session.expires);
+        Some(session)
     }
 
     /// Puts back a session taken with [`Sessions::close`].
     pub fn restore(&mut self, call_id: &str, session: Session) {
+        self.expiry.insert(session.expires, call_id.to_owned());
         self.by_call_id.insert(call_id.to_owned(), session);
+    }
+
+    /// When the next session expires.
+    pub fn next_expiry(&self) -> Option<Duration> {
+        self.expiry.first_key_value().map(|(&(at, _), _)| at)
+    }
+
+    /// A session whose time ran out by `now`, if any: its Call-ID. It stays
+    /// open until [`Sessions::close`]d, but is not returned again.
+    pub fn pop_expired(&mut self, now: Duration) -> Option<String> {
+        let (&key, _) = self.expiry.first_key_value()?;
+        if key.0 > now {
+            return None;
+        }
+        self.expiry.remove(&key)
     }
 
     /// The session of `call_id`.

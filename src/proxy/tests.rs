@@ -82,6 +82,7 @@ impl Blade {
             max_transactions,
             cluster: None,
             via_port,
+            max_call: Duration::from_secs(4 * 3600),
         };
         Blade {
             proxy: proxy_with_agents(settings, &["1001", "1002", "1003"]),

@@ -91,6 +91,9 @@ pub(crate) enum CoreMsg {
     Entries(flume::Sender<Vec<DirectoryEntry>>),
     /// Hosting messages for the link, which core 0 runs.
     ToLink(Vec<ClusterSend>),
+    /// A Join INVITE for a session this core owns, checked by the core that
+    /// received it.
+    Join { source: Peer, msg: Box<Message> },
 }
 
 /// How long a resync waits for each core's agents.
@@ -131,6 +134,16 @@ impl Core {
     /// core up to date. That wait runs in a task of its own: it must not
     /// stall this core, nor a full peer queue.
     async fn flush(self: &Rc<Self>, mut out: Output) {
+        for handoff in std::mem::take(&mut out.handoffs) {
+            if let Some(mesh) = &self.mesh {
+                let msg = CoreMsg::Join {
+                    source: handoff.source,
+                    msg: Box::new(handoff.msg),
+                };
+                // Rare and retransmitted by the phone if lost: never wait.
+                let _ = mesh.try_send_to(handoff.core, msg);
+            }
+        }
         let cluster = std::mem::take(&mut out.cluster);
         if !cluster.is_empty() {
             self.to_link(cluster).await;
@@ -477,6 +490,12 @@ impl Core {
                 let _ = reply.send(self.proxy.borrow_mut().directory_entries());
             }
             CoreMsg::ToLink(sends) => out.cluster = sends,
+            CoreMsg::Join { source, msg } => {
+                let now = self.now();
+                self.proxy
+                    .borrow_mut()
+                    .handle_join_handoff(now, source, *msg, &mut out);
+            }
         }
         self.flush(out).await;
     }
@@ -574,6 +593,7 @@ pub(crate) async fn run(
         max_transactions: shared.options.max_transactions,
         cluster: shared.cluster.clone(),
         via_port,
+        max_call: Duration::from_secs(config.blade.max_call_secs),
     };
     let core = Rc::new(Core {
         proxy: RefCell::new(Proxy::new(settings, registrar, shared.agents.clone())),
