@@ -224,4 +224,9 @@ fn keep_alive_pings_get_pongs_and_bad_framing_closes_the_connection() {
             ),
         }
     }
+    assert_eq!(
+        blade.metric("sipblade_messages_malformed_total"),
+        1.0,
+        "counted as malformed; the ping was not"
+    );
 }

@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 use sipblade::sip::framing::{self, DEFAULT_MAX_MESSAGE, Frame};
 use sipblade::sip::header::HeaderParams;
 use sipblade::sip::{
-    AuthValue, EditError, Forward, HeaderName, HostKind, Message, Method, NameAddr, ParseError,
-    Scheme, Span, StartLine, Uri, Via,
+    AuthValue, EditError, Forward, HeaderName, HostKind, Join, Message, Method, NameAddr,
+    ParseError, Scheme, Span, StartLine, Uri, Via,
 };
 
 /// The branch of the Via the roundtrip target's proxy pushes.
@@ -296,6 +296,14 @@ fn walk_message(msg: &Message) {
         msg.supported().collect(),
     ] {
         assert!(tags.iter().all(|t| !t.is_empty()), "option tags are tokens");
+    }
+    if let Some(join) = msg.header_named("Join").and_then(Join::parse) {
+        // Its parts are non-empty pieces of the header value.
+        for part in [join.call_id, join.to_tag, join.from_tag] {
+            assert!(!part.is_empty(), "a Join part is empty");
+        }
+        assert!(join.names(join.call_id, join.from_tag, join.to_tag));
+        assert!(join.names(join.call_id, join.to_tag, join.from_tag));
     }
     for auth in [
         msg.authorization(),

@@ -67,7 +67,26 @@ impl Identity {
                 message: e.to_string(),
             })
         };
-        Identity::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
+        // Name the files, not their roles, in what goes wrong.
+        Identity::from_pem(&read(ca)?, &read(cert)?, &read(key)?).map_err(|e| match e {
+            TlsError::Pem { path, message } => {
+                let file = match path.as_str() {
+                    "CA certificate" => ca,
+                    "blade certificate" => cert,
+                    _ => key,
+                };
+                TlsError::Pem {
+                    path: format!("{path} {}", file.display()),
+                    message,
+                }
+            }
+            TlsError::Config(message) => TlsError::Config(format!(
+                "{message} (CA {}, certificate {}, key {})",
+                ca.display(),
+                cert.display(),
+                key.display()
+            )),
+        })
     }
 
     /// Builds the configurations from PEM text.
@@ -138,4 +157,39 @@ pub fn peer_blade_id(identity: Option<Box<dyn std::any::Any>>) -> Option<String>
     let chain = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     let leaf = chain.first()?;
     super::certs::blade_id_from_cert_der(leaf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::certs::generate_cluster;
+
+    #[test]
+    fn load_errors_name_the_file_at_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = ["b1".to_owned(), "b2".to_owned()];
+        generate_cluster(dir.path(), &ids).unwrap();
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("b1.pem"),
+            dir.path().join("b1.key"),
+        );
+        assert!(Identity::load(&ca, &cert, &key).is_ok());
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not PEM").unwrap();
+        let Err(err) = Identity::load(&ca, &garbage, &key) else {
+            panic!("a garbage certificate loads");
+        };
+        let err = err.to_string();
+        assert!(err.contains(&garbage.display().to_string()), "{err}");
+
+        // Another blade's key does not match the certificate.
+        let other_key = dir.path().join("b2.key");
+        let Err(err) = Identity::load(&ca, &cert, &other_key) else {
+            panic!("a mismatched key loads");
+        };
+        let err = err.to_string();
+        assert!(err.contains(&other_key.display().to_string()), "{err}");
+    }
 }

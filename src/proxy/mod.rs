@@ -392,6 +392,12 @@ impl Proxy {
         self.pending
     }
 
+    /// Counts a message dropped as malformed before it reached the proxy (a
+    /// stream whose framing broke: the connection is closed).
+    pub fn note_malformed(&mut self) {
+        self.metrics.malformed += 1;
+    }
+
     /// Starts or stops refusing new out-of-dialog requests (503), for a
     /// graceful stop.
     pub fn set_draining(&mut self, draining: bool) {
@@ -641,6 +647,16 @@ impl Proxy {
         if self.is_loop(&msg) {
             return self.refuse(now, source, msg, &Refusal::new(482, "Loop Detected"), out);
         }
+        if let Some(peer) = next_route.filter(|_| msg.to().tag().is_none()) {
+            // A route set preloaded by the sender (RFC 3261 §8.1.2) may
+            // lead to the other blades only: a front end is no open relay,
+            // and an out-of-dialog request routed past the agents' checks
+            // must not leave the cluster.
+            if !self.is_cluster_sip(peer.addr) {
+                let outside = Refusal::new(403, "Forbidden (Route outside the cluster)");
+                return self.refuse(now, source, msg, &outside, out);
+            }
+        }
         if msg.to().tag().is_some() || next_route.is_some() {
             return self.forward_in_dialog(now, source, msg, ours, next_route, out);
         }
@@ -706,6 +722,17 @@ impl Proxy {
             p.addr == local
                 || (p.addr.ip() == local.ip() && Some(p.addr.port()) == self.settings.via_port)
         })
+    }
+
+    /// Whether `addr` is the SIP address of this blade (any of its ports)
+    /// or of a peer blade.
+    fn is_cluster_sip(&self, addr: SocketAddr) -> bool {
+        addr.ip() == self.settings.local.ip()
+            || self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.peer_by_ip(addr.ip()))
+                .is_some_and(|p| p.sip == addr)
     }
 
     /// Whether a Request-URI host names the cluster's agents (SPEC §5):

@@ -408,6 +408,17 @@ fn refusals() {
     let mf0 =
         invite("1001", "1002", "r4", "z9hG4bK4", "").replace("Max-Forwards: 70", "Max-Forwards: 0");
     assert_eq!(st(&mut b, &mf0), 483);
+    // A preloaded Route out of the cluster: no open relay.
+    let routed = invite(
+        "1001",
+        "1002",
+        "r6",
+        "z9hG4bK6",
+        "Route: <sip:192.0.2.99:5099;lr>\r\n",
+    );
+    let out = b.send(&a, &routed);
+    assert_eq!(out.len(), 1, "nothing forwarded");
+    assert_eq!(status(&out[0]), 403);
     let pr = invite("1001", "1002", "r5", "z9hG4bK5", "Proxy-Require: x-foo\r\n");
     let out = b.send(&a, &pr);
     assert_eq!(status(&out[0]), 420);

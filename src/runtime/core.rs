@@ -118,6 +118,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// This core's proxy, to update.
+    pub(crate) fn proxy_mut(&self) -> std::cell::RefMut<'_, Proxy> {
+        self.proxy.borrow_mut()
+    }
+
     fn now(&self) -> Duration {
         self.shared.epoch.elapsed()
     }

@@ -206,6 +206,7 @@ async fn serve(
                     // RFC 3261 §18.3: a framing error on a stream cannot be
                     // recovered from; close the connection.
                     tracing::debug!(%addr, "stream framing error: {e}");
+                    core.proxy_mut().note_malformed();
                     break 'read;
                 }
             }
