@@ -765,3 +765,23 @@ fn a_supervisor_joins_a_call_through_either_party_on_a_two_core_blade() {
     blade.wait_state("1004", "ready");
     assert_eq!(blade.agent_state(caller), "in_call", "the call goes on");
 }
+
+/// RFC 3581: a request whose top Via asks for `rport` is answered with the
+/// port (and `received`, the IP) it was seen from.
+#[test]
+fn rport_is_filled_in_with_the_source_port_and_received() {
+    let blade = TestBlade::start(1, false);
+    let mut ua = blade.ua("1001");
+    let branch = common::branch();
+    let text = options_to_blade(&ua, &branch).replacen(
+        &format!(";branch={branch}"),
+        &format!(";rport;branch={branch}"),
+        1,
+    );
+    ua.send(text);
+    let ok = ua.response(&format!("{branch}@probe"), Method::Options);
+    assert_eq!(ok.status(), Some(200));
+    let via = ok.top_via();
+    assert_eq!(via.rport(), Some(Some(ua.addr.port())), "{ok:?}");
+    assert_eq!(via.received(), Some(ua.addr.ip().to_string().as_str()));
+}

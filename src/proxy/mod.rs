@@ -591,7 +591,9 @@ impl Proxy {
         }
     }
 
-    fn handle_request(&mut self, now: Duration, source: Peer, msg: Message, out: &mut Output) {
+    fn handle_request(&mut self, now: Duration, source: Peer, mut msg: Message, out: &mut Output) {
+        // What we forward or answer tells the sender where we saw it.
+        msg.stamp_top_via(source.addr);
         let method = msg.method().unwrap_or(Method::Other);
         let key = ServerKey::of(&msg);
         if let Some(&id) = self.by_server.get(&key) {

@@ -187,8 +187,16 @@ impl Message {
             s.put_header("Record-Route", rr.as_bytes());
         }
         let mut to_pop = edit.pop_routes;
+        let mut stamp = self.via_stamp();
         for h in self.header_fields() {
             match h.name {
+                HeaderName::Via if stamp.is_some() => {
+                    if let Some(stamp) = stamp.take() {
+                        s.copy_to(h.value.start as usize);
+                        stamp.emit(src, h.value.start as usize, stamp.via_end(), s.out);
+                        s.at = stamp.via_end();
+                    }
+                }
                 HeaderName::MaxForwards => {
                     s.cut(h.value.start as usize, h.value.end as usize);
                     put_u32(s.out, u32::from(self.max_forwards().unwrap_or(1)) - 1);
@@ -280,8 +288,16 @@ impl Message {
         out.put_u8(b' ');
         out.put_slice(reason.as_bytes());
         out.put_slice(b"\r\n");
+        let mut stamp = self.via_stamp();
         for h in self.header_fields() {
             match h.name {
+                HeaderName::Via if stamp.is_some() => {
+                    if let Some(stamp) = stamp.take() {
+                        let line = h.line();
+                        out.put_slice(&src[line.start as usize..h.value.start as usize]);
+                        stamp.emit(src, h.value.start as usize, line.end as usize, out);
+                    }
+                }
                 HeaderName::To if self.to().tag().is_none() && to_tag.is_some() => {
                     out.put_slice(&src[h.line().start as usize..h.value.end as usize]);
                     out.put_slice(b";tag=");
@@ -574,6 +590,57 @@ Content-Length: 4\r\n\r\nbody-trailing";
         stripped.strip_top_via(&mut again);
         let hosts: Vec<_> = parse(&again).vias().map(|v| v.host().to_owned()).collect();
         assert_eq!(hosts, ["c"]);
+    }
+
+    #[test]
+    fn the_top_via_gets_received_and_the_rport_value_where_asked() {
+        let raw = "OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5061;rport;branch=z9hG4bK1, \
+                   SIP/2.0/UDP p;branch=z9hG4bK0;rport\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\n\
+                   Call-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        let mut msg = parse(raw.as_bytes());
+        let nat: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        assert!(msg.stamp_top_via(nat));
+        let edit = Forward {
+            via: Some("SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKp"),
+            ..Forward::default()
+        };
+        let mut out = BytesMut::new();
+        msg.forward(&edit, &mut out).unwrap();
+        let fwd = parse(&out);
+        let vias: Vec<_> = fwd.vias().collect();
+        assert_eq!(vias.len(), 3);
+        assert_eq!(vias[1].rport(), Some(Some(40000)));
+        assert_eq!(vias[1].received(), Some("192.0.2.7"));
+        assert_eq!(vias[1].branch(), Some("z9hG4bK1"));
+        assert_eq!(
+            vias[2].rport(),
+            Some(None),
+            "only the top Via is ours to stamp"
+        );
+        let mut out = BytesMut::new();
+        msg.response(200, "OK", Some("t"), &[], &mut out);
+        let resp = parse(&out);
+        assert_eq!(resp.top_via().rport(), Some(Some(40000)));
+        assert_eq!(resp.top_via().received(), Some("192.0.2.7"));
+        assert_eq!(resp.vias().count(), 2);
+
+        // Seen at its sent-by, without rport: nothing to add.
+        let plain = raw.replace(";rport;", ";");
+        let mut msg = parse(plain.as_bytes());
+        assert!(!msg.stamp_top_via("10.0.0.1:5061".parse().unwrap()));
+        // Seen elsewhere: received only.
+        assert!(msg.stamp_top_via(nat));
+        let mut out = BytesMut::new();
+        msg.response(200, "OK", Some("t"), &[], &mut out);
+        let resp = parse(&out);
+        assert_eq!(resp.top_via().received(), Some("192.0.2.7"));
+        assert_eq!(resp.top_via().rport(), None);
+        // IPv6: received without brackets.
+        let mut msg = parse(raw.as_bytes());
+        assert!(msg.stamp_top_via("[2001:db8::9]:5070".parse().unwrap()));
+        let mut out = BytesMut::new();
+        msg.response(200, "OK", Some("t"), &[], &mut out);
+        assert_eq!(parse(&out).top_via().received(), Some("2001:db8::9"));
     }
 
     #[test]

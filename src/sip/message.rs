@@ -15,6 +15,7 @@ use super::method::Method;
 use super::name::HeaderName;
 use super::scan::{Cursor, parse_u32, parse_u32_saturating};
 use super::span::Span;
+use super::stamp::ViaStamp;
 use super::uri::{self, Uri, UriSpans};
 
 /// Headers kept inline before the list spills to the heap; typical
@@ -81,6 +82,8 @@ pub struct Message {
     cseq: CSeq,
     max_forwards: Option<u8>,
     content_length: Option<u32>,
+    /// What the top Via gets when emitted again ([`Message::stamp_top_via`]).
+    via_stamp: Option<ViaStamp>,
 }
 
 /// What the header pass found before the mandatory checks.
@@ -260,6 +263,7 @@ impl Message {
             cseq,
             max_forwards: found.max_forwards,
             content_length: found.content_length,
+            via_stamp: None,
             buf,
         })
     }
@@ -515,6 +519,21 @@ impl Message {
                 }
             })
             .map(|h| h.value.of(&self.buf))
+    }
+
+    /// Notes that this request came from `source`: wherever it is emitted
+    /// again (forwarded, or answered), its top Via carries `received` and
+    /// the `rport` value (RFC 3261 §18.2.1, RFC 3581 §4). Returns whether
+    /// the Via gains anything; a response is left as it is.
+    pub fn stamp_top_via(&mut self, source: std::net::SocketAddr) -> bool {
+        if self.is_request() {
+            self.via_stamp = ViaStamp::of(self, source);
+        }
+        self.via_stamp.is_some()
+    }
+
+    pub(crate) fn via_stamp(&self) -> Option<&ViaStamp> {
+        self.via_stamp.as_ref()
     }
 
     /// The top Via.

@@ -23,6 +23,7 @@ mod method;
 mod name;
 mod scan;
 mod span;
+mod stamp;
 mod transport;
 pub mod uri;
 

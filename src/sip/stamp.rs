@@ -1,0 +1,99 @@
+//! What a server adds to a request's top Via on receipt (RFC 3261 §18.2.1,
+//! RFC 3581 §4): `received` with the source IP when the sent-by names
+//! another host or the sender asked for `rport`, and the `rport` value, the
+//! source port. The request keeps its bytes; the stamp is spliced in where
+//! the request's top Via is emitted again (the request forwarded, or a
+//! response built from it), so the sender learns the address it was seen
+//! at, and responses find their way back through NAT.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::{BufMut, BytesMut};
+
+use super::chars::TOKEN;
+use super::header::{gen_value, is_param};
+use super::message::Message;
+use super::scan::Cursor;
+
+/// The additions to one request's top Via, by offset in its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ViaStamp {
+    /// Just after a valueless `rport`: where `=port` goes.
+    rport_end: Option<u32>,
+    /// The source port.
+    port: u16,
+    /// The end of the top Via value: where `;received=ip` goes.
+    via_end: u32,
+    /// The source IP, when `received` is to be added.
+    received: Option<IpAddr>,
+}
+
+impl ViaStamp {
+    /// What `msg`, a request received from `source`, needs; `None` when
+    /// its top Via needs nothing.
+    pub(crate) fn of(msg: &Message, source: SocketAddr) -> Option<ViaStamp> {
+        let via = msg.top_via();
+        let spans = via.spans();
+        let rport = via.rport();
+        let seen_elsewhere = !same_ip(via.host(), source.ip());
+        let received = (via.received().is_none() && (rport.is_some() || seen_elsewhere))
+            .then_some(source.ip());
+        let rport_end = match rport {
+            Some(None) => valueless_rport_end(msg.as_bytes(), spans.params),
+            _ => None,
+        };
+        (rport_end.is_some() || received.is_some()).then_some(ViaStamp {
+            rport_end,
+            port: source.port(),
+            via_end: spans.all.end,
+            received,
+        })
+    }
+
+    /// Emits `src[from..to]` (a stretch of the message holding the top
+    /// Via value) with the stamp spliced in.
+    pub(crate) fn emit(&self, src: &[u8], from: usize, to: usize, out: &mut BytesMut) {
+        let mut at = from;
+        if let Some(end) = self.rport_end {
+            let end = end as usize;
+            out.put_slice(&src[at..end]);
+            out.put_u8(b'=');
+            out.put_slice(self.port.to_string().as_bytes());
+            at = end;
+        }
+        if let Some(ip) = self.received {
+            let end = self.via_end as usize;
+            out.put_slice(&src[at..end]);
+            out.put_slice(b";received=");
+            out.put_slice(ip.to_string().as_bytes());
+            at = end;
+        }
+        out.put_slice(&src[at..to]);
+    }
+
+    /// The end of the top Via value, the last offset the stamp touches.
+    pub(crate) fn via_end(&self) -> usize {
+        self.via_end as usize
+    }
+}
+
+/// Whether a sent-by host is the IP `ip` (an IPv6 reference in brackets).
+fn same_ip(host: &str, ip: IpAddr) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<IpAddr>().is_ok_and(|h| h == ip)
+}
+
+/// The offset just past the name of a valueless `rport` parameter in the
+/// parameter list at `params`.
+fn valueless_rport_end(src: &[u8], params: super::span::Span) -> Option<u32> {
+    let mut c = Cursor::new(src, params);
+    while c.sep(b';') {
+        let name = c.take1(TOKEN)?;
+        if c.sep(b'=') {
+            gen_value(&mut c)?;
+        } else if is_param(src, name, b"rport") {
+            return Some(name.end);
+        }
+    }
+    None
+}
