@@ -6,6 +6,7 @@
 //! response built from it), so the sender learns the address it was seen
 //! at, and responses find their way back through NAT.
 
+use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::{BufMut, BytesMut};
@@ -57,15 +58,14 @@ impl ViaStamp {
         if let Some(end) = self.rport_end {
             let end = end as usize;
             out.put_slice(&src[at..end]);
-            out.put_u8(b'=');
-            out.put_slice(self.port.to_string().as_bytes());
+            // Written in place: no allocation per request.
+            let _ = write!(out, "={}", self.port);
             at = end;
         }
         if let Some(ip) = self.received {
             let end = self.via_end as usize;
             out.put_slice(&src[at..end]);
-            out.put_slice(b";received=");
-            out.put_slice(ip.to_string().as_bytes());
+            let _ = write!(out, ";received={ip}");
             at = end;
         }
         out.put_slice(&src[at..to]);
