@@ -838,3 +838,44 @@ fn a_supervisor_joins_a_cross_blade_call_and_the_sessions_blade_hosts_it() {
     cluster.wait_state(s, "1001", "ready");
     assert!(cluster.sessions(s).is_empty());
 }
+
+/// Three blades: a supervisor on U joins an agent on T whose call S hosts.
+/// U relays the Join to T (the agent's blade), T hands it to S (which
+/// hosts the agent), and S hosts the supervisor from U before sending the
+/// join leg through T to the agent: four Record-Routes, U T S T.
+#[test]
+fn a_join_crosses_three_blades_to_the_session_and_hosts_the_joiner_there() {
+    let cluster = TestCluster::start(3, 94);
+    let (s, t, u) = (0, 1, 2);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+    let mut sup = cluster.registered(u, "1004");
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let mut monitor = sup.call("1002");
+    let join = format!(
+        "Join: {};from-tag={};to-tag={CALLEE_TAG}\r\n",
+        call.call_id, call.from_tag
+    );
+    sup.invite(&mut monitor, &join);
+    let invite = b.request(Method::Invite, &monitor.call_id);
+    assert_eq!(invite.record_routes().count(), 4, "U, T, S and T again");
+    assert_hosted(&cluster, u, "1004", "blade-1");
+    let sessions = cluster.sessions(s);
+    assert_eq!(
+        sessions[0]["agents"],
+        serde_json::json!(["1001", "1002", "1004"])
+    );
+    assert!(cluster.sessions(t).is_empty() && cluster.sessions(u).is_empty());
+
+    // The agent declines: the supervisor is handed back to U at once.
+    b.answer(&invite, 603, "Decline", "b-join");
+    let declined = sup.response(&monitor.call_id, Method::Invite);
+    assert_eq!(declined.status(), Some(603), "{}", first_line(&declined));
+    sup.ack_failure(&monitor, &declined);
+    wait_ready(&cluster, u, "1004");
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, t, "1002");
+}
