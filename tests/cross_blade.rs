@@ -879,3 +879,32 @@ fn a_join_crosses_three_blades_to_the_session_and_hosts_the_joiner_there() {
     hang_up(&mut a, &mut b, &mut call);
     wait_ready(&cluster, t, "1002");
 }
+
+/// RFC 3261 §18.1.1: an INVITE too large for UDP (over 1300 bytes) goes
+/// from S to T over TCP; both blades record-route twice (RFC 5658), one
+/// entry per transport, and the dialog's requests follow: ACK and BYE over
+/// TCP between the blades, UDP to the phones.
+#[test]
+fn a_large_invite_crosses_between_blades_over_tcp() {
+    let cluster = TestCluster::start(2, 97);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+    let mut call = a.call("1002");
+    let pad = format!("X-Pad: {}\r\n", "p".repeat(1400));
+    a.invite(&mut call, &pad);
+    let invite = b.request(Method::Invite, &call.call_id);
+    let vias: Vec<_> = invite.vias().collect();
+    assert_eq!(vias.len(), 3, "{invite:?}");
+    assert_eq!(vias[0].transport(), "UDP", "T to the phone");
+    assert_eq!(vias[1].transport(), "TCP", "S to T");
+    assert_eq!(invite.record_routes().count(), 4, "two per blade");
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    call.learn(&ok);
+    confirm(&mut a, &mut b, &call);
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, t, "1002");
+}

@@ -683,7 +683,9 @@ impl Proxy {
         });
         let upstream = Some(upstream);
         match self.build_forward(&request, target, Some(&uri), 0, upstream) {
-            Ok((forwarded, data)) => self.start_client(now, id, forwarded, data, target, out),
+            Ok((forwarded, data, target)) => {
+                self.start_client(now, id, forwarded, data, target, out)
+            }
             Err(refusal) => {
                 self.answer_pending(now, id, refusal.status, out);
                 self.outcomes(call_id).failed += 1;
@@ -733,7 +735,9 @@ impl Proxy {
             .then_some(upstream);
             let target = Peer::udp(target);
             match self.build_forward(&request, target, Some(&uri), 0, record_route) {
-                Ok((forwarded, data)) => self.start_client(now, id, forwarded, data, target, out),
+                Ok((forwarded, data, target)) => {
+                    self.start_client(now, id, forwarded, data, target, out)
+                }
                 Err(refusal) => self.answer_pending(now, id, refusal.status, out),
             }
         }

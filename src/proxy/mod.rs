@@ -56,6 +56,12 @@ use session::Sessions;
 /// RFC 3261 §16.6 step 11: more than 3 minutes).
 pub const TIMER_C: Duration = Duration::from_secs(181);
 
+/// The largest request sent to a peer blade over UDP: a larger one goes
+/// over TCP (RFC 3261 §18.1.1: within 200 bytes of a 1500-byte path MTU,
+/// or over 1300 bytes when the MTU is unknown). Agents' terminals keep
+/// UDP, since not every phone listens on TCP.
+pub const UDP_MAX_TO_BLADES: usize = 1300;
+
 /// How many times `max_transactions` the table may hold in all, answered
 /// ones included, before new requests are refused (a memory bound).
 pub const LINGER_FACTOR: usize = 8;
@@ -729,12 +735,7 @@ impl Proxy {
     /// Whether `addr` is the SIP address of this blade (any of its ports)
     /// or of a peer blade.
     fn is_cluster_sip(&self, addr: SocketAddr) -> bool {
-        addr.ip() == self.settings.local.ip()
-            || self
-                .cluster
-                .as_ref()
-                .and_then(|c| c.peer_by_ip(addr.ip()))
-                .is_some_and(|p| p.sip == addr)
+        addr.ip() == self.settings.local.ip() || self.is_peer_blade_sip(addr)
     }
 
     /// Whether a Request-URI host names the cluster's agents (SPEC §5):
@@ -1066,7 +1067,7 @@ impl Proxy {
     ) {
         let record_route = record_route.then_some(source.transport);
         let forwarded = self.build_forward(&msg, target, request_uri, pop_routes, record_route);
-        let (forwarded, data) = match forwarded {
+        let (forwarded, data, target) = match forwarded {
             Ok(f) => f,
             Err(refusal) => return self.refuse(now, source, msg, &refusal, out),
         };
@@ -1098,11 +1099,13 @@ impl Proxy {
         server
     }
 
-    /// The request to send downstream: a new Via, and the Record-Route,
-    /// Request-URI and Route edits asked for. `record_route` names the
-    /// transport the request came in on: when it differs from the
-    /// target's, we record-route twice, one entry per side (RFC 5658), so
-    /// each side's in-dialog requests use its own transport.
+    /// The request to send downstream, and where: a new Via, and the
+    /// Record-Route, Request-URI and Route edits asked for. `record_route`
+    /// names the transport the request came in on: when it differs from
+    /// the target's, we record-route twice, one entry per side (RFC 5658),
+    /// so each side's in-dialog requests use its own transport. A request
+    /// too large for UDP to a peer blade goes over TCP instead
+    /// ([`UDP_MAX_TO_BLADES`]).
     fn build_forward(
         &mut self,
         msg: &Message,
@@ -1110,7 +1113,7 @@ impl Proxy {
         request_uri: Option<&str>,
         pop_routes: usize,
         record_route: Option<crate::sip::Transport>,
-    ) -> Result<(Message, Bytes), Refusal> {
+    ) -> Result<(Message, Bytes, Peer), Refusal> {
         self.next_branch += 1;
         let mut via = std::mem::take(&mut self.via_scratch);
         via.clear();
@@ -1124,7 +1127,7 @@ impl Proxy {
             route::loop_hash(msg)
         );
         let bridged;
-        let record_route = match record_route {
+        let record_route_value = match record_route {
             Some(upstream) if upstream != target.transport => {
                 bridged = format!(
                     "{}, {}",
@@ -1139,7 +1142,7 @@ impl Proxy {
         };
         let edit = Forward {
             via: Some(&via),
-            record_route,
+            record_route: record_route_value,
             request_uri,
             pop_routes,
         };
@@ -1149,11 +1152,26 @@ impl Proxy {
         if edited.is_err() {
             return Err(Refusal::new(483, "Too Many Hops"));
         }
+        if target.transport == crate::sip::Transport::Udp
+            && buf.len() > UDP_MAX_TO_BLADES
+            && self.is_peer_blade_sip(target.addr)
+        {
+            let tcp = Peer::new(target.addr, crate::sip::Transport::Tcp);
+            return self.build_forward(msg, tcp, request_uri, pop_routes, record_route);
+        }
         let data = buf.freeze();
         match Message::parse(data.clone()) {
-            Ok(forwarded) => Ok((forwarded, data)),
+            Ok(forwarded) => Ok((forwarded, data, target)),
             Err(_) => Err(Refusal::new(500, "Server Internal Error")),
         }
+    }
+
+    /// Whether `addr` is a peer blade's SIP address.
+    fn is_peer_blade_sip(&self, addr: SocketAddr) -> bool {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.peer_by_ip(addr.ip()))
+            .is_some_and(|p| p.sip == addr)
     }
 
     /// Sends `forwarded` to `target` through a new client transaction of

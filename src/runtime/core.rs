@@ -118,6 +118,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// The blade's SIP IP (what outbound connections are opened from).
+    pub(crate) fn sip_ip(&self) -> std::net::IpAddr {
+        self.shared.sip.ip()
+    }
+
     /// This core's proxy, to update.
     pub(crate) fn proxy_mut(&self) -> std::cell::RefMut<'_, Proxy> {
         self.proxy.borrow_mut()

@@ -128,7 +128,7 @@ impl Blade {
             n => n,
         };
         let addr = config.blade.sip;
-        let (sip, sockets) = socket::ensure_free(addr, true)
+        let (sip, sockets) = socket::ensure_free(addr)
             .and_then(|()| socket::udp_per_core(addr, cores))
             .map_err(|source| StartError::Bind {
                 what: "SIP",
@@ -161,7 +161,7 @@ impl Blade {
             Some(cluster) => {
                 let identity = Identity::load(&cluster.ca, &cluster.cert, &cluster.key)
                     .map_err(|e| StartError::Cluster(e.to_string()))?;
-                let socket = socket::ensure_free(cluster.listen, false)
+                let socket = socket::ensure_free(cluster.listen)
                     .and_then(|()| socket::udp_reuseport(cluster.listen))
                     .map_err(|source| StartError::Bind {
                         what: "cluster QUIC",

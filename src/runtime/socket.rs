@@ -45,25 +45,20 @@ pub fn udp_per_core(addr: SocketAddr, cores: usize) -> io::Result<(SocketAddr, V
 /// socket it was receiving on may stay bound for a moment after the exit.
 const FREE_WAIT: Duration = Duration::from_secs(1);
 
-/// Fails with `AddrInUse` when another socket holds `addr`: for UDP, and
-/// with `tcp` for a TCP listener too. SO_REUSEPORT lets this blade's cores
-/// share an address, and would as quietly let a second process on the same
-/// address take part of its traffic; a probe bound without it finds any
-/// holder. Port 0 is always free.
-pub fn ensure_free(addr: SocketAddr, tcp: bool) -> io::Result<()> {
+/// Fails with `AddrInUse` when another socket holds UDP `addr`. SO_REUSEPORT
+/// lets this blade's cores share an address, and would as quietly let a
+/// second process on the same address take part of its traffic; a probe
+/// bound without it finds any holder. (Only UDP is probed: every blade
+/// holds its SIP address over UDP, and a TCP probe would also trip over
+/// the TIME_WAIT connections a restarted blade leaves behind.) Port 0 is
+/// always free.
+pub fn ensure_free(addr: SocketAddr) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
     let deadline = Instant::now() + FREE_WAIT;
     loop {
-        let probe = std::net::UdpSocket::bind(addr).map(drop).and_then(|()| {
-            if tcp {
-                std::net::TcpListener::bind(addr).map(drop)
-            } else {
-                Ok(())
-            }
-        });
-        match probe {
+        match std::net::UdpSocket::bind(addr).map(drop) {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -81,17 +76,10 @@ mod tests {
         let held = udp_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = held.local_addr().unwrap().as_socket().unwrap();
         // Our own per-core sockets could join it; a probe cannot.
-        let err = ensure_free(addr, false).unwrap_err();
+        let err = ensure_free(addr).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         drop(held);
-        ensure_free(addr, false).unwrap();
-
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        if std::net::UdpSocket::bind(addr).is_ok() {
-            let err = ensure_free(addr, true).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
-        }
-        ensure_free("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        ensure_free(addr).unwrap();
+        ensure_free("127.0.0.1:0".parse().unwrap()).unwrap();
     }
 }

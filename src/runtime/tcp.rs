@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::core::Core;
 use crate::sip::framing::{DEFAULT_MAX_MESSAGE, Frame, frame};
@@ -144,7 +145,7 @@ pub(crate) fn connect(core: &Rc<Core>, addr: SocketAddr, first: Bytes) {
     );
     let core = core.clone();
     glommio::spawn_local(async move {
-        match TcpStream::connect(addr).await {
+        match open_from(core.sip_ip(), addr) {
             Ok(stream) => serve(core, stream, addr, conn, queue).await,
             Err(e) => {
                 tracing::debug!(%addr, "connect: {e}");
@@ -154,6 +155,28 @@ pub(crate) fn connect(core: &Rc<Core>, addr: SocketAddr, first: Bytes) {
     })
     .detach();
 }
+
+/// Starts a connection to `addr` from `local`, the blade's SIP IP, so the
+/// other end sees the address it knows this blade by (a peer blade checks
+/// it; glommio's own connect would take the route's source address). The
+/// connection completes in the background: the first send and receive
+/// wait for it, and fail if it does.
+fn open_from(local: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if !local.is_unspecified() && local.is_ipv4() == addr.is_ipv4() {
+        socket.bind(&SocketAddr::new(local, 0).into())?;
+    }
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from(socket))
+}
+
+/// Linux's "operation now in progress", what a non-blocking connect says.
+const EINPROGRESS: i32 = 115;
 
 async fn serve(
     core: Rc<Core>,
