@@ -1,0 +1,138 @@
+//! Calls' agent states: how a session's end frees its agents (and hands a
+//! hosted one back), and the call-state notices between cores that keep an
+//! agent's record, on its own core, in step with the sessions elsewhere.
+
+use std::time::Duration;
+
+use super::{AgentEvent, Notice, Output, Proxy, metrics, route};
+use crate::registrar::location::AgentState;
+
+impl Proxy {
+    /// Applies an agent event from another core.
+    pub fn handle_notice(&mut self, event: AgentEvent) {
+        match event {
+            AgentEvent::LoggedIn(ext) => {
+                self.logged_in_elsewhere.insert(ext);
+            }
+            AgentEvent::LoggedOut(ext) => {
+                self.logged_in_elsewhere.remove(&ext);
+            }
+            AgentEvent::InCall {
+                extension,
+                call_id,
+                session_core,
+            } => {
+                if session_core != self.settings.core {
+                    self.remote_sessions.insert(call_id.clone(), session_core);
+                }
+                self.set_in_call(&extension, &call_id);
+            }
+            AgentEvent::Free { extension, call_id } => {
+                self.remote_sessions.remove(&call_id);
+                self.set_free(&extension, &call_id);
+            }
+        }
+    }
+
+    /// The counters of `call_id`'s route: cross-blade when its session
+    /// hosts an agent, local otherwise.
+    pub(super) fn outcomes(&mut self, call_id: &str) -> &mut metrics::CallOutcomes {
+        let hosted = self
+            .sessions
+            .get(call_id)
+            .is_some_and(|s| s.hosted.is_some());
+        if hosted {
+            &mut self.metrics.cross_blade
+        } else {
+            &mut self.metrics.local
+        }
+    }
+
+    /// Ends a call's dialog: both agents become ready again, and a hosted
+    /// one goes back to its blade (SPEC §2 step 7). A party that a join leg
+    /// still connects stays until that leg ends; a join leg's end lets its
+    /// joiner go.
+    pub(super) fn end_session(&mut self, now: Duration, call_id: &str, out: &mut Output) {
+        let Some(mut session) = self.sessions.close(call_id) else {
+            return;
+        };
+        if let Some(main) = session.joins.clone() {
+            return self.end_join_leg(now, call_id, session, &main, out);
+        }
+        let staying: Vec<String> = session
+            .joined
+            .iter()
+            .filter_map(|j| self.sessions.get(j))
+            .map(|leg| leg.callee.clone())
+            .collect();
+        let leaving: Vec<String> = [&session.caller, &session.callee]
+            .into_iter()
+            .filter(|p| session.has_party(p) && !staying.contains(p))
+            .cloned()
+            .collect();
+        for party in &leaving {
+            if session
+                .hosted
+                .as_ref()
+                .is_some_and(|h| &h.extension == party)
+            {
+                self.release_hosting(now, call_id, out);
+            }
+            let event = AgentEvent::Free {
+                extension: party.clone(),
+                call_id: call_id.to_owned(),
+            };
+            self.tell_owner(party, event, out);
+        }
+        if !session.joined.is_empty() {
+            session.left.get_or_insert_default().extend(leaving);
+            self.sessions.restore(call_id, session);
+        }
+    }
+
+    /// Ends a session whose time ran out, its join legs first (else it
+    /// would wait for them).
+    pub(super) fn expire_session(&mut self, now: Duration, call_id: &str, out: &mut Output) {
+        let legs = self
+            .sessions
+            .get(call_id)
+            .map(|s| s.joined.clone())
+            .unwrap_or_default();
+        for leg in legs {
+            self.end_session(now, &leg, out);
+        }
+        self.end_session(now, call_id, out);
+    }
+
+    /// Applies `event` to `extension` here if this core owns it, else sends
+    /// it to the owner.
+    pub(super) fn tell_owner(&mut self, extension: &str, event: AgentEvent, out: &mut Output) {
+        let owner = route::shard_of(extension.as_bytes(), self.settings.cores);
+        if owner == self.settings.core {
+            self.handle_notice(event);
+        } else {
+            out.notices.push(Notice {
+                to: Some(owner),
+                event,
+            });
+        }
+    }
+
+    pub(super) fn set_in_call(&mut self, extension: &str, call_id: &str) {
+        if let Some(record) = self.registrar.location_mut().get_mut(extension) {
+            if record.state == AgentState::Ready {
+                record.state = AgentState::InCall {
+                    call_id: call_id.to_owned(),
+                };
+            }
+        }
+    }
+
+    pub(super) fn set_free(&mut self, extension: &str, call_id: &str) {
+        if let Some(record) = self.registrar.location_mut().get_mut(extension) {
+            if matches!(&record.state, AgentState::InCall { call_id: c } if c == call_id) {
+                record.state = AgentState::Ready;
+            }
+        }
+    }
+}
