@@ -764,6 +764,29 @@ fn a_supervisor_joins_a_call_through_either_party_on_a_two_core_blade() {
     }
     blade.wait_state("1004", "ready");
     assert_eq!(blade.agent_state(caller), "in_call", "the call goes on");
+
+    // A Join to the caller that its phone declines: the transaction lives
+    // on the session's core, and the ACK, sent to the caller's core like
+    // the INVITE, follows it there, so the 486 is not retransmitted.
+    let mut declined = sup.call(caller);
+    sup.invite(&mut declined, &join);
+    let invite = a.request(Method::Invite, &declined.call_id);
+    a.answer(&invite, 486, "Busy Here", "declined");
+    let busy = sup.response(&declined.call_id, Method::Invite);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    sup.ack_failure(&declined, &busy);
+    // Raw reads: the UA's waits would drop a retransmission as a duplicate.
+    let until = std::time::Instant::now() + SILENCE;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        if let Some(raw) = sup.recv_raw(left) {
+            let again = String::from_utf8_lossy(&raw);
+            assert!(
+                !again.contains(&declined.call_id),
+                "the 486 came again after the ACK:\n{again}"
+            );
+        }
+    }
+    blade.wait_state("1004", "ready");
 }
 
 /// RFC 3581: a request whose top Via asks for `rport` is answered with the

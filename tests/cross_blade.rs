@@ -817,11 +817,15 @@ fn a_supervisor_joins_a_cross_blade_call_and_the_sessions_blade_hosts_it() {
         serde_json::json!(["1001", "1002", "1004"])
     );
     assert_eq!(sessions[0]["hosted"], serde_json::json!(["1002", "1004"]));
-    assert_eq!(cluster.metric(s, "sipblade_joins_total"), 1.0);
 
     b.answer(&invite, 200, "OK", "b-join");
     let ok = sup.response(&monitor.call_id, Method::Invite);
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    assert_eq!(
+        cluster.metric(s, "sipblade_joins_total"),
+        1.0,
+        "once answered"
+    );
     monitor.learn(&ok);
     sup.ack_2xx(&monitor);
     b.request(Method::Ack, &monitor.call_id);

@@ -130,7 +130,7 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
         (
             "sipblade_joins_total",
             "counter",
-            "Agents let into a live session with a Join (conference, monitoring).",
+            "Join legs answered: agents let into a live session (conference, monitoring).",
             m.joins as usize,
         ),
         (

@@ -588,10 +588,11 @@ fn a_join_adds_the_joiner_to_a_local_session_until_its_leg_ends() {
     assert_eq!(session.agents, ["1001", "1003", "1004"]);
     assert!(session.hosted.is_empty());
     assert_eq!(w.snapshot(S).sessions.len(), 1, "the leg is not a session");
-    assert_eq!(w.nodes[S].proxy.metrics().joins, 1);
+    assert_eq!(w.nodes[S].proxy.metrics().joins, 0, "counted once answered");
     w.send_from(S, "1003", &answer(&join, 200));
     let join_ok = w.take_final("1004");
     assert_eq!(join_ok.status(), Some(200));
+    assert_eq!(w.nodes[S].proxy.metrics().joins, 1);
 
     // The caller hangs up: 1003 stays, in the join leg.
     w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
@@ -601,6 +602,14 @@ fn a_join_adds_the_joiner_to_a_local_session_until_its_leg_ends() {
     assert_eq!(w.state(S, "1001"), "ready");
     assert_eq!(w.state(S, "1003"), "in_call");
     assert_eq!(session_of(&w, S, "c1").agents, ["1003", "1004"]);
+    // The original dialog is over: it can no longer be joined.
+    w.register(S, "1002");
+    w.send_from(
+        S,
+        "1002",
+        &join_invite("1002", "1003", "j2", "c1;from-tag=callee;to-tag=f1001"),
+    );
+    assert_eq!(w.take_final("1002").status(), Some(481));
 
     // The joiner hangs up: the session is over and everyone is ready.
     // (CSeq 3: the test's branches derive from it, and 2 was the caller's.)
@@ -624,6 +633,11 @@ fn a_join_that_names_no_live_dialog_is_481_and_a_malformed_one_400() {
         ("c1;from-tag=callee;to-tag=wrong", 481),
         ("c1;from-tag=callee;to-tag=f1001;early-only", 481),
         ("c1;to-tag=f1001", 400),
+        // Two Join headers (RFC 3911 allows one).
+        (
+            "c1;from-tag=callee;to-tag=f1001\r\nJoin: c1;from-tag=callee;to-tag=f1001",
+            400,
+        ),
     ]
     .into_iter()
     .enumerate()

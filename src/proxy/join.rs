@@ -37,9 +37,18 @@ pub(super) struct Named {
 }
 
 impl Named {
-    /// The Join of `msg`: `None` without one, `Some(None)` when malformed.
+    /// The Join of `msg`: `None` without one, `Some(None)` when malformed
+    /// (or repeated: RFC 3911 §4 allows one).
     pub(super) fn of(msg: &Message) -> Option<Option<Named>> {
         let value = msg.header_named("Join")?;
+        let joins = msg
+            .headers()
+            .filter(|h| h.kind == crate::sip::HeaderName::Other)
+            .filter(|h| h.name.eq_ignore_ascii_case("Join"))
+            .count();
+        if joins > 1 {
+            return Some(None);
+        }
         Some(Join::parse(value).map(|j| Named {
             call_id: j.call_id.to_owned(),
             from_tag: j.from_tag.to_owned(),
@@ -85,8 +94,15 @@ impl Proxy {
         }
         if let Some(&core) = self.remote_sessions.get(&named.call_id) {
             // The target is this core's agent, but the call's session lives
-            // on the core of its other party.
-            out.handoffs.push(super::Handoff { core, source, msg });
+            // on the core of its other party: the transaction will live
+            // there too, so its retransmissions, ACK and CANCEL follow.
+            self.remember_handoff(now, &msg, core);
+            out.handoffs.push(super::Handoff {
+                core,
+                source,
+                msg,
+                join: true,
+            });
             return;
         }
         let record = self.registrar.location().get(target);
@@ -175,6 +191,7 @@ impl Proxy {
         // Only a confirmed dialog, named by both its tags, with the target
         // still in it (RFC 3911 §4).
         let joinable = dialog.phase == Phase::Confirmed
+            && dialog.left.is_none()
             && !named.early_only
             && dialog
                 .to_tag
@@ -219,7 +236,6 @@ impl Proxy {
         if let Some(main) = self.sessions.get_mut(&main) {
             main.joined.push(leg_id.clone());
         }
-        self.metrics.joins += 1;
         tracing::debug!(session = %main, %joiner, %target, hosted = !joiner_here, "join");
         self.tell_owner(
             joiner,

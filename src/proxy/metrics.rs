@@ -109,7 +109,8 @@ pub struct Metrics {
     pub hosting_granted: u64,
     /// Host request to grant, as the source saw it.
     pub hosting_rtt: Histogram,
-    /// Agents let into a session with a Join (conference, monitoring).
+    /// Join legs answered: agents let into a session (conference,
+    /// monitoring).
     pub joins: u64,
     /// Sessions ended because they outlived `max_call_secs` (a lost BYE).
     pub sessions_expired: u64,

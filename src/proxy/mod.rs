@@ -115,7 +115,8 @@ pub struct Output {
     pub handoffs: Vec<Handoff>,
 }
 
-/// A request handed to the core that owns the session it names.
+/// A request handed to the core that owns the session it names, or the
+/// transaction it belongs to.
 #[derive(Debug)]
 pub struct Handoff {
     /// That core.
@@ -124,6 +125,10 @@ pub struct Handoff {
     pub source: Peer,
     /// The request.
     pub msg: Message,
+    /// A Join INVITE, checked here ([`Proxy::handle_join_handoff`]); else
+    /// a request of a transaction handed over before (its retransmission,
+    /// ACK or CANCEL), for [`Proxy::handle_message`].
+    pub join: bool,
 }
 
 /// An agent event addressed to one or all other cores.
@@ -289,6 +294,9 @@ pub struct Proxy {
     /// Calls of this core's agents whose sessions other cores own, by
     /// Call-ID: where a Join for them goes.
     remote_sessions: HashMap<String, usize>,
+    /// INVITE transactions handed to another core (a Join for a session it
+    /// owns), and until when: their later requests go there too.
+    handed_off: HashMap<ServerKey, (usize, Duration)>,
     /// Transaction pairs; their slab keys index the maps below and the
     /// timer queue.
     txs: Slab<TxPair>,
@@ -353,6 +361,7 @@ impl Proxy {
             agents,
             logged_in_elsewhere: HashSet::new(),
             remote_sessions: HashMap::new(),
+            handed_off: HashMap::new(),
             txs: Slab::new(),
             by_server: HashMap::default(),
             by_client: HashMap::default(),
@@ -588,6 +597,23 @@ impl Proxy {
             self.reschedule(id);
             return;
         }
+        if !self.handed_off.is_empty() {
+            let invite_key = ServerKey {
+                method: Method::Invite,
+                ..key.clone()
+            };
+            if let Some(&(core, until)) = self.handed_off.get(&invite_key) {
+                if until > now {
+                    out.handoffs.push(Handoff {
+                        core,
+                        source,
+                        msg,
+                        join: false,
+                    });
+                    return;
+                }
+            }
+        }
         match method {
             Method::Ack => return self.forward_ack(&msg, out),
             Method::Cancel => return self.handle_cancel(now, source, &msg, out),
@@ -635,7 +661,7 @@ impl Proxy {
             // lead to the other blades only: a front end is no open relay,
             // and an out-of-dialog request routed past the agents' checks
             // must not leave the cluster.
-            if !self.is_cluster_sip(peer.addr) {
+            if !self.is_peer_blade_sip(peer.addr) {
                 let outside = Refusal::new(403, "Forbidden (Route outside the cluster)");
                 return self.refuse(now, source, msg, &outside, out);
             }
@@ -705,12 +731,6 @@ impl Proxy {
             p.addr == local
                 || (p.addr.ip() == local.ip() && Some(p.addr.port()) == self.settings.via_port)
         })
-    }
-
-    /// Whether `addr` is the SIP address of this blade (any of its ports)
-    /// or of a peer blade.
-    fn is_cluster_sip(&self, addr: SocketAddr) -> bool {
-        addr.ip() == self.settings.local.ip() || self.is_peer_blade_sip(addr)
     }
 
     /// Whether a Request-URI host names the cluster's agents (SPEC §5):
@@ -1016,6 +1036,17 @@ impl Proxy {
         } else {
             Err(Refusal::new(403, "Forbidden"))
         }
+    }
+
+    /// Notes that the INVITE `msg` went to `core`, for as long as its
+    /// transaction can last there (64×T1 after its final answer, and timer
+    /// C before it); forgets hand-offs past that.
+    fn remember_handoff(&mut self, now: Duration, msg: &Message, core: usize) {
+        self.handed_off.retain(|_, (_, until)| *until > now);
+        let mut key = ServerKey::of(msg);
+        key.branch = Bytes::copy_from_slice(&key.branch);
+        let until = now + TIMER_C + self.settings.timers.t1 * 64;
+        self.handed_off.insert(key, (core, until));
     }
 
     /// Whether `extension` is logged in on this blade (on any core).
@@ -1354,6 +1385,13 @@ impl Proxy {
             if status < 300 {
                 if self.sessions.confirm(&call_id, msg.to().tag()) {
                     self.outcomes(&call_id).answered += 1;
+                    if self
+                        .sessions
+                        .get(&call_id)
+                        .is_some_and(|s| s.joins.is_some())
+                    {
+                        self.metrics.joins += 1;
+                    }
                 }
             } else {
                 self.outcomes(&call_id).ended_with(status);

@@ -419,6 +419,18 @@ fn refusals() {
     let out = b.send(&a, &routed);
     assert_eq!(out.len(), 1, "nothing forwarded");
     assert_eq!(status(&out[0]), 403);
+    // Nor to another port of the blade's own IP.
+    let own_ip = addr(BLADE).ip();
+    let routed = invite(
+        "1001",
+        "1002",
+        "r7",
+        "z9hG4bK7",
+        &format!("Route: <sip:{own_ip}:5099;lr>\r\n"),
+    );
+    let out = b.send(&a, &routed);
+    assert_eq!(out.len(), 1, "nothing forwarded");
+    assert_eq!(status(&out[0]), 403);
     let pr = invite("1001", "1002", "r5", "z9hG4bK5", "Proxy-Require: x-foo\r\n");
     let out = b.send(&a, &pr);
     assert_eq!(status(&out[0]), 420);

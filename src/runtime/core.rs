@@ -146,9 +146,11 @@ impl Core {
     async fn flush(self: &Rc<Self>, mut out: Output) {
         for handoff in std::mem::take(&mut out.handoffs) {
             if let Some(mesh) = &self.mesh {
-                let msg = CoreMsg::Join {
-                    source: handoff.source,
-                    msg: Box::new(handoff.msg),
+                let (source, msg) = (handoff.source, Box::new(handoff.msg));
+                let msg = if handoff.join {
+                    CoreMsg::Join { source, msg }
+                } else {
+                    CoreMsg::Sip { source, msg }
                 };
                 // Rare and retransmitted by the phone if lost: never wait.
                 let _ = mesh.try_send_to(handoff.core, msg);
