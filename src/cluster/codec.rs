@@ -91,6 +91,12 @@ pub enum DecodeError {
 pub struct Token(pub [u8; 16]);
 
 impl Token {
+    /// Whether `other` is this token, compared in constant time (a peer
+    /// must not learn a token byte by byte from how long a refusal takes).
+    pub fn matches(&self, other: &Token) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]))
+    }
+
     /// The token as 32 lowercase hex digits (how the INVITE carries it).
     pub fn to_hex(&self) -> String {
         let mut s = String::with_capacity(32);

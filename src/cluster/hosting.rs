@@ -27,7 +27,6 @@ use std::time::Duration;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
 use super::codec::{DirectoryEntry, LoginInfo, Message, Refusal, Token};
 use crate::registrar::location::{AgentState, Location};
@@ -319,7 +318,7 @@ impl Target {
         token: &Token,
     ) -> Option<&Grant> {
         let g = self.grants.get(extension)?;
-        let ok = bool::from(g.token.0.ct_eq(&token.0))
+        let ok = g.token.matches(token)
             && same_blade(&g.source, from)
             && g.call_id == call_id
             && g.expires_at > now;
@@ -390,9 +389,7 @@ impl Target {
         self.relays
             .get(&(extension.to_owned(), call_id.to_owned()))
             .is_some_and(|r| {
-                bool::from(r.token.0.ct_eq(&token.0))
-                    && same_blade(&r.source, from)
-                    && r.expires_at > now
+                r.token.matches(token) && same_blade(&r.source, from) && r.expires_at > now
             })
     }
 
@@ -450,9 +447,7 @@ impl Target {
         // Matching ignores the lease: an unhost just after it lapsed still
         // ends the grant.
         let found = self.grants.get(extension).is_some_and(|g| {
-            bool::from(g.token.0.ct_eq(&token.0))
-                && same_blade(&g.source, from)
-                && g.call_id == call_id
+            g.token.matches(token) && same_blade(&g.source, from) && g.call_id == call_id
         });
         if found {
             self.release(extension, location);
@@ -1712,7 +1707,7 @@ impl Source {
     /// (a Join for a hosted agent, SPEC §2 steps 6 and 9).
     pub fn holds(&self, from: &str, call_id: &str, extension: &str, token: &Token) -> bool {
         self.hosting(call_id, extension)
-            .is_some_and(|h| same_blade(&h.peer, from) && bool::from(h.token.0.ct_eq(&token.0)))
+            .is_some_and(|h| same_blade(&h.peer, from) && h.token.matches(token))
     }
 
     /// Number of live hostings.

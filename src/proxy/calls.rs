@@ -4,10 +4,45 @@
 
 use std::time::Duration;
 
+use super::session::Session;
 use super::{AgentEvent, Notice, Output, Proxy, metrics, route};
 use crate::registrar::location::AgentState;
+use crate::sip::Message;
+use crate::transaction::Peer;
 
 impl Proxy {
+    /// Opens the session of the INVITE `msg` from `caller` (at `source`) to
+    /// `callee`, and tells the caller's core the caller is in it. The
+    /// session keeps what a later Join needs (the From tag, the caller's
+    /// terminal) and expires after `max_call`. Returns it, to fill in.
+    pub(super) fn open_session(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: &Message,
+        caller: &str,
+        callee: &str,
+        out: &mut Output,
+    ) -> &mut Session {
+        let call_id = msg.call_id();
+        let event = AgentEvent::InCall {
+            extension: caller.to_owned(),
+            call_id: call_id.to_owned(),
+            session_core: self.settings.core,
+        };
+        self.tell_owner(caller, event, out);
+        let from_tag = msg.from().tag().unwrap_or_default();
+        let until = now + self.settings.max_call;
+        let session = self.sessions.open(call_id, caller, callee, from_tag, until);
+        // The caller's terminal as its INVITE shows it: where the request
+        // came from, and its Contact URI.
+        session.caller_contact = msg
+            .contacts()
+            .next()
+            .map(|c| (source, c.uri().as_str().to_owned()));
+        session
+    }
+
     /// Applies an agent event from another core.
     pub fn handle_notice(&mut self, event: AgentEvent) {
         match event {

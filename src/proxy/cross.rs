@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::{AgentEvent, Output, Proxy, session::Hosted};
+use super::{Output, Proxy, session::Hosted};
 use crate::cluster::codec::{Class, DirectoryEntry, Message as LinkMessage, Refusal, Token};
 use crate::cluster::hosting::{Directory, HostSecret, Source, SourceEvent, Target};
 use crate::cluster::link::ReplyTo;
@@ -349,29 +349,13 @@ impl Proxy {
         out: &mut Output,
     ) {
         let call_id = msg.call_id().to_owned();
-        let session = self.sessions.open(
-            &call_id,
-            caller,
-            callee,
-            msg.from().tag().unwrap_or_default(),
-            now + self.settings.max_call,
-        );
-        session.caller_contact = super::join::caller_contact(source, &msg);
-        session.hosted = Some(Hosted {
+        self.open_session(now, source, &msg, caller, callee, out)
+            .hosted = Some(Hosted {
             extension: callee.to_owned(),
             blade: None,
             info: None,
         });
         let id = self.hold(now, source, msg, Waiting::Grant { since: now }, out);
-        self.tell_owner(
-            caller,
-            AgentEvent::InCall {
-                extension: caller.to_owned(),
-                call_id: call_id.clone(),
-                session_core: self.settings.core,
-            },
-            out,
-        );
         self.start_hosting(now, id, &call_id, callee, out);
     }
 
@@ -431,8 +415,7 @@ impl Proxy {
                 let joiner = msg
                     .from()
                     .uri()
-                    .user()
-                    .and_then(|u| std::str::from_utf8(u).ok())
+                    .user_str()
                     .filter(|u| self.agents.contains_key(*u))
                     .map(str::to_owned);
                 let Some(joiner) = joiner else {

@@ -129,16 +129,13 @@ impl Proxy {
         msg: Message,
         out: &mut Output,
     ) {
-        let user = |uri: Option<crate::sip::Uri<'_>>| {
-            uri.and_then(|u| u.user())
-                .and_then(|u| std::str::from_utf8(u).ok())
-                .map(str::to_owned)
-        };
-        let (Some(joiner), Some(target), Some(Some(named))) = (
-            user(Some(msg.from().uri())),
-            user(msg.request_uri()),
-            Named::of(&msg),
-        ) else {
+        let joiner = msg.from().uri().user_str().map(str::to_owned);
+        let target = msg
+            .request_uri()
+            .and_then(|u| u.user_str())
+            .map(str::to_owned);
+        let (Some(joiner), Some(target), Some(Some(named))) = (joiner, target, Named::of(&msg))
+        else {
             return self.refuse(now, source, msg, &no_such_dialog(), out);
         };
         self.join_here(now, source, msg, &joiner, &target, &named, out);
@@ -216,16 +213,9 @@ impl Proxy {
             return self.refuse(now, source, msg, &gone, out);
         };
         let joiner_here = self.logged_in_on_blade(joiner);
-        let leg = self.sessions.open(
-            &leg_id,
-            joiner,
-            target,
-            msg.from().tag().unwrap_or_default(),
-            now + self.settings.max_call,
-        );
+        let leg = self.open_session(now, source, &msg, joiner, target, out);
         leg.joins = Some(main.clone());
         leg.join_dest = Some(dest.clone());
-        leg.caller_contact = caller_contact(source, &msg);
         if !joiner_here {
             leg.hosted = Some(Hosted {
                 extension: joiner.to_owned(),
@@ -237,15 +227,6 @@ impl Proxy {
             main.joined.push(leg_id.clone());
         }
         tracing::debug!(session = %main, %joiner, %target, hosted = !joiner_here, "join");
-        self.tell_owner(
-            joiner,
-            AgentEvent::InCall {
-                extension: joiner.to_owned(),
-                call_id: leg_id.clone(),
-                session_core: self.settings.core,
-            },
-            out,
-        );
         if joiner_here {
             let (peer, uri) = dest;
             return self.forward(now, source, msg, peer, Some(&uri), 0, true, out);
@@ -310,11 +291,4 @@ impl Proxy {
             self.end_session(now, main, out);
         }
     }
-}
-
-/// The caller's terminal as its INVITE shows it: where the request came
-/// from, and its Contact URI.
-pub(super) fn caller_contact(source: Peer, msg: &Message) -> Option<(Peer, String)> {
-    let contact = msg.contacts().next()?;
-    Some((source, contact.uri().as_str().to_owned()))
 }

@@ -911,11 +911,7 @@ impl Proxy {
         if !self.is_our_host(&uri) {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         }
-        let callee = uri
-            .user()
-            .and_then(|u| std::str::from_utf8(u).ok())
-            .unwrap_or_default()
-            .to_owned();
+        let callee = uri.user_str().unwrap_or_default().to_owned();
         let method = msg.method().unwrap_or(Method::Other);
         if let Some(token) = cross::hosting_token(&uri) {
             // A peer blade bringing the INVITE of a session it hosts B for
@@ -927,13 +923,7 @@ impl Proxy {
             method,
             Method::Invite | Method::Message | Method::Subscribe | Method::Refer
         );
-        let caller = msg
-            .from()
-            .uri()
-            .user()
-            .and_then(|u| std::str::from_utf8(u).ok())
-            .unwrap_or_default()
-            .to_owned();
+        let caller = msg.from().uri().user_str().unwrap_or_default().to_owned();
         if needs_caller {
             if let Err(refusal) = self.check_caller(now, &msg, &caller) {
                 // A challenge is not an outcome: the call goes on with the
@@ -987,22 +977,8 @@ impl Proxy {
                 self.metrics.local.busy += 1;
                 return self.refuse(now, source, msg, &Refusal::new(486, "Busy Here"), out);
             }
-            let call_id = msg.call_id().to_owned();
-            let from_tag = msg.from().tag().unwrap_or_default();
-            let until = now + self.settings.max_call;
-            self.sessions
-                .open(&call_id, &caller, &callee, from_tag, until)
-                .caller_contact = join::caller_contact(source, &msg);
-            self.set_in_call(&callee, &call_id);
-            self.tell_owner(
-                &caller,
-                AgentEvent::InCall {
-                    extension: caller.clone(),
-                    call_id,
-                    session_core: self.settings.core,
-                },
-                out,
-            );
+            self.open_session(now, source, &msg, &caller, &callee, out);
+            self.set_in_call(&callee, msg.call_id());
         }
         let target = binding.peer;
         let record_route = matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
@@ -1239,7 +1215,7 @@ impl Proxy {
     /// reach.
     fn request_uri_peer(&self, msg: &Message) -> Option<Peer> {
         let uri = msg.request_uri()?;
-        let agent = uri.user().and_then(|u| std::str::from_utf8(u).ok());
+        let agent = uri.user_str();
         let binding = agent
             .and_then(|a| self.registrar.location().get(a))
             .and_then(|r| r.binding.as_ref());

@@ -136,10 +136,7 @@ impl Registrar {
         if !matches!(aor.scheme(), Scheme::Sip | Scheme::Sips) {
             return Err(Refusal::new(400, "To Must Be a SIP URI"));
         }
-        let extension = aor
-            .user()
-            .and_then(|u| std::str::from_utf8(u).ok())
-            .unwrap_or_default();
+        let extension = aor.user_str().unwrap_or_default();
         let agent = match self.location.get(extension) {
             Some(record) => record.agent.clone(),
             None => return Err(Refusal::new(404, "Not Found")),

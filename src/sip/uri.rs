@@ -97,6 +97,11 @@ impl<'a> Uri<'a> {
         self.spans.user.map(|s| s.of(self.src))
     }
 
+    /// The user part as text (an extension), when it is UTF-8.
+    pub fn user_str(&self) -> Option<&'a str> {
+        self.user().and_then(|u| std::str::from_utf8(u).ok())
+    }
+
     /// Whether the user part equals `user` after unescaping (§19.1.4).
     pub fn user_is(&self, user: &[u8]) -> bool {
         self.user()
