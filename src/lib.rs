@@ -8,7 +8,7 @@
 //! | [`transaction`] | RFC 3261 client and server transactions and their timers | no |
 //! | [`registrar`] | REGISTER, digest authentication, the agents' location store | no |
 //! | [`proxy`] | one core's stateful proxy: routing, sessions, agent states | no |
-//! | [`cluster`] | inter-blade link: certificates (hosting protocol to come) | certs only |
+//! | [`cluster`] | inter-blade link: certificates, the hosting protocol, the QUIC link state | certs only |
 //! | [`config`] | blade configuration and agent provisioning (TOML) | reads files |
 //! | [`runtime`] | glommio executors, sockets, the core mesh | yes |
 //! | [`admin`] | `/status` and `/metrics` on a thread of its own | yes |

@@ -108,7 +108,7 @@ fn err(kind: ErrorKind, offset: usize) -> ParseError {
 /// of its CR. A lone CR or LF is a framing error.
 #[inline]
 fn line_end(b: &[u8], from: usize) -> Result<usize, ParseError> {
-    match memchr::memchr2(b'\r', b'\n', &b[from..]) {
+    match super::simd::find_cr_or_lf(&b[from..]) {
         Some(i) if b[from + i] == b'\r' && b.get(from + i + 1) == Some(&b'\n') => Ok(from + i),
         Some(i) => Err(err(ErrorKind::HeaderFraming, from + i)),
         None => Err(err(ErrorKind::HeaderFraming, b.len())),
@@ -118,6 +118,15 @@ fn line_end(b: &[u8], from: usize) -> Result<usize, ParseError> {
 /// Parses `SIP-Version`; `Ok(())` only for `SIP/2.0`.
 fn version(b: &[u8], span: Span) -> Result<(), ParseError> {
     let v = span.of(b);
+    // Nearly every message says `SIP/2.0`: one word compare ("SIP" in any
+    // case), then three bytes.
+    if let Some(&[s, i, p, slash, b'2', b'.', b'0']) = v.get(..7) {
+        if v.len() == 7
+            && u32::from_le_bytes([s, i, p, slash]) | 0x0020_2020 == u32::from_le_bytes(*b"sip/")
+        {
+            return Ok(());
+        }
+    }
     let at = span.start as usize;
     // SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT ("SIP" case-insensitive)
     let grammatical = v.len() > 4
@@ -144,7 +153,7 @@ fn version(b: &[u8], span: Span) -> Result<(), ParseError> {
 fn start_line(b: &[u8], start: usize, end: usize) -> Result<StartLine, ParseError> {
     let line = &b[start..end];
     if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
-        let sp = memchr::memchr(b' ', line).ok_or(err(ErrorKind::StartLine, end))?;
+        let sp = super::simd::find_byte(line, b' ').ok_or(err(ErrorKind::StartLine, end))?;
         version(b, Span::new(start, start + sp))?;
         let code_start = start + sp + 1;
         let code_end = code_start
@@ -179,7 +188,8 @@ fn start_line(b: &[u8], start: usize, end: usize) -> Result<StartLine, ParseErro
     }
     let method_span = Span::new(start, start + method_len);
     let uri_start = start + method_len + 1;
-    let uri_len = memchr::memchr(b' ', &b[uri_start..end]).ok_or(err(ErrorKind::StartLine, end))?;
+    let uri_len =
+        super::simd::find_byte(&b[uri_start..end], b' ').ok_or(err(ErrorKind::StartLine, end))?;
     let uri_span = Span::new(uri_start, uri_start + uri_len);
     version(b, Span::new(uri_start + uri_len + 1, end))?;
     let uri = uri::parse(b, uri_span)

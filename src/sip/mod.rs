@@ -22,6 +22,7 @@ mod message;
 mod method;
 mod name;
 mod scan;
+mod simd;
 mod span;
 mod stamp;
 mod transport;

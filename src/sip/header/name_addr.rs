@@ -118,7 +118,7 @@ pub(crate) fn parse(c: &mut Cursor<'_>, angle_only: bool) -> Option<NameAddrSpan
         if !c.eat(b'<') {
             return None;
         }
-        let close = c.pos + memchr::memchr(b'>', c.rest())?;
+        let close = c.pos + super::super::simd::find_byte(c.rest(), b'>')?;
         let uri = uri::parse(src, Span::new(c.pos, close))?;
         c.pos = close + 1;
         uri

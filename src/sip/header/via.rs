@@ -128,14 +128,21 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
     let src = c.src;
     c.lws();
     let start = c.pos;
-    let protocol = c.take1(TOKEN)?;
-    if !c.sep(b'/') {
-        return None;
-    }
-    let version = c.take1(TOKEN)?;
-    if !c.sep(b'/') {
-        return None;
-    }
+    let (protocol, version) = if is_sip_2_0(c.rest()) {
+        c.pos += 8;
+        c.lws(); // SLASH = SWS "/" SWS
+        (Span::new(start, start + 3), Span::new(start + 4, start + 7))
+    } else {
+        let protocol = c.take1(TOKEN)?;
+        if !c.sep(b'/') {
+            return None;
+        }
+        let version = c.take1(TOKEN)?;
+        if !c.sep(b'/') {
+            return None;
+        }
+        (protocol, version)
+    };
     let transport = c.take1(TOKEN)?;
     if !c.lws() {
         return None;
@@ -196,6 +203,14 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
     })
 }
 
+/// Whether `s` starts with `SIP/2.0/` ("SIP" in any case), as nearly every
+/// Via does: one word compare instead of the general `sent-protocol` path.
+#[inline]
+fn is_sip_2_0(s: &[u8]) -> bool {
+    s.first_chunk::<8>()
+        .is_some_and(|w| u64::from_le_bytes(*w) | 0x0020_2020 == u64::from_le_bytes(*b"sip/2.0/"))
+}
+
 /// Parses a comma-separated Via list, calling `each` per value.
 pub(crate) fn parse_list(c: &mut Cursor<'_>, mut each: impl FnMut(ViaSpans)) -> Option<()> {
     loop {
@@ -231,6 +246,30 @@ mod tests {
         assert_eq!(first.host(), "spindle.example.com");
         assert_eq!(first.branch(), Some("z9hG4bK9ikj8"));
         assert_eq!(Via::new(s.as_bytes(), v[1]).branch(), Some("z9hG4bK30239"));
+    }
+
+    #[test]
+    fn sent_protocol_in_any_case_and_spacing() {
+        for (s, protocol, transport) in [
+            ("SIP/2.0/UDP h", "SIP", "UDP"),
+            ("sip/2.0/tcp h", "sip", "tcp"),
+            ("SIP/2.0/ TLS h", "SIP", "TLS"),
+            ("SIP/2.0 /WS h", "SIP", "WS"),
+            ("SIP/2.00/UDP h", "SIP", "UDP"),
+            ("SIPS/2.0/UDP h", "SIPS", "UDP"),
+        ] {
+            let v = vias(s).unwrap_or_else(|| panic!("{s}"));
+            let via = Via::new(s.as_bytes(), v[0]);
+            assert_eq!((via.protocol().0, via.transport()), (protocol, transport));
+            assert_eq!(via.host(), "h");
+        }
+        assert_eq!(
+            Via::new(b"SIP/2.00/UDP h", vias("SIP/2.00/UDP h").unwrap()[0]).protocol(),
+            ("SIP", "2.00")
+        );
+        assert!(vias("SIP/2.0/ h").is_none());
+        assert!(vias("SIP/2.0/").is_none());
+        assert!(vias("SIP/2.0/UDP").is_none());
     }
 
     #[test]
