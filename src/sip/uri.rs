@@ -341,6 +341,19 @@ pub(crate) fn host(c: &mut Cursor<'_>) -> Option<(Span, HostKind)> {
         let span = Span::new(start, c.pos);
         return ipv6_ok(&span.of(c.src)[1..close]).then_some((span, HostKind::Ipv6));
     }
+    // Most hosts a proxy sees are IPv4 literals: one pass reads and checks
+    // them. Anything else (a name that starts with a digit included) takes
+    // the general path below.
+    if let Some(len) = ipv4_prefix(c.rest()) {
+        c.pos = start + len;
+        return Some((Span::new(start, c.pos), HostKind::Ipv4));
+    }
+    host_or_ipv4(c)
+}
+
+/// `hostname / IPv4address` at the cursor, the general way.
+fn host_or_ipv4(c: &mut Cursor<'_>) -> Option<(Span, HostKind)> {
+    let start = c.pos;
     // Label by label, with `host_kind`'s rules: each label is a run of
     // alphanumerics and hyphens that starts and ends alphanumeric, labels
     // are joined by single dots, and one trailing dot is allowed. A valid
@@ -403,6 +416,36 @@ pub(crate) fn host_kind(text: &[u8]) -> Option<HostKind> {
     }
     top.is_some_and(|b| b.is_ascii_alphabetic())
         .then_some(HostKind::Name)
+}
+
+/// Length of the IPv4 address that `s` starts with, when that address is
+/// the whole host: the byte after it cannot continue a host name.
+#[inline]
+fn ipv4_prefix(s: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    for group in 0..4 {
+        if group > 0 {
+            if s.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let (mut value, digits_start) = (0u32, i);
+        while let Some(d) = s.get(i).map(|b| b.wrapping_sub(b'0')).filter(|d| *d < 10) {
+            value = value * 10 + u32::from(d);
+            i += 1;
+            if i - digits_start > 3 {
+                return None;
+            }
+        }
+        if i == digits_start || value > 255 {
+            return None;
+        }
+    }
+    match s.get(i) {
+        Some(&b) if chars::is(b, HOST) => None,
+        _ => Some(i),
+    }
 }
 
 /// `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT`, each
@@ -479,6 +522,56 @@ mod tests {
         assert!(uri("sip:[2001:db8:::192.0.2.1]").is_some(), "RFC 5118 4.10");
         assert!(uri("sip:user@").is_none());
         assert!(uri("sip:u@h:99999").is_none());
+    }
+
+    #[test]
+    fn the_ipv4_fast_path_agrees_with_the_general_one() {
+        // Every string of up to 8 bytes over the bytes that matter.
+        let alphabet = b"09.a-:";
+        let mut s = Vec::new();
+        for len in 1..=8u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                s.clear();
+                for _ in 0..len {
+                    s.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                let mut c = Cursor::new(&s, Span::new(0, s.len()));
+                let general = host_or_ipv4(&mut c).map(|(span, kind)| (span.end, kind));
+                let fast = ipv4_prefix(&s).map(|len| (len as u32, HostKind::Ipv4));
+                if fast.is_some() || general.is_some_and(|(_, k)| k == HostKind::Ipv4) {
+                    assert_eq!(fast, general, "{:?}", String::from_utf8_lossy(&s));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ipv4_literals_and_names_that_look_like_them() {
+        let kind = |s: &str| uri(s).map(|u| (u.host().to_owned(), u.host_kind()));
+        let v4 = |h: &str| Some((h.to_owned(), HostKind::Ipv4));
+        assert_eq!(kind("sip:192.0.2.10:5060"), v4("192.0.2.10"));
+        assert_eq!(kind("sip:u@000.0.0.255;lr"), v4("000.0.0.255"));
+        assert_eq!(kind("sip:255.255.255.255"), v4("255.255.255.255"));
+        assert_eq!(
+            kind("sip:1and1.example"),
+            Some(("1and1.example".to_owned(), HostKind::Name))
+        );
+        assert_eq!(
+            kind("sip:1.2.3.4.example"),
+            Some(("1.2.3.4.example".to_owned(), HostKind::Name))
+        );
+        for bad in [
+            "sip:1.2.3.4.5",
+            "sip:1.2.3.256",
+            "sip:1.2.3.0004",
+            "sip:1.2.3",
+            "sip:1.2.3.4a",
+            "sip:1.2.3.4-",
+            "sip:1..2.3",
+        ] {
+            assert_eq!(kind(bad), None, "{bad}");
+        }
     }
 
     #[test]
