@@ -268,6 +268,24 @@ fn header_line_without_name() {
 }
 
 #[test]
+fn known_names_in_any_case_and_compact_form_reach_their_typed_parsers() {
+    let b = base()
+        .set("Via", "VIA: SIP/2.0/UDP 10.0.0.1:5061;branch=z9hG4bKccc")
+        .set("CSeq", "cseq: 7 INVITE")
+        .set("Call-ID", "i: compact-call-id")
+        .bytes();
+    let m = accepted(&b);
+    assert_eq!(m.top_via().branch(), Some("z9hG4bKccc"));
+    assert_eq!(m.cseq().seq, 7);
+    assert_eq!(m.call_id(), "compact-call-id");
+    // A known name with more before the colon is not that header.
+    let b = base().add("Via x: SIP/2.0/UDP h").bytes();
+    refused_at(&b, ErrorKind::HeaderName, find(&b, "x: SIP"));
+    let b = base().add("Vias: anything").bytes();
+    assert_eq!(accepted(&b).header_named("Vias"), Some(&b"anything"[..]));
+}
+
+#[test]
 fn non_token_header_name() {
     let b = base().add("Vïa: SIP/2.0/UDP h").bytes();
     refused_at(&b, ErrorKind::HeaderName, find(&b, "Vïa") + 1);

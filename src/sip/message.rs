@@ -282,10 +282,28 @@ impl Message {
 /// Splits one header line `[start, cr)` into name and value.
 #[inline]
 fn header_line(b: &[u8], start: usize, cr: usize) -> Result<Header, ParseError> {
-    let name_len = super::chars::run(&b[start..cr], TOKEN);
-    if name_len == 0 {
-        return Err(err(ErrorKind::HeaderName, start));
-    }
+    // Nearly every line is a known name right before its colon. Matching a
+    // known name proves it a token (letters and '-'), so the token scan is
+    // only for the others.
+    let colon = super::simd::find_byte(&b[start..cr], b':');
+    let known = colon
+        .map(|at| HeaderName::from_bytes(&b[start..start + at]))
+        .filter(|&name| name != HeaderName::Other);
+    let (name, name_len) = match (known, colon) {
+        (Some(name), Some(at)) => (name, at),
+        _ => {
+            let len = super::chars::run(&b[start..cr], TOKEN);
+            if len == 0 {
+                return Err(err(ErrorKind::HeaderName, start));
+            }
+            let name = if colon == Some(len) {
+                HeaderName::Other
+            } else {
+                HeaderName::from_bytes(&b[start..start + len])
+            };
+            (name, len)
+        }
+    };
     let name_span = Span::new(start, start + name_len);
     let mut c = Cursor {
         src: b,
@@ -309,7 +327,7 @@ fn header_line(b: &[u8], start: usize, cr: usize) -> Result<Header, ParseError> 
     }
     let value = c.trimmed_to_end(c.pos);
     Ok(Header {
-        name: HeaderName::from_bytes(name_span.of(b)),
+        name,
         name_span,
         value,
         end: (cr + 2) as u32,
