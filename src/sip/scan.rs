@@ -79,7 +79,7 @@ impl<'a> Cursor<'a> {
 
     /// `SWS sep SWS`: consumes the separator with optional white space around
     /// it; on a miss the cursor does not move.
-    #[inline]
+    #[inline(always)]
     pub fn sep(&mut self, sep: u8) -> bool {
         // Fast paths: the separator itself, or no white space before a miss.
         match self.peek() {

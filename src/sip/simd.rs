@@ -1,6 +1,7 @@
 //! The parser's only `unsafe`: SSE2 searches for the CR or LF that ends a
 //! header line, and for one byte (the `>` closing a name-addr, the spaces
-//! of the start line).
+//! of the start line); and SSE2 classification of the 16 bytes where a
+//! host name starts.
 //!
 //! These searches span 10–90 bytes, where `memchr`'s call and set-up cost
 //! more than the search itself (about 80 instructions for a header line, a
@@ -34,12 +35,75 @@ pub(crate) fn find_byte(s: &[u8], byte: u8) -> Option<usize> {
     }
 }
 
+/// Bit masks over 16 bytes: bit i stands for byte i.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HostMasks {
+    /// Host-name characters: ASCII letters and digits, `-` and `.`.
+    pub host: u32,
+    /// `.`
+    pub dot: u32,
+    /// `-`
+    pub dash: u32,
+}
+
+/// [`HostMasks`] of `s[at..at + 16]`; `None` when fewer than 16 bytes
+/// remain (and on targets without SSE2), where callers take their scalar
+/// path.
+#[inline]
+pub(crate) fn host_masks(s: &[u8], at: usize) -> Option<HostMasks> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (s.len().checked_sub(16)? >= at).then(|| sse2::host_masks(s, at))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (s, at);
+        None
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod sse2 {
     use core::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        _mm_setzero_si128, _mm_sub_epi8, _mm_subs_epu8,
     };
+
+    use super::HostMasks;
+
+    /// See [`super::host_masks`].
+    ///
+    /// INVARIANT (checked by the caller): `at + 16 <= s.len()`.
+    #[inline]
+    pub(super) fn host_masks(s: &[u8], at: usize) -> HostMasks {
+        debug_assert!(at + 16 <= s.len());
+        // SAFETY: the caller keeps `at + 16 <= s.len()`, so the 16 bytes
+        // read lie inside `s`; `_mm_loadu_si128` has no alignment
+        // requirement; SSE2 is enabled on every x86_64 target.
+        unsafe {
+            let v = _mm_loadu_si128(s.as_ptr().add(at).cast::<__m128i>());
+            // x - lo <= span (unsigned) iff x is in lo..=lo + span: the
+            // saturating subtraction of `span` leaves zero exactly then.
+            let in_range = |x: __m128i, lo: u8, span: u8| {
+                let shifted = _mm_sub_epi8(x, _mm_set1_epi8(lo as i8));
+                _mm_cmpeq_epi8(
+                    _mm_subs_epu8(shifted, _mm_set1_epi8(span as i8)),
+                    _mm_setzero_si128(),
+                )
+            };
+            let letter = in_range(_mm_or_si128(v, _mm_set1_epi8(0x20)), b'a', 25);
+            let digit = in_range(v, b'0', 9);
+            let dot = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'.' as i8));
+            let dash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'-' as i8));
+            let host = _mm_or_si128(_mm_or_si128(letter, digit), _mm_or_si128(dot, dash));
+            HostMasks {
+                host: _mm_movemask_epi8(host) as u32,
+                dot: _mm_movemask_epi8(dot) as u32,
+                dash: _mm_movemask_epi8(dash) as u32,
+            }
+        }
+    }
 
     /// The bytes a search looks for.
     #[derive(Clone, Copy)]
@@ -126,6 +190,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn host_masks_classify_every_byte_value() {
+        for first in (0..=255u8).step_by(16) {
+            let s: Vec<u8> = (first..=first.saturating_add(15)).collect();
+            let mut padded = s.clone();
+            padded.insert(0, b'x');
+            for (buf, at) in [(&s, 0), (&padded, 1)] {
+                let m = super::host_masks(buf, at);
+                if cfg!(not(target_arch = "x86_64")) {
+                    assert_eq!(m, None);
+                    return;
+                }
+                let m = m.expect("16 bytes from `at`");
+                for (i, &b) in s.iter().enumerate() {
+                    let bit = |mask: u32| mask >> i & 1 == 1;
+                    let host = b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+                    assert_eq!(bit(m.host), host, "byte {b:#04x}");
+                    assert_eq!(bit(m.dot), b == b'.', "byte {b:#04x}");
+                    assert_eq!(bit(m.dash), b == b'-', "byte {b:#04x}");
+                }
+            }
+        }
+        assert_eq!(super::host_masks(&[b'a'; 15], 0), None);
+        assert_eq!(super::host_masks(&[b'a'; 16], 1), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::chars::{self, HNV, HOST, LABEL, PARAM, PASSWORD, TEL, URIC, USER};
 use super::scan::{Cursor, parse_u32};
+use super::simd;
 use super::span::Span;
 
 /// A URI scheme.
@@ -348,7 +349,61 @@ pub(crate) fn host(c: &mut Cursor<'_>) -> Option<(Span, HostKind)> {
         c.pos = start + len;
         return Some((Span::new(start, c.pos), HostKind::Ipv4));
     }
+    // Host names up to 15 bytes are checked on 16-byte masks.
+    if let Some(len) = short_host_name(c) {
+        c.pos = start + len;
+        return Some((Span::new(start, c.pos), HostKind::Name));
+    }
     host_or_ipv4(c)
+}
+
+/// Length of the host name at the cursor when it is valid and shorter
+/// than 16 bytes, decided on [`simd::host_masks`] bit masks; `None` for
+/// anything else (longer, malformed, IPv4, or too near the buffer's end),
+/// which [`host_or_ipv4`] then decides byte by byte.
+#[inline]
+fn short_host_name(c: &Cursor<'_>) -> Option<usize> {
+    let masks = simd::host_masks(c.src, c.pos)?;
+    // Only the cursor's range counts: clear what lies beyond its end.
+    let in_range = match c.end - c.pos {
+        avail @ 0..16 => (1u32 << avail) - 1,
+        _ => 0xffff,
+    };
+    let len = (!(masks.host & in_range)).trailing_zeros();
+    if len == 0 || len >= 16 {
+        return None;
+    }
+    let mut dots = masks.dot & ((1 << len) - 1);
+    // One trailing dot is allowed; it ends the name without a label.
+    let mut labels_len = len;
+    if dots >> (len - 1) & 1 == 1 {
+        labels_len -= 1;
+        dots &= !(1 << labels_len);
+    }
+    if labels_len == 0 {
+        return None;
+    }
+    let last = 1u32 << (labels_len - 1);
+    // Labels are not empty: no dot first, last, or after another dot.
+    if dots & (1 | last | dots >> 1) != 0 {
+        return None;
+    }
+    // Nor start or end with '-'.
+    let label_starts = 1 | dots << 1;
+    let label_ends = last | dots >> 1;
+    if masks.dash & (label_starts | label_ends) != 0 {
+        return None;
+    }
+    // The top label starts with a letter; a digit leaves only IPv4.
+    let top = if dots == 0 {
+        0
+    } else {
+        32 - dots.leading_zeros()
+    };
+    c.src
+        .get(c.pos + top as usize)
+        .is_some_and(u8::is_ascii_alphabetic)
+        .then_some(len as usize)
 }
 
 /// `hostname / IPv4address` at the cursor, the general way.
@@ -543,6 +598,53 @@ mod tests {
                     assert_eq!(fast, general, "{:?}", String::from_utf8_lossy(&s));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_short_name_fast_path_agrees_with_the_general_one() {
+        // Every string of up to 7 bytes over the bytes that matter, and
+        // pseudo-random ones up to 20 (past the 16-byte window), each
+        // followed by bytes beyond the cursor's end that must not count.
+        let alphabet = b"a0.-:Z";
+        let mut strings: Vec<Vec<u8>> = Vec::new();
+        for len in 1..=7u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut s = Vec::new();
+                for _ in 0..len {
+                    s.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                strings.push(s);
+            }
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = 8 + (seed % 13) as usize;
+            // Mostly letters and digits, so that long valid names occur.
+            let s = (0..len)
+                .map(|i| match (seed >> (i * 3 % 60)) & 7 {
+                    0 => b'.',
+                    1 => b'-',
+                    2 => b'7',
+                    _ => b'q',
+                })
+                .collect();
+            strings.push(s);
+        }
+        for s in &strings {
+            let mut padded = s.clone();
+            padded.extend_from_slice(b"abcdefghijklmnop");
+            let c = Cursor::new(&padded, Span::new(0, s.len()));
+            let fast = short_host_name(&c);
+            let general = host_or_ipv4(&mut c.clone())
+                .filter(|(_, kind)| *kind == HostKind::Name)
+                .map(|(span, _)| span.end as usize)
+                .filter(|&len| len < 16);
+            assert_eq!(fast, general, "{:?}", String::from_utf8_lossy(s));
         }
     }
 
