@@ -122,16 +122,24 @@ impl<'a> Cursor<'a> {
         if s.is_empty() { None } else { Some(s) }
     }
 
-    /// Consumes a run of ASCII digits.
+    /// Consumes a run of ASCII digits; its value when the run is not empty
+    /// and the value at most `max` (leading zeros allowed). One pass, for
+    /// the ports, lengths and counts a message carries.
     #[inline]
-    pub fn digits(&mut self) -> Span {
-        let start = self.pos;
-        self.pos += self
-            .rest()
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        Span::new(start, self.pos)
+    pub fn number(&mut self, max: u32) -> Option<u32> {
+        // Past u32::MAX the value only has to stay out of range.
+        const OUT_OF_RANGE: u64 = u32::MAX as u64 + 1;
+        let (mut value, mut len) = (0u64, 0);
+        for &b in self.rest() {
+            let digit = b.wrapping_sub(b'0');
+            if digit >= 10 {
+                break;
+            }
+            value = (value * 10 + u64::from(digit)).min(OUT_OF_RANGE);
+            len += 1;
+        }
+        self.pos += len;
+        (len > 0 && value <= u64::from(max)).then_some(value as u32)
     }
 
     /// Consumes a quoted-string and returns the span between the quotes.
@@ -258,6 +266,25 @@ mod tests {
         assert!(cur(b"\"open").quoted().is_none());
         assert!(cur(b"\"a\nb\"").quoted().is_none());
         assert!(cur(b"\"\\\x00\"").quoted().is_some());
+    }
+
+    #[test]
+    fn numbers_at_the_cursor() {
+        for (s, max, want, end) in [
+            ("5060;lr", 65535, Some(5060), 4),
+            ("0068 x", 255, Some(68), 4),
+            ("256", 255, None, 3),
+            ("", 10, None, 0),
+            ("x1", 10, None, 0),
+            ("4294967295", u32::MAX, Some(u32::MAX), 10),
+            ("4294967296", u32::MAX, None, 10),
+            ("36893488147419103232", u32::MAX, None, 20),
+        ] {
+            let mut c = cur(s.as_bytes());
+            assert_eq!(c.number(max), want, "{s}");
+            assert_eq!(c.pos, end, "{s}");
+            assert_eq!(want, parse_u32(&s.as_bytes()[..end], max), "{s}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! URIs of any other scheme, parsed into spans of the message buffer.
 
 use super::chars::{self, HNV, HOST, LABEL, PARAM, PASSWORD, TEL, URIC, USER};
-use super::scan::{Cursor, parse_u32};
+use super::scan::Cursor;
 use super::simd;
 use super::span::Span;
 
@@ -296,8 +296,7 @@ fn sip_uri(c: &mut Cursor<'_>, uri: &mut UriSpans) -> Option<()> {
     uri.host = host;
     uri.host_kind = kind;
     if c.eat(b':') {
-        let digits = c.digits();
-        uri.port = Some(parse_u32(digits.of(src), 65535)? as u16);
+        uri.port = Some(c.number(65535)? as u16);
     }
     uri.params = params(c)?;
     if c.eat(b'?') {

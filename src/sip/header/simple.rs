@@ -3,7 +3,7 @@
 
 use super::super::chars::{TOKEN, WORD};
 use super::super::method::Method;
-use super::super::scan::{Cursor, parse_u32};
+use super::super::scan::Cursor;
 use super::super::span::Span;
 
 /// A parsed CSeq: `1*DIGIT LWS Method`.
@@ -19,8 +19,7 @@ pub struct CSeq {
 
 /// Parses a CSeq value filling the cursor.
 pub(crate) fn cseq(c: &mut Cursor<'_>) -> Option<CSeq> {
-    let digits = c.digits();
-    let seq = parse_u32(digits.of(c.src), u32::MAX)?;
+    let seq = c.number(u32::MAX)?;
     if !c.lws() {
         return None;
     }
@@ -47,7 +46,7 @@ pub(crate) fn call_id(c: &mut Cursor<'_>) -> Option<Span> {
 
 /// Parses `1*DIGIT` at most `max`, filling the cursor.
 pub(crate) fn number(c: &mut Cursor<'_>, max: u32) -> Option<u32> {
-    let v = parse_u32(c.digits().of(c.src), max)?;
+    let v = c.number(max)?;
     c.lws();
     c.at_end().then_some(v)
 }

@@ -149,7 +149,7 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
     }
     let (host, host_kind) = uri::host(c)?;
     let port = if c.sep(b':') {
-        Some(parse_u32(c.digits().of(src), 65535)? as u16)
+        Some(c.number(65535)? as u16)
     } else {
         None
     };
