@@ -298,7 +298,10 @@ fn sip_uri(c: &mut Cursor<'_>, uri: &mut UriSpans) -> Option<()> {
     if c.eat(b':') {
         uri.port = Some(c.number(65535)? as u16);
     }
-    uri.params = params(c)?;
+    uri.params = match c.peek() {
+        Some(b';') => params(c)?,
+        _ => Span::new(c.pos, c.pos),
+    };
     if c.eat(b'?') {
         let start = c.pos;
         loop {
