@@ -245,6 +245,10 @@ struct TxPair {
     /// final response (a 408 or a CANCEL may still need it), then dropped.
     request: Option<Message>,
     invite: bool,
+    /// An INVITE that opens a dialog (no To tag): how it ends is the
+    /// call's outcome. A re-INVITE's is not: a 491 or 488 to it, or its
+    /// timeout, leaves the call up until its BYE.
+    call: bool,
     call_id: Box<str>,
     server: ServerTx,
     client: Option<Client>,
@@ -570,9 +574,9 @@ impl Proxy {
                 continue;
             };
             if timed_out && !pair.server.is_final() {
-                let (invite, call_id) = (pair.invite, pair.call_id.clone());
+                let (call, call_id) = (pair.call, pair.call_id.clone());
                 self.answer_pending(now, id, 408, out);
-                if invite {
+                if call {
                     self.outcomes(&call_id).failed += 1;
                     self.end_session(now, &call_id, out);
                 }
@@ -856,6 +860,7 @@ impl Proxy {
             generation: 0,
             key: key.clone(),
             invite: request.method() == Some(Method::Invite),
+            call: request.method() == Some(Method::Invite) && request.to().tag().is_none(),
             call_id: request.call_id().into(),
             request: Some(request),
             server,
@@ -1306,8 +1311,10 @@ impl Proxy {
         let first = pair.cancel.is_none() && !pair.cancel_pending;
         if !pair.server.is_final() && first {
             send_cancel(now, self.settings.timers, pair, &mut out.transmits);
-            let call_id = pair.call_id.clone();
-            self.outcomes(&call_id).cancelled += 1;
+            if pair.call {
+                let call_id = pair.call_id.clone();
+                self.outcomes(&call_id).cancelled += 1;
+            }
         }
         self.reschedule(id);
     }
@@ -1340,7 +1347,7 @@ impl Proxy {
         if client.tx.on_response(now, &msg, &mut out.transmits) != ClientEvent::Pass {
             return self.reschedule(id);
         }
-        let invite = pair.invite;
+        let (invite, call) = (pair.invite, pair.call);
         if status > 100 {
             // §16.7 step 3: remove our Via and pass the response upstream.
             let mut buf = BytesMut::new();
@@ -1357,6 +1364,8 @@ impl Proxy {
         }
         if invite && status >= 200 {
             pair.ringing_until = None;
+        }
+        if call && status >= 200 {
             let call_id = pair.call_id.clone();
             if status < 300 {
                 if self.sessions.confirm(&call_id, msg.to().tag()) {

@@ -136,17 +136,18 @@ impl Sessions {
     }
 
     /// Marks a session answered by the callee with To tag `to_tag`;
-    /// returns whether it exists.
+    /// returns whether this answered it (it exists and was not answered
+    /// yet), so that a retransmitted 2xx does not count as another call.
     pub fn confirm(&mut self, call_id: &str, to_tag: Option<&str>) -> bool {
         match self.by_call_id.get_mut(call_id) {
-            Some(s) => {
+            Some(s) if s.phase == Phase::Setup => {
                 s.phase = Phase::Confirmed;
                 if s.to_tag.is_none() {
                     s.to_tag = to_tag.map(str::to_owned);
                 }
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 

@@ -599,3 +599,49 @@ fn timer_c_cancels_a_call_that_rings_too_long() {
     );
     assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
 }
+
+/// A re-INVITE is not a new call: its 2xx is not counted as another
+/// answered call, and a refusal of it (491 glare, 488) leaves the call up,
+/// so its agents stay `in_call` and a third caller still gets 486. A
+/// retransmitted 2xx of the first INVITE is not another call either.
+#[test]
+fn a_reinvite_and_a_retransmitted_200_are_not_new_calls() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    b.register("1003");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let fwd = parse(&b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi1", ""))[1]);
+    let ok_text = answer(&fwd, 200, "t2");
+    let ok = parse(&b.send(&bb, &ok_text)[0]);
+    assert_eq!(b.send(&bb, &ok_text).len(), 1, "the 2xx retransmission");
+    assert_eq!(b.proxy.metrics().local.answered, 1);
+    b.send(&a, &in_dialog("ACK", "1001", &ok, 1, "z9hG4bKa1"));
+
+    // A re-INVITE (hold): answered 200, then another refused with 491.
+    let reinvite = b.send(&a, &in_dialog("INVITE", "1001", &ok, 2, "z9hG4bKr2"));
+    let fwd = parse(reinvite.last().unwrap());
+    b.send(&bb, &answer(&fwd, 200, "t2"));
+    b.send(&a, &in_dialog("ACK", "1001", &ok, 2, "z9hG4bKa2"));
+    let reinvite = b.send(&a, &in_dialog("INVITE", "1001", &ok, 3, "z9hG4bKr3"));
+    let fwd = parse(reinvite.last().unwrap());
+    let refused = b.send(&bb, &answer(&fwd, 491, "t2"));
+    let upstream: Vec<_> = refused.iter().filter(|t| t.to == udp(&a)).collect();
+    assert_eq!(status(upstream[0]), 491, "relayed to the caller");
+    b.send(&a, &in_dialog("ACK", "1001", &ok, 3, "z9hG4bKr3"));
+
+    let m = b.proxy.metrics().local;
+    assert_eq!((m.answered, m.failed, m.busy), (1, 0, 0), "{m:?}");
+    assert_eq!((b.state("1001"), b.state("1002")), ("in_call", "in_call"));
+    assert_eq!(b.proxy.snapshot().sessions.len(), 1);
+    let third = b.send(
+        &terminal("1003"),
+        &invite("1003", "1002", "c2", "z9hG4bKi3", ""),
+    );
+    assert_eq!(status(&third[0]), 486, "1002 is still in the call");
+
+    // The BYE ends it.
+    let bye = b.send(&a, &in_dialog("BYE", "1001", &ok, 4, "z9hG4bKb4"));
+    b.send(&bb, &answer(&parse(&bye[0]), 200, "t2"));
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+}
