@@ -183,6 +183,15 @@ impl Registrar {
         check_order(existing.as_ref(), msg)?;
         let uri = contact.uri();
         if expires == 0 {
+            // RFC 3261 §10.3 step 7: expires 0 removes the binding of that
+            // contact only. A terminal the agent has left (its binding
+            // replaced since) unregistering must not log the agent out of
+            // the terminal it uses now.
+            if let Some(current) = existing.as_ref().filter(|b| !same_contact(&b.uri, &uri)) {
+                let listing = contact_header(current, now);
+                msg.response(200, "OK", Some(&tag(msg)), &[("Contact", &listing)], out);
+                return Ok(Outcome::Queried(extension.to_owned()));
+            }
             let was_in = self.location.unbind(extension);
             msg.response(200, "OK", Some(&tag(msg)), &[], out);
             return Ok(if was_in {
@@ -375,6 +384,32 @@ fn contact_peer(uri: &crate::sip::Uri<'_>, source: Peer) -> Peer {
         Some(ip) => Peer::new(SocketAddr::new(ip, uri.port().unwrap_or(5060)), transport),
         None => source,
     }
+}
+
+/// Whether a Contact URI names the bound contact `bound` (RFC 3261
+/// §19.1.4, in the parts that tell terminals apart: scheme, user, host,
+/// port and transport, a port or transport left out meaning the default).
+fn same_contact(bound: &str, uri: &crate::sip::Uri<'_>) -> bool {
+    let Some(bound) = crate::sip::Uri::parse(bound.as_bytes()) else {
+        return false;
+    };
+    let port = |u: &crate::sip::Uri<'_>| {
+        u.port().unwrap_or(if u.scheme() == Scheme::Sips {
+            5061
+        } else {
+            5060
+        })
+    };
+    let transport = |u: &crate::sip::Uri<'_>| {
+        u.param("transport")
+            .flatten()
+            .map_or_else(|| b"udp".to_vec(), <[u8]>::to_ascii_lowercase)
+    };
+    bound.scheme() == uri.scheme()
+        && bound.user() == uri.user()
+        && bound.host().eq_ignore_ascii_case(uri.host())
+        && port(&bound) == port(uri)
+        && transport(&bound) == transport(uri)
 }
 
 /// `<uri>;expires=N` for a 200 OK listing.

@@ -215,3 +215,40 @@ fn unknown_agent_and_unsupported_extension() {
     assert_eq!(outcome, Outcome::Refused(420));
     assert_eq!(resp.header_named("Unsupported"), Some(&b"foo"[..]));
 }
+
+/// RFC 3261 §10.3 step 7: `expires=0` removes the binding of that contact
+/// only. The terminal an agent left (its binding replaced by the REGISTER
+/// of another) unregistering later must not log the agent out.
+#[test]
+fn expires_zero_for_another_contact_keeps_the_binding() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    let old_phone = "Contact: <sip:1001@127.0.0.12:5061>\r\n";
+    let new_phone = "Contact: <sip:1001@127.0.0.13:5062;transport=udp>\r\n";
+    send(&mut r, t0, &register("1001", 1, old_phone, ""));
+    let moved = register("1001", 1, new_phone, "").replace("reg-1001", "reg-new");
+    assert_eq!(
+        send(&mut r, t0, &moved).0,
+        Outcome::Refreshed("1001".into())
+    );
+
+    let (outcome, resp) = send(
+        &mut r,
+        t0,
+        &register("1001", 2, old_phone, "Expires: 0\r\n"),
+    );
+    assert_eq!(outcome, Outcome::Queried("1001".into()));
+    assert_eq!(resp.status(), Some(200));
+    let listed = resp.contacts().next().unwrap();
+    assert_eq!(
+        listed.uri().as_str(),
+        "sip:1001@127.0.0.13:5062;transport=udp"
+    );
+    assert!(r.location().get("1001").unwrap().is_logged_in());
+
+    // The phone in use unregistering (same URI, defaults spelt out) does.
+    let same = "Contact: <sip:1001@127.0.0.13:5062;TRANSPORT=UDP>;expires=0\r\n";
+    let bye = register("1001", 2, same, "").replace("reg-1001", "reg-new");
+    assert_eq!(send(&mut r, t0, &bye).0, Outcome::LoggedOut("1001".into()));
+    assert!(!r.location().get("1001").unwrap().is_logged_in());
+}
