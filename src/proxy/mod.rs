@@ -913,11 +913,11 @@ impl Proxy {
                 out,
             );
         }
+        let method = msg.method().unwrap_or(Method::Other);
         if !self.is_our_host(&uri) {
-            return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
+            return self.refuse_unknown(now, source, msg, method, out);
         }
         let callee = uri.user_str().unwrap_or_default().to_owned();
-        let method = msg.method().unwrap_or(Method::Other);
         if let Some(token) = cross::hosting_token(&uri) {
             // A peer blade bringing the INVITE of a session it hosts B for
             // (SPEC §2 step 5): the token, not the caller, is checked.
@@ -940,7 +940,7 @@ impl Proxy {
             }
         }
         let Some(record) = self.registrar.location().get(&callee) else {
-            return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
+            return self.refuse_unknown(now, source, msg, method, out);
         };
         if method == Method::Invite {
             match join::Named::of(&msg) {
@@ -997,6 +997,23 @@ impl Proxy {
             record_route,
             out,
         );
+    }
+
+    /// 404 to a request for no provisioned agent. A call to a number that
+    /// does not exist is a failed call, as one to an agent logged out
+    /// (480) is.
+    fn refuse_unknown(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        method: Method,
+        out: &mut Output,
+    ) {
+        if method == Method::Invite {
+            self.metrics.local.failed += 1;
+        }
+        self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
     }
 
     /// SPEC §5: the caller must be a provisioned agent, logged in, and with

@@ -645,3 +645,28 @@ fn a_reinvite_and_a_retransmitted_200_are_not_new_calls() {
     b.send(&bb, &answer(&parse(&bye[0]), 200, "t2"));
     assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
 }
+
+/// A call to a number no agent has fails like one to an agent logged out:
+/// `sipblade_calls_total{outcome="failed"}` counts the 404 as it does the
+/// 480. Other requests to it are no calls.
+#[test]
+fn a_call_to_an_unknown_extension_counts_as_failed() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    let a = terminal("1001");
+    let out = b.send(&a, &invite("1001", "9999", "u1", "z9hG4bKu1", ""));
+    assert_eq!(status(&out[0]), 404);
+    assert_eq!(b.proxy.metrics().local.failed, 1);
+    let elsewhere = invite("1001", "1002", "u2", "z9hG4bKu2", "").replace(
+        "INVITE sip:1002@cc.example",
+        "INVITE sip:1002@other.example",
+    );
+    assert_eq!(status(&b.send(&a, &elsewhere)[0]), 404);
+    assert_eq!(b.proxy.metrics().local.failed, 2);
+    let message = invite("1001", "9999", "u3", "z9hG4bKu3", "").replace("INVITE", "MESSAGE");
+    assert_eq!(status(&b.send(&a, &message)[0]), 404);
+    assert_eq!(b.proxy.metrics().local.failed, 2, "a MESSAGE is no call");
+    let gone = invite("1001", "1002", "u4", "z9hG4bKu4", "");
+    assert_eq!(status(&b.send(&a, &gone)[0]), 480, "an agent logged out");
+    assert_eq!(b.proxy.metrics().local.failed, 3);
+}
