@@ -230,3 +230,35 @@ fn keep_alive_pings_get_pongs_and_bad_framing_closes_the_connection() {
         "counted as malformed; the ping was not"
     );
 }
+
+/// A request that cannot be framed on a stream (no Content-Length, RFC
+/// 3261 §20.14) closes the connection, but the sender first gets a 400
+/// that says why, as a malformed datagram does.
+#[test]
+fn a_request_without_content_length_gets_400_before_the_close() {
+    let blade = TestBlade::start(1, false);
+    let mut ua = TcpUa::connect(&blade);
+    let local = ua.local();
+    ua.send(&format!(
+        "OPTIONS sip:cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKnocl\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=n\r\nTo: <sip:cc.example>\r\n\
+         Call-ID: nocl\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    ));
+    let resp = ua.recv();
+    assert_eq!(resp.status(), Some(400));
+    assert_eq!(
+        resp.reason(),
+        Some(&b"Bad Request (missing Content-Length on a stream)"[..])
+    );
+    assert_eq!(resp.call_id(), "nocl");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut chunk = [0u8; 64];
+    loop {
+        match ua.stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => panic!("more after the 400: {:?}", &chunk[..n]),
+            Err(_) => assert!(Instant::now() < deadline, "the connection stays open"),
+        }
+    }
+    assert_eq!(blade.metric("sipblade_messages_malformed_total"), 1.0);
+}

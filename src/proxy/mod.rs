@@ -496,17 +496,8 @@ impl Proxy {
             Err(_) if data.iter().all(|&b| b == b'\r' || b == b'\n') => {}
             Err(err) => {
                 self.metrics.malformed += 1;
-                let mut buf = BytesMut::new();
-                let reason = if err.status() == 505 {
-                    "Version Not Supported"
-                } else {
-                    "Bad Request"
-                };
-                if best_effort_response(&data, err.status(), reason, &mut buf) {
-                    out.transmits.push(Transmit {
-                        to: source,
-                        data: buf.freeze(),
-                    });
+                if let Some(data) = malformed_response(&data, &err) {
+                    out.transmits.push(Transmit { to: source, data });
                 }
             }
         }
@@ -1436,6 +1427,21 @@ fn reason_phrase(status: u16) -> &'static str {
         600 => "Busy Everywhere",
         _ => "Request Failed",
     }
+}
+
+/// The best-effort answer to a request that failed to parse, or to frame
+/// on a stream: 400 whose reason phrase says what is wrong (the sender's
+/// operator has nothing else to go by), 505 for another SIP version, 513
+/// for a message over the size limit. `None` when there is nothing to
+/// answer (a response, an ACK, no Via).
+pub fn malformed_response(data: &[u8], err: &crate::sip::ParseError) -> Option<Bytes> {
+    let reason = match err.status() {
+        505 => "Version Not Supported".to_owned(),
+        513 => "Message Too Large".to_owned(),
+        _ => format!("Bad Request ({})", err.kind),
+    };
+    let mut buf = BytesMut::new();
+    best_effort_response(data, err.status(), &reason, &mut buf).then(|| buf.freeze())
 }
 
 /// The stateless 503 a blade answers a request with when it cannot take

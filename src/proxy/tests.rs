@@ -670,3 +670,21 @@ fn a_call_to_an_unknown_extension_counts_as_failed() {
     assert_eq!(status(&b.send(&a, &gone)[0]), 480, "an agent logged out");
     assert_eq!(b.proxy.metrics().local.failed, 3);
 }
+
+/// The 400 to a malformed request names the fault in its reason phrase.
+#[test]
+fn a_malformed_request_gets_a_400_that_says_why() {
+    let mut b = Blade::new(false, 100);
+    let out = b.send(
+        "127.0.0.11:5001",
+        "OPTIONS sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.11:5001;branch=z9hG4bKc\r\n\
+         From: <sip:1001@cc.example>;tag=1\r\nTo: <sip:cc.example>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\
+         Max-Forwards: many\r\nContent-Length: 0\r\n\r\n",
+    );
+    let resp = parse(&out[0]);
+    assert_eq!(resp.status(), Some(400));
+    assert_eq!(
+        resp.reason(),
+        Some(&b"Bad Request (malformed Max-Forwards header)"[..])
+    );
+}

@@ -227,9 +227,14 @@ async fn serve(
                 Ok(Frame::Partial) => break,
                 Err(e) => {
                     // RFC 3261 §18.3: a framing error on a stream cannot be
-                    // recovered from; close the connection.
+                    // recovered from; close the connection. The sender
+                    // still learns why (400, 513): the writer sends queued
+                    // data before the connection closes.
                     tracing::debug!(%addr, "stream framing error: {e}");
                     core.proxy_mut().note_malformed();
+                    if let Some(answer) = crate::proxy::malformed_response(&buf, &e) {
+                        core.conns.send(peer, answer);
+                    }
                     break 'read;
                 }
             }
