@@ -1215,11 +1215,32 @@ impl Proxy {
         let Some(target) = target else {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         };
+        if pop_routes == 0 && !self.may_relay_unrouted(&msg, target) {
+            let outside = Refusal::new(403, "Forbidden (not routed through this blade)");
+            return self.refuse(now, source, msg, &outside, out);
+        }
         if msg.method() == Some(Method::Bye) {
             let call_id = msg.call_id().to_owned();
             self.end_session(now, &call_id, out);
         }
         self.forward(now, source, msg, target, None, pop_routes, false, out);
+    }
+
+    /// Whether a request with a To tag but no Route naming this blade may
+    /// go to `target`. Every dialog sipblade sets up is record-routed, so
+    /// its requests name the blade in their Route; one that does not is
+    /// no dialog of ours, and may reach only an agent's registered contact
+    /// (a phone that ignored the route set) or a peer blade. Anything else
+    /// would make the blade an open relay for whoever writes a To tag.
+    fn may_relay_unrouted(&self, msg: &Message, target: Peer) -> bool {
+        if self.is_peer_blade_sip(target.addr) {
+            return true;
+        }
+        let binding = msg
+            .request_uri()
+            .and_then(|u| u.user_str().and_then(|a| self.registrar.location().get(a)))
+            .and_then(|r| r.binding.as_ref());
+        binding.is_some_and(|b| b.peer.addr == target.addr)
     }
 
     /// Where the Request-URI points. When it is the registered contact of
@@ -1249,6 +1270,9 @@ impl Proxy {
         let Some(target) = next.or_else(|| self.request_uri_peer(msg)) else {
             return;
         };
+        if pop_routes == 0 && !self.may_relay_unrouted(msg, target) {
+            return;
+        }
         // A stateless branch: derived from the incoming one, so every
         // retransmission of the ACK is forwarded alike (§16.11).
         let branch = format!(

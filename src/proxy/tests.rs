@@ -688,3 +688,46 @@ fn a_malformed_request_gets_a_400_that_says_why() {
         Some(&b"Bad Request (malformed Max-Forwards header)"[..])
     );
 }
+
+/// A request with a To tag but no Route naming the blade is no dialog the
+/// blade set up: it goes nowhere but to an agent's registered contact, so
+/// a forged To tag does not make the blade an open relay.
+#[test]
+fn an_unrouted_in_dialog_request_reaches_only_agents() {
+    let mut b = Blade::new(false, 100);
+    b.register("1002");
+    let stranger = "127.0.0.66:5066";
+    let forged = |method: &str, uri: &str, branch: &str| {
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {stranger};branch={branch}\r\nMax-Forwards: 70\r\n\
+             From: <sip:9999@cc.example>;tag=x\r\nTo: <sip:1002@cc.example>;tag=forged\r\n\
+             Call-ID: relay\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    for method in ["MESSAGE", "INVITE", "BYE"] {
+        let out = b.send(
+            stranger,
+            &forged(
+                method,
+                "sip:victim@192.0.2.7:5060",
+                &format!("z9hG4bK{method}"),
+            ),
+        );
+        assert_eq!(out.len(), 1, "{method}: only an answer, nothing relayed");
+        assert_eq!(out[0].to, udp(stranger));
+        assert_eq!(status(&out[0]), 403, "{method}");
+    }
+    let ack = b.send(
+        stranger,
+        &forged("ACK", "sip:victim@192.0.2.7:5060", "z9hG4bKack"),
+    );
+    assert!(ack.is_empty(), "an ACK is dropped");
+
+    // An agent's registered contact is still reached (a phone that
+    // ignored the route set).
+    let contact = format!("sip:1002@{}", terminal("1002"));
+    let out = b.send(stranger, &forged("BYE", &contact, "z9hG4bKbye2"));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to, udp(&terminal("1002")));
+    assert!(parse(&out[0]).is_request());
+}
