@@ -265,6 +265,9 @@ struct TxPair {
 struct Client {
     tx: ClientTx,
     branch: Bytes,
+    /// The method sent: a response matches only with it in its CSeq
+    /// (RFC 3261 §17.1.3), not by branch alone.
+    method: Method,
 }
 
 impl TxPair {
@@ -1186,6 +1189,7 @@ impl Proxy {
             .branch()
             .map(|b| Bytes::copy_from_slice(b.as_bytes()))
             .unwrap_or_default();
+        let method = forwarded.method().unwrap_or(Method::Other);
         let (client, first) = ClientTx::start(now, forwarded, data, target, self.settings.timers);
         out.transmits.push(first);
         let Some(pair) = self.txs.get_mut(id) else {
@@ -1198,7 +1202,11 @@ impl Proxy {
             pair.ringing_until = Some(now + TIMER_C);
         }
         self.by_client.insert((branch.clone(), false), id);
-        pair.client = Some(Client { tx: client, branch });
+        pair.client = Some(Client {
+            tx: client,
+            branch,
+            method,
+        });
         self.reschedule(id);
     }
 
@@ -1375,6 +1383,11 @@ impl Proxy {
         let Some(client) = pair.client.as_mut() else {
             return;
         };
+        if msg.cseq().method != client.method {
+            // Same branch, another method: not this transaction's response
+            // (a 200 for BYE must not answer an INVITE).
+            return;
+        }
         let status = msg.status().unwrap_or(0);
         if client.tx.on_response(now, &msg, &mut out.transmits) != ClientEvent::Pass {
             return self.reschedule(id);

@@ -731,3 +731,22 @@ fn an_unrouted_in_dialog_request_reaches_only_agents() {
     assert_eq!(out[0].to, udp(&terminal("1002")));
     assert!(parse(&out[0]).is_request());
 }
+
+/// A response matches its client transaction by branch *and* CSeq method
+/// (RFC 3261 §17.1.3): a 200 whose CSeq says BYE does not answer the
+/// INVITE with the same branch.
+#[test]
+fn a_response_with_another_cseq_method_does_not_answer_the_invite() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let fwd = parse(&b.send(&a, &invite("1001", "1002", "m1", "z9hG4bKm1", ""))[1]);
+    let wrong = answer(&fwd, 200, "t2").replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+    assert!(b.send(&bb, &wrong).is_empty(), "dropped, not relayed");
+    assert_eq!(b.proxy.metrics().local.answered, 0);
+    let declined = b.send(&bb, &answer(&fwd, 603, "t2"));
+    let upstream: Vec<_> = declined.iter().filter(|t| t.to == udp(&a)).collect();
+    assert_eq!(status(upstream[0]), 603, "the real answer still goes up");
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+}
