@@ -262,3 +262,55 @@ fn a_request_without_content_length_gets_400_before_the_close() {
     }
     assert_eq!(blade.metric("sipblade_messages_malformed_total"), 1.0);
 }
+
+/// An agent registered over TCP whose connection has closed cannot be
+/// reached (nothing listens at the connection's port): a call to it fails
+/// at once with 480 (RFC 3261 §16.9, a transport error is a 503 from that
+/// hop), not with a 408 after timer B's 32 seconds, and both agents are
+/// ready again. On two cores, so the connection and the call may live on
+/// different ones.
+#[test]
+fn a_call_to_an_agent_whose_tcp_connection_closed_fails_at_once() {
+    let blade = TestBlade::start(2, false);
+    let mut callee = TcpUa::connect(&blade);
+    let callee_addr = callee.local();
+    callee.send(&register("1002", &callee_addr, "TCP"));
+    assert_eq!(callee.recv().status(), Some(200));
+    drop(callee);
+    // Time for the blade to see the close (its reader gets end of file).
+    std::thread::sleep(Duration::from_millis(100));
+    let caller = UdpSocket::bind("127.0.0.21:0").unwrap();
+    caller
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let caller_addr = caller.local_addr().unwrap().to_string();
+    let recv_udp = |sock: &UdpSocket| {
+        let mut buf = [0u8; 65_535];
+        let (n, _) = sock.recv_from(&mut buf).expect("an answer within 5 s");
+        Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap()
+    };
+    caller
+        .send_to(register("1001", &caller_addr, "UDP").as_bytes(), blade.sip)
+        .unwrap();
+    assert_eq!(recv_udp(&caller).status(), Some(200));
+    wait_until("1001 ready", || {
+        agent(blade.admin, "1001")["state"] == "ready"
+    });
+
+    let invite = format!(
+        "INVITE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {caller_addr};branch=z9hG4bKgone\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=a\r\nTo: <sip:1002@cc.example>\r\n\
+         Call-ID: tcp-gone-1\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{caller_addr}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(invite.as_bytes(), blade.sip).unwrap();
+    assert_eq!(recv_udp(&caller).status(), Some(100));
+    assert_eq!(recv_udp(&caller).status(), Some(480));
+    wait_until("both ready", || {
+        agent(blade.admin, "1001")["state"] == "ready"
+            && agent(blade.admin, "1002")["state"] == "ready"
+    });
+    assert_eq!(
+        blade.metric("sipblade_calls_total{outcome=\"failed\",route=\"local\"}"),
+        1.0
+    );
+}

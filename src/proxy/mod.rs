@@ -1431,6 +1431,37 @@ impl Proxy {
         self.reschedule(id);
     }
 
+    /// A request this core forwarded could not be sent (the agent's TCP
+    /// connection is gone). RFC 3261 §16.9: as if the hop answered 503; the
+    /// caller gets 480 (the agent cannot be reached) at once instead of a
+    /// 408 after timer B, and a call ends as failed.
+    pub fn handle_unsent(&mut self, now: Duration, msg: &Message, out: &mut Output) {
+        if !msg.is_request() || matches!(msg.method(), Some(Method::Ack | Method::Cancel)) {
+            return;
+        }
+        let Some(branch) = msg.top_via().branch() else {
+            return;
+        };
+        let key = (msg.buffer().slice_ref(branch.as_bytes()), false);
+        let Some(&id) = self.by_client.get(&key) else {
+            return;
+        };
+        let Some(pair) = self.txs.get_mut(id) else {
+            return;
+        };
+        if pair.server.is_final() {
+            return;
+        }
+        pair.ringing_until = None;
+        let (call, call_id) = (pair.call, pair.call_id.clone());
+        self.answer_pending(now, id, 480, out);
+        if call {
+            self.outcomes(&call_id).failed += 1;
+            self.end_session(now, &call_id, out);
+        }
+        self.reschedule(id);
+    }
+
     /// A 2xx to an INVITE whose client transaction is gone (a late
     /// retransmission): forward it upstream statelessly (§16.7 step 10
     /// with RFC 6026).

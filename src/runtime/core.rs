@@ -94,6 +94,9 @@ pub(crate) enum CoreMsg {
     /// A Join INVITE for a session this core owns, checked by the core that
     /// received it.
     Join { source: Peer, msg: Box<Message> },
+    /// A request of this core's transactions that could not be sent: the
+    /// stream connection it was for is gone.
+    Unsent(Bytes),
 }
 
 /// How long a resync waits for each core's agents.
@@ -419,6 +422,13 @@ impl Core {
             return;
         }
         if !self.conns.send(peer, data.clone()) {
+            if peer.conn.is_some() && !data.starts_with(b"SIP/") {
+                // A request for a connection the other end opened (an
+                // agent registered over TCP) that has closed: nothing
+                // listens at its port, so fail the transaction now (RFC
+                // 3261 §16.9) rather than let the call ring for timer B.
+                return self.unsent(data);
+            }
             tcp::connect(self, peer.addr, data);
         }
     }
@@ -485,9 +495,7 @@ impl Core {
                     proxy.handle_notice(event);
                 }
             }
-            CoreMsg::StreamSend { peer, data } => {
-                self.send_stream(Peer { conn: None, ..peer }, data)
-            }
+            CoreMsg::StreamSend { peer, data } => self.send_stream(peer, data),
             CoreMsg::Cluster { from, msg, reply } => {
                 let now = self.now();
                 self.proxy
@@ -508,8 +516,50 @@ impl Core {
                     .borrow_mut()
                     .handle_join_handoff(now, source, *msg, &mut out);
             }
+            CoreMsg::Unsent(data) => self.unsent_here(data, &mut out),
         }
         self.flush(out).await;
+    }
+
+    /// A request that could not be sent: its transaction fails now.
+    fn unsent_here(&self, data: Bytes, out: &mut Output) {
+        if let Ok(msg) = Message::parse(data) {
+            let now = self.now();
+            self.proxy.borrow_mut().handle_unsent(now, &msg, out);
+        }
+    }
+
+    /// Tells the core whose transaction sent `data` (its branch names it)
+    /// that it could not be sent.
+    fn unsent(self: &Rc<Self>, data: Bytes) {
+        let owner = Message::parse(data.clone())
+            .ok()
+            .and_then(|m| {
+                m.top_via()
+                    .branch()
+                    .and_then(crate::proxy::route::core_of_branch)
+            })
+            .filter(|&c| c < self.shared.cores)
+            .unwrap_or(self.index);
+        match &self.mesh {
+            Some(mesh) if owner != self.index => {
+                if mesh.try_send_to(owner, CoreMsg::Unsent(data)).is_err() {
+                    tracing::debug!(
+                        owner,
+                        "core queue full: an unsent request times out instead"
+                    );
+                }
+            }
+            _ => {
+                let core = self.clone();
+                glommio::spawn_local(async move {
+                    let mut out = Output::default();
+                    core.unsent_here(data, &mut out);
+                    core.flush(out).await;
+                })
+                .detach();
+            }
+        }
     }
 }
 
