@@ -291,6 +291,9 @@ impl TxPair {
     }
 }
 
+/// The methods sipblade handles, for Allow in answers to the blade itself.
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, REFER, NOTIFY, SUBSCRIBE";
+
 /// One core's proxy.
 pub struct Proxy {
     settings: Settings,
@@ -646,9 +649,7 @@ impl Proxy {
             .routes()
             .nth(ours)
             .and_then(|r| route::uri_peer(&r.uri()));
-        if msg.max_forwards() == Some(0)
-            && !(method == Method::Options && self.is_blade_options(&msg))
-        {
+        if msg.max_forwards() == Some(0) && !(method == Method::Options && self.is_to_blade(&msg)) {
             return self.refuse(now, source, msg, &Refusal::new(483, "Too Many Hops"), out);
         }
         if self.is_loop(&msg) {
@@ -670,15 +671,16 @@ impl Proxy {
         if method == Method::Register {
             return self.handle_register(now, source, msg, out);
         }
-        if method == Method::Options && self.is_blade_options(&msg) {
-            let allow = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, REFER, NOTIFY, SUBSCRIBE";
-            return self.refuse(
-                now,
-                source,
-                msg,
-                &Refusal::new(200, "OK").with("Allow", allow.to_owned()),
-                out,
-            );
+        if method == Method::Options && self.is_to_blade(&msg) {
+            let ok = Refusal::new(200, "OK").with("Allow", ALLOW.to_owned());
+            return self.refuse(now, source, msg, &ok, out);
+        }
+        if method == Method::Other && self.is_to_blade(&msg) {
+            // A method the blade does not know, addressed to the blade
+            // itself (RFC 3261 §8.2.1). To an agent it is proxied.
+            let not_allowed =
+                Refusal::new(405, "Method Not Allowed").with("Allow", ALLOW.to_owned());
+            return self.refuse(now, source, msg, &not_allowed, out);
         }
         self.route_to_agent(now, source, msg, out);
     }
@@ -747,8 +749,8 @@ impl Proxy {
                 .is_some_and(|c| c.peer_by_ip(ip).is_some())
     }
 
-    /// OPTIONS to the blade itself: no user part, our host.
-    fn is_blade_options(&self, msg: &Message) -> bool {
+    /// A request to the blade itself: no user part, our host.
+    fn is_to_blade(&self, msg: &Message) -> bool {
         msg.request_uri()
             .is_some_and(|u| u.user().is_none() && self.is_our_host(&u))
     }

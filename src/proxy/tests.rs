@@ -204,6 +204,22 @@ fn options_to_the_blade_is_answered() {
 }
 
 #[test]
+fn an_unknown_method_to_the_blade_is_405_with_allow() {
+    let mut b = Blade::new(false, 100);
+    let out = b.send(
+        "127.0.0.99:5000",
+        "FROB sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.99:5000;branch=z9hG4bKf\r\n\
+         From: <sip:probe@x>;tag=1\r\nTo: <sip:cc.example>\r\nCall-ID: f\r\nCSeq: 1 FROB\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0]), 405);
+    let answer = Message::parse(out[0].data.clone()).unwrap();
+    let allow = answer.header(crate::sip::HeaderName::Allow).unwrap();
+    assert!(allow.starts_with(b"INVITE, ACK"), "{allow:?}");
+}
+
+#[test]
 fn call_answered_and_hung_up() {
     let mut b = Blade::new(false, 100);
     b.register("1001");
