@@ -284,6 +284,27 @@ fn missing_file_exits_2_and_still_reports_the_others() {
 }
 
 #[test]
+fn a_full_standard_output_is_an_io_error_told_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.sip", REQUEST);
+    let certs = dir.path().join("certs");
+    for args in [
+        vec!["parse", a.to_str().unwrap()],
+        vec!["certs", "--dir", certs.to_str().unwrap(), "--blades", "b1"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = sipblade().args(&args).stdout(full).output().unwrap();
+        assert_eq!(status(&out), 2, "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(stderr.contains("standard output"), "{args:?}: {stderr:?}");
+    }
+}
+
+#[test]
 fn help_for_every_command_exits_0() {
     for args in [
         &["--help"][..],

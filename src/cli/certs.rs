@@ -7,18 +7,22 @@ use std::process::ExitCode;
 
 use crate::cluster::certs::{ca_cert_path, generate_cluster};
 
-use super::{EXIT_INVALID, EXIT_USAGE};
+use super::{EXIT_INVALID, EXIT_USAGE, write_stdout};
 
 pub(crate) fn run(dir: &Path, blades: &[String]) -> ExitCode {
     match generate_cluster(dir, blades) {
         Ok(generated) => {
+            let mut text = String::new();
             if !generated.ca_created {
-                println!("using existing CA {}", ca_cert_path(dir).display());
+                text += &format!("using existing CA {}\n", ca_cert_path(dir).display());
             }
             for path in &generated.written {
-                println!("wrote {}", path.display());
+                text += &format!("wrote {}\n", path.display());
             }
-            ExitCode::SUCCESS
+            match write_stdout("certs", &text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(code) => code,
+            }
         }
         Err(err) => {
             eprintln!("sipblade: certs: {err}");

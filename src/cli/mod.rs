@@ -86,6 +86,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Writes `text` to standard output. A full disk or a closed file is an
+/// I/O error (exit 2) told on one stderr line, not a panic; a reader that
+/// went away (`| head`) needs no telling.
+pub(crate) fn write_stdout(command: &str, text: &str) -> Result<(), ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            if err.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("sipblade: {command}: cannot write to standard output: {err}");
+            }
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
 /// A usage error as one line (SPEC §3), from clap's multi-line rendering:
 /// its first paragraph without the `error: ` prefix, and which `--help`
 /// to read.

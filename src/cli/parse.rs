@@ -1,7 +1,7 @@
 //! `sipblade parse [FILE...]`: parse each file (stdin when none) as one SIP
 //! message and print one JSON object per line (SPEC §3).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,8 +17,6 @@ const STDIN_NAME: &str = "-";
 pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
     let mut invalid = false;
     let mut io_error = false;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
     // No file, or a file named "-", reads standard input (once).
     let read_stdin = || {
         let mut buf = Vec::new();
@@ -48,8 +46,8 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
                 continue;
             }
         };
-        if writeln!(out, "{line}").is_err() {
-            return ExitCode::from(EXIT_USAGE);
+        if let Err(code) = super::write_stdout("parse", &format!("{line}\n")) {
+            return code;
         }
     }
     if io_error {

@@ -133,7 +133,9 @@ pub(crate) fn run() -> ExitCode {
         Ok(line) => {
             out.push_str(&line);
             out.push('\n');
-            print!("{out}");
+            if let Err(code) = super::write_stdout("demo", &out) {
+                return code;
+            }
             if let Err(err) = cleanup {
                 eprintln!("sipblade: demo: {err}");
                 return err.exit_code();
@@ -142,7 +144,7 @@ pub(crate) fn run() -> ExitCode {
         }
         Err(err) => {
             // The ladder so far shows where the call stopped.
-            print!("{out}");
+            let _ = super::write_stdout("demo", &out);
             eprintln!("sipblade: demo: {err}");
             err.exit_code()
         }

@@ -272,7 +272,9 @@ fn run_load(args: &RunArgs) -> ExitCode {
     } else {
         summary.text()
     };
-    println!("{text}");
+    if let Err(code) = super::write_stdout("load run", &format!("{text}\n")) {
+        return code;
+    }
     if summary.failed == 0 && summary.ok == plan.calls {
         ExitCode::SUCCESS
     } else {
