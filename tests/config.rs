@@ -123,6 +123,91 @@ fn unknown_keys_are_refused() {
     assert!(err.to_string().contains("unknown field `mood`"), "{err}");
 }
 
+/// A cluster config in `dir` naming `ca`, `cert` and `key` (lines 9, 10,
+/// 11) for blade `blade-1`, with certificates for blade-1 and blade-2 made
+/// there; returns the config's path.
+fn identity_config(dir: &Path, ca: &str, cert: &str, key: &str) -> PathBuf {
+    let certs = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .args(["--blades", "blade-1,blade-2"])
+        .output()
+        .unwrap();
+    assert!(certs.status.success() || dir.join("ca.pem").exists());
+    std::fs::write(dir.join("agents.toml"), "").unwrap();
+    std::fs::write(dir.join("garbage.pem"), "not PEM at all\n").unwrap();
+    let text = format!(
+        "[blade]\nid = \"blade-1\"\ndomain = \"cc.example\"\nsip = \"127.0.0.1:5060\"\n\
+         [agents]\nfile = \"agents.toml\"\n\
+         [cluster]\nlisten = \"127.0.0.1:7060\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n"
+    );
+    let path = dir.join("blade.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn cluster_identity_faults_name_the_config_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |ca: &str, cert: &str, key: &str| {
+        let path = identity_config(dir.path(), ca, cert, key);
+        (Config::load(&path), path)
+    };
+    let (ok, _) = load("ca.pem", "blade-1.pem", "blade-1.key");
+    assert!(ok.is_ok(), "{:?}", ok.err());
+
+    // A file that cannot be read: an I/O error naming the config line.
+    let (err, path) = load("no-such-ca.pem", "blade-1.pem", "blade-1.key");
+    let err = err.unwrap_err();
+    assert!(err.is_io(), "{err}");
+    let named_at = format!("(named at {}:9)", path.display());
+    assert!(err.to_string().contains(&named_at), "{err}");
+
+    // Faults in what the files hold: invalid input at the naming line.
+    for (ca, cert, key, line, says) in [
+        (
+            "garbage.pem",
+            "blade-1.pem",
+            "blade-1.key",
+            9,
+            "not a usable CA certificate",
+        ),
+        (
+            "ca.pem",
+            "garbage.pem",
+            "blade-1.key",
+            10,
+            "not a usable blade certificate",
+        ),
+        (
+            "ca.pem",
+            "blade-1.pem",
+            "garbage.pem",
+            11,
+            "not a usable blade key",
+        ),
+        ("ca.pem", "blade-1.pem", "blade-2.key", 11, "refused by TLS"),
+        (
+            "ca.pem",
+            "blade-2.pem",
+            "blade-2.key",
+            10,
+            "is blade `blade-2`'s certificate",
+        ),
+    ] {
+        let (err, path) = load(ca, cert, key);
+        let err = err.unwrap_err();
+        assert!(!err.is_io(), "{err}");
+        assert_eq!(
+            (err.path(), err.line()),
+            (path.as_path(), Some(line)),
+            "{err}"
+        );
+        assert!(err.to_string().contains(says), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+}
+
 #[test]
 fn cluster_errors_name_the_line() {
     assert_error(

@@ -27,13 +27,37 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// default of 100 would cap hosting concurrency (RUNTIME-NOTES).
 pub const MAX_STREAMS: u32 = 4096;
 
+/// One of the three files of a blade's cluster identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemFile {
+    /// The cluster CA's certificate.
+    Ca,
+    /// This blade's certificate.
+    Cert,
+    /// This blade's private key.
+    Key,
+}
+
+impl PemFile {
+    /// What the file holds, for messages.
+    pub fn role(self) -> &'static str {
+        match self {
+            PemFile::Ca => "CA certificate",
+            PemFile::Cert => "blade certificate",
+            PemFile::Key => "blade key",
+        }
+    }
+}
+
 /// Why the cluster identity could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read or decoded.
     #[error("{path}: {message}")]
     Pem {
-        /// The file.
+        /// Which file.
+        file: PemFile,
+        /// The file's role, and its path when known.
         path: String,
         /// What went wrong.
         message: String,
@@ -61,22 +85,33 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// Loads the CA certificate, this blade's certificate and its key.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Identity, TlsError> {
-        let read = |path: &Path| {
+        let read = |file: PemFile, path: &Path| {
             std::fs::read(path).map_err(|e| TlsError::Pem {
+                file,
                 path: path.display().to_string(),
                 message: e.to_string(),
             })
         };
-        // Name the files, not their roles, in what goes wrong.
-        Identity::from_pem(&read(ca)?, &read(cert)?, &read(key)?).map_err(|e| match e {
-            TlsError::Pem { path, message } => {
-                let file = match path.as_str() {
-                    "CA certificate" => ca,
-                    "blade certificate" => cert,
-                    _ => key,
+        let pems = (
+            read(PemFile::Ca, ca)?,
+            read(PemFile::Cert, cert)?,
+            read(PemFile::Key, key)?,
+        );
+        // Name the files, not only their roles, in what goes wrong.
+        Identity::from_pem(&pems.0, &pems.1, &pems.2).map_err(|e| match e {
+            TlsError::Pem {
+                file,
+                path,
+                message,
+            } => {
+                let at = match file {
+                    PemFile::Ca => ca,
+                    PemFile::Cert => cert,
+                    PemFile::Key => key,
                 };
                 TlsError::Pem {
-                    path: format!("{path} {}", file.display()),
+                    file,
+                    path: format!("{path} {}", at.display()),
                     message,
                 }
             }
@@ -91,17 +126,16 @@ impl Identity {
 
     /// Builds the configurations from PEM text.
     pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Identity, TlsError> {
-        let pem_err = |what: &str| {
-            let what = what.to_owned();
+        let pem_err = |file: PemFile| {
             move |e: rustls_pki_types::pem::Error| TlsError::Pem {
-                path: what.clone(),
+                file,
+                path: file.role().to_owned(),
                 message: e.to_string(),
             }
         };
-        let ca = CertificateDer::from_pem_slice(ca).map_err(pem_err("CA certificate"))?;
-        let chain =
-            vec![CertificateDer::from_pem_slice(cert).map_err(pem_err("blade certificate"))?];
-        let key = PrivateKeyDer::from_pem_slice(key).map_err(pem_err("blade key"))?;
+        let ca = CertificateDer::from_pem_slice(ca).map_err(pem_err(PemFile::Ca))?;
+        let chain = vec![CertificateDer::from_pem_slice(cert).map_err(pem_err(PemFile::Cert))?];
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(pem_err(PemFile::Key))?;
         let config_err = |e: rustls::Error| TlsError::Config(e.to_string());
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -149,6 +183,12 @@ fn transport() -> Arc<TransportConfig> {
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     Arc::new(t)
+}
+
+/// The blade id a PEM certificate names; `None` if it names none.
+pub fn blade_id_of_pem(cert: &[u8]) -> Option<String> {
+    let der = CertificateDer::from_pem_slice(cert).ok()?;
+    super::certs::blade_id_from_cert_der(&der)
 }
 
 /// The blade id in the leaf certificate a peer presented, from the chain

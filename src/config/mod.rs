@@ -140,9 +140,12 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let base = path.parent().unwrap_or(Path::new(""));
         let src = Source { path, text };
-        let (mut config, agents_line) = parse(&src, base)?;
+        let (mut config, lines) = parse(&src, base)?;
+        if let (Some(cluster), Some(identity_lines)) = (&config.cluster, lines.identity) {
+            check_identity(path, &config.blade.id, cluster, identity_lines)?;
+        }
         config.agents.provisioned =
-            Agents::load(&config.agents.file).map_err(|e| e.named_by(path, agents_line))?;
+            Agents::load(&config.agents.file).map_err(|e| e.named_by(path, lines.agents))?;
         Ok(config)
     }
 
@@ -213,9 +216,16 @@ struct RawAgents {
     auth: Option<bool>,
 }
 
-/// Deserialises and checks everything but the agents file; returns the
-/// config and the line that names the agents file.
-fn parse(src: &Source<'_>, base: &Path) -> Result<(Config, usize), ConfigError> {
+/// The lines that name the files a config points to, for their errors.
+struct FileLines {
+    agents: usize,
+    /// `ca`, `cert` and `key` of `[cluster]`.
+    identity: Option<[usize; 3]>,
+}
+
+/// Deserialises and checks everything but the files the config names;
+/// returns the config and the lines that name them.
+fn parse(src: &Source<'_>, base: &Path) -> Result<(Config, FileLines), ConfigError> {
     let raw: RawConfig = src.parse()?;
     let blade = check_blade(src, &raw.blade)?;
     let cluster = match &raw.cluster {
@@ -227,13 +237,83 @@ fn parse(src: &Source<'_>, base: &Path) -> Result<(Config, usize), ConfigError> 
         auth: raw.agents.auth.unwrap_or(true),
         provisioned: Agents::default(),
     };
-    let agents_line = src.line_of(raw.agents.file.span().start);
+    let lines = FileLines {
+        agents: src.line_of(raw.agents.file.span().start),
+        identity: raw
+            .cluster
+            .as_ref()
+            .map(|c| [&c.ca, &c.cert, &c.key].map(|key| src.line_of(key.span().start))),
+    };
     let config = Config {
         blade,
         cluster,
         agents,
     };
-    Ok((config, agents_line))
+    Ok((config, lines))
+}
+
+/// SPEC §4: the cluster CA, this blade's certificate and its key are part
+/// of the config, so their faults are refused at start with the config
+/// line that names the file: unreadable (an I/O error, as for the agents
+/// file), not PEM, refused by TLS (a key that is not the certificate's),
+/// or a certificate issued to another blade.
+fn check_identity(
+    config: &Path,
+    blade_id: &str,
+    cluster: &ClusterConfig,
+    lines: [usize; 3],
+) -> Result<(), ConfigError> {
+    use crate::cluster::tls::{self, Identity, PemFile, TlsError};
+    let files = [&cluster.ca, &cluster.cert, &cluster.key];
+    let mut pems: [Vec<u8>; 3] = Default::default();
+    for ((pem, file), line) in pems.iter_mut().zip(files).zip(lines) {
+        *pem = std::fs::read(file).map_err(|source| ConfigError::Io {
+            path: file.clone(),
+            source,
+            named_by: Some((config.to_owned(), line)),
+        })?;
+    }
+    let invalid = |at: usize, message: String| ConfigError::Invalid {
+        path: config.to_owned(),
+        line: Some(lines[at]),
+        message,
+    };
+    Identity::from_pem(&pems[0], &pems[1], &pems[2]).map_err(|e| match e {
+        TlsError::Pem { file, message, .. } => {
+            let at = match file {
+                PemFile::Ca => 0,
+                PemFile::Cert => 1,
+                PemFile::Key => 2,
+            };
+            let shown = files[at].display();
+            invalid(
+                at,
+                format!("{shown}: not a usable {}: {message}", file.role()),
+            )
+        }
+        TlsError::Config(message) => invalid(
+            2,
+            format!(
+                "{} and {} refused by TLS (is the key the certificate's?): {message}",
+                files[1].display(),
+                files[2].display()
+            ),
+        ),
+    })?;
+    match tls::blade_id_of_pem(&pems[1]) {
+        Some(id) if id.eq_ignore_ascii_case(blade_id) => Ok(()),
+        Some(id) => Err(invalid(
+            1,
+            format!(
+                "{} is blade `{id}`'s certificate, not this blade's (`{blade_id}`)",
+                files[1].display()
+            ),
+        )),
+        None => Err(invalid(
+            1,
+            format!("{} names no blade id", files[1].display()),
+        )),
+    }
 }
 
 fn check_blade(src: &Source<'_>, raw: &RawBlade) -> Result<BladeConfig, ConfigError> {
