@@ -211,30 +211,34 @@ fn lf_only_line_endings_are_refused() {
         .replace("\r\n", "\n")
         .into_bytes();
     // The start line is not ended by CRLF.
-    refused_at(&lf, ErrorKind::StartLine, find(&lf, "\n"));
+    let e = refused_at(&lf, ErrorKind::LineEnding, find(&lf, "\n"));
+    assert_eq!(
+        e.to_string(),
+        format!("line not ended by CRLF at byte {}", e.offset)
+    );
 
     // CRLF after the start line, LF after a header.
     let mut m = base();
     let second = m.headers.remove(1);
     m.headers[0] = format!("{}\n{second}", m.headers[0]);
     let b = m.bytes();
-    refused_at(&b, ErrorKind::HeaderFraming, find(&b, "\nMax-Forwards"));
+    refused_at(&b, ErrorKind::LineEnding, find(&b, "\nMax-Forwards"));
 }
 
 #[test]
 fn lone_cr_in_header_value() {
     let b = base().add("Subject: half\rline").bytes();
-    refused_at(&b, ErrorKind::HeaderFraming, find(&b, "\rline"));
+    refused_at(&b, ErrorKind::LineEnding, find(&b, "\rline"));
     let b = base()
         .set("To", "To: <sip:1002@cc.example>\r;tag=x")
         .bytes();
-    refused_at(&b, ErrorKind::HeaderFraming, find(&b, "\r;tag"));
+    refused_at(&b, ErrorKind::LineEnding, find(&b, "\r;tag"));
 }
 
 #[test]
 fn lone_lf_in_header_value() {
     let b = base().add("Subject: half\nline").bytes();
-    refused_at(&b, ErrorKind::HeaderFraming, find(&b, "\nline"));
+    refused_at(&b, ErrorKind::LineEnding, find(&b, "\nline"));
 }
 
 #[test]

@@ -17,8 +17,10 @@ pub enum ErrorKind {
     StatusCode,
     /// A Request-URI that is not a valid URI.
     RequestUri,
-    /// A line not ended by CRLF, or the header section not ended.
+    /// The header section not ended (no empty line).
     HeaderFraming,
+    /// A lone CR or LF where a line must end with CRLF (RFC 3261 §7).
+    LineEnding,
     /// A header name that is not a token, or a line without a colon.
     HeaderName,
     /// A malformed value of a header a proxy reads; names the header.
@@ -77,6 +79,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::StatusCode => f.write_str("status code out of range"),
             ErrorKind::RequestUri => f.write_str("malformed Request-URI"),
             ErrorKind::HeaderFraming => f.write_str("malformed header framing"),
+            ErrorKind::LineEnding => f.write_str("line not ended by CRLF"),
             ErrorKind::HeaderName => f.write_str("malformed header name"),
             ErrorKind::Header(name) => write!(f, "malformed {name} header"),
             ErrorKind::Missing(name) => write!(f, "missing {name} header"),

@@ -110,7 +110,7 @@ fn err(kind: ErrorKind, offset: usize) -> ParseError {
 fn line_end(b: &[u8], from: usize) -> Result<usize, ParseError> {
     match super::simd::find_cr_or_lf(&b[from..]) {
         Some(i) if b[from + i] == b'\r' && b.get(from + i + 1) == Some(&b'\n') => Ok(from + i),
-        Some(i) => Err(err(ErrorKind::HeaderFraming, from + i)),
+        Some(i) => Err(err(ErrorKind::LineEnding, from + i)),
         None => Err(err(ErrorKind::HeaderFraming, b.len())),
     }
 }
@@ -216,7 +216,10 @@ impl Message {
         if pos == b.len() {
             return Err(err(ErrorKind::Empty, pos));
         }
-        let end = line_end(b, pos).map_err(|e| err(ErrorKind::StartLine, e.offset))?;
+        let end = line_end(b, pos).map_err(|e| match e.kind {
+            ErrorKind::LineEnding => e,
+            _ => err(ErrorKind::StartLine, e.offset),
+        })?;
         let start = start_line(b, pos, end)?;
         pos = end + 2;
 
