@@ -150,6 +150,18 @@ impl<'a> Cursor<'a> {
             return None;
         }
         let start = self.pos;
+        // Most quoted strings (display names) are plain text up to the
+        // closing quote: no quoted-pair, no line break, no control.
+        if let Some(len) = super::simd::find_byte(self.rest(), b'"') {
+            let inner = &self.src[start..start + len];
+            if inner
+                .iter()
+                .all(|&b| (b >= 0x20 && b != 0x7f && b != b'\\') || b == b'\t')
+            {
+                self.pos = start + len + 1;
+                return Some(Span::new(start, start + len));
+            }
+        }
         loop {
             let b = self.peek()?;
             match b {
