@@ -91,6 +91,40 @@ fn answer(req: &Message, status: u16, contact: &str) -> String {
     String::from_utf8(out.to_vec()).unwrap()
 }
 
+/// Agent 1001 as a UDP phone on 127.0.0.21, registered and ready; and
+/// its address.
+fn udp_caller(blade: &TestBlade) -> (UdpSocket, String) {
+    let caller = UdpSocket::bind("127.0.0.21:0").unwrap();
+    caller
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let caller_addr = caller.local_addr().unwrap().to_string();
+    caller
+        .send_to(register("1001", &caller_addr, "UDP").as_bytes(), blade.sip)
+        .unwrap();
+    assert_eq!(recv_udp(&caller).status(), Some(200));
+    wait_until("1001 ready", || {
+        agent(blade.admin, "1001")["state"] == "ready"
+    });
+    (caller, caller_addr)
+}
+
+/// The next datagram on `sock`, parsed.
+fn recv_udp(sock: &UdpSocket) -> Message {
+    let mut buf = [0u8; 65_535];
+    let (n, _) = sock.recv_from(&mut buf).expect("an answer within 5 s");
+    Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap()
+}
+
+/// An INVITE from 1001 at `caller_addr` (UDP) to 1002.
+fn invite_to_1002(caller_addr: &str, branch: &str, call_id: &str) -> String {
+    format!(
+        "INVITE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {caller_addr};branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=a\r\nTo: <sip:1002@cc.example>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{caller_addr}>\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
 #[test]
 fn a_udp_caller_reaches_a_tcp_callee_and_back() {
     let blade = TestBlade::start(2, false);
@@ -106,29 +140,8 @@ fn a_udp_caller_reaches_a_tcp_callee_and_back() {
         agent(blade.admin, "1002")["state"] == "ready"
     });
 
-    let caller = UdpSocket::bind("127.0.0.21:0").unwrap();
-    caller
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let caller_addr = caller.local_addr().unwrap().to_string();
-    let recv_udp = |sock: &UdpSocket| {
-        let mut buf = [0u8; 65_535];
-        let (n, _) = sock.recv_from(&mut buf).unwrap();
-        Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap()
-    };
-    caller
-        .send_to(register("1001", &caller_addr, "UDP").as_bytes(), blade.sip)
-        .unwrap();
-    assert_eq!(recv_udp(&caller).status(), Some(200));
-    wait_until("1001 ready", || {
-        agent(blade.admin, "1001")["state"] == "ready"
-    });
-
-    let invite = format!(
-        "INVITE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {caller_addr};branch=z9hG4bKtcp1\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=a\r\nTo: <sip:1002@cc.example>\r\n\
-         Call-ID: tcp-bridge-1\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{caller_addr}>\r\nContent-Length: 0\r\n\r\n"
-    );
+    let (caller, caller_addr) = udp_caller(&blade);
+    let invite = invite_to_1002(&caller_addr, "z9hG4bKtcp1", "tcp-bridge-1");
     caller.send_to(invite.as_bytes(), blade.sip).unwrap();
     assert_eq!(recv_udp(&caller).status(), Some(100));
     let forwarded = callee.recv();
@@ -279,29 +292,8 @@ fn a_call_to_an_agent_whose_tcp_connection_closed_fails_at_once() {
     drop(callee);
     // Time for the blade to see the close (its reader gets end of file).
     std::thread::sleep(Duration::from_millis(100));
-    let caller = UdpSocket::bind("127.0.0.21:0").unwrap();
-    caller
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let caller_addr = caller.local_addr().unwrap().to_string();
-    let recv_udp = |sock: &UdpSocket| {
-        let mut buf = [0u8; 65_535];
-        let (n, _) = sock.recv_from(&mut buf).expect("an answer within 5 s");
-        Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap()
-    };
-    caller
-        .send_to(register("1001", &caller_addr, "UDP").as_bytes(), blade.sip)
-        .unwrap();
-    assert_eq!(recv_udp(&caller).status(), Some(200));
-    wait_until("1001 ready", || {
-        agent(blade.admin, "1001")["state"] == "ready"
-    });
-
-    let invite = format!(
-        "INVITE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {caller_addr};branch=z9hG4bKgone\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=a\r\nTo: <sip:1002@cc.example>\r\n\
-         Call-ID: tcp-gone-1\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{caller_addr}>\r\nContent-Length: 0\r\n\r\n"
-    );
+    let (caller, caller_addr) = udp_caller(&blade);
+    let invite = invite_to_1002(&caller_addr, "z9hG4bKgone", "tcp-gone-1");
     caller.send_to(invite.as_bytes(), blade.sip).unwrap();
     assert_eq!(recv_udp(&caller).status(), Some(100));
     assert_eq!(recv_udp(&caller).status(), Some(480));

@@ -571,12 +571,7 @@ impl Proxy {
                 continue;
             };
             if timed_out && !pair.server.is_final() {
-                let (call, call_id) = (pair.call, pair.call_id.clone());
-                self.answer_pending(now, id, 408, out);
-                if call {
-                    self.outcomes(&call_id).failed += 1;
-                    self.end_session(now, &call_id, out);
-                }
+                self.fail_pending(now, id, 408, out);
             }
             self.reschedule(id);
         }
@@ -813,6 +808,20 @@ impl Proxy {
         server.respond(now, status, data, &mut out.transmits);
         let id = self.insert(msg, server);
         self.reschedule(id);
+    }
+
+    /// Answers transaction `id`'s caller `status` for a failure on our
+    /// side (no answer, no way to send); a call then ends as failed.
+    fn fail_pending(&mut self, now: Duration, id: usize, status: u16, out: &mut Output) {
+        let Some(pair) = self.txs.get(id) else {
+            return;
+        };
+        let (call, call_id) = (pair.call, pair.call_id.clone());
+        self.answer_pending(now, id, status, out);
+        if call {
+            self.outcomes(&call_id).failed += 1;
+            self.end_session(now, &call_id, out);
+        }
     }
 
     /// Answers the request of transaction `id` with `status`, unless it
@@ -1455,12 +1464,7 @@ impl Proxy {
             return;
         }
         pair.ringing_until = None;
-        let (call, call_id) = (pair.call, pair.call_id.clone());
-        self.answer_pending(now, id, 480, out);
-        if call {
-            self.outcomes(&call_id).failed += 1;
-            self.end_session(now, &call_id, out);
-        }
+        self.fail_pending(now, id, 480, out);
         self.reschedule(id);
     }
 
