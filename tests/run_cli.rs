@@ -202,8 +202,9 @@ fn run_with_a_missing_config_file_exits_2() {
 fn run_refuses_a_sip_address_another_process_holds() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
-    let sip = free_sip_port();
-    // The holder uses SO_REUSEPORT, as a running blade does.
+    // The holder uses SO_REUSEPORT, as a running blade does. It takes a
+    // port of the kernel's choosing: a port found free and then bound
+    // could be taken in between by a parallel test's socket.
     let holder = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
@@ -211,7 +212,13 @@ fn run_refuses_a_sip_address_another_process_holds() {
     )
     .expect("a UDP socket");
     holder.set_reuse_port(true).expect("SO_REUSEPORT");
-    holder.bind(&sip.into()).expect("bind the holder");
+    let any_port: SocketAddr = (HOST, 0).into();
+    holder.bind(&any_port.into()).expect("bind the holder");
+    let sip = holder
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("the holder's address");
     let config = dir.path().join("blade.toml");
     let text = config_toml(1, true, &sip.to_string(), &free_tcp_port().to_string());
     std::fs::write(&config, text).expect("config file");
