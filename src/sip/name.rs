@@ -73,46 +73,49 @@ impl HeaderName {
         let Some(&first) = n.first() else {
             return Other;
         };
-        let candidates: &[(&[u8], HeaderName)] = match (n.len(), first | 0x20) {
-            (3, b'v') => &[(b"via", Via)],
-            (4, b'f') => &[(b"from", From)],
-            (2, b't') => &[(b"to", To)],
-            (7, b'c') => &[(b"call-id", CallId), (b"contact", Contact)],
-            (4, b'c') => &[(b"cseq", CSeq)],
-            (12, b'm') => &[(b"max-forwards", MaxForwards)],
-            (14, b'c') => &[(b"content-length", ContentLength)],
-            (12, b'c') => &[(b"content-type", ContentType)],
-            (5, b'r') => &[(b"route", Route)],
-            (12, b'r') => &[(b"record-route", RecordRoute)],
-            (7, b'e') => &[(b"expires", Expires)],
-            (11, b'm') => &[(b"min-expires", MinExpires)],
-            (7, b'r') => &[(b"require", Require)],
-            (13, b'p') => &[(b"proxy-require", ProxyRequire)],
-            (9, b's') => &[(b"supported", Supported)],
-            (11, b'u') => &[(b"unsupported", Unsupported)],
-            (13, b'a') => &[(b"authorization", Authorization)],
-            (19, b'p') => &[(b"proxy-authorization", ProxyAuthorization)],
-            (16, b'w') => &[(b"www-authenticate", WwwAuthenticate)],
-            (18, b'p') => &[(b"proxy-authenticate", ProxyAuthenticate)],
-            (5, b'a') => &[(b"allow", Allow)],
-            (11, b'r') => &[(b"retry-after", RetryAfter), (b"referred-by", ReferredBy)],
-            (10, b'u') => &[(b"user-agent", UserAgent)],
-            (6, b's') => &[(b"server", Server)],
-            (7, b's') => &[(b"subject", Subject)],
-            (16, b'c') => &[(b"content-encoding", ContentEncoding)],
-            (5, b'e') => &[(b"event", Event)],
-            (12, b'a') => &[(b"allow-events", AllowEvents)],
-            (8, b'r') => &[(b"refer-to", ReferTo)],
-            (15, b's') => &[(b"session-expires", SessionExpires)],
-            (8, b'i') => &[(b"identity", Identity)],
-            _ => return Other,
-        };
-        for (name, h) in candidates {
-            if eq_lower(n, name) {
-                return *h;
-            }
+        // Each arm compares with its long form(s) in place, so the
+        // comparison is specialised to a known length and pattern.
+        let is = |lower: &[u8], h: HeaderName| if eq_lower(n, lower) { h } else { Other };
+        match (n.len(), first | 0x20) {
+            (3, b'v') => is(b"via", Via),
+            (4, b'f') => is(b"from", From),
+            (2, b't') => is(b"to", To),
+            (7, b'c') => match is(b"call-id", CallId) {
+                Other => is(b"contact", Contact),
+                h => h,
+            },
+            (4, b'c') => is(b"cseq", CSeq),
+            (12, b'm') => is(b"max-forwards", MaxForwards),
+            (14, b'c') => is(b"content-length", ContentLength),
+            (12, b'c') => is(b"content-type", ContentType),
+            (5, b'r') => is(b"route", Route),
+            (12, b'r') => is(b"record-route", RecordRoute),
+            (7, b'e') => is(b"expires", Expires),
+            (11, b'm') => is(b"min-expires", MinExpires),
+            (7, b'r') => is(b"require", Require),
+            (13, b'p') => is(b"proxy-require", ProxyRequire),
+            (9, b's') => is(b"supported", Supported),
+            (11, b'u') => is(b"unsupported", Unsupported),
+            (13, b'a') => is(b"authorization", Authorization),
+            (19, b'p') => is(b"proxy-authorization", ProxyAuthorization),
+            (16, b'w') => is(b"www-authenticate", WwwAuthenticate),
+            (18, b'p') => is(b"proxy-authenticate", ProxyAuthenticate),
+            (5, b'a') => is(b"allow", Allow),
+            (11, b'r') => match is(b"retry-after", RetryAfter) {
+                Other => is(b"referred-by", ReferredBy),
+                h => h,
+            },
+            (10, b'u') => is(b"user-agent", UserAgent),
+            (6, b's') => is(b"server", Server),
+            (7, b's') => is(b"subject", Subject),
+            (16, b'c') => is(b"content-encoding", ContentEncoding),
+            (5, b'e') => is(b"event", Event),
+            (12, b'a') => is(b"allow-events", AllowEvents),
+            (8, b'r') => is(b"refer-to", ReferTo),
+            (15, b's') => is(b"session-expires", SessionExpires),
+            (8, b'i') => is(b"identity", Identity),
+            _ => Other,
         }
-        Other
     }
 
     /// The canonical long form, as sipblade writes it; `""` for `Other`.
