@@ -91,6 +91,20 @@ fn answer(req: &Message, status: u16, contact: &str) -> String {
     String::from_utf8(out.to_vec()).unwrap()
 }
 
+/// Agent 1002 registered over a TCP connection of its own; and the
+/// connection's local address.
+fn tcp_callee(blade: &TestBlade) -> (TcpUa, String) {
+    let mut callee = TcpUa::connect(blade);
+    let callee_addr = callee.local();
+    callee.send(&register("1002", &callee_addr, "TCP"));
+    assert_eq!(
+        callee.recv().status(),
+        Some(200),
+        "REGISTER over TCP answered on the connection"
+    );
+    (callee, callee_addr)
+}
+
 /// Agent 1001 as a UDP phone on 127.0.0.21, registered and ready; and
 /// its address.
 fn udp_caller(blade: &TestBlade) -> (UdpSocket, String) {
@@ -128,14 +142,7 @@ fn invite_to_1002(caller_addr: &str, branch: &str, call_id: &str) -> String {
 #[test]
 fn a_udp_caller_reaches_a_tcp_callee_and_back() {
     let blade = TestBlade::start(2, false);
-    let mut callee = TcpUa::connect(&blade);
-    let callee_addr = callee.local();
-    callee.send(&register("1002", &callee_addr, "TCP"));
-    assert_eq!(
-        callee.recv().status(),
-        Some(200),
-        "REGISTER over TCP answered on the connection"
-    );
+    let (mut callee, callee_addr) = tcp_callee(&blade);
     wait_until("1002 ready", || {
         agent(blade.admin, "1002")["state"] == "ready"
     });
@@ -285,10 +292,7 @@ fn a_request_without_content_length_gets_400_before_the_close() {
 #[test]
 fn a_call_to_an_agent_whose_tcp_connection_closed_fails_at_once() {
     let blade = TestBlade::start(2, false);
-    let mut callee = TcpUa::connect(&blade);
-    let callee_addr = callee.local();
-    callee.send(&register("1002", &callee_addr, "TCP"));
-    assert_eq!(callee.recv().status(), Some(200));
+    let (callee, _) = tcp_callee(&blade);
     drop(callee);
     // Time for the blade to see the close (its reader gets end of file).
     std::thread::sleep(Duration::from_millis(100));

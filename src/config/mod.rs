@@ -348,16 +348,13 @@ fn check_blade(src: &Source<'_>, raw: &RawBlade) -> Result<BladeConfig, ConfigEr
         }
         None => DEFAULT_ADMIN,
     };
-    let max_call_secs = match &raw.max_call_secs {
-        Some(secs) if !(1..=MAX_MAX_CALL_SECS).contains(secs.get_ref()) => {
-            return Err(src.at(
-                secs.span(),
-                format!("max_call_secs must be between 1 and {MAX_MAX_CALL_SECS}"),
-            ));
-        }
-        Some(secs) => *secs.get_ref(),
-        None => DEFAULT_MAX_CALL_SECS,
-    };
+    let max_call_secs = seconds(
+        src,
+        "max_call_secs",
+        &raw.max_call_secs,
+        MAX_MAX_CALL_SECS,
+        DEFAULT_MAX_CALL_SECS,
+    )?;
     Ok(BladeConfig {
         id: id.clone(),
         domain: domain.clone(),
@@ -366,6 +363,24 @@ fn check_blade(src: &Source<'_>, raw: &RawBlade) -> Result<BladeConfig, ConfigEr
         admin,
         max_call_secs,
     })
+}
+
+/// An optional duration setting `key`: 1 to `max` seconds, `default`
+/// when left out.
+fn seconds(
+    src: &Source<'_>,
+    key: &str,
+    raw: &Option<Spanned<u64>>,
+    max: u64,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match raw {
+        Some(secs) if !(1..=max).contains(secs.get_ref()) => {
+            Err(src.at(secs.span(), format!("{key} must be between 1 and {max}")))
+        }
+        Some(secs) => Ok(*secs.get_ref()),
+        None => Ok(default),
+    }
 }
 
 fn check_cluster(
@@ -379,16 +394,13 @@ fn check_cluster(
     if listen == blade.sip && listen.port() != 0 {
         return Err(src.at(raw.listen.span(), "listen must not be the sip address"));
     }
-    let lease_secs = match &raw.lease_secs {
-        Some(lease) if !(1..=MAX_LEASE_SECS).contains(lease.get_ref()) => {
-            return Err(src.at(
-                lease.span(),
-                format!("lease_secs must be between 1 and {MAX_LEASE_SECS}"),
-            ));
-        }
-        Some(lease) => *lease.get_ref(),
-        None => DEFAULT_LEASE_SECS,
-    };
+    let lease_secs = seconds(
+        src,
+        "lease_secs",
+        &raw.lease_secs,
+        MAX_LEASE_SECS,
+        DEFAULT_LEASE_SECS,
+    )?;
     let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
     for (i, peer) in raw.peers.iter().enumerate() {
         let id = peer.id.get_ref();

@@ -40,7 +40,7 @@ use bytes::{Bytes, BytesMut};
 use slab::Slab;
 
 use crate::config::Agent;
-use crate::registrar::location::AgentState;
+use crate::registrar::location::{AgentState, Binding};
 use crate::registrar::{self, Challenger, Outcome, Refusal, Registrar};
 use crate::sip::edit::{Forward, best_effort_response};
 use crate::sip::{Message, Method, Scheme};
@@ -1255,11 +1255,15 @@ impl Proxy {
         if self.is_peer_blade_sip(target.addr) {
             return true;
         }
-        let binding = msg
-            .request_uri()
-            .and_then(|u| u.user_str().and_then(|a| self.registrar.location().get(a)))
-            .and_then(|r| r.binding.as_ref());
-        binding.is_some_and(|b| b.peer.addr == target.addr)
+        self.request_uri_binding(msg)
+            .is_some_and(|b| b.peer.addr == target.addr)
+    }
+
+    /// The binding of the agent the Request-URI names, when this core owns
+    /// that agent and it is registered.
+    fn request_uri_binding(&self, msg: &Message) -> Option<&Binding> {
+        let agent = msg.request_uri()?.user_str()?;
+        self.registrar.location().get(agent)?.binding.as_ref()
     }
 
     /// Where the Request-URI points. When it is the registered contact of
@@ -1268,11 +1272,7 @@ impl Proxy {
     /// reach.
     fn request_uri_peer(&self, msg: &Message) -> Option<Peer> {
         let uri = msg.request_uri()?;
-        let agent = uri.user_str();
-        let binding = agent
-            .and_then(|a| self.registrar.location().get(a))
-            .and_then(|r| r.binding.as_ref());
-        match binding {
+        match self.request_uri_binding(msg) {
             Some(b) if b.uri == uri.as_str() => Some(b.peer),
             _ => route::uri_peer(&uri),
         }

@@ -516,34 +516,38 @@ impl Core {
                     .borrow_mut()
                     .handle_join_handoff(now, source, *msg, &mut out);
             }
-            CoreMsg::Unsent(data) => self.unsent_here(data, &mut out),
+            CoreMsg::Unsent(data) => {
+                if let Ok(msg) = Message::parse(data) {
+                    self.unsent_here(&msg, &mut out);
+                }
+            }
         }
         self.flush(out).await;
     }
 
     /// A request that could not be sent: its transaction fails now.
-    fn unsent_here(&self, data: Bytes, out: &mut Output) {
-        if let Ok(msg) = Message::parse(data) {
-            let now = self.now();
-            self.proxy.borrow_mut().handle_unsent(now, &msg, out);
-        }
+    fn unsent_here(&self, msg: &Message, out: &mut Output) {
+        let now = self.now();
+        self.proxy.borrow_mut().handle_unsent(now, msg, out);
     }
 
     /// Tells the core whose transaction sent `data` (its branch names it)
     /// that it could not be sent.
     fn unsent(self: &Rc<Self>, data: Bytes) {
-        let owner = Message::parse(data.clone())
-            .ok()
-            .and_then(|m| {
-                m.top_via()
-                    .branch()
-                    .and_then(crate::proxy::route::core_of_branch)
-            })
+        // What a core sent parses; anything else has no transaction to fail.
+        let Ok(msg) = Message::parse(data) else {
+            return;
+        };
+        let owner = msg
+            .top_via()
+            .branch()
+            .and_then(crate::proxy::route::core_of_branch)
             .filter(|&c| c < self.shared.cores)
             .unwrap_or(self.index);
         match &self.mesh {
             Some(mesh) if owner != self.index => {
-                if mesh.try_send_to(owner, CoreMsg::Unsent(data)).is_err() {
+                let unsent = CoreMsg::Unsent(msg.buffer().clone());
+                if mesh.try_send_to(owner, unsent).is_err() {
                     tracing::debug!(
                         owner,
                         "core queue full: an unsent request times out instead"
@@ -554,7 +558,7 @@ impl Core {
                 let core = self.clone();
                 glommio::spawn_local(async move {
                     let mut out = Output::default();
-                    core.unsent_here(data, &mut out);
+                    core.unsent_here(&msg, &mut out);
                     core.flush(out).await;
                 })
                 .detach();

@@ -11,10 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::{BufMut, BytesMut};
 
-use super::chars::TOKEN;
-use super::header::{gen_value, is_param};
 use super::message::Message;
-use super::scan::Cursor;
 
 /// The additions to one request's top Via, by offset in its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +36,8 @@ impl ViaStamp {
         let seen_elsewhere = !same_ip(via.host(), source.ip());
         let received = (via.received().is_none() && (rport.is_some() || seen_elsewhere))
             .then_some(source.ip());
-        let rport_end = match rport {
-            Some(None) => valueless_rport_end(msg.as_bytes(), spans.params),
-            _ => None,
-        };
-        (rport_end.is_some() || received.is_some()).then_some(ViaStamp {
-            rport_end,
+        (spans.rport_end.is_some() || received.is_some()).then_some(ViaStamp {
+            rport_end: spans.rport_end,
             port: source.port(),
             via_end: spans.all.end,
             received,
@@ -81,19 +74,4 @@ impl ViaStamp {
 fn same_ip(host: &str, ip: IpAddr) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.parse::<IpAddr>().is_ok_and(|h| h == ip)
-}
-
-/// The offset just past the name of a valueless `rport` parameter in the
-/// parameter list at `params`.
-fn valueless_rport_end(src: &[u8], params: super::span::Span) -> Option<u32> {
-    let mut c = Cursor::new(src, params);
-    while c.sep(b';') {
-        let name = c.take1(TOKEN)?;
-        if c.sep(b'=') {
-            gen_value(&mut c)?;
-        } else if is_param(src, name, b"rport") {
-            return Some(name.end);
-        }
-    }
-    None
 }

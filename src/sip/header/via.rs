@@ -31,6 +31,9 @@ pub struct ViaSpans {
     pub received: Option<Span>,
     /// `rport`: `Some(None)` when present without a value.
     pub rport: Option<Option<u16>>,
+    /// For an `rport` without a value, the offset just past its name:
+    /// where a server splices in `=port` (RFC 3581).
+    pub rport_end: Option<u32>,
     /// `maddr`.
     pub maddr: Option<Span>,
     /// `ttl`.
@@ -154,6 +157,7 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
         None
     };
     let (mut branch, mut received, mut rport, mut maddr, mut ttl) = (None, None, None, None, None);
+    let mut rport_end = None;
     let params = params(c, |name, value| {
         if is_param(src, name, b"branch") {
             branch = Some(value?);
@@ -173,6 +177,7 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
                 Some(v) => Some(parse_u32(v.of(src), 65535)? as u16),
                 None => None,
             });
+            rport_end = value.is_none().then_some(name.end);
         } else if is_param(src, name, b"maddr") {
             let v = value?;
             let text = v.of(src);
@@ -198,6 +203,7 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
         branch,
         received,
         rport,
+        rport_end,
         maddr,
         ttl,
     })
