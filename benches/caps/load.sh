@@ -8,7 +8,10 @@
 #
 # Environment: CORES (sipblade cores = Kamailio children, default 1),
 # SECS (seconds per phase, default 6), PAIRS (caller/callee pairs, 1000),
-# SIPBLADE_BIN (default target/release/sipblade).
+# SIPBLADE_BIN (default target/release/sipblade), GEN_CPUS (the
+# generator's CPU list, default the last CPU) and THREADS (its worker
+# threads, default 2): on a machine with CPUs to spare, give the generator
+# its own set so that it neither shares nor limits the proxy's.
 #
 # Prints, per proxy and rate: calls ok / failed, the proxy's CPU in ms per
 # 1,000 calls (utime + stime of all its processes and threads, from /proc),
@@ -31,7 +34,8 @@ command -v kamailio >/dev/null || { echo "load.sh: kamailio not installed" >&2; 
 [ -x "$bin" ] || (cd "$root" && cargo build --release --quiet)
 ncpu=$(nproc)
 proxy_cpus="0-$((cores - 1))"
-gen_cpu=$((ncpu - 1))
+gen_cpu="${GEN_CPUS:-$((ncpu - 1))}"
+threads="${THREADS:-2}"
 
 work="$(mktemp -d)"
 pids=()
@@ -90,7 +94,7 @@ phase() { # name group address rate
     fi
     out=$(timeout $((secs + 60)) taskset -c "$gen_cpu" "$bin" load run --blade "$addr" \
         --callee-blade "$addr" --first 100000 --pairs "$pairs" --rate "$rate" \
-        --calls "$calls" --json 2>/dev/null || true)
+        --calls "$calls" --threads "$threads" --json 2>/dev/null || true)
     [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; }
     after=$(group_ticks "$group")
     local sys="-" cs="-"
@@ -110,7 +114,7 @@ phase() { # name group address rate
 
 echo "sipblade $("$bin" --version 2>/dev/null | head -n 1) (cores = $cores) on 127.0.0.45," \
     "kamailio $(kamailio -v | sed -n 's/^version: kamailio \([^ ]*\).*/\1/p') (children = $cores," \
-    "tlsf) on 127.0.0.46; proxies on CPUs $proxy_cpus, sipblade load on CPU $gen_cpu;" \
+    "tlsf) on 127.0.0.46; proxies on CPUs $proxy_cpus, sipblade load on CPUs $gen_cpu ($threads threads);" \
     "$pairs pairs, $secs s per phase; $(date -u +%FT%TZ)"
 echo
 echo "| proxy | calls/s | ok / failed | CPU ms / 1,000 calls | syscalls / call | context switches / call | setup ms p50 / p99 |"

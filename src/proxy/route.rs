@@ -14,15 +14,23 @@ pub const CORE_PARAM: &str = "sbc";
 /// `sb`, the owning core, and `x`.
 pub const BRANCH_PREFIX: &str = "z9hG4bKsb";
 
+/// FNV-1a's 32-bit offset basis and prime, shared with the kernel-side
+/// copy of [`shard_of`] (`runtime::steer`).
+pub const SHARD_HASH_BASIS: u32 = 0x811c_9dc5;
+/// See [`SHARD_HASH_BASIS`].
+pub const SHARD_HASH_PRIME: u32 = 0x0100_0193;
+
 /// A stable hash of an extension, for placing agents on cores. FNV-1a:
-/// tiny, and the same on every core and every blade.
+/// tiny, the same on every core and every blade, and 32-bit so that a
+/// classic BPF program (32-bit registers) can compute it in the kernel.
 pub fn shard_of(extension: &[u8], cores: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = SHARD_HASH_BASIS;
     for &b in extension {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+        h ^= u32::from(b);
+        h = h.wrapping_mul(SHARD_HASH_PRIME);
     }
-    (h % cores.max(1) as u64) as usize
+    let cores = u32::try_from(cores.max(1)).unwrap_or(u32::MAX);
+    (h % cores) as usize
 }
 
 /// The loop-detection hash of a request (RFC 3261 §16.6 step 8): what a

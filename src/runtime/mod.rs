@@ -10,6 +10,7 @@
 mod core;
 mod link;
 pub mod socket;
+mod steer;
 mod tcp;
 pub mod trace;
 

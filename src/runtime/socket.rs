@@ -26,7 +26,9 @@ pub fn udp_reuseport(addr: SocketAddr) -> io::Result<Socket> {
 }
 
 /// Binds one UDP socket per core on `addr`. With port 0 the first socket
-/// picks a port and the others share it.
+/// picks a port and the others share it. The sockets join the SO_REUSEPORT
+/// group in core order, which is what lets the steering program
+/// ([`super::steer`]) name a core by its socket's index.
 pub fn udp_per_core(addr: SocketAddr, cores: usize) -> io::Result<(SocketAddr, Vec<Socket>)> {
     let first = udp_reuseport(addr)?;
     let bound = first
@@ -36,6 +38,16 @@ pub fn udp_per_core(addr: SocketAddr, cores: usize) -> io::Result<(SocketAddr, V
     let mut sockets = vec![first];
     for _ in 1..cores {
         sockets.push(udp_reuseport(bound)?);
+    }
+    if cores > 1 {
+        // Without steering every request still reaches its core, one hop
+        // later; so a kernel that refuses the program is worth a warning,
+        // not a failed start.
+        if let Err(e) = super::steer::attach(&sockets[0], &super::steer::program(cores)) {
+            tracing::warn!(
+                "cannot steer INVITEs to their cores ({e}); the kernel's hash places them"
+            );
+        }
     }
     Ok((bound, sockets))
 }
