@@ -721,7 +721,7 @@ fn a_supervisor_joins_a_call_through_either_party_on_a_two_core_blade() {
     let mut sup = blade.registered("1004");
     let (call, _) = answered_call(&blade, &mut a, &mut b, false);
     ack_answered(&mut a, &mut b, &call);
-    // The caller's core learns of the call within 10 ms (call states
+    // The caller's core learns of the call within 50 ms (call states
     // between cores are batched); a phone's Join comes much later.
     blade.wait_state(caller, "in_call");
 

@@ -46,9 +46,13 @@ const TICK: Duration = Duration::from_millis(1);
 /// grid point, so the many deadlines a busy core holds (each call leaves
 /// several, 5 to 32 s out) share wake-ups instead of waking the core for
 /// each. Waking an idle core costs tens of microseconds on a VM (a
-/// `membarrier` and several `io_uring_enter`, RUNTIME-NOTES); 10 ms late is
-/// 2% of the shortest SIP timer (T1, 500 ms).
-const TIMER_GRAIN: Duration = Duration::from_millis(10);
+/// `membarrier` and several `io_uring_enter`, RUNTIME-NOTES). 50 ms late is
+/// a tenth of the shortest SIP timer (T1, 500 ms), and about Kamailio's
+/// timer tick (1/16 s); against a 10 ms grid it cut the CPU per call at
+/// cores = 2 and 300 calls/s by 17-35% (BENCHMARKS.md), where each core
+/// used to wake at nearly every grid point. Call-state notices between
+/// cores ride the same grid.
+const TIMER_GRAIN: Duration = Duration::from_millis(50);
 
 /// When to wake for a deadline at `at`: the next grid point.
 fn wake_time(at: Duration) -> Duration {
