@@ -245,8 +245,9 @@ def ticks(vmax):
     return [step * i for i in range(count + 1)]
 
 
-def svg_plot(title, xlabel, ylabel, series, diagonal=False):
-    """A line chart: series = {name: [(x, y), ...]}. Returns SVG text."""
+def svg_plot(title, xlabel, ylabel, series, diagonal=False, colours=None):
+    """A line chart: series = {name: [(x, y), ...]}; colours may name a
+    colour per series (else by the name's first word). Returns SVG text."""
     width, height = 680, 420
     left, right, top, bottom = 70, 190, 40, 55
     pw, ph = width - left - right, height - top - bottom
@@ -308,7 +309,7 @@ def svg_plot(title, xlabel, ylabel, series, diagonal=False):
         e.append(f'<text x="{left + pw + 42}" y="{legend_y + 4}">offered</text>')
         legend_y += 20
     for name, pts in series.items():
-        colour = COLOURS.get(name.split(" ")[0], "#2ca02c")
+        colour = (colours or {}).get(name) or COLOURS.get(name.split(" ")[0], "#2ca02c")
         dash = ' stroke-dasharray="6,4"' if name.endswith("(schedstat)") else ""
         pts = sorted((x, y) for x, y in pts if y is not None)
         if not pts:
