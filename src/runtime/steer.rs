@@ -6,7 +6,7 @@
 //! INVITE for an agent another core owns is handed over the channel mesh,
 //! which wakes that core (`core.rs`; BENCHMARKS.md measures the cost). A
 //! classic BPF program attached to the group (SO_ATTACH_REUSEPORT_CBPF)
-//! reads the Request-URI user of an INVITE or CANCEL, hashes it as
+//! reads the Request-URI user of an INVITE, CANCEL or ACK, hashes it as
 //! [`shard_of`](crate::proxy::route::shard_of) does, and picks the owning
 //! core's socket; the kernel's hash places everything else.
 //!
@@ -18,7 +18,10 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-use libc::sock_filter;
+use libc::{
+    BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_IMM, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LDX, BPF_MISC,
+    BPF_MOD, BPF_MUL, BPF_RET, BPF_TAX, BPF_TXA, BPF_W, BPF_X, BPF_XOR, sock_filter,
+};
 use socket2::Socket;
 
 use crate::proxy::route::{SHARD_HASH_BASIS, SHARD_HASH_PRIME};
@@ -28,23 +31,34 @@ use crate::proxy::route::{SHARD_HASH_BASIS, SHARD_HASH_PRIME};
 /// classic BPF jumps reach at most 255 instructions ahead.
 pub const MAX_USER: u32 = 32;
 
-/// Where the Request-URI user starts: `INVITE sip:` and `CANCEL sip:` are
-/// both 11 bytes, so one hashing sequence serves both methods.
-const USER_OFFSET: u32 = 11;
+/// Where the Request-URI user starts in `INVITE sip:` and `CANCEL sip:`
+/// (both 11 bytes, so one hashing block serves both methods) ...
+const LONG_METHOD_USER: u32 = 11;
+/// ... and in `ACK sip:`.
+const ACK_USER: u32 = 8;
 
 /// What the program returns for a datagram it does not place: an index
 /// past the group's sockets, so the kernel falls back to its hash.
 pub const UNPLACED: u32 = u32::MAX;
 
+/// Instructions before the first hashing block: the method and scheme tests.
+const PROLOGUE: usize = 12;
 /// Instructions per hashed byte: load, two end tests, xor, multiply, move.
 const PER_BYTE: usize = 6;
-/// Instructions before the first hashed byte.
-const PROLOGUE: usize = 10;
-/// Index of `ret UNPLACED`, after the per-byte steps and the end test of
-/// the byte after the longest user.
-const FALLBACK: usize = PROLOGUE + PER_BYTE * MAX_USER as usize + 3;
-/// Index of the sequence that turns the hash into a socket index.
-const DONE: usize = FALLBACK + 1;
+/// Offset in a hashing block of its `ret UNPLACED`: after the hash's
+/// initial value, the per-byte steps, and the end test of the byte after
+/// the longest user.
+const BLOCK_FALLBACK: usize = 1 + PER_BYTE * MAX_USER as usize + 3;
+/// Length of a hashing block: then the three instructions that turn the
+/// hash into a socket index.
+const BLOCK: usize = BLOCK_FALLBACK + 1 + 3;
+
+/// Where the block for INVITE and CANCEL starts, and its `ret UNPLACED`,
+/// where the prologue sends what it does not place.
+const LONG_METHOD_BLOCK: usize = PROLOGUE;
+const FALLBACK: usize = LONG_METHOD_BLOCK + BLOCK_FALLBACK;
+/// Where the block for ACK starts.
+const ACK_BLOCK: usize = PROLOGUE + BLOCK;
 
 fn word(bytes: &[u8; 4]) -> u32 {
     // Classic BPF word loads are big-endian.
@@ -73,50 +87,63 @@ fn jump(at: usize, code: u32, k: u32, yes: usize, no: usize) -> sock_filter {
     }
 }
 
+/// Jump if A equals the constant.
+const JEQ: u32 = BPF_JMP | BPF_JEQ | BPF_K;
+
 /// The steering program for a group of `cores` sockets, bound in core
 /// order (socket `i` is core `i`'s).
 pub fn program(cores: usize) -> Vec<sock_filter> {
-    use libc::{
-        BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_IMM, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LDX,
-        BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_TAX, BPF_TXA, BPF_W, BPF_X, BPF_XOR,
-    };
     let cores = u32::try_from(cores.max(1)).unwrap_or(u32::MAX);
-    let jeq = BPF_JMP | BPF_JEQ | BPF_K;
-    let mut p = Vec::with_capacity(DONE + 3);
-    // The method, as two words: "INVI" "TE s" or "CANC" "EL s".
-    p.push(stmt(BPF_LD | BPF_W | BPF_ABS, 0));
-    p.push(jump(1, jeq, word(b"INVI"), 3, 2));
-    p.push(jump(2, jeq, word(b"CANC"), 5, FALLBACK));
-    p.push(stmt(BPF_LD | BPF_W | BPF_ABS, 4));
-    p.push(jump(4, jeq, word(b"TE s"), 7, FALLBACK));
-    p.push(stmt(BPF_LD | BPF_W | BPF_ABS, 4));
-    p.push(jump(6, jeq, word(b"EL s"), 7, FALLBACK));
-    // Then the scheme: only `sip:` (a `sips:` URI is left to the hash).
-    p.push(stmt(BPF_LD | BPF_W | BPF_ABS, 7));
-    p.push(jump(8, jeq, word(b"sip:"), 9, FALLBACK));
-    // X holds the hash, FNV-1a over the user's bytes.
+    let load_word = |at| stmt(BPF_LD | BPF_W | BPF_ABS, at);
+    let mut p = Vec::with_capacity(ACK_BLOCK + BLOCK);
+    // The method, as words: "INVI" "TE s", "CANC" "EL s" or "ACK ";
+    // then the scheme: only `sip:` (a `sips:` URI is left to the hash).
+    p.push(load_word(0));
+    p.push(jump(1, JEQ, word(b"INVI"), 4, 2));
+    p.push(jump(2, JEQ, word(b"CANC"), 6, 3));
+    p.push(jump(3, JEQ, word(b"ACK "), 10, FALLBACK));
+    p.push(load_word(4));
+    p.push(jump(5, JEQ, word(b"TE s"), 8, FALLBACK));
+    p.push(load_word(4));
+    p.push(jump(7, JEQ, word(b"EL s"), 8, FALLBACK));
+    p.push(load_word(7));
+    p.push(jump(9, JEQ, word(b"sip:"), LONG_METHOD_BLOCK, FALLBACK));
+    p.push(load_word(4));
+    p.push(jump(11, JEQ, word(b"sip:"), ACK_BLOCK, FALLBACK));
+    debug_assert_eq!(p.len(), LONG_METHOD_BLOCK);
+    hash_block(&mut p, LONG_METHOD_USER, cores);
+    debug_assert_eq!(p.len(), ACK_BLOCK);
+    hash_block(&mut p, ACK_USER, cores);
+    p
+}
+
+/// Appends a block that hashes the user starting at byte `user` as
+/// `shard_of` does (FNV-1a, the hash in X) and returns the hash modulo
+/// `cores`, or [`UNPLACED`] when no `@` or `:` ends the user in time.
+fn hash_block(p: &mut Vec<sock_filter>, user: u32, cores: u32) {
+    let start = p.len();
+    let (fallback, done) = (start + BLOCK_FALLBACK, start + BLOCK_FALLBACK + 1);
     p.push(stmt(BPF_LDX | BPF_W | BPF_IMM, SHARD_HASH_BASIS));
-    debug_assert_eq!(p.len(), PROLOGUE);
-    for i in 0..MAX_USER {
+    for i in 0..=MAX_USER {
         let at = p.len();
-        p.push(stmt(BPF_LD | BPF_B | BPF_ABS, USER_OFFSET + i));
+        p.push(stmt(BPF_LD | BPF_B | BPF_ABS, user + i));
         // The user part ends at the `@` (or the `:` of a password).
-        p.push(jump(at + 1, jeq, u32::from(b'@'), DONE, at + 2));
-        p.push(jump(at + 2, jeq, u32::from(b':'), DONE, at + 3));
+        p.push(jump(at + 1, JEQ, u32::from(b'@'), done, at + 2));
+        if i == MAX_USER {
+            p.push(jump(at + 2, JEQ, u32::from(b':'), done, fallback));
+            break;
+        }
+        p.push(jump(at + 2, JEQ, u32::from(b':'), done, at + 3));
         p.push(stmt(BPF_ALU | BPF_XOR | BPF_X, 0));
         p.push(stmt(BPF_ALU | BPF_MUL | BPF_K, SHARD_HASH_PRIME));
         p.push(stmt(BPF_MISC | BPF_TAX, 0));
     }
-    let at = p.len();
-    p.push(stmt(BPF_LD | BPF_B | BPF_ABS, USER_OFFSET + MAX_USER));
-    p.push(jump(at + 1, jeq, u32::from(b'@'), DONE, at + 2));
-    p.push(jump(at + 2, jeq, u32::from(b':'), DONE, FALLBACK));
-    debug_assert_eq!(p.len(), FALLBACK);
+    debug_assert_eq!(p.len(), fallback);
     p.push(stmt(BPF_RET | BPF_K, UNPLACED));
     p.push(stmt(BPF_MISC | BPF_TXA, 0));
     p.push(stmt(BPF_ALU | BPF_MOD | BPF_K, cores));
     p.push(stmt(BPF_RET | BPF_A, 0));
-    p
+    debug_assert_eq!(p.len(), start + BLOCK);
 }
 
 /// Attaches `program` to the SO_REUSEPORT group `socket` belongs to.
@@ -203,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn invites_and_cancels_go_to_the_core_of_their_user() {
+    fn invites_cancels_and_acks_go_to_the_core_of_their_user() {
         for cores in 2..=9 {
             let p = program(cores);
             for user in [
@@ -214,7 +241,7 @@ mod tests {
                 "a-very-long-badge-number-1234567",
             ] {
                 let want = shard_of(user.as_bytes(), cores) as u32;
-                for method in ["INVITE", "CANCEL"] {
+                for method in ["INVITE", "CANCEL", "ACK"] {
                     let uri = format!("sip:{user}@cc.example");
                     assert_eq!(run(&p, &invite(method, &uri)), want, "{method} {uri}");
                     let uri = format!("sip:{user}:secret@10.0.0.9:5062;transport=udp");
@@ -230,12 +257,13 @@ mod tests {
         let long = "1".repeat(MAX_USER as usize + 1);
         for (method, uri) in [
             ("REGISTER", "sip:cc.example"),
-            ("ACK", "sip:1002@cc.example"),
             ("BYE", "sip:1002@cc.example"),
             ("OPTIONS", "sip:1002@cc.example"),
             ("INVITE", "sips:1002@cc.example"),
             ("INVITE", "tel:+15551234"),
             ("INVITE", &format!("sip:{long}@cc.example")),
+            ("ACK", &format!("sip:{long}@cc.example")),
+            ("ACK", "sips:1002@cc.example"),
         ] {
             assert_eq!(run(&p, &invite(method, uri)), UNPLACED, "{method} {uri}");
         }
@@ -249,20 +277,21 @@ mod tests {
         fn any_short_user_is_placed_as_shard_of_places_it(
             user in "[0-9a-zA-Z._~!*()-]{1,32}",
             cores in 2usize..17,
+            method in prop::sample::select(vec!["INVITE", "CANCEL", "ACK"]),
         ) {
             let uri = format!("sip:{user}@cc.example");
             prop_assert_eq!(
-                run(&program(cores), &invite("INVITE", &uri)),
+                run(&program(cores), &invite(method, &uri)),
                 shard_of(user.as_bytes(), cores) as u32
             );
         }
     }
 
-    /// The kernel itself: three sockets in a group, INVITEs from one
-    /// source socket (which the 4-tuple hash would put on one core), each
-    /// received by the socket of its user's core.
+    /// The kernel itself: three sockets in a group, INVITEs and ACKs from
+    /// one source socket (which the 4-tuple hash would put on one core),
+    /// each received by the socket of its user's core.
     #[test]
-    fn the_kernel_delivers_each_invite_to_its_users_core() {
+    fn the_kernel_delivers_each_request_to_its_users_core() {
         use std::net::UdpSocket;
         use std::time::Duration;
 
@@ -277,19 +306,21 @@ mod tests {
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         let users: Vec<String> = (1000..1030).map(|n| n.to_string()).collect();
         for user in &users {
-            let packet = invite("INVITE", &format!("sip:{user}@cc.example"));
-            sender.send_to(&packet, addr).unwrap();
+            for method in ["INVITE", "ACK"] {
+                let packet = invite(method, &format!("sip:{user}@cc.example"));
+                sender.send_to(&packet, addr).unwrap();
+            }
         }
         let mut buf = [0u8; 2048];
         let mut placed = 0;
         for (core, r) in receivers.iter().enumerate() {
             while let Ok(n) = r.recv(&mut buf) {
                 let text = std::str::from_utf8(&buf[..n]).unwrap();
-                let user = &text["INVITE sip:".len()..text.find('@').unwrap()];
+                let user = &text[text.find(':').unwrap() + 1..text.find('@').unwrap()];
                 assert_eq!(shard_of(user.as_bytes(), cores), core, "{user}");
                 placed += 1;
             }
         }
-        assert_eq!(placed, users.len());
+        assert_eq!(placed, 2 * users.len());
     }
 }
