@@ -10,11 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::net::{TcpListener, UdpSocket};
-use glommio::{GlommioError, ResourceType};
 
 use super::link::LinkDriver;
+use super::mesh::Mesh;
 use super::tcp::{self, Connections};
 use super::{DRAIN_TIMEOUT, Shared};
 use crate::admin::SnapshotRequest;
@@ -113,7 +112,7 @@ pub(crate) struct Core {
     /// it forwards arrive here.
     via_socket: Option<UdpSocket>,
     pub(crate) conns: Connections,
-    mesh: Option<Senders<CoreMsg>>,
+    mesh: Option<Mesh>,
     shared: Arc<Shared>,
     index: usize,
     /// The inter-blade link, on core 0 of a clustered blade.
@@ -210,9 +209,7 @@ impl Core {
             return driver.send(sends).await;
         }
         let Some(mesh) = &self.mesh else { return };
-        if let Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) =
-            mesh.try_send_to(0, CoreMsg::ToLink(sends))
-        {
+        if let Err(flume::TrySendError::Full(msg)) = mesh.try_send_to(0, CoreMsg::ToLink(sends)) {
             // Core 0 is busy: wait for room in a task of our own.
             let core = self.clone();
             glommio::spawn_local(async move {
@@ -359,7 +356,7 @@ impl Core {
             _ => return,
         };
         let Some(mesh) = &self.mesh else { return };
-        if let Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) =
+        if let Err(flume::TrySendError::Full(msg)) =
             mesh.try_send_to(target, CoreMsg::Notices(events))
         {
             // A full peer queue must not stall this core: wait in a task.
@@ -453,9 +450,8 @@ impl Core {
                             source,
                             msg: Box::new(msg),
                         };
-                        if let Err(GlommioError::WouldBlock(ResourceType::Channel(
-                            CoreMsg::Sip { source, msg },
-                        ))) = mesh.try_send_to(owner, handoff)
+                        if let Err(flume::TrySendError::Full(CoreMsg::Sip { source, msg })) =
+                            mesh.try_send_to(owner, handoff)
                         {
                             // The owner's queue is at its bound: shed load here
                             // rather than queue without limit (SPEC §5: 503).
@@ -604,27 +600,18 @@ pub(crate) struct Sockets {
     pub via: Option<socket2::Socket>,
 }
 
-/// The body of one core's executor.
+/// The body of one core's executor: core `index`, with its share of the
+/// mesh (its handle and its inbox) when the blade has several cores.
 pub(crate) async fn run(
     shared: Arc<Shared>,
+    index: usize,
     sockets: Sockets,
-    mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
+    mesh: Option<(Mesh, flume::Receiver<CoreMsg>)>,
     status: flume::Receiver<SnapshotRequest>,
     link: Option<super::link::Setup>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let (senders, mut receivers) = if shared.cores > 1 {
-        match mesh.join().await {
-            Ok((s, r)) => (Some(s), Some(r)),
-            Err(e) => {
-                tracing::error!("cannot join the core mesh: {e}");
-                return;
-            }
-        }
-    } else {
-        (None, None)
-    };
-    let index = senders.as_ref().map_or(0, |s| s.peer_id());
+    let (senders, inbox) = mesh.unzip();
     let span = tracing::info_span!("core", index);
     let _entered = span.enter();
 
@@ -725,15 +712,13 @@ pub(crate) async fn run(
         tasks.push(glommio::spawn_local(receive_loop(core.clone(), true)));
     }
 
-    if let Some(receivers) = receivers.as_mut() {
-        for (_, stream) in receivers.streams() {
-            let core = core.clone();
-            tasks.push(glommio::spawn_local(async move {
-                while let Some(msg) = stream.recv().await {
-                    core.on_core_msg(msg).await;
-                }
-            }));
-        }
+    if let Some(inbox) = inbox {
+        let core = core.clone();
+        tasks.push(glommio::spawn_local(async move {
+            while let Ok(msg) = inbox.recv_async().await {
+                core.on_core_msg(msg).await;
+            }
+        }));
     }
 
     let answering = core.clone();

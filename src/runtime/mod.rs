@@ -4,11 +4,12 @@
 //! UDP socket on the SIP address and its own [`Proxy`](crate::proxy::Proxy). A message is
 //! handled on the core that owns it ([`crate::proxy::route::owner_core`]);
 //! a core that receives someone else's message hands the parsed
-//! [`crate::sip::Message`] over a glommio channel mesh (no copy, no lock).
+//! [`crate::sip::Message`] over a channel mesh (no copy).
 //! The admin port runs on a thread of its own.
 
 mod core;
 mod link;
+mod mesh;
 pub mod socket;
 mod steer;
 mod tcp;
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::admin::{Admin, BladeInfo, Peers};
@@ -34,7 +34,7 @@ use crate::proxy::cross::{ClusterSettings, PeerBlade};
 /// several executors under an 8 MiB RLIMIT_MEMLOCK (RUNTIME-NOTES).
 const IO_MEMORY: usize = 512 << 10;
 
-/// Depth of each core-to-core channel.
+/// Depth of each core's inbox (messages from all the other cores).
 const MESH_CAPACITY: usize = 4096;
 
 /// How long `start` waits for every core to be listening.
@@ -211,7 +211,9 @@ impl Blade {
             cluster,
         });
 
-        let mesh = MeshBuilder::full(cores, MESH_CAPACITY);
+        // With one core there is no one to talk to.
+        let (mesh, inboxes) = mesh::Mesh::build(if cores > 1 { cores } else { 0 }, MESH_CAPACITY);
+        let mut inboxes = inboxes.into_iter();
         let cpus = allowed_cpus();
         let mut executors = Vec::with_capacity(cores);
         let mut status_senders = Vec::with_capacity(cores);
@@ -237,7 +239,7 @@ impl Blade {
             let (status_tx, status_rx) = flume::unbounded();
             status_senders.push(status_tx);
             let shared = shared.clone();
-            let mesh = mesh.clone();
+            let mesh = inboxes.next().map(|inbox| (mesh.clone(), inbox));
             // The first core also runs the inter-blade link.
             let link = link.take();
             let ready = ready_tx.clone();
@@ -249,7 +251,7 @@ impl Blade {
                         sip: socket,
                         via: via_socket,
                     };
-                    core::run(shared, sockets, mesh, status_rx, link, ready)
+                    core::run(shared, i, sockets, mesh, status_rx, link, ready)
                 })
                 .map_err(|e| StartError::Executor {
                     core: i,
