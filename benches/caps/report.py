@@ -200,7 +200,8 @@ def markdown(rows, meta):
     out.append("")
     out.append(
         "Machine: {cpu}, {nproc} CPUs, kernel {kernel}; sipblade cores = Kamailio children = {cores}; "
-        "{pairs} pairs, hold {hold} ms; {kam} ({kp} processes), sipblade {st} threads; {sipp}; "
+        "{pairs} pairs, hold {hold} ms; {kam} ({kp} processes), sipblade {st} threads; {sipp} "
+        "({sp} UAC/UAS pairs, UAC transport {st_t}); "
         "load average at the end {load}; {date}. sipblade at the end: {end}; malformed "
         "messages {malformed}.".format(
             end=meta.get("sipblade_end_state", "?"),
@@ -215,6 +216,8 @@ def markdown(rows, meta):
             kp=meta.get("kamailio_processes", "?"),
             st=meta.get("sipblade_threads", "?"),
             sipp=meta.get("sipp", "sipp"),
+            sp=meta.get("sipp_pairs", "1"),
+            st_t=meta.get("sipp_transport", "u1"),
             load=meta.get("loadavg_end", "?"),
             date=meta.get("date", "?"),
         )

@@ -51,6 +51,12 @@
 #                         be reused before its last call ended: the UAC
 #                         keeps at most PAIRS calls open, sipp -l)
 #   --cores N             CAPS_CORES, sipblade cores = Kamailio children (2)
+#   --sipp-pairs N        CAPS_SIPP_PAIRS, UAC/UAS sipp pairs sharing each
+#                         phase's calls and rate (default 1; one sipp pair
+#                         stops scaling at 1,000-3,000 calls/s); the agent
+#                         pairs are dealt out among them
+#   --sipp-transport T    CAPS_SIPP_TRANSPORT, the UACs' sipp transport: u1
+#                         (one UDP socket, the default) or un (one per call)
 #   --hold-ms N           CAPS_HOLD_MS, ACK to BYE (default 10)
 #   --idle-secs N         CAPS_IDLE_SECS, idle CPU measurement (default 3)
 #   --out DIR             CAPS_OUT, results directory (default target/caps)
@@ -86,6 +92,8 @@ extra_rate="${CAPS_EXTRA_RATE:-200}"
 extra_calls="${CAPS_EXTRA_CALLS:-1000}"
 pairs="${CAPS_PAIRS:-500}"
 cores="${CAPS_CORES:-2}"
+sipp_pairs="${CAPS_SIPP_PAIRS:-1}"
+sipp_transport="${CAPS_SIPP_TRANSPORT:-u1}"
 hold_ms="${CAPS_HOLD_MS:-10}"
 idle_secs="${CAPS_IDLE_SECS:-3}"
 out="${CAPS_OUT:-$root/target/caps}"
@@ -100,6 +108,8 @@ while [ $# -gt 0 ]; do
         --extra-calls) extra_calls="${2:?--extra-calls needs a value}"; shift ;;
         --pairs) pairs="${2:?--pairs needs a value}"; shift ;;
         --cores) cores="${2:?--cores needs a value}"; shift ;;
+        --sipp-pairs) sipp_pairs="${2:?--sipp-pairs needs a value}"; shift ;;
+        --sipp-transport) sipp_transport="${2:?--sipp-transport needs a value}"; shift ;;
         --hold-ms) hold_ms="${2:?--hold-ms needs a value}"; shift ;;
         --idle-secs) idle_secs="${2:?--idle-secs needs a value}"; shift ;;
         --out) out="${2:?--out needs a value}"; shift ;;
@@ -113,11 +123,19 @@ done
 if [ -n "$smoke" ]; then
     rates="50" calls=200 extra_rate=50 extra_calls=50 pairs=50 idle_secs=1
 fi
-for v in calls extra_rate extra_calls pairs cores idle_secs; do
+for v in calls extra_rate extra_calls pairs cores idle_secs sipp_pairs; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || fail "$v must be a positive number (got '${!v}')"
 done
 [[ "$hold_ms" =~ ^[0-9]+$ ]] || fail "hold-ms must be a number"
 [ "$pairs" -le 9999 ] || fail "at most 9999 pairs"
+[ "$sipp_pairs" -le "$pairs" ] || fail "more sipp pairs ($sipp_pairs) than agent pairs ($pairs)"
+case "$sipp_transport" in
+    u1) per_call_sockets="" ;;
+    # One socket per call: sipp wants its socket bound under the open-files
+    # limit; the UAC never has more calls open than its agent pairs.
+    un) per_call_sockets=1 ;;
+    *) fail "sipp-transport must be u1 or un" ;;
+esac
 for r in $rates; do
     [[ "$r" =~ ^[1-9][0-9]*$ ]] || fail "rates must be positive numbers (got '$r')"
 done
@@ -274,8 +292,16 @@ UAS_IP=127.0.0.44
 sb_port="$(free_port)"; picked+="$sb_port "
 admin_port="$(free_port)"; picked+="$admin_port "
 kam_port="$(free_port)"; picked+="$kam_port "
-uac_port="$(free_port)"; picked+="$uac_port "
-uas_port="$(free_port)"; picked+="$uas_port "
+# One UAC and one UAS port per sipp pair.
+# One UAC and one UAS port per sipp pair, and a media (RTP) port for each
+# sipp that runs at the same time as others.
+uac_ports=() uas_ports=() uac_media=() uas_media=()
+for _ in $(seq "$sipp_pairs"); do
+    p="$(free_port)"; picked+="$p "; uac_ports+=("$p")
+    p="$(free_port)"; picked+="$p "; uas_ports+=("$p")
+    p="$(free_port)"; picked+="$p "; uac_media+=("$p")
+    p="$(free_port)"; picked+="$p "; uas_media+=("$p")
+done
 media_port="$(free_port)"; picked+="$media_port "
 SB="$SB_IP:$sb_port"
 KAM="$KAM_IP:$kam_port"
@@ -287,18 +313,20 @@ for k in $(seq "$pairs"); do
             $((base + k)) $((base + k)) $((base + k))
     done
 done >"$work/agents.toml"
-{
-    echo SEQUENTIAL
-    for k in $(seq "$pairs"); do echo "$((10000 + k));"; done
-} >"$work/callers.csv"
-{
-    echo SEQUENTIAL
-    for k in $(seq "$pairs"); do echo "$((20000 + k));"; done
-} >"$work/callees.csv"
-{
-    echo SEQUENTIAL
-    for k in $(seq "$pairs"); do echo "$((10000 + k));$((20000 + k));"; done
-} >"$work/calls.csv"
+# Agent pair k belongs to sipp pair (k - 1) mod SIPP_PAIRS, whose UAC
+# calls it and whose UAS answers for it.
+for j in $(seq 0 $((sipp_pairs - 1))); do
+    own=()
+    for k in $(seq "$pairs"); do
+        [ $(((k - 1) % sipp_pairs)) = "$j" ] && own+=("$k")
+    done
+    { echo SEQUENTIAL; for k in "${own[@]}"; do echo "$((10000 + k));"; done; } >"$work/callers-$j.csv"
+    { echo SEQUENTIAL; for k in "${own[@]}"; do echo "$((20000 + k));"; done; } >"$work/callees-$j.csv"
+    { echo SEQUENTIAL; for k in "${own[@]}"; do echo "$((10000 + k));$((20000 + k));"; done; } \
+        >"$work/calls-$j.csv"
+done
+# Agent pairs of sipp pair J.
+pairs_of() { echo $(((pairs - $1 + sipp_pairs - 1) / sipp_pairs)); }
 
 cat >"$work/blade.toml" <<TOML
 [blade]
@@ -329,7 +357,8 @@ kamailio -c "${kam_args[@]}" >"$work/kamailio-check.log" 2>&1 || {
 }
 
 echo "$prog: sipblade $bin on $SB (cores = $cores); kamailio ($kamailio_version) on $KAM" \
-    "(children = $cores); UAC $UAC_IP:$uac_port, UAS $UAS_IP:$uas_port; $pairs pairs;" \
+    "(children = $cores); UACs $UAC_IP:${uac_ports[*]} (sipp -t $sipp_transport)," \
+    "UASs $UAS_IP:${uas_ports[*]}; $pairs pairs;" \
     "$sipp_version" >&2
 
 # sipblade: one process, all its threads.
@@ -360,15 +389,15 @@ read -r _ _ _ sb_threads < <(group_stat "$sb_pid")
 echo "$prog: kamailio runs $kam_procs processes, sipblade $sb_threads threads" >&2
 
 cd "$work"
-sipp_common=(-nostdin -timeout_error -mp "$media_port" -trace_err -trace_stat -fd 1)
+sipp_common=(-nostdin -timeout_error -trace_err -trace_stat -fd 1)
 
-# register PROXY_ADDR WHO IP PORT: the agents in $work/WHO.csv from IP:PORT.
+# register PROXY_ADDR WHO IP PORT N: the N agents in $work/WHO.csv from IP:PORT.
 register() {
-    local proxy="$1" who="$2" ip="$3" port="$4" name rc=0
+    local proxy="$1" who="$2" ip="$3" port="$4" n="$5" name rc=0
     name="register_${who}_${proxy%%:*}"
-    spawn "$name" timeout --foreground -k 5 60 sipp "$proxy" "${sipp_common[@]}" -timeout 45s \
+    spawn "$name" timeout --foreground -k 5 60 sipp "$proxy" "${sipp_common[@]}" -mp "$media_port" -timeout 45s \
         -sf "$here/sipp/register.xml" -inf "$work/$who.csv" -i "$ip" -p "$port" -mi "$ip" \
-        -m "$pairs" -r 500 -stf "$work/$name.csv" -error_file "$work/$name.err"
+        -m "$n" -r 500 -stf "$work/$name.csv" -error_file "$work/$name.err"
     wait "$spawned" || rc=$?
     forget "$spawned"
     if [ "$rc" != 0 ]; then
@@ -377,8 +406,10 @@ register() {
     fi
 }
 for proxy in "$SB" "$KAM"; do
-    register "$proxy" callees "$UAS_IP" "$uas_port"
-    register "$proxy" callers "$UAC_IP" "$uac_port"
+    for j in $(seq 0 $((sipp_pairs - 1))); do
+        register "$proxy" "callees-$j" "$UAS_IP" "${uas_ports[$j]}" "$(pairs_of "$j")"
+        register "$proxy" "callers-$j" "$UAC_IP" "${uac_ports[$j]}" "$(pairs_of "$j")"
+    done
 done
 echo "$prog: $pairs callees and $pairs callers registered on both proxies" >&2
 
@@ -401,6 +432,29 @@ echo "$prog: idle CPU over ${idle_secs} s (schedstat): sipblade $sb_idle ms/s, k
 raw="$work/raw.tsv"
 printf 'proxy\tscenario\trate\tcalls\tuac_ok\tuac_failed\tuas_ok\tuas_failed\tuac_rc\tuas_rc\tproxy_ticks\tproxy_ns\twall_ns\tuac_cpu_s\tuas_cpu_s\trtt_dir\n' >"$raw"
 idx=0
+# share N J: sipp pair J's part of N calls.
+share() { echo $(($1 / sipp_pairs + ($2 < $1 % sipp_pairs ? 1 : 0))); }
+# sum_counts DIR SIDE: "ok failed" over the sipp pairs' final counts
+# ("? ?" if any is unknown).
+sum_counts() {
+    local j ok=0 ko=0 a b
+    for j in $(seq 0 $((sipp_pairs - 1))); do
+        read -r a b < <(final_counts "$1/$2-$j.csv")
+        [[ "$a$b" =~ ^[0-9]+$ ]] || { echo "? ?"; return; }
+        ok=$((ok + a)) ko=$((ko + b))
+    done
+    echo "$ok $ko"
+}
+# sum_cpu DIR SIDE: the sipp pairs' user + system seconds ("-" if unknown).
+sum_cpu() {
+    local j total=0 c
+    for j in $(seq 0 $((sipp_pairs - 1))); do
+        c="$(cpu_secs "$1/$2-$j.time")"
+        [ "$c" = "-" ] && { echo "-"; return; }
+        total="$(awk -v a="$total" -v b="$c" 'BEGIN { printf "%.3f", a + b }')"
+    done
+    echo "$total"
+}
 # run_phase PROXY_NAME SCENARIO RATE CALLS
 run_phase() {
     local name="$1" scen="$2" rate="$3" n="$4" target pg
@@ -417,54 +471,78 @@ run_phase() {
     limit=$((2 * n / rate + 20))
     kill -0 "$pg" 2>/dev/null || fail "$name is not running any more"
     # The previous phase's sipp instances must have let go of their ports.
-    port_free "$UAS_IP" "$uas_port" || fail "the UAS port $UAS_IP:$uas_port is still in use"
-    port_free "$UAC_IP" "$uac_port" || fail "the UAC port $UAC_IP:$uac_port is still in use"
-    spawn "$tag/uas" timeout --foreground -k 5 $((limit + 20)) sipp "$target" "${sipp_common[@]}" \
-        -timeout "${limit}s" -sf "$here/sipp/uas_$scen.xml" -i "$UAS_IP" -p "$uas_port" \
-        -mi "$UAS_IP" -m "$n" -stf "$dir/uas.csv" -error_file "$dir/uas.err"
-    uas=$spawned
-    for _ in $(seq 100); do
-        udp_bound "$UAS_IP" "$uas_port" && break
-        kill -0 "$uas" 2>/dev/null || break
-        sleep 0.05
+    local j uacs=() uass=() rc
+    for j in $(seq 0 $((sipp_pairs - 1))); do
+        port_free "$UAS_IP" "${uas_ports[$j]}" || fail "the UAS port $UAS_IP:${uas_ports[$j]} is still in use"
+        port_free "$UAC_IP" "${uac_ports[$j]}" || fail "the UAC port $UAC_IP:${uac_ports[$j]} is still in use"
     done
-    udp_bound "$UAS_IP" "$uas_port" || { show_logs "$dir/uas.out"; fail "the UAS did not start"; }
+    for j in $(seq 0 $((sipp_pairs - 1))); do
+        spawn "$tag/uas-$j" timeout --foreground -k 5 $((limit + 20)) sipp "$target" "${sipp_common[@]}" \
+            -timeout "${limit}s" -sf "$here/sipp/uas_$scen.xml" -i "$UAS_IP" -p "${uas_ports[$j]}" \
+            -mi "$UAS_IP" -mp "${uas_media[$j]}" -m "$(share "$n" "$j")" -stf "$dir/uas-$j.csv" \
+            -error_file "$dir/uas-$j.err"
+        uass+=("$spawned")
+    done
+    for j in $(seq 0 $((sipp_pairs - 1))); do
+        for _ in $(seq 100); do
+            udp_bound "$UAS_IP" "${uas_ports[$j]}" && break
+            kill -0 "${uass[$j]}" 2>/dev/null || break
+            sleep 0.05
+        done
+        udp_bound "$UAS_IP" "${uas_ports[$j]}" || { show_logs "$dir/uas-$j.out"; fail "a UAS did not start"; }
+    done
     read -r c0t c0n _ < <(group_stat "$pg")
     t0="$(now_ns)"
     cd "$dir" # sipp writes its -trace_rtt file in its working directory
-    spawn "$tag/uac" timeout --foreground -k 5 $((limit + 20)) sipp "$target" "${sipp_common[@]}" \
-        -timeout "${limit}s" -sf "$here/sipp/uac_$scen.xml" -inf "$work/calls.csv" \
-        -i "$UAC_IP" -p "$uac_port" -mi "$UAC_IP" -m "$n" -r "$rate" -d "$hold_ms" \
-        -l "$pairs" -trace_rtt -rtt_freq 1 -stf "$dir/uac.csv" -error_file "$dir/uac.err"
-    uac=$spawned
+    for j in $(seq 0 $((sipp_pairs - 1))); do
+        # Each UAC places its share of the calls at its share of the rate:
+        # RATE calls per SIPP_PAIRS seconds (-r / -rp).
+        spawn "$tag/uac-$j" timeout --foreground -k 5 $((limit + 20)) sipp "$target" "${sipp_common[@]}" \
+            -timeout "${limit}s" -sf "$here/sipp/uac_$scen.xml" -inf "$work/calls-$j.csv" \
+            -t "$sipp_transport" ${per_call_sockets:+-max_socket $(($(pairs_of "$j") + 64))} \
+            -i "$UAC_IP" -p "${uac_ports[$j]}" -mi "$UAC_IP" -mp "${uac_media[$j]}" \
+            -m "$(share "$n" "$j")" -r "$rate" -rp $((1000 * sipp_pairs)) -d "$hold_ms" \
+            -l "$(pairs_of "$j")" -trace_rtt -rtt_freq 1 -stf "$dir/uac-$j.csv" \
+            -error_file "$dir/uac-$j.err"
+        uacs+=("$spawned")
+    done
     cd "$work"
-    wait "$uac" || uac_rc=$?
-    forget "$uac"
+    for j in $(seq 0 $((sipp_pairs - 1))); do
+        rc=0
+        wait "${uacs[$j]}" || rc=$?
+        forget "${uacs[$j]}"
+        [ "$uac_rc" != 0 ] || uac_rc=$rc
+    done
     t1="$(now_ns)"
     read -r c1t c1n _ < <(group_stat "$pg")
-    if [ "$uac_rc" != 0 ]; then
-        # Calls failed: the UAS may never see them all. Give it 3 s to end
-        # on its own, then stop it (the whole group: wrapper, timeout, sipp).
-        for _ in $(seq 30); do
-            kill -0 "$uas" 2>/dev/null || break
-            sleep 0.1
-        done
-        stop_group "$uas"
-    fi
-    wait "$uas" || uas_rc=$?
-    forget "$uas"
+    for j in $(seq 0 $((sipp_pairs - 1))); do
+        if [ "$uac_rc" != 0 ]; then
+            # Calls failed: a UAS may never see them all. Give it 3 s to
+            # end on its own, then stop it (the whole group: wrapper,
+            # timeout, sipp).
+            for _ in $(seq 30); do
+                kill -0 "${uass[$j]}" 2>/dev/null || break
+                sleep 0.1
+            done
+            stop_group "${uass[$j]}"
+        fi
+        rc=0
+        wait "${uass[$j]}" || rc=$?
+        forget "${uass[$j]}"
+        [ "$uas_rc" != 0 ] || uas_rc=$rc
+    done
     local uac_ok uac_ko uas_ok uas_ko
-    read -r uac_ok uac_ko < <(final_counts "$dir/uac.csv")
-    read -r uas_ok uas_ko < <(final_counts "$dir/uas.csv")
+    read -r uac_ok uac_ko < <(sum_counts "$dir" uac)
+    read -r uas_ok uas_ko < <(sum_counts "$dir" uas)
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$name" "$scen" "$rate" "$n" "$uac_ok" "$uac_ko" "$uas_ok" "$uas_ko" "$uac_rc" "$uas_rc" \
         "$((c1t - c0t))" "$((c1n - c0n))" "$((t1 - t0))" \
-        "$(cpu_secs "$dir/uac.time")" "$(cpu_secs "$dir/uas.time")" "$dir" >>"$raw"
+        "$(sum_cpu "$dir" uac)" "$(sum_cpu "$dir" uas)" "$dir" >>"$raw"
     echo "$prog: $tag: UAC ok $uac_ok failed $uac_ko (exit $uac_rc), UAS ok $uas_ok" \
         "failed $uas_ko (exit $uas_rc), proxy CPU $(((c1n - c0n) / 1000000)) ms," \
         "$(((t1 - t0) / 1000000)) ms" >&2
     if [ "$uac_rc" != 0 ] || [ "$uas_rc" != 0 ]; then
-        show_logs "$dir/uac.err" "$dir/uas.err"
+        show_logs "$dir"/uac-*.err "$dir"/uas-*.err
     fi
 }
 
@@ -521,6 +599,7 @@ report_rc=0
 python3 "$here/report.py" --raw "$raw" --out "$out" --tck "$(getconf CLK_TCK)" \
     --meta "mode=$([ -n "$smoke" ] && echo smoke || echo full)" \
     --meta "cores=$cores" --meta "pairs=$pairs" --meta "hold_ms=$hold_ms" \
+    --meta "sipp_pairs=$sipp_pairs" --meta "sipp_transport=$sipp_transport" \
     --meta "kamailio=$kamailio_version" --meta "kamailio_processes=$kam_procs" \
     --meta "sipblade_threads=$sb_threads" --meta "sipp=$sipp_version" \
     --meta "idle_ms_per_s.sipblade=$sb_idle" --meta "idle_ms_per_s.kamailio=$kam_idle" \
