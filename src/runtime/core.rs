@@ -611,7 +611,7 @@ pub(crate) async fn run(
     link: Option<super::link::Setup>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let (senders, inbox) = mesh.unzip();
+    let (mesh, inbox) = mesh.unzip();
     let span = tracing::info_span!("core", index);
     let _entered = span.enter();
 
@@ -656,7 +656,7 @@ pub(crate) async fn run(
         proxy: RefCell::new(Proxy::new(settings, registrar, shared.agents.clone())),
         socket,
         via_socket,
-        mesh: senders,
+        mesh,
         shared: shared.clone(),
         index,
         conns: Connections::new(index),

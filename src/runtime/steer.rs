@@ -53,9 +53,10 @@ const BLOCK_FALLBACK: usize = 1 + PER_BYTE * MAX_USER as usize + 3;
 /// hash into a socket index.
 const BLOCK: usize = BLOCK_FALLBACK + 1 + 3;
 
-/// Where the block for INVITE and CANCEL starts, and its `ret UNPLACED`,
-/// where the prologue sends what it does not place.
+/// Where the block for INVITE and CANCEL starts.
 const LONG_METHOD_BLOCK: usize = PROLOGUE;
+/// That block's `ret UNPLACED`, where the prologue sends what it does not
+/// place.
 const FALLBACK: usize = LONG_METHOD_BLOCK + BLOCK_FALLBACK;
 /// Where the block for ACK starts.
 const ACK_BLOCK: usize = PROLOGUE + BLOCK;
