@@ -280,6 +280,36 @@ fn agent_to_agent_call_with_proxy_auth() {
 }
 
 #[test]
+fn invites_from_one_socket_reach_their_cores_without_a_hand_off() {
+    // A trunk or an SBC sends every call from one address, which the
+    // kernel's 4-tuple hash puts on one core. The steering program
+    // (src/runtime/steer.rs) places each INVITE on its callee's core
+    // instead, so none is handed over: with callees on both cores, at
+    // least one INVITE would hop without it.
+    let callees = ["1002", "1003", "1004"];
+    let cores: std::collections::HashSet<_> =
+        callees.iter().map(|c| shard_of(c.as_bytes(), 2)).collect();
+    assert_eq!(cores.len(), 2, "callees on both cores");
+    let blade = TestBlade::start(2, false);
+    let a = blade.registered("1001");
+    let mut phones: Vec<Ua> = callees.iter().map(|c| blade.registered(c)).collect();
+    // Registrations hop (a REGISTER's Request-URI names no agent): count
+    // from here.
+    let before = blade.metric("sipblade_core_handoffs_total");
+    for b in &mut phones {
+        let mut call = a.call(&b.ext);
+        a.invite(&mut call, "");
+        let invite = b.request(Method::Invite, &call.call_id);
+        assert_eq!(invite.cseq().seq, call.cseq);
+    }
+    assert_eq!(
+        blade.metric("sipblade_core_handoffs_total") - before,
+        0.0,
+        "no INVITE handed between cores"
+    );
+}
+
+#[test]
 fn a_call_placed_right_after_the_register_200_is_not_refused() {
     // 1001 and 1004 live on different cores: an INVITE to 1004 is judged on
     // 1004's core, which learns that 1001 logged in from a notice of

@@ -122,6 +122,12 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
             m.overloaded as usize,
         ),
         (
+            "sipblade_core_handoffs_total",
+            "counter",
+            "Messages a core received for another core and handed over (each wakes that core).",
+            m.handoffs as usize,
+        ),
+        (
             "sipblade_hosting_granted_total",
             "counter",
             "Agents this blade handed over to a hosting blade.",

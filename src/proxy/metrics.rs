@@ -103,6 +103,8 @@ pub struct Metrics {
     pub malformed: u64,
     /// Requests refused with 503 under overload.
     pub overloaded: u64,
+    /// Messages this core received for another core, and handed over.
+    pub handoffs: u64,
     /// Host requests this blade's sessions got refused, by [`REFUSALS`].
     pub hosting_refused: [u64; REFUSALS.len()],
     /// Grants this blade (as target) handed out.
@@ -124,6 +126,7 @@ impl Metrics {
         self.registrations += other.registrations;
         self.malformed += other.malformed;
         self.overloaded += other.overloaded;
+        self.handoffs += other.handoffs;
         for (a, b) in self
             .hosting_refused
             .iter_mut()

@@ -424,6 +424,11 @@ impl Proxy {
         self.metrics.malformed += 1;
     }
 
+    /// Counts a message received here for another core and handed over.
+    pub fn note_handoff(&mut self) {
+        self.metrics.handoffs += 1;
+    }
+
     /// Starts or stops refusing new out-of-dialog requests (503), for a
     /// graceful stop.
     pub fn set_draining(&mut self, draining: bool) {

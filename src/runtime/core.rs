@@ -442,6 +442,7 @@ impl Core {
         match Message::parse(data.clone()) {
             Ok(msg) => match owner_core(&msg, self.shared.cores) {
                 Some(owner) if owner != self.index => {
+                    self.proxy.borrow_mut().note_handoff();
                     // The owner is woken for this message anyway: queued
                     // notices for it go first, in the same wake-up.
                     self.send_outbox(owner);
