@@ -291,22 +291,31 @@ fn invites_from_one_socket_reach_their_cores_without_a_hand_off() {
         callees.iter().map(|c| shard_of(c.as_bytes(), 2)).collect();
     assert_eq!(cores.len(), 2, "callees on both cores");
     let blade = TestBlade::start(2, false);
-    let a = blade.registered("1001");
+    let mut a = blade.registered("1001");
     let mut phones: Vec<Ua> = callees.iter().map(|c| blade.registered(c)).collect();
     // Registrations hop (a REGISTER's Request-URI names no agent): count
     // from here.
     let before = blade.metric("sipblade_core_handoffs_total");
+    let mut calls = Vec::new();
     for b in &mut phones {
         let mut call = a.call(&b.ext);
         a.invite(&mut call, "");
         let invite = b.request(Method::Invite, &call.call_id);
         assert_eq!(invite.cseq().seq, call.cseq);
+        calls.push((call, invite));
     }
     assert_eq!(
         blade.metric("sipblade_core_handoffs_total") - before,
         0.0,
         "no INVITE handed between cores"
     );
+    // End the calls (busy), so the blade stops without waiting on them.
+    for (b, (call, invite)) in phones.iter().zip(&calls) {
+        b.answer(invite, 486, "Busy Here", CALLEE_TAG);
+        let busy = a.response(&call.call_id, Method::Invite);
+        assert_eq!(busy.status(), Some(486));
+        a.ack_failure(call, &busy);
+    }
 }
 
 #[test]
