@@ -62,6 +62,9 @@ struct World {
     inbox: HashMap<SocketAddr, VecDeque<Message>>,
     /// Every link message, as `(from, name)`.
     link_log: Vec<(String, &'static str)>,
+    /// The status of every SIP response sent from one blade to the other,
+    /// as `(from node, status)`.
+    blade_responses: Vec<(usize, u16)>,
 }
 
 fn node(id: &str, sip: &str, peer: (&str, &str)) -> Node {
@@ -104,6 +107,7 @@ impl World {
             link_up: true,
             inbox: HashMap::new(),
             link_log: Vec::new(),
+            blade_responses: Vec::new(),
         };
         for (n, peer) in [(S, "blade-2"), (T, "blade-1")] {
             let mut out = Output::default();
@@ -169,6 +173,11 @@ impl World {
         let other = World::other(node);
         for t in out.transmits {
             if t.to.addr == self.nodes[other].sip {
+                if let Ok(msg) = Message::parse(t.data.clone()) {
+                    if let Some(status) = msg.status() {
+                        self.blade_responses.push((node, status));
+                    }
+                }
                 events.push(Event::Sip {
                     node: other,
                     source: Peer::udp(me),
@@ -356,6 +365,42 @@ fn the_directory_names_the_target_and_one_round_trip_hosts() {
     assert_eq!(w.take("1001").status(), Some(200));
     assert_eq!(w.nodes[S].proxy.metrics().cross_blade.answered, 1);
     assert_eq!(w.nodes[S].proxy.metrics().hosting_rtt.count, 1);
+}
+
+#[test]
+fn t_defers_its_100_to_s_and_sends_it_only_for_a_slow_callee() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(
+        w.take("1001").status(),
+        Some(100),
+        "the caller's 100 is at once"
+    );
+    let inv = w.take("1002");
+    w.advance(Duration::from_millis(100));
+    w.send_from(T, "1002", &answer(&inv, 180));
+    assert_eq!(w.take("1001").status(), Some(180));
+    w.advance(Duration::from_millis(300));
+    assert_eq!(
+        w.blade_responses,
+        [(T, 180)],
+        "the callee's 180 spared T's 100"
+    );
+
+    w.register(S, "1003");
+    w.register(T, "1004");
+    w.send_from(S, "1003", &invite("1003", "1004", "c2"));
+    assert_eq!(w.take("1003").status(), Some(100));
+    let _ = w.take("1004");
+    w.advance(Duration::from_millis(300));
+    assert_eq!(
+        w.blade_responses,
+        [(T, 180), (T, 100)],
+        "a callee silent for 200 ms: T sends S its 100, before S's first retransmission"
+    );
+    assert!(w.idle("1003"), "S absorbs T's 100");
 }
 
 #[test]

@@ -1101,14 +1101,26 @@ impl Proxy {
     }
 
     /// The server transaction for request `msg`: an INVITE's has answered
-    /// 100 Trying (§16.2: at once, so the caller stops retransmitting).
+    /// 100 Trying (§16.2: at once, so the caller stops retransmitting). A
+    /// peer blade's INVITE has its 100 deferred instead: the callee's 180
+    /// nearly always comes first and makes it needless, which spares both
+    /// blades a datagram per cross-blade call; a slow callee still gets the
+    /// peer its 100 well before its first retransmission.
     fn server_tx(&self, now: Duration, source: Peer, msg: &Message, out: &mut Output) -> ServerTx {
         let invite = msg.method() == Some(Method::Invite);
         let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
         if invite {
             let mut trying = BytesMut::new();
             msg.response(100, "Trying", None, &[], &mut trying);
-            server.respond(now, 100, trying.freeze(), &mut out.transmits);
+            let from_peer_blade = self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.peer_by_ip(source.addr.ip()).is_some());
+            if from_peer_blade {
+                server.defer_trying(now, trying.freeze());
+            } else {
+                server.respond(now, 100, trying.freeze(), &mut out.transmits);
+            }
         }
         server
     }

@@ -6,6 +6,11 @@ use bytes::Bytes;
 
 use super::{Backoff, Peer, TimerConfig, Transmit, earliest};
 
+/// How long a deferred 100 Trying waits for the transaction user's own
+/// response: RFC 3261 §17.2.1 spares the 100 when the TU answers within
+/// 200 ms.
+pub const TRYING_DELAY: Duration = Duration::from_millis(200);
+
 /// Server transaction states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
@@ -45,6 +50,9 @@ pub struct ServerTx {
     ack_timeout: Option<Duration>,
     /// Timer I, J or L: when the state ends.
     linger: Option<Duration>,
+    /// A 100 Trying held back ([`ServerTx::defer_trying`]) and when it is
+    /// due.
+    deferred_trying: Option<(Duration, Bytes)>,
 }
 
 impl ServerTx {
@@ -63,6 +71,30 @@ impl ServerTx {
             retransmit: None,
             ack_timeout: None,
             linger: None,
+            deferred_trying: None,
+        }
+    }
+
+    /// Holds the INVITE's 100 Trying `data` for [`TRYING_DELAY`]: it goes
+    /// out then only if no response has, or at once if the INVITE is
+    /// retransmitted first. A peer blade's INVITE gets its callee's 180
+    /// well within that, and one datagram fewer for both blades.
+    pub fn defer_trying(&mut self, now: Duration, data: Bytes) {
+        if self.state == ServerState::Proceeding && self.last.is_none() {
+            self.deferred_trying = Some((now + TRYING_DELAY, data));
+        }
+    }
+
+    /// Sends the deferred 100 Trying, if it is still wanted.
+    fn send_deferred_trying(&mut self, out: &mut Vec<Transmit>) {
+        if let Some((_, data)) = self.deferred_trying.take() {
+            if self.state == ServerState::Proceeding && self.last.is_none() {
+                out.push(Transmit {
+                    to: self.peer,
+                    data: data.clone(),
+                });
+                self.last = Some(data);
+            }
         }
     }
 
@@ -89,7 +121,12 @@ impl ServerTx {
 
     /// The next deadline, if any.
     pub fn deadline(&self) -> Option<Duration> {
-        earliest(&[self.retransmit.map(|b| b.at), self.ack_timeout, self.linger])
+        earliest(&[
+            self.retransmit.map(|b| b.at),
+            self.ack_timeout,
+            self.linger,
+            self.deferred_trying.as_ref().map(|(at, _)| *at),
+        ])
     }
 
     /// Whether the transaction is over.
@@ -100,6 +137,10 @@ impl ServerTx {
     /// The request arrived again: resend the last response, if any
     /// (§17.2.1, §17.2.2). In Trying and Accepted it is absorbed silently.
     pub fn on_retransmission(&mut self, out: &mut Vec<Transmit>) {
+        if self.deferred_trying.is_some() {
+            // The sender is retransmitting: it needs the 100 now.
+            return self.send_deferred_trying(out);
+        }
         if matches!(self.state, ServerState::Proceeding | ServerState::Completed) {
             if let Some(last) = &self.last {
                 out.push(Transmit {
@@ -169,6 +210,7 @@ impl ServerTx {
             }
             _ => return false,
         }
+        self.deferred_trying = None;
         out.push(Transmit {
             to: self.peer,
             data: data.clone(),
@@ -179,6 +221,13 @@ impl ServerTx {
 
     /// Runs the timers due at `now`.
     pub fn on_timeout(&mut self, now: Duration, out: &mut Vec<Transmit>) -> Option<ServerEvent> {
+        if self
+            .deferred_trying
+            .as_ref()
+            .is_some_and(|(at, _)| *at <= now)
+        {
+            self.send_deferred_trying(out);
+        }
         if self.linger.is_some_and(|at| at <= now) {
             self.terminate();
             return None;
@@ -201,6 +250,7 @@ impl ServerTx {
 
     fn terminate(&mut self) {
         self.state = ServerState::Terminated;
+        self.deferred_trying = None;
         self.retransmit = None;
         self.ack_timeout = None;
         self.linger = None;
@@ -245,6 +295,43 @@ mod tests {
         assert_eq!(tx.deadline(), Some(ms(9000)), "timer I = T4");
         tx.on_timeout(ms(9000), &mut out);
         assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn a_deferred_trying_is_spared_by_an_earlier_response() {
+        let mut tx = ServerTx::new(true, peer(Transport::Udp), TimerConfig::default());
+        let mut out = Vec::new();
+        tx.defer_trying(ms(0), Bytes::from_static(b"100"));
+        assert_eq!(tx.deadline(), Some(TRYING_DELAY));
+        assert!(tx.respond(ms(30), 180, Bytes::from_static(b"180"), &mut out));
+        assert_eq!(tx.deadline(), None, "nothing left to send");
+        tx.on_timeout(ms(250), &mut out);
+        let sent: Vec<_> = out.iter().map(|t| &t.data[..]).collect();
+        assert_eq!(sent, [b"180"]);
+    }
+
+    #[test]
+    fn a_deferred_trying_goes_out_when_due_or_when_the_invite_comes_again() {
+        let mut tx = ServerTx::new(true, peer(Transport::Udp), TimerConfig::default());
+        let mut out = Vec::new();
+        tx.defer_trying(ms(0), Bytes::from_static(b"100"));
+        tx.on_timeout(ms(199), &mut out);
+        assert!(out.is_empty(), "not due yet");
+        tx.on_timeout(ms(200), &mut out);
+        assert_eq!(out.len(), 1);
+        tx.on_retransmission(&mut out);
+        assert_eq!(out.len(), 2, "then resent like any 100");
+        assert_eq!(tx.deadline(), None);
+
+        let mut tx = ServerTx::new(true, peer(Transport::Udp), TimerConfig::default());
+        let mut out = Vec::new();
+        tx.defer_trying(ms(0), Bytes::from_static(b"100"));
+        tx.on_retransmission(&mut out);
+        assert_eq!(out.len(), 1, "a retransmission asks for it at once");
+        tx.on_timeout(ms(200), &mut out);
+        assert_eq!(out.len(), 1, "and it goes out once");
+        assert!(tx.respond(ms(300), 486, Bytes::from_static(b"486"), &mut out));
+        assert_eq!(tx.state(), ServerState::Completed);
     }
 
     #[test]
