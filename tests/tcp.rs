@@ -1,11 +1,12 @@
 //! SIP over TCP, and bridging TCP and UDP: an agent registered over TCP is
 //! reached on its own connection, framed by Content-Length; a caller on
-//! UDP calls it; CRLF keep-alives are answered.
+//! UDP calls it; once that connection has closed, the blade connects to
+//! the agent's Contact; CRLF keep-alives are answered.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +23,28 @@ struct TcpUa {
 
 impl TcpUa {
     fn connect(blade: &TestBlade) -> TcpUa {
-        let stream = TcpStream::connect(blade.sip).unwrap();
+        TcpUa::on(TcpStream::connect(blade.sip).unwrap())
+    }
+
+    /// The next connection the blade opens to `listener`, within 5 s.
+    fn accept(listener: &TcpListener) -> TcpUa {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    return TcpUa::on(stream);
+                }
+                Err(_) => {
+                    assert!(Instant::now() < deadline, "the blade did not connect");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn on(stream: TcpStream) -> TcpUa {
         stream
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
@@ -283,9 +305,40 @@ fn a_request_without_content_length_gets_400_before_the_close() {
     assert_eq!(blade.metric("sipblade_messages_malformed_total"), 1.0);
 }
 
-/// An agent registered over TCP whose connection has closed cannot be
-/// reached (nothing listens at the connection's port): a call to it fails
-/// at once with 480 (RFC 3261 §16.9, a transport error is a 503 from that
+/// An agent registered over TCP whose Contact names where it accepts
+/// connections (a UA like sipp over TCP) is still reached once the
+/// connection it registered on has closed: the blade connects to the
+/// Contact (RFC 3261 §18.1.1), and the call goes through.
+#[test]
+fn a_tcp_agent_is_reached_at_its_contact_once_its_connection_closed() {
+    let blade = TestBlade::start(2, false);
+    let listener = TcpListener::bind("127.0.0.22:0").unwrap();
+    let contact = listener.local_addr().unwrap().to_string();
+    let mut registration = TcpUa::connect(&blade);
+    registration.send(&register("1002", &contact, "TCP"));
+    assert_eq!(registration.recv().status(), Some(200));
+    drop(registration);
+    // Time for the blade to see the close (its reader gets end of file).
+    std::thread::sleep(Duration::from_millis(100));
+    let (caller, caller_addr) = udp_caller(&blade);
+    let invite = invite_to_1002(&caller_addr, "z9hG4bKreach", "tcp-reach-1");
+    caller.send_to(invite.as_bytes(), blade.sip).unwrap();
+    assert_eq!(recv_udp(&caller).status(), Some(100));
+    let mut callee = TcpUa::accept(&listener);
+    let forwarded = callee.recv();
+    assert_eq!(forwarded.method_str(), Some("INVITE"));
+    assert_eq!(forwarded.call_id(), "tcp-reach-1");
+    callee.send(&answer(&forwarded, 200, &contact));
+    assert_eq!(recv_udp(&caller).status(), Some(200));
+    wait_until("1002 in call", || {
+        agent(blade.admin, "1002")["state"] == "in_call"
+    });
+}
+
+/// An agent registered over TCP whose connection has closed, with the
+/// connection's own port as its Contact, cannot be reached (the blade's
+/// connection to the Contact is refused: nothing listens there): a call
+/// to it fails at once with 480 (RFC 3261 §16.9, a transport error is a 503 from that
 /// hop), not with a 408 after timer B's 32 seconds, and both agents are
 /// ready again. On two cores, so the connection and the call may live on
 /// different ones.

@@ -1459,8 +1459,8 @@ impl Proxy {
         self.reschedule(id);
     }
 
-    /// A request this core forwarded could not be sent (the agent's TCP
-    /// connection is gone). RFC 3261 §16.9: as if the hop answered 503; the
+    /// A request this core forwarded could not be sent (no connection to
+    /// the agent could be made over TCP). RFC 3261 §16.9: as if the hop answered 503; the
     /// caller gets 480 (the agent cannot be reached) at once instead of a
     /// 408 after timer B, and a call ends as failed.
     pub fn handle_unsent(&mut self, now: Duration, msg: &Message, out: &mut Output) {

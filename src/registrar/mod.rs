@@ -358,13 +358,14 @@ fn check_order(existing: Option<&Binding>, msg: &Message) -> Result<(), Refusal>
     }
 }
 
-/// Where to reach a registered contact. Over a stream, the connection
-/// the REGISTER came on. Over UDP, the Contact's IP literal and port (a
-/// host name is not resolved on the hot path: then the REGISTER's source).
+/// Where to reach a registered contact: the Contact's IP literal and
+/// port (a host name is not resolved on the hot path: then the
+/// REGISTER's source). Over a stream, also the connection the REGISTER
+/// came on, which requests use while it lasts (an agent behind NAT is
+/// reachable only through it); once it has closed, a new connection goes
+/// to the Contact (RFC 3261 §18.1.1), as a UA that accepts connections
+/// (sipp over TCP, for one) expects.
 fn contact_peer(uri: &crate::sip::Uri<'_>, source: Peer) -> Peer {
-    if source.transport.is_reliable() {
-        return source;
-    }
     let ip: Option<IpAddr> = match uri.host_kind() {
         HostKind::Ipv4 => uri.host().parse().ok(),
         HostKind::Ipv6 => uri
@@ -375,13 +376,20 @@ fn contact_peer(uri: &crate::sip::Uri<'_>, source: Peer) -> Peer {
             .ok(),
         _ => None,
     };
+    let contact = ip.map(|ip| SocketAddr::new(ip, uri.port().unwrap_or(5060)));
+    if source.transport.is_reliable() {
+        return Peer {
+            addr: contact.unwrap_or(source.addr),
+            ..source
+        };
+    }
     let transport = uri
         .param("transport")
         .flatten()
         .and_then(Transport::parse)
         .unwrap_or(Transport::Udp);
-    match ip {
-        Some(ip) => Peer::new(SocketAddr::new(ip, uri.port().unwrap_or(5060)), transport),
+    match contact {
+        Some(addr) => Peer::new(addr, transport),
         None => source,
     }
 }

@@ -252,3 +252,38 @@ fn expires_zero_for_another_contact_keeps_the_binding() {
     assert_eq!(send(&mut r, t0, &bye).0, Outcome::LoggedOut("1001".into()));
     assert!(!r.location().get("1001").unwrap().is_logged_in());
 }
+
+#[test]
+fn a_binding_over_tcp_keeps_its_connection_and_names_the_contact() {
+    let mut r = registrar(false);
+    let text = register(
+        "1001",
+        1,
+        "Contact: <sip:1001@127.0.0.14:5070;transport=tcp>\r\n",
+        "",
+    );
+    let msg = Message::parse(Bytes::from(text)).unwrap();
+    let conn = crate::sip::ConnId { core: 1, id: 9 };
+    let source = Peer {
+        addr: "127.0.0.14:40123".parse().unwrap(),
+        transport: crate::sip::Transport::Tcp,
+        conn: Some(conn),
+    };
+    let mut out = BytesMut::new();
+    r.handle_register(Duration::from_secs(1), &msg, source, &mut out);
+    let peer = r
+        .location()
+        .get("1001")
+        .unwrap()
+        .binding
+        .as_ref()
+        .unwrap()
+        .peer;
+    assert_eq!(peer.conn, Some(conn), "requests use the connection first");
+    assert_eq!(
+        peer.addr,
+        "127.0.0.14:5070".parse().unwrap(),
+        "and connect to the Contact once it has closed"
+    );
+    assert_eq!(peer.transport, crate::sip::Transport::Tcp);
+}

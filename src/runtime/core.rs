@@ -423,13 +423,9 @@ impl Core {
             return;
         }
         if !self.conns.send(peer, data.clone()) {
-            if peer.conn.is_some() && !data.starts_with(b"SIP/") {
-                // A request for a connection the other end opened (an
-                // agent registered over TCP) that has closed: nothing
-                // listens at its port, so fail the transaction now (RFC
-                // 3261 §16.9) rather than let the call ring for timer B.
-                return self.unsent(data);
-            }
+            // No connection (an agent's own has closed): open one to its
+            // address. If that fails, the transaction fails at once (RFC
+            // 3261 §16.9) rather than let the call ring for timer B.
             tcp::connect(self, peer.addr, data);
         }
     }
@@ -534,7 +530,7 @@ impl Core {
 
     /// Tells the core whose transaction sent `data` (its branch names it)
     /// that it could not be sent.
-    fn unsent(self: &Rc<Self>, data: Bytes) {
+    pub(super) fn unsent(self: &Rc<Self>, data: Bytes) {
         // What a core sent parses; anything else has no transaction to fail.
         let Ok(msg) = Message::parse(data) else {
             return;

@@ -125,14 +125,16 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
                     continue;
                 };
                 let (conn, queue) = core.conns.register(addr);
-                glommio::spawn_local(serve(core.clone(), stream, addr, conn, queue)).detach();
+                glommio::spawn_local(serve(core.clone(), stream, addr, conn, queue, None)).detach();
             }
             Err(e) => tracing::debug!("accept: {e}"),
         }
     }
 }
 
-/// Opens a connection to `addr` and sends `first` on it.
+/// Opens a connection to `addr` and sends `first` on it. When the
+/// connection cannot be made, the core that sent `first` hears that it
+/// went unsent (a request's transaction then fails at once).
 pub(crate) fn connect(core: &Rc<Core>, addr: SocketAddr, first: Bytes) {
     let (conn, queue) = core.conns.register(addr);
     core.conns.send(
@@ -141,15 +143,16 @@ pub(crate) fn connect(core: &Rc<Core>, addr: SocketAddr, first: Bytes) {
             transport: Transport::Tcp,
             conn: Some(conn),
         },
-        first,
+        first.clone(),
     );
     let core = core.clone();
     glommio::spawn_local(async move {
         match open_from(core.sip_ip(), addr) {
-            Ok(stream) => serve(core, stream, addr, conn, queue).await,
+            Ok(stream) => serve(core, stream, addr, conn, queue, Some(first)).await,
             Err(e) => {
                 tracing::debug!(%addr, "connect: {e}");
                 core.conns.remove(conn.id);
+                core.unsent(first);
             }
         }
     })
@@ -178,21 +181,32 @@ fn open_from(local: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
 /// Linux's "operation now in progress", what a non-blocking connect says.
 const EINPROGRESS: i32 = 115;
 
+/// Serves a connection: a writer task drains its queue while this one
+/// reads. `opening` is the message an outbound connection was opened
+/// for: its write is where a refused connection shows, and then it is
+/// reported unsent.
 async fn serve(
     core: Rc<Core>,
     stream: TcpStream,
     addr: SocketAddr,
     conn: ConnId,
     queue: LocalReceiver<Bytes>,
+    mut opening: Option<Bytes>,
 ) {
     let _ = stream.set_nodelay(true);
     let stream = Rc::new(RefCell::new(stream));
     let mut writer = Half(stream.clone());
+    let writer_core = core.clone();
     glommio::spawn_local(async move {
         while let Some(data) = queue.recv().await {
-            if writer.write_all(&data).await.is_err() {
+            if let Err(e) = writer.write_all(&data).await {
+                tracing::debug!(%addr, "stream write: {e}");
+                if let Some(first) = opening.take() {
+                    writer_core.unsent(first);
+                }
                 break;
             }
+            opening = None;
         }
     })
     .detach();
