@@ -137,8 +137,10 @@ fn digest_registration_challenges_and_logs_in() {
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .collect();
     assert_eq!(offered.len(), 2, "{offered:?}");
-    assert!(offered[0].contains("algorithm=SHA-256"), "{offered:?}");
-    assert!(offered[1].contains("algorithm=MD5"), "{offered:?}");
+    // MD5 first: clients that read only the topmost challenge (sipp)
+    // know only MD5.
+    assert!(offered[0].contains("algorithm=MD5"), "{offered:?}");
+    assert!(offered[1].contains("algorithm=SHA-256"), "{offered:?}");
     for c in &offered {
         assert!(c.starts_with("Digest "), "{c}");
         assert!(c.contains("realm=\"cc.example\""), "{c}");
@@ -146,7 +148,7 @@ fn digest_registration_challenges_and_logs_in() {
 
     let auth = a.authorization(&challenge, false, "REGISTER", "sip:cc.example", "pw-1001");
     assert!(
-        auth.contains("algorithm=SHA-256"),
+        auth.contains("algorithm=MD5"),
         "answers the first challenge"
     );
     let ok = a.register_once(&format!("{binding}{auth}"));
@@ -160,20 +162,21 @@ fn digest_registration_challenges_and_logs_in() {
     assert_eq!(status["contact"], a.addr.to_string(), "{status}");
     assert_eq!(status["badge"], "A1001", "{status}");
 
-    // The MD5 challenge works too.
+    // The SHA-256 challenge works too (RFC 8760).
     let mut b = blade.ua("1002");
     let binding_b = b.binding_headers(3600);
     let challenge = b.register_once(&binding_b);
     assert_eq!(challenge.status(), Some(401));
-    let md5 = b.authorization_with(
+    let sha256 = b.authorization_with(
         &challenge,
         false,
         "REGISTER",
         "sip:cc.example",
         "pw-1002",
-        Some("MD5"),
+        Some("SHA-256"),
     );
-    let ok = b.register_once(&format!("{binding_b}{md5}"));
+    assert!(sha256.contains("algorithm=SHA-256"), "{sha256}");
+    let ok = b.register_once(&format!("{binding_b}{sha256}"));
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
     assert_eq!(blade.agent_state("1002"), "ready");
 

@@ -1,7 +1,9 @@
 //! Interop with real sipp (Debian's `sip-tester`): `tests/sipp/run.sh`
 //! drives this build's `sipblade` binary over loopback with the scenarios
 //! in `tests/sipp/` (agents register, then 50 calls INVITE / 180 / 200 /
-//! ACK / BYE / 200, five at a time) and fails on any failed call.
+//! ACK / BYE / 200, five at a time) and fails on any failed call; a
+//! second run does the same over TCP, a third with digest authentication
+//! (sipp answers the blade's 401 and 407 challenges itself).
 //! `tests/sipp/cross.sh` does the same across two `sipblade run`
 //! processes linked over QUIC: callers registered on blade-1, callees on
 //! blade-2, so every call is cross-blade (SPEC §2); it also fails unless
@@ -39,9 +41,10 @@ fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
-/// Runs `tests/sipp/SCRIPT` with this build's binary and asserts that it
-/// passed and printed `OK_LINE`; skipped (or failed in CI) without sipp.
-fn run_sipp_script(script: &str, ok_line: &str) {
+/// Runs `tests/sipp/SCRIPT` with this build's binary and `env` added to
+/// its environment, and asserts that it passed and printed `OK_LINE`;
+/// skipped (or failed in CI) without sipp.
+fn run_sipp_script(script: &str, env: &[(&str, &str)], ok_line: &str) {
     if !sipp_installed() {
         assert!(
             !in_ci(),
@@ -58,6 +61,7 @@ fn run_sipp_script(script: &str, ok_line: &str) {
     let output = Command::new("bash")
         .arg(&path)
         .arg(env!("CARGO_BIN_EXE_sipblade"))
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot start bash for tests/sipp/{script}: {e}"));
@@ -79,11 +83,34 @@ fn run_sipp_script(script: &str, ok_line: &str) {
 
 #[test]
 fn calls_through_sipp() {
-    run_sipp_script("run.sh", "sipp interop: OK");
+    run_sipp_script("run.sh", &[], "sipp interop: OK");
+}
+
+/// sipp over TCP: every sipp registers over a connection of its own that
+/// closes when it exits, so the blade must open new connections to the
+/// callees' Contact addresses (RFC 3261 §18.1.1) for the calls.
+#[test]
+fn calls_through_sipp_over_tcp() {
+    run_sipp_script(
+        "run.sh",
+        &[("SIPP_TRANSPORT", "t1"), ("SIPP_CALLS", "20")],
+        "sipp interop: OK",
+    );
 }
 
 /// 50 cross-blade calls, 5 pairs at once (the script's defaults).
+/// The blade with `auth = true` (SPEC §5): sipp's REGISTERs answer a 401
+/// and its INVITEs a 407, with sipp's own MD5 digest.
+#[test]
+fn calls_through_sipp_with_digest_authentication() {
+    run_sipp_script(
+        "run.sh",
+        &[("SIPP_AUTH", "1"), ("SIPP_CALLS", "20")],
+        "sipp interop: OK",
+    );
+}
+
 #[test]
 fn cross_blade_calls_through_sipp() {
-    run_sipp_script("cross.sh", "sipp cross-blade: OK");
+    run_sipp_script("cross.sh", &[], "sipp cross-blade: OK");
 }

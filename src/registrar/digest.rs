@@ -15,7 +15,7 @@
 //!
 //! Typical flow: a request without credentials gets [`NonceManager::challenges`]
 //! (one `WWW-Authenticate` / `Proxy-Authenticate` header per algorithm,
-//! SHA-256 first); a request with credentials goes to
+//! MD5 first); a request with credentials goes to
 //! [`NonceManager::verify`], and on [`AuthError::wants_stale_challenge`] the
 //! caller re-challenges with `stale=true`.
 
@@ -55,9 +55,14 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    /// The algorithms to offer, in the order RFC 8760 recommends (strongest
-    /// first). The `-sess` variants are accepted but not offered.
-    pub const OFFERED: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
+    /// The algorithms to offer, in this order. RFC 8760 lets a server list
+    /// them by its own preference, and a client answers the topmost one it
+    /// supports; but clients that read only the topmost challenge and know
+    /// only MD5 are common (sipp, older phones, which fail on a SHA-256
+    /// one), so MD5 comes first and SHA-256 is there for clients whose own
+    /// policy prefers it. Credentials of either are verified. The `-sess`
+    /// variants are accepted but not offered.
+    pub const OFFERED: [Algorithm; 2] = [Algorithm::Md5, Algorithm::Sha256];
 
     /// Parses a header token, case-insensitively. `None` for anything else
     /// (e.g. `SHA-512-256`, which is not supported).
@@ -772,11 +777,11 @@ mod tests {
         assert_eq!(
             cs[0].to_string(),
             format!(
-                "Digest realm=\"cc.example\", nonce=\"{}\", algorithm=SHA-256, qop=\"auth\"",
+                "Digest realm=\"cc.example\", nonce=\"{}\", algorithm=MD5, qop=\"auth\"",
                 cs[0].nonce
             )
         );
-        assert!(cs[1].to_string().contains("algorithm=MD5,"));
+        assert!(cs[1].to_string().contains("algorithm=SHA-256,"));
         let c = m.challenge(T0, "a\"b\\c\r\n", Algorithm::Md5, true);
         let s = c.to_string();
         assert!(s.starts_with("Digest realm=\"a\\\"b\\\\c\", nonce=\""));

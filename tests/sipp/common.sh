@@ -33,6 +33,14 @@ udp_bound() {
     awk -v w="$want" '$2 == w { found = 1 } END { exit !found }' /proc/net/udp
 }
 
+# Whether a TCP socket listens on IPv4 ip:port (state 0A is LISTEN).
+tcp_listening() {
+    local a b c d want
+    IFS=. read -r a b c d <<<"$1"
+    want="$(printf '%02X%02X%02X%02X:%04X' "$d" "$c" "$b" "$a" "$2")"
+    awk -v w="$want" '$2 == w && $4 == "0A" { found = 1 } END { exit !found }' /proc/net/tcp
+}
+
 # sipp's final counters from its statistics file: "successful failed".
 final_counts() {
     awk -F';' '

@@ -7,8 +7,8 @@
 # Everything runs on loopback: the blade on 127.0.0.1, the called agents'
 # terminal (a sipp UAS) on 127.0.0.3, the calling agents' terminal (a sipp
 # UAC) on 127.0.0.2, each on a free port. The blade runs with auth = false
-# (SPEC §5): no digest, but callers and callees must be registered (logged
-# in) before calls are placed. PAIRS caller/callee pairs of agents
+# (SPEC §5; SIPP_AUTH=1 below for digest): callers and callees must be
+# registered (logged in) before calls are placed. PAIRS caller/callee pairs of agents
 # (1001→1002, 1003→1004, …, from agents.toml) call at once, because an
 # agent takes one call at a time (another INVITE to it gets 486):
 #
@@ -26,7 +26,13 @@
 # only when every call succeeded on both sides, the blade counted them all
 # answered, and /status shows every agent ready and no session left.
 # SIPP_CALLS and SIPP_PAIRS (1 to 5) override the defaults; SIPP_KEEP=1
-# keeps the work directory with the logs.
+# keeps the work directory with the logs. SIPP_TRANSPORT=t1 runs it all
+# over TCP (one connection per sipp): each sipp registers over a
+# connection that closes when it exits, so the blade reaches the callees
+# by connecting to their Contact, where the UAS listens. SIPP_AUTH=1 runs
+# the blade with auth = true: the REGISTERs (register_auth.xml) answer a
+# 401 and the INVITEs (uac_auth.xml) a 407 with sipp's own digest, from
+# the passwords in agents.toml.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,6 +42,8 @@ root="$(cd "$here/../.." && pwd)"
 calls="${SIPP_CALLS:-50}"
 cores="${SIPP_CORES:-2}"
 pairs="${SIPP_PAIRS:-5}"
+transport="${SIPP_TRANSPORT:-u1}"
+auth="${SIPP_AUTH:-}"
 sipp_timeout=60 # sipp's own global timeout for the calls, seconds
 hard_timeout=90 # `timeout` around the UAS and the UAC, seconds
 
@@ -46,6 +54,7 @@ fail() {
 
 [[ "$calls" =~ ^[1-9][0-9]*$ ]] || fail "SIPP_CALLS must be a positive number"
 [[ "$pairs" =~ ^[1-5]$ ]] || fail "SIPP_PAIRS must be 1 to 5 (agents.toml has 5 pairs)"
+[[ "$transport" =~ ^(u1|t1)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP) or t1 (TCP)"
 
 bin="${1:-${SIPBLADE_BIN:-}}"
 if [ -z "$bin" ]; then
@@ -93,19 +102,38 @@ uas_port="$(free_port)"; picked+="$uas_port "
 uac_port="$(free_port)"; picked+="$uac_port "
 media_port="$(free_port)"
 
-# Pair k: caller 1000+2k-1 calls callee 1000+2k.
+# Pair k: caller 1000+2k-1 calls callee 1000+2k. With SIPP_AUTH, each
+# agent's digest credentials (its password is sipp-EXTENSION in
+# agents.toml) follow as a field of its own.
+credentials() {
+    [ -n "$auth" ] && echo "[authentication username=$1 password=sipp-$1];"
+}
 {
     echo SEQUENTIAL
-    for k in $(seq "$pairs"); do echo "$((1000 + 2 * k));"; done
+    for k in $(seq "$pairs"); do
+        ext=$((1000 + 2 * k))
+        echo "$ext;$(credentials $ext)"
+    done
 } >"$work/callees.csv"
 {
     echo SEQUENTIAL
-    for k in $(seq "$pairs"); do echo "$((999 + 2 * k));"; done
+    for k in $(seq "$pairs"); do
+        ext=$((999 + 2 * k))
+        echo "$ext;$(credentials $ext)"
+    done
 } >"$work/callers.csv"
 {
     echo USERS
-    for k in $(seq "$pairs"); do echo "$((999 + 2 * k));$((1000 + 2 * k));"; done
+    for k in $(seq "$pairs"); do
+        caller=$((999 + 2 * k))
+        echo "$caller;$((1000 + 2 * k));$(credentials $caller)"
+    done
 } >"$work/calls.csv"
+if [ -n "$auth" ]; then
+    register_scenario=register_auth.xml uac_scenario=uac_auth.xml auth_setting=true
+else
+    register_scenario=register.xml uac_scenario=uac.xml auth_setting=false
+fi
 
 cat >"$work/blade.toml" <<TOML
 [blade]
@@ -117,11 +145,11 @@ admin = "127.0.0.1:$admin_port"
 
 [agents]
 file = "$here/agents.toml"
-auth = false
+auth = $auth_setting
 TOML
 
 echo "sipp interop: blade $bin on 127.0.0.1:$sip_port (admin $admin_port)," \
-    "UAS 127.0.0.3:$uas_port, UAC 127.0.0.2:$uac_port: $calls calls, $pairs at once"
+    "UAS 127.0.0.3:$uas_port, UAC 127.0.0.2:$uac_port: $calls calls, $pairs at once, sipp -t $transport, auth = $auth_setting"
 
 RUST_LOG="${RUST_LOG:-warn}" "$bin" run --config "$work/blade.toml" \
     >"$work/blade.out" 2>"$work/blade.log" &
@@ -159,7 +187,16 @@ cd "$work"
 # Every sipp: no stdin, statistics (CSV, final screen, errors) in $work,
 # the media port away from sipp's default 6000 (shared by parallel runs).
 sipp_common=(127.0.0.1:"$sip_port" -nostdin -timeout_error -mp "$media_port"
-    -trace_err -trace_screen -trace_stat -fd 1)
+    -trace_err -trace_screen -trace_stat -fd 1 -t "$transport")
+
+# Whether the UAS is ready: bound (UDP) or listening (TCP).
+uas_ready() {
+    if [ "$transport" = t1 ]; then
+        tcp_listening 127.0.0.3 "$uas_port"
+    else
+        udp_bound 127.0.0.3 "$uas_port"
+    fi
+}
 
 show_logs() {
     local f
@@ -175,7 +212,7 @@ show_logs() {
 # Registers the agents listed in $1.csv from $2:$3, expecting 200 each.
 register() {
     local who="$1" ip="$2" port="$3" rc=0
-    timeout 30 sipp "${sipp_common[@]}" -timeout 20s -sf "$here/register.xml" \
+    timeout 30 sipp "${sipp_common[@]}" -timeout 20s -sf "$here/$register_scenario" \
         -inf "$work/$who.csv" -i "$ip" -p "$port" -mi "$ip" -m "$pairs" -r 50 \
         -stf "$work/register_$who.csv" -error_file "$work/register_$who.err" \
         -screen_file "$work/register_$who.screen" >"$work/register_$who.out" 2>&1 || rc=$?
@@ -196,11 +233,11 @@ timeout "$hard_timeout" sipp "${sipp_common[@]}" -timeout "${sipp_timeout}s" \
 uas_pid=$!
 pids+=("$uas_pid")
 for _ in $(seq 100); do
-    udp_bound 127.0.0.3 "$uas_port" && break
+    uas_ready && break
     kill -0 "$uas_pid" 2>/dev/null || break
     sleep 0.05
 done
-udp_bound 127.0.0.3 "$uas_port" || {
+uas_ready || {
     show_logs uas.out uas.err
     fail "the UAS did not start"
 }
@@ -209,7 +246,7 @@ register callers 127.0.0.2 "$uac_port"
 
 uac_rc=0
 timeout "$hard_timeout" sipp "${sipp_common[@]}" -timeout "${sipp_timeout}s" \
-    -sf "$here/uac.xml" -inf "$work/calls.csv" -i 127.0.0.2 -p "$uac_port" -mi 127.0.0.2 \
+    -sf "$here/$uac_scenario" -inf "$work/calls.csv" -i 127.0.0.2 -p "$uac_port" -mi 127.0.0.2 \
     -m "$calls" -users "$pairs" \
     -stf "$work/uac.csv" -error_file "$work/uac.err" -screen_file "$work/uac.screen" \
     >"$work/uac.out" 2>&1 || uac_rc=$?
