@@ -8,8 +8,8 @@
 //! processes linked over QUIC: callers registered on blade-1, callees on
 //! blade-2, so every call is cross-blade (SPEC §2); it also fails unless
 //! blade-1 counted every call as an answered cross-blade call and both
-//! blades end with no session and no agent hosted. The two run one after
-//! the other (a lock), not in parallel.
+//! blades end with no session and no agent hosted; it runs over TCP too.
+//! The scripts run one after the other (a lock), not in parallel.
 //!
 //! When `sipp` is not on the PATH:
 //! - with the environment variable `CI` set (non-empty), the test FAILS:
@@ -113,4 +113,15 @@ fn calls_through_sipp_with_digest_authentication() {
 #[test]
 fn cross_blade_calls_through_sipp() {
     run_sipp_script("cross.sh", &[], "sipp cross-blade: OK");
+}
+
+/// The same with the agents on TCP: blade-2 reaches each callee by
+/// connecting to its Contact.
+#[test]
+fn cross_blade_calls_through_sipp_over_tcp() {
+    run_sipp_script(
+        "cross.sh",
+        &[("SIPP_TRANSPORT", "t1"), ("SIPP_CALLS", "20")],
+        "sipp cross-blade: OK",
+    );
 }

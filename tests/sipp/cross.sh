@@ -33,7 +33,9 @@
 # 50), PAIRS (default 5) at once, sipp's global timeout and a `timeout`
 # around every sipp; the EXIT trap kills every process it started.
 # SIPP_CALLS, SIPP_PAIRS (1 to 5), SIPP_CORES (per blade, default 2)
-# override the defaults; SIPP_KEEP=1 keeps the work directory with the logs.
+# override the defaults; SIPP_TRANSPORT=t1 runs the agents' side over TCP
+# (the blades still talk UDP); SIPP_KEEP=1 keeps the work directory with
+# the logs.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,6 +50,7 @@ sipp_timeout=60 # sipp's own global timeout for the calls, seconds
 hard_timeout=90 # `timeout` around the UAC, seconds
 
 [[ "$calls" =~ ^[1-9][0-9]*$ ]] || fail "SIPP_CALLS must be a positive number"
+[[ "$transport" =~ ^(u1|t1)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP) or t1 (TCP)"
 [[ "$pairs" =~ ^[1-5]$ ]] || fail "SIPP_PAIRS must be 1 to 5 (agents.toml has 5 pairs)"
 
 lib_init "${1:-}"
@@ -81,7 +84,7 @@ uas_start uas "$uas_ip" "$uas_port" "$B2_SIP" "$calls" "$sipp_timeout"
 register callers "$uac_ip" "$uac_port" "$B1_SIP" "$pairs"
 
 uac_rc=0
-timeout "$hard_timeout" sipp "$B1_SIP" -nostdin -timeout_error -mp "$media_port" \
+timeout "$hard_timeout" sipp "$B1_SIP" -t "$transport" -nostdin -timeout_error -mp "$media_port" \
     -trace_err -trace_screen -trace_stat -fd 1 -timeout "${sipp_timeout}s" \
     -sf "$here/uac.xml" -inf "$work/calls.csv" -i "$uac_ip" -p "$uac_port" -mi "$uac_ip" \
     -m "$calls" -users "$pairs" \

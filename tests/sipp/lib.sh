@@ -18,6 +18,9 @@
 B1_IP=127.0.0.21
 B2_IP=127.0.0.22
 
+# sipp's transport: u1 (UDP, one socket) or t1 (TCP, one connection).
+transport="${SIPP_TRANSPORT:-u1}"
+
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 fail() {
@@ -169,7 +172,7 @@ peer_up() {
 # of the extensions in $work/WHO.csv, from IP:PORT to BLADE_SIP.
 register() {
     local who="$1" ip="$2" port="$3" blade="$4" n="$5" rc=0
-    timeout 60 sipp "$blade" -nostdin -timeout_error -mp "$media_port" \
+    timeout 60 sipp "$blade" -t "$transport" -nostdin -timeout_error -mp "$media_port" \
         -trace_err -trace_screen -trace_stat -fd 1 -timeout 40s -sf "$here/register.xml" \
         -inf "$work/$who.csv" -i "$ip" -p "$port" -mi "$ip" -m "$n" -r 200 \
         -stf "$work/register_$who.csv" -error_file "$work/register_$who.err" \
@@ -182,10 +185,11 @@ register() {
 
 
 # Starts a sipp UAS ($here/uas.xml) on IP:PORT for N calls in the
-# background, logs under $work/NAME.*; sets uas_pid. Waits until it binds.
+# background, logs under $work/NAME.*; sets uas_pid. Waits until it binds
+# (UDP) or listens (TCP).
 uas_start() {
     local name="$1" ip="$2" port="$3" blade="$4" n="$5" secs="$6"
-    timeout "$((secs + 30))" sipp "$blade" -nostdin -timeout_error -mp "$media_port" \
+    timeout "$((secs + 30))" sipp "$blade" -t "$transport" -nostdin -timeout_error -mp "$media_port" \
         -trace_err -trace_screen -trace_stat -fd 1 -timeout "${secs}s" \
         -sf "$here/uas.xml" -i "$ip" -p "$port" -mi "$ip" -m "$n" \
         -stf "$work/$name.csv" -error_file "$work/$name.err" -screen_file "$work/$name.screen" \
@@ -193,7 +197,11 @@ uas_start() {
     uas_pid=$!
     pids+=("$uas_pid")
     for _ in $(seq 200); do
-        udp_bound "$ip" "$port" && return 0
+        if [ "$transport" = t1 ]; then
+            tcp_listening "$ip" "$port" && return 0
+        else
+            udp_bound "$ip" "$port" && return 0
+        fi
         kill -0 "$uas_pid" 2>/dev/null || break
         sleep 0.05
     done
