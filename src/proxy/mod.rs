@@ -1460,9 +1460,9 @@ impl Proxy {
     }
 
     /// A request this core forwarded could not be sent (no connection to
-    /// the agent could be made over TCP). RFC 3261 §16.9: as if the hop answered 503; the
-    /// caller gets 480 (the agent cannot be reached) at once instead of a
-    /// 408 after timer B, and a call ends as failed.
+    /// the agent could be made over TCP). RFC 3261 §16.9: as if the hop
+    /// answered 503; the caller gets 480 (the agent cannot be reached) at
+    /// once instead of a 408 after timer B, and a call ends as failed.
     pub fn handle_unsent(&mut self, now: Duration, msg: &Message, out: &mut Output) {
         if !msg.is_request() || matches!(msg.method(), Some(Method::Ack | Method::Cancel)) {
             return;
