@@ -90,7 +90,7 @@ fn challenge_then_login() {
         .header_values(crate::sip::HeaderName::WwwAuthenticate)
         .map(|v| String::from_utf8_lossy(v).contains("SHA-256"))
         .collect();
-    assert_eq!(algorithms, [true, false], "SHA-256 offered first, then MD5");
+    assert_eq!(algorithms, [false, true], "MD5 offered first, then SHA-256");
 
     let auth = answer(&challenge, "1001", "pw1001", "00000001");
     let (outcome, ok) = send(&mut r, t0, &register("1001", 2, CONTACT, &auth));
@@ -131,6 +131,23 @@ fn wrong_password_is_forbidden_and_stale_nonce_rechallenged() {
     assert_eq!(outcome, Outcome::Challenged);
     let www = resp.www_authenticate().unwrap();
     assert_eq!(www.param("stale"), Some("true"));
+}
+
+#[test]
+fn the_badge_may_stand_for_the_extension_as_the_digest_username() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(1);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let auth = answer(&challenge, "A1001", "pw1001", "00000001");
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 2, CONTACT, &auth));
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+
+    // Another agent's badge is someone else's credentials.
+    let (_, challenge) = send(&mut r, t0, &register("1002", 1, CONTACT, ""));
+    let auth = answer(&challenge, "A1001", "pw1001", "00000001");
+    let (outcome, _) = send(&mut r, t0, &register("1002", 2, CONTACT, &auth));
+    assert_eq!(outcome, Outcome::Refused(403));
 }
 
 #[test]
