@@ -254,7 +254,7 @@ impl Registrar {
             nc: d.nc,
             opaque: d.opaque,
         };
-        if creds.username != agent.extension {
+        if !is_own_username(agent, creds.username) {
             return Err(Refusal::new(403, "Forbidden"));
         }
         let realm = self.settings.domain.clone();
@@ -306,6 +306,14 @@ pub(crate) enum Challenger {
 }
 
 /// The digest secret of a provisioned agent.
+/// Whether `username` names `agent`: its extension, or its badge (its
+/// login id, which a phone may be set up to authenticate with) when the
+/// agent has a password. An HA1 credential is bound to the extension.
+fn is_own_username(agent: &Agent, username: &str) -> bool {
+    username == agent.extension
+        || (username == agent.badge && matches!(agent.credential, Credential::Password(_)))
+}
+
 fn secret_of(agent: &Agent) -> Secret<'_> {
     match &agent.credential {
         Credential::Password(p) => Secret::Password(p),
