@@ -1259,7 +1259,24 @@ impl Proxy {
             let call_id = msg.call_id().to_owned();
             self.end_session(now, &call_id, out);
         }
-        self.forward(now, source, msg, target, None, pop_routes, false, out);
+        // Sent to an agent's address of record: retargeted to its contact,
+        // as any request for the agent is (RFC 3261 §16.5).
+        let contact = msg
+            .request_uri()
+            .filter(|uri| self.is_our_host(uri))
+            .and(self.request_uri_binding(&msg))
+            .filter(|b| b.peer == target)
+            .map(|b| b.uri.clone());
+        self.forward(
+            now,
+            source,
+            msg,
+            target,
+            contact.as_deref(),
+            pop_routes,
+            false,
+            out,
+        );
     }
 
     /// Whether a request with a To tag but no Route naming this blade may
@@ -1286,11 +1303,13 @@ impl Proxy {
     /// Where the Request-URI points. When it is the registered contact of
     /// an agent this core owns, the binding's peer: over TCP that is the
     /// agent's own connection, which its ephemeral port alone would not
-    /// reach.
+    /// reach. So too when it names such an agent by its address of record
+    /// (our domain or address, SPEC §5): a UA that sends in-dialog
+    /// requests to the AOR rather than the remote target reaches the agent.
     fn request_uri_peer(&self, msg: &Message) -> Option<Peer> {
         let uri = msg.request_uri()?;
         match self.request_uri_binding(msg) {
-            Some(b) if b.uri == uri.as_str() => Some(b.peer),
+            Some(b) if b.uri == uri.as_str() || self.is_our_host(&uri) => Some(b.peer),
             _ => route::uri_peer(&uri),
         }
     }

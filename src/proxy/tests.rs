@@ -746,6 +746,21 @@ fn an_unrouted_in_dialog_request_reaches_only_agents() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].to, udp(&terminal("1002")));
     assert!(parse(&out[0]).is_request());
+
+    // So is an agent named by its address of record (a UA that sends
+    // in-dialog requests to the AOR rather than the remote target).
+    let out = b.send(
+        stranger,
+        &forged("BYE", "sip:1002@cc.example", "z9hG4bKbye3"),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to, udp(&terminal("1002")));
+    let bye = parse(&out[0]);
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        contact,
+        "retargeted to the contact"
+    );
 }
 
 /// A response matches its client transaction by branch *and* CSeq method
