@@ -1247,7 +1247,18 @@ impl Proxy {
         next_route: Option<Peer>,
         out: &mut Output,
     ) {
-        let target = next_route.or_else(|| self.request_uri_peer(&msg));
+        // A UA may send its in-dialog requests to the agent's address of
+        // record rather than the remote target: they reach the agent's
+        // contact, retargeted like any request for the agent (RFC 3261
+        // §16.5). Not an ACK (`forward_ack`): one to an AOR is a non-2xx
+        // ACK on a branch of its own, which ends here.
+        let contact = self
+            .aor_binding(&msg)
+            .filter(|_| next_route.is_none())
+            .map(|b| (b.peer, b.uri.clone()));
+        let target = next_route
+            .or(contact.as_ref().map(|(peer, _)| *peer))
+            .or_else(|| self.request_uri_peer(&msg));
         let Some(target) = target else {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         };
@@ -1259,20 +1270,13 @@ impl Proxy {
             let call_id = msg.call_id().to_owned();
             self.end_session(now, &call_id, out);
         }
-        // Sent to an agent's address of record: retargeted to its contact,
-        // as any request for the agent is (RFC 3261 §16.5).
-        let contact = msg
-            .request_uri()
-            .filter(|uri| self.is_our_host(uri))
-            .and(self.request_uri_binding(&msg))
-            .filter(|b| b.peer == target)
-            .map(|b| b.uri.clone());
+        let request_uri = contact.as_ref().map(|(_, uri)| uri.as_str());
         self.forward(
             now,
             source,
             msg,
             target,
-            contact.as_deref(),
+            request_uri,
             pop_routes,
             false,
             out,
@@ -1303,15 +1307,22 @@ impl Proxy {
     /// Where the Request-URI points. When it is the registered contact of
     /// an agent this core owns, the binding's peer: over TCP that is the
     /// agent's own connection, which its ephemeral port alone would not
-    /// reach. So too when it names such an agent by its address of record
-    /// (our domain or address, SPEC §5): a UA that sends in-dialog
-    /// requests to the AOR rather than the remote target reaches the agent.
+    /// reach.
     fn request_uri_peer(&self, msg: &Message) -> Option<Peer> {
         let uri = msg.request_uri()?;
         match self.request_uri_binding(msg) {
-            Some(b) if b.uri == uri.as_str() || self.is_our_host(&uri) => Some(b.peer),
+            Some(b) if b.uri == uri.as_str() => Some(b.peer),
             _ => route::uri_peer(&uri),
         }
+    }
+
+    /// The binding of the agent this core owns that the Request-URI names
+    /// by its address of record (our domain or address, SPEC §5) rather
+    /// than by its contact.
+    fn aor_binding(&self, msg: &Message) -> Option<&Binding> {
+        let uri = msg.request_uri()?;
+        self.request_uri_binding(msg)
+            .filter(|b| b.uri != uri.as_str() && self.is_our_host(&uri))
     }
 
     /// ACK for a 2xx travels end to end (§16.7 does not apply; the ACK has

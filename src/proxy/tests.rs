@@ -761,6 +761,13 @@ fn an_unrouted_in_dialog_request_reaches_only_agents() {
         contact,
         "retargeted to the contact"
     );
+    // But not an ACK to the AOR: that is a non-2xx ACK on a branch of its
+    // own (the INVITE's answer was ours to acknowledge), and it ends here.
+    let ack = b.send(
+        stranger,
+        &forged("ACK", "sip:1002@cc.example", "z9hG4bKack3"),
+    );
+    assert!(ack.is_empty(), "{ack:?}");
 }
 
 /// A response matches its client transaction by branch *and* CSeq method
