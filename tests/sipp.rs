@@ -125,3 +125,14 @@ fn cross_blade_calls_through_sipp_over_tcp() {
         "sipp cross-blade: OK",
     );
 }
+
+/// Both blades with `auth = true`: blade-1 challenges its callers, and
+/// blade-2 takes blade-1's INVITEs on their hosting tokens (SPEC §5).
+#[test]
+fn cross_blade_calls_through_sipp_with_digest_authentication() {
+    run_sipp_script(
+        "cross.sh",
+        &[("SIPP_AUTH", "1"), ("SIPP_CALLS", "20")],
+        "sipp cross-blade: OK",
+    );
+}

@@ -15,7 +15,7 @@
 #
 # Certificates come from `sipblade certs --dir WORK/certs --blades
 # blade-1,blade-2`; each blade's [cluster] lists the other as its peer
-# (lease_secs = 30), auth = false. The script waits until each blade's
+# (lease_secs = 30), auth = false (SIPP_AUTH below). The script waits until each blade's
 # /status shows its peer up, then, with the agents of agents.toml (pair k:
 # caller 1000+2k-1 calls callee 1000+2k):
 #
@@ -34,8 +34,10 @@
 # around every sipp; the EXIT trap kills every process it started.
 # SIPP_CALLS, SIPP_PAIRS (1 to 5), SIPP_CORES (per blade, default 2)
 # override the defaults; SIPP_TRANSPORT=t1 runs the agents' side over TCP
-# (the blades still talk UDP); SIPP_KEEP=1 keeps the work directory with
-# the logs.
+# (the blades still talk UDP); SIPP_AUTH=1 runs both blades with auth =
+# true, the agents answering with sipp's digest (blade-2 trusts blade-1's
+# INVITEs by their hosting token alone); SIPP_KEEP=1 keeps the work
+# directory with the logs.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -63,15 +65,17 @@ media_port="$(free_port)"; picked+="$media_port "
 
 {
     echo SEQUENTIAL
-    for k in $(seq "$pairs"); do echo "$((1000 + 2 * k));"; done
+    for k in $(seq "$pairs"); do echo "$((1000 + 2 * k));$(credentials $((1000 + 2 * k)))"; done
 } >"$work/callees.csv"
 {
     echo SEQUENTIAL
-    for k in $(seq "$pairs"); do echo "$((999 + 2 * k));"; done
+    for k in $(seq "$pairs"); do echo "$((999 + 2 * k));$(credentials $((999 + 2 * k)))"; done
 } >"$work/callers.csv"
 {
     echo USERS
-    for k in $(seq "$pairs"); do echo "$((999 + 2 * k));$((1000 + 2 * k));"; done
+    for k in $(seq "$pairs"); do
+        echo "$((999 + 2 * k));$((1000 + 2 * k));$(credentials $((999 + 2 * k)))"
+    done
 } >"$work/calls.csv"
 
 cluster_start "$here/agents.toml"
@@ -86,7 +90,7 @@ register callers "$uac_ip" "$uac_port" "$B1_SIP" "$pairs"
 uac_rc=0
 timeout "$hard_timeout" sipp "$B1_SIP" -t "$transport" -nostdin -timeout_error -mp "$media_port" \
     -trace_err -trace_screen -trace_stat -fd 1 -timeout "${sipp_timeout}s" \
-    -sf "$here/uac.xml" -inf "$work/calls.csv" -i "$uac_ip" -p "$uac_port" -mi "$uac_ip" \
+    -sf "$here/$uac_scenario" -inf "$work/calls.csv" -i "$uac_ip" -p "$uac_port" -mi "$uac_ip" \
     -m "$calls" -users "$pairs" \
     -stf "$work/uac.csv" -error_file "$work/uac.err" -screen_file "$work/uac.screen" \
     >"$work/uac.out" 2>&1 || uac_rc=$?

@@ -20,6 +20,20 @@ B2_IP=127.0.0.22
 
 # sipp's transport: u1 (UDP, one socket) or t1 (TCP, one connection).
 transport="${SIPP_TRANSPORT:-u1}"
+# SIPP_AUTH set: the blades run with auth = true, and the agents answer
+# the challenges with sipp's digest (register_auth.xml, uac_auth.xml).
+if [ -n "${SIPP_AUTH:-}" ]; then
+    auth_setting=true register_scenario=register_auth.xml uac_scenario=uac_auth.xml
+else
+    auth_setting=false register_scenario=register.xml uac_scenario=uac.xml
+fi
+
+# An agent's fields after its extension in the injection files: with
+# SIPP_AUTH, its digest credentials (its password is sipp-EXTENSION in
+# agents.toml).
+credentials() {
+    [ -n "${SIPP_AUTH:-}" ] && echo "[authentication username=$1 password=sipp-$1];"
+}
 
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -133,7 +147,7 @@ sip = "$peer_ip:$peer_sip"
 
 [agents]
 file = "$agents"
-auth = false
+auth = $auth_setting
 TOML
         RUST_LOG="${RUST_LOG:-warn}" "$bin" run --config "$work/blade-$i.toml" \
             >"$work/blade-$i.out" 2>"$work/blade-$i.log" &
@@ -168,12 +182,13 @@ peer_up() {
     status_json "$1" 2>/dev/null | grep -o "{[^{}]*\"id\":\"$2\"[^{}]*}" | grep -q '"up":true'
 }
 
-# register WHO IP PORT BLADE_SIP N: N REGISTERs (auth = false: 200 each)
+# register WHO IP PORT BLADE_SIP N: N REGISTERs (200 each, after a 401
+# with SIPP_AUTH)
 # of the extensions in $work/WHO.csv, from IP:PORT to BLADE_SIP.
 register() {
     local who="$1" ip="$2" port="$3" blade="$4" n="$5" rc=0
     timeout 60 sipp "$blade" -t "$transport" -nostdin -timeout_error -mp "$media_port" \
-        -trace_err -trace_screen -trace_stat -fd 1 -timeout 40s -sf "$here/register.xml" \
+        -trace_err -trace_screen -trace_stat -fd 1 -timeout 40s -sf "$here/$register_scenario" \
         -inf "$work/$who.csv" -i "$ip" -p "$port" -mi "$ip" -m "$n" -r 200 \
         -stf "$work/register_$who.csv" -error_file "$work/register_$who.err" \
         -screen_file "$work/register_$who.screen" >"$work/register_$who.out" 2>&1 || rc=$?
