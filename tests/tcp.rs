@@ -335,6 +335,39 @@ fn a_tcp_agent_is_reached_at_its_contact_once_its_connection_closed() {
     });
 }
 
+/// An agent registered over TCP whose connection has closed, and whose
+/// Contact takes no connection (a listener with a full accept queue drops
+/// the blade's SYNs, as an address gone behind NAT would): the blade gives
+/// up on the connection after two seconds and the call fails with 480,
+/// not after timer B's 32 seconds.
+#[test]
+fn a_call_to_a_tcp_contact_that_never_answers_fails_within_seconds() {
+    let blade = TestBlade::start(1, false);
+    let silent = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.23:0".parse().unwrap();
+    silent.bind(&addr.into()).unwrap();
+    silent.listen(0).unwrap();
+    let contact = silent.local_addr().unwrap().as_socket().unwrap();
+    // The one connection a backlog of 0 queues; later SYNs are dropped.
+    let _queued = TcpStream::connect(contact).unwrap();
+    let mut registration = TcpUa::connect(&blade);
+    registration.send(&register("1002", &contact.to_string(), "TCP"));
+    assert_eq!(registration.recv().status(), Some(200));
+    drop(registration);
+    std::thread::sleep(Duration::from_millis(100));
+    let (caller, caller_addr) = udp_caller(&blade);
+    let invite = invite_to_1002(&caller_addr, "z9hG4bKsilent", "tcp-silent-1");
+    let sent = Instant::now();
+    caller.send_to(invite.as_bytes(), blade.sip).unwrap();
+    assert_eq!(recv_udp(&caller).status(), Some(100));
+    assert_eq!(recv_udp(&caller).status(), Some(480));
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
 /// An agent registered over TCP whose connection has closed, with the
 /// connection's own port as its Contact, cannot be reached (the blade's
 /// connection to the Contact is refused: nothing listens there): a call

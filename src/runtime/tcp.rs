@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,6 +24,13 @@ use crate::sip::{ConnId, Peer, Transport};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How long a connection the blade opens may take to be made (its first
+/// write waits for it). Two seconds allow one lost SYN (retried after 1 s);
+/// past that, an agent's Contact that answers nothing (an address gone
+/// behind NAT) fails its request as unsent, with 480 at once, instead of
+/// letting the call ring until timer B.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// This core's connections.
 pub(crate) struct Connections {
@@ -199,14 +207,28 @@ async fn serve(
     let writer_core = core.clone();
     glommio::spawn_local(async move {
         while let Some(data) = queue.recv().await {
-            if let Err(e) = writer.write_all(&data).await {
-                tracing::debug!(%addr, "stream write: {e}");
-                if let Some(first) = opening.take() {
-                    writer_core.unsent(first);
+            let written = if opening.is_some() {
+                futures_lite::future::or(async { Some(writer.write_all(&data).await) }, async {
+                    glommio::timer::sleep(CONNECT_TIMEOUT).await;
+                    None
+                })
+                .await
+            } else {
+                Some(writer.write_all(&data).await)
+            };
+            let failure = match written {
+                Some(Ok(())) => {
+                    opening = None;
+                    continue;
                 }
-                break;
+                Some(Err(e)) => e.to_string(),
+                None => format!("not connected within {CONNECT_TIMEOUT:?}"),
+            };
+            tracing::debug!(%addr, "stream write: {failure}");
+            if let Some(first) = opening.take() {
+                writer_core.unsent(first);
             }
-            opening = None;
+            break;
         }
     })
     .detach();
