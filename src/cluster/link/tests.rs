@@ -15,6 +15,8 @@ struct Node {
     addr: SocketAddr,
     link: Link,
     events: Vec<LinkEvent>,
+    /// Datagrams this node has sent.
+    sent: usize,
 }
 
 fn identity(dir: &std::path::Path, id: &str) -> Identity {
@@ -35,6 +37,7 @@ fn node(dir: &std::path::Path, id: &str, addr: &str, peers: &[(&str, &str)], now
         addr: addr.parse().unwrap(),
         link: Link::new(id, identity(dir, id), &peers, now),
         events: Vec::new(),
+        sent: 0,
     }
 }
 
@@ -47,6 +50,7 @@ fn run(nodes: &mut [Node], now: &mut Instant, limit: Duration) {
         for i in 0..nodes.len() {
             while let Some((to, data)) = nodes[i].link.poll_transmit() {
                 moved = true;
+                nodes[i].sent += 1;
                 let from = nodes[i].addr;
                 if let Some(dest) = nodes.iter_mut().find(|n| n.addr == to) {
                     dest.link
@@ -143,6 +147,73 @@ fn peers_connect_and_exchange_requests() {
     }));
 }
 
+/// Back-to-back exchanges, as hosting at 1,000 calls/s makes them: each
+/// side acknowledges every tenth ack-eliciting packet it gets (the ACK
+/// frequency it asks its peer for), not every second one, so few
+/// datagrams carry only an acknowledgement.
+#[test]
+fn back_to_back_exchanges_draw_few_acknowledgements() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cluster(dir.path(), &["blade-1".into(), "blade-2".into()]).unwrap();
+    let mut now = Instant::now();
+    let mut nodes = vec![
+        node(
+            dir.path(),
+            "blade-1",
+            "127.0.0.1:7061",
+            &[("blade-2", "127.0.0.2:7062")],
+            now,
+        ),
+        node(
+            dir.path(),
+            "blade-2",
+            "127.0.0.2:7062",
+            &[("blade-1", "127.0.0.1:7061")],
+            now,
+        ),
+    ];
+    run(&mut nodes, &mut now, Duration::from_millis(500));
+    assert!(nodes[0].link.is_up("blade-2"));
+    let before = nodes[0].sent + nodes[1].sent;
+    const EXCHANGES: usize = 40;
+    for _ in 0..EXCHANGES {
+        nodes[0]
+            .link
+            .request(now, "blade-2", Bytes::from_static(b"host"))
+            .unwrap();
+        run(&mut nodes, &mut now, Duration::ZERO);
+        let reply = nodes[1]
+            .events
+            .drain(..)
+            .find_map(|e| match e {
+                LinkEvent::Request { reply, .. } => Some(reply),
+                _ => None,
+            })
+            .expect("the request arrived");
+        nodes[1]
+            .link
+            .respond(now, reply, Bytes::from_static(b"granted"));
+        run(&mut nodes, &mut now, Duration::ZERO);
+        now += Duration::from_millis(1);
+        // The end of an earlier call: a one-way unhost.
+        assert!(
+            nodes[0]
+                .link
+                .send(now, "blade-2", Bytes::from_static(b"unhost"))
+        );
+        run(&mut nodes, &mut now, Duration::ZERO);
+        now += Duration::from_millis(1);
+    }
+    run(&mut nodes, &mut now, Duration::from_millis(100));
+    let datagrams = nodes[0].sent + nodes[1].sent - before;
+    // A request, a response and an unhost each, and an acknowledgement
+    // now and then (every second packet would be about EXCHANGES more).
+    assert!(
+        datagrams <= 3 * EXCHANGES + EXCHANGES / 4,
+        "{datagrams} datagrams for {EXCHANGES} exchanges"
+    );
+}
+
 #[test]
 fn a_lost_peer_goes_down_fails_its_exchanges_and_is_redialled() {
     let dir = tempfile::tempdir().unwrap();
@@ -236,6 +307,7 @@ fn strangers_are_refused() {
             now,
         ),
         events: Vec::new(),
+        sent: 0,
     });
     run(&mut nodes, &mut now, Duration::from_secs(2));
     assert!(
