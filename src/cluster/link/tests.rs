@@ -77,12 +77,12 @@ fn run(nodes: &mut [Node], now: &mut Instant, limit: Duration) {
     }
 }
 
-#[test]
-fn peers_connect_and_exchange_requests() {
+/// blade-1 and blade-2, peers of each other, with certificates from a
+/// fresh cluster CA (kept in the returned directory).
+fn two_blades(now: Instant) -> (tempfile::TempDir, Vec<Node>) {
     let dir = tempfile::tempdir().unwrap();
     generate_cluster(dir.path(), &["blade-1".into(), "blade-2".into()]).unwrap();
-    let mut now = Instant::now();
-    let mut nodes = vec![
+    let nodes = vec![
         node(
             dir.path(),
             "blade-1",
@@ -98,6 +98,13 @@ fn peers_connect_and_exchange_requests() {
             now,
         ),
     ];
+    (dir, nodes)
+}
+
+#[test]
+fn peers_connect_and_exchange_requests() {
+    let mut now = Instant::now();
+    let (_dir, mut nodes) = two_blades(now);
     run(&mut nodes, &mut now, Duration::from_millis(500));
     assert!(
         nodes[0]
@@ -153,25 +160,8 @@ fn peers_connect_and_exchange_requests() {
 /// datagrams carry only an acknowledgement.
 #[test]
 fn back_to_back_exchanges_draw_few_acknowledgements() {
-    let dir = tempfile::tempdir().unwrap();
-    generate_cluster(dir.path(), &["blade-1".into(), "blade-2".into()]).unwrap();
     let mut now = Instant::now();
-    let mut nodes = vec![
-        node(
-            dir.path(),
-            "blade-1",
-            "127.0.0.1:7061",
-            &[("blade-2", "127.0.0.2:7062")],
-            now,
-        ),
-        node(
-            dir.path(),
-            "blade-2",
-            "127.0.0.2:7062",
-            &[("blade-1", "127.0.0.1:7061")],
-            now,
-        ),
-    ];
+    let (_dir, mut nodes) = two_blades(now);
     run(&mut nodes, &mut now, Duration::from_millis(500));
     assert!(nodes[0].link.is_up("blade-2"));
     let before = nodes[0].sent + nodes[1].sent;
@@ -216,25 +206,8 @@ fn back_to_back_exchanges_draw_few_acknowledgements() {
 
 #[test]
 fn a_lost_peer_goes_down_fails_its_exchanges_and_is_redialled() {
-    let dir = tempfile::tempdir().unwrap();
-    generate_cluster(dir.path(), &["blade-1".into(), "blade-2".into()]).unwrap();
     let mut now = Instant::now();
-    let mut nodes = vec![
-        node(
-            dir.path(),
-            "blade-1",
-            "127.0.0.1:7061",
-            &[("blade-2", "127.0.0.2:7062")],
-            now,
-        ),
-        node(
-            dir.path(),
-            "blade-2",
-            "127.0.0.2:7062",
-            &[("blade-1", "127.0.0.1:7061")],
-            now,
-        ),
-    ];
+    let (dir, mut nodes) = two_blades(now);
     run(&mut nodes, &mut now, Duration::from_millis(500));
     let exchange = nodes[0]
         .link
