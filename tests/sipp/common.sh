@@ -33,6 +33,70 @@ udp_bound() {
     awk -v w="$want" '$2 == w { found = 1 } END { exit !found }' /proc/net/udp
 }
 
+# The variant of the sipp runs the environment asks for (run.sh and
+# cross.sh): SIPP_TRANSPORT u1 (UDP, one socket) or t1 (TCP, one
+# connection per sipp); SIPP_AUTH set, the blades run with auth = true and
+# the agents answer the challenges with sipp's digest (register_auth.xml,
+# uac_auth.xml). Sets transport, auth_setting, register_scenario and
+# uac_scenario; calls the sourcing script's `fail` on a bad transport.
+sipp_variant() {
+    transport="${SIPP_TRANSPORT:-u1}"
+    [[ "$transport" =~ ^(u1|t1)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP) or t1 (TCP)"
+    if [ -n "${SIPP_AUTH:-}" ]; then
+        auth_setting=true register_scenario=register_auth.xml uac_scenario=uac_auth.xml
+    else
+        auth_setting=false register_scenario=register.xml uac_scenario=uac.xml
+    fi
+}
+
+# An agent's fields after its extension in an injection file: with
+# SIPP_AUTH, its digest credentials (the password is sipp-EXTENSION in
+# agents.toml); none otherwise.
+credentials() {
+    if [ -n "${SIPP_AUTH:-}" ]; then
+        echo "[authentication username=$1 password=sipp-$1];"
+    fi
+}
+
+# injection_files DIR PAIRS: DIR/callees.csv and DIR/callers.csv (one
+# agent a line, for register*.xml) and DIR/calls.csv (one pair a line,
+# for uac*.xml); pair k: caller 1000+2k-1 calls callee 1000+2k, each
+# followed by its `credentials`.
+injection_files() {
+    local dir="$1" pairs="$2" k caller callee
+    {
+        echo SEQUENTIAL
+        for k in $(seq "$pairs"); do
+            callee=$((1000 + 2 * k))
+            echo "$callee;$(credentials $callee)"
+        done
+    } >"$dir/callees.csv"
+    {
+        echo SEQUENTIAL
+        for k in $(seq "$pairs"); do
+            caller=$((999 + 2 * k))
+            echo "$caller;$(credentials $caller)"
+        done
+    } >"$dir/callers.csv"
+    {
+        echo USERS
+        for k in $(seq "$pairs"); do
+            caller=$((999 + 2 * k))
+            echo "$caller;$((1000 + 2 * k));$(credentials $caller)"
+        done
+    } >"$dir/calls.csv"
+}
+
+# Whether a sipp UAS is ready on IPv4 ip:port: bound (UDP) or listening
+# (TCP), as $transport says.
+uas_ready() {
+    if [ "$transport" = t1 ]; then
+        tcp_listening "$1" "$2"
+    else
+        udp_bound "$1" "$2"
+    fi
+}
+
 # Whether a TCP socket listens on IPv4 ip:port (state 0A is LISTEN).
 tcp_listening() {
     local a b c d want

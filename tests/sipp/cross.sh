@@ -52,7 +52,6 @@ sipp_timeout=60 # sipp's own global timeout for the calls, seconds
 hard_timeout=90 # `timeout` around the UAC, seconds
 
 [[ "$calls" =~ ^[1-9][0-9]*$ ]] || fail "SIPP_CALLS must be a positive number"
-[[ "$transport" =~ ^(u1|t1)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP) or t1 (TCP)"
 [[ "$pairs" =~ ^[1-5]$ ]] || fail "SIPP_PAIRS must be 1 to 5 (agents.toml has 5 pairs)"
 
 lib_init "${1:-}"
@@ -63,20 +62,7 @@ uas_port="$(free_port)"; picked+="$uas_port "
 uac_port="$(free_port)"; picked+="$uac_port "
 media_port="$(free_port)"; picked+="$media_port "
 
-{
-    echo SEQUENTIAL
-    for k in $(seq "$pairs"); do echo "$((1000 + 2 * k));$(credentials $((1000 + 2 * k)))"; done
-} >"$work/callees.csv"
-{
-    echo SEQUENTIAL
-    for k in $(seq "$pairs"); do echo "$((999 + 2 * k));$(credentials $((999 + 2 * k)))"; done
-} >"$work/callers.csv"
-{
-    echo USERS
-    for k in $(seq "$pairs"); do
-        echo "$((999 + 2 * k));$((1000 + 2 * k));$(credentials $((999 + 2 * k)))"
-    done
-} >"$work/calls.csv"
+injection_files "$work" "$pairs"
 
 cluster_start "$here/agents.toml"
 echo "$prog: UAC $uac_ip:$uac_port (callers, on blade-1), UAS $uas_ip:$uas_port" \

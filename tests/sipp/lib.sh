@@ -18,29 +18,16 @@
 B1_IP=127.0.0.21
 B2_IP=127.0.0.22
 
-# sipp's transport: u1 (UDP, one socket) or t1 (TCP, one connection).
-transport="${SIPP_TRANSPORT:-u1}"
-# SIPP_AUTH set: the blades run with auth = true, and the agents answer
-# the challenges with sipp's digest (register_auth.xml, uac_auth.xml).
-if [ -n "${SIPP_AUTH:-}" ]; then
-    auth_setting=true register_scenario=register_auth.xml uac_scenario=uac_auth.xml
-else
-    auth_setting=false register_scenario=register.xml uac_scenario=uac.xml
-fi
-
-# An agent's fields after its extension in the injection files: with
-# SIPP_AUTH, its digest credentials (its password is sipp-EXTENSION in
-# agents.toml).
-credentials() {
-    [ -n "${SIPP_AUTH:-}" ] && echo "[authentication username=$1 password=sipp-$1];"
-}
-
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 fail() {
     echo "$prog: FAIL: $*" >&2
     exit 1
 }
+
+# transport, auth_setting and the scenarios, from SIPP_TRANSPORT and
+# SIPP_AUTH (common.sh).
+sipp_variant
 
 # Finds the binary and sipp, makes $work, installs the cleanup trap.
 lib_init() {
@@ -212,11 +199,7 @@ uas_start() {
     uas_pid=$!
     pids+=("$uas_pid")
     for _ in $(seq 200); do
-        if [ "$transport" = t1 ]; then
-            tcp_listening "$ip" "$port" && return 0
-        else
-            udp_bound "$ip" "$port" && return 0
-        fi
+        uas_ready "$ip" "$port" && return 0
         kill -0 "$uas_pid" 2>/dev/null || break
         sleep 0.05
     done

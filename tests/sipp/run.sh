@@ -42,8 +42,6 @@ root="$(cd "$here/../.." && pwd)"
 calls="${SIPP_CALLS:-50}"
 cores="${SIPP_CORES:-2}"
 pairs="${SIPP_PAIRS:-5}"
-transport="${SIPP_TRANSPORT:-u1}"
-auth="${SIPP_AUTH:-}"
 sipp_timeout=60 # sipp's own global timeout for the calls, seconds
 hard_timeout=90 # `timeout` around the UAS and the UAC, seconds
 
@@ -54,7 +52,7 @@ fail() {
 
 [[ "$calls" =~ ^[1-9][0-9]*$ ]] || fail "SIPP_CALLS must be a positive number"
 [[ "$pairs" =~ ^[1-5]$ ]] || fail "SIPP_PAIRS must be 1 to 5 (agents.toml has 5 pairs)"
-[[ "$transport" =~ ^(u1|t1)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP) or t1 (TCP)"
+sipp_variant
 
 bin="${1:-${SIPBLADE_BIN:-}}"
 if [ -z "$bin" ]; then
@@ -102,38 +100,7 @@ uas_port="$(free_port)"; picked+="$uas_port "
 uac_port="$(free_port)"; picked+="$uac_port "
 media_port="$(free_port)"
 
-# Pair k: caller 1000+2k-1 calls callee 1000+2k. With SIPP_AUTH, each
-# agent's digest credentials (its password is sipp-EXTENSION in
-# agents.toml) follow as a field of its own.
-credentials() {
-    [ -n "$auth" ] && echo "[authentication username=$1 password=sipp-$1];"
-}
-{
-    echo SEQUENTIAL
-    for k in $(seq "$pairs"); do
-        ext=$((1000 + 2 * k))
-        echo "$ext;$(credentials $ext)"
-    done
-} >"$work/callees.csv"
-{
-    echo SEQUENTIAL
-    for k in $(seq "$pairs"); do
-        ext=$((999 + 2 * k))
-        echo "$ext;$(credentials $ext)"
-    done
-} >"$work/callers.csv"
-{
-    echo USERS
-    for k in $(seq "$pairs"); do
-        caller=$((999 + 2 * k))
-        echo "$caller;$((1000 + 2 * k));$(credentials $caller)"
-    done
-} >"$work/calls.csv"
-if [ -n "$auth" ]; then
-    register_scenario=register_auth.xml uac_scenario=uac_auth.xml auth_setting=true
-else
-    register_scenario=register.xml uac_scenario=uac.xml auth_setting=false
-fi
+injection_files "$work" "$pairs"
 
 cat >"$work/blade.toml" <<TOML
 [blade]
@@ -189,14 +156,6 @@ cd "$work"
 sipp_common=(127.0.0.1:"$sip_port" -nostdin -timeout_error -mp "$media_port"
     -trace_err -trace_screen -trace_stat -fd 1 -t "$transport")
 
-# Whether the UAS is ready: bound (UDP) or listening (TCP).
-uas_ready() {
-    if [ "$transport" = t1 ]; then
-        tcp_listening 127.0.0.3 "$uas_port"
-    else
-        udp_bound 127.0.0.3 "$uas_port"
-    fi
-}
 
 show_logs() {
     local f
@@ -233,11 +192,11 @@ timeout "$hard_timeout" sipp "${sipp_common[@]}" -timeout "${sipp_timeout}s" \
 uas_pid=$!
 pids+=("$uas_pid")
 for _ in $(seq 100); do
-    uas_ready && break
+    uas_ready 127.0.0.3 "$uas_port" && break
     kill -0 "$uas_pid" 2>/dev/null || break
     sleep 0.05
 done
-uas_ready || {
+uas_ready 127.0.0.3 "$uas_port" || {
     show_logs uas.out uas.err
     fail "the UAS did not start"
 }
