@@ -32,7 +32,7 @@ pub mod session;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -742,11 +742,15 @@ impl Proxy {
         let Some(ip) = route::host_ip(uri.host(), uri.host_kind()) else {
             return false;
         };
-        ip == self.settings.local.ip()
-            || self
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.peer_by_ip(ip).is_some())
+        ip == self.settings.local.ip() || self.is_peer_blade_ip(ip)
+    }
+
+    /// Whether `ip` is a peer blade's (on any port: each of its cores
+    /// sends from a Via port of its own).
+    fn is_peer_blade_ip(&self, ip: IpAddr) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.peer_by_ip(ip).is_some())
     }
 
     /// A request to the blade itself: no user part, our host.
@@ -1112,11 +1116,7 @@ impl Proxy {
         if invite {
             let mut trying = BytesMut::new();
             msg.response(100, "Trying", None, &[], &mut trying);
-            let from_peer_blade = self
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.peer_by_ip(source.addr.ip()).is_some());
-            if from_peer_blade {
+            if self.is_peer_blade_ip(source.addr.ip()) {
                 server.defer_trying(now, trying.freeze());
             } else {
                 server.respond(now, 100, trying.freeze(), &mut out.transmits);
@@ -1252,9 +1252,10 @@ impl Proxy {
         // contact, retargeted like any request for the agent (RFC 3261
         // §16.5). Not an ACK (`forward_ack`): one to an AOR is a non-2xx
         // ACK on a branch of its own, which ends here.
-        let contact = self
-            .aor_binding(&msg)
-            .filter(|_| next_route.is_none())
+        let contact = next_route
+            .is_none()
+            .then(|| self.aor_binding(&msg))
+            .flatten()
             .map(|b| (b.peer, b.uri.clone()));
         let target = next_route
             .or(contact.as_ref().map(|(peer, _)| *peer))
