@@ -305,6 +305,17 @@ fn a_request_without_content_length_gets_400_before_the_close() {
     assert_eq!(blade.metric("sipblade_messages_malformed_total"), 1.0);
 }
 
+/// Agent 1002 registered over a TCP connection of its own with `contact`
+/// as its Contact, and that connection closed again.
+fn registered_then_disconnected(blade: &TestBlade, contact: &str) {
+    let mut registration = TcpUa::connect(blade);
+    registration.send(&register("1002", contact, "TCP"));
+    assert_eq!(registration.recv().status(), Some(200));
+    drop(registration);
+    // Time for the blade to see the close (its reader gets end of file).
+    std::thread::sleep(Duration::from_millis(100));
+}
+
 /// An agent registered over TCP whose Contact names where it accepts
 /// connections (a UA like sipp over TCP) is still reached once the
 /// connection it registered on has closed: the blade connects to the
@@ -314,12 +325,7 @@ fn a_tcp_agent_is_reached_at_its_contact_once_its_connection_closed() {
     let blade = TestBlade::start(2, false);
     let listener = TcpListener::bind("127.0.0.22:0").unwrap();
     let contact = listener.local_addr().unwrap().to_string();
-    let mut registration = TcpUa::connect(&blade);
-    registration.send(&register("1002", &contact, "TCP"));
-    assert_eq!(registration.recv().status(), Some(200));
-    drop(registration);
-    // Time for the blade to see the close (its reader gets end of file).
-    std::thread::sleep(Duration::from_millis(100));
+    registered_then_disconnected(&blade, &contact);
     let (caller, caller_addr) = udp_caller(&blade);
     let invite = invite_to_1002(&caller_addr, "z9hG4bKreach", "tcp-reach-1");
     caller.send_to(invite.as_bytes(), blade.sip).unwrap();
@@ -350,11 +356,7 @@ fn a_call_to_a_tcp_contact_that_never_answers_fails_within_seconds() {
     let contact = silent.local_addr().unwrap().as_socket().unwrap();
     // The one connection a backlog of 0 queues; later SYNs are dropped.
     let _queued = TcpStream::connect(contact).unwrap();
-    let mut registration = TcpUa::connect(&blade);
-    registration.send(&register("1002", &contact.to_string(), "TCP"));
-    assert_eq!(registration.recv().status(), Some(200));
-    drop(registration);
-    std::thread::sleep(Duration::from_millis(100));
+    registered_then_disconnected(&blade, &contact.to_string());
     let (caller, caller_addr) = udp_caller(&blade);
     let invite = invite_to_1002(&caller_addr, "z9hG4bKsilent", "tcp-silent-1");
     let sent = Instant::now();
@@ -371,9 +373,9 @@ fn a_call_to_a_tcp_contact_that_never_answers_fails_within_seconds() {
 /// An agent registered over TCP whose connection has closed, with the
 /// connection's own port as its Contact, cannot be reached (the blade's
 /// connection to the Contact is refused: nothing listens there): a call
-/// to it fails at once with 480 (RFC 3261 §16.9, a transport error is a 503 from that
-/// hop), not with a 408 after timer B's 32 seconds, and both agents are
-/// ready again. On two cores, so the connection and the call may live on
+/// to it fails at once with 480 (RFC 3261 §16.9, a transport error is a
+/// 503 from that hop), not with a 408 after timer B's 32 seconds, and both
+/// agents are ready again. On two cores, so the connection and the call may live on
 /// different ones.
 #[test]
 fn a_call_to_an_agent_whose_tcp_connection_closed_fails_at_once() {
