@@ -63,21 +63,17 @@ credentials() {
 # for uac*.xml); pair k: caller 1000+2k-1 calls callee 1000+2k, each
 # followed by its `credentials`.
 injection_files() {
-    local dir="$1" pairs="$2" k caller callee
-    {
-        echo SEQUENTIAL
-        for k in $(seq "$pairs"); do
-            callee=$((1000 + 2 * k))
-            echo "$callee;$(credentials $callee)"
-        done
-    } >"$dir/callees.csv"
-    {
-        echo SEQUENTIAL
-        for k in $(seq "$pairs"); do
-            caller=$((999 + 2 * k))
-            echo "$caller;$(credentials $caller)"
-        done
-    } >"$dir/callers.csv"
+    local dir="$1" pairs="$2" k caller ext name first
+    for name in callees callers; do
+        first=$([ "$name" = callees ] && echo 1000 || echo 999)
+        {
+            echo SEQUENTIAL
+            for k in $(seq "$pairs"); do
+                ext=$((first + 2 * k))
+                echo "$ext;$(credentials $ext)"
+            done
+        } >"$dir/$name.csv"
+    done
     {
         echo USERS
         for k in $(seq "$pairs"); do
