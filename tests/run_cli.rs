@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -43,9 +43,27 @@ struct Process {
 
 impl Process {
     fn start(config: &Path, stderr: &Path) -> Process {
-        let child = Command::new(env!("CARGO_BIN_EXE_sipblade"))
-            .args(["run", "--config"])
-            .arg(config)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sipblade"));
+        command.args(["run", "--config"]).arg(config);
+        Process::spawn(command, stderr)
+    }
+
+    /// [`Process::start`] under an open-files limit of `limit` (soft and
+    /// hard), set by the shell that then becomes sipblade.
+    fn start_with_open_files(config: &Path, stderr: &Path, limit: u32) -> Process {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n {limit} && exec \"$0\" run --config \"$1\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_sipblade"))
+            .arg(config);
+        Process::spawn(command, stderr)
+    }
+
+    fn spawn(mut command: Command, stderr: &Path) -> Process {
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(stderr).expect("stderr file"))
@@ -116,23 +134,12 @@ fn run_serves_sip_and_status_and_stops_on_sigterm() {
     std::fs::write(&config, text).expect("config file");
     let mut blade = Process::start(&config, &dir.path().join("stderr"));
 
-    // Ready when it answers: poll with OPTIONS.
     let mut probe = Ua::new(sip, "probe");
-    let deadline = Instant::now() + 2 * WAIT;
-    let answered = loop {
-        if let Some(status) = ping(&mut probe, Duration::from_millis(200)) {
-            break status;
-        }
-        if let Some(status) = blade.child.try_wait().expect("try_wait") {
-            panic!("sipblade exited early ({status}):\n{}", blade.stderr());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sipblade never answered OPTIONS; stderr:\n{}",
-            blade.stderr()
-        );
-    };
-    assert_eq!(answered, 200, "OPTIONS to the blade is answered 200");
+    assert_eq!(
+        ready(&mut blade, &mut probe),
+        200,
+        "OPTIONS to the blade is answered 200"
+    );
 
     let status = common::status(admin);
     assert_eq!(status["blade"], "blade-test", "{status}");
@@ -143,6 +150,34 @@ fn run_serves_sip_and_status_and_stops_on_sigterm() {
         "{status}"
     );
 
+    stop(&mut blade);
+    assert_eq!(
+        ping(&mut probe, Duration::from_millis(300)),
+        None,
+        "nothing answers after the exit"
+    );
+}
+
+/// Waits for the blade to answer OPTIONS (polling); the status it answered.
+fn ready(blade: &mut Process, probe: &mut Ua) -> u16 {
+    let deadline = Instant::now() + 2 * WAIT;
+    loop {
+        if let Some(status) = ping(probe, Duration::from_millis(200)) {
+            return status;
+        }
+        if let Some(status) = blade.child.try_wait().expect("try_wait") {
+            panic!("sipblade exited early ({status}):\n{}", blade.stderr());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sipblade never answered OPTIONS; stderr:\n{}",
+            blade.stderr()
+        );
+    }
+}
+
+/// SIGTERM; the blade must exit 0 within [`WAIT`].
+fn stop(blade: &mut Process) {
     let signalled = Command::new("kill")
         .args(["-TERM", &blade.child.id().to_string()])
         .status()
@@ -150,11 +185,42 @@ fn run_serves_sip_and_status_and_stops_on_sigterm() {
     assert!(signalled.success());
     let exit = blade.wait_exit(WAIT);
     assert_eq!(exit.code(), Some(0), "stderr:\n{}", blade.stderr());
+}
+
+/// More TCP connections than the blade has file descriptors: it refuses
+/// the surplus at once (`max_tcp_connections` defaults to what the
+/// open-files limit leaves room for), and keeps answering SIP and its
+/// admin port, and stops on SIGTERM. Before, accepts failed with EMFILE in
+/// a loop that held the core for good, and the admin port's thread
+/// panicked on the same error.
+#[test]
+fn a_flood_of_tcp_connections_leaves_the_blade_serving_and_stoppable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (sip, admin) = (free_sip_port(), free_tcp_port());
+    std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
+    let config = dir.path().join("blade.toml");
+    let text = config_toml(1, false, &sip.to_string(), &admin.to_string());
+    std::fs::write(&config, text).expect("config file");
+    let mut blade = Process::start_with_open_files(&config, &dir.path().join("stderr"), 64);
+    let mut probe = Ua::new(sip, "probe");
+    assert_eq!(ready(&mut blade, &mut probe), 200);
+
+    let flood: Vec<TcpStream> = (0..150)
+        .filter_map(|_| TcpStream::connect(sip).ok())
+        .collect();
+    assert_eq!(flood.len(), 150, "the kernel queues every connection");
+    common::wait_until("connections refused", || {
+        common::metric(admin, "sipblade_tcp_connections_refused_total") > 0.0
+    });
+    assert_eq!(ping(&mut probe, WAIT), Some(200), "SIP goes on");
     assert_eq!(
-        ping(&mut probe, Duration::from_millis(300)),
-        None,
-        "nothing answers after the exit"
+        common::status(admin)["blade"],
+        "blade-test",
+        "so does /status"
     );
+    stop(&mut blade);
+    assert!(!blade.stderr().contains("panicked"), "{}", blade.stderr());
+    drop(flood);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! SIP over TCP, and bridging TCP and UDP: an agent registered over TCP is
 //! reached on its own connection, framed by Content-Length; a caller on
 //! UDP calls it; once that connection has closed, the blade connects to
-//! the agent's Contact; CRLF keep-alives are answered.
+//! the agent's Contact; CRLF keep-alives are answered; connections past
+//! `max_tcp_connections` are refused.
 
 mod common;
 
@@ -14,6 +15,7 @@ use sipblade::sip::Message;
 use sipblade::sip::framing::{DEFAULT_MAX_MESSAGE, Frame, frame};
 
 use common::{TestBlade, agent, wait_until};
+use sipblade::runtime::Options;
 
 /// A SIP endpoint on a TCP connection: reads whole frames.
 struct TcpUa {
@@ -397,4 +399,70 @@ fn a_call_to_an_agent_whose_tcp_connection_closed_fails_at_once() {
         blade.metric("sipblade_calls_total{outcome=\"failed\",route=\"local\"}"),
         1.0
     );
+}
+
+/// An OPTIONS to the blade from `local` over TCP.
+fn options_request(local: &str, call_id: &str) -> String {
+    format!(
+        "OPTIONS sip:cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK{call_id}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=o\r\nTo: <sip:cc.example>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// OPTIONS to the blade over `ua`'s connection; the answer's status.
+fn options(ua: &mut TcpUa, call_id: &str) -> Option<u16> {
+    let local = ua.local();
+    ua.send(&options_request(&local, call_id));
+    ua.recv().status()
+}
+
+/// Past `max_tcp_connections` a connection is closed as soon as the blade
+/// accepts it (each holds a file descriptor the blade may need), counted,
+/// and the connections already open go on; once one closes, a new one is
+/// taken again.
+#[test]
+fn connections_past_the_limit_are_closed_at_once_and_counted() {
+    let blade =
+        TestBlade::start_configured(1, false, Options::default(), "max_tcp_connections = 3");
+    let mut held: Vec<TcpUa> = (0..3).map(|_| TcpUa::connect(&blade)).collect();
+    for (i, ua) in held.iter_mut().enumerate() {
+        assert_eq!(options(ua, &format!("held{i}")), Some(200));
+    }
+    let mut extra = TcpStream::connect(blade.sip).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"\r\n\r\n");
+    let mut chunk = [0u8; 16];
+    match extra.read(&mut chunk) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the fourth connection was served: {other:?}"),
+    }
+    assert_eq!(blade.metric("sipblade_tcp_connections_refused_total"), 1.0);
+    assert_eq!(
+        options(&mut held[0], "still"),
+        Some(200),
+        "the others go on"
+    );
+
+    drop(held.pop());
+    let mut n = 0;
+    wait_until("a connection is taken again", || {
+        n += 1;
+        let Ok(stream) = TcpStream::connect(blade.sip) else {
+            return false;
+        };
+        // Not `options`: until the blade has seen the close, this one may
+        // be refused, and `TcpUa::recv` treats a close as a failure.
+        let mut ua = TcpUa::on(stream);
+        let local = ua.local();
+        ua.send(&options_request(&local, &format!("again{n}")));
+        let mut chunk = [0u8; 512];
+        ua.stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        matches!(ua.stream.read(&mut chunk), Ok(n) if n > 0 && chunk.starts_with(b"SIP/2.0 200"))
+    });
 }

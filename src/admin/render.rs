@@ -122,6 +122,12 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
             m.overloaded as usize,
         ),
         (
+            "sipblade_tcp_connections_refused_total",
+            "counter",
+            "TCP connections closed as soon as accepted: the blade held max_tcp_connections.",
+            m.tcp_refused as usize,
+        ),
+        (
             "sipblade_core_handoffs_total",
             "counter",
             "Messages a core received for another core and handed over (each wakes that core).",

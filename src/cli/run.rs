@@ -38,6 +38,10 @@ pub(crate) fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Each SIP connection holds a descriptor; the blade shares out what
+    // the limit allows (`runtime::limits`).
+    let open_files = crate::runtime::limits::raise_open_files_limit();
+    tracing::debug!(?open_files, "open-files limit");
     let blade = match Blade::start(config) {
         Ok(blade) => blade,
         Err(err) => {

@@ -12,6 +12,7 @@
 //! | `blade.cores` | `0`: one executor per available core |
 //! | `blade.admin` | `127.0.0.1:8060` |
 //! | `blade.max_call_secs` | `14400` (4 hours; 1 to 604800 allowed) |
+//! | `blade.max_tcp_connections` | what the open-files limit leaves (1 to 1000000 allowed) |
 //! | `cluster` | absent: a single blade |
 //! | `cluster.lease_secs` | `30` (1 to 3600 allowed) |
 //! | `cluster.peer` | none |
@@ -54,6 +55,9 @@ pub const DEFAULT_MAX_CALL_SECS: u64 = 4 * 3600;
 /// The largest `blade.max_call_secs`: a week.
 pub const MAX_MAX_CALL_SECS: u64 = 7 * 24 * 3600;
 
+/// The most `blade.max_tcp_connections` may ask for (catches typos).
+pub const MAX_TCP_CONNECTIONS: usize = 1_000_000;
+
 /// Where the embedded default pretends to live, for paths and messages.
 const EMBEDDED_DIR: &str = "(embedded)";
 const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -86,6 +90,9 @@ pub struct BladeConfig {
     /// A session still up after this many seconds is ended as if hung up:
     /// a lost BYE must not leave its agents in a call (or hosted) for ever.
     pub max_call_secs: u64,
+    /// The most SIP connections the blade accepts at once (over all its
+    /// cores); `None`: what the open-files limit leaves room for.
+    pub max_tcp_connections: Option<usize>,
 }
 
 /// `[cluster]`: the QUIC link to the other blades.
@@ -187,6 +194,7 @@ struct RawBlade {
     cores: Option<Spanned<usize>>,
     admin: Option<Spanned<String>>,
     max_call_secs: Option<Spanned<u64>>,
+    max_tcp_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +363,16 @@ fn check_blade(src: &Source<'_>, raw: &RawBlade) -> Result<BladeConfig, ConfigEr
         MAX_MAX_CALL_SECS,
         DEFAULT_MAX_CALL_SECS,
     )?;
+    let max_tcp_connections = match &raw.max_tcp_connections {
+        Some(n) if !(1..=MAX_TCP_CONNECTIONS).contains(n.get_ref()) => {
+            return Err(src.at(
+                n.span(),
+                format!("max_tcp_connections must be between 1 and {MAX_TCP_CONNECTIONS}"),
+            ));
+        }
+        Some(n) => Some(*n.get_ref()),
+        None => None,
+    };
     Ok(BladeConfig {
         id: id.clone(),
         domain: domain.clone(),
@@ -362,6 +380,7 @@ fn check_blade(src: &Source<'_>, raw: &RawBlade) -> Result<BladeConfig, ConfigEr
         cores,
         admin,
         max_call_secs,
+        max_tcp_connections,
     })
 }
 
@@ -543,6 +562,12 @@ mod tests {
         assert_eq!(config.blade.max_call_secs, DEFAULT_MAX_CALL_SECS);
         let short = MINIMAL.replace("[agents]", "max_call_secs = 90\n[agents]");
         assert_eq!(parse_str(&short).unwrap().blade.max_call_secs, 90);
+        assert_eq!(config.blade.max_tcp_connections, None);
+        let capped = MINIMAL.replace("[agents]", "max_tcp_connections = 500\n[agents]");
+        assert_eq!(
+            parse_str(&capped).unwrap().blade.max_tcp_connections,
+            Some(500)
+        );
         assert!(config.agents.auth);
         assert_eq!(config.agents.file, Path::new("/etc/sipblade/agents.toml"));
         let abs = MINIMAL.replace("\"agents.toml\"", "\"/srv/agents.toml\"");
@@ -595,6 +620,12 @@ mod tests {
                 "max_call_secs = 0\n[agents]",
                 5,
                 "max_call_secs must be between 1 and 604800",
+            ),
+            (
+                "[agents]",
+                "max_tcp_connections = 0\n[agents]",
+                5,
+                "max_tcp_connections must be between 1 and 1000000",
             ),
             (
                 "[agents]",

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub malformed: u64,
     /// Requests refused with 503 under overload.
     pub overloaded: u64,
+    /// TCP connections closed at once: the core held its limit.
+    pub tcp_refused: u64,
     /// Messages this core received for another core, and handed over.
     pub handoffs: u64,
     /// Host requests this blade's sessions got refused, by [`REFUSALS`].
@@ -126,6 +128,7 @@ impl Metrics {
         self.registrations += other.registrations;
         self.malformed += other.malformed;
         self.overloaded += other.overloaded;
+        self.tcp_refused += other.tcp_refused;
         self.handoffs += other.handoffs;
         for (a, b) in self
             .hosting_refused

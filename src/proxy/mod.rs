@@ -424,6 +424,12 @@ impl Proxy {
         self.metrics.malformed += 1;
     }
 
+    /// Counts a TCP connection closed as soon as it was accepted: the
+    /// core already held as many as it may.
+    pub fn note_tcp_refused(&mut self) {
+        self.metrics.tcp_refused += 1;
+    }
+
     /// Counts a message received here for another core and handed over.
     pub fn note_handoff(&mut self) {
         self.metrics.handoffs += 1;

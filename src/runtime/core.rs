@@ -694,6 +694,7 @@ pub(crate) async fn run(
             tasks.push(glommio::spawn_local(tcp::accept_loop(
                 core.clone(),
                 listener,
+                shared.tcp_per_core,
             )));
             // The blade counts as started once every core listens.
             let _ = ready.send(Ok(()));

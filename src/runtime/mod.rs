@@ -8,6 +8,7 @@
 //! The admin port runs on a thread of its own.
 
 mod core;
+pub mod limits;
 mod link;
 mod mesh;
 pub mod socket;
@@ -114,6 +115,8 @@ pub(crate) struct Shared {
     pub epoch: Instant,
     pub stopping: Arc<AtomicBool>,
     pub cluster: Option<ClusterSettings>,
+    /// How many accepted TCP connections each core may hold at once.
+    pub tcp_per_core: usize,
 }
 
 impl Blade {
@@ -198,6 +201,18 @@ impl Blade {
             id: config.blade.id.clone(),
             peers,
         };
+        let room = limits::connection_room(limits::open_files_limit());
+        if let (Some(asked), Some(room)) = (config.blade.max_tcp_connections, room)
+            && asked > room
+        {
+            tracing::warn!(
+                max_tcp_connections = asked,
+                room,
+                "max_tcp_connections is more than the open-files limit leaves room for: using {room}"
+            );
+        }
+        let tcp_per_core =
+            limits::tcp_connections_per_core(config.blade.max_tcp_connections, room, cores);
         let shared = Arc::new(Shared {
             config,
             options,
@@ -209,6 +224,7 @@ impl Blade {
             epoch: Instant::now(),
             stopping: stopping.clone(),
             cluster,
+            tcp_per_core,
         });
 
         // With one core there is no one to talk to.
@@ -285,7 +301,7 @@ impl Blade {
                 source,
             }
         })?;
-        tracing::info!(sip = %sip, admin = %admin.addr(), cores, "blade started");
+        tracing::info!(sip = %sip, admin = %admin.addr(), cores, tcp_per_core, "blade started");
         Ok(Blade {
             sip,
             admin: Some(admin),

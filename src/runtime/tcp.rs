@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -32,10 +32,21 @@ const READ_CHUNK: usize = 16 * 1024;
 /// letting the call ring until timer B.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the accept loop pauses after a failed accept: the usual
+/// cause, no descriptor left (EMFILE), persists, and retrying at once
+/// would spin the core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// At most one warning per this long about refused or failed accepts.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// This core's connections.
 pub(crate) struct Connections {
     core: u16,
     next: Cell<u32>,
+    /// Accepted connections open now; outbound ones are not counted (the
+    /// blade opens those only towards agents it has bindings for).
+    accepted: Cell<usize>,
     by_id: RefCell<HashMap<u32, (SocketAddr, LocalSender<Bytes>)>>,
     by_addr: RefCell<HashMap<SocketAddr, u32>>,
 }
@@ -45,6 +56,7 @@ impl Connections {
         Connections {
             core: core as u16,
             next: Cell::new(0),
+            accepted: Cell::new(0),
             by_id: RefCell::new(HashMap::new()),
             by_addr: RefCell::new(HashMap::new()),
         }
@@ -124,18 +136,65 @@ impl AsyncWrite for Half {
     }
 }
 
-/// Accepts connections on this core's listener for as long as the core runs.
-pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+/// Accepts connections on this core's listener for as long as the core
+/// runs, up to `limit` open at once: past it a new connection is closed
+/// at once, so that it cannot take the descriptors the blade needs.
+pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, limit: usize) {
+    let mut warned = Warnings::default();
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                if core.conns.accepted.get() >= limit {
+                    core.proxy_mut().note_tcp_refused();
+                    warned.warn(|n| {
+                        tracing::warn!(
+                            limit,
+                            refused = n,
+                            "TCP connections refused: at max_tcp_connections"
+                        );
+                    });
+                    drop(stream);
+                    continue;
+                }
                 let Ok(addr) = stream.peer_addr() else {
                     continue;
                 };
                 let (conn, queue) = core.conns.register(addr);
-                glommio::spawn_local(serve(core.clone(), stream, addr, conn, queue, None)).detach();
+                core.conns.accepted.set(core.conns.accepted.get() + 1);
+                let served = core.clone();
+                glommio::spawn_local(async move {
+                    serve(served.clone(), stream, addr, conn, queue, None).await;
+                    served.conns.accepted.set(served.conns.accepted.get() - 1);
+                })
+                .detach();
             }
-            Err(e) => tracing::debug!("accept: {e}"),
+            Err(e) => {
+                warned.warn(|n| tracing::warn!(failed = n, "cannot accept TCP connections: {e}"));
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Counts events worth a warning and lets one through per [`WARN_EVERY`],
+/// with the count since the last, so a flood does not flood the log.
+#[derive(Default)]
+struct Warnings {
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl Warnings {
+    fn warn(&mut self, log: impl FnOnce(u64)) {
+        self.count += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+        {
+            log(self.count);
+            self.last = Some(now);
+            self.count = 0;
         }
     }
 }

@@ -106,10 +106,16 @@ impl TestBlade {
 
     /// [`TestBlade::start`] with runtime options.
     pub fn start_with(cores: usize, auth: bool, options: Options) -> TestBlade {
+        TestBlade::start_configured(cores, auth, options, "")
+    }
+
+    /// [`TestBlade::start_with`] with more `[blade]` settings (TOML lines).
+    pub fn start_configured(cores: usize, auth: bool, options: Options, blade: &str) -> TestBlade {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
         let path = dir.path().join("blade.toml");
-        let text = config_toml(cores, auth, "127.0.0.1:0", "127.0.0.1:0");
+        let text = config_toml(cores, auth, "127.0.0.1:0", "127.0.0.1:0")
+            .replace("\n[agents]", &format!("{blade}\n[agents]"));
         std::fs::write(&path, &text).expect("config file");
         let config = Config::from_toml(&text, &path).expect("valid config");
         let blade = Blade::start_with(config, options).expect("the blade starts");
