@@ -466,3 +466,57 @@ fn connections_past_the_limit_are_closed_at_once_and_counted() {
         matches!(ua.stream.read(&mut chunk), Ok(n) if n > 0 && chunk.starts_with(b"SIP/2.0 200"))
     });
 }
+
+/// A TCP agent that stops reading is cut off once a write has waited the
+/// write timeout, instead of the blade queueing what it sends it without
+/// end: here 1001 sends MESSAGEs of 60 KB to 1002 over UDP, far more than
+/// the sockets' buffers hold, while 1002's TCP connection reads nothing.
+#[test]
+fn a_tcp_agent_that_stops_reading_is_disconnected() {
+    let options = Options {
+        tcp_write_timeout: Duration::from_millis(500),
+        ..Options::default()
+    };
+    let blade = TestBlade::start_configured(1, false, options, "");
+    let (mut callee, _) = tcp_callee(&blade);
+    let (caller, caller_addr) = udp_caller(&blade);
+    let body = "x".repeat(60_000);
+    for i in 0..200 {
+        let message = format!(
+            "MESSAGE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {caller_addr};branch=z9hG4bKm{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=m\r\nTo: <sip:1002@cc.example>\r\n\
+             Call-ID: flood-{i}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        caller.send_to(message.as_bytes(), blade.sip).unwrap();
+        // The blade's UDP receive buffer holds a few of these at a time.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Long enough for a blocked write to time out; then drain what reached
+    // the socket: the close comes after it.
+    std::thread::sleep(Duration::from_secs(2));
+    callee
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut read = 0usize;
+    loop {
+        match callee.stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connection stayed open ({read} bytes read)"
+        );
+    }
+    assert!(
+        read < 200 * body.len(),
+        "not everything was queued and delivered: {read} bytes"
+    );
+}

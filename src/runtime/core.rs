@@ -129,6 +129,11 @@ impl Core {
         self.shared.sip.ip()
     }
 
+    /// How long a TCP write may wait for its peer to read.
+    pub(crate) fn tcp_write_timeout(&self) -> Duration {
+        self.shared.options.tcp_write_timeout
+    }
+
     /// This core's proxy, to update.
     pub(crate) fn proxy_mut(&self) -> std::cell::RefMut<'_, Proxy> {
         self.proxy.borrow_mut()

@@ -83,6 +83,10 @@ pub struct Options {
     pub timers: crate::transaction::TimerConfig,
     /// Where to report every message the blade sends (`sipblade demo`).
     pub trace: Option<trace::Tracer>,
+    /// A write on a TCP connection still blocked after this long means the
+    /// peer stopped reading: the connection is closed rather than let what
+    /// the blade sends it pile up.
+    pub tcp_write_timeout: Duration,
 }
 
 impl Default for Options {
@@ -91,6 +95,7 @@ impl Default for Options {
             max_transactions: 100_000,
             timers: crate::transaction::TimerConfig::default(),
             trace: None,
+            tcp_write_timeout: Duration::from_secs(10),
         }
     }
 }

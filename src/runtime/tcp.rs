@@ -32,6 +32,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// letting the call ring until timer B.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Messages queued on one connection at most. Past that the peer has not
+/// read for a while (the socket's buffers are full too): more are dropped
+/// until the write timeout closes the connection.
+const SEND_QUEUE: usize = 1024;
+
 /// How long the accept loop pauses after a failed accept: the usual
 /// cause, no descriptor left (EMFILE), persists, and retrying at once
 /// would spin the core.
@@ -66,7 +71,7 @@ impl Connections {
     fn register(&self, addr: SocketAddr) -> (ConnId, LocalReceiver<Bytes>) {
         let id = self.next.get();
         self.next.set(id.wrapping_add(1));
-        let (tx, rx) = local_channel::new_unbounded();
+        let (tx, rx) = local_channel::new_bounded(SEND_QUEUE);
         self.by_id.borrow_mut().insert(id, (addr, tx));
         self.by_addr.borrow_mut().insert(addr, id);
         (
@@ -96,9 +101,19 @@ impl Connections {
             .map(|c| c.id)
             .or_else(|| self.by_addr.borrow().get(&peer.addr).copied());
         let by_id = self.by_id.borrow();
-        match id.and_then(|id| by_id.get(&id)) {
-            Some((_, queue)) => queue.try_send(data).is_ok(),
-            None => false,
+        let Some((addr, queue)) = id.and_then(|id| by_id.get(&id)) else {
+            return false;
+        };
+        match queue.try_send(data) {
+            Ok(()) => true,
+            Err(glommio::GlommioError::WouldBlock(_)) => {
+                // The connection exists but its peer is not reading: the
+                // message is lost, as a datagram would be, and the write
+                // timeout will close the connection.
+                tracing::debug!(%addr, "stream send queue full: message dropped");
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -264,24 +279,29 @@ async fn serve(
     let stream = Rc::new(RefCell::new(stream));
     let mut writer = Half(stream.clone());
     let writer_core = core.clone();
+    let write_timeout = core.tcp_write_timeout();
     glommio::spawn_local(async move {
         while let Some(data) = queue.recv().await {
-            let written = if opening.is_some() {
+            // The first write of a connection we open waits for the
+            // connect; any other waits only for the peer to read.
+            let limit = match opening {
+                Some(_) => CONNECT_TIMEOUT,
+                None => write_timeout,
+            };
+            let written =
                 futures_lite::future::or(async { Some(writer.write_all(&data).await) }, async {
-                    glommio::timer::sleep(CONNECT_TIMEOUT).await;
+                    glommio::timer::sleep(limit).await;
                     None
                 })
-                .await
-            } else {
-                Some(writer.write_all(&data).await)
-            };
+                .await;
             let failure = match written {
                 Some(Ok(())) => {
                     opening = None;
                     continue;
                 }
                 Some(Err(e)) => e.to_string(),
-                None => format!("not connected within {CONNECT_TIMEOUT:?}"),
+                None if opening.is_some() => format!("not connected within {limit:?}"),
+                None => format!("the peer has read nothing for {limit:?}: closing"),
             };
             tracing::debug!(%addr, "stream write: {failure}");
             if let Some(first) = opening.take() {
@@ -289,6 +309,9 @@ async fn serve(
             }
             break;
         }
+        // Whatever ended the writing ends the connection: the reader's
+        // pending read returns, and the connection is forgotten.
+        let _ = socket2::SockRef::from(&*writer.0.borrow()).shutdown(std::net::Shutdown::Both);
     })
     .detach();
 
