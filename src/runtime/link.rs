@@ -20,8 +20,8 @@ use crate::cluster::link::{Link, LinkEvent};
 use crate::cluster::tls::Identity;
 use crate::proxy::cross::{ClusterSend, Dest};
 
-/// Longest wait of the receive loop (for a datagram) and of the timer
-/// task (for the link's next timeout), so both notice a stop.
+/// Longest wait of the timer task for the link's next timeout, so that
+/// it notices a stop.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// How long a stopping blade waits for its goodbyes to go out.
@@ -170,20 +170,26 @@ pub(crate) fn summary(msg: &Message) -> String {
     }
 }
 
-/// Runs the link until the blade stops, then closes every connection:
-/// this task receives, a second one serves the link's timers.
+/// Runs the link until the blade stops, then closes every connection. A
+/// task of its own receives; this one serves the link's timers and
+/// notices the stop (the receive waits without a timeout: a linked timer
+/// in io_uring on every receive would cost each datagram, as on the SIP
+/// sockets).
 pub(crate) async fn run(core: Rc<Core>, driver: Rc<LinkDriver>) {
-    glommio::spawn_local(run_timers(core.clone(), driver.clone())).detach();
+    let receiving = glommio::spawn_local(receive(core.clone(), driver.clone()));
+    run_timers(&core, &driver).await;
+    receiving.cancel().await;
+    driver.link.borrow_mut().close_all(Instant::now());
+    driver.flush().await;
+    glommio::timer::sleep(CLOSE_GRACE).await;
+    driver.flush().await;
+}
+
+/// Feeds the link the datagrams its socket receives, for good (the task is
+/// cancelled at stop).
+async fn receive(core: Rc<Core>, driver: Rc<LinkDriver>) {
     let mut buf = vec![0u8; 65_535];
-    let _ = driver.socket.set_read_timeout(Some(MAX_WAIT));
     loop {
-        if core.stopping() {
-            driver.link.borrow_mut().close_all(Instant::now());
-            driver.flush().await;
-            glommio::timer::sleep(CLOSE_GRACE).await;
-            driver.flush().await;
-            return;
-        }
         if let Ok((n, from)) = driver.socket.recv_from(&mut buf).await {
             driver.peers.count_datagram(false);
             let data = BytesMut::from(&buf[..n]);
@@ -199,7 +205,7 @@ pub(crate) async fn run(core: Rc<Core>, driver: Rc<LinkDriver>) {
 
 /// Serves the link's timers (retransmission, acknowledgement delay, keep
 /// alive, idle, reconnection) until the blade stops.
-async fn run_timers(core: Rc<Core>, driver: Rc<LinkDriver>) {
+async fn run_timers(core: &Rc<Core>, driver: &Rc<LinkDriver>) {
     while !core.stopping() {
         let now = Instant::now();
         let wait = driver
@@ -215,7 +221,7 @@ async fn run_timers(core: Rc<Core>, driver: Rc<LinkDriver>) {
         .await;
         driver.link.borrow_mut().handle_timeout(Instant::now());
         driver.flush().await;
-        handle_events(&core, &driver).await;
+        handle_events(core, driver).await;
     }
 }
 
