@@ -6,7 +6,7 @@ mod common;
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,19 @@ impl Drop for Process {
     }
 }
 
+/// A config for a blade on free ports of `HOST` and its agents file, in a
+/// new temporary directory: the directory, the config's path, and the SIP
+/// and admin addresses.
+fn blade_files(cores: usize, auth: bool) -> (tempfile::TempDir, PathBuf, SocketAddr, SocketAddr) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (sip, admin) = (free_sip_port(), free_tcp_port());
+    std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
+    let config = dir.path().join("blade.toml");
+    let text = config_toml(cores, auth, &sip.to_string(), &admin.to_string());
+    std::fs::write(&config, text).expect("config file");
+    (dir, config, sip, admin)
+}
+
 /// OPTIONS to the blade itself from `ua`; the answer's status, if any
 /// comes within `timeout`.
 fn ping(ua: &mut Ua, timeout: Duration) -> Option<u16> {
@@ -126,12 +139,7 @@ fn ping(ua: &mut Ua, timeout: Duration) -> Option<u16> {
 
 #[test]
 fn run_serves_sip_and_status_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (sip, admin) = (free_sip_port(), free_tcp_port());
-    std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
-    let config = dir.path().join("blade.toml");
-    let text = config_toml(2, true, &sip.to_string(), &admin.to_string());
-    std::fs::write(&config, text).expect("config file");
+    let (dir, config, sip, admin) = blade_files(2, true);
     let mut blade = Process::start(&config, &dir.path().join("stderr"));
 
     let mut probe = Ua::new(sip, "probe");
@@ -195,12 +203,7 @@ fn stop(blade: &mut Process) {
 /// panicked on the same error.
 #[test]
 fn a_flood_of_tcp_connections_leaves_the_blade_serving_and_stoppable() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (sip, admin) = (free_sip_port(), free_tcp_port());
-    std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
-    let config = dir.path().join("blade.toml");
-    let text = config_toml(1, false, &sip.to_string(), &admin.to_string());
-    std::fs::write(&config, text).expect("config file");
+    let (dir, config, sip, admin) = blade_files(1, false);
     let mut blade = Process::start_with_open_files(&config, &dir.path().join("stderr"), 64);
     let mut probe = Ua::new(sip, "probe");
     assert_eq!(ready(&mut blade, &mut probe), 200);
