@@ -155,13 +155,13 @@ impl AsyncWrite for Half {
 /// runs, up to `limit` open at once: past it a new connection is closed
 /// at once, so that it cannot take the descriptors the blade needs.
 pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, limit: usize) {
-    let mut warned = Warnings::default();
+    let (mut refusals, mut failures) = (Warnings::default(), Warnings::default());
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 if core.conns.accepted.get() >= limit {
                     core.proxy_mut().note_tcp_refused();
-                    warned.warn(|n| {
+                    refusals.warn(|n| {
                         tracing::warn!(
                             limit,
                             refused = n,
@@ -184,7 +184,7 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, limit: us
                 .detach();
             }
             Err(e) => {
-                warned.warn(|n| tracing::warn!(failed = n, "cannot accept TCP connections: {e}"));
+                failures.warn(|n| tracing::warn!(failed = n, "cannot accept TCP connections: {e}"));
                 glommio::timer::sleep(ACCEPT_BACKOFF).await;
             }
         }
