@@ -98,7 +98,6 @@ fn calls_through_sipp_over_tcp() {
     );
 }
 
-/// 50 cross-blade calls, 5 pairs at once (the script's defaults).
 /// The blade with `auth = true` (SPEC §5): sipp's REGISTERs answer a 401
 /// and its INVITEs a 407, with sipp's own MD5 digest.
 #[test]
@@ -110,6 +109,7 @@ fn calls_through_sipp_with_digest_authentication() {
     );
 }
 
+/// 50 cross-blade calls, 5 pairs at once (the script's defaults).
 #[test]
 fn cross_blade_calls_through_sipp() {
     run_sipp_script("cross.sh", &[], "sipp cross-blade: OK");
