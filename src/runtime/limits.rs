@@ -10,8 +10,11 @@ use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
 
 /// Descriptors kept for everything but accepted SIP connections (sockets,
 /// io_uring rings, the admin port's clients, outbound connections to
-/// agents), when the limit is large enough to spare them.
-const RESERVED: u64 = 1024;
+/// agents): a quarter of the limit, but at least [`RESERVED_MIN`] (an idle
+/// one-core blade holds about 15, and each admin client takes two) and at
+/// most [`RESERVED_MAX`].
+const RESERVED_MIN: u64 = 64;
+const RESERVED_MAX: u64 = 1024;
 
 /// The fewest connections a core accepts, however low the limit.
 const MIN_PER_CORE: usize = 8;
@@ -35,11 +38,12 @@ pub fn open_files_limit() -> Option<u64> {
 }
 
 /// How many accepted connections an open-files `limit` leaves room for:
-/// the limit less a reserve of a quarter of it, at most [`RESERVED`].
-/// `None` when the limit is unknown or infinite.
+/// the limit less the reserve (see [`RESERVED_MIN`]). `None` when the
+/// limit is unknown or infinite.
 pub fn connection_room(limit: Option<u64>) -> Option<usize> {
     let limit = limit.filter(|&l| l != RLIM_INFINITY)?;
-    Some(usize::try_from(limit - (limit / 4).min(RESERVED)).unwrap_or(usize::MAX))
+    let reserve = (limit / 4).clamp(RESERVED_MIN, RESERVED_MAX);
+    Some(usize::try_from(limit.saturating_sub(reserve)).unwrap_or(usize::MAX))
 }
 
 /// How many accepted connections each of `cores` cores may hold:
@@ -65,8 +69,10 @@ mod tests {
 
     #[test]
     fn the_limit_leaves_a_reserve_and_is_shared_by_the_cores() {
-        // A quarter of a small limit, at most 1024 of a large one.
-        assert_eq!(connection_room(Some(64)), Some(48));
+        // A quarter of the limit, at least 64 and at most 1024.
+        assert_eq!(connection_room(Some(64)), Some(0));
+        assert_eq!(connection_room(Some(100)), Some(36));
+        assert_eq!(connection_room(Some(1024)), Some(768));
         assert_eq!(connection_room(Some(20_000)), Some(18_976));
         assert_eq!(connection_room(Some(RLIM_INFINITY)), None);
         assert_eq!(connection_room(None), None);
