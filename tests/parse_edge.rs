@@ -845,6 +845,29 @@ fn a_thousand_vias_and_routes() {
     assert_eq!(m.vias().last().unwrap().branch(), Some("z9hG4bK999"));
 }
 
+/// What a proxy checks before relaying a response: a Via below the top
+/// one, in the same line or another (RFC 3261 §16.7 step 3).
+#[test]
+fn more_vias_than_the_top_one_are_seen_in_the_line_or_below() {
+    let top = "Via: SIP/2.0/UDP 10.0.0.1:5061;branch=z9hG4bKaaa";
+    let second = "SIP/2.0/TCP [2001:db8::9];branch=z9hG4bKbbb";
+    let only_top = accepted(&base().bytes());
+    assert!(!only_top.has_more_vias());
+    let spaced = accepted(&base().set("Via", &format!("{top} \t ")).bytes());
+    assert!(!spaced.has_more_vias(), "trailing white space is no Via");
+    for m in [
+        base().set("Via", &format!("{top}, {second}")),
+        base().set("Via", &format!("{top} ,\r\n {second}")),
+        base().add(&format!("Via: {second}")),
+        base().add(&format!("v: {second}")),
+    ] {
+        let b = m.bytes();
+        let msg = accepted(&b);
+        assert!(msg.has_more_vias(), "{:?}", String::from_utf8_lossy(&b));
+        assert_eq!(msg.vias().count(), 2);
+    }
+}
+
 #[test]
 fn deeply_nested_quoted_pairs() {
     let pairs = "\\\\\\\"".repeat(10_000); // \\ and \" alternating

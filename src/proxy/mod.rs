@@ -1454,6 +1454,13 @@ impl Proxy {
             return;
         }
         let status = msg.status().unwrap_or(0);
+        if status > 100 && !msg.has_more_vias() {
+            // Only our Via: nowhere to relay it (§16.7 step 3), and not an
+            // answer the transaction may take, or the caller would wait
+            // for a response that never comes.
+            self.metrics.malformed += 1;
+            return;
+        }
         if client.tx.on_response(now, &msg, &mut out.transmits) != ClientEvent::Pass {
             return self.reschedule(id);
         }

@@ -788,3 +788,30 @@ fn a_response_with_another_cseq_method_does_not_answer_the_invite() {
     assert_eq!(status(upstream[0]), 603, "the real answer still goes up");
     assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
 }
+
+/// A response that carries only the blade's own Via has nowhere to go once
+/// that Via is removed (RFC 3261 §16.7 step 3): it is dropped and counted
+/// as malformed, and the transaction waits for a proper answer.
+#[test]
+fn a_response_with_only_the_blades_via_is_not_relayed() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let fwd = parse(&b.send(&a, &invite("1001", "1002", "v1", "z9hG4bKv1", ""))[1]);
+    let ok = answer(&fwd, 200, "t2");
+    let caller_via = ok
+        .lines()
+        .filter(|l| l.starts_with("Via:"))
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let stripped = ok.replace(&format!("{caller_via}\r\n"), "");
+    assert!(b.send(&bb, &stripped).is_empty(), "not relayed");
+    assert_eq!(b.proxy.metrics().malformed, 1);
+    assert_eq!(b.proxy.metrics().local.answered, 0);
+    let relayed = b.send(&bb, &ok);
+    let upstream: Vec<_> = relayed.iter().filter(|t| t.to == udp(&a)).collect();
+    assert_eq!(status(upstream[0]), 200, "the proper 200 still goes up");
+    assert_eq!(parse(upstream[0]).vias().count(), 1);
+}

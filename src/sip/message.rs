@@ -572,6 +572,19 @@ impl Message {
         Via::new(&self.buf, self.top_via)
     }
 
+    /// Whether a Via value follows the top one (in the same header line
+    /// or another). A response to a request a proxy forwarded must carry
+    /// one: with the proxy's own Via gone, none would be left to route it
+    /// by (RFC 3261 §16.7 step 3). Reads no Via but the top one.
+    pub fn has_more_vias(&self) -> bool {
+        // The top Via is the first Via line's first value, so any Via line
+        // whose value runs past it holds another.
+        let top_end = self.top_via.all.end;
+        self.headers
+            .iter()
+            .any(|h| h.name == HeaderName::Via && h.value.end > top_end)
+    }
+
     /// Every Via value, top first.
     pub fn vias(&self) -> impl Iterator<Item = Via<'_>> + '_ {
         self.list(HeaderName::Via, via::parse)
