@@ -9,6 +9,10 @@
 //! blade-2, so every call is cross-blade (SPEC §2); it also fails unless
 //! blade-1 counted every call as an answered cross-blade call and both
 //! blades end with no session and no agent hosted; it runs over TCP too.
+//! With `SIPP_FLOW=dialog` each call is a whole dialog instead
+//! (`uac_dialog.xml`, `uas_dialog.xml`): a reliable 183 and its PRACK,
+//! re-INVITE, INFO, UPDATE, and the callee's BYE, every in-dialog request
+//! along the route set the blades recorded.
 //! The scripts run one after the other (a lock), not in parallel.
 //!
 //! When `sipp` is not on the PATH:
@@ -133,6 +137,42 @@ fn cross_blade_calls_through_sipp_with_digest_authentication() {
     run_sipp_script(
         "cross.sh",
         &[("SIPP_AUTH", "1"), ("SIPP_CALLS", "20")],
+        "sipp cross-blade: OK",
+    );
+}
+
+/// Whole dialogs through one blade: PRACK (RFC 3262), re-INVITE, INFO,
+/// UPDATE (RFC 3311) and a BYE from the callee, each along the route set.
+#[test]
+fn dialogs_through_sipp() {
+    run_sipp_script(
+        "run.sh",
+        &[("SIPP_FLOW", "dialog"), ("SIPP_CALLS", "20")],
+        "sipp interop: OK",
+    );
+}
+
+/// The same dialogs across two blades: every in-dialog request, the
+/// callee's BYE included, crosses both blades' Record-Routes.
+#[test]
+fn cross_blade_dialogs_through_sipp() {
+    run_sipp_script(
+        "cross.sh",
+        &[("SIPP_FLOW", "dialog"), ("SIPP_CALLS", "20")],
+        "sipp cross-blade: OK",
+    );
+}
+
+/// Cross-blade dialogs with the agents on TCP.
+#[test]
+fn cross_blade_dialogs_through_sipp_over_tcp() {
+    run_sipp_script(
+        "cross.sh",
+        &[
+            ("SIPP_FLOW", "dialog"),
+            ("SIPP_TRANSPORT", "t1"),
+            ("SIPP_CALLS", "20"),
+        ],
         "sipp cross-blade: OK",
     );
 }

@@ -37,8 +37,11 @@ udp_bound() {
 # cross.sh): SIPP_TRANSPORT u1 (UDP, one socket) or t1 (TCP, one
 # connection per sipp); SIPP_AUTH set, the blades run with auth = true and
 # the agents answer the challenges with sipp's digest (register_auth.xml,
-# uac_auth.xml). Sets transport, auth_setting, register_scenario and
-# uac_scenario; calls the sourcing script's `fail` on a bad transport.
+# uac_auth.xml); SIPP_FLOW=dialog, each call is a whole dialog (100rel
+# and PRACK, re-INVITE, INFO, UPDATE, the callee's BYE:
+# uac_dialog.xml, uas_dialog.xml) instead of INVITE, ACK, BYE. Sets
+# transport, auth_setting, register_scenario, uac_scenario and
+# uas_scenario; calls the sourcing script's `fail` on a bad setting.
 sipp_variant() {
     transport="${SIPP_TRANSPORT:-u1}"
     [[ "$transport" =~ ^(u1|t1)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP) or t1 (TCP)"
@@ -47,6 +50,15 @@ sipp_variant() {
     else
         auth_setting=false register_scenario=register.xml uac_scenario=uac.xml
     fi
+    uas_scenario=uas.xml
+    case "${SIPP_FLOW:-call}" in
+    call) ;;
+    dialog)
+        [ -z "${SIPP_AUTH:-}" ] || fail "SIPP_FLOW=dialog runs without SIPP_AUTH"
+        uac_scenario=uac_dialog.xml uas_scenario=uas_dialog.xml
+        ;;
+    *) fail "SIPP_FLOW must be call or dialog" ;;
+    esac
 }
 
 # An agent's fields after its extension in an injection file: with

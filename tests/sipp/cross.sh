@@ -36,8 +36,10 @@
 # override the defaults; SIPP_TRANSPORT=t1 runs the agents' side over TCP
 # (the blades still talk UDP); SIPP_AUTH=1 runs both blades with auth =
 # true, the agents answering with sipp's digest (blade-2 trusts blade-1's
-# INVITEs by their hosting token alone); SIPP_KEEP=1 keeps the work
-# directory with the logs.
+# INVITEs by their hosting token alone); SIPP_FLOW=dialog makes each call
+# a whole dialog (uac_dialog.xml, uas_dialog.xml: a reliable 183 and its
+# PRACK, re-INVITE, INFO, UPDATE, the callee's BYE, all across both
+# blades); SIPP_KEEP=1 keeps the work directory with the logs.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

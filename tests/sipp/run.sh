@@ -32,7 +32,9 @@
 # by connecting to their Contact, where the UAS listens. SIPP_AUTH=1 runs
 # the blade with auth = true: the REGISTERs (register_auth.xml) answer a
 # 401 and the INVITEs (uac_auth.xml) a 407 with sipp's own digest, from
-# the passwords in agents.toml.
+# the passwords in agents.toml. SIPP_FLOW=dialog makes each call a whole
+# dialog (uac_dialog.xml, uas_dialog.xml: a reliable 183 and its PRACK,
+# re-INVITE, INFO, UPDATE, the callee's BYE).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -186,7 +188,7 @@ register callees 127.0.0.3 "$uas_port"
 
 uas_rc=0
 timeout "$hard_timeout" sipp "${sipp_common[@]}" -timeout "${sipp_timeout}s" \
-    -sf "$here/uas.xml" -i 127.0.0.3 -p "$uas_port" -mi 127.0.0.3 -m "$calls" \
+    -sf "$here/$uas_scenario" -i 127.0.0.3 -p "$uas_port" -mi 127.0.0.3 -m "$calls" \
     -stf "$work/uas.csv" -error_file "$work/uas.err" -screen_file "$work/uas.screen" \
     >"$work/uas.out" 2>&1 &
 uas_pid=$!
