@@ -321,6 +321,70 @@ fn invites_from_one_socket_reach_their_cores_without_a_hand_off() {
     }
 }
 
+/// A callee that keeps no route set (it copied no Record-Route into its
+/// 200, and its Contact has no user): the caller's ACK and BYE come to the
+/// blade unrouted, for that Contact, and are relayed to the agent the To
+/// names (SPEC §5); the callee's own BYE comes unrouted to the caller's
+/// Contact, on the caller's core, while the session lives on the callee's
+/// (two cores): it is handed over there, so the call still ends.
+#[test]
+fn a_callee_that_keeps_no_route_set_is_reached_and_can_hang_up() {
+    assert_ne!(shard_of(b"1001", 2), shard_of(b"1002", 2));
+    let blade = TestBlade::start(2, false);
+    let mut a = blade.registered("1001");
+    let mut b = blade.registered("1002");
+
+    for callee_hangs_up in [false, true] {
+        let mut call = a.call("1002");
+        a.invite(&mut call, "");
+        let invite = b.request(Method::Invite, &call.call_id);
+        b.answer_without_route_set(&invite, CALLEE_TAG);
+        let ok = a.response(&call.call_id, Method::Invite);
+        assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+        assert_eq!(ok.record_routes().count(), 0);
+        call.learn(&ok);
+        assert_eq!(
+            call.target.as_deref(),
+            Some(format!("sip:{}", b.addr).as_str())
+        );
+        blade.wait_state("1001", "in_call");
+        blade.wait_state("1002", "in_call");
+
+        a.ack_2xx(&call);
+        let ack = b.request(Method::Ack, &call.call_id);
+        assert_eq!(ack.cseq().seq, call.cseq);
+        if callee_hangs_up {
+            let bye = format!(
+                "BYE {} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: {};tag={CALLEE_TAG}\r\n\
+                 To: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+                a.contact_uri(),
+                b.via(&common::branch()),
+                header(&invite, HeaderName::To).unwrap(),
+                header(&invite, HeaderName::From).unwrap(),
+                call.call_id,
+            );
+            b.send(bye);
+            let bye = a.request(Method::Bye, &call.call_id);
+            a.answer(&bye, 200, "OK", "unused");
+            let done = b.response(&call.call_id, Method::Bye);
+            assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+        } else {
+            a.bye(&mut call);
+            let bye = b.request(Method::Bye, &call.call_id);
+            assert_eq!(
+                bye.request_uri().unwrap().as_str(),
+                format!("sip:{}", b.addr)
+            );
+            b.answer(&bye, 200, "OK", CALLEE_TAG);
+            let done = a.response(&call.call_id, Method::Bye);
+            assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+        }
+        blade.wait_state("1001", "ready");
+        blade.wait_state("1002", "ready");
+        blade.wait_no_sessions();
+    }
+}
+
 #[test]
 fn a_call_placed_right_after_the_register_200_is_not_refused() {
     // 1001 and 1004 live on different cores: an INVITE to 1004 is judged on

@@ -166,6 +166,42 @@ fn cross_blade_call_hosts_the_callee_and_hands_it_back() {
     }
 }
 
+/// A hosted callee that keeps no route set (its 200 copies no
+/// Record-Route; its Contact has no user): the caller's ACK and BYE come
+/// to S unrouted, for that Contact. S sends them to B's blade, which takes
+/// them to B (SPEC §2 step 5), and the BYE still ends the session and
+/// hands B back.
+#[test]
+fn a_hosted_callee_that_keeps_no_route_set_is_reached_through_its_blade() {
+    let cluster = TestCluster::start(2, 55);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered(s, "1001");
+    let mut b = cluster.registered(t, "1002");
+
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer_without_route_set(&invite, CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    call.learn(&ok);
+    assert!(call.routes.is_empty());
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    a.ack_2xx(&call);
+    let ack = b.request(Method::Ack, &call.call_id);
+    assert_eq!(ack.vias().count(), 3, "through S and T");
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    assert_eq!(bye.vias().count(), 3, "through S and T");
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    let done = a.response(&call.call_id, Method::Bye);
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+    wait_ready(&cluster, t, "1002");
+    cluster.wait_state(s, "1001", "ready");
+    assert!(cluster.sessions(s).is_empty());
+}
+
 /// SPEC §2 step 6: while B is hosted, a new INVITE for B reaching T (here
 /// from an agent registered on T) is not sent to B: T hands it to S, which
 /// answers 486, and T relays that. Once the session ends, B takes local

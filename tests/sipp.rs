@@ -12,7 +12,9 @@
 //! With `SIPP_FLOW=dialog` each call is a whole dialog instead
 //! (`uac_dialog.xml`, `uas_dialog.xml`): a reliable 183 and its PRACK,
 //! re-INVITE, INFO, UPDATE, and the callee's BYE, every in-dialog request
-//! along the route set the blades recorded.
+//! along the route set the blades recorded. With `SIPP_FLOW=builtin` the
+//! callees are sipp's own `uas` scenario (`sipp -sn uas`), which keeps no
+//! route set: the caller's ACK and BYE reach the blade unrouted.
 //! The scripts run one after the other (a lock), not in parallel.
 //!
 //! When `sipp` is not on the PATH:
@@ -173,6 +175,30 @@ fn cross_blade_dialogs_through_sipp_over_tcp() {
             ("SIPP_TRANSPORT", "t1"),
             ("SIPP_CALLS", "20"),
         ],
+        "sipp cross-blade: OK",
+    );
+}
+
+/// Calls to sipp's built-in UAS (`sipp -sn uas`), which copies no
+/// Record-Route and answers with a Contact without a user: the caller's
+/// ACK and BYE come unrouted, for that Contact, and reach the callee the
+/// To names (SPEC §5).
+#[test]
+fn calls_to_sipps_builtin_uas() {
+    run_sipp_script(
+        "run.sh",
+        &[("SIPP_FLOW", "builtin"), ("SIPP_CALLS", "20")],
+        "sipp interop: OK",
+    );
+}
+
+/// The same across two blades: the source blade sends the unrouted ACK
+/// and BYE for its hosted callee to the callee's blade.
+#[test]
+fn cross_blade_calls_to_sipps_builtin_uas() {
+    run_sipp_script(
+        "cross.sh",
+        &[("SIPP_FLOW", "builtin"), ("SIPP_CALLS", "20")],
         "sipp cross-blade: OK",
     );
 }

@@ -1258,6 +1258,18 @@ impl Proxy {
         // contact, retargeted like any request for the agent (RFC 3261
         // §16.5). Not an ACK (`forward_ack`): one to an AOR is a non-2xx
         // ACK on a branch of its own, which ends here.
+        if pop_routes == 0 && next_route.is_none() {
+            if let Some(core) = self.session_core_elsewhere(&msg) {
+                // Its session (whose end a BYE must see) lives there.
+                out.handoffs.push(Handoff {
+                    core,
+                    source,
+                    msg,
+                    join: false,
+                });
+                return;
+            }
+        }
         let contact = next_route
             .is_none()
             .then(|| self.aor_binding(&msg))
@@ -1265,6 +1277,7 @@ impl Proxy {
             .map(|b| (b.peer, b.uri.clone()));
         let target = next_route
             .or(contact.as_ref().map(|(peer, _)| *peer))
+            .or_else(|| self.hosted_agent_blade(&msg))
             .or_else(|| self.request_uri_peer(&msg));
         let Some(target) = target else {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
@@ -1300,8 +1313,88 @@ impl Proxy {
         if self.is_peer_blade_sip(target.addr) {
             return true;
         }
-        self.request_uri_binding(msg)
+        self.addressed_binding(msg)
             .is_some_and(|b| b.peer.addr == target.addr)
+            || self.is_callers_terminal(msg, target)
+    }
+
+    /// Whether `target` is the terminal the caller of `msg`'s session on
+    /// this core called from (where its INVITE came from, or its Contact):
+    /// the callee's requests go back there, routed or not.
+    fn is_callers_terminal(&self, msg: &Message, target: Peer) -> bool {
+        let Some((from, contact)) = self
+            .sessions
+            .get(msg.call_id())
+            .and_then(|s| s.caller_contact.as_ref())
+        else {
+            return false;
+        };
+        from.addr == target.addr
+            || crate::sip::Uri::parse(contact.as_bytes())
+                .and_then(|uri| route::uri_peer(&uri))
+                .is_some_and(|p| p.addr == target.addr)
+    }
+
+    /// The binding of the agent a request is addressed to, when this core
+    /// owns that agent and it is registered: the agent its Request-URI
+    /// names by user or, for a Request-URI without one (a terminal's own
+    /// Contact, which many UAs write as `sip:IP:PORT`), the agent its To
+    /// names on our host (SPEC §5).
+    fn addressed_binding(&self, msg: &Message) -> Option<&Binding> {
+        if msg.request_uri()?.user().is_some() {
+            return self.request_uri_binding(msg);
+        }
+        let to = msg.to().uri();
+        if !self.is_our_host(&to) {
+            return None;
+        }
+        self.registrar
+            .location()
+            .get(to.user_str()?)?
+            .binding
+            .as_ref()
+    }
+
+    /// For an unrouted in-dialog request (its sender kept no route set:
+    /// a terminal that did not copy the Record-Route), the core its session
+    /// lives on when that is another: this core owns the agent the request
+    /// goes to, and that agent is in the call there.
+    fn session_core_elsewhere(&self, msg: &Message) -> Option<usize> {
+        let call_id = msg.call_id();
+        if self.sessions.get(call_id).is_some() {
+            return None;
+        }
+        let core = *self.remote_sessions.get(call_id)?;
+        let agent = match msg.request_uri()?.user_str() {
+            Some(user) => user,
+            None => msg.to().uri().user_str()?,
+        };
+        let in_this_call = matches!(
+            &self.registrar.location().get(agent)?.state,
+            AgentState::InCall { call_id: c } if c == call_id
+        );
+        in_this_call.then_some(core)
+    }
+
+    /// Where an unrouted in-dialog request of a session on this core goes
+    /// when it is addressed to the session's hosted agent at its terminal:
+    /// to the agent's blade, which takes it on to the terminal (SPEC §2
+    /// step 5), as a routed one would go.
+    fn hosted_agent_blade(&self, msg: &Message) -> Option<Peer> {
+        let hosted = self.sessions.get(msg.call_id())?.hosted.as_ref()?;
+        let to = msg.to().uri();
+        if to.user_str()? != hosted.extension || !self.is_our_host(&to) {
+            return None;
+        }
+        let uri = msg.request_uri()?;
+        let info = hosted.info.as_ref()?;
+        let at_terminal = info.contact == uri.as_str()
+            || route::uri_peer(&uri).is_some_and(|p| p.addr == info.addr);
+        if !at_terminal {
+            return None;
+        }
+        let blade = self.cluster.as_ref()?.peer(hosted.blade.as_deref()?)?;
+        Some(Peer::new(blade.sip, crate::sip::Transport::Udp))
     }
 
     /// The binding of the agent the Request-URI names, when this core owns
@@ -1317,9 +1410,12 @@ impl Proxy {
     /// reach.
     fn request_uri_peer(&self, msg: &Message) -> Option<Peer> {
         let uri = msg.request_uri()?;
-        match self.request_uri_binding(msg) {
-            Some(b) if b.uri == uri.as_str() => Some(b.peer),
-            _ => route::uri_peer(&uri),
+        let named = route::uri_peer(&uri);
+        match self.addressed_binding(msg) {
+            Some(b) if b.uri == uri.as_str() || named.is_some_and(|p| p.addr == b.peer.addr) => {
+                Some(b.peer)
+            }
+            _ => named,
         }
     }
 
@@ -1340,7 +1436,10 @@ impl Proxy {
             .routes()
             .nth(pop_routes)
             .and_then(|r| route::uri_peer(&r.uri()));
-        let Some(target) = next.or_else(|| self.request_uri_peer(msg)) else {
+        let target = next
+            .or_else(|| self.hosted_agent_blade(msg))
+            .or_else(|| self.request_uri_peer(msg));
+        let Some(target) = target else {
             return;
         };
         if pop_routes == 0 && !self.may_relay_unrouted(msg, target) {

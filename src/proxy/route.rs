@@ -76,6 +76,9 @@ pub fn core_of_branch(branch: &str) -> Option<usize> {
 /// - a response: the core named in its top Via branch;
 /// - a request with a Route naming a core (our Record-Route): that core;
 /// - REGISTER: the core of the To user;
+/// - an in-dialog request whose Request-URI has no user (a terminal's own
+///   Contact, `sip:IP:PORT`): the core of the To user, the agent it goes
+///   to;
 /// - any other request: the core of the Request-URI user.
 ///
 /// `None` means any core may handle it (e.g. OPTIONS to the blade).
@@ -101,7 +104,10 @@ pub fn owner_core(msg: &Message, cores: usize) -> Option<usize> {
     let user = if msg.method() == Some(Method::Register) {
         msg.to().uri().user()
     } else {
-        msg.request_uri().and_then(|u| u.user())
+        let in_dialog = msg.to().tag().is_some();
+        msg.request_uri()
+            .and_then(|u| u.user())
+            .or_else(|| in_dialog.then(|| msg.to().uri().user()).flatten())
     };
     user.map(|u| shard_of(u, cores))
 }
@@ -220,6 +226,17 @@ mod tests {
         assert_eq!(owner_core(&bye, 4), Some(2));
         let options = req("", "sip:127.0.0.1", "OPTIONS");
         assert_eq!(owner_core(&options, 4), None);
+        // In a dialog, a Request-URI without a user (the callee's own
+        // Contact) leaves the To's agent to name the core.
+        let unrouted = |uri: &str| {
+            let raw = format!(
+                "BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK2\r\nFrom: <sip:1001@d>;tag=1\r\n\
+                 To: <sip:1003@d>;tag=2\r\nCall-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+            );
+            owner_core(&Message::parse(Bytes::from(raw)).unwrap(), 4)
+        };
+        assert_eq!(unrouted("sip:10.0.0.3:5062"), Some(shard_of(b"1003", 4)));
+        assert_eq!(unrouted("sip:1002@10.0.0.3"), Some(shard_of(b"1002", 4)));
         let reg = req("", "sip:d", "REGISTER");
         assert_eq!(owner_core(&reg, 4), Some(shard_of(b"1002", 4)));
     }

@@ -724,6 +724,32 @@ impl Ua {
     /// `to_tag` added when it has none), Call-ID and CSeq copied; for an
     /// INVITE's 101-299 also the Record-Route lines and our Contact.
     /// Returns the response as sent, for retransmissions.
+    /// Answers the INVITE `invite` 200 as some UAs do (sipp's built-in
+    /// `uas`, for one): no Record-Route copied, and a Contact without a
+    /// user part (`sip:IP:PORT`), so the caller keeps no route set.
+    pub fn answer_without_route_set(&self, invite: &Message, to_tag: &str) {
+        let mut text = String::from("SIP/2.0 200 OK\r\n");
+        for h in invite.headers() {
+            if matches!(
+                h.kind,
+                HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq
+            ) {
+                text.push_str(&format!(
+                    "{}: {}\r\n",
+                    h.name,
+                    String::from_utf8_lossy(h.value)
+                ));
+            }
+        }
+        let to = header(invite, HeaderName::To).expect("the INVITE has a To");
+        text.push_str(&format!("To: {to};tag={to_tag}\r\n"));
+        text.push_str(&format!(
+            "Contact: <sip:{}>\r\nContent-Length: 0\r\n\r\n",
+            self.addr
+        ));
+        self.send(text);
+    }
+
     pub fn answer(&self, req: &Message, status: u16, reason: &str, to_tag: &str) -> String {
         let mut text = format!("SIP/2.0 {status} {reason}\r\n");
         let dialog = req.method() == Some(Method::Invite) && (101..300).contains(&status);

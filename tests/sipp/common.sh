@@ -39,9 +39,13 @@ udp_bound() {
 # the agents answer the challenges with sipp's digest (register_auth.xml,
 # uac_auth.xml); SIPP_FLOW=dialog, each call is a whole dialog (100rel
 # and PRACK, re-INVITE, INFO, UPDATE, the callee's BYE:
-# uac_dialog.xml, uas_dialog.xml) instead of INVITE, ACK, BYE. Sets
-# transport, auth_setting, register_scenario, uac_scenario and
-# uas_scenario; calls the sourcing script's `fail` on a bad setting.
+# uac_dialog.xml, uas_dialog.xml) instead of INVITE, ACK, BYE;
+# SIPP_FLOW=builtin, the callees are sipp's built-in `uas` scenario, which
+# copies no Record-Route into its answers and gives a Contact without a
+# user (sip:IP:PORT), so the caller's ACK and BYE come unrouted, for that
+# Contact. Sets transport, auth_setting, register_scenario, uac_scenario
+# and uas_args (sipp's arguments that pick the UAS scenario); calls the
+# sourcing script's `fail` on a bad setting.
 sipp_variant() {
     transport="${SIPP_TRANSPORT:-u1}"
     [[ "$transport" =~ ^(u1|t1)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP) or t1 (TCP)"
@@ -50,14 +54,15 @@ sipp_variant() {
     else
         auth_setting=false register_scenario=register.xml uac_scenario=uac.xml
     fi
-    uas_scenario=uas.xml
+    uas_args=(-sf "$here/uas.xml")
     case "${SIPP_FLOW:-call}" in
     call) ;;
     dialog)
         [ -z "${SIPP_AUTH:-}" ] || fail "SIPP_FLOW=dialog runs without SIPP_AUTH"
-        uac_scenario=uac_dialog.xml uas_scenario=uas_dialog.xml
+        uac_scenario=uac_dialog.xml uas_args=(-sf "$here/uas_dialog.xml")
         ;;
-    *) fail "SIPP_FLOW must be call or dialog" ;;
+    builtin) uas_args=(-sn uas) ;;
+    *) fail "SIPP_FLOW must be call, dialog or builtin" ;;
     esac
 }
 

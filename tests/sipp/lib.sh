@@ -186,14 +186,14 @@ register() {
 }
 
 
-# Starts a sipp UAS ($here/$uas_scenario) on IP:PORT for N calls in the
+# Starts a sipp UAS (uas_args: uas.xml by default) on IP:PORT for N calls in the
 # background, logs under $work/NAME.*; sets uas_pid. Waits until it binds
 # (UDP) or listens (TCP).
 uas_start() {
     local name="$1" ip="$2" port="$3" blade="$4" n="$5" secs="$6"
     timeout "$((secs + 30))" sipp "$blade" -t "$transport" -nostdin -timeout_error -mp "$media_port" \
         -trace_err -trace_screen -trace_stat -fd 1 -timeout "${secs}s" \
-        -sf "$here/$uas_scenario" -i "$ip" -p "$port" -mi "$ip" -m "$n" \
+        "${uas_args[@]}" -i "$ip" -p "$port" -mi "$ip" -m "$n" \
         -stf "$work/$name.csv" -error_file "$work/$name.err" -screen_file "$work/$name.screen" \
         >"$work/$name.out" 2>&1 &
     uas_pid=$!

@@ -188,7 +188,7 @@ register callees 127.0.0.3 "$uas_port"
 
 uas_rc=0
 timeout "$hard_timeout" sipp "${sipp_common[@]}" -timeout "${sipp_timeout}s" \
-    -sf "$here/$uas_scenario" -i 127.0.0.3 -p "$uas_port" -mi 127.0.0.3 -m "$calls" \
+    "${uas_args[@]}" -i 127.0.0.3 -p "$uas_port" -mi 127.0.0.3 -m "$calls" \
     -stf "$work/uas.csv" -error_file "$work/uas.err" -screen_file "$work/uas.screen" \
     >"$work/uas.out" 2>&1 &
 uas_pid=$!
