@@ -2,7 +2,8 @@
 //! reached on its own connection, framed by Content-Length; a caller on
 //! UDP calls it; once that connection has closed, the blade connects to
 //! the agent's Contact; CRLF keep-alives are answered; connections past
-//! `max_tcp_connections` are refused.
+//! `max_tcp_connections` are refused; connections that deliver no message,
+//! or stall in the middle of one, are closed.
 
 mod common;
 
@@ -518,5 +519,159 @@ fn a_tcp_agent_that_stops_reading_is_disconnected() {
     assert!(
         read < 200 * body.len(),
         "not everything was queued and delivered: {read} bytes"
+    );
+}
+
+/// The counter of connections closed for stalling.
+const TIMED_OUT: &str = "sipblade_tcp_connections_timed_out_total";
+
+/// Timeouts short enough for a test: a connection owes its first message
+/// within `first`, and a begun message must complete within `message`.
+fn stall_options(first: Duration, message: Duration) -> Options {
+    Options {
+        tcp_first_message_timeout: first,
+        tcp_message_timeout: message,
+        ..Options::default()
+    }
+}
+
+/// What a close may come early by, measured from the client's side.
+const SLACK: Duration = Duration::from_millis(50);
+
+/// How long after `since` the blade closed `stream`, sending `dribble`
+/// one byte per 100 ms meanwhile; panics if it stays open 5 s. Only
+/// CRLF pongs may arrive before the close.
+fn closed_after(stream: &mut TcpStream, since: Instant, dribble: &[u8]) -> Duration {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut dribble = dribble.iter();
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Some(&byte) = dribble.next() {
+            // Once the blade has closed, a write may fail: the read says so.
+            let _ = stream.write_all(&[byte]);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return since.elapsed(),
+            Ok(n) => assert!(
+                chunk[..n].iter().all(|&b| b == b'\r' || b == b'\n'),
+                "the blade sent {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return since.elapsed(),
+            Err(_) => {}
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "the connection stayed open"
+        );
+    }
+}
+
+/// A connection that never sends anything is closed once the first-message
+/// timeout has passed (it holds one of the capped slots), and counted.
+#[test]
+fn a_connection_that_sends_nothing_is_closed() {
+    let timeout = Duration::from_millis(400);
+    let blade = TestBlade::start_with(1, false, stall_options(timeout, timeout));
+    let since = Instant::now();
+    let mut silent = TcpStream::connect(blade.sip).unwrap();
+    let waited = closed_after(&mut silent, since, b"");
+    assert!(waited >= timeout - SLACK, "{waited:?}");
+    assert_eq!(blade.metric(TIMED_OUT), 1.0);
+}
+
+/// Keep-alives are not messages: a connection that only pings (and gets
+/// its pongs) but never sends a request is closed like a silent one.
+#[test]
+fn a_connection_that_only_sends_keep_alives_is_closed() {
+    let timeout = Duration::from_millis(400);
+    let blade = TestBlade::start_with(1, false, stall_options(timeout, timeout));
+    let since = Instant::now();
+    let mut pinger = TcpStream::connect(blade.sip).unwrap();
+    let pings = b"\r\n\r\n".repeat(20);
+    let waited = closed_after(&mut pinger, since, &pings);
+    assert!(waited >= timeout - SLACK, "{waited:?}");
+    assert_eq!(blade.metric(TIMED_OUT), 1.0);
+}
+
+/// A message begun and not completed within the message timeout closes
+/// the connection, whether it stalls in its headers before any message
+/// (the first-message timeout is long here, so it is not what closes it),
+/// in its body after a message, or trickles in a byte at a time
+/// ("slowloris": the timeout runs from the message's first byte).
+#[test]
+fn a_connection_stalled_in_a_message_is_closed() {
+    let message_timeout = Duration::from_millis(400);
+    let blade = TestBlade::start_with(
+        1,
+        false,
+        stall_options(Duration::from_secs(30), message_timeout),
+    );
+
+    let mut headers = TcpUa::connect(&blade);
+    let local = headers.local();
+    let invite = format!(
+        "INVITE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKhalf\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=h\r\n"
+    );
+    headers.send(&invite);
+    let since = Instant::now();
+    let waited = closed_after(&mut headers.stream, since, b"");
+    assert!(waited >= message_timeout - SLACK, "{waited:?}");
+
+    let mut body = TcpUa::connect(&blade);
+    assert_eq!(options(&mut body, "before-body"), Some(200));
+    let local = body.local();
+    let short = options_request(&local, "short-body")
+        .replace("Content-Length: 0", "Content-Length: 50")
+        + "only ten b";
+    body.send(&short);
+    let since = Instant::now();
+    let waited = closed_after(&mut body.stream, since, b"");
+    assert!(waited >= message_timeout - SLACK, "{waited:?}");
+
+    // 50 bytes at 100 ms each would take 5 s: it is cut off long before.
+    let mut trickle = TcpUa::connect(&blade);
+    assert_eq!(options(&mut trickle, "before-trickle"), Some(200));
+    let local = trickle.local();
+    let slow = options_request(&local, "trickle");
+    let since = Instant::now();
+    let waited = closed_after(&mut trickle.stream, since, &slow.as_bytes()[..50]);
+    assert!(
+        waited < Duration::from_secs(2),
+        "each byte must not restart the timeout: {waited:?}"
+    );
+
+    assert_eq!(blade.metric(TIMED_OUT), 3.0);
+}
+
+/// A connection that has delivered a message may then stay idle for as
+/// long as it likes (a registered agent's connection is how the blade
+/// reaches it), even with the start of a keep-alive (a lone CRLF)
+/// waiting: well past the timeouts it still works. A silent connection
+/// beside it, over the same time, is closed, so the timeouts were live.
+#[test]
+fn an_idle_connection_after_a_message_stays_open() {
+    let timeout = Duration::from_millis(500);
+    let blade = TestBlade::start_with(1, false, stall_options(timeout, timeout));
+    let mut agent = TcpUa::connect(&blade);
+    let since = Instant::now();
+    let mut silent = TcpStream::connect(blade.sip).unwrap();
+    assert_eq!(options(&mut agent, "before-idle"), Some(200));
+    agent.send("\r\n");
+    closed_after(&mut silent, since, b"");
+    std::thread::sleep(3 * timeout);
+    agent.send("\r\n");
+    assert_eq!(
+        options(&mut agent, "after-idle"),
+        Some(200),
+        "the idle connection still works"
+    );
+    assert_eq!(
+        blade.metric(TIMED_OUT),
+        1.0,
+        "only the silent connection was closed"
     );
 }

@@ -128,6 +128,12 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
             m.tcp_refused as usize,
         ),
         (
+            "sipblade_tcp_connections_timed_out_total",
+            "counter",
+            "TCP connections closed for sending no complete message in time, or stalling within one.",
+            m.tcp_timed_out as usize,
+        ),
+        (
             "sipblade_core_handoffs_total",
             "counter",
             "Messages a core received for another core and handed over (each wakes that core).",

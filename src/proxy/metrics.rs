@@ -105,6 +105,9 @@ pub struct Metrics {
     pub overloaded: u64,
     /// TCP connections closed at once: the core held its limit.
     pub tcp_refused: u64,
+    /// TCP connections closed because they delivered no message in time,
+    /// or stalled in the middle of one.
+    pub tcp_timed_out: u64,
     /// Messages this core received for another core, and handed over.
     pub handoffs: u64,
     /// Host requests this blade's sessions got refused, by [`REFUSALS`].
@@ -129,6 +132,7 @@ impl Metrics {
         self.malformed += other.malformed;
         self.overloaded += other.overloaded;
         self.tcp_refused += other.tcp_refused;
+        self.tcp_timed_out += other.tcp_timed_out;
         self.handoffs += other.handoffs;
         for (a, b) in self
             .hosting_refused

@@ -430,6 +430,12 @@ impl Proxy {
         self.metrics.tcp_refused += 1;
     }
 
+    /// Counts a TCP connection closed because it delivered no message in
+    /// time, or stalled in the middle of one.
+    pub fn note_tcp_timed_out(&mut self) {
+        self.metrics.tcp_timed_out += 1;
+    }
+
     /// Counts a message received here for another core and handed over.
     pub fn note_handoff(&mut self) {
         self.metrics.handoffs += 1;

@@ -134,6 +134,16 @@ impl Core {
         self.shared.options.tcp_write_timeout
     }
 
+    /// How long an accepted TCP connection may take to deliver its first
+    /// message, and a partly received message to complete.
+    pub(crate) fn tcp_message_timeouts(&self) -> (Duration, Duration) {
+        let options = &self.shared.options;
+        (
+            options.tcp_first_message_timeout,
+            options.tcp_message_timeout,
+        )
+    }
+
     /// This core's proxy, to update.
     pub(crate) fn proxy_mut(&self) -> std::cell::RefMut<'_, Proxy> {
         self.proxy.borrow_mut()

@@ -87,7 +87,27 @@ pub struct Options {
     /// peer stopped reading: the connection is closed rather than let what
     /// the blade sends it pile up.
     pub tcp_write_timeout: Duration,
+    /// An accepted TCP connection that has not delivered a complete SIP
+    /// message this long after it was accepted is closed (CRLF keep-alives
+    /// are not messages): it holds one of the core's capped connection
+    /// slots while doing nothing useful.
+    pub tcp_first_message_timeout: Duration,
+    /// A message partly received on a TCP connection (headers without
+    /// their blank line, or a body short of its Content-Length) that is
+    /// still incomplete this long after its first byte arrived closes the
+    /// connection (a stalled or "slowloris" sender). An idle connection
+    /// between messages is never closed for this.
+    pub tcp_message_timeout: Duration,
 }
+
+/// The default of both [`Options::tcp_first_message_timeout`] and
+/// [`Options::tcp_message_timeout`]: 64·T1, the 32 seconds of timers B and
+/// F. A request that has not fully arrived by then is of no use (its
+/// sender's transaction has timed out), and an agent opens a connection to
+/// send a request at once (REGISTER), so no working client comes near it;
+/// a shorter bound would only make holding slots a little dearer for an
+/// attacker, who can reconnect anyway.
+pub const TCP_MESSAGE_TIMEOUT: Duration = Duration::from_secs(32);
 
 impl Default for Options {
     fn default() -> Self {
@@ -96,6 +116,8 @@ impl Default for Options {
             timers: crate::transaction::TimerConfig::default(),
             trace: None,
             tcp_write_timeout: Duration::from_secs(10),
+            tcp_first_message_timeout: TCP_MESSAGE_TIMEOUT,
+            tcp_message_timeout: TCP_MESSAGE_TIMEOUT,
         }
     }
 }

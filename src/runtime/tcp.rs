@@ -1,7 +1,9 @@
 //! SIP over TCP on a core: accepted and outbound connections, each with a
 //! reader task (framing by Content-Length) and a writer task fed by a local
 //! queue. A connection lives on the core that accepted or opened it; other
-//! cores reach it by handing the bytes over the mesh.
+//! cores reach it by handing the bytes over the mesh. An accepted
+//! connection that delivers no message in time, or any connection that
+//! stalls in the middle of one, is closed (see [`Deadlines`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -42,7 +44,8 @@ const SEND_QUEUE: usize = 1024;
 /// would spin the core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// At most one warning per this long about refused or failed accepts.
+/// At most one warning per this long about refused or failed accepts, or
+/// connections closed for stalling.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// This core's connections.
@@ -54,6 +57,8 @@ pub(crate) struct Connections {
     accepted: Cell<usize>,
     by_id: RefCell<HashMap<u32, (SocketAddr, LocalSender<Bytes>)>>,
     by_addr: RefCell<HashMap<SocketAddr, u32>>,
+    /// Connections closed for stalling, for a throttled warning.
+    stalls: RefCell<Warnings>,
 }
 
 impl Connections {
@@ -64,6 +69,7 @@ impl Connections {
             accepted: Cell::new(0),
             by_id: RefCell::new(HashMap::new()),
             by_addr: RefCell::new(HashMap::new()),
+            stalls: RefCell::new(Warnings::default()),
         }
     }
 
@@ -275,6 +281,13 @@ async fn serve(
     queue: LocalReceiver<Bytes>,
     mut opening: Option<Bytes>,
 ) {
+    // A connection the blade opened was opened to send, not to receive:
+    // only those it accepted must deliver a first message.
+    let (first_timeout, message_timeout) = core.tcp_message_timeouts();
+    let mut deadlines = match opening {
+        None => Deadlines::accepted(Instant::now(), first_timeout, message_timeout),
+        Some(_) => Deadlines::opened(message_timeout),
+    };
     let _ = stream.set_nodelay(true);
     let stream = Rc::new(RefCell::new(stream));
     let mut writer = Half(stream.clone());
@@ -323,15 +336,74 @@ async fn serve(
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut chunk = vec![0u8; READ_CHUNK];
+    // The stall timer, and the deadline it is set for. A read races it
+    // only while a deadline is due (before the first message, or with a
+    // message partly received): a connection that delivers whole messages
+    // reads without one. The timer is a glommio timer (an entry in the
+    // core's timer map, not an io_uring timeout), and it is kept, not
+    // rebuilt: a later deadline lets it fire early and then moves it (see
+    // below), so a busy connection whose reads end mid-message moves it
+    // about once per message timeout, not once per message. Once idle, a
+    // left timer wakes the reader once, for nothing, when it fires.
+    let mut stall: Option<(glommio::timer::Timer, Instant)> = None;
     'read: loop {
-        let n = match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let read = match deadlines.due() {
+            None => Some(reader.read(&mut chunk).await),
+            Some(due) => {
+                let timer = match &mut stall {
+                    Some((timer, at)) => {
+                        // Set for this deadline or an earlier one, it fires
+                        // in time (early at worst); for a later one, it is
+                        // brought forward.
+                        if *at > due {
+                            timer.reset(due.saturating_duration_since(Instant::now()));
+                            *at = due;
+                        }
+                        timer
+                    }
+                    None => {
+                        let wait = due.saturating_duration_since(Instant::now());
+                        &mut stall.insert((glommio::timer::Timer::new(wait), due)).0
+                    }
+                };
+                futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
+                    timer.await;
+                    None
+                })
+                .await
+            }
+        };
+        let n = match read {
+            Some(Ok(0) | Err(_)) => break,
+            Some(Ok(n)) => n,
+            // The timer fired.
+            None => {
+                let now = Instant::now();
+                match deadlines.due() {
+                    Some(due) if due <= now => {
+                        stalled(&core, addr, &deadlines);
+                        break;
+                    }
+                    // It was set for an earlier deadline: move it.
+                    Some(due) => {
+                        if let Some((timer, at)) = &mut stall {
+                            timer.reset(due - now);
+                            *at = due;
+                        }
+                        continue;
+                    }
+                    None => continue,
+                }
+            }
         };
         buf.extend_from_slice(&chunk[..n]);
         loop {
             match frame(&buf, DEFAULT_MAX_MESSAGE) {
                 Ok(Frame::Complete(len)) => {
+                    // A message that frames counts whether or not it then
+                    // parses: sending one that does not is no cheaper for
+                    // an attacker than sending a valid OPTIONS.
+                    deadlines.delivered();
                     let message = buf.split_to(len).freeze();
                     core.on_datagram(peer, message).await;
                 }
@@ -357,6 +429,159 @@ async fn serve(
                 }
             }
         }
+        if holds_message_part(&buf) {
+            deadlines.partial(Instant::now());
+        } else {
+            deadlines.idle();
+        }
     }
     core.conns.remove(conn.id);
+}
+
+/// Counts and logs a connection closed for stalling (its reader then ends,
+/// which closes it).
+fn stalled(core: &Core, addr: SocketAddr, deadlines: &Deadlines) {
+    let waiting = deadlines.waiting_for();
+    tracing::debug!(%addr, "closing a TCP connection: {waiting}");
+    core.proxy_mut().note_tcp_timed_out();
+    core.conns.stalls.borrow_mut().warn(|n| {
+        tracing::warn!(
+            closed = n,
+            %addr,
+            "TCP connections closed: {waiting}"
+        );
+    });
+}
+
+/// Whether `buf`, what is left after framing, holds part of a message:
+/// anything but the start of a CRLF keep-alive (a lone CRLF pong waits
+/// there for what follows, and must not count).
+fn holds_message_part(buf: &[u8]) -> bool {
+    !buf.is_empty() && !b"\r\n\r\n".starts_with(buf)
+}
+
+/// When a connection's reader gives up waiting: sans-IO, the reader
+/// passes the time in.
+///
+/// An accepted connection must deliver its first message by a deadline
+/// (keep-alives do not count: a connection that sends only those is
+/// holding a slot). After that, it may stay idle between messages for as
+/// long as it likes (a registered agent's connection is how the blade
+/// reaches it), but a message once begun must complete within the message
+/// timeout of its first byte.
+#[derive(Debug, Clone, PartialEq)]
+struct Deadlines {
+    /// When the first message is due; `None` once one was delivered, or
+    /// for a connection the blade opened.
+    first: Option<Instant>,
+    /// When the message partly received was begun, if one is.
+    begun: Option<Instant>,
+    message_timeout: Duration,
+}
+
+impl Deadlines {
+    /// A connection accepted at `now`.
+    fn accepted(now: Instant, first_timeout: Duration, message_timeout: Duration) -> Self {
+        Deadlines {
+            first: Some(now + first_timeout),
+            begun: None,
+            message_timeout,
+        }
+    }
+
+    /// A connection the blade opened.
+    fn opened(message_timeout: Duration) -> Self {
+        Deadlines {
+            first: None,
+            begun: None,
+            message_timeout,
+        }
+    }
+
+    /// A complete message was framed.
+    fn delivered(&mut self) {
+        self.first = None;
+        self.begun = None;
+    }
+
+    /// After framing, part of a message is left, as of `now` (the time the
+    /// first of its bytes arrived, unless it was already waiting).
+    fn partial(&mut self, now: Instant) {
+        self.begun.get_or_insert(now);
+    }
+
+    /// After framing, nothing but keep-alive bytes is left.
+    fn idle(&mut self) {
+        self.begun = None;
+    }
+
+    /// The earliest deadline, if any: past it the connection is closed.
+    fn due(&self) -> Option<Instant> {
+        let message = self.begun.map(|at| at + self.message_timeout);
+        match (self.first, message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What the connection failed to do, for the log.
+    fn waiting_for(&self) -> &'static str {
+        if self.first.is_some() {
+            "no complete message since accepted"
+        } else {
+            "a message stalled half received"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn an_accepted_connection_owes_a_first_message_then_may_idle() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::accepted(t0, 10 * SEC, 4 * SEC);
+        assert_eq!(d.due(), Some(t0 + 10 * SEC));
+        // Keep-alives alone leave it owing.
+        d.idle();
+        assert_eq!(d.due(), Some(t0 + 10 * SEC));
+        // A message begun late must still arrive by the first deadline;
+        // one begun early, within the message timeout.
+        d.partial(t0 + 8 * SEC);
+        assert_eq!(d.due(), Some(t0 + 10 * SEC));
+        let mut early = Deadlines::accepted(t0, 10 * SEC, 4 * SEC);
+        early.partial(t0 + SEC);
+        assert_eq!(early.due(), Some(t0 + 5 * SEC));
+        d.delivered();
+        d.idle();
+        assert_eq!(d.due(), None, "idle between messages: no deadline");
+    }
+
+    #[test]
+    fn a_message_must_complete_within_the_timeout_of_its_first_byte() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::opened(4 * SEC);
+        assert_eq!(d.due(), None, "an opened connection owes nothing");
+        d.partial(t0);
+        // More bytes of the same message do not push the deadline back.
+        d.partial(t0 + 3 * SEC);
+        assert_eq!(d.due(), Some(t0 + 4 * SEC));
+        // The next message, begun as the last one completed, gets its own.
+        d.delivered();
+        d.partial(t0 + 3 * SEC);
+        assert_eq!(d.due(), Some(t0 + 7 * SEC));
+    }
+
+    #[test]
+    fn only_message_bytes_are_a_message_part() {
+        for idle in [&b""[..], b"\r", b"\r\n", b"\r\n\r"] {
+            assert!(!holds_message_part(idle), "{idle:?}");
+        }
+        for part in [&b"O"[..], b"\r\nO", b"OPTIONS sip:x SIP/2.0\r\n"] {
+            assert!(holds_message_part(part), "{part:?}");
+        }
+    }
 }
