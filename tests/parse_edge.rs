@@ -708,6 +708,97 @@ fn malformed_request_uris() {
     assert_eq!(m.request_uri().unwrap().port(), Some(5070));
 }
 
+/// IPv6 references that RFC 3261's grammar, read with RFC 4291's counts,
+/// refuses: the same check in a Request-URI, a To URI, a Via sent-by and
+/// the Via's received and maddr.
+const BAD_IPV6: [&str; 7] = [
+    "[1::2::3]",
+    "[1:2:3:4:5:6:7:8:9]",
+    "[:::]",
+    "[12345::1]",
+    "[2001:::1]",
+    "[::1.2.3.999]",
+    "[::1.2.3]",
+];
+
+const GOOD_IPV6: [&str; 12] = [
+    "[::1]",
+    "[::]",
+    "[2001:db8::9]",
+    "[2001:db8:0:0:0:0:0:1]",
+    "[::ffff:192.0.2.1]",
+    "[1:2:3:4:5:6:7::]",
+    "[::2:3:4:5:6:7:8]",
+    "[1:2:3:4:5:6:1.2.3.4]",
+    "[fe80::1]",
+    "[2001:DB8::A:bC]",
+    "[2001:db8::192.0.2.1]",
+    // RFC 5118 §4.10: tolerated.
+    "[2001:db8:::192.0.2.1]",
+];
+
+#[test]
+fn malformed_ipv6_references_are_refused() {
+    for bad in BAD_IPV6 {
+        let b = base()
+            .start(&format!("INVITE sip:1002@{bad}:5060 SIP/2.0"))
+            .bytes();
+        refused_at(&b, ErrorKind::RequestUri, 7);
+
+        let b = base().set("To", &format!("To: <sip:1002@{bad}>")).bytes();
+        refused(&b, ErrorKind::Header("To"), value_of(&b, "To:"));
+
+        for via in [
+            format!("Via: SIP/2.0/UDP {bad}:5061;branch=z9hG4bKaaa"),
+            format!("Via: SIP/2.0/UDP 10.0.0.1;received={bad};branch=z9hG4bKaaa"),
+            format!("Via: SIP/2.0/UDP 10.0.0.1;maddr={bad};branch=z9hG4bKaaa"),
+        ] {
+            let b = base().set("Via", &via).bytes();
+            refused(&b, ErrorKind::Header("Via"), value_of(&b, "Via"));
+        }
+    }
+    // received may be bare IPv6 (RFC 3261) or bracketed (RFC 5118 §4.5),
+    // but a bare malformed one or a bracketed IPv4 one is still wrong.
+    for received in ["1::2::3", "2001:::1", "[192.0.2.1]"] {
+        let via = format!("Via: SIP/2.0/UDP 10.0.0.1;received={received};branch=z9hG4bKaaa");
+        let b = base().set("Via", &via).bytes();
+        refused(&b, ErrorKind::Header("Via"), value_of(&b, "Via"));
+    }
+}
+
+#[test]
+fn well_formed_ipv6_references_are_accepted() {
+    for good in GOOD_IPV6 {
+        let m = accepted(
+            &base()
+                .start(&format!("INVITE sip:1002@{good}:5060 SIP/2.0"))
+                .set("To", &format!("To: <sip:1002@{good}>"))
+                .set(
+                    "Via",
+                    &format!(
+                        "Via: SIP/2.0/UDP {good}:5061;received={good};maddr={good};branch=z9hG4bKaaa"
+                    ),
+                )
+                .bytes(),
+        );
+        let uri = m.request_uri().unwrap();
+        assert_eq!((uri.host(), uri.port()), (good, Some(5060)));
+        assert_eq!(m.to().uri().host(), good);
+        let via = m.top_via();
+        assert_eq!((via.host(), via.port()), (good, Some(5061)));
+        assert_eq!(via.received(), Some(good));
+        assert_eq!(via.maddr(), Some(good));
+        let bare = &good[1..good.len() - 1];
+        let b = base()
+            .set(
+                "Via",
+                &format!("Via: SIP/2.0/UDP 10.0.0.1;received={bare};branch=z9hG4bKaaa"),
+            )
+            .bytes();
+        assert_eq!(accepted(&b).top_via().received(), Some(bare));
+    }
+}
+
 // ---- Contact, Route ------------------------------------------------------
 
 #[test]

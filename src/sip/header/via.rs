@@ -164,11 +164,14 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
         } else if is_param(src, name, b"received") {
             let v = value?;
             let text = v.of(src);
-            let inner = text
-                .strip_prefix(b"[")
-                .and_then(|t| t.strip_suffix(b"]"))
-                .unwrap_or(text);
-            if !(uri::ipv4_ok(inner) || uri::ipv6_ok(inner)) {
+            // RFC 3261 writes a bare address; RFC 5118 §4.5 asks parsers to
+            // take a bracketed IPv6 one too (but not a bracketed IPv4 one).
+            let ok = if text.starts_with(b"[") {
+                uri::ipv6_reference_ok(text)
+            } else {
+                uri::ipv4_ok(text) || uri::ipv6_ok(text)
+            };
+            if !ok {
                 return None;
             }
             received = Some(v);
@@ -181,7 +184,8 @@ pub(crate) fn parse(c: &mut Cursor<'_>) -> Option<ViaSpans> {
         } else if is_param(src, name, b"maddr") {
             let v = value?;
             let text = v.of(src);
-            if !(uri::host_kind(text).is_some() || text.starts_with(b"[")) {
+            // `maddr = host`: a name, an IPv4 address or an IPv6reference.
+            if !(uri::host_kind(text).is_some() || uri::ipv6_reference_ok(text)) {
                 return None;
             }
             maddr = Some(v);
@@ -290,6 +294,41 @@ mod tests {
         assert_eq!(via.ttl(), Some(16));
         assert!(via.is_rfc3261_branch());
         assert!(vias("SIP/2.0/UDP h;received=2001:db8::9:255").is_some());
+    }
+
+    #[test]
+    fn ipv6_is_checked_in_sent_by_received_and_maddr() {
+        for good in [
+            "SIP/2.0/UDP [::1]",
+            "SIP/2.0/UDP [::ffff:192.0.2.10]:19823",
+            "SIP/2.0/UDP [2001:db8:::192.0.2.1]",
+            "SIP/2.0/UDP h;received=::1",
+            "SIP/2.0/UDP h;received=[::1]",
+            "SIP/2.0/UDP h;received=192.0.2.1",
+            "SIP/2.0/UDP h;received=::ffff:192.0.2.1",
+            "SIP/2.0/UDP h;maddr=[FF02::1]",
+            "SIP/2.0/UDP h;maddr=224.0.0.1",
+            "SIP/2.0/UDP h;maddr=mcast.example",
+        ] {
+            assert!(vias(good).is_some(), "{good}");
+        }
+        for bad in [
+            "SIP/2.0/UDP [1::2::3]",
+            "SIP/2.0/UDP [1:2:3:4:5:6:7:8:9]:5060",
+            "SIP/2.0/UDP [::1.2.3.999]",
+            "SIP/2.0/UDP h;received=1::2::3",
+            "SIP/2.0/UDP h;received=[12345::1]",
+            "SIP/2.0/UDP h;received=[2001:::1]",
+            "SIP/2.0/UDP h;received=[192.0.2.1]",
+            "SIP/2.0/UDP h;received=[::1",
+            "SIP/2.0/UDP h;maddr=[:::]",
+            "SIP/2.0/UDP h;maddr=[::1.2.3]",
+            "SIP/2.0/UDP h;maddr=[nothing]",
+            "SIP/2.0/UDP h;maddr=[",
+            "SIP/2.0/UDP h;maddr=::1",
+        ] {
+            assert!(vias(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
