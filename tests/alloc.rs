@@ -45,14 +45,23 @@ fn parse_and_read(raw: &Bytes) -> usize {
     black_box(n)
 }
 
-/// Allocations counted while `f` runs `rounds` times.
+/// Allocations counted while `f` runs `rounds` times: the fewest of three
+/// tries. The counters are process-wide, and the harness's main thread
+/// may allocate now and then while the test runs (seen once on a loaded
+/// machine: 4 in 100 rounds); an `f` that allocated would count at least
+/// `rounds` in every try.
 fn allocations(rounds: usize, mut f: impl FnMut()) -> usize {
-    let region = Region::new(GLOBAL);
-    for _ in 0..rounds {
-        f();
-    }
-    let change = region.change();
-    change.allocations + change.reallocations
+    (0..3)
+        .map(|_| {
+            let region = Region::new(GLOBAL);
+            for _ in 0..rounds {
+                f();
+            }
+            let change = region.change();
+            change.allocations + change.reallocations
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 #[test]
