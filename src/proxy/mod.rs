@@ -684,8 +684,15 @@ impl Proxy {
             return self.handle_register(now, source, msg, out);
         }
         if method == Method::Options && self.is_to_blade(&msg) {
-            let ok = Refusal::new(200, "OK").with("Allow", ALLOW.to_owned());
-            return self.refuse(now, source, msg, &ok, out);
+            // The blade is the UAS here, and supports no extension a
+            // request may require (RFC 3261 §8.2.2.3).
+            let required: Vec<&str> = msg.require().collect();
+            let answer = if required.is_empty() {
+                Refusal::new(200, "OK").with("Allow", ALLOW.to_owned())
+            } else {
+                Refusal::new(420, "Bad Extension").with("Unsupported", required.join(", "))
+            };
+            return self.refuse(now, source, msg, &answer, out);
         }
         if method == Method::Other && self.is_to_blade(&msg) {
             // A method the blade does not know, addressed to the blade
@@ -773,7 +780,15 @@ impl Proxy {
 
     fn handle_register(&mut self, now: Duration, source: Peer, msg: Message, out: &mut Output) {
         let Some(uri) = msg.request_uri() else { return };
-        if !self.is_our_host(&uri) {
+        // RFC 3261 §10.3 steps 1 and 5: the registrar's domain, and an
+        // address of record in it (SPEC §5: the To names the agent only on
+        // our host; a To that is no SIP URI is the registrar's 400).
+        let to = msg.to().uri();
+        let foreign_aor = matches!(
+            to.scheme(),
+            crate::sip::Scheme::Sip | crate::sip::Scheme::Sips
+        ) && !self.is_our_host(&to);
+        if !self.is_our_host(&uri) || foreign_aor {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         }
         let mut buf = BytesMut::new();

@@ -815,3 +815,42 @@ fn a_response_with_only_the_blades_via_is_not_relayed() {
     assert_eq!(status(upstream[0]), 200, "the proper 200 still goes up");
     assert_eq!(parse(upstream[0]).vias().count(), 1);
 }
+
+/// The blade answers OPTIONS itself, as a UAS: an extension the request
+/// requires is refused (RFC 3261 §8.2.2.3), as for REGISTER.
+#[test]
+fn options_to_the_blade_requiring_an_extension_is_420() {
+    let mut b = Blade::new(false, 100);
+    let out = b.send(
+        "127.0.0.99:5000",
+        "OPTIONS sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.99:5000;branch=z9hG4bKo\r\n\
+         From: <sip:probe@x>;tag=1\r\nTo: <sip:cc.example>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\n\
+         Require: foo, 100rel\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(out.len(), 1);
+    let answer = parse(&out[0]);
+    assert_eq!(answer.status(), Some(420));
+    let unsupported = answer.header(crate::sip::HeaderName::Unsupported).unwrap();
+    assert_eq!(unsupported, b"foo, 100rel");
+}
+
+/// A REGISTER whose address of record is in another domain names no agent
+/// of this cluster (RFC 3261 §10.3 step 5): 404, and no binding.
+#[test]
+fn a_register_for_another_domain_is_404() {
+    let mut b = Blade::new(false, 100);
+    let t = terminal("1001");
+    let out = b.send(
+        &t,
+        &format!(
+            "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKfd\r\n\
+             From: <sip:1001@other.example>;tag=r\r\nTo: <sip:1001@other.example>\r\n\
+             Call-ID: fd\r\nCSeq: 1 REGISTER\r\nContact: <sip:1001@{t}>\r\n\
+             Content-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(status(&out[0]), 404);
+    assert_eq!(b.state("1001"), "logged_out");
+    b.register("1001");
+    assert_eq!(b.state("1001"), "ready");
+}
