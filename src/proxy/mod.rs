@@ -1274,11 +1274,6 @@ impl Proxy {
         next_route: Option<Peer>,
         out: &mut Output,
     ) {
-        // A UA may send its in-dialog requests to the agent's address of
-        // record rather than the remote target: they reach the agent's
-        // contact, retargeted like any request for the agent (RFC 3261
-        // §16.5). Not an ACK (`forward_ack`): one to an AOR is a non-2xx
-        // ACK on a branch of its own, which ends here.
         if pop_routes == 0 && next_route.is_none() {
             if let Some(core) = self.session_core_elsewhere(&msg) {
                 // Its session (whose end a BYE must see) lives there.
@@ -1291,6 +1286,11 @@ impl Proxy {
                 return;
             }
         }
+        // A UA may send its in-dialog requests to the agent's address of
+        // record rather than the remote target: they reach the agent's
+        // contact, retargeted like any request for the agent (RFC 3261
+        // §16.5). Not an ACK (`forward_ack`): one to an AOR is a non-2xx
+        // ACK on a branch of its own, which ends here.
         let contact = next_route
             .is_none()
             .then(|| self.aor_binding(&msg))
