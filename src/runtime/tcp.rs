@@ -336,38 +336,17 @@ async fn serve(
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut chunk = vec![0u8; READ_CHUNK];
-    // The stall timer, and the deadline it is set for. A read races it
-    // only while a deadline is due (before the first message, or with a
-    // message partly received): a connection that delivers whole messages
-    // reads without one. The timer is a glommio timer (an entry in the
-    // core's timer map, not an io_uring timeout), and it is kept, not
-    // rebuilt: a later deadline lets it fire early and then moves it (see
-    // below), so a busy connection whose reads end mid-message moves it
-    // about once per message timeout, not once per message. Once idle, a
-    // left timer wakes the reader once, for nothing, when it fires.
-    let mut stall: Option<(glommio::timer::Timer, Instant)> = None;
     'read: loop {
+        // A read races a timer only while a deadline is due (before the
+        // first message, or with a message partly received): a connection
+        // that delivers whole messages reads without one. The deadline
+        // stays put during the read, so the timer firing means it passed.
         let read = match deadlines.due() {
             None => Some(reader.read(&mut chunk).await),
             Some(due) => {
-                let timer = match &mut stall {
-                    Some((timer, at)) => {
-                        // Set for this deadline or an earlier one, it fires
-                        // in time (early at worst); for a later one, it is
-                        // brought forward.
-                        if *at > due {
-                            timer.reset(due.saturating_duration_since(Instant::now()));
-                            *at = due;
-                        }
-                        timer
-                    }
-                    None => {
-                        let wait = due.saturating_duration_since(Instant::now());
-                        &mut stall.insert((glommio::timer::Timer::new(wait), due)).0
-                    }
-                };
+                let wait = due.saturating_duration_since(Instant::now());
                 futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
-                    timer.await;
+                    glommio::timer::sleep(wait).await;
                     None
                 })
                 .await
@@ -376,24 +355,9 @@ async fn serve(
         let n = match read {
             Some(Ok(0) | Err(_)) => break,
             Some(Ok(n)) => n,
-            // The timer fired.
             None => {
-                let now = Instant::now();
-                match deadlines.due() {
-                    Some(due) if due <= now => {
-                        stalled(&core, addr, &deadlines);
-                        break;
-                    }
-                    // It was set for an earlier deadline: move it.
-                    Some(due) => {
-                        if let Some((timer, at)) = &mut stall {
-                            timer.reset(due - now);
-                            *at = due;
-                        }
-                        continue;
-                    }
-                    None => continue,
-                }
+                stalled(&core, addr, &deadlines);
+                break;
             }
         };
         buf.extend_from_slice(&chunk[..n]);
