@@ -632,10 +632,7 @@ impl Proxy {
             Method::Cancel => return self.handle_cancel(now, source, &msg, out),
             _ => {}
         }
-        let unsupported: Vec<&str> = msg.proxy_require().collect();
-        if !unsupported.is_empty() {
-            let refusal =
-                Refusal::new(420, "Bad Extension").with("Unsupported", unsupported.join(", "));
+        if let Some(refusal) = Refusal::unsupported(msg.proxy_require()) {
             return self.refuse(now, source, msg, &refusal, out);
         }
         let new_call = msg.to().tag().is_none();
@@ -686,12 +683,8 @@ impl Proxy {
         if method == Method::Options && self.is_to_blade(&msg) {
             // The blade is the UAS here, and supports no extension a
             // request may require (RFC 3261 §8.2.2.3).
-            let required: Vec<&str> = msg.require().collect();
-            let answer = if required.is_empty() {
-                Refusal::new(200, "OK").with("Allow", ALLOW.to_owned())
-            } else {
-                Refusal::new(420, "Bad Extension").with("Unsupported", required.join(", "))
-            };
+            let answer = Refusal::unsupported(msg.require())
+                .unwrap_or_else(|| Refusal::new(200, "OK").with("Allow", ALLOW.to_owned()));
             return self.refuse(now, source, msg, &answer, out);
         }
         if method == Method::Other && self.is_to_blade(&msg) {
@@ -1362,18 +1355,22 @@ impl Proxy {
     /// Contact, which many UAs write as `sip:IP:PORT`), the agent its To
     /// names on our host (SPEC §5).
     fn addressed_binding(&self, msg: &Message) -> Option<&Binding> {
-        if msg.request_uri()?.user().is_some() {
-            return self.request_uri_binding(msg);
+        let agent = self.addressed_agent(msg)?;
+        self.registrar.location().get(agent)?.binding.as_ref()
+    }
+
+    /// The extension a request is addressed to: its Request-URI's user or,
+    /// without one, its To's user on our host (SPEC §5).
+    fn addressed_agent<'m>(&self, msg: &'m Message) -> Option<&'m str> {
+        let uri = msg.request_uri()?;
+        if uri.user().is_some() {
+            return uri.user_str();
         }
         let to = msg.to().uri();
         if !self.is_our_host(&to) {
             return None;
         }
-        self.registrar
-            .location()
-            .get(to.user_str()?)?
-            .binding
-            .as_ref()
+        to.user_str()
     }
 
     /// For an unrouted in-dialog request (its sender kept no route set:
@@ -1386,10 +1383,7 @@ impl Proxy {
             return None;
         }
         let core = *self.remote_sessions.get(call_id)?;
-        let agent = match msg.request_uri()?.user_str() {
-            Some(user) => user,
-            None => msg.to().uri().user_str()?,
-        };
+        let agent = self.addressed_agent(msg)?;
         let in_this_call = matches!(
             &self.registrar.location().get(agent)?.state,
             AgentState::InCall { call_id: c } if c == call_id

@@ -141,11 +141,8 @@ impl Registrar {
             Some(record) => record.agent.clone(),
             None => return Err(Refusal::new(404, "Not Found")),
         };
-        let unsupported: Vec<&str> = msg.require().collect();
-        if !unsupported.is_empty() {
-            return Err(
-                Refusal::new(420, "Bad Extension").with("Unsupported", unsupported.join(", "))
-            );
+        if let Some(refusal) = Refusal::unsupported(msg.require()) {
+            return Err(refusal);
         }
         if self.settings.auth {
             self.authenticate(now, msg, &agent)?;
@@ -340,6 +337,15 @@ impl Refusal {
             reason,
             headers: Vec::new(),
         }
+    }
+
+    /// 420 Bad Extension naming the option `tags` a request requires
+    /// (RFC 3261 §8.2.2.3), none of which sipblade supports; `None` when
+    /// it requires none.
+    pub fn unsupported<'a>(tags: impl Iterator<Item = &'a str>) -> Option<Self> {
+        let tags: Vec<&str> = tags.collect();
+        (!tags.is_empty())
+            .then(|| Refusal::new(420, "Bad Extension").with("Unsupported", tags.join(", ")))
     }
 
     /// Adds a header.
