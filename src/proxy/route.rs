@@ -104,10 +104,11 @@ pub fn owner_core(msg: &Message, cores: usize) -> Option<usize> {
     let user = if msg.method() == Some(Method::Register) {
         msg.to().uri().user()
     } else {
-        let in_dialog = msg.to().tag().is_some();
+        // Only in a dialog (a To tag) does a user-less Request-URI lead to
+        // the To's agent; out of one it is the blade itself.
         msg.request_uri()
             .and_then(|u| u.user())
-            .or_else(|| in_dialog.then(|| msg.to().uri().user()).flatten())
+            .or_else(|| msg.to().tag().and(msg.to().uri().user()))
     };
     user.map(|u| shard_of(u, cores))
 }
