@@ -63,6 +63,11 @@ pub const TIMER_C: Duration = Duration::from_secs(181);
 /// UDP, since not every phone listens on TCP.
 pub const UDP_MAX_TO_BLADES: usize = 1300;
 
+/// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
+/// A request for an agent on UDP that grows past it when forwarded cannot
+/// be sent: the caller gets 513 at once rather than 408 after timer B.
+pub const UDP_MAX_PAYLOAD: usize = 65_507;
+
 /// How many times `max_transactions` the table may hold in all, answered
 /// ones included, before new requests are refused (a memory bound).
 pub const LINGER_FACTOR: usize = 8;
@@ -1107,7 +1112,18 @@ impl Proxy {
         let forwarded = self.build_forward(&msg, target, request_uri, pop_routes, record_route);
         let (forwarded, data, target) = match forwarded {
             Ok(f) => f,
-            Err(refusal) => return self.refuse(now, source, msg, &refusal, out),
+            Err(refusal) => {
+                // A new call refused here (too many hops, too large) ends
+                // the session just opened for it, or its agents would
+                // stay in_call.
+                let call_id = msg.call_id().to_owned();
+                let new_call = msg.method() == Some(Method::Invite) && msg.to().tag().is_none();
+                if new_call && self.sessions.get(&call_id).is_some() {
+                    self.outcomes(&call_id).failed += 1;
+                    self.end_session(now, &call_id, out);
+                }
+                return self.refuse(now, source, msg, &refusal, out);
+            }
         };
         let server = self.server_tx(now, source, &msg, out);
         let id = self.insert(msg, server);
@@ -1204,6 +1220,9 @@ impl Proxy {
         {
             let tcp = Peer::new(target.addr, crate::sip::Transport::Tcp);
             return self.build_forward(msg, tcp, request_uri, pop_routes, record_route);
+        }
+        if target.transport == crate::sip::Transport::Udp && buf.len() > UDP_MAX_PAYLOAD {
+            return Err(Refusal::new(513, "Message Too Large"));
         }
         let data = buf.freeze();
         match Message::parse(data.clone()) {

@@ -854,3 +854,31 @@ fn a_register_for_another_domain_is_404() {
     b.register("1001");
     assert_eq!(b.state("1001"), "ready");
 }
+
+/// A request for an agent on UDP that its forwarding would grow past what
+/// a datagram carries is answered 513 at once (it could never be sent),
+/// and leaves both agents as they were.
+#[test]
+fn a_request_too_large_to_forward_over_udp_is_513() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let a = terminal("1001");
+    let body = "a".repeat(crate::proxy::UDP_MAX_PAYLOAD - 400);
+    let text = invite("1001", "1002", "big", "z9hG4bKbig", "").replace(
+        "Content-Length: 4\r\n\r\nv=0\n",
+        &format!("Content-Length: {}\r\n\r\n{body}", body.len()),
+    );
+    assert!(
+        text.len() < crate::proxy::UDP_MAX_PAYLOAD,
+        "it arrived in one datagram"
+    );
+    let out = b.send(&a, &text);
+    let statuses: Vec<u16> = out.iter().map(status).collect();
+    assert_eq!(statuses.last(), Some(&513), "{statuses:?}");
+    assert!(
+        out.iter().all(|t| t.to == udp(&a)),
+        "nothing went to the callee"
+    );
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+}
