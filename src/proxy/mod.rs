@@ -524,7 +524,7 @@ impl Proxy {
             Err(_) if data.iter().all(|&b| b == b'\r' || b == b'\n') => {}
             Err(err) => {
                 self.metrics.malformed += 1;
-                if let Some(data) = malformed_response(&data, &err) {
+                if let Some(data) = malformed_response(&data, &err, source.addr) {
                     out.transmits.push(Transmit { to: source, data });
                 }
             }
@@ -1702,14 +1702,18 @@ fn reason_phrase(status: u16) -> &'static str {
 /// operator has nothing else to go by), 505 for another SIP version, 513
 /// for a message over the size limit. `None` when there is nothing to
 /// answer (a response, an ACK, no Via).
-pub fn malformed_response(data: &[u8], err: &crate::sip::ParseError) -> Option<Bytes> {
+pub fn malformed_response(
+    data: &[u8],
+    err: &crate::sip::ParseError,
+    source: SocketAddr,
+) -> Option<Bytes> {
     let reason = match err.status() {
         505 => "Version Not Supported".to_owned(),
         513 => "Message Too Large".to_owned(),
         _ => format!("Bad Request ({})", err.kind),
     };
     let mut buf = BytesMut::new();
-    best_effort_response(data, err.status(), &reason, &mut buf).then(|| buf.freeze())
+    best_effort_response(data, err.status(), &reason, source, &mut buf).then(|| buf.freeze())
 }
 
 /// The stateless 503 a blade answers a request with when it cannot take

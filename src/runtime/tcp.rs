@@ -386,7 +386,7 @@ async fn serve(
                     // data before the connection closes.
                     tracing::debug!(%addr, "stream framing error: {e}");
                     core.proxy_mut().note_malformed();
-                    if let Some(answer) = crate::proxy::malformed_response(&buf, &e) {
+                    if let Some(answer) = crate::proxy::malformed_response(&buf, &e, addr) {
                         core.conns.send(peer, answer);
                     }
                     break 'read;

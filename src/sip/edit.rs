@@ -3,12 +3,16 @@
 //! Edits splice the original buffer: untouched bytes (the body, unknown
 //! headers, compact names, folds) are copied as they are, never re-encoded.
 
+use std::net::SocketAddr;
+
 use bytes::{BufMut, BytesMut};
 
 use super::header::{name_addr, via};
 use super::message::{Message, StartLine};
 use super::name::HeaderName;
 use super::scan::Cursor;
+use super::span::Span;
+use super::stamp::ViaStamp;
 
 /// Max-Forwards a proxy adds when a request has none (RFC 3261 §16.6).
 pub const DEFAULT_MAX_FORWARDS: u8 = 70;
@@ -376,8 +380,16 @@ impl Message {
 /// Builds an error response (e.g. 400) to a request that failed to parse,
 /// from whatever Via, From, To, Call-ID and CSeq lines it has
 /// (RFC 3261 §16.3 step 1: answer a malformed request if at all possible).
-/// `None` when the input is not a request or has no Via to answer to.
-pub fn best_effort_response(raw: &[u8], status: u16, reason: &str, out: &mut BytesMut) -> bool {
+/// The top Via gets `received` and the `rport` value as for any request
+/// from `source` (RFC 3581 §4), when it parses. `false` when the input is
+/// not a request or has no Via to answer to.
+pub fn best_effort_response(
+    raw: &[u8],
+    status: u16,
+    reason: &str,
+    source: SocketAddr,
+    out: &mut BytesMut,
+) -> bool {
     let request_line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
     // Never answer a response, and never answer an ACK (§17.2.1).
     if raw.len() < 4
@@ -388,9 +400,17 @@ pub fn best_effort_response(raw: &[u8], status: u16, reason: &str, out: &mut Byt
         return false;
     }
     let head_end = memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
-    let mut lines: Vec<&[u8]> = Vec::new();
-    let mut has_via = false;
-    for line in raw[..head_end].split(|&b| b == b'\n').skip(1) {
+    // The kept lines, each with its offset in `raw`, and which is the top
+    // Via.
+    let mut lines: Vec<(usize, &[u8])> = Vec::new();
+    let mut top_via = None;
+    let mut at = 0;
+    for line in raw[..head_end].split(|&b| b == b'\n') {
+        let start = at;
+        at += line.len() + 1;
+        if start == 0 {
+            continue; // the request line
+        }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
@@ -403,26 +423,36 @@ pub fn best_effort_response(raw: &[u8], status: u16, reason: &str, out: &mut Byt
         }
         match name {
             HeaderName::Via => {
-                has_via = true;
-                lines.push(line);
+                top_via.get_or_insert(lines.len());
+                lines.push((start, line));
             }
             HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq => {
-                lines.push(line)
+                lines.push((start, line))
             }
             _ => {}
         }
     }
-    if !has_via {
+    let Some(top_via) = top_via else {
         return false;
-    }
+    };
     out.put_slice(b"SIP/2.0 ");
     put_u32(out, u32::from(status));
     out.put_u8(b' ');
     out.put_slice(reason.as_bytes());
     out.put_slice(b"\r\n");
-    for line in lines {
-        out.put_slice(line);
+    for (i, &(start, line)) in lines.iter().enumerate() {
         let name_end = memchr::memchr(b':', line).unwrap_or(0);
+        let stamp = (i == top_via)
+            .then(|| {
+                let value = Span::new(start + name_end + 1, start + line.len());
+                let spans = via::parse(&mut Cursor::new(raw, value))?;
+                ViaStamp::of_via(via::Via::new(raw, spans), source)
+            })
+            .flatten();
+        match stamp {
+            Some(stamp) => stamp.emit(raw, start, start + line.len(), out),
+            None => out.put_slice(line),
+        }
         let is_to = HeaderName::from_bytes(line[..name_end].trim_ascii()) == HeaderName::To;
         if is_to && !has_tag(line) {
             // RFC 3261 §8.2.6.2: a final response's To carries our tag. The
@@ -643,6 +673,12 @@ Content-Length: 4\r\n\r\nbody-trailing";
         assert_eq!(parse(&out).top_via().received(), Some("2001:db8::9"));
     }
 
+    /// Where the malformed requests below come from.
+    const SOURCE: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+        5099,
+    );
+
     #[test]
     fn best_effort_answers_malformed_requests() {
         let raw = b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
@@ -652,6 +688,7 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
             raw,
             400,
             "Bad Request",
+            SOURCE,
             &mut out
         ));
         let resp = parse(&out);
@@ -665,6 +702,7 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
             raw,
             400,
             "Bad Request",
+            SOURCE,
             &mut again
         ));
         assert_eq!(parse(&again).to().tag(), Some(tag.as_str()));
@@ -677,6 +715,7 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
             tagged.as_bytes(),
             400,
             "Bad Request",
+            SOURCE,
             &mut out
         ));
         assert_eq!(parse(&out).to().tag(), Some("t9"));
@@ -687,6 +726,7 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
             untagged.as_bytes(),
             400,
             "Bad Request",
+            SOURCE,
             &mut out
         ));
         assert!(parse(&out).to().tag().is_some_and(|t| t.starts_with("sb")));
@@ -695,15 +735,59 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
             b"SIP/2.0 200 OK\r\n\r\n",
             400,
             "x",
+            SOURCE,
             &mut out
         ));
-        assert!(!super::best_effort_response(b"garbage", 400, "x", &mut out));
+        assert!(!super::best_effort_response(
+            b"garbage", 400, "x", SOURCE, &mut out
+        ));
         assert!(!super::best_effort_response(
             b"BYE x SIP/2.0\r\nFrom: a\r\n\r\n",
             400,
             "x",
+            SOURCE,
             &mut out
         ));
+    }
+
+    /// RFC 3581 §4: the answer to a malformed request fills in a bare
+    /// `rport` and adds `received`, as any response does; a top Via that
+    /// does not parse is copied as it is.
+    #[test]
+    fn best_effort_fills_in_rport() {
+        let raw = "OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h:5;rport;branch=z9hG4bK1\r\n\
+                   Via: SIP/2.0/UDP p;rport\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\n\
+                   Call-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: five\r\n\r\n";
+        let mut out = BytesMut::new();
+        assert!(super::best_effort_response(
+            raw.as_bytes(),
+            400,
+            "Bad Request",
+            SOURCE,
+            &mut out
+        ));
+        let resp = parse(&out);
+        let via = resp.top_via();
+        assert_eq!(via.rport(), Some(Some(5099)));
+        assert_eq!(via.received(), Some("192.0.2.7"));
+        assert_eq!(via.branch(), Some("z9hG4bK1"));
+        let second = resp.vias().nth(1).unwrap();
+        assert_eq!(
+            second.rport(),
+            Some(None),
+            "only the top Via is ours to fill"
+        );
+
+        let odd = raw.replace("h:5;rport;", "h:5;rport;;");
+        let mut out = BytesMut::new();
+        assert!(super::best_effort_response(
+            odd.as_bytes(),
+            400,
+            "Bad Request",
+            SOURCE,
+            &mut out
+        ));
+        assert!(String::from_utf8_lossy(&out).contains("Via: SIP/2.0/UDP h:5;rport;;branch"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::{BufMut, BytesMut};
 
+use super::header::via::Via;
 use super::message::Message;
 
 /// The additions to one request's top Via, by offset in its buffer.
@@ -30,7 +31,11 @@ impl ViaStamp {
     /// What `msg`, a request received from `source`, needs; `None` when
     /// its top Via needs nothing.
     pub(crate) fn of(msg: &Message, source: SocketAddr) -> Option<ViaStamp> {
-        let via = msg.top_via();
+        ViaStamp::of_via(msg.top_via(), source)
+    }
+
+    /// What a request's top Via `via`, received from `source`, needs.
+    pub(crate) fn of_via(via: Via<'_>, source: SocketAddr) -> Option<ViaStamp> {
         let spans = via.spans();
         let rport = via.rport();
         let seen_elsewhere = !same_ip(via.host(), source.ip());
