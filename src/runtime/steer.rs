@@ -48,7 +48,7 @@ const PER_BYTE: usize = 6;
 /// Offset in a hashing block of its `ret UNPLACED`: after the hash's
 /// initial value, the per-byte steps, and the end test of the byte after
 /// the longest user.
-const BLOCK_FALLBACK: usize = 1 + PER_BYTE * MAX_USER as usize + 3;
+const BLOCK_FALLBACK: usize = 1 + PER_BYTE * MAX_USER as usize + 2;
 /// Length of a hashing block: then the three instructions that turn the
 /// hash into a socket index.
 const BLOCK: usize = BLOCK_FALLBACK + 1 + 3;
@@ -124,7 +124,13 @@ pub fn program(cores: usize) -> Vec<sock_filter> {
 
 /// Appends a block that hashes the user starting at byte `user` as
 /// `shard_of` does (FNV-1a, the hash in X) and returns the hash modulo
-/// `cores`, or [`UNPLACED`] when no `@` or `:` ends the user in time.
+/// `cores`, or [`UNPLACED`] when no `@` ends the user in time or a `:`
+/// comes first. A `:` before any `@` is a Request-URI without a user
+/// (`sip:10.0.0.3:5062`, a terminal's own Contact, which in-dialog
+/// requests such as the 2xx's ACK often name) or one with a password
+/// (which RFC 3261 §19.1.1 advises against): hashing what comes before
+/// it would place an ACK by its host, away from the kernel-hashed
+/// requests of its dialog, and let a later INFO overtake it.
 fn hash_block(p: &mut Vec<sock_filter>, user: u32, cores: u32) {
     let start = p.len();
     let (fallback, done) = (start + BLOCK_FALLBACK, start + BLOCK_FALLBACK + 1);
@@ -132,13 +138,13 @@ fn hash_block(p: &mut Vec<sock_filter>, user: u32, cores: u32) {
     for i in 0..=MAX_USER {
         let at = p.len();
         p.push(stmt(BPF_LD | BPF_B | BPF_ABS, user + i));
-        // The user part ends at the `@` (or the `:` of a password).
-        p.push(jump(at + 1, JEQ, u32::from(b'@'), done, at + 2));
+        // The user part ends at the `@`; a `:` first means no user.
+        let next = if i == MAX_USER { fallback } else { at + 2 };
+        p.push(jump(at + 1, JEQ, u32::from(b'@'), done, next));
         if i == MAX_USER {
-            p.push(jump(at + 2, JEQ, u32::from(b':'), done, fallback));
             break;
         }
-        p.push(jump(at + 2, JEQ, u32::from(b':'), done, at + 3));
+        p.push(jump(at + 2, JEQ, u32::from(b':'), fallback, at + 3));
         p.push(stmt(BPF_ALU | BPF_XOR | BPF_X, 0));
         p.push(stmt(BPF_ALU | BPF_MUL | BPF_K, SHARD_HASH_PRIME));
         p.push(stmt(BPF_MISC | BPF_TAX, 0));
@@ -249,7 +255,7 @@ mod tests {
                 for method in ["INVITE", "CANCEL", "ACK"] {
                     let uri = format!("sip:{user}@cc.example");
                     assert_eq!(run(&p, &invite(method, &uri)), want, "{method} {uri}");
-                    let uri = format!("sip:{user}:secret@10.0.0.9:5062;transport=udp");
+                    let uri = format!("sip:{user}@10.0.0.9:5062;transport=udp");
                     assert_eq!(run(&p, &invite(method, &uri)), want, "{method} {uri}");
                 }
             }
@@ -269,6 +275,12 @@ mod tests {
             ("INVITE", &format!("sip:{long}@cc.example")),
             ("ACK", &format!("sip:{long}@cc.example")),
             ("ACK", "sips:1002@cc.example"),
+            // No user: a terminal's own Contact, with or without a port.
+            ("ACK", "sip:10.0.0.9:5062;transport=udp"),
+            ("ACK", "sip:10.0.0.9"),
+            ("INVITE", "sip:10.0.0.9:5062"),
+            // A password (RFC 3261 §19.1.1: not recommended).
+            ("ACK", "sip:1002:secret@10.0.0.9:5062"),
         ] {
             assert_eq!(run(&p, &invite(method, uri)), UNPLACED, "{method} {uri}");
         }
