@@ -38,7 +38,7 @@ pub fn open_files_limit() -> Option<u64> {
 }
 
 /// How many accepted connections an open-files `limit` leaves room for:
-/// the limit less the reserve (see [`RESERVED_MIN`]). `None` when the
+/// the limit less a reserve of a quarter, 64 to 1,024. `None` when the
 /// limit is unknown or infinite.
 pub fn connection_room(limit: Option<u64>) -> Option<usize> {
     let limit = limit.filter(|&l| l != RLIM_INFINITY)?;

@@ -28,7 +28,7 @@ pub fn udp_reuseport(addr: SocketAddr) -> io::Result<Socket> {
 /// Binds one UDP socket per core on `addr`. With port 0 the first socket
 /// picks a port and the others share it. The sockets join the SO_REUSEPORT
 /// group in core order, which is what lets the steering program
-/// ([`super::steer`]) name a core by its socket's index.
+/// (`runtime::steer`) name a core by its socket's index.
 pub fn udp_per_core(addr: SocketAddr, cores: usize) -> io::Result<(SocketAddr, Vec<Socket>)> {
     let first = udp_reuseport(addr)?;
     let bound = first

@@ -1,0 +1,653 @@
+//! The owning blade's side of hosting: grants, leases, tokens, relays.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use hmac::Mac;
+use hmac::digest::KeyInit;
+
+use super::{HmacSha256, HostSecret, same_blade};
+use crate::cluster::codec::{DirectoryEntry, LoginInfo, Message, Refusal, Token};
+use crate::registrar::location::{AgentState, Location};
+
+/// One live grant on the target: an agent handed over to a source blade
+/// for one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The hosted agent.
+    pub extension: String,
+    /// The hosting (source) blade.
+    pub source: String,
+    /// The session's Call-ID.
+    pub call_id: String,
+    /// The token the source's INVITE must carry.
+    pub token: Token,
+    /// The `request_id` of the host request that won.
+    pub request_id: u64,
+    /// When the lease lapses unless renewed.
+    pub expires_at: Duration,
+    /// The lease granted, in seconds: each renewal extends it by as much.
+    pub lease_secs: u32,
+    /// Tells this grant from an earlier one of the same agent in the
+    /// deadline index.
+    serial: u64,
+}
+
+/// What a successful [`Target::grant`] hands the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    /// The agent's login information, state `Hosted` by the source.
+    pub info: LoginInfo,
+    /// The hosting token.
+    pub token: Token,
+    /// The lease granted, in seconds.
+    pub lease_secs: u32,
+}
+
+/// The owning blade's side of hosting (one per core: each core owns the
+/// agents of its shard and their grants).
+///
+/// A grant's lease is the only thing that takes an agent back from a
+/// source that stopped talking: losing the link to the source
+/// ([`Target::peer_lost`]) does not, because SIP may still be flowing, the
+/// link may come back and renew, and a take-back while the source still
+/// drives the call would let a second session in. The lease bounds the
+/// wait (SPEC §2 step 8).
+#[derive(Debug)]
+pub struct Target {
+    mac: HmacSha256,
+    max_lease_secs: u32,
+    max_grants: usize,
+    serial: u64,
+    grants: HashMap<String, Grant>,
+    /// `(expires_at, serial)` → extension: exact deadlines, removed when a
+    /// grant ends, so no stale wake-ups.
+    deadlines: BTreeMap<(Duration, u64), String>,
+    /// Login epochs of this shard's agents, for the directory.
+    epochs: HashMap<String, u64>,
+    next_epoch: u64,
+    next_request: u64,
+    /// Leave given to relay one request: (agent, Call-ID) → grant.
+    relays: HashMap<(String, String), RelayGrant>,
+    /// The same keys by expiry, oldest first (every leave lasts
+    /// [`RELAY_TTL`], so insertion order is expiry order).
+    relay_expiry: VecDeque<(Duration, (String, String))>,
+}
+
+/// How long leave to relay a request holds: a non-INVITE transaction's
+/// lifetime (64 × T1), so retransmissions of the relayed request pass.
+pub const RELAY_TTL: Duration = Duration::from_secs(32);
+
+/// Leave to relay one out-of-dialog request to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RelayGrant {
+    source: String,
+    token: Token,
+    expires_at: Duration,
+}
+
+impl Target {
+    /// A target granting leases of at most `max_lease_secs` (the config's
+    /// `cluster.lease_secs`), with tokens keyed by `secret`.
+    pub fn new(secret: &HostSecret, max_lease_secs: u32) -> Target {
+        // HMAC pads short keys to the block size anyway; padding here makes
+        // keying infallible.
+        let mut key = [0u8; 64];
+        key[..32].copy_from_slice(&secret.0);
+        Target {
+            mac: <HmacSha256 as KeyInit>::new(&key.into()),
+            max_lease_secs: max_lease_secs.max(1),
+            max_grants: usize::MAX,
+            serial: 0,
+            grants: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            epochs: HashMap::new(),
+            next_epoch: 1,
+            next_request: 1,
+            relays: HashMap::new(),
+            relay_expiry: VecDeque::new(),
+        }
+    }
+
+    /// Refuses host requests with `Overloaded` (503) while `max` grants are
+    /// live.
+    pub fn with_max_grants(mut self, max: usize) -> Target {
+        self.max_grants = max;
+        self
+    }
+
+    /// Numbers login epochs from `base`. Seed it with something that grows
+    /// across restarts (the start time in milliseconds), so a peer that
+    /// missed the restart still sees the new logins as newer.
+    pub fn with_epoch_base(mut self, base: u64) -> Target {
+        self.next_epoch = base.max(1);
+        self
+    }
+
+    /// Numbers this target's redirect requests from `base` (a multi-core
+    /// driver gives each core its own range so answers route back).
+    pub fn with_request_base(mut self, base: u64) -> Target {
+        self.next_request = base;
+        self
+    }
+
+    /// Hands `extension` over to blade `from` for the session `call_id`.
+    ///
+    /// Refuses an unknown agent (404), one not logged in (480), one in a
+    /// call (486), one hosted by another session (486), and any request
+    /// while the grant table is full (503). The same source asking again
+    /// for the same Call-ID (a retry after a lost answer) gets the same
+    /// grant back with a fresh lease. A grant whose lease lapsed is taken
+    /// back first, whether or not [`Target::handle_timeout`] ran yet.
+    ///
+    /// `lease_secs` is what the source asks for: 0 means the target's
+    /// maximum, and more is cut to it.
+    #[allow(clippy::too_many_arguments)] // One field per wire field.
+    pub fn grant(
+        &mut self,
+        now: Duration,
+        location: &mut Location,
+        from: &str,
+        request_id: u64,
+        extension: &str,
+        call_id: &str,
+        lease_secs: u32,
+    ) -> Result<Granted, Refusal> {
+        self.expire_one(now, extension, location);
+        let lease_secs = match lease_secs {
+            0 => self.max_lease_secs,
+            n => n.min(self.max_lease_secs),
+        };
+        let expires_at = now + Duration::from_secs(u64::from(lease_secs));
+        let record = location.get_mut(extension).ok_or(Refusal::Unknown)?;
+        if !record.is_logged_in() {
+            return Err(Refusal::NotLoggedIn);
+        }
+        match &record.state {
+            AgentState::LoggedOut => return Err(Refusal::NotLoggedIn),
+            AgentState::InCall { .. } => return Err(Refusal::Busy),
+            AgentState::Hosted { .. } => {
+                // A retry of the request that won: same source, same call.
+                let Some(g) = self.grants.get_mut(extension) else {
+                    return Err(Refusal::AlreadyHosted);
+                };
+                if !same_blade(&g.source, from) || g.call_id != call_id {
+                    return Err(Refusal::AlreadyHosted);
+                }
+                self.deadlines.remove(&(g.expires_at, g.serial));
+                g.expires_at = expires_at;
+                g.lease_secs = lease_secs;
+                self.deadlines
+                    .insert((expires_at, g.serial), extension.to_owned());
+                let token = g.token;
+                let info = LoginInfo::from_record(record, now).ok_or(Refusal::NotLoggedIn)?;
+                return Ok(Granted {
+                    info,
+                    token,
+                    lease_secs,
+                });
+            }
+            AgentState::Ready => {}
+        }
+        if self.grants.len() >= self.max_grants {
+            return Err(Refusal::Overloaded);
+        }
+        record.state = AgentState::Hosted {
+            by: from.to_owned(),
+        };
+        let info = LoginInfo::from_record(record, now).ok_or(Refusal::NotLoggedIn)?;
+        // A grant left from before the agent logged out and in again is
+        // stale: the state said Ready, so it no longer holds the agent.
+        if let Some(old) = self.grants.remove(extension) {
+            self.deadlines.remove(&(old.expires_at, old.serial));
+        }
+        self.serial += 1;
+        let serial = self.serial;
+        let token = self.token(from, call_id, extension, serial);
+        self.grants.insert(
+            extension.to_owned(),
+            Grant {
+                extension: extension.to_owned(),
+                source: from.to_owned(),
+                call_id: call_id.to_owned(),
+                token,
+                request_id,
+                expires_at,
+                lease_secs,
+                serial,
+            },
+        );
+        self.deadlines
+            .insert((expires_at, serial), extension.to_owned());
+        Ok(Granted {
+            info,
+            token,
+            lease_secs,
+        })
+    }
+
+    /// HMAC(secret, source, Call-ID, agent, serial), truncated: unguessable
+    /// without the secret and never repeated (the serial).
+    fn token(&self, from: &str, call_id: &str, extension: &str, serial: u64) -> Token {
+        let mut mac = self.mac.clone();
+        mac.update(b"sipblade hosting token v1");
+        for part in [from.to_ascii_lowercase().as_str(), call_id, extension] {
+            // Length prefixes keep ("ab","c") and ("a","bc") apart.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac.update(&serial.to_be_bytes());
+        let tag = mac.finalize().into_bytes();
+        let mut raw = [0u8; 16];
+        raw.copy_from_slice(&tag[..16]);
+        Token(raw)
+    }
+
+    /// The live grant matching all of `from`, `extension`, `call_id` and
+    /// `token` (compared in constant time).
+    fn matching(
+        &self,
+        now: Duration,
+        from: &str,
+        extension: &str,
+        call_id: &str,
+        token: &Token,
+    ) -> Option<&Grant> {
+        let g = self.grants.get(extension)?;
+        let ok = g.token.matches(token)
+            && same_blade(&g.source, from)
+            && g.call_id == call_id
+            && g.expires_at > now;
+        ok.then_some(g)
+    }
+
+    /// Gives blade `from` leave to relay one out-of-dialog request that is
+    /// not a call (`call_id`) to `extension`, who must be logged in here;
+    /// the agent's state does not change. The token expires after
+    /// [`RELAY_TTL`].
+    pub fn relay(
+        &mut self,
+        now: Duration,
+        location: &Location,
+        from: &str,
+        extension: &str,
+        call_id: &str,
+    ) -> Result<Token, Refusal> {
+        let record = location.get(extension).ok_or(Refusal::Unknown)?;
+        if !record.is_logged_in() {
+            return Err(Refusal::NotLoggedIn);
+        }
+        let key = (extension.to_owned(), call_id.to_owned());
+        if let Some(r) = self.relays.get(&key) {
+            if same_blade(&r.source, from) && r.expires_at > now {
+                return Ok(r.token);
+            }
+        }
+        while let Some((at, _)) = self.relay_expiry.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((at, key)) = self.relay_expiry.pop_front() {
+                // Unless the key was given again since (by another blade).
+                if self.relays.get(&key).is_some_and(|r| r.expires_at == at) {
+                    self.relays.remove(&key);
+                }
+            }
+        }
+        if self.relays.len() >= self.max_grants {
+            return Err(Refusal::Overloaded);
+        }
+        self.serial += 1;
+        let token = self.token(from, call_id, extension, self.serial);
+        let expires_at = now + RELAY_TTL;
+        self.relay_expiry.push_back((expires_at, key.clone()));
+        self.relays.insert(
+            key,
+            RelayGrant {
+                source: from.to_owned(),
+                token,
+                expires_at,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Whether a request from blade `from` for `extension` in `call_id`
+    /// carrying `token` has leave to be relayed ([`Target::relay`]).
+    pub fn check_relay(
+        &self,
+        now: Duration,
+        from: &str,
+        extension: &str,
+        call_id: &str,
+        token: &Token,
+    ) -> bool {
+        self.relays
+            .get(&(extension.to_owned(), call_id.to_owned()))
+            .is_some_and(|r| {
+                r.token.matches(token) && same_blade(&r.source, from) && r.expires_at > now
+            })
+    }
+
+    /// Whether an INVITE from blade `from` for `extension` in `call_id`
+    /// carrying `token` is covered by a live grant (SPEC §2 step 5). A
+    /// token for another blade, call, agent, or a lapsed lease is refused.
+    pub fn check_token(
+        &self,
+        now: Duration,
+        from: &str,
+        extension: &str,
+        call_id: &str,
+        token: &Token,
+    ) -> bool {
+        self.matching(now, from, extension, call_id, token)
+            .is_some()
+    }
+
+    /// Extends the lease of the matching grant; the new lease in seconds,
+    /// or `None` when there is no such live grant (a renewal after the
+    /// lease lapsed takes the agent back and is refused).
+    pub fn renew(
+        &mut self,
+        now: Duration,
+        location: &mut Location,
+        from: &str,
+        extension: &str,
+        call_id: &str,
+        token: &Token,
+    ) -> Option<u32> {
+        self.expire_one(now, extension, location);
+        self.matching(now, from, extension, call_id, token)?;
+        let g = self.grants.get_mut(extension)?;
+        let lease_secs = g.lease_secs;
+        let expires_at = now + Duration::from_secs(u64::from(lease_secs));
+        self.deadlines.remove(&(g.expires_at, g.serial));
+        g.expires_at = expires_at;
+        self.deadlines
+            .insert((expires_at, g.serial), extension.to_owned());
+        Some(lease_secs)
+    }
+
+    /// Ends the matching grant: the agent goes back to ready (SPEC §2
+    /// step 7). Returns whether a grant ended; a repeated or late unhost
+    /// is harmless, and never ends a later grant of the same agent (its
+    /// token differs).
+    pub fn unhost(
+        &mut self,
+        location: &mut Location,
+        from: &str,
+        extension: &str,
+        call_id: &str,
+        token: &Token,
+    ) -> bool {
+        // Matching ignores the lease: an unhost just after it lapsed still
+        // ends the grant.
+        let found = self.grants.get(extension).is_some_and(|g| {
+            g.token.matches(token) && same_blade(&g.source, from) && g.call_id == call_id
+        });
+        if found {
+            self.release(extension, location);
+        }
+        found
+    }
+
+    /// Takes back every agent whose lease lapsed at `now`; returns their
+    /// extensions.
+    pub fn handle_timeout(&mut self, now: Duration, location: &mut Location) -> Vec<String> {
+        let mut released = Vec::new();
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ext = entry.remove();
+            if self.release(&ext, location) {
+                released.push(ext);
+            }
+        }
+        released
+    }
+
+    /// When the next lease lapses, for the caller's timer.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.deadlines.keys().next().map(|(at, _)| *at)
+    }
+
+    /// The link to `blade` went down. Its grants stay until their leases
+    /// lapse (see the type's docs); returns how many it holds.
+    pub fn peer_lost(&self, blade: &str) -> usize {
+        self.grants
+            .values()
+            .filter(|g| same_blade(&g.source, blade))
+            .count()
+    }
+
+    /// The live grant of `extension`, if hosted.
+    pub fn grant_of(&self, extension: &str) -> Option<&Grant> {
+        self.grants.get(extension)
+    }
+
+    /// Number of live grants.
+    pub fn len(&self) -> usize {
+        self.grants.len()
+    }
+
+    /// Whether no agent is hosted.
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+
+    /// Takes back `extension` if its lease lapsed.
+    fn expire_one(&mut self, now: Duration, extension: &str, location: &mut Location) {
+        if self
+            .grants
+            .get(extension)
+            .is_some_and(|g| g.expires_at <= now)
+        {
+            self.release(extension, location);
+        }
+    }
+
+    /// Removes the grant of `extension`; the agent goes back to ready if
+    /// it is still hosted by that grant's source (not if it logged out
+    /// meanwhile). Returns whether there was a grant.
+    fn release(&mut self, extension: &str, location: &mut Location) -> bool {
+        let Some(g) = self.grants.remove(extension) else {
+            return false;
+        };
+        self.deadlines.remove(&(g.expires_at, g.serial));
+        if let Some(record) = location.get_mut(extension) {
+            let hosted_by_it =
+                matches!(&record.state, AgentState::Hosted { by } if same_blade(by, &g.source));
+            if hosted_by_it {
+                record.state = if record.is_logged_in() {
+                    AgentState::Ready
+                } else {
+                    AgentState::LoggedOut
+                };
+            }
+        }
+        true
+    }
+
+    /// Answers a request from blade `from` (Locate, HostRequest, Renew,
+    /// Unhost); `None` for any other message. Every request gets exactly
+    /// one answer, on the same exchange.
+    pub fn handle_request(
+        &mut self,
+        now: Duration,
+        location: &mut Location,
+        from: &str,
+        msg: &Message,
+    ) -> Option<Message> {
+        Some(match msg {
+            Message::Locate {
+                request_id,
+                extension,
+            } => Message::Located {
+                request_id: *request_id,
+                epoch: match location.get(extension) {
+                    Some(r) if r.is_logged_in() => Some(self.epoch(extension)),
+                    _ => None,
+                },
+            },
+            Message::HostRequest {
+                request_id,
+                extension,
+                call_id,
+                lease_secs,
+            } => {
+                match self.grant(
+                    now,
+                    location,
+                    from,
+                    *request_id,
+                    extension,
+                    call_id,
+                    *lease_secs,
+                ) {
+                    Ok(g) => Message::HostGranted {
+                        request_id: *request_id,
+                        call_id: call_id.clone(),
+                        info: g.info,
+                        token: g.token,
+                        lease_secs: g.lease_secs,
+                    },
+                    Err(reason) => Message::HostRefused {
+                        request_id: *request_id,
+                        reason,
+                    },
+                }
+            }
+            Message::Renew {
+                request_id,
+                extension,
+                call_id,
+                token,
+            } => match self.renew(now, location, from, extension, call_id, token) {
+                Some(lease_secs) => Message::RenewAck {
+                    request_id: *request_id,
+                    lease_secs,
+                },
+                None => Message::RenewRefused {
+                    request_id: *request_id,
+                },
+            },
+            Message::Unhost {
+                request_id,
+                extension,
+                call_id,
+                token,
+            } => {
+                self.unhost(location, from, extension, call_id, token);
+                Message::UnhostAck {
+                    request_id: *request_id,
+                }
+            }
+            Message::RelayRequest {
+                request_id,
+                extension,
+                call_id,
+            } => match self.relay(now, location, from, extension, call_id) {
+                Ok(token) => Message::RelayGranted {
+                    request_id: *request_id,
+                    token,
+                },
+                Err(reason) => Message::HostRefused {
+                    request_id: *request_id,
+                    reason,
+                },
+            },
+            _ => return None,
+        })
+    }
+
+    /// A new request (`call_id`, from `caller`) reached this blade for a
+    /// hosted agent: the message that hands the decision to the hosting
+    /// blade, and that blade's id (SPEC §2 step 6). `None` when the agent
+    /// is not hosted. The answer ([`Message::RedirectAnswer`]) comes back
+    /// with the returned message's `request_id`; the proxy keeps the
+    /// caller's transaction meanwhile and answers 486 itself if none comes.
+    pub fn redirect(
+        &mut self,
+        extension: &str,
+        call_id: &str,
+        caller: &str,
+    ) -> Option<(String, Message)> {
+        let g = self.grants.get(extension)?;
+        let request_id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1);
+        Some((
+            g.source.clone(),
+            Message::Redirect {
+                request_id,
+                grant: g.request_id,
+                token: g.token,
+                extension: extension.to_owned(),
+                call_id: call_id.to_owned(),
+                caller: caller.to_owned(),
+            },
+        ))
+    }
+
+    // -- directory announcements of this shard's agents --
+
+    /// The epoch of `extension`'s current login, numbering it if new.
+    fn epoch(&mut self, extension: &str) -> u64 {
+        if let Some(e) = self.epochs.get(extension) {
+            return *e;
+        }
+        let e = self.next_epoch;
+        self.next_epoch += 1;
+        self.epochs.insert(extension.to_owned(), e);
+        e
+    }
+
+    /// `extension` logged in (or logged in again): the announcement for
+    /// every peer. Each login gets a higher epoch.
+    pub fn logged_in(&mut self, extension: &str) -> Message {
+        self.epochs.remove(extension);
+        let epoch = self.epoch(extension);
+        Message::Announce {
+            entries: vec![DirectoryEntry {
+                extension: extension.to_owned(),
+                epoch,
+            }],
+        }
+    }
+
+    /// `extension` logged out or its registration lapsed: the withdrawal
+    /// for every peer; `None` if it was not announced.
+    pub fn logged_out(&mut self, extension: &str) -> Option<Message> {
+        let epoch = self.epochs.remove(extension)?;
+        Some(Message::Withdraw {
+            entries: vec![DirectoryEntry {
+                extension: extension.to_owned(),
+                epoch,
+            }],
+        })
+    }
+
+    /// Every logged-in agent of `location` with its epoch: this shard's
+    /// part of a [`Message::Resync`] (a multi-core driver concatenates the
+    /// cores' parts into one message).
+    pub fn entries(&mut self, location: &Location) -> Vec<DirectoryEntry> {
+        let mut entries: Vec<DirectoryEntry> = location
+            .iter()
+            .filter(|r| r.is_logged_in())
+            .map(|r| DirectoryEntry {
+                extension: r.extension().to_owned(),
+                epoch: self.epoch(r.extension()),
+            })
+            .collect();
+        // Deterministic frames make ladders and tests reproducible.
+        entries.sort_by(|a, b| a.extension.cmp(&b.extension));
+        entries
+    }
+
+    /// The full resync to send a peer whose link (re)connected.
+    pub fn resync(&mut self, location: &Location) -> Message {
+        Message::Resync {
+            entries: self.entries(location),
+        }
+    }
+}

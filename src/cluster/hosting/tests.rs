@@ -1,0 +1,1418 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::*;
+use crate::cluster::codec::{DirectoryEntry, Message, Refusal, Token};
+use crate::config::{Agent, AgentKind, Credential};
+use crate::registrar::location::{AgentState, Binding, Location};
+use crate::sip::Peer;
+
+const LEASE: u32 = 30;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+/// The shared provisioning: every blade knows every agent.
+fn location() -> Location {
+    Location::new(["1001", "2001", "2002", "3001"].map(|ext| {
+        Arc::new(Agent {
+            badge: format!("B{ext}"),
+            extension: ext.to_owned(),
+            kind: AgentKind::Agent,
+            credential: Credential::Password("pw".into()),
+        })
+    }))
+}
+
+fn bind(loc: &mut Location, ext: &str) {
+    let addr: SocketAddr = "192.0.2.7:5062".parse().unwrap();
+    loc.bind(
+        ext,
+        Binding {
+            uri: format!("sip:{ext}@192.0.2.7:5062"),
+            peer: Peer::udp(addr),
+            expires_at: secs(3600),
+            call_id: format!("reg-{ext}"),
+            cseq: 1,
+        },
+    );
+}
+
+fn state(loc: &Location, ext: &str) -> AgentState {
+    loc.get(ext).unwrap().state.clone()
+}
+
+fn hosted_by(by: &str) -> AgentState {
+    AgentState::Hosted { by: by.into() }
+}
+
+fn target() -> Target {
+    Target::new(&HostSecret::from_bytes([7; 32]), LEASE)
+}
+
+/// Through the codec, as on the link.
+fn wire(m: Message) -> Message {
+    let mut out = BytesMut::new();
+    m.encode(&mut out);
+    Message::decode(&out).unwrap()
+}
+
+/// A blade: both sides, its directory and its agents.
+struct Blade {
+    id: &'static str,
+    target: Target,
+    source: Source,
+    dir: Directory,
+    loc: Location,
+}
+
+impl Blade {
+    fn new(id: &'static str, n: u8) -> Blade {
+        Blade {
+            id,
+            target: Target::new(&HostSecret::from_bytes([n; 32]), LEASE),
+            source: Source::new(LEASE),
+            dir: Directory::new(),
+            loc: location(),
+        }
+    }
+
+    fn events(&mut self) -> Vec<SourceEvent> {
+        std::iter::from_fn(|| self.source.poll_event()).collect()
+    }
+
+    fn tick(&mut self, now: Duration) {
+        self.source.handle_timeout(now);
+        self.target.handle_timeout(now, &mut self.loc);
+    }
+}
+
+/// A cluster whose links are all up, each blade knowing the others'
+/// logged-in agents (the resync at connect).
+fn cluster(ids: &[&'static str]) -> Vec<Blade> {
+    let mut blades: Vec<Blade> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Blade::new(id, i as u8 + 1))
+        .collect();
+    for b in &mut blades {
+        for id in ids {
+            if *id != b.id {
+                b.dir.peer_up(id);
+            }
+        }
+    }
+    blades
+}
+
+fn idx(blades: &[Blade], id: &str) -> usize {
+    blades.iter().position(|b| b.id == id).unwrap()
+}
+
+/// Logs `ext` in on blade `at` and announces it to the others.
+fn login(blades: &mut [Blade], at: &str, ext: &str) {
+    let i = idx(blades, at);
+    bind(&mut blades[i].loc, ext);
+    let msg = wire(blades[i].target.logged_in(ext));
+    for b in blades.iter_mut().filter(|b| b.id != at) {
+        assert!(b.dir.apply(at, &msg));
+    }
+}
+
+/// Delivers every queued message (and the answers) until quiet.
+/// Redirect answers are returned as (to, message).
+fn pump(now: Duration, blades: &mut [Blade]) -> Vec<(String, Message)> {
+    let mut answers = Vec::new();
+    loop {
+        let mut moved = false;
+        for i in 0..blades.len() {
+            while let Some((to, msg)) = blades[i].source.poll_transmit() {
+                moved = true;
+                let j = idx(blades, &to);
+                let from = blades[i].id;
+                let msg = wire(msg);
+                if msg.class() == codec::Class::RedirectAnswer {
+                    answers.push((to, msg));
+                    continue;
+                }
+                let t = &mut blades[j];
+                let reply = t
+                    .target
+                    .handle_request(now, &mut t.loc, from, &msg)
+                    .unwrap();
+                let by = blades[j].id;
+                let s = &mut blades[i];
+                assert!(s.source.handle(now, &mut s.dir, by, wire(reply)));
+            }
+        }
+        if !moved {
+            return answers;
+        }
+    }
+}
+
+use super::super::codec;
+
+fn granted(ev: &SourceEvent) -> Option<Token> {
+    match ev {
+        SourceEvent::Granted { token, .. } => Some(*token),
+        _ => None,
+    }
+}
+
+// -- target side --
+
+#[test]
+fn grant_marks_hosted_and_unhost_restores_ready() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+    let g = t
+        .grant(secs(5), &mut loc, "blade-s", 11, "2001", "call-1", 20)
+        .unwrap();
+    assert_eq!(state(&loc, "2001"), hosted_by("blade-s"));
+    assert_eq!(g.lease_secs, 20);
+    assert_eq!(g.info.extension, "2001");
+    assert_eq!(g.info.badge, "B2001");
+    assert_eq!(g.info.state, hosted_by("blade-s"));
+    assert_eq!(g.info.expires_secs, 3595);
+    let grant = t.grant_of("2001").unwrap();
+    assert_eq!(
+        (
+            grant.source.as_str(),
+            grant.call_id.as_str(),
+            grant.request_id
+        ),
+        ("blade-s", "call-1", 11)
+    );
+    assert_eq!(grant.expires_at, secs(25));
+    assert_eq!(t.next_deadline(), Some(secs(25)));
+
+    assert!(t.unhost(&mut loc, "blade-s", "2001", "call-1", &g.token));
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+    assert!(t.is_empty());
+    assert_eq!(t.next_deadline(), None);
+    // Again (a crossing or repeated unhost): harmless.
+    assert!(!t.unhost(&mut loc, "blade-s", "2001", "call-1", &g.token));
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+}
+
+#[test]
+fn relay_leave_needs_a_logged_in_agent_and_changes_no_state() {
+    let mut t = target();
+    let mut loc = location();
+    assert_eq!(
+        t.relay(secs(0), &loc, "s", "9999", "m1"),
+        Err(Refusal::Unknown)
+    );
+    assert_eq!(
+        t.relay(secs(0), &loc, "s", "2001", "m1"),
+        Err(Refusal::NotLoggedIn)
+    );
+    bind(&mut loc, "2001");
+    let token = t.relay(secs(0), &loc, "s", "2001", "m1").unwrap();
+    assert_eq!(state(&loc, "2001"), AgentState::Ready, "not hosted");
+    // Asked again (a retried request): the same leave.
+    assert_eq!(t.relay(secs(1), &loc, "s", "2001", "m1"), Ok(token));
+    assert!(t.check_relay(secs(1), "s", "2001", "m1", &token));
+    assert!(!t.check_relay(secs(1), "other", "2001", "m1", &token));
+    assert!(!t.check_relay(secs(1), "s", "2001", "m2", &token));
+    assert!(!t.check_relay(secs(1), "s", "2002", "m1", &token));
+    assert!(!t.check_relay(secs(1), "s", "2001", "m1", &Token([0; 16])));
+    assert!(
+        !t.check_token(secs(1), "s", "2001", "m1", &token),
+        "no call"
+    );
+    assert!(
+        !t.check_relay(RELAY_TTL, "s", "2001", "m1", &token),
+        "expired"
+    );
+    // A busy agent may still get a message.
+    let g = t
+        .grant(secs(2), &mut loc, "s", 3, "2001", "c1", 10)
+        .unwrap();
+    assert!(t.relay(secs(2), &loc, "s", "2001", "m3").is_ok());
+    assert!(t.unhost(&mut loc, "s", "2001", "c1", &g.token));
+}
+
+#[test]
+fn a_relay_round_trip_gives_the_source_a_token_the_target_accepts() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    let now = secs(1);
+    let s = idx(&blades, "s");
+    let Blade { source, dir, .. } = &mut blades[s];
+    source.relay(now, dir, "msg-1", "2001");
+    pump(now, &mut blades);
+    let events = blades[s].events();
+    let [
+        SourceEvent::Relayed {
+            call_id,
+            extension,
+            peer,
+            token,
+        },
+    ] = events.as_slice()
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(
+        (call_id.as_str(), extension.as_str(), peer.as_str()),
+        ("msg-1", "2001", "t")
+    );
+    let t = idx(&blades, "t");
+    assert!(
+        blades[t]
+            .target
+            .check_relay(now, "s", "2001", "msg-1", token)
+    );
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+    assert_eq!(blades[s].source.pending(), 0);
+
+    // An agent logged in nowhere: the Locate finds nobody.
+    let Blade { source, dir, .. } = &mut blades[s];
+    source.relay(now, dir, "msg-2", "2002");
+    pump(now, &mut blades);
+    let events = blades[s].events();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [SourceEvent::Refused {
+                reason: Refusal::NotLoggedIn,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn leases_are_clamped_to_the_configured_maximum() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    bind(&mut loc, "2002");
+    let g = t.grant(secs(0), &mut loc, "s", 1, "2001", "c1", 0).unwrap();
+    assert_eq!(g.lease_secs, LEASE);
+    let g = t
+        .grant(secs(0), &mut loc, "s", 2, "2002", "c2", 99_999)
+        .unwrap();
+    assert_eq!(g.lease_secs, LEASE);
+}
+
+#[test]
+fn refusals_and_their_statuses() {
+    let mut t = target().with_max_grants(1);
+    let mut loc = location();
+    let now = secs(1);
+    let ask = |t: &mut Target, loc: &mut Location, ext: &str| {
+        t.grant(now, loc, "s", 1, ext, "c", LEASE).map(|g| g.token)
+    };
+    assert_eq!(ask(&mut t, &mut loc, "9999"), Err(Refusal::Unknown));
+    assert_eq!(ask(&mut t, &mut loc, "2001"), Err(Refusal::NotLoggedIn));
+    bind(&mut loc, "2001");
+    loc.get_mut("2001").unwrap().state = AgentState::InCall {
+        call_id: "local".into(),
+    };
+    assert_eq!(ask(&mut t, &mut loc, "2001"), Err(Refusal::Busy));
+    loc.get_mut("2001").unwrap().state = AgentState::Ready;
+    assert!(ask(&mut t, &mut loc, "2001").is_ok());
+    bind(&mut loc, "2002");
+    assert_eq!(ask(&mut t, &mut loc, "2002"), Err(Refusal::Overloaded));
+    assert_eq!(state(&loc, "2002"), AgentState::Ready);
+    let statuses: Vec<u16> = [
+        Refusal::Unknown,
+        Refusal::NotLoggedIn,
+        Refusal::Busy,
+        Refusal::AlreadyHosted,
+        Refusal::Overloaded,
+    ]
+    .iter()
+    .map(Refusal::status)
+    .collect();
+    assert_eq!(statuses, [404, 480, 486, 486, 503]);
+}
+
+#[test]
+fn token_check_binds_blade_call_agent_and_lease() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    let tok = t
+        .grant(secs(0), &mut loc, "blade-s", 1, "2001", "call-1", LEASE)
+        .unwrap()
+        .token;
+    let now = secs(1);
+    assert!(t.check_token(now, "blade-s", "2001", "call-1", &tok));
+    // Blade ids compare as DNS names do.
+    assert!(t.check_token(now, "Blade-S", "2001", "call-1", &tok));
+    assert!(!t.check_token(now, "blade-x", "2001", "call-1", &tok));
+    assert!(!t.check_token(now, "blade-s", "2001", "call-2", &tok));
+    assert!(!t.check_token(now, "blade-s", "2002", "call-1", &tok));
+    let mut wrong = tok;
+    wrong.0[15] ^= 1;
+    assert!(!t.check_token(now, "blade-s", "2001", "call-1", &wrong));
+    assert!(!t.check_token(secs(30), "blade-s", "2001", "call-1", &tok));
+
+    // A fresh grant for the same blade and call has a fresh token.
+    assert!(t.unhost(&mut loc, "blade-s", "2001", "call-1", &tok));
+    let again = t
+        .grant(now, &mut loc, "blade-s", 2, "2001", "call-1", LEASE)
+        .unwrap()
+        .token;
+    assert_ne!(again, tok);
+    assert!(!t.check_token(now, "blade-s", "2001", "call-1", &tok));
+    assert!(t.check_token(now, "blade-s", "2001", "call-1", &again));
+    // Another secret, another token.
+    let mut other = Target::new(&HostSecret::from_bytes([8; 32]), LEASE);
+    let mut loc1 = location();
+    bind(&mut loc1, "2001");
+    let mut loc2 = location();
+    bind(&mut loc2, "2001");
+    let t1 = target()
+        .grant(now, &mut loc1, "s", 1, "2001", "c", LEASE)
+        .unwrap()
+        .token;
+    let t2 = other
+        .grant(now, &mut loc2, "s", 1, "2001", "c", LEASE)
+        .unwrap()
+        .token;
+    assert_ne!(t1, t2);
+}
+
+#[test]
+fn a_retried_request_gets_the_same_grant_and_a_fresh_lease() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    let g1 = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .unwrap();
+    let g2 = t
+        .grant(secs(10), &mut loc, "s", 1, "2001", "c", LEASE)
+        .unwrap();
+    assert_eq!(g1.token, g2.token);
+    assert_eq!(t.grant_of("2001").unwrap().expires_at, secs(40));
+    assert_eq!(t.next_deadline(), Some(secs(40)));
+    // Another call from the same blade is another session.
+    assert_eq!(
+        t.grant(secs(10), &mut loc, "s", 2, "2001", "c2", LEASE)
+            .map(|g| g.token),
+        Err(Refusal::AlreadyHosted)
+    );
+}
+
+#[test]
+fn a_lapsed_lease_takes_the_agent_back() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    let tok = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .unwrap()
+        .token;
+    assert!(t.handle_timeout(secs(29), &mut loc).is_empty());
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert_eq!(
+        t.handle_timeout(secs(30), &mut loc),
+        vec!["2001".to_owned()]
+    );
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+    assert!(!t.check_token(secs(30), "s", "2001", "c", &tok));
+    assert_eq!(t.next_deadline(), None);
+    // A renewal after the lapse is refused; so is a late INVITE.
+    assert_eq!(t.renew(secs(31), &mut loc, "s", "2001", "c", &tok), None);
+}
+
+#[test]
+fn a_renewal_after_the_lapse_is_refused_even_before_the_timer_ran() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    let tok = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .unwrap()
+        .token;
+    assert_eq!(
+        t.renew(secs(20), &mut loc, "s", "2001", "c", &tok),
+        Some(LEASE)
+    );
+    assert_eq!(t.next_deadline(), Some(secs(50)));
+    // Lapsed at 50; the timer has not run yet.
+    assert_eq!(t.renew(secs(50), &mut loc, "s", "2001", "c", &tok), None);
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+    assert!(t.is_empty());
+    assert!(t.handle_timeout(secs(60), &mut loc).is_empty());
+    // And the agent can be hosted again at once.
+    assert!(
+        t.grant(secs(50), &mut loc, "s2", 2, "2001", "c2", LEASE)
+            .is_ok()
+    );
+}
+
+#[test]
+fn renewals_and_unhosts_must_match_the_grant() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    let tok = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .unwrap()
+        .token;
+    let now = secs(1);
+    assert_eq!(t.renew(now, &mut loc, "x", "2001", "c", &tok), None);
+    assert_eq!(t.renew(now, &mut loc, "s", "2001", "other", &tok), None);
+    assert_eq!(
+        t.renew(now, &mut loc, "s", "2001", "c", &Token([0; 16])),
+        None
+    );
+    // A rogue or confused peer cannot release someone else's grant.
+    assert!(!t.unhost(&mut loc, "x", "2001", "c", &tok));
+    assert!(!t.unhost(&mut loc, "s", "2001", "c", &Token([0; 16])));
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+}
+
+#[test]
+fn the_target_keeps_grants_of_a_lost_peer_until_the_lease() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    t.grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .unwrap();
+    assert_eq!(t.peer_lost("s"), 1);
+    assert_eq!(t.peer_lost("other"), 0);
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert_eq!(
+        t.handle_timeout(secs(30), &mut loc),
+        vec!["2001".to_owned()]
+    );
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+}
+
+#[test]
+fn logout_while_hosted_is_not_undone_by_the_release() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    let tok = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .unwrap()
+        .token;
+    loc.unbind("2001");
+    assert!(t.unhost(&mut loc, "s", "2001", "c", &tok));
+    assert_eq!(state(&loc, "2001"), AgentState::LoggedOut);
+
+    // Logged out and back in while a grant lingers: the agent is
+    // ready, and a new grant replaces the stale one.
+    let tok = t
+        .grant(secs(1), &mut loc, "s", 2, "2001", "c", LEASE)
+        .map(|g| g.token);
+    assert_eq!(tok, Err(Refusal::NotLoggedIn));
+    bind(&mut loc, "2001");
+    let old = t
+        .grant(secs(1), &mut loc, "s", 3, "2001", "c", LEASE)
+        .unwrap()
+        .token;
+    loc.unbind("2001");
+    bind(&mut loc, "2001");
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+    let new = t
+        .grant(secs(2), &mut loc, "s2", 4, "2001", "c2", LEASE)
+        .unwrap()
+        .token;
+    assert!(!t.check_token(secs(2), "s", "2001", "c", &old));
+    assert!(t.check_token(secs(2), "s2", "2001", "c2", &new));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.next_deadline(), Some(secs(32)));
+}
+
+#[test]
+fn requests_are_answered_once_each() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    let now = secs(0);
+    let ask = |t: &mut Target, loc: &mut Location, m: Message| {
+        t.handle_request(now, loc, "s", &wire(m)).map(wire)
+    };
+    assert_eq!(
+        ask(
+            &mut t,
+            &mut loc,
+            Message::Locate {
+                request_id: 1,
+                extension: "2002".into()
+            }
+        ),
+        Some(Message::Located {
+            request_id: 1,
+            epoch: None
+        })
+    );
+    let Some(Message::Located { epoch: Some(e), .. }) = ask(
+        &mut t,
+        &mut loc,
+        Message::Locate {
+            request_id: 2,
+            extension: "2001".into(),
+        },
+    ) else {
+        panic!("2001 is here");
+    };
+    let req = Message::HostRequest {
+        request_id: 3,
+        extension: "2001".into(),
+        call_id: "c".into(),
+        lease_secs: 10,
+    };
+    let Some(Message::HostGranted {
+        request_id: 3,
+        call_id,
+        info,
+        token,
+        lease_secs: 10,
+    }) = ask(&mut t, &mut loc, req)
+    else {
+        panic!("granted");
+    };
+    assert_eq!((call_id.as_str(), info.state), ("c", hosted_by("s")));
+    let renew = Message::Renew {
+        request_id: 4,
+        extension: "2001".into(),
+        call_id: "c".into(),
+        token,
+    };
+    assert_eq!(
+        ask(&mut t, &mut loc, renew.clone()),
+        Some(Message::RenewAck {
+            request_id: 4,
+            lease_secs: 10
+        })
+    );
+    let unhost = Message::Unhost {
+        request_id: 5,
+        extension: "2001".into(),
+        call_id: "c".into(),
+        token,
+    };
+    assert_eq!(
+        ask(&mut t, &mut loc, unhost.clone()),
+        Some(Message::UnhostAck { request_id: 5 })
+    );
+    assert_eq!(
+        ask(&mut t, &mut loc, unhost),
+        Some(Message::UnhostAck { request_id: 5 })
+    );
+    assert_eq!(
+        ask(&mut t, &mut loc, renew),
+        Some(Message::RenewRefused { request_id: 4 })
+    );
+    // Not requests: no answer.
+    assert_eq!(
+        ask(&mut t, &mut loc, Message::UnhostAck { request_id: 1 }),
+        None
+    );
+    assert_eq!(
+        ask(&mut t, &mut loc, Message::Resync { entries: vec![] }),
+        None
+    );
+    // The Locate epoch is the announced one.
+    assert_eq!(
+        t.resync(&loc),
+        Message::Resync {
+            entries: vec![DirectoryEntry {
+                extension: "2001".into(),
+                epoch: e
+            }]
+        }
+    );
+}
+
+#[test]
+fn announcements_number_each_login() {
+    let mut t = target();
+    let mut loc = location();
+    let Message::Announce { entries } = t.logged_in("2001") else {
+        panic!()
+    };
+    let first = entries[0].epoch;
+    let Message::Announce { entries } = t.logged_in("2001") else {
+        panic!()
+    };
+    let second = entries[0].epoch;
+    assert!(second > first);
+    assert_eq!(
+        t.logged_out("2001"),
+        Some(Message::Withdraw {
+            entries: vec![DirectoryEntry {
+                extension: "2001".into(),
+                epoch: second
+            }]
+        })
+    );
+    assert_eq!(t.logged_out("2001"), None);
+    // The resync lists logged-in agents only, numbering unknown ones.
+    bind(&mut loc, "2002");
+    bind(&mut loc, "1001");
+    let entries = t.entries(&loc);
+    let exts: Vec<&str> = entries.iter().map(|e| e.extension.as_str()).collect();
+    assert_eq!(exts, ["1001", "2002"]);
+    assert!(entries.iter().all(|e| e.epoch > second));
+    assert_eq!(t.entries(&loc), entries, "stable until the next login");
+    let mut t = target().with_epoch_base(1_000);
+    let Message::Announce { entries } = t.logged_in("2001") else {
+        panic!()
+    };
+    assert_eq!(entries[0].epoch, 1_000);
+}
+
+// -- directory --
+
+fn entry(ext: &str, epoch: u64) -> DirectoryEntry {
+    DirectoryEntry {
+        extension: ext.into(),
+        epoch,
+    }
+}
+
+#[test]
+fn directory_announce_withdraw_resync() {
+    let mut d = Directory::new();
+    d.peer_up("t1");
+    d.peer_up("t2");
+    assert_eq!(d.peers().collect::<Vec<_>>(), ["t1", "t2"]);
+    d.announce("t1", &[entry("2001", 5), entry("2002", 6)]);
+    assert_eq!(d.lookup("2001"), Some("t1"));
+    assert_eq!(d.epoch("2001"), Some(5));
+    // An older announcement of the same blade is stale.
+    d.announce("t1", &[entry("2001", 4)]);
+    assert_eq!(d.epoch("2001"), Some(5));
+    // A withdrawal of an older login does not remove the newer one.
+    d.withdraw("t1", &[entry("2001", 4)]);
+    assert_eq!(d.lookup("2001"), Some("t1"));
+    // Another blade's withdrawal does not remove t1's entry.
+    d.withdraw("t2", &[entry("2001", 99)]);
+    assert_eq!(d.lookup("2001"), Some("t1"));
+    d.withdraw("t1", &[entry("2001", 5)]);
+    assert_eq!(d.lookup("2001"), None);
+    // The agent moved: the later announcement wins.
+    d.announce("t1", &[entry("3001", 9)]);
+    d.announce("t2", &[entry("3001", 1)]);
+    assert_eq!(d.lookup("3001"), Some("t2"));
+    // A resync replaces all of that peer's entries, nobody else's.
+    d.resync("t1", &[entry("1001", 1)]);
+    assert_eq!(d.lookup("2002"), None);
+    assert_eq!(d.lookup("1001"), Some("t1"));
+    assert_eq!(d.lookup("3001"), Some("t2"));
+    assert_eq!(d.len(), 2);
+    // Apply routes notices and only notices.
+    assert!(d.apply(
+        "t2",
+        &Message::Withdraw {
+            entries: vec![entry("3001", 1)]
+        }
+    ));
+    assert!(!d.apply("t2", &Message::UnhostAck { request_id: 1 }));
+    assert_eq!(d.lookup("3001"), None);
+    // A lost peer takes its agents with it.
+    d.peer_down("T1");
+    assert_eq!(d.lookup("1001"), None);
+    assert!(d.is_empty());
+    assert_eq!(d.peers().collect::<Vec<_>>(), ["t2"]);
+}
+
+#[test]
+fn a_reconnecting_peer_resyncs_and_own_agents_stay_local() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    login(&mut blades, "t", "2002");
+    login(&mut blades, "s", "1001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    assert_eq!(blades[s].dir.lookup("2001"), Some("t"));
+    assert_eq!(
+        blades[s].dir.lookup("1001"),
+        None,
+        "own agents are not in it"
+    );
+    assert_eq!(blades[t].dir.lookup("1001"), Some("s"));
+    // The link drops; meanwhile 2002 logs out, unannounced.
+    blades[s].dir.peer_down("t");
+    assert_eq!(blades[s].dir.lookup("2001"), None);
+    blades[t].loc.unbind("2002");
+    blades[s].dir.peer_up("t");
+    let tb = &mut blades[t];
+    let resync = wire(tb.target.resync(&tb.loc));
+    assert!(blades[s].dir.apply("t", &resync));
+    assert_eq!(blades[s].dir.lookup("2001"), Some("t"));
+    assert_eq!(blades[s].dir.lookup("2002"), None);
+}
+
+// -- both sides, in virtual time --
+
+#[test]
+fn cross_blade_hosting_end_to_end() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let now = secs(100);
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(now, &dir, "call-1", "2001");
+    assert_eq!(blades[s].source.pending(), 1);
+    assert_eq!(blades[s].source.next_deadline(), Some(now + secs(1)));
+    pump(now, &mut blades);
+    let ev = blades[s].events();
+    let [
+        SourceEvent::Granted {
+            call_id,
+            extension,
+            peer,
+            info,
+            token,
+            lease_secs,
+        },
+    ] = &ev[..]
+    else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(
+        (call_id.as_str(), extension.as_str(), peer.as_str()),
+        ("call-1", "2001", "t")
+    );
+    assert_eq!(*lease_secs, LEASE);
+    assert_eq!(info.state, hosted_by("s"));
+    assert_eq!(info.addr, "192.0.2.7:5062".parse().unwrap());
+    assert_eq!(state(&blades[t].loc, "2001"), hosted_by("s"));
+    // The INVITE S sends carries the token; T checks it.
+    assert!(
+        blades[t]
+            .target
+            .check_token(now, "s", "2001", "call-1", token)
+    );
+    // T can hand S a request for the agent by showing the grant's
+    // token; nobody else, and nothing else, passes.
+    assert!(blades[s].source.holds("t", "call-1", "2001", token));
+    assert!(blades[s].source.holds("T", "call-1", "2001", token));
+    assert!(!blades[s].source.holds("u", "call-1", "2001", token));
+    assert!(!blades[s].source.holds("t", "call-2", "2001", token));
+    assert!(!blades[s].source.holds("t", "call-1", "2002", token));
+    assert!(
+        !blades[s]
+            .source
+            .holds("t", "call-1", "2001", &Token([0; 16]))
+    );
+    let h = blades[s].source.hosting("call-1", "2001").unwrap();
+    assert_eq!(h.next_renew, now + secs(10));
+    assert_eq!(blades[s].source.next_deadline(), Some(now + secs(10)));
+
+    // The session ends: host cancelled, then ready.
+    assert_eq!(blades[s].source.end("call-1"), 1);
+    pump(now, &mut blades);
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+    assert!(blades[s].source.is_empty());
+    assert!(blades[t].target.is_empty());
+    assert_eq!(blades[s].source.pending(), 0);
+    assert_eq!(blades[s].source.next_deadline(), None);
+}
+
+#[test]
+fn two_blades_host_the_same_agent_at_once_one_wins() {
+    let mut blades = cluster(&["s1", "s2", "t"]);
+    login(&mut blades, "t", "2001");
+    let now = secs(1);
+    for id in ["s1", "s2"] {
+        let i = idx(&blades, id);
+        let dir = blades[i].dir.clone();
+        blades[i]
+            .source
+            .host(now, &dir, &format!("call-{id}"), "2001");
+    }
+    // Both requests are in flight before either is answered.
+    pump(now, &mut blades);
+    let e1 = blades[0].events();
+    let e2 = blades[1].events();
+    let wins = e1
+        .iter()
+        .chain(&e2)
+        .filter(|e| granted(e).is_some())
+        .count();
+    assert_eq!(wins, 1, "{e1:?} {e2:?}");
+    let [
+        SourceEvent::Refused {
+            reason, call_id, ..
+        },
+    ] = &e2[..]
+    else {
+        panic!("{e2:?}");
+    };
+    assert_eq!((*reason, reason.status()), (Refusal::AlreadyHosted, 486));
+    assert_eq!(call_id, "call-s2");
+    let t = idx(&blades, "t");
+    assert_eq!(state(&blades[t].loc, "2001"), hosted_by("s1"));
+    // The loser holds nothing and has nothing to renew.
+    assert!(blades[1].source.is_empty());
+    assert_eq!(blades[1].source.next_deadline(), None);
+}
+
+#[test]
+fn live_sessions_are_renewed_and_never_lapse() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    let token = granted(&blades[s].events()[0]).unwrap();
+    let mut renewals = 0;
+    for step in 1..=1200 {
+        let now = ms(step * 100);
+        blades[s].tick(now);
+        blades[t].tick(now);
+        if blades[s].source.pending() > 0 {
+            renewals += 1;
+        }
+        pump(now, &mut blades);
+        assert_eq!(state(&blades[t].loc, "2001"), hosted_by("s"), "at {now:?}");
+        assert!(blades[t].target.check_token(now, "s", "2001", "c", &token));
+    }
+    // Every 10 s over 120 s.
+    assert_eq!(renewals, 12);
+    assert!(blades[s].events().is_empty());
+}
+
+#[test]
+fn an_unrenewed_lease_lapses_on_both_sides() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    let token = granted(&blades[s].events()[0]).unwrap();
+    // A partition: renewals from S go nowhere.
+    for step in 1..=300 {
+        let now = ms(step * 100);
+        blades[s].tick(now);
+        blades[t].tick(now);
+        while blades[s].source.poll_transmit().is_some() {}
+    }
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+    assert!(
+        !blades[t]
+            .target
+            .check_token(secs(30), "s", "2001", "c", &token)
+    );
+    // S gave up on the hosting at the same time, never later.
+    let ev = blades[s].events();
+    assert_eq!(
+        ev,
+        [SourceEvent::Lost {
+            call_id: "c".into(),
+            extension: "2001".into(),
+            peer: "t".into()
+        }]
+    );
+    assert!(blades[s].source.is_empty());
+}
+
+#[test]
+fn a_renewal_after_the_lapse_ends_the_session() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    blades[s].events();
+    // T took the agent back early (e.g. a shorter lease on its side).
+    let grant = blades[t].target.grant_of("2001").unwrap().clone();
+    let tok = grant.token;
+    let tb = &mut blades[t];
+    assert!(tb.target.unhost(&mut tb.loc, "s", "2001", "c", &tok));
+    blades[s].tick(secs(10));
+    pump(secs(10), &mut blades);
+    assert_eq!(
+        blades[s].events(),
+        [SourceEvent::Lost {
+            call_id: "c".into(),
+            extension: "2001".into(),
+            peer: "t".into()
+        }]
+    );
+    assert!(blades[s].source.is_empty());
+    assert_eq!(blades[s].source.next_deadline(), None);
+}
+
+#[test]
+fn an_unhost_crossing_a_late_bye_is_harmless() {
+    let mut blades = cluster(&["s", "s2", "t"]);
+    login(&mut blades, "t", "2001");
+    let (s, s2, t) = (idx(&blades, "s"), idx(&blades, "s2"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    let token = granted(&blades[s].events()[0]).unwrap();
+    // S ends the session (its own BYE); the unhost is in flight.
+    assert_eq!(blades[s].source.end("c"), 1);
+    let (to, unhost) = blades[s].source.poll_transmit().unwrap();
+    assert_eq!(to, "t");
+    // The late BYE from B reaches S now: ending again is a no-op.
+    assert_eq!(blades[s].source.end("c"), 0);
+    assert!(blades[s].source.poll_transmit().is_none());
+    // T meanwhile still routes in-dialog requests; the unhost lands.
+    let unhost = wire(unhost);
+    let t_blade = &mut blades[t];
+    let ack = t_blade
+        .target
+        .handle_request(secs(1), &mut t_blade.loc, "s", &unhost);
+    assert!(matches!(ack, Some(Message::UnhostAck { .. })));
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+    // The old token no longer admits an INVITE.
+    assert!(
+        !blades[t]
+            .target
+            .check_token(secs(1), "s", "2001", "c", &token)
+    );
+    // Another blade hosts B; a duplicate of the old unhost arrives.
+    let dir = blades[s2].dir.clone();
+    blades[s2].source.host(secs(2), &dir, "c2", "2001");
+    pump(secs(2), &mut blades);
+    assert!(granted(&blades[s2].events()[0]).is_some());
+    let t_blade = &mut blades[t];
+    let ack = t_blade
+        .target
+        .handle_request(secs(3), &mut t_blade.loc, "s", &unhost);
+    assert!(matches!(ack, Some(Message::UnhostAck { .. })));
+    assert_eq!(state(&blades[t].loc, "2001"), hosted_by("s2"));
+    // The ack reaching S after all this changes nothing.
+    let s_blade = &mut blades[s];
+    assert!(
+        s_blade
+            .source
+            .handle(secs(3), &mut s_blade.dir, "t", ack.unwrap())
+    );
+    assert!(blades[s].events().is_empty());
+}
+
+#[test]
+fn an_unanswered_host_request_fails_503_and_a_late_grant_is_released() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    let (_, request) = blades[s].source.poll_transmit().unwrap();
+    blades[s].tick(ms(999));
+    assert!(blades[s].events().is_empty());
+    blades[s].tick(ms(1000));
+    let ev = blades[s].events();
+    let [SourceEvent::Refused { reason, .. }] = &ev[..] else {
+        panic!("{ev:?}");
+    };
+    assert_eq!((*reason, reason.status()), (Refusal::Overloaded, 503));
+    assert_eq!(blades[s].source.pending(), 0);
+    assert_eq!(blades[s].source.next_deadline(), None);
+    // The request was only slow: T grants after S gave up.
+    let t_blade = &mut blades[t];
+    let grant = t_blade
+        .target
+        .handle_request(ms(1500), &mut t_blade.loc, "s", &wire(request))
+        .unwrap();
+    assert_eq!(state(&blades[t].loc, "2001"), hosted_by("s"));
+    let s_blade = &mut blades[s];
+    assert!(
+        s_blade
+            .source
+            .handle(ms(1500), &mut s_blade.dir, "t", wire(grant))
+    );
+    assert!(blades[s].events().is_empty());
+    assert!(blades[s].source.is_empty());
+    // S releases it at once rather than stranding B for a lease.
+    pump(ms(1500), &mut blades);
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+}
+
+#[test]
+fn a_session_ended_before_the_grant_releases_it_on_arrival() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    let (_, request) = blades[s].source.poll_transmit().unwrap();
+    // CANCEL from the caller before T answered.
+    assert_eq!(blades[s].source.end("c"), 0);
+    assert_eq!(blades[s].source.pending(), 0);
+    let t_blade = &mut blades[t];
+    let grant = t_blade
+        .target
+        .handle_request(ms(10), &mut t_blade.loc, "s", &wire(request))
+        .unwrap();
+    let s_blade = &mut blades[s];
+    s_blade
+        .source
+        .handle(ms(10), &mut s_blade.dir, "t", wire(grant));
+    pump(ms(10), &mut blades);
+    assert!(blades[s].events().is_empty());
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+}
+
+#[test]
+fn a_peer_lost_mid_exchange_fails_pending_and_drops_hostings() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    login(&mut blades, "t", "2002");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c1", "2001");
+    pump(secs(0), &mut blades);
+    assert!(granted(&blades[s].events()[0]).is_some());
+    // A second request is in flight when the link dies.
+    blades[s].source.host(secs(1), &dir, "c2", "2002");
+    blades[s].source.peer_lost("t");
+    blades[s].dir.peer_down("t");
+    assert!(
+        blades[s].source.poll_transmit().is_none(),
+        "nothing for a dead link"
+    );
+    let mut ev = blades[s].events();
+    ev.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        ev,
+        [
+            SourceEvent::Lost {
+                call_id: "c1".into(),
+                extension: "2001".into(),
+                peer: "t".into()
+            },
+            SourceEvent::Refused {
+                call_id: "c2".into(),
+                extension: "2002".into(),
+                reason: Refusal::Overloaded
+            },
+        ]
+    );
+    assert!(blades[s].source.is_empty());
+    assert_eq!(blades[s].source.pending(), 0);
+    assert_eq!(blades[s].source.next_deadline(), None);
+    // T does not take B back on link loss, only when the lease lapses.
+    assert_eq!(blades[t].target.peer_lost("s"), 1);
+    blades[t].tick(secs(29));
+    assert_eq!(state(&blades[t].loc, "2001"), hosted_by("s"));
+    blades[t].tick(secs(30));
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+    // With the peer gone, a new call finds nobody to ask: 480.
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(31), &dir, "c3", "2001");
+    let ev = blades[s].events();
+    assert!(matches!(
+        &ev[..],
+        [SourceEvent::Refused {
+            reason: Refusal::NotLoggedIn,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_directory_miss_asks_every_peer() {
+    let mut blades = cluster(&["s", "t1", "t2"]);
+    let t2 = idx(&blades, "t2");
+    // Logged in on t2, but the announcement never reached s.
+    bind(&mut blades[t2].loc, "2001");
+    let s = idx(&blades, "s");
+    assert_eq!(blades[s].dir.lookup("2001"), None);
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    let ev = blades[s].events();
+    let [SourceEvent::Granted { peer, .. }] = &ev[..] else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(peer, "t2");
+    assert_eq!(blades[s].dir.lookup("2001"), Some("t2"), "learned");
+    assert_eq!(state(&blades[t2].loc, "2001"), hosted_by("s"));
+}
+
+#[test]
+fn a_stale_entry_falls_back_to_asking_the_others() {
+    let mut blades = cluster(&["s", "t1", "t2"]);
+    login(&mut blades, "t1", "2001");
+    // 2001 moves to t2; t1's withdrawal and t2's announcement are late.
+    let t1 = idx(&blades, "t1");
+    let t2 = idx(&blades, "t2");
+    blades[t1].loc.unbind("2001");
+    bind(&mut blades[t2].loc, "2001");
+    let s = idx(&blades, "s");
+    assert_eq!(blades[s].dir.lookup("2001"), Some("t1"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    let ev = blades[s].events();
+    let [SourceEvent::Granted { peer, .. }] = &ev[..] else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(peer, "t2");
+    assert_eq!(blades[s].dir.lookup("2001"), Some("t2"));
+}
+
+#[test]
+fn nobody_has_the_agent_is_480_and_a_silent_peer_503() {
+    let mut blades = cluster(&["s", "t1", "t2"]);
+    let s = idx(&blades, "s");
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    let ev = blades[s].events();
+    assert!(
+        matches!(
+            &ev[..],
+            [SourceEvent::Refused {
+                reason: Refusal::NotLoggedIn,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
+    // t2 never answers the Locate: 503 at the timeout.
+    blades[s].source.host(secs(10), &dir, "c2", "2001");
+    let mut to_t2 = None;
+    while let Some((to, m)) = blades[s].source.poll_transmit() {
+        if to == "t2" {
+            to_t2 = Some(m);
+            continue;
+        }
+        let j = idx(&blades, &to);
+        let tb = &mut blades[j];
+        let reply = tb
+            .target
+            .handle_request(secs(10), &mut tb.loc, "s", &m)
+            .unwrap();
+        let sb = &mut blades[s];
+        sb.source.handle(secs(10), &mut sb.dir, &to, reply);
+    }
+    assert!(to_t2.is_some());
+    assert!(blades[s].events().is_empty());
+    blades[s].tick(secs(11));
+    let ev = blades[s].events();
+    assert!(
+        matches!(
+            &ev[..],
+            [SourceEvent::Refused {
+                reason: Refusal::Overloaded,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
+    // Or t2's link drops while it is being asked: 503 at once.
+    blades[s].source.host(secs(20), &dir, "c3", "2001");
+    let queued: Vec<(String, Message)> =
+        std::iter::from_fn(|| blades[s].source.poll_transmit()).collect();
+    for (to, m) in queued.into_iter().filter(|(to, _)| to == "t1") {
+        let j = idx(&blades, &to);
+        let tb = &mut blades[j];
+        let reply = tb
+            .target
+            .handle_request(secs(20), &mut tb.loc, "s", &m)
+            .unwrap();
+        let sb = &mut blades[s];
+        sb.source.handle(secs(20), &mut sb.dir, &to, reply);
+    }
+    blades[s].source.peer_lost("t2");
+    let ev = blades[s].events();
+    assert!(
+        matches!(
+            &ev[..],
+            [SourceEvent::Refused {
+                reason: Refusal::Overloaded,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(blades[s].source.pending(), 0);
+}
+
+#[test]
+fn answers_from_the_wrong_peer_are_ignored() {
+    let mut blades = cluster(&["s", "t", "x"]);
+    login(&mut blades, "t", "2001");
+    let s = idx(&blades, "s");
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    let (_, req) = blades[s].source.poll_transmit().unwrap();
+    let id = req.request_id().unwrap();
+    let sb = &mut blades[s];
+    let forged = Message::HostRefused {
+        request_id: id,
+        reason: Refusal::Busy,
+    };
+    assert!(sb.source.handle(secs(0), &mut sb.dir, "x", forged));
+    assert!(sb.events().is_empty());
+    assert_eq!(sb.source.pending(), 1);
+    // Non-replies are not the source's.
+    assert!(!sb.source.handle(
+        secs(0),
+        &mut sb.dir,
+        "t",
+        Message::Resync { entries: vec![] }
+    ));
+}
+
+#[test]
+fn a_new_call_for_a_hosted_agent_is_redirected_to_the_host() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    assert!(
+        blades[t]
+            .target
+            .redirect("2001", "c9", "sip:3001@cc")
+            .is_none()
+    );
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    blades[s].events();
+    // A third party calls B on T: T hands the decision to S.
+    let (to, redirect) = blades[t]
+        .target
+        .redirect("2001", "c9", "sip:3001@cc")
+        .unwrap();
+    assert_eq!(to, "s");
+    let rid = redirect.request_id().unwrap();
+    let sb = &mut blades[s];
+    assert!(
+        sb.source
+            .handle(secs(1), &mut sb.dir, "t", wire(redirect.clone()))
+    );
+    let ev = sb.events();
+    let [
+        SourceEvent::Redirected {
+            peer,
+            request_id,
+            session,
+            extension,
+            call_id,
+            caller,
+        },
+    ] = &ev[..]
+    else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(
+        (
+            peer.as_str(),
+            *request_id,
+            session.as_str(),
+            extension.as_str()
+        ),
+        ("t", rid, "c", "2001")
+    );
+    assert_eq!((call_id.as_str(), caller.as_str()), ("c9", "sip:3001@cc"));
+    sb.source.answer_redirect("t", rid, 486);
+    let answers = pump(secs(1), &mut blades);
+    assert_eq!(
+        answers,
+        [(
+            "t".to_owned(),
+            Message::RedirectAnswer {
+                request_id: rid,
+                status: 486
+            }
+        )]
+    );
+    // After the session ended, S answers a late redirect itself.
+    blades[s].source.end("c");
+    pump(secs(2), &mut blades);
+    let sb = &mut blades[s];
+    sb.source.handle(secs(2), &mut sb.dir, "t", wire(redirect));
+    assert!(sb.events().is_empty());
+    let answers = pump(secs(2), &mut blades);
+    assert_eq!(
+        answers,
+        [(
+            "t".to_owned(),
+            Message::RedirectAnswer {
+                request_id: rid,
+                status: 486
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_short_lease_is_renewed_by_its_own_length() {
+    let mut blades = cluster(&["s", "t"]);
+    blades[0].source = Source::new(9);
+    login(&mut blades, "t", "2001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    let ev = blades[s].events();
+    assert!(matches!(
+        &ev[..],
+        [SourceEvent::Granted { lease_secs: 9, .. }]
+    ));
+    for step in 1..=600 {
+        let now = ms(step * 100);
+        blades[s].tick(now);
+        blades[t].tick(now);
+        pump(now, &mut blades);
+        let g = blades[t].target.grant_of("2001").unwrap();
+        assert_eq!(g.lease_secs, 9);
+        assert!(g.expires_at > now && g.expires_at <= now + secs(9));
+    }
+    assert!(blades[s].events().is_empty());
+}
+
+#[test]
+fn hosting_the_same_agent_twice_for_one_session_keeps_the_grant() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    blades[s].source.host(secs(1), &dir, "c", "2001");
+    pump(secs(1), &mut blades);
+    let ev = blades[s].events();
+    assert_eq!(ev.len(), 2);
+    assert_eq!(granted(&ev[0]), granted(&ev[1]));
+    assert_eq!(state(&blades[t].loc, "2001"), hosted_by("s"));
+    assert_eq!(blades[s].source.len(), 1);
+    assert_eq!(blades[s].source.end("c"), 1);
+    pump(secs(2), &mut blades);
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+}
+
+#[test]
+fn a_conference_hosts_participants_one_by_one() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    login(&mut blades, "t", "2002");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "conf", "2001");
+    blades[s].source.host(secs(0), &dir, "conf", "2002");
+    pump(secs(0), &mut blades);
+    assert_eq!(blades[s].source.len(), 2);
+    // One participant leaves, then the conference ends.
+    assert!(blades[s].source.release("conf", "2001"));
+    assert!(!blades[s].source.release("conf", "2001"));
+    pump(secs(1), &mut blades);
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+    assert_eq!(state(&blades[t].loc, "2002"), hosted_by("s"));
+    assert_eq!(blades[s].source.end("conf"), 1);
+    pump(secs(1), &mut blades);
+    assert_eq!(state(&blades[t].loc, "2002"), AgentState::Ready);
+}
