@@ -1,0 +1,197 @@
+//! Who a request is for: this blade, a peer blade, an agent, a loop.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::Proxy;
+use super::route;
+use crate::registrar::location::{AgentState, Binding};
+use crate::sip::Message;
+use crate::transaction::Peer;
+
+impl Proxy {
+    /// Loop detection (RFC 3261 §16.3 step 4): a Via of ours whose branch
+    /// carries the loop hash this very request would get means the request
+    /// came back unchanged: a loop. A different hash is a spiral (the
+    /// request was retargeted), which is fine.
+    ///
+    /// Any core's Via counts (each names its own port), so a Via of ours
+    /// is one with our IP and a sipblade branch; the loop hash in the
+    /// branch makes a match specific to this request.
+    pub(super) fn is_loop(&self, msg: &Message) -> bool {
+        // Most requests carry no Via of a sipblade: a substring search of
+        // the Via lines rules that out before anything is parsed.
+        if !msg
+            .header_values(crate::sip::HeaderName::Via)
+            .any(|v| self.branch_finder.find(v).is_some())
+        {
+            return false;
+        }
+        let hash = route::loop_hash(msg);
+        msg.vias().any(|v| {
+            route::host_ip(v.host(), v.host_kind()) == Some(self.settings.local.ip())
+                && v.branch().and_then(route::loop_hash_of_branch) == Some(hash)
+        })
+    }
+
+    /// The sent-by of a Via for a request that goes over `transport`.
+    pub(super) fn sent_by(&self, transport: crate::sip::Transport) -> &str {
+        match transport {
+            crate::sip::Transport::Udp => &self.udp_sent_by,
+            _ => &self.sent_by,
+        }
+    }
+
+    /// How many of the top Routes name this blade: one, or two where it
+    /// record-routed twice to change transport (RFC 5658).
+    pub(super) fn our_routes(&self, msg: &Message) -> usize {
+        msg.routes().take_while(|r| self.is_us(&r.uri())).count()
+    }
+
+    /// Whether `uri` names this blade: its address (a default port is
+    /// 5060), or this core's own port, which our UDP Record-Routes name.
+    pub(super) fn is_us(&self, uri: &crate::sip::Uri<'_>) -> bool {
+        let local = self.settings.local;
+        route::uri_peer(uri).is_some_and(|p| {
+            p.addr == local
+                || (p.addr.ip() == local.ip() && Some(p.addr.port()) == self.settings.via_port)
+        })
+    }
+
+    /// Whether a Request-URI host names the cluster's agents (SPEC §5):
+    /// the domain, our address, or a peer blade's address.
+    pub(super) fn is_our_host(&self, uri: &crate::sip::Uri<'_>) -> bool {
+        if uri.host().eq_ignore_ascii_case(&self.settings.domain) {
+            return true;
+        }
+        let Some(ip) = route::host_ip(uri.host(), uri.host_kind()) else {
+            return false;
+        };
+        ip == self.settings.local.ip() || self.is_peer_blade_ip(ip)
+    }
+
+    /// Whether `ip` is a peer blade's (on any port: each of its cores
+    /// sends from a Via port of its own).
+    pub(super) fn is_peer_blade_ip(&self, ip: IpAddr) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.peer_by_ip(ip).is_some())
+    }
+
+    /// A request to the blade itself: no user part, our host.
+    pub(super) fn is_to_blade(&self, msg: &Message) -> bool {
+        msg.request_uri()
+            .is_some_and(|u| u.user().is_none() && self.is_our_host(&u))
+    }
+
+    /// Whether `addr` is a peer blade's SIP address.
+    pub(super) fn is_peer_blade_sip(&self, addr: SocketAddr) -> bool {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.peer_by_ip(addr.ip()))
+            .is_some_and(|p| p.sip == addr)
+    }
+
+    /// The binding of the agent a request is addressed to, when this core
+    /// owns that agent and it is registered: the agent its Request-URI
+    /// names by user or, for a Request-URI without one (a terminal's own
+    /// Contact, which many UAs write as `sip:IP:PORT`), the agent its To
+    /// names on our host (SPEC §5).
+    pub(super) fn addressed_binding(&self, msg: &Message) -> Option<&Binding> {
+        let agent = self.addressed_agent(msg)?;
+        self.registrar.location().get(agent)?.binding.as_ref()
+    }
+
+    /// The extension a request is addressed to: its Request-URI's user or,
+    /// without one, its To's user on our host (SPEC §5).
+    pub(super) fn addressed_agent<'m>(&self, msg: &'m Message) -> Option<&'m str> {
+        let uri = msg.request_uri()?;
+        if uri.user().is_some() {
+            return uri.user_str();
+        }
+        let to = msg.to().uri();
+        if !self.is_our_host(&to) {
+            return None;
+        }
+        to.user_str()
+    }
+
+    /// For an unrouted in-dialog request (its sender kept no route set:
+    /// a terminal that did not copy the Record-Route), the core its session
+    /// lives on when that is another: this core owns the agent the request
+    /// goes to, and that agent is in the call there.
+    pub(super) fn session_core_elsewhere(&self, msg: &Message) -> Option<usize> {
+        let call_id = msg.call_id();
+        if self.sessions.get(call_id).is_some() {
+            return None;
+        }
+        let core = *self.remote_sessions.get(call_id)?;
+        let agent = self.addressed_agent(msg)?;
+        let in_this_call = matches!(
+            &self.registrar.location().get(agent)?.state,
+            AgentState::InCall { call_id: c } if c == call_id
+        );
+        in_this_call.then_some(core)
+    }
+
+    /// Where an unrouted in-dialog request of a session on this core goes
+    /// when it is addressed to the session's hosted agent at its terminal:
+    /// to the agent's blade, which takes it on to the terminal (SPEC §2
+    /// step 5), as a routed one would go.
+    pub(super) fn hosted_agent_blade(&self, msg: &Message) -> Option<Peer> {
+        let hosted = self.sessions.get(msg.call_id())?.hosted.as_ref()?;
+        let to = msg.to().uri();
+        if to.user_str()? != hosted.extension || !self.is_our_host(&to) {
+            return None;
+        }
+        let uri = msg.request_uri()?;
+        let info = hosted.info.as_ref()?;
+        let at_terminal = info.contact == uri.as_str()
+            || route::uri_peer(&uri).is_some_and(|p| p.addr == info.addr);
+        if !at_terminal {
+            return None;
+        }
+        let blade = self.cluster.as_ref()?.peer(hosted.blade.as_deref()?)?;
+        Some(Peer::new(blade.sip, crate::sip::Transport::Udp))
+    }
+
+    /// The binding of the agent the Request-URI names, when this core owns
+    /// that agent and it is registered.
+    pub(super) fn request_uri_binding(&self, msg: &Message) -> Option<&Binding> {
+        let agent = msg.request_uri()?.user_str()?;
+        self.registrar.location().get(agent)?.binding.as_ref()
+    }
+
+    /// Where the Request-URI points. When it is the registered contact of
+    /// an agent this core owns, the binding's peer: over TCP that is the
+    /// agent's own connection, which its ephemeral port alone would not
+    /// reach.
+    pub(super) fn request_uri_peer(&self, msg: &Message) -> Option<Peer> {
+        let uri = msg.request_uri()?;
+        let named = route::uri_peer(&uri);
+        match self.addressed_binding(msg) {
+            Some(b) if b.uri == uri.as_str() || named.is_some_and(|p| p.addr == b.peer.addr) => {
+                Some(b.peer)
+            }
+            _ => named,
+        }
+    }
+
+    /// The binding of the agent this core owns that the Request-URI names
+    /// by its address of record (our domain or address, SPEC §5) rather
+    /// than by its contact.
+    pub(super) fn aor_binding(&self, msg: &Message) -> Option<&Binding> {
+        let uri = msg.request_uri()?;
+        self.request_uri_binding(msg)
+            .filter(|b| b.uri != uri.as_str() && self.is_our_host(&uri))
+    }
+
+    /// Whether `extension` is logged in on this blade (on any core).
+    pub(super) fn logged_in_on_blade(&self, extension: &str) -> bool {
+        let local = self
+            .registrar
+            .location()
+            .get(extension)
+            .map(|r| r.is_logged_in());
+        local.unwrap_or_else(|| self.logged_in_elsewhere.contains(extension))
+    }
+}

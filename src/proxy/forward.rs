@@ -1,0 +1,264 @@
+//! Forwarding requests: out of dialog to an agent's binding, in dialog
+//! along the route set, and the ACK of a 2xx.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::route::{self, BRANCH_PREFIX, CORE_PARAM};
+use super::{Handoff, Output, Proxy, UDP_MAX_PAYLOAD, UDP_MAX_TO_BLADES};
+use crate::registrar::Refusal;
+use crate::sip::edit::Forward;
+use crate::sip::{Message, Method};
+use crate::transaction::{Peer, Transmit};
+
+impl Proxy {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        target: Peer,
+        request_uri: Option<&str>,
+        pop_routes: usize,
+        record_route: bool,
+        out: &mut Output,
+    ) {
+        let record_route = record_route.then_some(source.transport);
+        let forwarded = self.build_forward(&msg, target, request_uri, pop_routes, record_route);
+        let (forwarded, data, target) = match forwarded {
+            Ok(f) => f,
+            Err(refusal) => {
+                // A new call refused here (too many hops, too large) ends
+                // the session just opened for it, or its agents would
+                // stay in_call.
+                let call_id = msg.call_id().to_owned();
+                let new_call = msg.method() == Some(Method::Invite) && msg.to().tag().is_none();
+                if new_call && self.sessions.get(&call_id).is_some() {
+                    self.outcomes(&call_id).failed += 1;
+                    self.end_session(now, &call_id, out);
+                }
+                return self.refuse(now, source, msg, &refusal, out);
+            }
+        };
+        let server = self.server_tx(now, source, &msg, out);
+        let id = self.insert(msg, server);
+        self.start_client(now, id, forwarded, data, target, out);
+    }
+
+    /// Our Record-Route entry for the side reached over `transport`.
+    pub(super) fn record_route_over(&self, transport: crate::sip::Transport) -> String {
+        let name = transport.to_string().to_ascii_lowercase();
+        format!(
+            "<sip:{};lr;{CORE_PARAM}={};transport={name}>",
+            self.sent_by(transport),
+            self.settings.core
+        )
+    }
+
+    /// The request to send downstream, and where: a new Via, and the
+    /// Record-Route, Request-URI and Route edits asked for. `record_route`
+    /// names the transport the request came in on: when it differs from
+    /// the target's, we record-route twice, one entry per side (RFC 5658),
+    /// so each side's in-dialog requests use its own transport. A request
+    /// too large for UDP to a peer blade goes over TCP instead
+    /// ([`UDP_MAX_TO_BLADES`]).
+    pub(super) fn build_forward(
+        &mut self,
+        msg: &Message,
+        target: Peer,
+        request_uri: Option<&str>,
+        pop_routes: usize,
+        record_route: Option<crate::sip::Transport>,
+    ) -> Result<(Message, Bytes, Peer), Refusal> {
+        self.next_branch += 1;
+        let mut via = std::mem::take(&mut self.via_scratch);
+        via.clear();
+        let _ = write!(
+            via,
+            "SIP/2.0/{} {};branch={BRANCH_PREFIX}{}x{}.{:016x}",
+            target.transport,
+            self.sent_by(target.transport),
+            self.settings.core,
+            self.next_branch,
+            route::loop_hash(msg)
+        );
+        let bridged;
+        let record_route_value = match record_route {
+            Some(upstream) if upstream != target.transport => {
+                bridged = format!(
+                    "{}, {}",
+                    self.record_route_over(target.transport),
+                    self.record_route_over(upstream)
+                );
+                Some(bridged.as_str())
+            }
+            Some(crate::sip::Transport::Udp) => Some(self.udp_record_route.as_str()),
+            Some(_) => Some(self.record_route.as_str()),
+            None => None,
+        };
+        let edit = Forward {
+            via: Some(&via),
+            record_route: record_route_value,
+            request_uri,
+            pop_routes,
+        };
+        let mut buf = BytesMut::new();
+        let edited = msg.forward(&edit, &mut buf);
+        self.via_scratch = via;
+        if edited.is_err() {
+            return Err(Refusal::new(483, "Too Many Hops"));
+        }
+        if target.transport == crate::sip::Transport::Udp
+            && buf.len() > UDP_MAX_TO_BLADES
+            && self.is_peer_blade_sip(target.addr)
+        {
+            let tcp = Peer::new(target.addr, crate::sip::Transport::Tcp);
+            return self.build_forward(msg, tcp, request_uri, pop_routes, record_route);
+        }
+        if target.transport == crate::sip::Transport::Udp && buf.len() > UDP_MAX_PAYLOAD {
+            return Err(Refusal::new(513, "Message Too Large"));
+        }
+        let data = buf.freeze();
+        match Message::parse(data.clone()) {
+            Ok(forwarded) => Ok((forwarded, data, target)),
+            Err(_) => Err(Refusal::new(500, "Server Internal Error")),
+        }
+    }
+
+    pub(super) fn forward_in_dialog(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        pop_routes: usize,
+        next_route: Option<Peer>,
+        out: &mut Output,
+    ) {
+        if pop_routes == 0 && next_route.is_none() {
+            if let Some(core) = self.session_core_elsewhere(&msg) {
+                // Its session (whose end a BYE must see) lives there.
+                out.handoffs.push(Handoff {
+                    core,
+                    source,
+                    msg,
+                    join: false,
+                });
+                return;
+            }
+        }
+        // A UA may send its in-dialog requests to the agent's address of
+        // record rather than the remote target: they reach the agent's
+        // contact, retargeted like any request for the agent (RFC 3261
+        // §16.5). Not an ACK (`forward_ack`): one to an AOR is a non-2xx
+        // ACK on a branch of its own, which ends here.
+        let contact = next_route
+            .is_none()
+            .then(|| self.aor_binding(&msg))
+            .flatten()
+            .map(|b| (b.peer, b.uri.clone()));
+        let target = next_route
+            .or(contact.as_ref().map(|(peer, _)| *peer))
+            .or_else(|| self.hosted_agent_blade(&msg))
+            .or_else(|| self.request_uri_peer(&msg));
+        let Some(target) = target else {
+            return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
+        };
+        if pop_routes == 0 && !self.may_relay_unrouted(&msg, target) {
+            let outside = Refusal::new(403, "Forbidden (not routed through this blade)");
+            return self.refuse(now, source, msg, &outside, out);
+        }
+        if msg.method() == Some(Method::Bye) {
+            let call_id = msg.call_id().to_owned();
+            self.end_session(now, &call_id, out);
+        }
+        let request_uri = contact.as_ref().map(|(_, uri)| uri.as_str());
+        self.forward(
+            now,
+            source,
+            msg,
+            target,
+            request_uri,
+            pop_routes,
+            false,
+            out,
+        );
+    }
+
+    /// Whether a request with a To tag but no Route naming this blade may
+    /// go to `target`. Every dialog sipblade sets up is record-routed, so
+    /// its requests name the blade in their Route; one that does not is
+    /// no dialog of ours, and may reach only an agent's registered contact
+    /// (a phone that ignored the route set) or a peer blade. Anything else
+    /// would make the blade an open relay for whoever writes a To tag.
+    pub(super) fn may_relay_unrouted(&self, msg: &Message, target: Peer) -> bool {
+        if self.is_peer_blade_sip(target.addr) {
+            return true;
+        }
+        self.addressed_binding(msg)
+            .is_some_and(|b| b.peer.addr == target.addr)
+            || self.is_callers_terminal(msg, target)
+    }
+
+    /// Whether `target` is the terminal the caller of `msg`'s session on
+    /// this core called from (where its INVITE came from, or its Contact):
+    /// the callee's requests go back there, routed or not.
+    pub(super) fn is_callers_terminal(&self, msg: &Message, target: Peer) -> bool {
+        let Some((from, contact)) = self
+            .sessions
+            .get(msg.call_id())
+            .and_then(|s| s.caller_contact.as_ref())
+        else {
+            return false;
+        };
+        from.addr == target.addr
+            || crate::sip::Uri::parse(contact.as_bytes())
+                .and_then(|uri| route::uri_peer(&uri))
+                .is_some_and(|p| p.addr == target.addr)
+    }
+
+    /// ACK for a 2xx travels end to end (§16.7 does not apply; the ACK has
+    /// its own branch): forward it statelessly along Route / R-URI.
+    pub(super) fn forward_ack(&mut self, msg: &Message, out: &mut Output) {
+        let pop_routes = self.our_routes(msg);
+        let next = msg
+            .routes()
+            .nth(pop_routes)
+            .and_then(|r| route::uri_peer(&r.uri()));
+        let target = next
+            .or_else(|| self.hosted_agent_blade(msg))
+            .or_else(|| self.request_uri_peer(msg));
+        let Some(target) = target else {
+            return;
+        };
+        if pop_routes == 0 && !self.may_relay_unrouted(msg, target) {
+            return;
+        }
+        // A stateless branch: derived from the incoming one, so every
+        // retransmission of the ACK is forwarded alike (§16.11).
+        let branch = format!(
+            "{BRANCH_PREFIX}{}xa{}",
+            self.settings.core,
+            msg.top_via().branch().unwrap_or("0")
+        );
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch}",
+            target.transport,
+            self.sent_by(target.transport)
+        );
+        let edit = Forward {
+            via: Some(&via),
+            pop_routes,
+            ..Forward::default()
+        };
+        let mut buf = BytesMut::new();
+        if msg.forward(&edit, &mut buf).is_ok() {
+            out.transmits.push(Transmit {
+                to: target,
+                data: buf.freeze(),
+            });
+        }
+    }
+}

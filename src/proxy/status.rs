@@ -1,0 +1,101 @@
+//! What `/status` shows of one core: its agents and sessions.
+
+use std::net::SocketAddr;
+
+use super::{Metrics, Proxy};
+use crate::registrar::location::AgentState;
+
+/// An agent's state as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Badge number.
+    pub badge: String,
+    /// Extension.
+    pub extension: String,
+    /// `agent` or `supervisor`.
+    pub kind: &'static str,
+    /// `logged_out`, `ready`, `in_call` or `hosted`.
+    pub state: &'static str,
+    /// The hosting blade while hosted.
+    pub hosted_by: Option<String>,
+    /// The registered contact address.
+    pub contact: Option<SocketAddr>,
+}
+
+/// A session as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStatus {
+    /// The Call-ID.
+    pub call_id: String,
+    /// Extensions of the agents in it.
+    pub agents: Vec<String>,
+    /// Extensions of hosted agents.
+    pub hosted: Vec<String>,
+}
+
+/// A core's share of `/status` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The agents this core owns.
+    pub agents: Vec<AgentStatus>,
+    /// The sessions this core owns.
+    pub sessions: Vec<SessionStatus>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Live transactions.
+    pub transactions: usize,
+}
+
+impl Proxy {
+    /// This core's agents and sessions, for `/status`.
+    pub fn snapshot(&self) -> Snapshot {
+        let agents = self
+            .registrar
+            .location()
+            .iter()
+            .map(|r| AgentStatus {
+                badge: r.badge().to_owned(),
+                extension: r.extension().to_owned(),
+                kind: r.kind().as_str(),
+                state: r.state.as_str(),
+                hosted_by: match &r.state {
+                    AgentState::Hosted { by } => Some(by.clone()),
+                    _ => None,
+                },
+                contact: r.binding.as_ref().map(|b| b.peer.addr),
+            })
+            .collect();
+        // Join legs show as part of the session they joined.
+        let sessions = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.joins.is_none())
+            .map(|(call_id, s)| {
+                let mut status = SessionStatus {
+                    call_id: call_id.to_owned(),
+                    agents: Vec::new(),
+                    hosted: Vec::new(),
+                };
+                let legs =
+                    std::iter::once(s).chain(s.joined.iter().filter_map(|j| self.sessions.get(j)));
+                for leg in legs {
+                    for party in [&leg.caller, &leg.callee] {
+                        if leg.has_party(party) && !status.agents.contains(party) {
+                            status.agents.push(party.clone());
+                        }
+                    }
+                    if let Some(h) = leg.hosted.as_ref().filter(|h| leg.has_party(&h.extension)) {
+                        status.hosted.push(h.extension.clone());
+                    }
+                }
+                status
+            })
+            .collect();
+        Snapshot {
+            agents,
+            sessions,
+            metrics: self.metrics.clone(),
+            transactions: self.txs.len(),
+        }
+    }
+}

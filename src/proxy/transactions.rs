@@ -1,0 +1,337 @@
+//! The transaction table: server and client transactions paired, their
+//! timers, and CANCEL.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::cross::Waiting;
+use super::responses::reason_phrase;
+use super::route;
+use super::{AgentEvent, Client, Notice, Output, Proxy, ServerKey, TIMER_C, TxPair};
+use crate::registrar;
+use crate::sip::{Message, Method};
+use crate::transaction::client::{ClientEvent, ClientState, ClientTx};
+use crate::transaction::server::ServerTx;
+use crate::transaction::{Peer, TimerConfig, Transmit};
+
+impl Proxy {
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration, out: &mut Output) {
+        for ext in self.registrar.expire(now) {
+            self.announce_logout(&ext, out);
+            out.notices.push(Notice {
+                to: None,
+                event: AgentEvent::LoggedOut(ext),
+            });
+        }
+        self.cluster_timeout(now, out);
+        while let Some(call_id) = self.sessions.pop_expired(now) {
+            tracing::warn!(%call_id, "session outlived max_call_secs without a BYE: ended");
+            self.metrics.sessions_expired += 1;
+            self.expire_session(now, &call_id, out);
+        }
+        while let Some((id, generation)) = self.timers.pop_due(now) {
+            let id = id as usize;
+            let Some(pair) = self.txs.get_mut(id) else {
+                continue;
+            };
+            if pair.generation != generation {
+                continue;
+            }
+            pair.server.on_timeout(now, &mut out.transmits);
+            let mut timed_out = false;
+            if let Some(client) = pair.client.as_mut() {
+                timed_out =
+                    client.tx.on_timeout(now, &mut out.transmits) == Some(ClientEvent::Timeout);
+            }
+            if let Some(cancel) = pair.cancel.as_mut() {
+                cancel.on_timeout(now, &mut out.transmits);
+            }
+            if pair.ringing_until.is_some_and(|at| at <= now) {
+                pair.ringing_until = None;
+                timed_out = true;
+                send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+            }
+            if let Some(Waiting::Redirect { request_id, until }) = pair.waiting {
+                if until <= now {
+                    // The hosting blade never answered: the agent is hosted,
+                    // so it is busy (SPEC §2 step 6).
+                    pair.waiting = None;
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.awaiting_redirect.remove(&request_id);
+                    }
+                    self.metrics.local.busy += 1;
+                    self.answer_pending(now, id, 486, out);
+                }
+            }
+            let Some(pair) = self.txs.get(id) else {
+                continue;
+            };
+            if timed_out && !pair.server.is_final() {
+                self.fail_pending(now, id, 408, out);
+            }
+            self.reschedule(id);
+        }
+    }
+
+    /// Answers transaction `id`'s caller `status` for a failure on our
+    /// side (no answer, no way to send); a call then ends as failed.
+    pub(super) fn fail_pending(&mut self, now: Duration, id: usize, status: u16, out: &mut Output) {
+        let Some(pair) = self.txs.get(id) else {
+            return;
+        };
+        let (call, call_id) = (pair.call, pair.call_id.clone());
+        self.answer_pending(now, id, status, out);
+        if call {
+            self.outcomes(&call_id).failed += 1;
+            self.end_session(now, &call_id, out);
+        }
+    }
+
+    /// Answers the request of transaction `id` with `status`, unless it
+    /// already has a final answer.
+    pub(super) fn answer_pending(
+        &mut self,
+        now: Duration,
+        id: usize,
+        status: u16,
+        out: &mut Output,
+    ) {
+        let Some(pair) = self.txs.get_mut(id) else {
+            return;
+        };
+        if pair.server.is_final() {
+            return;
+        }
+        let Some(request) = &pair.request else {
+            return;
+        };
+        let mut buf = BytesMut::new();
+        let retry: &[(&str, &str)] = if status == 503 {
+            &[("Retry-After", "1")]
+        } else {
+            &[]
+        };
+        request.response(
+            status,
+            reason_phrase(status),
+            Some(&registrar::tag(request)),
+            retry,
+            &mut buf,
+        );
+        pair.server
+            .respond(now, status, buf.freeze(), &mut out.transmits);
+        self.reschedule(id);
+    }
+
+    /// A new server transaction for `request`, without a client yet.
+    pub(super) fn insert(&mut self, request: Message, server: ServerTx) -> usize {
+        let mut key = ServerKey::of(&request);
+        // An owned copy: a slice would keep the whole request buffer alive
+        // while the transaction lingers.
+        key.branch = Bytes::copy_from_slice(&key.branch);
+        self.pending += 1;
+        let pair = TxPair {
+            generation: 0,
+            key: key.clone(),
+            invite: request.method() == Some(Method::Invite),
+            call: request.method() == Some(Method::Invite) && request.to().tag().is_none(),
+            call_id: request.call_id().into(),
+            request: Some(request),
+            server,
+            client: None,
+            cancel: None,
+            cancel_pending: false,
+            ringing_until: None,
+            waiting: None,
+        };
+        let id = self.txs.insert(pair);
+        self.by_server.insert(key, id);
+        id
+    }
+
+    /// Re-arms the timer of transaction `id`, or drops it when done.
+    pub(super) fn reschedule(&mut self, id: usize) {
+        let Some(pair) = self.txs.get_mut(id) else {
+            return;
+        };
+        if pair.is_done() {
+            let pair = self.txs.remove(id);
+            if pair.request.is_some() {
+                self.pending -= 1;
+            }
+            self.by_server.remove(&pair.key);
+            if let Some(c) = pair.client {
+                self.by_client.remove(&(c.branch.clone(), false));
+                self.by_client.remove(&(c.branch, true));
+            }
+            return;
+        }
+        if pair.server.is_final() && pair.request.take().is_some() {
+            self.pending -= 1;
+        }
+        self.next_generation = self.next_generation.wrapping_add(1);
+        pair.generation = self.next_generation;
+        if let Some(at) = pair.deadline() {
+            self.timers.schedule(at, id as u64, pair.generation);
+        }
+    }
+
+    /// The server transaction for request `msg`: an INVITE's has answered
+    /// 100 Trying (§16.2: at once, so the caller stops retransmitting). A
+    /// peer blade's INVITE has its 100 deferred instead: the callee's 180
+    /// nearly always comes first and makes it needless, which spares both
+    /// blades a datagram per cross-blade call; a slow callee still gets the
+    /// peer its 100 well before its first retransmission.
+    pub(super) fn server_tx(
+        &self,
+        now: Duration,
+        source: Peer,
+        msg: &Message,
+        out: &mut Output,
+    ) -> ServerTx {
+        let invite = msg.method() == Some(Method::Invite);
+        let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
+        if invite {
+            let mut trying = BytesMut::new();
+            msg.response(100, "Trying", None, &[], &mut trying);
+            if self.is_peer_blade_ip(source.addr.ip()) {
+                server.defer_trying(now, trying.freeze());
+            } else {
+                server.respond(now, 100, trying.freeze(), &mut out.transmits);
+            }
+        }
+        server
+    }
+
+    /// Sends `forwarded` to `target` through a new client transaction of
+    /// pair `id`.
+    pub(super) fn start_client(
+        &mut self,
+        now: Duration,
+        id: usize,
+        forwarded: Message,
+        data: Bytes,
+        target: Peer,
+        out: &mut Output,
+    ) {
+        // Owned, so a lingering transaction does not pin the request buffer.
+        let branch = forwarded
+            .top_via()
+            .branch()
+            .map(|b| Bytes::copy_from_slice(b.as_bytes()))
+            .unwrap_or_default();
+        let method = forwarded.method().unwrap_or(Method::Other);
+        let (client, first) = ClientTx::start(now, forwarded, data, target, self.settings.timers);
+        out.transmits.push(first);
+        let Some(pair) = self.txs.get_mut(id) else {
+            return;
+        };
+        if pair.invite {
+            // A CANCEL we send downstream (the caller's, or timer C's)
+            // shares the INVITE's branch; its responses find the pair so.
+            self.by_client.insert((branch.clone(), true), id);
+            pair.ringing_until = Some(now + TIMER_C);
+        }
+        self.by_client.insert((branch.clone(), false), id);
+        pair.client = Some(Client {
+            tx: client,
+            branch,
+            method,
+        });
+        self.reschedule(id);
+    }
+
+    pub(super) fn handle_cancel(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: &Message,
+        out: &mut Output,
+    ) {
+        let invite_key = ServerKey {
+            method: Method::Invite,
+            ..ServerKey::of(msg)
+        };
+        let tag = registrar::tag(msg);
+        let mut buf = BytesMut::new();
+        let Some(&id) = self.by_server.get(&invite_key) else {
+            msg.response(
+                481,
+                "Call/Transaction Does Not Exist",
+                Some(&tag),
+                &[],
+                &mut buf,
+            );
+            out.transmits.push(Transmit {
+                to: route::response_peer(source),
+                data: buf.freeze(),
+            });
+            return;
+        };
+        // §16.10: answer the CANCEL, then cancel the branch downstream.
+        msg.response(200, "OK", Some(&tag), &[], &mut buf);
+        out.transmits.push(Transmit {
+            to: route::response_peer(source),
+            data: buf.freeze(),
+        });
+        let Some(pair) = self.txs.get_mut(id) else {
+            return;
+        };
+        if pair.client.is_none() && pair.waiting.is_some() && !pair.server.is_final() {
+            // Nothing went downstream yet (the INVITE waits on the cluster):
+            // end it here.
+            let call_id = pair.call_id.clone();
+            pair.waiting = None;
+            self.answer_pending(now, id, 487, out);
+            self.outcomes(&call_id).cancelled += 1;
+            self.end_session(now, &call_id, out);
+            return;
+        }
+        // A retransmitted CANCEL finds the CANCEL already sent or due.
+        let first = pair.cancel.is_none() && !pair.cancel_pending;
+        if !pair.server.is_final() && first {
+            send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+            if pair.call {
+                let call_id = pair.call_id.clone();
+                self.outcomes(&call_id).cancelled += 1;
+            }
+        }
+        self.reschedule(id);
+    }
+}
+
+/// Sends the CANCEL of a forwarded INVITE, or marks it due once a
+/// provisional arrives (a CANCEL may not overtake the first response, §9.1).
+pub(super) fn send_cancel(
+    now: Duration,
+    timers: TimerConfig,
+    pair: &mut TxPair,
+    out: &mut Vec<Transmit>,
+) {
+    let Some(client) = pair.client.as_ref() else {
+        return;
+    };
+    if pair.cancel.is_some() {
+        return;
+    }
+    match client.tx.state() {
+        ClientState::Proceeding => {
+            let mut buf = BytesMut::new();
+            let Some(request) = client.tx.request() else {
+                return;
+            };
+            request.cancel_for(&mut buf);
+            let data = buf.freeze();
+            if let Ok(cancel) = Message::parse(data.clone()) {
+                let (tx, first) = ClientTx::start(now, cancel, data, client.tx.peer(), timers);
+                out.push(first);
+                pair.cancel = Some(tx);
+                pair.cancel_pending = false;
+            }
+        }
+        ClientState::Calling => pair.cancel_pending = true,
+        _ => {}
+    }
+}
