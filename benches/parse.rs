@@ -26,6 +26,7 @@ const FORWARD: Forward<'static> = Forward {
     record_route: Some("<sip:198.51.100.1;lr>"),
     request_uri: Some("sip:1002@198.51.100.20:5060"),
     pop_routes: 1,
+    consume_credentials_of: None,
 };
 
 /// Parses and touches typed fields so the work cannot be optimised away.

@@ -84,6 +84,7 @@ fn parsing_and_typed_views_do_not_allocate() {
         record_route: Some("<sip:198.51.100.1;lr>"),
         request_uri: Some("sip:1002@198.51.100.20:5060"),
         pop_routes: 1,
+        consume_credentials_of: None,
     };
     let mut out = BytesMut::with_capacity(4096);
     for (name, data) in INPUTS {

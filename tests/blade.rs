@@ -58,6 +58,10 @@ fn answered_call(blade: &TestBlade, a: &mut Ua, b: &mut Ua, auth: bool) -> (Call
         call.cseq,
         "only the INVITE that passed reaches the callee"
     );
+    assert!(
+        invite.proxy_authorization().is_none(),
+        "the blade consumes the credentials it checked (RFC 3261 §22.3)"
+    );
     // Retargeted to the registered contact.
     assert_eq!(invite.request_uri().unwrap().as_str(), b.contact_uri());
     // The blade's Via on top of the caller's: the blade's IP, and the port
@@ -280,6 +284,35 @@ fn agent_to_agent_call_without_auth() {
 #[test]
 fn agent_to_agent_call_with_proxy_auth() {
     agent_to_agent_call(true);
+}
+
+/// Credentials authorise the one request target they were computed for
+/// (RFC 7616 §3.4.6): replayed to call someone else, they are refused,
+/// and no INVITE goes out in the caller's name.
+#[test]
+fn credentials_for_one_callee_do_not_authorise_a_call_to_another() {
+    let blade = TestBlade::start(2, true);
+    let mut a = blade.registered("1001");
+    let mut c = blade.registered("1003");
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let challenge = a.response(&call.call_id, Method::Invite);
+    assert_eq!(challenge.status(), Some(407), "{}", first_line(&challenge));
+    a.ack_failure(&call, &challenge);
+    let for_1002 = a.authorization(&challenge, true, "INVITE", &aor("1002"), &password("1001"));
+
+    let mut replay = a.call("1003");
+    a.invite(&mut replay, &for_1002);
+    let refused = a.response(&replay.call_id, Method::Invite);
+    assert_eq!(refused.status(), Some(400), "{}", first_line(&refused));
+    a.ack_failure(&replay, &refused);
+    assert!(
+        c.next_where(Duration::from_millis(300), |m| m.method()
+            == Some(Method::Invite))
+            .is_none(),
+        "no INVITE reaches 1003"
+    );
+    assert_eq!(blade.agent_state("1003"), "ready");
 }
 
 #[test]
@@ -769,6 +802,36 @@ fn refusals() {
     assert_eq!(blade.agent_state("1001"), "ready");
     assert_eq!(blade.agent_state("1003"), "logged_out");
     assert!(sessions(&blade).is_empty());
+}
+
+/// The ACK of a refusal ends the server transaction wherever the refusal
+/// was decided: callees on both cores, unknown or not logged in.
+#[test]
+fn the_ack_of_a_refusal_stops_its_retransmissions_on_either_core() {
+    let blade = TestBlade::start(2, false);
+    let mut a = blade.registered("1001");
+    let unknown = ["9990", "9991", "9992", "9993"];
+    let cores: std::collections::HashSet<_> =
+        unknown.iter().map(|e| shard_of(e.as_bytes(), 2)).collect();
+    assert_eq!(cores.len(), 2, "unknown callees on both cores");
+    for callee in unknown.iter().chain(&["1002", "1003"]) {
+        let mut call = a.call(callee);
+        a.invite(&mut call, "");
+        let answer = a.response(&call.call_id, Method::Invite);
+        assert!(
+            matches!(answer.status(), Some(404 | 480)),
+            "{}",
+            first_line(&answer)
+        );
+        a.ack_failure(&call, &answer);
+        // Without the ACK, timer G would resend the answer after T1 (500 ms).
+        if let Some(again) = a.recv_raw(Duration::from_millis(1200)) {
+            panic!(
+                "the answer to {callee} came again after its ACK:\n{}",
+                String::from_utf8_lossy(&again)
+            );
+        }
+    }
 }
 
 // 10. Graceful stop.

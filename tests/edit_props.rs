@@ -688,6 +688,7 @@ proptest! {
             record_route: e.record_route.as_deref(),
             request_uri: e.request_uri.as_deref(),
             pop_routes: e.pop_routes,
+            consume_credentials_of: None,
         };
         let mut out = BytesMut::new();
         prop_assert!(orig.forward(&edit, &mut out).is_ok());

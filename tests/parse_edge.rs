@@ -1067,6 +1067,7 @@ fn exercise(b: &[u8]) -> bool {
             record_route: Some("<sip:192.0.2.1;lr>"),
             request_uri: Some("sip:x@192.0.2.2"),
             pop_routes: 1,
+            consume_credentials_of: None,
         };
         if m.forward(&edit, &mut out).is_ok() {
             // A forwarded valid request is a valid request.

@@ -30,6 +30,7 @@ const FORWARD: Forward<'static> = Forward {
     record_route: Some(RECORD_ROUTE),
     request_uri: Some(REQUEST_URI),
     pop_routes: 1,
+    consume_credentials_of: None,
 };
 /// A stream limit small enough for fuzz inputs to reach the too-large paths.
 const SMALL_MAX: usize = 512;

@@ -104,6 +104,7 @@ impl Proxy {
             record_route: record_route_value,
             request_uri,
             pop_routes,
+            consume_credentials_of: Some(&self.settings.domain),
         };
         let mut buf = BytesMut::new();
         let edited = msg.forward(&edit, &mut buf);
@@ -251,6 +252,7 @@ impl Proxy {
         let edit = Forward {
             via: Some(&via),
             pop_routes,
+            consume_credentials_of: Some(&self.settings.domain),
             ..Forward::default()
         };
         let mut buf = BytesMut::new();

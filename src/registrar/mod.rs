@@ -254,6 +254,15 @@ impl Registrar {
         if !is_own_username(agent, creds.username) {
             return Err(Refusal::new(403, "Forbidden"));
         }
+        // Credentials answer for one request target (RFC 7616 §3.4.6):
+        // without this check, the same header would authorise a request
+        // to anyone else, e.g. replayed by the callee that received it.
+        if !digest_uri_names_request_uri(creds.uri, msg) {
+            return Err(Refusal::new(
+                400,
+                "Bad Request (digest uri is not the Request-URI)",
+            ));
+        }
         let realm = self.settings.domain.clone();
         match self.nonces.verify(
             now,
@@ -292,6 +301,25 @@ impl Registrar {
         }
         refusal
     }
+}
+
+/// Whether a digest `uri` names the Request-URI of `msg`: the same text,
+/// or the same scheme, user, host and port (parameters aside, which
+/// clients are not consistent about).
+fn digest_uri_names_request_uri(digest_uri: &str, msg: &Message) -> bool {
+    let Some(target) = msg.request_uri() else {
+        return false;
+    };
+    if digest_uri == target.as_str() {
+        return true;
+    }
+    let Some(given) = crate::sip::Uri::parse(digest_uri.as_bytes()) else {
+        return false;
+    };
+    given.scheme() == target.scheme()
+        && given.user() == target.user()
+        && given.host().eq_ignore_ascii_case(target.host())
+        && given.port() == target.port()
 }
 
 /// Who challenges: the registrar (401, WWW-Authenticate) or the proxy (407,

@@ -115,6 +115,33 @@ fn challenge_then_login() {
     assert_eq!(outcome, Outcome::Refreshed("1001".into()));
 }
 
+/// Credentials are for the request they name (RFC 7616 §3.4.6): a digest
+/// `uri` other than the Request-URI is refused before the password is
+/// checked, and the nonce count is not spent.
+#[test]
+fn a_digest_uri_that_is_not_the_request_uri_is_refused() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let good = answer(&challenge, "1001", "pw1001", "00000001");
+    let elsewhere = good.replace("uri=\"sip:cc.example\"", "uri=\"sip:evil.example\"");
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 2, CONTACT, &elsewhere));
+    assert_eq!((outcome, resp.status()), (Outcome::Refused(400), Some(400)));
+    assert!(!r.location().get("1001").unwrap().is_logged_in());
+    // The same URI with a port spelled out, or parameters, is another
+    // URI: refused as well (a port is part of the target).
+    let ported = good.replace("uri=\"sip:cc.example\"", "uri=\"sip:cc.example:5070\"");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 3, CONTACT, &ported));
+    assert_eq!(outcome, Outcome::Refused(400));
+    // Parameters aside and the host's case ignored, it names the target.
+    let spelled = good.replace(
+        "uri=\"sip:cc.example\"",
+        "uri=\"sip:CC.example;transport=udp\"",
+    );
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 4, CONTACT, &spelled));
+    assert_eq!(outcome, Outcome::Refused(403), "{:?}", resp.status());
+}
+
 #[test]
 fn wrong_password_is_forbidden_and_stale_nonce_rechallenged() {
     let mut r = registrar(true);

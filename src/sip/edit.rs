@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use bytes::{BufMut, BytesMut};
 
+use super::header::auth::AuthValue;
 use super::header::{name_addr, via};
 use super::message::{Message, StartLine};
 use super::name::HeaderName;
@@ -31,6 +32,10 @@ pub struct Forward<'a> {
     /// proxy: one, or two where it record-routed twice to change
     /// transport, RFC 5658).
     pub pop_routes: usize,
+    /// Drop the Proxy-Authorization lines whose realm is this one: the
+    /// credentials this proxy checked are for it alone (RFC 3261 §22.3),
+    /// and the next hop (often the callee) must not be able to reuse them.
+    pub consume_credentials_of: Option<&'a str>,
 }
 
 /// Why a request cannot be forwarded.
@@ -212,6 +217,13 @@ impl Message {
                         Some(next) => s.cut(h.value.start as usize, next),
                         None => s.cut(h.line().start as usize, h.end as usize),
                     }
+                }
+                HeaderName::ProxyAuthorization
+                    if edit.consume_credentials_of.is_some_and(|realm| {
+                        AuthValue::parse(src, h.value).and_then(|v| v.param("realm")) == Some(realm)
+                    }) =>
+                {
+                    s.cut(h.line().start as usize, h.end as usize)
                 }
                 HeaderName::ContentLength if is_folded(src, h) => {
                     self.unfold_content_length(&mut s, h)
@@ -534,6 +546,7 @@ Content-Length: 4\r\n\r\nbody-trailing";
             record_route: Some("<sip:127.0.0.1;lr>"),
             request_uri: Some("sip:1002@10.0.0.2:5062"),
             pop_routes: 1,
+            consume_credentials_of: None,
         };
         msg.forward(&edit, &mut out).unwrap();
         let fwd = parse(&out);
@@ -553,6 +566,37 @@ Content-Length: 4\r\n\r\nbody-trailing";
         assert_eq!(fwd.header_named("X-Custom"), Some(&b"kept \t as is"[..]));
         assert_eq!(fwd.body(), b"body");
         assert!(out.ends_with(b"\r\n\r\nbody"), "trailing octets dropped");
+    }
+
+    #[test]
+    fn forward_consumes_only_the_credentials_for_its_realm() {
+        let raw = INVITE.to_vec();
+        let at = raw
+            .windows(6)
+            .position(|w| w == b"X-Cust")
+            .expect("the custom header");
+        let raw = [
+            &raw[..at],
+            b"Proxy-Authorization: Digest username=\"1001\", realm=\"cc.example\", nonce=\"n\", uri=\"sip:1002@cc.example\", response=\"r\"\r\n".as_slice(),
+            b"Proxy-Authorization: Digest username=\"1001\", realm=\"carrier.example\", nonce=\"m\", uri=\"sip:1002@cc.example\", response=\"s\"\r\n".as_slice(),
+            &raw[at..],
+        ]
+        .concat();
+        let msg = parse(&raw);
+        let mut out = BytesMut::new();
+        let edit = Forward {
+            consume_credentials_of: Some("cc.example"),
+            ..Forward::default()
+        };
+        msg.forward(&edit, &mut out).unwrap();
+        let fwd = parse(&out);
+        let left: Vec<_> = fwd
+            .header_values(HeaderName::ProxyAuthorization)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].contains("carrier.example"), "{left:?}");
+        assert_eq!(fwd.header_named("X-Custom"), Some(&b"kept \t as is"[..]));
     }
 
     #[test]
@@ -578,6 +622,7 @@ Content-Length: 4\r\n\r\nbody-trailing";
             .forward(
                 &Forward {
                     pop_routes: 1,
+                    consume_credentials_of: None,
                     ..Forward::default()
                 },
                 &mut out,
