@@ -315,6 +315,60 @@ fn credentials_for_one_callee_do_not_authorise_a_call_to_another() {
     assert_eq!(blade.agent_state("1003"), "ready");
 }
 
+/// An out-of-dialog request of any method reaches an agent only from a
+/// logged-in agent, authenticated when `auth` is on: a stranger's
+/// NOTIFY (the `check-sync` that reboots many phones), INFO or OPTIONS
+/// is refused like a call.
+#[test]
+fn out_of_dialog_requests_of_any_method_need_a_logged_in_caller() {
+    let notify = |ua: &Ua, from: &str, extra: &str| {
+        let call_id = format!("ood-{}@test", common::unique());
+        let text = format!(
+            "NOTIFY {} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: <{}>;tag=n1\r\nTo: <{}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 NOTIFY\r\nEvent: check-sync;reboot=true\r\n{extra}\
+             Content-Length: 0\r\n\r\n",
+            aor("1002"),
+            ua.via(&common::branch()),
+            aor(from),
+            aor("1002"),
+        );
+        ua.send(&text);
+        call_id
+    };
+    for auth in [false, true] {
+        let blade = TestBlade::start(2, auth);
+        let mut b = blade.registered("1002");
+        // Neither a stranger nor a provisioned agent that is not logged in.
+        for from in ["9999", "1003"] {
+            let mut ua = blade.ua(from);
+            let call_id = notify(&ua, from, "");
+            let refused = ua.response(&call_id, Method::Notify);
+            let want = if auth && from == "1003" { 407 } else { 403 };
+            assert_eq!(refused.status(), Some(want), "auth {auth}, from {from}");
+        }
+        let mut a = blade.registered("1001");
+        let call_id = notify(&a, "1001", "");
+        if auth {
+            let challenge = a.response(&call_id, Method::Notify);
+            assert_eq!(challenge.status(), Some(407), "{}", first_line(&challenge));
+            let credentials =
+                a.authorization(&challenge, true, "NOTIFY", &aor("1002"), &password("1001"));
+            let call_id = notify(&a, "1001", &credentials);
+            let got = b.request(Method::Notify, &call_id);
+            assert!(got.proxy_authorization().is_none());
+            b.answer(&got, 200, "OK", "b1");
+        } else {
+            let got = b.request(Method::Notify, &call_id);
+            b.answer(&got, 200, "OK", "b1");
+        }
+        assert!(
+            b.next_where(Duration::from_millis(200), |m| m.is_request())
+                .is_none(),
+            "only the logged-in agent's NOTIFY reached 1002 (auth {auth})"
+        );
+    }
+}
+
 #[test]
 fn invites_from_one_socket_reach_their_cores_without_a_hand_off() {
     // A trunk or an SBC sends every call from one address, which the

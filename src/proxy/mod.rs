@@ -620,20 +620,18 @@ impl Proxy {
             let token = token.to_vec();
             return self.accept_hosted(now, source, msg, &callee, &token, out);
         }
-        let needs_caller = matches!(
-            method,
-            Method::Invite | Method::Message | Method::Subscribe | Method::Refer
-        );
+        // Every out-of-dialog request to an agent comes from a logged-in
+        // agent, authenticated when `auth` is on: not only calls (SPEC §5)
+        // but a NOTIFY, INFO or OPTIONS too, or anyone could reach the
+        // agents' phones (an unsolicited `check-sync` NOTIFY reboots many).
         let caller = msg.from().uri().user_str().unwrap_or_default().to_owned();
-        if needs_caller {
-            if let Err(refusal) = self.check_caller(now, &msg, &caller) {
-                // A challenge is not an outcome: the call goes on with the
-                // credentials.
-                if method == Method::Invite && refusal.status != 407 {
-                    self.metrics.local.failed += 1;
-                }
-                return self.refuse(now, source, msg, &refusal, out);
+        if let Err(refusal) = self.check_caller(now, &msg, &caller) {
+            // A challenge is not an outcome: the call goes on with the
+            // credentials.
+            if method == Method::Invite && refusal.status != 407 {
+                self.metrics.local.failed += 1;
             }
+            return self.refuse(now, source, msg, &refusal, out);
         }
         let Some(record) = self.registrar.location().get(&callee) else {
             return self.refuse_unknown(now, source, msg, method, out);
