@@ -533,6 +533,39 @@ fn calling_an_agent_in_a_call_gets_486() {
     blade.wait_state("1002", "ready");
 }
 
+/// Logging out and in again during a call does not free the agent: it
+/// stays `in_call` (a call outlives the registration), a second call gets
+/// 486, and it is `ready` once the first call ends. Logged out at the end
+/// of the call, it is `logged_out`.
+#[test]
+fn an_agent_that_logs_out_and_in_during_a_call_stays_busy() {
+    let blade = TestBlade::start(2, false);
+    let mut a = blade.registered("1001");
+    let mut b = blade.registered("1002");
+    let mut c = blade.registered("1003");
+    let (mut first, _) = answered_call(&blade, &mut a, &mut b, false);
+    ack_answered(&mut a, &mut b, &first);
+    blade.wait_state("1002", "in_call");
+
+    assert_eq!(b.register(0).status(), Some(200));
+    assert_eq!(blade.agent_state("1002"), "in_call", "logged out mid-call");
+    assert_eq!(b.register(3600).status(), Some(200));
+    assert_eq!(blade.agent_state("1002"), "in_call", "logged in again");
+
+    let mut second = c.call("1002");
+    c.invite(&mut second, "");
+    let busy = c.response(&second.call_id, Method::Invite);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    c.ack_failure(&second, &busy);
+    assert_eq!(sessions(&blade).len(), 1, "only the first call");
+
+    assert_eq!(b.register(0).status(), Some(200));
+    hang_up(&mut a, &mut b, &mut first);
+    blade.wait_state("1002", "logged_out");
+    blade.wait_state("1001", "ready");
+    blade.wait_no_sessions();
+}
+
 // 5. CANCEL.
 
 #[test]

@@ -204,8 +204,8 @@ fn a_hosted_callee_that_keeps_no_route_set_is_reached_through_its_blade() {
 
 /// SPEC §2 step 6: while B is hosted, a new INVITE for B reaching T (here
 /// from an agent registered on T) is not sent to B: T hands it to S, which
-/// answers 486, and T relays that. Once the session ends, B takes local
-/// calls again.
+/// answers 486, and T relays that, also after B logged out and in again
+/// on T. Once the session ends, B takes local calls again.
 #[test]
 fn a_call_to_a_hosted_agent_arriving_at_its_blade_is_answered_busy_by_the_host() {
     let cluster = TestCluster::start(2, 63);
@@ -226,6 +226,14 @@ fn a_call_to_a_hosted_agent_arriving_at_its_blade_is_answered_busy_by_the_host()
     assert_eq!(cluster.agent(t, "1003")["state"], "ready");
     assert!(cluster.sessions(t).is_empty(), "{:?}", cluster.sessions(t));
     assert_eq!(cluster.sessions(s).len(), 1);
+
+    // B logging out and in again on T mid-call changes nothing: it stays
+    // hosted, so a new call still goes to S and gets 486.
+    assert_eq!(b.register(0).status(), Some(200));
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_eq!(b.register(3600).status(), Some(200));
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    busy_via_host(&mut c, &mut b);
 
     hang_up(&mut a, &mut b, &mut first);
     wait_ready(&cluster, t, "1002");

@@ -166,7 +166,7 @@ impl Proxy {
     pub(super) fn set_free(&mut self, extension: &str, call_id: &str) {
         if let Some(record) = self.registrar.location_mut().get_mut(extension) {
             if matches!(&record.state, AgentState::InCall { call_id: c } if c == call_id) {
-                record.state = AgentState::Ready;
+                record.state = record.free_state();
             }
         }
     }

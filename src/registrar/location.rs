@@ -100,6 +100,26 @@ impl AgentRecord {
     pub fn is_logged_in(&self) -> bool {
         self.binding.is_some()
     }
+
+    /// Drops the binding. A call or a hosting the agent is in goes on
+    /// (its dialog does not depend on the registration), so the state
+    /// stays until it ends: logging out and in again mid-call must not
+    /// make the agent `ready` for a second call.
+    fn log_out(&mut self) {
+        self.binding = None;
+        if self.state == AgentState::Ready {
+            self.state = AgentState::LoggedOut;
+        }
+    }
+
+    /// The state once a call or hosting is over: ready while registered.
+    pub fn free_state(&self) -> AgentState {
+        if self.is_logged_in() {
+            AgentState::Ready
+        } else {
+            AgentState::LoggedOut
+        }
+    }
 }
 
 /// The records of the agents one shard owns, keyed by extension.
@@ -157,8 +177,7 @@ impl Location {
     pub fn unbind(&mut self, extension: &str) -> bool {
         match self.records.get_mut(extension) {
             Some(record) if record.binding.is_some() => {
-                record.binding = None;
-                record.state = AgentState::LoggedOut;
+                record.log_out();
                 true
             }
             _ => false,
@@ -174,8 +193,7 @@ impl Location {
         let mut gone = Vec::new();
         for record in self.records.values_mut() {
             if record.binding.as_ref().is_some_and(|b| b.expires_at <= now) {
-                record.binding = None;
-                record.state = AgentState::LoggedOut;
+                record.log_out();
                 gone.push(record.agent.extension.clone());
             }
         }

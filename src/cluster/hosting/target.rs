@@ -196,8 +196,9 @@ impl Target {
             by: from.to_owned(),
         };
         let info = LoginInfo::from_record(record, now).ok_or(Refusal::NotLoggedIn)?;
-        // A grant left from before the agent logged out and in again is
-        // stale: the state said Ready, so it no longer holds the agent.
+        // A grant left while the state says Ready no longer holds the
+        // agent (every release resets both; this keeps the two in step
+        // should one ever be missed).
         if let Some(old) = self.grants.remove(extension) {
             self.deadlines.remove(&(old.expires_at, old.serial));
         }
@@ -459,11 +460,7 @@ impl Target {
             let hosted_by_it =
                 matches!(&record.state, AgentState::Hosted { by } if same_blade(by, &g.source));
             if hosted_by_it {
-                record.state = if record.is_logged_in() {
-                    AgentState::Ready
-                } else {
-                    AgentState::LoggedOut
-                };
+                record.state = record.free_state();
             }
         }
         true

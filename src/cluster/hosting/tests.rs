@@ -507,31 +507,36 @@ fn logout_while_hosted_is_not_undone_by_the_release() {
         .unwrap()
         .token;
     loc.unbind("2001");
+    // The session goes on without the registration: still hosted.
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
     assert!(t.unhost(&mut loc, "s", "2001", "c", &tok));
     assert_eq!(state(&loc, "2001"), AgentState::LoggedOut);
-
-    // Logged out and back in while a grant lingers: the agent is
-    // ready, and a new grant replaces the stale one.
     let tok = t
         .grant(secs(1), &mut loc, "s", 2, "2001", "c", LEASE)
         .map(|g| g.token);
     assert_eq!(tok, Err(Refusal::NotLoggedIn));
+}
+
+#[test]
+fn logging_out_and_in_while_hosted_keeps_the_agent_hosted() {
+    let mut t = target();
+    let mut loc = location();
     bind(&mut loc, "2001");
-    let old = t
+    let held = t
         .grant(secs(1), &mut loc, "s", 3, "2001", "c", LEASE)
         .unwrap()
         .token;
     loc.unbind("2001");
     bind(&mut loc, "2001");
-    assert_eq!(state(&loc, "2001"), AgentState::Ready);
-    let new = t
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    let other = t
         .grant(secs(2), &mut loc, "s2", 4, "2001", "c2", LEASE)
-        .unwrap()
-        .token;
-    assert!(!t.check_token(secs(2), "s", "2001", "c", &old));
-    assert!(t.check_token(secs(2), "s2", "2001", "c2", &new));
-    assert_eq!(t.len(), 1);
-    assert_eq!(t.next_deadline(), Some(secs(32)));
+        .map(|g| g.token);
+    assert_eq!(other, Err(Refusal::AlreadyHosted));
+    assert!(t.check_token(secs(2), "s", "2001", "c", &held));
+    assert!(t.unhost(&mut loc, "s", "2001", "c", &held));
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+    assert_eq!(t.len(), 0);
 }
 
 #[test]
