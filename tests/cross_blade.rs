@@ -373,6 +373,17 @@ fn a_cancel_after_ringing_hands_the_callee_back() {
     assert!(cluster.sessions(s).is_empty());
     assert_eq!(calls(&cluster, s, "cancelled", "cross_blade"), 1.0);
     assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 0.0);
+    assert_counts_no_call(&cluster, t);
+}
+
+/// Member `i` counted no call of any outcome or route: it only relayed
+/// another blade's calls, which that blade counts.
+fn assert_counts_no_call(cluster: &TestCluster, i: usize) {
+    for outcome in ["answered", "busy", "cancelled", "failed"] {
+        for route in ["local", "cross_blade"] {
+            assert_eq!(calls(cluster, i, outcome, route), 0.0, "{outcome} {route}");
+        }
+    }
 }
 
 /// B refuses the call itself (603, then 486): A gets B's answer, and B
@@ -402,6 +413,7 @@ fn a_final_failure_from_the_callee_hands_it_back() {
     assert_eq!(calls(&cluster, s, "busy", "cross_blade"), 1.0);
     assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 0.0);
     assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 2.0);
+    assert_counts_no_call(&cluster, t);
 }
 
 /// SPEC §2 step 8: S is killed (SIGKILL: no BYE, no unhost, no goodbye on

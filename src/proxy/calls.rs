@@ -70,17 +70,16 @@ impl Proxy {
     }
 
     /// The counters of `call_id`'s route: cross-blade when its session
-    /// hosts an agent, local otherwise.
-    pub(super) fn outcomes(&mut self, call_id: &str) -> &mut metrics::CallOutcomes {
-        let hosted = self
-            .sessions
-            .get(call_id)
-            .is_some_and(|s| s.hosted.is_some());
-        if hosted {
+    /// hosts an agent, local otherwise. `None` without a session here: a
+    /// target blade relaying a hosted callee's call leaves the count to
+    /// the source, which owns the call (one count per call in a cluster).
+    pub(super) fn outcomes(&mut self, call_id: &str) -> Option<&mut metrics::CallOutcomes> {
+        let hosted = self.sessions.get(call_id)?.hosted.is_some();
+        Some(if hosted {
             &mut self.metrics.cross_blade
         } else {
             &mut self.metrics.local
-        }
+        })
     }
 
     /// Ends a call's dialog: both agents become ready again, and a hosted

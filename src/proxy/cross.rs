@@ -671,7 +671,9 @@ impl Proxy {
             }
             Err(refusal) => {
                 self.answer_pending(now, id, refusal.status, out);
-                self.outcomes(call_id).failed += 1;
+                if let Some(o) = self.outcomes(call_id) {
+                    o.failed += 1;
+                }
                 self.end_session(now, call_id, out);
             }
         }
@@ -761,7 +763,9 @@ impl Proxy {
                 pair.waiting = None;
             }
             self.answer_pending(now, id, reason.status(), out);
-            self.outcomes(call_id).ended_with(reason.status());
+            if let Some(o) = self.outcomes(call_id) {
+                o.ended_with(reason.status());
+            }
         }
         self.end_session(now, call_id, out);
     }

@@ -37,7 +37,9 @@ impl Proxy {
                 let call_id = msg.call_id().to_owned();
                 let new_call = msg.method() == Some(Method::Invite) && msg.to().tag().is_none();
                 if new_call && self.sessions.get(&call_id).is_some() {
-                    self.outcomes(&call_id).failed += 1;
+                    if let Some(o) = self.outcomes(&call_id) {
+                        o.failed += 1;
+                    }
                     self.end_session(now, &call_id, out);
                 }
                 return self.refuse(now, source, msg, &refusal, out);

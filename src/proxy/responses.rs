@@ -78,7 +78,9 @@ impl Proxy {
             let call_id = pair.call_id.clone();
             if status < 300 {
                 if self.sessions.confirm(&call_id, msg.to().tag()) {
-                    self.outcomes(&call_id).answered += 1;
+                    if let Some(o) = self.outcomes(&call_id) {
+                        o.answered += 1;
+                    }
                     if self
                         .sessions
                         .get(&call_id)
@@ -88,7 +90,9 @@ impl Proxy {
                     }
                 }
             } else {
-                self.outcomes(&call_id).ended_with(status);
+                if let Some(o) = self.outcomes(&call_id) {
+                    o.ended_with(status);
+                }
                 self.end_session(now, &call_id, out);
             }
         }

@@ -84,7 +84,9 @@ impl Proxy {
         let (call, call_id) = (pair.call, pair.call_id.clone());
         self.answer_pending(now, id, status, out);
         if call {
-            self.outcomes(&call_id).failed += 1;
+            if let Some(o) = self.outcomes(&call_id) {
+                o.failed += 1;
+            }
             self.end_session(now, &call_id, out);
         }
     }
@@ -285,7 +287,9 @@ impl Proxy {
             let call_id = pair.call_id.clone();
             pair.waiting = None;
             self.answer_pending(now, id, 487, out);
-            self.outcomes(&call_id).cancelled += 1;
+            if let Some(o) = self.outcomes(&call_id) {
+                o.cancelled += 1;
+            }
             self.end_session(now, &call_id, out);
             return;
         }
@@ -295,7 +299,9 @@ impl Proxy {
             send_cancel(now, self.settings.timers, pair, &mut out.transmits);
             if pair.call {
                 let call_id = pair.call_id.clone();
-                self.outcomes(&call_id).cancelled += 1;
+                if let Some(o) = self.outcomes(&call_id) {
+                    o.cancelled += 1;
+                }
             }
         }
         self.reschedule(id);
