@@ -240,6 +240,53 @@ fn a_udp_caller_reaches_a_tcp_callee_and_back() {
     });
 }
 
+/// A call that stays on TCP from caller to callee is record-routed with
+/// `transport=tcp`: without it a UA would send the dialog's later requests
+/// over UDP (RFC 3263 §4.1).
+#[test]
+fn a_call_that_stays_on_tcp_is_record_routed_over_tcp() {
+    let blade = TestBlade::start(2, false);
+    let (mut callee, callee_addr) = tcp_callee(&blade);
+    let mut caller = TcpUa::connect(&blade);
+    let caller_addr = caller.local();
+    caller.send(&register("1001", &caller_addr, "TCP"));
+    assert_eq!(caller.recv().status(), Some(200));
+    wait_until("1001 ready", || {
+        agent(blade.admin, "1001")["state"] == "ready"
+    });
+    let invite = invite_to_1002(&caller_addr, "z9hG4bKtcptcp", "tcp-tcp@test")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+        .replace(
+            &format!("<sip:1001@{caller_addr}>"),
+            &format!("<sip:1001@{caller_addr};transport=tcp>"),
+        );
+    caller.send(&invite);
+    let got = callee.recv();
+    assert_eq!(got.method(), Some(sipblade::sip::Method::Invite));
+    let routes: Vec<String> = got
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert!(routes[0].contains(";transport=tcp"), "{routes:?}");
+    callee.send(&answer(&got, 486, &callee_addr));
+    let busy = loop {
+        let m = caller.recv();
+        if m.status().is_some_and(|s| s >= 200) {
+            break m;
+        }
+    };
+    assert_eq!(busy.status(), Some(486));
+    let to = busy.to();
+    let ack = format!(
+        "ACK sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {caller_addr};branch=z9hG4bKtcptcp\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=a\r\nTo: <sip:1002@cc.example>;tag={}\r\n\
+         Call-ID: tcp-tcp@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        to.tag().unwrap_or_default()
+    );
+    caller.send(&ack);
+}
+
 #[test]
 fn keep_alive_pings_get_pongs_and_bad_framing_closes_the_connection() {
     let blade = TestBlade::start(1, false);

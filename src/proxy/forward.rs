@@ -98,7 +98,7 @@ impl Proxy {
                 Some(bridged.as_str())
             }
             Some(crate::sip::Transport::Udp) => Some(self.udp_record_route.as_str()),
-            Some(_) => Some(self.record_route.as_str()),
+            Some(_) => Some(self.tcp_record_route.as_str()),
             None => None,
         };
         let edit = Forward {

@@ -301,8 +301,10 @@ pub struct Proxy {
     sent_by: String,
     /// The sent-by of UDP Vias: this core's own port.
     udp_sent_by: String,
-    /// Our Record-Route for requests that stay on a stream transport.
-    record_route: String,
+    /// Our Record-Route for requests that stay on TCP: it says so, or a
+    /// UA would send the dialog's later requests over UDP (RFC 3263 §4.1
+    /// defaults a `sip:` URI without `transport` to UDP).
+    tcp_record_route: String,
     /// Our Record-Route for requests that stay on UDP: it names this
     /// core's own port, so the dialog's later requests (ACK, BYE, re-INVITE)
     /// arrive on the core that owns the dialog instead of being handed
@@ -334,7 +336,10 @@ impl Proxy {
             Some(port) => SocketAddr::new(settings.local.ip(), port).to_string(),
             None => sent_by.clone(),
         };
-        let record_route = format!("<sip:{sent_by};lr;{CORE_PARAM}={}>", settings.core);
+        let tcp_record_route = format!(
+            "<sip:{sent_by};lr;{CORE_PARAM}={};transport=tcp>",
+            settings.core
+        );
         let udp_record_route = format!("<sip:{udp_sent_by};lr;{CORE_PARAM}={}>", settings.core);
         let cluster = settings
             .cluster
@@ -357,7 +362,7 @@ impl Proxy {
             metrics: Metrics::default(),
             sent_by,
             udp_sent_by,
-            record_route,
+            tcp_record_route,
             udp_record_route,
             draining: false,
             via_scratch: String::with_capacity(128),
