@@ -921,6 +921,29 @@ fn the_ack_of_a_refusal_stops_its_retransmissions_on_either_core() {
     }
 }
 
+/// The admin port: GET and HEAD on /status and /metrics, 405 with Allow
+/// for other methods (RFC 9110 §15.5.6), 404 elsewhere.
+#[test]
+fn the_admin_port_answers_get_and_head_and_says_what_it_allows() {
+    let blade = TestBlade::start(1, false);
+    for path in ["/status", "/metrics"] {
+        let (code, _, body) = common::http(blade.admin, "GET", path);
+        assert_eq!(code, 200, "GET {path}");
+        assert!(!body.is_empty());
+        let (code, head, body) = common::http(blade.admin, "HEAD", path);
+        assert_eq!(code, 200, "HEAD {path}");
+        assert!(body.is_empty(), "HEAD {path} has no body: {body:?}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-type:"),
+            "{head}"
+        );
+        let (code, head, _) = common::http(blade.admin, "POST", path);
+        assert_eq!(code, 405, "POST {path}");
+        assert!(head.contains("Allow: GET, HEAD"), "{head}");
+    }
+    assert_eq!(common::http(blade.admin, "GET", "/nope").0, 404);
+}
+
 // 10. Graceful stop.
 
 #[test]

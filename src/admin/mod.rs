@@ -145,8 +145,13 @@ fn serve(server: &tiny_http::Server, info: &BladeInfo, cores: &[flume::Sender<Sn
             .next()
             .unwrap_or_default()
             .to_owned();
-        let is_get = *request.method() == tiny_http::Method::Get;
-        let (status, content_type, body) = match (is_get, path.as_str()) {
+        // HEAD answers as GET would, without the body (tiny_http leaves it
+        // out; RFC 9110 §9.3.2).
+        let readable = matches!(
+            request.method(),
+            tiny_http::Method::Get | tiny_http::Method::Head
+        );
+        let (status, content_type, body) = match (readable, path.as_str()) {
             (true, "/status") => (
                 200,
                 "application/json",
@@ -167,10 +172,13 @@ fn serve(server: &tiny_http::Server, info: &BladeInfo, cores: &[flume::Sender<Sn
             ),
         };
         let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-        if let Ok(header) =
-            tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
-        {
-            response = response.with_header(header);
+        let allow = (status == 405).then_some("GET, HEAD");
+        let headers = [("Content-Type", Some(content_type)), ("Allow", allow)];
+        for (name, value) in headers {
+            let header = value.and_then(|v| tiny_http::Header::from_bytes(name, v).ok());
+            if let Some(header) = header {
+                response = response.with_header(header);
+            }
         }
         let _ = request.respond(response);
     }

@@ -208,10 +208,16 @@ impl Drop for TestBlade {
 
 /// `GET path` over HTTP/1.0; the status code and the body.
 pub fn http_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let (code, _, body) = http(admin, "GET", path);
+    (code, body)
+}
+
+/// `method path` on the admin port: the status code, the head and the body.
+pub fn http(admin: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect_timeout(&admin, WAIT).expect("admin port connects");
     stream.set_read_timeout(Some(WAIT)).expect("read timeout");
     stream.set_write_timeout(Some(WAIT)).expect("write timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n").expect("request sent");
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n").expect("request sent");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("response read");
     let text = String::from_utf8(raw).expect("UTF-8 response");
@@ -221,7 +227,7 @@ pub fn http_get(admin: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head}"));
-    (code, body.to_owned())
+    (code, head.to_owned(), body.to_owned())
 }
 
 /// `GET /status` as JSON.
