@@ -979,6 +979,56 @@ fn stop_returns_promptly_and_releases_the_ports() {
     );
 }
 
+/// While a stopping blade lets its transactions finish, every core keeps
+/// answering: a REGISTER, on whichever core it lands, gets 503 with
+/// Retry-After (not silence). An INVITE still ringing when the drain time
+/// is up gets 503 and its callee a CANCEL.
+#[test]
+fn a_stopping_blade_refuses_new_requests_and_abandons_a_ringing_call_cleanly() {
+    let blade = TestBlade::start(2, false);
+    let mut a = blade.registered("1001");
+    let mut b = blade.registered("1002");
+    let mut others: Vec<Ua> = ["1003", "1004"]
+        .iter()
+        .map(|e| blade.registered(e))
+        .collect();
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 180, "Ringing", CALLEE_TAG);
+    assert_eq!(
+        a.response(&call.call_id, Method::Invite).status(),
+        Some(180)
+    );
+
+    let stopping = std::thread::spawn(move || blade.stop());
+    // The cores notice the stop at their next timer wake-up.
+    std::thread::sleep(Duration::from_millis(400));
+    for ua in &mut others {
+        for _ in 0..3 {
+            let headers = ua.binding_headers(3600);
+            let refused = ua.register_once(&headers);
+            assert_eq!(
+                refused.status(),
+                Some(503),
+                "{}: {}",
+                ua.ext,
+                first_line(&refused)
+            );
+            assert_eq!(
+                header(&refused, HeaderName::RetryAfter).as_deref(),
+                Some("1")
+            );
+        }
+    }
+    let took = stopping.join().expect("stop");
+    assert!(took < Duration::from_secs(8), "stop took {took:?}");
+    let cancel = b.request(Method::Cancel, &call.call_id);
+    assert_eq!(cancel.cseq().seq, call.cseq);
+    let abandoned = a.response(&call.call_id, Method::Invite);
+    assert_eq!(abandoned.status(), Some(503), "{}", first_line(&abandoned));
+}
+
 // Many-party sessions (SPEC §2 step 9).
 
 /// On a two-core blade a supervisor joins a call (RFC 3911 Join) once

@@ -75,6 +75,28 @@ impl Proxy {
         }
     }
 
+    /// The blade is stopping and cannot wait any longer: every request
+    /// still without a final answer gets 503 (Retry-After), a forwarded
+    /// INVITE is cancelled downstream, and its call ends (a hosted callee
+    /// is handed back).
+    pub fn abandon_pending(&mut self, now: Duration, out: &mut Output) {
+        let open: Vec<usize> = self
+            .txs
+            .iter()
+            .filter(|(_, pair)| !pair.server.is_final() && pair.request.is_some())
+            .map(|(id, _)| id)
+            .collect();
+        for id in open {
+            if let Some(pair) = self.txs.get_mut(id) {
+                if pair.invite && pair.client.is_some() {
+                    send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+                }
+            }
+            self.fail_pending(now, id, 503, out);
+            self.reschedule(id);
+        }
+    }
+
     /// Answers transaction `id`'s caller `status` for a failure on our
     /// side (no answer, no way to send); a call then ends as failed.
     pub(super) fn fail_pending(&mut self, now: Duration, id: usize, status: u16, out: &mut Output) {

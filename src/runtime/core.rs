@@ -745,6 +745,7 @@ pub(crate) async fn run(
     // The timer loop is the executor's main task: when it returns, the core
     // stops.
     let mut drain_until = None;
+    let mut counted_drained = false;
     let max_sleep = (shared.options.timers.t1 / 2).clamp(TICK, MAX_SLEEP);
     loop {
         let now = core.now();
@@ -761,7 +762,19 @@ pub(crate) async fn run(
             let until = *drain_until.get_or_insert(now + DRAIN_TIMEOUT);
             core.proxy.borrow_mut().set_draining(true);
             let drained = core.proxy.borrow().pending_transactions() == 0 && !link_running.get();
-            if drained || now >= until {
+            if drained && !counted_drained {
+                counted_drained = true;
+                shared.drained.fetch_add(1, Ordering::SeqCst);
+            }
+            if now >= until {
+                // Whatever is still open gets an answer now rather than
+                // never: the caller a 503, a ringing callee a CANCEL.
+                let mut out = Output::default();
+                core.proxy.borrow_mut().abandon_pending(now, &mut out);
+                core.flush(out).await;
+                break;
+            }
+            if shared.drained.load(Ordering::SeqCst) >= shared.cores {
                 break;
             }
         }

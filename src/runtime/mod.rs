@@ -19,7 +19,7 @@ pub mod trace;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -141,6 +141,10 @@ pub(crate) struct Shared {
     pub nonce_secret: [u8; 32],
     pub epoch: Instant,
     pub stopping: Arc<AtomicBool>,
+    /// How many cores have finished their transactions since the stop:
+    /// each keeps serving (and refusing new requests with 503) until all
+    /// have, so that no request lands on a socket nobody reads any more.
+    pub drained: AtomicUsize,
     pub cluster: Option<ClusterSettings>,
     /// How many accepted TCP connections each core may hold at once.
     pub tcp_per_core: usize,
@@ -250,6 +254,7 @@ impl Blade {
             nonce_secret,
             epoch: Instant::now(),
             stopping: stopping.clone(),
+            drained: AtomicUsize::new(0),
             cluster,
             tcp_per_core,
         });
