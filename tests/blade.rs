@@ -856,6 +856,7 @@ fn refusals() {
     let same = |t: String| t;
 
     refused(&mut a, "9999", &same, 404);
+    refused(&mut a, "1001", &same, 486);
     refused(&mut a, "1002", &same, 480);
     let mut c = blade.ua("1003");
     refused(&mut c, "1001", &same, 403);
@@ -942,6 +943,18 @@ fn the_admin_port_answers_get_and_head_and_says_what_it_allows() {
         assert!(head.contains("Allow: GET, HEAD"), "{head}");
     }
     assert_eq!(common::http(blade.admin, "GET", "/nope").0, 404);
+}
+
+/// A REGISTER whose Contact is the blade's own SIP address is refused:
+/// the agent's calls would loop through the blade.
+#[test]
+fn a_binding_to_the_blades_own_address_is_refused() {
+    let blade = TestBlade::start(1, false);
+    let mut ua = blade.ua("1004");
+    let headers = format!("Contact: <sip:1004@{}>\r\nExpires: 3600\r\n", blade.sip);
+    let refused = ua.register_once(&headers);
+    assert_eq!(refused.status(), Some(403), "{}", first_line(&refused));
+    assert_eq!(blade.agent_state("1004"), "logged_out");
 }
 
 // 10. Graceful stop.

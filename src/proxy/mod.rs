@@ -579,6 +579,18 @@ impl Proxy {
         if !self.is_our_host(&uri) || foreign_aor {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         }
+        // A binding to a blade's own SIP address would send the agent's
+        // calls round in a loop (the blade retargets to it again and
+        // again).
+        let to_a_blade = msg.contacts().any(|c| {
+            let uri = c.uri();
+            self.is_us(&uri)
+                || route::uri_peer(&uri).is_some_and(|p| self.is_peer_blade_sip(p.addr))
+        });
+        if to_a_blade {
+            let looping = Refusal::new(403, "Forbidden (Contact is a blade's address)");
+            return self.refuse(now, source, msg, &looping, out);
+        }
         let mut buf = BytesMut::new();
         let outcome = self.registrar.handle_register(now, &msg, source, &mut buf);
         match &outcome {
@@ -673,6 +685,13 @@ impl Proxy {
                 out,
             );
         };
+        if method == Method::Invite && caller == callee {
+            // An agent calling its own extension: its phone is the
+            // caller, so the callee is busy (and a session of one agent
+            // would hold it in_call until the phone gave up).
+            self.metrics.local.busy += 1;
+            return self.refuse(now, source, msg, &Refusal::new(486, "Busy Here"), out);
+        }
         if method == Method::Invite {
             if matches!(record.state, AgentState::Hosted { .. }) {
                 return self.redirect_to_host(now, source, msg, &callee, &caller, out);
