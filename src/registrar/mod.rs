@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::config::{Agent, Credential};
+use crate::config::{Agent, AgentKind, Credential};
 use crate::sip::{DigestParams, HostKind, Message, Peer, Scheme, Transport, edit::derived_tag};
 use digest::{AuthError, Credentials, NonceManager, Secret};
 use location::{Binding, Location};
@@ -139,6 +139,20 @@ impl Registrar {
         let extension = aor.user_str().unwrap_or_default();
         let agent = match self.location.get(extension) {
             Some(record) => record.agent.clone(),
+            None if self.settings.auth => {
+                // Answered as a wrong password would be, so that a
+                // REGISTER does not tell which extensions exist: a
+                // challenge, then 403 (a fresh challenge for a stale or
+                // forged nonce, as for an agent).
+                let nobody = Agent {
+                    badge: String::new(),
+                    extension: extension.to_owned(),
+                    kind: AgentKind::Agent,
+                    credential: Credential::Password(String::new()),
+                };
+                self.authenticate(now, msg, &nobody)?;
+                return Err(Refusal::new(403, "Forbidden"));
+            }
             None => return Err(Refusal::new(404, "Not Found")),
         };
         if let Some(refusal) = Refusal::unsupported(msg.require()) {

@@ -260,6 +260,25 @@ fn unknown_agent_and_unsupported_extension() {
     assert_eq!(resp.header_named("Unsupported"), Some(&b"foo"[..]));
 }
 
+/// With authentication on, a REGISTER for an extension nobody has is
+/// answered as one with a wrong password: a challenge, then 403. A 404
+/// would tell a prober which extensions exist.
+#[test]
+fn with_auth_an_unknown_extension_is_told_apart_from_no_wrong_password() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    for ext in ["9999", "1001"] {
+        let (outcome, challenge) = send(&mut r, t0, &register(ext, 1, CONTACT, ""));
+        assert_eq!(outcome, Outcome::Challenged, "{ext}");
+        let guess = answer(&challenge, ext, "guess", "00000001");
+        let (outcome, _) = send(&mut r, t0, &register(ext, 2, CONTACT, &guess));
+        assert_eq!(outcome, Outcome::Refused(403), "{ext}");
+        let forged = guess.replace("nonce=\"", "nonce=\"x");
+        let (outcome, _) = send(&mut r, t0, &register(ext, 3, CONTACT, &forged));
+        assert_eq!(outcome, Outcome::Challenged, "{ext}");
+    }
+}
+
 /// RFC 3261 §10.3 step 7: `expires=0` removes the binding of that contact
 /// only. The terminal an agent left (its binding replaced by the REGISTER
 /// of another) unregistering later must not log the agent out.
