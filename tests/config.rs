@@ -134,6 +134,17 @@ fn identity_config(dir: &Path, ca: &str, cert: &str, key: &str) -> PathBuf {
         .output()
         .unwrap();
     assert!(certs.status.success() || dir.join("ca.pem").exists());
+    // blade-1 again, from a CA of its own.
+    let other = dir.join("other");
+    if !other.exists() {
+        let made = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+            .args(["certs", "--dir"])
+            .arg(&other)
+            .args(["--blades", "blade-1"])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+    }
     std::fs::write(dir.join("agents.toml"), "").unwrap();
     std::fs::write(dir.join("garbage.pem"), "not PEM at all\n").unwrap();
     let text = format!(
@@ -194,6 +205,20 @@ fn cluster_identity_faults_name_the_config_line() {
             10,
             "is blade `blade-2`'s certificate",
         ),
+        (
+            "ca.pem",
+            "other/blade-1.pem",
+            "other/blade-1.key",
+            10,
+            "not accepted by the cluster CA",
+        ),
+        (
+            "blade-2.pem",
+            "blade-1.pem",
+            "blade-1.key",
+            10,
+            "not accepted by the cluster CA",
+        ),
     ] {
         let (err, path) = load(ca, cert, key);
         let err = err.unwrap_err();
@@ -221,6 +246,12 @@ fn cluster_errors_name_the_line() {
         "bad_peer_dup.toml",
         18,
         "duplicate peer id `blade-2` (first on line 13)",
+    );
+    assert_error(
+        &load_err("bad_peer_own_sip.toml"),
+        "bad_peer_own_sip.toml",
+        15,
+        "peer sip = \"127.0.0.1:5060\" is this blade's own address",
     );
     assert_error(
         &load_err("bad_lease.toml"),

@@ -166,6 +166,20 @@ fn run_serves_sip_and_status_and_stops_on_sigterm() {
     );
 }
 
+/// More cores than CPUs work, but the start says so: executors share CPUs
+/// and each costs memory, which is seldom what was meant.
+#[test]
+fn run_warns_of_more_cores_than_cpus() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (dir, config, sip, _) = blade_files(cpus + 1, false);
+    let mut blade = Process::start(&config, &dir.path().join("stderr"));
+    let mut probe = Ua::new(sip, "probe");
+    assert_eq!(ready(&mut blade, &mut probe), 200);
+    stop(&mut blade);
+    let stderr = blade.stderr();
+    assert!(stderr.contains("more cores than CPUs"), "{stderr}");
+}
+
 /// Waits for the blade to answer OPTIONS (polling); the status it answered.
 fn ready(blade: &mut Process, probe: &mut Ua) -> u16 {
     let deadline = Instant::now() + 2 * WAIT;

@@ -30,6 +30,7 @@ pub(crate) fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(status);
         }
     };
+    warn_of_risky_settings(&config);
     // Register for the signals before starting, so none is missed.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
@@ -54,6 +55,31 @@ pub(crate) fn run(config: Option<PathBuf>) -> ExitCode {
     }
     blade.stop();
     ExitCode::SUCCESS
+}
+
+/// Settings that work but that an operator most likely did not mean:
+/// logged at start, not refused.
+fn warn_of_risky_settings(config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(cluster) = &config.cluster {
+        let mode = std::fs::metadata(&cluster.key)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777);
+        if let Some(mode) = mode.filter(|m| m & 0o077 != 0) {
+            tracing::warn!(
+                key = %cluster.key.display(),
+                "the blade's private key is readable by others (mode {mode:o}): chmod 600 it"
+            );
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if config.blade.cores > cpus {
+        tracing::warn!(
+            cores = config.blade.cores,
+            cpus,
+            "more cores than CPUs: executors will share CPUs, and each costs memory"
+        );
+    }
 }
 
 /// Logs to stderr through `tracing`; `RUST_LOG` filters (default `info`).

@@ -12,7 +12,7 @@ use quinn_proto::{ClientConfig, IdleTimeout, ServerConfig, TransportConfig, VarI
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 /// ALPN of the inter-blade protocol; a version bump changes it.
 pub const ALPN: &[u8] = b"sipblade/1";
@@ -151,6 +151,16 @@ impl Identity {
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
+        // Our own certificate must pass the check every peer will make of
+        // it: one from another CA (or a `ca` that is a blade certificate)
+        // would start a blade that no peer accepts.
+        verifier
+            .verify_client_cert(&chain[0], &[], UnixTime::now())
+            .map_err(|e| TlsError::Pem {
+                file: PemFile::Cert,
+                path: PemFile::Cert.role().to_owned(),
+                message: format!("not accepted by the cluster CA ({e})"),
+            })?;
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?

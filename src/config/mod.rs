@@ -443,10 +443,26 @@ fn check_cluster(
                 format!("duplicate peer id `{id}` (first on line {line})"),
             ));
         }
+        let quic = peer_address(src, "quic", &peer.quic)?;
+        let sip = peer_address(src, "sip", &peer.sip)?;
+        // A peer at one of this blade's own addresses would be this blade
+        // talking to itself (its requests "from a peer" looping back).
+        if sip == blade.sip || sip == listen {
+            return Err(src.at(
+                peer.sip.span(),
+                format!("peer sip = \"{sip}\" is this blade's own address"),
+            ));
+        }
+        if quic == listen || quic == blade.sip {
+            return Err(src.at(
+                peer.quic.span(),
+                format!("peer quic = \"{quic}\" is this blade's own address"),
+            ));
+        }
         peers.push(PeerConfig {
             id: id.clone(),
-            quic: peer_address(src, "quic", &peer.quic)?,
-            sip: peer_address(src, "sip", &peer.sip)?,
+            quic,
+            sip,
         });
     }
     Ok(ClusterConfig {
