@@ -1131,6 +1131,54 @@ fn a_supervisor_joins_a_call_through_either_party_on_a_two_core_blade() {
     blade.wait_state("1004", "ready");
 }
 
+/// A Join sent through the caller the moment the call is answered (a
+/// recorder joining every call, say), before the caller's core has heard
+/// which core holds the session: it waits for that news instead of
+/// getting 481. One naming no call still gets 481.
+#[test]
+fn a_join_through_the_caller_right_after_the_answer_is_not_refused() {
+    let blade = TestBlade::start(2, false);
+    let (caller, callee) = ["1001", "1002", "1003"]
+        .iter()
+        .flat_map(|a| ["1001", "1002", "1003"].map(|b| (*a, b)))
+        .find(|(a, b)| shard_of(a.as_bytes(), 2) != shard_of(b.as_bytes(), 2))
+        .expect("two agents on different cores");
+    let mut a = blade.registered(caller);
+    let mut b = blade.registered(callee);
+    let mut sup = blade.registered("1004");
+    let (call, _) = answered_call(&blade, &mut a, &mut b, false);
+    ack_answered(&mut a, &mut b, &call);
+
+    let join = format!(
+        "Join: {};from-tag={};to-tag={CALLEE_TAG}\r\n",
+        call.call_id, call.from_tag
+    );
+    let mut leg = sup.call(caller);
+    sup.invite(&mut leg, &join);
+    let invite = a.request(Method::Invite, &leg.call_id);
+    a.answer(&invite, 200, "OK", "joined");
+    let ok = sup.response(&leg.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    leg.learn(&ok);
+    sup.ack_2xx(&leg);
+    a.request(Method::Ack, &leg.call_id);
+    sup.bye(&mut leg);
+    let bye = a.request(Method::Bye, &leg.call_id);
+    a.answer(&bye, 200, "OK", "joined");
+    assert_eq!(sup.response(&leg.call_id, Method::Bye).status(), Some(200));
+
+    let nothing = format!(
+        "Join: no-such-call;from-tag={};to-tag={CALLEE_TAG}\r\n",
+        call.from_tag
+    );
+    let mut stray = sup.call(caller);
+    sup.invite(&mut stray, &nothing);
+    let refused = sup.response(&stray.call_id, Method::Invite);
+    assert_eq!(refused.status(), Some(481), "{}", first_line(&refused));
+    sup.ack_failure(&stray, &refused);
+    blade.wait_state("1004", "ready");
+}
+
 /// RFC 3581: a request whose top Via asks for `rport` is answered with the
 /// port (and `received`, the IP) it was seen from.
 #[test]

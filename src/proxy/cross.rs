@@ -101,13 +101,17 @@ pub(super) enum Waiting {
     /// relay it to the agent's blade; the source's request timeout bounds
     /// the wait.
     Relay,
+    /// A Join naming a dialog this core does not know yet: the call-state
+    /// notice that its party joined a call may still be on its way from
+    /// the session's core ([`super::join`]).
+    Notices { until: Duration },
 }
 
 impl Waiting {
     pub(super) fn deadline(&self) -> Option<Duration> {
         match self {
             Waiting::Grant { .. } | Waiting::Relay => None,
-            Waiting::Redirect { until, .. } => Some(*until),
+            Waiting::Redirect { until, .. } | Waiting::Notices { until } => Some(*until),
         }
     }
 }

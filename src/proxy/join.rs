@@ -67,6 +67,11 @@ impl Named {
     }
 }
 
+/// How long a Join that names no dialog known here waits for the
+/// call-state notices of other cores: they go out on the next timer grain
+/// (50 ms, `runtime::core`), so twice that covers them.
+const NOTICES_LAG: Duration = Duration::from_millis(100);
+
 /// The answer to a Join that names no dialog sipblade can join (RFC 3911
 /// §4).
 fn no_such_dialog() -> Refusal {
@@ -117,7 +122,45 @@ impl Proxy {
         if !registered_here && !handed_over && self.cluster.is_some() {
             return self.relay_remote(now, source, msg, target, out);
         }
+        if registered_here && self.settings.cores > 1 {
+            // The call may be new: that this core's agent is in it, and
+            // on which core, comes with the call-state notices, which
+            // cores batch (a timer grain). A Join sent as the call is
+            // answered (a recorder's, say) waits for them before 481.
+            let until = now + NOTICES_LAG;
+            let id = self.hold(now, source, msg, Waiting::Notices { until }, out);
+            return self.reschedule(id);
+        }
         self.refuse(now, source, msg, &no_such_dialog(), out);
+    }
+
+    /// A Join held for the call-state notices ([`Waiting::Notices`]): sent
+    /// on if the dialog it names is known by now, else answered 481.
+    pub(super) fn retry_join(&mut self, now: Duration, id: usize, out: &mut Output) {
+        let named = self
+            .txs
+            .get(id)
+            .and_then(|pair| pair.request.as_ref())
+            .and_then(Named::of)
+            .flatten()
+            .filter(|n| {
+                self.sessions.get(&n.call_id).is_some()
+                    || self.remote_sessions.contains_key(&n.call_id)
+            });
+        let Some(named) = named else {
+            self.answer_pending(now, id, 481, out);
+            return self.reschedule(id);
+        };
+        let Some(pair) = self.take_tx(id) else { return };
+        let source = pair.server.peer();
+        let Some(msg) = pair.request else { return };
+        let joiner = msg.from().uri().user_str().unwrap_or_default().to_owned();
+        let target = msg
+            .request_uri()
+            .and_then(|u| u.user_str())
+            .unwrap_or_default()
+            .to_owned();
+        self.route_join(now, source, msg, &joiner, &target, &named, false, out);
     }
 
     /// A Join INVITE another core of this blade checked and handed over

@@ -182,6 +182,7 @@ pub(super) fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         408 => "Request Timeout",
         480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
         486 => "Busy Here",
         487 => "Request Terminated",
         500 => "Server Internal Error",

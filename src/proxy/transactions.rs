@@ -53,6 +53,13 @@ impl Proxy {
                 timed_out = true;
                 send_cancel(now, self.settings.timers, pair, &mut out.transmits);
             }
+            if let Some(Waiting::Notices { until }) = pair.waiting {
+                if until <= now {
+                    pair.waiting = None;
+                    self.retry_join(now, id, out);
+                    continue;
+                }
+            }
             if let Some(Waiting::Redirect { request_id, until }) = pair.waiting {
                 if until <= now {
                     // The hosting blade never answered: the agent is hosted,
@@ -176,20 +183,26 @@ impl Proxy {
     }
 
     /// Re-arms the timer of transaction `id`, or drops it when done.
+    /// Removes transaction `id` and its index entries; returns it.
+    pub(super) fn take_tx(&mut self, id: usize) -> Option<TxPair> {
+        let pair = self.txs.try_remove(id)?;
+        if pair.request.is_some() {
+            self.pending -= 1;
+        }
+        self.by_server.remove(&pair.key);
+        if let Some(c) = &pair.client {
+            self.by_client.remove(&(c.branch.clone(), false));
+            self.by_client.remove(&(c.branch.clone(), true));
+        }
+        Some(pair)
+    }
+
     pub(super) fn reschedule(&mut self, id: usize) {
         let Some(pair) = self.txs.get_mut(id) else {
             return;
         };
         if pair.is_done() {
-            let pair = self.txs.remove(id);
-            if pair.request.is_some() {
-                self.pending -= 1;
-            }
-            self.by_server.remove(&pair.key);
-            if let Some(c) = pair.client {
-                self.by_client.remove(&(c.branch.clone(), false));
-                self.by_client.remove(&(c.branch, true));
-            }
+            self.take_tx(id);
             return;
         }
         if pair.server.is_final() && pair.request.take().is_some() {
