@@ -857,6 +857,12 @@ fn refusals() {
 
     refused(&mut a, "9999", &same, 404);
     refused(&mut a, "1001", &same, 486);
+    refused(
+        &mut a,
+        "1002",
+        &|t| t.replacen("INVITE sip:", "INVITE sips:", 1),
+        416,
+    );
     refused(&mut a, "1002", &same, 480);
     let mut c = blade.ua("1003");
     refused(&mut c, "1001", &same, 403);

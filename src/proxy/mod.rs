@@ -504,6 +504,16 @@ impl Proxy {
         if let Some(refusal) = Refusal::unsupported(msg.proxy_require()) {
             return self.refuse(now, source, msg, &refusal, out);
         }
+        if msg
+            .request_uri()
+            .is_some_and(|u| u.scheme() == Scheme::Sips)
+        {
+            // A SIPS request must travel over TLS on every hop (RFC 3261
+            // §26.2.2), which sipblade does not offer: relaying it over
+            // UDP or TCP would quietly drop the security it asks for.
+            let no_tls = Refusal::new(416, "Unsupported URI Scheme (SIPS needs TLS)");
+            return self.refuse(now, source, msg, &no_tls, out);
+        }
         let new_call = msg.to().tag().is_none();
         let max = self.settings.max_transactions;
         // In-dialog requests pass the pending bound: a BYE refused under
