@@ -1050,6 +1050,16 @@ fn a_stopping_blade_refuses_new_requests_and_abandons_a_ringing_call_cleanly() {
 
 // Many-party sessions (SPEC §2 step 9).
 
+/// A caller and a callee whose records live on different cores of a
+/// two-core blade.
+fn agents_on_different_cores() -> (&'static str, &'static str) {
+    ["1001", "1002", "1003"]
+        .iter()
+        .flat_map(|a| ["1001", "1002", "1003"].map(|b| (*a, b)))
+        .find(|(a, b)| shard_of(a.as_bytes(), 2) != shard_of(b.as_bytes(), 2))
+        .expect("two agents on different cores")
+}
+
 /// On a two-core blade a supervisor joins a call (RFC 3911 Join) once
 /// through its called party and once through its caller, whose core does
 /// not own the session: that core hands the Join over. Both join legs show
@@ -1059,11 +1069,7 @@ fn a_supervisor_joins_a_call_through_either_party_on_a_two_core_blade() {
     let blade = TestBlade::start(2, false);
     // A caller and callee on different cores, so the session (on the
     // callee's core) is not where the caller's record is.
-    let (caller, callee) = ["1001", "1002", "1003"]
-        .iter()
-        .flat_map(|a| ["1001", "1002", "1003"].map(|b| (*a, b)))
-        .find(|(a, b)| shard_of(a.as_bytes(), 2) != shard_of(b.as_bytes(), 2))
-        .expect("two agents on different cores");
+    let (caller, callee) = agents_on_different_cores();
     let mut a = blade.registered(caller);
     let mut b = blade.registered(callee);
     let mut sup = blade.registered("1004");
@@ -1144,11 +1150,7 @@ fn a_supervisor_joins_a_call_through_either_party_on_a_two_core_blade() {
 #[test]
 fn a_join_through_the_caller_right_after_the_answer_is_not_refused() {
     let blade = TestBlade::start(2, false);
-    let (caller, callee) = ["1001", "1002", "1003"]
-        .iter()
-        .flat_map(|a| ["1001", "1002", "1003"].map(|b| (*a, b)))
-        .find(|(a, b)| shard_of(a.as_bytes(), 2) != shard_of(b.as_bytes(), 2))
-        .expect("two agents on different cores");
+    let (caller, callee) = agents_on_different_cores();
     let mut a = blade.registered(caller);
     let mut b = blade.registered(callee);
     let mut sup = blade.registered("1004");

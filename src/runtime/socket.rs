@@ -30,11 +30,7 @@ pub fn udp_reuseport(addr: SocketAddr) -> io::Result<Socket> {
 /// group in core order, which is what lets the steering program
 /// (`runtime::steer`) name a core by its socket's index.
 pub fn udp_per_core(addr: SocketAddr, cores: usize) -> io::Result<(SocketAddr, Vec<Socket>)> {
-    let first = udp_reuseport(addr)?;
-    let bound = first
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("UDP socket has no IP address"))?;
+    let (first, bound) = first_udp_socket(addr)?;
     let mut sockets = vec![first];
     for _ in 1..cores {
         sockets.push(udp_reuseport(bound)?);
@@ -50,6 +46,28 @@ pub fn udp_per_core(addr: SocketAddr, cores: usize) -> io::Result<(SocketAddr, V
         }
     }
     Ok((bound, sockets))
+}
+
+/// Binds the first UDP socket on `addr`. The SIP address serves TCP too,
+/// so a port the kernel picks (port 0) must also be free for TCP: one
+/// that a TCP connection of this host happens to hold is given back and
+/// another one drawn.
+fn first_udp_socket(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> {
+    const TRIES: usize = 16;
+    for _ in 0..TRIES {
+        let socket = udp_reuseport(addr)?;
+        let bound = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("UDP socket has no IP address"))?;
+        if addr.port() != 0 || std::net::TcpListener::bind(bound).is_ok() {
+            return Ok((socket, bound));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no port free for both UDP and TCP",
+    ))
 }
 
 /// How long [`ensure_free`] waits for an address that is held: the kernel
