@@ -58,6 +58,7 @@ fn proxy() -> Proxy {
         RegistrarSettings {
             domain: "cc.example".into(),
             auth: false,
+            own_ip: None,
         },
         agents.values().cloned(),
         NonceManager::from_secret([3; 32]),

@@ -254,6 +254,10 @@ impl fmt::Display for Challenge {
     }
 }
 
+/// A nonce's serial: the issuer in the top 16 bits, a counter below.
+const ISSUER_SHIFT: u32 = 48;
+const SERIAL_MASK: u64 = (1 << ISSUER_SHIFT) - 1;
+
 /// Orders nonces by issue time, so expiry pruning pops from the front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct NonceId {
@@ -270,6 +274,9 @@ pub struct NonceManager {
     single_use_without_qop: bool,
     /// Makes nonces issued in the same millisecond distinct.
     serial: u64,
+    /// Who issues: each core's manager has its own, written into the
+    /// nonce's top serial bits, and counts only its own nonces.
+    issuer: u16,
     /// Highest nc accepted per nonce (u32::MAX: used once without qop).
     seen: BTreeMap<NonceId, u32>,
     /// Nonces at or below this were evicted for space: their history is
@@ -312,9 +319,21 @@ impl NonceManager {
             max_tracked: DEFAULT_MAX_TRACKED,
             single_use_without_qop: true,
             serial: 0,
+            issuer: 0,
             seen: BTreeMap::new(),
             evicted_up_to: None,
         }
+    }
+
+    /// Sets who issues (a core's index). Managers sharing a secret accept
+    /// each other's nonces as genuine, but a nonce's counts are tracked
+    /// only where it was issued: another manager answers
+    /// [`AuthError::StaleNonce`], and the client fetches a nonce of its
+    /// own. Otherwise a replay would find its count fresh on every other
+    /// core.
+    pub fn with_issuer(mut self, issuer: u16) -> Self {
+        self.issuer = issuer;
+        self
     }
 
     /// Sets how long a nonce stays valid after it is issued.
@@ -394,7 +413,7 @@ impl NonceManager {
     pub fn issue_nonce(&mut self, now: Duration, realm: &str) -> String {
         let id = NonceId {
             issued_ms: millis(now),
-            serial: self.serial,
+            serial: u64::from(self.issuer) << ISSUER_SHIFT | self.serial & SERIAL_MASK,
         };
         self.serial = self.serial.wrapping_add(1);
         let mut raw = [0u8; NONCE_LEN];
@@ -449,6 +468,9 @@ impl NonceManager {
         // password (RFC 7616 §3.3).
         let now_ms = millis(now);
         if id.issued_ms > now_ms || now_ms - id.issued_ms > self.lifetime_ms {
+            return Err(AuthError::StaleNonce);
+        }
+        if id.serial >> ISSUER_SHIFT != u64::from(self.issuer) {
             return Err(AuthError::StaleNonce);
         }
         self.record_use(id, params.qop.map(|q| q.count), now_ms)
@@ -888,6 +910,36 @@ mod tests {
             let r = verify_as(&mut m, T0, &bad, None, Some("00000001"), "s3cret");
             assert_eq!(r, Err(AuthError::InvalidNonce), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_nonce_is_counted_only_by_its_issuer() {
+        let mut issuer = manager();
+        let mut other = NonceManager::from_secret([7; 32]).with_issuer(1);
+        let nonce = issuer.issue_nonce(T0, REALM);
+        let (c1, r1) = answer(&nonce, None, Some("00000001"), "s3cret");
+        let good = Credentials {
+            response: &r1,
+            ..c1
+        };
+        assert_eq!(
+            other.verify(T0, "REGISTER", &good, Secret::Password("s3cret"), REALM),
+            Err(AuthError::StaleNonce),
+            "another core re-challenges"
+        );
+        let wrong = Credentials {
+            response: "00000000000000000000000000000000",
+            ..c1
+        };
+        assert_eq!(
+            other.verify(T0, "REGISTER", &wrong, Secret::Password("s3cret"), REALM),
+            Err(AuthError::WrongPassword),
+            "a wrong password is told as such first"
+        );
+        assert_eq!(
+            issuer.verify(T0, "REGISTER", &good, Secret::Password("s3cret"), REALM),
+            Ok(())
+        );
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Settings {
     pub domain: String,
     /// Whether REGISTER is challenged (SPEC §4 `[agents] auth`).
     pub auth: bool,
+    /// The blade's SIP address's IP: a digest `uri` may name it (sipp
+    /// answers challenges with `uri="sip:IP:PORT"` of the server).
+    pub own_ip: Option<IpAddr>,
 }
 
 /// One shard's registrar: the agents it owns and their bindings.
@@ -271,7 +274,7 @@ impl Registrar {
         // Credentials answer for one request target (RFC 7616 §3.4.6):
         // without this check, the same header would authorise a request
         // to anyone else, e.g. replayed by the callee that received it.
-        if !digest_uri_names_request_uri(creds.uri, msg) {
+        if !self.digest_uri_fits(creds.uri, msg) {
             return Err(Refusal::new(
                 400,
                 "Bad Request (digest uri is not the Request-URI)",
@@ -292,6 +295,25 @@ impl Registrar {
             }
             Err(e) => Err(self.challenge(now, secret, e.wants_stale_challenge(), challenger)),
         }
+    }
+
+    /// Whether credentials with digest `uri` may answer for `msg`: the
+    /// `uri` names its Request-URI (RFC 7616 §3.4.6), or names no user but
+    /// this registrar itself, by domain or by the blade's IP (sipp's
+    /// form). Credentials for another agent's address are never reused
+    /// for a request to someone else.
+    fn digest_uri_fits(&self, uri: &str, msg: &Message) -> bool {
+        let Some(given) = crate::sip::Uri::parse(uri.as_bytes()) else {
+            return false;
+        };
+        if names_request_uri(&given, msg) {
+            return true;
+        }
+        let host = given.host();
+        given.user().is_none()
+            && (host.eq_ignore_ascii_case(&self.settings.domain)
+                || crate::proxy::route::host_ip(host, given.host_kind())
+                    .is_some_and(|ip| Some(ip) == self.settings.own_ip))
     }
 
     fn challenge(
@@ -320,20 +342,15 @@ impl Registrar {
 /// Whether a digest `uri` names the Request-URI of `msg`: the same text,
 /// or the same scheme, user, host and port (parameters aside, which
 /// clients are not consistent about).
-fn digest_uri_names_request_uri(digest_uri: &str, msg: &Message) -> bool {
+fn names_request_uri(given: &crate::sip::Uri<'_>, msg: &Message) -> bool {
     let Some(target) = msg.request_uri() else {
         return false;
     };
-    if digest_uri == target.as_str() {
-        return true;
-    }
-    let Some(given) = crate::sip::Uri::parse(digest_uri.as_bytes()) else {
-        return false;
-    };
-    given.scheme() == target.scheme()
-        && given.user() == target.user()
-        && given.host().eq_ignore_ascii_case(target.host())
-        && given.port() == target.port()
+    given.as_str() == target.as_str()
+        || given.scheme() == target.scheme()
+            && given.user() == target.user()
+            && given.host().eq_ignore_ascii_case(target.host())
+            && given.port() == target.port()
 }
 
 /// Who challenges: the registrar (401, WWW-Authenticate) or the proxy (407,

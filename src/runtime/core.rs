@@ -637,9 +637,10 @@ pub(crate) async fn run(
         RegistrarSettings {
             domain: config.blade.domain.clone(),
             auth: config.agents.auth,
+            own_ip: Some(shared.sip.ip()),
         },
         own_agents,
-        NonceManager::from_secret(shared.nonce_secret),
+        NonceManager::from_secret(shared.nonce_secret).with_issuer(index as u16),
     );
     let socket = UdpSocket::from(sockets.sip);
     let via_socket = sockets.via.map(UdpSocket::from);
