@@ -63,7 +63,7 @@ impl Proxy {
         if uri.host().eq_ignore_ascii_case(&self.settings.domain) {
             return true;
         }
-        let Some(ip) = route::host_ip(uri.host(), uri.host_kind()) else {
+        let Some(ip) = uri.ip() else {
             return false;
         };
         ip == self.settings.local.ip() || self.is_peer_blade_ip(ip)

@@ -119,7 +119,7 @@ pub fn uri_peer(uri: &Uri<'_>) -> Option<Peer> {
     if !matches!(uri.scheme(), Scheme::Sip | Scheme::Sips) {
         return None;
     }
-    let ip = host_ip(uri.host(), uri.host_kind())?;
+    let ip = uri.ip()?;
     let transport = uri
         .param("transport")
         .flatten()

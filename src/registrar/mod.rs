@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::config::{Agent, AgentKind, Credential};
-use crate::sip::{DigestParams, HostKind, Message, Peer, Scheme, Transport, edit::derived_tag};
+use crate::sip::{DigestParams, Message, Peer, Scheme, Transport, edit::derived_tag};
 use digest::{AuthError, Credentials, NonceManager, Secret};
 use location::{Binding, Location};
 
@@ -312,7 +312,8 @@ impl Registrar {
         let host = given.host();
         given.user().is_none()
             && (host.eq_ignore_ascii_case(&self.settings.domain)
-                || crate::proxy::route::host_ip(host, given.host_kind())
+                || given
+                    .ip()
                     .is_some_and(|ip| Some(ip) == self.settings.own_ip))
     }
 
@@ -439,17 +440,9 @@ fn check_order(existing: Option<&Binding>, msg: &Message) -> Result<(), Refusal>
 /// to the Contact (RFC 3261 §18.1.1), as a UA that accepts connections
 /// (sipp over TCP, for one) expects.
 fn contact_peer(uri: &crate::sip::Uri<'_>, source: Peer) -> Peer {
-    let ip: Option<IpAddr> = match uri.host_kind() {
-        HostKind::Ipv4 => uri.host().parse().ok(),
-        HostKind::Ipv6 => uri
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .ok(),
-        _ => None,
-    };
-    let contact = ip.map(|ip| SocketAddr::new(ip, uri.port().unwrap_or(5060)));
+    let contact = uri
+        .ip()
+        .map(|ip| SocketAddr::new(ip, uri.port().unwrap_or(5060)));
     if source.transport.is_reliable() {
         return Peer {
             addr: contact.unwrap_or(source.addr),

@@ -125,6 +125,20 @@ impl<'a> Uri<'a> {
         self.spans.host_kind
     }
 
+    /// The host as an IP address, when it is an IPv4 or IPv6 literal.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self.host_kind() {
+            HostKind::Ipv4 => self.host().parse().ok(),
+            HostKind::Ipv6 => self
+                .host()
+                .strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse()
+                .ok(),
+            _ => None,
+        }
+    }
+
     /// The port, if written.
     pub fn port(&self) -> Option<u16> {
         self.spans.port
@@ -612,6 +626,15 @@ mod tests {
         assert_eq!(u.param("TRANSPORT"), Some(Some(&b"tcp"[..])));
         assert!(u.is_loose_route());
         assert_eq!(u.headers(), b"subject=hi&x=");
+        assert_eq!(u.ip(), None, "a host name is no IP literal");
+    }
+
+    #[test]
+    fn ip_literal_hosts() {
+        let ip = |s: &str| uri(s).and_then(|u| u.ip()).map(|ip| ip.to_string());
+        assert_eq!(ip("sip:1001@192.0.2.7:5060").as_deref(), Some("192.0.2.7"));
+        assert_eq!(ip("sip:[2001:db8::1]:5060").as_deref(), Some("2001:db8::1"));
+        assert_eq!(ip("sip:cc.example"), None);
     }
 
     #[test]
