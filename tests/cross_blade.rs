@@ -605,6 +605,30 @@ fn a_local_call_takes_no_hosting() {
     assert_eq!(cluster.agent(t, "1002")["state"], "ready");
 }
 
+/// An agent that logs in on another blade has moved: the blade it left
+/// logs it out when the new blade announces the login, so a call placed
+/// on the old blade reaches the new phone (hosted through the new blade)
+/// instead of ringing the phone left behind.
+#[test]
+fn an_agent_that_logs_in_on_another_blade_is_logged_out_of_the_old_one() {
+    let cluster = TestCluster::start(2, 99);
+    let (old_blade, new_blade) = (1, 0);
+    let mut left_behind = cluster.registered(old_blade, "1002");
+    let mut caller = cluster.registered(old_blade, "1003");
+    cluster.wait_state(old_blade, "1002", "ready");
+    let mut moved = cluster.registered(new_blade, "1002");
+    cluster.wait_state(old_blade, "1002", "logged_out");
+    assert_eq!(cluster.agent(new_blade, "1002")["state"], "ready");
+
+    let (mut call, _) = answered_cross_call(&mut caller, &mut moved);
+    assert_hosted(&cluster, new_blade, "1002", "blade-2");
+    confirm(&mut caller, &mut moved, &call);
+    hang_up(&mut caller, &mut moved, &mut call);
+    let stray = invites_of(&mut left_behind, &call.call_id);
+    assert!(stray.is_empty(), "the phone left behind rang: {stray:?}");
+    wait_ready(&cluster, new_blade, "1002");
+}
+
 /// Three blades: each caller's own blade hosts the callee, one session
 /// after the other.
 #[test]

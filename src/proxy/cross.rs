@@ -231,6 +231,9 @@ impl Proxy {
         match msg.class() {
             Class::Notice => {
                 c.directory.apply(from, &msg);
+                if let LinkMessage::Announce { entries } = &msg {
+                    self.moved_to_peer(from, entries, out);
+                }
             }
             Class::Request => {
                 let location = self.registrar.location_mut();
@@ -279,6 +282,31 @@ impl Proxy {
                     self.answer_pending(now, id, status, out);
                 }
             }
+        }
+    }
+
+    /// `peer` announces fresh logins: an agent of these that is still
+    /// logged in here moved to that blade (an extension is one agent in
+    /// the cluster), so its registration here ends, or calls placed on
+    /// this blade would still ring the phone it left. A call it is in goes
+    /// on. A resync is not taken this way: after a partition both blades
+    /// may hold a login, and neither is known to be the later one.
+    fn moved_to_peer(&mut self, peer: &str, entries: &[DirectoryEntry], out: &mut Output) {
+        for entry in entries {
+            let ext = entry.extension.as_str();
+            if !self.registrar.location_mut().unbind(ext) {
+                continue;
+            }
+            tracing::info!(
+                agent = ext,
+                blade = peer,
+                "agent logged in on another blade: logged out here"
+            );
+            self.announce_logout(ext, out);
+            out.notices.push(super::Notice {
+                to: None,
+                event: super::AgentEvent::LoggedOut(ext.to_owned()),
+            });
         }
     }
 
