@@ -67,7 +67,10 @@ impl Proxy {
         if invite && status < 200 {
             if pair.cancel_pending && client.tx.state() == ClientState::Proceeding {
                 send_cancel(now, self.settings.timers, pair, &mut out.transmits);
-            } else if pair.ringing_until.is_some() {
+            } else if pair.ringing_until.is_some() && pair.cancel.is_none() && !pair.cancel_pending
+            {
+                // Timer C restarts with each provisional, but not once the
+                // INVITE is cancelled: its 64×T1 limit stands.
                 pair.ringing_until = Some(now + TIMER_C);
             }
         }

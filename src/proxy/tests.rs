@@ -353,6 +353,69 @@ fn cancel_after_ringing() {
     assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
 }
 
+/// A callee that rings, then ignores the CANCEL: the INVITE is given up
+/// 64×T1 after the CANCEL (RFC 3261 §9.1), as cancelled (487), not at
+/// timer C (181 s), and later 180s do not push that back.
+#[test]
+fn a_cancel_the_callee_ignores_ends_the_call_after_64_t1() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = invite("1001", "1002", "c-ign", "z9hG4bKign", "");
+    let fwd = parse(&b.send(&a, &text)[1]);
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let cancel = text
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    assert_eq!(status(&b.send(&a, &cancel)[0]), 200);
+    b.advance(Duration::from_secs(20));
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let limit = 64 * TimerConfig::default().t1;
+    let finals = |out: Vec<Transmit>| -> Vec<u16> {
+        out.iter()
+            .filter(|t| t.to == udp(&a))
+            .filter_map(|t| parse(t).status())
+            .filter(|&s| s >= 200)
+            .collect()
+    };
+    let early = finals(b.advance(limit - Duration::from_secs(21)));
+    assert!(early.is_empty(), "before 64×T1: {early:?}");
+    let given_up = finals(b.advance(Duration::from_secs(2)));
+    assert_eq!(given_up.first(), Some(&487), "{given_up:?}");
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+}
+
+/// A non-INVITE request whose callee never answers gets no 408 from the
+/// proxy (RFC 4320 §4.2: the caller's own timer F ends it), and its
+/// transaction goes away.
+#[test]
+fn a_silent_callee_of_a_non_invite_gets_no_408_sent_upstream() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = format!(
+        "MESSAGE sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKmsg\r\nMax-Forwards: 70\r\n\
+         From: <sip:1001@cc.example>;tag=m\r\nTo: <sip:1002@cc.example>\r\nCall-ID: m1\r\n\
+         CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = b.send(&a, &text);
+    assert!(
+        out.iter().any(|t| t.to == udp(&bb)),
+        "the MESSAGE is forwarded"
+    );
+    let later = b.advance(Duration::from_secs(40));
+    let upstream: Vec<u16> = later
+        .iter()
+        .filter(|t| t.to == udp(&a))
+        .filter_map(|t| parse(t).status())
+        .collect();
+    assert!(upstream.is_empty(), "answers sent upstream: {upstream:?}");
+    b.advance(Duration::from_secs(10));
+    assert_eq!(b.proxy.transactions(), 0, "the transaction is gone");
+}
+
 #[test]
 fn retransmissions_are_absorbed_and_a_lost_200_is_relayed_again() {
     let mut b = Blade::new(false, 100);

@@ -40,6 +40,9 @@ impl Proxy {
                 continue;
             }
             pair.server.on_timeout(now, &mut out.transmits);
+            // The caller had cancelled: a branch given up now ends as
+            // cancelled (487), not as timed out.
+            let cancelled = pair.cancel.is_some() || pair.cancel_pending;
             let mut timed_out = false;
             if let Some(client) = pair.client.as_mut() {
                 timed_out =
@@ -72,11 +75,16 @@ impl Proxy {
                     self.answer_pending(now, id, 486, out);
                 }
             }
-            let Some(pair) = self.txs.get(id) else {
+            let Some(pair) = self.txs.get_mut(id) else {
                 continue;
             };
             if timed_out && !pair.server.is_final() {
-                self.fail_pending(now, id, 408, out);
+                if pair.invite {
+                    self.fail_pending(now, id, if cancelled { 487 } else { 408 }, out);
+                } else {
+                    // RFC 4320 §4.2: no 408 to a non-INVITE request.
+                    pair.server.abandon();
+                }
             }
             self.reschedule(id);
         }
@@ -332,6 +340,10 @@ impl Proxy {
         let first = pair.cancel.is_none() && !pair.cancel_pending;
         if !pair.server.is_final() && first {
             send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+            // A callee that never answers the CANCEL with a final response
+            // is given up 64×T1 later (RFC 3261 §9.1), not at timer C.
+            let give_up = now + 64 * self.settings.timers.t1;
+            pair.ringing_until = Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
             if pair.call {
                 let call_id = pair.call_id.clone();
                 if let Some(o) = self.outcomes(&call_id) {

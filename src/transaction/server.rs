@@ -219,6 +219,13 @@ impl ServerTx {
         true
     }
 
+    /// The transaction user gives up without a final response: a proxy
+    /// whose non-INVITE branch timed out must not answer 408 (RFC 4320
+    /// §4.2); the client's own timer F ends its side.
+    pub fn abandon(&mut self) {
+        self.terminate();
+    }
+
     /// Runs the timers due at `now`.
     pub fn on_timeout(&mut self, now: Duration, out: &mut Vec<Transmit>) -> Option<ServerEvent> {
         if self
