@@ -303,10 +303,6 @@ impl Proxy {
                 "agent logged in on another blade: logged out here"
             );
             self.announce_logout(ext, out);
-            out.notices.push(super::Notice {
-                to: None,
-                event: super::AgentEvent::LoggedOut(ext.to_owned()),
-            });
         }
     }
 
@@ -336,7 +332,13 @@ impl Proxy {
         }
     }
 
+    /// `extension`, this core's agent, logged in: the other cores and the
+    /// peer blades learn it.
     pub(super) fn announce_login(&mut self, extension: &str, out: &mut Output) {
+        out.notices.push(super::Notice {
+            to: None,
+            event: super::AgentEvent::LoggedIn(extension.to_owned()),
+        });
         if let Some(c) = self.cluster.as_mut() {
             out.cluster.push(ClusterSend {
                 to: Dest::AllPeers,
@@ -345,7 +347,13 @@ impl Proxy {
         }
     }
 
+    /// `extension`, this core's agent, logged out: the other cores and the
+    /// peer blades learn it.
     pub(super) fn announce_logout(&mut self, extension: &str, out: &mut Output) {
+        out.notices.push(super::Notice {
+            to: None,
+            event: super::AgentEvent::LoggedOut(extension.to_owned()),
+        });
         if let Some(msg) = self
             .cluster
             .as_mut()

@@ -607,18 +607,10 @@ impl Proxy {
             Outcome::LoggedIn(ext) => {
                 self.metrics.registrations += 1;
                 self.announce_login(ext, out);
-                out.notices.push(Notice {
-                    to: None,
-                    event: AgentEvent::LoggedIn(ext.clone()),
-                });
             }
             Outcome::Refreshed(_) => self.metrics.registrations += 1,
             Outcome::LoggedOut(ext) => {
                 self.announce_logout(ext, out);
-                out.notices.push(Notice {
-                    to: None,
-                    event: AgentEvent::LoggedOut(ext.clone()),
-                });
             }
             _ => {}
         }

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use super::cross::Waiting;
 use super::responses::reason_phrase;
 use super::route;
-use super::{AgentEvent, Client, Notice, Output, Proxy, ServerKey, TIMER_C, TxPair};
+use super::{Client, Output, Proxy, ServerKey, TIMER_C, TxPair};
 use crate::registrar;
 use crate::sip::{Message, Method};
 use crate::transaction::client::{ClientEvent, ClientState, ClientTx};
@@ -20,10 +20,6 @@ impl Proxy {
     pub fn handle_timeout(&mut self, now: Duration, out: &mut Output) {
         for ext in self.registrar.expire(now) {
             self.announce_logout(&ext, out);
-            out.notices.push(Notice {
-                to: None,
-                event: AgentEvent::LoggedOut(ext),
-            });
         }
         self.cluster_timeout(now, out);
         while let Some(call_id) = self.sessions.pop_expired(now) {
