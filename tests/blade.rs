@@ -505,6 +505,16 @@ fn a_call_placed_right_after_the_register_200_is_not_refused() {
 
 // 4. Busy.
 
+/// `ua` calls `callee` and is refused `status`, which it ACKs; the call.
+fn refused_call(ua: &mut Ua, callee: &str, status: u16) -> Call {
+    let mut call = ua.call(callee);
+    ua.invite(&mut call, "");
+    let answer = ua.response(&call.call_id, Method::Invite);
+    assert_eq!(answer.status(), Some(status), "{}", first_line(&answer));
+    ua.ack_failure(&call, &answer);
+    call
+}
+
 #[test]
 fn calling_an_agent_in_a_call_gets_486() {
     let blade = TestBlade::start(2, false);
@@ -515,11 +525,7 @@ fn calling_an_agent_in_a_call_gets_486() {
     ack_answered(&mut a, &mut b, &first);
     blade.wait_state("1002", "in_call");
 
-    let mut second = c.call("1002");
-    c.invite(&mut second, "");
-    let busy = c.response(&second.call_id, Method::Invite);
-    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
-    c.ack_failure(&second, &busy);
+    let second = refused_call(&mut c, "1002", 486);
     // The ACK stops the 486 (timer G would resend it after 500 ms), and
     // nothing of this call reaches the callee.
     let again = c.collect_where(SILENCE, |m| m.call_id() == second.call_id);
@@ -552,11 +558,7 @@ fn an_agent_that_logs_out_and_in_during_a_call_stays_busy() {
     assert_eq!(b.register(3600).status(), Some(200));
     assert_eq!(blade.agent_state("1002"), "in_call", "logged in again");
 
-    let mut second = c.call("1002");
-    c.invite(&mut second, "");
-    let busy = c.response(&second.call_id, Method::Invite);
-    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
-    c.ack_failure(&second, &busy);
+    refused_call(&mut c, "1002", 486);
     assert_eq!(sessions(&blade).len(), 1, "only the first call");
 
     assert_eq!(b.register(0).status(), Some(200));
