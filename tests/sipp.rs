@@ -104,6 +104,23 @@ fn calls_through_sipp_over_tcp() {
     );
 }
 
+/// sipp callers with a TCP connection per call (`-t tn`), each named as
+/// the call's Contact, in whole dialogs that end with the callee's BYE:
+/// the core that owns a dialog reaches the caller on the connection
+/// whichever core accepted it.
+#[test]
+fn calls_through_sipp_over_a_tcp_connection_per_call() {
+    run_sipp_script(
+        "run.sh",
+        &[
+            ("SIPP_TRANSPORT", "tn"),
+            ("SIPP_FLOW", "dialog"),
+            ("SIPP_CALLS", "20"),
+        ],
+        "sipp interop: OK",
+    );
+}
+
 /// The blade with `auth = true` (SPEC §5): sipp's REGISTERs answer a 401
 /// and its INVITEs a 407, with sipp's own MD5 digest.
 #[test]

@@ -287,6 +287,82 @@ fn a_call_that_stays_on_tcp_is_record_routed_over_tcp() {
     caller.send(&ack);
 }
 
+/// A caller that opens a connection per call and names it as its Contact
+/// (sipp `-t tn`, a phone behind NAT) is reached on that connection for
+/// the callee's BYE, whichever core accepted it and whichever owns the
+/// dialog: its Contact's port is not listening, so no other way works.
+#[test]
+fn a_caller_with_a_connection_per_call_gets_the_callees_bye_on_it() {
+    let blade = TestBlade::start(2, false);
+    let (mut callee, callee_addr) = tcp_callee(&blade);
+    let mut registered = TcpUa::connect(&blade);
+    let registered_addr = registered.local();
+    registered.send(&register("1001", &registered_addr, "TCP"));
+    assert_eq!(registered.recv().status(), Some(200));
+    // Eight calls: with two cores, the dialog's core and the connection's
+    // core differ for some of them (the Call-ID picks one, the kernel the
+    // other).
+    for call in 0..8 {
+        wait_until("both ready", || {
+            agent(blade.admin, "1001")["state"] == "ready"
+                && agent(blade.admin, "1002")["state"] == "ready"
+        });
+        let mut caller = TcpUa::connect(&blade);
+        let caller_addr = caller.local();
+        let call_id = format!("per-call-{call}@test");
+        let invite = invite_to_1002(&caller_addr, &format!("z9hG4bKpc{call}"), &call_id)
+            .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+            .replace(
+                &format!("<sip:1001@{caller_addr}>"),
+                &format!("<sip:1001@{caller_addr};transport=tcp>"),
+            );
+        caller.send(&invite);
+        let forwarded = callee.recv();
+        assert_eq!(forwarded.method_str(), Some("INVITE"), "call {call}");
+        let rr: Vec<String> = forwarded
+            .record_routes()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+            .collect();
+        callee.send(&answer(&forwarded, 200, &callee_addr));
+        let ok = loop {
+            let m = caller.recv();
+            if m.status().is_some_and(|s| s >= 200) {
+                break m;
+            }
+        };
+        assert_eq!(ok.status(), Some(200), "call {call}");
+        let ack = format!(
+            "ACK sip:1002@{callee_addr};transport=tcp SIP/2.0\r\n\
+             Via: SIP/2.0/TCP {caller_addr};branch=z9hG4bKpcack{call}\r\nRoute: {}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=a\r\n\
+             To: <sip:1002@cc.example>;tag=callee\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
+             Content-Length: 0\r\n\r\n",
+            rr.join(", ")
+        );
+        caller.send(&ack);
+        assert_eq!(callee.recv().method_str(), Some("ACK"), "call {call}");
+
+        let bye = format!(
+            "BYE sip:1001@{caller_addr};transport=tcp SIP/2.0\r\n\
+             Via: SIP/2.0/TCP {callee_addr};branch=z9hG4bKpcbye{call}\r\nRoute: {}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1002@cc.example>;tag=callee\r\n\
+             To: <sip:1001@cc.example>;tag=a\r\nCall-ID: {call_id}\r\nCSeq: 1 BYE\r\n\
+             Content-Length: 0\r\n\r\n",
+            rr.join(", ")
+        );
+        callee.send(&bye);
+        let got = caller.recv();
+        assert_eq!(
+            got.method_str(),
+            Some("BYE"),
+            "call {call}: the BYE reaches the caller on its call's connection"
+        );
+        caller.send(&answer(&got, 200, &caller_addr));
+        let done = callee.recv();
+        assert_eq!(done.status(), Some(200), "call {call}: the BYE's answer");
+    }
+}
+
 #[test]
 fn keep_alive_pings_get_pongs_and_bad_framing_closes_the_connection() {
     let blade = TestBlade::start(1, false);

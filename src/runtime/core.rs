@@ -425,18 +425,34 @@ impl Core {
     }
 
     /// Sends on a stream: on the connection named (handing the bytes to the
-    /// core that owns it), else on this core's connection to the address,
-    /// else on a new connection.
+    /// core that owns it), else on a connection to the address, this
+    /// core's or another's (RFC 3261 §18.1.1: an open connection to the
+    /// destination is used), else on a new connection.
     fn send_stream(self: &Rc<Self>, peer: Peer, data: Bytes) {
-        if let Some(conn) = peer.conn.filter(|c| usize::from(c.core) != self.index) {
-            if let Some(mesh) = &self.mesh {
-                let msg = CoreMsg::StreamSend { peer, data };
-                if mesh.try_send_to(usize::from(conn.core), msg).is_err() {
-                    tracing::warn!(core = conn.core, "core queue full, stream message dropped");
-                }
-            }
-            return;
+        let elsewhere = match peer.conn {
+            Some(conn) if usize::from(conn.core) != self.index => Some(usize::from(conn.core)),
+            Some(_) => None,
+            None => self.conns.owner_elsewhere(peer.addr),
+        };
+        match elsewhere {
+            Some(owner) => self.hand_stream_send(owner, peer, data),
+            None => self.send_stream_here(peer, data),
         }
+    }
+
+    fn hand_stream_send(&self, owner: usize, peer: Peer, data: Bytes) {
+        if let Some(mesh) = &self.mesh {
+            let msg = CoreMsg::StreamSend { peer, data };
+            if mesh.try_send_to(owner, msg).is_err() {
+                tracing::warn!(core = owner, "core queue full, stream message dropped");
+            }
+        }
+    }
+
+    /// Sends on this core's connection, or on a new one. A message handed
+    /// over by another core ends here too: if the connection it was meant
+    /// for has just closed, handing it on again could go round in circles.
+    fn send_stream_here(self: &Rc<Self>, peer: Peer, data: Bytes) {
         if !self.conns.send(peer, data.clone()) {
             // No connection (an agent's own has closed): open one to its
             // address. If that fails, the transaction fails at once (RFC
@@ -507,7 +523,7 @@ impl Core {
                     proxy.handle_notice(event);
                 }
             }
-            CoreMsg::StreamSend { peer, data } => self.send_stream(peer, data),
+            CoreMsg::StreamSend { peer, data } => self.send_stream_here(peer, data),
             CoreMsg::Cluster { from, msg, reply } => {
                 let now = self.now();
                 self.proxy
@@ -672,7 +688,7 @@ pub(crate) async fn run(
         mesh,
         shared: shared.clone(),
         index,
-        conns: Connections::new(index),
+        conns: Connections::new(index, shared.streams.clone()),
         link: OnceCell::new(),
         outbox: RefCell::new(vec![Vec::new(); shared.cores]),
         outbox_flush_due: std::cell::Cell::new(false),

@@ -148,6 +148,8 @@ pub(crate) struct Shared {
     pub cluster: Option<ClusterSettings>,
     /// How many accepted TCP connections each core may hold at once.
     pub tcp_per_core: usize,
+    /// Which core holds a connection to each remote address.
+    pub streams: Arc<tcp::StreamOwners>,
 }
 
 impl Blade {
@@ -257,6 +259,7 @@ impl Blade {
             drained: AtomicUsize::new(0),
             cluster,
             tcp_per_core,
+            streams: Arc::default(),
         });
 
         // With one core there is no one to talk to.

@@ -1,7 +1,8 @@
 //! SIP over TCP on a core: accepted and outbound connections, each with a
 //! reader task (framing by Content-Length) and a writer task fed by a local
 //! queue. A connection lives on the core that accepted or opened it; other
-//! cores reach it by handing the bytes over the mesh. An accepted
+//! cores reach it by handing the bytes over the mesh, and find it by its
+//! remote address in [`StreamOwners`]. An accepted
 //! connection that delivers no message in time, or any connection that
 //! stalls in the middle of one, is closed (see [`Deadlines`]).
 
@@ -11,6 +12,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -48,9 +50,47 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// connections closed for stalling.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// Which core holds a connection to each remote address, shared by all
+/// the cores. A UA that opens a connection per call and names it as its
+/// Contact (sipp `-t tn`, phones behind NAT) can only be reached on that
+/// connection, whichever core accepted it; the core that owns the dialog
+/// looks it up here when it holds no connection of its own to the address.
+/// Touched when a connection opens or closes and on such a miss, never per
+/// message, so a mutex costs nothing worth measuring.
+#[derive(Default)]
+pub(crate) struct StreamOwners(Mutex<HashMap<SocketAddr, u16>>);
+
+impl StreamOwners {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, u16>> {
+        // The table stays consistent whatever a panicking holder did: each
+        // change is one insert or remove.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `core` now holds a connection to `addr` (the latest one wins, as in
+    /// a core's own table).
+    fn claim(&self, addr: SocketAddr, core: u16) {
+        self.table().insert(addr, core);
+    }
+
+    /// `core`'s connection to `addr` closed.
+    fn release(&self, addr: SocketAddr, core: u16) {
+        let mut table = self.table();
+        if table.get(&addr) == Some(&core) {
+            table.remove(&addr);
+        }
+    }
+
+    /// The core holding a connection to `addr`, if any.
+    fn owner(&self, addr: SocketAddr) -> Option<u16> {
+        self.table().get(&addr).copied()
+    }
+}
+
 /// This core's connections.
 pub(crate) struct Connections {
     core: u16,
+    owners: Arc<StreamOwners>,
     next: Cell<u32>,
     /// Accepted connections open now; outbound ones are not counted (the
     /// blade opens those only towards agents it has bindings for).
@@ -62,9 +102,10 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    pub fn new(core: usize) -> Self {
+    pub fn new(core: usize, owners: Arc<StreamOwners>) -> Self {
         Connections {
             core: core as u16,
+            owners,
             next: Cell::new(0),
             accepted: Cell::new(0),
             by_id: RefCell::new(HashMap::new()),
@@ -80,6 +121,7 @@ impl Connections {
         let (tx, rx) = local_channel::new_bounded(SEND_QUEUE);
         self.by_id.borrow_mut().insert(id, (addr, tx));
         self.by_addr.borrow_mut().insert(addr, id);
+        self.owners.claim(addr, self.core);
         (
             ConnId {
                 core: self.core,
@@ -94,8 +136,21 @@ impl Connections {
             let mut by_addr = self.by_addr.borrow_mut();
             if by_addr.get(&addr) == Some(&id) {
                 by_addr.remove(&addr);
+                self.owners.release(addr, self.core);
             }
         }
+    }
+
+    /// Another core that holds a connection to `addr`, when this one holds
+    /// none.
+    pub fn owner_elsewhere(&self, addr: SocketAddr) -> Option<usize> {
+        if self.by_addr.borrow().contains_key(&addr) {
+            return None;
+        }
+        self.owners
+            .owner(addr)
+            .filter(|&core| core != self.core)
+            .map(usize::from)
     }
 
     /// Queues `data` on the connection `peer` names, or on any connection

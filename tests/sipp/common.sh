@@ -34,21 +34,30 @@ udp_bound() {
 }
 
 # The variant of the sipp runs the environment asks for (run.sh and
-# cross.sh): SIPP_TRANSPORT u1 (UDP, one socket) or t1 (TCP, one
-# connection per sipp); SIPP_AUTH set, the blades run with auth = true and
-# the agents answer the challenges with sipp's digest (register_auth.xml,
-# uac_auth.xml); SIPP_FLOW=dialog, each call is a whole dialog (100rel
+# cross.sh): SIPP_TRANSPORT u1 (UDP, one socket), t1 (TCP, one
+# connection per sipp) or tn (the callers on TCP with a connection per
+# call, named as the caller's Contact, so that only that connection
+# reaches the caller; the callees as with t1, since a Contact sipp -t tn
+# registers names a connection that closes); SIPP_AUTH set, the blades
+# run with auth = true and the agents answer the challenges with sipp's
+# digest (register_auth.xml, uac_auth.xml); SIPP_FLOW=dialog, each call is a whole dialog (100rel
 # and PRACK, re-INVITE, INFO, UPDATE, the callee's BYE:
 # uac_dialog.xml, uas_dialog.xml) instead of INVITE, ACK, BYE;
 # SIPP_FLOW=builtin, the callees are sipp's built-in `uas` scenario, which
 # copies no Record-Route into its answers and gives a Contact without a
 # user (sip:IP:PORT), so the caller's ACK and BYE come unrouted, for that
-# Contact. Sets transport, auth_setting, register_scenario, uac_scenario
-# and uas_args (sipp's arguments that pick the UAS scenario); calls the
-# sourcing script's `fail` on a bad setting.
+# Contact. Sets transport, caller_transport_args and
+# callee_transport_args (sipp's -t and what goes with it), auth_setting,
+# register_scenario, uac_scenario and uas_args (sipp's arguments that pick
+# the UAS scenario); calls the sourcing script's `fail` on a bad setting.
 sipp_variant() {
     transport="${SIPP_TRANSPORT:-u1}"
-    [[ "$transport" =~ ^(u1|t1)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP) or t1 (TCP)"
+    [[ "$transport" =~ ^(u1|t1|tn)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP), t1 or tn (TCP)"
+    caller_transport_args=(-t "$transport") callee_transport_args=(-t "$transport")
+    if [ "$transport" = tn ]; then
+        # sipp refuses tn unless its socket cap fits the open-files limit.
+        caller_transport_args+=(-max_socket 1000) callee_transport_args=(-t t1)
+    fi
     if [ -n "${SIPP_AUTH:-}" ]; then
         auth_setting=true register_scenario=register_auth.xml uac_scenario=uac_auth.xml
     else
@@ -102,8 +111,9 @@ injection_files() {
 
 # Whether a sipp UAS is ready on IPv4 ip:port: bound (UDP) or listening
 # (TCP), as $transport says.
+
 uas_ready() {
-    if [ "$transport" = t1 ]; then
+    if [ "$transport" != u1 ]; then
         tcp_listening "$1" "$2"
     else
         udp_bound "$1" "$2"

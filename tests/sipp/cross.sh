@@ -76,7 +76,7 @@ uas_start uas "$uas_ip" "$uas_port" "$B2_SIP" "$calls" "$sipp_timeout"
 register callers "$uac_ip" "$uac_port" "$B1_SIP" "$pairs"
 
 uac_rc=0
-timeout "$hard_timeout" sipp "$B1_SIP" -t "$transport" -nostdin -timeout_error -mp "$media_port" \
+timeout "$hard_timeout" sipp "$B1_SIP" "${caller_transport_args[@]}" -nostdin -timeout_error -mp "$media_port" \
     -trace_err -trace_screen -trace_stat -fd 1 -timeout "${sipp_timeout}s" \
     -sf "$here/$uac_scenario" -inf "$work/calls.csv" -i "$uac_ip" -p "$uac_port" -mi "$uac_ip" \
     -m "$calls" -users "$pairs" \

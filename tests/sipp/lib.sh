@@ -174,7 +174,8 @@ peer_up() {
 # of the extensions in $work/WHO.csv, from IP:PORT to BLADE_SIP.
 register() {
     local who="$1" ip="$2" port="$3" blade="$4" n="$5" rc=0
-    timeout 60 sipp "$blade" -t "$transport" -nostdin -timeout_error -mp "$media_port" \
+    local -n transport_args="${who%s}_transport_args"
+    timeout 60 sipp "$blade" "${transport_args[@]}" -nostdin -timeout_error -mp "$media_port" \
         -trace_err -trace_screen -trace_stat -fd 1 -timeout 40s -sf "$here/$register_scenario" \
         -inf "$work/$who.csv" -i "$ip" -p "$port" -mi "$ip" -m "$n" -r 200 \
         -stf "$work/register_$who.csv" -error_file "$work/register_$who.err" \
@@ -191,7 +192,7 @@ register() {
 # (UDP) or listens (TCP).
 uas_start() {
     local name="$1" ip="$2" port="$3" blade="$4" n="$5" secs="$6"
-    timeout "$((secs + 30))" sipp "$blade" -t "$transport" -nostdin -timeout_error -mp "$media_port" \
+    timeout "$((secs + 30))" sipp "$blade" "${callee_transport_args[@]}" -nostdin -timeout_error -mp "$media_port" \
         -trace_err -trace_screen -trace_stat -fd 1 -timeout "${secs}s" \
         "${uas_args[@]}" -i "$ip" -p "$port" -mi "$ip" -m "$n" \
         -stf "$work/$name.csv" -error_file "$work/$name.err" -screen_file "$work/$name.screen" \

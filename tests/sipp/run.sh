@@ -29,7 +29,9 @@
 # keeps the work directory with the logs. SIPP_TRANSPORT=t1 runs it all
 # over TCP (one connection per sipp): each sipp registers over a
 # connection that closes when it exits, so the blade reaches the callees
-# by connecting to their Contact, where the UAS listens. SIPP_AUTH=1 runs
+# by connecting to their Contact, where the UAS listens; SIPP_TRANSPORT=tn
+# gives the callers a connection per call instead (see common.sh).
+# SIPP_AUTH=1 runs
 # the blade with auth = true: the REGISTERs (register_auth.xml) answer a
 # 401 and the INVITEs (uac_auth.xml) a 407 with sipp's own digest, from
 # the passwords in agents.toml. SIPP_FLOW=dialog makes each call a whole
@@ -156,7 +158,7 @@ cd "$work"
 # Every sipp: no stdin, statistics (CSV, final screen, errors) in $work,
 # the media port away from sipp's default 6000 (shared by parallel runs).
 sipp_common=(127.0.0.1:"$sip_port" -nostdin -timeout_error -mp "$media_port"
-    -trace_err -trace_screen -trace_stat -fd 1 -t "$transport")
+    -trace_err -trace_screen -trace_stat -fd 1)
 
 
 show_logs() {
@@ -173,7 +175,8 @@ show_logs() {
 # Registers the agents listed in $1.csv from $2:$3, expecting 200 each.
 register() {
     local who="$1" ip="$2" port="$3" rc=0
-    timeout 30 sipp "${sipp_common[@]}" -timeout 20s -sf "$here/$register_scenario" \
+    local -n transport_args="${who%s}_transport_args"
+    timeout 30 sipp "${sipp_common[@]}" "${transport_args[@]}" -timeout 20s -sf "$here/$register_scenario" \
         -inf "$work/$who.csv" -i "$ip" -p "$port" -mi "$ip" -m "$pairs" -r 50 \
         -stf "$work/register_$who.csv" -error_file "$work/register_$who.err" \
         -screen_file "$work/register_$who.screen" >"$work/register_$who.out" 2>&1 || rc=$?
@@ -187,8 +190,8 @@ register() {
 register callees 127.0.0.3 "$uas_port"
 
 uas_rc=0
-timeout "$hard_timeout" sipp "${sipp_common[@]}" -timeout "${sipp_timeout}s" \
-    "${uas_args[@]}" -i 127.0.0.3 -p "$uas_port" -mi 127.0.0.3 -m "$calls" \
+timeout "$hard_timeout" sipp "${sipp_common[@]}" "${callee_transport_args[@]}" \
+    -timeout "${sipp_timeout}s" "${uas_args[@]}" -i 127.0.0.3 -p "$uas_port" -mi 127.0.0.3 -m "$calls" \
     -stf "$work/uas.csv" -error_file "$work/uas.err" -screen_file "$work/uas.screen" \
     >"$work/uas.out" 2>&1 &
 uas_pid=$!
@@ -206,8 +209,8 @@ uas_ready 127.0.0.3 "$uas_port" || {
 register callers 127.0.0.2 "$uac_port"
 
 uac_rc=0
-timeout "$hard_timeout" sipp "${sipp_common[@]}" -timeout "${sipp_timeout}s" \
-    -sf "$here/$uac_scenario" -inf "$work/calls.csv" -i 127.0.0.2 -p "$uac_port" -mi 127.0.0.2 \
+timeout "$hard_timeout" sipp "${sipp_common[@]}" "${caller_transport_args[@]}" \
+    -timeout "${sipp_timeout}s" -sf "$here/$uac_scenario" -inf "$work/calls.csv" -i 127.0.0.2 -p "$uac_port" -mi 127.0.0.2 \
     -m "$calls" -users "$pairs" \
     -stf "$work/uac.csv" -error_file "$work/uac.err" -screen_file "$work/uac.screen" \
     >"$work/uac.out" 2>&1 || uac_rc=$?
