@@ -55,8 +55,10 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Contact (sipp `-t tn`, phones behind NAT) can only be reached on that
 /// connection, whichever core accepted it; the core that owns the dialog
 /// looks it up here when it holds no connection of its own to the address.
-/// Touched when a connection opens or closes and on such a miss, never per
-/// message, so a mutex costs nothing worth measuring.
+/// The one lock near the message path (SPEC §8 wants none), taken only when
+/// a connection opens or closes and on such a miss, whose alternative is
+/// opening a connection; telling every core of every connection over the
+/// mesh instead would wake each idle core twice per connection.
 #[derive(Default)]
 pub(crate) struct StreamOwners(Mutex<HashMap<SocketAddr, u16>>);
 
