@@ -214,6 +214,9 @@ impl Registrar {
                 Outcome::Queried(extension.to_owned())
             });
         }
+        if let Some(reason) = unreachable(&uri, self.settings.own_ip) {
+            return Err(Refusal::new(400, reason));
+        }
         let expires = expires.min(MAX_EXPIRES);
         let binding = Binding {
             uri: uri.as_str().to_owned(),
@@ -430,6 +433,40 @@ fn check_order(existing: Option<&Binding>, msg: &Message) -> Result<(), Refusal>
         }
         _ => Ok(()),
     }
+}
+
+/// Why the blade could never send to a Contact (a 400's reason), if it
+/// could not: calls
+/// to such a binding would wait for timer B (32 s) with both agents held
+/// in the call, so the REGISTER is refused instead. A host name is not
+/// judged (it is not resolved: requests then go to the REGISTER's source).
+fn unreachable(uri: &crate::sip::Uri<'_>, own_ip: Option<IpAddr>) -> Option<&'static str> {
+    match uri.scheme() {
+        Scheme::Sip => {}
+        Scheme::Sips => return Some("Unreachable Contact (sips: no TLS here)"),
+        _ => return Some("Unreachable Contact (not a sip: URI)"),
+    }
+    if let Some(transport) = uri.param("transport") {
+        if transport.and_then(Transport::parse).is_none() {
+            return Some("Unreachable Contact (transport not UDP or TCP)");
+        }
+    }
+    if uri.port() == Some(0) {
+        return Some("Unreachable Contact (port 0)");
+    }
+    let ip = uri.ip()?;
+    let unroutable = match ip {
+        IpAddr::V4(v4) => v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast(),
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+    };
+    if unroutable {
+        return Some("Unreachable Contact (not a unicast address)");
+    }
+    // The blade's sockets are of its SIP address's family.
+    if own_ip.is_some_and(|own| !own.is_unspecified() && own.is_ipv4() != ip.is_ipv4()) {
+        return Some("Unreachable Contact (IP version not the blade's)");
+    }
+    None
 }
 
 /// Where to reach a registered contact: the Contact's IP literal and

@@ -363,3 +363,64 @@ fn a_binding_over_tcp_keeps_its_connection_and_names_the_contact() {
     );
     assert_eq!(peer.transport, crate::sip::Transport::Tcp);
 }
+
+#[test]
+fn a_contact_the_blade_could_never_reach_is_refused() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    for (cseq, contact) in [
+        "<sip:1001@127.0.0.12:0>",
+        "<sip:1001@0.0.0.0:5061>",
+        "<sip:1001@255.255.255.255>",
+        "<sip:1001@224.0.0.1:5061>",
+        "<sip:1001@[::1]:5061>",
+        "<sip:1001@127.0.0.12:5061;transport=sctp>",
+        "<sip:1001@127.0.0.12:5061;transport=tls>",
+        "<sips:1001@127.0.0.12:5061>",
+        "<tel:+15551001>",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let text = register(
+            "1001",
+            cseq as u32 + 1,
+            &format!("Contact: {contact}\r\n"),
+            "",
+        );
+        let (outcome, resp) = send(&mut r, t0, &text);
+        assert_eq!(outcome, Outcome::Refused(400), "{contact}");
+        let reason = String::from_utf8_lossy(resp.reason().unwrap_or_default()).into_owned();
+        assert!(
+            reason.starts_with("Unreachable Contact"),
+            "{contact}: {reason}"
+        );
+        assert_eq!(
+            r.location().get("1001").unwrap().state,
+            AgentState::LoggedOut,
+            "{contact}"
+        );
+    }
+    // What the blade can reach: UDP or TCP, an IP of its family, a host
+    // name (reached at the REGISTER's source).
+    for (cseq, contact) in [
+        "<sip:1001@127.0.0.12:5061;transport=TCP>",
+        "<sip:1001@phone.example>",
+        "<sip:1001@127.0.0.12;transport=udp>",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let text = register(
+            "1001",
+            cseq as u32 + 20,
+            &format!("Contact: {contact}\r\n"),
+            "",
+        );
+        let (outcome, _) = send(&mut r, t0, &text);
+        assert!(
+            matches!(outcome, Outcome::LoggedIn(_) | Outcome::Refreshed(_)),
+            "{contact}: {outcome:?}"
+        );
+    }
+}
