@@ -52,6 +52,7 @@ fn proxy() -> Proxy {
         max_transactions: 1 << 20,
         cluster: None,
         via_port: None,
+        core_ports: Vec::new(),
         max_call: Duration::from_secs(4 * 3600),
     };
     let registrar = Registrar::new(

@@ -965,6 +965,45 @@ fn a_binding_to_the_blades_own_address_is_refused() {
     assert_eq!(blade.agent_state("1004"), "logged_out");
 }
 
+/// With several cores, each core's own UDP port (named in the Vias it
+/// writes) is the blade's address as much as the SIP port: a Contact
+/// naming one is refused too, or the agent's calls would come back into
+/// the blade (and get 486 from the agent's own call).
+#[test]
+fn a_binding_to_another_cores_port_is_refused() {
+    let blade = TestBlade::start(2, false);
+    let mut caller = blade.registered("1001");
+    let mut ports = std::collections::BTreeSet::new();
+    for ext in ["1002", "1003", "1004"] {
+        let mut callee = blade.registered(ext);
+        let mut call = caller.call(ext);
+        caller.invite(&mut call, "");
+        let invite = callee.request(Method::Invite, &call.call_id);
+        let via = invite.top_via();
+        assert_eq!(via.host(), blade.sip.ip().to_string());
+        ports.insert(via.port().expect("the blade's Via names its port"));
+        callee.answer(&invite, 486, "Busy Here", "busy");
+        let busy = caller.response(&call.call_id, Method::Invite);
+        caller.ack_failure(&call, &busy);
+    }
+    assert_eq!(
+        ports.len(),
+        2,
+        "the callees' cores name their own ports: {ports:?}"
+    );
+    let contact = blade.agent("1004")["contact"].clone();
+    for port in ports {
+        let mut ua = blade.ua("1004");
+        let headers = format!(
+            "Contact: <sip:1004@{}:{port}>\r\nExpires: 3600\r\n",
+            blade.sip.ip()
+        );
+        let refused = ua.register_once(&headers);
+        assert_eq!(refused.status(), Some(403), "{}", first_line(&refused));
+        assert_eq!(blade.agent("1004")["contact"], contact, "the binding stays");
+    }
+}
+
 // 10. Graceful stop.
 
 #[test]

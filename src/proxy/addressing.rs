@@ -57,6 +57,16 @@ impl Proxy {
         })
     }
 
+    /// Whether `uri` names another core's own UDP port on our IP. Kept
+    /// apart from [`Proxy::is_us`]: a Route naming another core is that
+    /// core's to pop, as it owns the dialog.
+    pub(super) fn is_core_port(&self, uri: &crate::sip::Uri<'_>) -> bool {
+        route::uri_peer(uri).is_some_and(|p| {
+            p.addr.ip() == self.settings.local.ip()
+                && self.settings.core_ports.contains(&p.addr.port())
+        })
+    }
+
     /// Whether a Request-URI host names the cluster's agents (SPEC §5):
     /// the domain, our address, or a peer blade's address.
     pub(super) fn is_our_host(&self, uri: &crate::sip::Uri<'_>) -> bool {

@@ -87,6 +87,7 @@ fn node(id: &str, sip: &str, peer: (&str, &str)) -> Node {
             epoch_base: 1,
         }),
         via_port: None,
+        core_ports: Vec::new(),
         max_call: MAX_CALL,
     };
     Node {

@@ -115,6 +115,9 @@ pub struct Settings {
     /// the dialogs it owns, come straight back to it rather than to
     /// whichever core the kernel picks; `None` for the SIP port.
     pub via_port: Option<u16>,
+    /// Every core's own UDP port (several cores only): a Contact naming
+    /// any of them names this blade as surely as the SIP port does.
+    pub core_ports: Vec<u16>,
 }
 
 /// What one step of the proxy produced.
@@ -595,6 +598,7 @@ impl Proxy {
         let to_a_blade = msg.contacts().any(|c| {
             let uri = c.uri();
             self.is_us(&uri)
+                || self.is_core_port(&uri)
                 || route::uri_peer(&uri).is_some_and(|p| self.is_peer_blade_sip(p.addr))
         });
         if to_a_blade {

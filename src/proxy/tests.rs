@@ -83,6 +83,7 @@ impl Blade {
             max_transactions,
             cluster: None,
             via_port,
+            core_ports: Vec::new(),
             max_call: Duration::from_secs(4 * 3600),
         };
         Blade {

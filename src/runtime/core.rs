@@ -626,6 +626,8 @@ pub(crate) struct Sockets {
     pub sip: socket2::Socket,
     /// On a port of this core's own (several cores only).
     pub via: Option<socket2::Socket>,
+    /// The own ports of all the cores (several cores only).
+    pub core_ports: Vec<u16>,
 }
 
 /// The body of one core's executor: core `index`, with its share of the
@@ -679,6 +681,7 @@ pub(crate) async fn run(
         max_transactions: shared.options.max_transactions,
         cluster: shared.cluster.clone(),
         via_port,
+        core_ports: sockets.core_ports,
         max_call: Duration::from_secs(config.blade.max_call_secs),
     };
     let core = Rc::new(Core {

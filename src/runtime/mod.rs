@@ -286,6 +286,12 @@ impl Blade {
                 addr: SocketAddr::new(sip.ip(), 0),
                 source,
             })?;
+        let core_ports: Vec<u16> = via_sockets
+            .iter()
+            .flatten()
+            .filter_map(|s| s.local_addr().ok()?.as_socket())
+            .map(|a| a.port())
+            .collect();
         for (i, (socket, via_socket)) in sockets.into_iter().zip(via_sockets).enumerate() {
             let (status_tx, status_rx) = flume::unbounded();
             status_senders.push(status_tx);
@@ -294,6 +300,7 @@ impl Blade {
             // The first core also runs the inter-blade link.
             let link = link.take();
             let ready = ready_tx.clone();
+            let core_ports = core_ports.clone();
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
                 .name(&format!("sipblade-core-{i}"))
                 .io_memory(IO_MEMORY)
@@ -301,6 +308,7 @@ impl Blade {
                     let sockets = core::Sockets {
                         sip: socket,
                         via: via_socket,
+                        core_ports,
                     };
                     core::run(shared, i, sockets, mesh, status_rx, link, ready)
                 })
