@@ -265,6 +265,12 @@ fn cluster_errors_name_the_line() {
         14,
         "peer quic = \"0.0.0.0:7060\" must name a reachable",
     );
+    assert_error(
+        &load_err("bad_peer_same_addr.toml"),
+        "bad_peer_same_addr.toml",
+        20,
+        "peer sip = \"127.0.0.2:5060\" is also peer `blade-2`'s address (line 13)",
+    );
 }
 
 #[test]

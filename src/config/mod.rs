@@ -459,6 +459,25 @@ fn check_cluster(
                 format!("peer quic = \"{quic}\" is this blade's own address"),
             ));
         }
+        // One address is one blade: a second peer there (most likely a
+        // copied entry left unedited) would have its link or its calls
+        // reach the other blade.
+        for (key, addr, raw) in [("sip", sip, &peer.sip), ("quic", quic, &peer.quic)] {
+            let clash = peers
+                .iter()
+                .zip(earlier)
+                .find(|(p, _)| [p.sip, p.quic].contains(&addr));
+            if let Some((first, first_raw)) = clash {
+                let line = src.line_of(first_raw.id.span().start);
+                return Err(src.at(
+                    raw.span(),
+                    format!(
+                        "peer {key} = \"{addr}\" is also peer `{}`'s address (line {line})",
+                        first.id
+                    ),
+                ));
+            }
+        }
         peers.push(PeerConfig {
             id: id.clone(),
             quic,
