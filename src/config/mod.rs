@@ -336,6 +336,17 @@ fn check_blade(src: &Source<'_>, raw: &RawBlade) -> Result<BladeConfig, ConfigEr
         ));
     }
     let sip = address(src, "sip", &raw.sip)?;
+    // The blade writes this address into its Vias and Record-Routes and
+    // knows requests for itself by it: a wildcard there sends responses
+    // and in-dialog requests to 0.0.0.0, the sender itself.
+    if sip.ip().is_unspecified() {
+        return Err(src.at(
+            raw.sip.span(),
+            format!(
+                "sip = \"{sip}\" must name this blade's own IP address (it goes into Via and Record-Route), not a wildcard"
+            ),
+        ));
+    }
     let cores = match &raw.cores {
         Some(cores) if *cores.get_ref() > MAX_CORES => {
             return Err(src.at(
@@ -661,6 +672,18 @@ mod tests {
                 "max_tcp_connections = 0\n[agents]",
                 5,
                 "max_tcp_connections must be between 1 and 1000000",
+            ),
+            (
+                "sip = \"127.0.0.1:5060\"",
+                "sip = \"0.0.0.0:5060\"",
+                4,
+                "sip = \"0.0.0.0:5060\" must name this blade's own IP address",
+            ),
+            (
+                "sip = \"127.0.0.1:5060\"",
+                "sip = \"[::]:5060\"",
+                4,
+                "sip = \"[::]:5060\" must name this blade's own IP address",
             ),
             (
                 "[agents]",
