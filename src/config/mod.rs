@@ -25,7 +25,9 @@
 //! read here: the cluster link reads them when it starts.
 //!
 //! Own listen addresses may use port 0 (any free port, for tests); peer
-//! addresses must be reachable: a concrete IP and a non-zero port.
+//! addresses must be reachable: a concrete IP and a non-zero port. So
+//! must `blade.sip`'s IP: it goes into the blade's Vias and Record-Routes.
+//! No two peers share an address.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
