@@ -265,6 +265,12 @@ fn cluster_errors_name_the_line() {
         14,
         "peer quic = \"0.0.0.0:7060\" must name a reachable",
     );
+    assert_error(
+        &load_err("bad_peer_same_addr.toml"),
+        "bad_peer_same_addr.toml",
+        20,
+        "peer sip = \"127.0.0.2:5060\" is also peer `blade-2`'s address (line 13)",
+    );
 }
 
 #[test]
@@ -282,6 +288,45 @@ fn agent_errors_name_the_agents_file() {
         8,
         "duplicate extension `1001` (first on line 2)",
     );
+}
+
+/// A config or agents file that was read but is not UTF-8 is a bad file
+/// (exit 1, its line), not an I/O error: it was read.
+#[test]
+fn non_utf8_files_are_invalid_at_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("blade.toml");
+    let agents = dir.path().join("agents.toml");
+    std::fs::write(
+        &config,
+        b"[blade]\nid = \"blade-1\"\ndomain = \"cc.\xe9xample\"\nsip = \"127.0.0.1:5060\"\n\
+          [agents]\nfile = \"agents.toml\"\n",
+    )
+    .unwrap();
+    let err = Config::load(&config).unwrap_err();
+    assert!(!err.is_io(), "{err}");
+    assert_eq!(err.line(), Some(3), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:3: not UTF-8", config.display())),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    std::fs::write(
+        &agents,
+        b"[[agent]]\nbadge = \"A1\"\nextension = \"1001\"\npassword = \"p\xffss\"\n",
+    )
+    .unwrap();
+    let err = Agents::load(&agents).unwrap_err();
+    assert!(!err.is_io(), "{err}");
+    assert_eq!(err.path(), agents);
+    assert_eq!(err.line(), Some(4), "{err}");
 }
 
 #[test]

@@ -158,3 +158,48 @@ fn load_run_refuses_bad_options() {
         "missing --blade is a usage error"
     );
 }
+
+/// Options whose schedule or deadlines would overflow the clock, or whose
+/// extensions would wrap past the largest number, are usage errors (exit
+/// 2, one line) before anything is sent. Before, `--rate 1e-300` and
+/// `--hold-ms` near 2⁶⁴ panicked a worker once the agents had registered,
+/// and `--first` near 2⁶⁴ wrapped to extensions 0, 1, ...
+#[test]
+fn load_refuses_options_past_its_clock_and_extensions() {
+    let max = u64::MAX.to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "load",
+            "run",
+            "--blade",
+            "127.0.0.1:9",
+            "--pairs",
+            "1",
+            "--calls",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--rate") {
+            args.extend_from_slice(&["--rate", "1"]);
+        }
+        sipblade(&args)
+    };
+    for (extra, says) in [
+        (&["--rate", "1e-300"][..], "--calls / --rate"),
+        (&["--hold-ms", &max][..], "--hold-ms"),
+        (&["--timeout-s", &max][..], "--timeout-s"),
+        (&["--first", &max][..], "--first"),
+    ] {
+        let out = run(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+    let out = sipblade(&["load", "agents", "--pairs", "2", "--first", &max]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let last = (u64::MAX - 1).to_string();
+    let out = sipblade(&["load", "agents", "--pairs", "1", "--first", &last]);
+    assert!(out.status.success(), "{out:?}");
+}

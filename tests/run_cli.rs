@@ -336,6 +336,26 @@ fn usage_errors_are_one_line_and_exit_2() {
         assert!(stderr.starts_with("sipblade: "), "{args:?}: {stderr}");
         assert!(stderr.contains("--help"), "{args:?}: {stderr}");
     }
+    // A missing option value points at that subcommand's help, though
+    // clap renders no usage line for it.
+    for (args, help) in [
+        (&["run", "--config"][..], "see `sipblade run --help`"),
+        (
+            &["load", "run", "--blade"],
+            "see `sipblade load run --help`",
+        ),
+        (
+            &["certs", "--dir", "x", "--blades"],
+            "see `sipblade certs --help`",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+            .args(args)
+            .output()
+            .expect("sipblade runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(help), "{args:?}: {stderr}");
+    }
     let help = Command::new(env!("CARGO_BIN_EXE_sipblade"))
         .args(["run", "--help"])
         .output()

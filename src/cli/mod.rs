@@ -110,10 +110,17 @@ fn usage_error_line(err: &clap::Error) -> String {
     let rendered = err.render().to_string();
     // `Usage: sipblade load run [OPTIONS] ...`: the command path is the
     // words before the first placeholder.
+    // clap leaves the usage out of some errors (a missing option value):
+    // then the subcommands named on the command line say which.
+    let from_args = command_path(
+        std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
     let usage = rendered
         .lines()
         .find_map(|l| l.trim().strip_prefix("Usage: "))
-        .unwrap_or("sipblade");
+        .unwrap_or(&from_args);
     let command: Vec<&str> = usage
         .split_whitespace()
         .take_while(|w| !w.starts_with(['[', '<', '-']))
@@ -131,4 +138,20 @@ fn usage_error_line(err: &clap::Error) -> String {
     let first = first.join(" ");
     let first = first.strip_prefix("error: ").unwrap_or(&first);
     format!("{first} ({help})")
+}
+
+/// `sipblade` and the subcommands that lead `args`, as in `sipblade load
+/// run`.
+fn command_path(args: impl IntoIterator<Item = String>) -> String {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let mut path = vec![command.get_name().to_owned()];
+    for arg in args {
+        let Some(sub) = command.find_subcommand(&arg).cloned() else {
+            break;
+        };
+        path.push(sub.get_name().to_owned());
+        command = sub;
+    }
+    path.join(" ")
 }

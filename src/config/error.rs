@@ -96,12 +96,23 @@ impl fmt::Display for At<'_> {
     }
 }
 
-/// Reads a whole file, naming it in the error.
+/// Reads a whole file, naming it in the error. A file that was read but
+/// is not UTF-8 (TOML must be) is invalid input at the line of its first
+/// bad byte, not an I/O error.
 pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
         named_by: None,
+    })?;
+    String::from_utf8(bytes).map_err(|err| {
+        let bytes = err.as_bytes();
+        let at = err.utf8_error().valid_up_to();
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            line: Some(memchr::memchr_iter(b'\n', &bytes[..at]).count() + 1),
+            message: "not UTF-8 text (TOML must be UTF-8)".to_owned(),
+        }
     })
 }
 

@@ -25,7 +25,9 @@
 //! read here: the cluster link reads them when it starts.
 //!
 //! Own listen addresses may use port 0 (any free port, for tests); peer
-//! addresses must be reachable: a concrete IP and a non-zero port.
+//! addresses must be reachable: a concrete IP and a non-zero port. So
+//! must `blade.sip`'s IP: it goes into the blade's Vias and Record-Routes.
+//! No two peers share an address.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -336,6 +338,17 @@ fn check_blade(src: &Source<'_>, raw: &RawBlade) -> Result<BladeConfig, ConfigEr
         ));
     }
     let sip = address(src, "sip", &raw.sip)?;
+    // The blade writes this address into its Vias and Record-Routes and
+    // knows requests for itself by it: a wildcard there sends responses
+    // and in-dialog requests to 0.0.0.0, the sender itself.
+    if sip.ip().is_unspecified() {
+        return Err(src.at(
+            raw.sip.span(),
+            format!(
+                "sip = \"{sip}\" must name this blade's own IP address (it goes into Via and Record-Route), not a wildcard"
+            ),
+        ));
+    }
     let cores = match &raw.cores {
         Some(cores) if *cores.get_ref() > MAX_CORES => {
             return Err(src.at(
@@ -458,6 +471,25 @@ fn check_cluster(
                 peer.quic.span(),
                 format!("peer quic = \"{quic}\" is this blade's own address"),
             ));
+        }
+        // One address is one blade: a second peer there (most likely a
+        // copied entry left unedited) would have its link or its calls
+        // reach the other blade.
+        for (key, addr, raw) in [("sip", sip, &peer.sip), ("quic", quic, &peer.quic)] {
+            let clash = peers
+                .iter()
+                .zip(earlier)
+                .find(|(p, _)| [p.sip, p.quic].contains(&addr));
+            if let Some((first, first_raw)) = clash {
+                let line = src.line_of(first_raw.id.span().start);
+                return Err(src.at(
+                    raw.span(),
+                    format!(
+                        "peer {key} = \"{addr}\" is also peer `{}`'s address (line {line})",
+                        first.id
+                    ),
+                ));
+            }
         }
         peers.push(PeerConfig {
             id: id.clone(),
@@ -642,6 +674,18 @@ mod tests {
                 "max_tcp_connections = 0\n[agents]",
                 5,
                 "max_tcp_connections must be between 1 and 1000000",
+            ),
+            (
+                "sip = \"127.0.0.1:5060\"",
+                "sip = \"0.0.0.0:5060\"",
+                4,
+                "sip = \"0.0.0.0:5060\" must name this blade's own IP address",
+            ),
+            (
+                "sip = \"127.0.0.1:5060\"",
+                "sip = \"[::]:5060\"",
+                4,
+                "sip = \"[::]:5060\" must name this blade's own IP address",
             ),
             (
                 "[agents]",

@@ -100,6 +100,22 @@ pub(crate) fn extension(first: u64, i: usize, callee: bool) -> u64 {
     first + 2 * i as u64 + u64::from(callee)
 }
 
+/// Whether `pairs` pairs from `first` have extensions that fit in a
+/// `u64` (past it, [`extension`] would wrap to 0, 1, ...).
+fn extensions_fit(first: u64, pairs: usize) -> bool {
+    u64::try_from(pairs)
+        .ok()
+        .and_then(|p| p.checked_mul(2))
+        .and_then(|n| first.checked_add(n - 1))
+        .is_some()
+}
+
+/// The longest `--timeout-s` and `--hold-ms` (an hour), and the longest
+/// schedule `--calls / --rate` (a year) that `load run` takes: past them
+/// its deadlines would overflow a clock reading.
+const MAX_CALL_WAIT: Duration = Duration::from_secs(3600);
+const MAX_SCHEDULE_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
 /// The `agents.toml` text for `pairs` pairs from `first`.
 fn agents_toml(pairs: usize, first: u64) -> String {
     use std::fmt::Write as _;
@@ -123,6 +139,10 @@ fn agents_toml(pairs: usize, first: u64) -> String {
 fn agents(pairs: usize, first: u64) -> ExitCode {
     if pairs == 0 {
         eprintln!("sipblade load agents: --pairs must be at least 1");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if !extensions_fit(first, pairs) {
+        eprintln!("sipblade load agents: --first + 2 × --pairs is past the largest extension");
         return ExitCode::from(EXIT_USAGE);
     }
     let text = agents_toml(pairs, first);
@@ -196,6 +216,24 @@ fn run_load(args: &RunArgs) -> ExitCode {
     }
     if args.timeout_s == 0 {
         return usage("--timeout-s must be at least 1");
+    }
+    if args.timeout_s > MAX_CALL_WAIT.as_secs() {
+        return usage(&format!(
+            "--timeout-s must be at most {}",
+            MAX_CALL_WAIT.as_secs()
+        ));
+    }
+    if u128::from(args.hold_ms) > MAX_CALL_WAIT.as_millis() {
+        return usage(&format!(
+            "--hold-ms must be at most {}",
+            MAX_CALL_WAIT.as_millis()
+        ));
+    }
+    if args.calls as f64 / args.rate > MAX_SCHEDULE_SECS {
+        return usage("--calls / --rate must be at most a year");
+    }
+    if !extensions_fit(args.first, args.pairs) {
+        return usage("--first + 2 × --pairs is past the largest extension");
     }
     // A worker without a pair would have nothing to do.
     let threads = args.threads.min(args.pairs);
