@@ -953,6 +953,31 @@ fn the_admin_port_answers_get_and_head_and_says_what_it_allows() {
     assert_eq!(common::http(blade.admin, "GET", "/nope").0, 404);
 }
 
+/// A client that sends requests and never reads the answers, and clients
+/// that connect and send nothing, hold only their own connections: the
+/// admin port goes on answering everyone else.
+#[test]
+fn clients_that_stall_do_not_stall_the_admin_port() {
+    let blade = TestBlade::start(1, false);
+    use std::io::Write;
+    let mut hog = TcpStream::connect(blade.admin).unwrap();
+    hog.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    // More answers than the socket buffers hold; the write may block once
+    // they are full, which is the point.
+    let _ = hog.write_all(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(5000)
+            .as_bytes(),
+    );
+    let _idle: Vec<_> = (0..5)
+        .map(|_| TcpStream::connect(blade.admin).unwrap())
+        .collect();
+    for path in ["/status", "/metrics", "/status"] {
+        assert_eq!(common::http_get(blade.admin, path).0, 200, "{path}");
+    }
+    drop(hog);
+}
+
 /// A REGISTER whose Contact is the blade's own SIP address is refused:
 /// the agent's calls would loop through the blade.
 #[test]

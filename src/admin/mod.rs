@@ -1,14 +1,15 @@
 //! The admin port (SPEC §6): `GET /status` (JSON) and `GET /metrics`
-//! (Prometheus text), served from a thread of its own so that reading
-//! status never runs on a SIP core. The thread asks each core for a
-//! [`Snapshot`] over a channel and waits a bounded time for the answers.
+//! (Prometheus text), served from threads of their own so that reading
+//! status never runs on a SIP core ([`http`]). A request asks each core
+//! for a [`Snapshot`] over a channel and waits a bounded time for the
+//! answers.
 
+mod http;
 pub mod render;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::proxy::Snapshot;
@@ -96,9 +97,7 @@ impl Peers {
 
 /// The running admin server.
 pub struct Admin {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-    addr: SocketAddr,
+    server: http::Server,
 }
 
 impl Admin {
@@ -108,85 +107,75 @@ impl Admin {
         info: BladeInfo,
         cores: Vec<flume::Sender<SnapshotRequest>>,
     ) -> std::io::Result<Admin> {
-        let addr = listener.local_addr()?;
-        let server =
-            tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?;
-        let server = Arc::new(server);
-        let serving = server.clone();
-        let thread = std::thread::Builder::new()
-            .name("sipblade-admin".into())
-            .spawn(move || serve(&serving, &info, &cores))?;
-        Ok(Admin {
-            server,
-            thread: Some(thread),
-            addr,
-        })
+        let server = http::Server::start(listener, move |request| answer(request, &info, &cores))?;
+        Ok(Admin { server })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
-    /// Stops serving and joins the thread.
-    pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// Stops serving.
+    pub fn stop(self) {
+        self.server.stop();
     }
 }
 
-fn serve(server: &tiny_http::Server, info: &BladeInfo, cores: &[flume::Sender<SnapshotRequest>]) {
-    for request in server.incoming_requests() {
-        let path = request
-            .url()
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        // HEAD answers as GET would, without the body (tiny_http leaves it
-        // out; RFC 9110 §9.3.2).
-        let readable = matches!(
-            request.method(),
-            tiny_http::Method::Get | tiny_http::Method::Head
-        );
-        let (status, content_type, body) = match (readable, path.as_str()) {
-            (true, "/status") => (
-                200,
-                "application/json",
-                render::status_json(info, &gather(cores)),
-            ),
-            (true, "/metrics") => (
-                200,
-                "text/plain; version=0.0.4",
-                render::metrics_text(&gather(cores), info.peers.datagrams()),
-            ),
-            (false, "/status" | "/metrics") => {
-                (405, "text/plain", "method not allowed\n".to_owned())
-            }
-            _ => (
-                404,
-                "text/plain",
-                "not found: try /status or /metrics\n".to_owned(),
-            ),
-        };
-        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-        let allow = (status == 405).then_some("GET, HEAD");
-        let headers = [("Content-Type", Some(content_type)), ("Allow", allow)];
-        for (name, value) in headers {
-            let header = value.and_then(|v| tiny_http::Header::from_bytes(name, v).ok());
-            if let Some(header) = header {
-                response = response.with_header(header);
-            }
+fn answer(
+    request: &http::Request,
+    info: &BladeInfo,
+    cores: &[flume::Sender<SnapshotRequest>],
+) -> http::Response {
+    // HEAD answers as GET would, without the body (RFC 9110 §9.3.2).
+    let readable = matches!(request.method.as_str(), "GET" | "HEAD");
+    let resource = match request.path.as_str() {
+        "/status" => Resource::Status,
+        "/metrics" => Resource::Metrics,
+        _ => return http::Response::text(404, "not found: try /status or /metrics\n"),
+    };
+    if !readable {
+        return http::Response::text(405, "method not allowed\n").with("Allow", "GET, HEAD");
+    }
+    let snapshots = match gather(cores) {
+        Ok(snapshots) => snapshots,
+        // A partial answer would be wrong, not just late: agents left out
+        // of /status, counters going back in /metrics (a reset, to
+        // Prometheus).
+        Err(missing) => {
+            return http::Response::text(
+                503,
+                format!(
+                    "{missing} of {} cores did not answer in time\n",
+                    cores.len()
+                ),
+            )
+            .with("Retry-After", "1");
         }
-        let _ = request.respond(response);
+    };
+    let (content_type, body) = match resource {
+        Resource::Status => ("application/json", render::status_json(info, &snapshots)),
+        Resource::Metrics => (
+            "text/plain; version=0.0.4",
+            render::metrics_text(&snapshots, info.peers.datagrams()),
+        ),
+    };
+    http::Response {
+        status: 200,
+        content_type,
+        body,
+        headers: Vec::new(),
     }
 }
 
-/// Asks every core for its snapshot; a core that does not answer in time
-/// is left out rather than stalling the admin port.
-fn gather(cores: &[flume::Sender<SnapshotRequest>]) -> Vec<Snapshot> {
+enum Resource {
+    Status,
+    Metrics,
+}
+
+/// Asks every core for its snapshot; the number of cores that did not
+/// answer in time (or have stopped), if any.
+fn gather(cores: &[flume::Sender<SnapshotRequest>]) -> Result<Vec<Snapshot>, usize> {
     let (reply, answers) = flume::bounded(cores.len().max(1));
     let asked = cores
         .iter()
@@ -194,7 +183,11 @@ fn gather(cores: &[flume::Sender<SnapshotRequest>]) -> Vec<Snapshot> {
         .count();
     drop(reply);
     let deadline = std::time::Instant::now() + CORE_ANSWER_TIMEOUT;
-    (0..asked)
+    let snapshots: Vec<Snapshot> = (0..asked)
         .filter_map(|_| answers.recv_deadline(deadline).ok())
-        .collect()
+        .collect();
+    match cores.len() - snapshots.len() {
+        0 => Ok(snapshots),
+        missing => Err(missing),
+    }
 }
