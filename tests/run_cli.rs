@@ -166,6 +166,47 @@ fn run_serves_sip_and_status_and_stops_on_sigterm() {
     );
 }
 
+/// A call left ringing holds the stop for the drain (up to 5 s); a second
+/// SIGTERM ends the process at once.
+#[test]
+fn a_second_sigterm_cuts_the_drain_short() {
+    let (dir, config, sip, _admin) = blade_files(1, false);
+    let mut blade = Process::start(&config, &dir.path().join("stderr"));
+    let mut probe = Ua::new(sip, "probe");
+    assert_eq!(ready(&mut blade, &mut probe), 200);
+    let mut caller = Ua::new(sip, "1001");
+    let mut callee = Ua::new(sip, "1002");
+    for ua in [&mut caller, &mut callee] {
+        assert_eq!(ua.register(3600).status(), Some(200));
+    }
+    let mut call = caller.call("1002");
+    caller.invite(&mut call, "");
+    callee.request(Method::Invite, &call.call_id);
+
+    let pid = blade.child.id().to_string();
+    let term = || {
+        let signalled = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(signalled.success());
+    };
+    term();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        blade.child.try_wait().expect("try_wait").is_none(),
+        "the ringing call holds the first stop"
+    );
+    term();
+    let exit = blade.wait_exit(Duration::from_secs(2));
+    assert_eq!(exit.code(), Some(0), "stderr:\n{}", blade.stderr());
+    assert!(
+        blade.stderr().contains("stopping at once"),
+        "{}",
+        blade.stderr()
+    );
+}
+
 /// More cores than CPUs work, but the start says so: executors share CPUs
 /// and each costs memory, which is seldom what was meant.
 #[test]

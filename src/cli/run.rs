@@ -51,7 +51,18 @@ pub(crate) fn run(config: Option<PathBuf>) -> ExitCode {
         }
     };
     if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "stopping: finishing running transactions");
+        tracing::info!(
+            signal,
+            "stopping: finishing running transactions (signal again to stop at once)"
+        );
+        // A second signal cuts the drain short, as operators expect of a
+        // second Ctrl-C; the answer is the same as for a drained stop.
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::warn!(signal, "stopping at once: running transactions abandoned");
+                std::process::exit(0);
+            }
+        });
     }
     blade.stop();
     ExitCode::SUCCESS
