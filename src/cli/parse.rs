@@ -17,7 +17,8 @@ const STDIN_NAME: &str = "-";
 pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
     let mut invalid = false;
     let mut io_error = false;
-    // No file, or a file named "-", reads standard input (once).
+    // No file, or a file named "-", reads standard input to its end; a
+    // second "-" finds it empty, as `cat - -` does.
     let read_stdin = || {
         let mut buf = Vec::new();
         std::io::stdin().read_to_end(&mut buf).map(|_| buf)
