@@ -1,6 +1,6 @@
 //! The admin port (SPEC §6): `GET /status` (JSON) and `GET /metrics`
 //! (Prometheus text), served from threads of their own so that reading
-//! status never runs on a SIP core ([`http`]). A request asks each core
+//! status never runs on a SIP core (`admin::http`). A request asks each core
 //! for a [`Snapshot`] over a channel and waits a bounded time for the
 //! answers.
 
