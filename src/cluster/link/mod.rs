@@ -34,6 +34,12 @@ pub const MAX_FRAME: usize = 64 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// How long a connection must have been up before its loss restarts the
+/// reconnect delay at [`BACKOFF_MIN`]. A peer that accepts the handshake
+/// and then closes at once (it does not list us, or takes us for another
+/// blade) must not be redialled ten times a second for ever.
+const STABLE_AFTER: Duration = BACKOFF_MAX;
+
 /// Application close code: the peer is not a configured cluster member.
 const CLOSE_NOT_A_PEER: u32 = 1;
 
@@ -111,6 +117,8 @@ struct Peer {
     dial: bool,
     conn: Option<ConnectionHandle>,
     up: bool,
+    /// When the current connection came up.
+    up_since: Option<Instant>,
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -157,6 +165,7 @@ impl Link {
                 dial: me.to_ascii_lowercase() < id.to_ascii_lowercase(),
                 conn: None,
                 up: false,
+                up_since: None,
                 retry_at: Some(now),
                 backoff: BACKOFF_MIN,
             })
@@ -414,7 +423,14 @@ impl Link {
                         if self.peers[i].up {
                             self.events.push_back(LinkEvent::PeerDown(id));
                         }
-                        self.peers[i].up = false;
+                        let p = &mut self.peers[i];
+                        if p.up_since
+                            .is_some_and(|t| now.saturating_duration_since(t) >= STABLE_AFTER)
+                        {
+                            p.backoff = BACKOFF_MIN;
+                        }
+                        p.up = false;
+                        p.up_since = None;
                         self.schedule_retry(i, now);
                     }
                 }
@@ -487,7 +503,9 @@ impl Link {
         let p = &mut self.peers[i];
         p.conn = Some(ch);
         p.up = true;
-        p.backoff = BACKOFF_MIN;
+        // The reconnect delay restarts only once this connection has
+        // lasted (see STABLE_AFTER), not merely because it came up.
+        p.up_since = Some(now);
         tracing::info!(peer = %p.id, "link up");
         self.events.push_back(LinkEvent::PeerUp(p.id.clone()));
     }

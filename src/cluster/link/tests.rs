@@ -307,3 +307,68 @@ fn strangers_are_refused() {
             .is_none()
     );
 }
+
+#[test]
+fn a_peer_that_refuses_us_after_the_handshake_is_redialled_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cluster(dir.path(), &["blade-1".into(), "blade-2".into()]).unwrap();
+    let mut now = Instant::now();
+    // blade-1 lists blade-2 and dials it (its id sorts first); blade-2
+    // does not list blade-1, so it closes each connection once the
+    // handshake has shown who called. Each one is briefly up at blade-1.
+    let mut nodes = vec![
+        node(
+            dir.path(),
+            "blade-1",
+            "127.0.0.1:7061",
+            &[("blade-2", "127.0.0.2:7062")],
+            now,
+        ),
+        node(dir.path(), "blade-2", "127.0.0.2:7062", &[], now),
+    ];
+    run(&mut nodes, &mut now, Duration::from_secs(30));
+    let refusals = nodes[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, LinkEvent::Refused { .. }))
+        .count();
+    // Backing off 0.1 s, 0.2 s, ... up to 5 s: about 11 dials in 30 s,
+    // not one every 100 ms.
+    assert!(
+        (2..=15).contains(&refusals),
+        "{refusals} refused connections in 30 s"
+    );
+    assert!(!nodes[0].link.is_up("blade-2"));
+}
+
+#[test]
+fn a_link_that_lasted_is_redialled_at_once_when_lost() {
+    let mut now = Instant::now();
+    let (dir, mut nodes) = two_blades(now);
+    // blade-2 starts late: blade-1's redial delay grows to its longest.
+    let late = nodes.pop().unwrap();
+    run(&mut nodes, &mut now, Duration::from_secs(12));
+    drop(late);
+    let restart = |now: Instant| {
+        node(
+            dir.path(),
+            "blade-2",
+            "127.0.0.2:7062",
+            &[("blade-1", "127.0.0.1:7061")],
+            now,
+        )
+    };
+    nodes.push(restart(now));
+    run(&mut nodes, &mut now, Duration::from_secs(20));
+    assert!(nodes[0].link.is_up("blade-2"));
+    // blade-2 vanishes: once blade-1 notices, it redials from the
+    // shortest delay, as the link had lasted.
+    nodes.pop();
+    run(&mut nodes, &mut now, Duration::from_secs(15));
+    assert!(!nodes[0].link.is_up("blade-2"));
+    let backoff = nodes[0].link.peers[0].backoff;
+    assert!(backoff <= 4 * super::BACKOFF_MIN, "{backoff:?}");
+    nodes.push(restart(now));
+    run(&mut nodes, &mut now, Duration::from_secs(6));
+    assert!(nodes[0].link.is_up("blade-2"), "{:?}", nodes[0].events);
+}
