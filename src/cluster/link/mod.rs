@@ -412,7 +412,13 @@ impl Link {
                 };
                 if let Some(i) = c.peer {
                     let id = self.peers[i].id.clone();
-                    tracing::info!(peer = %id, "link down: {reason}");
+                    if misconfigured(&reason) {
+                        // A CA, a certificate or a peer list to fix: said
+                        // at each redial (at most every BACKOFF_MAX).
+                        tracing::warn!(peer = %id, "no link: {reason}");
+                    } else {
+                        tracing::info!(peer = %id, "link down: {reason}");
+                    }
                     for exchange in c.exchanges.into_values() {
                         self.events.push_back(LinkEvent::Failed {
                             peer: id.clone(),
@@ -477,8 +483,8 @@ impl Link {
             // They dialled: any configured peer that is not us.
             (None, Some(j)) if !self.peers[j].id.eq_ignore_ascii_case(&self.me) => j,
             _ => {
+                // Reported as LinkEvent::Refused, for the driver to log.
                 let addr = c.conn.remote_address();
-                tracing::warn!(%addr, claimed = ?claimed, "refused a blade that is not a configured peer");
                 c.conn.close(
                     now,
                     VarInt::from_u32(CLOSE_NOT_A_PEER),
@@ -574,6 +580,23 @@ impl Link {
         } else {
             self.events.push_back(LinkEvent::Message { peer, frame });
         }
+    }
+}
+
+/// Whether a connection ended because a TLS check failed on either side,
+/// or because the peer does not take us for one of its peers: no redial
+/// can succeed until someone fixes a configuration.
+fn misconfigured(reason: &quinn_proto::ConnectionError) -> bool {
+    use quinn_proto::{ConnectionError, TransportErrorCode};
+    // QUIC carries TLS alerts as the CRYPTO_ERROR range, 0x100-0x1ff.
+    let tls = |code: TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match reason {
+        ConnectionError::TransportError(e) => tls(e.code),
+        ConnectionError::ConnectionClosed(close) => tls(close.error_code),
+        ConnectionError::ApplicationClosed(close) => {
+            close.error_code == VarInt::from_u32(CLOSE_NOT_A_PEER)
+        }
+        _ => false,
     }
 }
 

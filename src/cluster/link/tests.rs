@@ -372,3 +372,39 @@ fn a_link_that_lasted_is_redialled_at_once_when_lost() {
     run(&mut nodes, &mut now, Duration::from_secs(6));
     assert!(nodes[0].link.is_up("blade-2"), "{:?}", nodes[0].events);
 }
+
+#[test]
+fn a_tls_failure_or_a_refusal_reads_as_misconfigured_and_a_timeout_does_not() {
+    use quinn_proto::{ApplicationClose, ConnectionClose};
+    use quinn_proto::{ConnectionError, TransportError, TransportErrorCode, VarInt};
+    let bad_certificate = TransportErrorCode::crypto(42);
+    assert!(super::misconfigured(&ConnectionError::TransportError(
+        TransportError {
+            code: bad_certificate,
+            frame: None,
+            reason: "invalid peer certificate".into(),
+        }
+    )));
+    assert!(super::misconfigured(&ConnectionError::ConnectionClosed(
+        ConnectionClose {
+            error_code: bad_certificate,
+            frame_type: None,
+            reason: Bytes::new(),
+        }
+    )));
+    assert!(super::misconfigured(&ConnectionError::ApplicationClosed(
+        ApplicationClose {
+            error_code: VarInt::from_u32(super::CLOSE_NOT_A_PEER),
+            reason: Bytes::from_static(b"not a cluster peer"),
+        }
+    )));
+    // A peer that went away or stopped: the link comes back by itself.
+    assert!(!super::misconfigured(&ConnectionError::TimedOut));
+    assert!(!super::misconfigured(&ConnectionError::Reset));
+    assert!(!super::misconfigured(&ConnectionError::ApplicationClosed(
+        ApplicationClose {
+            error_code: VarInt::from_u32(0),
+            reason: Bytes::from_static(b"blade stopping"),
+        }
+    )));
+}
