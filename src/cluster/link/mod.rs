@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event, ReadError, StreamEvent, StreamId,
-    VarInt,
+    ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event, HashedConnectionIdGenerator,
+    ReadError, StreamEvent, StreamId, VarInt,
 };
 
 use super::tls::{Identity, peer_blade_id};
@@ -151,12 +151,14 @@ pub struct Link {
 impl Link {
     /// A link for blade `me` with these peers `(id, QUIC address)`.
     pub fn new(me: &str, identity: Identity, peers: &[(String, SocketAddr)], now: Instant) -> Link {
-        let endpoint = quinn_proto::Endpoint::new(
-            Arc::new(EndpointConfig::default()),
-            Some(identity.server.clone()),
-            true,
-            None,
-        );
+        // Reset tokens and connection ids keyed by secrets that survive a
+        // restart (see ResetKey): a restarted blade resets its peers'
+        // connections to its former self, and they redial at once.
+        let mut config = EndpointConfig::new(identity.reset_key.clone());
+        let cid_key = identity.reset_key.cid_key();
+        config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(cid_key)));
+        let endpoint =
+            quinn_proto::Endpoint::new(Arc::new(config), Some(identity.server.clone()), true, None);
         let peers = peers
             .iter()
             .map(|(id, addr)| Peer {

@@ -408,3 +408,34 @@ fn a_tls_failure_or_a_refusal_reads_as_misconfigured_and_a_timeout_does_not() {
         }
     )));
 }
+
+#[test]
+fn a_restarted_peer_resets_the_old_connection_and_is_redialled_at_once() {
+    let mut now = Instant::now();
+    let (dir, mut nodes) = two_blades(now);
+    run(&mut nodes, &mut now, Duration::from_secs(1));
+    assert!(nodes[0].link.is_up("blade-2"));
+    // blade-2 restarts at once (SIGKILL, then a fresh process): its new
+    // endpoint answers blade-1's next keep-alive on the old connection
+    // with a stateless reset that blade-1 trusts, well before the idle
+    // timeout would have told it.
+    nodes.pop();
+    nodes.push(node(
+        dir.path(),
+        "blade-2",
+        "127.0.0.2:7062",
+        &[("blade-1", "127.0.0.1:7061")],
+        now,
+    ));
+    let restarted = now;
+    run(&mut nodes, &mut now, Duration::from_secs(4));
+    assert!(
+        nodes[0]
+            .events
+            .contains(&LinkEvent::PeerDown("blade-2".into())),
+        "{:?}",
+        nodes[0].events
+    );
+    assert!(nodes[0].link.is_up("blade-2") && nodes[1].link.is_up("blade-1"));
+    assert!(now - restarted < crate::cluster::tls::IDLE_TIMEOUT);
+}
