@@ -7,12 +7,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn_proto::crypto::{CryptoError, HmacKey};
 use quinn_proto::{ClientConfig, IdleTimeout, ServerConfig, TransportConfig, VarInt};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use sha2::{Digest, Sha256};
 
 /// ALPN of the inter-blade protocol; a version bump changes it.
 pub const ALPN: &[u8] = b"sipblade/1";
@@ -79,6 +83,63 @@ pub struct Identity {
     pub server: Arc<ServerConfig>,
     /// Connects to peers, presenting our certificate.
     pub client: ClientConfig,
+    /// Keys the QUIC stateless reset tokens: derived from the blade's
+    /// private key, so the same across restarts and secret.
+    pub reset_key: Arc<ResetKey>,
+}
+
+/// HMAC-SHA256 key for QUIC stateless reset tokens. A blade that restarts
+/// answers its peers' packets on the connections it lost with a stateless
+/// reset; with the same key as before the restart, the peers accept it
+/// and redial at once, instead of sending into the void until the idle
+/// timeout (and showing the link up all that while).
+pub struct ResetKey(Hmac<Sha256>);
+
+impl ResetKey {
+    fn derive(key_der: &[u8]) -> ResetKey {
+        let derived = Sha256::new()
+            .chain_update(b"sipblade QUIC stateless reset key v1")
+            .chain_update(key_der)
+            .finalize();
+        // HMAC pads short keys to its block size anyway; padding here
+        // makes keying infallible.
+        let mut key = [0u8; 64];
+        key[..32].copy_from_slice(&derived);
+        ResetKey(<Hmac<Sha256> as KeyInit>::new(&key.into()))
+    }
+}
+
+impl ResetKey {
+    /// The key of the QUIC connection ids' check hash, from the same
+    /// secret: a restarted blade must take its old ids for its own, or it
+    /// drops its peers' packets on them instead of resetting.
+    pub fn cid_key(&self) -> u64 {
+        let mut tag = [0u8; 32];
+        self.sign(b"sipblade QUIC connection id key v1", &mut tag);
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&tag[..8]);
+        u64::from_be_bytes(raw)
+    }
+}
+
+impl HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let mut mac = self.0.clone();
+        mac.update(data);
+        let tag = mac.finalize().into_bytes();
+        let n = signature_out.len().min(tag.len());
+        signature_out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        let mut mac = self.0.clone();
+        mac.update(data);
+        mac.verify_slice(signature).map_err(|_| CryptoError)
+    }
 }
 
 impl std::fmt::Debug for Identity {
@@ -141,6 +202,7 @@ impl Identity {
         let ca = CertificateDer::from_pem_slice(ca).map_err(pem_err(PemFile::Ca))?;
         let chain = vec![CertificateDer::from_pem_slice(cert).map_err(pem_err(PemFile::Cert))?];
         let key = PrivateKeyDer::from_pem_slice(key).map_err(pem_err(PemFile::Key))?;
+        let reset_key = Arc::new(ResetKey::derive(key.secret_der()));
         let config_err = |e: rustls::Error| TlsError::Config(e.to_string());
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -187,6 +249,7 @@ impl Identity {
         Ok(Identity {
             server: Arc::new(server),
             client,
+            reset_key,
         })
     }
 }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event, ReadError, StreamEvent, StreamId,
-    VarInt,
+    ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event, HashedConnectionIdGenerator,
+    ReadError, StreamEvent, StreamId, VarInt,
 };
 
 use super::tls::{Identity, peer_blade_id};
@@ -33,6 +33,12 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// First and longest reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How long a connection must have been up before its loss restarts the
+/// reconnect delay at [`BACKOFF_MIN`]. A peer that accepts the handshake
+/// and then closes at once (it does not list us, or takes us for another
+/// blade) must not be redialled ten times a second for ever.
+const STABLE_AFTER: Duration = BACKOFF_MAX;
 
 /// Application close code: the peer is not a configured cluster member.
 const CLOSE_NOT_A_PEER: u32 = 1;
@@ -111,6 +117,8 @@ struct Peer {
     dial: bool,
     conn: Option<ConnectionHandle>,
     up: bool,
+    /// When the current connection came up.
+    up_since: Option<Instant>,
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -143,12 +151,14 @@ pub struct Link {
 impl Link {
     /// A link for blade `me` with these peers `(id, QUIC address)`.
     pub fn new(me: &str, identity: Identity, peers: &[(String, SocketAddr)], now: Instant) -> Link {
-        let endpoint = quinn_proto::Endpoint::new(
-            Arc::new(EndpointConfig::default()),
-            Some(identity.server.clone()),
-            true,
-            None,
-        );
+        // Reset tokens and connection ids keyed by secrets that survive a
+        // restart (see ResetKey): a restarted blade resets its peers'
+        // connections to its former self, and they redial at once.
+        let mut config = EndpointConfig::new(identity.reset_key.clone());
+        let cid_key = identity.reset_key.cid_key();
+        config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(cid_key)));
+        let endpoint =
+            quinn_proto::Endpoint::new(Arc::new(config), Some(identity.server.clone()), true, None);
         let peers = peers
             .iter()
             .map(|(id, addr)| Peer {
@@ -157,6 +167,7 @@ impl Link {
                 dial: me.to_ascii_lowercase() < id.to_ascii_lowercase(),
                 conn: None,
                 up: false,
+                up_since: None,
                 retry_at: Some(now),
                 backoff: BACKOFF_MIN,
             })
@@ -403,7 +414,13 @@ impl Link {
                 };
                 if let Some(i) = c.peer {
                     let id = self.peers[i].id.clone();
-                    tracing::info!(peer = %id, "link down: {reason}");
+                    if misconfigured(&reason) {
+                        // A CA, a certificate or a peer list to fix: said
+                        // at each redial (at most every BACKOFF_MAX).
+                        tracing::warn!(peer = %id, "no link: {reason}");
+                    } else {
+                        tracing::info!(peer = %id, "link down: {reason}");
+                    }
                     for exchange in c.exchanges.into_values() {
                         self.events.push_back(LinkEvent::Failed {
                             peer: id.clone(),
@@ -414,7 +431,14 @@ impl Link {
                         if self.peers[i].up {
                             self.events.push_back(LinkEvent::PeerDown(id));
                         }
-                        self.peers[i].up = false;
+                        let p = &mut self.peers[i];
+                        if p.up_since
+                            .is_some_and(|t| now.saturating_duration_since(t) >= STABLE_AFTER)
+                        {
+                            p.backoff = BACKOFF_MIN;
+                        }
+                        p.up = false;
+                        p.up_since = None;
                         self.schedule_retry(i, now);
                     }
                 }
@@ -461,8 +485,8 @@ impl Link {
             // They dialled: any configured peer that is not us.
             (None, Some(j)) if !self.peers[j].id.eq_ignore_ascii_case(&self.me) => j,
             _ => {
+                // Reported as LinkEvent::Refused, for the driver to log.
                 let addr = c.conn.remote_address();
-                tracing::warn!(%addr, claimed = ?claimed, "refused a blade that is not a configured peer");
                 c.conn.close(
                     now,
                     VarInt::from_u32(CLOSE_NOT_A_PEER),
@@ -487,7 +511,9 @@ impl Link {
         let p = &mut self.peers[i];
         p.conn = Some(ch);
         p.up = true;
-        p.backoff = BACKOFF_MIN;
+        // The reconnect delay restarts only once this connection has
+        // lasted (see STABLE_AFTER), not merely because it came up.
+        p.up_since = Some(now);
         tracing::info!(peer = %p.id, "link up");
         self.events.push_back(LinkEvent::PeerUp(p.id.clone()));
     }
@@ -556,6 +582,23 @@ impl Link {
         } else {
             self.events.push_back(LinkEvent::Message { peer, frame });
         }
+    }
+}
+
+/// Whether a connection ended because a TLS check failed on either side,
+/// or because the peer does not take us for one of its peers: no redial
+/// can succeed until someone fixes a configuration.
+fn misconfigured(reason: &quinn_proto::ConnectionError) -> bool {
+    use quinn_proto::{ConnectionError, TransportErrorCode};
+    // QUIC carries TLS alerts as the CRYPTO_ERROR range, 0x100-0x1ff.
+    let tls = |code: TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match reason {
+        ConnectionError::TransportError(e) => tls(e.code),
+        ConnectionError::ConnectionClosed(close) => tls(close.error_code),
+        ConnectionError::ApplicationClosed(close) => {
+            close.error_code == VarInt::from_u32(CLOSE_NOT_A_PEER)
+        }
+        _ => false,
     }
 }
 

@@ -307,3 +307,135 @@ fn strangers_are_refused() {
             .is_none()
     );
 }
+
+#[test]
+fn a_peer_that_refuses_us_after_the_handshake_is_redialled_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cluster(dir.path(), &["blade-1".into(), "blade-2".into()]).unwrap();
+    let mut now = Instant::now();
+    // blade-1 lists blade-2 and dials it (its id sorts first); blade-2
+    // does not list blade-1, so it closes each connection once the
+    // handshake has shown who called. Each one is briefly up at blade-1.
+    let mut nodes = vec![
+        node(
+            dir.path(),
+            "blade-1",
+            "127.0.0.1:7061",
+            &[("blade-2", "127.0.0.2:7062")],
+            now,
+        ),
+        node(dir.path(), "blade-2", "127.0.0.2:7062", &[], now),
+    ];
+    run(&mut nodes, &mut now, Duration::from_secs(30));
+    let refusals = nodes[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, LinkEvent::Refused { .. }))
+        .count();
+    // Backing off 0.1 s, 0.2 s, ... up to 5 s: about 11 dials in 30 s,
+    // not one every 100 ms.
+    assert!(
+        (2..=15).contains(&refusals),
+        "{refusals} refused connections in 30 s"
+    );
+    assert!(!nodes[0].link.is_up("blade-2"));
+}
+
+#[test]
+fn a_link_that_lasted_is_redialled_at_once_when_lost() {
+    let mut now = Instant::now();
+    let (dir, mut nodes) = two_blades(now);
+    // blade-2 starts late: blade-1's redial delay grows to its longest.
+    let late = nodes.pop().unwrap();
+    run(&mut nodes, &mut now, Duration::from_secs(12));
+    drop(late);
+    let restart = |now: Instant| {
+        node(
+            dir.path(),
+            "blade-2",
+            "127.0.0.2:7062",
+            &[("blade-1", "127.0.0.1:7061")],
+            now,
+        )
+    };
+    nodes.push(restart(now));
+    run(&mut nodes, &mut now, Duration::from_secs(20));
+    assert!(nodes[0].link.is_up("blade-2"));
+    // blade-2 vanishes: once blade-1 notices, it redials from the
+    // shortest delay, as the link had lasted.
+    nodes.pop();
+    run(&mut nodes, &mut now, Duration::from_secs(15));
+    assert!(!nodes[0].link.is_up("blade-2"));
+    let backoff = nodes[0].link.peers[0].backoff;
+    assert!(backoff <= 4 * super::BACKOFF_MIN, "{backoff:?}");
+    nodes.push(restart(now));
+    run(&mut nodes, &mut now, Duration::from_secs(6));
+    assert!(nodes[0].link.is_up("blade-2"), "{:?}", nodes[0].events);
+}
+
+#[test]
+fn a_tls_failure_or_a_refusal_reads_as_misconfigured_and_a_timeout_does_not() {
+    use quinn_proto::{ApplicationClose, ConnectionClose};
+    use quinn_proto::{ConnectionError, TransportError, TransportErrorCode, VarInt};
+    let bad_certificate = TransportErrorCode::crypto(42);
+    assert!(super::misconfigured(&ConnectionError::TransportError(
+        TransportError {
+            code: bad_certificate,
+            frame: None,
+            reason: "invalid peer certificate".into(),
+        }
+    )));
+    assert!(super::misconfigured(&ConnectionError::ConnectionClosed(
+        ConnectionClose {
+            error_code: bad_certificate,
+            frame_type: None,
+            reason: Bytes::new(),
+        }
+    )));
+    assert!(super::misconfigured(&ConnectionError::ApplicationClosed(
+        ApplicationClose {
+            error_code: VarInt::from_u32(super::CLOSE_NOT_A_PEER),
+            reason: Bytes::from_static(b"not a cluster peer"),
+        }
+    )));
+    // A peer that went away or stopped: the link comes back by itself.
+    assert!(!super::misconfigured(&ConnectionError::TimedOut));
+    assert!(!super::misconfigured(&ConnectionError::Reset));
+    assert!(!super::misconfigured(&ConnectionError::ApplicationClosed(
+        ApplicationClose {
+            error_code: VarInt::from_u32(0),
+            reason: Bytes::from_static(b"blade stopping"),
+        }
+    )));
+}
+
+#[test]
+fn a_restarted_peer_resets_the_old_connection_and_is_redialled_at_once() {
+    let mut now = Instant::now();
+    let (dir, mut nodes) = two_blades(now);
+    run(&mut nodes, &mut now, Duration::from_secs(1));
+    assert!(nodes[0].link.is_up("blade-2"));
+    // blade-2 restarts at once (SIGKILL, then a fresh process): its new
+    // endpoint answers blade-1's next keep-alive on the old connection
+    // with a stateless reset that blade-1 trusts, well before the idle
+    // timeout would have told it.
+    nodes.pop();
+    nodes.push(node(
+        dir.path(),
+        "blade-2",
+        "127.0.0.2:7062",
+        &[("blade-1", "127.0.0.1:7061")],
+        now,
+    ));
+    let restarted = now;
+    run(&mut nodes, &mut now, Duration::from_secs(4));
+    assert!(
+        nodes[0]
+            .events
+            .contains(&LinkEvent::PeerDown("blade-2".into())),
+        "{:?}",
+        nodes[0].events
+    );
+    assert!(nodes[0].link.is_up("blade-2") && nodes[1].link.is_up("blade-1"));
+    assert!(now - restarted < crate::cluster::tls::IDLE_TIMEOUT);
+}
