@@ -766,6 +766,41 @@ fn options_to_blade(ua: &Ua, branch: &str) -> String {
 
 // 8. Overload.
 
+/// A flood faster than the core can read: once its receive queue is half
+/// full, new requests get 503 (rather than the kernel dropping datagrams at
+/// random, calls under way included), and once it has drained, they are
+/// served again.
+#[test]
+fn a_core_behind_its_receive_queue_sheds_new_requests_then_recovers() {
+    let blade = TestBlade::start(1, false);
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let from = flood.local_addr().unwrap();
+    // OPTIONS to the blade: cheap to answer, so the flood, not the work,
+    // fills the queue. Distinct branches: no retransmission absorbs them.
+    for n in 0..40_000 {
+        let request = format!(
+            "OPTIONS sip:{blade_ip} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKflood{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@{from}>;tag=f\r\nTo: <sip:{blade_ip}>\r\n\
+             Call-ID: flood-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            blade_ip = blade.sip.ip()
+        );
+        let _ = flood.send_to(request.as_bytes(), blade.sip);
+    }
+    common::wait_until("some of the flood shed with 503", || {
+        blade.metric("sipblade_overload_rejected_total") > 0.0
+    });
+    let mut probe = blade.ua("1001");
+    common::wait_until("the queue drained and requests served again", || {
+        let branch = common::branch();
+        probe.send(options_to_blade(&probe, &branch));
+        probe
+            .next_where(Duration::from_millis(200), |m| {
+                m.call_id() == format!("{branch}@probe")
+            })
+            .is_some_and(|m| m.status() == Some(200))
+    });
+}
+
 #[test]
 fn overload_answers_503_with_retry_after_then_recovers() {
     // Short timers (T1 = 20 ms) so that transactions end within about a

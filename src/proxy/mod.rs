@@ -315,6 +315,9 @@ pub struct Proxy {
     udp_record_route: String,
     /// Stopping: new out-of-dialog requests are refused with 503.
     draining: bool,
+    /// Behind the receive queue: new out-of-dialog requests are refused
+    /// with 503, so the work already taken on gets done.
+    shedding: bool,
     /// Reused to format the Via of each forwarded request.
     via_scratch: String,
     /// Hosting state, when this blade has peers.
@@ -368,6 +371,7 @@ impl Proxy {
             tcp_record_route,
             udp_record_route,
             draining: false,
+            shedding: false,
             via_scratch: String::with_capacity(128),
             cluster,
             pending: 0,
@@ -428,6 +432,12 @@ impl Proxy {
     /// graceful stop.
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
+    }
+
+    /// Starts or stops refusing new out-of-dialog requests (503 with
+    /// Retry-After) while the core is behind its receive queue.
+    pub fn set_shedding(&mut self, shedding: bool) {
+        self.shedding = shedding;
     }
 
     /// The next time [`Proxy::handle_timeout`] has work.
@@ -522,7 +532,7 @@ impl Proxy {
         // In-dialog requests pass the pending bound: a BYE refused under
         // load would leave its call, and both agents, up. Only the memory
         // bound refuses them.
-        let busy = new_call && (self.pending >= max || self.draining);
+        let busy = new_call && (self.pending >= max || self.draining || self.shedding);
         if busy || self.txs.len() >= max.saturating_mul(LINGER_FACTOR) {
             self.metrics.overloaded += 1;
             if let Some(data) = overload_response(&msg) {

@@ -4,6 +4,7 @@
 //! single-threaded, and no borrow is held across an `.await`.
 
 use std::cell::{OnceCell, RefCell};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use glommio::net::{TcpListener, UdpSocket};
 
+use super::backlog::Backlog;
 use super::link::LinkDriver;
 use super::mesh::Mesh;
 use super::tcp::{self, Connections};
@@ -385,6 +387,19 @@ impl Core {
         }
     }
 
+    /// Starts or stops shedding new requests (see [`Backlog`]).
+    fn set_shedding(&self, shedding: bool) {
+        if shedding {
+            tracing::warn!(
+                core = self.index,
+                "behind the SIP receive queue: new requests get 503 until it drains"
+            );
+        } else {
+            tracing::info!(core = self.index, "caught up with the SIP receive queue");
+        }
+        self.proxy.borrow_mut().set_shedding(shedding);
+    }
+
     async fn transmit(self: &Rc<Self>, transmits: Vec<Transmit>) {
         for t in transmits {
             if let Some(tracer) = &self.shared.options.trace {
@@ -603,10 +618,16 @@ async fn receive_loop(core: Rc<Core>, own: bool) {
         (true, Some(via)) => via,
         (true, None) => return,
     };
+    // New calls arrive on the shared socket: that is where falling behind
+    // is shed (this core's own port takes answers and in-dialog requests).
+    let mut backlog = (!own).then(|| Backlog::new(socket.as_raw_fd()));
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
+                if let Some(shedding) = backlog.as_mut().and_then(Backlog::received) {
+                    core.set_shedding(shedding);
+                }
                 let data = Bytes::copy_from_slice(&buf[..n]);
                 core.on_datagram(Peer::udp(from), data).await;
             }

@@ -7,6 +7,7 @@
 //! [`crate::sip::Message`] over a channel mesh (no copy).
 //! The admin port runs on a thread of its own.
 
+mod backlog;
 mod core;
 pub mod limits;
 mod link;
