@@ -46,6 +46,7 @@ pub struct ClientTx {
     /// CANCEL; dropped once a final response arrives, so the transactions
     /// that linger to absorb retransmissions stay small.
     request: Option<Message>,
+    /// The request as sent, for retransmissions; dropped with `request`.
     data: Bytes,
     peer: Peer,
     timers: TimerConfig,
@@ -146,7 +147,7 @@ impl ClientTx {
             }
             (ClientState::Calling | ClientState::Proceeding, 200..=299) if self.invite => {
                 self.state = ClientState::Accepted;
-                self.request = None;
+                self.drop_request();
                 self.retransmit = None;
                 self.timeout = None;
                 self.linger = Some(now + self.timers.timeout());
@@ -158,6 +159,7 @@ impl ClientTx {
                 if let Some(request) = self.request.take() {
                     request.ack_for(response, &mut ack);
                 }
+                self.drop_request();
                 let ack = ack.freeze();
                 out.push(Transmit {
                     to: self.peer,
@@ -187,7 +189,7 @@ impl ClientTx {
             }
             (ClientState::Trying | ClientState::Proceeding, 200..=699) => {
                 self.state = ClientState::Completed;
-                self.request = None;
+                self.drop_request();
                 self.retransmit = None;
                 self.timeout = None;
                 self.linger = Some(
@@ -234,9 +236,23 @@ impl ClientTx {
         None
     }
 
+    /// Past the final response nothing is retransmitted or built from the
+    /// request: lingering transactions keep only what absorbs retransmitted
+    /// responses.
+    fn drop_request(&mut self) {
+        self.request = None;
+        self.data = Bytes::new();
+    }
+
+    /// Whether the request is still held (tests).
+    #[cfg(test)]
+    pub(crate) fn holds_request(&self) -> bool {
+        self.request.is_some() || !self.data.is_empty()
+    }
+
     fn terminate(&mut self) {
         self.state = ClientState::Terminated;
-        self.request = None;
+        self.drop_request();
         self.retransmit = None;
         self.timeout = None;
         self.linger = None;
@@ -296,6 +312,19 @@ mod tests {
         assert_eq!(sent_at, [500, 1500, 3500, 7500, 15500, 31500]);
         assert_eq!(now, ms(32_000), "timer B = 64*T1");
         assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn a_lingering_transaction_no_longer_holds_its_request() {
+        for status in [200, 486] {
+            let mut tx = start(Duration::ZERO);
+            let mut out = Vec::new();
+            tx.on_response(ms(100), &response(180), &mut out);
+            assert!(tx.holds_request(), "needed for a CANCEL while ringing");
+            tx.on_response(ms(200), &response(status), &mut out);
+            assert!(!tx.is_terminated(), "{status}: lingers");
+            assert!(!tx.holds_request(), "{status}");
+        }
     }
 
     #[test]
