@@ -515,6 +515,34 @@ fn refused_call(ua: &mut Ua, callee: &str, status: u16) -> Call {
     call
 }
 
+/// An agent that places a second call while in one (a consultation)
+/// stays `in_call`, and busy, until both have ended, whichever ends
+/// first.
+#[test]
+fn an_agent_in_two_calls_is_ready_only_when_both_have_ended() {
+    let blade = TestBlade::start(2, false);
+    let mut a = blade.registered("1001");
+    let mut b = blade.registered("1002");
+    let mut c = blade.registered("1003");
+    let mut d = blade.registered("1004");
+    let (mut first, _) = answered_call(&blade, &mut a, &mut b, false);
+    ack_answered(&mut a, &mut b, &first);
+    blade.wait_state("1001", "in_call");
+    let (mut consult, _) = answered_call(&blade, &mut a, &mut c, false);
+    ack_answered(&mut a, &mut c, &consult);
+    blade.wait_state("1003", "in_call");
+
+    hang_up(&mut a, &mut b, &mut first);
+    blade.wait_state("1002", "ready");
+    // The call state notices between cores are batched (up to 50 ms).
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(blade.agent_state("1001"), "in_call", "still consulting");
+    refused_call(&mut d, "1001", 486);
+
+    hang_up(&mut a, &mut c, &mut consult);
+    blade.wait_state("1001", "ready");
+}
+
 #[test]
 fn calling_an_agent_in_a_call_gets_486() {
     let blade = TestBlade::start(2, false);

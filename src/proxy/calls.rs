@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::session::Session;
 use super::{AgentEvent, Notice, Output, Proxy, metrics, route};
-use crate::registrar::location::AgentState;
 use crate::sip::Message;
 use crate::transaction::Peer;
 
@@ -154,19 +153,13 @@ impl Proxy {
 
     pub(super) fn set_in_call(&mut self, extension: &str, call_id: &str) {
         if let Some(record) = self.registrar.location_mut().get_mut(extension) {
-            if record.state == AgentState::Ready {
-                record.state = AgentState::InCall {
-                    call_id: call_id.to_owned(),
-                };
-            }
+            record.enter_call(call_id);
         }
     }
 
     pub(super) fn set_free(&mut self, extension: &str, call_id: &str) {
         if let Some(record) = self.registrar.location_mut().get_mut(extension) {
-            if matches!(&record.state, AgentState::InCall { call_id: c } if c == call_id) {
-                record.state = record.free_state();
-            }
+            record.leave_call(call_id);
         }
     }
 }

@@ -69,6 +69,11 @@ pub struct AgentRecord {
     pub binding: Option<Binding>,
     /// The call state.
     pub state: AgentState,
+    /// Calls the agent is in besides the one (or the hosting) its state
+    /// names: a consultation call placed during a call, or a call placed
+    /// from its phone while another blade hosts it. When the state's call
+    /// or hosting ends, the agent is in one of these, not free.
+    pub other_calls: Vec<String>,
 }
 
 impl AgentRecord {
@@ -78,6 +83,7 @@ impl AgentRecord {
             agent,
             binding: None,
             state: AgentState::LoggedOut,
+            other_calls: Vec::new(),
         }
     }
 
@@ -112,13 +118,44 @@ impl AgentRecord {
         }
     }
 
-    /// The state once a call or hosting is over: ready while registered.
-    pub fn free_state(&self) -> AgentState {
-        if self.is_logged_in() {
-            AgentState::Ready
-        } else {
-            AgentState::LoggedOut
+    /// The agent is in call `call_id`: its state if it was ready, else one
+    /// of its other calls.
+    pub fn enter_call(&mut self, call_id: &str) {
+        match &self.state {
+            AgentState::Ready => {
+                self.state = AgentState::InCall {
+                    call_id: call_id.to_owned(),
+                };
+            }
+            AgentState::InCall { call_id: current } if current == call_id => {}
+            // Logged out: no call reaches it.
+            AgentState::LoggedOut => {}
+            AgentState::InCall { .. } | AgentState::Hosted { .. } => {
+                if !self.other_calls.iter().any(|c| c == call_id) {
+                    self.other_calls.push(call_id.to_owned());
+                }
+            }
         }
+    }
+
+    /// Call `call_id` ended: if it was the state's, the agent is in its
+    /// next call, else ready while registered.
+    pub fn leave_call(&mut self, call_id: &str) {
+        if matches!(&self.state, AgentState::InCall { call_id: c } if c == call_id) {
+            self.become_free();
+        } else {
+            self.other_calls.retain(|c| c != call_id);
+        }
+    }
+
+    /// The state's call or hosting is over: the agent is in its next call
+    /// if it has one, else ready while registered, else logged out.
+    pub fn become_free(&mut self) {
+        self.state = match self.other_calls.pop() {
+            Some(call_id) => AgentState::InCall { call_id },
+            None if self.is_logged_in() => AgentState::Ready,
+            None => AgentState::LoggedOut,
+        };
     }
 }
 
@@ -211,5 +248,67 @@ impl Location {
             .values()
             .filter_map(|r| r.binding.as_ref().map(|b| b.expires_at))
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Credential;
+
+    fn ready_agent() -> AgentRecord {
+        let mut record = AgentRecord::new(Arc::new(Agent {
+            badge: "A1001".into(),
+            extension: "1001".into(),
+            kind: AgentKind::Agent,
+            credential: Credential::Password("pw".into()),
+        }));
+        record.binding = Some(Binding {
+            uri: "sip:1001@127.0.0.12:5061".into(),
+            peer: Peer::udp(([127, 0, 0, 12], 5061).into()),
+            expires_at: Duration::from_secs(3600),
+            call_id: "reg".into(),
+            cseq: 1,
+        });
+        record.state = AgentState::Ready;
+        record
+    }
+
+    fn in_call(call_id: &str) -> AgentState {
+        AgentState::InCall {
+            call_id: call_id.into(),
+        }
+    }
+
+    #[test]
+    fn an_agent_in_two_calls_is_free_only_when_both_end() {
+        for first_to_end in ["a", "b"] {
+            let mut record = ready_agent();
+            record.enter_call("a");
+            record.enter_call("b");
+            assert_eq!(record.state, in_call("a"));
+            record.leave_call(first_to_end);
+            assert!(
+                matches!(record.state, AgentState::InCall { .. }),
+                "{first_to_end} ended, the other goes on: {:?}",
+                record.state
+            );
+            record.leave_call(if first_to_end == "a" { "b" } else { "a" });
+            assert_eq!(record.state, AgentState::Ready);
+        }
+    }
+
+    #[test]
+    fn a_call_placed_while_hosted_outlasts_the_hosting() {
+        let mut record = ready_agent();
+        record.state = AgentState::Hosted {
+            by: "blade-2".into(),
+        };
+        record.enter_call("c");
+        record.become_free();
+        assert_eq!(record.state, in_call("c"));
+        record.log_out();
+        record.leave_call("c");
+        assert_eq!(record.state, AgentState::LoggedOut);
     }
 }

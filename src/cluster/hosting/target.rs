@@ -460,7 +460,7 @@ impl Target {
             let hosted_by_it =
                 matches!(&record.state, AgentState::Hosted { by } if same_blade(by, &g.source));
             if hosted_by_it {
-                record.state = record.free_state();
+                record.become_free();
             }
         }
         true
