@@ -140,7 +140,7 @@ impl Proxy {
         let named = self
             .txs
             .get(id)
-            .and_then(|pair| pair.request.as_ref())
+            .and_then(|pair| pair.request.as_deref())
             .and_then(Named::of)
             .flatten()
             .filter(|n| {
@@ -160,7 +160,7 @@ impl Proxy {
             .and_then(|u| u.user_str())
             .unwrap_or_default()
             .to_owned();
-        self.route_join(now, source, msg, &joiner, &target, &named, false, out);
+        self.route_join(now, source, *msg, &joiner, &target, &named, false, out);
     }
 
     /// A Join INVITE another core of this blade checked and handed over

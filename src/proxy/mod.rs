@@ -221,7 +221,10 @@ struct TxPair {
     key: ServerKey,
     /// The request as received, kept until the server transaction sends a
     /// final response (a 408 or a CANCEL may still need it), then dropped.
-    request: Option<Message>,
+    /// Boxed, like the client transactions' requests: a `Message` is about
+    /// 1 KB, and a pair that lingers to absorb retransmissions (32 s for
+    /// an INVITE) would otherwise hold that room for nothing.
+    request: Option<Box<Message>>,
     invite: bool,
     /// An INVITE that opens a dialog (no To tag): how it ends is the
     /// call's outcome. A re-INVITE's is not: a 491 or 488 to it, or its

@@ -173,7 +173,7 @@ impl Proxy {
             invite: request.method() == Some(Method::Invite),
             call: request.method() == Some(Method::Invite) && request.to().tag().is_none(),
             call_id: request.call_id().into(),
-            request: Some(request),
+            request: Some(Box::new(request)),
             server,
             client: None,
             cancel: None,

@@ -45,7 +45,7 @@ pub struct ClientTx {
     /// The request, kept while it may still be needed to build an ACK or a
     /// CANCEL; dropped once a final response arrives, so the transactions
     /// that linger to absorb retransmissions stay small.
-    request: Option<Message>,
+    request: Option<Box<Message>>,
     /// The request as sent, for retransmissions; dropped with `request`.
     data: Bytes,
     peer: Peer,
@@ -79,7 +79,7 @@ impl ClientTx {
             } else {
                 ClientState::Trying
             },
-            request: Some(request),
+            request: Some(Box::new(request)),
             data: data.clone(),
             peer,
             timers,
@@ -98,7 +98,7 @@ impl ClientTx {
 
     /// The request this transaction sent, until a final response arrives.
     pub fn request(&self) -> Option<&Message> {
-        self.request.as_ref()
+        self.request.as_deref()
     }
 
     /// Where the request went.
