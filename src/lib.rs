@@ -11,7 +11,7 @@
 //! | [`cluster`] | inter-blade link: certificates, the hosting protocol, the QUIC link state | certs only |
 //! | [`config`] | blade configuration and agent provisioning (TOML) | reads files |
 //! | [`runtime`] | glommio executors, sockets, the core mesh | yes |
-//! | [`admin`] | `/status` and `/metrics` on a thread of its own | yes |
+//! | [`admin`] | `/status` and `/metrics` off the SIP cores: an accepting thread and a thread per connection | yes |
 //! | [`cli`] | the `sipblade` command line | yes |
 //!
 //! One INVITE's path: a core's UDP socket receives it ([`runtime`]), the
@@ -22,7 +22,9 @@
 //! edit ([`sip::Message::forward`]).
 //!
 //! The sans-IO layers take inputs (bytes, time) and return outputs; only the
-//! runtime and the command line touch sockets and files.
+//! runtime, the admin port and the command line touch sockets, and only
+//! [`config`], the certificates of [`cluster`] and the command line touch
+//! files.
 
 pub mod admin;
 pub mod cli;

@@ -1,11 +1,13 @@
-//! The runtime: the only layer that owns threads, sockets and clocks.
+//! The runtime: the only layer on the SIP path that owns threads, sockets
+//! and clocks.
 //!
 //! One glommio executor per core, pinned, each with its own SO_REUSEPORT
 //! UDP socket on the SIP address and its own [`Proxy`](crate::proxy::Proxy). A message is
 //! handled on the core that owns it ([`crate::proxy::route::owner_core`]);
 //! a core that receives someone else's message hands the parsed
 //! [`crate::sip::Message`] over a channel mesh (no copy).
-//! The admin port runs on a thread of its own.
+//! The admin port runs on threads of its own (one accepting, one per
+//! connection), off the cores.
 
 mod backlog;
 mod core;
