@@ -107,9 +107,7 @@ impl ResetKey {
         key[..32].copy_from_slice(&derived);
         ResetKey(<Hmac<Sha256> as KeyInit>::new(&key.into()))
     }
-}
 
-impl ResetKey {
     /// The key of the QUIC connection ids' check hash, from the same
     /// secret: a restarted blade must take its old ids for its own, or it
     /// drops its peers' packets on them instead of resetting.

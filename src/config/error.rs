@@ -110,10 +110,17 @@ pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
         let at = err.utf8_error().valid_up_to();
         ConfigError::Invalid {
             path: path.to_owned(),
-            line: Some(memchr::memchr_iter(b'\n', &bytes[..at]).count() + 1),
+            line: Some(line_at(bytes, at)),
             message: "not UTF-8 text (TOML must be UTF-8)".to_owned(),
         }
     })
+}
+
+/// The 1-based line of `text` holding byte `offset` (the last line past
+/// the end).
+fn line_at(text: &[u8], offset: usize) -> usize {
+    let upto = text.get(..offset).unwrap_or(text);
+    memchr::memchr_iter(b'\n', upto).count() + 1
 }
 
 /// The text of one file and its name: turns byte spans into line numbers.
@@ -130,9 +137,7 @@ impl Source<'_> {
 
     /// The 1-based line holding byte `offset`.
     pub(crate) fn line_of(&self, offset: usize) -> usize {
-        let bytes = self.text.as_bytes();
-        let upto = bytes.get(..offset).unwrap_or(bytes);
-        memchr::memchr_iter(b'\n', upto).count() + 1
+        line_at(self.text.as_bytes(), offset)
     }
 
     /// An error at the line where byte span `span` starts.

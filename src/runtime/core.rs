@@ -444,14 +444,15 @@ impl Core {
     /// core's or another's (RFC 3261 §18.1.1: an open connection to the
     /// destination is used), else on a new connection.
     fn send_stream(self: &Rc<Self>, peer: Peer, data: Bytes) {
-        let elsewhere = match peer.conn {
+        let owner = match peer.conn {
             Some(conn) if usize::from(conn.core) != self.index => Some(usize::from(conn.core)),
-            Some(_) => None,
-            None => self.conns.owner_elsewhere(peer.addr),
+            _ if self.conns.send(peer, data.clone()) => return,
+            _ => self.conns.owner_elsewhere(peer.addr),
         };
-        match elsewhere {
+        match owner {
             Some(owner) => self.hand_stream_send(owner, peer, data),
-            None => self.send_stream_here(peer, data),
+            // No connection anywhere: a new one, as in send_stream_here.
+            None => tcp::connect(self, peer.addr, data),
         }
     }
 

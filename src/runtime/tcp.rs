@@ -143,12 +143,9 @@ impl Connections {
         }
     }
 
-    /// Another core that holds a connection to `addr`, when this one holds
-    /// none.
+    /// Another core that holds a connection to `addr` (asked when this one
+    /// could not send there).
     pub fn owner_elsewhere(&self, addr: SocketAddr) -> Option<usize> {
-        if self.by_addr.borrow().contains_key(&addr) {
-            return None;
-        }
         self.owners
             .owner(addr)
             .filter(|&core| core != self.core)

@@ -156,7 +156,7 @@ impl ClientTx {
             (ClientState::Accepted, 200..=299) => ClientEvent::Pass,
             (ClientState::Calling | ClientState::Proceeding, 300..=699) if self.invite => {
                 let mut ack = BytesMut::new();
-                if let Some(request) = self.request.take() {
+                if let Some(request) = &self.request {
                     request.ack_for(response, &mut ack);
                 }
                 self.drop_request();
