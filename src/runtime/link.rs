@@ -14,6 +14,7 @@ use glommio::net::UdpSocket;
 
 use super::core::Core;
 use super::trace::{Sent, TraceEvent, Tracer};
+use super::warnings::Warnings;
 use crate::admin::Peers;
 use crate::cluster::codec::{Class, Message};
 use crate::cluster::link::{Link, LinkEvent};
@@ -49,6 +50,9 @@ pub(crate) struct LinkDriver {
     /// next timeout earlier (a retransmission timer, pacing), and the task
     /// may be asleep until a later one.
     rearm: (LocalSender<()>, LocalReceiver<()>),
+    /// Refused connections, warned about at most every 10 s: anything can
+    /// knock on the QUIC port.
+    refusals: RefCell<Warnings>,
 }
 
 impl LinkDriver {
@@ -66,6 +70,7 @@ impl LinkDriver {
             tracer,
             timer_at: Cell::new(Instant::now()),
             rearm: local_channel::new_bounded(1),
+            refusals: RefCell::new(Warnings::default()),
         }
     }
 
@@ -258,8 +263,12 @@ async fn on_event(core: &Rc<Core>, driver: &Rc<LinkDriver>, event: LinkEvent) {
             // The hosting layer's own timeouts answer for the lost request.
             tracing::debug!(%peer, exchange, "link request failed");
         }
-        LinkEvent::Refused { addr, claimed } => {
-            tracing::warn!(%addr, ?claimed, "refused a process that is not a cluster peer");
-        }
+        LinkEvent::Refused {
+            addr,
+            claimed,
+            reason,
+        } => driver.refusals.borrow_mut().warn(|refused| {
+            tracing::warn!(%addr, ?claimed, refused, "refused a process that is not a cluster peer: {reason}");
+        }),
     }
 }

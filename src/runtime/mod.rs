@@ -18,6 +18,7 @@ pub mod socket;
 mod steer;
 mod tcp;
 pub mod trace;
+mod warnings;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};

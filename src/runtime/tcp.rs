@@ -23,6 +23,7 @@ use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::core::Core;
+use super::warnings::Warnings;
 use crate::sip::framing::{DEFAULT_MAX_MESSAGE, Frame, frame};
 use crate::sip::{ConnId, Peer, Transport};
 
@@ -45,10 +46,6 @@ const SEND_QUEUE: usize = 1024;
 /// cause, no descriptor left (EMFILE), persists, and retrying at once
 /// would spin the core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// At most one warning per this long about refused or failed accepts, or
-/// connections closed for stalling.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Which core holds a connection to each remote address, shared by all
 /// the cores. A UA that opens a connection per call and names it as its
@@ -247,29 +244,6 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, limit: us
                 failures.warn(|n| tracing::warn!(failed = n, "cannot accept TCP connections: {e}"));
                 glommio::timer::sleep(ACCEPT_BACKOFF).await;
             }
-        }
-    }
-}
-
-/// Counts events worth a warning and lets one through per [`WARN_EVERY`],
-/// with the count since the last, so a flood does not flood the log.
-#[derive(Default)]
-struct Warnings {
-    last: Option<Instant>,
-    count: u64,
-}
-
-impl Warnings {
-    fn warn(&mut self, log: impl FnOnce(u64)) {
-        self.count += 1;
-        let now = Instant::now();
-        if self
-            .last
-            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
-        {
-            log(self.count);
-            self.last = Some(now);
-            self.count = 0;
         }
     }
 }

@@ -83,12 +83,16 @@ pub enum LinkEvent {
         /// The frame.
         frame: Bytes,
     },
-    /// A connection was refused: its certificate names no configured peer.
+    /// A connection from elsewhere was refused: its certificate names no
+    /// configured peer, or its handshake failed (no certificate, or one
+    /// from another CA).
     Refused {
         /// Where it came from.
         addr: SocketAddr,
         /// The blade id it claimed, if any.
         claimed: Option<String>,
+        /// Why, for the log.
+        reason: String,
     },
 }
 
@@ -412,6 +416,9 @@ impl Link {
                 let Some(c) = self.conns.remove(&ch) else {
                     return;
                 };
+                if c.peer.is_none() && c.conn.side().is_server() {
+                    self.on_unauthenticated_loss(&c, &reason);
+                }
                 if let Some(i) = c.peer {
                     let id = self.peers[i].id.clone();
                     if misconfigured(&reason) {
@@ -467,6 +474,28 @@ impl Link {
         }
     }
 
+    /// Reports a connection that dialled us and ended before it showed a
+    /// peer's certificate. The dialling side hears why; so should this
+    /// side's operator. A dialler that does not trust this cluster's CA
+    /// aborts the handshake where only it can tell, so here it shows as a
+    /// handshake that timed out.
+    fn on_unauthenticated_loss(&mut self, c: &Conn, reason: &quinn_proto::ConnectionError) {
+        use quinn_proto::ConnectionError;
+        let reason = match reason {
+            // Our own refusal, already reported.
+            ConnectionError::LocallyClosed => return,
+            ConnectionError::TimedOut => {
+                "its handshake never completed (another cluster's CA?)".to_owned()
+            }
+            other => format!("its handshake failed: {other}"),
+        };
+        self.events.push_back(LinkEvent::Refused {
+            addr: c.conn.remote_address(),
+            claimed: None,
+            reason,
+        });
+    }
+
     /// Authenticates a new connection by the blade id in its certificate.
     fn on_connected(&mut self, ch: ConnectionHandle, now: Instant) {
         let Some(c) = self.conns.get_mut(&ch) else {
@@ -492,7 +521,11 @@ impl Link {
                     VarInt::from_u32(CLOSE_NOT_A_PEER),
                     Bytes::from_static(b"not a cluster peer"),
                 );
-                self.events.push_back(LinkEvent::Refused { addr, claimed });
+                self.events.push_back(LinkEvent::Refused {
+                    addr,
+                    claimed,
+                    reason: "its certificate names no configured peer".into(),
+                });
                 if let Some(i) = c.peer {
                     c.peer = None;
                     self.schedule_retry(i, now);

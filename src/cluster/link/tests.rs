@@ -282,7 +282,8 @@ fn strangers_are_refused() {
         events: Vec::new(),
         sent: 0,
     });
-    run(&mut nodes, &mut now, Duration::from_secs(2));
+    // Long enough for blade-0's abandoned handshakes to time out at blade-2.
+    run(&mut nodes, &mut now, Duration::from_secs(15));
     assert!(
         !nodes[0]
             .events
@@ -296,6 +297,17 @@ fn strangers_are_refused() {
             .events
             .iter()
             .any(|e| matches!(e, LinkEvent::Refused { claimed: Some(c), .. } if c == "blade-1b")),
+        "{:?}",
+        nodes[0].events
+    );
+    // blade-0 gave up on blade-2's certificate; blade-2 says so too.
+    let rogue = nodes[2].addr;
+    assert!(
+        nodes[0].events.iter().any(|e| matches!(
+            e,
+            LinkEvent::Refused { addr, claimed: None, reason }
+                if *addr == rogue && reason.contains("never completed")
+        )),
         "{:?}",
         nodes[0].events
     );
