@@ -6,6 +6,10 @@
 //! burst lands on one parser and not the other; here every burst is
 //! shared out.
 //!
+//! A last group prices one header line of each kind the parser reads: the
+//! 200 OK with five more lines of that kind, less the 200 OK, over five
+//! (and the same for httparse with five more HTTP header lines).
+//!
 //! Run with `cargo bench --bench parse_ratio`; BENCHMARKS.md records results.
 
 use std::hint::black_box;
@@ -73,9 +77,10 @@ fn httparse(data: &'static [u8]) -> impl FnMut() {
     }
 }
 
-fn group(name: &str, mut entries: Vec<Entry>) {
+/// Runs the entries in turn, batch by batch, for [`ROUNDS`] rounds.
+fn run_batches(entries: &mut [Entry]) {
     for _ in 0..ROUNDS {
-        for e in &mut entries {
+        for e in entries.iter_mut() {
             let start = Instant::now();
             for _ in 0..BATCH {
                 (e.run)();
@@ -84,6 +89,10 @@ fn group(name: &str, mut entries: Vec<Entry>) {
                 .push(start.elapsed().as_nanos() as f64 / f64::from(BATCH));
         }
     }
+}
+
+fn group(name: &str, mut entries: Vec<Entry>) {
+    run_batches(&mut entries);
     let figures: Vec<(&str, usize, f64, f64)> = entries
         .iter_mut()
         .map(|e| {
@@ -116,6 +125,81 @@ fn group(name: &str, mut entries: Vec<Entry>) {
     }
 }
 
+/// `message` with `count` copies of `line` inserted after its first two
+/// lines (the start line and, in these inputs, a Via).
+fn with_lines(message: &[u8], line: &str, count: usize) -> &'static [u8] {
+    let split = message
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w == b"\r\n")
+        .nth(1)
+        .map(|(i, _)| i + 2)
+        .expect("two lines");
+    let mut out = message[..split].to_vec();
+    for _ in 0..count {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&message[split..]);
+    out.leak()
+}
+
+/// What one more header line of each kind costs, in alternating batches.
+fn per_line() {
+    const EXTRA: usize = 5;
+    let kinds = [
+        (
+            "unparsed (Subject)",
+            "Subject: \"Alice\" <sip:1001@cc.example.com>;tag=19283",
+        ),
+        (
+            "Via, branch",
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds",
+        ),
+        (
+            "Via, branch+rport+received",
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport=5060;received=192.0.2.10",
+        ),
+        ("Contact", "Contact: <sip:1002@198.51.100.20:5060>"),
+        ("Record-Route", "Record-Route: <sip:198.51.100.20:5060;lr>"),
+    ];
+    let mut entries = vec![Entry::new("sipblade: 200 OK", OK200.len(), sipblade(OK200))];
+    for (name, line) in kinds {
+        let data = with_lines(OK200, line, EXTRA);
+        entries.push(Entry::new(name, data.len(), sipblade(data)));
+    }
+    let http = with_lines(
+        HTTP_REQUEST,
+        "Accept-Language: en-GB,en;q=0.9,fr;q=0.8",
+        EXTRA,
+    );
+    entries.push(Entry::new(
+        "httparse: HTTP request",
+        HTTP_REQUEST.len(),
+        httparse(HTTP_REQUEST),
+    ));
+    entries.push(Entry::new(
+        "httparse: + Accept-Language",
+        http.len(),
+        httparse(http),
+    ));
+    run_batches(&mut entries);
+    let fastest: Vec<f64> = entries.iter_mut().map(|e| e.ns().0).collect();
+    for (i, e) in entries.iter().enumerate() {
+        let base = match i {
+            0 => continue,
+            n if n + 1 == entries.len() => fastest[n - 1],
+            n if n + 2 == entries.len() => continue,
+            _ => fastest[0],
+        };
+        let per = (fastest[i] - base) / EXTRA as f64;
+        println!(
+            "per line  {:26} fastest batches: {per:5.1} ns per line",
+            e.name
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this runner takes no arguments.
     group(
@@ -144,4 +228,5 @@ fn main() {
             Entry::new("rsip/parse", OK200.len(), rsip(OK200)),
         ],
     );
+    per_line();
 }
