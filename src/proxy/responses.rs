@@ -56,7 +56,7 @@ impl Proxy {
         if client.tx.on_response(now, &msg, &mut out.transmits) != ClientEvent::Pass {
             return self.reschedule(id);
         }
-        let (invite, call) = (pair.invite, pair.call);
+        let (invite, call, cancelled) = (pair.invite, pair.call, pair.cancelled);
         if status > 100 {
             // §16.7 step 3: remove our Via and pass the response upstream.
             let mut buf = BytesMut::new();
@@ -94,7 +94,11 @@ impl Proxy {
                 }
             } else {
                 if let Some(o) = self.outcomes(&call_id) {
-                    o.ended_with(status);
+                    if cancelled {
+                        o.cancelled += 1;
+                    } else {
+                        o.ended_with(status);
+                    }
                 }
                 self.end_session(now, &call_id, out);
             }

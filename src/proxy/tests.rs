@@ -385,6 +385,59 @@ fn a_cancel_the_callee_ignores_ends_the_call_after_64_t1() {
     let given_up = finals(b.advance(Duration::from_secs(2)));
     assert_eq!(given_up.first(), Some(&487), "{given_up:?}");
     assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+    let local = b.proxy.metrics().local;
+    assert_eq!(
+        (local.cancelled, local.failed),
+        (1, 0),
+        "counted once: {local:?}"
+    );
+}
+
+/// A CANCEL that crosses the callee's 200 does not end the call (RFC 3261
+/// §9.1): the caller gets the 200, and the call counts once, as answered,
+/// not also as cancelled.
+#[test]
+fn a_cancel_crossed_by_the_200_counts_the_call_answered_only() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = invite("1001", "1002", "c-race", "z9hG4bKrace", "");
+    let fwd = parse(&b.send(&a, &text)[1]);
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let cancel = text
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let out = b.send(&a, &cancel);
+    assert_eq!(status(&out[0]), 200, "the CANCEL is answered");
+    assert_eq!(parse(&out[1]).method(), Some(Method::Cancel));
+    let out = b.send(&bb, &answer(&fwd, 200, "t2"));
+    assert_eq!((status(&out[0]), out[0].to), (200, udp(&a)));
+    assert_eq!((b.state("1001"), b.state("1002")), ("in_call", "in_call"));
+    let local = b.proxy.metrics().local;
+    assert_eq!((local.answered, local.cancelled), (1, 0), "{local:?}");
+}
+
+/// A cancelled INVITE that the callee answers 487 counts once, as
+/// cancelled.
+#[test]
+fn a_cancelled_call_counts_once() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = invite("1001", "1002", "c-once", "z9hG4bKonce", "");
+    let fwd = parse(&b.send(&a, &text)[1]);
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let cancel = text
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    b.send(&a, &cancel);
+    let out = b.send(&bb, &answer(&fwd, 487, "t2"));
+    assert!(out.iter().any(|t| t.to == udp(&a) && status(t) == 487));
+    let local = b.proxy.metrics().local;
+    assert_eq!(local.cancelled, 1, "{local:?}");
+    assert_eq!(local.failed + local.answered + local.busy, 0, "{local:?}");
 }
 
 /// A non-INVITE request whose callee never answers gets no 408 from the

@@ -114,11 +114,15 @@ impl Proxy {
         let Some(pair) = self.txs.get(id) else {
             return;
         };
-        let (call, call_id) = (pair.call, pair.call_id.clone());
+        let (call, call_id, cancelled) = (pair.call, pair.call_id.clone(), pair.cancelled);
         self.answer_pending(now, id, status, out);
         if call {
             if let Some(o) = self.outcomes(&call_id) {
-                o.failed += 1;
+                if cancelled {
+                    o.cancelled += 1;
+                } else {
+                    o.failed += 1;
+                }
             }
             self.end_session(now, &call_id, out);
         }
@@ -178,6 +182,7 @@ impl Proxy {
             client: None,
             cancel: None,
             cancel_pending: false,
+            cancelled: false,
             ringing_until: None,
             waiting: None,
         };
@@ -340,12 +345,8 @@ impl Proxy {
             // is given up 64×T1 later (RFC 3261 §9.1), not at timer C.
             let give_up = now + 64 * self.settings.timers.t1;
             pair.ringing_until = Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
-            if pair.call {
-                let call_id = pair.call_id.clone();
-                if let Some(o) = self.outcomes(&call_id) {
-                    o.cancelled += 1;
-                }
-            }
+            // Counted when the INVITE ends: a 200 may yet cross the CANCEL.
+            pair.cancelled = true;
         }
         self.reschedule(id);
     }
