@@ -581,3 +581,156 @@ fn cancel_races_across_two_blades() {
     assert!(cluster.sessions(s).is_empty() && cluster.sessions(t).is_empty());
     assert_eq!(calls(cluster.admin(s), "cancelled", "cross_blade"), 1.0);
 }
+
+/// An out-of-dialog request `method` from `a` to 1002 with `extra` lines.
+fn out_of_dialog(a: &Ua, method: &str, call_id: &str, extra: &str, body: &str) -> String {
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: text/plain\r\n"
+    };
+    format!(
+        "{method} {} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: <{}>;tag={}\r\nTo: <{}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nContact: <{}>\r\n{extra}{content_type}\
+         Content-Length: {}\r\n\r\n{body}",
+        aor("1002"),
+        a.via(&branch()),
+        aor(&a.ext),
+        tag_of(call_id),
+        aor("1002"),
+        a.contact_uri(),
+        body.len(),
+    )
+}
+
+/// The From tag of the out-of-dialog request with `call_id`.
+fn tag_of(call_id: &str) -> String {
+    call_id.chars().filter(char::is_ascii_alphanumeric).collect()
+}
+
+/// The caller's side of the dialog a SUBSCRIBE or REFER made, from its
+/// 2xx.
+fn subscriber_side(a: &Ua, call_id: &str, ok: &Message) -> Side {
+    let mut routes: Vec<String> = ok
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    routes.reverse();
+    Side {
+        call_id: call_id.to_owned(),
+        local: format!("<{}>;tag={}", aor(&a.ext), tag_of(call_id)),
+        remote: header(ok, HeaderName::To).expect("a To"),
+        target: ok
+            .contacts()
+            .next()
+            .map(|c| c.uri().as_str().to_owned())
+            .expect("a Contact"),
+        routes,
+        cseq: 1,
+    }
+}
+
+/// SUBSCRIBE / NOTIFY (RFC 6665; the first NOTIFY before the 200, as
+/// notifiers may send it), a refresh that ends the subscription, REFER
+/// with its NOTIFY (RFC 3515), and MESSAGE, from `a` to 1002 (`b`)
+/// through `hops` blades. Each dialog-forming request is record-routed
+/// by every blade; each NOTIFY follows the route set back.
+fn subscriptions(a: &mut Ua, b: &mut Ua, hops: usize) {
+    let call_id = format!("sub-{}@test", common::unique());
+    a.send(out_of_dialog(
+        a,
+        "SUBSCRIBE",
+        &call_id,
+        "Event: dialog\r\nAccept: application/dialog-info+xml\r\nExpires: 600\r\n",
+        "",
+    ));
+    let subscribe = routed(b, Method::Subscribe, &call_id, hops);
+    assert_eq!(subscribe.record_routes().count(), hops, "each blade RRs");
+    let mut bs = Side::callee(&subscribe);
+    let notify = bs.request(
+        b,
+        "NOTIFY",
+        "Event: dialog\r\nSubscription-State: active;expires=600\r\n",
+        "",
+    );
+    b.send(&notify);
+    let got = routed(a, Method::Notify, &call_id, hops);
+    respond(a, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(b, &call_id, Method::Notify), 200);
+    respond(b, &subscribe, 200, "OK", "Expires: 600\r\n", "");
+    let ok = a.response(&call_id, Method::Subscribe);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    let mut aside = subscriber_side(a, &call_id, &ok);
+    assert_eq!(aside.routes.len(), hops, "{ok:?}");
+    let unsubscribe = aside.request(a, "SUBSCRIBE", "Event: dialog\r\nExpires: 0\r\n", "");
+    a.send(&unsubscribe);
+    let got = routed(b, Method::Subscribe, &call_id, hops);
+    respond(b, &got, 200, "OK", "Expires: 0\r\n", "");
+    assert_eq!(answer_of(a, &call_id, Method::Subscribe), 200);
+    let last = bs.request(
+        b,
+        "NOTIFY",
+        "Event: dialog\r\nSubscription-State: terminated;reason=timeout\r\n",
+        "",
+    );
+    b.send(&last);
+    let got = routed(a, Method::Notify, &call_id, hops);
+    respond(a, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(b, &call_id, Method::Notify), 200);
+
+    let call_id = format!("refer-{}@test", common::unique());
+    a.send(out_of_dialog(
+        a,
+        "REFER",
+        &call_id,
+        &format!("Refer-To: <{}>\r\n", aor("1003")),
+        "",
+    ));
+    let refer = routed(b, Method::Refer, &call_id, hops);
+    assert_eq!(refer.record_routes().count(), hops, "each blade RRs");
+    let mut bs = Side::callee(&refer);
+    respond(b, &refer, 202, "Accepted", "", "");
+    let accepted = a.response(&call_id, Method::Refer);
+    assert_eq!(accepted.status(), Some(202), "{}", first_line(&accepted));
+    let notify = bs.request(
+        b,
+        "NOTIFY",
+        "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n",
+        "",
+    );
+    b.send(&notify);
+    let got = routed(a, Method::Notify, &call_id, hops);
+    respond(a, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(b, &call_id, Method::Notify), 200);
+
+    let call_id = format!("msg-{}@test", common::unique());
+    a.send(out_of_dialog(a, "MESSAGE", &call_id, "", "hello"));
+    let message = routed(b, Method::Message, &call_id, hops);
+    assert_eq!(message.body(), b"hello");
+    assert_eq!(message.record_routes().count(), 0, "no dialog, no RR");
+    respond(b, &message, 200, "OK", "", "");
+    assert_eq!(answer_of(a, &call_id, Method::Message), 200);
+}
+
+#[test]
+fn subscriptions_refers_and_messages_through_one_blade() {
+    let blade = blade(2);
+    let mut a = registered(blade.sip, "1001", 8);
+    let mut b = registered(blade.sip, "1002", 9);
+    subscriptions(&mut a, &mut b, 1);
+    assert_eq!(blade.agent_state("1001"), "ready");
+    assert_eq!(blade.agent_state("1002"), "ready");
+    blade.wait_no_sessions();
+}
+
+#[test]
+fn subscriptions_refers_and_messages_across_two_blades() {
+    let cluster = TestCluster::start(2, 146);
+    let (s, t) = (0, 1);
+    let mut a = registered(cluster.members[s].sip, "1001", 10);
+    let mut b = registered(cluster.members[t].sip, "1002", 11);
+    subscriptions(&mut a, &mut b, 2);
+    assert_eq!(cluster.agent(s, "1001")["state"], "ready");
+    assert_eq!(cluster.agent(t, "1002")["state"], "ready");
+    assert!(cluster.sessions(s).is_empty() && cluster.sessions(t).is_empty());
+}
