@@ -393,6 +393,49 @@ fn a_cancel_the_callee_ignores_ends_the_call_after_64_t1() {
     );
 }
 
+/// An INVITE whose callee never sends a final response, not even to the
+/// proxy's CANCEL, is given up (a final answer upstream) and then
+/// forgotten: its transactions do not stay in the table for ever. Both
+/// ways a proxy cancels: the caller's CANCEL, and timer C.
+#[test]
+fn an_invite_the_callee_never_ends_is_forgotten_after_it_is_given_up() {
+    for caller_cancels in [true, false] {
+        let mut b = Blade::new(false, 100);
+        b.register("1001");
+        b.register("1002");
+        let (a, bb) = (terminal("1001"), terminal("1002"));
+        let text = invite("1001", "1002", "c-silent", "z9hG4bKsilent", "");
+        let fwd = parse(&b.send(&a, &text)[1]);
+        b.send(&bb, &answer(&fwd, 180, "t2"));
+        if caller_cancels {
+            let cancel = text
+                .replacen("INVITE sip", "CANCEL sip", 1)
+                .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+            b.send(&a, &cancel);
+        }
+        let out = b.advance(TIMER_C + Duration::from_secs(1));
+        let finals: Vec<u16> = out
+            .iter()
+            .filter(|t| t.to == udp(&a))
+            .filter_map(|t| parse(t).status())
+            .collect();
+        let expected = if caller_cancels { 487 } else { 408 };
+        assert_eq!(finals.first(), Some(&expected), "{finals:?}");
+        assert!(
+            out.iter()
+                .any(|t| t.to == udp(&bb) && parse(t).method() == Some(Method::Cancel)),
+            "the callee was sent a CANCEL"
+        );
+        b.advance(Duration::from_secs(300));
+        assert_eq!(
+            b.proxy.transactions(),
+            0,
+            "caller cancels: {caller_cancels}: the given-up INVITE is forgotten"
+        );
+        assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+    }
+}
+
 /// A CANCEL that crosses the callee's 200 does not end the call (RFC 3261
 /// §9.1): the caller gets the 200, and the call counts once, as answered,
 /// not also as cancelled.

@@ -48,9 +48,22 @@ impl Proxy {
                 cancel.on_timeout(now, &mut out.transmits);
             }
             if pair.ringing_until.is_some_and(|at| at <= now) {
-                pair.ringing_until = None;
                 timed_out = true;
-                send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+                if cancelled {
+                    // 64×T1 after the CANCEL without a final response: the
+                    // branch is over (RFC 3261 §9.1), or nothing would end
+                    // its transaction. A late 2xx is still relayed
+                    // (`handle_response`).
+                    pair.ringing_until = None;
+                    if let Some(client) = pair.client.as_mut() {
+                        client.tx.abandon();
+                    }
+                } else {
+                    // Timer C (§16.8): cancel the branch, and give it 64×T1
+                    // to end as a cancelled one would.
+                    send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+                    pair.ringing_until = Some(now + 64 * self.settings.timers.t1);
+                }
             }
             if let Some(Waiting::Notices { until }) = pair.waiting {
                 if until <= now {
