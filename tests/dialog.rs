@@ -605,7 +605,10 @@ fn out_of_dialog(a: &Ua, method: &str, call_id: &str, extra: &str, body: &str) -
 
 /// The From tag of the out-of-dialog request with `call_id`.
 fn tag_of(call_id: &str) -> String {
-    call_id.chars().filter(char::is_ascii_alphanumeric).collect()
+    call_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
 }
 
 /// The caller's side of the dialog a SUBSCRIBE or REFER made, from its
@@ -733,4 +736,55 @@ fn subscriptions_refers_and_messages_across_two_blades() {
     assert_eq!(cluster.agent(s, "1001")["state"], "ready");
     assert_eq!(cluster.agent(t, "1002")["state"], "ready");
     assert!(cluster.sessions(s).is_empty() && cluster.sessions(t).is_empty());
+}
+
+/// A callee that ignores the CANCEL (it answers the CANCEL but not the
+/// INVITE) and answers 200 after the blade gave the INVITE up with 487
+/// (64×T1 after the CANCEL; T1 is 20 ms here): the 200 still reaches the
+/// caller (RFC 3261 §16.7 step 5), whose ACK and BYE reach the callee, and
+/// no agent stays busy.
+#[test]
+fn a_200_after_the_blade_gave_up_the_cancelled_invite_reaches_the_caller() {
+    let timers = sipblade::transaction::TimerConfig {
+        t1: Duration::from_millis(20),
+        t2: Duration::from_millis(160),
+        t4: Duration::from_millis(100),
+    };
+    let options = Options {
+        timers,
+        ..Options::default()
+    };
+    let blade = TestBlade::start_at(1, false, options, "", BLADE_IP);
+    let mut a = registered(blade.sip, "1001", 12);
+    let mut b = registered(blade.sip, "1002", 13);
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = routed(&mut b, Method::Invite, &call.call_id, 1);
+    respond(&b, &invite, 180, "Ringing", "", "");
+    assert_eq!(answer_of(&mut a, &call.call_id, Method::Invite), 180);
+    a.cancel(&call);
+    assert_eq!(answer_of(&mut a, &call.call_id, Method::Cancel), 200);
+    let cancel = b.request(Method::Cancel, &call.call_id);
+    respond(&b, &cancel, 200, "OK", "", "");
+    let given_up = a.response(&call.call_id, Method::Invite);
+    assert_eq!(given_up.status(), Some(487), "{}", first_line(&given_up));
+    a.ack_failure(&call, &given_up);
+    blade.wait_state("1002", "ready");
+
+    let ok = respond(&b, &invite, 200, "OK", "", &sdp(&b, 1));
+    let late = a.response(&call.call_id, Method::Invite);
+    assert_eq!(late.status(), Some(200), "{}", first_line(&late));
+    assert_eq!(late.vias().count(), 1, "the blade removed its Via");
+    b.send(&ok);
+    assert_eq!(raw_count(&mut a, QUIET, "SIP/2.0 200"), 1, "and again");
+    call.learn(&late);
+    a.ack_2xx(&call);
+    routed(&mut b, Method::Ack, &call.call_id, 1);
+    a.bye(&mut call);
+    let bye = routed(&mut b, Method::Bye, &call.call_id, 1);
+    respond(&b, &bye, 200, "OK", "", "");
+    assert_eq!(answer_of(&mut a, &call.call_id, Method::Bye), 200);
+    blade.wait_state("1001", "ready");
+    blade.wait_state("1002", "ready");
+    blade.wait_no_sessions();
 }

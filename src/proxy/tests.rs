@@ -436,6 +436,44 @@ fn an_invite_the_callee_never_ends_is_forgotten_after_it_is_given_up() {
     }
 }
 
+/// A 2xx to an INVITE the proxy has already answered with a final
+/// failure (a CANCEL the callee ignored, given up after 64×T1) is still
+/// forwarded to the caller (RFC 3261 §16.7 step 5: after a final response,
+/// any 2xx to an INVITE must be forwarded at once), so that the caller
+/// can ACK it and hang up, and the callee stops retransmitting it.
+#[test]
+fn a_2xx_after_the_proxy_gave_up_the_invite_still_reaches_the_caller() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = invite("1001", "1002", "c-late", "z9hG4bKlate", "");
+    let fwd = parse(&b.send(&a, &text)[1]);
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let cancel = text
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    b.send(&a, &cancel);
+    let given_up = b.advance(64 * TimerConfig::default().t1 + Duration::from_secs(1));
+    assert!(
+        given_up
+            .iter()
+            .any(|t| t.to == udp(&a) && parse(t).status() == Some(487)),
+        "the proxy gave up with 487"
+    );
+    let ok = answer(&fwd, 200, "t2");
+    for _ in 0..2 {
+        let out = b.send(&bb, &ok);
+        let to_caller: Vec<u16> = out
+            .iter()
+            .filter(|t| t.to == udp(&a))
+            .filter_map(|t| parse(t).status())
+            .collect();
+        assert_eq!(to_caller, [200], "each 2xx is forwarded to the caller");
+        assert_eq!(parse(&out[0]).vias().count(), 1, "our Via removed");
+    }
+}
+
 /// A CANCEL that crosses the callee's 200 does not end the call (RFC 3261
 /// §9.1): the caller gets the 200, and the call counts once, as answered,
 /// not also as cancelled.
