@@ -788,3 +788,79 @@ fn a_200_after_the_blade_gave_up_the_cancelled_invite_reaches_the_caller() {
     blade.wait_state("1002", "ready");
     blade.wait_no_sessions();
 }
+
+/// The whole dialog across two blades of two cores each: the dialog's
+/// requests reach the core that owns it on each blade, from either side.
+#[test]
+fn a_whole_dialog_across_two_blades_of_two_cores() {
+    let cluster = TestCluster::start_with(2, 148, 30, 2);
+    let (s, t) = (0, 1);
+    let mut a = registered(cluster.members[s].sip, "1001", 14);
+    let mut b = registered(cluster.members[t].sip, "1002", 15);
+    full_dialog(&mut a, &mut b, 2);
+    cluster.wait_state(s, "1001", "ready");
+    cluster.wait_state(t, "1002", "ready");
+    assert!(cluster.sessions(s).is_empty() && cluster.sessions(t).is_empty());
+}
+
+/// In-dialog requests follow the caller's whole route set (loose routing,
+/// RFC 3261 §16.4, §16.6): past the blade, a proxy the callee's side
+/// record-routed gets the request with its Route kept and the Request-URI
+/// untouched. Max-Forwards 0 in a dialog is 483 at the blade, 1 passes
+/// as 0. The ACK of a 2xx is forwarded statelessly, each retransmission
+/// too.
+#[test]
+fn in_dialog_requests_follow_the_route_set_and_max_forwards() {
+    let blade = blade(1);
+    let mut a = registered(blade.sip, "1001", 16);
+    let mut b = registered(blade.sip, "1002", 17);
+    // The callee's outbound proxy, as far as the route set goes.
+    let mut proxy = phone(blade.sip, "proxy", 18);
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = routed(&mut b, Method::Invite, &call.call_id, 1);
+    respond(&b, &invite, 200, "OK", "", "");
+    let resp = a.response(&call.call_id, Method::Invite);
+    assert_eq!(resp.status(), Some(200));
+    call.learn(&resp);
+    // The callee's outbound proxy record-routed too, nearer the callee:
+    // the caller's route set is the blade, then that proxy.
+    assert_eq!(call.routes.len(), 1, "{:?}", call.routes);
+    call.routes.push(format!("<sip:{};lr>", proxy.addr));
+
+    a.ack_2xx(&call);
+    let ack = proxy.request(Method::Ack, &call.call_id);
+    assert_eq!(ack.request_uri().unwrap().as_str(), b.contact_uri());
+    let routes: Vec<String> = ack
+        .routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    assert_eq!(routes, [format!("<sip:{};lr>", proxy.addr)], "Route kept");
+    a.ack_2xx(&call);
+    assert_eq!(
+        raw_count(&mut proxy, QUIET, "ACK "),
+        1,
+        "an ACK retransmission is forwarded too"
+    );
+
+    let mut aside = Side::caller(&a, &call);
+    let info = aside.request(&a, "INFO", "", "");
+    a.send(info.replace("Max-Forwards: 70", "Max-Forwards: 1"));
+    let got = proxy.request(Method::Info, &call.call_id);
+    assert_eq!(got.max_forwards(), Some(0));
+    respond(&proxy, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(&mut a, &call.call_id, Method::Info), 200);
+    let info = aside.request(&a, "INFO", "", "");
+    a.send(info.replace("Max-Forwards: 70", "Max-Forwards: 0"));
+    assert_eq!(answer_of(&mut a, &call.call_id, Method::Info), 483);
+    let more = proxy.collect_where(QUIET, |m| m.method() == Some(Method::Info));
+    assert!(more.is_empty(), "{more:?}");
+
+    a.bye(&mut call);
+    let bye = proxy.request(Method::Bye, &call.call_id);
+    respond(&proxy, &bye, 200, "OK", "", "");
+    assert_eq!(answer_of(&mut a, &call.call_id, Method::Bye), 200);
+    blade.wait_state("1001", "ready");
+    blade.wait_state("1002", "ready");
+    blade.wait_no_sessions();
+}
