@@ -62,7 +62,8 @@ impl Proxy {
                     // Timer C (§16.8): cancel the branch, and give it 64×T1
                     // to end as a cancelled one would.
                     send_cancel(now, self.settings.timers, pair, &mut out.transmits);
-                    pair.ringing_until = Some(now + 64 * self.settings.timers.t1);
+                    let give_up = now + 64 * self.settings.timers.t1;
+                    pair.ringing_until = pair.cancel.is_some().then_some(give_up);
                 }
             }
             if let Some(Waiting::Notices { until }) = pair.waiting {
