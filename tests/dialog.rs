@@ -255,8 +255,8 @@ fn answer_of(ua: &mut Ua, call_id: &str, method: Method) -> u16 {
     resp.status().unwrap_or(0)
 }
 
-/// A dialog from 1001 (`a`) to 1002 (`b`) through `hops` blades, with a
-/// reliable 183 (retransmitted by the callee: every copy reaches the
+/// A dialog from 1001 (`a`) to 1002 (`b`) through `hops` blades, with
+/// the INVITE retransmitted (absorbed by the first blade), a reliable 183 (retransmitted by the callee: every copy reaches the
 /// caller), PRACK, an UPDATE in the early dialog, the 200 (retransmitted
 /// until the ACK: every copy reaches the caller), INFO, an OPTIONS from
 /// the callee, a re-INVITE from each side, a glare of two re-INVITEs
@@ -267,6 +267,8 @@ fn full_dialog(a: &mut Ua, b: &mut Ua, hops: usize) -> String {
     a.invite(&mut call, "Supported: 100rel\r\n");
     let invite = routed(b, Method::Invite, &call.call_id, hops);
     assert_eq!(invite.record_routes().count(), hops, "each blade RRs");
+    // A retransmission of the INVITE is absorbed by the first blade.
+    a.retransmit_invite(&call);
     let mut bs = Side::callee(&invite);
 
     // A reliable 183 (RFC 3262), retransmitted twice by the UAS over UDP.
@@ -288,6 +290,8 @@ fn full_dialog(a: &mut Ua, b: &mut Ua, hops: usize) -> String {
         2,
         "each retransmitted reliable 183 reaches the caller"
     );
+    let again = b.collect_where(QUIET, |m| m.method() == Some(Method::Invite));
+    assert!(again.is_empty(), "the INVITE went on twice: {again:?}");
     let mut aside = Side::caller_early(a, &call, &progress);
     assert_eq!(aside.routes.len(), hops);
 
