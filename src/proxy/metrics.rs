@@ -35,12 +35,11 @@ pub struct CallOutcomes {
 
 impl CallOutcomes {
     /// Counts a call that ended with the final status `status` (300 or
-    /// more): busy for 486 and 600, failed otherwise. A 487 is not counted:
-    /// the caller's CANCEL was.
+    /// more): busy for 486 and 600, cancelled for 487, failed otherwise.
     pub fn ended_with(&mut self, status: u16) {
         match status {
             486 | 600 => self.busy += 1,
-            487 => {}
+            487 => self.cancelled += 1,
             _ => self.failed += 1,
         }
     }

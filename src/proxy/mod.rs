@@ -237,6 +237,11 @@ struct TxPair {
     /// provisional arrives (§9.1).
     cancel: Option<ClientTx>,
     cancel_pending: bool,
+    /// INVITE: the caller sent a CANCEL before the final response. How
+    /// the call ends decides its outcome: a 2xx that crossed the CANCEL
+    /// still answers it (RFC 3261 §9.1), so the CANCEL alone counts
+    /// nothing.
+    cancelled: bool,
     /// INVITE: timer C.
     ringing_until: Option<Duration>,
     /// Held for the cluster: a host grant, or a hosting blade's verdict.

@@ -12,7 +12,7 @@ use crate::registrar::{self, Refusal};
 use crate::sip::edit::best_effort_response;
 use crate::sip::{Message, Method};
 use crate::transaction::client::{ClientEvent, ClientState};
-use crate::transaction::server::ServerTx;
+use crate::transaction::server::{ServerState, ServerTx};
 use crate::transaction::{Peer, Transmit};
 
 impl Proxy {
@@ -46,6 +46,28 @@ impl Proxy {
             return;
         }
         let status = msg.status().unwrap_or(0);
+        let answered_already = !matches!(
+            pair.server.state(),
+            ServerState::Trying | ServerState::Proceeding | ServerState::Accepted
+        );
+        if client.method == Method::Invite && (200..300).contains(&status) && answered_already {
+            // We answered the caller with a failure already (a CANCEL the
+            // callee ignored, timer C, a stopping blade), and the callee
+            // answers after all: RFC 3261 §16.7 step 5 forwards any 2xx to
+            // an INVITE even then, so the caller can ACK it and hang up,
+            // and the callee stops retransmitting it.
+            client.tx.on_response(now, &msg, &mut out.transmits);
+            let to = pair.server.peer();
+            if msg.has_more_vias() {
+                let mut buf = BytesMut::new();
+                msg.strip_top_via(&mut buf);
+                out.transmits.push(Transmit {
+                    to,
+                    data: buf.freeze(),
+                });
+            }
+            return self.reschedule(id);
+        }
         if status > 100 && !msg.has_more_vias() {
             // Only our Via: nowhere to relay it (§16.7 step 3), and not an
             // answer the transaction may take, or the caller would wait
@@ -56,7 +78,7 @@ impl Proxy {
         if client.tx.on_response(now, &msg, &mut out.transmits) != ClientEvent::Pass {
             return self.reschedule(id);
         }
-        let (invite, call) = (pair.invite, pair.call);
+        let (invite, call, cancelled) = (pair.invite, pair.call, pair.cancelled);
         if status > 100 {
             // §16.7 step 3: remove our Via and pass the response upstream.
             let mut buf = BytesMut::new();
@@ -94,7 +116,11 @@ impl Proxy {
                 }
             } else {
                 if let Some(o) = self.outcomes(&call_id) {
-                    o.ended_with(status);
+                    if cancelled {
+                        o.cancelled += 1;
+                    } else {
+                        o.ended_with(status);
+                    }
                 }
                 self.end_session(now, &call_id, out);
             }

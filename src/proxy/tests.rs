@@ -385,6 +385,140 @@ fn a_cancel_the_callee_ignores_ends_the_call_after_64_t1() {
     let given_up = finals(b.advance(Duration::from_secs(2)));
     assert_eq!(given_up.first(), Some(&487), "{given_up:?}");
     assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+    let local = b.proxy.metrics().local;
+    assert_eq!(
+        (local.cancelled, local.failed),
+        (1, 0),
+        "counted once: {local:?}"
+    );
+}
+
+/// An INVITE whose callee never sends a final response, not even to the
+/// proxy's CANCEL, is given up (a final answer upstream) and then
+/// forgotten: its transactions do not stay in the table for ever. Both
+/// ways a proxy cancels: the caller's CANCEL, and timer C.
+#[test]
+fn an_invite_the_callee_never_ends_is_forgotten_after_it_is_given_up() {
+    for caller_cancels in [true, false] {
+        let mut b = Blade::new(false, 100);
+        b.register("1001");
+        b.register("1002");
+        let (a, bb) = (terminal("1001"), terminal("1002"));
+        let text = invite("1001", "1002", "c-silent", "z9hG4bKsilent", "");
+        let fwd = parse(&b.send(&a, &text)[1]);
+        b.send(&bb, &answer(&fwd, 180, "t2"));
+        if caller_cancels {
+            let cancel = text
+                .replacen("INVITE sip", "CANCEL sip", 1)
+                .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+            b.send(&a, &cancel);
+        }
+        let out = b.advance(TIMER_C + Duration::from_secs(1));
+        let finals: Vec<u16> = out
+            .iter()
+            .filter(|t| t.to == udp(&a))
+            .filter_map(|t| parse(t).status())
+            .collect();
+        let expected = if caller_cancels { 487 } else { 408 };
+        assert_eq!(finals.first(), Some(&expected), "{finals:?}");
+        assert!(
+            out.iter()
+                .any(|t| t.to == udp(&bb) && parse(t).method() == Some(Method::Cancel)),
+            "the callee was sent a CANCEL"
+        );
+        b.advance(Duration::from_secs(300));
+        assert_eq!(
+            b.proxy.transactions(),
+            0,
+            "caller cancels: {caller_cancels}: the given-up INVITE is forgotten"
+        );
+        assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+    }
+}
+
+/// A 2xx to an INVITE the proxy has already answered with a final
+/// failure (a CANCEL the callee ignored, given up after 64×T1) is still
+/// forwarded to the caller (RFC 3261 §16.7 step 5: after a final response,
+/// any 2xx to an INVITE must be forwarded at once), so that the caller
+/// can ACK it and hang up, and the callee stops retransmitting it.
+#[test]
+fn a_2xx_after_the_proxy_gave_up_the_invite_still_reaches_the_caller() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = invite("1001", "1002", "c-late", "z9hG4bKlate", "");
+    let fwd = parse(&b.send(&a, &text)[1]);
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let cancel = text
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    b.send(&a, &cancel);
+    let given_up = b.advance(64 * TimerConfig::default().t1 + Duration::from_secs(1));
+    assert!(
+        given_up
+            .iter()
+            .any(|t| t.to == udp(&a) && parse(t).status() == Some(487)),
+        "the proxy gave up with 487"
+    );
+    let ok = answer(&fwd, 200, "t2");
+    for _ in 0..2 {
+        let out = b.send(&bb, &ok);
+        let to_caller: Vec<u16> = out
+            .iter()
+            .filter(|t| t.to == udp(&a))
+            .filter_map(|t| parse(t).status())
+            .collect();
+        assert_eq!(to_caller, [200], "each 2xx is forwarded to the caller");
+        assert_eq!(parse(&out[0]).vias().count(), 1, "our Via removed");
+    }
+}
+
+/// A CANCEL that crosses the callee's 200 does not end the call (RFC 3261
+/// §9.1): the caller gets the 200, and the call counts once, as answered,
+/// not also as cancelled.
+#[test]
+fn a_cancel_crossed_by_the_200_counts_the_call_answered_only() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = invite("1001", "1002", "c-race", "z9hG4bKrace", "");
+    let fwd = parse(&b.send(&a, &text)[1]);
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let cancel = text
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let out = b.send(&a, &cancel);
+    assert_eq!(status(&out[0]), 200, "the CANCEL is answered");
+    assert_eq!(parse(&out[1]).method(), Some(Method::Cancel));
+    let out = b.send(&bb, &answer(&fwd, 200, "t2"));
+    assert_eq!((status(&out[0]), out[0].to), (200, udp(&a)));
+    assert_eq!((b.state("1001"), b.state("1002")), ("in_call", "in_call"));
+    let local = b.proxy.metrics().local;
+    assert_eq!((local.answered, local.cancelled), (1, 0), "{local:?}");
+}
+
+/// A cancelled INVITE that the callee answers 487 counts once, as
+/// cancelled.
+#[test]
+fn a_cancelled_call_counts_once() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let text = invite("1001", "1002", "c-once", "z9hG4bKonce", "");
+    let fwd = parse(&b.send(&a, &text)[1]);
+    b.send(&bb, &answer(&fwd, 180, "t2"));
+    let cancel = text
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    b.send(&a, &cancel);
+    let out = b.send(&bb, &answer(&fwd, 487, "t2"));
+    assert!(out.iter().any(|t| t.to == udp(&a) && status(t) == 487));
+    let local = b.proxy.metrics().local;
+    assert_eq!(local.cancelled, 1, "{local:?}");
+    assert_eq!(local.failed + local.answered + local.busy, 0, "{local:?}");
 }
 
 /// A non-INVITE request whose callee never answers gets no 408 from the

@@ -48,9 +48,23 @@ impl Proxy {
                 cancel.on_timeout(now, &mut out.transmits);
             }
             if pair.ringing_until.is_some_and(|at| at <= now) {
-                pair.ringing_until = None;
                 timed_out = true;
-                send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+                if cancelled {
+                    // 64×T1 after the CANCEL without a final response: the
+                    // branch is over (RFC 3261 §9.1), or nothing would end
+                    // its transaction. A late 2xx is still relayed
+                    // (`handle_response`).
+                    pair.ringing_until = None;
+                    if let Some(client) = pair.client.as_mut() {
+                        client.tx.abandon();
+                    }
+                } else {
+                    // Timer C (§16.8): cancel the branch, and give it 64×T1
+                    // to end as a cancelled one would.
+                    send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+                    let give_up = now + 64 * self.settings.timers.t1;
+                    pair.ringing_until = pair.cancel.is_some().then_some(give_up);
+                }
             }
             if let Some(Waiting::Notices { until }) = pair.waiting {
                 if until <= now {
@@ -114,11 +128,15 @@ impl Proxy {
         let Some(pair) = self.txs.get(id) else {
             return;
         };
-        let (call, call_id) = (pair.call, pair.call_id.clone());
+        let (call, call_id, cancelled) = (pair.call, pair.call_id.clone(), pair.cancelled);
         self.answer_pending(now, id, status, out);
         if call {
             if let Some(o) = self.outcomes(&call_id) {
-                o.failed += 1;
+                if cancelled {
+                    o.cancelled += 1;
+                } else {
+                    o.failed += 1;
+                }
             }
             self.end_session(now, &call_id, out);
         }
@@ -178,6 +196,7 @@ impl Proxy {
             client: None,
             cancel: None,
             cancel_pending: false,
+            cancelled: false,
             ringing_until: None,
             waiting: None,
         };
@@ -340,12 +359,8 @@ impl Proxy {
             // is given up 64×T1 later (RFC 3261 §9.1), not at timer C.
             let give_up = now + 64 * self.settings.timers.t1;
             pair.ringing_until = Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
-            if pair.call {
-                let call_id = pair.call_id.clone();
-                if let Some(o) = self.outcomes(&call_id) {
-                    o.cancelled += 1;
-                }
-            }
+            // Counted when the INVITE ends: a 200 may yet cross the CANCEL.
+            pair.cancelled = true;
         }
         self.reschedule(id);
     }

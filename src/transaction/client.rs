@@ -236,6 +236,13 @@ impl ClientTx {
         None
     }
 
+    /// The transaction user gives up on a final response (an INVITE still
+    /// without one 64×T1 after its CANCEL, RFC 3261 §9.1): the transaction
+    /// ends, so that nothing keeps it for ever.
+    pub fn abandon(&mut self) {
+        self.terminate();
+    }
+
     /// Past the final response nothing is retransmitted or built from the
     /// request: lingering transactions keep only what absorbs retransmitted
     /// responses.

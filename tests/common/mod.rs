@@ -111,10 +111,22 @@ impl TestBlade {
 
     /// [`TestBlade::start_with`] with more `[blade]` settings (TOML lines).
     pub fn start_configured(cores: usize, auth: bool, options: Options, blade: &str) -> TestBlade {
+        TestBlade::start_at(cores, auth, options, blade, Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`TestBlade::start_configured`] with the SIP and admin ports on
+    /// `ip` (for tests that keep to an address range of their own).
+    pub fn start_at(
+        cores: usize,
+        auth: bool,
+        options: Options,
+        blade: &str,
+        ip: Ipv4Addr,
+    ) -> TestBlade {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
         let path = dir.path().join("blade.toml");
-        let text = config_toml(cores, auth, "127.0.0.1:0", "127.0.0.1:0")
+        let text = config_toml(cores, auth, &format!("{ip}:0"), &format!("{ip}:0"))
             .replace("\n[agents]", &format!("{blade}\n[agents]"));
         std::fs::write(&path, &text).expect("config file");
         let config = Config::from_toml(&text, &path).expect("valid config");
@@ -347,7 +359,13 @@ impl Ua {
     /// picks the host 127.0.0.(10 + ext % 100), anything else 127.0.0.99.
     pub fn new(blade: SocketAddr, ext: &str) -> Ua {
         let host = ext.parse::<u32>().map_or(99, |n| 10 + (n % 100) as u8);
-        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, host));
+        Ua::new_at(blade, ext, Ipv4Addr::new(127, 0, 0, host))
+    }
+
+    /// A user agent for `ext` talking to `blade`, on a socket of its own
+    /// on `ip` (for tests that keep to an address range of their own).
+    pub fn new_at(blade: SocketAddr, ext: &str, ip: Ipv4Addr) -> Ua {
+        let ip = IpAddr::V4(ip);
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind a loopback UDP socket");
         let addr = socket.local_addr().expect("local address");
         let n = unique();
