@@ -111,10 +111,22 @@ impl TestBlade {
 
     /// [`TestBlade::start_with`] with more `[blade]` settings (TOML lines).
     pub fn start_configured(cores: usize, auth: bool, options: Options, blade: &str) -> TestBlade {
+        TestBlade::start_on(Ipv4Addr::LOCALHOST, cores, auth, options, blade)
+    }
+
+    /// [`TestBlade::start_configured`] with the SIP address on `ip` (a
+    /// port the OS picks).
+    pub fn start_on(
+        ip: Ipv4Addr,
+        cores: usize,
+        auth: bool,
+        options: Options,
+        blade: &str,
+    ) -> TestBlade {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
         let path = dir.path().join("blade.toml");
-        let text = config_toml(cores, auth, "127.0.0.1:0", "127.0.0.1:0")
+        let text = config_toml(cores, auth, &format!("{ip}:0"), "127.0.0.1:0")
             .replace("\n[agents]", &format!("{blade}\n[agents]"));
         std::fs::write(&path, &text).expect("config file");
         let config = Config::from_toml(&text, &path).expect("valid config");
@@ -280,6 +292,34 @@ pub fn header(msg: &Message, name: HeaderName) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Checks that `bye`, received by `ua`, is an in-dialog BYE of the dialog
+/// whose local tag (`ua`'s) is `local_tag` and remote tag `remote_tag`,
+/// whose CSeq is above `last_cseq` (the last `ua` got from the other side),
+/// and addressed to `ua`'s Contact: a BYE the phone would take for its
+/// dialog's (RFC 3261 §12.2.2).
+pub fn assert_dialog_bye(
+    ua: &Ua,
+    bye: &Message,
+    call_id: &str,
+    tags: (&str, &str),
+    last_cseq: u32,
+) {
+    let (local_tag, remote_tag) = tags;
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(bye.call_id(), call_id);
+    assert_eq!(bye.request_uri().unwrap().as_str(), ua.contact_uri());
+    assert_eq!(bye.to().tag(), Some(local_tag), "To carries our tag");
+    assert_eq!(bye.from().tag(), Some(remote_tag), "From the other party's");
+    assert_eq!(bye.cseq().method, Method::Bye);
+    assert!(bye.cseq().seq > last_cseq, "CSeq {}", bye.cseq().seq);
+    assert!(bye.cseq().seq < 1 << 31);
+    assert_eq!(bye.routes().count(), 0, "every blade popped its Route");
+    assert!(
+        bye.vias()
+            .all(|v| v.branch().is_some_and(|b| b.starts_with("z9hG4bK")))
+    );
+}
+
 /// A call placed by a [`Ua`]: the caller's side of the dialog.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -347,7 +387,13 @@ impl Ua {
     /// picks the host 127.0.0.(10 + ext % 100), anything else 127.0.0.99.
     pub fn new(blade: SocketAddr, ext: &str) -> Ua {
         let host = ext.parse::<u32>().map_or(99, |n| 10 + (n % 100) as u8);
-        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, host));
+        Ua::new_on(blade, ext, Ipv4Addr::new(127, 0, 0, host))
+    }
+
+    /// A user agent for `ext` talking to `blade`, on `ip` (a port the OS
+    /// picks).
+    pub fn new_on(blade: SocketAddr, ext: &str, ip: Ipv4Addr) -> Ua {
+        let ip = IpAddr::V4(ip);
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind a loopback UDP socket");
         let addr = socket.local_addr().expect("local address");
         let n = unique();
