@@ -933,10 +933,32 @@ fn an_expired_session_ends_its_join_legs_too() {
     let join = w.take_final("1003");
     w.send_from(S, "1003", &answer(&join, 200));
     assert_eq!(w.take_final("1004").status(), Some(200));
-    w.advance(MAX_CALL + Duration::from_secs(1));
+    w.advance(MAX_CALL);
     for ext in ["1001", "1003", "1004"] {
         assert_eq!(w.state(S, ext), "ready", "{ext}");
     }
     assert!(w.snapshot(S).sessions.is_empty());
     assert!(w.nodes[S].proxy.sessions.is_empty(), "the leg too");
+
+    // Each answered dialog is hung up on both its phones: the leg's
+    // (1004, 1003) first, then the call's (1001, 1003).
+    let mut byes = |ext: &str| {
+        let mut got = Vec::new();
+        while !w.idle(ext) {
+            let m = w.take(ext);
+            assert_eq!(m.method(), Some(Method::Bye), "{ext}");
+            got.push((m.call_id().to_owned(), m.to().tag().unwrap().to_owned()));
+        }
+        got
+    };
+    assert_eq!(byes("1004"), [("j1".into(), "f1004".into())]);
+    assert_eq!(
+        byes("1003"),
+        [
+            ("j1".into(), "callee".into()),
+            ("c1".into(), "callee".into())
+        ]
+    );
+    assert_eq!(byes("1001"), [("c1".to_owned(), "f1001".to_owned())]);
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_sent, 4);
 }

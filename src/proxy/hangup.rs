@@ -190,10 +190,10 @@ impl Proxy {
                 continue;
             };
             if self.behind_lost_peer(hop) {
-                tracing::info!(%call_id, %agent, "party behind a lost blade: no BYE");
+                tracing::debug!(%call_id, %agent, "party behind a lost blade: no BYE");
                 continue;
             }
-            tracing::info!(%call_id, %agent, why = why.as_str(), "sending BYE");
+            tracing::debug!(%call_id, %agent, why = why.as_str(), "sending BYE");
             self.send_own_bye(now, call_id, target, route, hop, from, to, out);
         }
     }
