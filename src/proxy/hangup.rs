@@ -291,7 +291,7 @@ impl Proxy {
             return;
         }
         if bye.tx.on_timeout(now, &mut out.transmits) == Some(ClientEvent::Timeout) {
-            tracing::warn!(call_id = %bye.call_id, "the blade's BYE got no answer");
+            tracing::info!(call_id = %bye.call_id, "the blade's BYE got no answer");
             self.metrics.sessions_bye_failed += 1;
         }
         self.reschedule_own_bye(n);
@@ -345,7 +345,7 @@ impl Proxy {
             return false;
         };
         if let Some(bye) = self.own_byes.remove(&n) {
-            tracing::warn!(call_id = %bye.call_id, "the blade's BYE could not be sent");
+            tracing::info!(call_id = %bye.call_id, "the blade's BYE could not be sent");
             self.metrics.sessions_bye_failed += 1;
         }
         true
