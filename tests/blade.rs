@@ -13,7 +13,7 @@ mod common;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{Call, TestBlade, Ua, aor, first_line, header, password};
+use common::{Call, TestBlade, Ua, aor, assert_dialog_bye, first_line, header, password};
 use sipblade::proxy::route::shard_of;
 use sipblade::runtime::Options;
 use sipblade::sip::{HeaderName, Message, Method};
@@ -1334,4 +1334,57 @@ fn rport_is_filled_in_with_the_source_port_and_received() {
     let via = ok.top_via();
     assert_eq!(via.rport(), Some(Some(ua.addr.port())), "{ok:?}");
     assert_eq!(via.received(), Some(ua.addr.ip().to_string().as_str()));
+}
+
+// The blade hangs up a call it ends itself.
+
+/// A call still up after `max_call_secs` is ended by the blade, which
+/// sends each phone a BYE it can match to its dialog; their 200s end it.
+#[test]
+fn a_call_that_outlives_max_call_secs_is_hung_up_on_both_phones() {
+    use std::net::Ipv4Addr;
+    let blade = TestBlade::start_at(
+        2,
+        false,
+        Options::default(),
+        // Long enough for the call to be answered on a loaded machine.
+        "max_call_secs = 2\n",
+        Ipv4Addr::new(127, 0, 0, 174),
+    );
+    let mut a = Ua::new_at(blade.sip, "1001", Ipv4Addr::new(127, 0, 0, 175));
+    let mut b = Ua::new_at(blade.sip, "1002", Ipv4Addr::new(127, 0, 0, 176));
+    assert_eq!(a.register(3600).status(), Some(200));
+    assert_eq!(b.register(3600).status(), Some(200));
+    let (call, invite) = answered_call(&blade, &mut a, &mut b, false);
+    ack_answered(&mut a, &mut b, &call);
+
+    let to_a = a.request(Method::Bye, &call.call_id);
+    assert_dialog_bye(&a, &to_a, &call.call_id, (&call.from_tag, CALLEE_TAG), 0);
+    assert_eq!(to_a.vias().count(), 1, "the blade's own request");
+    assert_eq!(to_a.max_forwards(), Some(70));
+    let to_b = b.request(Method::Bye, &call.call_id);
+    assert_dialog_bye(
+        &b,
+        &to_b,
+        &call.call_id,
+        (CALLEE_TAG, &call.from_tag),
+        invite.cseq().seq,
+    );
+    assert_eq!(
+        header(&to_b, HeaderName::From),
+        header(&invite, HeaderName::From),
+        "the caller's From, as the callee knows it"
+    );
+    blade.wait_state("1001", "ready");
+    blade.wait_state("1002", "ready");
+    blade.wait_no_sessions();
+
+    a.answer(&to_a, 200, "OK", "unused");
+    b.answer(&to_b, 200, "OK", "unused");
+    // Answered: not retransmitted (a raw receive: the waits drop repeats).
+    assert_eq!(a.recv_raw(SILENCE), None);
+    assert_eq!(b.recv_raw(Duration::from_millis(1)), None);
+    assert_eq!(blade.metric("sipblade_sessions_expired_total"), 1.0);
+    assert_eq!(blade.metric("sipblade_sessions_bye_sent_total"), 2.0);
+    assert_eq!(blade.metric("sipblade_sessions_bye_failed_total"), 0.0);
 }

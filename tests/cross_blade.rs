@@ -5,7 +5,8 @@
 //!
 //! Each test uses its own addresses (127.0.0.x), so they run in parallel:
 //! 61-62, 63-64, 65-66, 67-68, 69-70, 71-72, 73-74, 75-76, 77-78, 79-81,
-//! 82-83, 84-85, 86-87.
+//! 82-83, 84-85, 86-87; the phones of 170-171 and 177-178 on 172-173 and
+//! 179-180.
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cluster::TestCluster;
-use common::{Call, DOMAIN, Ua, WAIT, aor, branch, first_line, unique};
+use common::{Call, DOMAIN, Ua, WAIT, aor, assert_dialog_bye, branch, first_line, unique};
 use sipblade::cluster::certs::generate_cluster;
 use sipblade::sip::{Message, Method};
 
@@ -991,4 +992,72 @@ fn a_large_invite_crosses_between_blades_over_tcp() {
     confirm(&mut a, &mut b, &call);
     hang_up(&mut a, &mut b, &mut call);
     wait_ready(&cluster, t, "1002");
+}
+
+// The blade hangs up a call it ends itself.
+
+/// T goes away in the middle of a call: S ends the session and sends the
+/// caller's phone, on S, a BYE of its own that it can match to its dialog
+/// (the callee's phone is beyond the lost blade).
+#[test]
+fn losing_the_target_mid_call_hangs_up_the_callers_phone() {
+    use std::net::Ipv4Addr;
+    let mut cluster = TestCluster::start(2, 170);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 172));
+    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 173));
+    let (call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    cluster.stop_blade(t);
+    let bye = a.request(Method::Bye, &call.call_id);
+    assert_dialog_bye(&a, &bye, &call.call_id, (&call.from_tag, CALLEE_TAG), 0);
+    assert_eq!(bye.vias().count(), 1, "S's own request");
+    a.answer(&bye, 200, "OK", "unused");
+    cluster.wait_state(s, "1001", "ready");
+    assert!(cluster.sessions(s).is_empty());
+    assert_eq!(cluster.metric(s, "sipblade_sessions_bye_sent_total"), 1.0);
+    assert_eq!(a.recv_raw(QUIET), None, "answered: not retransmitted");
+    assert_eq!(cluster.metric(s, "sipblade_sessions_bye_failed_total"), 0.0);
+}
+
+/// A cross-blade call still up after `max_call_secs`: S hangs it up on
+/// both phones, the callee's through T (S's route to it), and hands the
+/// callee back.
+#[test]
+fn a_cross_blade_call_that_outlives_max_call_secs_is_hung_up_on_both_phones() {
+    use std::net::Ipv4Addr;
+    let mut cluster = TestCluster::new(2, 177, 30, 1);
+    // Long enough for the call to be answered on a loaded machine.
+    cluster.blade_settings = "max_call_secs = 2\n".into();
+    let (s, t) = (0, 1);
+    cluster.start_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 179));
+    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 180));
+    let (call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let to_a = a.request(Method::Bye, &call.call_id);
+    assert_dialog_bye(&a, &to_a, &call.call_id, (&call.from_tag, CALLEE_TAG), 0);
+    let to_b = b.request(Method::Bye, &call.call_id);
+    assert_dialog_bye(
+        &b,
+        &to_b,
+        &call.call_id,
+        (CALLEE_TAG, &call.from_tag),
+        invite.cseq().seq,
+    );
+    let vias: Vec<String> = to_b.vias().map(|v| v.host().to_owned()).collect();
+    assert_eq!(vias, ["127.0.0.178", "127.0.0.177"], "from S through T");
+    a.answer(&to_a, 200, "OK", "unused");
+    b.answer(&to_b, 200, "OK", "unused");
+    wait_ready(&cluster, t, "1002");
+    cluster.wait_state(s, "1001", "ready");
+    assert_eq!(a.recv_raw(QUIET), None, "answered: not retransmitted");
+    assert_eq!(b.recv_raw(QUIET), None, "answered: not retransmitted");
+    assert_eq!(cluster.metric(s, "sipblade_sessions_bye_sent_total"), 2.0);
+    assert_eq!(cluster.metric(s, "sipblade_sessions_bye_failed_total"), 0.0);
+    assert_eq!(cluster.metric(s, "sipblade_sessions_expired_total"), 1.0);
 }

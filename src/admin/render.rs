@@ -158,6 +158,18 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
             m.sessions_expired as usize,
         ),
         (
+            "sipblade_sessions_bye_sent_total",
+            "counter",
+            "BYEs the blade sent itself to the phones of a call it ended (max_call_secs, a lost peer blade).",
+            m.sessions_bye_sent as usize,
+        ),
+        (
+            "sipblade_sessions_bye_failed_total",
+            "counter",
+            "Of the blade's own BYEs, those no 2xx answered (refused, timed out, or not sent).",
+            m.sessions_bye_failed as usize,
+        ),
+        (
             "sipblade_transactions_active",
             "gauge",
             "Live SIP transactions.",

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::hangup::HangUp;
 use super::session::Session;
 use super::{AgentEvent, Notice, Output, Proxy, metrics, route};
 use crate::sip::Message;
@@ -124,7 +125,8 @@ impl Proxy {
     }
 
     /// Ends a session whose time ran out, its join legs first (else it
-    /// would wait for them).
+    /// would wait for them). Each answered dialog among them is hung up
+    /// on its phones with the blade's own BYEs.
     pub(super) fn expire_session(&mut self, now: Duration, call_id: &str, out: &mut Output) {
         let legs = self
             .sessions
@@ -132,8 +134,10 @@ impl Proxy {
             .map(|s| s.joined.clone())
             .unwrap_or_default();
         for leg in legs {
+            self.hang_up(now, &leg, HangUp::Expired, out);
             self.end_session(now, &leg, out);
         }
+        self.hang_up(now, call_id, HangUp::Expired, out);
         self.end_session(now, call_id, out);
     }
 

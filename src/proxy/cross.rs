@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::hangup::HangUp;
 use super::{Output, Proxy, session::Hosted};
 use crate::cluster::codec::{Class, DirectoryEntry, Message as LinkMessage, Refusal, Token};
 use crate::cluster::hosting::{Directory, HostSecret, Source, SourceEvent, Target};
@@ -160,6 +161,16 @@ impl Cluster {
 
     pub(super) fn peer(&self, id: &str) -> Option<&PeerBlade> {
         self.peers.iter().find(|p| p.id.eq_ignore_ascii_case(id))
+    }
+
+    /// Whether `ip` is a peer blade's SIP address and its link is down.
+    pub(super) fn link_down_at(&self, ip: IpAddr) -> bool {
+        self.peer_by_ip(ip).is_some_and(|p| {
+            !self
+                .directory
+                .peers()
+                .any(|up| up.eq_ignore_ascii_case(&p.id))
+        })
     }
 }
 
@@ -633,6 +644,9 @@ impl Proxy {
                 peer,
             } => {
                 tracing::warn!(%call_id, agent = %extension, %peer, "hosting lost: session ended");
+                // The phones are still in the call: the blade hangs it up
+                // on the parties it can reach (not through a lost link).
+                self.hang_up(now, &call_id, HangUp::PeerLost, out);
                 self.end_session(now, &call_id, out);
             }
             SourceEvent::Relayed {

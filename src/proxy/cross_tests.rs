@@ -544,10 +544,15 @@ fn renewals_keep_a_long_call_hosted() {
     );
 }
 
+/// The link to T goes down mid-call: S ends the session and hangs the
+/// call up on the caller's phone with a BYE of its own; the callee, whose
+/// path runs through the lost blade, gets none from S.
 #[test]
 fn losing_the_link_to_t_ends_the_session_on_s() {
     let mut w = World::new();
-    answered_call(&mut w);
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
     let mut out = Output::default();
     w.nodes[S]
         .proxy
@@ -555,6 +560,81 @@ fn losing_the_link_to_t_ends_the_session_on_s() {
     w.run(S, out);
     assert!(w.snapshot(S).sessions.is_empty());
     assert_eq!(w.state(S, "1001"), "ready");
+
+    let bye = w.take("1001");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_bye_to_caller(&bye, &ok);
+    assert!(w.idle("1002"), "nothing goes through the lost blade");
+    w.send_from(S, "1001", &answer(&bye, 200));
+    w.advance(Duration::from_secs(1));
+    assert!(w.idle("1001"), "answered: not retransmitted");
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_sent, 1);
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_failed, 0);
+}
+
+/// A hosting lost while the link is up (the renewals did not get
+/// through, so the lease ran out): T is still reachable, so the callee is
+/// hung up on through it too.
+#[test]
+fn a_hosting_lost_with_the_link_up_hangs_up_both_phones() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.link_up = false; // Link messages are lost; SIP still flows.
+    w.advance(Duration::from_secs(u64::from(LEASE)));
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert_bye_to_caller(&w.take("1001"), &ok);
+    assert_bye_to_callee(&w.take("1002"), &ok);
+}
+
+/// Checks a BYE of S's own to the caller of the call answered by `ok`.
+fn assert_bye_to_caller(bye: &Message, ok: &Message) {
+    use crate::sip::HeaderName;
+    let header = |m: &Message, name| String::from_utf8_lossy(m.header(name).unwrap()).into_owned();
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        format!("sip:1001@{}", terminal("1001"))
+    );
+    assert_eq!(bye.vias().count(), 1, "straight from S");
+    assert!(bye.top_via().branch().unwrap().starts_with("z9hG4bKsb0xb"));
+    assert_eq!(bye.routes().count(), 0);
+    assert_eq!(bye.max_forwards(), Some(70));
+    assert_eq!(header(bye, HeaderName::From), header(ok, HeaderName::To));
+    assert_eq!(header(bye, HeaderName::To), header(ok, HeaderName::From));
+    assert_eq!(
+        (bye.from().tag(), bye.to().tag()),
+        (Some("callee"), Some("f1001"))
+    );
+    assert_eq!(bye.call_id(), ok.call_id());
+    assert_eq!(bye.cseq().seq, super::hangup::BYE_CSEQ);
+    assert_eq!(bye.cseq().method, Method::Bye);
+}
+
+/// Checks a BYE of S's own to the callee of the call answered by `ok`, as
+/// T delivered it.
+fn assert_bye_to_callee(bye: &Message, ok: &Message) {
+    use crate::sip::HeaderName;
+    let header = |m: &Message, name| String::from_utf8_lossy(m.header(name).unwrap()).into_owned();
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        format!("sip:1002@{}", terminal("1002")),
+        "the callee's Contact"
+    );
+    let vias: Vec<String> = bye.vias().map(|v| v.host().to_owned()).collect();
+    assert_eq!(vias, ["127.0.0.2", "127.0.0.1"], "S then T");
+    assert_eq!(bye.routes().count(), 0, "T popped its Route");
+    assert_eq!(bye.max_forwards(), Some(69));
+    assert_eq!(header(bye, HeaderName::From), header(ok, HeaderName::From));
+    assert_eq!(header(bye, HeaderName::To), header(ok, HeaderName::To));
+    assert_eq!(
+        (bye.from().tag(), bye.to().tag()),
+        (Some("f1001"), Some("callee"))
+    );
+    assert_eq!(bye.call_id(), ok.call_id());
+    assert_eq!(bye.cseq().seq, super::hangup::BYE_CSEQ);
 }
 
 #[test]
@@ -810,6 +890,36 @@ fn a_call_that_outlives_max_call_is_ended_and_its_agent_handed_back() {
     assert_eq!(w.nodes[S].proxy.metrics().sessions_expired, 1);
 }
 
+/// The phones of a cross-blade call that outlives `max_call` are hung up
+/// by S: the caller directly, the callee through T (the route set past S),
+/// which delivers it as it would the caller's own BYE.
+#[test]
+fn a_cross_blade_call_that_outlives_max_call_is_hung_up_on_both_phones() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.advance(MAX_CALL);
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert_eq!(w.state(S, "1001"), "ready");
+    let to_caller = w.take("1001");
+    let to_callee = w.take("1002");
+    assert_bye_to_caller(&to_caller, &ok);
+    assert_bye_to_callee(&to_callee, &ok);
+    assert!(w.idle("1001") && w.idle("1002"));
+
+    // Both answer: nothing is retransmitted, nothing reopens.
+    w.send_from(S, "1001", &answer(&to_caller, 200));
+    w.send_from(T, "1002", &answer(&to_callee, 200));
+    assert!(w.idle("1001") && w.idle("1002"), "the answers end at S");
+    w.advance(Duration::from_secs(40));
+    assert!(w.idle("1001") && w.idle("1002"));
+    let m = w.nodes[S].proxy.metrics();
+    assert_eq!((m.sessions_bye_sent, m.sessions_bye_failed), (2, 0));
+    assert_eq!(w.nodes[S].proxy.own_byes_open(), 0);
+    assert!(w.snapshot(S).sessions.is_empty());
+}
+
 #[test]
 fn an_expired_session_ends_its_join_legs_too() {
     let mut w = World::new();
@@ -823,10 +933,32 @@ fn an_expired_session_ends_its_join_legs_too() {
     let join = w.take_final("1003");
     w.send_from(S, "1003", &answer(&join, 200));
     assert_eq!(w.take_final("1004").status(), Some(200));
-    w.advance(MAX_CALL + Duration::from_secs(1));
+    w.advance(MAX_CALL);
     for ext in ["1001", "1003", "1004"] {
         assert_eq!(w.state(S, ext), "ready", "{ext}");
     }
     assert!(w.snapshot(S).sessions.is_empty());
     assert!(w.nodes[S].proxy.sessions.is_empty(), "the leg too");
+
+    // Each answered dialog is hung up on both its phones: the leg's
+    // (1004, 1003) first, then the call's (1001, 1003).
+    let mut byes = |ext: &str| {
+        let mut got = Vec::new();
+        while !w.idle(ext) {
+            let m = w.take(ext);
+            assert_eq!(m.method(), Some(Method::Bye), "{ext}");
+            got.push((m.call_id().to_owned(), m.to().tag().unwrap().to_owned()));
+        }
+        got
+    };
+    assert_eq!(byes("1004"), [("j1".into(), "f1004".into())]);
+    assert_eq!(
+        byes("1003"),
+        [
+            ("j1".into(), "callee".into()),
+            ("c1".into(), "callee".into())
+        ]
+    );
+    assert_eq!(byes("1001"), [("c1".to_owned(), "f1001".to_owned())]);
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_sent, 4);
 }

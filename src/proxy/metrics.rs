@@ -120,6 +120,12 @@ pub struct Metrics {
     pub joins: u64,
     /// Sessions ended because they outlived `max_call_secs` (a lost BYE).
     pub sessions_expired: u64,
+    /// BYEs the blade sent itself to the parties of a call it ended (on
+    /// `max_call_secs`, or when a hosted party's blade was lost).
+    pub sessions_bye_sent: u64,
+    /// Of those, the ones no 2xx answered (an error response, no answer
+    /// within timer F, or no way to send).
+    pub sessions_bye_failed: u64,
 }
 
 impl Metrics {
@@ -144,6 +150,8 @@ impl Metrics {
         self.hosting_rtt.merge(&other.hosting_rtt);
         self.joins += other.joins;
         self.sessions_expired += other.sessions_expired;
+        self.sessions_bye_sent += other.sessions_bye_sent;
+        self.sessions_bye_failed += other.sessions_bye_failed;
     }
 
     /// Counts a refusal of a host request.

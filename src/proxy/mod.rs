@@ -26,6 +26,7 @@
 //! The request path above is in this file; the rest by job: `addressing`
 //! (who a request is for), `forward`, `transactions` (the table, timers,
 //! CANCEL), `responses`, `calls` and [`session`] (the agents' call states),
+//! `hangup` (the BYEs the blade sends when it ends a call itself),
 //! [`cross`] and `join` (hosting, many-party sessions), [`route`] (cores
 //! and branches), `status` and [`metrics`].
 
@@ -33,6 +34,7 @@ mod addressing;
 mod calls;
 pub mod cross;
 mod forward;
+mod hangup;
 mod join;
 pub mod metrics;
 mod responses;
@@ -308,6 +310,9 @@ pub struct Proxy {
     /// pair's current one is stale.
     next_generation: u32,
     sessions: Sessions,
+    /// BYEs the blade sent itself (a session ended here without one), by
+    /// their branch number, while their transactions last.
+    own_byes: HashMap<u64, hangup::OwnBye>,
     metrics: Metrics,
     sent_by: String,
     /// The sent-by of UDP Vias: this core's own port.
@@ -373,6 +378,7 @@ impl Proxy {
             next_branch: 0,
             next_generation: 0,
             sessions: Sessions::default(),
+            own_byes: HashMap::new(),
             metrics: Metrics::default(),
             sent_by,
             udp_sent_by,

@@ -26,6 +26,9 @@ impl Proxy {
         let cancel = msg.cseq().method == Method::Cancel;
         let key = (msg.buffer().slice_ref(branch.as_bytes()), cancel);
         let Some(&id) = self.by_client.get(&key) else {
+            if self.handle_own_bye_response(now, &msg, out) {
+                return;
+            }
             return self.forward_stray_2xx(&msg, out);
         };
         let Some(pair) = self.txs.get_mut(id) else {
@@ -79,6 +82,7 @@ impl Proxy {
             return self.reschedule(id);
         }
         let (invite, call, cancelled) = (pair.invite, pair.call, pair.cancelled);
+        let downstream = client.tx.peer();
         if status > 100 {
             // §16.7 step 3: remove our Via and pass the response upstream.
             let mut buf = BytesMut::new();
@@ -103,6 +107,7 @@ impl Proxy {
             let call_id = pair.call_id.clone();
             if status < 300 {
                 if self.sessions.confirm(&call_id, msg.to().tag()) {
+                    self.remember_dialog(&call_id, &msg, downstream);
                     if let Some(o) = self.outcomes(&call_id) {
                         o.answered += 1;
                     }
@@ -141,6 +146,7 @@ impl Proxy {
         };
         let key = (msg.buffer().slice_ref(branch.as_bytes()), false);
         let Some(&id) = self.by_client.get(&key) else {
+            self.own_bye_unsent(msg);
             return;
         };
         let Some(pair) = self.txs.get_mut(id) else {

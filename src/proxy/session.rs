@@ -54,10 +54,35 @@ pub struct Session {
     /// A call whose own dialog ended while join legs lived on: the parties
     /// that have left already (the others are in a join leg still).
     pub left: Option<Vec<String>>,
+    /// Once answered: what the blade needs to send each party a BYE of
+    /// its own if it ends the dialog itself ([`super::hangup`]). Boxed and
+    /// filled once, at the 2xx: a ringing session pays one pointer.
+    pub dialog: Option<Box<Dialog>>,
     /// When the session is ended even without a BYE (a lost BYE must not
     /// leave its agents in a call, or hosted, for ever), and a serial
     /// that tells it from another session ending at the same time.
     expires: (Duration, u64),
+}
+
+/// A confirmed dialog as the blade would address each party with a BYE of
+/// its own (RFC 3261 §12.2.1.1): copied out of the 2xx once, so that no
+/// buffer is kept and no later request is looked at. The caller's remote
+/// target is its INVITE's Contact, kept in [`Session::caller_contact`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dialog {
+    /// The 2xx's From value as written: the caller's URI and tag.
+    pub(super) from: Box<str>,
+    /// The 2xx's To value as written: the callee's URI and tag.
+    pub(super) to: Box<str>,
+    /// The callee's remote target: the 2xx's Contact URI.
+    pub(super) callee_target: Box<str>,
+    /// The Route values of a request from here to the callee, in order,
+    /// joined with ", " (empty: none), and its first hop.
+    pub(super) callee_route: Box<str>,
+    pub(super) callee_hop: Option<Peer>,
+    /// The same toward the caller.
+    pub(super) caller_route: Box<str>,
+    pub(super) caller_hop: Option<Peer>,
 }
 
 /// An agent hosted from another blade (SPEC §2 step 4): its blade, and once
@@ -120,6 +145,7 @@ impl Sessions {
             join_dest: None,
             joined: Vec::new(),
             left: None,
+            dialog: None,
             expires,
         };
         let slot = self.by_call_id.entry(call_id.to_owned());

@@ -1081,3 +1081,146 @@ fn a_request_too_large_to_forward_over_udp_is_513() {
     );
     assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
 }
+
+/// A local call 1001 → 1002 answered with To tag `t2`, on a blade whose
+/// sessions last at most `max_call`; `extra` goes into the INVITE. Returns
+/// the caller's 200.
+fn answered_call_lasting(b: &mut Blade, max_call: Duration, extra: &str) -> Message {
+    b.proxy.settings.max_call = max_call;
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let out = b.send(&a, &invite("1001", "1002", "long", "z9hG4bKi1", extra));
+    let fwd = parse(&out[1]);
+    let ok = b.send(&bb, &answer(&fwd, 200, "t2"));
+    let ok = parse(&ok[0]);
+    assert_eq!(ok.status(), Some(200));
+    let ack = b.send(&a, &in_dialog("ACK", "1001", &ok, 1, "z9hG4bKa1"));
+    assert_eq!(ack.len(), 1);
+    ok
+}
+
+/// The BYEs among `out`, with where they went.
+fn byes(out: &[Transmit]) -> Vec<(Peer, Message)> {
+    out.iter()
+        .map(|t| (t.to, parse(t)))
+        .filter(|(_, m)| m.method() == Some(Method::Bye))
+        .collect()
+}
+
+fn header(msg: &Message, name: crate::sip::HeaderName) -> String {
+    String::from_utf8_lossy(msg.header(name).unwrap()).into_owned()
+}
+
+#[test]
+fn a_call_that_outlives_max_call_is_hung_up_on_both_phones() {
+    use crate::sip::HeaderName;
+    let mut b = Blade::new(false, 100);
+    let ok = answered_call_lasting(&mut b, Duration::from_secs(60), "");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    assert!(byes(&b.advance(Duration::from_secs(59))).is_empty());
+
+    let out = b.advance(Duration::from_secs(1));
+    let sent = byes(&out);
+    assert_eq!(sent.len(), 2, "one BYE per phone");
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+    let (to_a, to_b) = (&sent[0], &sent[1]);
+
+    // To the caller: the dialog as the callee would write it.
+    assert_eq!(to_a.0, udp(&a), "where the INVITE came from");
+    let bye = &to_a.1;
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        format!("sip:1001@{a}"),
+        "the caller's Contact"
+    );
+    assert_eq!(bye.vias().count(), 1);
+    let via = bye.top_via();
+    assert_eq!((via.host(), via.port()), ("127.0.0.1", Some(5060)));
+    assert!(via.branch().unwrap().starts_with("z9hG4bKsb0xb"));
+    assert_eq!(bye.max_forwards(), Some(70));
+    assert_eq!(bye.routes().count(), 0, "no route past the blade");
+    assert_eq!(header(bye, HeaderName::From), header(&ok, HeaderName::To));
+    assert_eq!(header(bye, HeaderName::To), header(&ok, HeaderName::From));
+    assert_eq!(bye.from().tag(), Some("t2"));
+    assert_eq!(bye.to().tag(), Some("f1001"));
+    assert_eq!(bye.call_id(), "long");
+    assert_eq!(bye.cseq().seq, hangup::BYE_CSEQ);
+    assert_eq!(bye.cseq().method, Method::Bye);
+    assert_eq!(bye.content_length(), Some(0));
+
+    // To the callee: the mirror, at its Contact.
+    assert_eq!(to_b.0, udp(&bb));
+    let bye = &to_b.1;
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        format!("sip:1002@{bb}")
+    );
+    assert_eq!(header(bye, HeaderName::From), header(&ok, HeaderName::From));
+    assert_eq!(header(bye, HeaderName::To), header(&ok, HeaderName::To));
+    assert_eq!(bye.routes().count(), 0);
+    assert_eq!(bye.cseq().seq, hangup::BYE_CSEQ);
+    assert_ne!(
+        to_a.1.top_via().branch(),
+        bye.top_via().branch(),
+        "a transaction each"
+    );
+    assert_eq!(b.proxy.metrics().sessions_expired, 1);
+    assert_eq!(b.proxy.metrics().sessions_bye_sent, 2);
+
+    // The callee answers; the caller does not: its BYE is retransmitted
+    // (timer E) until timer F, then counted as failed. Neither reopens
+    // anything.
+    let answered = b.send(&bb, &answer(&to_b.1, 200, "t2"));
+    assert!(answered.is_empty(), "the answer ends at the blade");
+    let again = byes(&b.advance(Duration::from_millis(600)));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, udp(&a));
+    assert_eq!(again[0].1.as_bytes(), to_a.1.as_bytes(), "the same BYE");
+    b.advance(Duration::from_secs(40));
+    assert_eq!(b.proxy.own_byes_open(), 0);
+    assert_eq!(b.proxy.metrics().sessions_bye_failed, 1);
+    assert!(b.proxy.snapshot().sessions.is_empty());
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+    assert_eq!(b.proxy.transactions(), 0);
+}
+
+#[test]
+fn the_blades_bye_to_a_caller_behind_a_proxy_follows_its_route_set() {
+    let mut b = Blade::new(false, 100);
+    // A hop before the blade record-routed the INVITE: the caller is
+    // reached through it (RFC 3261 §12.1.2), the callee directly.
+    let rr = "Record-Route: <sip:127.0.0.99:5070;lr;x=1>\r\n";
+    answered_call_lasting(&mut b, Duration::from_secs(10), rr);
+    let sent = byes(&b.advance(Duration::from_secs(10)));
+    assert_eq!(sent.len(), 2);
+    let (to_a, to_b) = (&sent[0], &sent[1]);
+    assert_eq!(to_a.0, udp("127.0.0.99:5070"));
+    let routes: Vec<String> = to_a.1.routes().map(|r| r.uri().as_str().into()).collect();
+    assert_eq!(routes, ["sip:127.0.0.99:5070;lr;x=1"]);
+    assert_eq!(
+        to_a.1.request_uri().unwrap().as_str(),
+        format!("sip:1001@{}", terminal("1001"))
+    );
+    assert_eq!(to_b.0, udp(&terminal("1002")));
+    assert_eq!(to_b.1.routes().count(), 0);
+}
+
+#[test]
+fn a_session_ended_by_its_own_bye_or_never_answered_gets_no_bye_of_the_blades() {
+    let mut b = Blade::new(false, 100);
+    let ok = answered_call_lasting(&mut b, Duration::from_secs(10), "");
+    let a = terminal("1001");
+    let bye = b.send(&a, &in_dialog("BYE", "1001", &ok, 2, "z9hG4bKb1"));
+    b.send(&terminal("1002"), &answer(&parse(&bye[0]), 200, "t2"));
+    assert!(byes(&b.advance(Duration::from_secs(20))).is_empty());
+
+    // Ringing when its time runs out: a transaction matter, no dialog.
+    let out = b.send(&a, &invite("1001", "1002", "ringing", "z9hG4bKi9", ""));
+    let fwd = parse(&out[1]);
+    b.send(&terminal("1002"), &answer(&fwd, 180, "t9"));
+    let out = b.advance(Duration::from_secs(11));
+    assert!(byes(&out).is_empty());
+    assert_eq!(b.proxy.metrics().sessions_expired, 1);
+    assert_eq!(b.proxy.metrics().sessions_bye_sent, 0);
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::cross::Waiting;
+use super::hangup::OWN_BYE_TIMER;
 use super::responses::reason_phrase;
 use super::route;
 use super::{Client, Output, Proxy, ServerKey, TIMER_C, TxPair};
@@ -28,6 +29,10 @@ impl Proxy {
             self.expire_session(now, &call_id, out);
         }
         while let Some((id, generation)) = self.timers.pop_due(now) {
+            if id & OWN_BYE_TIMER != 0 {
+                self.own_bye_timeout(now, id & !OWN_BYE_TIMER, generation, out);
+                continue;
+            }
             let id = id as usize;
             let Some(pair) = self.txs.get_mut(id) else {
                 continue;

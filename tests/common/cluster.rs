@@ -73,6 +73,8 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     lease_secs: u32,
     cores: usize,
+    /// More `[blade]` settings (TOML lines) for every member.
+    pub blade_settings: String,
 }
 
 impl TestCluster {
@@ -120,6 +122,7 @@ impl TestCluster {
             dir,
             lease_secs,
             cores,
+            blade_settings: String::new(),
         }
     }
 
@@ -128,7 +131,7 @@ impl TestCluster {
         let m = &self.members[i];
         let mut text = format!(
             "[blade]\nid = \"{id}\"\ndomain = \"{domain}\"\nsip = \"{sip}\"\ncores = {cores}\n\
-             admin = \"{ip}:{admin}\"\n\n[cluster]\nlisten = \"{quic}\"\nca = \"{ca}\"\ncert = \"{cert}\"\n\
+             admin = \"{ip}:{admin}\"\n{extra}\n[cluster]\nlisten = \"{quic}\"\nca = \"{ca}\"\ncert = \"{cert}\"\n\
              key = \"{key}\"\nlease_secs = {lease}\n\n",
             id = m.id,
             domain = super::DOMAIN,
@@ -141,6 +144,7 @@ impl TestCluster {
             cert = certs.join(format!("{}.pem", m.id)).display(),
             key = certs.join(format!("{}.key", m.id)).display(),
             lease = self.lease_secs,
+            extra = self.blade_settings,
         );
         for (j, p) in self.members.iter().enumerate() {
             if j != i {
@@ -333,7 +337,16 @@ impl TestCluster {
     /// other running member's directory could know it (the announcement
     /// is asynchronous; calls work without it, through a Locate).
     pub fn registered(&self, i: usize, ext: &str) -> Ua {
-        let mut ua = Ua::new(self.members[i].sip, ext);
+        self.register_ua(i, Ua::new(self.members[i].sip, ext))
+    }
+
+    /// [`TestCluster::registered`] with the agent's phone on `ip`.
+    pub fn registered_on(&self, i: usize, ext: &str, ip: std::net::Ipv4Addr) -> Ua {
+        self.register_ua(i, Ua::new_at(self.members[i].sip, ext, ip))
+    }
+
+    fn register_ua(&self, i: usize, mut ua: Ua) -> Ua {
+        let ext = ua.ext.clone();
         let ok = ua.register(3600);
         assert_eq!(ok.status(), Some(200), "{ext} registers on blade {i}");
         ua

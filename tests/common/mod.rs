@@ -292,6 +292,34 @@ pub fn header(msg: &Message, name: HeaderName) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Checks that `bye`, received by `ua`, is an in-dialog BYE of the dialog
+/// whose local tag (`ua`'s) is `local_tag` and remote tag `remote_tag`,
+/// whose CSeq is above `last_cseq` (the last `ua` got from the other side),
+/// and addressed to `ua`'s Contact: a BYE the phone would take for its
+/// dialog's (RFC 3261 §12.2.2).
+pub fn assert_dialog_bye(
+    ua: &Ua,
+    bye: &Message,
+    call_id: &str,
+    tags: (&str, &str),
+    last_cseq: u32,
+) {
+    let (local_tag, remote_tag) = tags;
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(bye.call_id(), call_id);
+    assert_eq!(bye.request_uri().unwrap().as_str(), ua.contact_uri());
+    assert_eq!(bye.to().tag(), Some(local_tag), "To carries our tag");
+    assert_eq!(bye.from().tag(), Some(remote_tag), "From the other party's");
+    assert_eq!(bye.cseq().method, Method::Bye);
+    assert!(bye.cseq().seq > last_cseq, "CSeq {}", bye.cseq().seq);
+    assert!(bye.cseq().seq < 1 << 31);
+    assert_eq!(bye.routes().count(), 0, "every blade popped its Route");
+    assert!(
+        bye.vias()
+            .all(|v| v.branch().is_some_and(|b| b.starts_with("z9hG4bK")))
+    );
+}
+
 /// A call placed by a [`Ua`]: the caller's side of the dialog.
 #[derive(Debug, Clone)]
 pub struct Call {

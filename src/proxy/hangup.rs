@@ -1,0 +1,359 @@
+//! BYEs the blade sends itself.
+//!
+//! Most sessions end with a phone's BYE, which the blade relays. Two end
+//! without one: a session that outlives `max_call_secs` (its BYE was
+//! lost, or a phone hung), and one whose hosted party's blade was lost
+//! (SPEC §2 step 7). Freeing the agents here would leave their phones in
+//! the call, so the blade then tears the dialog down on them, as
+//! Kamailio's dialog module does on a timeout: it sends each party it can
+//! reach an in-dialog BYE written as the other party would write it
+//! (RFC 3261 §12.2.1.1, §15.1.1).
+//!
+//! - **What is kept.** At the 2xx that confirms a session, and only then,
+//!   [`Proxy::remember_dialog`] copies out the From and To values (the
+//!   tags), the callee's Contact and the route set towards each party as
+//!   seen from this blade ([`Dialog`]). Nothing is read from later
+//!   requests: the hot path pays one small allocation per answered call.
+//! - **Route sets.** The 2xx's Record-Route holds, top first, the entries
+//!   of the hops past this blade towards the callee, this blade's own
+//!   (one, or two where it changed transport, RFC 5658), then those of
+//!   the hops towards the caller. The caller's UA sends its requests along
+//!   the reverse of that list, the callee's along it as it is (§12.1.1,
+//!   §12.1.2); a request starting here takes the part of each past this
+//!   blade. So a BYE to the callee of a cross-blade call carries
+//!   `Route: <T>` and goes to the target blade, which takes it on to the
+//!   agent's terminal as it would the caller's own BYE: that blade alone
+//!   knows how to reach the terminal (its binding, behind NAT or on a TCP
+//!   connection). Without a route past this blade (a local call, or a UA
+//!   that copies no Record-Route) the BYE goes where the dialog's
+//!   requests went: to the callee where the INVITE was sent, and to the
+//!   caller where its INVITE came from (the address its responses go to,
+//!   RFC 3581, or its TCP connection).
+//! - **Request-URI** is the party's remote target: the 2xx's Contact for
+//!   the callee, the INVITE's for the caller.
+//! - **From / To** are the dialog seen from the far party: to the caller,
+//!   From is the 2xx's To (the callee's tag) and To the INVITE's From (the
+//!   caller's tag); the mirror to the callee.
+//! - **CSeq** is [`BYE_CSEQ`]: a UAS refuses (500) a request whose number
+//!   is below the last it got from the other side (§12.2.2), and the blade
+//!   does not read every in-dialog request to learn that number (a
+//!   re-INVITE or INFO after the 2xx raises it). The largest number a CSeq
+//!   may start at (below 2³¹, §8.1.1.5) is above any a party will have
+//!   sent, and nothing follows it in the dialog.
+//! - **Transport.** Each BYE has a client transaction of its own: UDP
+//!   retransmits it (timer E) until an answer or timer F. Its answer, or
+//!   its timeout, is only logged and counted: the session is over here
+//!   already.
+//! - **Reach.** A party whose first hop is a peer blade whose link is down
+//!   gets no BYE: nothing would carry it (the party on this blade does).
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::route::{self, BRANCH_PREFIX};
+use super::session::{Dialog, Phase};
+use super::{Output, Proxy};
+use crate::sip::{Message, Method, NameAddr};
+use crate::transaction::Peer;
+use crate::transaction::client::{ClientEvent, ClientTx};
+
+/// The CSeq number of the BYEs the blade sends itself: 2³¹ − 1, the
+/// largest a request may carry as a first number (RFC 3261 §8.1.1.5), so
+/// above any the party has seen from the other side.
+pub const BYE_CSEQ: u32 = (1 << 31) - 1;
+
+/// The timer ids of the blade's own BYEs carry this bit, apart from the
+/// transaction pairs' slab keys that share the timer queue.
+pub(super) const OWN_BYE_TIMER: u64 = 1 << 63;
+
+/// A BYE the blade sent of its own accord, until its transaction ends.
+pub(super) struct OwnBye {
+    tx: ClientTx,
+    generation: u32,
+    call_id: Box<str>,
+}
+
+/// Route entries as one header value, in the order given ("" for none).
+fn route_value<'a, 'm: 'a>(entries: impl Iterator<Item = &'a NameAddr<'m>>) -> Box<str> {
+    let parts: Vec<_> = entries
+        .map(|r| String::from_utf8_lossy(r.as_bytes()))
+        .collect();
+    parts.join(", ").into_boxed_str()
+}
+
+/// Why a session is hung up, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HangUp {
+    /// It outlived `max_call_secs`.
+    Expired,
+    /// Its hosted party's blade was lost.
+    PeerLost,
+}
+
+impl HangUp {
+    fn as_str(self) -> &'static str {
+        match self {
+            HangUp::Expired => "max_call_secs",
+            HangUp::PeerLost => "peer lost",
+        }
+    }
+}
+
+impl Proxy {
+    /// At the 2xx `ok` that confirmed session `call_id`, whose INVITE went
+    /// to `downstream`: keeps what a BYE to each party takes (see the
+    /// module's notes).
+    pub(super) fn remember_dialog(&mut self, call_id: &str, ok: &Message, downstream: Peer) {
+        let Some(contact) = ok.contacts().next() else {
+            // No remote target: no request can be sent in this dialog.
+            return;
+        };
+        let rrs: Vec<_> = ok.record_routes().collect();
+        let (past_callee, past_caller) = match rrs.iter().position(|r| self.is_us(&r.uri())) {
+            Some(first) => {
+                let ours = rrs[first..]
+                    .iter()
+                    .take_while(|r| self.is_us(&r.uri()))
+                    .count();
+                (&rrs[..first], &rrs[first + ours..])
+            }
+            None => (&rrs[..], &[][..]),
+        };
+        let caller_source = self
+            .sessions
+            .get(call_id)
+            .and_then(|s| s.caller_contact.as_ref())
+            .map(|c| c.0);
+        let dialog = Dialog {
+            from: String::from_utf8_lossy(ok.from().as_bytes()).into(),
+            to: String::from_utf8_lossy(ok.to().as_bytes()).into(),
+            callee_target: contact.uri().as_str().into(),
+            callee_route: route_value(past_callee.iter().rev()),
+            callee_hop: match past_callee.last() {
+                Some(next) => route::uri_peer(&next.uri()),
+                None => Some(downstream),
+            },
+            caller_route: route_value(past_caller.iter()),
+            caller_hop: match past_caller.first() {
+                Some(next) => route::uri_peer(&next.uri()),
+                None => caller_source,
+            },
+        };
+        if let Some(session) = self.sessions.get_mut(call_id) {
+            session.dialog = Some(Box::new(dialog));
+        }
+    }
+
+    /// The blade ends session `call_id` itself (`why`): each party of its
+    /// dialog, if confirmed and not hung up already, gets a BYE of the
+    /// blade's own where it can be reached. Call before the session is
+    /// closed.
+    pub(super) fn hang_up(&mut self, now: Duration, call_id: &str, why: HangUp, out: &mut Output) {
+        let Some(session) = self.sessions.get(call_id) else {
+            return;
+        };
+        // `left`: the dialog itself ended (its BYE passed) while join legs
+        // lived on.
+        if session.phase != Phase::Confirmed || session.left.is_some() {
+            return;
+        }
+        let Some(d) = session.dialog.clone() else {
+            return;
+        };
+        let caller_target = session.caller_contact.as_ref().map(|c| c.1.clone());
+        let (caller, callee) = (session.caller.clone(), session.callee.clone());
+        let parties = [
+            // To the caller, as from the callee.
+            (
+                caller,
+                caller_target.as_deref(),
+                &d.caller_route,
+                d.caller_hop,
+                &d.to,
+                &d.from,
+            ),
+            // To the callee, as from the caller.
+            (
+                callee,
+                Some(&*d.callee_target),
+                &d.callee_route,
+                d.callee_hop,
+                &d.from,
+                &d.to,
+            ),
+        ];
+        for (agent, target, route, hop, from, to) in parties {
+            let (Some(target), Some(hop)) = (target, hop) else {
+                tracing::debug!(%call_id, %agent, "no way to address a BYE to this party");
+                continue;
+            };
+            if self.behind_lost_peer(hop) {
+                tracing::debug!(%call_id, %agent, "party behind a lost blade: no BYE");
+                continue;
+            }
+            tracing::debug!(%call_id, %agent, why = why.as_str(), "sending BYE");
+            self.send_own_bye(now, call_id, target, route, hop, from, to, out);
+        }
+    }
+
+    /// Whether `hop` is a peer blade whose link is down.
+    fn behind_lost_peer(&self, hop: Peer) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.link_down_at(hop.addr.ip()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_own_bye(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        target: &str,
+        route: &str,
+        hop: Peer,
+        from: &str,
+        to: &str,
+        out: &mut Output,
+    ) {
+        self.next_branch += 1;
+        let n = self.next_branch;
+        let mut text = String::with_capacity(
+            200 + target.len() + route.len() + from.len() + to.len() + call_id.len(),
+        );
+        let _ = write!(
+            text,
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={BRANCH_PREFIX}{}xb{n}\r\n\
+             Max-Forwards: 70\r\n",
+            hop.transport,
+            self.sent_by(hop.transport),
+            self.settings.core,
+        );
+        if !route.is_empty() {
+            let _ = write!(text, "Route: {route}\r\n");
+        }
+        let _ = write!(
+            text,
+            "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {BYE_CSEQ} BYE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let data = Bytes::from(text);
+        let msg = match Message::parse(data.clone()) {
+            Ok(msg) => msg,
+            Err(err) => {
+                // Parts copied from a 2xx that parsed: not expected.
+                tracing::warn!(%call_id, %err, "could not build a BYE");
+                return;
+            }
+        };
+        let (tx, first) = ClientTx::start(now, msg, data, hop, self.settings.timers);
+        out.transmits.push(first);
+        self.metrics.sessions_bye_sent += 1;
+        self.own_byes.insert(
+            n,
+            OwnBye {
+                tx,
+                generation: 0,
+                call_id: call_id.into(),
+            },
+        );
+        self.reschedule_own_bye(n);
+    }
+
+    fn reschedule_own_bye(&mut self, n: u64) {
+        let Some(bye) = self.own_byes.get_mut(&n) else {
+            return;
+        };
+        if bye.tx.is_terminated() {
+            self.own_byes.remove(&n);
+            return;
+        }
+        self.next_generation = self.next_generation.wrapping_add(1);
+        bye.generation = self.next_generation;
+        if let Some(at) = bye.tx.deadline() {
+            self.timers.schedule(at, OWN_BYE_TIMER | n, bye.generation);
+        }
+    }
+
+    /// A timer of own BYE `n` (its timer id less [`OWN_BYE_TIMER`]).
+    pub(super) fn own_bye_timeout(
+        &mut self,
+        now: Duration,
+        n: u64,
+        generation: u32,
+        out: &mut Output,
+    ) {
+        let Some(bye) = self.own_byes.get_mut(&n) else {
+            return;
+        };
+        if bye.generation != generation {
+            return;
+        }
+        if bye.tx.on_timeout(now, &mut out.transmits) == Some(ClientEvent::Timeout) {
+            tracing::info!(call_id = %bye.call_id, "the blade's BYE got no answer");
+            self.metrics.sessions_bye_failed += 1;
+        }
+        self.reschedule_own_bye(n);
+    }
+
+    /// The number of the blade's own BYE that `branch` names, on this core.
+    fn own_bye_of(&self, branch: &str) -> Option<u64> {
+        let (core, n) = branch.strip_prefix(BRANCH_PREFIX)?.split_once("xb")?;
+        if core.parse::<usize>().ok()? != self.settings.core {
+            return None;
+        }
+        let n = n.parse().ok()?;
+        self.own_byes.contains_key(&n).then_some(n)
+    }
+
+    /// A response matching none of the pairs' client transactions: taken
+    /// if it answers one of the blade's own BYEs (returns true).
+    pub(super) fn handle_own_bye_response(
+        &mut self,
+        now: Duration,
+        msg: &Message,
+        out: &mut Output,
+    ) -> bool {
+        if msg.cseq().method != Method::Bye || self.own_byes.is_empty() {
+            return false;
+        }
+        let Some(n) = msg.top_via().branch().and_then(|b| self.own_bye_of(b)) else {
+            return false;
+        };
+        let Some(bye) = self.own_byes.get_mut(&n) else {
+            return false;
+        };
+        let status = msg.status().unwrap_or(0);
+        let pass = bye.tx.on_response(now, msg, &mut out.transmits) == ClientEvent::Pass;
+        if pass && status >= 200 {
+            if status < 300 {
+                tracing::debug!(call_id = %bye.call_id, status, "the blade's BYE answered");
+            } else {
+                tracing::info!(call_id = %bye.call_id, status, "the blade's BYE refused");
+                self.metrics.sessions_bye_failed += 1;
+            }
+        }
+        self.reschedule_own_bye(n);
+        true
+    }
+
+    /// An own BYE that could not be sent (no TCP connection): given up
+    /// now rather than at timer F. Returns whether `msg` was one.
+    pub(super) fn own_bye_unsent(&mut self, msg: &Message) -> bool {
+        let Some(n) = msg.top_via().branch().and_then(|b| self.own_bye_of(b)) else {
+            return false;
+        };
+        if let Some(bye) = self.own_byes.remove(&n) {
+            tracing::info!(call_id = %bye.call_id, "the blade's BYE could not be sent");
+            self.metrics.sessions_bye_failed += 1;
+        }
+        true
+    }
+
+    /// The blade's own BYEs still in their transactions (tests).
+    #[cfg(test)]
+    pub(super) fn own_byes_open(&self) -> usize {
+        self.own_byes.len()
+    }
+}
