@@ -13,7 +13,8 @@
 //!   [`Proxy::remember_dialog`] copies out the From and To values (the
 //!   tags), the callee's Contact and the route set towards each party as
 //!   seen from this blade ([`Dialog`]). Nothing is read from later
-//!   requests: the hot path pays one small allocation per answered call.
+//!   requests: the hot path pays a few small allocations per answered
+//!   call, next to the dozen datagrams it sends and receives.
 //! - **Route sets.** The 2xx's Record-Route holds, top first, the entries
 //!   of the hops past this blade towards the callee, this blade's own
 //!   (one, or two where it changed transport, RFC 5658), then those of
