@@ -350,6 +350,7 @@ fn params(c: &mut Cursor<'_>) -> Option<Span> {
 }
 
 /// `host = hostname / IPv4address / IPv6reference`
+#[inline(always)]
 pub(crate) fn host(c: &mut Cursor<'_>) -> Option<(Span, HostKind)> {
     let start = c.pos;
     if c.peek()? == b'[' {
