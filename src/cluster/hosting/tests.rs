@@ -480,7 +480,10 @@ fn ended_grants_are_polled_with_whether_they_lapsed() {
     assert!(t.unhost(&mut loc, "s", "2001", "c1", &tok));
     assert_eq!(released(&mut t), [("2001".into(), "c1".into(), false)]);
     assert!(!t.unhost(&mut loc, "s", "2001", "c1", &tok));
-    assert!(released(&mut t).is_empty(), "a repeated unhost ends nothing");
+    assert!(
+        released(&mut t).is_empty(),
+        "a repeated unhost ends nothing"
+    );
 
     t.grant(secs(0), &mut loc, "s", 2, "2001", "c2", LEASE)
         .unwrap();
