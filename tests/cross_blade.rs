@@ -5,8 +5,8 @@
 //!
 //! Each test uses its own addresses (127.0.0.x), so they run in parallel:
 //! 61-62, 63-64, 65-66, 67-68, 69-70, 71-72, 73-74, 75-76, 77-78, 79-81,
-//! 82-83, 84-85, 86-87; the phones of 170-171 and 177-178 on 172-173 and
-//! 179-180.
+//! 82-83, 84-85, 86-87; the phones of 170-171, 177-178 and 194-195 on
+//! 172-173, 179-180 and 196-197.
 
 mod common;
 
@@ -1060,4 +1060,46 @@ fn a_cross_blade_call_that_outlives_max_call_secs_is_hung_up_on_both_phones() {
     assert_eq!(cluster.metric(s, "sipblade_sessions_bye_sent_total"), 2.0);
     assert_eq!(cluster.metric(s, "sipblade_sessions_bye_failed_total"), 0.0);
     assert_eq!(cluster.metric(s, "sipblade_sessions_expired_total"), 1.0);
+}
+
+/// SPEC §2 step 8 seen from the callee's phone: S is killed (SIGKILL: no
+/// BYE, no unhost) mid-call; when the lease lapses T hangs the call up on
+/// B's phone with a BYE of its own that B can match to its dialog, and B
+/// is ready again.
+#[test]
+fn a_killed_source_blade_gets_the_hosted_callees_phone_hung_up_by_its_blade() {
+    use std::net::Ipv4Addr;
+    const LEASE: u64 = 2;
+    let mut cluster = TestCluster::new(2, 194, LEASE as u32, 1);
+    let (s, t) = (0, 1);
+    cluster.spawn_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 196));
+    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 197));
+    let (call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    cluster.kill_blade(s);
+    let killed = Instant::now();
+    let bye = b
+        .next_where(Duration::from_secs(LEASE + 2), |m| {
+            m.method() == Some(Method::Bye) && m.call_id() == call.call_id
+        })
+        .unwrap_or_else(|| panic!("no BYE {:?} after S was killed", killed.elapsed()));
+    assert_dialog_bye(
+        &b,
+        &bye,
+        &call.call_id,
+        (CALLEE_TAG, &call.from_tag),
+        invite.cseq().seq,
+    );
+    let vias: Vec<String> = bye.vias().map(|v| v.host().to_owned()).collect();
+    assert_eq!(vias, ["127.0.0.195"], "T's own request");
+    b.answer(&bye, 200, "OK", "unused");
+    wait_ready(&cluster, t, "1002");
+    assert_eq!(b.recv_raw(QUIET), None, "answered: not retransmitted");
+    assert_eq!(cluster.metric(t, "sipblade_sessions_bye_sent_total"), 1.0);
+    assert_eq!(cluster.metric(t, "sipblade_sessions_bye_failed_total"), 0.0);
 }

@@ -160,7 +160,7 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
         (
             "sipblade_sessions_bye_sent_total",
             "counter",
-            "BYEs the blade sent itself to the phones of a call it ended (max_call_secs, a lost peer blade).",
+            "BYEs the blade sent itself to the phones of a call it ended (max_call_secs, a lost peer blade, a hosting lease lapsed).",
             m.sessions_bye_sent as usize,
         ),
         (

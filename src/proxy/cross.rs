@@ -24,7 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::hangup::HangUp;
-use super::{Output, Proxy, session::Hosted};
+use super::session::{Dialog, Hosted};
+use super::{Output, Proxy};
 use crate::cluster::codec::{Class, DirectoryEntry, Message as LinkMessage, Refusal, Token};
 use crate::cluster::hosting::{Directory, HostSecret, Source, SourceEvent, Target};
 use crate::cluster::link::ReplyTo;
@@ -129,6 +130,23 @@ pub(super) struct Cluster {
     pub(super) awaiting_redirect: HashMap<u64, usize>,
     /// S: requests waiting for leave to be relayed, by Call-ID.
     awaiting_relay: HashMap<String, Vec<usize>>,
+    /// T: the answered calls relayed to this core's hosted agents, by
+    /// agent; one each (a join leg to a hosted agent adds one), until its
+    /// grant ends or a BYE passes.
+    hosted_dialogs: HashMap<String, Vec<HostedDialog>>,
+}
+
+/// T: an answered call that a hosting blade brought to one of this
+/// blade's agents, as far as the agent goes: what a BYE to the agent's
+/// phone takes ([`Dialog::bye_to_callee`]) should the grant lapse.
+pub(super) struct HostedDialog {
+    pub(super) call_id: Box<str>,
+    /// The token of the grant the INVITE came with: the record lives no
+    /// longer than that grant.
+    pub(super) grant: Token,
+    /// From, To, the agent's Contact and the way to it; nothing towards
+    /// the caller (the hosting blade has that side).
+    pub(super) dialog: Dialog,
 }
 
 impl Cluster {
@@ -144,7 +162,56 @@ impl Cluster {
             awaiting_grant: HashMap::new(),
             awaiting_redirect: HashMap::new(),
             awaiting_relay: HashMap::new(),
+            hosted_dialogs: HashMap::new(),
         }
+    }
+
+    /// T: keeps `dialog` for `agent`. Records of an earlier grant of the
+    /// agent that somehow outlived it go (only one grant holds an agent).
+    pub(super) fn keep_hosted_dialog(&mut self, agent: String, dialog: HostedDialog) {
+        let list = self.hosted_dialogs.entry(agent).or_default();
+        list.retain(|d| d.grant.matches(&dialog.grant) && d.call_id != dialog.call_id);
+        list.push(dialog);
+    }
+
+    /// T: takes the dialogs kept for `agent` under the grant of `token`.
+    pub(super) fn take_hosted_dialogs(&mut self, agent: &str, token: &Token) -> Vec<HostedDialog> {
+        let Some(list) = self.hosted_dialogs.get_mut(agent) else {
+            return Vec::new();
+        };
+        if list.iter().all(|d| d.grant.matches(token)) {
+            return self.hosted_dialogs.remove(agent).unwrap_or_default();
+        }
+        let (gone, kept) = std::mem::take(list)
+            .into_iter()
+            .partition(|d| d.grant.matches(token));
+        *list = kept;
+        gone
+    }
+
+    /// T: a BYE `msg` passes: the hosted agent's dialog it ends, if kept,
+    /// is over (the agent is named in its From or To).
+    pub(super) fn hosted_dialog_ended(&mut self, msg: &Message) {
+        if self.hosted_dialogs.is_empty() {
+            return;
+        }
+        for uri in [msg.to().uri(), msg.from().uri()] {
+            let Some(agent) = uri.user_str() else {
+                continue;
+            };
+            if let Some(list) = self.hosted_dialogs.get_mut(agent) {
+                list.retain(|d| &*d.call_id != msg.call_id());
+                if list.is_empty() {
+                    self.hosted_dialogs.remove(agent);
+                }
+            }
+        }
+    }
+
+    /// T: how many hosted agents' dialogs are kept (tests).
+    #[cfg(test)]
+    pub(super) fn hosted_dialogs(&self) -> usize {
+        self.hosted_dialogs.values().map(Vec::len).sum()
     }
 
     pub(super) fn next_deadline(&self) -> Option<Duration> {
@@ -264,6 +331,8 @@ impl Proxy {
                         });
                     }
                 }
+                // An unhost, or a lease found lapsed by a request.
+                self.pump_released(now, out);
             }
             Class::Reply | Class::Redirect => {
                 c.source.handle(now, &mut c.directory, from, msg);
@@ -385,6 +454,7 @@ impl Proxy {
             tracing::info!(agent = %ext, "hosting lease lapsed: agent taken back");
         }
         c.source.handle_timeout(now);
+        self.pump_released(now, out);
         self.pump_source(now, out);
     }
 

@@ -530,6 +530,119 @@ fn a_lapsed_lease_returns_the_agent_when_s_vanishes() {
     assert_eq!(w.state(T, "1002"), "ready");
 }
 
+/// Runs only `node`'s timers for `by` (the other blade is gone), carrying
+/// what it sends.
+fn advance_only(w: &mut World, node: usize, by: Duration) {
+    let end = w.now + by;
+    while let Some(at) = w.nodes[node].proxy.next_deadline().filter(|&at| at <= end) {
+        w.now = w.now.max(at);
+        let mut out = Output::default();
+        w.nodes[node].proxy.handle_timeout(w.now, &mut out);
+        w.run(node, out);
+    }
+    w.now = end;
+}
+
+/// S vanishes mid-call (no renewal, no unhost, no BYE): when the lease
+/// lapses, T hangs the call up on the hosted agent's phone with a BYE of
+/// its own, as the caller would write it, before it frees the agent.
+#[test]
+fn a_lapsed_lease_hangs_up_the_hosted_agents_phone_from_t() {
+    use crate::sip::HeaderName;
+    let header = |m: &Message, name| String::from_utf8_lossy(m.header(name).unwrap()).into_owned();
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
+    w.link_up = false;
+    let lease = Duration::from_secs(u64::from(LEASE));
+    advance_only(&mut w, T, lease - Duration::from_secs(1));
+    assert!(w.idle("1002"), "nothing before the lease lapses");
+
+    advance_only(&mut w, T, Duration::from_secs(1));
+    assert_eq!(w.state(T, "1002"), "ready");
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        format!("sip:1002@{}", terminal("1002")),
+        "the callee's Contact"
+    );
+    assert_eq!(bye.vias().count(), 1, "T's own request");
+    let via = bye.top_via();
+    assert_eq!(via.host(), "127.0.0.2");
+    assert!(via.branch().unwrap().starts_with("z9hG4bKsb0xb"));
+    assert_eq!(bye.routes().count(), 0, "straight to the phone");
+    assert_eq!(bye.max_forwards(), Some(70));
+    assert_eq!(
+        header(&bye, HeaderName::From),
+        header(&ok, HeaderName::From)
+    );
+    assert_eq!(header(&bye, HeaderName::To), header(&ok, HeaderName::To));
+    assert_eq!(
+        (bye.from().tag(), bye.to().tag()),
+        (Some("f1001"), Some("callee"))
+    );
+    assert_eq!(bye.call_id(), "c1");
+    assert_eq!(bye.cseq().seq, super::hangup::BYE_CSEQ);
+    assert_eq!(bye.cseq().method, Method::Bye);
+    assert_eq!(bye.content_length(), Some(0));
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
+    assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_sent, 1);
+
+    // Over UDP it is retransmitted until answered.
+    advance_only(&mut w, T, Duration::from_millis(600));
+    let again = w.take("1002");
+    assert_eq!(again.top_via().branch(), bye.top_via().branch());
+    w.send_from(T, "1002", &answer(&bye, 200));
+    advance_only(&mut w, T, Duration::from_secs(40));
+    assert!(w.idle("1002"), "answered: not retransmitted");
+    assert_eq!(w.nodes[T].proxy.own_byes_open(), 0);
+    assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_sent, 1);
+    assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_failed, 0);
+}
+
+/// A hosted call that ends normally leaves T nothing to hang up: its
+/// record goes with the unhost, or with the BYE that passes T when the
+/// unhost is lost and the lease lapses after all.
+#[test]
+fn a_hosted_call_ended_normally_gets_no_bye_from_t() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take_final("1001").status(), Some(200));
+    assert_eq!(w.state(T, "1002"), "ready", "unhosted");
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
+    w.advance(Duration::from_secs(u64::from(LEASE) * 2));
+    assert!(w.idle("1002"));
+
+    // A second call whose unhost is lost: the BYE that passed T ended it.
+    w.send_from(S, "1001", &invite("1001", "1002", "c2"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    w.send_from(T, "1002", &answer(&inv, 200));
+    let ok = w.take_final("1001");
+    assert_eq!(ok.status(), Some(200));
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
+    w.link_up = false;
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
+    advance_only(&mut w, T, Duration::from_secs(u64::from(LEASE) + 1));
+    assert_eq!(w.state(T, "1002"), "ready", "the lease lapsed");
+    assert!(w.idle("1002"), "no BYE for a call already over");
+    assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_sent, 0);
+}
+
 #[test]
 fn renewals_keep_a_long_call_hosted() {
     let mut w = World::new();

@@ -176,6 +176,9 @@ impl Proxy {
         if msg.method() == Some(Method::Bye) {
             let call_id = msg.call_id().to_owned();
             self.end_session(now, &call_id, out);
+            if let Some(c) = self.cluster.as_mut() {
+                c.hosted_dialog_ended(&msg);
+            }
         }
         let request_uri = contact.as_ref().map(|(_, uri)| uri.as_str());
         self.forward(

@@ -1,13 +1,14 @@
 //! BYEs the blade sends itself.
 //!
-//! Most sessions end with a phone's BYE, which the blade relays. Two end
+//! Most sessions end with a phone's BYE, which the blade relays. Some end
 //! without one: a session that outlives `max_call_secs` (its BYE was
-//! lost, or a phone hung), and one whose hosted party's blade was lost
-//! (SPEC §2 step 7). Freeing the agents here would leave their phones in
-//! the call, so the blade then tears the dialog down on them, as
-//! Kamailio's dialog module does on a timeout: it sends each party it can
-//! reach an in-dialog BYE written as the other party would write it
-//! (RFC 3261 §12.2.1.1, §15.1.1).
+//! lost, or a phone hung), one whose hosted party's blade was lost
+//! (SPEC §2 step 7), and, on the hosted party's own blade, a call whose
+//! hosting blade vanished, so that the lease lapsed (step 8). Freeing the
+//! agents there would leave their phones in the call, so the blade then
+//! tears the dialog down on them, as Kamailio's dialog module does on a
+//! timeout: it sends each party it can reach an in-dialog BYE written as
+//! the other party would write it (RFC 3261 §12.2.1.1, §15.1.1).
 //!
 //! - **What is kept.** At the 2xx that confirms a session, and only then,
 //!   [`Proxy::remember_dialog`] copies out the From and To values (the
@@ -47,15 +48,30 @@
 //!   already.
 //! - **Reach.** A party whose first hop is a peer blade whose link is down
 //!   gets no BYE: nothing would carry it (the party on this blade does).
+//! - **The target blade** keeps no session for a call it relays to an
+//!   agent that another blade hosts, only, from the 2xx to an INVITE that
+//!   carried a live grant's token, the agent's side of that dialog
+//!   ([`Proxy::remember_hosted_dialog`]: the same [`Proxy::callee_dialog`]
+//!   as above, nothing towards the caller), by agent and grant. It goes
+//!   when the grant ends by an unhost, or when a BYE of that dialog passes
+//!   (its unhost may still be lost). A grant whose lease lapses (the
+//!   hosting blade stopped renewing it: killed, or cut off for a whole
+//!   lease) first hangs up the agent's phone with the same BYE the caller
+//!   side would send ([`Proxy::pump_released`]). Built from the 2xx as it
+//!   left the agent, it goes straight to the agent's Contact where the
+//!   INVITE went, with no Route (the agent's phone adds none). Each such
+//!   record costs the answered call a few small allocations on that blade.
 
 use std::fmt::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::cross::{self, HostedDialog};
 use super::route::{self, BRANCH_PREFIX};
 use super::session::{Dialog, Phase};
 use super::{Output, Proxy};
+use crate::cluster::codec::Token;
 use crate::sip::{Message, Method, NameAddr};
 use crate::transaction::Peer;
 use crate::transaction::client::{ClientEvent, ClientTx};
@@ -102,31 +118,67 @@ impl HangUp {
     }
 }
 
+/// A BYE of the blade's own, as it goes to one party: where, along which
+/// route, and written as the other party would write it.
+#[derive(Clone, Copy)]
+pub(super) struct ByeTo<'a> {
+    /// The Request-URI: the party's remote target.
+    target: &'a str,
+    /// The Route values ("" for none).
+    route: &'a str,
+    /// Where the BYE is sent first.
+    hop: Peer,
+    /// The From and To values as written.
+    from: &'a str,
+    to: &'a str,
+}
+
+impl Dialog {
+    /// The BYE to the callee, as from the caller; `None` when there is no
+    /// way to reach it.
+    pub(super) fn bye_to_callee(&self) -> Option<ByeTo<'_>> {
+        Some(ByeTo {
+            target: &self.callee_target,
+            route: &self.callee_route,
+            hop: self.callee_hop?,
+            from: &self.from,
+            to: &self.to,
+        })
+    }
+
+    /// The BYE to the caller, whose remote target is `target` (its
+    /// INVITE's Contact), as from the callee.
+    fn bye_to_caller<'a>(&'a self, target: &'a str) -> Option<ByeTo<'a>> {
+        Some(ByeTo {
+            target,
+            route: &self.caller_route,
+            hop: self.caller_hop?,
+            from: &self.to,
+            to: &self.from,
+        })
+    }
+}
+
 impl Proxy {
-    /// At the 2xx `ok` that confirmed session `call_id`, whose INVITE went
-    /// to `downstream`: keeps what a BYE to each party takes (see the
-    /// module's notes).
-    pub(super) fn remember_dialog(&mut self, call_id: &str, ok: &Message, downstream: Peer) {
-        let Some(contact) = ok.contacts().next() else {
-            // No remote target: no request can be sent in this dialog.
-            return;
-        };
+    /// The dialog that the 2xx `ok` confirms, as far as the callee goes:
+    /// From, To, the callee's Contact, and the route towards it from this
+    /// blade (`downstream`, where the INVITE went, when none leads past
+    /// it); nothing towards the caller yet. Also how many of `ok`'s
+    /// Record-Routes come before those of the hops towards the caller.
+    /// `None` without a Contact: no request can be sent in that dialog.
+    pub(super) fn callee_dialog(&self, ok: &Message, downstream: Peer) -> Option<(Dialog, usize)> {
+        let contact = ok.contacts().next()?;
         let rrs: Vec<_> = ok.record_routes().collect();
-        let (past_callee, past_caller) = match rrs.iter().position(|r| self.is_us(&r.uri())) {
+        let (past_callee, towards_caller) = match rrs.iter().position(|r| self.is_us(&r.uri())) {
             Some(first) => {
                 let ours = rrs[first..]
                     .iter()
                     .take_while(|r| self.is_us(&r.uri()))
                     .count();
-                (&rrs[..first], &rrs[first + ours..])
+                (&rrs[..first], first + ours)
             }
-            None => (&rrs[..], &[][..]),
+            None => (&rrs[..], rrs.len()),
         };
-        let caller_source = self
-            .sessions
-            .get(call_id)
-            .and_then(|s| s.caller_contact.as_ref())
-            .map(|c| c.0);
         let dialog = Dialog {
             from: String::from_utf8_lossy(ok.from().as_bytes()).into(),
             to: String::from_utf8_lossy(ok.to().as_bytes()).into(),
@@ -136,11 +188,29 @@ impl Proxy {
                 Some(next) => route::uri_peer(&next.uri()),
                 None => Some(downstream),
             },
-            caller_route: route_value(past_caller.iter()),
-            caller_hop: match past_caller.first() {
-                Some(next) => route::uri_peer(&next.uri()),
-                None => caller_source,
-            },
+            caller_route: Box::default(),
+            caller_hop: None,
+        };
+        Some((dialog, towards_caller))
+    }
+
+    /// At the 2xx `ok` that confirmed session `call_id`, whose INVITE went
+    /// to `downstream`: keeps what a BYE to each party takes (see the
+    /// module's notes).
+    pub(super) fn remember_dialog(&mut self, call_id: &str, ok: &Message, downstream: Peer) {
+        let Some((mut dialog, towards_caller)) = self.callee_dialog(ok, downstream) else {
+            return;
+        };
+        let caller_source = self
+            .sessions
+            .get(call_id)
+            .and_then(|s| s.caller_contact.as_ref())
+            .map(|c| c.0);
+        let rrs: Vec<_> = ok.record_routes().skip(towards_caller).collect();
+        dialog.caller_route = route_value(rrs.iter());
+        dialog.caller_hop = match rrs.first() {
+            Some(next) => route::uri_peer(&next.uri()),
+            None => caller_source,
         };
         if let Some(session) = self.sessions.get_mut(call_id) {
             session.dialog = Some(Box::new(dialog));
@@ -166,36 +236,23 @@ impl Proxy {
         let caller_target = session.caller_contact.as_ref().map(|c| c.1.clone());
         let (caller, callee) = (session.caller.clone(), session.callee.clone());
         let parties = [
-            // To the caller, as from the callee.
             (
                 caller,
-                caller_target.as_deref(),
-                &d.caller_route,
-                d.caller_hop,
-                &d.to,
-                &d.from,
+                caller_target.as_deref().and_then(|t| d.bye_to_caller(t)),
             ),
-            // To the callee, as from the caller.
-            (
-                callee,
-                Some(&*d.callee_target),
-                &d.callee_route,
-                d.callee_hop,
-                &d.from,
-                &d.to,
-            ),
+            (callee, d.bye_to_callee()),
         ];
-        for (agent, target, route, hop, from, to) in parties {
-            let (Some(target), Some(hop)) = (target, hop) else {
+        for (agent, bye) in parties {
+            let Some(bye) = bye else {
                 tracing::debug!(%call_id, %agent, "no way to address a BYE to this party");
                 continue;
             };
-            if self.behind_lost_peer(hop) {
+            if self.behind_lost_peer(bye.hop) {
                 tracing::debug!(%call_id, %agent, "party behind a lost blade: no BYE");
                 continue;
             }
             tracing::debug!(%call_id, %agent, why = why.as_str(), "sending BYE");
-            self.send_own_bye(now, call_id, target, route, hop, from, to, out);
+            self.send_own_bye(now, call_id, &bye, out);
         }
     }
 
@@ -206,18 +263,22 @@ impl Proxy {
             .is_some_and(|c| c.link_down_at(hop.addr.ip()))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send_own_bye(
+    /// Sends `bye` in dialog `call_id` over a client transaction of its
+    /// own, with a fresh Via and [`BYE_CSEQ`], and counts it.
+    pub(super) fn send_own_bye(
         &mut self,
         now: Duration,
         call_id: &str,
-        target: &str,
-        route: &str,
-        hop: Peer,
-        from: &str,
-        to: &str,
+        bye: &ByeTo,
         out: &mut Output,
     ) {
+        let ByeTo {
+            target,
+            route,
+            hop,
+            from,
+            to,
+        } = *bye;
         self.next_branch += 1;
         let n = self.next_branch;
         let mut text = String::with_capacity(
@@ -260,6 +321,88 @@ impl Proxy {
             },
         );
         self.reschedule_own_bye(n);
+    }
+
+    /// T: at the 2xx `ok` to the INVITE of transaction `id`, sent on to
+    /// `downstream`: if that INVITE came from a hosting blade with the
+    /// token of a live grant (SPEC §2 step 5), keeps the hosted agent's
+    /// side of the dialog until the grant ends ([`HostedDialog`]), so
+    /// that a lease that lapses hangs up the agent's phone. A session of
+    /// this blade's own is kept by [`Proxy::remember_dialog`] instead.
+    pub(super) fn remember_hosted_dialog(&mut self, id: usize, ok: &Message, downstream: Peer) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        // Gone at a retransmitted 2xx: the first one kept the dialog.
+        let Some(request) = self.txs.get(id).and_then(|p| p.request.as_deref()) else {
+            return;
+        };
+        let Some(uri) = request.request_uri() else {
+            return;
+        };
+        let (Some(agent), Some(token)) = (
+            uri.user_str(),
+            cross::hosting_token(&uri).and_then(Token::from_hex),
+        ) else {
+            return;
+        };
+        // The grant of the INVITE's token, still live: not a join handed
+        // over by a blade that hosts the agent (no grant of this blade's).
+        if !c
+            .target
+            .grant_of(agent)
+            .is_some_and(|g| g.token.matches(&token))
+        {
+            return;
+        }
+        let Some((dialog, _)) = self.callee_dialog(ok, downstream) else {
+            return;
+        };
+        let agent = agent.to_owned();
+        let call_id = ok.call_id().into();
+        if let Some(c) = self.cluster.as_mut() {
+            c.keep_hosted_dialog(
+                agent,
+                HostedDialog {
+                    call_id,
+                    grant: token,
+                    dialog,
+                },
+            );
+        }
+    }
+
+    /// T: grants that ended, as the target reports them: the dialogs kept
+    /// for each go with it. Those of a grant whose lease lapsed (its
+    /// hosting blade vanished, or stopped renewing, without an unhost) are
+    /// hung up first: the agent's phone gets a BYE of this blade's own, as
+    /// from the caller. Call after anything that may end a grant.
+    pub(super) fn pump_released(&mut self, now: Duration, out: &mut Output) {
+        loop {
+            let Some(c) = self.cluster.as_mut() else {
+                return;
+            };
+            let Some(released) = c.target.poll_released() else {
+                return;
+            };
+            let grant = released.grant;
+            let dialogs = c.take_hosted_dialogs(&grant.extension, &grant.token);
+            if !released.lapsed {
+                continue;
+            }
+            for d in dialogs {
+                let Some(bye) = d.dialog.bye_to_callee() else {
+                    continue;
+                };
+                tracing::info!(
+                    call_id = %d.call_id,
+                    agent = %grant.extension,
+                    source = %grant.source,
+                    "hosting lease lapsed mid-call: BYE to the agent's phone"
+                );
+                self.send_own_bye(now, &d.call_id, &bye, out);
+            }
+        }
     }
 
     fn reschedule_own_bye(&mut self, n: u64) {
@@ -350,6 +493,12 @@ impl Proxy {
             self.metrics.sessions_bye_failed += 1;
         }
         true
+    }
+
+    /// T: the hosted agents' dialogs kept (tests).
+    #[cfg(test)]
+    pub(super) fn hosted_dialogs_kept(&self) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.hosted_dialogs())
     }
 
     /// The blade's own BYEs still in their transactions (tests).

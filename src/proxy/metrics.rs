@@ -121,7 +121,8 @@ pub struct Metrics {
     /// Sessions ended because they outlived `max_call_secs` (a lost BYE).
     pub sessions_expired: u64,
     /// BYEs the blade sent itself to the parties of a call it ended (on
-    /// `max_call_secs`, or when a hosted party's blade was lost).
+    /// `max_call_secs`, when a hosted party's blade was lost, or, on a
+    /// hosted agent's own blade, when the lease of its hosting lapsed).
     pub sessions_bye_sent: u64,
     /// Of those, the ones no 2xx answered (an error response, no answer
     /// within timer F, or no way to send).

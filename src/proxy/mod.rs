@@ -310,7 +310,7 @@ pub struct Proxy {
     /// pair's current one is stale.
     next_generation: u32,
     sessions: Sessions,
-    /// BYEs the blade sent itself (a session ended here without one), by
+    /// BYEs the blade sent itself (a call ended here without one), by
     /// their branch number, while their transactions last.
     own_byes: HashMap<u64, hangup::OwnBye>,
     metrics: Metrics,

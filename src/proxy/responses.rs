@@ -118,6 +118,10 @@ impl Proxy {
                     {
                         self.metrics.joins += 1;
                     }
+                } else if self.cluster.is_some() {
+                    // No session here: perhaps a call a hosting blade
+                    // brought to one of this blade's agents.
+                    self.remember_hosted_dialog(id, &msg, downstream);
                 }
             } else {
                 if let Some(o) = self.outcomes(&call_id) {

@@ -34,7 +34,7 @@ use sha2::Sha256;
 
 pub use directory::Directory;
 pub use source::{Hosting, Source, SourceEvent};
-pub use target::{Grant, Granted, RELAY_TTL, Target};
+pub use target::{Grant, Granted, RELAY_TTL, Released, Target};
 
 type HmacSha256 = Hmac<Sha256>;
 

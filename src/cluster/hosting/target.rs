@@ -33,6 +33,16 @@ pub struct Grant {
     serial: u64,
 }
 
+/// A grant that ended, as [`Target::poll_released`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The grant, as it was.
+    pub grant: Grant,
+    /// Whether its lease ran out (the source stopped renewing it) rather
+    /// than the source ending it with an unhost.
+    pub lapsed: bool,
+}
+
 /// What a successful [`Target::grant`] hands the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Granted {
@@ -72,6 +82,8 @@ pub struct Target {
     /// The same keys by expiry, oldest first (every leave lasts
     /// [`RELAY_TTL`], so insertion order is expiry order).
     relay_expiry: VecDeque<(Duration, (String, String))>,
+    /// Grants ended by an unhost or a lapsed lease, until polled.
+    released: VecDeque<Released>,
 }
 
 /// How long leave to relay a request holds: a non-INVITE transaction's
@@ -106,6 +118,7 @@ impl Target {
             next_request: 1,
             relays: HashMap::new(),
             relay_expiry: VecDeque::new(),
+            released: VecDeque::new(),
         }
     }
 
@@ -387,7 +400,7 @@ impl Target {
             g.token.matches(token) && same_blade(&g.source, from) && g.call_id == call_id
         });
         if found {
-            self.release(extension, location);
+            self.release(extension, location, false);
         }
         found
     }
@@ -401,7 +414,7 @@ impl Target {
                 break;
             }
             let ext = entry.remove();
-            if self.release(&ext, location) {
+            if self.release(&ext, location, true) {
                 released.push(ext);
             }
         }
@@ -444,14 +457,15 @@ impl Target {
             .get(extension)
             .is_some_and(|g| g.expires_at <= now)
         {
-            self.release(extension, location);
+            self.release(extension, location, true);
         }
     }
 
     /// Removes the grant of `extension`; the agent goes back to ready if
     /// it is still hosted by that grant's source (not if it logged out
-    /// meanwhile). Returns whether there was a grant.
-    fn release(&mut self, extension: &str, location: &mut Location) -> bool {
+    /// meanwhile). The grant is queued for [`Target::poll_released`],
+    /// `lapsed` or unhosted. Returns whether there was a grant.
+    fn release(&mut self, extension: &str, location: &mut Location, lapsed: bool) -> bool {
         let Some(g) = self.grants.remove(extension) else {
             return false;
         };
@@ -463,7 +477,19 @@ impl Target {
                 record.become_free();
             }
         }
+        self.released.push_back(Released { grant: g, lapsed });
         true
+    }
+
+    /// The next grant that ended, by [`Target::unhost`] or by its lease
+    /// lapsing (in [`Target::handle_timeout`], or found lapsed by a later
+    /// request for the agent), oldest first. A driver polls after each
+    /// [`Target::handle_request`] and [`Target::handle_timeout`], so that
+    /// what it keeps for a grant ends with it (the proxy's record of the
+    /// hosted agent's dialog: a lapsed grant's phone gets a BYE).
+    #[must_use]
+    pub fn poll_released(&mut self) -> Option<Released> {
+        self.released.pop_front()
     }
 
     /// Answers a request from blade `from` (Locate, HostRequest, Renew,

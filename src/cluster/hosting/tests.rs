@@ -458,6 +458,50 @@ fn a_renewal_after_the_lapse_is_refused_even_before_the_timer_ran() {
     );
 }
 
+/// Every grant that ends is reported once, with how it ended: an unhost,
+/// a lease lapsed at the timer, or one found lapsed by a later request
+/// for the agent before the timer ran.
+#[test]
+fn ended_grants_are_polled_with_whether_they_lapsed() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    bind(&mut loc, "2002");
+    let released = |t: &mut Target| -> Vec<(String, String, bool)> {
+        std::iter::from_fn(|| t.poll_released())
+            .map(|r| (r.grant.extension, r.grant.call_id, r.lapsed))
+            .collect()
+    };
+    let tok = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE)
+        .unwrap()
+        .token;
+    assert!(released(&mut t).is_empty(), "a grant is no release");
+    assert!(t.unhost(&mut loc, "s", "2001", "c1", &tok));
+    assert_eq!(released(&mut t), [("2001".into(), "c1".into(), false)]);
+    assert!(!t.unhost(&mut loc, "s", "2001", "c1", &tok));
+    assert!(
+        released(&mut t).is_empty(),
+        "a repeated unhost ends nothing"
+    );
+
+    t.grant(secs(0), &mut loc, "s", 2, "2001", "c2", LEASE)
+        .unwrap();
+    t.grant(secs(10), &mut loc, "s", 3, "2002", "c3", LEASE)
+        .unwrap();
+    assert_eq!(
+        t.handle_timeout(secs(30), &mut loc),
+        vec!["2001".to_owned()]
+    );
+    assert_eq!(released(&mut t), [("2001".into(), "c2".into(), true)]);
+    // 2002's lease lapsed at 40; a host request for it finds that first.
+    assert!(
+        t.grant(secs(41), &mut loc, "s2", 4, "2002", "c4", LEASE)
+            .is_ok()
+    );
+    assert_eq!(released(&mut t), [("2002".into(), "c3".into(), true)]);
+}
+
 #[test]
 fn renewals_and_unhosts_must_match_the_grant() {
     let mut t = target();
