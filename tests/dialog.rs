@@ -637,6 +637,16 @@ fn subscriber_side(a: &Ua, call_id: &str, ok: &Message) -> Side {
     }
 }
 
+/// A NOTIFY with `headers` from the notifier `b` in its dialog, relayed
+/// to `a` along the route set through `hops` blades, and its 200 back.
+fn notify(bs: &mut Side, b: &mut Ua, a: &mut Ua, call_id: &str, hops: usize, headers: &str) {
+    let request = bs.request(b, "NOTIFY", headers, "");
+    b.send(&request);
+    let got = routed(a, Method::Notify, call_id, hops);
+    respond(a, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(b, call_id, Method::Notify), 200);
+}
+
 /// SUBSCRIBE / NOTIFY (RFC 6665; the first NOTIFY before the 200, as
 /// notifiers may send it), a refresh that ends the subscription, REFER
 /// with its NOTIFY (RFC 3515), and MESSAGE, from `a` to 1002 (`b`)
@@ -654,16 +664,14 @@ fn subscriptions(a: &mut Ua, b: &mut Ua, hops: usize) {
     let subscribe = routed(b, Method::Subscribe, &call_id, hops);
     assert_eq!(subscribe.record_routes().count(), hops, "each blade RRs");
     let mut bs = Side::callee(&subscribe);
-    let notify = bs.request(
+    notify(
+        &mut bs,
         b,
-        "NOTIFY",
+        a,
+        &call_id,
+        hops,
         "Event: dialog\r\nSubscription-State: active;expires=600\r\n",
-        "",
     );
-    b.send(&notify);
-    let got = routed(a, Method::Notify, &call_id, hops);
-    respond(a, &got, 200, "OK", "", "");
-    assert_eq!(answer_of(b, &call_id, Method::Notify), 200);
     respond(b, &subscribe, 200, "OK", "Expires: 600\r\n", "");
     let ok = a.response(&call_id, Method::Subscribe);
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
@@ -674,16 +682,14 @@ fn subscriptions(a: &mut Ua, b: &mut Ua, hops: usize) {
     let got = routed(b, Method::Subscribe, &call_id, hops);
     respond(b, &got, 200, "OK", "Expires: 0\r\n", "");
     assert_eq!(answer_of(a, &call_id, Method::Subscribe), 200);
-    let last = bs.request(
+    notify(
+        &mut bs,
         b,
-        "NOTIFY",
+        a,
+        &call_id,
+        hops,
         "Event: dialog\r\nSubscription-State: terminated;reason=timeout\r\n",
-        "",
     );
-    b.send(&last);
-    let got = routed(a, Method::Notify, &call_id, hops);
-    respond(a, &got, 200, "OK", "", "");
-    assert_eq!(answer_of(b, &call_id, Method::Notify), 200);
 
     let call_id = format!("refer-{}@test", common::unique());
     a.send(out_of_dialog(
@@ -699,16 +705,14 @@ fn subscriptions(a: &mut Ua, b: &mut Ua, hops: usize) {
     respond(b, &refer, 202, "Accepted", "", "");
     let accepted = a.response(&call_id, Method::Refer);
     assert_eq!(accepted.status(), Some(202), "{}", first_line(&accepted));
-    let notify = bs.request(
+    notify(
+        &mut bs,
         b,
-        "NOTIFY",
+        a,
+        &call_id,
+        hops,
         "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n",
-        "",
     );
-    b.send(&notify);
-    let got = routed(a, Method::Notify, &call_id, hops);
-    respond(a, &got, 200, "OK", "", "");
-    assert_eq!(answer_of(b, &call_id, Method::Notify), 200);
 
     let call_id = format!("msg-{}@test", common::unique());
     a.send(out_of_dialog(a, "MESSAGE", &call_id, "", "hello"));
