@@ -685,12 +685,25 @@ impl Proxy {
         };
         if method == Method::Invite {
             match join::Named::of(&msg) {
+                // A Replaces for an agent that is ready, in no call this
+                // blade knows of, names no dialog the blade can tell: an
+                // ordinary call, which the phone answers (RFC 3891 §3: 481
+                // when it has no such dialog). Refusing it here would
+                // refuse what a call without the header would get.
+                Some(Some(named))
+                    if named.replaces
+                        && record.state == AgentState::Ready
+                        && record.binding.is_some() => {}
                 Some(Some(named)) => {
                     return self.route_join(now, source, msg, &caller, &callee, &named, false, out);
                 }
                 Some(None) => {
-                    let bad = Refusal::new(400, "Bad Request (malformed Join)");
-                    return self.refuse(now, source, msg, &bad, out);
+                    let bad = if msg.header_named("Replaces").is_some() {
+                        "Bad Request (malformed Replaces)"
+                    } else {
+                        "Bad Request (malformed Join)"
+                    };
+                    return self.refuse(now, source, msg, &Refusal::new(400, bad), out);
                 }
                 None => {}
             }
@@ -796,6 +809,8 @@ impl Proxy {
     }
 }
 
+#[cfg(test)]
+mod cores_tests;
 #[cfg(test)]
 mod cross_tests;
 #[cfg(test)]
