@@ -244,8 +244,9 @@ impl Proxy {
         self.route_join(now, source, *msg, &joiner, &target, &named, false, out);
     }
 
-    /// A Join INVITE another core of this blade checked and handed over
-    /// ([`super::Output::handoffs`]): this core owns the session it names.
+    /// A Join (or Replaces) INVITE another core of this blade checked and
+    /// handed over ([`super::Output::handoffs`]): this core owns the
+    /// session it names.
     pub fn handle_join_handoff(
         &mut self,
         now: Duration,

@@ -131,7 +131,7 @@ pub struct Output {
     pub notices: Vec<Notice>,
     /// Messages for the inter-blade link.
     pub cluster: Vec<ClusterSend>,
-    /// Join INVITEs for sessions another core owns
+    /// Join (or Replaces) INVITEs for sessions another core owns
     /// ([`Proxy::handle_join_handoff`] there).
     pub handoffs: Vec<Handoff>,
 }
@@ -146,9 +146,10 @@ pub struct Handoff {
     pub source: Peer,
     /// The request.
     pub msg: Message,
-    /// A Join INVITE, checked here ([`Proxy::handle_join_handoff`]); else
-    /// a request of a transaction handed over before (its retransmission,
-    /// ACK or CANCEL), for [`Proxy::handle_message`].
+    /// A Join (or Replaces) INVITE, checked here
+    /// ([`Proxy::handle_join_handoff`]); else a request of a transaction
+    /// handed over before (its retransmission, ACK or CANCEL), for
+    /// [`Proxy::handle_message`].
     pub join: bool,
 }
 
