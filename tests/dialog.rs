@@ -2,10 +2,11 @@
 //! reliable provisionals and PRACK, early UPDATE, re-INVITE from either
 //! side and glare, INFO and OPTIONS in a dialog, the callee's BYE and its
 //! retransmission, CANCEL racing the answer, SUBSCRIBE / NOTIFY, REFER and
-//! MESSAGE; and after each flow, every agent ready and no session left.
+//! MESSAGE; an attended transfer (REFER, then an INVITE with Replaces);
+//! and after each flow, every agent ready and no session left.
 //!
-//! Addresses: blades on 127.0.0.140-149 (a cluster on a pair of its own),
-//! phones on 127.0.0.150-169.
+//! Addresses: blades on 127.0.0.140-149 (a cluster on a pair of its own;
+//! the transfer's cluster on 127.0.0.164-165), phones on 127.0.0.150-169.
 
 mod common;
 
@@ -871,4 +872,240 @@ fn in_dialog_requests_follow_the_route_set_and_max_forwards() {
     blade.wait_state("1001", "ready");
     blade.wait_state("1002", "ready");
     blade.wait_no_sessions();
+}
+
+/// The phones of the attended-transfer tests share one address (each on
+/// a port of its own): 127.0.0.169.
+const TRANSFER_PHONES: u8 = 19;
+
+/// Where the agents of an attended transfer stand: each one's state, and
+/// the sessions' agents, as `/status` shows them.
+trait Watch {
+    fn state(&self, ext: &str) -> String;
+    fn sessions(&self) -> Vec<Vec<String>>;
+}
+
+impl Watch for TestBlade {
+    fn state(&self, ext: &str) -> String {
+        self.agent_state(ext)
+    }
+    fn sessions(&self) -> Vec<Vec<String>> {
+        sessions_of(&self.status()["sessions"])
+    }
+}
+
+/// A cluster of two blades, seen as one.
+struct Both<'a>(&'a TestCluster);
+
+impl Watch for Both<'_> {
+    fn state(&self, ext: &str) -> String {
+        (0..2)
+            .map(|i| {
+                self.0.agent(i, ext)["state"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .find(|s| s != "logged_out")
+            .unwrap_or_else(|| "logged_out".into())
+    }
+    fn sessions(&self) -> Vec<Vec<String>> {
+        (0..2)
+            .flat_map(|i| sessions_of(&self.0.status(i)["sessions"]))
+            .collect()
+    }
+}
+
+fn sessions_of(v: &serde_json::Value) -> Vec<Vec<String>> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let mut agents: Vec<String> = s["agents"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    agents.sort();
+                    agents
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_for<W: Watch + ?Sized>(w: &W, ext: &str, states: &[&str]) {
+    common::wait_until(&format!("{ext} {states:?}"), || {
+        states.contains(&w.state(ext).as_str())
+    });
+}
+
+/// Undoes the escaping of a header in a URI (RFC 3261 §19.1.1): enough for
+/// the `%3B` and `%3D` of a Replaces in a Refer-To.
+fn unescape(s: &str) -> String {
+    s.replace("%3B", ";")
+        .replace("%3b", ";")
+        .replace("%3D", "=")
+        .replace("%3d", "=")
+        .replace("%40", "@")
+}
+
+/// Attended transfer (RFC 5589 §7): 1001 (`a`) calls 1002 (`b`); `b` puts
+/// `a` on hold and calls 1003 (`c`) to consult; `b` sends `a` a REFER
+/// whose Refer-To carries a Replaces naming the b–c dialog; `a` calls `c`
+/// with that Replaces; `c` takes it and hangs up on `b`; `b` hangs up on
+/// `a`. Then `a` and `c` talk, `b` is ready; when they hang up, everyone
+/// is ready and no session is left. `hops_ab` and `hops_c`: the blades
+/// between `a` and `b`, and between either and `c`. `c_in_call`: `c`'s
+/// state during its calls (`hosted` on its own blade when another hosts it).
+fn attended_transfer<W: Watch + ?Sized>(
+    w: &W,
+    a: &mut Ua,
+    b: &mut Ua,
+    c: &mut Ua,
+    hops_ab: usize,
+    hops_c: usize,
+    c_in_call: &str,
+) {
+    // a calls b.
+    let mut ab = a.call("1002");
+    a.invite(&mut ab, "");
+    let inv = routed(b, Method::Invite, &ab.call_id, hops_ab);
+    let mut b_ab = Side::callee(&inv);
+    respond(b, &inv, 200, "OK", "", &sdp(b, 1));
+    let ok = a.response(&ab.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    ab.learn(&ok);
+    a.ack_2xx(&ab);
+    routed(b, Method::Ack, &ab.call_id, hops_ab);
+    let mut a_ab = Side::caller(a, &ab);
+
+    // b puts a on hold (a re-INVITE, sendonly).
+    let hold = sdp(b, 2).replace("RTP/AVP 0\r\n", "RTP/AVP 0\r\na=sendonly\r\n");
+    b.send(b_ab.request(b, "INVITE", "", &hold));
+    let got = routed(a, Method::Invite, &ab.call_id, hops_ab);
+    respond(a, &got, 200, "OK", "", &sdp(a, 2));
+    assert_eq!(answer_of(b, &ab.call_id, Method::Invite), 200);
+    b.send(b_ab.request(b, "ACK", "", ""));
+    routed(a, Method::Ack, &ab.call_id, hops_ab);
+
+    // b consults c.
+    let mut bc = b.call("1003");
+    b.invite(&mut bc, "");
+    let inv = routed(c, Method::Invite, &bc.call_id, hops_c);
+    let mut c_bc = Side::callee(&inv);
+    respond(c, &inv, 200, "OK", "", &sdp(c, 1));
+    let ok = b.response(&bc.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    bc.learn(&ok);
+    b.ack_2xx(&bc);
+    routed(c, Method::Ack, &bc.call_id, hops_c);
+    wait_for(w, "1001", &["in_call"]);
+    wait_for(w, "1002", &["in_call"]);
+    wait_for(w, "1003", &[c_in_call]);
+
+    // b refers a to c, replacing the b–c dialog (its tags as c sees it).
+    let refer_to = format!(
+        "Refer-To: <{}?Replaces={}%3Bto-tag%3D{CALLEE_TAG}%3Bfrom-tag%3D{}>\r\n\
+         Referred-By: <{}>\r\n",
+        aor("1003"),
+        bc.call_id.replace('@', "%40"),
+        bc.from_tag,
+        aor("1002"),
+    );
+    b.send(b_ab.request(b, "REFER", &refer_to, ""));
+    let refer = routed(a, Method::Refer, &ab.call_id, hops_ab);
+    respond(a, &refer, 202, "Accepted", "", "");
+    assert_eq!(answer_of(b, &ab.call_id, Method::Refer), 202);
+    let notify = "Event: refer\r\nSubscription-State: active;expires=60\r\n";
+    a.send(a_ab.request(a, "NOTIFY", notify, ""));
+    let got = routed(b, Method::Notify, &ab.call_id, hops_ab);
+    respond(b, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(a, &ab.call_id, Method::Notify), 200);
+
+    // a calls c with the Replaces the Refer-To carried.
+    let refer_to =
+        String::from_utf8_lossy(refer.header_named("Refer-To").expect("a Refer-To")).into_owned();
+    let replaces = refer_to
+        .split_once("?Replaces=")
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(r, _)| unescape(r))
+        .expect("a Replaces in the Refer-To");
+    let mut ac = a.call("1003");
+    a.invite(&mut ac, &format!("Replaces: {replaces}\r\n"));
+    let inv = routed(c, Method::Invite, &ac.call_id, hops_c);
+    let got =
+        String::from_utf8_lossy(inv.header_named("Replaces").expect("the Replaces")).into_owned();
+    // c's phone matches it with its dialog with b (RFC 3891 §3).
+    assert!(got.starts_with(&bc.call_id), "{got}");
+    assert!(got.contains(&format!("to-tag={CALLEE_TAG}")), "{got}");
+    assert!(got.contains(&format!("from-tag={}", bc.from_tag)), "{got}");
+    respond(c, &inv, 200, "OK", "", &sdp(c, 2));
+    let ok = a.response(&ac.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    ac.learn(&ok);
+    a.ack_2xx(&ac);
+    routed(c, Method::Ack, &ac.call_id, hops_c);
+
+    // c hangs up on b, as the Replaces asks.
+    c.send(c_bc.request(c, "BYE", "", ""));
+    let got = routed(b, Method::Bye, &bc.call_id, hops_c);
+    respond(b, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(c, &bc.call_id, Method::Bye), 200);
+    // a tells b the transfer worked; b hangs up on a.
+    let notify = "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n";
+    a.send(a_ab.request(a, "NOTIFY", notify, ""));
+    let got = routed(b, Method::Notify, &ab.call_id, hops_ab);
+    respond(b, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(a, &ab.call_id, Method::Notify), 200);
+    b.send(b_ab.request(b, "BYE", "", ""));
+    let got = routed(a, Method::Bye, &ab.call_id, hops_ab);
+    respond(a, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(b, &ab.call_id, Method::Bye), 200);
+
+    wait_for(w, "1002", &["ready"]);
+    wait_for(w, "1001", &["in_call"]);
+    wait_for(w, "1003", &[c_in_call]);
+    common::wait_until("one session, a and c", || {
+        w.sessions() == [vec!["1001".to_owned(), "1003".to_owned()]]
+    });
+
+    // a and c hang up.
+    let mut a_ac = Side::caller(a, &ac);
+    a.send(a_ac.request(a, "BYE", "", ""));
+    let got = routed(c, Method::Bye, &ac.call_id, hops_c);
+    respond(c, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(a, &ac.call_id, Method::Bye), 200);
+    for ext in ["1001", "1002", "1003"] {
+        wait_for(w, ext, &["ready"]);
+    }
+    common::wait_until("no session", || w.sessions().is_empty());
+}
+
+#[test]
+fn an_attended_transfer_through_one_blade() {
+    let blade = blade(2);
+    let mut a = registered(blade.sip, "1001", TRANSFER_PHONES);
+    let mut b = registered(blade.sip, "1002", TRANSFER_PHONES);
+    let mut c = registered(blade.sip, "1003", TRANSFER_PHONES);
+    attended_transfer(&blade, &mut a, &mut b, &mut c, 1, 1, "in_call");
+    assert_eq!(blade.metric("sipblade_replaces_total"), 1.0);
+}
+
+/// The consultation is cross-blade: a and b on S, c on T (hosted by S for
+/// it). a's Replaces reaches S, which owns the b–c session: the new call
+/// rides on its grant, so c stays hosted until a and c hang up.
+#[test]
+fn an_attended_transfer_to_an_agent_on_another_blade() {
+    let cluster = TestCluster::start(2, 164);
+    let (s, t) = (0, 1);
+    let ip = Ipv4Addr::new(127, 0, 0, 150 + TRANSFER_PHONES);
+    let mut a = cluster.registered_on(s, "1001", ip);
+    let mut b = cluster.registered_on(s, "1002", ip);
+    let mut c = cluster.registered_on(t, "1003", ip);
+    attended_transfer(&Both(&cluster), &mut a, &mut b, &mut c, 1, 2, "hosted");
+    assert_eq!(cluster.metric(s, "sipblade_replaces_total"), 1.0);
 }

@@ -152,6 +152,12 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
             m.joins as usize,
         ),
         (
+            "sipblade_replaces_total",
+            "counter",
+            "Calls answered that replaced another (Replaces: attended transfer, pickup).",
+            m.replaces as usize,
+        ),
+        (
             "sipblade_sessions_expired_total",
             "counter",
             "Sessions ended after max_call_secs without a BYE.",

@@ -85,7 +85,9 @@ impl Proxy {
     /// Ends a call's dialog: both agents become ready again, and a hosted
     /// one goes back to its blade (SPEC §2 step 7). A party that a join leg
     /// still connects stays until that leg ends; a join leg's end lets its
-    /// joiner go.
+    /// joiner go. A hosted party that a call replacing this one still
+    /// connects stays hosted (under this session's grant) until that call
+    /// ends; a replacing call's end lets the session it replaced finish.
     pub(super) fn end_session(&mut self, now: Duration, call_id: &str, out: &mut Output) {
         let Some(mut session) = self.sessions.close(call_id) else {
             return;
@@ -121,6 +123,21 @@ impl Proxy {
         if !session.joined.is_empty() {
             session.left.get_or_insert_default().extend(leaving);
             self.sessions.restore(call_id, session);
+            return;
+        }
+        if let Some(replaced) = &session.replaces {
+            // The replaced session waited for this one, if it rode on its
+            // grant: it may finish now.
+            let finish = match self.sessions.get_mut(replaced) {
+                Some(old) if old.joined.iter().any(|j| j == call_id) => {
+                    old.joined.retain(|j| j != call_id);
+                    old.left.is_some() && old.joined.is_empty()
+                }
+                _ => false,
+            };
+            if finish {
+                self.end_session(now, &replaced.clone(), out);
+            }
         }
     }
 

@@ -527,8 +527,9 @@ impl Proxy {
             .flatten()
             .flatten();
         if let Some(named) = &join {
-            // A join from another blade: handed over by the blade of an
-            // agent this blade hosts, or relayed by the joiner's blade.
+            // A join (or a Replaces) from another blade: handed over by the
+            // blade of an agent this blade hosts, or relayed by the
+            // joiner's blade.
             let handed_over = c.source.holds(&peer, &named.call_id, callee, &token)
                 || c.target
                     .check_relay(now, &peer, callee, msg.call_id(), &token);
@@ -546,8 +547,8 @@ impl Proxy {
             }
         }
         let granted = if invite {
-            // A join leg to a hosted agent names the hosting session in its
-            // Join, not in its own Call-ID.
+            // A join leg (or a replacing call) to a hosted agent names the
+            // hosting session in its Join (Replaces), not in its own Call-ID.
             let session = join.as_ref().map_or(msg.call_id(), |j| j.call_id.as_str());
             c.target.check_token(now, &peer, callee, session, &token)
         } else {
@@ -716,6 +717,19 @@ impl Proxy {
                 tracing::warn!(%call_id, agent = %extension, %peer, "hosting lost: session ended");
                 // The phones are still in the call: the blade hangs it up
                 // on the parties it can reach (not through a lost link).
+                // Calls that replaced it and ride on its grant go with it.
+                let riders: Vec<String> = self
+                    .sessions
+                    .get(&call_id)
+                    .map(|s| s.joined.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|j| self.sessions.get(j).is_some_and(|r| r.replaces.is_some()))
+                    .collect();
+                for rider in riders {
+                    self.hang_up(now, &rider, HangUp::PeerLost, out);
+                    self.end_session(now, &rider, out);
+                }
                 self.hang_up(now, &call_id, HangUp::PeerLost, out);
                 self.end_session(now, &call_id, out);
             }

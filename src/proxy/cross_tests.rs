@@ -317,6 +317,12 @@ fn in_dialog(method: &str, from: &str, ok: &Message, cseq: u32) -> String {
 
 /// 1001 on S calls 1002 on T, up to the caller's 200 OK.
 fn answered_call(w: &mut World) -> Message {
+    answered_call_seen_by_both(w).1
+}
+
+/// The same: the INVITE as the callee got it, and the 200 as the caller
+/// got it.
+fn answered_call_seen_by_both(w: &mut World) -> (Message, Message) {
     w.register(S, "1001");
     w.register(T, "1002");
     w.send_from(S, "1001", &invite("1001", "1002", "c1"));
@@ -330,7 +336,7 @@ fn answered_call(w: &mut World) -> Message {
     w.send_from(T, "1002", &answer(&inv, 200));
     let ok = w.take_final("1001");
     assert_eq!(ok.status(), Some(200));
-    ok
+    (inv, ok)
 }
 
 #[test]
@@ -797,6 +803,11 @@ fn session_of(w: &World, node: usize, call_id: &str) -> SessionStatus {
 
 /// 1001 on S calls 1003 on S, answered: a local call.
 fn answered_local_call(w: &mut World) -> Message {
+    answered_local_call_seen_by_both(w).1
+}
+
+/// The same: the INVITE as 1003 got it, and the 200 as 1001 got it.
+fn answered_local_call_seen_by_both(w: &mut World) -> (Message, Message) {
     w.register(S, "1001");
     w.register(S, "1003");
     w.send_from(S, "1001", &invite("1001", "1003", "c1"));
@@ -804,7 +815,7 @@ fn answered_local_call(w: &mut World) -> Message {
     w.send_from(S, "1003", &answer(&inv, 200));
     let ok = w.take_final("1001");
     assert_eq!(ok.status(), Some(200));
-    ok
+    (inv, ok)
 }
 
 #[test]
@@ -1074,4 +1085,269 @@ fn an_expired_session_ends_its_join_legs_too() {
     );
     assert_eq!(byes("1001"), [("c1".to_owned(), "f1001".to_owned())]);
     assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_sent, 4);
+}
+
+/// An INVITE from `from` to `to` that replaces the dialog `replaces`
+/// (RFC 3891): attended transfer, call pickup.
+fn replaces_invite(from: &str, to: &str, call_id: &str, replaces: &str) -> String {
+    invite(from, to, call_id).replacen("Contact:", &format!("Replaces: {replaces}\r\nContact:"), 1)
+}
+
+/// An in-dialog request from the callee of `inv` (as the callee received
+/// it, answered with To tag `callee`) to its caller, along the route set
+/// the Record-Routes gave it.
+fn from_callee(method: &str, callee: &str, inv: &Message, cseq: u32) -> String {
+    let t = terminal(callee);
+    let target = inv.contacts().next().unwrap().uri().as_str().to_owned();
+    let routes: Vec<String> = inv
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let header = |name| String::from_utf8_lossy(inv.header(name).unwrap()).into_owned();
+    format!(
+        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKc{method}{cseq}{}\r\n\
+         Route: {}\r\nMax-Forwards: 70\r\nFrom: {};tag=callee\r\nTo: {}\r\nCall-ID: {}\r\n\
+         CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+        inv.call_id(),
+        routes.join(", "),
+        header(crate::sip::HeaderName::To),
+        header(crate::sip::HeaderName::From),
+        inv.call_id(),
+    )
+}
+
+/// Attended transfer on one blade: 1001 talks to 1003; 1002 (the transfer
+/// target's side here: the one the call moves to) sends 1003 an INVITE
+/// replacing that dialog. 1003's phone takes it and hangs up on 1001: 1001
+/// is ready, 1002 and 1003 are in the new call.
+#[test]
+fn a_replaces_moves_a_local_call_to_the_newcomer() {
+    let mut w = World::new();
+    let (inv_c1, _) = answered_local_call_seen_by_both(&mut w);
+    w.register(S, "1002");
+    w.send_from(
+        S,
+        "1002",
+        &replaces_invite("1002", "1003", "r1", "c1;to-tag=callee;from-tag=f1001"),
+    );
+    let rep = w.take_final("1003");
+    assert_eq!(rep.method(), Some(Method::Invite), "no 486: it goes on");
+    assert_eq!(rep.call_id(), "r1");
+    assert!(
+        rep.header_named("Replaces").is_some(),
+        "the Replaces goes on"
+    );
+    assert_eq!(rep.record_routes().count(), 1);
+    assert_eq!(w.state(S, "1002"), "in_call");
+    w.send_from(S, "1003", &answer(&rep, 200));
+    let rep_ok = w.take_final("1002");
+    assert_eq!(rep_ok.status(), Some(200));
+    assert_eq!(w.nodes[S].proxy.metrics().replaces, 1);
+    assert_eq!(w.nodes[S].proxy.metrics().joins, 0);
+    let sessions = w.snapshot(S).sessions;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(session_of(&w, S, "r1").agents, ["1002", "1003"]);
+
+    // 1003's phone ends the replaced dialog.
+    w.send_from(S, "1003", &from_callee("BYE", "1003", &inv_c1, 2));
+    let bye = w.take("1001");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(bye.call_id(), "c1");
+    w.send_from(S, "1001", &answer(&bye, 200));
+    assert_eq!(w.take("1003").status(), Some(200));
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(w.state(S, "1002"), "in_call");
+    assert_eq!(w.state(S, "1003"), "in_call", "in the new call");
+    let sessions = w.snapshot(S).sessions;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].call_id, "r1");
+    assert_eq!(sessions[0].agents, ["1002", "1003"]);
+
+    // The new call ends: everyone is ready.
+    w.send_from(S, "1002", &in_dialog("BYE", "1002", &rep_ok, 2));
+    let bye = w.take("1003");
+    w.send_from(S, "1003", &answer(&bye, 200));
+    assert_eq!(w.take("1002").status(), Some(200));
+    for ext in ["1001", "1002", "1003"] {
+        assert_eq!(w.state(S, ext), "ready", "{ext}");
+    }
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert!(w.nodes[S].proxy.sessions.is_empty());
+}
+
+/// A Replaces the blade cannot match to a dialog of its busy target is
+/// 481 (RFC 3891 §3), as the phone would answer; `early-only` on a
+/// confirmed dialog is 486. For a target in no call, the blade cannot tell
+/// and the phone decides: it is routed as a call.
+#[test]
+fn a_replaces_naming_no_dialog_of_a_busy_target_is_481() {
+    let mut w = World::new();
+    answered_local_call(&mut w);
+    w.register(S, "1002");
+    w.register(S, "1004");
+    for (i, (replaces, status)) in [
+        ("nope;to-tag=callee;from-tag=f1001", 481),
+        ("c1;to-tag=callee;from-tag=wrong", 481),
+        ("c1;to-tag=callee;from-tag=f1001;early-only", 486),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call_id = format!("bad{i}");
+        w.send_from(
+            S,
+            "1002",
+            &replaces_invite("1002", "1003", &call_id, replaces),
+        );
+        assert_eq!(w.take_final("1002").status(), Some(status), "{replaces}");
+    }
+    // Wrong tags through the dialog's other party too...
+    w.send_from(
+        S,
+        "1002",
+        &replaces_invite("1002", "1001", "bad8", "c1;to-tag=f1001;from-tag=other"),
+    );
+    assert_eq!(w.take_final("1002").status(), Some(481));
+    assert!(w.idle("1003") && w.idle("1001"));
+    assert_eq!(w.state(S, "1002"), "ready");
+    assert_eq!(session_of(&w, S, "c1").agents, ["1001", "1003"]);
+    // ...and a Replaces for 1004, who is in no call, is a call its phone
+    // decides on.
+    w.send_from(
+        S,
+        "1002",
+        &replaces_invite("1002", "1004", "r9", "c1;to-tag=callee;from-tag=f1001"),
+    );
+    let inv = w.take_final("1004");
+    assert_eq!(inv.method(), Some(Method::Invite));
+    assert!(inv.header_named("Replaces").is_some());
+    w.send_from(S, "1004", &answer(&inv, 481));
+    assert_eq!(w.take_final("1002").status(), Some(481));
+    assert_eq!(w.state(S, "1004"), "ready");
+    assert_eq!(w.state(S, "1002"), "ready");
+}
+
+#[test]
+fn a_malformed_replaces_is_400() {
+    let mut w = World::new();
+    answered_local_call(&mut w);
+    w.register(S, "1002");
+    for (i, replaces) in [
+        "c1;to-tag=callee",
+        "c1 x;to-tag=callee;from-tag=f1001",
+        // Two Replaces headers, or a Replaces and a Join (RFC 3891 §3).
+        "c1;to-tag=callee;from-tag=f1001\r\nReplaces: c1;to-tag=callee;from-tag=f1001",
+        "c1;to-tag=callee;from-tag=f1001\r\nJoin: c1;to-tag=callee;from-tag=f1001",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call_id = format!("bad{i}");
+        w.send_from(
+            S,
+            "1002",
+            &replaces_invite("1002", "1003", &call_id, replaces),
+        );
+        let answer = w.take_final("1002");
+        assert_eq!(answer.status(), Some(400), "{replaces}");
+    }
+    assert!(w.idle("1003"));
+    assert_eq!(w.state(S, "1002"), "ready");
+    assert_eq!(session_of(&w, S, "c1").agents, ["1001", "1003"]);
+}
+
+/// The replaced call is cross-blade: 1001 on S talks to 1002 on T, hosted
+/// by S. 1003 on S replaces that dialog: S owns it, so S decides, and
+/// sends the INVITE through T with the call's hosting token. 1002 stays
+/// hosted, under the replaced call's grant, until the new call ends.
+#[test]
+fn a_replaces_of_a_cross_blade_call_rides_on_its_hosting() {
+    let mut w = World::new();
+    let (inv_c1, ok) = answered_call_seen_by_both(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    let ack = w.take("1002");
+    assert_eq!(ack.method(), Some(Method::Ack));
+    w.register(S, "1003");
+    w.link_log.clear();
+    w.send_from(
+        S,
+        "1003",
+        &replaces_invite("1003", "1002", "r1", "c1;to-tag=callee;from-tag=f1001"),
+    );
+    let rep = w.take_final("1002");
+    assert_eq!(rep.method(), Some(Method::Invite));
+    assert_eq!(rep.call_id(), "r1");
+    assert_eq!(rep.record_routes().count(), 2, "both blades record-route");
+    assert!(w.link_log.is_empty(), "no new hosting: {:?}", w.link_log);
+    w.send_from(T, "1002", &answer(&rep, 200));
+    let rep_ok = w.take_final("1003");
+    assert_eq!(rep_ok.status(), Some(200));
+    let r1 = session_of(&w, S, "r1");
+    assert_eq!(
+        (r1.agents, r1.hosted),
+        (vec!["1003".into(), "1002".into()], vec!["1002".into()])
+    );
+
+    // 1002's phone hangs up the replaced call: 1001 is ready; 1002 stays
+    // hosted for the new call.
+    w.send_from(T, "1002", &from_callee("BYE", "1002", &inv_c1, 2));
+    let bye = w.take("1001");
+    assert_eq!(bye.call_id(), "c1");
+    w.send_from(S, "1001", &answer(&bye, 200));
+    assert_eq!(w.take("1002").status(), Some(200));
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(w.state(S, "1003"), "in_call");
+    assert_eq!(w.state(T, "1002"), "hosted");
+    let sessions = w.snapshot(S).sessions;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].call_id, "r1");
+    assert_eq!(sessions[0].hosted, ["1002"]);
+    assert!(w.link_log.iter().all(|(_, n)| *n != "Unhost"));
+    // The grant outlives its lease by renewals, as for any call.
+    w.advance(Duration::from_secs(u64::from(LEASE) * 2));
+    assert_eq!(w.state(T, "1002"), "hosted");
+
+    // The new call ends: 1002 goes back to T, ready.
+    w.send_from(S, "1003", &in_dialog("BYE", "1003", &rep_ok, 2));
+    let bye = w.take("1002");
+    assert_eq!(bye.call_id(), "r1");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1003").status(), Some(200));
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert_eq!(w.state(S, "1003"), "ready");
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert!(w.nodes[S].proxy.sessions.is_empty());
+}
+
+/// The newcomer is on T with the hosted target: T hands the Replaces to S,
+/// the hosting blade, which hosts the newcomer from T for the new call.
+#[test]
+fn a_replaces_for_a_hosted_agent_goes_to_the_hosting_blade() {
+    let mut w = World::new();
+    answered_call(&mut w);
+    w.register(T, "1004");
+    w.link_log.clear();
+    w.send_from(
+        T,
+        "1004",
+        &replaces_invite("1004", "1002", "r1", "c1;to-tag=callee;from-tag=f1001"),
+    );
+    let rep = w.take_final("1002");
+    assert_eq!(rep.method(), Some(Method::Invite));
+    assert_eq!(rep.call_id(), "r1");
+    let names: Vec<&str> = w.link_log.iter().map(|(_, n)| *n).collect();
+    assert_eq!(
+        names,
+        ["HostRequest", "HostGranted"],
+        "S hosted the newcomer"
+    );
+    assert_eq!(w.state(T, "1004"), "hosted");
+    let r1 = session_of(&w, S, "r1");
+    assert_eq!(r1.agents, ["1004", "1002"]);
+    // The phone declines: the newcomer goes back; the call goes on.
+    w.send_from(T, "1002", &answer(&rep, 603));
+    assert_eq!(w.take_final("1004").status(), Some(603));
+    assert_eq!(w.state(T, "1004"), "ready");
+    assert_eq!(w.state(T, "1002"), "hosted");
+    assert_eq!(session_of(&w, S, "c1").agents, ["1001", "1002"]);
 }

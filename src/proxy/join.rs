@@ -1,6 +1,8 @@
 //! Many-party sessions (SPEC §2 step 9): an agent joins a live call with an
 //! INVITE carrying a Join header (RFC 3911): a supervisor monitoring or
-//! barging in, or a third party brought into a conference.
+//! barging in, or a third party brought into a conference. And the call
+//! that takes another's place: an INVITE carrying a Replaces header
+//! (RFC 3891), for attended transfer and call pickup.
 //!
 //! The blade and core that own the session handle every join into it, and
 //! host the joiner when it is registered on another blade, by the same
@@ -15,38 +17,61 @@
 //!
 //! The join leg then goes to the target's terminal, or, for a hosted
 //! target, to the target's blade with the session's hosting token.
+//!
+//! A Replaces INVITE takes the same way to the same place, and is checked
+//! against the dialog it names by RFC 3891 §3's rules rather than
+//! RFC 3911's. It opens a session of its own between the newcomer and the
+//! target (not a join leg): the target is in two calls until its phone
+//! ends the replaced dialog with a BYE (or a CANCEL), which frees the
+//! replaced dialog's other party. A target hosted in the replaced session
+//! stays hosted under that session's grant (bound to its Call-ID on the
+//! target's blade): the new session rides on it, listed in the replaced
+//! session's `joined`, so the grant is released only when both have ended.
+//!
+//! Only INVITEs that carry a Join or Replaces header come here: the check
+//! is one pass over the message's unknown headers.
 
 use std::time::Duration;
 
 use super::cross::{TOKEN_PARAM, Waiting};
-use super::session::{Hosted, Phase};
+use super::session::{Hosted, Phase, Session};
 use super::{AgentEvent, Output, Proxy};
 use crate::registrar::Refusal;
 use crate::registrar::location::AgentState;
 use crate::sip::{Join, Message};
 use crate::transaction::Peer;
 
-/// The dialog a Join header names, owned (the request moves on while this
-/// is still needed).
+/// The dialog a Join or Replaces header names, owned (the request moves
+/// on while this is still needed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Named {
     pub call_id: String,
     from_tag: String,
     to_tag: String,
     early_only: bool,
+    /// A Replaces (RFC 3891), not a Join.
+    pub replaces: bool,
 }
 
 impl Named {
-    /// The Join of `msg`: `None` without one, `Some(None)` when malformed
-    /// (or repeated: RFC 3911 §4 allows one).
+    /// The Join or Replaces of `msg`: `None` without either, `Some(None)`
+    /// when malformed, repeated (RFC 3911 §4 and RFC 3891 §3 allow one),
+    /// or both are there (RFC 3891 §3: 400).
     pub(super) fn of(msg: &Message) -> Option<Option<Named>> {
-        let value = msg.header_named("Join")?;
-        let joins = msg
-            .headers()
-            .filter(|h| h.kind == crate::sip::HeaderName::Other)
-            .filter(|h| h.name.eq_ignore_ascii_case("Join"))
-            .count();
-        if joins > 1 {
+        let mut found = None;
+        let mut count = 0;
+        for h in msg.headers() {
+            if h.kind != crate::sip::HeaderName::Other {
+                continue;
+            }
+            let replaces = h.name.eq_ignore_ascii_case("Replaces");
+            if replaces || h.name.eq_ignore_ascii_case("Join") {
+                count += 1;
+                found = Some((h.value, replaces));
+            }
+        }
+        let (value, replaces) = found?;
+        if count > 1 {
             return Some(None);
         }
         Some(Join::parse(value).map(|j| Named {
@@ -54,6 +79,7 @@ impl Named {
             from_tag: j.from_tag.to_owned(),
             to_tag: j.to_tag.to_owned(),
             early_only: j.early_only,
+            replaces,
         }))
     }
 
@@ -78,10 +104,65 @@ fn no_such_dialog() -> Refusal {
     Refusal::new(481, "Call/Transaction Does Not Exist")
 }
 
+/// RFC 3911 §4: only a confirmed dialog, named by both its tags, with the
+/// target still in it, and the joiner not.
+fn joinable(dialog: &Session, named: &Named, joiner: &str, target: &str) -> Result<(), Refusal> {
+    let ok = dialog.phase == Phase::Confirmed
+        && dialog.left.is_none()
+        && !named.early_only
+        && dialog
+            .to_tag
+            .as_deref()
+            .is_some_and(|to| named.join().names(&named.call_id, &dialog.from_tag, to))
+        && dialog.has_party(target)
+        && !dialog.has_party(joiner);
+    if ok { Ok(()) } else { Err(no_such_dialog()) }
+}
+
+/// RFC 3891 §3, as far as the blade can tell: a dialog the target is (still)
+/// a party of, and the newcomer not; a confirmed one named by both its
+/// tags (in either order, as for a Join), unless `early-only` asks for an
+/// early one (486); an early one only where the target initiated it (its
+/// caller: call pickup of its own ringing call), named by the caller's tag
+/// as the target's own (to-tag). The other tag of an early dialog is the
+/// callee's provisional's, which the blade does not keep: the phone checks
+/// it. A dialog whose BYE has passed is gone (481; RFC 3891 allows 603,
+/// but the blade cannot tell such a dialog from one it never saw once it
+/// has forgotten it). Join legs whose target is hosted are not replaced:
+/// the grant they ride is the joiner's, which the leg's end releases.
+fn replaceable(dialog: &Session, named: &Named, joiner: &str, target: &str) -> Result<(), Refusal> {
+    if dialog.left.is_some() || !dialog.has_party(target) || dialog.has_party(joiner) {
+        return Err(no_such_dialog());
+    }
+    if dialog.joins.is_some() && dialog.hosted.is_some() {
+        return Err(no_such_dialog());
+    }
+    match dialog.phase {
+        Phase::Confirmed => {
+            let named_right = dialog
+                .to_tag
+                .as_deref()
+                .is_some_and(|to| named.join().names(&named.call_id, &dialog.from_tag, to));
+            if !named_right {
+                Err(no_such_dialog())
+            } else if named.early_only {
+                Err(Refusal::new(486, "Busy Here"))
+            } else {
+                Ok(())
+            }
+        }
+        Phase::Setup if dialog.caller == target && named.to_tag == dialog.from_tag => Ok(()),
+        Phase::Setup => Err(no_such_dialog()),
+    }
+}
+
 impl Proxy {
-    /// An out-of-dialog INVITE from `joiner` for `target` with a Join
-    /// naming `named`. `handed_over`: it came from a peer blade (relayed
-    /// or handed over), so it is not relayed again.
+    /// An out-of-dialog INVITE from `joiner` for `target` with a Join (or a
+    /// Replaces) naming `named`. `handed_over`: it came from a peer blade
+    /// (relayed or handed over), so it is not relayed again. A Replaces
+    /// that names no dialog known here, for a target in a call, is 481 as
+    /// a Join is: the blade knows its agents' calls, and letting it
+    /// through would ring a busy agent on the strength of a header.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn route_join(
         &mut self,
@@ -163,8 +244,9 @@ impl Proxy {
         self.route_join(now, source, *msg, &joiner, &target, &named, false, out);
     }
 
-    /// A Join INVITE another core of this blade checked and handed over
-    /// ([`super::Output::handoffs`]): this core owns the session it names.
+    /// A Join (or Replaces) INVITE another core of this blade checked and
+    /// handed over ([`super::Output::handoffs`]): this core owns the
+    /// session it names.
     pub fn handle_join_handoff(
         &mut self,
         now: Duration,
@@ -211,9 +293,10 @@ impl Proxy {
         self.forward(now, source, msg, Peer::udp(sip), Some(&uri), 0, true, out);
     }
 
-    /// The session's own core: checks the Join against the dialog it
-    /// names, opens the join leg, and sends it on, hosting the joiner
-    /// first when it is registered on another blade.
+    /// The session's own core: checks the Join (or Replaces) against the
+    /// dialog it names, opens the join leg (or the replacing session), and
+    /// sends it on, hosting the joiner first when it is registered on
+    /// another blade.
     #[allow(clippy::too_many_arguments)]
     fn join_here(
         &mut self,
@@ -228,24 +311,25 @@ impl Proxy {
         let Some(dialog) = self.sessions.get(&named.call_id) else {
             return self.refuse(now, source, msg, &no_such_dialog(), out);
         };
-        // Only a confirmed dialog, named by both its tags, with the target
-        // still in it (RFC 3911 §4).
-        let joinable = dialog.phase == Phase::Confirmed
-            && dialog.left.is_none()
-            && !named.early_only
-            && dialog
-                .to_tag
-                .as_deref()
-                .is_some_and(|to| named.join().names(&named.call_id, &dialog.from_tag, to))
-            && dialog.has_party(target)
-            && !dialog.has_party(joiner);
-        if !joinable {
-            return self.refuse(now, source, msg, &no_such_dialog(), out);
+        let check = if named.replaces {
+            replaceable(dialog, named, joiner, target)
+        } else {
+            joinable(dialog, named, joiner, target)
+        };
+        if let Err(refusal) = check {
+            return self.refuse(now, source, msg, &refusal, out);
         }
-        let main = dialog
-            .joins
-            .clone()
-            .unwrap_or_else(|| named.call_id.clone());
+        // A replacing session whose target the replaced one hosts rides on
+        // that session's grant ([`super::join`]).
+        let rides = named.replaces
+            && dialog
+                .hosted
+                .as_ref()
+                .is_some_and(|h| h.extension == target);
+        let main = match (&dialog.joins, named.replaces) {
+            (Some(main), false) => main.clone(),
+            _ => named.call_id.clone(),
+        };
         let leg_id = msg.call_id().to_owned();
         if self.sessions.get(&leg_id).is_some() {
             let reused = Refusal::new(400, "Bad Request");
@@ -257,7 +341,11 @@ impl Proxy {
         };
         let joiner_here = self.logged_in_on_blade(joiner);
         let leg = self.open_session(now, source, &msg, joiner, target, out);
-        leg.joins = Some(main.clone());
+        if named.replaces {
+            leg.replaces = Some(main.clone());
+        } else {
+            leg.joins = Some(main.clone());
+        }
         leg.join_dest = Some(dest.clone());
         if !joiner_here {
             leg.hosted = Some(Hosted {
@@ -266,10 +354,23 @@ impl Proxy {
                 info: None,
             });
         }
-        if let Some(main) = self.sessions.get_mut(&main) {
-            main.joined.push(leg_id.clone());
+        if named.replaces {
+            // The target is in this call too now: still in a call when its
+            // phone hangs the replaced one up.
+            let event = AgentEvent::InCall {
+                extension: target.to_owned(),
+                call_id: leg_id.clone(),
+                session_core: self.settings.core,
+            };
+            self.tell_owner(target, event, out);
         }
-        tracing::debug!(session = %main, %joiner, %target, hosted = !joiner_here, "join");
+        if !named.replaces || rides {
+            if let Some(main) = self.sessions.get_mut(&main) {
+                main.joined.push(leg_id.clone());
+            }
+        }
+        tracing::debug!(session = %main, %joiner, %target, hosted = !joiner_here,
+            replaces = named.replaces, "join");
         if joiner_here {
             let (peer, uri) = dest;
             return self.forward(now, source, msg, peer, Some(&uri), 0, true, out);

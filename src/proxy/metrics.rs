@@ -118,6 +118,9 @@ pub struct Metrics {
     /// Join legs answered: agents let into a session (conference,
     /// monitoring).
     pub joins: u64,
+    /// Calls answered that replaced another (RFC 3891 Replaces: attended
+    /// transfer, call pickup).
+    pub replaces: u64,
     /// Sessions ended because they outlived `max_call_secs` (a lost BYE).
     pub sessions_expired: u64,
     /// BYEs the blade sent itself to the parties of a call it ended (on
@@ -150,6 +153,7 @@ impl Metrics {
         self.hosting_granted += other.hosting_granted;
         self.hosting_rtt.merge(&other.hosting_rtt);
         self.joins += other.joins;
+        self.replaces += other.replaces;
         self.sessions_expired += other.sessions_expired;
         self.sessions_bye_sent += other.sessions_bye_sent;
         self.sessions_bye_failed += other.sessions_bye_failed;

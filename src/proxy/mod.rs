@@ -131,7 +131,7 @@ pub struct Output {
     pub notices: Vec<Notice>,
     /// Messages for the inter-blade link.
     pub cluster: Vec<ClusterSend>,
-    /// Join INVITEs for sessions another core owns
+    /// Join (or Replaces) INVITEs for sessions another core owns
     /// ([`Proxy::handle_join_handoff`] there).
     pub handoffs: Vec<Handoff>,
 }
@@ -146,9 +146,10 @@ pub struct Handoff {
     pub source: Peer,
     /// The request.
     pub msg: Message,
-    /// A Join INVITE, checked here ([`Proxy::handle_join_handoff`]); else
-    /// a request of a transaction handed over before (its retransmission,
-    /// ACK or CANCEL), for [`Proxy::handle_message`].
+    /// A Join (or Replaces) INVITE, checked here
+    /// ([`Proxy::handle_join_handoff`]); else a request of a transaction
+    /// handed over before (its retransmission, ACK or CANCEL), for
+    /// [`Proxy::handle_message`].
     pub join: bool,
 }
 
@@ -685,12 +686,25 @@ impl Proxy {
         };
         if method == Method::Invite {
             match join::Named::of(&msg) {
+                // A Replaces for an agent that is ready, in no call this
+                // blade knows of, names no dialog the blade can tell: an
+                // ordinary call, which the phone answers (RFC 3891 §3: 481
+                // when it has no such dialog). Refusing it here would
+                // refuse what a call without the header would get.
+                Some(Some(named))
+                    if named.replaces
+                        && record.state == AgentState::Ready
+                        && record.binding.is_some() => {}
                 Some(Some(named)) => {
                     return self.route_join(now, source, msg, &caller, &callee, &named, false, out);
                 }
                 Some(None) => {
-                    let bad = Refusal::new(400, "Bad Request (malformed Join)");
-                    return self.refuse(now, source, msg, &bad, out);
+                    let bad = if msg.header_named("Replaces").is_some() {
+                        "Bad Request (malformed Replaces)"
+                    } else {
+                        "Bad Request (malformed Join)"
+                    };
+                    return self.refuse(now, source, msg, &Refusal::new(400, bad), out);
                 }
                 None => {}
             }
@@ -796,6 +810,8 @@ impl Proxy {
     }
 }
 
+#[cfg(test)]
+mod cores_tests;
 #[cfg(test)]
 mod cross_tests;
 #[cfg(test)]

@@ -111,12 +111,12 @@ impl Proxy {
                     if let Some(o) = self.outcomes(&call_id) {
                         o.answered += 1;
                     }
-                    if self
-                        .sessions
-                        .get(&call_id)
-                        .is_some_and(|s| s.joins.is_some())
-                    {
-                        self.metrics.joins += 1;
+                    if let Some(s) = self.sessions.get(&call_id) {
+                        if s.joins.is_some() {
+                            self.metrics.joins += 1;
+                        } else if s.replaces.is_some() {
+                            self.metrics.replaces += 1;
+                        }
                     }
                 } else if self.cluster.is_some() {
                     // No session here: perhaps a call a hosting blade

@@ -8,6 +8,12 @@
 //! the one it joins, so its requests, its end and the hosting of its joiner
 //! work as for any call. The session ends when its own dialog and every
 //! join leg have ended.
+//!
+//! A call opened by an INVITE with a Replaces header (RFC 3891: attended
+//! transfer, call pickup) is a session of its own, which names the one it
+//! replaces. When the replaced session hosts its target, the new one rides
+//! on that grant and is listed among the replaced session's `joined`, so
+//! that the replaced session (and its grant) lasts until both have ended.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -46,10 +52,13 @@ pub struct Session {
     pub caller_contact: Option<(Peer, String)>,
     /// A join leg: the session it joins. `None` for a call.
     pub joins: Option<String>,
+    /// A call opened by a Replaces INVITE: the session it replaces.
+    pub replaces: Option<String>,
     /// A join leg: where its INVITE goes (the target's terminal, or the
     /// target's blade with the hosting token), once the joiner is hosted.
     pub join_dest: Option<(Peer, String)>,
-    /// A call: its join legs still up, by Call-ID.
+    /// A call: its join legs still up, by Call-ID, and the calls replacing
+    /// it that ride on its hosting grant.
     pub joined: Vec<String>,
     /// A call whose own dialog ended while join legs lived on: the parties
     /// that have left already (the others are in a join leg still).
@@ -142,6 +151,7 @@ impl Sessions {
             to_tag: None,
             caller_contact: None,
             joins: None,
+            replaces: None,
             join_dest: None,
             joined: Vec::new(),
             left: None,

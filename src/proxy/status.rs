@@ -65,20 +65,29 @@ impl Proxy {
                 contact: r.binding.as_ref().map(|b| b.peer.addr),
             })
             .collect();
-        // Join legs show as part of the session they joined.
+        // Join legs show as part of the session they joined. A call that
+        // replaced another shows as its own session; the one it replaced,
+        // kept only for the grant the new call rides on, not at all.
         let sessions = self
             .sessions
             .iter()
             .filter(|(_, s)| s.joins.is_none())
-            .map(|(call_id, s)| {
+            .filter_map(|(call_id, s)| {
+                let legs: Vec<_> = s
+                    .joined
+                    .iter()
+                    .filter_map(|j| self.sessions.get(j))
+                    .filter(|leg| leg.joins.is_some())
+                    .collect();
+                if s.left.is_some() && legs.is_empty() {
+                    return None;
+                }
                 let mut status = SessionStatus {
                     call_id: call_id.to_owned(),
                     agents: Vec::new(),
                     hosted: Vec::new(),
                 };
-                let legs =
-                    std::iter::once(s).chain(s.joined.iter().filter_map(|j| self.sessions.get(j)));
-                for leg in legs {
+                for leg in std::iter::once(s).chain(legs) {
                     for party in [&leg.caller, &leg.callee] {
                         if leg.has_party(party) && !status.agents.contains(party) {
                             status.agents.push(party.clone());
@@ -88,7 +97,20 @@ impl Proxy {
                         status.hosted.push(h.extension.clone());
                     }
                 }
-                status
+                // A replacing call's target hosted under the replaced
+                // session's grant.
+                let carried = s
+                    .replaces
+                    .as_ref()
+                    .and_then(|r| self.sessions.get(r))
+                    .and_then(|r| r.hosted.as_ref())
+                    .filter(|h| h.extension == s.callee && s.has_party(&s.callee));
+                if let Some(h) = carried {
+                    if !status.hosted.contains(&h.extension) {
+                        status.hosted.push(h.extension.clone());
+                    }
+                }
+                Some(status)
             })
             .collect();
         Snapshot {

@@ -96,8 +96,8 @@ pub(crate) enum CoreMsg {
     Entries(flume::Sender<Vec<DirectoryEntry>>),
     /// Hosting messages for the link, which core 0 runs.
     ToLink(Vec<ClusterSend>),
-    /// A Join INVITE for a session this core owns, checked by the core that
-    /// received it.
+    /// A Join (or Replaces) INVITE for a session this core owns, checked
+    /// by the core that received it.
     Join { source: Peer, msg: Box<Message> },
     /// A request of this core's transactions that could not be sent: the
     /// stream connection it was for is gone.

@@ -31,7 +31,7 @@ pub mod uri;
 pub use edit::{EditError, Forward};
 pub use error::{ErrorKind, ParseError};
 pub use header::auth::{AuthValue, DigestParams};
-pub use header::join::Join;
+pub use header::join::{Join, Replaces};
 pub use header::name_addr::{NameAddr, NameAddrSpans};
 pub use header::simple::CSeq;
 pub use header::via::{Via, ViaSpans};

@@ -1,16 +1,20 @@
 //! The Join header (RFC 3911): which dialog a new INVITE asks to join, for
-//! conferences and supervisor monitoring.
+//! conferences and supervisor monitoring; and the Replaces header
+//! (RFC 3891): which dialog a new INVITE asks to replace, for attended
+//! transfer and call pickup.
 //!
 //! `Join = callid *(SEMI join-param)`, `join-param = to-param / from-param /
 //! early-flag / generic-param`; the to-tag and the from-tag are both
-//! required (RFC 3911 §6.1).
+//! required (RFC 3911 §6.1). Replaces has the same grammar
+//! (`Replaces = callid *(SEMI replaces-param)`, RFC 3891 §6.1), so one
+//! parser reads both.
 
 use super::super::chars::WORD;
 use super::super::scan::Cursor;
 use super::super::span::Span;
 use super::{is_param, params};
 
-/// A parsed Join header value: the dialog it names.
+/// A parsed Join (or Replaces) header value: the dialog it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Join<'a> {
     /// The dialog's Call-ID.
@@ -19,12 +23,18 @@ pub struct Join<'a> {
     pub to_tag: &'a str,
     /// The dialog's from-tag.
     pub from_tag: &'a str,
-    /// `early-only`: join only a dialog that is not yet confirmed.
+    /// `early-only`: join (replace) only a dialog that is not yet
+    /// confirmed.
     pub early_only: bool,
 }
 
+/// A parsed Replaces header value (RFC 3891): the same grammar and fields
+/// as [`Join`]. Its tags are as the receiving UA sees the dialog: the
+/// to-tag is that UA's own.
+pub type Replaces<'a> = Join<'a>;
+
 impl<'a> Join<'a> {
-    /// Parses a Join header value (as [`crate::sip::Message::header_named`]
+    /// Parses a Join or Replaces header value (as [`crate::sip::Message::header_named`]
     /// returns it); `None` when it is malformed or lacks a tag.
     pub fn parse(value: &'a [u8]) -> Option<Join<'a>> {
         let mut c = Cursor::new(value, Span::new(0, value.len()));
@@ -84,6 +94,16 @@ mod tests {
         assert!(j.names("98732@sip.example.com", "r33th4x0r", "ff87ff"));
         assert!(!j.names("98732@sip.example.com", "r33th4x0r", "other"));
         assert!(!j.names("other", "r33th4x0r", "ff87ff"));
+    }
+
+    #[test]
+    fn a_replaces_parses_as_a_join_does() {
+        let r: Replaces<'_> =
+            Join::parse(b"425928@bobster.example.org;to-tag=7743;from-tag=6472;early-only")
+                .expect("RFC 3891's example parses");
+        assert_eq!(r.call_id, "425928@bobster.example.org");
+        assert_eq!((r.to_tag, r.from_tag), ("7743", "6472"));
+        assert!(r.early_only);
     }
 
     #[test]
