@@ -717,14 +717,17 @@ impl Proxy {
                 tracing::warn!(%call_id, agent = %extension, %peer, "hosting lost: session ended");
                 // The phones are still in the call: the blade hangs it up
                 // on the parties it can reach (not through a lost link).
-                // Calls that replaced it and ride on its grant go with it.
+                // The dialogs that ride on its grant to the lost agent go
+                // with it: calls that replaced it, and join legs to the
+                // agent (they reach it through its blade under this
+                // grant). Legs to the other party go on.
                 let riders: Vec<String> = self
                     .sessions
                     .get(&call_id)
                     .map(|s| s.joined.clone())
                     .unwrap_or_default()
                     .into_iter()
-                    .filter(|j| self.sessions.get(j).is_some_and(|r| r.replaces.is_some()))
+                    .filter(|j| self.sessions.get(j).is_some_and(|r| r.callee == extension))
                     .collect();
                 for rider in riders {
                     self.hang_up(now, &rider, HangUp::PeerLost, out);

@@ -1351,3 +1351,40 @@ fn a_replaces_for_a_hosted_agent_goes_to_the_hosting_blade() {
     assert_eq!(w.state(T, "1002"), "hosted");
     assert_eq!(session_of(&w, S, "c1").agents, ["1001", "1002"]);
 }
+
+/// A join leg to the hosted agent rides on the call's grant through T:
+/// when the hosting is lost, the leg goes with the call. The joiner's
+/// phone gets S's BYE, the joiner is ready, and no session is left
+/// listing the lost agent as hosted.
+#[test]
+fn a_lost_hosting_ends_the_join_legs_to_the_lost_agent() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.register(S, "1003");
+    w.send_from(
+        S,
+        "1003",
+        &join_invite("1003", "1002", "j1", "c1;from-tag=callee;to-tag=f1001"),
+    );
+    let join = w.take_final("1002");
+    w.send_from(T, "1002", &answer(&join, 200));
+    let join_ok = w.take_final("1003");
+    assert_eq!(join_ok.status(), Some(200));
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 2, "c1 and j1");
+    let mut out = Output::default();
+    w.nodes[S]
+        .proxy
+        .peer_state(w.now, "blade-2", false, &mut out);
+    w.run(S, out);
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert!(w.nodes[S].proxy.sessions.is_empty(), "the leg too");
+    assert_eq!((w.state(S, "1001"), w.state(S, "1003")), ("ready", "ready"));
+    let bye = w.take("1003");
+    assert_eq!((bye.method(), bye.call_id()), (Some(Method::Bye), "j1"));
+    assert_eq!(bye.to().tag(), Some("f1003"));
+    assert_bye_to_caller(&w.take("1001"), &ok);
+    assert!(w.idle("1001") && w.idle("1003") && w.idle("1002"));
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_sent, 2);
+}
