@@ -1388,3 +1388,93 @@ fn a_lost_hosting_ends_the_join_legs_to_the_lost_agent() {
     assert!(w.idle("1001") && w.idle("1003") && w.idle("1002"));
     assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_sent, 2);
 }
+
+/// A retransmitted 2xx keeps no second record on either blade, so the
+/// expiry sends one BYE per phone; the caller's own BYE, crossing S's, is
+/// relayed as any BYE and reopens nothing; at the end no transaction,
+/// session, kept dialog or own BYE is left on either blade.
+#[test]
+fn a_retransmitted_2xx_and_a_crossing_bye_leave_nothing_behind() {
+    let mut w = World::new();
+    let (inv, ok) = answered_call_seen_by_both(&mut w);
+    // The callee's 200 is retransmitted (its ACK is late).
+    w.send_from(T, "1002", &answer(&inv, 200));
+    let again = w.take_final("1001");
+    assert_eq!(again.status(), Some(200));
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.send_from(T, "1002", &answer(&inv, 200));
+    assert_eq!(w.take_final("1001").status(), Some(200), "relayed again");
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
+    assert_eq!(w.nodes[S].proxy.metrics().cross_blade.answered, 1);
+    w.advance(MAX_CALL);
+    let a = w.take("1001");
+    let b = w.take("1002");
+    assert_eq!(
+        (a.method(), b.method()),
+        (Some(Method::Bye), Some(Method::Bye))
+    );
+    assert!(w.idle("1001") && w.idle("1002"));
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_sent, 2);
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
+    // The caller's own BYE crosses the blade's: relayed to the callee,
+    // which already hung up.
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let crossing = w.take("1002");
+    assert_eq!(crossing.cseq().seq, 2);
+    w.send_from(T, "1002", &answer(&crossing, 481));
+    assert_eq!(w.take("1001").status(), Some(481));
+    w.send_from(S, "1001", &answer(&a, 200));
+    w.send_from(T, "1002", &answer(&b, 200));
+    w.advance(Duration::from_secs(64));
+    assert!(w.idle("1001") && w.idle("1002"));
+    for n in [S, T] {
+        let p = &w.nodes[n].proxy;
+        assert_eq!(p.own_byes_open(), 0);
+        assert_eq!(p.transactions(), 0, "node {n}");
+        assert!(p.sessions.is_empty());
+        assert_eq!(p.hosted_dialogs_kept(), 0);
+    }
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_failed, 0);
+    assert_eq!((w.state(S, "1001"), w.state(T, "1002")), ("ready", "ready"));
+}
+
+/// A call that replaced a cross-blade call rides on its grant; the
+/// replaced call ended with its BYE, then S vanished: at the lease's end T
+/// hangs up the replacing call only (the replaced one's record went with
+/// its BYE).
+#[test]
+fn a_lapse_hangs_up_the_call_riding_on_the_grant_and_not_the_replaced_one() {
+    let mut w = World::new();
+    let (inv_c1, ok) = answered_call_seen_by_both(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    w.take("1002");
+    w.register(S, "1003");
+    w.send_from(
+        S,
+        "1003",
+        &replaces_invite("1003", "1002", "r1", "c1;to-tag=callee;from-tag=f1001"),
+    );
+    let rep = w.take_final("1002");
+    w.send_from(T, "1002", &answer(&rep, 200));
+    let rep_ok = w.take_final("1003");
+    assert_eq!(rep_ok.status(), Some(200));
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 2);
+    w.send_from(T, "1002", &from_callee("BYE", "1002", &inv_c1, 2));
+    let bye = w.take("1001");
+    w.send_from(S, "1001", &answer(&bye, 200));
+    assert_eq!(w.take("1002").status(), Some(200));
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
+    w.link_up = false;
+    advance_only(&mut w, T, Duration::from_secs(u64::from(LEASE) + 1));
+    let bye = w.take("1002");
+    assert_eq!((bye.method(), bye.call_id()), (Some(Method::Bye), "r1"));
+    while !w.idle("1002") {
+        let again = w.take("1002");
+        assert_eq!(again.as_bytes(), bye.as_bytes(), "only retransmissions");
+    }
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
+    assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_sent, 1);
+}
