@@ -208,6 +208,28 @@ impl Cluster {
         }
     }
 
+    /// T: a target refresh by `agent` (its tag `tag`) in dialog
+    /// `call_id`, if that is a dialog kept for it: its BYE goes to
+    /// `target` ([`Proxy::follow_target_refresh`]).
+    pub(super) fn refresh_hosted_dialog(
+        &mut self,
+        agent: &str,
+        call_id: &str,
+        tag: &str,
+        target: &str,
+        hop: Option<Peer>,
+    ) {
+        let Some(list) = self.hosted_dialogs.get_mut(agent) else {
+            return;
+        };
+        let kept = list
+            .iter_mut()
+            .find(|d| &*d.call_id == call_id && d.dialog.callee_tag() == Some(tag));
+        if let Some(d) = kept {
+            d.dialog.refresh_callee(target, hop);
+        }
+    }
+
     /// T: how many hosted agents' dialogs are kept (tests).
     #[cfg(test)]
     pub(super) fn hosted_dialogs(&self) -> usize {

@@ -1478,3 +1478,77 @@ fn a_lapse_hangs_up_the_call_riding_on_the_grant_and_not_the_replaced_one() {
     assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
     assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_sent, 1);
 }
+
+/// 1001 on S calls 1002 on T; then 1002's phone moves to a new socket
+/// and re-INVITEs from there with a new Contact (a target refresh), which
+/// 1001 accepts. Returns the new socket and the caller's 200 to the call.
+fn answered_call_then_callee_moves(w: &mut World) -> (SocketAddr, Message) {
+    let (inv, ok) = answered_call_seen_by_both(w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let moved = addr("127.0.0.12:6102");
+    let reinvite = from_callee("INVITE", "1002", &inv, 2).replacen(
+        "Content-Length",
+        &format!("Contact: <sip:1002@{moved}>\r\nContent-Length"),
+        1,
+    );
+    w.process(Event::Sip {
+        node: T,
+        source: Peer::udp(moved),
+        data: Bytes::from(reinvite),
+    });
+    let relayed = w.take("1001");
+    assert_eq!(relayed.method(), Some(Method::Invite));
+    w.send_from(S, "1001", &answer(&relayed, 200));
+    let at_moved = w.inbox.get_mut(&moved).unwrap();
+    let statuses: Vec<_> = at_moved.drain(..).filter_map(|m| m.status()).collect();
+    assert_eq!(statuses, [100, 200], "at the new socket");
+    (moved, ok)
+}
+
+/// S's BYE at `max_call` follows the callee's target refresh: through T
+/// to the new Contact.
+#[test]
+fn the_callees_target_refresh_moves_the_bye_of_an_expired_call() {
+    let mut w = World::new();
+    let (moved, ok) = answered_call_then_callee_moves(&mut w);
+    w.advance(MAX_CALL);
+    assert_bye_to_caller(&w.take("1001"), &ok);
+    assert!(w.idle("1002"), "nothing to the old socket");
+    let bye = w
+        .inbox
+        .get_mut(&moved)
+        .and_then(VecDeque::pop_front)
+        .unwrap();
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        format!("sip:1002@{moved}")
+    );
+    let vias: Vec<String> = bye.vias().map(|v| v.host().to_owned()).collect();
+    assert_eq!(vias, ["127.0.0.2", "127.0.0.1"], "S then T");
+    assert_eq!(bye.to().tag(), Some("callee"));
+}
+
+/// T's BYE at a lapsed lease follows the hosted agent's target refresh.
+#[test]
+fn the_hosted_agents_target_refresh_moves_ts_bye_at_a_lapse() {
+    let mut w = World::new();
+    let (moved, _) = answered_call_then_callee_moves(&mut w);
+    w.link_up = false;
+    advance_only(&mut w, T, Duration::from_secs(u64::from(LEASE) + 1));
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert!(w.idle("1002"), "nothing to the old socket");
+    let bye = w
+        .inbox
+        .get_mut(&moved)
+        .and_then(VecDeque::pop_front)
+        .unwrap();
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        format!("sip:1002@{moved}")
+    );
+    assert_eq!(bye.vias().count(), 1, "T's own");
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
+}

@@ -173,7 +173,12 @@ impl Proxy {
             let outside = Refusal::new(403, "Forbidden (not routed through this blade)");
             return self.refuse(now, source, msg, &outside, out);
         }
-        if msg.method() == Some(Method::Bye) {
+        let method = msg.method();
+        if matches!(method, Some(Method::Invite | Method::Update)) && msg.to().tag().is_some() {
+            // A target refresh: the kept dialog follows its sender.
+            self.follow_target_refresh(&msg, Some(source));
+        }
+        if method == Some(Method::Bye) {
             let call_id = msg.call_id().to_owned();
             self.end_session(now, &call_id, out);
             if let Some(c) = self.cluster.as_mut() {

@@ -10,12 +10,17 @@
 //! timeout: it sends each party it can reach an in-dialog BYE written as
 //! the other party would write it (RFC 3261 §12.2.1.1, §15.1.1).
 //!
-//! - **What is kept.** At the 2xx that confirms a session, and only then,
+//! - **What is kept.** At the 2xx that confirms a session
 //!   [`Proxy::remember_dialog`] copies out the From and To values (the
 //!   tags), the callee's Contact and the route set towards each party as
-//!   seen from this blade ([`Dialog`]). Nothing is read from later
-//!   requests: the hot path pays a few small allocations per answered
-//!   call, next to the dozen datagrams it sends and receives.
+//!   seen from this blade ([`Dialog`]): a few small allocations per
+//!   answered call, next to the dozen datagrams it sends and receives.
+//! - **Target refresh** (RFC 3261 §12.2). A re-INVITE or UPDATE, or its
+//!   2xx, whose Contact differs from the one kept moves its sender (or
+//!   responder) there ([`Proxy::follow_target_refresh`]); where no route
+//!   leads past this blade towards that party, the first hop moves too.
+//!   Other requests are not looked at, and a refresh that keeps its
+//!   Contact costs a comparison.
 //! - **Route sets.** The 2xx's Record-Route holds, top first, the entries
 //!   of the hops past this blade towards the callee, this blade's own
 //!   (one, or two where it changed transport, RFC 5658), then those of
@@ -32,7 +37,7 @@
 //!   caller where its INVITE came from (the address its responses go to,
 //!   RFC 3581, or its TCP connection).
 //! - **Request-URI** is the party's remote target: the 2xx's Contact for
-//!   the callee, the INVITE's for the caller.
+//!   the callee, the INVITE's for the caller, or a later target refresh's.
 //! - **From / To** are the dialog seen from the far party: to the caller,
 //!   From is the 2xx's To (the callee's tag) and To the INVITE's From (the
 //!   caller's tag); the mirror to the callee.
@@ -159,6 +164,27 @@ impl Dialog {
     }
 }
 
+impl Dialog {
+    /// The callee moved to `target` (a target refresh), reached at `hop`
+    /// when no route leads past this blade towards it. Returns whether
+    /// anything changed.
+    pub(super) fn refresh_callee(&mut self, target: &str, hop: Option<Peer>) -> bool {
+        if *self.callee_target == *target {
+            return false;
+        }
+        self.callee_target = target.into();
+        if self.callee_route.is_empty() && hop.is_some() {
+            self.callee_hop = hop;
+        }
+        true
+    }
+
+    /// The callee's tag: the To tag the 2xx gave.
+    pub(super) fn callee_tag(&self) -> Option<&str> {
+        NameAddr::parse_value(self.to.as_bytes())?.tag()
+    }
+}
+
 impl Proxy {
     /// The dialog that the 2xx `ok` confirms, as far as the callee goes:
     /// From, To, the callee's Contact, and the route towards it from this
@@ -214,6 +240,63 @@ impl Proxy {
         };
         if let Some(session) = self.sessions.get_mut(call_id) {
             session.dialog = Some(Box::new(dialog));
+        }
+    }
+
+    /// A target refresh (RFC 3261 §12.2): `msg` is an in-dialog re-INVITE
+    /// or UPDATE that came from `source` (its sender moves to its
+    /// Contact), or, with `source` `None`, a 2xx to one (its responder
+    /// does). The kept dialog follows, so the blade's own BYE goes to the
+    /// party's new Contact: the session's ([`Proxy::remember_dialog`]),
+    /// or on a hosted agent's blade the agent's
+    /// ([`Proxy::remember_hosted_dialog`]). Where no route leads past this
+    /// blade towards the party, the BYE's first hop moves too: to where
+    /// the request came from, or to the 2xx's Contact. Nothing changes
+    /// when the Contact is the one kept, or the party is not one of a kept
+    /// dialog's. The caller checks the method.
+    pub(super) fn follow_target_refresh(&mut self, msg: &Message, source: Option<Peer>) {
+        let Some(contact) = msg.contacts().next() else {
+            return;
+        };
+        let party = if source.is_some() {
+            msg.from()
+        } else {
+            msg.to()
+        };
+        let Some(tag) = party.tag() else {
+            return;
+        };
+        let uri = contact.uri();
+        let hop = source.or_else(|| route::uri_peer(&uri));
+        let target = uri.as_str();
+        if let Some(session) = self.sessions.get_mut(msg.call_id()) {
+            let Some(d) = session.dialog.as_deref_mut() else {
+                return;
+            };
+            if tag == session.from_tag {
+                let known = session.caller_contact.as_ref();
+                if known.is_some_and(|c| c.1 == target) {
+                    return;
+                }
+                // Behind a hop before this blade, the caller is still
+                // reached through that hop.
+                let (direct, known) = (d.caller_route.is_empty(), known.map(|c| c.0));
+                let hop = if direct { hop.or(known) } else { known.or(hop) };
+                let Some(hop) = hop else {
+                    return;
+                };
+                if direct {
+                    d.caller_hop = Some(hop);
+                }
+                session.caller_contact = Some((hop, target.to_owned()));
+            } else if session.to_tag.as_deref() == Some(tag) {
+                d.refresh_callee(target, hop);
+            }
+            return;
+        }
+        let agent = party.uri().user_str();
+        if let (Some(c), Some(agent)) = (self.cluster.as_mut(), agent) {
+            c.refresh_hosted_dialog(agent, msg.call_id(), tag, target, hop);
         }
     }
 

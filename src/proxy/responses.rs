@@ -83,6 +83,10 @@ impl Proxy {
         }
         let (invite, call, cancelled) = (pair.invite, pair.call, pair.cancelled);
         let downstream = client.tx.peer();
+        // A 2xx to a re-INVITE or UPDATE: a target refresh of its responder.
+        let refresh = !call
+            && (200..300).contains(&status)
+            && matches!(client.method, Method::Invite | Method::Update);
         if status > 100 {
             // §16.7 step 3: remove our Via and pass the response upstream.
             let mut buf = BytesMut::new();
@@ -133,6 +137,9 @@ impl Proxy {
                 }
                 self.end_session(now, &call_id, out);
             }
+        }
+        if refresh {
+            self.follow_target_refresh(&msg, None);
         }
         self.reschedule(id);
     }

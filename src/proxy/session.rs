@@ -47,8 +47,9 @@ pub struct Session {
     pub from_tag: String,
     /// See `from_tag`.
     pub to_tag: Option<String>,
-    /// The caller's terminal (where its INVITE came from, and its Contact),
-    /// for a Join that targets the caller.
+    /// The caller's terminal (where its INVITE came from, and its Contact;
+    /// once answered, as target refreshes moved it), for a Join that
+    /// targets the caller and the blade's own BYE.
     pub caller_contact: Option<(Peer, String)>,
     /// A join leg: the session it joins. `None` for a call.
     pub joins: Option<String>,
@@ -74,9 +75,10 @@ pub struct Session {
 }
 
 /// A confirmed dialog as the blade would address each party with a BYE of
-/// its own (RFC 3261 §12.2.1.1): copied out of the 2xx once, so that no
-/// buffer is kept and no later request is looked at. The caller's remote
-/// target is its INVITE's Contact, kept in [`Session::caller_contact`].
+/// its own (RFC 3261 §12.2.1.1): copied out of the 2xx, so that no buffer
+/// is kept, and moved by target refreshes (re-INVITE, UPDATE). The
+/// caller's remote target is its INVITE's Contact (or a refresh's), kept
+/// in [`Session::caller_contact`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dialog {
     /// The 2xx's From value as written: the caller's URI and tag.

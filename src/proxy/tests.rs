@@ -1224,3 +1224,130 @@ fn a_session_ended_by_its_own_bye_or_never_answered_gets_no_bye_of_the_blades() 
     assert_eq!(b.proxy.metrics().sessions_expired, 1);
     assert_eq!(b.proxy.metrics().sessions_bye_sent, 0);
 }
+
+/// A request from the callee of the call whose INVITE reached it as `fwd`
+/// (answered with To tag `t2`), along its route set, with `contact`.
+fn from_callee(method: &str, fwd: &Message, cseq: u32, branch: &str, contact: &str) -> String {
+    let from = terminal("1002");
+    let target = fwd.contacts().next().unwrap().uri().as_str().to_owned();
+    let routes: Vec<String> = fwd
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    format!(
+        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch={branch}\r\nRoute: {}\r\n\
+         Max-Forwards: 70\r\nFrom: {};tag=t2\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n\
+         Contact: {contact}\r\nContent-Length: 0\r\n\r\n",
+        routes.join(", "),
+        header(fwd, crate::sip::HeaderName::To),
+        header(fwd, crate::sip::HeaderName::From),
+        fwd.call_id(),
+    )
+}
+
+/// A 200 to `req` with `contact`.
+fn ok_with_contact(req: &Message, contact: &str) -> String {
+    let mut buf = bytes::BytesMut::new();
+    req.response(200, "OK", None, &[("Contact", contact)], &mut buf);
+    String::from_utf8(buf.to_vec()).unwrap()
+}
+
+/// Target refresh (RFC 3261 §12.2): the callee re-INVITEs from a new
+/// socket with a new Contact, the caller answers with a new Contact too,
+/// and then each moves again with an UPDATE. The blade's own BYEs, when
+/// the call outlives `max_call`, go to each party's latest Contact: the
+/// sender of a refresh where it sent it from, the responder at its 2xx's
+/// Contact. A refresh that keeps the Contact changes nothing.
+#[test]
+fn the_blades_bye_follows_target_refreshes_of_either_party() {
+    let mut b = Blade::new(false, 100);
+    b.proxy.settings.max_call = Duration::from_secs(60);
+    b.register("1001");
+    b.register("1002");
+    let a = terminal("1001");
+    let fwd = parse(&b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi1", ""))[1]);
+    let ok = parse(&b.send(&terminal("1002"), &answer(&fwd, 200, "t2"))[0]);
+    b.send(&a, &in_dialog("ACK", "1001", &ok, 1, "z9hG4bKa1"));
+
+    // 1002 moves to a new socket: its re-INVITE comes from there.
+    let b2 = "127.0.0.12:6102";
+    let reinvite = from_callee("INVITE", &fwd, 2, "z9hG4bKm2", &format!("<sip:1002@{b2}>"));
+    let out = b.send(b2, &reinvite);
+    let (to, relayed) = (out.last().unwrap().to, parse(out.last().unwrap()));
+    assert_eq!((to, relayed.method()), (udp(&a), Some(Method::Invite)));
+    // 1001 answers with a new Contact (another socket of its own).
+    let a2 = "127.0.0.11:6101";
+    let out = b.send(&a, &ok_with_contact(&relayed, &format!("<sip:1001@{a2}>")));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to, udp(b2), "the 200 goes back to the new socket");
+
+    let sent = byes(&b.advance(Duration::from_secs(60)));
+    assert_eq!(sent.len(), 2);
+    let (to_a, to_b) = (&sent[0], &sent[1]);
+    assert_eq!(to_a.0, udp(a2), "the 2xx's Contact");
+    assert_eq!(
+        to_a.1.request_uri().unwrap().as_str(),
+        format!("sip:1001@{a2}")
+    );
+    assert_eq!(to_b.0, udp(b2), "where the re-INVITE came from");
+    assert_eq!(
+        to_b.1.request_uri().unwrap().as_str(),
+        format!("sip:1002@{b2}")
+    );
+    assert_eq!(to_a.1.to().tag(), Some("f1001"));
+    assert_eq!(to_b.1.to().tag(), Some("t2"));
+}
+
+/// An UPDATE refreshes the target as a re-INVITE does; one whose Contact
+/// is the one kept, or a request that is no refresh (INFO), changes
+/// nothing.
+#[test]
+fn an_update_refreshes_the_target_and_other_requests_do_not() {
+    let mut b = Blade::new(false, 100);
+    b.proxy.settings.max_call = Duration::from_secs(60);
+    b.register("1001");
+    b.register("1002");
+    let (a, bb) = (terminal("1001"), terminal("1002"));
+    let fwd = parse(&b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi1", ""))[1]);
+    let ok = parse(&b.send(&bb, &answer(&fwd, 200, "t2"))[0]);
+    b.send(&a, &in_dialog("ACK", "1001", &ok, 1, "z9hG4bKa1"));
+
+    // INFO with another Contact: not a target refresh.
+    let elsewhere = "127.0.0.12:6202";
+    let info = from_callee(
+        "INFO",
+        &fwd,
+        2,
+        "z9hG4bKn2",
+        &format!("<sip:1002@{elsewhere}>"),
+    );
+    let out = b.send(elsewhere, &info);
+    b.send(
+        &a,
+        &ok_with_contact(&parse(&out[0]), &format!("<sip:1001@{a}>")),
+    );
+    // An UPDATE from the caller's own socket with its own Contact.
+    let update = in_dialog("UPDATE", "1001", &ok, 2, "z9hG4bKu2").replace(
+        "Content-Length",
+        &format!("Contact: <sip:1001@{a}>\r\nContent-Length"),
+    );
+    let out = b.send(&a, &update);
+    let relayed = parse(&out[0]);
+    assert_eq!(relayed.method(), Some(Method::Update));
+    // The callee answers from its new socket, with that Contact.
+    let b2 = "127.0.0.12:6302";
+    b.send(b2, &ok_with_contact(&relayed, &format!("<sip:1002@{b2}>")));
+
+    let sent = byes(&b.advance(Duration::from_secs(60)));
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].0, udp(&a));
+    assert_eq!(
+        sent[0].1.request_uri().unwrap().as_str(),
+        format!("sip:1001@{a}")
+    );
+    assert_eq!(sent[1].0, udp(b2), "the UPDATE's 2xx moved the callee");
+    assert_eq!(
+        sent[1].1.request_uri().unwrap().as_str(),
+        format!("sip:1002@{b2}")
+    );
+}

@@ -63,6 +63,14 @@ impl<'a> NameAddr<'a> {
         self.spans.tag.map(|s| s.str(self.src))
     }
 
+    /// One value on its own, such as a From or To kept as text; `None`
+    /// when it does not parse.
+    pub fn parse_value(src: &'a [u8]) -> Option<NameAddr<'a>> {
+        let mut c = Cursor::new(src, Span::new(0, src.len()));
+        let spans = parse(&mut c, false)?;
+        Some(NameAddr::new(src, spans))
+    }
+
     /// The `expires` parameter, saturating at `u32::MAX`; `None` if absent
     /// or not a number.
     pub fn expires(&self) -> Option<u32> {
