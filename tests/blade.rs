@@ -1388,3 +1388,75 @@ fn a_call_that_outlives_max_call_secs_is_hung_up_on_both_phones() {
     assert_eq!(blade.metric("sipblade_sessions_bye_sent_total"), 2.0);
     assert_eq!(blade.metric("sipblade_sessions_bye_failed_total"), 0.0);
 }
+
+/// Target refresh (RFC 3261 §12.2): the callee's phone moves to a new
+/// socket and re-INVITEs from there with a new Contact; when the call
+/// outlives `max_call_secs`, the blade's BYE reaches the new socket, and
+/// the old one gets nothing.
+#[test]
+fn the_blades_bye_follows_the_callees_re_invite_to_a_new_socket() {
+    use std::net::Ipv4Addr;
+    let blade = TestBlade::start_at(
+        2,
+        false,
+        Options::default(),
+        "max_call_secs = 3\n",
+        Ipv4Addr::new(127, 0, 0, 200),
+    );
+    let mut a = Ua::new_at(blade.sip, "1001", Ipv4Addr::new(127, 0, 0, 201));
+    let mut b = Ua::new_at(blade.sip, "1002", Ipv4Addr::new(127, 0, 0, 202));
+    // The callee's phone after the move: another socket, not registered.
+    let mut moved = Ua::new_at(blade.sip, "1002", Ipv4Addr::new(127, 0, 0, 203));
+    assert_eq!(a.register(3600).status(), Some(200));
+    assert_eq!(b.register(3600).status(), Some(200));
+    let (call, invite) = answered_call(&blade, &mut a, &mut b, false);
+    ack_answered(&mut a, &mut b, &call);
+
+    // The callee's re-INVITE, from the new socket, along its route set
+    // (the Record-Routes as received), with the new Contact.
+    let routes: Vec<String> = invite
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let reinvite = format!(
+        "INVITE {} SIP/2.0\r\n{}Route: {}\r\nMax-Forwards: 70\r\nFrom: {};tag={CALLEE_TAG}\r\n\
+         To: {}\r\nCall-ID: {}\r\nCSeq: 1 INVITE\r\nContact: <{}>\r\nContent-Length: 0\r\n\r\n",
+        a.contact_uri(),
+        moved.via(&common::branch()),
+        routes.join(", "),
+        header(&invite, HeaderName::To).unwrap(),
+        header(&invite, HeaderName::From).unwrap(),
+        call.call_id,
+        moved.contact_uri(),
+    );
+    moved.send(reinvite);
+    let relayed = a.request(Method::Invite, &call.call_id);
+    assert_eq!(
+        relayed.contacts().next().unwrap().uri().as_str(),
+        moved.contact_uri()
+    );
+    a.answer(&relayed, 200, "OK", "unused");
+    let ok = moved.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+
+    // max_call_secs: the BYE goes to the new socket and Contact.
+    let to_moved = moved.request(Method::Bye, &call.call_id);
+    assert_dialog_bye(
+        &moved,
+        &to_moved,
+        &call.call_id,
+        (CALLEE_TAG, &call.from_tag),
+        invite.cseq().seq,
+    );
+    let to_a = a.request(Method::Bye, &call.call_id);
+    assert_eq!(to_a.request_uri().unwrap().as_str(), a.contact_uri());
+    moved.answer(&to_moved, 200, "OK", "unused");
+    a.answer(&to_a, 200, "OK", "unused");
+    let at_old = b.collect_where(SILENCE, |m| m.method() == Some(Method::Bye));
+    assert!(at_old.is_empty(), "the old socket: {at_old:?}");
+    blade.wait_state("1001", "ready");
+    blade.wait_state("1002", "ready");
+    blade.wait_no_sessions();
+    assert_eq!(blade.metric("sipblade_sessions_bye_sent_total"), 2.0);
+    assert_eq!(blade.metric("sipblade_sessions_bye_failed_total"), 0.0);
+}
