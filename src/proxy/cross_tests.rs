@@ -1552,3 +1552,50 @@ fn the_hosted_agents_target_refresh_moves_ts_bye_at_a_lapse() {
     assert_eq!(bye.vias().count(), 1, "T's own");
     assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
 }
+
+/// A Replaces races the replaced call's BYE: the old call is hung up while
+/// the replacing INVITE still rings. The grant lasts for the new call;
+/// once it ends, nothing is left on either blade.
+#[test]
+fn a_replaces_ringing_when_the_replaced_call_is_hung_up_leaves_nothing_behind() {
+    let mut w = World::new();
+    let (inv_c1, ok) = answered_call_seen_by_both(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.register(S, "1003");
+    w.send_from(
+        S,
+        "1003",
+        &replaces_invite("1003", "1002", "r1", "c1;to-tag=callee;from-tag=f1001"),
+    );
+    let rep = w.take_final("1002");
+    // 1002's phone hangs up the old call before it answers the new one.
+    w.send_from(T, "1002", &from_callee("BYE", "1002", &inv_c1, 2));
+    let bye = w.take("1001");
+    w.send_from(S, "1001", &answer(&bye, 200));
+    assert_eq!(w.take("1002").status(), Some(200));
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(w.state(T, "1002"), "hosted", "the ringing call rides on it");
+    w.send_from(T, "1002", &answer(&rep, 200));
+    let rep_ok = w.take_final("1003");
+    assert_eq!(rep_ok.status(), Some(200));
+    assert_eq!(w.nodes[S].proxy.metrics().replaces, 1);
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1, "r1 only");
+    w.send_from(S, "1003", &in_dialog("ACK", "1003", &rep_ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.send_from(S, "1003", &in_dialog("BYE", "1003", &rep_ok, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1003").status(), Some(200));
+    w.advance(Duration::from_secs(64));
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert_eq!(w.state(S, "1003"), "ready");
+    for n in [S, T] {
+        let p = &w.nodes[n].proxy;
+        assert!(p.sessions.is_empty(), "node {n}");
+        assert_eq!(p.hosted_dialogs_kept(), 0, "node {n}");
+        assert_eq!(p.transactions(), 0, "node {n}");
+        assert_eq!(p.own_byes_open(), 0, "node {n}");
+    }
+    assert!(w.idle("1001") && w.idle("1002") && w.idle("1003"));
+}
