@@ -211,9 +211,14 @@ impl Target {
         let info = LoginInfo::from_record(record, now).ok_or(Refusal::NotLoggedIn)?;
         // A grant left while the state says Ready no longer holds the
         // agent (every release resets both; this keeps the two in step
-        // should one ever be missed).
+        // should one ever be missed). It ends here, as an unhost would
+        // end it: what the proxy keeps for it goes, and no BYE.
         if let Some(old) = self.grants.remove(extension) {
             self.deadlines.remove(&(old.expires_at, old.serial));
+            self.released.push_back(Released {
+                grant: old,
+                lapsed: false,
+            });
         }
         self.serial += 1;
         let serial = self.serial;

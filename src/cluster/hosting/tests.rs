@@ -500,6 +500,12 @@ fn ended_grants_are_polled_with_whether_they_lapsed() {
             .is_ok()
     );
     assert_eq!(released(&mut t), [("2002".into(), "c3".into(), true)]);
+    // A grant left behind while the agent reads ready (kept in step only
+    // defensively) ends, unhosted, when a new grant takes its place.
+    loc.get_mut("2002").unwrap().become_free();
+    t.grant(secs(42), &mut loc, "s3", 5, "2002", "c5", LEASE)
+        .unwrap();
+    assert_eq!(released(&mut t), [("2002".into(), "c4".into(), false)]);
 }
 
 #[test]
