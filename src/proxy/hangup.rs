@@ -56,7 +56,7 @@
 //! - **The target blade** keeps no session for a call it relays to an
 //!   agent that another blade hosts, only, from the 2xx to an INVITE that
 //!   carried a live grant's token, the agent's side of that dialog
-//!   ([`Proxy::remember_hosted_dialog`]: the same [`Proxy::callee_dialog`]
+//!   ([`Proxy::remember_hosted_dialog`]: the same [`Proxy::dialog_of`]
 //!   as above, nothing towards the caller), by agent and grant. It goes
 //!   when the grant ends by an unhost, or when a BYE of that dialog passes
 //!   (its unhost may still be lost). A grant whose lease lapses (the
@@ -71,6 +71,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::cross::{self, HostedDialog};
 use super::route::{self, BRANCH_PREFIX};
@@ -97,13 +98,57 @@ pub(super) struct OwnBye {
     call_id: Box<str>,
 }
 
-/// Route entries as one header value, in the order given ("" for none).
-fn route_value<'a, 'm: 'a>(entries: impl Iterator<Item = &'a NameAddr<'m>>) -> Box<str> {
-    let parts: Vec<_> = entries
-        .map(|r| String::from_utf8_lossy(r.as_bytes()))
-        .collect();
-    parts.join(", ").into_boxed_str()
+/// Appends route entries as one header value, in the order given
+/// (nothing for none).
+fn push_route<'a, 'm: 'a>(text: &mut String, entries: impl Iterator<Item = &'a NameAddr<'m>>) {
+    for (i, r) in entries.enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(&String::from_utf8_lossy(r.as_bytes()));
+    }
 }
+
+/// A [`Dialog`]'s text as it is written, part after part.
+struct DialogText {
+    text: String,
+    ends: [u32; 4],
+    parts: usize,
+}
+
+impl DialogText {
+    fn with_capacity(len: usize) -> DialogText {
+        DialogText {
+            text: String::with_capacity(len),
+            ends: [0; 4],
+            parts: 0,
+        }
+    }
+
+    /// Ends the part being written; the last one needs no end.
+    fn end_part(&mut self) {
+        if let Some(end) = self.ends.get_mut(self.parts) {
+            *end = self.text.len() as u32;
+        }
+        self.parts += 1;
+    }
+
+    fn finish(self, callee_hop: Option<Peer>, caller_hop: Option<Peer>) -> Dialog {
+        Dialog {
+            text: self.text.into_boxed_str(),
+            ends: self.ends,
+            callee_hop,
+            caller_hop,
+        }
+    }
+}
+
+/// The parts of a [`Dialog`]'s text, in order.
+const FROM: usize = 0;
+const TO: usize = 1;
+const CALLEE_TARGET: usize = 2;
+const CALLEE_ROUTE: usize = 3;
+const CALLER_ROUTE: usize = 4;
 
 /// Why a session is hung up, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,15 +184,25 @@ pub(super) struct ByeTo<'a> {
 }
 
 impl Dialog {
+    /// Part `i` of the text ([`FROM`] … [`CALLER_ROUTE`]).
+    fn part(&self, i: usize) -> &str {
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize,
+        };
+        let end = self.ends.get(i).map_or(self.text.len(), |&e| e as usize);
+        self.text.get(start..end).unwrap_or_default()
+    }
+
     /// The BYE to the callee, as from the caller; `None` when there is no
     /// way to reach it.
     pub(super) fn bye_to_callee(&self) -> Option<ByeTo<'_>> {
         Some(ByeTo {
-            target: &self.callee_target,
-            route: &self.callee_route,
+            target: self.part(CALLEE_TARGET),
+            route: self.part(CALLEE_ROUTE),
             hop: self.callee_hop?,
-            from: &self.from,
-            to: &self.to,
+            from: self.part(FROM),
+            to: self.part(TO),
         })
     }
 
@@ -156,87 +211,118 @@ impl Dialog {
     fn bye_to_caller<'a>(&'a self, target: &'a str) -> Option<ByeTo<'a>> {
         Some(ByeTo {
             target,
-            route: &self.caller_route,
+            route: self.part(CALLER_ROUTE),
             hop: self.caller_hop?,
-            from: &self.to,
-            to: &self.from,
+            from: self.part(TO),
+            to: self.part(FROM),
         })
     }
-}
 
-impl Dialog {
+    /// Whether a request from here reaches the caller with no Route.
+    fn caller_direct(&self) -> bool {
+        self.part(CALLER_ROUTE).is_empty()
+    }
+
     /// The callee moved to `target` (a target refresh), reached at `hop`
     /// when no route leads past this blade towards it. Returns whether
     /// anything changed.
     pub(super) fn refresh_callee(&mut self, target: &str, hop: Option<Peer>) -> bool {
-        if *self.callee_target == *target {
+        if self.part(CALLEE_TARGET) == target {
             return false;
         }
-        self.callee_target = target.into();
-        if self.callee_route.is_empty() && hop.is_some() {
-            self.callee_hop = hop;
+        let callee_hop = match hop {
+            Some(hop) if self.part(CALLEE_ROUTE).is_empty() => Some(hop),
+            _ => self.callee_hop,
+        };
+        let parts = [FROM, TO, CALLEE_TARGET, CALLEE_ROUTE, CALLER_ROUTE].map(|i| {
+            if i == CALLEE_TARGET {
+                target
+            } else {
+                self.part(i)
+            }
+        });
+        let mut text = DialogText::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            text.text.push_str(part);
+            text.end_part();
         }
+        *self = text.finish(callee_hop, self.caller_hop);
         true
     }
 
     /// The callee's tag: the To tag the 2xx gave.
     pub(super) fn callee_tag(&self) -> Option<&str> {
-        NameAddr::parse_value(self.to.as_bytes())?.tag()
+        NameAddr::parse_value(self.part(TO).as_bytes())?.tag()
     }
 }
 
 impl Proxy {
-    /// The dialog that the 2xx `ok` confirms, as far as the callee goes:
-    /// From, To, the callee's Contact, and the route towards it from this
-    /// blade (`downstream`, where the INVITE went, when none leads past
-    /// it); nothing towards the caller yet. Also how many of `ok`'s
-    /// Record-Routes come before those of the hops towards the caller.
-    /// `None` without a Contact: no request can be sent in that dialog.
-    pub(super) fn callee_dialog(&self, ok: &Message, downstream: Peer) -> Option<(Dialog, usize)> {
+    /// The dialog that the 2xx `ok` confirms: From, To, the callee's
+    /// Contact, and the route towards it from this blade (`downstream`,
+    /// where the INVITE went, when none leads past it); with `caller`, the
+    /// route towards the caller too (`caller`'s address, where its INVITE
+    /// came from, when none leads past this blade). `None` without a
+    /// Contact: no request can be sent in that dialog.
+    pub(super) fn dialog_of(
+        &self,
+        ok: &Message,
+        downstream: Peer,
+        caller: Option<Option<Peer>>,
+    ) -> Option<Dialog> {
         let contact = ok.contacts().next()?;
-        let rrs: Vec<_> = ok.record_routes().collect();
+        let rrs: SmallVec<[NameAddr<'_>; 4]> = ok.record_routes().collect();
         let (past_callee, towards_caller) = match rrs.iter().position(|r| self.is_us(&r.uri())) {
             Some(first) => {
                 let ours = rrs[first..]
                     .iter()
                     .take_while(|r| self.is_us(&r.uri()))
                     .count();
-                (&rrs[..first], first + ours)
+                (&rrs[..first], &rrs[first + ours..])
             }
-            None => (&rrs[..], rrs.len()),
+            None => (&rrs[..], &[][..]),
         };
-        let dialog = Dialog {
-            from: String::from_utf8_lossy(ok.from().as_bytes()).into(),
-            to: String::from_utf8_lossy(ok.to().as_bytes()).into(),
-            callee_target: contact.uri().as_str().into(),
-            callee_route: route_value(past_callee.iter().rev()),
-            callee_hop: match past_callee.last() {
-                Some(next) => route::uri_peer(&next.uri()),
-                None => Some(downstream),
-            },
-            caller_route: Box::default(),
-            caller_hop: None,
+        let past_caller = if caller.is_some() {
+            towards_caller
+        } else {
+            &[]
         };
-        Some((dialog, towards_caller))
+        let (from, to) = (ok.from(), ok.to());
+        let target = contact.uri().as_str();
+        let routes: usize = rrs.iter().map(|r| r.as_bytes().len() + 2).sum();
+        let len = from.as_bytes().len() + to.as_bytes().len() + target.len() + routes;
+        let callee_hop = match past_callee.last() {
+            Some(next) => route::uri_peer(&next.uri()),
+            None => Some(downstream),
+        };
+        let caller_hop = match past_caller.first() {
+            Some(next) => route::uri_peer(&next.uri()),
+            None => caller.flatten(),
+        };
+        let mut text = DialogText::with_capacity(len);
+        text.text
+            .push_str(&String::from_utf8_lossy(from.as_bytes()));
+        text.end_part();
+        text.text.push_str(&String::from_utf8_lossy(to.as_bytes()));
+        text.end_part();
+        text.text.push_str(target);
+        text.end_part();
+        push_route(&mut text.text, past_callee.iter().rev());
+        text.end_part();
+        push_route(&mut text.text, past_caller.iter());
+        Some(text.finish(callee_hop, caller_hop))
     }
 
     /// At the 2xx `ok` that confirmed session `call_id`, whose INVITE went
     /// to `downstream`: keeps what a BYE to each party takes (see the
     /// module's notes).
     pub(super) fn remember_dialog(&mut self, call_id: &str, ok: &Message, downstream: Peer) {
-        let Some((mut dialog, towards_caller)) = self.callee_dialog(ok, downstream) else {
-            return;
-        };
         let caller_source = self
             .sessions
             .get(call_id)
             .and_then(|s| s.caller_contact.as_ref())
             .map(|c| c.0);
-        let rrs: Vec<_> = ok.record_routes().skip(towards_caller).collect();
-        dialog.caller_route = route_value(rrs.iter());
-        dialog.caller_hop = match rrs.first() {
-            Some(next) => route::uri_peer(&next.uri()),
-            None => caller_source,
+        let Some(dialog) = self.dialog_of(ok, downstream, Some(caller_source)) else {
+            return;
         };
         if let Some(session) = self.sessions.get_mut(call_id) {
             session.dialog = Some(Box::new(dialog));
@@ -280,7 +366,7 @@ impl Proxy {
                 }
                 // Behind a hop before this blade, the caller is still
                 // reached through that hop.
-                let (direct, known) = (d.caller_route.is_empty(), known.map(|c| c.0));
+                let (direct, known) = (d.caller_direct(), known.map(|c| c.0));
                 let hop = if direct { hop.or(known) } else { known.or(hop) };
                 let Some(hop) = hop else {
                     return;
@@ -438,7 +524,7 @@ impl Proxy {
         {
             return;
         }
-        let Some((dialog, _)) = self.callee_dialog(ok, downstream) else {
+        let Some(dialog) = self.dialog_of(ok, downstream, None) else {
             return;
         };
         let agent = agent.to_owned();

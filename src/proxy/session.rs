@@ -81,18 +81,17 @@ pub struct Session {
 /// in [`Session::caller_contact`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dialog {
-    /// The 2xx's From value as written: the caller's URI and tag.
-    pub(super) from: Box<str>,
-    /// The 2xx's To value as written: the callee's URI and tag.
-    pub(super) to: Box<str>,
-    /// The callee's remote target: the 2xx's Contact URI.
-    pub(super) callee_target: Box<str>,
-    /// The Route values of a request from here to the callee, in order,
-    /// joined with ", " (empty: none), and its first hop.
-    pub(super) callee_route: Box<str>,
+    /// Back to back, in one allocation (one per answered call): the 2xx's
+    /// From value as written (the caller's URI and tag), its To value (the
+    /// callee's), the callee's remote target (the 2xx's Contact URI), and
+    /// the Route values of a request from here to the callee and of one to
+    /// the caller, each in order and joined with ", " (empty: none).
+    pub(super) text: Box<str>,
+    /// Where each part but the last ends in `text`.
+    pub(super) ends: [u32; 4],
+    /// The first hop of a request from here to the callee.
     pub(super) callee_hop: Option<Peer>,
     /// The same toward the caller.
-    pub(super) caller_route: Box<str>,
     pub(super) caller_hop: Option<Peer>,
 }
 
