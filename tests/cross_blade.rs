@@ -6,7 +6,8 @@
 //! Each test uses its own addresses (127.0.0.x), so they run in parallel:
 //! 61-62, 63-64, 65-66, 67-68, 69-70, 71-72, 73-74, 75-76, 77-78, 79-81,
 //! 82-83, 84-85, 86-87; the phones of 170-171, 177-178 and 194-195 on
-//! 172-173, 179-180 and 196-197.
+//! 172-173, 179-180 and 196-197. Blades 150-151 (phones 152-154) and
+//! 155-157 (phones 158-160).
 
 mod common;
 
@@ -1102,4 +1103,31 @@ fn a_killed_source_blade_gets_the_hosted_callees_phone_hung_up_by_its_blade() {
     assert_eq!(b.recv_raw(QUIET), None, "answered: not retransmitted");
     assert_eq!(cluster.metric(t, "sipblade_sessions_bye_sent_total"), 1.0);
     assert_eq!(cluster.metric(t, "sipblade_sessions_bye_failed_total"), 0.0);
+}
+
+/// T is killed mid-call (SIGKILL: no goodbye on the link), and a second
+/// agent on S calls the agent S hosts before S's link notices (the QUIC
+/// idle timeout takes seconds): S hosts that agent in a live session, so
+/// it answers 486 itself (SPEC §2 step 6: a hosted agent is the hosting
+/// blade's to decide), not 503 after asking a blade that never answers.
+#[test]
+fn a_call_to_an_agent_s_hosts_is_busy_while_its_dead_blade_goes_unnoticed() {
+    use std::net::Ipv4Addr;
+    let mut cluster = TestCluster::new(2, 150, 30, 1);
+    let (s, t) = (0, 1);
+    cluster.start_blade(s);
+    cluster.spawn_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 152));
+    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 153));
+    let mut d = cluster.registered_on(s, "1004", Ipv4Addr::new(127, 0, 0, 154));
+    let (call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    cluster.kill_blade(t);
+    // Before the fix: 503, a second after the host request went out.
+    let (_, resp) = failed_call(&mut d, "1002");
+    assert_eq!(resp.status(), Some(486), "{}", first_line(&resp));
+    assert_eq!(refused(&cluster, s, "overloaded"), 0.0);
+    cluster.wait_state(s, "1004", "ready");
 }

@@ -71,7 +71,7 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
     }
     let _ = writeln!(
         out,
-        "# HELP sipblade_hosting_refused_total Host requests refused by the target, by reason."
+        "# HELP sipblade_hosting_refused_total Hostings refused, by reason (already_hosted also counts calls refused for an agent this blade hosts, without asking)."
     );
     let _ = writeln!(out, "# TYPE sipblade_hosting_refused_total counter");
     for (reason, n) in REFUSALS.iter().zip(m.hosting_refused.iter()) {

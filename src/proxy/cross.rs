@@ -502,6 +502,27 @@ impl Proxy {
         self.start_hosting(now, id, &call_id, callee, out);
     }
 
+    /// S: a new call for an agent this blade already hosts in a session
+    /// ([`Source::hosts`]). Its blade would refuse it (already hosted),
+    /// and would hand any call for it that reached it here to be decided
+    /// (SPEC §2 step 6): while hosted, the agent's state is the hosting
+    /// blade's. So this blade answers 486 itself, without the round trip,
+    /// and without waiting on a blade that may be dead but not yet
+    /// noticed (the link's idle timeout), which would turn the answer
+    /// into a 503.
+    pub(super) fn busy_hosted_here(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        out: &mut Output,
+    ) {
+        self.metrics.refused(Refusal::AlreadyHosted);
+        self.metrics.cross_blade.busy += 1;
+        let busy = super::Refusal::new(486, "Busy Here");
+        self.refuse(now, source, msg, &busy, out);
+    }
+
     /// S: hosts `extension` for `call_id` while transaction `id` waits for
     /// the grant.
     pub(super) fn start_hosting(

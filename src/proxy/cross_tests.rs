@@ -479,6 +479,63 @@ fn without_the_hosting_blade_t_answers_486_itself() {
     assert_eq!(w.take("1003").status(), Some(486));
 }
 
+/// T dies silently mid-call: S's link has not noticed yet (no PeerDown;
+/// the QUIC idle timeout takes seconds). A new call on S for the agent S
+/// hosts is busy: S decides on an agent it hosts (SPEC §2 step 6), so it
+/// answers 486 at once from its own sessions instead of asking T, which
+/// would never answer (503 after the request timeout).
+#[test]
+fn a_new_call_on_s_for_an_agent_s_hosts_is_486_without_asking_t() {
+    let mut w = World::new();
+    answered_call(&mut w);
+    w.register(S, "1003");
+    w.link_up = false; // T is gone; S does not know it yet.
+    w.link_log.clear();
+    w.send_from(S, "1003", &invite("1003", "1002", "c2"));
+    let busy = w.take_final("1003");
+    assert_eq!(busy.status(), Some(486), "{busy:?}");
+    assert!(w.link_log.is_empty(), "nobody asked: {:?}", w.link_log);
+    assert_eq!(w.state(S, "1003"), "ready");
+    let sessions = w.snapshot(S).sessions;
+    assert_eq!(sessions.len(), 1, "only the call: {sessions:?}");
+    let m = w.nodes[S].proxy.metrics();
+    assert_eq!(m.cross_blade.busy, 1);
+    assert_eq!(m.hosting_refused, [0, 0, 0, 1, 0]);
+
+    // With the link up S still decides alone, and once the call is over
+    // the agent is hosted again as usual.
+    w.link_up = true;
+    w.send_from(S, "1003", &invite("1003", "1002", "c3"));
+    assert_eq!(w.take_final("1003").status(), Some(486));
+    assert!(w.link_log.is_empty(), "{:?}", w.link_log);
+}
+
+#[test]
+fn once_the_hosted_call_ends_a_new_call_on_s_hosts_the_agent_again() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert!(
+        !w.nodes[S]
+            .proxy
+            .cluster
+            .as_ref()
+            .unwrap()
+            .source
+            .hosts("1002")
+    );
+    w.register(S, "1003");
+    w.send_from(S, "1003", &invite("1003", "1002", "c2"));
+    let inv = w.take_final("1002");
+    assert_eq!(inv.call_id(), "c2");
+    assert_eq!(w.state(T, "1002"), "hosted");
+}
+
 #[test]
 fn refusals_reach_the_caller() {
     let mut w = World::new();

@@ -714,6 +714,13 @@ impl Proxy {
                 // Not registered here: perhaps on another blade. A call
                 // hosts the agent; anything else is only relayed.
                 if method == Method::Invite {
+                    if self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.source.hosts(&callee))
+                    {
+                        return self.busy_hosted_here(now, source, msg, out);
+                    }
                     return self.host_remote(now, source, msg, &caller, &callee, out);
                 }
                 return self.relay_remote(now, source, msg, &callee, out);

@@ -144,6 +144,9 @@ pub struct Source {
     /// `(deadline, request_id)` of pending requests.
     pending_deadlines: BTreeSet<(Duration, u64)>,
     hostings: BTreeMap<Key, Hosting>,
+    /// How many of `hostings` hold each agent: whether this blade hosts an
+    /// agent is one lookup ([`Source::hosts`]).
+    hosted: HashMap<String, u32>,
     /// `(wake, serial)` → hosting: renewals and lease checks.
     wakes: BTreeMap<(Duration, u64), Key>,
     transmits: VecDeque<(String, Message)>,
@@ -162,6 +165,7 @@ impl Source {
             pending: HashMap::new(),
             pending_deadlines: BTreeSet::new(),
             hostings: BTreeMap::new(),
+            hosted: HashMap::new(),
             wakes: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -466,6 +470,8 @@ impl Source {
             if old.token != token || !same_blade(&old.peer, &peer) {
                 self.send_unhost(old.peer, &key.1, &key.0, old.token);
             }
+        } else {
+            *self.hosted.entry(key.1.clone()).or_default() += 1;
         }
         self.events.push_back(SourceEvent::Granted {
             call_id: key.0,
@@ -627,6 +633,12 @@ impl Source {
     fn drop_hosting(&mut self, key: &Key) -> Option<Hosting> {
         let h = self.hostings.remove(key)?;
         self.wakes.remove(&(h.wake, h.serial));
+        if let Some(n) = self.hosted.get_mut(&key.1) {
+            *n -= 1;
+            if *n == 0 {
+                self.hosted.remove(&key.1);
+            }
+        }
         Some(h)
     }
 
@@ -720,7 +732,7 @@ impl Source {
             };
             if now >= h.lease_until {
                 let (peer, token) = (h.peer.clone(), h.token);
-                self.hostings.remove(&key);
+                self.drop_hosting(&key);
                 self.send_unhost(peer.clone(), &key.1, &key.0, token);
                 self.events.push_back(SourceEvent::Lost {
                     call_id: key.0,
@@ -861,6 +873,15 @@ impl Source {
     pub fn holds(&self, from: &str, call_id: &str, extension: &str, token: &Token) -> bool {
         self.hosting(call_id, extension)
             .is_some_and(|h| same_blade(&h.peer, from) && h.token.matches(token))
+    }
+
+    /// Whether this blade holds a grant for `extension` in any session
+    /// (a call, a join leg, or a call riding on another's grant): the
+    /// agent is in a session that this blade, its host, decides on
+    /// (SPEC §2 step 6), so a new call to it is busy without asking its
+    /// blade. One hash lookup.
+    pub fn hosts(&self, extension: &str) -> bool {
+        self.hosted.contains_key(extension)
     }
 
     /// Number of live hostings.
