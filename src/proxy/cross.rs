@@ -598,6 +598,23 @@ impl Proxy {
             c.target
                 .check_relay(now, &peer, callee, msg.call_id(), &token)
         };
+        if !granted && join.is_some() {
+            // A Join or Replaces from a peer blade whose token names no
+            // grant or leave here any more: the hosting of the dialog it
+            // names ended while it was on its way (the blade that handed
+            // it over still held the grant, its unhost not yet in; or the
+            // grant under a join leg lapsed). The dialog is gone, so the
+            // answer is the phone's own to a dialog it no longer has:
+            // 481 (RFC 3891 §3, RFC 3911 §4; 603 would also do for a
+            // dialog ended, but a forgotten dialog looks like an unknown
+            // one, as in `join::replaceable`). It is not routed as an
+            // ordinary call: the header is what brought it past a busy
+            // agent, and nothing here can check it. Refusing trusts the
+            // peer with nothing, so no 403 is needed.
+            tracing::debug!(agent = callee, from = %source.addr, "join or replaces for an ended hosting");
+            let gone = super::Refusal::new(481, "Call/Transaction Does Not Exist");
+            return self.refuse(now, source, msg, &gone, out);
+        }
         if !granted {
             tracing::debug!(agent = callee, from = %source.addr, "hosting token refused");
             return self.refuse(now, source, msg, &forbidden, out);

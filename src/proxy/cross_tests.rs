@@ -58,6 +58,9 @@ struct World {
     nodes: Vec<Node>,
     /// Whether link messages get through.
     link_up: bool,
+    /// While set, link messages wait here (a slow link) until
+    /// [`World::release_link`].
+    link_held: Option<Vec<Event>>,
     /// What reached the terminals, per address.
     inbox: HashMap<SocketAddr, VecDeque<Message>>,
     /// Every link message, as `(from, name)`.
@@ -106,6 +109,7 @@ impl World {
                 node("blade-2", "127.0.0.2:5060", ("blade-1", "127.0.0.1:5060")),
             ],
             link_up: true,
+            link_held: None,
             inbox: HashMap::new(),
             link_log: Vec::new(),
             blade_responses: Vec::new(),
@@ -199,14 +203,26 @@ impl World {
             let target = match to {
                 Dest::Peer(_) | Dest::AllPeers | Dest::Reply { .. } => other,
             };
-            events.push(Event::Link {
+            let event = Event::Link {
                 node: target,
                 from: self.nodes[node].id.clone(),
                 msg,
                 reply,
-            });
+            };
+            match self.link_held.as_mut() {
+                Some(held) => held.push(event),
+                None => events.push(event),
+            }
         }
         events
+    }
+
+    /// Delivers the link messages held back, and lets the next ones
+    /// through at once.
+    fn release_link(&mut self) {
+        for event in self.link_held.take().unwrap_or_default() {
+            self.process(event);
+        }
     }
 
     fn advance(&mut self, by: Duration) {
@@ -1407,6 +1423,52 @@ fn a_replaces_for_a_hosted_agent_goes_to_the_hosting_blade() {
     assert_eq!(w.state(T, "1004"), "ready");
     assert_eq!(w.state(T, "1002"), "hosted");
     assert_eq!(session_of(&w, S, "c1").agents, ["1001", "1002"]);
+}
+
+/// The race of a Replaces (or a Join) with the end of the hosting it
+/// names: 1001 hangs up the cross-blade call c1 and S releases 1002, but
+/// the unhost is still on the link when 1004, on T, sends a Replaces of
+/// c1 to 1002. T still sees 1002 hosted and hands the INVITE to S with
+/// the grant's token; S holds that grant no more. The dialog is gone:
+/// 481 (RFC 3891 §3), not 403, and 1002's phone is not rung.
+#[test]
+fn a_replaces_racing_the_unhost_of_the_call_it_names_is_481() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.register(T, "1004");
+    w.link_held = Some(Vec::new());
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert_eq!(w.state(T, "1002"), "hosted", "the unhost is on its way");
+
+    for (i, invite) in [
+        replaces_invite("1004", "1002", "r1", "c1;to-tag=callee;from-tag=f1001"),
+        join_invite("1004", "1002", "j1", "c1;from-tag=callee;to-tag=f1001"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        w.send_from(T, "1004", invite);
+        let gone = w.take_final("1004");
+        assert_eq!(gone.status(), Some(481), "{i}: {gone:?}");
+    }
+    assert_eq!(
+        w.blade_responses.iter().filter(|(n, _)| *n == S).count(),
+        2,
+        "S answered both: {:?}",
+        w.blade_responses
+    );
+    assert!(w.idle("1002"), "the phone was not rung");
+    assert_eq!(w.state(T, "1004"), "ready");
+
+    w.release_link();
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert!(w.snapshot(S).sessions.is_empty() && w.snapshot(T).sessions.is_empty());
 }
 
 /// A join leg to the hosted agent rides on the call's grant through T:
