@@ -138,14 +138,17 @@ pub(super) struct Cluster {
 
 /// T: an answered call that a hosting blade brought to one of this
 /// blade's agents, as far as the agent goes: what a BYE to the agent's
-/// phone takes ([`Dialog::bye_to_callee`]) should the grant lapse.
+/// phone takes ([`Dialog::bye_to_callee`]) should the grant lapse. Also
+/// the leg of a hosted joiner (or Replaces newcomer) of this blade's,
+/// which placed it: kept as seen from its callee
+/// ([`Dialog::towards_caller`]), so the agent is addressed the same way.
 pub(super) struct HostedDialog {
     pub(super) call_id: Box<str>,
     /// The token of the grant the INVITE came with: the record lives no
     /// longer than that grant.
     pub(super) grant: Token,
     /// From, To, the agent's Contact and the way to it; nothing towards
-    /// the caller (the hosting blade has that side).
+    /// the other party (the hosting blade has that side).
     pub(super) dialog: Dialog,
 }
 

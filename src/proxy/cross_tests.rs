@@ -1014,6 +1014,11 @@ fn a_join_for_a_hosted_agent_goes_to_the_hosting_blade_which_hosts_the_joiner() 
     w.send_from(T, "1002", &answer(&join, 200));
     let join_ok = w.take_final("1004");
     assert_eq!(join_ok.status(), Some(200));
+    assert_eq!(
+        w.nodes[T].proxy.hosted_dialogs_kept(),
+        3,
+        "c1 and j1 for 1002, j1 for the hosted joiner"
+    );
     // The joiner leaves: back to ready on T; the call goes on.
     w.send_from(T, "1004", &in_dialog("BYE", "1004", &join_ok, 2));
     let bye = w.take("1002");
@@ -1021,6 +1026,7 @@ fn a_join_for_a_hosted_agent_goes_to_the_hosting_blade_which_hosts_the_joiner() 
     w.send_from(T, "1002", &answer(&bye, 200));
     assert_eq!(w.take("1004").status(), Some(200));
     assert_eq!(w.state(T, "1004"), "ready");
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1, "c1 only");
     assert_eq!(w.state(T, "1002"), "hosted");
     assert_eq!(session_of(&w, S, "c1").hosted, ["1002"]);
 
@@ -1069,6 +1075,93 @@ fn a_join_from_another_blade_is_relayed_and_the_sessions_blade_hosts_the_joiner(
     assert_eq!(w.take_final("1001").status(), Some(603));
     assert_eq!(w.state(S, "1001"), "ready");
     assert_eq!(session_of(&w, T, "c1").agents, ["1002", "1003"]);
+}
+
+/// The session's blade (T) hosts a joiner of S's; T vanishes mid-leg.
+/// When the joiner's grant lapses on S, S hangs the leg up on the
+/// joiner's phone, as it does for a hosted callee: from the leg's 2xx S
+/// kept the joiner's side of the dialog, though the joiner is its caller.
+#[test]
+fn a_lapsed_lease_hangs_up_a_hosted_joiners_leg_from_its_blade() {
+    let mut w = World::new();
+    w.register(T, "1002");
+    w.register(T, "1003");
+    w.send_from(T, "1002", &invite("1002", "1003", "c1"));
+    let inv = w.take_final("1003");
+    w.send_from(T, "1003", &answer(&inv, 200));
+    assert_eq!(w.take_final("1002").status(), Some(200));
+    w.register(S, "1001");
+    w.send_from(
+        S,
+        "1001",
+        &join_invite("1001", "1003", "j1", "c1;from-tag=f1002;to-tag=callee"),
+    );
+    let join = w.take_final("1003");
+    w.send_from(T, "1003", &answer(&join, 200));
+    let join_ok = w.take_final("1001");
+    assert_eq!(join_ok.status(), Some(200));
+    assert_eq!(w.state(S, "1001"), "hosted");
+    assert_eq!(w.nodes[S].proxy.hosted_dialogs_kept(), 1, "the leg, on S");
+
+    // T is gone: no renewals; S's grant of 1001 lapses.
+    w.link_up = false;
+    advance_only(&mut w, S, Duration::from_secs(u64::from(LEASE) + 1));
+    assert_eq!(w.state(S, "1001"), "ready");
+    let bye = w.take("1001");
+    assert_eq!((bye.method(), bye.call_id()), (Some(Method::Bye), "j1"));
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        format!("sip:1001@{}", terminal("1001")),
+        "the joiner's Contact"
+    );
+    assert_eq!(bye.from().tag(), Some("callee"), "as from the joined party");
+    assert_eq!(bye.to().tag(), Some("f1001"));
+    assert_eq!(bye.routes().count(), 0);
+    assert_eq!(bye.vias().count(), 1, "S's own request");
+    assert_eq!(bye.cseq().seq, hangup::BYE_CSEQ);
+    while !w.idle("1001") {
+        let again = w.take("1001");
+        assert_eq!((again.call_id(), again.cseq()), (bye.call_id(), bye.cseq()));
+    }
+    w.send_from(S, "1001", &answer(&bye, 200));
+    advance_only(&mut w, S, Duration::from_secs(2));
+    assert!(w.idle("1001"), "answered: not retransmitted");
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_sent, 1);
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_failed, 0);
+    assert_eq!(w.nodes[S].proxy.hosted_dialogs_kept(), 0);
+}
+
+/// The same leg ended by the joiner's BYE: S's record of it goes with the
+/// BYE (and the unhost), and nothing is sent at a later lapse.
+#[test]
+fn a_hosted_joiners_leg_ended_normally_leaves_no_record_on_its_blade() {
+    let mut w = World::new();
+    w.register(T, "1002");
+    w.register(T, "1003");
+    w.send_from(T, "1002", &invite("1002", "1003", "c1"));
+    let inv = w.take_final("1003");
+    w.send_from(T, "1003", &answer(&inv, 200));
+    assert_eq!(w.take_final("1002").status(), Some(200));
+    w.register(S, "1001");
+    w.send_from(
+        S,
+        "1001",
+        &join_invite("1001", "1003", "j1", "c1;from-tag=f1002;to-tag=callee"),
+    );
+    let join = w.take_final("1003");
+    w.send_from(T, "1003", &answer(&join, 200));
+    let join_ok = w.take_final("1001");
+    assert_eq!(w.nodes[S].proxy.hosted_dialogs_kept(), 1);
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &join_ok, 2));
+    let bye = w.take("1003");
+    assert_eq!(bye.call_id(), "j1");
+    w.send_from(T, "1003", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(w.nodes[S].proxy.hosted_dialogs_kept(), 0);
+    w.advance(Duration::from_secs(u64::from(LEASE) + 1));
+    assert!(w.idle("1001"));
+    assert_eq!(w.nodes[S].proxy.metrics().sessions_bye_sent, 0);
 }
 
 /// A session whose BYE never comes ends after `max_call`: the hosted agent

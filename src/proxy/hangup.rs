@@ -66,6 +66,13 @@
 //!   left the agent, it goes straight to the agent's Contact where the
 //!   INVITE went, with no Route (the agent's phone adds none). Each such
 //!   record costs the answered call a few small allocations on that blade.
+//!   A hosted joiner (or Replaces newcomer) is the caller of its leg: its
+//!   blade, which sent the leg's INVITE on from the agent's phone, keeps
+//!   the agent's side the same way when the 2xx passes, if the agent's
+//!   grant is bound to the leg's Call-ID ([`Dialog::towards_caller`]);
+//!   with several cores, only where that INVITE's core (the core of the
+//!   extension it is addressed to) is the joiner's own, which holds the
+//!   grant.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -216,6 +223,27 @@ impl Dialog {
             from: self.part(TO),
             to: self.part(FROM),
         })
+    }
+
+    /// The same dialog seen from its callee: the caller, whose remote
+    /// target is `target`, is addressed as the callee is
+    /// ([`Dialog::bye_to_callee`]: a BYE as from the callee) and its
+    /// tag is [`Dialog::callee_tag`]. For a hosted agent that placed
+    /// the call, whose blade keeps only its side ([`HostedDialog`]).
+    pub(super) fn towards_caller(&self, target: &str) -> Dialog {
+        let parts = [
+            self.part(TO),
+            self.part(FROM),
+            target,
+            self.part(CALLER_ROUTE),
+            "",
+        ];
+        let mut text = DialogText::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            text.text.push_str(part);
+            text.end_part();
+        }
+        text.finish(self.caller_hop, None)
     }
 
     /// Whether a request from here reaches the caller with no Route.
@@ -496,35 +524,54 @@ impl Proxy {
     /// `downstream`: if that INVITE came from a hosting blade with the
     /// token of a live grant (SPEC §2 step 5), keeps the hosted agent's
     /// side of the dialog until the grant ends ([`HostedDialog`]), so
-    /// that a lease that lapses hangs up the agent's phone. A session of
-    /// this blade's own is kept by [`Proxy::remember_dialog`] instead.
+    /// that a lease that lapses hangs up the agent's phone. Likewise on
+    /// the blade of a hosted joiner (or Replaces newcomer), which sent
+    /// its agent's INVITE on to the session's blade: the agent is the
+    /// caller there, hosted under a grant bound to this very Call-ID (the
+    /// leg's). A session of this blade's own is kept by
+    /// [`Proxy::remember_dialog`] instead.
     pub(super) fn remember_hosted_dialog(&mut self, id: usize, ok: &Message, downstream: Peer) {
         let Some(c) = self.cluster.as_ref() else {
             return;
         };
         // Gone at a retransmitted 2xx: the first one kept the dialog.
-        let Some(request) = self.txs.get(id).and_then(|p| p.request.as_deref()) else {
+        let Some(pair) = self.txs.get(id) else {
+            return;
+        };
+        let Some(request) = pair.request.as_deref() else {
             return;
         };
         let Some(uri) = request.request_uri() else {
             return;
         };
-        let (Some(agent), Some(token)) = (
-            uri.user_str(),
-            cross::hosting_token(&uri).and_then(Token::from_hex),
-        ) else {
-            return;
+        let kept = match cross::hosting_token(&uri).and_then(Token::from_hex) {
+            // The grant of the INVITE's token, still live: not a join
+            // handed over by a blade that hosts the agent (no grant of
+            // this blade's).
+            Some(token) => uri
+                .user_str()
+                .filter(|agent| {
+                    c.target
+                        .grant_of(agent)
+                        .is_some_and(|g| g.token.matches(&token))
+                })
+                .and_then(|agent| {
+                    let dialog = self.dialog_of(ok, downstream, None)?;
+                    Some((agent, token, dialog))
+                }),
+            // From the agent's phone: a hosted joiner's leg, if the
+            // caller's grant names this Call-ID.
+            None => request.from().uri().user_str().and_then(|agent| {
+                let grant = c.target.grant_of(agent)?;
+                if grant.call_id != ok.call_id() {
+                    return None;
+                }
+                let target = request.contacts().next()?.uri();
+                let dialog = self.dialog_of(ok, downstream, Some(Some(pair.server.peer())))?;
+                Some((agent, grant.token, dialog.towards_caller(target.as_str())))
+            }),
         };
-        // The grant of the INVITE's token, still live: not a join handed
-        // over by a blade that hosts the agent (no grant of this blade's).
-        if !c
-            .target
-            .grant_of(agent)
-            .is_some_and(|g| g.token.matches(&token))
-        {
-            return;
-        }
-        let Some(dialog) = self.dialog_of(ok, downstream, None) else {
+        let Some((agent, grant, dialog)) = kept else {
             return;
         };
         let agent = agent.to_owned();
@@ -534,7 +581,7 @@ impl Proxy {
                 agent,
                 HostedDialog {
                     call_id,
-                    grant: token,
+                    grant,
                     dialog,
                 },
             );
