@@ -1131,3 +1131,60 @@ fn a_call_to_an_agent_s_hosts_is_busy_while_its_dead_blade_goes_unnoticed() {
     assert_eq!(refused(&cluster, s, "overloaded"), 0.0);
     cluster.wait_state(s, "1004", "ready");
 }
+
+/// Three blades, Replaces (RFC 3891): the newcomer is on U, the target
+/// agent on T, and the session the Replaces names is S's (S hosts the
+/// agent). U relays the INVITE to T (the agent's blade), T hands it to S
+/// (which hosts the agent), and S hosts the newcomer from U for the new
+/// call, sent through T to the agent: four Record-Routes, U T S T. The
+/// new call rides on the replaced call's grant: the agent stays hosted by
+/// S until both calls have ended.
+#[test]
+fn a_replaces_crosses_three_blades_to_the_session_and_hosts_the_newcomer_there() {
+    use std::net::Ipv4Addr;
+    let cluster = TestCluster::start(3, 155);
+    let (s, t, u) = (0, 1, 2);
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 158));
+    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 159));
+    let mut c = cluster.registered_on(u, "1004", Ipv4Addr::new(127, 0, 0, 160));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let mut transfer = c.call("1002");
+    let replaces = format!(
+        "Replaces: {};to-tag={CALLEE_TAG};from-tag={}\r\n",
+        call.call_id, call.from_tag
+    );
+    c.invite(&mut transfer, &replaces);
+    let invite = b.request(Method::Invite, &transfer.call_id);
+    assert!(invite.header_named("Replaces").is_some(), "{invite:?}");
+    assert_eq!(invite.request_uri().unwrap().as_str(), b.contact_uri());
+    assert_eq!(invite.record_routes().count(), 4, "U, T, S and T again");
+    assert_hosted(&cluster, u, "1004", "blade-1");
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    let sessions = cluster.sessions(s);
+    let new = sessions
+        .iter()
+        .find(|x| x["call_id"] == transfer.call_id.as_str())
+        .unwrap_or_else(|| panic!("no replacing session on S: {sessions:?}"));
+    assert_eq!(new["agents"], serde_json::json!(["1004", "1002"]));
+    assert!(cluster.sessions(t).is_empty() && cluster.sessions(u).is_empty());
+
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = c.response(&transfer.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    transfer.learn(&ok);
+    confirm(&mut c, &mut b, &transfer);
+    assert_eq!(cluster.metric(s, "sipblade_replaces_total"), 1.0);
+
+    // The replaced call ends; the agent stays hosted for the new one.
+    hang_up(&mut a, &mut b, &mut call);
+    cluster.wait_state(s, "1001", "ready");
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_hosted(&cluster, u, "1004", "blade-1");
+    // The new call ends: both go back to their blades.
+    hang_up(&mut c, &mut b, &mut transfer);
+    wait_ready(&cluster, t, "1002");
+    wait_ready(&cluster, u, "1004");
+    assert!(cluster.sessions(s).is_empty());
+}
