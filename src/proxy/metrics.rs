@@ -109,7 +109,9 @@ pub struct Metrics {
     pub tcp_timed_out: u64,
     /// Messages this core received for another core, and handed over.
     pub handoffs: u64,
-    /// Host requests this blade's sessions got refused, by [`REFUSALS`].
+    /// Host requests this blade's sessions got refused, by [`REFUSALS`];
+    /// `AlreadyHosted` also counts calls refused for an agent this blade
+    /// hosts already, without a request.
     pub hosting_refused: [u64; REFUSALS.len()],
     /// Grants this blade (as target) handed out.
     pub hosting_granted: u64,

@@ -1471,3 +1471,59 @@ fn a_conference_hosts_participants_one_by_one() {
     pump(secs(1), &mut blades);
     assert_eq!(state(&blades[t].loc, "2002"), AgentState::Ready);
 }
+
+/// `Source::hosts` follows every way a hosting starts and ends: a grant,
+/// a second session's grant of the same agent, a release of one, the
+/// session's end, a lapse, and a lost peer.
+#[test]
+fn the_source_knows_which_agents_it_hosts() {
+    let mut blades = cluster(&["s", "t"]);
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    login(&mut blades, "t", "2001");
+    login(&mut blades, "t", "2002");
+    assert!(!blades[s].source.hosts("2001"));
+    let now = secs(1);
+    {
+        let b = &mut blades[s];
+        b.source.host(now, &b.dir, "c1", "2001");
+    }
+    pump(now, &mut blades);
+    assert!(blades[s].source.hosts("2001"));
+    assert!(!blades[s].source.hosts("2002"));
+    assert!(blades[s].events().iter().any(|e| granted(e).is_some()));
+    // A refusal (already hosted) adds nothing.
+    {
+        let b = &mut blades[s];
+        b.source.host(now, &b.dir, "c2", "2001");
+    }
+    pump(now, &mut blades);
+    assert!(!blades[s].source.release("c2", "2001"));
+    assert!(blades[s].source.hosts("2001"));
+    assert_eq!(blades[s].source.end("c1"), 1);
+    assert!(!blades[s].source.hosts("2001"));
+    pump(now, &mut blades);
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+
+    // A lapse (the renewals are lost) and a lost peer end it too.
+    {
+        let b = &mut blades[s];
+        b.source.host(now, &b.dir, "c3", "2001");
+        b.source.host(now, &b.dir, "c4", "2002");
+    }
+    pump(now, &mut blades);
+    assert!(blades[s].source.hosts("2001") && blades[s].source.hosts("2002"));
+    blades[s].source.peer_lost("t");
+    assert!(!blades[s].source.hosts("2001") && !blades[s].source.hosts("2002"));
+    blades[s].dir.peer_up("t");
+    let later = now + secs(u64::from(LEASE) * 2);
+    blades[t].tick(later);
+    {
+        let b = &mut blades[s];
+        b.source.host(later, &b.dir, "c5", "2001");
+    }
+    pump(later, &mut blades);
+    assert!(blades[s].source.hosts("2001"));
+    let lapse = later + secs(u64::from(LEASE) + 1);
+    blades[s].source.handle_timeout(lapse);
+    assert!(!blades[s].source.hosts("2001"));
+}
