@@ -23,8 +23,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::dialog::Dialog;
 use super::hangup::HangUp;
-use super::session::{Dialog, Hosted};
+use super::session::Hosted;
 use super::{Output, Proxy};
 use crate::cluster::codec::{Class, DirectoryEntry, Message as LinkMessage, Refusal, Token};
 use crate::cluster::hosting::{Directory, HostSecret, Source, SourceEvent, Target};

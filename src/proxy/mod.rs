@@ -33,6 +33,7 @@
 mod addressing;
 mod calls;
 pub mod cross;
+mod dialog;
 mod forward;
 mod hangup;
 mod join;

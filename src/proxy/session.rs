@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use super::dialog::Dialog;
 use crate::cluster::codec::LoginInfo;
 use crate::transaction::Peer;
 
@@ -72,27 +73,6 @@ pub struct Session {
     /// leave its agents in a call, or hosted, for ever), and a serial
     /// that tells it from another session ending at the same time.
     expires: (Duration, u64),
-}
-
-/// A confirmed dialog as the blade would address each party with a BYE of
-/// its own (RFC 3261 §12.2.1.1): copied out of the 2xx, so that no buffer
-/// is kept, and moved by target refreshes (re-INVITE, UPDATE). The
-/// caller's remote target is its INVITE's Contact (or a refresh's), kept
-/// in [`Session::caller_contact`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dialog {
-    /// Back to back, in one allocation (one per answered call): the 2xx's
-    /// From value as written (the caller's URI and tag), its To value (the
-    /// callee's), the callee's remote target (the 2xx's Contact URI), and
-    /// the Route values of a request from here to the callee and of one to
-    /// the caller, each in order and joined with ", " (empty: none).
-    pub(super) text: Box<str>,
-    /// Where each part but the last ends in `text`.
-    pub(super) ends: [u32; 4],
-    /// The first hop of a request from here to the callee.
-    pub(super) callee_hop: Option<Peer>,
-    /// The same toward the caller.
-    pub(super) caller_hop: Option<Peer>,
 }
 
 /// An agent hosted from another blade (SPEC §2 step 4): its blade, and once
