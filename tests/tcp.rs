@@ -798,3 +798,233 @@ fn an_idle_connection_after_a_message_stays_open() {
         "only the silent connection was closed"
     );
 }
+
+// The blade's own BYEs over TCP, with two cores.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use common::{Ua, assert_dialog_bye};
+use sipblade::proxy::route::shard_of;
+use sipblade::sip::Method;
+
+impl TcpUa {
+    /// A connection to `blade` from `ip` (tests that keep to an address
+    /// range of their own).
+    fn connect_from(blade: SocketAddr, ip: Ipv4Addr) -> TcpUa {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket.bind(&SocketAddr::new(ip.into(), 0).into()).unwrap();
+        socket.connect(&blade.into()).unwrap();
+        TcpUa::on(socket.into())
+    }
+}
+
+/// The core an extension's calls live on, with two cores.
+fn core_of(ext: &str) -> usize {
+    shard_of(ext.as_bytes(), 2)
+}
+
+/// An agent of the test blades whose core differs from `ext`'s.
+fn other_core_agent(ext: &str) -> &'static str {
+    common::AGENTS
+        .into_iter()
+        .find(|a| core_of(a) != core_of(ext))
+        .unwrap()
+}
+
+/// A REGISTER of `ext` at `contact` (a TCP address) over TCP, `expires`
+/// seconds, with CSeq `cseq` of Call-ID `reg-EXT-own-bye`.
+fn register_tcp(ext: &str, contact: &str, expires: u32, cseq: u32) -> String {
+    format!(
+        "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {contact};branch=z9hG4bKob{ext}x{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{ext}@cc.example>;tag=r{ext}\r\nTo: <sip:{ext}@cc.example>\r\n\
+         Call-ID: reg-{ext}-own-bye\r\nCSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{ext}@{contact};transport=tcp>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Agent `ext` registered over a connection from `ip` whose Contact is the
+/// connection's own address, accepted by a core that is (`same`) or is
+/// not `ext`'s: the blade hands the REGISTER over to `ext`'s core exactly
+/// when they differ, which `sipblade_core_handoffs_total` shows. A new
+/// connection is tried (the kernel picks its core) until one fits.
+fn registered_on_core(blade: &TestBlade, ext: &str, ip: Ipv4Addr, same: bool) -> TcpUa {
+    for cseq in 1..40 {
+        let mut ua = TcpUa::connect_from(blade.sip, ip);
+        let contact = ua.local();
+        let before = blade.metric("sipblade_core_handoffs_total");
+        ua.send(&register_tcp(ext, &contact, 3600, cseq * 2));
+        assert_eq!(ua.recv().status(), Some(200), "{ext} registers over TCP");
+        let handed = blade.metric("sipblade_core_handoffs_total") > before;
+        if handed != same {
+            return ua;
+        }
+        // Not the core wanted: this binding goes, and the connection.
+        ua.send(&register_tcp(ext, &contact, 0, cseq * 2 + 1));
+        assert_eq!(ua.recv().status(), Some(200), "{ext} unregisters");
+    }
+    panic!("no connection landed on the core wanted");
+}
+
+/// The first final response on `ua`'s connection.
+fn final_response(ua: &mut TcpUa) -> Message {
+    loop {
+        let m = ua.recv();
+        if m.status().is_some_and(|s| s >= 200) {
+            return m;
+        }
+    }
+}
+
+/// A blade at `ip` with two cores whose calls last two seconds at most.
+fn short_call_blade(ip: Ipv4Addr) -> TestBlade {
+    TestBlade::start_at(2, false, Options::default(), "max_call_secs = 2\n", ip)
+}
+
+/// After both BYEs were answered: the agents are ready, no session is
+/// left, and both BYEs are counted as sent, none as failed.
+fn assert_hung_up(blade: &TestBlade, a: &str, b: &str) {
+    blade.wait_state(a, "ready");
+    blade.wait_state(b, "ready");
+    blade.wait_no_sessions();
+    assert_eq!(blade.metric("sipblade_sessions_expired_total"), 1.0);
+    assert_eq!(blade.metric("sipblade_sessions_bye_sent_total"), 2.0);
+    // The answers reach the BYEs' core a moment later, if at all.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(blade.metric("sipblade_sessions_bye_failed_total"), 0.0);
+}
+
+/// A caller on TCP (its Contact is its connection's address, as sipp's
+/// `-t tn` has it) calls a UDP phone; the call outlives `max_call_secs`.
+/// The connection's core is not the session's (the callee's), so the
+/// blade's BYE to the caller is handed to the core holding its connection.
+/// Each phone gets a BYE of its dialog on its own transport.
+#[test]
+fn a_tcp_caller_on_another_core_gets_the_blades_bye_on_its_connection() {
+    let blade = short_call_blade(Ipv4Addr::new(127, 0, 0, 200));
+    let caller_ext = "1001";
+    let callee_ext = other_core_agent(caller_ext);
+    let mut callee = Ua::new_at(blade.sip, callee_ext, Ipv4Addr::new(127, 0, 0, 201));
+    assert_eq!(callee.register(3600).status(), Some(200));
+    // Accepted by the caller's core, so not the callee's.
+    let mut caller = registered_on_core(&blade, caller_ext, Ipv4Addr::new(127, 0, 0, 202), true);
+    let caller_addr = caller.local();
+    blade.wait_state(caller_ext, "ready");
+    blade.wait_state(callee_ext, "ready");
+
+    let call_id = "own-bye-tcp-caller@test";
+    let invite = format!(
+        "INVITE sip:{callee_ext}@cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {caller_addr};branch=z9hG4bKobinv\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{caller_ext}@cc.example>;tag=a\r\nTo: <sip:{callee_ext}@cc.example>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{caller_ext}@{caller_addr};transport=tcp>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let before = blade.metric("sipblade_core_handoffs_total");
+    caller.send(&invite);
+    let forwarded = callee.request(Method::Invite, call_id);
+    assert!(
+        blade.metric("sipblade_core_handoffs_total") > before,
+        "the INVITE went to the callee's core, away from the connection's"
+    );
+    callee.answer(&forwarded, 200, "OK", "callee");
+    let ok = final_response(&mut caller);
+    assert_eq!(ok.status(), Some(200));
+    let mut rr: Vec<String> = ok
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    rr.reverse();
+    let ack = format!(
+        "ACK {} SIP/2.0\r\nVia: SIP/2.0/TCP {caller_addr};branch=z9hG4bKoback\r\nRoute: {}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{caller_ext}@cc.example>;tag=a\r\n\
+         To: <sip:{callee_ext}@cc.example>;tag=callee\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
+         Content-Length: 0\r\n\r\n",
+        callee.contact_uri(),
+        rr.join(", ")
+    );
+    caller.send(&ack);
+    callee.request(Method::Ack, call_id);
+
+    // max_call_secs: a BYE to each phone, on its own transport.
+    let to_callee = callee.request(Method::Bye, call_id);
+    assert_dialog_bye(&callee, &to_callee, call_id, ("callee", "a"), 1);
+    let to_caller = caller.recv();
+    assert_eq!(
+        to_caller.method(),
+        Some(Method::Bye),
+        "on the caller's connection"
+    );
+    assert_eq!(to_caller.call_id(), call_id);
+    assert_eq!(
+        to_caller.request_uri().unwrap().as_str(),
+        format!("sip:{caller_ext}@{caller_addr};transport=tcp")
+    );
+    assert_eq!(to_caller.to().tag(), Some("a"));
+    assert_eq!(to_caller.from().tag(), Some("callee"));
+    assert_eq!(to_caller.routes().count(), 0);
+    assert_eq!(to_caller.vias().count(), 1);
+    assert_eq!(to_caller.top_via().transport(), "TCP");
+    caller.send(&answer(&to_caller, 200, &caller_addr));
+    callee.answer(&to_callee, 200, "OK", "unused");
+    assert_hung_up(&blade, caller_ext, callee_ext);
+}
+
+/// The reverse: a UDP phone calls an agent registered over a TCP
+/// connection of its own (accepted by a core other than the agent's,
+/// where the session lives); the blade's BYE reaches it on that
+/// connection.
+#[test]
+fn a_tcp_callee_on_another_core_gets_the_blades_bye_on_its_connection() {
+    let blade = short_call_blade(Ipv4Addr::new(127, 0, 0, 203));
+    let callee_ext = "1002";
+    let caller_ext = "1001";
+    let mut callee = registered_on_core(&blade, callee_ext, Ipv4Addr::new(127, 0, 0, 204), false);
+    let callee_addr = callee.local();
+    let mut caller = Ua::new_at(blade.sip, caller_ext, Ipv4Addr::new(127, 0, 0, 205));
+    assert_eq!(caller.register(3600).status(), Some(200));
+    blade.wait_state(caller_ext, "ready");
+    blade.wait_state(callee_ext, "ready");
+
+    let mut call = caller.call(callee_ext);
+    caller.invite(&mut call, "");
+    let forwarded = callee.recv();
+    assert_eq!(forwarded.method(), Some(Method::Invite));
+    callee.send(&answer(&forwarded, 200, &callee_addr));
+    let ok = caller.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    caller.ack_2xx(&call);
+    assert_eq!(callee.recv().method(), Some(Method::Ack));
+
+    let to_callee = callee.recv();
+    assert_eq!(
+        to_callee.method(),
+        Some(Method::Bye),
+        "on the callee's connection"
+    );
+    assert_eq!(to_callee.call_id(), call.call_id);
+    assert_eq!(
+        to_callee.request_uri().unwrap().as_str(),
+        format!("sip:{callee_ext}@{callee_addr};transport=tcp")
+    );
+    assert_eq!(to_callee.to().tag(), Some("callee"));
+    assert_eq!(to_callee.from().tag(), Some(call.from_tag.as_str()));
+    assert_eq!(to_callee.routes().count(), 0);
+    assert_eq!(to_callee.vias().count(), 1);
+    assert_eq!(to_callee.top_via().transport(), "TCP");
+    let to_caller = caller.request(Method::Bye, &call.call_id);
+    assert_dialog_bye(
+        &caller,
+        &to_caller,
+        &call.call_id,
+        (&call.from_tag, "callee"),
+        0,
+    );
+    callee.send(&answer(&to_callee, 200, &callee_addr));
+    caller.answer(&to_caller, 200, "OK", "unused");
+    assert_hung_up(&blade, caller_ext, callee_ext);
+}
