@@ -15,6 +15,7 @@ use bytes::Bytes;
 use sipblade::sip::Message;
 use sipblade::sip::framing::{DEFAULT_MAX_MESSAGE, Frame, frame};
 
+use common::cluster::TestCluster;
 use common::{TestBlade, agent, wait_until};
 use sipblade::runtime::Options;
 
@@ -853,13 +854,26 @@ fn register_tcp(ext: &str, contact: &str, expires: u32, cseq: u32) -> String {
 /// when they differ, which `sipblade_core_handoffs_total` shows. A new
 /// connection is tried (the kernel picks its core) until one fits.
 fn registered_on_core(blade: &TestBlade, ext: &str, ip: Ipv4Addr, same: bool) -> TcpUa {
+    registered_on_core_of(blade.sip, blade.admin, ext, ip, same)
+}
+
+/// [`registered_on_core`] on the blade at `sip` whose admin port is
+/// `admin`.
+fn registered_on_core_of(
+    sip: SocketAddr,
+    admin: SocketAddr,
+    ext: &str,
+    ip: Ipv4Addr,
+    same: bool,
+) -> TcpUa {
+    let handoffs = || common::metric(admin, "sipblade_core_handoffs_total");
     for cseq in 1..40 {
-        let mut ua = TcpUa::connect_from(blade.sip, ip);
+        let mut ua = TcpUa::connect_from(sip, ip);
         let contact = ua.local();
-        let before = blade.metric("sipblade_core_handoffs_total");
+        let before = handoffs();
         ua.send(&register_tcp(ext, &contact, 3600, cseq * 2));
         assert_eq!(ua.recv().status(), Some(200), "{ext} registers over TCP");
-        let handed = blade.metric("sipblade_core_handoffs_total") > before;
+        let handed = handoffs() > before;
         if handed != same {
             return ua;
         }
@@ -1027,4 +1041,124 @@ fn a_tcp_callee_on_another_core_gets_the_blades_bye_on_its_connection() {
     callee.send(&answer(&to_callee, 200, &callee_addr));
     caller.answer(&to_caller, 200, "OK", "unused");
     assert_hung_up(&blade, caller_ext, callee_ext);
+}
+
+// Cross-blade calls whose hosted callee is on TCP at its blade.
+
+/// `a` (UDP, on S) calls agent 1002, registered over a TCP connection of
+/// its own at T (accepted by a core other than 1002's), up to the ACK;
+/// returns the dialog and the callee's connection address.
+fn answered_cross_call_to_tcp(a: &mut Ua, b: &mut TcpUa) -> (common::Call, String) {
+    let b_addr = b.local();
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.recv();
+    assert_eq!(invite.method(), Some(Method::Invite));
+    assert_eq!(
+        invite.record_routes().count(),
+        3,
+        "S, and T twice: it changes transport (RFC 5658)"
+    );
+    b.send(&answer(&invite, 200, &b_addr));
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    a.ack_2xx(&call);
+    assert_eq!(b.recv().method(), Some(Method::Ack));
+    (call, b_addr)
+}
+
+/// Checks that `bye`, received by agent 1002 on its connection at
+/// `b_addr`, is a BYE of `call` as from the caller, carried on TCP.
+fn assert_tcp_callee_bye(bye: &Message, call: &common::Call, b_addr: &str) {
+    assert_eq!(
+        bye.method(),
+        Some(Method::Bye),
+        "on the callee's connection"
+    );
+    assert_eq!(bye.call_id(), call.call_id);
+    assert_eq!(
+        bye.request_uri().unwrap().as_str(),
+        format!("sip:1002@{b_addr};transport=tcp")
+    );
+    assert_eq!(bye.to().tag(), Some("callee"));
+    assert_eq!(bye.from().tag(), Some(call.from_tag.as_str()));
+    assert_eq!(bye.routes().count(), 0, "every blade popped its Route");
+    assert_eq!(bye.top_via().transport(), "TCP");
+}
+
+/// A cross-blade call whose callee is on TCP at T outlives
+/// `max_call_secs` on S: S's BYE to the callee goes through T, which
+/// takes it to the callee's connection (held by a core other than the
+/// agent's); the caller gets its own over UDP.
+#[test]
+fn a_cross_blade_call_to_a_tcp_callee_that_outlives_max_call_secs_is_hung_up() {
+    let mut cluster = TestCluster::new(2, 210, 30, 2);
+    cluster.blade_settings = "max_call_secs = 2\n".into();
+    let (s, t) = (0, 1);
+    cluster.start_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 212));
+    let mut b = registered_on_core_of(
+        cluster.members[t].sip,
+        cluster.admin(t),
+        "1002",
+        Ipv4Addr::new(127, 0, 0, 213),
+        false,
+    );
+    cluster.wait_state(t, "1002", "ready");
+    let (call, b_addr) = answered_cross_call_to_tcp(&mut a, &mut b);
+
+    let to_b = b.recv();
+    assert_tcp_callee_bye(&to_b, &call, &b_addr);
+    let vias: Vec<String> = to_b.vias().map(|v| v.host().to_owned()).collect();
+    assert_eq!(vias, ["127.0.0.211", "127.0.0.210"], "from S through T");
+    let to_a = a.request(Method::Bye, &call.call_id);
+    assert_dialog_bye(&a, &to_a, &call.call_id, (&call.from_tag, "callee"), 0);
+    b.send(&answer(&to_b, 200, &b_addr));
+    a.answer(&to_a, 200, "OK", "unused");
+    cluster.wait_state(s, "1001", "ready");
+    cluster.wait_state(t, "1002", "ready");
+    assert_eq!(cluster.metric(s, "sipblade_sessions_expired_total"), 1.0);
+    assert_eq!(cluster.metric(s, "sipblade_sessions_bye_sent_total"), 2.0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cluster.metric(s, "sipblade_sessions_bye_failed_total"), 0.0);
+    assert!(cluster.sessions(s).is_empty(), "{:?}", cluster.sessions(s));
+}
+
+/// S is killed mid-call (SIGKILL: no BYE, no unhost); when the lease
+/// lapses T hangs up the hosted callee, on TCP, with a BYE of its own on
+/// the callee's connection (held by a core other than the agent's).
+#[test]
+fn a_lapsed_lease_hangs_up_a_tcp_callee_on_its_connection() {
+    const LEASE: u32 = 2;
+    let mut cluster = TestCluster::new(2, 214, LEASE, 2);
+    let (s, t) = (0, 1);
+    cluster.spawn_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 216));
+    let mut b = registered_on_core_of(
+        cluster.members[t].sip,
+        cluster.admin(t),
+        "1002",
+        Ipv4Addr::new(127, 0, 0, 217),
+        false,
+    );
+    cluster.wait_state(t, "1002", "ready");
+    let (call, b_addr) = answered_cross_call_to_tcp(&mut a, &mut b);
+    cluster.wait_state(t, "1002", "hosted");
+
+    cluster.kill_blade(s);
+    // Within the lease and a little: `recv` waits 5 s.
+    let bye = b.recv();
+    assert_tcp_callee_bye(&bye, &call, &b_addr);
+    let vias: Vec<String> = bye.vias().map(|v| v.host().to_owned()).collect();
+    assert_eq!(vias, ["127.0.0.215"], "T's own request");
+    b.send(&answer(&bye, 200, &b_addr));
+    cluster.wait_state(t, "1002", "ready");
+    assert_eq!(cluster.metric(t, "sipblade_sessions_bye_sent_total"), 1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cluster.metric(t, "sipblade_sessions_bye_failed_total"), 0.0);
 }
