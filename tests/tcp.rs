@@ -987,6 +987,75 @@ fn a_tcp_caller_on_another_core_gets_the_blades_bye_on_its_connection() {
     assert_hung_up(&blade, caller_ext, callee_ext);
 }
 
+/// A caller on TCP whose Contact is a port it listens on, and which
+/// closes its connection once the call is up: the blade's BYE goes to
+/// that Contact on a new connection (RFC 3261 §12.2.1.1, §18.1.1), not to
+/// the closed connection's port, where nobody listens.
+#[test]
+fn a_tcp_caller_whose_connection_closed_gets_the_blades_bye_at_its_contact() {
+    let blade = short_call_blade(Ipv4Addr::new(127, 0, 0, 218));
+    let caller_ext = "1001";
+    let callee_ext = other_core_agent(caller_ext);
+    let mut callee = Ua::new_at(blade.sip, callee_ext, Ipv4Addr::new(127, 0, 0, 219));
+    assert_eq!(callee.register(3600).status(), Some(200));
+    let listener = TcpListener::bind("127.0.0.220:0").unwrap();
+    let contact = listener.local_addr().unwrap();
+    let mut caller = registered_on_core(&blade, caller_ext, Ipv4Addr::new(127, 0, 0, 220), true);
+    let caller_addr = caller.local();
+    blade.wait_state(caller_ext, "ready");
+    blade.wait_state(callee_ext, "ready");
+
+    let call_id = "own-bye-tcp-listening-caller@test";
+    let invite = format!(
+        "INVITE sip:{callee_ext}@cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {caller_addr};branch=z9hG4bKoblinv\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{caller_ext}@cc.example>;tag=a\r\nTo: <sip:{callee_ext}@cc.example>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{caller_ext}@{contact};transport=tcp>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    caller.send(&invite);
+    let forwarded = callee.request(Method::Invite, call_id);
+    callee.answer(&forwarded, 200, "OK", "callee");
+    let ok = final_response(&mut caller);
+    assert_eq!(ok.status(), Some(200));
+    let mut rr: Vec<String> = ok
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    rr.reverse();
+    let ack = format!(
+        "ACK {} SIP/2.0\r\nVia: SIP/2.0/TCP {caller_addr};branch=z9hG4bKoblack\r\nRoute: {}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{caller_ext}@cc.example>;tag=a\r\n\
+         To: <sip:{callee_ext}@cc.example>;tag=callee\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
+         Content-Length: 0\r\n\r\n",
+        callee.contact_uri(),
+        rr.join(", ")
+    );
+    caller.send(&ack);
+    callee.request(Method::Ack, call_id);
+    drop(caller);
+
+    let to_callee = callee.request(Method::Bye, call_id);
+    assert_dialog_bye(&callee, &to_callee, call_id, ("callee", "a"), 1);
+    let mut at_contact = TcpUa::accept(&listener);
+    let to_caller = at_contact.recv();
+    assert_eq!(
+        to_caller.method(),
+        Some(Method::Bye),
+        "at the caller's Contact"
+    );
+    assert_eq!(to_caller.call_id(), call_id);
+    assert_eq!(
+        to_caller.request_uri().unwrap().as_str(),
+        format!("sip:{caller_ext}@{contact};transport=tcp")
+    );
+    assert_eq!(to_caller.to().tag(), Some("a"));
+    assert_eq!(to_caller.from().tag(), Some("callee"));
+    assert_eq!(to_caller.top_via().transport(), "TCP");
+    at_contact.send(&answer(&to_caller, 200, &contact.to_string()));
+    callee.answer(&to_callee, 200, "OK", "unused");
+    assert_hung_up(&blade, caller_ext, callee_ext);
+}
+
 /// The reverse: a UDP phone calls an agent registered over a TCP
 /// connection of its own (accepted by a core other than the agent's,
 /// where the session lives); the blade's BYE reaches it on that

@@ -27,7 +27,10 @@
 //!   that copies no Record-Route) the BYE goes where the dialog's
 //!   requests went: to the callee where the INVITE was sent, and to the
 //!   caller where its INVITE came from (the address its responses go to,
-//!   RFC 3581, or its TCP connection).
+//!   RFC 3581, or its TCP connection). Over TCP that connection serves
+//!   while it lasts; once it has closed, a new one goes to the party's
+//!   Contact, as to a registered binding (`reached_at`), not to the
+//!   closed connection's ephemeral port.
 //! - **The target blade** keeps no session for a call it relays to an
 //!   agent that another blade hosts, only, from the 2xx to an INVITE that
 //!   carried a live grant's token, the agent's side of that dialog
@@ -240,6 +243,27 @@ impl Dialog {
     }
 }
 
+/// Where a party whose request came from `source` and whose remote
+/// target is `target` gets a request with no route past this blade. Over
+/// a stream: on that connection while it lasts (a party behind NAT is
+/// reachable only through it), and once it has closed on a new one to
+/// the target's address (RFC 3261 §12.2.1.1, §18.1.1), as the registrar
+/// reaches a binding; not to the connection's remote port, which is
+/// ephemeral unless the Contact names it (sipp `-t tn`). Over UDP: where
+/// the request came from (RFC 3581).
+fn reached_at(source: Peer, target: &str) -> Peer {
+    if !source.transport.is_reliable() {
+        return source;
+    }
+    let contact = crate::sip::Uri::parse(target.as_bytes())
+        .and_then(|uri| route::uri_peer(&uri))
+        .map(|p| p.addr);
+    Peer {
+        addr: contact.unwrap_or(source.addr),
+        ..source
+    }
+}
+
 impl Proxy {
     /// The dialog that the 2xx `ok` confirms: From, To, the callee's
     /// Contact, and the route towards it from this blade (`downstream`,
@@ -304,7 +328,7 @@ impl Proxy {
             .sessions
             .get(call_id)
             .and_then(|s| s.caller_contact.as_ref())
-            .map(|c| c.0);
+            .map(|(source, target)| reached_at(*source, target));
         let Some(dialog) = self.dialog_of(ok, downstream, Some(caller_source)) else {
             return;
         };
@@ -337,8 +361,8 @@ impl Proxy {
             return;
         };
         let uri = contact.uri();
-        let hop = source.or_else(|| route::uri_peer(&uri));
         let target = uri.as_str();
+        let hop = source.or_else(|| route::uri_peer(&uri));
         if let Some(session) = self.sessions.get_mut(msg.call_id()) {
             let Some(d) = session.dialog.as_deref_mut() else {
                 return;
@@ -356,16 +380,17 @@ impl Proxy {
                     return;
                 };
                 if direct {
-                    d.caller_hop = Some(hop);
+                    d.caller_hop = Some(reached_at(hop, target));
                 }
                 session.caller_contact = Some((hop, target.to_owned()));
             } else if session.to_tag.as_deref() == Some(tag) {
-                d.refresh_callee(target, hop);
+                d.refresh_callee(target, hop.map(|h| reached_at(h, target)));
             }
             return;
         }
         let agent = party.uri().user_str();
         if let (Some(c), Some(agent)) = (self.cluster.as_mut(), agent) {
+            let hop = hop.map(|h| reached_at(h, target));
             c.refresh_hosted_dialog(agent, msg.call_id(), tag, target, hop);
         }
     }
@@ -417,7 +442,8 @@ impl Proxy {
                     return None;
                 }
                 let target = request.contacts().next()?.uri();
-                let dialog = self.dialog_of(ok, downstream, Some(Some(pair.server.peer())))?;
+                let caller = reached_at(pair.server.peer(), target.as_str());
+                let dialog = self.dialog_of(ok, downstream, Some(Some(caller)))?;
                 Some((agent, grant.token, dialog.towards_caller(target.as_str())))
             }),
         };
