@@ -884,6 +884,30 @@ fn registered_on_core_of(
     panic!("no connection landed on the core wanted");
 }
 
+/// The caller's ACK (over TCP from `caller_addr`) for the 2xx `ok`, sent
+/// along the route set it records to the callee at `target`.
+fn ack_along_route(
+    ok: &Message,
+    target: &str,
+    caller_addr: &str,
+    branch: &str,
+    (caller_ext, callee_ext): (&str, &str),
+    call_id: &str,
+) -> String {
+    let mut rr: Vec<String> = ok
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    rr.reverse();
+    format!(
+        "ACK {target} SIP/2.0\r\nVia: SIP/2.0/TCP {caller_addr};branch={branch}\r\nRoute: {}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{caller_ext}@cc.example>;tag=a\r\n\
+         To: <sip:{callee_ext}@cc.example>;tag=callee\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
+         Content-Length: 0\r\n\r\n",
+        rr.join(", ")
+    )
+}
+
 /// The first final response on `ua`'s connection.
 fn final_response(ua: &mut TcpUa) -> Message {
     loop {
@@ -947,20 +971,14 @@ fn a_tcp_caller_on_another_core_gets_the_blades_bye_on_its_connection() {
     callee.answer(&forwarded, 200, "OK", "callee");
     let ok = final_response(&mut caller);
     assert_eq!(ok.status(), Some(200));
-    let mut rr: Vec<String> = ok
-        .record_routes()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .collect();
-    rr.reverse();
-    let ack = format!(
-        "ACK {} SIP/2.0\r\nVia: SIP/2.0/TCP {caller_addr};branch=z9hG4bKoback\r\nRoute: {}\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:{caller_ext}@cc.example>;tag=a\r\n\
-         To: <sip:{callee_ext}@cc.example>;tag=callee\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
-         Content-Length: 0\r\n\r\n",
-        callee.contact_uri(),
-        rr.join(", ")
-    );
-    caller.send(&ack);
+    caller.send(&ack_along_route(
+        &ok,
+        &callee.contact_uri(),
+        &caller_addr,
+        "z9hG4bKoback",
+        (caller_ext, callee_ext),
+        call_id,
+    ));
     callee.request(Method::Ack, call_id);
 
     // max_call_secs: a BYE to each phone, on its own transport.
@@ -1017,20 +1035,14 @@ fn a_tcp_caller_whose_connection_closed_gets_the_blades_bye_at_its_contact() {
     callee.answer(&forwarded, 200, "OK", "callee");
     let ok = final_response(&mut caller);
     assert_eq!(ok.status(), Some(200));
-    let mut rr: Vec<String> = ok
-        .record_routes()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .collect();
-    rr.reverse();
-    let ack = format!(
-        "ACK {} SIP/2.0\r\nVia: SIP/2.0/TCP {caller_addr};branch=z9hG4bKoblack\r\nRoute: {}\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:{caller_ext}@cc.example>;tag=a\r\n\
-         To: <sip:{callee_ext}@cc.example>;tag=callee\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
-         Content-Length: 0\r\n\r\n",
-        callee.contact_uri(),
-        rr.join(", ")
-    );
-    caller.send(&ack);
+    caller.send(&ack_along_route(
+        &ok,
+        &callee.contact_uri(),
+        &caller_addr,
+        "z9hG4bKoblack",
+        (caller_ext, callee_ext),
+        call_id,
+    ));
     callee.request(Method::Ack, call_id);
     drop(caller);
 

@@ -1077,12 +1077,9 @@ fn a_join_from_another_blade_is_relayed_and_the_sessions_blade_hosts_the_joiner(
     assert_eq!(session_of(&w, T, "c1").agents, ["1002", "1003"]);
 }
 
-/// The session's blade (T) hosts a joiner of S's; T vanishes mid-leg.
-/// When the joiner's grant lapses on S, S hangs the leg up on the
-/// joiner's phone, as it does for a hosted callee: from the leg's 2xx S
-/// kept the joiner's side of the dialog, though the joiner is its caller.
-#[test]
-fn a_lapsed_lease_hangs_up_a_hosted_joiners_leg_from_its_blade() {
+/// 1002 and 1003 in a call on T; 1001 of S joins it (leg `j1`), hosted
+/// on T, and the leg is answered: the world and the 2xx 1001 got.
+fn answered_hosted_join() -> (World, Message) {
     let mut w = World::new();
     w.register(T, "1002");
     w.register(T, "1003");
@@ -1099,6 +1096,16 @@ fn a_lapsed_lease_hangs_up_a_hosted_joiners_leg_from_its_blade() {
     let join = w.take_final("1003");
     w.send_from(T, "1003", &answer(&join, 200));
     let join_ok = w.take_final("1001");
+    (w, join_ok)
+}
+
+/// The session's blade (T) hosts a joiner of S's; T vanishes mid-leg.
+/// When the joiner's grant lapses on S, S hangs the leg up on the
+/// joiner's phone, as it does for a hosted callee: from the leg's 2xx S
+/// kept the joiner's side of the dialog, though the joiner is its caller.
+#[test]
+fn a_lapsed_lease_hangs_up_a_hosted_joiners_leg_from_its_blade() {
+    let (mut w, join_ok) = answered_hosted_join();
     assert_eq!(join_ok.status(), Some(200));
     assert_eq!(w.state(S, "1001"), "hosted");
     assert_eq!(w.nodes[S].proxy.hosted_dialogs_kept(), 1, "the leg, on S");
@@ -1135,22 +1142,7 @@ fn a_lapsed_lease_hangs_up_a_hosted_joiners_leg_from_its_blade() {
 /// BYE (and the unhost), and nothing is sent at a later lapse.
 #[test]
 fn a_hosted_joiners_leg_ended_normally_leaves_no_record_on_its_blade() {
-    let mut w = World::new();
-    w.register(T, "1002");
-    w.register(T, "1003");
-    w.send_from(T, "1002", &invite("1002", "1003", "c1"));
-    let inv = w.take_final("1003");
-    w.send_from(T, "1003", &answer(&inv, 200));
-    assert_eq!(w.take_final("1002").status(), Some(200));
-    w.register(S, "1001");
-    w.send_from(
-        S,
-        "1001",
-        &join_invite("1001", "1003", "j1", "c1;from-tag=f1002;to-tag=callee"),
-    );
-    let join = w.take_final("1003");
-    w.send_from(T, "1003", &answer(&join, 200));
-    let join_ok = w.take_final("1001");
+    let (mut w, join_ok) = answered_hosted_join();
     assert_eq!(w.nodes[S].proxy.hosted_dialogs_kept(), 1);
     w.send_from(S, "1001", &in_dialog("BYE", "1001", &join_ok, 2));
     let bye = w.take("1003");
