@@ -1109,3 +1109,81 @@ fn an_attended_transfer_to_an_agent_on_another_blade() {
     attended_transfer(&Both(&cluster), &mut a, &mut b, &mut c, 1, 2, "hosted");
     assert_eq!(cluster.metric(s, "sipblade_replaces_total"), 1.0);
 }
+
+/// Call pickup of an early dialog (RFC 3891 with an early dialog): 1001
+/// (`a`) calls 1002 (`b`), which rings and does not answer; 1003 (`c`)
+/// sends 1001 an INVITE replacing that ringing dialog, named as 1001 sees
+/// it (its own From tag as the to-tag, `b`'s To tag as the from-tag). The
+/// blade lets it through to 1001 though 1001 is in a call; 1001 answers
+/// it and cancels its INVITE to 1002, which gets the CANCEL and answers
+/// 487. Then `a` and `c` talk and `b` is ready; when they hang up, every
+/// agent is ready and no session is left.
+#[test]
+fn a_pickup_replacing_a_ringing_call_through_one_blade() {
+    let blade = blade(2);
+    let mut a = registered(blade.sip, "1001", TRANSFER_PHONES);
+    let mut b = registered(blade.sip, "1002", TRANSFER_PHONES);
+    let mut c = registered(blade.sip, "1003", TRANSFER_PHONES);
+
+    // a calls b, which rings.
+    let mut ab = a.call("1002");
+    a.invite(&mut ab, "");
+    let inv_b = routed(&mut b, Method::Invite, &ab.call_id, 1);
+    respond(&b, &inv_b, 180, "Ringing", "", "");
+    assert_eq!(answer_of(&mut a, &ab.call_id, Method::Invite), 180);
+    wait_for(&blade, "1001", &["in_call"]);
+    wait_for(&blade, "1002", &["in_call"]);
+
+    // c picks up: a's early dialog with b, as a sees it.
+    let replaces = format!(
+        "Replaces: {};to-tag={};from-tag={CALLEE_TAG}\r\n",
+        ab.call_id, ab.from_tag
+    );
+    let mut ca = c.call("1001");
+    c.invite(&mut ca, &replaces);
+    let inv_a = routed(&mut a, Method::Invite, &ca.call_id, 1);
+    let got =
+        String::from_utf8_lossy(inv_a.header_named("Replaces").expect("the Replaces")).into_owned();
+    assert_eq!(format!("Replaces: {got}\r\n"), replaces);
+    respond(&a, &inv_a, 200, "OK", "", &sdp(&a, 1));
+    let ok = c.response(&ca.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    ca.learn(&ok);
+    c.ack_2xx(&ca);
+    routed(&mut a, Method::Ack, &ca.call_id, 1);
+
+    // a's phone cancels its INVITE to b, as the Replaces asks.
+    a.cancel(&ab);
+    assert_eq!(answer_of(&mut a, &ab.call_id, Method::Cancel), 200);
+    let cancel = b.request(Method::Cancel, &ab.call_id);
+    respond(&b, &cancel, 200, "OK", "", "");
+    respond(&b, &inv_b, 487, "Request Terminated", "", "");
+    b.request(Method::Ack, &ab.call_id);
+    let resp = loop {
+        let resp = a.response(&ab.call_id, Method::Invite);
+        if resp.status() != Some(180) {
+            break resp;
+        }
+    };
+    assert_eq!(resp.status(), Some(487), "{}", first_line(&resp));
+    a.ack_failure(&ab, &resp);
+
+    wait_for(&blade, "1002", &["ready"]);
+    wait_for(&blade, "1001", &["in_call"]);
+    wait_for(&blade, "1003", &["in_call"]);
+    common::wait_until("one session, a and c", || {
+        Watch::sessions(&blade) == [vec!["1001".to_owned(), "1003".to_owned()]]
+    });
+    assert_eq!(blade.metric("sipblade_replaces_total"), 1.0);
+
+    // c hangs up.
+    let mut c_ca = Side::caller(&c, &ca);
+    c.send(c_ca.request(&c, "BYE", "", ""));
+    let got = routed(&mut a, Method::Bye, &ca.call_id, 1);
+    respond(&a, &got, 200, "OK", "", "");
+    assert_eq!(answer_of(&mut c, &ca.call_id, Method::Bye), 200);
+    for ext in ["1001", "1002", "1003"] {
+        wait_for(&blade, ext, &["ready"]);
+    }
+    blade.wait_no_sessions();
+}

@@ -1243,3 +1243,155 @@ fn a_lapsed_lease_hangs_up_a_tcp_callee_on_its_connection() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(cluster.metric(t, "sipblade_sessions_bye_failed_total"), 0.0);
 }
+
+/// The callee-side twin of
+/// [`a_tcp_caller_whose_connection_closed_gets_the_blades_bye_at_its_contact`]:
+/// a callee registered over TCP (on a core other than its own) whose
+/// Contact is a port it listens on answers a UDP phone's call, then
+/// closes its registration connection once the call is up. The blade's
+/// BYE goes to that Contact on a new connection (RFC 3261 §12.2.1.1,
+/// §18.1.1), and is counted sent, not failed.
+#[test]
+fn a_tcp_callee_whose_connection_closed_gets_the_blades_bye_at_its_contact() {
+    tcp_callee_gone(Ipv4Addr::new(127, 0, 0, 148), false);
+}
+
+/// The same, after the callee moved its Contact to another port it listens
+/// on with a re-INVITE on its connection (a target refresh): the BYE goes
+/// to the new Contact.
+#[test]
+fn a_tcp_callee_that_moved_its_contact_gets_the_blades_bye_there() {
+    tcp_callee_gone(Ipv4Addr::new(127, 0, 0, 150), true);
+}
+
+/// The callee-side test body on a blade at `ip` (the phones at the next
+/// two addresses); `refresh`: the callee moves its Contact first.
+fn tcp_callee_gone(ip: Ipv4Addr, refresh: bool) {
+    let blade = short_call_blade(ip);
+    let [_, _, _, n] = ip.octets();
+    let callee_ip = Ipv4Addr::new(127, 0, 0, n + 1);
+    let callee_ext = "1002";
+    let caller_ext = other_core_agent(callee_ext);
+    let listener = TcpListener::bind((callee_ip, 0)).unwrap();
+    let contact = listener.local_addr().unwrap().to_string();
+    let mut callee = registered_on_core_at(&blade, callee_ext, callee_ip, false, &contact);
+    let callee_addr = callee.local();
+    let mut caller = Ua::new_at(blade.sip, caller_ext, Ipv4Addr::new(127, 0, 0, n + 2));
+    assert_eq!(caller.register(3600).status(), Some(200));
+    blade.wait_state(caller_ext, "ready");
+    blade.wait_state(callee_ext, "ready");
+
+    let mut call = caller.call(callee_ext);
+    caller.invite(&mut call, "");
+    let forwarded = callee.recv();
+    assert_eq!(
+        forwarded.method(),
+        Some(Method::Invite),
+        "on its connection"
+    );
+    assert_eq!(
+        forwarded.request_uri().unwrap().as_str(),
+        format!("sip:{callee_ext}@{contact};transport=tcp")
+    );
+    callee.send(&answer(&forwarded, 200, &contact));
+    let ok = caller.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    caller.ack_2xx(&call);
+    assert_eq!(callee.recv().method(), Some(Method::Ack));
+
+    let (listener, contact) = if refresh {
+        let moved = TcpListener::bind((callee_ip, 0)).unwrap();
+        let new_contact = moved.local_addr().unwrap().to_string();
+        let reinvite = from_tcp_callee(&forwarded, &callee_addr, "INVITE", &new_contact);
+        callee.send(&reinvite);
+        let got = caller.request(Method::Invite, &call.call_id);
+        caller.answer(&got, 200, "OK", "unused");
+        let ok = final_response(&mut callee);
+        assert_eq!(ok.status(), Some(200));
+        callee.send(&from_tcp_callee(
+            &forwarded,
+            &callee_addr,
+            "ACK",
+            &new_contact,
+        ));
+        caller.request(Method::Ack, &call.call_id);
+        (moved, new_contact)
+    } else {
+        (listener, contact)
+    };
+    drop(callee);
+
+    let mut at_contact = TcpUa::accept(&listener);
+    let to_callee = at_contact.recv();
+    assert_eq!(
+        to_callee.method(),
+        Some(Method::Bye),
+        "at the callee's Contact"
+    );
+    assert_eq!(to_callee.call_id(), call.call_id);
+    assert_eq!(
+        to_callee.request_uri().unwrap().as_str(),
+        format!("sip:{callee_ext}@{contact};transport=tcp")
+    );
+    assert_eq!(to_callee.to().tag(), Some("callee"));
+    assert_eq!(to_callee.from().tag(), Some(call.from_tag.as_str()));
+    assert_eq!(to_callee.top_via().transport(), "TCP");
+    let to_caller = caller.request(Method::Bye, &call.call_id);
+    assert_dialog_bye(
+        &caller,
+        &to_caller,
+        &call.call_id,
+        (&call.from_tag, "callee"),
+        0,
+    );
+    at_contact.send(&answer(&to_callee, 200, &contact));
+    caller.answer(&to_caller, 200, "OK", "unused");
+    assert_hung_up(&blade, caller_ext, callee_ext);
+}
+
+/// A request `method` (CSeq 1, in the callee's own numbering) from the
+/// callee of `invite` (over TCP from `from`) to the caller, along the
+/// route set its Record-Routes give, with Contact `contact`.
+fn from_tcp_callee(invite: &Message, from: &str, method: &str, contact: &str) -> String {
+    let target = invite.contacts().next().unwrap().uri().as_str().to_owned();
+    let routes: Vec<String> = invite
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let to = String::from_utf8_lossy(invite.to().as_bytes()).into_owned();
+    let from_value = String::from_utf8_lossy(invite.from().as_bytes()).into_owned();
+    let branch = format!("z9hG4bKtcpcallee{method}");
+    format!(
+        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch={branch}\r\n\
+         Route: {}\r\nMax-Forwards: 70\r\nFrom: {to};tag=callee\r\nTo: {from_value}\r\n\
+         Call-ID: {}\r\nCSeq: 1 {method}\r\nContact: <sip:1002@{contact};transport=tcp>\r\n\
+         Content-Length: 0\r\n\r\n",
+        routes.join(", "),
+        invite.call_id(),
+    )
+}
+
+/// [`registered_on_core`] with `contact` (a TCP address the agent listens
+/// on) as its Contact rather than the connection's own address.
+fn registered_on_core_at(
+    blade: &TestBlade,
+    ext: &str,
+    ip: Ipv4Addr,
+    same: bool,
+    contact: &str,
+) -> TcpUa {
+    let handoffs = || blade.metric("sipblade_core_handoffs_total");
+    for cseq in 1..40 {
+        let mut ua = TcpUa::connect_from(blade.sip, ip);
+        let before = handoffs();
+        ua.send(&register_tcp(ext, contact, 3600, cseq * 2));
+        assert_eq!(ua.recv().status(), Some(200), "{ext} registers over TCP");
+        if (handoffs() > before) != same {
+            return ua;
+        }
+        ua.send(&register_tcp(ext, contact, 0, cseq * 2 + 1));
+        assert_eq!(ua.recv().status(), Some(200), "{ext} unregisters");
+    }
+    panic!("no connection landed on the core wanted");
+}

@@ -1385,6 +1385,48 @@ fn a_replaces_naming_no_dialog_of_a_busy_target_is_481() {
     assert_eq!(w.state(S, "1002"), "ready");
 }
 
+/// A Replaces naming an early (ringing) dialog: only its caller may have it
+/// replaced (call pickup of its own ringing call), named by its own From
+/// tag as the to-tag. The ringing callee did not place it: 481, its phone
+/// is not rung again; the caller with its tag as the from-tag: 481 too.
+#[test]
+fn a_replaces_naming_an_early_dialog_the_target_did_not_place_is_481() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(S, "1003");
+    w.register(S, "1002");
+    w.send_from(S, "1001", &invite("1001", "1003", "c1"));
+    let inv = w.take_final("1003");
+    w.send_from(S, "1003", &answer(&inv, 180));
+    assert_eq!(w.take_final("1001").status(), Some(180));
+    for (i, (to, replaces)) in [
+        // The ringing callee, by the dialog's tags as it sees them.
+        ("1003", "c1;to-tag=callee;from-tag=f1001"),
+        ("1003", "c1;to-tag=f1001;from-tag=callee"),
+        // The caller, named by the callee's tag as its own.
+        ("1001", "c1;to-tag=callee;from-tag=f1001"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call_id = format!("early{i}");
+        w.send_from(S, "1002", &replaces_invite("1002", to, &call_id, replaces));
+        assert_eq!(w.take_final("1002").status(), Some(481), "{to} {replaces}");
+    }
+    assert!(w.idle("1003") && w.idle("1001"));
+    assert_eq!(w.state(S, "1002"), "ready");
+    assert_eq!(w.nodes[S].proxy.metrics().replaces, 0);
+    // The caller, named rightly, is reached (its phone checks the rest).
+    w.send_from(
+        S,
+        "1002",
+        &replaces_invite("1002", "1001", "pick", "c1;to-tag=f1001;from-tag=callee"),
+    );
+    let rep = w.take_final("1001");
+    assert_eq!(rep.method(), Some(Method::Invite));
+    assert_eq!(rep.call_id(), "pick");
+}
+
 #[test]
 fn a_malformed_replaces_is_400() {
     let mut w = World::new();
