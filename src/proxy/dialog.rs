@@ -73,13 +73,13 @@ pub struct Dialog {
     /// callee's), the callee's remote target (the 2xx's Contact URI), and
     /// the Route values of a request from here to the callee and of one to
     /// the caller, each in order and joined with ", " (empty: none).
-    pub(super) text: Box<str>,
+    text: Box<str>,
     /// Where each part but the last ends in `text`.
-    pub(super) ends: [u32; 4],
+    ends: [u32; 4],
     /// The first hop of a request from here to the callee.
-    pub(super) callee_hop: Option<Peer>,
+    callee_hop: Option<Peer>,
     /// The same toward the caller.
-    pub(super) caller_hop: Option<Peer>,
+    caller_hop: Option<Peer>,
 }
 
 /// Appends route entries as one header value, in the order given
@@ -150,6 +150,16 @@ pub(super) struct ByeTo<'a> {
 }
 
 impl Dialog {
+    /// A dialog of its five parts, in [`FROM`] … [`CALLER_ROUTE`] order.
+    fn of_parts(parts: [&str; 5], callee_hop: Option<Peer>, caller_hop: Option<Peer>) -> Dialog {
+        let mut text = DialogText::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            text.text.push_str(part);
+            text.end_part();
+        }
+        text.finish(callee_hop, caller_hop)
+    }
+
     /// Part `i` of the text ([`FROM`] … [`CALLER_ROUTE`]).
     fn part(&self, i: usize) -> &str {
         let start = match i {
@@ -197,12 +207,7 @@ impl Dialog {
             self.part(CALLER_ROUTE),
             "",
         ];
-        let mut text = DialogText::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for part in parts {
-            text.text.push_str(part);
-            text.end_part();
-        }
-        text.finish(self.caller_hop, None)
+        Dialog::of_parts(parts, self.caller_hop, None)
     }
 
     /// Whether a request from here reaches the caller with no Route.
@@ -228,12 +233,7 @@ impl Dialog {
                 self.part(i)
             }
         });
-        let mut text = DialogText::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for part in parts {
-            text.text.push_str(part);
-            text.end_part();
-        }
-        *self = text.finish(callee_hop, self.caller_hop);
+        *self = Dialog::of_parts(parts, callee_hop, self.caller_hop);
         true
     }
 
