@@ -9,7 +9,6 @@
 //!
 //! Run with `cargo bench --bench call`.
 
-use std::collections::HashMap;
 use std::fmt::Write;
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -19,7 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput};
 use sipblade::config::{Agent, AgentKind, Credential};
-use sipblade::proxy::{Output, Proxy, Settings};
+use sipblade::proxy::{AgentTable, Output, Proxy, Settings};
 use sipblade::registrar::digest::NonceManager;
 use sipblade::registrar::{Registrar, Settings as RegistrarSettings};
 use sipblade::sip::{Message, Peer};
@@ -29,7 +28,7 @@ const CALLER: &str = "127.0.0.11:5061";
 const CALLEE: &str = "127.0.0.12:5062";
 
 fn proxy() -> Proxy {
-    let agents: HashMap<String, Arc<Agent>> = ["1001", "1002"]
+    let agents: AgentTable = ["1001", "1002"]
         .iter()
         .map(|ext| {
             let agent = Agent {

@@ -59,7 +59,7 @@ struct Blade {
 
 impl Blade {
     fn new() -> Blade {
-        let agents: HashMap<String, Arc<Agent>> = EXTENSIONS
+        let agents: AgentTable = EXTENSIONS
             .iter()
             .map(|ext| {
                 let agent = Agent {

@@ -60,14 +60,18 @@ impl Named {
     pub(super) fn of(msg: &Message) -> Option<Option<Named>> {
         let mut found = None;
         let mut count = 0;
-        for h in msg.headers() {
-            if h.kind != crate::sip::HeaderName::Other {
+        // Raw fields: most messages have neither header, and naming every
+        // field as text would check each name's UTF-8 first.
+        let src = msg.as_bytes();
+        for h in msg.header_fields() {
+            if h.name != crate::sip::HeaderName::Other {
                 continue;
             }
-            let replaces = h.name.eq_ignore_ascii_case("Replaces");
-            if replaces || h.name.eq_ignore_ascii_case("Join") {
+            let name = h.name_span.of(src);
+            let replaces = name.eq_ignore_ascii_case(b"Replaces");
+            if replaces || name.eq_ignore_ascii_case(b"Join") {
                 count += 1;
-                found = Some((h.value, replaces));
+                found = Some((h.value.of(src), replaces));
             }
         }
         let (value, replaces) = found?;

@@ -203,8 +203,8 @@ impl ServerKey {
             Some(m) => m,
         };
         let via = msg.top_via();
-        let branch = match via.branch() {
-            Some(b) if via.is_rfc3261_branch() => msg.buffer().slice_ref(b.as_bytes()),
+        let branch = match via.branch_bytes() {
+            Some(b) if b.starts_with(b"z9hG4bK") => msg.buffer().slice_ref(b),
             // RFC 2543 peers: identify the transaction by what they keep
             // constant instead (§17.2.3 fallback, simplified).
             _ => Bytes::from(format!(
@@ -284,19 +284,25 @@ impl TxPair {
 /// The methods sipblade handles, for Allow in answers to the blade itself.
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, REFER, NOTIFY, SUBSCRIBE";
 
+/// The provisioned agents by extension, shared by every core. Keyed by
+/// what calls name, so hashed with ahash (as the other maps on the call
+/// path): a few times cheaper than std's SipHash on short keys, and as
+/// keyed per process, so chosen keys cannot flood a bucket.
+pub type AgentTable = HashMap<String, Arc<Agent>, ahash::RandomState>;
+
 /// One core's proxy.
 pub struct Proxy {
     settings: Settings,
     registrar: Registrar,
-    agents: Arc<HashMap<String, Arc<Agent>>>,
+    agents: Arc<AgentTable>,
     /// Agents owned by other cores that are logged in (from notices).
-    logged_in_elsewhere: HashSet<String>,
+    logged_in_elsewhere: HashSet<String, ahash::RandomState>,
     /// Calls of this core's agents whose sessions other cores own, by
     /// Call-ID: where a Join for them goes.
-    remote_sessions: HashMap<String, usize>,
+    remote_sessions: HashMap<String, usize, ahash::RandomState>,
     /// INVITE transactions handed to another core (a Join for a session it
     /// owns), and until when: their later requests go there too.
-    handed_off: HashMap<ServerKey, (usize, Duration)>,
+    handed_off: HashMap<ServerKey, (usize, Duration), ahash::RandomState>,
     /// Transaction pairs; their slab keys index the maps below and the
     /// timer queue.
     txs: Slab<TxPair>,
@@ -347,11 +353,7 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy core. `registrar` owns this core's agents; `agents` is every
     /// provisioned agent (read-only, shared by all cores).
-    pub fn new(
-        settings: Settings,
-        registrar: Registrar,
-        agents: Arc<HashMap<String, Arc<Agent>>>,
-    ) -> Self {
+    pub fn new(settings: Settings, registrar: Registrar, agents: Arc<AgentTable>) -> Self {
         let sent_by = settings.local.to_string();
         let udp_sent_by = match settings.via_port {
             Some(port) => SocketAddr::new(settings.local.ip(), port).to_string(),
@@ -370,9 +372,9 @@ impl Proxy {
             settings,
             registrar,
             agents,
-            logged_in_elsewhere: HashSet::new(),
-            remote_sessions: HashMap::new(),
-            handed_off: HashMap::new(),
+            logged_in_elsewhere: HashSet::default(),
+            remote_sessions: HashMap::default(),
+            handed_off: HashMap::default(),
             txs: Slab::new(),
             by_server: HashMap::default(),
             by_client: HashMap::default(),

@@ -102,7 +102,8 @@ impl Session {
 /// The sessions of one core, by Call-ID.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    by_call_id: HashMap<String, Session>,
+    /// ahash: see [`super::AgentTable`].
+    by_call_id: HashMap<String, Session, ahash::RandomState>,
     /// Call-IDs by when they expire.
     expiry: BTreeMap<(Duration, u64), String>,
     serial: u64,

@@ -1,6 +1,5 @@
 //! Proxy tests in virtual time: a blade core between simulated agents.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +33,7 @@ fn terminal(ext: &str) -> String {
 /// A proxy with these agents provisioned (badge `A<ext>`, password
 /// `pw<ext>`), all on its one core.
 pub(super) fn proxy_with_agents(settings: Settings, extensions: &[&str]) -> Proxy {
-    let agents: HashMap<String, Arc<Agent>> = extensions
+    let agents: AgentTable = extensions
         .iter()
         .map(|ext| {
             let agent = Agent {

@@ -162,7 +162,9 @@ impl AgentRecord {
 /// The records of the agents one shard owns, keyed by extension.
 #[derive(Debug, Default)]
 pub struct Location {
-    records: HashMap<String, AgentRecord>,
+    /// ahash: a few times cheaper than SipHash on short keys, and keyed
+    /// per process, so chosen extensions cannot flood a bucket.
+    records: HashMap<String, AgentRecord, ahash::RandomState>,
     /// No binding lapses before this (a lower bound: unbinding leaves it
     /// early, and the next sweep recomputes it). Lets the per-tick expiry
     /// check skip the scan.

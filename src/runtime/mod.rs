@@ -20,7 +20,6 @@ mod tcp;
 pub mod trace;
 mod warnings;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,7 +30,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::admin::{Admin, BladeInfo, Peers};
 use crate::cluster::hosting::HostSecret;
 use crate::cluster::tls::Identity;
-use crate::config::{Agent, Config};
+use crate::config::Config;
 use crate::proxy::cross::{ClusterSettings, PeerBlade};
 
 /// Memory glommio registers for io_uring buffers per executor. Those
@@ -141,7 +140,7 @@ pub(crate) struct Shared {
     pub sip: SocketAddr,
     pub blade_id: Arc<str>,
     pub cores: usize,
-    pub agents: Arc<HashMap<String, Arc<Agent>>>,
+    pub agents: Arc<crate::proxy::AgentTable>,
     pub nonce_secret: [u8; 32],
     pub epoch: Instant,
     pub stopping: Arc<AtomicBool>,
@@ -189,7 +188,7 @@ impl Blade {
             .provisioned
             .iter()
             .map(|a| (a.extension.clone(), Arc::new(a.clone())))
-            .collect::<HashMap<_, _>>();
+            .collect::<crate::proxy::AgentTable>();
         let stopping = Arc::new(AtomicBool::new(false));
         let peers = Arc::new(Peers::new(
             config

@@ -38,7 +38,7 @@ impl ViaStamp {
     pub(crate) fn of_via(via: Via<'_>, source: SocketAddr) -> Option<ViaStamp> {
         let spans = via.spans();
         let rport = via.rport();
-        let seen_elsewhere = !same_ip(via.host(), source.ip());
+        let seen_elsewhere = via.ip() != Some(source.ip());
         let received = (via.received().is_none() && (rport.is_some() || seen_elsewhere))
             .then_some(source.ip());
         (spans.rport_end.is_some() || received.is_some()).then_some(ViaStamp {
@@ -73,10 +73,4 @@ impl ViaStamp {
     pub(crate) fn via_end(&self) -> usize {
         self.via_end as usize
     }
-}
-
-/// Whether a sent-by host is the IP `ip` (an IPv6 reference in brackets).
-fn same_ip(host: &str, ip: IpAddr) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.parse::<IpAddr>().is_ok_and(|h| h == ip)
 }

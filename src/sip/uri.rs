@@ -1,6 +1,8 @@
 //! URIs (RFC 3261 §19.1, §25): `sip:`, `sips:`, `tel:` and opaque absolute
 //! URIs of any other scheme, parsed into spans of the message buffer.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use super::chars::{self, HNV, HOST, LABEL, PARAM, PASSWORD, TEL, URIC, USER};
 use super::scan::Cursor;
 use super::simd;
@@ -126,17 +128,8 @@ impl<'a> Uri<'a> {
     }
 
     /// The host as an IP address, when it is an IPv4 or IPv6 literal.
-    pub fn ip(&self) -> Option<std::net::IpAddr> {
-        match self.host_kind() {
-            HostKind::Ipv4 => self.host().parse().ok(),
-            HostKind::Ipv6 => self
-                .host()
-                .strip_prefix('[')?
-                .strip_suffix(']')?
-                .parse()
-                .ok(),
-            _ => None,
-        }
+    pub fn ip(&self) -> Option<IpAddr> {
+        host_ip(self.spans.host.of(self.src), self.host_kind())
     }
 
     /// The port, if written.
@@ -520,6 +513,37 @@ fn ipv4_prefix(s: &[u8]) -> Option<usize> {
     }
 }
 
+/// The address of a host the parser classified as `kind`: an IPv4 address,
+/// or an IPv6 reference (brackets included). Read from the bytes: the
+/// IPv4 case, on every request's path, needs no UTF-8 check and no
+/// general address parser.
+pub(crate) fn host_ip(text: &[u8], kind: HostKind) -> Option<IpAddr> {
+    match kind {
+        HostKind::Ipv4 => ipv4_addr(text).map(IpAddr::V4),
+        HostKind::Ipv6 => std::str::from_utf8(text.strip_prefix(b"[")?.strip_suffix(b"]")?)
+            .ok()?
+            .parse()
+            .ok(),
+        _ => None,
+    }
+}
+
+/// The address an `IPv4address` stands for (see [`ipv4_ok`]; leading
+/// zeros allowed, as the grammar allows them).
+fn ipv4_addr(text: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let value = part.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0'));
+        *octet = u8::try_from(value).ok()?;
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
 /// `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT`, each
 /// at most 255 (leading zeros allowed).
 pub(crate) fn ipv4_ok(text: &[u8]) -> bool {
@@ -611,6 +635,36 @@ pub(crate) fn ipv6_ok(s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ip_reads_ipv4_as_the_grammar_writes_it_and_ipv6_references() {
+        use std::net::IpAddr;
+        let v4 = |t: &[u8]| host_ip(t, HostKind::Ipv4);
+        assert_eq!(v4(b"192.0.2.10"), "192.0.2.10".parse::<IpAddr>().ok());
+        assert_eq!(v4(b"010.000.002.001"), "10.0.2.1".parse::<IpAddr>().ok());
+        assert_eq!(
+            v4(b"255.255.255.255"),
+            "255.255.255.255".parse::<IpAddr>().ok()
+        );
+        for bad in [
+            &b"256.0.0.1"[..],
+            b"1.2.3",
+            b"1.2.3.4.5",
+            b"1..2.3",
+            b"1.2.3.4.",
+            b"0001.2.3.4",
+            b"a.b.c.d",
+            b"",
+        ] {
+            assert_eq!(v4(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(
+            host_ip(b"[2001:db8::1]", HostKind::Ipv6),
+            "2001:db8::1".parse::<IpAddr>().ok()
+        );
+        assert_eq!(host_ip(b"2001:db8::1", HostKind::Ipv6), None);
+        assert_eq!(host_ip(b"example.com", HostKind::Name), None);
+    }
 
     fn uri(s: &str) -> Option<Uri<'_>> {
         Uri::parse(s.as_bytes())

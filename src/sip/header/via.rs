@@ -85,6 +85,11 @@ impl<'a> Via<'a> {
         self.spans.host_kind
     }
 
+    /// The sent-by host's address when it is written as one.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        uri::host_ip(self.spans.host.of(self.src), self.spans.host_kind)
+    }
+
     /// The sent-by port.
     pub fn port(&self) -> Option<u16> {
         self.spans.port
@@ -95,9 +100,16 @@ impl<'a> Via<'a> {
         self.spans.branch.map(|s| s.str(self.src))
     }
 
+    /// The branch as bytes: what transaction keys hold, without the UTF-8
+    /// check that [`Via::branch`] makes.
+    pub fn branch_bytes(&self) -> Option<&'a [u8]> {
+        self.spans.branch.map(|s| s.of(self.src))
+    }
+
     /// Whether the branch starts with the RFC 3261 magic cookie `z9hG4bK`.
     pub fn is_rfc3261_branch(&self) -> bool {
-        self.branch().is_some_and(|b| b.starts_with("z9hG4bK"))
+        self.branch_bytes()
+            .is_some_and(|b| b.starts_with(b"z9hG4bK"))
     }
 
     /// The received parameter.
