@@ -1199,20 +1199,20 @@ const LONG_LEASE: u32 = 60;
 /// run's Hello tells T the grants of the run before are dead: T hangs up
 /// B's phone with its own BYE and B is ready again within seconds, not at
 /// the end of the 60 s lease. The new run then hosts B again, and keeps
-/// it.
+/// it. Two cores: B (1003) is T's core 1, the link is core 0's.
 #[test]
 fn a_restarted_source_blade_gets_the_hosted_callees_phone_hung_up_at_once() {
     use std::net::Ipv4Addr;
-    let mut cluster = TestCluster::new_in(2, 2, 1, LONG_LEASE, 1);
+    let mut cluster = TestCluster::new_in(2, 2, 1, LONG_LEASE, 2);
     let (s, t) = (0, 1);
     cluster.spawn_blade(s);
     cluster.start_blade(t);
     cluster.wait_linked();
     let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 2, 3));
-    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 2, 4));
+    let mut b = cluster.registered_on(t, "1003", Ipv4Addr::new(127, 0, 2, 4));
     let (call, invite) = answered_cross_call(&mut a, &mut b);
     confirm(&mut a, &mut b, &call);
-    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_hosted(&cluster, t, "1003", "blade-1");
 
     cluster.kill_blade(s);
     let killed = Instant::now();
@@ -1232,7 +1232,7 @@ fn a_restarted_source_blade_gets_the_hosted_callees_phone_hung_up_at_once() {
     let vias: Vec<String> = bye.vias().map(|v| v.host().to_owned()).collect();
     assert_eq!(vias, ["127.0.2.2"], "T's own request");
     b.answer(&bye, 200, "OK", "unused");
-    wait_ready(&cluster, t, "1002");
+    wait_ready(&cluster, t, "1003");
     assert!(
         killed.elapsed() < Duration::from_secs(10),
         "freed by the restart, not the lease: {:?}",
@@ -1255,12 +1255,12 @@ fn a_restarted_source_blade_gets_the_hosted_callees_phone_hung_up_at_once() {
     assert_eq!(a.register(3600).status(), Some(200));
     let (mut call, _) = answered_cross_call(&mut a, &mut b);
     confirm(&mut a, &mut b, &call);
-    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_hosted(&cluster, t, "1003", "blade-1");
     assert_eq!(b.recv_raw(QUIET), None, "no BYE for the new run's call");
-    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_hosted(&cluster, t, "1003", "blade-1");
     assert_eq!(released("peer_restarted"), 1.0);
     hang_up(&mut a, &mut b, &mut call);
-    wait_ready(&cluster, t, "1002");
+    wait_ready(&cluster, t, "1003");
     assert_eq!(released("unhost"), 1.0);
 }
 
