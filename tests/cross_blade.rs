@@ -7,7 +7,8 @@
 //! 61-62, 63-64, 65-66, 67-68, 69-70, 71-72, 73-74, 75-76, 77-78, 79-81,
 //! 82-83, 84-85, 86-87; the phones of 170-171, 177-178 and 194-195 on
 //! 172-173, 179-180 and 196-197. Blades 150-151 (phones 152-154) and
-//! 155-157 (phones 158-160).
+//! 155-157 (phones 158-160). The restart tests use 127.0.2.x: blades
+//! 1-2 (phones 3-4) and 11-12 (phones 13-14).
 
 mod common;
 
@@ -1187,4 +1188,124 @@ fn a_replaces_crosses_three_blades_to_the_session_and_hosts_the_newcomer_there()
     wait_ready(&cluster, t, "1002");
     wait_ready(&cluster, u, "1004");
     assert!(cluster.sessions(s).is_empty());
+}
+
+/// The lease of the restart tests: far longer than they wait, so only
+/// the restart can free the agent in time.
+const LONG_LEASE: u32 = 60;
+
+/// SPEC §2 step 8, sooner: S is killed mid-call (SIGKILL: no BYE, no
+/// unhost) and comes back at once, same config and certificate. Its new
+/// run's Hello tells T the grants of the run before are dead: T hangs up
+/// B's phone with its own BYE and B is ready again within seconds, not at
+/// the end of the 60 s lease. The new run then hosts B again, and keeps
+/// it. Two cores: B (1003) is T's core 1, the link is core 0's.
+#[test]
+fn a_restarted_source_blade_gets_the_hosted_callees_phone_hung_up_at_once() {
+    use std::net::Ipv4Addr;
+    let mut cluster = TestCluster::new_in(2, 2, 1, LONG_LEASE, 2);
+    let (s, t) = (0, 1);
+    cluster.spawn_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 2, 3));
+    let mut b = cluster.registered_on(t, "1003", Ipv4Addr::new(127, 0, 2, 4));
+    let (call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    assert_hosted(&cluster, t, "1003", "blade-1");
+
+    cluster.kill_blade(s);
+    let killed = Instant::now();
+    cluster.spawn_blade(s);
+    let bye = b
+        .next_where(Duration::from_secs(5), |m| {
+            m.method() == Some(Method::Bye) && m.call_id() == call.call_id
+        })
+        .unwrap_or_else(|| panic!("no BYE {:?} after S was killed", killed.elapsed()));
+    assert_dialog_bye(
+        &b,
+        &bye,
+        &call.call_id,
+        (CALLEE_TAG, &call.from_tag),
+        invite.cseq().seq,
+    );
+    let vias: Vec<String> = bye.vias().map(|v| v.host().to_owned()).collect();
+    assert_eq!(vias, ["127.0.2.2"], "T's own request");
+    b.answer(&bye, 200, "OK", "unused");
+    wait_ready(&cluster, t, "1003");
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "freed by the restart, not the lease: {:?}",
+        killed.elapsed()
+    );
+    let released = |reason: &str| {
+        cluster.metric(
+            t,
+            &format!("sipblade_hosting_released_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(released("peer_restarted"), 1.0);
+    assert_eq!(released("lapsed"), 0.0);
+    assert_eq!(cluster.metric(t, "sipblade_sessions_bye_sent_total"), 1.0);
+
+    // The new run of S: A logs in again (S kept nothing) and calls B, who
+    // is hosted by it and stays so: the news of its start ends none of
+    // its own grants.
+    cluster.wait_linked();
+    assert_eq!(a.register(3600).status(), Some(200));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    assert_hosted(&cluster, t, "1003", "blade-1");
+    assert_eq!(b.recv_raw(QUIET), None, "no BYE for the new run's call");
+    assert_hosted(&cluster, t, "1003", "blade-1");
+    assert_eq!(released("peer_restarted"), 1.0);
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, t, "1003");
+    assert_eq!(released("unhost"), 1.0);
+}
+
+/// A link that drops while S lives is no restart: S is stopped (SIGSTOP)
+/// until T's side of the link times out, then resumed; the link comes
+/// back with the same run of S, and T frees nothing: B stays hosted (the
+/// lease alone decides now, as before).
+#[test]
+fn a_link_flap_without_a_restart_frees_nothing() {
+    use std::net::Ipv4Addr;
+    let mut cluster = TestCluster::new_in(2, 2, 11, LONG_LEASE, 1);
+    let (s, t) = (0, 1);
+    cluster.spawn_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 2, 13));
+    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 2, 14));
+    let (call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    cluster.signal_blade(s, "STOP");
+    let stopped = Instant::now();
+    // The link's idle timeout (10 s) is the only way T can tell.
+    while cluster.peer_up(t, "blade-1") {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "T never saw the link drop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.signal_blade(s, "CONT");
+    cluster.wait_linked();
+    // The Hello of the same run came with the new connection; nothing
+    // may end for it.
+    std::thread::sleep(QUIET);
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_eq!(
+        cluster.metric(
+            t,
+            "sipblade_hosting_released_total{reason=\"peer_restarted\"}"
+        ),
+        0.0
+    );
+    assert_eq!(cluster.metric(t, "sipblade_sessions_bye_sent_total"), 0.0);
+    let bye_to_b = b.next_where(QUIET, |m| m.method() == Some(Method::Bye));
+    assert!(bye_to_b.is_none(), "{bye_to_b:?}");
 }

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde_json::json;
 
 use super::BladeInfo;
+use crate::cluster::hosting::Ending;
 use crate::proxy::metrics::{REFUSALS, RTT_BUCKETS};
 use crate::proxy::{Metrics, Snapshot};
 
@@ -80,6 +81,14 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
             "sipblade_hosting_refused_total{{reason=\"{}\"}} {n}",
             reason.as_str().replace(' ', "_")
         );
+    }
+    let name = "sipblade_hosting_released_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Hostings this blade granted that ended, by how: unhost (the source ended it), lapsed (its lease ran out), peer_restarted (the source blade came back as a new run).\n# TYPE {name} counter"
+    );
+    for (how, n) in Ending::ALL.iter().zip(m.hosting_released.iter()) {
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", how.as_str());
     }
     let name = "sipblade_hosting_rtt_seconds";
     let _ = writeln!(
@@ -166,7 +175,7 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
         (
             "sipblade_sessions_bye_sent_total",
             "counter",
-            "BYEs the blade sent itself to the phones of a call it ended (max_call_secs, a lost peer blade, a hosting lease lapsed).",
+            "BYEs the blade sent itself to the phones of a call it ended (max_call_secs, a lost peer blade, a hosting lease lapsed or its source restarted).",
             m.sessions_bye_sent as usize,
         ),
         (

@@ -275,11 +275,11 @@ pub fn hosting_token<'a>(uri: &Uri<'a>) -> Option<&'a [u8]> {
 /// The core a link message belongs to on this blade: by its agent's
 /// extension for requests, notices of one agent and redirects, by its
 /// request id for answers. `None` for directory notices, which the
-/// runtime splits by extension.
+/// runtime splits by extension, and for what concerns the link itself.
 pub fn request_core(msg: &LinkMessage, cores: usize) -> Option<usize> {
     let by_id = |id: u64| ((id >> CORE_SHIFT) as usize).min(cores.saturating_sub(1));
     match msg.class() {
-        Class::Notice => None,
+        Class::Notice | Class::Link => None,
         Class::Request | Class::Redirect => msg
             .extension()
             .map(|e| super::route::shard_of(e.as_bytes(), cores)),
@@ -364,6 +364,9 @@ impl Proxy {
                 c.source.handle(now, &mut c.directory, from, msg);
                 self.pump_source(now, out);
             }
+            // The link's driver reads these (a Hello becomes
+            // `peer_restarted` when it names a new run).
+            Class::Link => {}
             Class::RedirectAnswer => {
                 if let LinkMessage::RedirectAnswer { request_id, status } = msg {
                     let Some(id) = c.awaiting_redirect.remove(&request_id) else {
@@ -412,22 +415,46 @@ impl Proxy {
         }
     }
 
-    /// The link to `peer` came up or went down.
-    pub fn peer_state(&mut self, now: Duration, peer: &str, up: bool, out: &mut Output) {
+    /// The link to `peer` came up over its connection number `link`
+    /// (`Some`: numbers grow with each connection to that peer; see
+    /// [`Proxy::peer_restarted`]) or went down (`None`).
+    pub fn peer_state(&mut self, now: Duration, peer: &str, link: Option<u64>, out: &mut Output) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        if up {
+        if let Some(link) = link {
             c.directory.peer_up(peer);
+            c.target.peer_up(peer, link);
         } else {
             c.directory.peer_down(peer);
             c.source.peer_lost(peer);
             let grants = c.target.peer_lost(peer);
             if grants > 0 {
-                tracing::info!(peer, grants, "peer lost; its grants end with their leases");
+                tracing::info!(
+                    peer,
+                    grants,
+                    "peer lost; its grants end with their leases, or at once if it comes back as a new run"
+                );
             }
             self.pump_source(now, out);
         }
+    }
+
+    /// `peer` restarted: the Hello on its connection number `link` named
+    /// another run than before. The grants its previous run held on this
+    /// core end now, as if their leases lapsed: the agents are ready
+    /// again, and the phones of those in a call get this blade's BYE.
+    pub fn peer_restarted(&mut self, now: Duration, peer: &str, link: u64, out: &mut Output) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let ended = c
+            .target
+            .peer_restarted(self.registrar.location_mut(), peer, link);
+        if ended > 0 {
+            tracing::info!(peer, grants = ended, "peer restarted: its grants end now");
+        }
+        self.pump_released(now, out);
     }
 
     /// This core's logged-in agents, for a full directory resync.

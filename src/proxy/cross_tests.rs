@@ -116,7 +116,7 @@ impl World {
         };
         for (n, peer) in [(S, "blade-2"), (T, "blade-1")] {
             let mut out = Output::default();
-            w.nodes[n].proxy.peer_state(w.now, peer, true, &mut out);
+            w.nodes[n].proxy.peer_state(w.now, peer, Some(1), &mut out);
             w.run(n, out);
         }
         w
@@ -682,6 +682,55 @@ fn a_lapsed_lease_hangs_up_the_hosted_agents_phone_from_t() {
     assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_failed, 0);
 }
 
+/// S is killed and comes back as a new run, long before the lease would
+/// lapse: its reconnection alone frees nothing, but its Hello naming a
+/// new run makes T end the grant of the run before at once, as a lapse
+/// would: the hosted agent's phone gets T's BYE, the agent is ready, and
+/// the ending is counted as a restart.
+#[test]
+fn a_restarted_s_gets_the_hosted_agents_phone_hung_up_by_t_at_once() {
+    use crate::cluster::hosting::Ending;
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.link_up = false; // The old run of S is gone.
+    let mut out = Output::default();
+    w.nodes[T]
+        .proxy
+        .peer_state(w.now, "blade-1", None, &mut out);
+    w.nodes[T]
+        .proxy
+        .peer_state(w.now, "blade-1", Some(2), &mut out);
+    w.run(T, out);
+    assert_eq!(w.state(T, "1002"), "hosted", "a reconnection frees nothing");
+    assert!(w.idle("1002"));
+
+    let mut out = Output::default();
+    w.nodes[T]
+        .proxy
+        .peer_restarted(w.now, "blade-1", 2, &mut out);
+    w.run(T, out);
+    assert_eq!(w.state(T, "1002"), "ready");
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(bye.call_id(), "c1");
+    assert_eq!(
+        (bye.from().tag(), bye.to().tag()),
+        (Some("f1001"), Some("callee"))
+    );
+    assert_eq!(bye.cseq().seq, super::hangup::BYE_CSEQ);
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
+    let m = w.nodes[T].proxy.metrics();
+    assert_eq!(m.sessions_bye_sent, 1);
+    assert_eq!(m.hosting_released[Ending::SourceRestarted.index()], 1);
+    assert_eq!(m.hosting_released[Ending::Lapsed.index()], 0);
+    w.send_from(T, "1002", &answer(&bye, 200));
+    advance_only(&mut w, T, Duration::from_secs(u64::from(LEASE) + 1));
+    assert!(w.idle("1002"), "answered, and nothing left to lapse");
+    assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_sent, 1);
+}
+
 /// A hosted call that ends normally leaves T nothing to hang up: its
 /// record goes with the unhost, or with the BYE that passes T when the
 /// unhost is lost and the lease lapses after all.
@@ -748,7 +797,7 @@ fn losing_the_link_to_t_ends_the_session_on_s() {
     let mut out = Output::default();
     w.nodes[S]
         .proxy
-        .peer_state(w.now, "blade-2", false, &mut out);
+        .peer_state(w.now, "blade-2", None, &mut out);
     w.run(S, out);
     assert!(w.snapshot(S).sessions.is_empty());
     assert_eq!(w.state(S, "1001"), "ready");
@@ -1622,7 +1671,7 @@ fn a_lost_hosting_ends_the_join_legs_to_the_lost_agent() {
     let mut out = Output::default();
     w.nodes[S]
         .proxy
-        .peer_state(w.now, "blade-2", false, &mut out);
+        .peer_state(w.now, "blade-2", None, &mut out);
     w.run(S, out);
     assert!(w.snapshot(S).sessions.is_empty());
     assert!(w.nodes[S].proxy.sessions.is_empty(), "the leg too");

@@ -39,8 +39,9 @@
 //!   when the grant ends by an unhost, or when a BYE of that dialog passes
 //!   (its unhost may still be lost). A grant whose lease lapses (the
 //!   hosting blade stopped renewing it: killed, or cut off for a whole
-//!   lease) first hangs up the agent's phone with the same BYE the caller
-//!   side would send ([`Proxy::pump_released`]). Built from the 2xx as it
+//!   lease), or whose hosting blade came back as a new run, first hangs
+//!   up the agent's phone with the same BYE the caller side would send
+//!   ([`Proxy::pump_released`]). Built from the 2xx as it
 //!   left the agent, it goes straight to the agent's Contact where the
 //!   INVITE went, with no Route (the agent's phone adds none). Each such
 //!   record costs the answered call one allocation on that blade.

@@ -4,7 +4,8 @@
 //! without one: a session that outlives `max_call_secs` (its BYE was
 //! lost, or a phone hung), one whose hosted party's blade was lost
 //! (SPEC §2 step 7), and, on the hosted party's own blade, a call whose
-//! hosting blade vanished, so that the lease lapsed (step 8). Freeing the
+//! hosting blade vanished, so that the lease lapsed or the hosting blade
+//! came back as a new run without it (step 8). Freeing the
 //! agents there would leave their phones in the call, so the blade then
 //! tears the dialog down on them, as Kamailio's dialog module does on a
 //! timeout: it sends each party it can reach an in-dialog BYE written as
@@ -185,10 +186,11 @@ impl Proxy {
     }
 
     /// T: grants that ended, as the target reports them: the dialogs kept
-    /// for each go with it. Those of a grant whose lease lapsed (its
-    /// hosting blade vanished, or stopped renewing, without an unhost) are
-    /// hung up first: the agent's phone gets a BYE of this blade's own, as
-    /// from the caller. Call after anything that may end a grant.
+    /// for each go with it. Those of a grant whose lease lapsed or whose
+    /// source restarted (its hosting blade vanished, or stopped renewing,
+    /// without an unhost) are hung up first: the agent's phone gets a BYE
+    /// of this blade's own, as from the caller. Each is counted by how it
+    /// ended. Call after anything that may end a grant.
     pub(super) fn pump_released(&mut self, now: Duration, out: &mut Output) {
         loop {
             let Some(c) = self.cluster.as_mut() else {
@@ -199,7 +201,8 @@ impl Proxy {
             };
             let grant = released.grant;
             let dialogs = c.take_hosted_dialogs(&grant.extension, &grant.token);
-            if !released.lapsed {
+            self.metrics.hosting_released[released.how.index()] += 1;
+            if !released.how.hangs_up() {
                 continue;
             }
             for d in dialogs {
@@ -210,7 +213,8 @@ impl Proxy {
                     call_id = %d.call_id,
                     agent = %grant.extension,
                     source = %grant.source,
-                    "hosting lease lapsed mid-call: BYE to the agent's phone"
+                    ended = released.how.as_str(),
+                    "hosting ended mid-call without its source: BYE to the agent's phone"
                 );
                 self.send_own_bye(now, &d.call_id, &bye, out);
             }

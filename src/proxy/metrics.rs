@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::cluster::codec::Refusal;
+use crate::cluster::hosting::Ending;
 
 /// Upper bounds of the hosting round-trip histogram, in seconds: fine
 /// below a millisecond, where a loopback or LAN round trip lands.
@@ -115,6 +116,10 @@ pub struct Metrics {
     pub hosting_refused: [u64; REFUSALS.len()],
     /// Grants this blade (as target) handed out.
     pub hosting_granted: u64,
+    /// Grants this blade (as target) saw end, by how, in the order of
+    /// [`Ending::ALL`]: unhosted by the source, lapsed, or ended because
+    /// the source restarted.
+    pub hosting_released: [u64; Ending::ALL.len()],
     /// Host request to grant, as the source saw it.
     pub hosting_rtt: Histogram,
     /// Join legs answered: agents let into a session (conference,
@@ -127,7 +132,8 @@ pub struct Metrics {
     pub sessions_expired: u64,
     /// BYEs the blade sent itself to the parties of a call it ended (on
     /// `max_call_secs`, when a hosted party's blade was lost, or, on a
-    /// hosted agent's own blade, when the lease of its hosting lapsed).
+    /// hosted agent's own blade, when the lease of its hosting lapsed or
+    /// the hosting blade restarted).
     pub sessions_bye_sent: u64,
     /// Of those, the ones no 2xx answered (an error response, no answer
     /// within timer F, or no way to send).
@@ -153,6 +159,13 @@ impl Metrics {
             *a += b;
         }
         self.hosting_granted += other.hosting_granted;
+        for (a, b) in self
+            .hosting_released
+            .iter_mut()
+            .zip(other.hosting_released.iter())
+        {
+            *a += b;
+        }
         self.hosting_rtt.merge(&other.hosting_rtt);
         self.joins += other.joins;
         self.replaces += other.replaces;

@@ -90,8 +90,12 @@ pub(crate) enum CoreMsg {
         msg: LinkMessage,
         reply: Option<ReplyTo>,
     },
-    /// The link to a peer blade came up or went down.
-    PeerState { peer: String, up: bool },
+    /// The link to a peer blade came up over its connection number
+    /// `link` (`Some`), or went down (`None`).
+    PeerState { peer: String, link: Option<u64> },
+    /// A peer blade restarted: its Hello on connection `link` named a new
+    /// run.
+    PeerRestarted { peer: String, link: u64 },
     /// Asks for this core's logged-in agents (a directory resync).
     Entries(flume::Sender<Vec<DirectoryEntry>>),
     /// Hosting messages for the link, which core 0 runs.
@@ -266,12 +270,35 @@ impl Core {
         }
     }
 
-    /// Tells every core that the link to `peer` came up or went down.
-    pub(crate) async fn peer_state(self: &Rc<Self>, peer: String, up: bool) {
-        for core in 0..self.shared.cores {
-            let peer = peer.clone();
-            self.deliver(core, CoreMsg::PeerState { peer, up }).await;
+    /// Tells every core that the link to `peer` came up over connection
+    /// `link` or went down (`None`).
+    pub(crate) async fn peer_state(self: &Rc<Self>, peer: String, link: Option<u64>) {
+        self.broadcast(|| CoreMsg::PeerState {
+            peer: peer.clone(),
+            link,
+        })
+        .await;
+    }
+
+    /// Tells every core that `peer` restarted, as its Hello on connection
+    /// `link` showed: the grants its previous run held end.
+    pub(crate) async fn peer_restarted(self: &Rc<Self>, peer: String, link: u64) {
+        self.broadcast(|| CoreMsg::PeerRestarted {
+            peer: peer.clone(),
+            link,
+        })
+        .await;
+    }
+
+    /// Delivers a message made by `msg` to every core: the others' queues
+    /// first (that never waits), then this core, whose handling may wait
+    /// to send; so each core gets link news in the order the link gave
+    /// them.
+    async fn broadcast(self: &Rc<Self>, msg: impl Fn() -> CoreMsg) {
+        for core in (0..self.shared.cores).filter(|&c| c != self.index) {
+            self.deliver(core, msg()).await;
         }
+        self.deliver(self.index, msg()).await;
     }
 
     /// Sends `peer` every logged-in agent of this blade, gathered from all
@@ -546,9 +573,17 @@ impl Core {
                     .borrow_mut()
                     .handle_cluster(now, &from, msg, reply, &mut out);
             }
-            CoreMsg::PeerState { peer, up } => {
+            CoreMsg::PeerState { peer, link } => {
                 let now = self.now();
-                self.proxy.borrow_mut().peer_state(now, &peer, up, &mut out);
+                self.proxy
+                    .borrow_mut()
+                    .peer_state(now, &peer, link, &mut out);
+            }
+            CoreMsg::PeerRestarted { peer, link } => {
+                let now = self.now();
+                self.proxy
+                    .borrow_mut()
+                    .peer_restarted(now, &peer, link, &mut out);
             }
             CoreMsg::Entries(reply) => {
                 let _ = reply.send(self.proxy.borrow_mut().directory_entries());

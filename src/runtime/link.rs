@@ -17,7 +17,7 @@ use super::trace::{Sent, TraceEvent, Tracer};
 use super::warnings::Warnings;
 use crate::admin::Peers;
 use crate::cluster::codec::{Class, Message};
-use crate::cluster::link::{Link, LinkEvent};
+use crate::cluster::link::{Link, LinkEvent, PeerRuns};
 use crate::cluster::tls::Identity;
 use crate::proxy::cross::{ClusterSend, Dest};
 
@@ -34,6 +34,9 @@ pub(crate) struct Setup {
     pub me: String,
     pub identity: Identity,
     pub peers: Arc<Peers>,
+    /// This run of the blade, drawn at random at start: the Hello that
+    /// opens each connection names it.
+    pub instance: u64,
 }
 
 /// The link and its socket, shared by core 0's tasks: the receive loop
@@ -53,24 +56,31 @@ pub(crate) struct LinkDriver {
     /// Refused connections, warned about at most every 10 s: anything can
     /// knock on the QUIC port.
     refusals: RefCell<Warnings>,
+    /// The peers' connections and runs: tells a restarted peer from a
+    /// link that dropped.
+    runs: RefCell<PeerRuns>,
 }
 
 impl LinkDriver {
     pub(crate) fn new(setup: Setup, tracer: Option<(Tracer, Arc<str>)>) -> LinkDriver {
         let configured: Vec<(String, std::net::SocketAddr)> = setup.peers.configured().to_vec();
+        let mut hello = BytesMut::new();
+        Message::Hello {
+            instance: setup.instance,
+        }
+        .encode(&mut hello);
         LinkDriver {
-            link: RefCell::new(Link::new(
-                &setup.me,
-                setup.identity,
-                &configured,
-                Instant::now(),
-            )),
+            link: RefCell::new(
+                Link::new(&setup.me, setup.identity, &configured, Instant::now())
+                    .with_hello(hello.freeze()),
+            ),
             socket: UdpSocket::from(setup.socket),
             peers: setup.peers,
             tracer,
             timer_at: Cell::new(Instant::now()),
             rearm: local_channel::new_bounded(1),
             refusals: RefCell::new(Warnings::default()),
+            runs: RefCell::new(PeerRuns::new()),
         }
     }
 
@@ -242,12 +252,13 @@ async fn on_event(core: &Rc<Core>, driver: &Rc<LinkDriver>, event: LinkEvent) {
     match event {
         LinkEvent::PeerUp(peer) => {
             driver.peers.set_up(&peer, true);
-            core.peer_state(peer.clone(), true).await;
+            let link = driver.runs.borrow_mut().connected(&peer);
+            core.peer_state(peer.clone(), Some(link)).await;
             core.resync(driver.clone(), peer);
         }
         LinkEvent::PeerDown(peer) => {
             driver.peers.set_up(&peer, false);
-            core.peer_state(peer, false).await;
+            core.peer_state(peer, None).await;
         }
         LinkEvent::Request { peer, reply, frame } => match Message::decode(&frame) {
             Ok(msg) => core.from_link(peer, msg, Some(reply)).await,
@@ -255,6 +266,13 @@ async fn on_event(core: &Rc<Core>, driver: &Rc<LinkDriver>, event: LinkEvent) {
         },
         LinkEvent::Response { peer, frame, .. } | LinkEvent::Message { peer, frame } => {
             match Message::decode(&frame) {
+                Ok(Message::Hello { instance }) => {
+                    let restarted = driver.runs.borrow_mut().hello(&peer, instance);
+                    if let Some(link) = restarted {
+                        tracing::info!(%peer, "peer restarted: the grants of its previous run end");
+                        core.peer_restarted(peer, link).await;
+                    }
+                }
                 Ok(msg) => core.from_link(peer, msg, None).await,
                 Err(e) => tracing::warn!(%peer, "undecodable frame from peer: {e}"),
             }

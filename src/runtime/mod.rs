@@ -213,6 +213,7 @@ impl Blade {
                     me: config.blade.id.clone(),
                     identity,
                     peers: peers.clone(),
+                    instance: instance_id().map_err(|e| StartError::Random(e.to_string()))?,
                 })
             }
             None => None,
@@ -380,6 +381,15 @@ impl Blade {
         }
         tracing::info!("blade stopped");
     }
+}
+
+/// This run's instance id, which its Hellos name to the peers: random, so
+/// a restarted blade (same id, same certificate) is told from the run
+/// before it, however soon it comes back.
+fn instance_id() -> Result<u64, getrandom::Error> {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw)?;
+    Ok(u64::from_be_bytes(raw))
 }
 
 /// Where this run's login epochs start: microseconds since the Unix epoch,

@@ -100,10 +100,22 @@ impl TestCluster {
     /// process ([`TestCluster::spawn_blade`]), then calls
     /// [`TestCluster::wait_linked`].
     pub fn new(n: usize, first_ip: u8, lease_secs: u32, cores: usize) -> TestCluster {
+        TestCluster::new_in(0, n, first_ip, lease_secs, cores)
+    }
+
+    /// [`TestCluster::new`] on 127.0.`subnet`.`first_ip`, … instead of
+    /// 127.0.0.…
+    pub fn new_in(
+        subnet: u8,
+        n: usize,
+        first_ip: u8,
+        lease_secs: u32,
+        cores: usize,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (0..n)
             .map(|i| {
-                let ip = format!("127.0.0.{}", usize::from(first_ip) + i);
+                let ip = format!("127.0.{subnet}.{}", usize::from(first_ip) + i);
                 Member {
                     id: format!("blade-{}", i + 1),
                     sip: format!("{ip}:{SIP_PORT}").parse().expect("an address"),
@@ -253,6 +265,21 @@ impl TestCluster {
             "member {i} is not a child process"
         );
         self.blades[i].stop();
+    }
+
+    /// Sends the child process of member `i` `signal` (`STOP`, `CONT`):
+    /// a stopped blade keeps its sockets but answers nothing, so its
+    /// peers' links time out while it still holds its sessions.
+    pub fn signal_blade(&self, i: usize, signal: &str) {
+        let Running::Child(child) = &self.blades[i] else {
+            panic!("member {i} is not a child process");
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} member {i}");
     }
 
     /// Stops member `i`: gracefully in this process, a child with SIGKILL.

@@ -274,9 +274,9 @@ impl LoginInfo {
 ///
 /// Three families: directory notices (no reply), requests to the blade
 /// that owns an agent (each answered once, echoing its `request_id`), and
-/// the redirect a target sends the hosting blade. Which blade sent a frame
-/// is the link's authenticated peer (the certificate's blade id), never a
-/// field.
+/// the redirect a target sends the hosting blade; and the [`Message::Hello`]
+/// that opens each connection. Which blade sent a frame is the link's
+/// authenticated peer (the certificate's blade id), never a field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Agents that logged in on the sender (or logged in again).
@@ -425,6 +425,15 @@ pub enum Message {
         /// Call-ID.
         token: Token,
     },
+    /// The first message on each connection, one-way: which run of the
+    /// sender this is. A peer that sees a new instance id from a blade
+    /// knows the blade restarted, and that every grant its previous run
+    /// held is dead (SPEC §2 step 8, without waiting for the leases).
+    Hello {
+        /// Drawn at random when the blade starts; the same on every
+        /// connection of that run.
+        instance: u64,
+    },
 }
 
 /// The family a message belongs to: tells a driver where to hand it.
@@ -443,6 +452,9 @@ pub enum Class {
     Redirect,
     /// The answer to a redirect.
     RedirectAnswer,
+    /// About the link itself ([`Message::Hello`]): the link's driver reads
+    /// it; no hosting state does.
+    Link,
 }
 
 mod ty {
@@ -466,6 +478,9 @@ mod ty {
     // times out as 503.
     pub const RELAY_REQUEST: u8 = 16;
     pub const RELAY_GRANTED: u8 = 17;
+    // A blade that predates it logs it as undecodable and goes on: the
+    // link stays up, and only the early release on a restart is lost.
+    pub const HELLO: u8 = 18;
 }
 
 impl Message {
@@ -489,6 +504,7 @@ impl Message {
             Message::RedirectAnswer { .. } => "RedirectAnswer",
             Message::RelayRequest { .. } => "RelayRequest",
             Message::RelayGranted { .. } => "RelayGranted",
+            Message::Hello { .. } => "Hello",
         }
     }
 
@@ -512,13 +528,18 @@ impl Message {
             | Message::RelayGranted { .. } => Class::Reply,
             Message::Redirect { .. } => Class::Redirect,
             Message::RedirectAnswer { .. } => Class::RedirectAnswer,
+            Message::Hello { .. } => Class::Link,
         }
     }
 
-    /// The exchange the message belongs to; `None` for notices.
+    /// The exchange the message belongs to; `None` for notices and
+    /// [`Message::Hello`].
     pub fn request_id(&self) -> Option<u64> {
         match self {
-            Message::Announce { .. } | Message::Withdraw { .. } | Message::Resync { .. } => None,
+            Message::Announce { .. }
+            | Message::Withdraw { .. }
+            | Message::Resync { .. }
+            | Message::Hello { .. } => None,
             Message::Locate { request_id, .. }
             | Message::Located { request_id, .. }
             | Message::HostRequest { request_id, .. }
@@ -693,6 +714,10 @@ impl Message {
                 out.put_u64(*request_id);
                 out.put_slice(&token.0);
             }
+            Message::Hello { instance } => {
+                out.put_u8(ty::HELLO);
+                out.put_u64(*instance);
+            }
         }
     }
 
@@ -805,6 +830,7 @@ impl Message {
                 request_id: r.u64()?,
                 token: r.token()?,
             },
+            ty::HELLO => Message::Hello { instance: r.u64()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         match r.buf.len() - r.pos {

@@ -160,6 +160,9 @@ fn samples() -> Vec<Message> {
         request_id: 9,
         token: Token([0x5a; 16]),
     });
+    v.push(Message::Hello {
+        instance: 0x0123_4567_89ab_cdef,
+    });
     v
 }
 
@@ -185,7 +188,7 @@ fn every_message_round_trips() {
     }
     types.sort_unstable();
     types.dedup();
-    assert_eq!(types, (1..=17).collect::<Vec<u8>>(), "every type sampled");
+    assert_eq!(types, (1..=18).collect::<Vec<u8>>(), "every type sampled");
 }
 
 #[test]
@@ -199,6 +202,10 @@ fn classes_ids_and_extensions() {
             }
             Class::Reply | Class::RedirectAnswer => {
                 assert!(m.request_id().is_some());
+                assert_eq!(m.extension(), None);
+            }
+            Class::Link => {
+                assert_eq!(m.request_id(), None);
                 assert_eq!(m.extension(), None);
             }
         }
@@ -221,7 +228,7 @@ fn unknown_version_magic_and_type_are_refused() {
     bytes[0] = b'I';
     assert_eq!(Message::decode(&bytes), Err(DecodeError::BadMagic(b'I')));
     bytes[0] = MAGIC;
-    for t in [0, 18, 255] {
+    for t in [0, 19, 255] {
         bytes[2] = t;
         assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownType(t)));
     }
@@ -294,6 +301,31 @@ fn absurd_lengths_are_refused_before_allocating() {
     s.put_u32(u32::MAX);
     assert_eq!(split_frame(&s), Err(DecodeError::TooLong("frame")));
     assert_eq!(split_frame(&[0, 0]), Ok(None));
+}
+
+/// The Hello is the type after the last one the previous build knew (17):
+/// that build reads it as `UnknownType(18)`, which its driver logs and
+/// drops, link up. Its encoding is fixed: the header and a big-endian u64.
+#[test]
+fn hello_has_one_fixed_encoding() {
+    let m = Message::Hello {
+        instance: 0x0102_0304_0506_0708,
+    };
+    let bytes = enc(&m);
+    assert_eq!(bytes, [MAGIC, VERSION, 18, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(Message::decode(&bytes), Ok(m.clone()));
+    assert_eq!((m.class(), m.name()), (Class::Link, "Hello"));
+    for instance in [0, u64::MAX] {
+        let m = Message::Hello { instance };
+        assert_eq!(Message::decode(&enc(&m)), Ok(m));
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert_eq!(Message::decode(&long), Err(DecodeError::TrailingBytes(1)));
+    assert_eq!(
+        Message::decode(&bytes[..10]),
+        Err(DecodeError::UnexpectedEnd)
+    );
 }
 
 #[test]
@@ -634,6 +666,7 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         (id, token()).prop_map(|(request_id, token)| Message::RelayGranted { request_id, token }),
+        any::<u64>().prop_map(|instance| Message::Hello { instance }),
     ]
 }
 

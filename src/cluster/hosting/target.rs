@@ -31,6 +31,52 @@ pub struct Grant {
     /// Tells this grant from an earlier one of the same agent in the
     /// deadline index.
     serial: u64,
+    /// The source's connection ([`Target::peer_up`]) the grant was last
+    /// asked for or renewed over: a restart of the source seen on a later
+    /// connection ends it ([`Target::peer_restarted`]).
+    link: u64,
+}
+
+/// How a grant ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ending {
+    /// The source ended it with an unhost (or a later grant of the agent
+    /// replaced one left over).
+    Unhosted,
+    /// Its lease ran out: the source stopped renewing it.
+    Lapsed,
+    /// The source blade restarted: its previous run, which held the
+    /// grant, is gone.
+    SourceRestarted,
+}
+
+impl Ending {
+    /// Every way, in the order [`Ending::index`] numbers them.
+    pub const ALL: [Ending; 3] = [Ending::Unhosted, Ending::Lapsed, Ending::SourceRestarted];
+
+    /// The position in [`Ending::ALL`] (for counters).
+    pub fn index(self) -> usize {
+        match self {
+            Ending::Unhosted => 0,
+            Ending::Lapsed => 1,
+            Ending::SourceRestarted => 2,
+        }
+    }
+
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Unhosted => "unhost",
+            Ending::Lapsed => "lapsed",
+            Ending::SourceRestarted => "peer_restarted",
+        }
+    }
+
+    /// Whether the source went away without ending the calls on the
+    /// grant: the target then hangs them up on its agent's phone.
+    pub fn hangs_up(self) -> bool {
+        matches!(self, Ending::Lapsed | Ending::SourceRestarted)
+    }
 }
 
 /// A grant that ended, as [`Target::poll_released`] reports it.
@@ -38,9 +84,8 @@ pub struct Grant {
 pub struct Released {
     /// The grant, as it was.
     pub grant: Grant,
-    /// Whether its lease ran out (the source stopped renewing it) rather
-    /// than the source ending it with an unhost.
-    pub lapsed: bool,
+    /// How it ended.
+    pub how: Ending,
 }
 
 /// What a successful [`Target::grant`] hands the source.
@@ -57,8 +102,10 @@ pub struct Granted {
 /// The owning blade's side of hosting (one per core: each core owns the
 /// agents of its shard and their grants).
 ///
-/// A grant's lease is the only thing that takes an agent back from a
-/// source that stopped talking: losing the link to the source
+/// Two things take an agent back from a source that stopped talking: the
+/// grant's lease, and proof that the source restarted (a new instance id
+/// in its [`Message::Hello`], [`Target::peer_restarted`]), since its new
+/// run holds nothing its previous one did. Losing the link to the source
 /// ([`Target::peer_lost`]) does not, because SIP may still be flowing, the
 /// link may come back and renew, and a take-back while the source still
 /// drives the call would let a second session in. The lease bounds the
@@ -82,8 +129,12 @@ pub struct Target {
     /// The same keys by expiry, oldest first (every leave lasts
     /// [`RELAY_TTL`], so insertion order is expiry order).
     relay_expiry: VecDeque<(Duration, (String, String))>,
-    /// Grants ended by an unhost or a lapsed lease, until polled.
+    /// Grants ended by an unhost, a lapsed lease or a restart, until
+    /// polled.
     released: VecDeque<Released>,
+    /// The latest connection of each source blade (lowercased id), as
+    /// [`Target::peer_up`] numbers them.
+    links: HashMap<String, u64>,
 }
 
 /// How long leave to relay a request holds: a non-INVITE transaction's
@@ -119,6 +170,7 @@ impl Target {
             relays: HashMap::new(),
             relay_expiry: VecDeque::new(),
             released: VecDeque::new(),
+            links: HashMap::new(),
         }
     }
 
@@ -172,6 +224,7 @@ impl Target {
             n => n.min(self.max_lease_secs),
         };
         let expires_at = now + Duration::from_secs(u64::from(lease_secs));
+        let link = self.link_of(from);
         let record = location.get_mut(extension).ok_or(Refusal::Unknown)?;
         if !record.is_logged_in() {
             return Err(Refusal::NotLoggedIn);
@@ -190,6 +243,8 @@ impl Target {
                 self.deadlines.remove(&(g.expires_at, g.serial));
                 g.expires_at = expires_at;
                 g.lease_secs = lease_secs;
+                // Asked again: the source's current run holds it.
+                g.link = link;
                 self.deadlines
                     .insert((expires_at, g.serial), extension.to_owned());
                 let token = g.token;
@@ -217,7 +272,7 @@ impl Target {
             self.deadlines.remove(&(old.expires_at, old.serial));
             self.released.push_back(Released {
                 grant: old,
-                lapsed: false,
+                how: Ending::Unhosted,
             });
         }
         self.serial += 1;
@@ -234,6 +289,7 @@ impl Target {
                 expires_at,
                 lease_secs,
                 serial,
+                link,
             },
         );
         self.deadlines
@@ -377,11 +433,14 @@ impl Target {
     ) -> Option<u32> {
         self.expire_one(now, extension, location);
         self.matching(now, from, extension, call_id, token)?;
+        let link = self.link_of(from);
         let g = self.grants.get_mut(extension)?;
         let lease_secs = g.lease_secs;
         let expires_at = now + Duration::from_secs(u64::from(lease_secs));
         self.deadlines.remove(&(g.expires_at, g.serial));
         g.expires_at = expires_at;
+        // Renewed: the source's current run holds it.
+        g.link = link;
         self.deadlines
             .insert((expires_at, g.serial), extension.to_owned());
         Some(lease_secs)
@@ -405,7 +464,7 @@ impl Target {
             g.token.matches(token) && same_blade(&g.source, from) && g.call_id == call_id
         });
         if found {
-            self.release(extension, location, false);
+            self.release(extension, location, Ending::Unhosted);
         }
         found
     }
@@ -419,7 +478,7 @@ impl Target {
                 break;
             }
             let ext = entry.remove();
-            if self.release(&ext, location, true) {
+            if self.release(&ext, location, Ending::Lapsed) {
                 released.push(ext);
             }
         }
@@ -438,6 +497,44 @@ impl Target {
             .values()
             .filter(|g| same_blade(&g.source, blade))
             .count()
+    }
+
+    /// The link to `blade` is up over its connection number `link`
+    /// (numbers grow with each connection to that blade). Grants asked
+    /// for from now on are tagged with it.
+    pub fn peer_up(&mut self, blade: &str, link: u64) {
+        let known = self.links.entry(blade.to_ascii_lowercase()).or_default();
+        *known = (*known).max(link);
+    }
+
+    /// `blade` restarted: its [`Message::Hello`] on connection `link`
+    /// carried an instance id other than its previous connection's. Every
+    /// grant it was given over an earlier connection (and not renewed or
+    /// asked for again since) belonged to its previous run and ends now,
+    /// as if its lease lapsed; grants over `link` or later are its new
+    /// run's and stay, whichever of the Hello and a host request the
+    /// cores saw first. Returns how many ended ([`Target::poll_released`]
+    /// has them).
+    pub fn peer_restarted(&mut self, location: &mut Location, blade: &str, link: u64) -> usize {
+        self.peer_up(blade, link);
+        let gone: Vec<String> = self
+            .grants
+            .values()
+            .filter(|g| same_blade(&g.source, blade) && g.link < link)
+            .map(|g| g.extension.clone())
+            .collect();
+        for ext in &gone {
+            self.release(ext, location, Ending::SourceRestarted);
+        }
+        gone.len()
+    }
+
+    /// The latest connection of `blade`, 0 before any.
+    fn link_of(&self, blade: &str) -> u64 {
+        self.links
+            .get(&blade.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The live grant of `extension`, if hosted.
@@ -462,15 +559,15 @@ impl Target {
             .get(extension)
             .is_some_and(|g| g.expires_at <= now)
         {
-            self.release(extension, location, true);
+            self.release(extension, location, Ending::Lapsed);
         }
     }
 
     /// Removes the grant of `extension`; the agent goes back to ready if
     /// it is still hosted by that grant's source (not if it logged out
-    /// meanwhile). The grant is queued for [`Target::poll_released`],
-    /// `lapsed` or unhosted. Returns whether there was a grant.
-    fn release(&mut self, extension: &str, location: &mut Location, lapsed: bool) -> bool {
+    /// meanwhile). The grant is queued for [`Target::poll_released`] with
+    /// how it ended. Returns whether there was a grant.
+    fn release(&mut self, extension: &str, location: &mut Location, how: Ending) -> bool {
         let Some(g) = self.grants.remove(extension) else {
             return false;
         };
@@ -482,16 +579,18 @@ impl Target {
                 record.become_free();
             }
         }
-        self.released.push_back(Released { grant: g, lapsed });
+        self.released.push_back(Released { grant: g, how });
         true
     }
 
-    /// The next grant that ended, by [`Target::unhost`] or by its lease
+    /// The next grant that ended, by [`Target::unhost`], by its lease
     /// lapsing (in [`Target::handle_timeout`], or found lapsed by a later
-    /// request for the agent), oldest first. A driver polls after each
-    /// [`Target::handle_request`] and [`Target::handle_timeout`], so that
-    /// what it keeps for a grant ends with it (the proxy's record of the
-    /// hosted agent's dialog: a lapsed grant's phone gets a BYE).
+    /// request for the agent) or by its source's restart
+    /// ([`Target::peer_restarted`]), oldest first. A driver polls after
+    /// each of those calls and [`Target::handle_request`], so that what it
+    /// keeps for a grant ends with it (the proxy's record of the hosted
+    /// agent's dialog: the phone of a grant that lapsed or whose source
+    /// restarted gets a BYE).
     #[must_use]
     pub fn poll_released(&mut self) -> Option<Released> {
         self.released.pop_front()

@@ -469,7 +469,7 @@ fn ended_grants_are_polled_with_whether_they_lapsed() {
     bind(&mut loc, "2002");
     let released = |t: &mut Target| -> Vec<(String, String, bool)> {
         std::iter::from_fn(|| t.poll_released())
-            .map(|r| (r.grant.extension, r.grant.call_id, r.lapsed))
+            .map(|r| (r.grant.extension, r.grant.call_id, r.how == Ending::Lapsed))
             .collect()
     };
     let tok = t
@@ -506,6 +506,159 @@ fn ended_grants_are_polled_with_whether_they_lapsed() {
     t.grant(secs(42), &mut loc, "s3", 5, "2002", "c5", LEASE)
         .unwrap();
     assert_eq!(released(&mut t), [("2002".into(), "c4".into(), false)]);
+}
+
+/// What [`Target::poll_released`] reports, as (agent, Call-ID, how).
+fn released(t: &mut Target) -> Vec<(String, String, Ending)> {
+    std::iter::from_fn(|| t.poll_released())
+        .map(|r| (r.grant.extension, r.grant.call_id, r.how))
+        .collect()
+}
+
+/// S restarts: its new run's Hello on a new connection ends every grant
+/// its previous run held, at once (virtual time stands still, far from
+/// the leases), as a lapse would: the agents are ready again, reported
+/// once each, and their tokens are dead. Another source's grant stays.
+#[test]
+fn a_restarted_source_loses_its_previous_runs_grants_at_once() {
+    let mut t = target();
+    let mut loc = location();
+    for ext in ["2001", "2002", "3001"] {
+        bind(&mut loc, ext);
+    }
+    t.peer_up("s", 1);
+    t.peer_up("u", 1);
+    let tok = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE)
+        .unwrap()
+        .token;
+    t.grant(secs(1), &mut loc, "s", 2, "2002", "c2", LEASE)
+        .unwrap();
+    t.grant(secs(1), &mut loc, "u", 3, "3001", "c3", LEASE)
+        .unwrap();
+
+    // S is killed; the link to it goes down (or not yet: a restart within
+    // the idle timeout replaces the connection) and comes up again.
+    assert_eq!(t.peer_lost("s"), 2);
+    t.peer_up("S", 2);
+    assert!(released(&mut t).is_empty(), "a reconnection ends nothing");
+    assert_eq!(t.peer_restarted(&mut loc, "S", 2), 2);
+    let mut gone = released(&mut t);
+    gone.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        gone,
+        [
+            ("2001".into(), "c1".into(), Ending::SourceRestarted),
+            ("2002".into(), "c2".into(), Ending::SourceRestarted),
+        ]
+    );
+    assert!(Ending::SourceRestarted.hangs_up(), "as a lapse: a BYE");
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+    assert_eq!(state(&loc, "2002"), AgentState::Ready);
+    assert_eq!(state(&loc, "3001"), hosted_by("u"));
+    assert_eq!(t.len(), 1);
+    assert!(!t.check_token(secs(2), "s", "2001", "c1", &tok));
+    assert_eq!(t.renew(secs(2), &mut loc, "s", "2001", "c1", &tok), None);
+    assert_eq!(t.next_deadline(), Some(secs(1 + u64::from(LEASE))));
+    // The same news again (another core's copy, a repeated Hello) is
+    // harmless.
+    assert_eq!(t.peer_restarted(&mut loc, "s", 2), 0);
+    assert!(released(&mut t).is_empty());
+}
+
+/// A link flap: S reconnects, same run, and says so (the same instance
+/// id, so the driver reports no restart). Nothing ends; S renews over the
+/// new connection, and the grant lasts until S ends it.
+#[test]
+fn a_reconnecting_source_of_the_same_run_keeps_its_grants() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    t.peer_up("s", 1);
+    let tok = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE)
+        .unwrap()
+        .token;
+    for (link, at) in [(2, 5), (3, 20), (4, 40)] {
+        assert_eq!(t.peer_lost("s"), 1);
+        t.peer_up("s", link);
+        t.handle_timeout(secs(at), &mut loc);
+        assert_eq!(
+            t.renew(secs(at), &mut loc, "s", "2001", "c1", &tok),
+            Some(LEASE)
+        );
+    }
+    assert!(released(&mut t).is_empty());
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert!(t.unhost(&mut loc, "s", "2001", "c1", &tok));
+    assert_eq!(
+        released(&mut t),
+        [("2001".into(), "c1".into(), Ending::Unhosted)]
+    );
+}
+
+/// The new run's own grants are never ended by the news of its start:
+/// one asked for on the new connection before its Hello reached this
+/// core, one after; and the cores may learn of the connection only with
+/// the Hello. A grant the previous run renewed last on the old connection
+/// goes; one asked for again on the new connection (a retry) stays.
+#[test]
+fn grants_of_the_new_run_survive_the_restart_news() {
+    let mut t = target();
+    let mut loc = location();
+    for ext in ["1001", "2001", "2002", "3001"] {
+        bind(&mut loc, ext);
+    }
+    t.peer_up("s", 1);
+    t.grant(secs(0), &mut loc, "s", 1, "2001", "old", LEASE)
+        .unwrap();
+    t.grant(secs(0), &mut loc, "s", 2, "1001", "retried", LEASE)
+        .unwrap();
+
+    // S restarts: connection 2 comes up; a host request of the new run
+    // outruns its Hello, and a retry of an old Call-ID comes too.
+    t.peer_up("s", 2);
+    let early = t
+        .grant(secs(1), &mut loc, "s", 1, "2002", "new-early", LEASE)
+        .unwrap()
+        .token;
+    t.grant(secs(1), &mut loc, "s", 2, "1001", "retried", LEASE)
+        .unwrap();
+    assert_eq!(t.peer_restarted(&mut loc, "s", 2), 1);
+    assert_eq!(
+        released(&mut t),
+        [("2001".into(), "old".into(), Ending::SourceRestarted)]
+    );
+    let late = t
+        .grant(secs(2), &mut loc, "s", 3, "3001", "new-late", LEASE)
+        .unwrap()
+        .token;
+    // The news repeated by a copy that came late changes nothing.
+    assert_eq!(t.peer_restarted(&mut loc, "s", 2), 0);
+    assert!(t.check_token(secs(3), "s", "2002", "new-early", &early));
+    assert!(t.check_token(secs(3), "s", "3001", "new-late", &late));
+    assert_eq!(state(&loc, "1001"), hosted_by("s"));
+
+    // A core that hears of the restart before the connection's PeerUp
+    // (another core's queue was slower): the restart itself moves the
+    // core on, so a grant after it is the new run's.
+    let mut t2 = target();
+    let mut loc2 = location();
+    bind(&mut loc2, "2001");
+    bind(&mut loc2, "2002");
+    t2.peer_up("s", 1);
+    t2.grant(secs(0), &mut loc2, "s", 1, "2001", "old", LEASE)
+        .unwrap();
+    assert_eq!(t2.peer_restarted(&mut loc2, "s", 2), 1);
+    t2.grant(secs(1), &mut loc2, "s", 2, "2002", "new", LEASE)
+        .unwrap();
+    t2.peer_up("s", 2);
+    assert_eq!(t2.peer_restarted(&mut loc2, "s", 2), 0);
+    assert_eq!(state(&loc2, "2002"), hosted_by("s"));
+    // A later restart (a third run) ends the second run's grants.
+    t2.peer_up("s", 3);
+    assert_eq!(t2.peer_restarted(&mut loc2, "s", 3), 1);
+    assert_eq!(state(&loc2, "2002"), AgentState::Ready);
 }
 
 #[test]

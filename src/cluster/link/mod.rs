@@ -13,6 +13,11 @@
 //! - A request is one bidirectional stream: the request frame, FIN, the
 //!   answer frame, FIN. A one-way message is one unidirectional stream.
 //!   Frames are opaque bytes here (the codec lives in [`super::codec`]).
+//! - Each side opens each connection with its hello frame
+//!   ([`Link::with_hello`]: the codec's `Hello`, naming this run of the
+//!   blade), one-way, before anything else can be sent on it. QUIC does
+//!   not order streams, so a request sent right after it may still be read
+//!   first; [`PeerRuns`] numbers the connections so that does not matter.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,6 +31,10 @@ use quinn_proto::{
 };
 
 use super::tls::{Identity, peer_blade_id};
+
+mod runs;
+
+pub use runs::PeerRuns;
 
 /// The largest frame accepted on a stream; a peer sending more is reset.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -150,6 +159,8 @@ pub struct Link {
     transmits: VecDeque<(SocketAddr, Bytes)>,
     next_exchange: u64,
     buf: Vec<u8>,
+    /// Sent first on every connection, if set.
+    hello: Option<Bytes>,
 }
 
 impl Link {
@@ -186,7 +197,17 @@ impl Link {
             transmits: VecDeque::new(),
             next_exchange: 0,
             buf: Vec::with_capacity(1500),
+            hello: None,
         }
+    }
+
+    /// Sends `frame` as a one-way message first on every connection, as
+    /// soon as the peer is authenticated and before [`LinkEvent::PeerUp`]
+    /// lets anything else be sent: the peer learns which run of this
+    /// blade is on the link before any request of it could be answered.
+    pub fn with_hello(mut self, frame: Bytes) -> Link {
+        self.hello = Some(frame);
+        self
     }
 
     /// Closes every connection (the blade is stopping): peers see it go at
@@ -534,6 +555,13 @@ impl Link {
             }
         };
         c.peer = Some(i);
+        if let Some(hello) = &self.hello {
+            // Stream limits are the peer's; a fresh connection has room
+            // for thousands (tls::MAX_STREAMS), so this never waits.
+            if let Some(stream) = c.conn.streams().open(Dir::Uni) {
+                c.write(stream, hello.clone());
+            }
+        }
         // A peer that reconnects replaces its old connection.
         if let Some(old) = self.peers[i].conn.filter(|&old| old != ch) {
             if let Some(o) = self.conns.get_mut(&old) {

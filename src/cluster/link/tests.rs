@@ -451,3 +451,84 @@ fn a_restarted_peer_resets_the_old_connection_and_is_redialled_at_once() {
     assert!(nodes[0].link.is_up("blade-2") && nodes[1].link.is_up("blade-1"));
     assert!(now - restarted < crate::cluster::tls::IDLE_TIMEOUT);
 }
+
+/// Each side opens each connection with its hello frame, one-way, and
+/// nothing comes before it: the first event after `PeerUp` is that
+/// message. A restarted peer's new run sends its own on the new
+/// connection; the side that stayed sends the same frame again. A peer
+/// without one (an older build) still links.
+#[test]
+fn each_connection_opens_with_the_hello_frame() {
+    let mut now = Instant::now();
+    let (dir, nodes) = two_blades(now);
+    let hello = |n: &str| Bytes::from(format!("hello from {n}"));
+    let mut nodes: Vec<Node> = nodes
+        .into_iter()
+        .zip(["blade-1 run 1", "blade-2 run 1"])
+        .map(|(mut node, run)| {
+            node.link = node.link.with_hello(hello(run));
+            node
+        })
+        .collect();
+    run(&mut nodes, &mut now, Duration::from_millis(500));
+    // What each side heard from `peer` after its latest PeerUp.
+    let after_up = |events: &[LinkEvent], peer: &str| -> Vec<LinkEvent> {
+        let up = events
+            .iter()
+            .rposition(|e| *e == LinkEvent::PeerUp(peer.into()))
+            .expect("the peer came up");
+        events[up + 1..].to_vec()
+    };
+    let message = |peer: &str, run: &str| LinkEvent::Message {
+        peer: peer.into(),
+        frame: hello(run),
+    };
+    assert_eq!(
+        after_up(&nodes[0].events, "blade-2"),
+        [message("blade-2", "blade-2 run 1")]
+    );
+    assert_eq!(
+        after_up(&nodes[1].events, "blade-1"),
+        [message("blade-1", "blade-1 run 1")]
+    );
+
+    // blade-2 restarts as a new run, which has a hello of its own.
+    nodes.pop();
+    let mut fresh = node(
+        dir.path(),
+        "blade-2",
+        "127.0.0.2:7062",
+        &[("blade-1", "127.0.0.1:7061")],
+        now,
+    );
+    fresh.link = fresh.link.with_hello(hello("blade-2 run 2"));
+    nodes.push(fresh);
+    run(&mut nodes, &mut now, Duration::from_secs(4));
+    assert!(nodes[0].link.is_up("blade-2"), "{:?}", nodes[0].events);
+    assert_eq!(
+        after_up(&nodes[0].events, "blade-2"),
+        [message("blade-2", "blade-2 run 2")]
+    );
+    assert_eq!(
+        after_up(&nodes[1].events, "blade-1"),
+        [message("blade-1", "blade-1 run 1")]
+    );
+
+    // A third blade-2 that sends none (an older build) still links, and
+    // is still sent blade-1's.
+    nodes.pop();
+    nodes.push(node(
+        dir.path(),
+        "blade-2",
+        "127.0.0.2:7062",
+        &[("blade-1", "127.0.0.1:7061")],
+        now,
+    ));
+    run(&mut nodes, &mut now, Duration::from_secs(4));
+    assert!(nodes[0].link.is_up("blade-2") && nodes[1].link.is_up("blade-1"));
+    assert_eq!(after_up(&nodes[0].events, "blade-2"), []);
+    assert_eq!(
+        after_up(&nodes[1].events, "blade-1"),
+        [message("blade-1", "blade-1 run 1")]
+    );
+}
