@@ -897,10 +897,9 @@ impl Proxy {
             (Peer::udp(target), uri)
         });
         let upstream = Some(upstream);
+        let method = request.method().unwrap_or(Method::Other);
         match self.build_forward(&request, target, Some(&uri), 0, upstream) {
-            Ok((forwarded, data, target)) => {
-                self.start_client(now, id, forwarded, data, target, out)
-            }
+            Ok(forwarded) => self.start_client(now, id, method, forwarded, out),
             Err(refusal) => {
                 self.answer_pending(now, id, refusal.status, out);
                 if let Some(o) = self.outcomes(call_id) {
@@ -951,10 +950,9 @@ impl Proxy {
             )
             .then_some(upstream);
             let target = Peer::udp(target);
+            let method = request.method().unwrap_or(Method::Other);
             match self.build_forward(&request, target, Some(&uri), 0, record_route) {
-                Ok((forwarded, data, target)) => {
-                    self.start_client(now, id, forwarded, data, target, out)
-                }
+                Ok(forwarded) => self.start_client(now, id, method, forwarded, out),
                 Err(refusal) => self.answer_pending(now, id, refusal.status, out),
             }
         }

@@ -13,6 +13,16 @@ use crate::sip::edit::Forward;
 use crate::sip::{Message, Method};
 use crate::transaction::{Peer, Transmit};
 
+/// A request built to go downstream.
+pub(super) struct Forwarded {
+    /// Its bytes.
+    pub data: Bytes,
+    /// Where it goes.
+    pub target: Peer,
+    /// The branch of its Via: the client transaction's key.
+    pub branch: Bytes,
+}
+
 impl Proxy {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
@@ -28,7 +38,7 @@ impl Proxy {
     ) {
         let record_route = record_route.then_some(source.transport);
         let forwarded = self.build_forward(&msg, target, request_uri, pop_routes, record_route);
-        let (forwarded, data, target) = match forwarded {
+        let forwarded = match forwarded {
             Ok(f) => f,
             Err(refusal) => {
                 // A new call refused here (too many hops, too large) ends
@@ -46,8 +56,9 @@ impl Proxy {
             }
         };
         let server = self.server_tx(now, source, &msg, out);
+        let method = msg.method().unwrap_or(Method::Other);
         let id = self.insert(msg, server);
-        self.start_client(now, id, forwarded, data, target, out);
+        self.start_client(now, id, method, forwarded, out);
     }
 
     /// Our Record-Route entry for the side reached over `transport`.
@@ -74,19 +85,26 @@ impl Proxy {
         request_uri: Option<&str>,
         pop_routes: usize,
         record_route: Option<crate::sip::Transport>,
-    ) -> Result<(Message, Bytes, Peer), Refusal> {
+    ) -> Result<Forwarded, Refusal> {
         self.next_branch += 1;
         let mut via = std::mem::take(&mut self.via_scratch);
         via.clear();
         let _ = write!(
             via,
-            "SIP/2.0/{} {};branch={BRANCH_PREFIX}{}x{}.{:016x}",
+            "SIP/2.0/{} {};branch=",
             target.transport,
             self.sent_by(target.transport),
+        );
+        let branch_at = via.len();
+        let _ = write!(
+            via,
+            "{BRANCH_PREFIX}{}x{}.{:016x}",
             self.settings.core,
             self.next_branch,
             route::loop_hash(msg)
         );
+        // Owned, so a lingering transaction does not pin the request buffer.
+        let branch = Bytes::copy_from_slice(&via.as_bytes()[branch_at..]);
         let bridged;
         let record_route_value = match record_route {
             Some(upstream) if upstream != target.transport => {
@@ -124,11 +142,14 @@ impl Proxy {
         if target.transport == crate::sip::Transport::Udp && buf.len() > UDP_MAX_PAYLOAD {
             return Err(Refusal::new(513, "Message Too Large"));
         }
-        let data = buf.freeze();
-        match Message::parse(data.clone()) {
-            Ok(forwarded) => Ok((forwarded, data, target)),
-            Err(_) => Err(Refusal::new(500, "Server Internal Error")),
-        }
+        // Not parsed again: the edit keeps a parsed message parseable
+        // (tests/edit_props.rs), and the client transaction reads its
+        // request only to build a CANCEL or an ACK.
+        Ok(Forwarded {
+            data: buf.freeze(),
+            target,
+            branch,
+        })
     }
 
     pub(super) fn forward_in_dialog(

@@ -163,15 +163,12 @@ impl Proxy {
              Content-Length: 0\r\n\r\n"
         );
         let data = Bytes::from(text);
-        let msg = match Message::parse(data.clone()) {
-            Ok(msg) => msg,
-            Err(err) => {
-                // Parts copied from a 2xx that parsed: not expected.
-                tracing::warn!(%call_id, %err, "could not build a BYE");
-                return;
-            }
-        };
-        let (tx, first) = ClientTx::start(now, msg, data, hop, self.settings.timers);
+        if let Err(err) = Message::parse(data.clone()) {
+            // Parts copied from a 2xx that parsed: not expected.
+            tracing::warn!(%call_id, %err, "could not build a BYE");
+            return;
+        }
+        let (tx, first) = ClientTx::start(now, false, data, hop, self.settings.timers);
         out.transmits.push(first);
         self.metrics.sessions_bye_sent += 1;
         self.own_byes.insert(

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::cross::Waiting;
+use super::forward::Forwarded;
 use super::hangup::OWN_BYE_TIMER;
 use super::responses::reason_phrase;
 use super::route;
@@ -276,19 +277,17 @@ impl Proxy {
         &mut self,
         now: Duration,
         id: usize,
-        forwarded: Message,
-        data: Bytes,
-        target: Peer,
+        method: Method,
+        forwarded: Forwarded,
         out: &mut Output,
     ) {
-        // Owned, so a lingering transaction does not pin the request buffer.
-        let branch = forwarded
-            .top_via()
-            .branch()
-            .map(|b| Bytes::copy_from_slice(b.as_bytes()))
-            .unwrap_or_default();
-        let method = forwarded.method().unwrap_or(Method::Other);
-        let (client, first) = ClientTx::start(now, forwarded, data, target, self.settings.timers);
+        let Forwarded {
+            data,
+            target,
+            branch,
+        } = forwarded;
+        let invite = method == Method::Invite;
+        let (client, first) = ClientTx::start(now, invite, data, target, self.settings.timers);
         out.transmits.push(first);
         let Some(pair) = self.txs.get_mut(id) else {
             return;
@@ -392,13 +391,10 @@ pub(super) fn send_cancel(
                 return;
             };
             request.cancel_for(&mut buf);
-            let data = buf.freeze();
-            if let Ok(cancel) = Message::parse(data.clone()) {
-                let (tx, first) = ClientTx::start(now, cancel, data, client.tx.peer(), timers);
-                out.push(first);
-                pair.cancel = Some(tx);
-                pair.cancel_pending = false;
-            }
+            let (tx, first) = ClientTx::start(now, false, buf.freeze(), client.tx.peer(), timers);
+            out.push(first);
+            pair.cancel = Some(tx);
+            pair.cancel_pending = false;
         }
         ClientState::Calling => pair.cancel_pending = true,
         _ => {}

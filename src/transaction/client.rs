@@ -42,11 +42,10 @@ pub enum ClientEvent {
 pub struct ClientTx {
     invite: bool,
     state: ClientState,
-    /// The request, kept while it may still be needed to build an ACK or a
-    /// CANCEL; dropped once a final response arrives, so the transactions
-    /// that linger to absorb retransmissions stay small.
-    request: Option<Box<Message>>,
-    /// The request as sent, for retransmissions; dropped with `request`.
+    /// The request as sent: retransmitted, and parsed again in the rare
+    /// case that an ACK or a CANCEL is built from it. Dropped once a final
+    /// response arrives, so the transactions that linger to absorb
+    /// retransmissions stay small.
     data: Bytes,
     peer: Peer,
     timers: TimerConfig,
@@ -61,16 +60,19 @@ pub struct ClientTx {
 }
 
 impl ClientTx {
-    /// Starts a transaction for `request` (already encoded as `data`) to
-    /// `peer`; returns it and the first transmission.
+    /// Starts a transaction for the request encoded as `data` (an INVITE
+    /// when `invite`) to `peer`; returns it and the first transmission.
+    ///
+    /// The request is not parsed here: the sender built it, and most
+    /// transactions end with a 2xx (or a non-INVITE's final answer) without
+    /// reading it again.
     pub fn start(
         now: Duration,
-        request: Message,
+        invite: bool,
         data: Bytes,
         peer: Peer,
         timers: TimerConfig,
     ) -> (Self, Transmit) {
-        let invite = request.method() == Some(crate::sip::Method::Invite);
         let unreliable = !peer.transport.is_reliable();
         let tx = ClientTx {
             invite,
@@ -79,7 +81,6 @@ impl ClientTx {
             } else {
                 ClientState::Trying
             },
-            request: Some(Box::new(request)),
             data: data.clone(),
             peer,
             timers,
@@ -96,9 +97,13 @@ impl ClientTx {
         self.state
     }
 
-    /// The request this transaction sent, until a final response arrives.
-    pub fn request(&self) -> Option<&Message> {
-        self.request.as_deref()
+    /// The request this transaction sent, parsed again, until a final
+    /// response arrives.
+    pub fn request(&self) -> Option<Message> {
+        if self.data.is_empty() {
+            return None;
+        }
+        Message::parse(self.data.clone()).ok()
     }
 
     /// Where the request went.
@@ -156,7 +161,7 @@ impl ClientTx {
             (ClientState::Accepted, 200..=299) => ClientEvent::Pass,
             (ClientState::Calling | ClientState::Proceeding, 300..=699) if self.invite => {
                 let mut ack = BytesMut::new();
-                if let Some(request) = &self.request {
+                if let Some(request) = self.request() {
                     request.ack_for(response, &mut ack);
                 }
                 self.drop_request();
@@ -247,14 +252,13 @@ impl ClientTx {
     /// request: lingering transactions keep only what absorbs retransmitted
     /// responses.
     fn drop_request(&mut self) {
-        self.request = None;
         self.data = Bytes::new();
     }
 
     /// Whether the request is still held (tests).
     #[cfg(test)]
     pub(crate) fn holds_request(&self) -> bool {
-        self.request.is_some() || !self.data.is_empty()
+        !self.data.is_empty()
     }
 
     fn terminate(&mut self) {
@@ -291,9 +295,8 @@ mod tests {
     }
 
     fn start(now: Duration) -> ClientTx {
-        let req = invite();
-        let data = req.buffer().clone();
-        ClientTx::start(now, req, data, udp(), TimerConfig::default()).0
+        let data = invite().buffer().clone();
+        ClientTx::start(now, true, data, udp(), TimerConfig::default()).0
     }
 
     fn ms(n: u64) -> Duration {
@@ -385,9 +388,8 @@ mod tests {
     fn non_invite_timer_e_caps_at_t2() {
         let raw = "BYE sip:1002@127.0.0.2:5062 SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKb\r\nFrom: <sip:a@b>;tag=a\r\n\
                    To: <sip:c@d>;tag=b\r\nCall-ID: y\r\nCSeq: 8 BYE\r\nContent-Length: 0\r\n\r\n";
-        let req = Message::parse(Bytes::from(raw)).unwrap();
-        let data = req.buffer().clone();
-        let (mut tx, _) = ClientTx::start(Duration::ZERO, req, data, udp(), TimerConfig::default());
+        let data = Bytes::from(raw);
+        let (mut tx, _) = ClientTx::start(Duration::ZERO, false, data, udp(), TimerConfig::default());
         let mut out = Vec::new();
         let mut sent_at = Vec::new();
         let mut fired = None;
@@ -407,13 +409,12 @@ mod tests {
 
     #[test]
     fn reliable_transport_has_no_retransmission() {
-        let req = invite();
-        let data = req.buffer().clone();
+        let data = invite().buffer().clone();
         let tcp = Peer {
             transport: Transport::Tcp,
             ..udp()
         };
-        let (tx, _) = ClientTx::start(Duration::ZERO, req, data, tcp, TimerConfig::default());
+        let (tx, _) = ClientTx::start(Duration::ZERO, true, data, tcp, TimerConfig::default());
         assert_eq!(tx.deadline(), Some(ms(32_000)), "only timer B");
     }
 }
