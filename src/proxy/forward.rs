@@ -1,12 +1,11 @@
 //! Forwarding requests: out of dialog to an agent's binding, in dialog
 //! along the route set, and the ACK of a 2xx.
 
-use std::fmt::Write;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::route::{self, BRANCH_PREFIX, CORE_PARAM};
+use super::route::{self, CORE_PARAM};
 use super::{Handoff, Output, Proxy, UDP_MAX_PAYLOAD, UDP_MAX_TO_BLADES};
 use crate::registrar::Refusal;
 use crate::sip::edit::Forward;
@@ -89,20 +88,15 @@ impl Proxy {
         self.next_branch += 1;
         let mut via = std::mem::take(&mut self.via_scratch);
         via.clear();
-        let _ = write!(
-            via,
-            "SIP/2.0/{} {};branch=",
+        let branch_at = route::push_via_head(
+            &mut via,
             target.transport,
             self.sent_by(target.transport),
-        );
-        let branch_at = via.len();
-        let _ = write!(
-            via,
-            "{BRANCH_PREFIX}{}x{}.{:016x}",
             self.settings.core,
-            self.next_branch,
-            route::loop_hash(msg)
         );
+        route::push_decimal(&mut via, self.next_branch);
+        via.push('.');
+        route::push_hex16(&mut via, route::loop_hash(msg));
         // Owned, so a lingering transaction does not pin the request buffer.
         let branch = Bytes::copy_from_slice(&via.as_bytes()[branch_at..]);
         let bridged;
@@ -270,16 +264,15 @@ impl Proxy {
         }
         // A stateless branch: derived from the incoming one, so every
         // retransmission of the ACK is forwarded alike (§16.11).
-        let branch = format!(
-            "{BRANCH_PREFIX}{}xa{}",
-            self.settings.core,
-            msg.top_via().branch().unwrap_or("0")
-        );
-        let via = format!(
-            "SIP/2.0/{} {};branch={branch}",
+        let mut via = String::with_capacity(96);
+        route::push_via_head(
+            &mut via,
             target.transport,
-            self.sent_by(target.transport)
+            self.sent_by(target.transport),
+            self.settings.core,
         );
+        via.push('a');
+        via.push_str(msg.top_via().branch().unwrap_or("0"));
         let edit = Forward {
             via: Some(&via),
             pop_routes,

@@ -14,6 +14,54 @@ pub const CORE_PARAM: &str = "sbc";
 /// `sb`, the owning core, and `x`.
 pub const BRANCH_PREFIX: &str = "z9hG4bKsb";
 
+/// Appends the start of a Via of ours, up to the part of its branch that
+/// tells one request from another: `SIP/2.0/<transport> <sent-by>;branch=`
+/// then [`BRANCH_PREFIX`], the core and `x`. Returns where the branch
+/// starts. Written piece by piece: `write!` cost about a thousand
+/// instructions per Via, on every request forwarded.
+pub(super) fn push_via_head(
+    out: &mut String,
+    transport: crate::sip::Transport,
+    sent_by: &str,
+    core: usize,
+) -> usize {
+    out.push_str("SIP/2.0/");
+    out.push_str(transport.as_str());
+    out.push(' ');
+    out.push_str(sent_by);
+    out.push_str(";branch=");
+    let branch_at = out.len();
+    out.push_str(BRANCH_PREFIX);
+    push_decimal(out, core as u64);
+    out.push('x');
+    branch_at
+}
+
+/// Appends `n` in decimal.
+pub(super) fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+}
+
+/// Appends `n` as 16 lowercase hex digits.
+pub(super) fn push_hex16(out: &mut String, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend(
+        (0..16)
+            .rev()
+            .map(|i| char::from(HEX[(n >> (i * 4)) as usize & 0xf])),
+    );
+}
+
 /// FNV-1a's 32-bit offset basis and prime, shared with the kernel-side
 /// copy of [`shard_of`] (`runtime::steer`).
 pub const SHARD_HASH_BASIS: u32 = 0x811c_9dc5;

@@ -389,7 +389,8 @@ mod tests {
         let raw = "BYE sip:1002@127.0.0.2:5062 SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKb\r\nFrom: <sip:a@b>;tag=a\r\n\
                    To: <sip:c@d>;tag=b\r\nCall-ID: y\r\nCSeq: 8 BYE\r\nContent-Length: 0\r\n\r\n";
         let data = Bytes::from(raw);
-        let (mut tx, _) = ClientTx::start(Duration::ZERO, false, data, udp(), TimerConfig::default());
+        let (mut tx, _) =
+            ClientTx::start(Duration::ZERO, false, data, udp(), TimerConfig::default());
         let mut out = Vec::new();
         let mut sent_at = Vec::new();
         let mut fired = None;

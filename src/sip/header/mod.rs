@@ -18,6 +18,7 @@ use super::span::Span;
 /// and `gen-value = token / host / quoted-string`. Calls `each(name, value)`
 /// per parameter (a quoted value is given without its quotes) and returns
 /// the span of the whole parameter list.
+#[inline]
 pub(crate) fn params(
     c: &mut Cursor<'_>,
     mut each: impl FnMut(Span, Option<Span>) -> Option<()>,
@@ -36,6 +37,7 @@ pub(crate) fn params(
 }
 
 /// `gen-value`; a quoted string's span excludes the quotes.
+#[inline]
 pub(crate) fn gen_value(c: &mut Cursor<'_>) -> Option<Span> {
     if c.peek() == Some(b'"') {
         c.quoted()

@@ -18,6 +18,7 @@ pub struct CSeq {
 }
 
 /// Parses a CSeq value filling the cursor.
+#[inline]
 pub(crate) fn cseq(c: &mut Cursor<'_>) -> Option<CSeq> {
     let seq = c.number(u32::MAX)?;
     if !c.lws() {
@@ -33,6 +34,7 @@ pub(crate) fn cseq(c: &mut Cursor<'_>) -> Option<CSeq> {
 }
 
 /// Checks a Call-ID, `word [ "@" word ]`, filling the cursor.
+#[inline]
 pub(crate) fn call_id(c: &mut Cursor<'_>) -> Option<Span> {
     let start = c.pos;
     c.take1(WORD)?;
