@@ -1,0 +1,67 @@
+//! Black-box acceptance findings: behaviours a hostile or merely unusual
+//! peer exposed over real sockets, each kept as a regression test.
+//!
+//! Every blade and user agent here lives on 127.0.1.x (the range this file
+//! keeps to, apart from other test files' 127.0.0.x), with ports chosen by
+//! the OS.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::{TestBlade, Ua, first_line, header};
+use sipblade::runtime::Options;
+use sipblade::sip::{HeaderName, Method};
+
+/// The address of this file's blades.
+const BLADE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 1);
+
+/// A blade on [`BLADE_IP`] with `cores` executors, auth off.
+fn blade(cores: usize) -> TestBlade {
+    TestBlade::start_at(cores, false, Options::default(), "", BLADE_IP)
+}
+
+/// A registered user agent for `ext` on 127.0.1.`host`.
+fn registered(blade: &TestBlade, ext: &str, host: u8) -> Ua {
+    let mut ua = Ua::new_at(blade.sip, ext, Ipv4Addr::new(127, 0, 1, host));
+    let ok = ua.register(3600);
+    assert_eq!(
+        ok.status(),
+        Some(200),
+        "{ext} registers: {}",
+        first_line(&ok)
+    );
+    ua
+}
+
+/// RFC 3261 §16.7 step 6: a proxy does not pass a 503 upstream (the caller
+/// would take the blade itself for unavailable and back off from it); when the 503 is the only answer, it sends 500. The
+/// callee's phone answering 503 (overloaded, DND) is a failed call like any
+/// other, and the caller can still call again at once.
+#[test]
+fn a_callees_503_reaches_the_caller_as_500() {
+    let blade = blade(1);
+    let mut a = registered(&blade, "1001", 11);
+    let mut b = registered(&blade, "1002", 12);
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 503, "Service Unavailable", "callee-tag");
+    let failed = a.response(&call.call_id, Method::Invite);
+    assert_eq!(failed.status(), Some(500), "{}", first_line(&failed));
+    assert_eq!(failed.to().tag(), Some("callee-tag"), "the callee's To tag");
+    assert_eq!(failed.vias().count(), 1, "the blade removed its Via");
+    a.ack_failure(&call, &failed);
+    blade.wait_state("1001", "ready");
+    blade.wait_state("1002", "ready");
+    blade.wait_no_sessions();
+    // Other failures pass unchanged.
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 486, "Busy Here", "callee-tag");
+    let busy = a.response(&call.call_id, Method::Invite);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    assert_eq!(header(&busy, HeaderName::CSeq).as_deref(), Some("1 INVITE"));
+    a.ack_failure(&call, &busy);
+}
