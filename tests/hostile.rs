@@ -65,3 +65,28 @@ fn a_callees_503_reaches_the_caller_as_500() {
     assert_eq!(header(&busy, HeaderName::CSeq).as_deref(), Some("1 INVITE"));
     a.ack_failure(&call, &busy);
 }
+
+/// RFC 3261 §8.2.6.1 (which §16.2 applies to a proxy's 100): the 100 Trying
+/// to a request with a Timestamp carries that Timestamp, so the caller can
+/// measure the round trip.
+#[test]
+fn the_100_trying_copies_the_timestamp() {
+    let blade = blade(1);
+    let mut a = registered(&blade, "1001", 13);
+    let mut b = registered(&blade, "1002", 14);
+    let mut call = a.call("1002");
+    a.invite(&mut call, "Timestamp: 54.0 1.5\r\n");
+    let trying = a.expect_where("the 100 Trying", |m| {
+        m.status() == Some(100) && m.call_id() == call.call_id
+    });
+    assert_eq!(
+        trying.header_named("Timestamp"),
+        Some(&b"54.0 1.5"[..]),
+        "{}",
+        first_line(&trying)
+    );
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 486, "Busy Here", "callee-tag");
+    let busy = a.response(&call.call_id, Method::Invite);
+    a.ack_failure(&call, &busy);
+}
