@@ -90,3 +90,40 @@ fn the_100_trying_copies_the_timestamp() {
     let busy = a.response(&call.call_id, Method::Invite);
     a.ack_failure(&call, &busy);
 }
+
+/// RFC 3261 §16.4: a Route naming the proxy is the proxy's to remove. A
+/// phone with the blade as its outbound proxy preloads `Route: <blade;lr>`
+/// on its out-of-dialog requests (§8.1.2); the callee's phone must not get
+/// that Route (it is no route set of its dialog).
+#[test]
+fn a_preloaded_route_naming_the_blade_is_removed() {
+    let blade = blade(1);
+    let mut a = registered(&blade, "1001", 15);
+    let mut b = registered(&blade, "1002", 16);
+    let route = format!("Route: <sip:{};lr>\r\n", blade.sip);
+    let mut call = a.call("1002");
+    a.invite(&mut call, &route);
+    let invite = b.request(Method::Invite, &call.call_id);
+    assert_eq!(invite.routes().count(), 0, "the INVITE's Route was popped");
+    b.answer(&invite, 486, "Busy Here", "callee-tag");
+    let busy = a.response(&call.call_id, Method::Invite);
+    a.ack_failure(&call, &busy);
+
+    let call_id = format!("msg-{}@test", common::unique());
+    a.send(format!(
+        "MESSAGE {} SIP/2.0\r\n{}{route}Max-Forwards: 70\r\nFrom: <{}>;tag=m1\r\n\
+         To: <{}>\r\nCall-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n",
+        common::aor("1002"),
+        a.via(&common::branch()),
+        common::aor("1001"),
+        common::aor("1002"),
+    ));
+    let message = b.request(Method::Message, &call_id);
+    assert_eq!(
+        message.routes().count(),
+        0,
+        "the MESSAGE's Route was popped"
+    );
+    b.answer(&message, 200, "OK", "callee-tag");
+    assert_eq!(a.response(&call_id, Method::Message).status(), Some(200));
+}
