@@ -127,3 +127,69 @@ fn a_preloaded_route_naming_the_blade_is_removed() {
     b.answer(&message, 200, "OK", "callee-tag");
     assert_eq!(a.response(&call_id, Method::Message).status(), Some(200));
 }
+
+/// RFC 3261 §17.2.3: a request matches a server transaction by its branch
+/// *and* the sent-by of its top Via. Phones that derive branches from a
+/// counter, or scripts that send RFC 3261's example branch, reuse branches
+/// across terminals: a second terminal's request is not a retransmission of
+/// the first's (which would swallow it and answer the first terminal again),
+/// nor may it CANCEL the first's call.
+#[test]
+fn one_branch_from_two_terminals_is_two_transactions() {
+    let blade = blade(1);
+    let ip = Ipv4Addr::new(127, 0, 1, 17);
+    let mut one = Ua::new_at(blade.sip, "1001", ip);
+    let mut two = Ua::new_at(blade.sip, "1003", ip);
+    let branch = "z9hG4bK776asdhds";
+    let options = |ua: &Ua, call_id: &str| {
+        format!(
+            "OPTIONS sip:{} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: <{}>;tag=o1\r\n\
+             To: <sip:{}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            blade.sip,
+            ua.via(branch),
+            common::aor(&ua.ext),
+            blade.sip,
+        )
+    };
+    one.send(options(&one, "opt-one@test"));
+    let first = one.response("opt-one@test", Method::Options);
+    assert_eq!(first.status(), Some(200), "{}", first_line(&first));
+    two.send(options(&two, "opt-two@test"));
+    let second = two.response("opt-two@test", Method::Options);
+    assert_eq!(second.status(), Some(200), "{}", first_line(&second));
+
+    // The same for a call: another terminal's CANCEL with the caller's
+    // branch is no CANCEL of the caller's INVITE.
+    let mut a = registered(&blade, "1001", 18);
+    let mut b = registered(&blade, "1002", 19);
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 180, "Ringing", "callee-tag");
+    assert_eq!(
+        a.response(&call.call_id, Method::Invite).status(),
+        Some(180)
+    );
+    let cancel = format!(
+        "CANCEL {} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: <{}>;tag={}\r\nTo: <{}>\r\n\
+         Call-ID: {}\r\nCSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n",
+        common::aor("1002"),
+        two.via(&call.branch),
+        common::aor("1001"),
+        call.from_tag,
+        common::aor("1002"),
+        call.call_id,
+        call.cseq,
+    );
+    two.send(cancel);
+    let refused = two.response(&call.call_id, Method::Cancel);
+    assert_eq!(refused.status(), Some(481), "{}", first_line(&refused));
+    let stray = b.collect_where(std::time::Duration::from_millis(300), |m| {
+        m.method() == Some(Method::Cancel)
+    });
+    assert!(stray.is_empty(), "the callee got no CANCEL");
+    b.answer(&invite, 486, "Busy Here", "callee-tag");
+    let busy = a.response(&call.call_id, Method::Invite);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    a.ack_failure(&call, &busy);
+}

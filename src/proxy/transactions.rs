@@ -185,10 +185,7 @@ impl Proxy {
 
     /// A new server transaction for `request`, without a client yet.
     pub(super) fn insert(&mut self, request: Message, server: ServerTx) -> usize {
-        let mut key = ServerKey::of(&request);
-        // An owned copy: a slice would keep the whole request buffer alive
-        // while the transaction lingers.
-        key.branch = Bytes::copy_from_slice(&key.branch);
+        let key = ServerKey::of(&request).owned();
         self.pending += 1;
         let pair = TxPair {
             generation: 0,
