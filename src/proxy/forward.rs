@@ -113,6 +113,11 @@ impl Proxy {
             Some(_) => Some(self.tcp_record_route.as_str()),
             None => None,
         };
+        // §16.4: the top Routes naming us are ours to remove, whatever the
+        // route: an out-of-dialog request preloaded with the blade as its
+        // outbound proxy (§8.1.2) is routed by its Request-URI, and its
+        // callee must not get the blade's Route.
+        let pop_routes = pop_routes.max(self.our_routes(msg));
         let edit = Forward {
             via: Some(&via),
             record_route: record_route_value,

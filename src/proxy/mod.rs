@@ -188,11 +188,15 @@ pub enum AgentEvent {
     },
 }
 
-/// Server transaction key (RFC 3261 §17.2.3): the branch and the method,
-/// ACK matching its INVITE.
+/// Server transaction key (RFC 3261 §17.2.3): the branch, the sent-by of
+/// the top Via and the method, ACK matching its INVITE. The sent-by keeps
+/// apart terminals that happen to use the same branch (a counter, a
+/// textbook example): one's request is no retransmission of the other's,
+/// nor can its CANCEL end the other's call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ServerKey {
     branch: Bytes,
+    sent_by: (Bytes, Option<u16>),
     method: Method,
 }
 
@@ -215,7 +219,20 @@ impl ServerKey {
                 String::from_utf8_lossy(via.as_bytes())
             )),
         };
-        ServerKey { branch, method }
+        let host = msg.buffer().slice_ref(via.host().as_bytes());
+        ServerKey {
+            branch,
+            sent_by: (host, via.port()),
+            method,
+        }
+    }
+
+    /// The key with owned copies of its slices: a slice would keep the
+    /// whole request buffer alive while the transaction lingers.
+    fn owned(mut self) -> ServerKey {
+        self.branch = Bytes::copy_from_slice(&self.branch);
+        self.sent_by.0 = Bytes::copy_from_slice(&self.sent_by.0);
+        self
     }
 }
 
@@ -813,8 +830,7 @@ impl Proxy {
     /// C before it); forgets hand-offs past that.
     fn remember_handoff(&mut self, now: Duration, msg: &Message, core: usize) {
         self.handed_off.retain(|_, (_, until)| *until > now);
-        let mut key = ServerKey::of(msg);
-        key.branch = Bytes::copy_from_slice(&key.branch);
+        let key = ServerKey::of(msg).owned();
         let until = now + TIMER_C + self.settings.timers.t1 * 64;
         self.handed_off.insert(key, (core, until));
     }

@@ -91,8 +91,8 @@ impl Proxy {
             // §16.7 step 3: remove our Via and pass the response upstream.
             let mut buf = BytesMut::new();
             msg.strip_top_via(&mut buf);
-            pair.server
-                .respond(now, status, buf.freeze(), &mut out.transmits);
+            let (relayed, data) = upstream_status(status, buf.freeze());
+            pair.server.respond(now, relayed, data, &mut out.transmits);
         }
         if invite && status < 200 {
             if pair.cancel_pending && client.tx.state() == ClientState::Proceeding {
@@ -219,6 +219,25 @@ impl Proxy {
         let id = self.insert(msg, server);
         self.reschedule(id);
     }
+}
+
+/// The status and bytes a response of the next hop goes upstream with.
+/// RFC 3261 §16.7 step 6: a 503 is not passed upstream, as it would say
+/// that this blade is unavailable (the caller would back off from it, for
+/// every request); it is the only answer (one branch), so it becomes a 500
+/// and keeps the rest of the response (To tag, Retry-After).
+fn upstream_status(status: u16, relayed: Bytes) -> (u16, Bytes) {
+    if status != 503 {
+        return (status, relayed);
+    }
+    let Some(end) = relayed.windows(2).position(|w| w == b"\r\n") else {
+        return (status, relayed);
+    };
+    let mut buf = BytesMut::with_capacity(relayed.len());
+    buf.extend_from_slice(b"SIP/2.0 500 ");
+    buf.extend_from_slice(reason_phrase(500).as_bytes());
+    buf.extend_from_slice(&relayed[end..]);
+    (500, buf.freeze())
 }
 
 /// The reason phrase sipblade sends with `status`.

@@ -186,10 +186,7 @@ impl Proxy {
 
     /// A new server transaction for `request`, without a client yet.
     pub(super) fn insert(&mut self, request: Message, server: ServerTx) -> usize {
-        let mut key = ServerKey::of(&request);
-        // An owned copy: a slice would keep the whole request buffer alive
-        // while the transaction lingers.
-        key.branch = Bytes::copy_from_slice(&key.branch);
+        let key = ServerKey::of(&request).owned();
         self.pending += 1;
         let pair = TxPair {
             generation: 0,
@@ -260,8 +257,17 @@ impl Proxy {
         let invite = msg.method() == Some(Method::Invite);
         let mut server = ServerTx::new(invite, route::response_peer(source), self.settings.timers);
         if invite {
+            // §8.2.6.1: the 100 carries the request's Timestamp, so the
+            // caller can measure the round trip.
+            let stamp = msg
+                .header_named("Timestamp")
+                .and_then(|v| std::str::from_utf8(v).ok());
+            let extra: &[(&str, &str)] = match &stamp {
+                Some(value) => &[("Timestamp", value)],
+                None => &[],
+            };
             let mut trying = BytesMut::new();
-            msg.response(100, "Trying", None, &[], &mut trying);
+            msg.response(100, "Trying", None, extra, &mut trying);
             if self.is_peer_blade_ip(source.addr.ip()) {
                 server.defer_trying(now, trying.freeze());
             } else {
