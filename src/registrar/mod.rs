@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::config::{Agent, AgentKind, Credential};
-use crate::sip::{DigestParams, Message, Peer, Scheme, Transport, edit::derived_tag};
+use crate::sip::{DigestParams, HeaderName, Message, Peer, Scheme, Transport, edit::derived_tag};
 use digest::{AuthError, Credentials, NonceManager, Secret};
 use location::{Binding, Location};
 
@@ -166,8 +166,15 @@ impl Registrar {
         }
 
         let existing = self.location.get(extension).and_then(|r| r.binding.clone());
-        if msg.is_contact_star() {
-            if msg.expires() != Some(0) || msg.contacts().next().is_some() {
+        // RFC 3261 §10.3 step 6: `*` in any Contact header stands alone,
+        // with Expires 0 (the first header alone would let `*` after a
+        // contact pass as that contact's unregistration).
+        let contact_headers = || msg.header_values(HeaderName::Contact);
+        if contact_headers().any(|v| v.trim_ascii() == b"*") {
+            if contact_headers().count() != 1 {
+                return Err(Refusal::new(400, "Wildcard Contact Must Stand Alone"));
+            }
+            if msg.expires() != Some(0) {
                 return Err(Refusal::new(400, "Wildcard Contact Needs Expires 0"));
             }
             check_order(existing.as_ref(), msg)?;

@@ -424,3 +424,32 @@ fn a_contact_the_blade_could_never_reach_is_refused() {
         );
     }
 }
+
+/// RFC 3261 §10.3 step 6: `Contact: *` must stand alone, whichever Contact
+/// header carries it; with another Contact it is a 400, and nothing is
+/// unbound (SPEC §5).
+#[test]
+fn a_wildcard_contact_beside_another_contact_is_refused() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    for (cseq, contacts) in [
+        (2, format!("Contact: *\r\n{CONTACT}")),
+        (3, format!("{CONTACT}Contact: *\r\n")),
+    ] {
+        let (outcome, resp) = send(
+            &mut r,
+            t0,
+            &register("1001", cseq, &contacts, "Expires: 0\r\n"),
+        );
+        assert_eq!(
+            (outcome, resp.status()),
+            (Outcome::Refused(400), Some(400)),
+            "{contacts}"
+        );
+        assert!(
+            r.location().get("1001").unwrap().is_logged_in(),
+            "{contacts}"
+        );
+    }
+}
