@@ -797,9 +797,8 @@ impl Proxy {
             .cloned()
             .ok_or(Refusal::new(403, "Forbidden"))?;
         if self.settings.auth {
-            let digest = msg.proxy_authorization().and_then(|a| a.digest());
             self.registrar
-                .check_digest(now, msg, digest, &agent, Challenger::Proxy)?;
+                .check_digest(now, msg, &agent, Challenger::Proxy)?;
         }
         if self.logged_in_on_blade(caller) {
             Ok(())

@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::config::{Agent, AgentKind, Credential};
-use crate::sip::{DigestParams, HeaderName, Message, Peer, Scheme, Transport, edit::derived_tag};
+use crate::sip::{
+    AuthValue, DigestParams, HeaderName, Message, Peer, Scheme, Span, Transport, edit::derived_tag,
+};
 use digest::{AuthError, Credentials, NonceManager, Secret};
 use location::{Binding, Location};
 
@@ -245,25 +247,25 @@ impl Registrar {
 
     /// Checks the Authorization of a REGISTER for `agent`.
     fn authenticate(&mut self, now: Duration, msg: &Message, agent: &Agent) -> Result<(), Refusal> {
-        let digest = msg.authorization().and_then(|a| a.digest());
-        self.check_digest(now, msg, digest, agent, Challenger::Registrar)
+        self.check_digest(now, msg, agent, Challenger::Registrar)
     }
 
-    /// Checks digest credentials of `msg` for `agent` (who must be the one
-    /// authenticating); on failure, the refusal to send: 400 for malformed
-    /// credentials, 403 for a wrong password or someone else's
-    /// credentials, else a fresh 401/407 challenge (`stale=true` when the
-    /// nonce only expired).
+    /// Checks the digest credentials of `msg` (Authorization for the
+    /// registrar, Proxy-Authorization for the proxy) for `agent` (who must
+    /// be the one authenticating); on failure, the refusal to send: 400
+    /// for malformed credentials, 403 for a wrong password or someone
+    /// else's credentials, else a fresh 401/407 challenge (`stale=true`
+    /// when the nonce only expired).
     pub(crate) fn check_digest(
         &mut self,
         now: Duration,
         msg: &Message,
-        digest: Option<DigestParams<'_>>,
         agent: &Agent,
         challenger: Challenger,
     ) -> Result<(), Refusal> {
         let secret = secret_of(agent);
-        let Some(d) = digest else {
+        let Some(d) = digest_for(msg, challenger.credentials_header(), &self.settings.domain)
+        else {
             return Err(self.challenge(now, secret, false, challenger));
         };
         let creds = Credentials {
@@ -370,6 +372,32 @@ fn names_request_uri(given: &crate::sip::Uri<'_>, msg: &Message) -> bool {
 pub(crate) enum Challenger {
     Registrar,
     Proxy,
+}
+
+impl Challenger {
+    /// The header a client answers this challenger's challenge in.
+    fn credentials_header(self) -> HeaderName {
+        match self {
+            Challenger::Registrar => HeaderName::Authorization,
+            Challenger::Proxy => HeaderName::ProxyAuthorization,
+        }
+    }
+}
+
+/// The Digest credentials in `msg`'s `header` lines for `realm`, else the
+/// first ones (which then fail as another realm's). A request may carry
+/// several, one per realm that challenged it (RFC 3261 §22.3: a server
+/// uses its own realm's only), and another realm's listed first must not
+/// hide ours.
+fn digest_for<'m>(msg: &'m Message, header: HeaderName, realm: &str) -> Option<DigestParams<'m>> {
+    let mut all = msg
+        .header_values(header)
+        .filter_map(|v| AuthValue::parse(v, Span::new(0, v.len()))?.digest());
+    let first = all.next()?;
+    if first.realm == Some(realm) {
+        return Some(first);
+    }
+    Some(all.find(|d| d.realm == Some(realm)).unwrap_or(first))
 }
 
 /// The digest secret of a provisioned agent.

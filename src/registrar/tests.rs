@@ -53,13 +53,26 @@ fn send(r: &mut Registrar, now: Duration, text: &str) -> (Outcome, Message) {
 
 /// The Authorization a client with `password` sends for `challenge`.
 fn answer(challenge: &Message, ext: &str, password: &str, nc: &str) -> String {
+    answer_for(challenge, "REGISTER", "sip:cc.example", ext, password, nc)
+}
+
+/// The Authorization for a `method` request to `uri` (the header name
+/// for a 407 is the caller's to change).
+fn answer_for(
+    challenge: &Message,
+    method: &str,
+    uri: &str,
+    ext: &str,
+    password: &str,
+    nc: &str,
+) -> String {
     let www = challenge.www_authenticate().unwrap();
     let d = www.digest().unwrap();
     let mut creds = Credentials {
         username: ext,
         realm: d.realm.unwrap(),
         nonce: d.nonce.unwrap(),
-        uri: "sip:cc.example",
+        uri,
         response: "",
         algorithm: d.algorithm,
         cnonce: Some("c0ffee"),
@@ -67,10 +80,10 @@ fn answer(challenge: &Message, ext: &str, password: &str, nc: &str) -> String {
         nc: Some(nc),
         opaque: None,
     };
-    let response = expected_response("REGISTER", &creds, Secret::Password(password)).unwrap();
+    let response = expected_response(method, &creds, Secret::Password(password)).unwrap();
     creds.response = &response;
     format!(
-        "Authorization: Digest username=\"{ext}\", realm=\"{}\", nonce=\"{}\", uri=\"sip:cc.example\", \
+        "Authorization: Digest username=\"{ext}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", \
          response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc}\r\n",
         creds.realm,
         creds.nonce,
@@ -452,4 +465,43 @@ fn a_wildcard_contact_beside_another_contact_is_refused() {
             "{contacts}"
         );
     }
+}
+
+/// RFC 3261 §22.3: a server uses the credentials of its own realm; another
+/// realm's (a carrier's proxy, credentials a phone kept from another
+/// server), listed first, must not hide them. For REGISTER
+/// (Authorization) and for a challenged request (Proxy-Authorization).
+#[test]
+fn credentials_of_another_realm_listed_first_are_passed_over() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let ours = answer(&challenge, "1001", "pw1001", "00000001");
+    let theirs = "Digest username=\"1001\", realm=\"carrier.example\", nonce=\"abc\", \
+                  uri=\"sip:cc.example\", response=\"00000000000000000000000000000000\"";
+    let both = format!("Authorization: {theirs}\r\n{ours}");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 2, CONTACT, &both));
+    assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+
+    let ours = answer_for(
+        &challenge,
+        "INVITE",
+        "sip:1002@cc.example",
+        "1001",
+        "pw1001",
+        "00000002",
+    )
+    .replace("Authorization:", "Proxy-Authorization:");
+    let invite = register(
+        "1001",
+        3,
+        CONTACT,
+        &format!("Proxy-Authorization: {theirs}\r\n{ours}"),
+    )
+    .replace("REGISTER sip:cc.example", "INVITE sip:1002@cc.example")
+    .replace("REGISTER\r\n", "INVITE\r\n");
+    let invite = Message::parse(Bytes::from(invite)).unwrap();
+    let agent = r.location().get("1001").unwrap().agent.clone();
+    let checked = r.check_digest(t0, &invite, &agent, super::Challenger::Proxy);
+    assert_eq!(checked.map_err(|e| e.status), Ok(()));
 }
