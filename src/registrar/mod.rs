@@ -268,6 +268,13 @@ impl Registrar {
         else {
             return Err(self.challenge(now, secret, false, challenger));
         };
+        // RFC 2617 §3.2.2: without a required directive the credentials
+        // are a 400. Checked first: a missing username is not someone
+        // else's (403), nor a missing realm another realm's (a challenge).
+        let required = [d.username, d.realm, d.nonce, d.uri, d.response];
+        if required.iter().any(|v| v.is_none_or(str::is_empty)) {
+            return Err(Refusal::new(400, "Malformed Authorization"));
+        }
         let creds = Credentials {
             username: d.username.unwrap_or_default(),
             realm: d.realm.unwrap_or_default(),

@@ -505,3 +505,46 @@ fn credentials_of_another_realm_listed_first_are_passed_over() {
     let checked = r.check_digest(t0, &invite, &agent, super::Challenger::Proxy);
     assert_eq!(checked.map_err(|e| e.status), Ok(()));
 }
+
+/// RFC 2617 §3.2.2: credentials missing a required directive are a 400
+/// (not a 403 for a missing username, nor a new challenge for a missing
+/// realm: the client's digest code is broken, not its password).
+#[test]
+fn credentials_missing_a_required_parameter_are_a_bad_request() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let good = answer(&challenge, "1001", "pw1001", "00000001");
+    let nonce = challenge
+        .www_authenticate()
+        .unwrap()
+        .param("nonce")
+        .unwrap()
+        .to_owned();
+    let mut cseq = 1;
+    for drop in [
+        "username=\"1001\", ".to_owned(),
+        "realm=\"cc.example\", ".to_owned(),
+        format!("nonce=\"{nonce}\", "),
+        "uri=\"sip:cc.example\", ".to_owned(),
+    ] {
+        cseq += 1;
+        let (outcome, _) = send(
+            &mut r,
+            t0,
+            &register("1001", cseq, CONTACT, &good.replace(&drop, "")),
+        );
+        assert_eq!(outcome, Outcome::Refused(400), "without {drop}");
+    }
+    cseq += 1;
+    let empty = good.replace("username=\"1001\"", "username=\"\"");
+    let (outcome, _) = send(&mut r, t0, &register("1001", cseq, CONTACT, &empty));
+    assert_eq!(outcome, Outcome::Refused(400), "empty username");
+    cseq += 1;
+    let (outcome, _) = send(&mut r, t0, &register("1001", cseq, CONTACT, &good));
+    assert_eq!(
+        outcome,
+        Outcome::LoggedIn("1001".into()),
+        "nothing above used the count"
+    );
+}
