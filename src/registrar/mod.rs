@@ -167,6 +167,12 @@ impl Registrar {
             self.authenticate(now, msg, &agent)?;
         }
 
+        // An Expires that is no delta-seconds (RFC 3261 §20.19) is not
+        // taken for an absent one: the terminal asked for something else.
+        if msg.header(HeaderName::Expires).is_some() && msg.expires().is_none() {
+            return Err(Refusal::new(400, "Bad Request (malformed Expires)"));
+        }
+
         let existing = self.location.get(extension).and_then(|r| r.binding.clone());
         // RFC 3261 §10.3 step 6: `*` in any Contact header stands alone,
         // with Expires 0 (the first header alone would let `*` after a
@@ -194,6 +200,10 @@ impl Registrar {
         };
         if contacts.next().is_some() {
             return Err(Refusal::new(400, "One Contact Per Agent"));
+        }
+        // Nor is a bad expires parameter left to the Expires header.
+        if contact.params().get("expires").is_some() && contact.expires().is_none() {
+            return Err(Refusal::new(400, "Bad Request (malformed expires)"));
         }
         let expires = contact
             .expires()

@@ -548,3 +548,32 @@ fn credentials_missing_a_required_parameter_are_a_bad_request() {
         "nothing above used the count"
     );
 }
+
+/// An Expires header or expires parameter that is not delta-seconds (RFC
+/// 3261 §20.19, §20.10) is a 400: taking it for absent would bind a
+/// terminal for an hour, or (a bad parameter falling back to `Expires: 0`)
+/// log it out, on a value it never sent. A value past 2³²−1 is a number,
+/// only a large one.
+#[test]
+fn an_expires_that_is_no_number_is_a_bad_request() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let bad_param = "Contact: <sip:1001@127.0.0.12:5061>;expires=soon\r\n";
+    for (cseq, contact, extra) in [
+        (2, CONTACT, "Expires: 1h\r\n"),
+        (3, CONTACT, "Expires: \r\n"),
+        (4, bad_param, "Expires: 0\r\n"),
+    ] {
+        let (outcome, _) = send(&mut r, t0, &register("1001", cseq, contact, extra));
+        assert_eq!(outcome, Outcome::Refused(400), "{contact}{extra}");
+    }
+    let binding = r.location().get("1001").unwrap().binding.clone().unwrap();
+    assert_eq!(binding.cseq, 1, "nothing changed");
+    let (outcome, _) = send(
+        &mut r,
+        t0,
+        &register("1001", 6, CONTACT, "Expires: 99999999999\r\n"),
+    );
+    assert_eq!(outcome, Outcome::Refreshed("1001".into()));
+}
