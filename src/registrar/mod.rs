@@ -15,7 +15,7 @@ use crate::config::{Agent, AgentKind, Credential};
 use crate::sip::{
     AuthValue, DigestParams, HeaderName, Message, Peer, Scheme, Span, Transport, edit::derived_tag,
 };
-use digest::{AuthError, Credentials, NonceManager, Secret};
+use digest::{AuthError, Credentials, NonceManager, Secret, unq};
 use location::{Binding, Location};
 
 /// Expiry when a REGISTER names none (RFC 3261 §10.2.1.1 suggests 3600).
@@ -285,17 +285,20 @@ impl Registrar {
         if required.iter().any(|v| v.is_none_or(str::is_empty)) {
             return Err(Refusal::new(400, "Malformed Authorization"));
         }
+        let [username, realm, nonce, uri, response] = required.map(|v| unq(v.unwrap_or_default()));
+        let [algorithm, cnonce, qop, nc, opaque] =
+            [d.algorithm, d.cnonce, d.qop, d.nc, d.opaque].map(|v| v.map(unq));
         let creds = Credentials {
-            username: d.username.unwrap_or_default(),
-            realm: d.realm.unwrap_or_default(),
-            nonce: d.nonce.unwrap_or_default(),
-            uri: d.uri.unwrap_or_default(),
-            response: d.response.unwrap_or_default(),
-            algorithm: d.algorithm,
-            cnonce: d.cnonce,
-            qop: d.qop,
-            nc: d.nc,
-            opaque: d.opaque,
+            username: &username,
+            realm: &realm,
+            nonce: &nonce,
+            uri: &uri,
+            response: &response,
+            algorithm: algorithm.as_deref(),
+            cnonce: cnonce.as_deref(),
+            qop: qop.as_deref(),
+            nc: nc.as_deref(),
+            opaque: opaque.as_deref(),
         };
         if !is_own_username(agent, creds.username) {
             return Err(Refusal::new(403, "Forbidden"));
@@ -309,13 +312,13 @@ impl Registrar {
                 "Bad Request (digest uri is not the Request-URI)",
             ));
         }
-        let realm = self.settings.domain.clone();
+        let our_realm = self.settings.domain.clone();
         match self.nonces.verify(
             now,
             msg.method_str().unwrap_or_default(),
             &creds,
             secret,
-            &realm,
+            &our_realm,
         ) {
             Ok(()) => Ok(()),
             Err(AuthError::Malformed(_)) => Err(Refusal::new(400, "Malformed Authorization")),
@@ -410,11 +413,12 @@ fn digest_for<'m>(msg: &'m Message, header: HeaderName, realm: &str) -> Option<D
     let mut all = msg
         .header_values(header)
         .filter_map(|v| AuthValue::parse(v, Span::new(0, v.len()))?.digest());
+    let ours = |d: &DigestParams<'_>| d.realm.is_some_and(|r| unq(r) == realm);
     let first = all.next()?;
-    if first.realm == Some(realm) {
+    if ours(&first) {
         return Some(first);
     }
-    Some(all.find(|d| d.realm == Some(realm)).unwrap_or(first))
+    Some(all.find(ours).unwrap_or(first))
 }
 
 /// The digest secret of a provisioned agent.

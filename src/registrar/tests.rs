@@ -577,3 +577,23 @@ fn an_expires_that_is_no_number_is_a_bad_request() {
     );
     assert_eq!(outcome, Outcome::Refreshed("1001".into()));
 }
+
+/// Digest values are quoted-strings: the hashes and comparisons take them
+/// without quotes and with quoting backslashes removed (RFC 7616 §3.4
+/// `unq`, RFC 3261 §25.1 quoted-pair). A client that escapes a character
+/// it need not escape still authenticates.
+#[test]
+fn quoted_pairs_in_digest_values_are_unescaped() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let escaped = answer(&challenge, "1001", "pw1001", "00000001")
+        .replace("username=\"1001\"", "username=\"10\\01\"")
+        .replace("realm=\"cc.example\"", "realm=\"cc\\.example\"")
+        .replace("cnonce=\"c0ffee\"", "cnonce=\"c0\\ffee\"");
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 2, CONTACT, &escaped));
+    assert_eq!(
+        (outcome, resp.status()),
+        (Outcome::LoggedIn("1001".into()), Some(200))
+    );
+}
