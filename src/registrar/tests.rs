@@ -597,3 +597,21 @@ fn quoted_pairs_in_digest_values_are_unescaped() {
         (Outcome::LoggedIn("1001".into()), Some(200))
     );
 }
+
+/// A registration longer than the registrar grants is shortened, and the
+/// 200 says by how much (RFC 3261 §10.3 step 7: the registrar may choose
+/// a shorter expiry, and the 200's Contact carries the one it chose): a
+/// phone that re-registers by the 200 stays logged in.
+#[test]
+fn a_huge_expires_is_capped_and_the_200_says_so() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    let max = u64::from(super::MAX_EXPIRES);
+    for (cseq, extra) in [(1, "Expires: 4294967296\r\n"), (2, "Expires: 31536000\r\n")] {
+        let (_, resp) = send(&mut r, t0, &register("1001", cseq, CONTACT, extra));
+        let listed = resp.contacts().next().unwrap();
+        assert_eq!(listed.expires(), Some(super::MAX_EXPIRES), "{extra}");
+    }
+    assert!(r.expire(t0 + Duration::from_secs(max - 1)).is_empty());
+    assert_eq!(r.expire(t0 + Duration::from_secs(max)), ["1001"]);
+}
