@@ -615,3 +615,38 @@ fn a_huge_expires_is_capped_and_the_200_says_so() {
     assert!(r.expire(t0 + Duration::from_secs(max - 1)).is_empty());
     assert_eq!(r.expire(t0 + Duration::from_secs(max)), ["1001"]);
 }
+
+/// An agent provisioned with `ha1` (MD5 of extension:domain:password) is
+/// offered MD5 only, since SHA-256 cannot be verified without the
+/// password, logs in with it, and authenticates by its extension only
+/// (the HA1 hashes the extension, not the badge).
+#[test]
+fn an_agent_provisioned_with_ha1_is_offered_md5_and_logs_in_by_extension() {
+    let agent = Arc::new(Agent {
+        badge: "A1001".into(),
+        extension: "1001".into(),
+        kind: AgentKind::Agent,
+        credential: Credential::Ha1(super::digest::md5_ha1("1001", "cc.example", "pw1001")),
+    });
+    let settings = Settings {
+        domain: "cc.example".into(),
+        auth: true,
+        own_ip: None,
+    };
+    let mut r = Registrar::new(settings, [agent], NonceManager::from_secret([7; 32]));
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let offered: Vec<_> = challenge
+        .header_values(crate::sip::HeaderName::WwwAuthenticate)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(offered.len(), 1);
+    assert!(offered[0].contains("algorithm=MD5"), "{offered:?}");
+
+    let by_badge = answer(&challenge, "A1001", "pw1001", "00000001");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 2, CONTACT, &by_badge));
+    assert_eq!(outcome, Outcome::Refused(403));
+    let by_extension = answer(&challenge, "1001", "pw1001", "00000002");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 3, CONTACT, &by_extension));
+    assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+}
