@@ -1350,3 +1350,44 @@ fn an_update_refreshes_the_target_and_other_requests_do_not() {
         format!("sip:1002@{b2}")
     );
 }
+
+/// With `auth` on, a caller nobody has is challenged as a provisioned one
+/// is, then refused 403 whatever it answers, as the registrar does with a
+/// REGISTER: an immediate 403 would tell a prober which extensions exist.
+#[test]
+fn with_auth_a_caller_nobody_has_is_challenged_like_an_agent() {
+    let mut b = Blade::new(true, 100);
+    b.register("1001");
+    for (i, caller) in ["9999", "1003"].into_iter().enumerate() {
+        let from = terminal(caller);
+        let text = invite(
+            caller,
+            "1001",
+            &format!("p{i}"),
+            &format!("z9hG4bKp{i}"),
+            "",
+        );
+        let out = b.send(&from, &text);
+        let challenge = parse(&out[0]);
+        assert_eq!(challenge.status(), Some(407), "{caller}");
+        let nonce = challenge
+            .proxy_authenticate()
+            .unwrap()
+            .param("nonce")
+            .unwrap()
+            .to_owned();
+        let guess = format!(
+            "Proxy-Authorization: Digest username=\"{caller}\", realm=\"cc.example\", nonce=\"{nonce}\", \
+             uri=\"sip:1001@cc.example\", response=\"0123456789abcdef0123456789abcdef\", \
+             algorithm=MD5, cnonce=\"abc\", qop=auth, nc=00000001\r\n"
+        );
+        let text = invite(
+            caller,
+            "1001",
+            &format!("p{i}"),
+            &format!("z9hG4bKq{i}"),
+            &guess,
+        );
+        assert_eq!(status(&b.send(&from, &text)[0]), 403, "{caller}");
+    }
+}

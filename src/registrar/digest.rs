@@ -19,6 +19,7 @@
 //! [`NonceManager::verify`], and on [`AuthError::wants_stale_challenge`] the
 //! caller re-challenges with `stale=true`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
@@ -108,7 +109,7 @@ impl fmt::Display for Algorithm {
 }
 
 /// The digest parameters of an `Authorization` / `Proxy-Authorization`
-/// header, already unquoted by the SIP parser. Absent optional parameters
+/// header, unquoted and unescaped ([`unq`]). Absent optional parameters
 /// are `None`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Credentials<'a> {
@@ -549,6 +550,27 @@ pub fn expected_response(
 ) -> Result<String, AuthError> {
     let params = Params::parse(creds)?;
     response_with(method, creds, secret, &params)
+}
+
+/// `unq(value)` (RFC 7616 §3.4): a quoted-string's value, which the SIP
+/// parser gives without its quotes but with its quoting backslashes
+/// (RFC 3261 §25.1 `quoted-pair`), here removed. Borrows unless there is
+/// a backslash.
+pub fn unq(value: &str) -> Cow<'_, str> {
+    if !value.contains('\\') {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        // A backslash quotes the next character, whatever it is.
+        out.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    Cow::Owned(out)
 }
 
 /// MD5(`username:realm:password`) as lowercase hex: the HA1 that

@@ -12,8 +12,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::config::{Agent, AgentKind, Credential};
-use crate::sip::{DigestParams, Message, Peer, Scheme, Transport, edit::derived_tag};
-use digest::{AuthError, Credentials, NonceManager, Secret};
+use crate::sip::{
+    AuthValue, DigestParams, HeaderName, Message, Peer, Scheme, Span, Transport, edit::derived_tag,
+};
+use digest::{AuthError, Credentials, NonceManager, Secret, unq};
 use location::{Binding, Location};
 
 /// Expiry when a REGISTER names none (RFC 3261 §10.2.1.1 suggests 3600).
@@ -147,13 +149,7 @@ impl Registrar {
                 // REGISTER does not tell which extensions exist: a
                 // challenge, then 403 (a fresh challenge for a stale or
                 // forged nonce, as for an agent).
-                let nobody = Agent {
-                    badge: String::new(),
-                    extension: extension.to_owned(),
-                    kind: AgentKind::Agent,
-                    credential: Credential::Password(String::new()),
-                };
-                self.authenticate(now, msg, &nobody)?;
+                self.authenticate(now, msg, &nobody(extension))?;
                 return Err(Refusal::new(403, "Forbidden"));
             }
             None => return Err(Refusal::new(404, "Not Found")),
@@ -165,9 +161,22 @@ impl Registrar {
             self.authenticate(now, msg, &agent)?;
         }
 
+        // An Expires that is no delta-seconds (RFC 3261 §20.19) is not
+        // taken for an absent one: the terminal asked for something else.
+        if msg.header(HeaderName::Expires).is_some() && msg.expires().is_none() {
+            return Err(Refusal::new(400, "Bad Request (malformed Expires)"));
+        }
+
         let existing = self.location.get(extension).and_then(|r| r.binding.clone());
-        if msg.is_contact_star() {
-            if msg.expires() != Some(0) || msg.contacts().next().is_some() {
+        // RFC 3261 §10.3 step 6: `*` in any Contact header stands alone,
+        // with Expires 0 (the first header alone would let `*` after a
+        // contact pass as that contact's unregistration).
+        let contact_headers = || msg.header_values(HeaderName::Contact);
+        if contact_headers().any(|v| v.trim_ascii() == b"*") {
+            if contact_headers().count() != 1 {
+                return Err(Refusal::new(400, "Wildcard Contact Must Stand Alone"));
+            }
+            if msg.expires() != Some(0) {
                 return Err(Refusal::new(400, "Wildcard Contact Needs Expires 0"));
             }
             check_order(existing.as_ref(), msg)?;
@@ -185,6 +194,10 @@ impl Registrar {
         };
         if contacts.next().is_some() {
             return Err(Refusal::new(400, "One Contact Per Agent"));
+        }
+        // Nor is a bad expires parameter left to the Expires header.
+        if contact.params().get("expires").is_some() && contact.expires().is_none() {
+            return Err(Refusal::new(400, "Bad Request (malformed expires)"));
         }
         let expires = contact
             .expires()
@@ -238,38 +251,48 @@ impl Registrar {
 
     /// Checks the Authorization of a REGISTER for `agent`.
     fn authenticate(&mut self, now: Duration, msg: &Message, agent: &Agent) -> Result<(), Refusal> {
-        let digest = msg.authorization().and_then(|a| a.digest());
-        self.check_digest(now, msg, digest, agent, Challenger::Registrar)
+        self.check_digest(now, msg, agent, Challenger::Registrar)
     }
 
-    /// Checks digest credentials of `msg` for `agent` (who must be the one
-    /// authenticating); on failure, the refusal to send: 400 for malformed
-    /// credentials, 403 for a wrong password or someone else's
-    /// credentials, else a fresh 401/407 challenge (`stale=true` when the
-    /// nonce only expired).
+    /// Checks the digest credentials of `msg` (Authorization for the
+    /// registrar, Proxy-Authorization for the proxy) for `agent` (who must
+    /// be the one authenticating); on failure, the refusal to send: 400
+    /// for malformed credentials, 403 for a wrong password or someone
+    /// else's credentials, else a fresh 401/407 challenge (`stale=true`
+    /// when the nonce only expired).
     pub(crate) fn check_digest(
         &mut self,
         now: Duration,
         msg: &Message,
-        digest: Option<DigestParams<'_>>,
         agent: &Agent,
         challenger: Challenger,
     ) -> Result<(), Refusal> {
         let secret = secret_of(agent);
-        let Some(d) = digest else {
+        let Some(d) = digest_for(msg, challenger.credentials_header(), &self.settings.domain)
+        else {
             return Err(self.challenge(now, secret, false, challenger));
         };
+        // RFC 2617 §3.2.2: without a required directive the credentials
+        // are a 400. Checked first: a missing username is not someone
+        // else's (403), nor a missing realm another realm's (a challenge).
+        let required = [d.username, d.realm, d.nonce, d.uri, d.response];
+        if required.iter().any(|v| v.is_none_or(str::is_empty)) {
+            return Err(Refusal::new(400, "Malformed Authorization"));
+        }
+        let [username, realm, nonce, uri, response] = required.map(|v| unq(v.unwrap_or_default()));
+        let [algorithm, cnonce, qop, nc, opaque] =
+            [d.algorithm, d.cnonce, d.qop, d.nc, d.opaque].map(|v| v.map(unq));
         let creds = Credentials {
-            username: d.username.unwrap_or_default(),
-            realm: d.realm.unwrap_or_default(),
-            nonce: d.nonce.unwrap_or_default(),
-            uri: d.uri.unwrap_or_default(),
-            response: d.response.unwrap_or_default(),
-            algorithm: d.algorithm,
-            cnonce: d.cnonce,
-            qop: d.qop,
-            nc: d.nc,
-            opaque: d.opaque,
+            username: &username,
+            realm: &realm,
+            nonce: &nonce,
+            uri: &uri,
+            response: &response,
+            algorithm: algorithm.as_deref(),
+            cnonce: cnonce.as_deref(),
+            qop: qop.as_deref(),
+            nc: nc.as_deref(),
+            opaque: opaque.as_deref(),
         };
         if !is_own_username(agent, creds.username) {
             return Err(Refusal::new(403, "Forbidden"));
@@ -283,13 +306,13 @@ impl Registrar {
                 "Bad Request (digest uri is not the Request-URI)",
             ));
         }
-        let realm = self.settings.domain.clone();
+        let our_realm = self.settings.domain.clone();
         match self.nonces.verify(
             now,
             msg.method_str().unwrap_or_default(),
             &creds,
             secret,
-            &realm,
+            &our_realm,
         ) {
             Ok(()) => Ok(()),
             Err(AuthError::Malformed(_)) => Err(Refusal::new(400, "Malformed Authorization")),
@@ -365,7 +388,45 @@ pub(crate) enum Challenger {
     Proxy,
 }
 
-/// The digest secret of a provisioned agent.
+impl Challenger {
+    /// The header a client answers this challenger's challenge in.
+    fn credentials_header(self) -> HeaderName {
+        match self {
+            Challenger::Registrar => HeaderName::Authorization,
+            Challenger::Proxy => HeaderName::ProxyAuthorization,
+        }
+    }
+}
+
+/// The Digest credentials in `msg`'s `header` lines for `realm`, else the
+/// first ones (which then fail as another realm's). A request may carry
+/// several, one per realm that challenged it (RFC 3261 §22.3: a server
+/// uses its own realm's only), and another realm's listed first must not
+/// hide ours.
+fn digest_for<'m>(msg: &'m Message, header: HeaderName, realm: &str) -> Option<DigestParams<'m>> {
+    let mut all = msg
+        .header_values(header)
+        .filter_map(|v| AuthValue::parse(v, Span::new(0, v.len()))?.digest());
+    let ours = |d: &DigestParams<'_>| d.realm.is_some_and(|r| unq(r) == realm);
+    let first = all.next()?;
+    if ours(&first) {
+        return Some(first);
+    }
+    Some(all.find(ours).unwrap_or(first))
+}
+
+/// A stand-in for an `extension` nobody has, to challenge as an agent is
+/// challenged (the caller refuses it 403 whatever it answers): a request
+/// then does not tell which extensions exist.
+pub(crate) fn nobody(extension: &str) -> Agent {
+    Agent {
+        badge: String::new(),
+        extension: extension.to_owned(),
+        kind: AgentKind::Agent,
+        credential: Credential::Password(String::new()),
+    }
+}
+
 /// Whether `username` names `agent`: its extension, or its badge (its
 /// login id, which a phone may be set up to authenticate with) when the
 /// agent has a password. An HA1 credential is bound to the extension.
@@ -374,6 +435,7 @@ fn is_own_username(agent: &Agent, username: &str) -> bool {
         || (username == agent.badge && matches!(agent.credential, Credential::Password(_)))
 }
 
+/// The digest secret of a provisioned agent.
 fn secret_of(agent: &Agent) -> Secret<'_> {
     match &agent.credential {
         Credential::Password(p) => Secret::Password(p),

@@ -53,13 +53,26 @@ fn send(r: &mut Registrar, now: Duration, text: &str) -> (Outcome, Message) {
 
 /// The Authorization a client with `password` sends for `challenge`.
 fn answer(challenge: &Message, ext: &str, password: &str, nc: &str) -> String {
+    answer_for(challenge, "REGISTER", "sip:cc.example", ext, password, nc)
+}
+
+/// The Authorization for a `method` request to `uri` (the header name
+/// for a 407 is the caller's to change).
+fn answer_for(
+    challenge: &Message,
+    method: &str,
+    uri: &str,
+    ext: &str,
+    password: &str,
+    nc: &str,
+) -> String {
     let www = challenge.www_authenticate().unwrap();
     let d = www.digest().unwrap();
     let mut creds = Credentials {
         username: ext,
         realm: d.realm.unwrap(),
         nonce: d.nonce.unwrap(),
-        uri: "sip:cc.example",
+        uri,
         response: "",
         algorithm: d.algorithm,
         cnonce: Some("c0ffee"),
@@ -67,10 +80,10 @@ fn answer(challenge: &Message, ext: &str, password: &str, nc: &str) -> String {
         nc: Some(nc),
         opaque: None,
     };
-    let response = expected_response("REGISTER", &creds, Secret::Password(password)).unwrap();
+    let response = expected_response(method, &creds, Secret::Password(password)).unwrap();
     creds.response = &response;
     format!(
-        "Authorization: Digest username=\"{ext}\", realm=\"{}\", nonce=\"{}\", uri=\"sip:cc.example\", \
+        "Authorization: Digest username=\"{ext}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", \
          response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc}\r\n",
         creds.realm,
         creds.nonce,
@@ -423,4 +436,217 @@ fn a_contact_the_blade_could_never_reach_is_refused() {
             "{contact}: {outcome:?}"
         );
     }
+}
+
+/// RFC 3261 §10.3 step 6: `Contact: *` must stand alone, whichever Contact
+/// header carries it; with another Contact it is a 400, and nothing is
+/// unbound (SPEC §5).
+#[test]
+fn a_wildcard_contact_beside_another_contact_is_refused() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    for (cseq, contacts) in [
+        (2, format!("Contact: *\r\n{CONTACT}")),
+        (3, format!("{CONTACT}Contact: *\r\n")),
+    ] {
+        let (outcome, resp) = send(
+            &mut r,
+            t0,
+            &register("1001", cseq, &contacts, "Expires: 0\r\n"),
+        );
+        assert_eq!(
+            (outcome, resp.status()),
+            (Outcome::Refused(400), Some(400)),
+            "{contacts}"
+        );
+        assert!(
+            r.location().get("1001").unwrap().is_logged_in(),
+            "{contacts}"
+        );
+    }
+}
+
+/// RFC 3261 §22.3: a server uses the credentials of its own realm; another
+/// realm's (a carrier's proxy, credentials a phone kept from another
+/// server), listed first, must not hide them. For REGISTER
+/// (Authorization) and for a challenged request (Proxy-Authorization).
+#[test]
+fn credentials_of_another_realm_listed_first_are_passed_over() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let ours = answer(&challenge, "1001", "pw1001", "00000001");
+    let theirs = "Digest username=\"1001\", realm=\"carrier.example\", nonce=\"abc\", \
+                  uri=\"sip:cc.example\", response=\"00000000000000000000000000000000\"";
+    let both = format!("Authorization: {theirs}\r\n{ours}");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 2, CONTACT, &both));
+    assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+
+    let ours = answer_for(
+        &challenge,
+        "INVITE",
+        "sip:1002@cc.example",
+        "1001",
+        "pw1001",
+        "00000002",
+    )
+    .replace("Authorization:", "Proxy-Authorization:");
+    let invite = register(
+        "1001",
+        3,
+        CONTACT,
+        &format!("Proxy-Authorization: {theirs}\r\n{ours}"),
+    )
+    .replace("REGISTER sip:cc.example", "INVITE sip:1002@cc.example")
+    .replace("REGISTER\r\n", "INVITE\r\n");
+    let invite = Message::parse(Bytes::from(invite)).unwrap();
+    let agent = r.location().get("1001").unwrap().agent.clone();
+    let checked = r.check_digest(t0, &invite, &agent, super::Challenger::Proxy);
+    assert_eq!(checked.map_err(|e| e.status), Ok(()));
+}
+
+/// RFC 2617 §3.2.2: credentials missing a required directive are a 400
+/// (not a 403 for a missing username, nor a new challenge for a missing
+/// realm: the client's digest code is broken, not its password).
+#[test]
+fn credentials_missing_a_required_parameter_are_a_bad_request() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let good = answer(&challenge, "1001", "pw1001", "00000001");
+    let nonce = challenge
+        .www_authenticate()
+        .unwrap()
+        .param("nonce")
+        .unwrap()
+        .to_owned();
+    let mut cseq = 1;
+    for drop in [
+        "username=\"1001\", ".to_owned(),
+        "realm=\"cc.example\", ".to_owned(),
+        format!("nonce=\"{nonce}\", "),
+        "uri=\"sip:cc.example\", ".to_owned(),
+    ] {
+        cseq += 1;
+        let (outcome, _) = send(
+            &mut r,
+            t0,
+            &register("1001", cseq, CONTACT, &good.replace(&drop, "")),
+        );
+        assert_eq!(outcome, Outcome::Refused(400), "without {drop}");
+    }
+    cseq += 1;
+    let empty = good.replace("username=\"1001\"", "username=\"\"");
+    let (outcome, _) = send(&mut r, t0, &register("1001", cseq, CONTACT, &empty));
+    assert_eq!(outcome, Outcome::Refused(400), "empty username");
+    cseq += 1;
+    let (outcome, _) = send(&mut r, t0, &register("1001", cseq, CONTACT, &good));
+    assert_eq!(
+        outcome,
+        Outcome::LoggedIn("1001".into()),
+        "nothing above used the count"
+    );
+}
+
+/// An Expires header or expires parameter that is not delta-seconds (RFC
+/// 3261 §20.19, §20.10) is a 400: taking it for absent would bind a
+/// terminal for an hour, or (a bad parameter falling back to `Expires: 0`)
+/// log it out, on a value it never sent. A value past 2³²−1 is a number,
+/// only a large one.
+#[test]
+fn an_expires_that_is_no_number_is_a_bad_request() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let bad_param = "Contact: <sip:1001@127.0.0.12:5061>;expires=soon\r\n";
+    for (cseq, contact, extra) in [
+        (2, CONTACT, "Expires: 1h\r\n"),
+        (3, CONTACT, "Expires: \r\n"),
+        (4, bad_param, "Expires: 0\r\n"),
+    ] {
+        let (outcome, _) = send(&mut r, t0, &register("1001", cseq, contact, extra));
+        assert_eq!(outcome, Outcome::Refused(400), "{contact}{extra}");
+    }
+    let binding = r.location().get("1001").unwrap().binding.clone().unwrap();
+    assert_eq!(binding.cseq, 1, "nothing changed");
+    let (outcome, _) = send(
+        &mut r,
+        t0,
+        &register("1001", 6, CONTACT, "Expires: 99999999999\r\n"),
+    );
+    assert_eq!(outcome, Outcome::Refreshed("1001".into()));
+}
+
+/// Digest values are quoted-strings: the hashes and comparisons take them
+/// without quotes and with quoting backslashes removed (RFC 7616 §3.4
+/// `unq`, RFC 3261 §25.1 quoted-pair). A client that escapes a character
+/// it need not escape still authenticates.
+#[test]
+fn quoted_pairs_in_digest_values_are_unescaped() {
+    let mut r = registrar(true);
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let escaped = answer(&challenge, "1001", "pw1001", "00000001")
+        .replace("username=\"1001\"", "username=\"10\\01\"")
+        .replace("realm=\"cc.example\"", "realm=\"cc\\.example\"")
+        .replace("cnonce=\"c0ffee\"", "cnonce=\"c0\\ffee\"");
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 2, CONTACT, &escaped));
+    assert_eq!(
+        (outcome, resp.status()),
+        (Outcome::LoggedIn("1001".into()), Some(200))
+    );
+}
+
+/// A registration longer than the registrar grants is shortened, and the
+/// 200 says by how much (RFC 3261 §10.3 step 7: the registrar may choose
+/// a shorter expiry, and the 200's Contact carries the one it chose): a
+/// phone that re-registers by the 200 stays logged in.
+#[test]
+fn a_huge_expires_is_capped_and_the_200_says_so() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    let max = u64::from(super::MAX_EXPIRES);
+    for (cseq, extra) in [(1, "Expires: 4294967296\r\n"), (2, "Expires: 31536000\r\n")] {
+        let (_, resp) = send(&mut r, t0, &register("1001", cseq, CONTACT, extra));
+        let listed = resp.contacts().next().unwrap();
+        assert_eq!(listed.expires(), Some(super::MAX_EXPIRES), "{extra}");
+    }
+    assert!(r.expire(t0 + Duration::from_secs(max - 1)).is_empty());
+    assert_eq!(r.expire(t0 + Duration::from_secs(max)), ["1001"]);
+}
+
+/// An agent provisioned with `ha1` (MD5 of extension:domain:password) is
+/// offered MD5 only, since SHA-256 cannot be verified without the
+/// password, logs in with it, and authenticates by its extension only
+/// (the HA1 hashes the extension, not the badge).
+#[test]
+fn an_agent_provisioned_with_ha1_is_offered_md5_and_logs_in_by_extension() {
+    let agent = Arc::new(Agent {
+        badge: "A1001".into(),
+        extension: "1001".into(),
+        kind: AgentKind::Agent,
+        credential: Credential::Ha1(super::digest::md5_ha1("1001", "cc.example", "pw1001")),
+    });
+    let settings = Settings {
+        domain: "cc.example".into(),
+        auth: true,
+        own_ip: None,
+    };
+    let mut r = Registrar::new(settings, [agent], NonceManager::from_secret([7; 32]));
+    let t0 = Duration::from_secs(100);
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    let offered: Vec<_> = challenge
+        .header_values(crate::sip::HeaderName::WwwAuthenticate)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(offered.len(), 1);
+    assert!(offered[0].contains("algorithm=MD5"), "{offered:?}");
+
+    let by_badge = answer(&challenge, "A1001", "pw1001", "00000001");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 2, CONTACT, &by_badge));
+    assert_eq!(outcome, Outcome::Refused(403));
+    let by_extension = answer(&challenge, "1001", "pw1001", "00000002");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 3, CONTACT, &by_extension));
+    assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
 }
