@@ -189,7 +189,7 @@ impl Proxy {
         let Some(target) = target else {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         };
-        if pop_routes == 0 && !self.may_relay_unrouted(&msg, target) {
+        if pop_routes == 0 && !self.may_relay_unrouted(source, &msg, target) {
             let outside = Refusal::new(403, "Forbidden (not routed through this blade)");
             return self.refuse(now, source, msg, &outside, out);
         }
@@ -218,19 +218,32 @@ impl Proxy {
         );
     }
 
-    /// Whether a request with a To tag but no Route naming this blade may
-    /// go to `target`. Every dialog sipblade sets up is record-routed, so
-    /// its requests name the blade in their Route; one that does not is
-    /// no dialog of ours, and may reach only an agent's registered contact
-    /// (a phone that ignored the route set) or a peer blade. Anything else
-    /// would make the blade an open relay for whoever writes a To tag.
-    pub(super) fn may_relay_unrouted(&self, msg: &Message, target: Peer) -> bool {
+    /// Whether a request from `source` with a To tag but no Route naming
+    /// this blade may go to `target`. Every dialog sipblade sets up is
+    /// record-routed, so its requests name the blade in their Route; one
+    /// that does not is no dialog of ours, and may reach only an agent's
+    /// registered contact (a phone that ignored the route set) or a peer
+    /// blade. Anything else would make the blade an open relay for whoever
+    /// writes a To tag.
+    ///
+    /// With `auth` on, an agent's phone is reached so only within a call
+    /// this core holds, or from a peer blade (a hosted callee's in-dialog
+    /// requests): a To tag must not carry a stranger's NOTIFY or INVITE to
+    /// a phone past the challenge every out-of-dialog request gets.
+    pub(super) fn may_relay_unrouted(&self, source: Peer, msg: &Message, target: Peer) -> bool {
         if self.is_peer_blade_sip(target.addr) {
             return true;
         }
-        self.addressed_binding(msg)
-            .is_some_and(|b| b.peer.addr == target.addr)
-            || self.is_callers_terminal(msg, target)
+        if self.is_callers_terminal(msg, target) {
+            return true;
+        }
+        let to_agent = self
+            .addressed_binding(msg)
+            .is_some_and(|b| b.peer.addr == target.addr);
+        to_agent
+            && (!self.settings.auth
+                || self.sessions.get(msg.call_id()).is_some()
+                || self.is_peer_blade_ip(source.addr.ip()))
     }
 
     /// Whether `target` is the terminal the caller of `msg`'s session on
@@ -252,7 +265,7 @@ impl Proxy {
 
     /// ACK for a 2xx travels end to end (§16.7 does not apply; the ACK has
     /// its own branch): forward it statelessly along Route / R-URI.
-    pub(super) fn forward_ack(&mut self, msg: &Message, out: &mut Output) {
+    pub(super) fn forward_ack(&mut self, source: Peer, msg: &Message, out: &mut Output) {
         let pop_routes = self.our_routes(msg);
         let next = msg
             .routes()
@@ -264,7 +277,7 @@ impl Proxy {
         let Some(target) = target else {
             return;
         };
-        if pop_routes == 0 && !self.may_relay_unrouted(msg, target) {
+        if pop_routes == 0 && !self.may_relay_unrouted(source, msg, target) {
             return;
         }
         // A stateless branch: derived from the incoming one, so every

@@ -545,7 +545,7 @@ impl Proxy {
             }
         }
         match method {
-            Method::Ack => return self.forward_ack(&msg, out),
+            Method::Ack => return self.forward_ack(source, &msg, out),
             Method::Cancel => return self.handle_cancel(now, source, &msg, out),
             _ => {}
         }

@@ -903,6 +903,71 @@ fn a_malformed_request_gets_a_400_that_says_why() {
     );
 }
 
+/// With `auth` on, a To tag does not carry a stranger's request to an
+/// agent's phone past the challenge: an unrouted in-dialog request reaches
+/// the phone only within a call the blade holds (a phone that ignored the
+/// route set), and anything else gets 403.
+#[test]
+fn with_auth_an_unrouted_request_reaches_a_phone_only_within_a_call() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    b.register("1002");
+    // Agents registered; from here on the blade authenticates (the test
+    // harness registers without digest).
+    b.proxy.settings.auth = true;
+    let callee = terminal("1002");
+    let contact = format!("sip:1002@{callee}");
+    let stranger = "127.0.0.66:5066";
+    let unrouted = |method: &str, from: &str, call_id: &str, branch: &str| {
+        format!(
+            "{method} {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch={branch}\r\nMax-Forwards: 70\r\n\
+             From: <sip:1001@cc.example>;tag=f1001\r\nTo: <sip:1002@cc.example>;tag=t2\r\n\
+             Call-ID: {call_id}\r\nCSeq: 2 {method}\r\nEvent: check-sync\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    for method in ["NOTIFY", "INVITE", "BYE", "INFO"] {
+        let out = b.send(
+            stranger,
+            &unrouted(method, stranger, "made-up", &format!("z9hG4bKs{method}")),
+        );
+        assert_eq!(
+            out.len(),
+            1,
+            "{method}: only an answer, nothing to the phone"
+        );
+        assert_eq!(out[0].to, udp(stranger));
+        assert_eq!(status(&out[0]), 403, "{method}");
+    }
+    let ack = b.send(
+        stranger,
+        &unrouted("ACK", stranger, "made-up", "z9hG4bKsack"),
+    );
+    assert!(ack.is_empty(), "a stranger's ACK is dropped");
+
+    // A call the blade holds, placed while the INVITE needed no
+    // credentials; the caller's phone keeps no route set.
+    b.proxy.settings.auth = false;
+    let out = b.send(
+        &terminal("1001"),
+        &invite("1001", "1002", "held", "z9hG4bKi", ""),
+    );
+    let forwarded = out.iter().map(parse).find(|m| m.is_request()).unwrap();
+    b.send(&callee, &answer(&forwarded, 200, "t2"));
+    b.proxy.settings.auth = true;
+    let caller = terminal("1001");
+    let out = b.send(&caller, &unrouted("INFO", &caller, "held", "z9hG4bKinfo"));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].to,
+        udp(&callee),
+        "relayed to the phone within the call"
+    );
+    assert!(parse(&out[0]).is_request());
+    // The same request naming no call the blade holds is refused.
+    let out = b.send(&caller, &unrouted("INFO", &caller, "other", "z9hG4bKinfo2"));
+    assert_eq!(status(&out[0]), 403);
+}
+
 /// A request with a To tag but no Route naming the blade is no dialog the
 /// blade set up: it goes nowhere but to an agent's registered contact, so
 /// a forged To tag does not make the blade an open relay.
