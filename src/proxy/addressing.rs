@@ -28,7 +28,7 @@ impl Proxy {
         }
         let hash = route::loop_hash(msg);
         msg.vias().any(|v| {
-            route::host_ip(v.host(), v.host_kind()) == Some(self.settings.local.ip())
+            v.ip() == Some(self.settings.local.ip())
                 && v.branch().and_then(route::loop_hash_of_branch) == Some(hash)
         })
     }
@@ -44,17 +44,34 @@ impl Proxy {
     /// How many of the top Routes name this blade: one, or two where it
     /// record-routed twice to change transport (RFC 5658).
     pub(super) fn our_routes(&self, msg: &Message) -> usize {
-        msg.routes().take_while(|r| self.is_us(&r.uri())).count()
+        self.route_split(msg).0
+    }
+
+    /// Loose routing (RFC 3261 §16.4): how many top Routes name this blade
+    /// (ours to remove), and where the next one leads. One pass over the
+    /// Route values, each URI read once.
+    pub(super) fn route_split(&self, msg: &Message) -> (usize, Option<Peer>) {
+        let mut ours = 0;
+        for route in msg.routes() {
+            let next = route::uri_peer(&route.uri());
+            if !next.is_some_and(|p| self.is_us_at(p.addr)) {
+                return (ours, next);
+            }
+            ours += 1;
+        }
+        (ours, None)
     }
 
     /// Whether `uri` names this blade: its address (a default port is
     /// 5060), or this core's own port, which our UDP Record-Routes name.
     pub(super) fn is_us(&self, uri: &crate::sip::Uri<'_>) -> bool {
+        route::uri_peer(uri).is_some_and(|p| self.is_us_at(p.addr))
+    }
+
+    /// [`Proxy::is_us`] for an address.
+    fn is_us_at(&self, addr: SocketAddr) -> bool {
         let local = self.settings.local;
-        route::uri_peer(uri).is_some_and(|p| {
-            p.addr == local
-                || (p.addr.ip() == local.ip() && Some(p.addr.port()) == self.settings.via_port)
-        })
+        addr == local || (addr.ip() == local.ip() && Some(addr.port()) == self.settings.via_port)
     }
 
     /// Whether `uri` names another core's own UDP port on our IP. Kept

@@ -266,11 +266,7 @@ impl Proxy {
     /// ACK for a 2xx travels end to end (§16.7 does not apply; the ACK has
     /// its own branch): forward it statelessly along Route / R-URI.
     pub(super) fn forward_ack(&mut self, source: Peer, msg: &Message, out: &mut Output) {
-        let pop_routes = self.our_routes(msg);
-        let next = msg
-            .routes()
-            .nth(pop_routes)
-            .and_then(|r| route::uri_peer(&r.uri()));
+        let (pop_routes, next) = self.route_split(msg);
         let target = next
             .or_else(|| self.hosted_agent_blade(msg))
             .or_else(|| self.request_uri_peer(msg));

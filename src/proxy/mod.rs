@@ -219,7 +219,7 @@ impl ServerKey {
                 String::from_utf8_lossy(via.as_bytes())
             )),
         };
-        let host = msg.buffer().slice_ref(via.host().as_bytes());
+        let host = msg.buffer().slice(via.spans().host.range());
         ServerKey {
             branch,
             sent_by: (host, via.port()),
@@ -580,11 +580,7 @@ impl Proxy {
         }
 
         // Loose routing (§16.4): top Routes naming us are ours to remove.
-        let ours = self.our_routes(&msg);
-        let next_route = msg
-            .routes()
-            .nth(ours)
-            .and_then(|r| route::uri_peer(&r.uri()));
+        let (ours, next_route) = self.route_split(&msg);
         if msg.max_forwards() == Some(0) && !(method == Method::Options && self.is_to_blade(&msg)) {
             return self.refuse(now, source, msg, &Refusal::new(483, "Too Many Hops"), out);
         }

@@ -1,9 +1,9 @@
 //! Routing decisions that need no state: which core owns a message, where
 //! a URI points, whether a URI names this blade.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use crate::sip::{HostKind, Message, Method, Scheme, Transport, Uri};
+use crate::sip::{Message, Method, Scheme, Transport, Uri};
 use crate::transaction::Peer;
 
 /// The URI parameter sipblade puts in its Record-Route to name the core
@@ -179,15 +179,6 @@ pub fn uri_peer(uri: &Uri<'_>) -> Option<Peer> {
     ))
 }
 
-/// The IP of a host written as an IPv4 or bracketed IPv6 literal.
-pub fn host_ip(host: &str, kind: HostKind) -> Option<IpAddr> {
-    match kind {
-        HostKind::Ipv4 => host.parse().ok(),
-        HostKind::Ipv6 => host.strip_prefix('[')?.strip_suffix(']')?.parse().ok(),
-        _ => None,
-    }
-}
-
 /// Where the response to a request goes (RFC 3261 §18.2.2 with RFC 3581):
 /// the address the request came from, for UDP and TCP alike, which is what
 /// `received` and `rport` would say.
@@ -206,7 +197,7 @@ pub fn via_peer(msg: &Message) -> Option<Peer> {
             .trim_end_matches(']')
             .parse()
             .ok()?,
-        None => host_ip(via.host(), via.host_kind())?,
+        None => via.ip()?,
     };
     let port = match via.rport() {
         Some(Some(p)) => p,
