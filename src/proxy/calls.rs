@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use super::hangup::HangUp;
 use super::session::Session;
 use super::{AgentEvent, Notice, Output, Proxy, metrics, route};
@@ -25,12 +27,7 @@ impl Proxy {
         out: &mut Output,
     ) -> &mut Session {
         let call_id = msg.call_id();
-        let event = AgentEvent::InCall {
-            extension: caller.to_owned(),
-            call_id: call_id.to_owned(),
-            session_core: self.settings.core,
-        };
-        self.tell_owner(caller, event, out);
+        self.agent_in_call(caller, call_id, out);
         let from_tag = msg.from().tag().unwrap_or_default();
         let until = now + self.settings.max_call;
         let session = self.sessions.open(call_id, caller, callee, from_tag, until);
@@ -101,12 +98,11 @@ impl Proxy {
             .filter_map(|j| self.sessions.get(j))
             .map(|leg| leg.callee.clone())
             .collect();
-        let leaving: Vec<String> = [&session.caller, &session.callee]
+        let leaving: SmallVec<[&String; 2]> = [&session.caller, &session.callee]
             .into_iter()
             .filter(|p| session.has_party(p) && !staying.contains(p))
-            .cloned()
             .collect();
-        for party in &leaving {
+        for &party in &leaving {
             if session
                 .hosted
                 .as_ref()
@@ -114,13 +110,10 @@ impl Proxy {
             {
                 self.release_hosting(now, call_id, out);
             }
-            let event = AgentEvent::Free {
-                extension: party.clone(),
-                call_id: call_id.to_owned(),
-            };
-            self.tell_owner(party, event, out);
+            self.agent_free(party, call_id, out);
         }
         if !session.joined.is_empty() {
+            let leaving: Vec<String> = leaving.into_iter().cloned().collect();
             session.left.get_or_insert_default().extend(leaving);
             self.sessions.restore(call_id, session);
             return;
@@ -156,6 +149,36 @@ impl Proxy {
         }
         self.hang_up(now, call_id, HangUp::Expired, out);
         self.end_session(now, call_id, out);
+    }
+
+    /// `extension` is in the call `call_id`, whose session is on this core:
+    /// marked here when this core owns the agent, else by a notice to its
+    /// owner (the notice's owned strings are only for crossing cores).
+    pub(super) fn agent_in_call(&mut self, extension: &str, call_id: &str, out: &mut Output) {
+        if route::shard_of(extension.as_bytes(), self.settings.cores) == self.settings.core {
+            self.set_in_call(extension, call_id);
+        } else {
+            let event = AgentEvent::InCall {
+                extension: extension.to_owned(),
+                call_id: call_id.to_owned(),
+                session_core: self.settings.core,
+            };
+            self.tell_owner(extension, event, out);
+        }
+    }
+
+    /// `extension` left the call `call_id`: as [`Proxy::agent_in_call`].
+    pub(super) fn agent_free(&mut self, extension: &str, call_id: &str, out: &mut Output) {
+        if route::shard_of(extension.as_bytes(), self.settings.cores) == self.settings.core {
+            self.remote_sessions.remove(call_id);
+            self.set_free(extension, call_id);
+        } else {
+            let event = AgentEvent::Free {
+                extension: extension.to_owned(),
+                call_id: call_id.to_owned(),
+            };
+            self.tell_owner(extension, event, out);
+        }
     }
 
     /// Applies `event` to `extension` here if this core owns it, else sends

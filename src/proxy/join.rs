@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use super::cross::{TOKEN_PARAM, Waiting};
 use super::session::{Hosted, Phase, Session};
-use super::{AgentEvent, Output, Proxy};
+use super::{Output, Proxy};
 use crate::registrar::Refusal;
 use crate::registrar::location::AgentState;
 use crate::sip::{Join, Message};
@@ -361,12 +361,7 @@ impl Proxy {
         if named.replaces {
             // The target is in this call too now: still in a call when its
             // phone hangs the replaced one up.
-            let event = AgentEvent::InCall {
-                extension: target.to_owned(),
-                call_id: leg_id.clone(),
-                session_core: self.settings.core,
-            };
-            self.tell_owner(target, event, out);
+            self.agent_in_call(target, &leg_id, out);
         }
         if !named.replaces || rides {
             if let Some(main) = self.sessions.get_mut(&main) {
@@ -423,11 +418,7 @@ impl Proxy {
         if leg.hosted.is_some() {
             self.release_hosting(now, leg_id, out);
         }
-        let event = AgentEvent::Free {
-            extension: leg.caller.clone(),
-            call_id: leg_id.to_owned(),
-        };
-        self.tell_owner(&leg.caller, event, out);
+        self.agent_free(&leg.caller, leg_id, out);
         let finish = match self.sessions.get_mut(main) {
             Some(session) => {
                 session.joined.retain(|j| j != leg_id);
