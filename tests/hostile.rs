@@ -334,3 +334,26 @@ fn a_tcp_stream_that_cannot_be_sip_is_closed_at_once() {
     assert!(udp.recv_from(&mut buf).is_err(), "no answer to it");
     drop(fine);
 }
+
+/// RFC 9112 §3.2.2: the admin port takes an absolute-form request target
+/// (`GET http://host:port/status`, as a client set to use a proxy sends
+/// it) as well as the origin form.
+#[test]
+fn the_admin_port_takes_an_absolute_form_target() {
+    let blade = TestBlade::start_at(1, false, Options::default(), "", AUDIT_IP);
+    let (code, _, body) = common::http(
+        blade.admin,
+        "GET",
+        &format!("http://{}/status", blade.admin),
+    );
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(status["agents"].is_array(), "{body}");
+    let (code, _, body) = common::http(
+        blade.admin,
+        "GET",
+        &format!("http://{}/metrics", blade.admin),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("sipblade_messages_malformed_total"), "{body}");
+}
