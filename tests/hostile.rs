@@ -357,3 +357,36 @@ fn the_admin_port_takes_an_absolute_form_target() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("sipblade_messages_malformed_total"), "{body}");
 }
+
+/// OPTIONS to the blade itself (no user part) is answered 200 at its SIP
+/// address, with or without the port, but a Request-URI with the blade's
+/// IP and another port names another endpoint on its host: the blade does
+/// not answer for it (here a stranger's request, 403 as for any agent).
+#[test]
+fn options_to_another_port_on_the_blades_ip_is_not_for_the_blade() {
+    let blade = TestBlade::start_at(1, false, Options::default(), "", AUDIT_IP);
+    let mut ua = Ua::new_at(blade.sip, "1001", audit_ua_ip(8));
+    let other = if blade.sip.port() == 9999 { 9998 } else { 9999 };
+    let ip = blade.sip.ip();
+    for (target, want) in [
+        (blade.sip.to_string(), 200),
+        (ip.to_string(), 200),
+        (format!("{ip}:{other}"), 403),
+    ] {
+        let call_id = format!("opt-{}@test", common::unique());
+        ua.send(format!(
+            "OPTIONS sip:{target} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: <{}>;tag=o\r\n\
+             To: <sip:{target}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n",
+            ua.via(&common::branch()),
+            common::aor("1001"),
+        ));
+        let answer = ua.response(&call_id, Method::Options);
+        assert_eq!(
+            answer.status(),
+            Some(want),
+            "sip:{target}: {}",
+            first_line(&answer)
+        );
+    }
+}
