@@ -1,13 +1,16 @@
 //! Black-box acceptance findings: behaviours a hostile or merely unusual
 //! peer exposed over real sockets, each kept as a regression test.
 //!
-//! Every blade and user agent here lives on 127.0.1.x (the range this file
-//! keeps to, apart from other test files' 127.0.0.x), with ports chosen by
-//! the OS.
+//! Every blade and user agent here lives on 127.0.1.x, or 127.0.5.1 to
+//! 127.0.5.40 for the findings of the stream and admin audit (the ranges
+//! this file keeps to, apart from other test files' 127.0.0.x), with ports
+//! chosen by the OS.
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
 
 use common::{TestBlade, Ua, first_line, header};
 use sipblade::runtime::Options;
@@ -15,6 +18,19 @@ use sipblade::sip::{HeaderName, Method};
 
 /// The address of this file's blades.
 const BLADE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 1);
+
+/// The address of the audit findings' blades; their user agents are on
+/// 127.0.5.2 to 127.0.5.40.
+const AUDIT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 1);
+
+/// 127.0.5.`host`, an audit test's user agent.
+fn audit_ua_ip(host: u8) -> Ipv4Addr {
+    assert!(
+        (2..=40).contains(&host),
+        "127.0.5.{host} is outside the range"
+    );
+    Ipv4Addr::new(127, 0, 5, host)
+}
 
 /// A blade on [`BLADE_IP`] with `cores` executors, auth off.
 fn blade(cores: usize) -> TestBlade {
@@ -192,4 +208,185 @@ fn one_branch_from_two_terminals_is_two_transactions() {
     let busy = a.response(&call.call_id, Method::Invite);
     assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
     a.ack_failure(&call, &busy);
+}
+
+/// A TCP connection to `blade` from 127.0.5.`host`.
+fn tcp_from(blade: SocketAddr, host: u8) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    socket
+        .bind(&SocketAddr::new(audit_ua_ip(host).into(), 0).into())
+        .unwrap();
+    socket.connect(&blade.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    stream
+}
+
+/// What `stream` receives until `done` holds of it, the blade closes it,
+/// or 3 s pass (far less than the 32 s a stalled connection is given);
+/// and whether it was closed.
+fn receive(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> (String, bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        if done(&got) {
+            break false;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) if Instant::now() < deadline => {}
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// An OPTIONS to `blade` itself from `local` over TCP, with `eol` ending
+/// each header line (the start line ends with CRLF).
+fn options_over_tcp(blade: SocketAddr, local: SocketAddr, eol: &str) -> String {
+    format!(
+        "OPTIONS sip:{blade} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKaudit{n}{eol}\
+         Max-Forwards: 70{eol}From: <sip:1001@cc.example>;tag=a{eol}To: <sip:{blade}>{eol}\
+         Call-ID: audit-{n}@test{eol}CSeq: 1 OPTIONS{eol}Content-Length: 0{eol}{eol}",
+        n = common::unique()
+    )
+}
+
+/// Over TCP, bytes that can never be SIP (a run of NULs, another
+/// protocol's binary, LF-only line endings) close the connection at once,
+/// not at the 32 s stall timeout, counted as malformed; a sender that gave
+/// a usable Via first gets a 400 saying why. A CRLF ping still gets its
+/// pong, and a request trickled a byte at a time its answer. Over UDP an
+/// LF-only message is dropped and counted, as before.
+#[test]
+fn a_tcp_stream_that_cannot_be_sip_is_closed_at_once() {
+    let blade = TestBlade::start_at(1, false, Options::default(), "", AUDIT_IP);
+    let malformed = "sipblade_messages_malformed_total";
+
+    let mut fine = tcp_from(blade.sip, 2);
+    let local = fine.local_addr().unwrap();
+    fine.write_all(b"\r\n\r\n").unwrap();
+    for byte in options_over_tcp(blade.sip, local, "\r\n").bytes() {
+        fine.write_all(&[byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (got, closed) = receive(&mut fine, |b| b.ends_with(b"\r\n\r\n") && b.len() > 4);
+    assert!(!closed, "the trickled request's connection stays open");
+    assert!(
+        got.starts_with("\r\nSIP/2.0 200 "),
+        "a pong, then a 200: {got:?}"
+    );
+
+    let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".repeat(8);
+    let lf_only =
+        options_over_tcp(blade.sip, "127.0.5.5:5060".parse().unwrap(), "\n").replace("\r\n", "\n");
+    for (host, bytes) in [
+        (3, vec![0; 4096]),
+        (4, tls_hello),
+        (5, lf_only.into_bytes()),
+    ] {
+        let mut stream = tcp_from(blade.sip, host);
+        stream.write_all(&bytes).unwrap();
+        let (got, closed) = receive(&mut stream, |_| false);
+        assert!(closed, "127.0.5.{host}: the connection is closed at once");
+        assert_eq!(got, "", "127.0.5.{host}: nothing to answer");
+    }
+    // A start line the blade can answer, then a header ended by a bare LF.
+    let mut mixed = tcp_from(blade.sip, 6);
+    let text = options_over_tcp(blade.sip, mixed.local_addr().unwrap(), "\r\n").replacen(
+        "\r\nFrom:",
+        "\nFrom:",
+        1,
+    );
+    mixed.write_all(text.as_bytes()).unwrap();
+    let (got, closed) = receive(&mut mixed, |_| false);
+    assert!(closed, "a bare LF closes the connection");
+    assert!(
+        got.starts_with("SIP/2.0 400 Bad Request (line not ended by CRLF)\r\n"),
+        "{got:?}"
+    );
+    common::wait_until("four malformed streams counted", || {
+        blade.metric(malformed) == 4.0
+    });
+
+    let udp = UdpSocket::bind(SocketAddr::new(audit_ua_ip(7).into(), 0)).unwrap();
+    let lf = options_over_tcp(blade.sip, udp.local_addr().unwrap(), "\n")
+        .replace("\r\n", "\n")
+        .replace("/TCP", "/UDP");
+    udp.send_to(lf.as_bytes(), blade.sip).unwrap();
+    common::wait_until("the LF-only datagram counted", || {
+        blade.metric(malformed) == 5.0
+    });
+    udp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(udp.recv_from(&mut buf).is_err(), "no answer to it");
+    drop(fine);
+}
+
+/// RFC 9112 §3.2.2: the admin port takes an absolute-form request target
+/// (`GET http://host:port/status`, as a client set to use a proxy sends
+/// it) as well as the origin form.
+#[test]
+fn the_admin_port_takes_an_absolute_form_target() {
+    let blade = TestBlade::start_at(1, false, Options::default(), "", AUDIT_IP);
+    let (code, _, body) = common::http(
+        blade.admin,
+        "GET",
+        &format!("http://{}/status", blade.admin),
+    );
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(status["agents"].is_array(), "{body}");
+    let (code, _, body) = common::http(
+        blade.admin,
+        "GET",
+        &format!("http://{}/metrics", blade.admin),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("sipblade_messages_malformed_total"), "{body}");
+}
+
+/// OPTIONS to the blade itself (no user part) is answered 200 at its SIP
+/// address, with or without the port, but a Request-URI with the blade's
+/// IP and another port names another endpoint on its host: the blade does
+/// not answer for it (here a stranger's request, 403 as for any agent).
+#[test]
+fn options_to_another_port_on_the_blades_ip_is_not_for_the_blade() {
+    let blade = TestBlade::start_at(1, false, Options::default(), "", AUDIT_IP);
+    let mut ua = Ua::new_at(blade.sip, "1001", audit_ua_ip(8));
+    let other = if blade.sip.port() == 9999 { 9998 } else { 9999 };
+    let ip = blade.sip.ip();
+    for (target, want) in [
+        (blade.sip.to_string(), 200),
+        (ip.to_string(), 200),
+        (format!("{ip}:{other}"), 403),
+    ] {
+        let call_id = format!("opt-{}@test", common::unique());
+        ua.send(format!(
+            "OPTIONS sip:{target} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: <{}>;tag=o\r\n\
+             To: <sip:{target}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n",
+            ua.via(&common::branch()),
+            common::aor("1001"),
+        ));
+        let answer = ua.response(&call_id, Method::Options);
+        assert_eq!(
+            answer.status(),
+            Some(want),
+            "sip:{target}: {}",
+            first_line(&answer)
+        );
+    }
 }

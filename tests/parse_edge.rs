@@ -190,9 +190,10 @@ fn leading_line_breaks_are_skipped() {
 
 #[test]
 fn binary_junk() {
-    // No line break at all: the start line never ends.
+    // No line break at all: the start line never ends, but its fault is
+    // its first byte, not the end of the input.
     let junk: Vec<u8> = (0..=255u8).filter(|&c| c != b'\r' && c != b'\n').collect();
-    refused_at(&junk, ErrorKind::StartLine, junk.len());
+    refused_at(&junk, ErrorKind::StartLine, 0);
     // A "line" of non-token octets: no method.
     refused_at(b"\xff\xfe\x00\x80\r\n\r\n", ErrorKind::StartLine, 0);
     // Junk after a plausible start.
@@ -201,6 +202,20 @@ fn binary_junk() {
         ErrorKind::StartLine,
         0..1,
     );
+}
+
+/// A start line with no line ending: a fault in it is reported where it
+/// is; a line that is fine lacks only its CRLF, at the end of the input.
+#[test]
+fn a_start_line_without_crlf() {
+    let fine = b"OPTIONS sip:cc.example SIP/2.0";
+    let e = refused_at(fine, ErrorKind::LineEnding, fine.len());
+    assert_eq!(e.to_string(), "line not ended by CRLF at byte 30");
+    refused_at(b"SIP/2.0 200 OK", ErrorKind::LineEnding, 14);
+    refused_at(b"hello world", ErrorKind::StartLine, 11);
+    refused_at(b"OPTIONS sip:cc.example SIP/3.0", ErrorKind::Version, 23);
+    refused_at(b"OPTIONS <cc.example> SIP/2.0", ErrorKind::RequestUri, 8);
+    refused_at(b"\r\n\r\nhello\0world", ErrorKind::StartLine, 9);
 }
 
 #[test]

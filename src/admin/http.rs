@@ -261,7 +261,7 @@ fn parse_head(head: &[u8]) -> Result<Option<Request>, Response> {
             let (Some(method), Some(target)) = (request.method, request.path) else {
                 return Err(Response::text(400, "malformed request\n"));
             };
-            let path = target.split('?').next().unwrap_or_default();
+            let path = origin_path(target).split('?').next().unwrap_or_default();
             Ok(Some(Request {
                 method: method.to_owned(),
                 path: path.to_owned(),
@@ -270,6 +270,26 @@ fn parse_head(head: &[u8]) -> Result<Option<Request>, Response> {
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(Response::text(431, "too many header lines\n")),
         Err(_) => Err(Response::text(400, "malformed request\n")),
+    }
+}
+
+/// The path of a request target. A server must accept the absolute form
+/// (RFC 9112 §3.2.2: `http://host:port/status`, as a client configured
+/// with a proxy sends it) as well as the origin form (`/status`); the
+/// authority is not checked, as the admin port serves one site whatever
+/// name it is reached by. An absolute form without a path is `/`.
+fn origin_path(target: &str) -> &str {
+    let Some(colon) = target.find("://") else {
+        return target;
+    };
+    let scheme = &target[..colon];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return target;
+    }
+    let rest = &target[colon + 3..];
+    match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => &rest[i..],
+        _ => "/",
     }
 }
 
@@ -287,6 +307,25 @@ mod tests {
                 path: "/metrics".into()
             }))
         );
+        // The absolute form (RFC 9112 §3.2.2), in any scheme case.
+        for target in [
+            "http://127.0.0.1:8060/status",
+            "HTTP://admin.example/status?pretty",
+        ] {
+            let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(
+                parse_head(head.as_bytes()).map(|r| r.map(|r| r.path)),
+                Ok(Some("/status".into())),
+                "{target}"
+            );
+        }
+        for (target, path) in [
+            ("http://h:1", "/"),
+            ("http://h?x", "/"),
+            ("/a://b", "/a://b"),
+        ] {
+            assert_eq!(origin_path(target), path, "{target}");
+        }
         assert_eq!(
             parse_head(b"GET\x01 / HTTP/1.1\r\n\r\n").map_err(|r| r.status),
             Err(400)

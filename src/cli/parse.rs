@@ -90,3 +90,24 @@ pub(crate) fn report(name: &str, bytes: Bytes) -> (Value, bool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start line without CRLF is reported where its fault is: at a junk
+    /// first byte, or, for a line that is fine, where its CRLF should be.
+    #[test]
+    fn an_unterminated_start_line_is_reported_where_it_goes_wrong() {
+        let (junk, ok) = report("junk", Bytes::from_static(b"\x00\x01garbage"));
+        assert!(!ok);
+        assert_eq!(junk["error"], "malformed start line");
+        assert_eq!(junk["offset"], 0);
+        let (line, _) = report(
+            "line",
+            Bytes::from_static(b"OPTIONS sip:cc.example SIP/2.0"),
+        );
+        assert_eq!(line["error"], "line not ended by CRLF");
+        assert_eq!(line["offset"], 30);
+    }
+}

@@ -104,10 +104,20 @@ impl Proxy {
             .is_some_and(|c| c.peer_by_ip(ip).is_some())
     }
 
-    /// A request to the blade itself: no user part, our host.
+    /// A request to the blade itself: no user part, our host, and on our IP
+    /// no port or one of ours (the SIP port, or a core's own UDP port).
+    /// Another port on our IP is another SIP endpoint on this host (RFC
+    /// 3261 §19.1.4: the port is part of the URI), which the blade must not
+    /// answer for. A peer blade's IP matches on any port, as its core ports
+    /// are not known here.
     pub(super) fn is_to_blade(&self, msg: &Message) -> bool {
-        msg.request_uri()
-            .is_some_and(|u| u.user().is_none() && self.is_our_host(&u))
+        msg.request_uri().is_some_and(|u| {
+            let elsewhere_on_our_ip = u.port().is_some()
+                && u.ip() == Some(self.settings.local.ip())
+                && !self.is_us(&u)
+                && !self.is_core_port(&u);
+            u.user().is_none() && self.is_our_host(&u) && !elsewhere_on_our_ip
+        })
     }
 
     /// Whether `addr` is a peer blade's SIP address.

@@ -578,6 +578,34 @@ fn an_expires_that_is_no_number_is_a_bad_request() {
     assert_eq!(outcome, Outcome::Refreshed("1001".into()));
 }
 
+/// A negative expiry is no delta-seconds either: `Expires: -1` and
+/// `;expires=-1` are 400, neither the default hour nor an unregistration,
+/// on a first REGISTER as on a refresh.
+#[test]
+fn a_negative_expires_is_a_bad_request() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    let minus_one = "Contact: <sip:1001@127.0.0.12:5061>;expires=-1\r\n";
+    for (cseq, contact, extra) in [
+        (1, CONTACT, "Expires: -1\r\n"),
+        (2, minus_one, ""),
+        (3, minus_one, "Expires: 60\r\n"),
+    ] {
+        let (outcome, resp) = send(&mut r, t0, &register("1001", cseq, contact, extra));
+        assert_eq!(outcome, Outcome::Refused(400), "{contact}{extra}");
+        assert_eq!(resp.status(), Some(400));
+    }
+    assert!(r.location().get("1001").is_none_or(|a| a.binding.is_none()));
+    send(&mut r, t0, &register("1001", 4, CONTACT, ""));
+    let (outcome, _) = send(
+        &mut r,
+        t0,
+        &register("1001", 5, minus_one, "Expires: 0\r\n"),
+    );
+    assert_eq!(outcome, Outcome::Refused(400), "not taken for Expires: 0");
+    assert!(r.location().get("1001").unwrap().binding.is_some());
+}
+
 /// Digest values are quoted-strings: the hashes and comparisons take them
 /// without quotes and with quoting backslashes removed (RFC 7616 §3.4
 /// `unq`, RFC 3261 §25.1 quoted-pair). A client that escapes a character

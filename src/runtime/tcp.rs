@@ -409,9 +409,12 @@ async fn serve(
                 Ok(Frame::Partial) => break,
                 Err(e) => {
                     // RFC 3261 §18.3: a framing error on a stream cannot be
-                    // recovered from; close the connection. The sender
-                    // still learns why (400, 513): the writer sends queued
-                    // data before the connection closes.
+                    // recovered from; close the connection, at once for
+                    // bytes that can never be SIP (junk, LF-only lines)
+                    // rather than at the stall timeout. The sender still
+                    // learns why (400, 513) where it gave a Via: the
+                    // writer sends queued data before the connection
+                    // closes.
                     tracing::debug!(%addr, "stream framing error: {e}");
                     core.proxy_mut().note_malformed();
                     if let Some(answer) = crate::proxy::malformed_response(&buf, &e, addr) {

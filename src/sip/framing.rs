@@ -4,13 +4,27 @@
 //! The caller appends received bytes to a buffer and calls [`frame`] until
 //! it answers [`Frame::Partial`]; each `Complete(len)` or `KeepAlive(len)`
 //! says how many bytes to take off the front.
+//!
+//! Bytes that can never begin a SIP message are an error as soon as they
+//! show, not a `Partial` held until the connection times out: a first line
+//! that is no request or status line (binary junk, a run of NULs, another
+//! protocol), a method name past [`MAX_METHOD`], or a header section whose
+//! lines end in a bare LF or CR (such a sender never sends the CRLF CRLF
+//! that ends it).
 
+use super::chars::{self, TOKEN};
 use super::error::{ErrorKind, ParseError};
 use super::name::HeaderName;
 use super::scan::parse_u32;
 
 /// The default largest message accepted on a stream, headers and body.
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
+
+/// The longest method name waited on: a stream that opens with a longer run
+/// of token characters and no SP is taken for no SIP. The budget of non-SIP
+/// bytes a connection gets before the framer can tell; methods in use are
+/// under ten characters (`SUBSCRIBE`).
+pub const MAX_METHOD: usize = 32;
 
 /// What the front of a stream buffer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +44,9 @@ pub enum Frame {
 }
 
 /// Frames the message at the front of `buf`. Errors are unrecoverable for
-/// the connection: a missing or malformed Content-Length, or a message over
-/// `max` bytes.
+/// the connection: bytes that cannot begin a SIP message, a line not ended
+/// by CRLF in the header section, a missing or malformed Content-Length, or
+/// a message over `max` bytes.
 pub fn frame(buf: &[u8], max: usize) -> Result<Frame, ParseError> {
     if buf.starts_with(b"\r\n") {
         return Ok(if buf.starts_with(b"\r\n\r\n") {
@@ -45,7 +60,12 @@ pub fn frame(buf: &[u8], max: usize) -> Result<Frame, ParseError> {
             }
         });
     }
-    let Some(head_end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+    check_start_line(buf)?;
+    let head_end = memchr::memmem::find(buf, b"\r\n\r\n");
+    // The header section, or all there is of it so far: the same check
+    // whether it arrived at once or a byte at a time.
+    check_line_endings(head_end.map_or(buf, |i| &buf[..i + 2]))?;
+    let Some(head_end) = head_end else {
         return if buf.len() > max {
             Err(ParseError::new(ErrorKind::TooLarge, max))
         } else {
@@ -63,6 +83,68 @@ pub fn frame(buf: &[u8], max: usize) -> Result<Frame, ParseError> {
     } else {
         Frame::Partial
     })
+}
+
+/// Whether the front of `buf`, as much of its first line as has arrived,
+/// can be a request or status line (RFC 3261 §7.1, §7.2): `Method SP
+/// Request-URI SP SIP/…`, or `SIP/…`. Loose on purpose, as the parser
+/// judges the line: this refuses only what it could never accept, and what
+/// a method past [`MAX_METHOD`] would make it wait on.
+fn check_start_line(buf: &[u8]) -> Result<(), ParseError> {
+    let not_sip = |at| Err(ParseError::new(ErrorKind::StartLine, at));
+    // The line runs to its first control byte, which must be its CRLF.
+    let end = buf
+        .iter()
+        .position(|&c| c < 0x20 && c != b'\t' || c == 0x7f)
+        .unwrap_or(buf.len());
+    let complete = match buf.get(end..) {
+        None | Some([] | [b'\r']) => false,
+        Some([b'\r', b'\n', ..]) => true,
+        Some([b'\r' | b'\n', ..]) => return Err(ParseError::new(ErrorKind::LineEnding, end)),
+        Some(_) => return not_sip(end),
+    };
+    let line = &buf[..end];
+    let prefix_of = |s: &[u8], whole: &[u8]| {
+        let n = s.len().min(whole.len());
+        s[..n].eq_ignore_ascii_case(&whole[..n]) && (n == whole.len() || !complete)
+    };
+    if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
+        return Ok(());
+    }
+    let method = chars::run(line, TOKEN);
+    if method > MAX_METHOD {
+        return not_sip(MAX_METHOD);
+    }
+    match line.get(method) {
+        Some(b' ') if method > 0 => {}
+        // Nothing yet, or a method still arriving.
+        None if !complete => return Ok(()),
+        _ => return not_sip(method),
+    }
+    // The Request-URI runs to the next SP; the version after it is SIP's.
+    let uri_start = method + 1;
+    match memchr::memchr(b' ', &line[uri_start..]) {
+        Some(sp) if prefix_of(&line[uri_start + sp + 1..], b"SIP/") => Ok(()),
+        Some(sp) => not_sip(uri_start + sp + 1),
+        None if complete => not_sip(end),
+        None => Ok(()),
+    }
+}
+
+/// A bare LF, or a CR not followed by LF, in `head` (a header section or
+/// its start): RFC 3261 §7 lines end with CRLF, and a sender that ends them
+/// otherwise never sends the empty line that ends the section.
+fn check_line_endings(head: &[u8]) -> Result<(), ParseError> {
+    for at in memchr::memchr2_iter(b'\r', b'\n', head) {
+        let crlf = match head[at] {
+            b'\n' => at > 0 && head[at - 1] == b'\r',
+            _ => head.get(at + 1).is_none_or(|&c| c == b'\n'),
+        };
+        if !crlf {
+            return Err(ParseError::new(ErrorKind::LineEnding, at));
+        }
+    }
+    Ok(())
 }
 
 /// Finds the single Content-Length of a header section (which ends with the
@@ -155,10 +237,79 @@ mod tests {
         );
         let huge = b"BYE sip:a@b SIP/2.0\r\nContent-Length: 4294967295\r\n\r\n";
         assert_eq!(frame(huge, 1000).unwrap_err().kind, ErrorKind::TooLarge);
-        assert_eq!(
-            frame(&[b'A'; 200], 100).unwrap_err().kind,
-            ErrorKind::TooLarge
-        );
+        let endless = [&b"BYE sip:"[..], &[b'a'; 200]].concat();
+        assert_eq!(frame(&endless, 100).unwrap_err().kind, ErrorKind::TooLarge);
+    }
+
+    /// The error `bad` gets, checking that each of its prefixes gets either
+    /// `Partial` or the same error: a refusal does not hang on how the
+    /// bytes were cut into reads.
+    #[track_caller]
+    fn refused(bad: &[u8]) -> ParseError {
+        let err = frame(bad, DEFAULT_MAX_MESSAGE).unwrap_err();
+        for cut in 1..bad.len() {
+            match frame(&bad[..cut], DEFAULT_MAX_MESSAGE) {
+                Ok(Frame::Partial) => {}
+                got => assert_eq!(got, Err(err), "cut at {cut}"),
+            }
+        }
+        err
+    }
+
+    /// What can never begin a SIP message is refused as soon as it shows,
+    /// not held as `Partial` until the connection times out.
+    #[test]
+    fn bytes_that_cannot_be_sip_are_refused_at_once() {
+        let start_line = |at| ParseError::new(ErrorKind::StartLine, at);
+        let line_ending = |at| ParseError::new(ErrorKind::LineEnding, at);
+        // A run of NULs, and a TLS ClientHello: no method.
+        assert_eq!(frame(&[0; 4096], 100), Err(start_line(0)));
+        assert_eq!(frame(&[0], 100), Err(start_line(0)));
+        assert_eq!(refused(b"\x16\x03\x01\x02\x00\x01"), start_line(0));
+        // Another protocol's request line: refused at its version, before
+        // the line has even ended.
+        assert_eq!(refused(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), start_line(6));
+        assert_eq!(frame(b"GET / H", 100), Err(start_line(6)));
+        // No SP after the method, a control byte, no version.
+        assert_eq!(refused(b"BYE\r\nl: 0\r\n\r\n"), start_line(3));
+        assert_eq!(refused(b"BYE sip:a@b\x00"), start_line(11));
+        assert_eq!(refused(b"BYE sip:a@b\r\nl: 0\r\n\r\n"), start_line(11));
+        // A method name past the budget.
+        let long = [b'A'; MAX_METHOD + 1];
+        assert_eq!(refused(&long), start_line(MAX_METHOD));
+        let mut at_budget = [b'A'; MAX_METHOD].to_vec();
+        at_budget.extend_from_slice(b" sip:a@b SIP/2.0\r\nl: 0\r\n\r\n");
+        assert_eq!(frame(&at_budget, 100), Ok(Frame::Complete(at_budget.len())));
+        // LF-only line endings, in the start line or after a header; a CR
+        // without its LF.
+        let lf = MSG
+            .iter()
+            .filter(|&&c| c != b'\r')
+            .copied()
+            .collect::<Vec<_>>();
+        assert_eq!(refused(&lf), line_ending(19));
+        let bare = b"BYE sip:a@b SIP/2.0\r\nVia: x\nl: 0\r\n\r\n";
+        assert_eq!(refused(bare), line_ending(27));
+        assert_eq!(refused(b"BYE sip:a@b SIP/2.0\rVia: x"), line_ending(19));
+        assert_eq!(frame(b"\n\n", 100), Err(line_ending(0)));
+        // A body is not a header section: its line endings are its own.
+        let body = b"BYE sip:a@b SIP/2.0\r\nl: 4\r\n\r\na\nb\r";
+        assert_eq!(frame(body, 100), Ok(Frame::Complete(body.len())));
+    }
+
+    /// Every start of a request or response that can still become one
+    /// waits, whatever the case of `SIP/`.
+    #[test]
+    fn a_trickled_message_waits_for_the_rest() {
+        assert_eq!(frame(b"", 100), Ok(Frame::Partial), "an empty buffer");
+        let response = b"sip/2.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let request = b"SUBSCRIBE sip:a@b;x=y sIp/2.0\r\nl: 0\r\n\r\n";
+        for msg in [&response[..], request] {
+            for cut in 1..msg.len() {
+                assert_eq!(frame(&msg[..cut], 100), Ok(Frame::Partial), "cut at {cut}");
+            }
+            assert_eq!(frame(msg, 100), Ok(Frame::Complete(msg.len())));
+        }
     }
 
     /// Found by the framing fuzz target: a line that starts with a colon (a

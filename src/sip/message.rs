@@ -216,10 +216,17 @@ impl Message {
         if pos == b.len() {
             return Err(err(ErrorKind::Empty, pos));
         }
-        let end = line_end(b, pos).map_err(|e| match e.kind {
-            ErrorKind::LineEnding => e,
-            _ => err(ErrorKind::StartLine, e.offset),
-        })?;
+        let end = match line_end(b, pos) {
+            Ok(end) => end,
+            Err(e) if e.kind == ErrorKind::LineEnding => return Err(e),
+            // No line ending at all: a fault in the line itself is where it
+            // is (junk fails at its first byte, not at the end of the
+            // input); a line that is fine lacks only its CRLF, there.
+            Err(_) => {
+                start_line(b, pos, b.len())?;
+                return Err(err(ErrorKind::LineEnding, b.len()));
+            }
+        };
         let start = start_line(b, pos, end)?;
         pos = end + 2;
 
