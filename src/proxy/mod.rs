@@ -54,7 +54,7 @@ use slab::Slab;
 
 use crate::config::Agent;
 use crate::registrar::location::AgentState;
-use crate::registrar::{Challenger, Outcome, Refusal, Registrar, nobody};
+use crate::registrar::{Challenger, Outcome, Refusal, Registrar};
 use crate::sip::{Message, Method, Scheme};
 use crate::transaction::client::ClientTx;
 use crate::transaction::server::ServerTx;
@@ -804,16 +804,11 @@ impl Proxy {
     /// SPEC §5: the caller must be a provisioned agent, logged in, and with
     /// `auth` on, prove it with Proxy-Authorization.
     fn check_caller(&mut self, now: Duration, msg: &Message, caller: &str) -> Result<(), Refusal> {
-        let Some(agent) = self.agents.get(caller).cloned() else {
-            if self.settings.auth {
-                // Challenged as an agent is, then 403 whatever it answers
-                // (as the registrar does): an immediate 403 would tell a
-                // prober which extensions exist.
-                self.registrar
-                    .check_digest(now, msg, &nobody(caller), Challenger::Proxy)?;
-            }
-            return Err(Refusal::new(403, "Forbidden"));
-        };
+        let agent = self
+            .agents
+            .get(caller)
+            .cloned()
+            .ok_or(Refusal::new(403, "Forbidden"))?;
         if self.settings.auth {
             self.registrar
                 .check_digest(now, msg, &agent, Challenger::Proxy)?;

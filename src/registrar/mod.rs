@@ -149,7 +149,13 @@ impl Registrar {
                 // REGISTER does not tell which extensions exist: a
                 // challenge, then 403 (a fresh challenge for a stale or
                 // forged nonce, as for an agent).
-                self.authenticate(now, msg, &nobody(extension))?;
+                let nobody = Agent {
+                    badge: String::new(),
+                    extension: extension.to_owned(),
+                    kind: AgentKind::Agent,
+                    credential: Credential::Password(String::new()),
+                };
+                self.authenticate(now, msg, &nobody)?;
                 return Err(Refusal::new(403, "Forbidden"));
             }
             None => return Err(Refusal::new(404, "Not Found")),
@@ -415,18 +421,7 @@ fn digest_for<'m>(msg: &'m Message, header: HeaderName, realm: &str) -> Option<D
     Some(all.find(ours).unwrap_or(first))
 }
 
-/// A stand-in for an `extension` nobody has, to challenge as an agent is
-/// challenged (the caller refuses it 403 whatever it answers): a request
-/// then does not tell which extensions exist.
-pub(crate) fn nobody(extension: &str) -> Agent {
-    Agent {
-        badge: String::new(),
-        extension: extension.to_owned(),
-        kind: AgentKind::Agent,
-        credential: Credential::Password(String::new()),
-    }
-}
-
+/// The digest secret of a provisioned agent.
 /// Whether `username` names `agent`: its extension, or its badge (its
 /// login id, which a phone may be set up to authenticate with) when the
 /// agent has a password. An HA1 credential is bound to the extension.
@@ -435,7 +430,6 @@ fn is_own_username(agent: &Agent, username: &str) -> bool {
         || (username == agent.badge && matches!(agent.credential, Credential::Password(_)))
 }
 
-/// The digest secret of a provisioned agent.
 fn secret_of(agent: &Agent) -> Secret<'_> {
     match &agent.credential {
         Credential::Password(p) => Secret::Password(p),
