@@ -1,0 +1,250 @@
+//! Black-box probes of the multi-blade features (SPEC §2, §6): the real
+//! binary where a blade must die or stop, real QUIC with certificates
+//! from a real cluster CA, real UDP phones.
+//!
+//! Every address is in 127.0.6.1-60: blades on 127.0.6.1-30, phones on
+//! 127.0.6.31-60.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::cluster::TestCluster;
+use common::{Call, Ua, first_line};
+use sipblade::sip::{Message, Method};
+
+const CALLEE_TAG: &str = "callee-tag";
+
+/// A phone on 127.0.6.`host`.
+fn phone_ip(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 6, host)
+}
+
+/// `n` blades on 127.0.6.`first`, … in this process, linked.
+fn started(n: usize, first: u8) -> TestCluster {
+    let mut cluster = TestCluster::new_in(6, n, first, 30, 1);
+    for i in 0..n {
+        cluster.start_blade(i);
+    }
+    cluster.wait_linked();
+    cluster
+}
+
+/// `a` calls `b` through two blades up to the caller's 200 OK, and ACKs.
+fn answered(a: &mut Ua, b: &mut Ua) -> (Call, Message) {
+    let mut call = a.call(&b.ext);
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 180, "Ringing", CALLEE_TAG);
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.expect_where("200 to the INVITE", |m| {
+        m.call_id() == call.call_id && m.status() == Some(200)
+    });
+    call.learn(&ok);
+    a.ack_2xx(&call);
+    let _ = b.request(Method::Ack, &call.call_id);
+    (call, invite)
+}
+
+/// A source blade stopped gracefully (SIGTERM: an operator's restart or
+/// maintenance) takes its sessions with it. Its hosted callee must not
+/// stay `hosted` (busy to every caller) until the lease runs out: T frees
+/// it as soon as S says goodbye, and hangs up its phone, as on a restart.
+#[test]
+fn a_stopped_source_blade_hands_back_the_hosted_callee_at_once() {
+    let mut cluster = TestCluster::new_in(6, 2, 1, 30, 1);
+    let (s, t) = (0, 1);
+    cluster.spawn_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(s, "1001", phone_ip(31));
+    let mut b = cluster.registered_on(t, "1002", phone_ip(32));
+    let (call, _) = answered(&mut a, &mut b);
+    assert_eq!(cluster.agent(t, "1002")["hosted_by"], "blade-1");
+
+    cluster.signal_blade(s, "TERM");
+    let stopped = Instant::now();
+    let bye = b
+        .next_where(Duration::from_secs(3), |m| {
+            m.method() == Some(Method::Bye) && m.call_id() == call.call_id
+        })
+        .unwrap_or_else(|| panic!("no BYE to B; on T: {}", cluster.agent(t, "1002")));
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    cluster.wait_state(t, "1002", "ready");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "freed by the goodbye, not the lease: {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        cluster.agent(t, "1002")["hosted_by"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        cluster.metric(t, "sipblade_hosting_released_total{reason=\"lapsed\"}"),
+        0.0
+    );
+    cluster.wait_until_peer_down(t, "blade-1");
+
+    // B is T's again: a local call rings it.
+    let mut c = cluster.registered_on(t, "1003", phone_ip(33));
+    let mut local = c.call("1002");
+    c.invite(&mut local, "");
+    let invite = b.request(Method::Invite, &local.call_id);
+    b.answer(&invite, 486, "Busy Here", "local");
+    let busy = c.response(&local.call_id, Method::Invite);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    c.ack_failure(&local, &busy);
+}
+
+/// Glare: A on S calls B on T while B calls A. Whatever each gets, no
+/// one is left hosted or in a call once both calls end.
+#[test]
+fn glare_between_two_blades_strands_no_one() {
+    let cluster = started(2, 3);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", phone_ip(34));
+    let mut b = cluster.registered_on(t, "1002", phone_ip(35));
+    let mut ab = a.call("1002");
+    let mut ba = b.call("1001");
+    a.invite(&mut ab, "");
+    b.invite(&mut ba, "");
+    let mut finals = Vec::new();
+    // Each phone answers 486 to the INVITE it gets (it is calling out).
+    for _ in 0..2 {
+        for (ua, mine, theirs) in [(&mut a, &ab, &ba), (&mut b, &ba, &ab)] {
+            if let Some(inv) = ua.next_where(Duration::from_millis(500), |m| {
+                m.method() == Some(Method::Invite) && m.call_id() == theirs.call_id
+            }) {
+                ua.answer(&inv, 486, "Busy Here", "glare");
+            }
+            if let Some(r) = ua.next_where(Duration::from_millis(200), |m| {
+                m.call_id() == mine.call_id && m.status().is_some_and(|s| s >= 300)
+            }) {
+                finals.push(first_line(&r));
+                ua.ack_failure(mine, &r);
+            }
+        }
+    }
+    assert_eq!(
+        finals.len(),
+        2,
+        "each caller gets a final answer: {finals:?}"
+    );
+    cluster.wait_state(s, "1001", "ready");
+    cluster.wait_state(t, "1002", "ready");
+    for i in [s, t] {
+        assert!(cluster.sessions(i).is_empty(), "{:?}", cluster.sessions(i));
+    }
+}
+
+/// Three blades: B on T is hosted by S; C on a third blade calls B. The
+/// call must be busy (486), not ring B, and leave everyone as they were.
+#[test]
+fn a_third_blade_calling_a_hosted_agent_gets_busy() {
+    let cluster = started(3, 5);
+    let (s, t, o) = (0, 1, 2);
+    let mut a = cluster.registered_on(s, "1001", phone_ip(36));
+    let mut b = cluster.registered_on(t, "1002", phone_ip(37));
+    let mut c = cluster.registered_on(o, "1003", phone_ip(38));
+    let (mut call, _) = answered(&mut a, &mut b);
+    let mut third = c.call("1002");
+    c.invite(&mut third, "");
+    let resp = c.expect_where("a final answer", |m| {
+        m.call_id() == third.call_id && m.status().is_some_and(|s| s >= 300)
+    });
+    assert_eq!(resp.status(), Some(486), "{}", first_line(&resp));
+    c.ack_failure(&third, &resp);
+    let rang = b.next_where(Duration::from_millis(300), |m| m.call_id() == third.call_id);
+    assert!(rang.is_none(), "B rang: {rang:?}");
+    cluster.wait_state(o, "1003", "ready");
+    assert_eq!(cluster.agent(t, "1002")["state"], "hosted");
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    cluster.wait_state(t, "1002", "ready");
+    for i in [s, t, o] {
+        assert!(
+            cluster.sessions(i).is_empty(),
+            "{i}: {:?}",
+            cluster.sessions(i)
+        );
+    }
+}
+
+/// A peer configured but down at start: /status shows it down, a call
+/// to an agent nobody has registered gets a prompt 480; once the peer
+/// starts, its agents are reachable.
+#[test]
+fn a_peer_down_at_start_then_up() {
+    let mut cluster = TestCluster::new_in(6, 2, 8, 30, 1);
+    let (s, t) = (0, 1);
+    cluster.start_blade(s);
+    let st = cluster.status(s);
+    assert_eq!(st["peers"][0]["up"], false);
+    let mut a = cluster.registered_on(s, "1001", phone_ip(39));
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let resp = a.expect_where("a final answer", |m| {
+        m.call_id() == call.call_id && m.status().is_some_and(|s| s >= 300)
+    });
+    assert_eq!(resp.status(), Some(480), "{}", first_line(&resp));
+    a.ack_failure(&call, &resp);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let mut b = cluster.registered_on(t, "1002", phone_ip(45));
+    let (mut call, _) = answered(&mut a, &mut b);
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    cluster.wait_state(t, "1002", "ready");
+}
+
+/// An agent that logs out on T (Expires 0): a call from S gets 480 at
+/// once, and T's agent is not left hosted.
+#[test]
+fn a_logged_out_agent_on_another_blade_is_480() {
+    let cluster = started(2, 10);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", phone_ip(40));
+    let mut b = cluster.registered_on(t, "1002", phone_ip(41));
+    assert_eq!(b.register(0).status(), Some(200));
+    cluster.wait_state(t, "1002", "logged_out");
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let resp = a.expect_where("a final answer", |m| {
+        m.call_id() == call.call_id && m.status().is_some_and(|s| s >= 300)
+    });
+    assert_eq!(resp.status(), Some(480), "{}", first_line(&resp));
+    a.ack_failure(&call, &resp);
+    assert_eq!(cluster.agent(t, "1002")["state"], "logged_out");
+    assert_eq!(cluster.agent(s, "1001")["state"], "ready");
+}
+
+/// The same extension registering on two blades at once, then a call
+/// from a third blade: one phone rings, never both, and no one is left
+/// hosted.
+#[test]
+fn the_same_extension_on_two_blades() {
+    let cluster = started(3, 12);
+    let mut b1 = Ua::new_at(cluster.members[0].sip, "1002", phone_ip(42));
+    let mut b2 = Ua::new_at(cluster.members[1].sip, "1002", phone_ip(43));
+    assert_eq!(b1.register(3600).status(), Some(200));
+    assert_eq!(b2.register(3600).status(), Some(200));
+    cluster.wait_state(0, "1002", "logged_out");
+    let mut c = cluster.registered_on(2, "1003", phone_ip(44));
+    let mut call = c.call("1002");
+    c.invite(&mut call, "");
+    let r1 = b1.next_where(Duration::from_millis(500), |m| m.call_id() == call.call_id);
+    let r2 = b2.next_where(Duration::from_millis(500), |m| m.call_id() == call.call_id);
+    assert!(r1.is_none(), "the old phone rang");
+    let inv = r2.expect("the new phone rings");
+    b2.answer(&inv, 486, "Busy Here", "x");
+    let resp = c.expect_where("final", |m| {
+        m.call_id() == call.call_id && m.status().is_some_and(|s| s >= 300)
+    });
+    c.ack_failure(&call, &resp);
+    cluster.wait_state(1, "1002", "ready");
+    cluster.wait_state(2, "1003", "ready");
+}
