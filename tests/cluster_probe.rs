@@ -248,3 +248,131 @@ fn the_same_extension_on_two_blades() {
     cluster.wait_state(1, "1002", "ready");
     cluster.wait_state(2, "1003", "ready");
 }
+
+/// Supervisor monitoring across three blades: the call A (S) → B (T),
+/// a supervisor on U joins B's dialog. The original call ends first: B
+/// stays in the join leg (hosted), A is ready; the supervisor's BYE ends
+/// the session and frees everyone.
+#[test]
+fn a_join_leg_outlives_the_original_call_across_three_blades() {
+    let cluster = started(3, 15);
+    let (s, t, u) = (0, 1, 2);
+    let mut a = cluster.registered_on(s, "1001", phone_ip(46));
+    let mut b = cluster.registered_on(t, "1002", phone_ip(47));
+    let mut sup = cluster.registered_on(u, "1004", phone_ip(48));
+    let (mut call, _) = answered(&mut a, &mut b);
+    let mut monitor = sup.call("1002");
+    let join = format!(
+        "Join: {};from-tag={};to-tag={CALLEE_TAG}\r\n",
+        call.call_id, call.from_tag
+    );
+    sup.invite(&mut monitor, &join);
+    let invite = b.request(Method::Invite, &monitor.call_id);
+    b.answer(&invite, 200, "OK", "b-join");
+    let ok = sup.expect_where("200 to the Join", |m| {
+        m.call_id() == monitor.call_id && m.status() == Some(200)
+    });
+    monitor.learn(&ok);
+    sup.ack_2xx(&monitor);
+    let _ = b.request(Method::Ack, &monitor.call_id);
+
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    let done = a.response(&call.call_id, Method::Bye);
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+    cluster.wait_state(s, "1001", "ready");
+    assert_eq!(cluster.agent(t, "1002")["state"], "hosted");
+    assert_eq!(cluster.agent(u, "1004")["state"], "hosted");
+
+    sup.bye(&mut monitor);
+    let bye = b.request(Method::Bye, &monitor.call_id);
+    b.answer(&bye, 200, "OK", "b-join");
+    let done = sup.response(&monitor.call_id, Method::Bye);
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+    cluster.wait_state(t, "1002", "ready");
+    cluster.wait_state(u, "1004", "ready");
+    for i in [s, t, u] {
+        assert!(cluster.sessions(i).is_empty(), "{:?}", cluster.sessions(i));
+    }
+}
+
+/// The hosted callee's blade stopped gracefully mid-call: S hangs up the
+/// caller's phone at once and frees it.
+#[test]
+fn a_stopped_target_blade_ends_the_call_on_the_source() {
+    let mut cluster = TestCluster::new_in(6, 2, 18, 30, 1);
+    let (s, t) = (0, 1);
+    cluster.start_blade(s);
+    cluster.spawn_blade(t);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(s, "1001", phone_ip(49));
+    let mut b = cluster.registered_on(t, "1002", phone_ip(50));
+    let (call, _) = answered(&mut a, &mut b);
+    cluster.signal_blade(t, "TERM");
+    let bye = a.next_where(Duration::from_secs(3), |m| {
+        m.method() == Some(Method::Bye) && m.call_id() == call.call_id
+    });
+    assert!(bye.is_some(), "no BYE to A; {}", cluster.agent(s, "1001"));
+    cluster.wait_state(s, "1001", "ready");
+    assert!(cluster.sessions(s).is_empty());
+}
+
+/// An attended transfer with each party on a blade of its own: A (S0)
+/// calls B (S1); B consults C (S2); A calls C replacing the B–C dialog
+/// (RFC 3891); B's calls end. A and C talk; then hang up: everyone is
+/// ready on every blade and no session is left.
+#[test]
+fn an_attended_transfer_across_three_blades() {
+    let cluster = started(3, 20);
+    let mut a = cluster.registered_on(0, "1001", phone_ip(51));
+    let mut b = cluster.registered_on(1, "1002", phone_ip(52));
+    let mut c = cluster.registered_on(2, "1003", phone_ip(53));
+    let (mut ab, _) = answered(&mut a, &mut b);
+    let (mut bc, _) = answered(&mut b, &mut c);
+
+    let mut ac = a.call("1003");
+    let replaces = format!(
+        "Replaces: {};to-tag={CALLEE_TAG};from-tag={}\r\n",
+        bc.call_id, bc.from_tag
+    );
+    a.invite(&mut ac, &replaces);
+    let invite = c.request(Method::Invite, &ac.call_id);
+    c.answer(&invite, 200, "OK", "c-new");
+    let ok = a.expect_where("200 to the Replaces", |m| {
+        m.call_id() == ac.call_id && m.status().is_some_and(|s| s >= 200)
+    });
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    ac.learn(&ok);
+    a.ack_2xx(&ac);
+    let _ = c.request(Method::Ack, &ac.call_id);
+
+    // The replaced dialog and the transferor's call end.
+    b.bye(&mut bc);
+    let bye = c.request(Method::Bye, &bc.call_id);
+    c.answer(&bye, 200, "OK", CALLEE_TAG);
+    assert_eq!(b.response(&bc.call_id, Method::Bye).status(), Some(200));
+    a.bye(&mut ab);
+    let bye = b.request(Method::Bye, &ab.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    assert_eq!(a.response(&ab.call_id, Method::Bye).status(), Some(200));
+    cluster.wait_state(1, "1002", "ready");
+    // A, the newcomer, is hosted by the blade of the session it joined.
+    assert_eq!(cluster.agent(0, "1001")["hosted_by"], "blade-2");
+    assert_eq!(cluster.agent(2, "1003")["hosted_by"], "blade-2");
+
+    a.bye(&mut ac);
+    let bye = c.request(Method::Bye, &ac.call_id);
+    c.answer(&bye, 200, "OK", "c-new");
+    assert_eq!(a.response(&ac.call_id, Method::Bye).status(), Some(200));
+    for (i, ext) in [(0, "1001"), (1, "1002"), (2, "1003")] {
+        cluster.wait_state(i, ext, "ready");
+    }
+    for i in 0..3 {
+        assert!(
+            cluster.sessions(i).is_empty(),
+            "{i}: {:?}",
+            cluster.sessions(i)
+        );
+    }
+}
