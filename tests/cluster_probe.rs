@@ -2,8 +2,9 @@
 //! binary where a blade must die or stop, real QUIC with certificates
 //! from a real cluster CA, real UDP phones.
 //!
-//! Every address is in 127.0.6.1-60: blades on 127.0.6.1-30, phones on
-//! 127.0.6.31-60.
+//! Every address is in 127.0.6.1-60: each test's blades on addresses of
+//! their own in 127.0.6.1-33 (fixed SIP and QUIC ports), phones in
+//! 127.0.6.30-60 (ports the OS picks, so phones may share an address).
 
 mod common;
 
@@ -23,7 +24,12 @@ fn phone_ip(host: u8) -> Ipv4Addr {
 
 /// `n` blades on 127.0.6.`first`, … in this process, linked.
 fn started(n: usize, first: u8) -> TestCluster {
-    let mut cluster = TestCluster::new_in(6, n, first, 30, 1);
+    started_with(n, first, 1)
+}
+
+/// [`started`] with `cores` cores a blade.
+fn started_with(n: usize, first: u8, cores: usize) -> TestCluster {
+    let mut cluster = TestCluster::new_in(6, n, first, 30, cores);
     for i in 0..n {
         cluster.start_blade(i);
     }
@@ -199,6 +205,13 @@ fn a_peer_down_at_start_then_up() {
     let bye = b.request(Method::Bye, &call.call_id);
     b.answer(&bye, 200, "OK", CALLEE_TAG);
     cluster.wait_state(t, "1002", "ready");
+    // The other way: T learns of A, who logged in before T was up.
+    let (mut back, _) = answered(&mut b, &mut a);
+    assert_eq!(cluster.agent(s, "1001")["hosted_by"], "blade-2");
+    b.bye(&mut back);
+    let bye = a.request(Method::Bye, &back.call_id);
+    a.answer(&bye, 200, "OK", CALLEE_TAG);
+    cluster.wait_state(s, "1001", "ready");
 }
 
 /// An agent that logs out on T (Expires 0): a call from S gets 480 at
@@ -324,10 +337,20 @@ fn a_stopped_target_blade_ends_the_call_on_the_source() {
 /// ready on every blade and no session is left.
 #[test]
 fn an_attended_transfer_across_three_blades() {
-    let cluster = started(3, 20);
-    let mut a = cluster.registered_on(0, "1001", phone_ip(51));
-    let mut b = cluster.registered_on(1, "1002", phone_ip(52));
-    let mut c = cluster.registered_on(2, "1003", phone_ip(53));
+    attended_transfer(&started(3, 20), 51);
+}
+
+/// [`an_attended_transfer_across_three_blades`] with two cores a blade.
+#[test]
+fn an_attended_transfer_across_three_blades_of_two_cores() {
+    attended_transfer(&started_with(3, 31, 2), 60);
+}
+
+/// The transfer on `cluster`, the phones on 127.0.6.`phones` and down.
+fn attended_transfer(cluster: &TestCluster, phones: u8) {
+    let mut a = cluster.registered_on(0, "1001", phone_ip(phones));
+    let mut b = cluster.registered_on(1, "1002", phone_ip(phones - 1));
+    let mut c = cluster.registered_on(2, "1003", phone_ip(phones - 2));
     let (mut ab, _) = answered(&mut a, &mut b);
     let (mut bc, _) = answered(&mut b, &mut c);
 
@@ -375,4 +398,77 @@ fn an_attended_transfer_across_three_blades() {
             cluster.sessions(i)
         );
     }
+}
+
+/// Two callers on two blades call the same agent on a third at once: one
+/// hosting wins, the other caller gets 486; when the call ends the agent
+/// is ready and no blade keeps a session.
+#[test]
+fn two_sources_race_to_host_the_same_agent() {
+    let cluster = started(3, 23);
+    let mut a = cluster.registered_on(0, "1001", phone_ip(54));
+    let mut b = cluster.registered_on(1, "1002", phone_ip(55));
+    let mut c = cluster.registered_on(2, "1003", phone_ip(56));
+    let mut ab = a.call("1002");
+    let mut cb = c.call("1002");
+    a.invite(&mut ab, "");
+    c.invite(&mut cb, "");
+    let invite = b.expect_where("an INVITE", |m| m.method() == Some(Method::Invite));
+    let (winner, loser, won, lost) = if invite.call_id() == ab.call_id {
+        (&mut a, &mut c, &mut ab, &mut cb)
+    } else {
+        (&mut c, &mut a, &mut cb, &mut ab)
+    };
+    let busy = loser.expect_where("486", |m| {
+        m.call_id() == lost.call_id && m.status().is_some_and(|s| s >= 300)
+    });
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    loser.ack_failure(lost, &busy);
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = winner.expect_where("200", |m| {
+        m.call_id() == won.call_id && m.status() == Some(200)
+    });
+    won.learn(&ok);
+    winner.ack_2xx(won);
+    winner.bye(won);
+    let bye = b.request(Method::Bye, &won.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    cluster.wait_state(1, "1002", "ready");
+    cluster.wait_state(0, "1001", "ready");
+    cluster.wait_state(2, "1003", "ready");
+    for i in 0..3 {
+        assert!(
+            cluster.sessions(i).is_empty(),
+            "{i}: {:?}",
+            cluster.sessions(i)
+        );
+    }
+}
+
+/// A hosted agent logs in on a third blade mid-call: its old blade logs
+/// it out (its call goes on); when the call ends it is logged out there,
+/// not `hosted` or `ready`, and ready on the new blade, which rings it.
+#[test]
+fn a_hosted_agent_that_moves_blades_mid_call_ends_up_on_the_new_one() {
+    let cluster = started(3, 26);
+    let mut a = cluster.registered_on(0, "1001", phone_ip(57));
+    let mut b = cluster.registered_on(1, "1002", phone_ip(58));
+    let (mut call, _) = answered(&mut a, &mut b);
+    let mut moved = cluster.registered_on(2, "1002", phone_ip(59));
+    std::thread::sleep(Duration::from_millis(300));
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    cluster.wait_state(1, "1002", "logged_out");
+    cluster.wait_state(2, "1002", "ready");
+    cluster.wait_state(0, "1001", "ready");
+    let mut again = a.call("1002");
+    a.invite(&mut again, "");
+    let invite = moved.request(Method::Invite, &again.call_id);
+    moved.answer(&invite, 486, "Busy Here", "m");
+    let busy = a.response(&again.call_id, Method::Invite);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    a.ack_failure(&again, &busy);
+    let stray = b.next_where(Duration::from_millis(200), |m| m.call_id() == again.call_id);
+    assert!(stray.is_none(), "the phone left behind rang");
 }
