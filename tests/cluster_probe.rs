@@ -472,3 +472,75 @@ fn a_hosted_agent_that_moves_blades_mid_call_ends_up_on_the_new_one() {
     let stray = b.next_where(Duration::from_millis(200), |m| m.call_id() == again.call_id);
     assert!(stray.is_none(), "the phone left behind rang");
 }
+
+/// A cross-blade call whose callee's phone answers nothing at all (gone
+/// without logging out): the caller gets a timeout answer once timer B
+/// runs out (short here: T1 of 20 ms), and both agents are free again,
+/// the callee handed back.
+#[test]
+fn a_cross_blade_call_to_a_silent_phone_times_out_and_hands_back() {
+    use sipblade::config::Config;
+    use sipblade::runtime::{Blade, Options};
+    use sipblade::transaction::TimerConfig;
+    let cluster = TestCluster::new_in(6, 2, 34, 30, 1);
+    let options = || Options {
+        timers: TimerConfig {
+            t1: Duration::from_millis(20),
+            ..TimerConfig::default()
+        },
+        ..Options::default()
+    };
+    let blades: Vec<Blade> = (0..2)
+        .map(|i| {
+            let config = Config::load(&cluster.write_config(i)).expect("a valid config");
+            Blade::start_with(config, options()).expect("the blade starts")
+        })
+        .collect();
+    let admins: Vec<_> = blades
+        .iter()
+        .map(|b| b.admin_addr().expect("an admin port"))
+        .collect();
+    for admin in &admins {
+        common::wait_until("the link up", || {
+            common::status(*admin)["peers"][0]["up"] == true
+        });
+    }
+    let mut a = Ua::new_at(cluster.members[0].sip, "1001", phone_ip(35));
+    let mut b = Ua::new_at(cluster.members[1].sip, "1002", phone_ip(36));
+    assert_eq!(a.register(3600).status(), Some(200));
+    assert_eq!(b.register(3600).status(), Some(200));
+
+    let started = Instant::now();
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let _ = b.request(Method::Invite, &call.call_id);
+    let resp = a.expect_where("a final answer", |m| {
+        m.call_id() == call.call_id && m.status().is_some_and(|s| s >= 300)
+    });
+    assert_eq!(resp.status(), Some(408), "{}", first_line(&resp));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    a.ack_failure(&call, &resp);
+    common::wait_until("1002 ready on its blade", || {
+        common::agent(admins[1], "1002")["state"] == "ready"
+    });
+    common::wait_until("1001 ready", || {
+        common::agent(admins[0], "1001")["state"] == "ready"
+    });
+    for admin in &admins {
+        assert_eq!(common::status(*admin)["sessions"], serde_json::json!([]));
+    }
+    assert_eq!(
+        common::metric(
+            admins[0],
+            "sipblade_calls_total{outcome=\"failed\",route=\"cross_blade\"}"
+        ),
+        1.0
+    );
+    for blade in blades {
+        blade.stop();
+    }
+}
