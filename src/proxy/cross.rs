@@ -530,7 +530,7 @@ impl Proxy {
             info: None,
         });
         let id = self.hold(now, source, msg, Waiting::Grant { since: now }, out);
-        self.start_hosting(now, id, &call_id, callee, out);
+        self.start_hosting(now, id, &call_id, callee, false, out);
     }
 
     /// S: a new call for an agent this blade already hosts in a session
@@ -555,18 +555,25 @@ impl Proxy {
     }
 
     /// S: hosts `extension` for `call_id` while transaction `id` waits for
-    /// the grant.
+    /// the grant; `newcomer`: the agent sent the INVITE (a Join or
+    /// Replaces), and may be in a call on its blade.
     pub(super) fn start_hosting(
         &mut self,
         now: Duration,
         id: usize,
         call_id: &str,
         extension: &str,
+        newcomer: bool,
         out: &mut Output,
     ) {
         if let Some(c) = self.cluster.as_mut() {
             c.awaiting_grant.insert(call_id.to_owned(), id);
-            c.source.host(now, &c.directory, call_id, extension);
+            if newcomer {
+                c.source
+                    .host_newcomer(now, &c.directory, call_id, extension);
+            } else {
+                c.source.host(now, &c.directory, call_id, extension);
+            }
         }
         self.reschedule(id);
         self.pump_source(now, out);

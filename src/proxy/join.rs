@@ -375,7 +375,7 @@ impl Proxy {
             return self.forward(now, source, msg, peer, Some(&uri), 0, true, out);
         }
         let id = self.hold(now, source, msg, Waiting::Grant { since: now }, out);
-        self.start_hosting(now, id, &leg_id, joiner, out);
+        self.start_hosting(now, id, &leg_id, joiner, true, out);
     }
 
     /// Where a join leg for `target`, a party of the dialog `dialog_id`,

@@ -138,6 +138,17 @@ impl AgentRecord {
         }
     }
 
+    /// Hands the agent over to blade `by` (hosting). A call it is in
+    /// stays among its other calls, for when the hosting ends.
+    pub fn hand_over(&mut self, by: &str) {
+        let hosted = AgentState::Hosted { by: by.to_owned() };
+        if let AgentState::InCall { call_id } = std::mem::replace(&mut self.state, hosted) {
+            if !self.other_calls.contains(&call_id) {
+                self.other_calls.push(call_id);
+            }
+        }
+    }
+
     /// Call `call_id` ended: if it was the state's, the agent is in its
     /// next call, else ready while registered.
     pub fn leave_call(&mut self, call_id: &str) {

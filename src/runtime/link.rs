@@ -260,6 +260,16 @@ async fn on_event(core: &Rc<Core>, driver: &Rc<LinkDriver>, event: LinkEvent) {
             driver.peers.set_up(&peer, false);
             core.peer_state(peer, None).await;
         }
+        LinkEvent::PeerStopped(peer) => {
+            // A stopping peer takes its sessions with it: the grants it
+            // held end now, as on a restart, rather than when their
+            // leases run out (its hosted agents would be busy till then).
+            driver.peers.set_up(&peer, false);
+            core.peer_state(peer.clone(), None).await;
+            let link = driver.runs.borrow().stopped(&peer);
+            tracing::info!(%peer, "peer stopping: the grants of its run end");
+            core.peer_restarted(peer, link).await;
+        }
         LinkEvent::Request { peer, reply, frame } => match Message::decode(&frame) {
             Ok(msg) => core.from_link(peer, msg, Some(reply)).await,
             Err(e) => tracing::warn!(%peer, "undecodable request from peer: {e}"),

@@ -319,6 +319,10 @@ pub enum Message {
         call_id: String,
         /// The lease the source asks for; the target may shorten it.
         lease_secs: u32,
+        /// The agent is a newcomer to the session (its own Join or
+        /// Replaces INVITE is `call_id`): handed over even while in a
+        /// call. Written as its own type, [`ty::HOST_NEWCOMER`].
+        newcomer: bool,
     },
     /// The agent is handed over.
     HostGranted {
@@ -481,6 +485,9 @@ mod ty {
     // A blade that predates it logs it as undecodable and goes on: the
     // link stays up, and only the early release on a restart is lost.
     pub const HELLO: u8 = 18;
+    // A HostRequest for a newcomer. A blade that predates it leaves it
+    // unanswered (503), as for the relay request.
+    pub const HOST_NEWCOMER: u8 = 19;
 }
 
 impl Message {
@@ -612,8 +619,13 @@ impl Message {
                 extension,
                 call_id,
                 lease_secs,
+                newcomer,
             } => {
-                out.put_u8(ty::HOST_REQUEST);
+                out.put_u8(if *newcomer {
+                    ty::HOST_NEWCOMER
+                } else {
+                    ty::HOST_REQUEST
+                });
                 out.put_u64(*request_id);
                 put_str(out, extension);
                 put_str(out, call_id);
@@ -767,11 +779,12 @@ impl Message {
                     _ => return Err(DecodeError::Invalid("epoch")),
                 },
             },
-            ty::HOST_REQUEST => Message::HostRequest {
+            t @ (ty::HOST_REQUEST | ty::HOST_NEWCOMER) => Message::HostRequest {
                 request_id: r.u64()?,
                 extension: r.str("extension")?,
                 call_id: r.str("call_id")?,
                 lease_secs: r.u32()?,
+                newcomer: t == ty::HOST_NEWCOMER,
             },
             ty::HOST_GRANTED => Message::HostGranted {
                 request_id: r.u64()?,

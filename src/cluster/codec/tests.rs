@@ -72,6 +72,14 @@ fn samples() -> Vec<Message> {
             extension: "2001".into(),
             call_id: "a84b4c76e66710@pc33".into(),
             lease_secs: 30,
+            newcomer: false,
+        },
+        Message::HostRequest {
+            request_id: 9,
+            extension: "2001".into(),
+            call_id: "join-leg@pc33".into(),
+            lease_secs: 30,
+            newcomer: true,
         },
         Message::HostGranted {
             request_id: 1,
@@ -188,7 +196,7 @@ fn every_message_round_trips() {
     }
     types.sort_unstable();
     types.dedup();
-    assert_eq!(types, (1..=18).collect::<Vec<u8>>(), "every type sampled");
+    assert_eq!(types, (1..=19).collect::<Vec<u8>>(), "every type sampled");
 }
 
 #[test]
@@ -228,7 +236,7 @@ fn unknown_version_magic_and_type_are_refused() {
     bytes[0] = b'I';
     assert_eq!(Message::decode(&bytes), Err(DecodeError::BadMagic(b'I')));
     bytes[0] = MAGIC;
-    for t in [0, 19, 255] {
+    for t in [0, 20, 255] {
         bytes[2] = t;
         assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownType(t)));
     }
@@ -605,12 +613,13 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (id, any::<Option<u64>>())
             .prop_map(|(request_id, epoch)| Message::Located { request_id, epoch }),
-        (id, text(), text(), any::<u32>()).prop_map(
-            |(request_id, extension, call_id, lease_secs)| Message::HostRequest {
+        (id, text(), text(), any::<u32>(), any::<bool>()).prop_map(
+            |(request_id, extension, call_id, lease_secs, newcomer)| Message::HostRequest {
                 request_id,
                 extension,
                 call_id,
                 lease_secs,
+                newcomer,
             }
         ),
         (id, text(), login_info(), token(), any::<u32>()).prop_map(

@@ -101,9 +101,22 @@ pub struct Hosting {
 /// (Call-ID, extension): one hosted agent of one session.
 type Key = (String, String);
 
+/// What a request to an agent's blade asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Host a called agent.
+    Host,
+    /// Host a newcomer: the agent sent the INVITE (a Join or Replaces)
+    /// and may be in a call on its blade, as a transferee or a
+    /// supervisor is.
+    Newcomer,
+    /// Leave to relay an out-of-dialog request ([`Source::relay`]).
+    Relay,
+}
+
 #[derive(Debug)]
 enum Pending {
-    /// A host request (or, with `relay`, a relay request) to `peer`.
+    /// A host request (or, for [`Ask::Relay`], a relay request) to `peer`.
     Host {
         peer: String,
         key: Key,
@@ -111,17 +124,17 @@ enum Pending {
         /// was stale, so ask the other peers.
         from_directory: bool,
         sent_at: Duration,
-        relay: bool,
+        ask: Ask,
     },
     /// A Locate sent to every peer in `waiting` under one request id,
-    /// before a host (or, with `relay`, a relay) request.
+    /// before a host (or, for [`Ask::Relay`], a relay) request.
     Locate {
         key: Key,
         waiting: BTreeSet<String>,
         /// A peer went away before answering: a miss everywhere else is
         /// then 503, not 480 (that peer may have had the agent).
         unanswered: bool,
-        relay: bool,
+        ask: Ask,
     },
     /// A renewal of the hosting `key` with `token`.
     Renew {
@@ -219,7 +232,20 @@ impl Source {
     /// Locate to every peer that is up. The outcome comes as a
     /// [`SourceEvent::Granted`] or [`SourceEvent::Refused`].
     pub fn host(&mut self, now: Duration, directory: &Directory, call_id: &str, extension: &str) {
-        self.start(now, directory, call_id, extension, false);
+        self.start(now, directory, call_id, extension, Ask::Host);
+    }
+
+    /// [`Source::host`] for a newcomer to a session, the agent whose own
+    /// INVITE (a Join or Replaces, RFC 3911 / 3891) is `call_id`: its
+    /// blade hands it over even while it is in a call there.
+    pub fn host_newcomer(
+        &mut self,
+        now: Duration,
+        directory: &Directory,
+        call_id: &str,
+        extension: &str,
+    ) {
+        self.start(now, directory, call_id, extension, Ask::Newcomer);
     }
 
     /// Asks the blade of `extension` for leave to relay the out-of-dialog
@@ -227,7 +253,7 @@ impl Source {
     /// for [`Source::host`]. The outcome comes as a
     /// [`SourceEvent::Relayed`] or [`SourceEvent::Refused`].
     pub fn relay(&mut self, now: Duration, directory: &Directory, call_id: &str, extension: &str) {
-        self.start(now, directory, call_id, extension, true);
+        self.start(now, directory, call_id, extension, Ask::Relay);
     }
 
     fn start(
@@ -236,28 +262,21 @@ impl Source {
         directory: &Directory,
         call_id: &str,
         extension: &str,
-        relay: bool,
+        ask: Ask,
     ) {
         let key = (call_id.to_owned(), extension.to_owned());
         match directory.lookup(extension) {
             Some(peer) => {
                 let peer = peer.to_owned();
-                self.send_host(now, peer, key, true, relay);
+                self.send_host(now, peer, key, true, ask);
             }
-            None => self.locate(now, directory, key, Vec::new(), relay),
+            None => self.locate(now, directory, key, Vec::new(), ask),
         }
     }
 
-    fn send_host(
-        &mut self,
-        now: Duration,
-        peer: String,
-        key: Key,
-        from_directory: bool,
-        relay: bool,
-    ) {
+    fn send_host(&mut self, now: Duration, peer: String, key: Key, from_directory: bool, ask: Ask) {
         let request_id = self.request_id();
-        let msg = if relay {
+        let msg = if ask == Ask::Relay {
             Message::RelayRequest {
                 request_id,
                 extension: key.1.clone(),
@@ -269,6 +288,7 @@ impl Source {
                 extension: key.1.clone(),
                 call_id: key.0.clone(),
                 lease_secs: self.lease_secs,
+                newcomer: ask == Ask::Newcomer,
             }
         };
         self.transmits.push_back((peer.clone(), msg));
@@ -280,7 +300,7 @@ impl Source {
                 key,
                 from_directory,
                 sent_at: now,
-                relay,
+                ask,
             },
         );
     }
@@ -292,7 +312,7 @@ impl Source {
         directory: &Directory,
         key: Key,
         tried: Vec<String>,
-        relay: bool,
+        ask: Ask,
     ) {
         let waiting: BTreeSet<String> = directory
             .peers()
@@ -324,7 +344,7 @@ impl Source {
                 key,
                 waiting,
                 unanswered: false,
-                relay,
+                ask,
             },
         );
     }
@@ -399,7 +419,7 @@ impl Source {
         let Some(Pending::Locate {
             key,
             unanswered,
-            relay,
+            ask,
             ..
         }) = self.take_pending(request_id)
         else {
@@ -408,7 +428,7 @@ impl Source {
         match epoch {
             Some(epoch) => {
                 directory.learn(&peer, &key.1, epoch);
-                self.send_host(now, peer, key, false, relay);
+                self.send_host(now, peer, key, false, ask);
             }
             None => self.events.push_back(SourceEvent::Refused {
                 call_id: key.0,
@@ -435,7 +455,7 @@ impl Source {
     ) {
         let pending = self.take_if(
             request_id,
-            |p| matches!(p, Pending::Host { peer, relay: false, .. } if same_blade(peer, from)),
+            |p| matches!(p, Pending::Host { peer, ask, .. } if *ask != Ask::Relay && same_blade(peer, from)),
         );
         let Some(Pending::Host {
             peer, key, sent_at, ..
@@ -486,7 +506,7 @@ impl Source {
     fn on_relay_granted(&mut self, from: &str, request_id: u64, token: Token) {
         let pending = self.take_if(
             request_id,
-            |p| matches!(p, Pending::Host { peer, relay: true, .. } if same_blade(peer, from)),
+            |p| matches!(p, Pending::Host { peer, ask: Ask::Relay, .. } if same_blade(peer, from)),
         );
         // Leave nobody waits for any more lapses by itself.
         let Some(Pending::Host { peer, key, .. }) = pending else {
@@ -512,7 +532,7 @@ impl Source {
             peer,
             key,
             from_directory,
-            relay,
+            ask,
             ..
         }) = self.take_if(
             request_id,
@@ -525,7 +545,7 @@ impl Source {
         if stale && from_directory {
             // A stale directory entry: ask everyone else.
             directory.forget(&peer, &key.1);
-            self.locate(now, directory, key, vec![peer], relay);
+            self.locate(now, directory, key, vec![peer], ask);
             return;
         }
         self.events.push_back(SourceEvent::Refused {

@@ -206,7 +206,10 @@ impl Target {
     /// back first, whether or not [`Target::handle_timeout`] ran yet.
     ///
     /// `lease_secs` is what the source asks for: 0 means the target's
-    /// maximum, and more is cut to it.
+    /// maximum, and more is cut to it. A `newcomer` (the agent sent the
+    /// session a Join or Replaces) in a call is handed over all the same:
+    /// a transferee or a supervisor joins from within a call, and is in
+    /// that call again when the hosting ends.
     #[allow(clippy::too_many_arguments)] // One field per wire field.
     pub fn grant(
         &mut self,
@@ -217,6 +220,7 @@ impl Target {
         extension: &str,
         call_id: &str,
         lease_secs: u32,
+        newcomer: bool,
     ) -> Result<Granted, Refusal> {
         self.expire_one(now, extension, location);
         let lease_secs = match lease_secs {
@@ -231,7 +235,7 @@ impl Target {
         }
         match &record.state {
             AgentState::LoggedOut => return Err(Refusal::NotLoggedIn),
-            AgentState::InCall { .. } => return Err(Refusal::Busy),
+            AgentState::InCall { .. } if !newcomer => return Err(Refusal::Busy),
             AgentState::Hosted { .. } => {
                 // A retry of the request that won: same source, same call.
                 let Some(g) = self.grants.get_mut(extension) else {
@@ -255,14 +259,12 @@ impl Target {
                     lease_secs,
                 });
             }
-            AgentState::Ready => {}
+            AgentState::Ready | AgentState::InCall { .. } => {}
         }
         if self.grants.len() >= self.max_grants {
             return Err(Refusal::Overloaded);
         }
-        record.state = AgentState::Hosted {
-            by: from.to_owned(),
-        };
+        record.hand_over(from);
         let info = LoginInfo::from_record(record, now).ok_or(Refusal::NotLoggedIn)?;
         // A grant left while the state says Ready no longer holds the
         // agent (every release resets both; this keeps the two in step
@@ -622,6 +624,7 @@ impl Target {
                 extension,
                 call_id,
                 lease_secs,
+                newcomer,
             } => {
                 match self.grant(
                     now,
@@ -631,6 +634,7 @@ impl Target {
                     extension,
                     call_id,
                     *lease_secs,
+                    *newcomer,
                 ) {
                     Ok(g) => Message::HostGranted {
                         request_id: *request_id,

@@ -176,7 +176,16 @@ fn grant_marks_hosted_and_unhost_restores_ready() {
     bind(&mut loc, "2001");
     assert_eq!(state(&loc, "2001"), AgentState::Ready);
     let g = t
-        .grant(secs(5), &mut loc, "blade-s", 11, "2001", "call-1", 20)
+        .grant(
+            secs(5),
+            &mut loc,
+            "blade-s",
+            11,
+            "2001",
+            "call-1",
+            20,
+            false,
+        )
         .unwrap();
     assert_eq!(state(&loc, "2001"), hosted_by("blade-s"));
     assert_eq!(g.lease_secs, 20);
@@ -237,7 +246,7 @@ fn relay_leave_needs_a_logged_in_agent_and_changes_no_state() {
     );
     // A busy agent may still get a message.
     let g = t
-        .grant(secs(2), &mut loc, "s", 3, "2001", "c1", 10)
+        .grant(secs(2), &mut loc, "s", 3, "2001", "c1", 10, false)
         .unwrap();
     assert!(t.relay(secs(2), &loc, "s", "2001", "m3").is_ok());
     assert!(t.unhost(&mut loc, "s", "2001", "c1", &g.token));
@@ -300,10 +309,12 @@ fn leases_are_clamped_to_the_configured_maximum() {
     let mut loc = location();
     bind(&mut loc, "2001");
     bind(&mut loc, "2002");
-    let g = t.grant(secs(0), &mut loc, "s", 1, "2001", "c1", 0).unwrap();
+    let g = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", 0, false)
+        .unwrap();
     assert_eq!(g.lease_secs, LEASE);
     let g = t
-        .grant(secs(0), &mut loc, "s", 2, "2002", "c2", 99_999)
+        .grant(secs(0), &mut loc, "s", 2, "2002", "c2", 99_999, false)
         .unwrap();
     assert_eq!(g.lease_secs, LEASE);
 }
@@ -314,7 +325,8 @@ fn refusals_and_their_statuses() {
     let mut loc = location();
     let now = secs(1);
     let ask = |t: &mut Target, loc: &mut Location, ext: &str| {
-        t.grant(now, loc, "s", 1, ext, "c", LEASE).map(|g| g.token)
+        t.grant(now, loc, "s", 1, ext, "c", LEASE, false)
+            .map(|g| g.token)
     };
     assert_eq!(ask(&mut t, &mut loc, "9999"), Err(Refusal::Unknown));
     assert_eq!(ask(&mut t, &mut loc, "2001"), Err(Refusal::NotLoggedIn));
@@ -341,13 +353,57 @@ fn refusals_and_their_statuses() {
     assert_eq!(statuses, [404, 480, 486, 486, 503]);
 }
 
+/// A newcomer (its own Join or Replaces INVITE) is handed over from
+/// within a call, as a transferee or supervisor joins; it is in that call
+/// again once the hosting ends, and free if the call ended meanwhile. A
+/// plain host request for it is still busy.
+#[test]
+fn a_newcomer_in_a_call_is_granted_and_back_in_it_after() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    loc.get_mut("2001").unwrap().enter_call("local");
+    assert_eq!(
+        t.grant(secs(1), &mut loc, "s", 1, "2001", "leg", LEASE, false)
+            .map(|g| g.token),
+        Err(Refusal::Busy)
+    );
+    let g = t
+        .grant(secs(1), &mut loc, "s", 2, "2001", "leg", LEASE, true)
+        .unwrap();
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert!(t.unhost(&mut loc, "s", "2001", "leg", &g.token));
+    let in_local = AgentState::InCall {
+        call_id: "local".into(),
+    };
+    assert_eq!(state(&loc, "2001"), in_local);
+
+    // The local call ends while the agent is hosted.
+    let g = t
+        .grant(secs(2), &mut loc, "s", 3, "2001", "leg2", LEASE, true)
+        .unwrap();
+    loc.get_mut("2001").unwrap().leave_call("local");
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert!(t.unhost(&mut loc, "s", "2001", "leg2", &g.token));
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+}
+
 #[test]
 fn token_check_binds_blade_call_agent_and_lease() {
     let mut t = target();
     let mut loc = location();
     bind(&mut loc, "2001");
     let tok = t
-        .grant(secs(0), &mut loc, "blade-s", 1, "2001", "call-1", LEASE)
+        .grant(
+            secs(0),
+            &mut loc,
+            "blade-s",
+            1,
+            "2001",
+            "call-1",
+            LEASE,
+            false,
+        )
         .unwrap()
         .token;
     let now = secs(1);
@@ -365,7 +421,7 @@ fn token_check_binds_blade_call_agent_and_lease() {
     // A fresh grant for the same blade and call has a fresh token.
     assert!(t.unhost(&mut loc, "blade-s", "2001", "call-1", &tok));
     let again = t
-        .grant(now, &mut loc, "blade-s", 2, "2001", "call-1", LEASE)
+        .grant(now, &mut loc, "blade-s", 2, "2001", "call-1", LEASE, false)
         .unwrap()
         .token;
     assert_ne!(again, tok);
@@ -378,11 +434,11 @@ fn token_check_binds_blade_call_agent_and_lease() {
     let mut loc2 = location();
     bind(&mut loc2, "2001");
     let t1 = target()
-        .grant(now, &mut loc1, "s", 1, "2001", "c", LEASE)
+        .grant(now, &mut loc1, "s", 1, "2001", "c", LEASE, false)
         .unwrap()
         .token;
     let t2 = other
-        .grant(now, &mut loc2, "s", 1, "2001", "c", LEASE)
+        .grant(now, &mut loc2, "s", 1, "2001", "c", LEASE, false)
         .unwrap()
         .token;
     assert_ne!(t1, t2);
@@ -394,17 +450,17 @@ fn a_retried_request_gets_the_same_grant_and_a_fresh_lease() {
     let mut loc = location();
     bind(&mut loc, "2001");
     let g1 = t
-        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE, false)
         .unwrap();
     let g2 = t
-        .grant(secs(10), &mut loc, "s", 1, "2001", "c", LEASE)
+        .grant(secs(10), &mut loc, "s", 1, "2001", "c", LEASE, false)
         .unwrap();
     assert_eq!(g1.token, g2.token);
     assert_eq!(t.grant_of("2001").unwrap().expires_at, secs(40));
     assert_eq!(t.next_deadline(), Some(secs(40)));
     // Another call from the same blade is another session.
     assert_eq!(
-        t.grant(secs(10), &mut loc, "s", 2, "2001", "c2", LEASE)
+        t.grant(secs(10), &mut loc, "s", 2, "2001", "c2", LEASE, false)
             .map(|g| g.token),
         Err(Refusal::AlreadyHosted)
     );
@@ -416,7 +472,7 @@ fn a_lapsed_lease_takes_the_agent_back() {
     let mut loc = location();
     bind(&mut loc, "2001");
     let tok = t
-        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE, false)
         .unwrap()
         .token;
     assert!(t.handle_timeout(secs(29), &mut loc).is_empty());
@@ -438,7 +494,7 @@ fn a_renewal_after_the_lapse_is_refused_even_before_the_timer_ran() {
     let mut loc = location();
     bind(&mut loc, "2001");
     let tok = t
-        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE, false)
         .unwrap()
         .token;
     assert_eq!(
@@ -453,7 +509,7 @@ fn a_renewal_after_the_lapse_is_refused_even_before_the_timer_ran() {
     assert!(t.handle_timeout(secs(60), &mut loc).is_empty());
     // And the agent can be hosted again at once.
     assert!(
-        t.grant(secs(50), &mut loc, "s2", 2, "2001", "c2", LEASE)
+        t.grant(secs(50), &mut loc, "s2", 2, "2001", "c2", LEASE, false)
             .is_ok()
     );
 }
@@ -473,7 +529,7 @@ fn ended_grants_are_polled_with_whether_they_lapsed() {
             .collect()
     };
     let tok = t
-        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE)
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE, false)
         .unwrap()
         .token;
     assert!(released(&mut t).is_empty(), "a grant is no release");
@@ -485,9 +541,9 @@ fn ended_grants_are_polled_with_whether_they_lapsed() {
         "a repeated unhost ends nothing"
     );
 
-    t.grant(secs(0), &mut loc, "s", 2, "2001", "c2", LEASE)
+    t.grant(secs(0), &mut loc, "s", 2, "2001", "c2", LEASE, false)
         .unwrap();
-    t.grant(secs(10), &mut loc, "s", 3, "2002", "c3", LEASE)
+    t.grant(secs(10), &mut loc, "s", 3, "2002", "c3", LEASE, false)
         .unwrap();
     assert_eq!(
         t.handle_timeout(secs(30), &mut loc),
@@ -496,14 +552,14 @@ fn ended_grants_are_polled_with_whether_they_lapsed() {
     assert_eq!(released(&mut t), [("2001".into(), "c2".into(), true)]);
     // 2002's lease lapsed at 40; a host request for it finds that first.
     assert!(
-        t.grant(secs(41), &mut loc, "s2", 4, "2002", "c4", LEASE)
+        t.grant(secs(41), &mut loc, "s2", 4, "2002", "c4", LEASE, false)
             .is_ok()
     );
     assert_eq!(released(&mut t), [("2002".into(), "c3".into(), true)]);
     // A grant left behind while the agent reads ready (kept in step only
     // defensively) ends, unhosted, when a new grant takes its place.
     loc.get_mut("2002").unwrap().become_free();
-    t.grant(secs(42), &mut loc, "s3", 5, "2002", "c5", LEASE)
+    t.grant(secs(42), &mut loc, "s3", 5, "2002", "c5", LEASE, false)
         .unwrap();
     assert_eq!(released(&mut t), [("2002".into(), "c4".into(), false)]);
 }
@@ -529,12 +585,12 @@ fn a_restarted_source_loses_its_previous_runs_grants_at_once() {
     t.peer_up("s", 1);
     t.peer_up("u", 1);
     let tok = t
-        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE)
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE, false)
         .unwrap()
         .token;
-    t.grant(secs(1), &mut loc, "s", 2, "2002", "c2", LEASE)
+    t.grant(secs(1), &mut loc, "s", 2, "2002", "c2", LEASE, false)
         .unwrap();
-    t.grant(secs(1), &mut loc, "u", 3, "3001", "c3", LEASE)
+    t.grant(secs(1), &mut loc, "u", 3, "3001", "c3", LEASE, false)
         .unwrap();
 
     // S is killed; the link to it goes down (or not yet: a restart within
@@ -576,7 +632,7 @@ fn a_reconnecting_source_of_the_same_run_keeps_its_grants() {
     bind(&mut loc, "2001");
     t.peer_up("s", 1);
     let tok = t
-        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE)
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE, false)
         .unwrap()
         .token;
     for (link, at) in [(2, 5), (3, 20), (4, 40)] {
@@ -610,19 +666,19 @@ fn grants_of_the_new_run_survive_the_restart_news() {
         bind(&mut loc, ext);
     }
     t.peer_up("s", 1);
-    t.grant(secs(0), &mut loc, "s", 1, "2001", "old", LEASE)
+    t.grant(secs(0), &mut loc, "s", 1, "2001", "old", LEASE, false)
         .unwrap();
-    t.grant(secs(0), &mut loc, "s", 2, "1001", "retried", LEASE)
+    t.grant(secs(0), &mut loc, "s", 2, "1001", "retried", LEASE, false)
         .unwrap();
 
     // S restarts: connection 2 comes up; a host request of the new run
     // outruns its Hello, and a retry of an old Call-ID comes too.
     t.peer_up("s", 2);
     let early = t
-        .grant(secs(1), &mut loc, "s", 1, "2002", "new-early", LEASE)
+        .grant(secs(1), &mut loc, "s", 1, "2002", "new-early", LEASE, false)
         .unwrap()
         .token;
-    t.grant(secs(1), &mut loc, "s", 2, "1001", "retried", LEASE)
+    t.grant(secs(1), &mut loc, "s", 2, "1001", "retried", LEASE, false)
         .unwrap();
     assert_eq!(t.peer_restarted(&mut loc, "s", 2), 1);
     assert_eq!(
@@ -630,7 +686,7 @@ fn grants_of_the_new_run_survive_the_restart_news() {
         [("2001".into(), "old".into(), Ending::SourceRestarted)]
     );
     let late = t
-        .grant(secs(2), &mut loc, "s", 3, "3001", "new-late", LEASE)
+        .grant(secs(2), &mut loc, "s", 3, "3001", "new-late", LEASE, false)
         .unwrap()
         .token;
     // The news repeated by a copy that came late changes nothing.
@@ -647,10 +703,10 @@ fn grants_of_the_new_run_survive_the_restart_news() {
     bind(&mut loc2, "2001");
     bind(&mut loc2, "2002");
     t2.peer_up("s", 1);
-    t2.grant(secs(0), &mut loc2, "s", 1, "2001", "old", LEASE)
+    t2.grant(secs(0), &mut loc2, "s", 1, "2001", "old", LEASE, false)
         .unwrap();
     assert_eq!(t2.peer_restarted(&mut loc2, "s", 2), 1);
-    t2.grant(secs(1), &mut loc2, "s", 2, "2002", "new", LEASE)
+    t2.grant(secs(1), &mut loc2, "s", 2, "2002", "new", LEASE, false)
         .unwrap();
     t2.peer_up("s", 2);
     assert_eq!(t2.peer_restarted(&mut loc2, "s", 2), 0);
@@ -667,7 +723,7 @@ fn renewals_and_unhosts_must_match_the_grant() {
     let mut loc = location();
     bind(&mut loc, "2001");
     let tok = t
-        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE, false)
         .unwrap()
         .token;
     let now = secs(1);
@@ -688,7 +744,7 @@ fn the_target_keeps_grants_of_a_lost_peer_until_the_lease() {
     let mut t = target();
     let mut loc = location();
     bind(&mut loc, "2001");
-    t.grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+    t.grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE, false)
         .unwrap();
     assert_eq!(t.peer_lost("s"), 1);
     assert_eq!(t.peer_lost("other"), 0);
@@ -706,7 +762,7 @@ fn logout_while_hosted_is_not_undone_by_the_release() {
     let mut loc = location();
     bind(&mut loc, "2001");
     let tok = t
-        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE)
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE, false)
         .unwrap()
         .token;
     loc.unbind("2001");
@@ -715,7 +771,7 @@ fn logout_while_hosted_is_not_undone_by_the_release() {
     assert!(t.unhost(&mut loc, "s", "2001", "c", &tok));
     assert_eq!(state(&loc, "2001"), AgentState::LoggedOut);
     let tok = t
-        .grant(secs(1), &mut loc, "s", 2, "2001", "c", LEASE)
+        .grant(secs(1), &mut loc, "s", 2, "2001", "c", LEASE, false)
         .map(|g| g.token);
     assert_eq!(tok, Err(Refusal::NotLoggedIn));
 }
@@ -726,14 +782,14 @@ fn logging_out_and_in_while_hosted_keeps_the_agent_hosted() {
     let mut loc = location();
     bind(&mut loc, "2001");
     let held = t
-        .grant(secs(1), &mut loc, "s", 3, "2001", "c", LEASE)
+        .grant(secs(1), &mut loc, "s", 3, "2001", "c", LEASE, false)
         .unwrap()
         .token;
     loc.unbind("2001");
     bind(&mut loc, "2001");
     assert_eq!(state(&loc, "2001"), hosted_by("s"));
     let other = t
-        .grant(secs(2), &mut loc, "s2", 4, "2001", "c2", LEASE)
+        .grant(secs(2), &mut loc, "s2", 4, "2001", "c2", LEASE, false)
         .map(|g| g.token);
     assert_eq!(other, Err(Refusal::AlreadyHosted));
     assert!(t.check_token(secs(2), "s", "2001", "c", &held));
@@ -780,6 +836,7 @@ fn requests_are_answered_once_each() {
         extension: "2001".into(),
         call_id: "c".into(),
         lease_secs: 10,
+        newcomer: false,
     };
     let Some(Message::HostGranted {
         request_id: 3,

@@ -52,6 +52,11 @@ const STABLE_AFTER: Duration = BACKOFF_MAX;
 /// Application close code: the peer is not a configured cluster member.
 const CLOSE_NOT_A_PEER: u32 = 1;
 
+/// Application close code: the blade is stopping, and with it every
+/// session it drives. A peer of an earlier build closes with 0 and is
+/// taken for merely down.
+const CLOSE_STOPPING: u32 = 2;
+
 /// What the link reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -59,6 +64,9 @@ pub enum LinkEvent {
     PeerUp(String),
     /// The connection to this peer is gone.
     PeerDown(String),
+    /// The connection to this peer is gone because the peer is stopping
+    /// ([`Link::close_all`]): its run is over, not merely cut off.
+    PeerStopped(String),
     /// A peer sent a request: answer it with [`Link::respond`].
     Request {
         /// The peer's blade id.
@@ -218,7 +226,7 @@ impl Link {
             if let Some(c) = self.conns.get_mut(&ch) {
                 c.conn.close(
                     now,
-                    VarInt::from_u32(0),
+                    VarInt::from_u32(CLOSE_STOPPING),
                     Bytes::from_static(b"blade stopping"),
                 );
             }
@@ -457,7 +465,11 @@ impl Link {
                     }
                     if self.peers[i].conn == Some(ch) {
                         if self.peers[i].up {
-                            self.events.push_back(LinkEvent::PeerDown(id));
+                            self.events.push_back(if stopped(&reason) {
+                                LinkEvent::PeerStopped(id)
+                            } else {
+                                LinkEvent::PeerDown(id)
+                            });
                         }
                         let p = &mut self.peers[i];
                         if p.up_since
@@ -661,6 +673,15 @@ fn misconfigured(reason: &quinn_proto::ConnectionError) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether the peer closed the connection because it is stopping.
+fn stopped(reason: &quinn_proto::ConnectionError) -> bool {
+    matches!(
+        reason,
+        quinn_proto::ConnectionError::ApplicationClosed(close)
+            if close.error_code == VarInt::from_u32(CLOSE_STOPPING)
+    )
 }
 
 impl Conn {

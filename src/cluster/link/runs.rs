@@ -45,6 +45,16 @@ impl PeerRuns {
         let before = run.instance.replace(instance);
         (before.is_some_and(|b| b != instance)).then_some(run.link)
     }
+
+    /// `peer` closed its link because it is stopping, so its run is over:
+    /// the connection number after its latest one, below which every
+    /// grant ends (as [`PeerRuns::hello`]'s number does on a restart).
+    pub fn stopped(&self, peer: &str) -> u64 {
+        self.peers
+            .get(&peer.to_ascii_lowercase())
+            .map_or(0, |run| run.link)
+            + 1
+    }
 }
 
 #[cfg(test)]
@@ -70,5 +80,10 @@ mod tests {
         assert_eq!(runs.hello("blade-2", 8), None);
         assert_eq!(runs.connected("blade-2"), 2);
         assert_eq!(runs.hello("blade-2", 9), Some(2));
+        // A stop ends every connection so far; the next one is the
+        // number it gives.
+        assert_eq!(runs.stopped("Blade-2"), 3);
+        assert_eq!(runs.connected("blade-2"), 3);
+        assert_eq!(runs.stopped("blade-9"), 1, "never heard of");
     }
 }

@@ -532,3 +532,26 @@ fn each_connection_opens_with_the_hello_frame() {
         [message("blade-1", "blade-1 run 1")]
     );
 }
+
+/// A peer that stops (SIGTERM: `close_all`) says so as it closes: the
+/// other side reports it stopped, not merely down, so that the grants
+/// its run held can end at once (its sessions are gone with it), where a
+/// link that only dropped must end nothing.
+#[test]
+fn a_stopping_peer_is_told_from_a_lost_one() {
+    let mut now = Instant::now();
+    let (_dir, mut nodes) = two_blades(now);
+    run(&mut nodes, &mut now, Duration::from_millis(500));
+    assert!(nodes[0].link.is_up("blade-2"));
+    nodes[1].link.close_all(now);
+    run(&mut nodes, &mut now, Duration::from_millis(100));
+    let events = &nodes[0].events;
+    assert!(
+        events.contains(&LinkEvent::PeerStopped("blade-2".into())),
+        "{events:?}"
+    );
+    assert!(
+        !events.contains(&LinkEvent::PeerDown("blade-2".into())),
+        "{events:?}"
+    );
+}
