@@ -38,18 +38,9 @@ pub(super) fn push_via_head(
 }
 
 /// Appends `n` in decimal.
-pub(super) fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+pub(super) fn push_decimal(out: &mut String, n: u64) {
+    let digits = crate::sip::edit::Decimal::new(n);
+    out.extend(digits.as_bytes().iter().map(|&d| char::from(d)));
 }
 
 /// Appends `n` as 16 lowercase hex digits.

@@ -113,18 +113,34 @@ impl Message {
 
 /// Writes `n` in decimal.
 fn put_u32(out: &mut BytesMut, n: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    out.put_slice(Decimal::new(n.into()).as_bytes());
+}
+
+/// A number's decimal digits, written without `fmt` (whose machinery
+/// costs several hundred instructions a number on the message path).
+pub(crate) struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub(crate) fn new(mut n: u64) -> Decimal {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        Decimal { digits, start }
     }
-    out.put_slice(&digits[i..]);
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
 }
 
 /// Skips up to `n` name-addr values of a list header: how many it
@@ -520,6 +536,13 @@ fn put_hex32(out: &mut BytesMut, v: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_digits() {
+        for n in [0u64, 7, 10, 255, 65_535, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(Decimal::new(n).as_bytes(), n.to_string().as_bytes());
+        }
+    }
     use bytes::Bytes;
 
     const INVITE: &[u8] = b"INVITE sip:1002@cc.example SIP/2.0\r\n\
