@@ -903,6 +903,42 @@ fn a_malformed_request_gets_a_400_that_says_why() {
     );
 }
 
+/// Once a burst's lingering transactions are all gone, the core gives back
+/// the room its tables grew to (they would hold its memory at the burst's
+/// size for good), and goes on working.
+#[test]
+fn an_idle_core_gives_back_the_room_a_burst_took() {
+    use super::transactions::IDLE_TABLE_CAPACITY;
+    let mut b = Blade::new(false, 10_000);
+    b.register("1001");
+    b.register("1002");
+    let (a, callee) = (terminal("1001"), terminal("1002"));
+    let options = |i: usize| {
+        format!(
+            "OPTIONS sip:1002@cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKo{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@cc.example>;tag=o{i}\r\nTo: <sip:1002@cc.example>\r\n\
+             Call-ID: burst{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let ask = |b: &mut Blade, i: usize| {
+        let out = b.send(&a, &options(i));
+        let forwarded = out.iter().map(parse).find(|m| m.is_request()).unwrap();
+        let out = b.send(&callee, &answer(&forwarded, 200, "t"));
+        assert_eq!(status(&out[0]), 200, "answered");
+    };
+    for i in 0..2 * IDLE_TABLE_CAPACITY {
+        ask(&mut b, i);
+    }
+    assert!(b.proxy.txs.capacity() > IDLE_TABLE_CAPACITY);
+
+    b.advance(Duration::from_secs(40));
+    assert!(b.proxy.txs.is_empty(), "every transaction reaped");
+    assert!(b.proxy.txs.capacity() <= IDLE_TABLE_CAPACITY);
+    assert!(b.proxy.by_server.capacity() <= IDLE_TABLE_CAPACITY);
+    assert!(b.proxy.by_client.capacity() <= IDLE_TABLE_CAPACITY);
+    ask(&mut b, 1_000_000);
+}
+
 /// With `auth` on, a To tag does not carry a stranger's request to an
 /// agent's phone past the challenge: an unrouted in-dialog request reaches
 /// the phone only within a call the blade holds (a phone that ignored the

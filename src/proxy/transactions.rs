@@ -17,6 +17,10 @@ use crate::transaction::client::{ClientEvent, ClientState, ClientTx};
 use crate::transaction::server::ServerTx;
 use crate::transaction::{Peer, TimerConfig, Transmit};
 
+/// Transaction slots a core keeps allocated when it has none in use; past
+/// this, an idle core gives the room back ([`Proxy::shrink_when_idle`]).
+pub(super) const IDLE_TABLE_CAPACITY: usize = 1024;
+
 impl Proxy {
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Duration, out: &mut Output) {
@@ -104,6 +108,21 @@ impl Proxy {
             }
             self.reschedule(id);
         }
+        self.shrink_when_idle();
+    }
+
+    /// Gives back the room the transaction tables grew to under a burst,
+    /// once its last lingering transaction is gone: their capacity would
+    /// otherwise hold the core's memory at the burst's size for good.
+    fn shrink_when_idle(&mut self) {
+        if !self.txs.is_empty() || self.txs.capacity() <= IDLE_TABLE_CAPACITY {
+            return;
+        }
+        self.txs.shrink_to_fit();
+        self.by_server.shrink_to_fit();
+        self.by_client.shrink_to_fit();
+        self.handed_off.shrink_to_fit();
+        self.timers.shrink_to_fit();
     }
 
     /// The blade is stopping and cannot wait any longer: every request

@@ -19,6 +19,11 @@ impl TimerQueue {
         TimerQueue::default()
     }
 
+    /// Gives back room the queue no longer needs.
+    pub fn shrink_to_fit(&mut self) {
+        self.heap.shrink_to_fit();
+    }
+
     /// Schedules `id` at `at` under `generation`; older generations of the
     /// same id are ignored when they come due.
     pub fn schedule(&mut self, at: Duration, id: u64, generation: u32) {
