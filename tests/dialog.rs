@@ -268,8 +268,24 @@ fn full_dialog(a: &mut Ua, b: &mut Ua, hops: usize) -> String {
     a.invite(&mut call, "Supported: 100rel\r\n");
     let invite = routed(b, Method::Invite, &call.call_id, hops);
     assert_eq!(invite.record_routes().count(), hops, "each blade RRs");
-    // A retransmission of the INVITE is absorbed by the first blade.
+    // A retransmission of the INVITE is absorbed by the first blade, which
+    // answers it with its 100 Trying again (RFC 3261 §17.2.1). Waiting for
+    // that second 100 keeps the retransmission from reaching the blade
+    // after the 183 below, which it would then send again (a loaded
+    // machine made that race).
     a.retransmit_invite(&call);
+    // The two copies are byte for byte the same, so they are read raw.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut trying = 0;
+    while trying < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let data = a
+            .recv_raw(left)
+            .expect("the 100 Trying, then again for the retransmission");
+        if data.starts_with(b"SIP/2.0 100 ") {
+            trying += 1;
+        }
+    }
     let mut bs = Side::callee(&invite);
 
     // A reliable 183 (RFC 3262), retransmitted twice by the UAS over UDP.
