@@ -59,10 +59,7 @@ impl Proxy {
                 }
                 self.set_in_call(&extension, &call_id);
             }
-            AgentEvent::Free { extension, call_id } => {
-                self.remote_sessions.remove(&call_id);
-                self.set_free(&extension, &call_id);
-            }
+            AgentEvent::Free { extension, call_id } => self.free_here(&extension, &call_id),
         }
     }
 
@@ -170,8 +167,7 @@ impl Proxy {
     /// `extension` left the call `call_id`: as [`Proxy::agent_in_call`].
     pub(super) fn agent_free(&mut self, extension: &str, call_id: &str, out: &mut Output) {
         if route::shard_of(extension.as_bytes(), self.settings.cores) == self.settings.core {
-            self.remote_sessions.remove(call_id);
-            self.set_free(extension, call_id);
+            self.free_here(extension, call_id);
         } else {
             let event = AgentEvent::Free {
                 extension: extension.to_owned(),
@@ -199,6 +195,12 @@ impl Proxy {
         if let Some(record) = self.registrar.location_mut().get_mut(extension) {
             record.enter_call(call_id);
         }
+    }
+
+    /// This core's agent `extension` left the call `call_id`.
+    fn free_here(&mut self, extension: &str, call_id: &str) {
+        self.remote_sessions.remove(call_id);
+        self.set_free(extension, call_id);
     }
 
     pub(super) fn set_free(&mut self, extension: &str, call_id: &str) {

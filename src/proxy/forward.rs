@@ -116,8 +116,12 @@ impl Proxy {
         // §16.4: the top Routes naming us are ours to remove, whatever the
         // route: an out-of-dialog request preloaded with the blade as its
         // outbound proxy (§8.1.2) is routed by its Request-URI, and its
-        // callee must not get the blade's Route.
-        let pop_routes = pop_routes.max(self.our_routes(msg));
+        // callee must not get the blade's Route. An in-dialog request comes
+        // with them counted already (`route_split`).
+        let pop_routes = match pop_routes {
+            0 => self.our_routes(msg),
+            counted => counted,
+        };
         let edit = Forward {
             via: Some(&via),
             record_route: record_route_value,

@@ -208,7 +208,7 @@ impl ServerKey {
         };
         let via = msg.top_via();
         let branch = match via.branch_bytes() {
-            Some(b) if b.starts_with(b"z9hG4bK") => msg.buffer().slice_ref(b),
+            Some(b) if via.is_rfc3261_branch() => msg.buffer().slice_ref(b),
             // RFC 2543 peers: identify the transaction by what they keep
             // constant instead (§17.2.3 fallback, simplified).
             _ => Bytes::from(format!(

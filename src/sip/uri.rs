@@ -528,44 +528,39 @@ pub(crate) fn host_ip(text: &[u8], kind: HostKind) -> Option<IpAddr> {
     }
 }
 
-/// The address an `IPv4address` stands for (see [`ipv4_ok`]; leading
+/// The address an `IPv4address` stands for ([`ipv4_ok`]'s grammar; leading
 /// zeros allowed, as the grammar allows them).
 fn ipv4_addr(text: &[u8]) -> Option<Ipv4Addr> {
+    // One pass, no splitting: a received parameter is checked with it on
+    // every response's path.
     let mut octets = [0u8; 4];
-    let mut parts = text.split(|&b| b == b'.');
-    for octet in &mut octets {
-        let part = parts.next()?;
-        if part.is_empty() || part.len() > 3 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let value = part.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0'));
-        *octet = u8::try_from(value).ok()?;
-    }
-    parts.next().is_none().then_some(Ipv4Addr::from(octets))
-}
-
-/// `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT`, each
-/// at most 255 (leading zeros allowed).
-pub(crate) fn ipv4_ok(text: &[u8]) -> bool {
-    let (mut dots, mut digits, mut value) = (0, 0, 0u32);
+    let (mut group, mut digits, mut value) = (0, 0, 0u32);
     for &b in text {
         if b == b'.' {
-            if digits == 0 {
-                return false;
+            if digits == 0 || group == 3 {
+                return None;
             }
-            dots += 1;
+            octets[group] = value as u8;
+            group += 1;
             (digits, value) = (0, 0);
         } else if b.is_ascii_digit() {
             digits += 1;
             value = value * 10 + u32::from(b - b'0');
             if digits > 3 || value > 255 {
-                return false;
+                return None;
             }
         } else {
-            return false;
+            return None;
         }
     }
-    dots == 3 && digits > 0
+    octets[3] = value as u8;
+    (group == 3 && digits > 0).then_some(Ipv4Addr::from(octets))
+}
+
+/// `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT`, each
+/// at most 255 (leading zeros allowed).
+pub(crate) fn ipv4_ok(text: &[u8]) -> bool {
+    ipv4_addr(text).is_some()
 }
 
 /// `IPv6reference = "[" IPv6address "]"`, checked by [`ipv6_ok`].
