@@ -23,6 +23,14 @@ fn phone_ip(host: u8) -> Ipv4Addr {
 }
 
 /// `n` blades on 127.0.6.`first`, … in this process, linked.
+/// Asserts that none of `members` keeps a session in its `/status`.
+fn assert_no_sessions(cluster: &TestCluster, members: impl IntoIterator<Item = usize>) {
+    for i in members {
+        let sessions = cluster.sessions(i);
+        assert!(sessions.is_empty(), "{i}: {sessions:?}");
+    }
+}
+
 fn started(n: usize, first: u8) -> TestCluster {
     started_with(n, first, 1)
 }
@@ -140,9 +148,7 @@ fn glare_between_two_blades_strands_no_one() {
     );
     cluster.wait_state(s, "1001", "ready");
     cluster.wait_state(t, "1002", "ready");
-    for i in [s, t] {
-        assert!(cluster.sessions(i).is_empty(), "{:?}", cluster.sessions(i));
-    }
+    assert_no_sessions(&cluster, [s, t]);
 }
 
 /// Three blades: B on T is hosted by S; C on a third blade calls B. The
@@ -170,13 +176,7 @@ fn a_third_blade_calling_a_hosted_agent_gets_busy() {
     let bye = b.request(Method::Bye, &call.call_id);
     b.answer(&bye, 200, "OK", CALLEE_TAG);
     cluster.wait_state(t, "1002", "ready");
-    for i in [s, t, o] {
-        assert!(
-            cluster.sessions(i).is_empty(),
-            "{i}: {:?}",
-            cluster.sessions(i)
-        );
-    }
+    assert_no_sessions(&cluster, [s, t, o]);
 }
 
 /// A peer configured but down at start: /status shows it down, a call
@@ -305,9 +305,7 @@ fn a_join_leg_outlives_the_original_call_across_three_blades() {
     assert_eq!(done.status(), Some(200), "{}", first_line(&done));
     cluster.wait_state(t, "1002", "ready");
     cluster.wait_state(u, "1004", "ready");
-    for i in [s, t, u] {
-        assert!(cluster.sessions(i).is_empty(), "{:?}", cluster.sessions(i));
-    }
+    assert_no_sessions(&cluster, [s, t, u]);
 }
 
 /// The hosted callee's blade stopped gracefully mid-call: S hangs up the
@@ -391,13 +389,7 @@ fn attended_transfer(cluster: &TestCluster, phones: u8) {
     for (i, ext) in [(0, "1001"), (1, "1002"), (2, "1003")] {
         cluster.wait_state(i, ext, "ready");
     }
-    for i in 0..3 {
-        assert!(
-            cluster.sessions(i).is_empty(),
-            "{i}: {:?}",
-            cluster.sessions(i)
-        );
-    }
+    assert_no_sessions(cluster, 0..3);
 }
 
 /// Two callers on two blades call the same agent on a third at once: one
@@ -436,13 +428,7 @@ fn two_sources_race_to_host_the_same_agent() {
     cluster.wait_state(1, "1002", "ready");
     cluster.wait_state(0, "1001", "ready");
     cluster.wait_state(2, "1003", "ready");
-    for i in 0..3 {
-        assert!(
-            cluster.sessions(i).is_empty(),
-            "{i}: {:?}",
-            cluster.sessions(i)
-        );
-    }
+    assert_no_sessions(&cluster, 0..3);
 }
 
 /// A hosted agent logs in on a third blade mid-call: its old blade logs
