@@ -1,5 +1,6 @@
 //! Who a request is for: this blade, a peer blade, an agent, a loop.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use super::Proxy;
@@ -135,12 +136,12 @@ impl Proxy {
     /// names on our host (SPEC §5).
     pub(super) fn addressed_binding(&self, msg: &Message) -> Option<&Binding> {
         let agent = self.addressed_agent(msg)?;
-        self.registrar.location().get(agent)?.binding.as_ref()
+        self.registrar.location().get(&agent)?.binding.as_ref()
     }
 
     /// The extension a request is addressed to: its Request-URI's user or,
     /// without one, its To's user on our host (SPEC §5).
-    pub(super) fn addressed_agent<'m>(&self, msg: &'m Message) -> Option<&'m str> {
+    pub(super) fn addressed_agent<'m>(&self, msg: &'m Message) -> Option<Cow<'m, str>> {
         let uri = msg.request_uri()?;
         if uri.user().is_some() {
             return uri.user_str();
@@ -164,7 +165,7 @@ impl Proxy {
         let core = *self.remote_sessions.get(call_id)?;
         let agent = self.addressed_agent(msg)?;
         let in_this_call = matches!(
-            &self.registrar.location().get(agent)?.state,
+            &self.registrar.location().get(&agent)?.state,
             AgentState::InCall { call_id: c } if c == call_id
         );
         in_this_call.then_some(core)
@@ -177,7 +178,7 @@ impl Proxy {
     pub(super) fn hosted_agent_blade(&self, msg: &Message) -> Option<Peer> {
         let hosted = self.sessions.get(msg.call_id())?.hosted.as_ref()?;
         let to = msg.to().uri();
-        if to.user_str()? != hosted.extension || !self.is_our_host(&to) {
+        if *to.user_str()? != *hosted.extension || !self.is_our_host(&to) {
             return None;
         }
         let uri = msg.request_uri()?;
@@ -195,7 +196,7 @@ impl Proxy {
     /// that agent and it is registered.
     pub(super) fn request_uri_binding(&self, msg: &Message) -> Option<&Binding> {
         let agent = msg.request_uri()?.user_str()?;
-        self.registrar.location().get(agent)?.binding.as_ref()
+        self.registrar.location().get(&agent)?.binding.as_ref()
     }
 
     /// Where the Request-URI points. When it is the registered contact of

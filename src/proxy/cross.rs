@@ -19,6 +19,7 @@
 //! runtime routes link messages by extension or by request id
 //! ([`request_core`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -203,10 +204,10 @@ impl Cluster {
             let Some(agent) = uri.user_str() else {
                 continue;
             };
-            if let Some(list) = self.hosted_dialogs.get_mut(agent) {
+            if let Some(list) = self.hosted_dialogs.get_mut(&*agent) {
                 list.retain(|d| &*d.call_id != msg.call_id());
                 if list.is_empty() {
-                    self.hosted_dialogs.remove(agent);
+                    self.hosted_dialogs.remove(&*agent);
                 }
             }
         }
@@ -619,8 +620,8 @@ impl Proxy {
                     .from()
                     .uri()
                     .user_str()
-                    .filter(|u| self.agents.contains_key(*u))
-                    .map(str::to_owned);
+                    .filter(|u| self.agents.contains_key(&**u))
+                    .map(Cow::into_owned);
                 let Some(joiner) = joiner else {
                     return self.refuse(now, source, msg, &forbidden, out);
                 };

@@ -392,7 +392,7 @@ impl Proxy {
         let agent = party.uri().user_str();
         if let (Some(c), Some(agent)) = (self.cluster.as_mut(), agent) {
             let hop = hop.map(|h| reached_at(h, target));
-            c.refresh_hosted_dialog(agent, msg.call_id(), tag, target, hop);
+            c.refresh_hosted_dialog(&agent, msg.call_id(), tag, target, hop);
         }
     }
 
@@ -438,7 +438,7 @@ impl Proxy {
             // From the agent's phone: a hosted joiner's leg, if the
             // caller's grant names this Call-ID.
             None => request.from().uri().user_str().and_then(|agent| {
-                let grant = c.target.grant_of(agent)?;
+                let grant = c.target.grant_of(&agent)?;
                 if grant.call_id != ok.call_id() {
                     return None;
                 }
@@ -451,7 +451,7 @@ impl Proxy {
         let Some((agent, grant, dialog)) = kept else {
             return;
         };
-        let agent = agent.to_owned();
+        let agent = agent.into_owned();
         let call_id = ok.call_id().into();
         if let Some(c) = self.cluster.as_mut() {
             c.keep_hosted_dialog(

@@ -31,6 +31,7 @@
 //! Only INVITEs that carry a Join or Replaces header come here: the check
 //! is one pass over the message's unknown headers.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use super::cross::{TOKEN_PARAM, Waiting};
@@ -239,12 +240,12 @@ impl Proxy {
         let Some(pair) = self.take_tx(id) else { return };
         let source = pair.server.peer();
         let Some(msg) = pair.request else { return };
-        let joiner = msg.from().uri().user_str().unwrap_or_default().to_owned();
+        let joiner = msg.from().uri().user_str().unwrap_or_default().into_owned();
         let target = msg
             .request_uri()
             .and_then(|u| u.user_str())
             .unwrap_or_default()
-            .to_owned();
+            .into_owned();
         self.route_join(now, source, *msg, &joiner, &target, &named, false, out);
     }
 
@@ -258,11 +259,11 @@ impl Proxy {
         msg: Message,
         out: &mut Output,
     ) {
-        let joiner = msg.from().uri().user_str().map(str::to_owned);
+        let joiner = msg.from().uri().user_str().map(Cow::into_owned);
         let target = msg
             .request_uri()
             .and_then(|u| u.user_str())
-            .map(str::to_owned);
+            .map(Cow::into_owned);
         let (Some(joiner), Some(target), Some(Some(named))) = (joiner, target, Named::of(&msg))
         else {
             return self.refuse(now, source, msg, &no_such_dialog(), out);

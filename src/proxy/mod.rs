@@ -677,7 +677,7 @@ impl Proxy {
         if !self.is_our_host(&uri) {
             return self.refuse_unknown(now, source, msg, method, out);
         }
-        let callee = uri.user_str().unwrap_or_default().to_owned();
+        let callee = uri.user_str().unwrap_or_default().into_owned();
         if let Some(token) = cross::hosting_token(&uri) {
             // A peer blade bringing the INVITE of a session it hosts B for
             // (SPEC §2 step 5): the token, not the caller, is checked.
@@ -688,7 +688,7 @@ impl Proxy {
         // agent, authenticated when `auth` is on: not only calls (SPEC §5)
         // but a NOTIFY, INFO or OPTIONS too, or anyone could reach the
         // agents' phones (an unsolicited `check-sync` NOTIFY reboots many).
-        let caller = msg.from().uri().user_str().unwrap_or_default().to_owned();
+        let caller = msg.from().uri().user_str().unwrap_or_default().into_owned();
         if let Err(refusal) = self.check_caller(now, &msg, &caller) {
             // A challenge is not an outcome: the call goes on with the
             // credentials.

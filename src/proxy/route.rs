@@ -141,15 +141,16 @@ pub fn owner_core(msg: &Message, cores: usize) -> Option<usize> {
         }
     }
     let user = if msg.method() == Some(Method::Register) {
-        msg.to().uri().user()
+        msg.to().uri().user_str()
     } else {
         // Only in a dialog (a To tag) does a user-less Request-URI lead to
         // the To's agent; out of one it is the blade itself.
-        msg.request_uri()
-            .and_then(|u| u.user())
-            .or_else(|| msg.to().tag().and(msg.to().uri().user()))
+        match msg.request_uri() {
+            Some(uri) if uri.user().is_some() => uri.user_str(),
+            _ => msg.to().tag().and(msg.to().uri().user_str()),
+        }
     };
-    user.map(|u| shard_of(u, cores))
+    user.map(|u| shard_of(u.as_bytes(), cores))
 }
 
 /// The address and transport a SIP URI points to, when its host is an IP
@@ -249,6 +250,8 @@ mod tests {
         };
         let invite = req("", "sip:1002@d", "INVITE");
         assert_eq!(owner_core(&invite, 4), Some(shard_of(b"1002", 4)));
+        let escaped = req("", "sip:%31002@d", "INVITE");
+        assert_eq!(owner_core(&escaped, 4), Some(shard_of(b"1002", 4)));
         let bye = req(
             "Route: <sip:127.0.0.1;lr;sbc=2>\r\n",
             "sip:1002@10.0.0.2",

@@ -273,6 +273,35 @@ fn call_answered_and_hung_up() {
 }
 
 #[test]
+fn escaped_user_parts_name_the_same_agents() {
+    // RFC 3261 §19.1.4: `%31` and `1` are the same character in a user
+    // part, so `sip:%31002@…` is agent 1002.
+    let mut b = Blade::new(false, 100);
+    b.register("1002");
+    let a = terminal("1001");
+    let out = b.send(
+        &a,
+        &format!(
+            "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKr1001\r\n\
+             From: <sip:%31001@cc.example>;tag=r\r\nTo: <sip:%31001@cc.example>\r\n\
+             Call-ID: reg1001\r\nCSeq: 1 REGISTER\r\nContact: <sip:1001@{a}>\r\n\
+             Content-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(status(&out[0]), 200);
+    assert_eq!(b.state("1001"), "ready");
+
+    let text = invite("1001", "1002", "esc1", "z9hG4bKe1", "")
+        .replacen("INVITE sip:1002@", "INVITE sip:10%302@", 1)
+        .replacen("From: <sip:1001@", "From: <sip:100%31@", 1);
+    let out = b.send(&a, &text);
+    assert_eq!(out.len(), 2, "{text}");
+    assert_eq!(status(&out[0]), 100);
+    assert_eq!(out[1].to, udp(&terminal("1002")));
+    assert_eq!((b.state("1001"), b.state("1002")), ("in_call", "in_call"));
+}
+
+#[test]
 fn a_core_with_its_own_port_record_routes_it_and_takes_routes_to_it() {
     let mut b = Blade::with_via_port(false, 100, Some(40_001));
     b.register("1001");

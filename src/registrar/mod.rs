@@ -141,7 +141,8 @@ impl Registrar {
         if !matches!(aor.scheme(), Scheme::Sip | Scheme::Sips) {
             return Err(Refusal::new(400, "To Must Be a SIP URI"));
         }
-        let extension = aor.user_str().unwrap_or_default();
+        let user = aor.user_str().unwrap_or_default();
+        let extension: &str = &user;
         let agent = match self.location.get(extension) {
             Some(record) => record.agent.clone(),
             None if self.settings.auth => {

@@ -1,6 +1,7 @@
 //! URIs (RFC 3261 §19.1, §25): `sip:`, `sips:`, `tel:` and opaque absolute
 //! URIs of any other scheme, parsed into spans of the message buffer.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::chars::{self, HNV, HOST, LABEL, PARAM, PASSWORD, TEL, URIC, USER};
@@ -100,9 +101,17 @@ impl<'a> Uri<'a> {
         self.spans.user.map(|s| s.of(self.src))
     }
 
-    /// The user part as text (an extension), when it is UTF-8.
-    pub fn user_str(&self) -> Option<&'a str> {
-        self.user().and_then(|u| std::str::from_utf8(u).ok())
+    /// The user part as text (an extension) with its escapes undone, when
+    /// that is UTF-8: `sip:%31002@…` names user `1002` (RFC 3261 §19.1.4).
+    /// Borrowed unless the user holds an escape, which no phone writes.
+    pub fn user_str(&self) -> Option<Cow<'a, str>> {
+        let user = self.user()?;
+        if !user.contains(&b'%') {
+            return std::str::from_utf8(user).ok().map(Cow::Borrowed);
+        }
+        String::from_utf8(chars::unescaped(user).collect())
+            .ok()
+            .map(Cow::Owned)
     }
 
     /// Whether the user part equals `user` after unescaping (§19.1.4).
@@ -677,6 +686,16 @@ mod tests {
         assert!(u.is_loose_route());
         assert_eq!(u.headers(), b"subject=hi&x=");
         assert_eq!(u.ip(), None, "a host name is no IP literal");
+    }
+
+    #[test]
+    fn user_str_undoes_escapes_and_borrows_otherwise() {
+        let plain = uri("sip:1002@d").unwrap();
+        assert!(matches!(plain.user_str(), Some(Cow::Borrowed("1002"))));
+        assert_eq!(uri("sip:%31%30%302@d").unwrap().user_str().unwrap(), "1002");
+        // An escape that undoes into non-UTF-8 is no extension.
+        assert_eq!(uri("sip:%ff@d").unwrap().user_str(), None);
+        assert_eq!(uri("sip:d").unwrap().user_str(), None);
     }
 
     #[test]
