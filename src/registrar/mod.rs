@@ -209,6 +209,15 @@ impl Registrar {
         {
             return Err(Refusal::new(400, "Bad Request (malformed expires)"));
         }
+        // Nor a q that is no qvalue (RFC 3261 §20.10): unused with one
+        // binding, but a phone that sends `q=2` is told, not ignored.
+        if contacts.iter().any(|c| {
+            c.params()
+                .get("q")
+                .is_some_and(|q| !q.is_some_and(is_qvalue))
+        }) {
+            return Err(Refusal::new(400, "Bad Request (malformed q)"));
+        }
         let expiry =
             |c: &crate::sip::NameAddr<'_>| c.expires().or(msg.expires()).unwrap_or(DEFAULT_EXPIRES);
         // One binding per agent: one contact at most may stay bound (the
@@ -606,6 +615,21 @@ fn same_contact(bound: &str, uri: &crate::sip::Uri<'_>) -> bool {
         && bound.host().eq_ignore_ascii_case(uri.host())
         && port(&bound) == port(uri)
         && transport(&bound) == transport(uri)
+}
+
+/// Whether `q` is a qvalue (RFC 3261 §25.1): `0` to `1` with at most
+/// three decimals, `"0" [ "." 0*3DIGIT ] / "1" [ "." 0*3("0") ]`.
+fn is_qvalue(q: &[u8]) -> bool {
+    let (int, frac) = match q.iter().position(|&b| b == b'.') {
+        Some(dot) => (&q[..dot], &q[dot + 1..]),
+        None => (q, &[][..]),
+    };
+    frac.len() <= 3
+        && match int {
+            b"0" => frac.iter().all(u8::is_ascii_digit),
+            b"1" => frac.iter().all(|&b| b == b'0'),
+            _ => false,
+        }
 }
 
 /// `<uri>;expires=N` for a 200 OK listing.

@@ -790,3 +790,34 @@ fn dates_are_rfc_1123_in_gmt() {
         assert_eq!(super::http_date(Duration::from_secs(unix)), date);
     }
 }
+
+/// A Contact `q` that is no qvalue (RFC 3261 §20.10: 0 to 1, three
+/// decimals at most) is a 400, as a malformed `expires` is; a good one is
+/// accepted (and, with one binding per agent, not used).
+#[test]
+fn a_q_that_is_no_qvalue_is_a_bad_request() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    let mut cseq = 0;
+    for (q, status) in [
+        ("0", 200),
+        ("0.5", 200),
+        ("0.", 200),
+        ("0.125", 200),
+        ("1", 200),
+        ("1.000", 200),
+        ("abc", 400),
+        ("1.5", 400),
+        ("2", 400),
+        ("0.1234", 400),
+        ("-0.5", 400),
+    ] {
+        cseq += 1;
+        let contact = format!("Contact: <sip:1001@127.0.0.12:5061>;q={q}\r\n");
+        let (_, resp) = send(&mut r, t0, &register("1001", cseq, &contact, ""));
+        assert_eq!(resp.status(), Some(status), "q={q}");
+    }
+    let bare = "Contact: <sip:1001@127.0.0.12:5061>;q\r\n";
+    let (_, resp) = send(&mut r, t0, &register("1001", 99, bare, ""));
+    assert_eq!(resp.status(), Some(400), "q without a value");
+}
