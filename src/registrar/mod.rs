@@ -190,9 +190,15 @@ impl Registrar {
                 return Err(Refusal::new(400, "Wildcard Contact Needs Expires 0"));
             }
             check_order(existing.as_ref(), msg)?;
-            self.location.unbind(extension);
+            let was_in = self.location.unbind(extension);
             self.respond_ok(now, msg, &[], out);
-            return Ok(Outcome::LoggedOut(extension.to_owned()));
+            // Not logged in: nothing to announce to the peers, whose
+            // directory may place the agent on another blade.
+            return Ok(if was_in {
+                Outcome::LoggedOut(extension.to_owned())
+            } else {
+                Outcome::Queried(extension.to_owned())
+            });
         }
         let contacts: Vec<_> = msg.contacts().collect();
         if contacts.is_empty() {

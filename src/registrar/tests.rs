@@ -821,3 +821,18 @@ fn a_q_that_is_no_qvalue_is_a_bad_request() {
     let (_, resp) = send(&mut r, t0, &register("1001", 99, bare, ""));
     assert_eq!(resp.status(), Some(400), "q without a value");
 }
+
+/// `Contact: *` from an agent that is not logged in here changes nothing:
+/// a 200, but no logout (which the blade would announce to its peers,
+/// whose directory may place the agent on another blade).
+#[test]
+fn a_wildcard_from_an_agent_not_logged_in_is_no_logout() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    let star = register("1001", 1, "Contact: *\r\n", "Expires: 0\r\n");
+    let (outcome, resp) = send(&mut r, t0, &star);
+    assert_eq!(
+        (outcome, resp.status()),
+        (Outcome::Queried("1001".into()), Some(200))
+    );
+}
