@@ -59,6 +59,7 @@ fn proxy() -> Proxy {
             domain: "cc.example".into(),
             auth: false,
             own_ip: None,
+            unix_at_epoch: None,
         },
         agents.values().cloned(),
         NonceManager::from_secret([3; 32]),

@@ -93,6 +93,7 @@ impl Blade {
                         domain: "cc.example".into(),
                         auth: false,
                         own_ip: None,
+                        unix_at_epoch: None,
                     },
                     agents
                         .values()

@@ -50,6 +50,7 @@ pub(super) fn proxy_with_agents(settings: Settings, extensions: &[&str]) -> Prox
             domain: "cc.example".into(),
             auth: false,
             own_ip: None,
+            unix_at_epoch: None,
         },
         agents.values().cloned(),
         NonceManager::from_secret([1; 32]),

@@ -63,6 +63,10 @@ pub struct Settings {
     /// The blade's SIP address's IP: a digest `uri` may name it (sipp
     /// answers challenges with `uri="sip:IP:PORT"` of the server).
     pub own_ip: Option<IpAddr>,
+    /// The wall-clock time (since the Unix epoch) at the epoch of the
+    /// `now` the registrar is given, for the Date of a 200; `None`: no
+    /// Date.
+    pub unix_at_epoch: Option<Duration>,
 }
 
 /// One shard's registrar: the agents it owns and their bindings.
@@ -187,53 +191,81 @@ impl Registrar {
                 return Err(Refusal::new(400, "Wildcard Contact Needs Expires 0"));
             }
             check_order(existing.as_ref(), msg)?;
-            self.location.unbind(extension);
-            msg.response(200, "OK", Some(&tag(msg)), &[], out);
-            return Ok(Outcome::LoggedOut(extension.to_owned()));
-        }
-        let mut contacts = msg.contacts();
-        let Some(contact) = contacts.next() else {
-            let listing = existing.as_ref().map(|b| contact_header(b, now));
-            let extra: Vec<(&str, &str)> =
-                listing.iter().map(|v| ("Contact", v.as_str())).collect();
-            msg.response(200, "OK", Some(&tag(msg)), &extra, out);
-            return Ok(Outcome::Queried(extension.to_owned()));
-        };
-        if contacts.next().is_some() {
-            return Err(Refusal::new(400, "One Contact Per Agent"));
-        }
-        // Nor is a bad expires parameter left to the Expires header.
-        if contact.params().get("expires").is_some() && contact.expires().is_none() {
-            return Err(Refusal::new(400, "Bad Request (malformed expires)"));
-        }
-        let expires = contact
-            .expires()
-            .or(msg.expires())
-            .unwrap_or(DEFAULT_EXPIRES);
-        if expires != 0 && expires < MIN_EXPIRES {
-            return Err(Refusal::new(423, "Interval Too Brief")
-                .with("Min-Expires", MIN_EXPIRES.to_string()));
-        }
-        check_order(existing.as_ref(), msg)?;
-        let uri = contact.uri();
-        if expires == 0 {
-            // RFC 3261 §10.3 step 7: expires 0 removes the binding of that
-            // contact only. A terminal the agent has left (its binding
-            // replaced since) unregistering must not log the agent out of
-            // the terminal it uses now.
-            if let Some(current) = existing.as_ref().filter(|b| !same_contact(&b.uri, &uri)) {
-                let listing = contact_header(current, now);
-                msg.response(200, "OK", Some(&tag(msg)), &[("Contact", &listing)], out);
-                return Ok(Outcome::Queried(extension.to_owned()));
-            }
             let was_in = self.location.unbind(extension);
-            msg.response(200, "OK", Some(&tag(msg)), &[], out);
+            self.respond_ok(now, msg, &[], out);
+            // Not logged in: nothing to announce to the peers, whose
+            // directory may place the agent on another blade.
             return Ok(if was_in {
                 Outcome::LoggedOut(extension.to_owned())
             } else {
                 Outcome::Queried(extension.to_owned())
             });
         }
+        let contacts: Vec<_> = msg.contacts().collect();
+        if contacts.is_empty() {
+            let listing = existing.as_ref().map(|b| contact_header(b, now));
+            let extra: Vec<(&str, &str)> =
+                listing.iter().map(|v| ("Contact", v.as_str())).collect();
+            self.respond_ok(now, msg, &extra, out);
+            return Ok(Outcome::Queried(extension.to_owned()));
+        }
+        // Nor is a bad expires parameter left to the Expires header.
+        if contacts
+            .iter()
+            .any(|c| c.params().get("expires").is_some() && c.expires().is_none())
+        {
+            return Err(Refusal::new(400, "Bad Request (malformed expires)"));
+        }
+        // Nor a q that is no qvalue (RFC 3261 §20.10): unused with one
+        // binding, but a phone that sends `q=2` is told, not ignored.
+        if contacts.iter().any(|c| {
+            c.params()
+                .get("q")
+                .is_some_and(|q| !q.is_some_and(is_qvalue))
+        }) {
+            return Err(Refusal::new(400, "Bad Request (malformed q)"));
+        }
+        let expiry =
+            |c: &crate::sip::NameAddr<'_>| c.expires().or(msg.expires()).unwrap_or(DEFAULT_EXPIRES);
+        // One binding per agent: one contact at most may stay bound (the
+        // same URI listed twice is one). The others may only be removals
+        // (expires 0), as a phone that moves sends its old address with
+        // expires=0 beside its new one (RFC 3261 §10.2.1 lets a REGISTER
+        // carry several contacts).
+        let mut live = contacts.iter().filter(|c| expiry(c) != 0);
+        let kept = live.next();
+        if let Some(kept) = kept {
+            let kept_uri = kept.uri();
+            if live.any(|c| !same_contact(kept_uri.as_str(), &c.uri())) {
+                return Err(Refusal::new(400, "One Contact Per Agent"));
+            }
+        }
+        if kept.is_some_and(|c| expiry(c) < MIN_EXPIRES) {
+            return Err(Refusal::new(423, "Interval Too Brief")
+                .with("Min-Expires", MIN_EXPIRES.to_string()));
+        }
+        check_order(existing.as_ref(), msg)?;
+        let Some(kept) = kept else {
+            // RFC 3261 §10.3 step 7: expires 0 removes the binding of
+            // that contact only. A terminal the agent has left (its
+            // binding replaced since) unregistering must not log the
+            // agent out of the terminal it uses now.
+            let removes_current = existing
+                .as_ref()
+                .is_some_and(|b| contacts.iter().any(|c| same_contact(&b.uri, &c.uri())));
+            if !removes_current {
+                let listing = existing.as_ref().map(|b| contact_header(b, now));
+                let extra: Vec<(&str, &str)> =
+                    listing.iter().map(|v| ("Contact", v.as_str())).collect();
+                self.respond_ok(now, msg, &extra, out);
+                return Ok(Outcome::Queried(extension.to_owned()));
+            }
+            self.location.unbind(extension);
+            self.respond_ok(now, msg, &[], out);
+            return Ok(Outcome::LoggedOut(extension.to_owned()));
+        };
+        let expires = expiry(kept);
+        let uri = kept.uri();
         if let Some(reason) = unreachable(&uri, self.settings.own_ip) {
             return Err(Refusal::new(400, reason));
         }
@@ -248,12 +280,24 @@ impl Registrar {
         let was_in = existing.is_some();
         let listing = contact_header(&binding, now);
         self.location.bind(extension, binding);
-        msg.response(200, "OK", Some(&tag(msg)), &[("Contact", &listing)], out);
+        self.respond_ok(now, msg, &[("Contact", &listing)], out);
         Ok(if was_in {
             Outcome::Refreshed(extension.to_owned())
         } else {
             Outcome::LoggedIn(extension.to_owned())
         })
+    }
+
+    /// Writes the 200 to a REGISTER with `extra` headers (the bindings)
+    /// and, when the wall clock is known, a Date (RFC 3261 §10.3 step 8:
+    /// phones without NTP set their clock by it).
+    fn respond_ok(&self, now: Duration, msg: &Message, extra: &[(&str, &str)], out: &mut BytesMut) {
+        let date = self.settings.unix_at_epoch.map(|at| http_date(at + now));
+        let mut headers = extra.to_vec();
+        if let Some(date) = &date {
+            headers.push(("Date", date));
+        }
+        msg.response(200, "OK", Some(&tag(msg)), &headers, out);
     }
 
     /// Checks the Authorization of a REGISTER for `agent`.
@@ -580,10 +624,58 @@ fn same_contact(bound: &str, uri: &crate::sip::Uri<'_>) -> bool {
         && transport(&bound) == transport(uri)
 }
 
+/// Whether `q` is a qvalue (RFC 3261 §25.1): `0` to `1` with at most
+/// three decimals, `"0" [ "." 0*3DIGIT ] / "1" [ "." 0*3("0") ]`.
+fn is_qvalue(q: &[u8]) -> bool {
+    let (int, frac) = match q.iter().position(|&b| b == b'.') {
+        Some(dot) => (&q[..dot], &q[dot + 1..]),
+        None => (q, &[][..]),
+    };
+    frac.len() <= 3
+        && match int {
+            b"0" => frac.iter().all(u8::is_ascii_digit),
+            b"1" => frac.iter().all(|&b| b == b'0'),
+            _ => false,
+        }
+}
+
 /// `<uri>;expires=N` for a 200 OK listing.
 fn contact_header(binding: &Binding, now: Duration) -> String {
     let left = binding.expires_at.saturating_sub(now).as_secs();
     format!("<{}>;expires={}", binding.uri, left)
+}
+
+/// `unix` (time since the Unix epoch) as an RFC 3261 §20.17 date
+/// (RFC 1123 form, always GMT): `Sat, 13 Nov 2010 23:29:00 GMT`.
+fn http_date(unix: Duration) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = unix.as_secs();
+    let days = secs / 86_400;
+    let of_day = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm, in
+    // eras of 400 years starting on 0000-03-01).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
 }
 
 /// The To tag of locally generated responses: stable across

@@ -26,6 +26,7 @@ fn registrar(auth: bool) -> Registrar {
         domain: "cc.example".into(),
         auth,
         own_ip: Some([192, 0, 2, 1].into()),
+        unix_at_epoch: None,
     };
     Registrar::new(settings, agents, NonceManager::from_secret([7; 32]))
 }
@@ -660,6 +661,7 @@ fn an_agent_provisioned_with_ha1_is_offered_md5_and_logs_in_by_extension() {
         domain: "cc.example".into(),
         auth: true,
         own_ip: None,
+        unix_at_epoch: None,
     };
     let mut r = Registrar::new(settings, [agent], NonceManager::from_secret([7; 32]));
     let t0 = Duration::from_secs(100);
@@ -677,4 +679,160 @@ fn an_agent_provisioned_with_ha1_is_offered_md5_and_logs_in_by_extension() {
     let by_extension = answer(&challenge, "1001", "pw1001", "00000002");
     let (outcome, _) = send(&mut r, t0, &register("1001", 3, CONTACT, &by_extension));
     assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+}
+
+/// One binding per agent, but a REGISTER may carry several contacts
+/// (RFC 3261 §10.2.1): a phone that moves lists its new address beside
+/// its old one with expires=0, in one Contact line or in several. That,
+/// and the same address listed twice, is one binding; two addresses to
+/// keep are still refused.
+#[test]
+fn several_contacts_are_one_binding_and_removals() {
+    let old = "<sip:1001@127.0.0.12:5061>";
+    let new = "<sip:1001@127.0.0.13:5062>";
+    let bound = |r: &Registrar| {
+        r.location()
+            .get("1001")
+            .and_then(|rec| rec.binding.as_ref())
+            .map(|b| b.uri.clone())
+    };
+    let t0 = Duration::from_secs(10);
+    for contacts in [
+        format!("Contact: {new}, {old};expires=0\r\n"),
+        format!("Contact: {old};expires=0\r\nContact: {new}\r\n"),
+    ] {
+        let mut r = registrar(false);
+        send(
+            &mut r,
+            t0,
+            &register("1001", 1, &format!("Contact: {old}\r\n"), ""),
+        );
+        let (outcome, resp) = send(&mut r, t0, &register("1001", 2, &contacts, ""));
+        assert_eq!(outcome, Outcome::Refreshed("1001".into()), "{contacts}");
+        let listed: Vec<_> = resp
+            .contacts()
+            .map(|c| c.uri().as_str().to_owned())
+            .collect();
+        assert_eq!(listed, ["sip:1001@127.0.0.13:5062"], "{contacts}");
+        assert_eq!(bound(&r).as_deref(), Some("sip:1001@127.0.0.13:5062"));
+    }
+
+    let mut r = registrar(false);
+    let twice = format!("Contact: {new};expires=600\r\nContact: {new}\r\n");
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 1, &twice, ""));
+    assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+    assert_eq!(resp.contacts().next().and_then(|c| c.expires()), Some(600));
+
+    let both = format!("Contact: {old}, {new}\r\n");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 2, &both, ""));
+    assert_eq!(outcome, Outcome::Refused(400), "two addresses to keep");
+    let brief = format!("Contact: {new};expires=30, {old};expires=0\r\n");
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 3, &brief, ""));
+    assert_eq!(outcome, Outcome::Refused(423));
+    assert_eq!(resp.min_expires(), Some(super::MIN_EXPIRES));
+
+    // Removals only: the bound address among them logs the agent out.
+    let removals = format!("Contact: {old};expires=0, {new};expires=0\r\n");
+    let (outcome, resp) = send(&mut r, t0, &register("1001", 4, &removals, ""));
+    assert_eq!(outcome, Outcome::LoggedOut("1001".into()));
+    assert_eq!(resp.contacts().count(), 0);
+    assert_eq!(bound(&r), None);
+}
+
+/// RFC 3261 §10.3 step 8: the 200 to a REGISTER carries the registrar's
+/// Date (phones without NTP set their clock by it), in GMT.
+#[test]
+fn the_200_to_a_register_carries_a_date() {
+    let settings = Settings {
+        domain: "cc.example".into(),
+        auth: false,
+        own_ip: None,
+        // 2010-11-13 23:28:00 GMT at `now` zero.
+        unix_at_epoch: Some(Duration::from_secs(1_289_690_880)),
+    };
+    let agent = Arc::new(Agent {
+        badge: "A1001".into(),
+        extension: "1001".into(),
+        kind: AgentKind::Agent,
+        credential: Credential::Password("pw1001".into()),
+    });
+    let mut r = Registrar::new(settings, [agent], NonceManager::from_secret([7; 32]));
+    let (_, resp) = send(
+        &mut r,
+        Duration::from_secs(60),
+        &register("1001", 1, CONTACT, ""),
+    );
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(
+        resp.header_named("Date"),
+        Some(&b"Sat, 13 Nov 2010 23:29:00 GMT"[..])
+    );
+    let (_, query) = send(
+        &mut r,
+        Duration::from_secs(61),
+        &register("1001", 2, "", ""),
+    );
+    assert_eq!(
+        query.header_named("Date"),
+        Some(&b"Sat, 13 Nov 2010 23:29:01 GMT"[..])
+    );
+}
+
+#[test]
+fn dates_are_rfc_1123_in_gmt() {
+    for (unix, date) in [
+        (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
+        (951_782_399, "Mon, 28 Feb 2000 23:59:59 GMT"),
+        (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
+        (1_709_251_199, "Thu, 29 Feb 2024 23:59:59 GMT"),
+        (4_102_444_800, "Fri, 01 Jan 2100 00:00:00 GMT"),
+    ] {
+        assert_eq!(super::http_date(Duration::from_secs(unix)), date);
+    }
+}
+
+/// A Contact `q` that is no qvalue (RFC 3261 §20.10: 0 to 1, three
+/// decimals at most) is a 400, as a malformed `expires` is; a good one is
+/// accepted (and, with one binding per agent, not used).
+#[test]
+fn a_q_that_is_no_qvalue_is_a_bad_request() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    let mut cseq = 0;
+    for (q, status) in [
+        ("0", 200),
+        ("0.5", 200),
+        ("0.", 200),
+        ("0.125", 200),
+        ("1", 200),
+        ("1.000", 200),
+        ("abc", 400),
+        ("1.5", 400),
+        ("2", 400),
+        ("0.1234", 400),
+        ("-0.5", 400),
+    ] {
+        cseq += 1;
+        let contact = format!("Contact: <sip:1001@127.0.0.12:5061>;q={q}\r\n");
+        let (_, resp) = send(&mut r, t0, &register("1001", cseq, &contact, ""));
+        assert_eq!(resp.status(), Some(status), "q={q}");
+    }
+    let bare = "Contact: <sip:1001@127.0.0.12:5061>;q\r\n";
+    let (_, resp) = send(&mut r, t0, &register("1001", 99, bare, ""));
+    assert_eq!(resp.status(), Some(400), "q without a value");
+}
+
+/// `Contact: *` from an agent that is not logged in here changes nothing:
+/// a 200, but no logout (which the blade would announce to its peers,
+/// whose directory may place the agent on another blade).
+#[test]
+fn a_wildcard_from_an_agent_not_logged_in_is_no_logout() {
+    let mut r = registrar(false);
+    let t0 = Duration::from_secs(10);
+    let star = register("1001", 1, "Contact: *\r\n", "Expires: 0\r\n");
+    let (outcome, resp) = send(&mut r, t0, &star);
+    assert_eq!(
+        (outcome, resp.status()),
+        (Outcome::Queried("1001".into()), Some(200))
+    );
 }

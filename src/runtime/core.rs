@@ -713,6 +713,11 @@ pub(crate) async fn run(
             domain: config.blade.domain.clone(),
             auth: config.agents.auth,
             own_ip: Some(shared.sip.ip()),
+            // The registrar's `now` counts from `shared.epoch`.
+            unix_at_epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|unix| unix.checked_sub(shared.epoch.elapsed())),
         },
         own_agents,
         NonceManager::from_secret(shared.nonce_secret).with_issuer(index as u16),
