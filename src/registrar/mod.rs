@@ -648,33 +648,20 @@ fn contact_header(binding: &Binding, now: Duration) -> String {
 /// `unix` (time since the Unix epoch) as an RFC 3261 §20.17 date
 /// (RFC 1123 form, always GMT): `Sat, 13 Nov 2010 23:29:00 GMT`.
 fn http_date(unix: Duration) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = unix.as_secs();
-    let days = secs / 86_400;
-    let of_day = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm, in
-    // eras of 400 years starting on 0000-03-01).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let secs = i64::try_from(unix.as_secs()).unwrap_or(i64::MAX);
+    let at =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    // The English names' first three letters are the RFC 1123 ones.
+    let (weekday, month) = (at.weekday().to_string(), at.month().to_string());
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
+        &weekday[..3],
+        at.day(),
+        &month[..3],
+        at.year(),
+        at.hour(),
+        at.minute(),
+        at.second()
     )
 }
 
