@@ -562,7 +562,11 @@ impl Proxy {
             let no_tls = Refusal::new(416, "Unsupported URI Scheme (SIPS needs TLS)");
             return self.refuse(now, source, msg, &no_tls, out);
         }
-        let new_call = msg.to().tag().is_none();
+        // A REGISTER is never in a dialog (RFC 3261 §10.2), whatever its To
+        // says: some phones copy the To tag of the last 200 into their
+        // refreshes.
+        let in_dialog = msg.to().tag().is_some() && method != Method::Register;
+        let new_call = !in_dialog;
         let max = self.settings.max_transactions;
         // In-dialog requests pass the pending bound: a BYE refused under
         // load would leave its call, and both agents, up. Only the memory
@@ -587,7 +591,7 @@ impl Proxy {
         if self.is_loop(&msg) {
             return self.refuse(now, source, msg, &Refusal::new(482, "Loop Detected"), out);
         }
-        if let Some(peer) = next_route.filter(|_| msg.to().tag().is_none()) {
+        if let Some(peer) = next_route.filter(|_| !in_dialog) {
             // A route set preloaded by the sender (RFC 3261 §8.1.2) may
             // lead to the other blades only: a front end is no open relay,
             // and an out-of-dialog request routed past the agents' checks
@@ -597,7 +601,7 @@ impl Proxy {
                 return self.refuse(now, source, msg, &outside, out);
             }
         }
-        if msg.to().tag().is_some() || next_route.is_some() {
+        if in_dialog || next_route.is_some() {
             return self.forward_in_dialog(now, source, msg, ours, next_route, out);
         }
         if method == Method::Register {

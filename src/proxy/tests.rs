@@ -303,6 +303,27 @@ fn escaped_user_parts_name_the_same_agents() {
 }
 
 #[test]
+fn a_register_with_a_to_tag_still_reaches_the_registrar() {
+    // Some phones copy the To tag of the last 200 into their refreshes;
+    // a REGISTER is no in-dialog request all the same (RFC 3261 §10.2).
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    let t = terminal("1001");
+    let out = b.send(
+        &t,
+        &format!(
+            "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKr2\r\n\
+             From: <sip:1001@cc.example>;tag=r\r\nTo: <sip:1001@cc.example>;tag=last200\r\n\
+             Call-ID: reg1001\r\nCSeq: 2 REGISTER\r\nContact: <sip:1001@{t}>\r\n\
+             Expires: 0\r\nContent-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0]), 200);
+    assert_eq!(b.state("1001"), "logged_out");
+}
+
+#[test]
 fn a_core_with_its_own_port_record_routes_it_and_takes_routes_to_it() {
     let mut b = Blade::with_via_port(false, 100, Some(40_001));
     b.register("1001");
