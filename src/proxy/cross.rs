@@ -235,6 +235,12 @@ impl Cluster {
         }
     }
 
+    /// T: how many INVITEs wait for a hosting blade's verdict (tests).
+    #[cfg(test)]
+    pub(super) fn awaiting_redirects(&self) -> usize {
+        self.awaiting_redirect.len()
+    }
+
     /// T: how many hosted agents' dialogs are kept (tests).
     #[cfg(test)]
     pub(super) fn hosted_dialogs(&self) -> usize {

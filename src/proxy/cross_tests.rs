@@ -495,6 +495,33 @@ fn without_the_hosting_blade_t_answers_486_itself() {
     assert_eq!(w.take("1003").status(), Some(486));
 }
 
+/// A caller that cancels while T waits for the hosting blade's verdict,
+/// which never comes: nothing of the redirect is left behind.
+#[test]
+fn a_cancelled_redirect_whose_answer_never_comes_leaves_nothing_behind() {
+    let mut w = World::new();
+    answered_call(&mut w);
+    w.register(T, "1003");
+    w.link_up = false;
+    w.send_from(T, "1003", &invite("1003", "1002", "c2"));
+    assert_eq!(w.take("1003").status(), Some(100));
+    assert_eq!(w.nodes[T].proxy.awaiting_redirects(), 1);
+    let cancel = invite("1003", "1002", "c2")
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("1 INVITE", "1 CANCEL");
+    w.send_from(T, "1003", &cancel);
+    let answers: Vec<u16> = (0..2).map(|_| w.take("1003").status().unwrap()).collect();
+    assert!(
+        answers.contains(&200) && answers.contains(&487),
+        "{answers:?}"
+    );
+    // Past the redirect's wait, the INVITE's linger, and the lease lapse
+    // (with its BYEs) that the link being down brings.
+    w.advance(Duration::from_secs(120));
+    assert_eq!(w.nodes[T].proxy.awaiting_redirects(), 0);
+    assert_eq!(w.nodes[T].proxy.transactions(), 0);
+}
+
 /// T dies silently mid-call: S's link has not noticed yet (no PeerDown;
 /// the QUIC idle timeout takes seconds). A new call on S for the agent S
 /// hosts is busy: S decides on an agent it hosts (SPEC §2 step 6), so it

@@ -465,6 +465,12 @@ impl Proxy {
         }
     }
 
+    /// T: the INVITEs waiting for a hosting blade's verdict (tests).
+    #[cfg(test)]
+    pub(super) fn awaiting_redirects(&self) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.awaiting_redirects())
+    }
+
     /// T: the hosted agents' dialogs kept (tests).
     #[cfg(test)]
     pub(super) fn hosted_dialogs_kept(&self) -> usize {

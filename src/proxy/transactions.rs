@@ -372,7 +372,14 @@ impl Proxy {
             // Nothing went downstream yet (the INVITE waits on the cluster):
             // end it here.
             let call_id = pair.call_id.clone();
-            pair.waiting = None;
+            if let Some(Waiting::Redirect { request_id, .. }) = pair.waiting.take() {
+                // Its answer may never come (the hosting blade gone): the
+                // entry would outlive the transaction, and a late answer
+                // could find its slot reused by another one.
+                if let Some(c) = self.cluster.as_mut() {
+                    c.awaiting_redirect.remove(&request_id);
+                }
+            }
             self.answer_pending(now, id, 487, out);
             if let Some(o) = self.outcomes(&call_id) {
                 o.cancelled += 1;
