@@ -227,7 +227,7 @@ impl World {
             0..=2 => self.new_request(input),
             3..=4 => self.respond(input),
             5..=6 => self.in_dialog(input),
-            7 => self.from_sent(input),
+            7 => self.resend(input),
             8 => self.raw(input),
             9 => {
                 let by = match input.below(4) {
@@ -725,7 +725,7 @@ impl World {
 
     /// A request sent before, again: as it was, or as its CANCEL or
     /// hop-by-hop ACK (To tag from a response the sender got).
-    fn from_sent(&mut self, input: &mut Input) {
+    fn resend(&mut self, input: &mut Input) {
         if self.sent.is_empty() {
             return;
         }
