@@ -17,6 +17,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("framing", checks::framing),
     ("uri", checks::uri),
     ("roundtrip", checks::roundtrip),
+    ("proxy", checks::proxy),
 ];
 
 /// Corpora whose targets are replayed by tests elsewhere, and where.
@@ -69,6 +70,11 @@ fn uri_corpus() {
 #[test]
 fn roundtrip_corpus() {
     replay("roundtrip");
+}
+
+#[test]
+fn proxy_corpus() {
+    replay("proxy");
 }
 
 /// A corpus folder that no test replays would let regressions through.

@@ -741,6 +741,9 @@ impl Proxy {
                     {
                         return self.busy_hosted_here(now, source, msg, out);
                     }
+                    if self.sessions.get(msg.call_id()).is_some() {
+                        return self.refuse_call_id_in_use(now, source, msg, out);
+                    }
                     return self.host_remote(now, source, msg, &caller, &callee, out);
                 }
                 return self.relay_remote(now, source, msg, &callee, out);
@@ -771,6 +774,9 @@ impl Proxy {
                 self.metrics.local.busy += 1;
                 return self.refuse(now, source, msg, &Refusal::new(486, "Busy Here"), out);
             }
+            if self.sessions.get(msg.call_id()).is_some() {
+                return self.refuse_call_id_in_use(now, source, msg, out);
+            }
             self.open_session(now, source, &msg, &caller, &callee, out);
             self.set_in_call(&callee, msg.call_id());
         }
@@ -786,6 +792,22 @@ impl Proxy {
             record_route,
             out,
         );
+    }
+
+    /// 400 to a new call under the Call-ID of a live session (a merged
+    /// request, RFC 3261 §8.2.2.2, a spiral to another agent, or a phone
+    /// reusing Call-IDs). Sessions are kept by Call-ID: opening it would
+    /// replace the live one, whose callee would then stay in_call for
+    /// good. A Join leg's Call-ID in use is refused the same way (`join`).
+    fn refuse_call_id_in_use(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        out: &mut Output,
+    ) {
+        let in_use = Refusal::new(400, "Bad Request (Call-ID in use)");
+        self.refuse(now, source, msg, &in_use, out);
     }
 
     /// 404 to a request for no provisioned agent. A call to a number that

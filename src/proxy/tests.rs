@@ -1502,3 +1502,25 @@ fn an_update_refreshes_the_target_and_other_requests_do_not() {
         format!("sip:1002@{b2}")
     );
 }
+
+/// Fuzzing (target `proxy`) found: a second INVITE with a live call's
+/// Call-ID, to another agent, replaced that call's session, so when both
+/// calls ended the first callee stayed in_call for good.
+#[test]
+fn a_new_call_under_a_live_calls_call_id_is_refused() {
+    let mut b = Blade::new(false, 100);
+    for ext in ["1001", "1002", "1003"] {
+        b.register(ext);
+    }
+    let a = terminal("1001");
+    let out = b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKa", ""));
+    assert_eq!(out[1].to, udp(&terminal("1002")));
+    let out = b.send(&a, &invite("1001", "1003", "c1", "z9hG4bKb", ""));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(status(&out[0]), 400);
+    assert_eq!(b.state("1003"), "ready");
+    // The first call is never answered: timer B, then C, end it.
+    b.advance(Duration::from_secs(400));
+    assert_eq!(b.state("1002"), "ready");
+    assert_eq!(b.state("1001"), "ready");
+}

@@ -121,9 +121,10 @@ pub struct ReplyTo {
 }
 
 impl ReplyTo {
-    /// A reply address for tests that route answers themselves.
-    #[cfg(test)]
-    pub(crate) fn for_tests(n: usize) -> ReplyTo {
+    /// A reply address for harnesses that route answers themselves (unit
+    /// tests, and the proxy fuzz target, which lives outside the crate).
+    #[doc(hidden)]
+    pub fn for_tests(n: usize) -> ReplyTo {
         ReplyTo {
             conn: ConnectionHandle(n),
             stream: StreamId::new(quinn_proto::Side::Client, Dir::Bi, n as u64),
