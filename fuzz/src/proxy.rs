@@ -175,6 +175,8 @@ fn node(index: usize, auth: bool, blades: usize) -> Proxy {
             domain: DOMAIN.into(),
             auth,
             own_ip: None,
+            // A fixed wall clock: the same input, the same Date.
+            unix_at_epoch: Some(Duration::from_secs(1_700_000_000)),
         },
         agents.values().cloned(),
         NonceManager::from_secret([index as u8 + 1; 32]),
