@@ -206,6 +206,51 @@ fn lost_486_and_its_ack(a: &mut Ua, b: &mut Ua) {
     );
 }
 
+/// `a` calls `b`, which rings; the caller cancels. The callee loses the
+/// CANCEL: the blade retransmits it (timer E). The caller loses the 200
+/// to its CANCEL and sends the CANCEL again: the blade answers it again
+/// and sends the callee no second CANCEL for it. The callee answers 487
+/// and loses the blade's ACK: its retransmitted 487 is ACKed again, and
+/// the caller gets the 487 once.
+fn lost_cancel_and_its_ack(a: &mut Ua, b: &mut Ua) {
+    let mut call = a.call(&b.ext);
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 180, "Ringing", TAG);
+    raw_where(a, "180", answer(&call.call_id, Method::Invite, 180));
+    a.cancel(&call);
+    let is_cancel = request(&call.call_id, Method::Cancel);
+    let first = raw_where(b, "CANCEL", &is_cancel);
+    let lost_at = Instant::now();
+    let is_cancel_ok = answer(&call.call_id, Method::Cancel, 200);
+    let ok = raw_where(a, "200 to the CANCEL", &is_cancel_ok);
+    a.cancel(&call);
+    let ok_again = raw_where(a, "200 to the retransmitted CANCEL", &is_cancel_ok);
+    assert_eq!(ok.as_bytes(), ok_again.as_bytes(), "the same answer");
+    let again = raw_where(b, "CANCEL retransmitted by the blade", &is_cancel);
+    let waited = lost_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350),
+        "timer E, not the caller's CANCEL sent on ({waited:?})"
+    );
+    assert_eq!(first.as_bytes(), again.as_bytes(), "retransmitted alike");
+    b.answer(&again, 200, "OK", TAG);
+    let terminated = b.answer(&invite, 487, "Request Terminated", TAG);
+    let is_ack = request(&call.call_id, Method::Ack);
+    let ack = raw_where(b, "the blade's ACK of the 487", &is_ack);
+    b.send(&terminated);
+    let ack_again = raw_where(b, "ACK of the retransmitted 487", &is_ack);
+    assert_eq!(ack.as_bytes(), ack_again.as_bytes(), "the same ACK");
+    let is_487 = answer(&call.call_id, Method::Invite, 487);
+    let relayed = raw_where(a, "487", &is_487);
+    a.ack_failure(&call, &relayed);
+    assert!(raw_within(a, QUIET, &is_487).is_none(), "relayed once");
+    assert!(
+        raw_within(b, QUIET, &is_cancel).is_none(),
+        "no CANCEL after the 200 to it"
+    );
+}
+
 #[test]
 fn a_lost_200_and_a_lost_ack_through_one_blade() {
     let blade = blade(20, TimerConfig::default());
@@ -218,12 +263,13 @@ fn a_lost_200_and_a_lost_ack_through_one_blade() {
 }
 
 #[test]
-fn a_lost_invite_and_a_lost_486_through_one_blade() {
+fn a_lost_invite_a_lost_486_and_a_lost_cancel_through_one_blade() {
     let blade = blade(21, TimerConfig::default());
     let (mut a, mut b) = (phone(blade.sip, "1001", 102), phone(blade.sip, "1002", 103));
     let mut call = lost_invite(&mut a, &mut b);
     lost_bye_and_its_200(&mut a, &mut b, &mut call);
     lost_486_and_its_ack(&mut a, &mut b);
+    lost_cancel_and_its_ack(&mut a, &mut b);
     blade.wait_state("1001", "ready");
     blade.wait_state("1002", "ready");
     blade.wait_no_sessions();
@@ -244,6 +290,7 @@ fn lost_messages_across_two_blades() {
     let mut call = lost_invite(&mut a, &mut b);
     lost_bye_and_its_200(&mut a, &mut b, &mut call);
     lost_486_and_its_ack(&mut a, &mut b);
+    lost_cancel_and_its_ack(&mut a, &mut b);
     cluster.wait_state(s, "1001", "ready");
     cluster.wait_state(t, "1002", "ready");
     common::wait_until("no session on either blade", || {
@@ -255,12 +302,7 @@ fn lost_messages_across_two_blades() {
 /// messages were lost leaves no transaction once its timers ran out.
 #[test]
 fn transactions_end_after_a_lossy_call() {
-    let timers = TimerConfig {
-        t1: Duration::from_millis(100),
-        t2: Duration::from_millis(400),
-        t4: Duration::from_millis(500),
-    };
-    let blade = blade(22, timers);
+    let blade = blade(22, short_timers());
     let (mut a, mut b) = (phone(blade.sip, "1001", 104), phone(blade.sip, "1002", 105));
     let (mut call, _) = lost_200_and_ack(&mut a, &mut b);
     call.cseq += 1;
@@ -287,4 +329,70 @@ fn transactions_end_after_a_lossy_call() {
     }
     blade.wait_state("1001", "ready");
     blade.wait_state("1002", "ready");
+}
+
+/// T1 = 100 ms: 64×T1 is 6.4 s.
+fn short_timers() -> TimerConfig {
+    TimerConfig {
+        t1: Duration::from_millis(100),
+        t2: Duration::from_millis(400),
+        t4: Duration::from_millis(500),
+    }
+}
+
+/// Both phones give up on an answered call whose ACK was lost, as sipp
+/// does when its caller aborts on a 200 it did not expect and its callee
+/// stops retransmitting the 200, and neither sends a BYE: 64×T1 after the
+/// 2xx the blade ends the call itself (with its own BYEs, as at
+/// `max_call_secs`), so that its agents are not left in a call for hours,
+/// every later call to them refused 486. A call whose ACK passed stays up.
+#[test]
+fn an_answered_call_never_acked_ends_after_64_t1() {
+    let blade = blade(23, short_timers());
+    let (mut a, mut b) = (phone(blade.sip, "1001", 106), phone(blade.sip, "1002", 107));
+    let (mut c, mut d) = (phone(blade.sip, "1003", 108), phone(blade.sip, "1004", 109));
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    let ok = b.answer(&invite, 200, "OK", TAG);
+    raw_where(&mut a, "200", answer(&call.call_id, Method::Invite, 200));
+    // The caller's ACK is lost; the callee retransmits its 200 a while,
+    // the caller loses those too, and both give up.
+    b.send(&ok);
+    let mut acked = c.call("1004");
+    c.invite(&mut acked, "");
+    let invite = d.request(Method::Invite, &acked.call_id);
+    d.answer(&invite, 200, "OK", TAG);
+    let ok = raw_where(&mut c, "200", answer(&acked.call_id, Method::Invite, 200));
+    acked.learn(&ok);
+    c.ack_2xx(&acked);
+    raw_where(&mut d, "ACK", request(&acked.call_id, Method::Ack));
+    assert_eq!(blade.agent_state("1002"), "in_call");
+    let answered = Instant::now();
+    let deadline = answered + Duration::from_secs(12);
+    while blade.agent_state("1002") != "ready" {
+        assert!(
+            Instant::now() < deadline,
+            "1002 is still {} 12 s after a 2xx nobody ACKed",
+            blade.agent_state("1002")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        answered.elapsed() >= Duration::from_millis(6000),
+        "not before 64×T1 ({:?})",
+        answered.elapsed()
+    );
+    assert_eq!(blade.agent_state("1001"), "ready");
+    let bye = request(&call.call_id, Method::Bye);
+    raw_where(&mut a, "the blade's BYE to the caller", &bye);
+    raw_where(&mut b, "the blade's BYE to the callee", &bye);
+    let sessions = blade.status()["sessions"].clone();
+    let left: Vec<&str> = sessions
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["call_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(left, [acked.call_id.as_str()], "the ACKed call stays up");
+    assert_eq!(blade.agent_state("1003"), "in_call");
+    assert_eq!(blade.agent_state("1004"), "in_call");
 }

@@ -110,7 +110,8 @@ impl Proxy {
         if call && status >= 200 {
             let call_id = pair.call_id.clone();
             if status < 300 {
-                if self.sessions.confirm(&call_id, msg.to().tag()) {
+                let ack_by = now + self.settings.timers.timeout();
+                if self.sessions.confirm(&call_id, msg.to().tag(), ack_by) {
                     self.remember_dialog(&call_id, &msg, downstream);
                     if let Some(o) = self.outcomes(&call_id) {
                         o.answered += 1;
