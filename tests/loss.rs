@@ -396,3 +396,53 @@ fn an_answered_call_never_acked_ends_after_64_t1() {
     assert_eq!(blade.agent_state("1003"), "in_call");
     assert_eq!(blade.agent_state("1004"), "in_call");
 }
+
+/// The caller's ACK passes the blade but is lost on its way to the
+/// callee, which retransmits its 200; a caller that gave up on the call
+/// (as sipp's does, taking that 200 for its BYE's answer, its BYE lost)
+/// does not ACK again and sends no BYE: the call ends 64×T1 after the
+/// 2xx as if no ACK had come. A live caller ACKs the retransmitted 200,
+/// and its call stays up.
+#[test]
+fn a_2xx_retransmitted_after_its_ack_needs_another_ack() {
+    let blade = blade(24, short_timers());
+    let (mut a, mut b) = (phone(blade.sip, "1001", 110), phone(blade.sip, "1002", 111));
+    let (mut c, mut d) = (phone(blade.sip, "1003", 112), phone(blade.sip, "1004", 113));
+    let mut calls = Vec::new();
+    for (caller, callee) in [(&mut a, &mut b), (&mut c, &mut d)] {
+        let mut call = caller.call(&callee.ext);
+        caller.invite(&mut call, "");
+        let invite = callee.request(Method::Invite, &call.call_id);
+        let ok = callee.answer(&invite, 200, "OK", TAG);
+        let is_ok = answer(&call.call_id, Method::Invite, 200);
+        call.learn(&raw_where(caller, "200", &is_ok));
+        let ack = caller.in_dialog_text(&call, "ACK", call.cseq);
+        caller.send(&ack);
+        raw_where(callee, "ACK", request(&call.call_id, Method::Ack));
+        callee.send(&ok);
+        raw_where(caller, "retransmitted 200", &is_ok);
+        calls.push((call, ack));
+    }
+    // Only the live caller ACKs the retransmission.
+    let (live, ack) = &calls[1];
+    c.send(ack);
+    raw_where(&mut d, "ACK again", request(&live.call_id, Method::Ack));
+    let answered = Instant::now();
+    let deadline = answered + Duration::from_secs(12);
+    while blade.agent_state("1002") != "ready" {
+        assert!(
+            Instant::now() < deadline,
+            "1002 is still {} 12 s after a 2xx whose ACK was lost",
+            blade.agent_state("1002")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered.elapsed() >= Duration::from_millis(6000));
+    assert_eq!(blade.agent_state("1001"), "ready");
+    let sessions = blade.status()["sessions"].clone();
+    let left: Vec<&str> = sessions
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["call_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(left, [live.call_id.as_str()], "the re-ACKed call stays up");
+}

@@ -1710,6 +1710,9 @@ fn a_retransmitted_2xx_and_a_crossing_bye_leave_nothing_behind() {
     assert_eq!(w.take("1002").method(), Some(Method::Ack));
     w.send_from(T, "1002", &answer(&inv, 200));
     assert_eq!(w.take_final("1001").status(), Some(200), "relayed again");
+    // The caller ACKs each 2xx (RFC 3261 §13.2.2.4).
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
     assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
     assert_eq!(w.nodes[S].proxy.metrics().cross_blade.answered, 1);
     w.advance(MAX_CALL);

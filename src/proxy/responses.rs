@@ -123,10 +123,14 @@ impl Proxy {
                             self.metrics.replaces += 1;
                         }
                     }
-                } else if self.cluster.is_some() {
-                    // No session here: perhaps a call a hosting blade
-                    // brought to one of this blade's agents.
-                    self.remember_hosted_dialog(id, &msg, downstream);
+                } else {
+                    // A retransmitted 2xx: its callee has no ACK yet.
+                    self.sessions.await_ack(&call_id);
+                    if self.cluster.is_some() {
+                        // No session here: perhaps a call a hosting blade
+                        // brought to one of this blade's agents.
+                        self.remember_hosted_dialog(id, &msg, downstream);
+                    }
                 }
             } else {
                 if let Some(o) = self.outcomes(&call_id) {

@@ -73,10 +73,14 @@ pub struct Session {
     /// leave its agents in a call, or hosted, for ever), and a serial
     /// that tells it from another session ending at the same time.
     expires: (Duration, u64),
-    /// Answered, and no ACK of the 2xx has passed yet: the session then
-    /// ends 64×T1 after the 2xx instead (see [`Sessions::confirm`]); this
-    /// is the `max_call_secs` end it goes back to once the ACK passes.
+    /// Answered, and no ACK has passed since the 2xx was last sent: the
+    /// session then ends 64×T1 after the first 2xx instead (see
+    /// [`Sessions::confirm`]); this is the `max_call_secs` end it goes
+    /// back to once an ACK passes.
     unacked: Option<Duration>,
+    /// 64×T1 after the first 2xx: when its callee gives up retransmitting
+    /// it.
+    ack_by: Option<Duration>,
 }
 
 /// An agent hosted from another blade (SPEC §2 step 4): its blade, and once
@@ -144,6 +148,7 @@ impl Sessions {
             dialog: None,
             expires,
             unacked: None,
+            ack_by: None,
         };
         let slot = self.by_call_id.entry(call_id.to_owned());
         if let std::collections::hash_map::Entry::Occupied(old) = &slot {
@@ -175,20 +180,35 @@ impl Sessions {
                 if s.to_tag.is_none() {
                     s.to_tag = to_tag.map(str::to_owned);
                 }
-                if ack_by < s.expires.0 {
-                    self.expiry.remove(&s.expires);
-                    s.unacked = Some(s.expires.0);
-                    s.expires.0 = ack_by;
-                    self.expiry.insert(s.expires, call_id.to_owned());
-                }
+                s.ack_by = Some(ack_by);
+                self.await_ack(call_id);
                 true
             }
             _ => false,
         }
     }
 
+    /// The callee of session `call_id` sent its 2xx again: the ACK that
+    /// passed, if one did, was lost on its way, and a live caller ACKs
+    /// this copy too. Until it does, the session ends when the callee
+    /// gives up retransmitting (the `ack_by` of [`Sessions::confirm`]).
+    pub fn await_ack(&mut self, call_id: &str) {
+        let Some(s) = self.by_call_id.get_mut(call_id) else {
+            return;
+        };
+        let Some(ack_by) = s.ack_by else {
+            return;
+        };
+        if s.unacked.is_none() && ack_by < s.expires.0 {
+            self.expiry.remove(&s.expires);
+            s.unacked = Some(s.expires.0);
+            s.expires.0 = ack_by;
+            self.expiry.insert(s.expires, call_id.to_owned());
+        }
+    }
+
     /// An ACK of the session's 2xx passed: it expires at `max_call_secs`
-    /// again.
+    /// again, unless the 2xx comes again ([`Sessions::await_ack`]).
     pub fn acked(&mut self, call_id: &str) {
         let Some(s) = self.by_call_id.get_mut(call_id) else {
             return;
