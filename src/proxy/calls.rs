@@ -134,17 +134,23 @@ impl Proxy {
     /// Ends a session whose time ran out, its join legs first (else it
     /// would wait for them). Each answered dialog among them is hung up
     /// on its phones with the blade's own BYEs.
-    pub(super) fn expire_session(&mut self, now: Duration, call_id: &str, out: &mut Output) {
+    pub(super) fn expire_session(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        why: HangUp,
+        out: &mut Output,
+    ) {
         let legs = self
             .sessions
             .get(call_id)
             .map(|s| s.joined.clone())
             .unwrap_or_default();
         for leg in legs {
-            self.hang_up(now, &leg, HangUp::Expired, out);
+            self.hang_up(now, &leg, why, out);
             self.end_session(now, &leg, out);
         }
-        self.hang_up(now, call_id, HangUp::Expired, out);
+        self.hang_up(now, call_id, why, out);
         self.end_session(now, call_id, out);
     }
 

@@ -1238,7 +1238,9 @@ fn a_hosted_joiners_leg_ended_normally_leaves_no_record_on_its_blade() {
 #[test]
 fn a_call_that_outlives_max_call_is_ended_and_its_agent_handed_back() {
     let mut w = World::new();
-    answered_call(&mut w);
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
     w.advance(MAX_CALL - Duration::from_secs(60));
     assert_eq!(w.state(T, "1002"), "hosted", "renewed all along");
     w.advance(Duration::from_secs(61));
@@ -1281,7 +1283,9 @@ fn a_cross_blade_call_that_outlives_max_call_is_hung_up_on_both_phones() {
 #[test]
 fn an_expired_session_ends_its_join_legs_too() {
     let mut w = World::new();
-    answered_local_call(&mut w);
+    let ok = answered_local_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1003").method(), Some(Method::Ack));
     w.register(S, "1004");
     w.send_from(
         S,
@@ -1290,7 +1294,10 @@ fn an_expired_session_ends_its_join_legs_too() {
     );
     let join = w.take_final("1003");
     w.send_from(S, "1003", &answer(&join, 200));
-    assert_eq!(w.take_final("1004").status(), Some(200));
+    let join_ok = w.take_final("1004");
+    assert_eq!(join_ok.status(), Some(200));
+    w.send_from(S, "1004", &in_dialog("ACK", "1004", &join_ok, 1));
+    assert_eq!(w.take("1003").method(), Some(Method::Ack));
     w.advance(MAX_CALL);
     for ext in ["1001", "1003", "1004"] {
         assert_eq!(w.state(S, ext), "ready", "{ext}");
@@ -1558,6 +1565,8 @@ fn a_replaces_of_a_cross_blade_call_rides_on_its_hosting() {
     w.send_from(T, "1002", &answer(&rep, 200));
     let rep_ok = w.take_final("1003");
     assert_eq!(rep_ok.status(), Some(200));
+    w.send_from(S, "1003", &in_dialog("ACK", "1003", &rep_ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
     let r1 = session_of(&w, S, "r1");
     assert_eq!(
         (r1.agents, r1.hosted),
@@ -1728,6 +1737,9 @@ fn a_retransmitted_2xx_and_a_crossing_bye_leave_nothing_behind() {
     assert_eq!(w.take("1002").method(), Some(Method::Ack));
     w.send_from(T, "1002", &answer(&inv, 200));
     assert_eq!(w.take_final("1001").status(), Some(200), "relayed again");
+    // The caller ACKs each 2xx (RFC 3261 §13.2.2.4).
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
     assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
     assert_eq!(w.nodes[S].proxy.metrics().cross_blade.answered, 1);
     w.advance(MAX_CALL);

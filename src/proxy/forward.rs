@@ -270,6 +270,8 @@ impl Proxy {
     /// ACK for a 2xx travels end to end (§16.7 does not apply; the ACK has
     /// its own branch): forward it statelessly along Route / R-URI.
     pub(super) fn forward_ack(&mut self, source: Peer, msg: &Message, out: &mut Output) {
+        // The call's 2xx is ACKed: it is not one both phones gave up on.
+        self.sessions.acked(msg.call_id());
         let (pop_routes, next) = self.route_split(msg);
         let target = next
             .or_else(|| self.hosted_agent_blade(msg))

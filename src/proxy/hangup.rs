@@ -67,6 +67,8 @@ pub(super) enum HangUp {
     Expired,
     /// Its hosted party's blade was lost.
     PeerLost,
+    /// Its 2xx was never ACKed ([`super::session::Sessions::confirm`]).
+    Unacked,
 }
 
 impl HangUp {
@@ -74,6 +76,7 @@ impl HangUp {
         match self {
             HangUp::Expired => "max_call_secs",
             HangUp::PeerLost => "peer lost",
+            HangUp::Unacked => "no ACK",
         }
     }
 }

@@ -110,7 +110,8 @@ impl Proxy {
         if call && status >= 200 {
             let call_id = pair.call_id.clone();
             if status < 300 {
-                if self.sessions.confirm(&call_id, msg.to().tag()) {
+                let ack_by = now + self.settings.timers.timeout();
+                if self.sessions.confirm(&call_id, msg.to().tag(), ack_by) {
                     self.remember_dialog(&call_id, &msg, downstream);
                     if let Some(o) = self.outcomes(&call_id) {
                         o.answered += 1;
@@ -122,10 +123,14 @@ impl Proxy {
                             self.metrics.replaces += 1;
                         }
                     }
-                } else if self.cluster.is_some() {
-                    // No session here: perhaps a call a hosting blade
-                    // brought to one of this blade's agents.
-                    self.remember_hosted_dialog(id, &msg, downstream);
+                } else {
+                    // A retransmitted 2xx: its callee has no ACK yet.
+                    self.sessions.await_ack(&call_id);
+                    if self.cluster.is_some() {
+                        // No session here: perhaps a call a hosting blade
+                        // brought to one of this blade's agents.
+                        self.remember_hosted_dialog(id, &msg, downstream);
+                    }
                 }
             } else {
                 if let Some(o) = self.outcomes(&call_id) {

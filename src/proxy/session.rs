@@ -73,6 +73,14 @@ pub struct Session {
     /// leave its agents in a call, or hosted, for ever), and a serial
     /// that tells it from another session ending at the same time.
     expires: (Duration, u64),
+    /// Answered, and no ACK has passed since the 2xx was last sent: the
+    /// session then ends 64×T1 after the first 2xx instead (see
+    /// [`Sessions::confirm`]); this is the `max_call_secs` end it goes
+    /// back to once an ACK passes.
+    unacked: Option<Duration>,
+    /// 64×T1 after the first 2xx: when its callee gives up retransmitting
+    /// it.
+    ack_by: Option<Duration>,
 }
 
 /// An agent hosted from another blade (SPEC §2 step 4): its blade, and once
@@ -139,6 +147,8 @@ impl Sessions {
             left: None,
             dialog: None,
             expires,
+            unacked: None,
+            ack_by: None,
         };
         let slot = self.by_call_id.entry(call_id.to_owned());
         if let std::collections::hash_map::Entry::Occupied(old) = &slot {
@@ -156,17 +166,65 @@ impl Sessions {
     /// Marks a session answered by the callee with To tag `to_tag`;
     /// returns whether this answered it (it exists and was not answered
     /// yet), so that a retransmitted 2xx does not count as another call.
-    pub fn confirm(&mut self, call_id: &str, to_tag: Option<&str>) -> bool {
+    ///
+    /// Until [`Sessions::acked`], the session expires at `ack_by` (64×T1
+    /// after the 2xx) rather than at `max_call_secs`: the caller's ACK
+    /// passes the blade that record-routed the call, and a 2xx never
+    /// ACKed in that time is a dialog both phones gave up on, whose callee
+    /// should have sent a BYE (RFC 3261 §13.3.1.4) and did not: its agents
+    /// are ready again then, not hours later.
+    pub fn confirm(&mut self, call_id: &str, to_tag: Option<&str>, ack_by: Duration) -> bool {
         match self.by_call_id.get_mut(call_id) {
             Some(s) if s.phase == Phase::Setup => {
                 s.phase = Phase::Confirmed;
                 if s.to_tag.is_none() {
                     s.to_tag = to_tag.map(str::to_owned);
                 }
+                s.ack_by = Some(ack_by);
+                self.await_ack(call_id);
                 true
             }
             _ => false,
         }
+    }
+
+    /// The callee of session `call_id` sent its 2xx again: the ACK that
+    /// passed, if one did, was lost on its way, and a live caller ACKs
+    /// this copy too. Until it does, the session ends when the callee
+    /// gives up retransmitting (the `ack_by` of [`Sessions::confirm`]).
+    pub fn await_ack(&mut self, call_id: &str) {
+        let Some(s) = self.by_call_id.get_mut(call_id) else {
+            return;
+        };
+        let Some(ack_by) = s.ack_by else {
+            return;
+        };
+        if s.unacked.is_none() && ack_by < s.expires.0 {
+            self.expiry.remove(&s.expires);
+            s.unacked = Some(s.expires.0);
+            s.expires.0 = ack_by;
+            self.expiry.insert(s.expires, call_id.to_owned());
+        }
+    }
+
+    /// An ACK of the session's 2xx passed: it expires at `max_call_secs`
+    /// again, unless the 2xx comes again ([`Sessions::await_ack`]).
+    pub fn acked(&mut self, call_id: &str) {
+        let Some(s) = self.by_call_id.get_mut(call_id) else {
+            return;
+        };
+        if let Some(until) = s.unacked.take() {
+            self.expiry.remove(&s.expires);
+            s.expires.0 = until;
+            self.expiry.insert(s.expires, call_id.to_owned());
+        }
+    }
+
+    /// Whether session `call_id` is answered and its 2xx not yet ACKed.
+    pub fn is_unacked(&self, call_id: &str) -> bool {
+        self.by_call_id
+            .get(call_id)
+            .is_some_and(|s| s.unacked.is_some())
     }
 
     /// Ends a session and returns it.

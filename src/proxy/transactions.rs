@@ -7,7 +7,7 @@ use bytes::BytesMut;
 
 use super::cross::Waiting;
 use super::forward::Forwarded;
-use super::hangup::OWN_BYE_TIMER;
+use super::hangup::{HangUp, OWN_BYE_TIMER};
 use super::responses::reason_phrase;
 use super::route;
 use super::{Client, Output, Proxy, ServerKey, TIMER_C, TxPair};
@@ -29,9 +29,14 @@ impl Proxy {
         }
         self.cluster_timeout(now, out);
         while let Some(call_id) = self.sessions.pop_expired(now) {
+            if self.sessions.is_unacked(&call_id) {
+                tracing::warn!(%call_id, "answered call never ACKed within 64×T1: ended");
+                self.expire_session(now, &call_id, HangUp::Unacked, out);
+                continue;
+            }
             tracing::warn!(%call_id, "session outlived max_call_secs without a BYE: ended");
             self.metrics.sessions_expired += 1;
-            self.expire_session(now, &call_id, out);
+            self.expire_session(now, &call_id, HangUp::Expired, out);
         }
         while let Some((id, generation)) = self.timers.pop_due(now) {
             if id & OWN_BYE_TIMER != 0 {

@@ -49,7 +49,8 @@ udp_bound() {
 # Contact. Sets transport, caller_transport_args and
 # callee_transport_args (sipp's -t and what goes with it), auth_setting,
 # register_scenario, uac_scenario and uas_args (sipp's arguments that pick
-# the UAS scenario); calls the sourcing script's `fail` on a bad setting.
+# the UAS scenario) and lost_args (the UAC's -lost, SIPP_LOST below);
+# calls the sourcing script's `fail` on a bad setting.
 sipp_variant() {
     transport="${SIPP_TRANSPORT:-u1}"
     [[ "$transport" =~ ^(u1|t1|tn)$ ]] || fail "SIPP_TRANSPORT must be u1 (UDP), t1 or tn (TCP)"
@@ -73,6 +74,18 @@ sipp_variant() {
     builtin) uas_args=(-sn uas) ;;
     *) fail "SIPP_FLOW must be call, dialog or builtin" ;;
     esac
+    # SIPP_LOST=N: UAC and UAS each drop N% of the calls' messages
+    # (sipp -lost), on the loss-tolerant scenarios (uac_loss.xml,
+    # uas_loss.xml); the registrations go without loss.
+    lost_args=()
+    if [ -n "${SIPP_LOST:-}" ]; then
+        [[ "$SIPP_LOST" =~ ^[0-9]+$ ]] && [ "$SIPP_LOST" -le 50 ] ||
+            fail "SIPP_LOST must be a percentage from 0 to 50"
+        [ "${SIPP_FLOW:-call}" = call ] && [ -z "${SIPP_AUTH:-}" ] && [ "$transport" = u1 ] ||
+            fail "SIPP_LOST runs the plain call flow over UDP (no SIPP_FLOW, SIPP_AUTH or TCP)"
+        lost_args=(-lost "$SIPP_LOST")
+        uac_scenario=uac_loss.xml uas_args=(-sf "$here/uas_loss.xml" "${lost_args[@]}")
+    fi
 }
 
 # An agent's fields after its extension in an injection file: with

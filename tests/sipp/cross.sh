@@ -39,7 +39,8 @@
 # INVITEs by their hosting token alone); SIPP_FLOW=dialog makes each call
 # a whole dialog (uac_dialog.xml, uas_dialog.xml: a reliable 183 and its
 # PRACK, re-INVITE, INFO, UPDATE, the callee's BYE, all across both
-# blades); SIPP_KEEP=1 keeps the work directory with the logs.
+# blades); SIPP_LOST=N drops N% of the calls' messages at both sipps
+# (run.sh); SIPP_KEEP=1 keeps the work directory with the logs.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -79,7 +80,7 @@ uac_rc=0
 timeout "$hard_timeout" sipp "$B1_SIP" "${caller_transport_args[@]}" -nostdin -timeout_error -mp "$media_port" \
     -trace_err -trace_screen -trace_stat -fd 1 -timeout "${sipp_timeout}s" \
     -sf "$here/$uac_scenario" -inf "$work/calls.csv" -i "$uac_ip" -p "$uac_port" -mi "$uac_ip" \
-    -m "$calls" -users "$pairs" \
+    -m "$calls" -users "$pairs" "${lost_args[@]}" \
     -stf "$work/uac.csv" -error_file "$work/uac.err" -screen_file "$work/uac.screen" \
     >"$work/uac.out" 2>&1 || uac_rc=$?
 uas_rc=0

@@ -36,7 +36,10 @@
 # 401 and the INVITEs (uac_auth.xml) a 407 with sipp's own digest, from
 # the passwords in agents.toml. SIPP_FLOW=dialog makes each call a whole
 # dialog (uac_dialog.xml, uas_dialog.xml: a reliable 183 and its PRACK,
-# re-INVITE, INFO, UPDATE, the callee's BYE).
+# re-INVITE, INFO, UPDATE, the callee's BYE). SIPP_LOST=N (0 to 50) makes
+# the UAC and the UAS each drop N% of the calls' messages (sipp -lost), on
+# loss-tolerant copies of the scenarios (uac_loss.xml, uas_loss.xml): the
+# blade's retransmission timers must recover every call.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -211,7 +214,7 @@ register callers 127.0.0.2 "$uac_port"
 uac_rc=0
 timeout "$hard_timeout" sipp "${sipp_common[@]}" "${caller_transport_args[@]}" \
     -timeout "${sipp_timeout}s" -sf "$here/$uac_scenario" -inf "$work/calls.csv" -i 127.0.0.2 -p "$uac_port" -mi 127.0.0.2 \
-    -m "$calls" -users "$pairs" \
+    -m "$calls" -users "$pairs" "${lost_args[@]}" \
     -stf "$work/uac.csv" -error_file "$work/uac.err" -screen_file "$work/uac.screen" \
     >"$work/uac.out" 2>&1 || uac_rc=$?
 if [ "$uac_rc" != 0 ]; then
