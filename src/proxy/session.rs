@@ -73,7 +73,7 @@ pub struct Session {
     /// leave its agents in a call, or hosted, for ever), and a serial
     /// that tells it from another session ending at the same time.
     expires: (Duration, u64),
-    /// Answered, and no ACK has passed since the 2xx was last sent: the
+    /// Answered, its 2xx sent again, and no ACK passed since: the
     /// session then ends 64×T1 after the first 2xx instead (see
     /// [`Sessions::confirm`]); this is the `max_call_secs` end it goes
     /// back to once an ACK passes.
@@ -167,12 +167,15 @@ impl Sessions {
     /// returns whether this answered it (it exists and was not answered
     /// yet), so that a retransmitted 2xx does not count as another call.
     ///
-    /// Until [`Sessions::acked`], the session expires at `ack_by` (64×T1
-    /// after the 2xx) rather than at `max_call_secs`: the caller's ACK
-    /// passes the blade that record-routed the call, and a 2xx never
-    /// ACKed in that time is a dialog both phones gave up on, whose callee
-    /// should have sent a BYE (RFC 3261 §13.3.1.4) and did not: its agents
-    /// are ready again then, not hours later.
+    /// `ack_by` (64×T1 after this 2xx) is when its callee gives up
+    /// retransmitting it. Once the 2xx comes again ([`Sessions::await_ack`])
+    /// the callee has had no ACK, and until one passes the session ends
+    /// then rather than at `max_call_secs`: a 2xx retransmitted and never
+    /// ACKed is a dialog both phones gave up on, whose callee should have
+    /// sent a BYE (RFC 3261 §13.3.1.4) and did not, so its agents are
+    /// ready again then, not hours later. A 2xx the callee does not send
+    /// again was ACKed, whichever way the ACK went (past the blade, or
+    /// through another of its cores): that call stays up.
     pub fn confirm(&mut self, call_id: &str, to_tag: Option<&str>, ack_by: Duration) -> bool {
         match self.by_call_id.get_mut(call_id) {
             Some(s) if s.phase == Phase::Setup => {
@@ -181,7 +184,6 @@ impl Sessions {
                     s.to_tag = to_tag.map(str::to_owned);
                 }
                 s.ack_by = Some(ack_by);
-                self.await_ack(call_id);
                 true
             }
             _ => false,

@@ -324,6 +324,40 @@ fn a_register_with_a_to_tag_still_reaches_the_registrar() {
 }
 
 #[test]
+fn a_2xx_resent_without_an_ack_ends_the_call_and_one_not_resent_does_not() {
+    // Not resent: the callee's 200 is relayed once, and no ACK passes
+    // (the caller sent it past the blade, or through another core), but
+    // the callee had its ACK: the call stays up. Resent, and no ACK ever
+    // comes: both phones gave up, and 64×T1 after the first 200 the blade
+    // ends the call.
+    for resent in [false, true] {
+        let mut b = Blade::new(false, 100);
+        b.register("1001");
+        b.register("1002");
+        let (a, bb) = (terminal("1001"), terminal("1002"));
+        let out = b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi1", ""));
+        let ok = answer(&parse(&out[1]), 200, "t2");
+        assert_eq!(status(&b.send(&bb, &ok)[0]), 200);
+        b.advance(Duration::from_secs(2));
+        if resent {
+            assert_eq!(status(&b.send(&bb, &ok)[0]), 200, "relayed again");
+        }
+        b.advance(Duration::from_secs(40));
+        let (state, sessions) = if resent { ("ready", 0) } else { ("in_call", 1) };
+        assert_eq!(
+            (b.state("1001"), b.state("1002")),
+            (state, state),
+            "resent: {resent}"
+        );
+        assert_eq!(
+            b.proxy.snapshot().sessions.len(),
+            sessions,
+            "resent: {resent}"
+        );
+    }
+}
+
+#[test]
 fn a_core_with_its_own_port_record_routes_it_and_takes_routes_to_it() {
     let mut b = Blade::with_via_port(false, 100, Some(40_001));
     b.register("1001");
