@@ -173,6 +173,12 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
             m.sessions_expired as usize,
         ),
         (
+            "sipblade_sessions_unacked_total",
+            "counter",
+            "Sessions ended 64xT1 after a 2xx the callee sent again and no ACK followed.",
+            m.sessions_unacked as usize,
+        ),
+        (
             "sipblade_sessions_bye_sent_total",
             "counter",
             "BYEs the blade sent itself to the phones of a call it ended (max_call_secs, a lost peer blade, a hosting lease lapsed or its source restarted).",

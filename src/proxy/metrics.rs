@@ -130,6 +130,9 @@ pub struct Metrics {
     pub replaces: u64,
     /// Sessions ended because they outlived `max_call_secs` (a lost BYE).
     pub sessions_expired: u64,
+    /// Sessions ended because their 2xx was sent again and never ACKed
+    /// within 64×T1 (both phones gave up on the dialog).
+    pub sessions_unacked: u64,
     /// BYEs the blade sent itself to the parties of a call it ended (on
     /// `max_call_secs`, when a hosted party's blade was lost, or, on a
     /// hosted agent's own blade, when the lease of its hosting lapsed or
@@ -170,6 +173,7 @@ impl Metrics {
         self.joins += other.joins;
         self.replaces += other.replaces;
         self.sessions_expired += other.sessions_expired;
+        self.sessions_unacked += other.sessions_unacked;
         self.sessions_bye_sent += other.sessions_bye_sent;
         self.sessions_bye_failed += other.sessions_bye_failed;
     }

@@ -354,6 +354,7 @@ fn a_2xx_resent_without_an_ack_ends_the_call_and_one_not_resent_does_not() {
             sessions,
             "resent: {resent}"
         );
+        assert_eq!(b.proxy.metrics().sessions_unacked, u64::from(resent));
     }
 }
 

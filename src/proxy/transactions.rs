@@ -31,6 +31,7 @@ impl Proxy {
         while let Some(call_id) = self.sessions.pop_expired(now) {
             if self.sessions.is_unacked(&call_id) {
                 tracing::warn!(%call_id, "answered call never ACKed within 64×T1: ended");
+                self.metrics.sessions_unacked += 1;
                 self.expire_session(now, &call_id, HangUp::Unacked, out);
                 continue;
             }
