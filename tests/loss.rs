@@ -7,8 +7,9 @@
 //! the call leaves every agent ready, no session and, once the timers
 //! ran out, no transaction. Through one blade and across two. And when
 //! the phones give up on an answered call whose ACK was lost, without a
-//! BYE (as sipp does with `-lost`), the blade ends it 64×T1 after the
-//! 2xx rather than keep its agents in a call for hours.
+//! BYE (as sipp does with `-lost`), the callee's 2xx comes again with no
+//! ACK after it, and the blade ends the call 64×T1 after the first 2xx
+//! rather than keep its agents in a call for hours.
 //!
 //! Addresses: 127.0.4.0/24 only (blades on .20-.49, phones on .100-.199),
 //! so that these tests can run beside others.
