@@ -4,7 +4,16 @@
 //!
 //! The first byte picks the world: auth on or off, one blade or two blades
 //! whose SIP and link messages are carried in memory (a cross-blade call
-//! hosts its callee). Agents 1001-1003 are registered, 1004 is not. The
+//! hosts its callee), one core per blade or two. A blade of two cores runs
+//! one proxy per core as `src/runtime/core.rs` does: a datagram arrives on
+//! the core the input picks (SO_REUSEPORT spreads them), goes to the core
+//! that owns it (`route::owner_core`); hand-offs, and the notices that tell
+//! the other core of logins and calls, are carried between cores, call
+//! notices either at once or, as the input picks, at the next step (the
+//! runtime batches them); link messages go to their core as
+//! `Core::from_link` sends them. Each step of such a world starts with two
+//! bytes for those choices, so the inputs of 1-core worlds keep their
+//! meaning. Agents 1001-1003 are registered, 1004 is not. The
 //! rest of the input is a program of steps: a request built from a
 //! template (INVITE, REGISTER, OPTIONS, MESSAGE, INVITE with Replaces or
 //! Join naming a dialog the proxy emitted), a response or in-dialog
@@ -20,21 +29,22 @@
 //! Invariants: nothing panics (overflow checks are on); the proxy emits
 //! only messages that parse; a step ends (no message storm between the
 //! blades, no timer that fires without moving on); and once time has run
-//! past every timer, no transaction, session or busy agent is left.
+//! past every timer, no transaction, session or busy agent is left on any
+//! core.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sipblade::cluster::codec::Class;
+use sipblade::cluster::codec::{Class, Message as LinkMessage};
 use sipblade::cluster::hosting::HostSecret;
 use sipblade::cluster::link::ReplyTo;
 use sipblade::config::{Agent, AgentKind, Credential};
-use sipblade::proxy::cross::{ClusterSend, ClusterSettings, PeerBlade};
-use sipblade::proxy::{AgentTable, Output, Proxy, Settings};
+use sipblade::proxy::cross::{self, ClusterSend, ClusterSettings, PeerBlade};
+use sipblade::proxy::{AgentEvent, AgentTable, Output, Proxy, Settings, route};
 use sipblade::registrar::digest::{self, Credentials, NonceManager, Secret};
 use sipblade::registrar::{Registrar, Settings as RegistrarSettings};
 use sipblade::sip::{HeaderName, Message, Peer, Transport};
@@ -117,7 +127,20 @@ type Challenge = (String, String, Option<String>);
 struct World {
     now: Duration,
     auth: bool,
-    nodes: Vec<Proxy>,
+    /// Each blade's cores: one proxy per core.
+    nodes: Vec<Vec<Proxy>>,
+    /// Cores per blade.
+    cores: usize,
+    /// This step's choice of receiving cores (bit by bit, like
+    /// SO_REUSEPORT spreading datagrams), and of which core sheds.
+    rx: u8,
+    /// How many receiving cores this step has chosen.
+    rx_n: u32,
+    /// Whether this step's call-state notices wait for the next step (the
+    /// runtime batches them for up to 50 ms).
+    hold: bool,
+    /// Notices held back: blade, from core, to core, event.
+    held: Vec<(usize, usize, usize, AgentEvent)>,
     link_up: bool,
     link_epoch: u64,
     seen: Vec<Seen>,
@@ -129,7 +152,28 @@ struct World {
     trace: bool,
 }
 
-fn node(index: usize, auth: bool, blades: usize) -> Proxy {
+/// What a core is given, as `src/runtime/core.rs` gives it.
+enum Event {
+    /// A datagram received on this core's socket.
+    Datagram { source: Peer, data: Bytes },
+    /// A message another core received and this one owns.
+    Sip { source: Peer, msg: Message },
+    /// A Join (or Replaces) for a session this core owns.
+    Join { source: Peer, msg: Message },
+    /// An agent event from another core.
+    Notice(AgentEvent),
+    /// A hosting message from the peer blade.
+    Cluster {
+        msg: LinkMessage,
+        reply: Option<ReplyTo>,
+    },
+    /// What the core produced already (a timer, link news).
+    Output(Output),
+}
+
+/// The proxy of core `core` (of `cores`) on blade `index`: its registrar
+/// holds the agents that shard to it, as the runtime's do.
+fn node(index: usize, core: usize, cores: usize, auth: bool, blades: usize) -> Proxy {
     let agents: AgentTable = EXTS
         .iter()
         .map(|ext| {
@@ -160,8 +204,8 @@ fn node(index: usize, auth: bool, blades: usize) -> Proxy {
         domain: DOMAIN.into(),
         local: addr(sip),
         auth,
-        core: 0,
-        cores: 1,
+        core,
+        cores,
         timers: TimerConfig::default(),
         // Small, so the overload paths are reachable.
         max_transactions: 24,
@@ -170,6 +214,10 @@ fn node(index: usize, auth: bool, blades: usize) -> Proxy {
         core_ports: Vec::new(),
         max_call: MAX_CALL,
     };
+    let mut nonces = NonceManager::from_secret([index as u8 + 1; 32]);
+    if cores > 1 {
+        nonces = nonces.with_issuer(core as u16);
+    }
     let registrar = Registrar::new(
         RegistrarSettings {
             domain: DOMAIN.into(),
@@ -178,8 +226,11 @@ fn node(index: usize, auth: bool, blades: usize) -> Proxy {
             // A fixed wall clock: the same input, the same Date.
             unix_at_epoch: Some(Duration::from_secs(1_700_000_000)),
         },
-        agents.values().cloned(),
-        NonceManager::from_secret([index as u8 + 1; 32]),
+        agents
+            .values()
+            .filter(|a| route::shard_of(a.extension.as_bytes(), cores) == core)
+            .cloned(),
+        nonces,
     );
     Proxy::new(settings, registrar, Arc::new(agents))
 }
@@ -190,10 +241,23 @@ pub fn proxy(data: &[u8]) {
     let config = input.byte();
     let auth = config & 1 != 0;
     let blades = if config & 2 != 0 { 2 } else { 1 };
+    let cores = if config & 4 != 0 { 2 } else { 1 };
+    let nodes = (0..blades)
+        .map(|b| {
+            (0..cores)
+                .map(|c| node(b, c, cores, auth, blades))
+                .collect()
+        })
+        .collect();
     let mut w = World {
         now: Duration::ZERO,
         auth,
-        nodes: (0..blades).map(|i| node(i, auth, blades)).collect(),
+        nodes,
+        cores,
+        rx: 0,
+        rx_n: 0,
+        hold: false,
+        held: Vec::new(),
         link_up: blades == 2,
         link_epoch: 1,
         seen: Vec::new(),
@@ -205,9 +269,11 @@ pub fn proxy(data: &[u8]) {
     };
     if blades == 2 {
         for n in 0..2 {
-            let mut out = Output::default();
-            w.nodes[n].peer_state(w.now, BLADES[1 - n].0, Some(1), &mut out);
-            w.run(n, out);
+            for c in 0..cores {
+                let mut out = Output::default();
+                w.nodes[n][c].peer_state(w.now, BLADES[1 - n].0, Some(1), &mut out);
+                w.run(n, c, Event::Output(out));
+            }
         }
     }
     // 1001 and 1002 on the first blade, 1003 on the last; 1004 never.
@@ -225,6 +291,14 @@ pub fn proxy(data: &[u8]) {
 
 impl World {
     fn step(&mut self, input: &mut Input) {
+        self.release_held();
+        if self.cores > 1 {
+            // Only multi-core worlds read these: 1-core inputs keep their
+            // meaning.
+            self.rx = input.byte();
+            self.rx_n = 0;
+            self.hold = input.byte() & 1 != 0;
+        }
         match input.below(12) {
             0..=2 => self.new_request(input),
             3..=4 => self.respond(input),
@@ -242,70 +316,208 @@ impl World {
             }
             10 => self.link(input),
             _ => {
-                // Draining starts or stops (a blade being stopped).
+                // Draining starts or stops (a blade being stopped), on
+                // every core; a core falls behind its queue or catches up.
                 let n = input.below(self.nodes.len());
                 let on = input.byte() & 1 != 0;
-                self.nodes[n].set_draining(on);
+                for p in &mut self.nodes[n] {
+                    p.set_draining(on);
+                }
                 let shed = input.byte() & 1 != 0;
-                self.nodes[n].set_shedding(shed);
+                let c = self.rx_core();
+                self.nodes[n][c].set_shedding(shed);
             }
         }
     }
 
     // ---- delivery ----
 
-    fn deliver(&mut self, node: usize, source: Peer, data: Bytes) {
-        if self.trace {
-            let text = String::from_utf8_lossy(&data);
-            eprintln!("[{:?}] {} -> blade {node}:\n{text}", self.now, source.addr);
+    /// The core a datagram arrives on: the input's choice.
+    fn rx_core(&mut self) -> usize {
+        if self.cores == 1 {
+            return 0;
         }
-        let mut out = Output::default();
-        self.nodes[node].handle_datagram(self.now, source, data, &mut out);
-        self.run(node, out);
+        let bit = self.rx_n % 8;
+        self.rx_n += 1;
+        (self.rx >> bit) as usize % self.cores
     }
 
-    /// Carries what `node` emitted, and what that causes, to the end.
-    fn run(&mut self, node: usize, out: Output) {
-        let mut queue = std::collections::VecDeque::new();
-        queue.push_back((node, out));
+    /// Applies the notices held back, as the runtime's batch would.
+    fn release_held(&mut self) {
+        for (b, _, to, event) in std::mem::take(&mut self.held) {
+            self.nodes[b][to].handle_notice(event);
+        }
+    }
+
+    fn deliver(&mut self, node: usize, source: Peer, data: Bytes) {
+        let core = self.rx_core();
+        if self.trace {
+            let text = String::from_utf8_lossy(&data);
+            eprintln!(
+                "[{:?}] {} -> blade {node} core {core}:\n{text}",
+                self.now, source.addr
+            );
+        }
+        self.run(node, core, Event::Datagram { source, data });
+    }
+
+    /// Gives `event` to core `core` of blade `node`, and carries what that
+    /// emits, and what that causes, to the end: hand-offs and notices
+    /// between cores, messages between the blades.
+    fn run(&mut self, node: usize, core: usize, event: Event) {
+        let mut queue = VecDeque::new();
+        queue.push_back((node, core, event));
         let mut events = 0;
-        while let Some((node, out)) = queue.pop_front() {
+        while let Some((node, core, event)) = queue.pop_front() {
             events += 1;
             assert!(events < MAX_EVENTS, "a message storm between the blades");
-            let me = addr(BLADES[node].1);
-            for t in out.transmits {
-                let msg = match Message::parse(t.data.clone()) {
-                    Ok(msg) => msg,
-                    // The answer to a request that did not parse echoes
-                    // what it could of it (`malformed_response`): best
-                    // effort, so it need not parse itself.
-                    Err(_) if best_effort(&t.data) => continue,
-                    Err(e) => panic!("the proxy emitted an unparsable message: {e}"),
-                };
-                let other = (self.nodes.len() == 2).then(|| 1 - node);
-                if let Some(other) = other.filter(|&o| t.to.addr == addr(BLADES[o].1)) {
-                    let mut o = Output::default();
-                    let source = Peer::new(me, t.to.transport);
-                    self.nodes[other].handle_datagram(self.now, source, t.data, &mut o);
-                    queue.push_back((other, o));
-                } else {
-                    if self.trace {
-                        let text = String::from_utf8_lossy(&t.data);
-                        eprintln!("[{:?}] blade {node} -> {}:\n{text}", self.now, t.to.addr);
-                    }
-                    self.note(node, t.to.addr, msg);
-                }
+            let out = self.handle(node, core, event, &mut queue);
+            self.dispatch(node, core, out, &mut queue);
+        }
+    }
+
+    /// What core `core` of blade `node` does with `event`.
+    fn handle(
+        &mut self,
+        node: usize,
+        core: usize,
+        event: Event,
+        queue: &mut VecDeque<(usize, usize, Event)>,
+    ) -> Output {
+        let now = self.now;
+        let cores = self.cores;
+        let mut out = Output::default();
+        let p = &mut self.nodes[node][core];
+        match event {
+            Event::Datagram { source, data } if cores == 1 => {
+                p.handle_datagram(now, source, data, &mut out)
             }
-            if self.nodes.len() == 2 && self.link_up {
-                for ClusterSend { msg, .. } in out.cluster {
-                    let other = 1 - node;
-                    let reply = (msg.class() == Class::Request).then(|| ReplyTo::for_tests(0));
-                    let mut o = Output::default();
-                    self.nodes[other].handle_cluster(self.now, BLADES[node].0, msg, reply, &mut o);
-                    queue.push_back((other, o));
+            Event::Datagram { source, data } => match Message::parse(data.clone()) {
+                Ok(msg) => match route::owner_core(&msg, cores) {
+                    Some(owner) if owner != core => {
+                        p.note_handoff();
+                        // Notices queued for the owner go first.
+                        let mut rest = Vec::new();
+                        for (b, from, to, e) in std::mem::take(&mut self.held) {
+                            if (b, from, to) == (node, core, owner) {
+                                queue.push_back((b, to, Event::Notice(e)));
+                            } else {
+                                rest.push((b, from, to, e));
+                            }
+                        }
+                        self.held = rest;
+                        queue.push_back((node, owner, Event::Sip { source, msg }));
+                    }
+                    _ => p.handle_message(now, source, msg, &mut out),
+                },
+                Err(_) => p.handle_datagram(now, source, data, &mut out),
+            },
+            Event::Sip { source, msg } => p.handle_message(now, source, msg, &mut out),
+            Event::Join { source, msg } => p.handle_join_handoff(now, source, msg, &mut out),
+            Event::Notice(e) => p.handle_notice(e),
+            Event::Cluster { msg, reply } => {
+                p.handle_cluster(now, BLADES[1 - node].0, msg, reply, &mut out)
+            }
+            Event::Output(o) => out = o,
+        }
+        out
+    }
+
+    /// Carries what core `core` of blade `node` emitted.
+    fn dispatch(
+        &mut self,
+        node: usize,
+        core: usize,
+        out: Output,
+        queue: &mut VecDeque<(usize, usize, Event)>,
+    ) {
+        for h in out.handoffs {
+            let (source, msg) = (h.source, h.msg);
+            let event = if h.join {
+                Event::Join { source, msg }
+            } else {
+                Event::Sip { source, msg }
+            };
+            queue.push_back((node, h.core, event));
+        }
+        // A login or logout reaches the other cores before the replies
+        // go; call-state notices may wait for the next step.
+        let gating = out
+            .notices
+            .iter()
+            .any(|n| matches!(n.event, AgentEvent::LoggedIn(_) | AgentEvent::LoggedOut(_)));
+        for n in out.notices {
+            let targets: Vec<usize> = match n.to {
+                Some(c) => vec![c],
+                None => (0..self.cores).filter(|&c| c != core).collect(),
+            };
+            for to in targets.into_iter().filter(|&c| c < self.cores) {
+                if self.hold && !gating {
+                    self.held.push((node, core, to, n.event.clone()));
+                } else {
+                    queue.push_back((node, to, Event::Notice(n.event.clone())));
                 }
             }
         }
+        let me = addr(BLADES[node].1);
+        for t in out.transmits {
+            let msg = match Message::parse(t.data.clone()) {
+                Ok(msg) => msg,
+                // The answer to a request that did not parse echoes
+                // what it could of it (`malformed_response`): best
+                // effort, so it need not parse itself.
+                Err(_) if best_effort(&t.data) => continue,
+                Err(e) => panic!("the proxy emitted an unparsable message: {e}"),
+            };
+            let other = (self.nodes.len() == 2).then(|| 1 - node);
+            if let Some(other) = other.filter(|&o| t.to.addr == addr(BLADES[o].1)) {
+                let source = Peer::new(me, t.to.transport);
+                let c = self.rx_core();
+                let data = t.data;
+                self.at_once(other, c, Event::Datagram { source, data }, queue);
+            } else {
+                if self.trace {
+                    let text = String::from_utf8_lossy(&t.data);
+                    eprintln!(
+                        "[{:?}] blade {node} core {core} -> {}:\n{text}",
+                        self.now, t.to.addr
+                    );
+                }
+                self.note(node, t.to.addr, msg);
+            }
+        }
+        if self.nodes.len() == 2 && self.link_up {
+            let other = 1 - node;
+            for ClusterSend { msg, .. } in out.cluster {
+                let reply = (msg.class() == Class::Request).then(|| ReplyTo::for_tests(0));
+                if self.cores == 1 {
+                    self.at_once(other, 0, Event::Cluster { msg, reply }, queue);
+                    continue;
+                }
+                // As `Core::from_link` hands them out.
+                match cross::request_core(&msg, self.cores) {
+                    Some(c) => self.at_once(other, c, Event::Cluster { msg, reply }, queue),
+                    None => {
+                        for (c, msg) in cross::split_notice(&msg, self.cores) {
+                            self.at_once(other, c, Event::Cluster { msg, reply: None }, queue);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives `event` to a core of the other blade now (a message on the
+    /// wire is handled as it arrives), queueing what that emits.
+    fn at_once(
+        &mut self,
+        node: usize,
+        core: usize,
+        event: Event,
+        queue: &mut VecDeque<(usize, usize, Event)>,
+    ) {
+        let out = self.handle(node, core, event, queue);
+        queue.push_back((node, core, Event::Output(out)));
     }
 
     /// Remembers a message for a terminal: its challenge, and the message
@@ -324,23 +536,57 @@ impl World {
         self.seen.push(Seen { node, to, msg });
     }
 
+    /// The earliest deadline of any core, with its blade and core.
+    fn next_deadline(&self) -> Option<(Duration, usize, usize)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(b, cores)| {
+                cores
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(c, p)| p.next_deadline().map(|at| (at, b, c)))
+            })
+            .min()
+    }
+
+    /// Fires the timers of core `c` of blade `n` at `at`.
+    fn fire(&mut self, at: Duration, n: usize, c: usize) {
+        self.release_held();
+        self.now = self.now.max(at);
+        let mut out = Output::default();
+        self.nodes[n][c].handle_timeout(self.now, &mut out);
+        self.run(n, c, Event::Output(out));
+    }
+
     fn advance(&mut self, by: Duration) {
         let end = self.now + by;
         let mut firings = 0;
-        loop {
-            let next = (0..self.nodes.len())
-                .filter_map(|n| self.nodes[n].next_deadline().map(|at| (at, n)))
-                .filter(|(at, _)| *at <= end)
-                .min();
-            let Some((at, n)) = next else { break };
+        while let Some((at, n, c)) = self.next_deadline().filter(|(at, ..)| *at <= end) {
             firings += 1;
             assert!(firings < MAX_FIRINGS, "a timer fires without moving on");
-            self.now = self.now.max(at);
-            let mut out = Output::default();
-            self.nodes[n].handle_timeout(self.now, &mut out);
-            self.run(n, out);
+            self.fire(at, n, c);
         }
+        self.release_held();
         self.now = end;
+    }
+
+    /// Link news reach every core of both blades.
+    fn peer_news(&mut self, restart: bool) {
+        for n in 0..2 {
+            let peer = BLADES[1 - n].0;
+            for c in 0..self.cores {
+                let mut out = Output::default();
+                if self.link_up && restart {
+                    // The peer came back as a new process.
+                    self.nodes[n][c].peer_restarted(self.now, peer, self.link_epoch, &mut out);
+                } else {
+                    let link = self.link_up.then_some(self.link_epoch);
+                    self.nodes[n][c].peer_state(self.now, peer, link, &mut out);
+                }
+                self.run(n, c, Event::Output(out));
+            }
+        }
     }
 
     fn link(&mut self, input: &mut Input) {
@@ -352,55 +598,49 @@ impl World {
         if self.link_up {
             self.link_epoch += 1;
         }
-        for n in 0..2 {
-            let peer = BLADES[1 - n].0;
-            let mut out = Output::default();
-            if self.link_up && restart {
-                // The peer came back as a new process.
-                self.nodes[n].peer_restarted(self.now, peer, self.link_epoch, &mut out);
-            } else {
-                let link = self.link_up.then_some(self.link_epoch);
-                self.nodes[n].peer_state(self.now, peer, link, &mut out);
-            }
-            self.run(n, out);
-        }
+        self.peer_news(restart);
     }
 
     /// Everything ends: the link goes down, time runs past every timer,
     /// and nothing may be left.
     fn finish(&mut self) {
+        self.release_held();
         if self.nodes.len() == 2 && self.link_up {
             self.link_up = false;
-            for n in 0..2 {
-                let mut out = Output::default();
-                self.nodes[n].peer_state(self.now, BLADES[1 - n].0, None, &mut out);
-                self.run(n, out);
-            }
+            self.peer_news(false);
         }
         let mut firings = 0;
-        while let Some((at, n)) = (0..self.nodes.len())
-            .filter_map(|n| self.nodes[n].next_deadline().map(|at| (at, n)))
-            .min()
-        {
+        while let Some((at, n, c)) = self.next_deadline() {
             firings += 1;
             assert!(firings < MAX_FIRINGS, "timers never run out");
-            self.now = self.now.max(at);
-            let mut out = Output::default();
-            self.nodes[n].handle_timeout(self.now, &mut out);
-            self.run(n, out);
+            self.fire(at, n, c);
         }
-        for (n, p) in self.nodes.iter().enumerate() {
-            let snap = p.snapshot();
-            assert_eq!(p.pending_transactions(), 0, "blade {n}: pending left");
-            assert_eq!(snap.transactions, 0, "blade {n}: transactions left");
-            assert!(snap.sessions.is_empty(), "blade {n}: {:?}", snap.sessions);
-            for a in &snap.agents {
-                assert!(
-                    matches!(a.state, "ready" | "logged_out"),
-                    "blade {n}: {} left {}",
-                    a.extension,
-                    a.state
+        self.release_held();
+        for (n, blade) in self.nodes.iter().enumerate() {
+            for (c, p) in blade.iter().enumerate() {
+                let snap = p.snapshot();
+                assert_eq!(
+                    p.pending_transactions(),
+                    0,
+                    "blade {n} core {c}: pending left"
                 );
+                assert_eq!(
+                    snap.transactions, 0,
+                    "blade {n} core {c}: transactions left"
+                );
+                assert!(
+                    snap.sessions.is_empty(),
+                    "blade {n} core {c}: {:?}",
+                    snap.sessions
+                );
+                for a in &snap.agents {
+                    assert!(
+                        matches!(a.state, "ready" | "logged_out"),
+                        "blade {n} core {c}: {} left {}",
+                        a.extension,
+                        a.state
+                    );
+                }
             }
         }
     }
