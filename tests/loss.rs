@@ -344,6 +344,40 @@ fn short_timers() -> TimerConfig {
     }
 }
 
+/// Waits until `callee`, answered with a 2xx no ACK followed, is ready
+/// again: not before 64×T1 (6 s with [`short_timers`]) after the answer,
+/// and within 12 s.
+fn ended_unacked(blade: &TestBlade, callee: &str) {
+    let answered = Instant::now();
+    let deadline = answered + Duration::from_secs(12);
+    while blade.agent_state(callee) != "ready" {
+        assert!(
+            Instant::now() < deadline,
+            "{callee} is still {} 12 s after a 2xx nobody ACKed",
+            blade.agent_state(callee)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        answered.elapsed() >= Duration::from_millis(6000),
+        "not before 64×T1 ({:?})",
+        answered.elapsed()
+    );
+}
+
+/// The Call-IDs of the sessions `/status` lists.
+fn session_ids(blade: &TestBlade) -> Vec<String> {
+    let status = blade.status();
+    status["sessions"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter_map(|s| s["call_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Both phones give up on an answered call whose ACK was lost, as sipp
 /// does when its caller aborts on a 200 it did not expect and its callee
 /// stops retransmitting the 200, and neither sends a BYE: 64×T1 after the
@@ -372,30 +406,12 @@ fn an_answered_call_never_acked_ends_after_64_t1() {
     c.ack_2xx(&acked);
     raw_where(&mut d, "ACK", request(&acked.call_id, Method::Ack));
     assert_eq!(blade.agent_state("1002"), "in_call");
-    let answered = Instant::now();
-    let deadline = answered + Duration::from_secs(12);
-    while blade.agent_state("1002") != "ready" {
-        assert!(
-            Instant::now() < deadline,
-            "1002 is still {} 12 s after a 2xx nobody ACKed",
-            blade.agent_state("1002")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        answered.elapsed() >= Duration::from_millis(6000),
-        "not before 64×T1 ({:?})",
-        answered.elapsed()
-    );
+    ended_unacked(&blade, "1002");
     assert_eq!(blade.agent_state("1001"), "ready");
     let bye = request(&call.call_id, Method::Bye);
     raw_where(&mut a, "the blade's BYE to the caller", &bye);
     raw_where(&mut b, "the blade's BYE to the callee", &bye);
-    let sessions = blade.status()["sessions"].clone();
-    let left: Vec<&str> = sessions
-        .as_array()
-        .map(|s| s.iter().filter_map(|s| s["call_id"].as_str()).collect())
-        .unwrap_or_default();
+    let left = session_ids(&blade);
     assert_eq!(left, [acked.call_id.as_str()], "the ACKed call stays up");
     assert_eq!(blade.agent_state("1003"), "in_call");
     assert_eq!(blade.agent_state("1004"), "in_call");
@@ -431,22 +447,8 @@ fn a_2xx_retransmitted_after_its_ack_needs_another_ack() {
     let (live, ack) = &calls[1];
     c.send(ack);
     raw_where(&mut d, "ACK again", request(&live.call_id, Method::Ack));
-    let answered = Instant::now();
-    let deadline = answered + Duration::from_secs(12);
-    while blade.agent_state("1002") != "ready" {
-        assert!(
-            Instant::now() < deadline,
-            "1002 is still {} 12 s after a 2xx whose ACK was lost",
-            blade.agent_state("1002")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(answered.elapsed() >= Duration::from_millis(6000));
+    ended_unacked(&blade, "1002");
     assert_eq!(blade.agent_state("1001"), "ready");
-    let sessions = blade.status()["sessions"].clone();
-    let left: Vec<&str> = sessions
-        .as_array()
-        .map(|s| s.iter().filter_map(|s| s["call_id"].as_str()).collect())
-        .unwrap_or_default();
+    let left = session_ids(&blade);
     assert_eq!(left, [live.call_id.as_str()], "the re-ACKed call stays up");
 }
