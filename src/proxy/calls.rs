@@ -158,7 +158,7 @@ impl Proxy {
     /// marked here when this core owns the agent, else by a notice to its
     /// owner (the notice's owned strings are only for crossing cores).
     pub(super) fn agent_in_call(&mut self, extension: &str, call_id: &str, out: &mut Output) {
-        if route::shard_of(extension.as_bytes(), self.settings.cores) == self.settings.core {
+        if self.owns(extension) {
             self.set_in_call(extension, call_id);
         } else {
             let event = AgentEvent::InCall {
@@ -172,7 +172,7 @@ impl Proxy {
 
     /// `extension` left the call `call_id`: as [`Proxy::agent_in_call`].
     pub(super) fn agent_free(&mut self, extension: &str, call_id: &str, out: &mut Output) {
-        if route::shard_of(extension.as_bytes(), self.settings.cores) == self.settings.core {
+        if self.owns(extension) {
             self.free_here(extension, call_id);
         } else {
             let event = AgentEvent::Free {
@@ -186,7 +186,7 @@ impl Proxy {
     /// Applies `event` to `extension` here if this core owns it, else sends
     /// it to the owner.
     pub(super) fn tell_owner(&mut self, extension: &str, event: AgentEvent, out: &mut Output) {
-        let owner = route::shard_of(extension.as_bytes(), self.settings.cores);
+        let owner = self.owner_of(extension);
         if owner == self.settings.core {
             self.handle_notice(event);
         } else {
@@ -195,6 +195,16 @@ impl Proxy {
                 event,
             });
         }
+    }
+
+    /// The core that owns agent `extension`.
+    fn owner_of(&self, extension: &str) -> usize {
+        route::shard_of(extension.as_bytes(), self.settings.cores)
+    }
+
+    /// Whether this core owns agent `extension`.
+    fn owns(&self, extension: &str) -> bool {
+        self.owner_of(extension) == self.settings.core
     }
 
     pub(super) fn set_in_call(&mut self, extension: &str, call_id: &str) {

@@ -141,16 +141,16 @@ pub fn owner_core(msg: &Message, cores: usize) -> Option<usize> {
         }
     }
     let user = if msg.method() == Some(Method::Register) {
-        msg.to().uri().user_str()
+        msg.to().uri().user_unescaped()
     } else {
         // Only in a dialog (a To tag) does a user-less Request-URI lead to
         // the To's agent; out of one it is the blade itself.
         match msg.request_uri() {
-            Some(uri) if uri.user().is_some() => uri.user_str(),
-            _ => msg.to().tag().and(msg.to().uri().user_str()),
+            Some(uri) if uri.user().is_some() => uri.user_unescaped(),
+            _ => msg.to().tag().and(msg.to().uri().user_unescaped()),
         }
     };
-    user.map(|u| shard_of(u.as_bytes(), cores))
+    user.map(|u| shard_of(&u, cores))
 }
 
 /// The address and transport a SIP URI points to, when its host is an IP

@@ -101,17 +101,24 @@ impl<'a> Uri<'a> {
         self.spans.user.map(|s| s.of(self.src))
     }
 
-    /// The user part as text (an extension) with its escapes undone, when
-    /// that is UTF-8: `sip:%31002@…` names user `1002` (RFC 3261 §19.1.4).
-    /// Borrowed unless the user holds an escape, which no phone writes.
-    pub fn user_str(&self) -> Option<Cow<'a, str>> {
+    /// The user part with its escapes undone: `sip:%31002@…` names user
+    /// `1002` (RFC 3261 §19.1.4). Borrowed unless the user holds an
+    /// escape, which no phone writes.
+    pub fn user_unescaped(&self) -> Option<Cow<'a, [u8]>> {
         let user = self.user()?;
-        if !user.contains(&b'%') {
-            return std::str::from_utf8(user).ok().map(Cow::Borrowed);
+        Some(if user.contains(&b'%') {
+            Cow::Owned(chars::unescaped(user).collect())
+        } else {
+            Cow::Borrowed(user)
+        })
+    }
+
+    /// [`Uri::user_unescaped`] as text (an extension), when it is UTF-8.
+    pub fn user_str(&self) -> Option<Cow<'a, str>> {
+        match self.user_unescaped()? {
+            Cow::Borrowed(user) => std::str::from_utf8(user).ok().map(Cow::Borrowed),
+            Cow::Owned(user) => String::from_utf8(user).ok().map(Cow::Owned),
         }
-        String::from_utf8(chars::unescaped(user).collect())
-            .ok()
-            .map(Cow::Owned)
     }
 
     /// Whether the user part equals `user` after unescaping (§19.1.4).
