@@ -369,3 +369,67 @@ fn cli_refuses_a_bad_config_with_one_line() {
         "{stderr}"
     );
 }
+
+/// `sipblade check`: the same reading as `run` (so the same verdicts and
+/// exit statuses), a one-line summary on success, and no blade started.
+fn check(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+        .arg("check")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.code(), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn check_summarises_a_good_config_in_one_line() {
+    let config = data().join("spec.toml");
+    let (code, stdout, stderr) = check(&["--config".as_ref(), config.as_os_str()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    for part in [
+        "config OK: blade `blade-1`",
+        "SIP 127.0.0.1:5060",
+        "admin 127.0.0.1:8060",
+        "1 peer(s) [blade-2]",
+        "lease 30 s",
+        "1 agent(s)",
+        "authentication on",
+    ] {
+        assert!(stdout.contains(part), "{part}: {stdout}");
+    }
+    // Only warnings may go to stderr (the test key's mode is the checkout's).
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.starts_with("sipblade: check: warning: ")),
+        "{stderr}"
+    );
+
+    let (code, stdout, _) = check(&[]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("single blade"), "{stdout}");
+}
+
+#[test]
+fn check_refuses_what_run_refuses_with_file_line_and_exit_status() {
+    let bad = data().join("bad_lease.toml");
+    let (code, stdout, stderr) = check(&["--config".as_ref(), bad.as_os_str()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(
+        stderr,
+        format!(
+            "sipblade: {}:11: lease_secs must be between 1 and 3600\n",
+            bad.display()
+        )
+    );
+
+    // An agents file the config names but that is not there: I/O, exit 2.
+    let missing = data().join("missing_agents.toml");
+    let (code, _, stderr) = check(&["--config".as_ref(), missing.as_os_str()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no_such_agents.toml"), "{stderr}");
+}

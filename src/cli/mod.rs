@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod certs;
+mod check;
 mod demo;
 mod load;
 mod parse;
@@ -35,6 +36,13 @@ enum Command {
     /// Run one blade.
     Run {
         /// Configuration file (TOML); without it, an embedded single-blade default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration as `run` would read it (the config file, the
+    /// agents file, the cluster certificates), without starting a blade.
+    Check {
+        /// Configuration file (TOML); without it, the embedded default.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -79,6 +87,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => run::run(config),
+        Command::Check { config } => check::run(config.as_deref()),
         Command::Demo => demo::run(),
         Command::Parse { files } => parse::run(&files),
         Command::Certs { dir, blades } => certs::run(&dir, &blades),

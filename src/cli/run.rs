@@ -1,6 +1,6 @@
 //! `sipblade run [--config FILE]`: run one blade until SIGINT or SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -12,25 +12,13 @@ use crate::runtime::Blade;
 
 pub(crate) fn run(config: Option<PathBuf>) -> ExitCode {
     init_logging();
-    let loaded = match config {
-        Some(path) => Config::load(&path),
-        None => Config::embedded_default(),
-    };
-    let config = match loaded {
+    let config = match load(config.as_deref()) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("sipblade: {err}");
-            // SPEC §3: a file that cannot be read is an I/O error (2); one
-            // that is read and wrong is invalid input (1).
-            let status = if err.is_io() {
-                EXIT_USAGE
-            } else {
-                EXIT_INVALID
-            };
-            return ExitCode::from(status);
-        }
+        Err(status) => return status,
     };
-    warn_of_risky_settings(&config);
+    for warning in risky_settings(&config) {
+        tracing::warn!("{warning}");
+    }
     // Register for the signals before starting, so none is missed.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
@@ -68,29 +56,49 @@ pub(crate) fn run(config: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Reads and checks the configuration (`path`, or the embedded default).
+/// A fault is told on one stderr line, and its exit status returned.
+pub(super) fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
+    let loaded = match path {
+        Some(path) => Config::load(path),
+        None => Config::embedded_default(),
+    };
+    loaded.map_err(|err| {
+        eprintln!("sipblade: {err}");
+        // SPEC §3: a file that cannot be read is an I/O error (2); one
+        // that is read and wrong is invalid input (1).
+        ExitCode::from(if err.is_io() {
+            EXIT_USAGE
+        } else {
+            EXIT_INVALID
+        })
+    })
+}
+
 /// Settings that work but that an operator most likely did not mean:
-/// logged at start, not refused.
-fn warn_of_risky_settings(config: &Config) {
+/// told at start (and by `sipblade check`), not refused.
+pub(super) fn risky_settings(config: &Config) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
+    let mut warnings = Vec::new();
     if let Some(cluster) = &config.cluster {
         let mode = std::fs::metadata(&cluster.key)
             .ok()
             .map(|m| m.permissions().mode() & 0o777);
         if let Some(mode) = mode.filter(|m| m & 0o077 != 0) {
-            tracing::warn!(
-                key = %cluster.key.display(),
-                "the blade's private key is readable by others (mode {mode:o}): chmod 600 it"
-            );
+            warnings.push(format!(
+                "the blade's private key {} is readable by others (mode {mode:o}): chmod 600 it",
+                cluster.key.display()
+            ));
         }
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if config.blade.cores > cpus {
-        tracing::warn!(
-            cores = config.blade.cores,
-            cpus,
-            "more cores than CPUs: executors will share CPUs, and each costs memory"
-        );
+        warnings.push(format!(
+            "more cores than CPUs ({} cores, {cpus} CPUs): executors will share CPUs, and each costs memory",
+            config.blade.cores
+        ));
     }
+    warnings
 }
 
 /// Logs to stderr through `tracing`; `RUST_LOG` filters (default `info`).
