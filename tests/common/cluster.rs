@@ -4,7 +4,7 @@
 //! the OS picks.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -112,7 +112,6 @@ impl TestCluster {
         lease_secs: u32,
         cores: usize,
     ) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (0..n)
             .map(|i| {
                 let ip = format!("127.0.{subnet}.{}", usize::from(first_ip) + i);
@@ -123,6 +122,44 @@ impl TestCluster {
                 }
             })
             .collect();
+        TestCluster::of(members, lease_secs, cores)
+    }
+
+    /// `n` members like [`TestCluster::new`], all on the IPv6 loopback
+    /// `::1`, told apart by ports the OS found free.
+    pub fn new_on_ipv6_loopback(n: usize, lease_secs: u32, cores: usize) -> TestCluster {
+        let ip = std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        // Held until all are drawn, so no two members get the same port.
+        let mut held = Vec::new();
+        let mut free_port = |tcp_too: bool| loop {
+            let udp = UdpSocket::bind((ip, 0)).expect("bind a UDP socket on ::1");
+            let addr = udp.local_addr().expect("an address");
+            let tcp = if tcp_too {
+                match TcpListener::bind(addr) {
+                    Ok(l) => Some(l),
+                    Err(_) => continue,
+                }
+            } else {
+                None
+            };
+            held.push((udp, tcp));
+            return addr;
+        };
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                id: format!("blade-{}", i + 1),
+                sip: free_port(true),
+                quic: free_port(false),
+            })
+            .collect();
+        drop(held);
+        TestCluster::of(members, lease_secs, cores)
+    }
+
+    /// A cluster of `members`, with certificates and the agents file.
+    fn of(members: Vec<Member>, lease_secs: u32, cores: usize) -> TestCluster {
+        let n = members.len();
+        let dir = tempfile::tempdir().expect("temp dir");
         let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
         generate_cluster(&dir.path().join("certs"), &ids).expect("certificates");
         std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
@@ -143,14 +180,13 @@ impl TestCluster {
         let m = &self.members[i];
         let mut text = format!(
             "[blade]\nid = \"{id}\"\ndomain = \"{domain}\"\nsip = \"{sip}\"\ncores = {cores}\n\
-             admin = \"{ip}:{admin}\"\n{extra}\n[cluster]\nlisten = \"{quic}\"\nca = \"{ca}\"\ncert = \"{cert}\"\n\
+             admin = \"{admin}\"\n{extra}\n[cluster]\nlisten = \"{quic}\"\nca = \"{ca}\"\ncert = \"{cert}\"\n\
              key = \"{key}\"\nlease_secs = {lease}\n\n",
             id = m.id,
             domain = super::DOMAIN,
             sip = m.sip,
             cores = self.cores,
-            ip = m.sip.ip(),
-            admin = self.admin_ports[i],
+            admin = SocketAddr::new(m.sip.ip(), self.admin_ports[i]),
             quic = m.quic,
             ca = certs.join("ca.pem").display(),
             cert = certs.join(format!("{}.pem", m.id)).display(),
@@ -368,7 +404,7 @@ impl TestCluster {
     }
 
     /// [`TestCluster::registered`] with the agent's phone on `ip`.
-    pub fn registered_on(&self, i: usize, ext: &str, ip: std::net::Ipv4Addr) -> Ua {
+    pub fn registered_on(&self, i: usize, ext: &str, ip: impl Into<std::net::IpAddr>) -> Ua {
         self.register_ua(i, Ua::new_at(self.members[i].sip, ext, ip))
     }
 

@@ -121,12 +121,13 @@ impl TestBlade {
         auth: bool,
         options: Options,
         blade: &str,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
     ) -> TestBlade {
+        let any_port = SocketAddr::new(ip.into(), 0).to_string();
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("agents.toml"), agents_toml()).expect("agents file");
         let path = dir.path().join("blade.toml");
-        let text = config_toml(cores, auth, &format!("{ip}:0"), &format!("{ip}:0"))
+        let text = config_toml(cores, auth, &any_port, &any_port)
             .replace("\n[agents]", &format!("{blade}\n[agents]"));
         std::fs::write(&path, &text).expect("config file");
         let config = Config::from_toml(&text, &path).expect("valid config");
@@ -392,8 +393,8 @@ impl Ua {
 
     /// A user agent for `ext` talking to `blade`, on a socket of its own
     /// on `ip` (for tests that keep to an address range of their own).
-    pub fn new_at(blade: SocketAddr, ext: &str, ip: Ipv4Addr) -> Ua {
-        let ip = IpAddr::V4(ip);
+    pub fn new_at(blade: SocketAddr, ext: &str, ip: impl Into<IpAddr>) -> Ua {
+        let ip = ip.into();
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind a loopback UDP socket");
         let addr = socket.local_addr().expect("local address");
         let n = unique();
@@ -682,10 +683,10 @@ impl Ua {
         call.cseq += 1;
         call.branch = branch();
         let body = format!(
-            "v=0\r\no={} 1 1 IN IP4 {}\r\ns=-\r\nc=IN IP4 {}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+            "v=0\r\no={} 1 1 IN {kind} {ip}\r\ns=-\r\nc=IN {kind} {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
             self.ext,
-            self.addr.ip(),
-            self.addr.ip()
+            kind = if self.addr.is_ipv6() { "IP6" } else { "IP4" },
+            ip = self.addr.ip(),
         );
         call.invite = format!(
             "INVITE {} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: {}\r\nTo: <{}>\r\nCall-ID: {}\r\n\
