@@ -77,11 +77,13 @@ impl Proxy {
     }
 
     /// Ends a call's dialog: both agents become ready again, and a hosted
-    /// one goes back to its blade (SPEC §2 step 7). A party that a join leg
-    /// still connects stays until that leg ends; a join leg's end lets its
-    /// joiner go. A hosted party that a call replacing this one still
-    /// connects stays hosted (under this session's grant) until that call
-    /// ends; a replacing call's end lets the session it replaced finish.
+    /// one goes back to its blade (SPEC §2 step 7; once the BYE that ends
+    /// it has passed that blade, [`Proxy::end_session_by_bye`]). A party
+    /// that a join leg still connects stays until that leg ends; a join
+    /// leg's end lets its joiner go. A hosted party that a call replacing
+    /// this one still connects stays hosted (under this session's grant)
+    /// until that call ends; a replacing call's end lets the session it
+    /// replaced finish.
     pub(super) fn end_session(&mut self, now: Duration, call_id: &str, out: &mut Output) {
         let Some(mut session) = self.sessions.close(call_id) else {
             return;

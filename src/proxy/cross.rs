@@ -7,7 +7,8 @@
 //! (`sip:2001@T;sbh=<token>`). On T, that token is checked against the
 //! grant and the INVITE goes on to the agent's terminal. Both blades
 //! Record-Route, so the dialog's requests follow the same path. When the
-//! session ends, S releases the agent.
+//! session ends, S releases the agent; when a BYE that S relays to T ends
+//! it, only once that BYE has passed T ([`Proxy::end_session_by_bye`]).
 //!
 //! While an agent is hosted, a new INVITE for it reaching T is held and
 //! handed to S ([`Target::redirect`]), whose answer (486 while the agent is
@@ -136,6 +137,10 @@ pub(super) struct Cluster {
     /// agent; one each (a join leg to a hosted agent adds one), until its
     /// grant ends or a BYE passes.
     hosted_dialogs: HashMap<String, Vec<HostedDialog>>,
+    /// S: while a BYE on its way to a peer blade ends its session, the
+    /// time its hostings are released at the latest, and the sessions
+    /// whose hostings wait for it so ([`Proxy::release_hosting`]).
+    bye_holds: Option<(Duration, Vec<String>)>,
 }
 
 /// T: an answered call that a hosting blade brought to one of this
@@ -168,6 +173,7 @@ impl Cluster {
             awaiting_redirect: HashMap::new(),
             awaiting_relay: HashMap::new(),
             hosted_dialogs: HashMap::new(),
+            bye_holds: None,
         }
     }
 
@@ -770,11 +776,73 @@ impl Proxy {
         id
     }
 
-    /// S: the session `call_id` ended; its hosted agent goes back.
+    /// S: the session `call_id` ended; its hosted agent goes back. While
+    /// a BYE ends it ([`Proxy::end_session_by_bye`]), not yet: the hosting
+    /// waits for that BYE ([`Source::end_after`]).
     pub(super) fn release_hosting(&mut self, now: Duration, call_id: &str, out: &mut Output) {
         if let Some(c) = self.cluster.as_mut() {
             c.awaiting_grant.remove(call_id);
-            c.source.end(call_id);
+            let held = match c.bye_holds.as_mut() {
+                Some((until, held)) if c.source.end_after(call_id, *until) > 0 => {
+                    held.push(call_id.to_owned());
+                    true
+                }
+                _ => false,
+            };
+            if !held {
+                c.source.end(call_id);
+            }
+        }
+        self.pump_source(now, out);
+    }
+
+    /// S: ends the session of `bye`, a BYE about to be relayed to
+    /// `target` ([`Proxy::end_session`]). Its agents on this blade are
+    /// free at once; but when the BYE goes to a peer blade, the hostings
+    /// it ends are held until the BYE has passed that blade, or their
+    /// unhost could overtake it (the unhost reaches the target over the
+    /// link while the BYE still has the target's hop to the phone ahead):
+    /// the target would free the agent while the BYE is on its way to
+    /// the agent's phone, and a new call in between would ring a phone
+    /// still in this call. A BYE to a phone (the hosted agent's own,
+    /// going to the caller) releases at once: that phone left the call.
+    /// Returns the sessions whose hostings wait, for
+    /// [`Proxy::release_held_hostings`] once the BYE's transaction has its
+    /// final response or ends; 64×T1 after now, when that transaction
+    /// times out, the source releases them anyway.
+    pub(super) fn end_session_by_bye(
+        &mut self,
+        now: Duration,
+        bye: &Message,
+        target: Peer,
+        out: &mut Output,
+    ) -> Option<Box<[String]>> {
+        if self.cluster.is_some() && self.is_peer_blade_sip(target.addr) {
+            let until = now + self.settings.timers.timeout();
+            if let Some(c) = self.cluster.as_mut() {
+                c.bye_holds = Some((until, Vec::new()));
+            }
+        }
+        self.end_session(now, bye.call_id(), out);
+        let c = self.cluster.as_mut()?;
+        c.hosted_dialog_ended(bye);
+        let (_, held) = c.bye_holds.take()?;
+        (!held.is_empty()).then(|| held.into_boxed_slice())
+    }
+
+    /// S: the BYE that the hostings of `sessions` waited for has passed
+    /// the target blade (its final response came back), or its
+    /// transaction ended without one: they are released now.
+    pub(super) fn release_held_hostings(
+        &mut self,
+        now: Duration,
+        sessions: &[String],
+        out: &mut Output,
+    ) {
+        if let Some(c) = self.cluster.as_mut() {
+            for call_id in sessions {
+                c.source.end_held(call_id);
+            }
         }
         self.pump_source(now, out);
     }

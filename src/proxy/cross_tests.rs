@@ -376,16 +376,17 @@ fn the_directory_names_the_target_and_one_round_trip_hosts() {
         ("A1002", terminal("1002"))
     );
 
-    // ACK and BYE go S → T → B; the BYE ends the hosting.
+    // ACK and BYE go S → T → B; the BYE ends the hosting once its 200
+    // has come back through T.
     w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
     assert_eq!(w.take("1002").method(), Some(Method::Ack));
     w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
     let bye = w.take("1002");
     assert_eq!(bye.method(), Some(Method::Bye));
-    assert_eq!(w.state(T, "1002"), "ready", "released at the BYE");
     assert_eq!(w.state(S, "1001"), "ready");
     w.send_from(T, "1002", &answer(&bye, 200));
     assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.state(T, "1002"), "ready", "released after the BYE");
     assert_eq!(w.nodes[S].proxy.metrics().cross_blade.answered, 1);
     assert_eq!(w.nodes[S].proxy.metrics().hosting_rtt.count, 1);
 }
@@ -577,6 +578,114 @@ fn once_the_hosted_call_ends_a_new_call_on_s_hosts_the_agent_again() {
     let inv = w.take_final("1002");
     assert_eq!(inv.call_id(), "c2");
     assert_eq!(w.state(T, "1002"), "hosted");
+}
+
+/// The unhosts that left S since link message `since`.
+fn unhosts_since(w: &World, since: usize) -> usize {
+    w.link_log[since..]
+        .iter()
+        .filter(|(from, name)| from == "blade-1" && *name == "Unhost")
+        .count()
+}
+
+/// Whether S holds a grant for `ext`.
+fn s_hosts(w: &World, ext: &str) -> bool {
+    let cluster = w.nodes[S].proxy.cluster.as_ref().unwrap();
+    cluster.source.hosts(ext)
+}
+
+/// 1001's BYE of the cross-blade call, relayed by S to T: the agents on
+/// S are free at once, but the unhost waits until the BYE's 200 has come
+/// back through T (so T has passed the BYE on to 1002's phone): an unhost
+/// sent with the BYE travels the faster QUIC link, and T would free 1002
+/// while the BYE is still on its way to its phone. Meanwhile 1002 is busy
+/// on both blades alike: a new call to it is 486, decided by S.
+#[test]
+fn the_unhost_of_a_relayed_bye_waits_for_its_200_through_t() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.register(S, "1003");
+    w.register(T, "1004");
+    let since = w.link_log.len();
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(unhosts_since(&w, since), 0, "{:?}", &w.link_log[since..]);
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert_eq!(w.state(T, "1002"), "hosted");
+    assert!(s_hosts(&w, "1002"));
+
+    // New calls to 1002 meanwhile, on S and on T: busy, the phone not rung.
+    w.send_from(S, "1003", &invite("1003", "1002", "c2"));
+    assert_eq!(w.take_final("1003").status(), Some(486));
+    w.send_from(T, "1004", &invite("1004", "1002", "c3"));
+    assert_eq!(w.take_final("1004").status(), Some(486));
+    assert!(w.idle("1002"));
+    assert_eq!(unhosts_since(&w, since), 0);
+
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(unhosts_since(&w, since), 1);
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert!(!s_hosts(&w, "1002"));
+    w.send_from(S, "1003", &invite("1003", "1002", "c4"));
+    assert_eq!(w.take_final("1002").call_id(), "c4");
+}
+
+/// The same BYE unanswered (1002's phone gone): the grant is held no
+/// longer than the BYE's transaction lasts (64×T1), then released; 1002
+/// is ready on T and nothing is left on either blade.
+#[test]
+fn the_unhost_of_an_unanswered_bye_leaves_at_its_timeout() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let since = w.link_log.len();
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    assert_eq!(w.take("1002").method(), Some(Method::Bye));
+    let timeout = TimerConfig::default().timeout();
+    w.advance(timeout - Duration::from_millis(1));
+    assert_eq!(unhosts_since(&w, since), 0);
+    assert_eq!(w.state(T, "1002"), "hosted", "renewed meanwhile");
+    w.advance(Duration::from_millis(1));
+    assert_eq!(unhosts_since(&w, since), 1);
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert!(!s_hosts(&w, "1002"));
+    assert!(
+        w.idle("1001"),
+        "no BYE of S's own: the session ended already"
+    );
+    w.advance(timeout);
+    for n in [S, T] {
+        let snap = w.snapshot(n);
+        assert!(snap.sessions.is_empty());
+        assert_eq!(snap.transactions, 0, "node {n}");
+    }
+    assert_eq!(w.nodes[S].proxy.own_byes_open(), 0);
+}
+
+/// A stopping blade answers what it still relays (503): a BYE whose
+/// hosting waited for it releases it then, not at the deadline.
+#[test]
+fn a_stopping_blade_releases_the_hosting_its_relayed_bye_held() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let since = w.link_log.len();
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    assert_eq!(w.take("1002").method(), Some(Method::Bye));
+    assert_eq!(unhosts_since(&w, since), 0);
+    let mut out = Output::default();
+    w.nodes[S].proxy.abandon_pending(w.now, &mut out);
+    w.run(S, out);
+    assert_eq!(w.take("1001").status(), Some(503));
+    assert_eq!(unhosts_since(&w, since), 1);
+    assert_eq!(w.state(T, "1002"), "ready");
 }
 
 #[test]

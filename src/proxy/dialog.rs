@@ -36,8 +36,12 @@
 //!   carried a live grant's token, the agent's side of that dialog
 //!   ([`Proxy::remember_hosted_dialog`]: the same [`Proxy::dialog_of`]
 //!   as above, nothing towards the caller), by agent and grant. It goes
-//!   when the grant ends by an unhost, or when a BYE of that dialog passes
-//!   (its unhost may still be lost). A grant whose lease lapses (the
+//!   when a BYE of that dialog passes, or when the grant ends by an
+//!   unhost. A BYE from the caller's side comes first: the hosting blade
+//!   sends the unhost only once that BYE's final response is back
+//!   through this blade (or its transaction ended without one,
+//!   [`Proxy::end_session_by_bye`]), so the agent is not free while the
+//!   BYE is still on its way to its phone. A grant whose lease lapses (the
 //!   hosting blade stopped renewing it: killed, or cut off for a whole
 //!   lease), or whose hosting blade came back as a new run, first hangs
 //!   up the agent's phone with the same BYE the caller side would send

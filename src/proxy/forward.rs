@@ -23,6 +23,9 @@ pub(super) struct Forwarded {
 }
 
 impl Proxy {
+    /// Forwards `msg` to `target` through a new transaction pair, or
+    /// answers it here when it cannot go (too many hops, too large).
+    /// Returns the pair's id once its client transaction started.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         &mut self,
@@ -34,7 +37,7 @@ impl Proxy {
         pop_routes: usize,
         record_route: bool,
         out: &mut Output,
-    ) {
+    ) -> Option<usize> {
         let record_route = record_route.then_some(source.transport);
         let forwarded = self.build_forward(&msg, target, request_uri, pop_routes, record_route);
         let forwarded = match forwarded {
@@ -51,13 +54,15 @@ impl Proxy {
                     }
                     self.end_session(now, &call_id, out);
                 }
-                return self.refuse(now, source, msg, &refusal, out);
+                self.refuse(now, source, msg, &refusal, out);
+                return None;
             }
         };
         let server = self.server_tx(now, source, &msg, out);
         let method = msg.method().unwrap_or(Method::Other);
         let id = self.insert(msg, server);
         self.start_client(now, id, method, forwarded, out);
+        Some(id)
     }
 
     /// Our Record-Route entry for the side reached over `transport`.
@@ -202,15 +207,13 @@ impl Proxy {
             // A target refresh: the kept dialog follows its sender.
             self.follow_target_refresh(&msg, Some(source));
         }
-        if method == Some(Method::Bye) {
-            let call_id = msg.call_id().to_owned();
-            self.end_session(now, &call_id, out);
-            if let Some(c) = self.cluster.as_mut() {
-                c.hosted_dialog_ended(&msg);
-            }
-        }
+        let held = if method == Some(Method::Bye) {
+            self.end_session_by_bye(now, &msg, target, out)
+        } else {
+            None
+        };
         let request_uri = contact.as_ref().map(|(_, uri)| uri.as_str());
-        self.forward(
+        let id = self.forward(
             now,
             source,
             msg,
@@ -220,6 +223,14 @@ impl Proxy {
             false,
             out,
         );
+        if let Some(held) = held {
+            // The BYE's transaction holds them until it ends; a BYE that
+            // could not go releases them now.
+            match id.and_then(|id| self.txs.get_mut(id)) {
+                Some(pair) => pair.held_hostings = Some(held),
+                None => self.release_held_hostings(now, &held, out),
+            }
+        }
     }
 
     /// Whether a request from `source` with a To tag but no Route naming

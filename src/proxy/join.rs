@@ -373,7 +373,8 @@ impl Proxy {
             replaces = named.replaces, "join");
         if joiner_here {
             let (peer, uri) = dest;
-            return self.forward(now, source, msg, peer, Some(&uri), 0, true, out);
+            self.forward(now, source, msg, peer, Some(&uri), 0, true, out);
+            return;
         }
         let id = self.hold(now, source, msg, Waiting::Grant { since: now }, out);
         self.start_hosting(now, id, &leg_id, joiner, true, out);

@@ -267,6 +267,10 @@ struct TxPair {
     ringing_until: Option<Duration>,
     /// Held for the cluster: a host grant, or a hosting blade's verdict.
     waiting: Option<Waiting>,
+    /// S: a BYE relayed to a peer blade: the sessions whose hostings wait
+    /// for it to pass there, released when its final response comes back
+    /// or its transaction ends otherwise ([`Proxy::end_session_by_bye`]).
+    held_hostings: Option<Box<[String]>>,
 }
 
 struct Client {

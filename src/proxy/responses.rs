@@ -146,6 +146,11 @@ impl Proxy {
         if refresh {
             self.follow_target_refresh(&msg, None);
         }
+        if status >= 200 {
+            // A BYE's final response came back through the target blade:
+            // the hostings it held may go ([`Proxy::end_session_by_bye`]).
+            self.release_pair_hostings(now, id, out);
+        }
         self.reschedule(id);
     }
 

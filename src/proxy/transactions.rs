@@ -104,6 +104,15 @@ impl Proxy {
             let Some(pair) = self.txs.get_mut(id) else {
                 continue;
             };
+            let client_over = pair.client.as_ref().is_some_and(|c| c.tx.is_terminated());
+            if pair.held_hostings.is_some() && (timed_out || client_over) {
+                // A BYE whose hostings waited for it got no final
+                // response: it will not pass the target blade now.
+                self.release_pair_hostings(now, id, out);
+            }
+            let Some(pair) = self.txs.get_mut(id) else {
+                continue;
+            };
             if timed_out && !pair.server.is_final() {
                 if pair.invite {
                     self.fail_pending(now, id, if cancelled { 487 } else { 408 }, out);
@@ -161,6 +170,7 @@ impl Proxy {
         };
         let (call, call_id, cancelled) = (pair.call, pair.call_id.clone(), pair.cancelled);
         self.answer_pending(now, id, status, out);
+        self.release_pair_hostings(now, id, out);
         if call {
             if let Some(o) = self.outcomes(&call_id) {
                 if cancelled {
@@ -170,6 +180,16 @@ impl Proxy {
                 }
             }
             self.end_session(now, &call_id, out);
+        }
+    }
+
+    /// Releases the hostings that transaction `id`, a BYE relayed to a
+    /// peer blade, held ([`Proxy::end_session_by_bye`]): its final
+    /// response came back, or it ended without one.
+    pub(super) fn release_pair_hostings(&mut self, now: Duration, id: usize, out: &mut Output) {
+        let held = self.txs.get_mut(id).and_then(|p| p.held_hostings.take());
+        if let Some(held) = held {
+            self.release_held_hostings(now, &held, out);
         }
     }
 
@@ -227,6 +247,7 @@ impl Proxy {
             cancelled: false,
             ringing_until: None,
             waiting: None,
+            held_hostings: None,
         };
         let id = self.txs.insert(pair);
         self.by_server.insert(key, id);

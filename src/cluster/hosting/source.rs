@@ -49,7 +49,8 @@ pub enum SourceEvent {
     },
     /// A live hosting ended without the session asking: the target
     /// refused a renewal, the lease ran out unrenewed, or the link to the
-    /// target went down. The session should end the call.
+    /// target went down. The session should end the call. Not raised for
+    /// a hosting whose session ended already ([`Source::end_after`]).
     Lost {
         /// The session.
         call_id: String,
@@ -93,9 +94,22 @@ pub struct Hosting {
     /// (counted from when the request was sent, so never later than the
     /// target's own deadline).
     pub lease_until: Duration,
+    /// The session ended, but what ended it (its BYE) may not have passed
+    /// the target yet: the hosting is released at this time at the latest,
+    /// or before by [`Source::end_held`] ([`Source::end_after`]).
+    pub ending: Option<Duration>,
     /// The wake-up this hosting holds in the deadline index.
     wake: Duration,
     serial: u64,
+}
+
+impl Hosting {
+    /// When this hosting next needs the timer: a renewal, the lease's
+    /// end, or the end of its wait for its session's BYE.
+    fn next_wake(&self) -> Duration {
+        let wake = self.next_renew.min(self.lease_until);
+        self.ending.map_or(wake, |at| wake.min(at))
+    }
 }
 
 /// (Call-ID, extension): one hosted agent of one session.
@@ -477,6 +491,7 @@ impl Source {
             lease,
             next_renew,
             lease_until,
+            ending: None,
             wake: next_renew.min(lease_until),
             serial: self.next_serial,
         };
@@ -580,7 +595,7 @@ impl Source {
                 h.lease_until = h.lease_until.max(sent_at + h.lease);
                 // A shorter lease than planned for: renew in time for it.
                 h.next_renew = h.next_renew.min(sent_at + h.lease / 3);
-                let wake = h.next_renew.min(h.lease_until);
+                let wake = h.next_wake();
                 if wake != h.wake {
                     self.wakes.remove(&(h.wake, h.serial));
                     h.wake = wake;
@@ -588,13 +603,9 @@ impl Source {
                 }
             }
             None => {
-                let peer = h.peer.clone();
-                self.drop_hosting(&key);
-                self.events.push_back(SourceEvent::Lost {
-                    call_id: key.0,
-                    extension: key.1,
-                    peer,
-                });
+                if let Some(h) = self.drop_hosting(&key) {
+                    self.lost(key, h);
+                }
             }
         }
     }
@@ -650,6 +661,20 @@ impl Source {
         ));
     }
 
+    /// `h`, the hosting `key` just dropped, ended without its session
+    /// asking: the session learns it, unless it ended already (the
+    /// hosting only waited for its BYE, [`Source::end_after`]).
+    fn lost(&mut self, key: Key, h: Hosting) {
+        if h.ending.is_some() {
+            return;
+        }
+        self.events.push_back(SourceEvent::Lost {
+            call_id: key.0,
+            extension: key.1,
+            peer: h.peer,
+        });
+    }
+
     fn drop_hosting(&mut self, key: &Key) -> Option<Hosting> {
         let h = self.hostings.remove(key)?;
         self.wakes.remove(&(h.wake, h.serial));
@@ -677,6 +702,55 @@ impl Source {
             self.release_key(key);
         }
         self.cancel_pending(|k| k.0 == call_id);
+        keys.len()
+    }
+
+    /// The session `call_id` ended with a BYE that is on its way to the
+    /// target blade, through which its hosted agents' phones are reached
+    /// (SPEC §2 step 7). Its unanswered host requests are given up as by
+    /// [`Source::end`], but its hostings stay held, and renewed, until the
+    /// BYE has passed the target: [`Source::end_held`] releases them when
+    /// the BYE's final response comes back (or its transaction ends any
+    /// other way), and they are released at `until` if that never comes.
+    /// Meanwhile the agent is still this blade's ([`Source::hosts`]), as
+    /// it is still hosted on the target: an unhost that overtook the BYE
+    /// would let a new call ring a phone that is still in this one.
+    /// Returns how many hostings wait so (none: nothing to release later).
+    pub fn end_after(&mut self, call_id: &str, until: Duration) -> usize {
+        self.cancel_pending(|k| k.0 == call_id);
+        let mut held = 0;
+        for (key, h) in self
+            .hostings
+            .range_mut((call_id.to_owned(), String::new())..)
+            .take_while(|((c, _), _)| c == call_id)
+        {
+            held += 1;
+            h.ending = Some(h.ending.map_or(until, |at| at.min(until)));
+            let wake = h.next_wake();
+            if wake != h.wake {
+                self.wakes.remove(&(h.wake, h.serial));
+                h.wake = wake;
+                self.wakes.insert((wake, h.serial), key.clone());
+            }
+        }
+        held
+    }
+
+    /// Releases the hostings of the session `call_id` that wait for its
+    /// BYE ([`Source::end_after`]); a hosting a later session of the same
+    /// Call-ID holds is left alone. Returns how many ended; calling it
+    /// again is harmless.
+    pub fn end_held(&mut self, call_id: &str) -> usize {
+        let keys: Vec<Key> = self
+            .hostings
+            .range((call_id.to_owned(), String::new())..)
+            .take_while(|((c, _), _)| c == call_id)
+            .filter(|(_, h)| h.ending.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &keys {
+            self.release_key(key);
+        }
         keys.len()
     }
 
@@ -750,15 +824,17 @@ impl Source {
             let Some(h) = self.hostings.get_mut(&key) else {
                 continue;
             };
+            if h.ending.is_some_and(|at| now >= at) {
+                // Its session's BYE got no answer in time.
+                self.release_key(&key);
+                continue;
+            }
             if now >= h.lease_until {
-                let (peer, token) = (h.peer.clone(), h.token);
-                self.drop_hosting(&key);
-                self.send_unhost(peer.clone(), &key.1, &key.0, token);
-                self.events.push_back(SourceEvent::Lost {
-                    call_id: key.0,
-                    extension: key.1,
-                    peer,
-                });
+                let Some(h) = self.drop_hosting(&key) else {
+                    continue;
+                };
+                self.send_unhost(h.peer.clone(), &key.1, &key.0, h.token);
+                self.lost(key, h);
                 continue;
             }
             if now >= h.next_renew {
@@ -786,7 +862,7 @@ impl Source {
                 );
             }
             if let Some(h) = self.hostings.get_mut(&key) {
-                h.wake = h.next_renew.min(h.lease_until);
+                h.wake = h.next_wake();
                 self.wakes.insert((h.wake, h.serial), key);
             }
         }
@@ -859,11 +935,7 @@ impl Source {
             .collect();
         for key in lost {
             if let Some(h) = self.drop_hosting(&key) {
-                self.events.push_back(SourceEvent::Lost {
-                    call_id: key.0,
-                    extension: key.1,
-                    peer: h.peer,
-                });
+                self.lost(key, h);
             }
         }
         // Nothing queued for a dead link would arrive.

@@ -1266,6 +1266,63 @@ fn an_unhost_crossing_a_late_bye_is_harmless() {
     assert!(blades[s].events().is_empty());
 }
 
+/// A session ended by a BYE still on its way to the target
+/// (`Source::end_after`): its hosting stays held, renewed and counted by
+/// `hosts`, until `end_held` or its deadline releases it; either way with
+/// an unhost and no `Lost`, as the session is over. A later session of the
+/// same Call-ID keeps its own grant.
+#[test]
+fn a_hosting_held_for_a_bye_is_renewed_until_released_and_never_lost() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    login(&mut blades, "t", "2002");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c", "2001");
+    pump(secs(0), &mut blades);
+    assert!(granted(&blades[s].events()[0]).is_some());
+
+    // Released by its deadline, renewed until then.
+    assert_eq!(blades[s].source.end_after("c", secs(25)), 1);
+    assert!(blades[s].source.poll_transmit().is_none());
+    assert!(blades[s].source.hosts("2001"));
+    let mut renewals = 0;
+    for step in 1..=24 {
+        blades[s].tick(secs(step));
+        renewals += blades[s].source.pending();
+        pump(secs(step), &mut blades);
+        assert_eq!(state(&blades[t].loc, "2001"), hosted_by("s"), "at {step}");
+    }
+    assert_eq!(renewals, 2, "at 10 s and 20 s");
+    assert_eq!(blades[s].source.next_deadline(), Some(secs(25)));
+    blades[s].tick(secs(25));
+    pump(secs(25), &mut blades);
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+    assert!(blades[s].source.is_empty() && !blades[s].source.hosts("2001"));
+    assert!(blades[s].events().is_empty());
+    assert_eq!(blades[s].source.end_held("c"), 0);
+
+    // Released by `end_held`, sparing a later session's grant.
+    blades[s].source.host(secs(30), &dir, "c", "2001");
+    pump(secs(30), &mut blades);
+    blades[s].events();
+    assert_eq!(blades[s].source.end_after("c", secs(62)), 1);
+    blades[s].source.host(secs(31), &dir, "c", "2002");
+    pump(secs(31), &mut blades);
+    blades[s].events();
+    assert_eq!(blades[s].source.end_held("c"), 1);
+    pump(secs(31), &mut blades);
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+    assert_eq!(state(&blades[t].loc, "2002"), hosted_by("s"));
+    assert_eq!(blades[s].source.len(), 1);
+
+    // Dropped with its link: a held hosting raises no `Lost`.
+    assert_eq!(blades[s].source.end_after("c", secs(63)), 1);
+    blades[s].source.peer_lost("t");
+    assert!(blades[s].events().is_empty());
+    assert!(blades[s].source.is_empty());
+}
+
 #[test]
 fn an_unanswered_host_request_fails_503_and_a_late_grant_is_released() {
     let mut blades = cluster(&["s", "t"]);
