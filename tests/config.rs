@@ -74,7 +74,7 @@ fn defaults_apply() {
     assert_eq!(supervisor.kind, AgentKind::Supervisor);
     assert_eq!(
         supervisor.credential,
-        Credential::Ha1("5d41402abc4b2a76b9719d911017c592".into())
+        Credential::md5_ha1("5d41402abc4b2a76b9719d911017c592")
     );
 }
 

@@ -40,17 +40,40 @@ impl fmt::Display for AgentKind {
 pub enum Credential {
     /// The plain password: allows both MD5 and SHA-256 digests.
     Password(String),
-    /// MD5 of `extension:domain:password`, as 32 lowercase hex digits: allows
-    /// MD5 digests only.
-    Ha1(String),
+    /// The HA1s of RFC 7616 §3.4.2, H(`extension:domain:password`) as
+    /// lowercase hex, at least one of them (the file's check sees to it):
+    /// each allows the digests of its own hash (and its `-sess` variant)
+    /// only.
+    Ha1 {
+        /// MD5, 32 hex digits (`ha1`).
+        md5: Option<String>,
+        /// SHA-256, 64 hex digits (`ha1_sha256`).
+        sha256: Option<String>,
+    },
+}
+
+impl Credential {
+    /// An MD5 HA1 alone (`ha1 = "..."`).
+    pub fn md5_ha1(hex: impl Into<String>) -> Self {
+        Credential::Ha1 {
+            md5: Some(hex.into()),
+            sha256: None,
+        }
+    }
 }
 
 impl fmt::Debug for Credential {
-    // Both are password equivalents: keep them out of logs.
+    // All are password equivalents: keep them out of logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let given = |h: &Option<String>| if h.is_some() { "Some(..)" } else { "None" };
         match self {
             Credential::Password(_) => f.write_str("Password(..)"),
-            Credential::Ha1(_) => f.write_str("Ha1(..)"),
+            Credential::Ha1 { md5, sha256 } => write!(
+                f,
+                "Ha1 {{ md5: {}, sha256: {} }}",
+                given(md5),
+                given(sha256)
+            ),
         }
     }
 }
@@ -64,7 +87,7 @@ pub struct Agent {
     pub extension: String,
     /// Agent or supervisor.
     pub kind: AgentKind,
-    /// Password or HA1.
+    /// Password or HA1s.
     pub credential: Credential,
 }
 
@@ -170,6 +193,7 @@ struct RawAgent {
     kind: AgentKind,
     password: Option<Spanned<String>>,
     ha1: Option<Spanned<String>>,
+    ha1_sha256: Option<Spanned<String>>,
 }
 
 impl RawAgent {
@@ -192,20 +216,20 @@ impl RawAgent {
                 ),
             ));
         }
-        let credential = match (&self.password, &self.ha1) {
-            (Some(_), Some(ha1)) => {
-                return Err(src.at(
-                    ha1.span(),
-                    format!("agent `{badge}`: give `password` or `ha1`, not both"),
-                ));
-            }
-            (None, None) => {
-                return Err(src.at(
-                    self.badge.span(),
-                    format!("agent `{badge}` has neither `password` nor `ha1`"),
-                ));
-            }
-            (Some(password), None) => {
+        let credential = match &self.password {
+            Some(password) => {
+                // A password with an HA1 would be two secrets that may
+                // disagree: which one logs in would depend on the algorithm.
+                let ha1s = [("ha1", &self.ha1), ("ha1_sha256", &self.ha1_sha256)];
+                if let Some((field, given)) = ha1s
+                    .into_iter()
+                    .find_map(|(field, given)| Some((field, given.as_ref()?)))
+                {
+                    return Err(src.at(
+                        given.span(),
+                        format!("agent `{badge}`: give `password` or `{field}`, not both"),
+                    ));
+                }
                 if password.get_ref().is_empty() {
                     return Err(src.at(
                         password.span(),
@@ -214,17 +238,23 @@ impl RawAgent {
                 }
                 Credential::Password(password.get_ref().clone())
             }
-            (None, Some(ha1)) => {
-                let hex = ha1.get_ref();
-                if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(src.at(
-                        ha1.span(),
-                        format!("agent `{badge}`: ha1 must be 32 hex digits (an MD5 digest)"),
-                    ));
-                }
-                // Lowercase, as digest computations print it.
-                Credential::Ha1(hex.to_ascii_lowercase())
+            None if self.ha1.is_none() && self.ha1_sha256.is_none() => {
+                return Err(src.at(
+                    self.badge.span(),
+                    format!("agent `{badge}` has no `password`, `ha1` or `ha1_sha256`"),
+                ));
             }
+            None => Credential::Ha1 {
+                md5: check_hex(src, badge, "ha1", self.ha1.as_ref(), 32, "an MD5")?,
+                sha256: check_hex(
+                    src,
+                    badge,
+                    "ha1_sha256",
+                    self.ha1_sha256.as_ref(),
+                    64,
+                    "a SHA-256",
+                )?,
+            },
         };
         Ok(Agent {
             badge: badge.clone(),
@@ -233,6 +263,29 @@ impl RawAgent {
             credential,
         })
     }
+}
+
+/// An HA1 field, if given: `digits` hex digits (either case), lowercased as
+/// digest computations print them.
+fn check_hex(
+    src: &Source<'_>,
+    badge: &str,
+    field: &str,
+    given: Option<&Spanned<String>>,
+    digits: usize,
+    digest: &str,
+) -> Result<Option<String>, ConfigError> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    let hex = given.get_ref();
+    if hex.len() != digits || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(src.at(
+            given.span(),
+            format!("agent `{badge}`: {field} must be {digits} hex digits ({digest} digest)"),
+        ));
+    }
+    Ok(Some(hex.to_ascii_lowercase()))
 }
 
 fn duplicate(src: &Source<'_>, value: &Spanned<String>, what: &str, first: usize) -> ConfigError {
@@ -289,11 +342,66 @@ password = "x"
         assert_eq!(s.kind, AgentKind::Supervisor);
         assert_eq!(
             s.credential,
-            Credential::Ha1("0123456789abcdef0123456789abcdef".into())
+            Credential::md5_ha1("0123456789abcdef0123456789abcdef")
         );
         assert_eq!(agents.by_extension("3").unwrap().kind, AgentKind::Agent);
         assert!(!format!("{agents:?}").contains("s3cret"));
         assert!(parse("").unwrap().is_empty());
+    }
+
+    const MD5: &str = "0123456789abcdef0123456789abcdef";
+    const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn ha1_sha256_alone_or_beside_ha1() {
+        let agents = parse(&format!(
+            "[[agent]]\nbadge = \"A\"\nextension = \"1\"\nha1 = \"{}\"\n\
+             ha1_sha256 = \"{}\"\n\
+             [[agent]]\nbadge = \"B\"\nextension = \"2\"\nha1_sha256 = \"{SHA}\"\n",
+            MD5.to_ascii_uppercase(),
+            SHA.to_ascii_uppercase(),
+        ))
+        .unwrap();
+        assert_eq!(
+            agents.by_badge("A").unwrap().credential,
+            Credential::Ha1 {
+                md5: Some(MD5.into()),
+                sha256: Some(SHA.into()),
+            }
+        );
+        let b = &agents.by_badge("B").unwrap().credential;
+        assert_eq!(
+            *b,
+            Credential::Ha1 {
+                md5: None,
+                sha256: Some(SHA.into()),
+            }
+        );
+        assert_eq!(format!("{b:?}"), "Ha1 { md5: None, sha256: Some(..) }");
+        assert!(!format!("{agents:?}").contains("0123"));
+    }
+
+    #[test]
+    fn ha1_sha256_errors_name_the_line() {
+        let agent = "[[agent]]\nbadge = \"A\"\nextension = \"1\"\n";
+        // An MD5-length value, and one with a non-hex digit.
+        for bad in [MD5.to_owned(), format!("{}g", &SHA[1..])] {
+            assert_eq!(
+                error(&format!("{agent}ha1_sha256 = \"{bad}\"\n")),
+                "agents.toml:4: agent `A`: ha1_sha256 must be 64 hex digits (a SHA-256 digest)"
+            );
+        }
+        // Beside a good one, a bad `ha1` is still refused.
+        assert_eq!(
+            error(&format!("{agent}ha1_sha256 = \"{SHA}\"\nha1 = \"{SHA}\"\n")),
+            "agents.toml:5: agent `A`: ha1 must be 32 hex digits (an MD5 digest)"
+        );
+        assert_eq!(
+            error(&format!(
+                "{agent}password = \"p\"\nha1_sha256 = \"{SHA}\"\n"
+            )),
+            "agents.toml:5: agent `A`: give `password` or `ha1_sha256`, not both"
+        );
     }
 
     #[test]
@@ -316,7 +424,7 @@ password = "x"
         );
         assert_eq!(
             error("[[agent]]\nbadge = \"A\"\nextension = \"1\"\n"),
-            "agents.toml:2: agent `A` has neither `password` nor `ha1`"
+            "agents.toml:2: agent `A` has no `password`, `ha1` or `ha1_sha256`"
         );
         assert!(
             error("[[agent]]\nbadge = \"A\"\nextension = \"1\"\nha1 = \"abc\"\n")

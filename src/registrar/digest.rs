@@ -141,19 +141,42 @@ pub struct Credentials<'a> {
 pub enum Secret<'a> {
     /// The clear-text password: every algorithm can be verified.
     Password(&'a str),
-    /// MD5(`extension:realm:password`) as 32 hex digits. Only the MD5
-    /// algorithms can be verified with it, so offer the agent
-    /// [`Secret::algorithms`] only (SHA-256 would be answered with
-    /// [`AuthError::AlgorithmUnavailable`]).
-    Ha1(&'a str),
+    /// HA1s (RFC 7616 §3.4.2): H(`extension:realm:password`) as hex.
+    /// Each verifies its own hash's algorithms only (`md5` MD5 and
+    /// MD5-sess, `sha256` SHA-256 and SHA-256-sess), so offer the agent
+    /// [`Secret::algorithms`] only: another algorithm is answered
+    /// [`AuthError::AlgorithmUnavailable`].
+    Ha1 {
+        /// MD5, 32 hex digits.
+        md5: Option<&'a str>,
+        /// SHA-256, 64 hex digits.
+        sha256: Option<&'a str>,
+    },
 }
 
-impl Secret<'_> {
-    /// The algorithms to offer an agent with this secret, in order.
+impl<'a> Secret<'a> {
+    /// An MD5 HA1 alone.
+    pub fn md5_ha1(hex: &'a str) -> Self {
+        Secret::Ha1 {
+            md5: Some(hex),
+            sha256: None,
+        }
+    }
+
+    /// The algorithms to offer an agent with this secret, in order: those
+    /// it can verify. With no HA1 at all (which provisioning refuses) it
+    /// verifies nothing, and is offered what a password is, like anyone.
     pub fn algorithms(&self) -> &'static [Algorithm] {
         match self {
-            Secret::Password(_) => &Algorithm::OFFERED,
-            Secret::Ha1(_) => &[Algorithm::Md5],
+            Secret::Ha1 {
+                md5: Some(_),
+                sha256: None,
+            } => &[Algorithm::Md5],
+            Secret::Ha1 {
+                md5: None,
+                sha256: Some(_),
+            } => &[Algorithm::Sha256],
+            Secret::Password(_) | Secret::Ha1 { .. } => &Algorithm::OFFERED,
         }
     }
 
@@ -161,7 +184,13 @@ impl Secret<'_> {
     pub fn supports(&self, algorithm: Algorithm) -> bool {
         match self {
             Secret::Password(_) => true,
-            Secret::Ha1(_) => algorithm.is_md5(),
+            Secret::Ha1 { md5, sha256 } => {
+                if algorithm.is_md5() {
+                    md5.is_some()
+                } else {
+                    sha256.is_some()
+                }
+            }
         }
     }
 }
@@ -181,11 +210,12 @@ pub enum AuthError {
     #[error("unknown digest algorithm")]
     UnknownAlgorithm,
     /// Known algorithm, but the provisioned secret cannot verify it
-    /// (SHA-256 against an MD5 HA1).
+    /// (SHA-256 against an MD5 HA1 alone, or MD5 against a SHA-256 one).
     #[error("digest algorithm not available for this agent")]
     AlgorithmUnavailable,
-    /// The provisioned HA1 is not 32 hex digits (a configuration error).
-    #[error("provisioned HA1 is not 32 hex digits")]
+    /// The provisioned HA1 is not hex of its hash's length (32 digits for
+    /// MD5, 64 for SHA-256): a configuration error.
+    #[error("provisioned HA1 is not 32 (MD5) or 64 (SHA-256) hex digits")]
     BadSecret,
     /// `realm` is not the realm we challenge with.
     #[error("realm mismatch")]
@@ -574,9 +604,15 @@ pub fn unq(value: &str) -> Cow<'_, str> {
 }
 
 /// MD5(`username:realm:password`) as lowercase hex: the HA1 that
-/// [`Secret::Ha1`] expects.
+/// [`Secret::Ha1`] expects as `md5`.
 pub fn md5_ha1(username: &str, realm: &str, password: &str) -> String {
     Algorithm::Md5.h(&[username, realm, password])
+}
+
+/// SHA-256(`username:realm:password`) as lowercase hex: the HA1 that
+/// [`Secret::Ha1`] expects as `sha256`.
+pub fn sha256_ha1(username: &str, realm: &str, password: &str) -> String {
+    Algorithm::Sha256.h(&[username, realm, password])
 }
 
 /// The parameters of `creds` that the formulas need, checked.
@@ -633,8 +669,14 @@ fn response_with(
     }
     let mut ha1 = match secret {
         Secret::Password(password) => alg.h(&[creds.username, creds.realm, password]),
-        Secret::Ha1(ha1) => {
-            if from_hex::<16>(ha1).is_none() {
+        Secret::Ha1 { md5, sha256 } => {
+            let (ha1, digits) = if alg.is_md5() {
+                (md5, 32)
+            } else {
+                (sha256, 64)
+            };
+            let ha1 = ha1.ok_or(AuthError::AlgorithmUnavailable)?;
+            if ha1.len() != digits || !ha1.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(AuthError::BadSecret);
             }
             ha1.to_ascii_lowercase()
@@ -766,7 +808,7 @@ mod tests {
         assert_eq!(got, "6629fae49393a05397450978507c4ef1");
         // The same through a provisioned HA1.
         let ha1 = md5_ha1("Mufasa", "testrealm@host.com", "Circle Of Life");
-        let got = expected_response("GET", &creds, Secret::Ha1(&ha1)).unwrap();
+        let got = expected_response("GET", &creds, Secret::md5_ha1(&ha1)).unwrap();
         assert_eq!(got, "6629fae49393a05397450978507c4ef1");
     }
 
@@ -795,6 +837,21 @@ mod tests {
         );
         let md5 = expected_response("GET", &rfc7616_creds("MD5"), pw).unwrap();
         assert_eq!(md5, "8ca523f5e9506fed4657c9700eebdbec");
+        // The same through provisioned HA1s.
+        let md5_hex = md5_ha1("Mufasa", "http-auth@example.org", "Circle of Life");
+        let sha_hex = sha256_ha1("Mufasa", "http-auth@example.org", "Circle of Life");
+        let both = Secret::Ha1 {
+            md5: Some(&md5_hex),
+            sha256: Some(&sha_hex),
+        };
+        assert_eq!(
+            expected_response("GET", &rfc7616_creds("SHA-256"), both).unwrap(),
+            sha
+        );
+        assert_eq!(
+            expected_response("GET", &rfc7616_creds("MD5"), both).unwrap(),
+            md5
+        );
     }
 
     #[test]
@@ -1041,33 +1098,100 @@ mod tests {
         assert_eq!(r, Err(AuthError::RealmMismatch));
     }
 
+    /// Verifies an answer with `alg` computed from the password `s3cret`
+    /// against `secret`.
+    fn verify_against(
+        m: &mut NonceManager,
+        alg: Option<&str>,
+        secret: Secret<'_>,
+    ) -> Result<(), AuthError> {
+        let n = m.issue_nonce(T0, REALM);
+        let (creds, response) = answer(&n, alg, Some("00000001"), "s3cret");
+        let creds = Credentials {
+            response: &response,
+            ..creds
+        };
+        m.verify(T0, "REGISTER", &creds, secret, REALM)
+    }
+
     #[test]
     fn provisioned_ha1() {
         let mut m = manager();
         let ha1 = md5_ha1("1001", REALM, "s3cret").to_ascii_uppercase();
-        let secret = Secret::Ha1(&ha1);
+        let secret = Secret::md5_ha1(&ha1);
         assert_eq!(secret.algorithms(), &[Algorithm::Md5]);
         for (alg, want) in [
             (Some("MD5"), Ok(())),
             (Some("MD5-sess"), Ok(())),
             (Some("SHA-256"), Err(AuthError::AlgorithmUnavailable)),
+            (Some("SHA-256-sess"), Err(AuthError::AlgorithmUnavailable)),
         ] {
-            let n = m.issue_nonce(T0, REALM);
-            let (creds, response) = answer(&n, alg, Some("00000001"), "s3cret");
-            let creds = Credentials {
-                response: &response,
-                ..creds
-            };
-            assert_eq!(m.verify(T0, "REGISTER", &creds, secret, REALM), want);
+            assert_eq!(verify_against(&mut m, alg, secret), want, "{alg:?}");
         }
-        let n = m.issue_nonce(T0, REALM);
-        let (creds, response) = answer(&n, None, Some("00000001"), "s3cret");
-        let creds = Credentials {
-            response: &response,
-            ..creds
-        };
-        let r = m.verify(T0, "REGISTER", &creds, Secret::Ha1("not-hex"), REALM);
+        let r = verify_against(&mut m, None, Secret::md5_ha1("not-hex"));
         assert_eq!(r, Err(AuthError::BadSecret));
+    }
+
+    /// With the SHA-256 HA1 beside the MD5 one, every algorithm a
+    /// password allows is offered and verified; with it alone, SHA-256
+    /// (and SHA-256-sess) only.
+    #[test]
+    fn provisioned_sha256_ha1() {
+        let mut m = manager();
+        let md5 = md5_ha1("1001", REALM, "s3cret");
+        let sha = sha256_ha1("1001", REALM, "s3cret").to_ascii_uppercase();
+        assert_eq!(sha.len(), 64);
+        let both = Secret::Ha1 {
+            md5: Some(&md5),
+            sha256: Some(&sha),
+        };
+        assert_eq!(both.algorithms(), &Algorithm::OFFERED);
+        let alone = Secret::Ha1 {
+            md5: None,
+            sha256: Some(&sha),
+        };
+        assert_eq!(alone.algorithms(), &[Algorithm::Sha256]);
+        for alg in [
+            None,
+            Some("MD5"),
+            Some("MD5-sess"),
+            Some("SHA-256"),
+            Some("sha-256-sess"),
+        ] {
+            assert_eq!(verify_against(&mut m, alg, both), Ok(()), "{alg:?}");
+            let sha = alg.is_some_and(|a| a.to_ascii_uppercase().starts_with("SHA"));
+            let want = if sha {
+                Ok(())
+            } else {
+                Err(AuthError::AlgorithmUnavailable)
+            };
+            assert_eq!(verify_against(&mut m, alg, alone), want, "{alg:?}");
+        }
+        // A wrong password is wrong with either hash.
+        let other = sha256_ha1("1001", REALM, "guess");
+        let wrong = Secret::Ha1 {
+            md5: Some(&md5),
+            sha256: Some(&other),
+        };
+        let r = verify_against(&mut m, Some("SHA-256"), wrong);
+        assert_eq!(r, Err(AuthError::WrongPassword));
+        assert_eq!(verify_against(&mut m, Some("MD5"), wrong), Ok(()));
+        // An MD5-length value where SHA-256 is expected is refused as a
+        // bad secret, not compared.
+        let short = Secret::Ha1 {
+            md5: None,
+            sha256: Some(&md5),
+        };
+        let r = verify_against(&mut m, Some("SHA-256"), short);
+        assert_eq!(r, Err(AuthError::BadSecret));
+        // No HA1 at all verifies nothing, but is offered like anyone.
+        let none = Secret::Ha1 {
+            md5: None,
+            sha256: None,
+        };
+        assert_eq!(none.algorithms(), &Algorithm::OFFERED);
+        let r = verify_against(&mut m, Some("MD5"), none);
+        assert_eq!(r, Err(AuthError::AlgorithmUnavailable));
     }
 
     #[test]
@@ -1203,7 +1327,11 @@ mod tests {
                     nc: Some(a),
                     opaque: Some(b),
                 };
-                let _ = m.verify(T0, a, &creds, Secret::Ha1(b), REALM);
+                let ha1 = Secret::Ha1 {
+                    md5: Some(b),
+                    sha256: Some(b),
+                };
+                let _ = m.verify(T0, a, &creds, ha1, REALM);
                 let _ = m.verify(T0, b, &creds, Secret::Password(a), REALM);
                 let _ = expected_response(a, &creds, Secret::Password(b));
             }
@@ -1243,7 +1371,11 @@ mod tests {
                     nc: opts[3].as_deref(),
                     opaque: opts[4].as_deref(),
                 };
-                let secret = if use_ha1 { Secret::Ha1(&strs[5]) } else { Secret::Password(&strs[5]) };
+                let secret = if use_ha1 {
+                    Secret::Ha1 { md5: Some(&strs[5]), sha256: Some(&strs[5]) }
+                } else {
+                    Secret::Password(&strs[5])
+                };
                 let now = Duration::from_millis(now_ms);
                 let r = m.verify(now, &strs[0], &creds, secret, &strs[1]);
                 // Random nonces are never ours.

@@ -466,7 +466,6 @@ fn digest_for<'m>(msg: &'m Message, header: HeaderName, realm: &str) -> Option<D
     Some(all.find(ours).unwrap_or(first))
 }
 
-/// The digest secret of a provisioned agent.
 /// Whether `username` names `agent`: its extension, or its badge (its
 /// login id, which a phone may be set up to authenticate with) when the
 /// agent has a password. An HA1 credential is bound to the extension.
@@ -475,10 +474,14 @@ fn is_own_username(agent: &Agent, username: &str) -> bool {
         || (username == agent.badge && matches!(agent.credential, Credential::Password(_)))
 }
 
+/// The digest secret of a provisioned agent.
 fn secret_of(agent: &Agent) -> Secret<'_> {
     match &agent.credential {
         Credential::Password(p) => Secret::Password(p),
-        Credential::Ha1(h) => Secret::Ha1(h),
+        Credential::Ha1 { md5, sha256 } => Secret::Ha1 {
+            md5: md5.as_deref(),
+            sha256: sha256.as_deref(),
+        },
     }
 }
 

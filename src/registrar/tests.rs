@@ -67,7 +67,25 @@ fn answer_for(
     password: &str,
     nc: &str,
 ) -> String {
-    let www = challenge.www_authenticate().unwrap();
+    answer_with(challenge, method, uri, None, ext, password, nc)
+}
+
+/// As [`answer_for`], with `algorithm` in place of the topmost
+/// challenge's when given (all of a response's challenges share a nonce);
+/// `challenge` may be a 401 or a 407.
+fn answer_with(
+    challenge: &Message,
+    method: &str,
+    uri: &str,
+    algorithm: Option<&str>,
+    ext: &str,
+    password: &str,
+    nc: &str,
+) -> String {
+    let www = challenge
+        .www_authenticate()
+        .or_else(|| challenge.proxy_authenticate())
+        .unwrap();
     let d = www.digest().unwrap();
     let mut creds = Credentials {
         username: ext,
@@ -75,7 +93,7 @@ fn answer_for(
         nonce: d.nonce.unwrap(),
         uri,
         response: "",
-        algorithm: d.algorithm,
+        algorithm: algorithm.or(d.algorithm),
         cnonce: Some("c0ffee"),
         qop: Some("auth"),
         nc: Some(nc),
@@ -645,17 +663,14 @@ fn a_huge_expires_is_capped_and_the_200_says_so() {
     assert_eq!(r.expire(t0 + Duration::from_secs(max)), ["1001"]);
 }
 
-/// An agent provisioned with `ha1` (MD5 of extension:domain:password) is
-/// offered MD5 only, since SHA-256 cannot be verified without the
-/// password, logs in with it, and authenticates by its extension only
-/// (the HA1 hashes the extension, not the badge).
-#[test]
-fn an_agent_provisioned_with_ha1_is_offered_md5_and_logs_in_by_extension() {
+/// A registrar with auth on and the one agent 1001 (badge A1001), whose
+/// password is `pw1001`, provisioned with `credential`.
+fn registrar_with(credential: Credential) -> Registrar {
     let agent = Arc::new(Agent {
         badge: "A1001".into(),
         extension: "1001".into(),
         kind: AgentKind::Agent,
-        credential: Credential::Ha1(super::digest::md5_ha1("1001", "cc.example", "pw1001")),
+        credential,
     });
     let settings = Settings {
         domain: "cc.example".into(),
@@ -663,15 +678,48 @@ fn an_agent_provisioned_with_ha1_is_offered_md5_and_logs_in_by_extension() {
         own_ip: None,
         unix_at_epoch: None,
     };
-    let mut r = Registrar::new(settings, [agent], NonceManager::from_secret([7; 32]));
+    Registrar::new(settings, [agent], NonceManager::from_secret([7; 32]))
+}
+
+/// The `algorithm` of each challenge in `values`, in order.
+fn algorithms<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .map(|v| {
+            let v = String::from_utf8_lossy(v);
+            let (_, after) = v.split_once("algorithm=").unwrap();
+            after.split(',').next().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// The algorithms a 401 offers.
+fn offered(challenge: &Message) -> Vec<String> {
+    algorithms(challenge.header_values(crate::sip::HeaderName::WwwAuthenticate))
+}
+
+/// The MD5 and SHA-256 HA1s of 1001's password `pw1001`, as an operator
+/// provisions them (uppercase hex is allowed; the file lowercases it).
+fn both_ha1s() -> Credential {
+    Credential::Ha1 {
+        md5: Some(super::digest::md5_ha1("1001", "cc.example", "pw1001")),
+        sha256: Some(super::digest::sha256_ha1("1001", "cc.example", "pw1001")),
+    }
+}
+
+/// An agent provisioned with `ha1` (MD5 of extension:domain:password) is
+/// offered MD5 only, since SHA-256 cannot be verified without the
+/// password, logs in with it, and authenticates by its extension only
+/// (the HA1 hashes the extension, not the badge).
+#[test]
+fn an_agent_provisioned_with_ha1_is_offered_md5_and_logs_in_by_extension() {
+    let mut r = registrar_with(Credential::md5_ha1(super::digest::md5_ha1(
+        "1001",
+        "cc.example",
+        "pw1001",
+    )));
     let t0 = Duration::from_secs(100);
     let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
-    let offered: Vec<_> = challenge
-        .header_values(crate::sip::HeaderName::WwwAuthenticate)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect();
-    assert_eq!(offered.len(), 1);
-    assert!(offered[0].contains("algorithm=MD5"), "{offered:?}");
+    assert_eq!(offered(&challenge), ["MD5"]);
 
     let by_badge = answer(&challenge, "A1001", "pw1001", "00000001");
     let (outcome, _) = send(&mut r, t0, &register("1001", 2, CONTACT, &by_badge));
@@ -679,6 +727,126 @@ fn an_agent_provisioned_with_ha1_is_offered_md5_and_logs_in_by_extension() {
     let by_extension = answer(&challenge, "1001", "pw1001", "00000002");
     let (outcome, _) = send(&mut r, t0, &register("1001", 3, CONTACT, &by_extension));
     assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+}
+
+/// An agent provisioned with both `ha1` and `ha1_sha256` is offered what
+/// a password agent is (MD5, then SHA-256), so a challenge does not tell
+/// how it was provisioned, and logs in with either algorithm and its
+/// `-sess` variant; a wrong password is refused with either.
+#[test]
+fn an_agent_provisioned_with_both_ha1s_is_offered_md5_and_sha256_and_logs_in_with_either() {
+    let t0 = Duration::from_secs(100);
+    let mut r = registrar_with(both_ha1s());
+    let (outcome, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    assert_eq!(outcome, Outcome::Challenged);
+    assert_eq!(offered(&challenge), ["MD5", "SHA-256"]);
+    let (_, by_password) = send(&mut registrar(true), t0, &register("1001", 1, CONTACT, ""));
+    assert_eq!(offered(&challenge), offered(&by_password));
+
+    let with = |alg: &str, password: &str, nc: &str| {
+        let uri = "sip:cc.example";
+        answer_with(&challenge, "REGISTER", uri, Some(alg), "1001", password, nc)
+    };
+    for alg in ["MD5", "SHA-256"] {
+        let wrong = with(alg, "wrong", "00000001");
+        let (outcome, _) = send(&mut r, t0, &register("1001", 2, CONTACT, &wrong));
+        assert_eq!(outcome, Outcome::Refused(403), "{alg}");
+    }
+    assert!(!r.location().get("1001").unwrap().is_logged_in());
+
+    let sha = with("SHA-256", "pw1001", "00000001");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 3, CONTACT, &sha));
+    assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+    for (cseq, alg, nc) in [
+        (4, "MD5", "00000002"),
+        (5, "MD5-sess", "00000003"),
+        (6, "SHA-256-sess", "00000004"),
+    ] {
+        let auth = with(alg, "pw1001", nc);
+        let (outcome, _) = send(&mut r, t0, &register("1001", cseq, CONTACT, &auth));
+        assert_eq!(outcome, Outcome::Refreshed("1001".into()), "{alg}");
+    }
+}
+
+/// An agent provisioned with `ha1_sha256` alone is offered SHA-256 only:
+/// an MD5 answer could not be verified, so offering MD5 would only fail
+/// the clients that pick it. An MD5 answer anyway is re-challenged, and
+/// the HA1 is bound to the extension.
+#[test]
+fn an_agent_provisioned_with_ha1_sha256_alone_is_offered_sha256_only() {
+    let t0 = Duration::from_secs(100);
+    let sha = super::digest::sha256_ha1("1001", "cc.example", "pw1001");
+    let mut r = registrar_with(Credential::Ha1 {
+        md5: None,
+        sha256: Some(sha),
+    });
+    let (_, challenge) = send(&mut r, t0, &register("1001", 1, CONTACT, ""));
+    assert_eq!(offered(&challenge), ["SHA-256"]);
+
+    let md5 = answer_with(
+        &challenge,
+        "REGISTER",
+        "sip:cc.example",
+        Some("MD5"),
+        "1001",
+        "pw1001",
+        "00000001",
+    );
+    let (outcome, again) = send(&mut r, t0, &register("1001", 2, CONTACT, &md5));
+    assert_eq!(outcome, Outcome::Challenged);
+    assert_eq!(offered(&again), ["SHA-256"]);
+    let by_badge = answer(&challenge, "A1001", "pw1001", "00000001");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 3, CONTACT, &by_badge));
+    assert_eq!(outcome, Outcome::Refused(403));
+    let wrong = answer(&challenge, "1001", "wrong", "00000001");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 4, CONTACT, &wrong));
+    assert_eq!(outcome, Outcome::Refused(403));
+    let good = answer(&challenge, "1001", "pw1001", "00000001");
+    let (outcome, _) = send(&mut r, t0, &register("1001", 5, CONTACT, &good));
+    assert_eq!(outcome, Outcome::LoggedIn("1001".into()));
+}
+
+/// The proxy's challenge (407, INVITE and the like) checks the same
+/// credential: an agent with both HA1s is offered MD5 and SHA-256 in
+/// Proxy-Authenticate, and its SHA-256 Proxy-Authorization passes.
+#[test]
+fn a_proxy_challenge_offers_and_verifies_both_ha1s() {
+    let t0 = Duration::from_secs(100);
+    let mut r = registrar_with(both_ha1s());
+    let invite = |auth: &str| {
+        let text = register("1001", 1, CONTACT, auth)
+            .replace("REGISTER sip:cc.example", "INVITE sip:1002@cc.example")
+            .replace("REGISTER\r\n", "INVITE\r\n");
+        Message::parse(Bytes::from(text)).unwrap()
+    };
+    let agent = r.location().get("1001").unwrap().agent.clone();
+    let bare = invite("");
+    let refusal = r
+        .check_digest(t0, &bare, &agent, super::Challenger::Proxy)
+        .unwrap_err();
+    assert_eq!(refusal.status, 407);
+    let values: Vec<&[u8]> = refusal
+        .headers
+        .iter()
+        .filter(|(name, _)| *name == "Proxy-Authenticate")
+        .map(|(_, v)| v.as_bytes())
+        .collect();
+    assert_eq!(algorithms(values.into_iter()), ["MD5", "SHA-256"]);
+
+    let mut out = BytesMut::new();
+    refusal.respond(&bare, "t1", &mut out);
+    let challenge = Message::parse(out.freeze()).unwrap();
+    let uri = "sip:1002@cc.example";
+    for (alg, password, nc, want) in [
+        ("SHA-256", "wrong", "00000001", Err(403)),
+        ("SHA-256", "pw1001", "00000001", Ok(())),
+        ("MD5", "pw1001", "00000002", Ok(())),
+    ] {
+        let auth = answer_with(&challenge, "INVITE", uri, Some(alg), "1001", password, nc)
+            .replace("Authorization:", "Proxy-Authorization:");
+        let checked = r.check_digest(t0, &invite(&auth), &agent, super::Challenger::Proxy);
+        assert_eq!(checked.map_err(|e| e.status), want, "{alg} {password}");
+    }
 }
 
 /// One binding per agent, but a REGISTER may carry several contacts
