@@ -149,11 +149,25 @@ impl Proxy {
             .map(|s| s.joined.clone())
             .unwrap_or_default();
         for leg in legs {
-            self.hang_up(now, &leg, why, out);
-            self.end_session(now, &leg, out);
+            self.hang_up_and_end(now, &leg, why, out);
         }
-        self.hang_up(now, call_id, why, out);
-        self.end_session(now, call_id, out);
+        self.hang_up_and_end(now, call_id, why, out);
+    }
+
+    /// Hangs `call_id` up on its phones and ends its session. Where a BYE
+    /// of the blade's own goes to a peer blade (towards a hosted callee),
+    /// the hostings the session ends wait for that BYE to pass there, as
+    /// for a BYE relayed there ([`Proxy::end_session_by_bye`]).
+    fn hang_up_and_end(&mut self, now: Duration, call_id: &str, why: HangUp, out: &mut Output) {
+        match self.hang_up(now, call_id, why, out) {
+            Some(bye) => {
+                let held = self.end_session_holding_hostings(now, call_id, out);
+                if let Some(held) = held {
+                    self.hold_hostings_for_own_bye(now, bye, held, out);
+                }
+            }
+            None => self.end_session(now, call_id, out),
+        }
     }
 
     /// `extension` is in the call `call_id`, whose session is on this core:

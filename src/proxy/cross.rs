@@ -817,16 +817,34 @@ impl Proxy {
         target: Peer,
         out: &mut Output,
     ) -> Option<Box<[String]>> {
-        if self.cluster.is_some() && self.is_peer_blade_sip(target.addr) {
-            let until = now + self.settings.timers.timeout();
-            if let Some(c) = self.cluster.as_mut() {
-                c.bye_holds = Some((until, Vec::new()));
-            }
+        let held = if self.cluster.is_some() && self.is_peer_blade_sip(target.addr) {
+            self.end_session_holding_hostings(now, bye.call_id(), out)
+        } else {
+            self.end_session(now, bye.call_id(), out);
+            None
+        };
+        if let Some(c) = self.cluster.as_mut() {
+            c.hosted_dialog_ended(bye);
         }
-        self.end_session(now, bye.call_id(), out);
-        let c = self.cluster.as_mut()?;
-        c.hosted_dialog_ended(bye);
-        let (_, held) = c.bye_holds.take()?;
+        held
+    }
+
+    /// S: [`Proxy::end_session`] for `call_id`, whose BYE is on its way to
+    /// a peer blade: the hostings it ends wait for that BYE (for 64×T1 at
+    /// most). Returns the sessions whose hostings wait, for
+    /// [`Proxy::release_held_hostings`].
+    pub(super) fn end_session_holding_hostings(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        out: &mut Output,
+    ) -> Option<Box<[String]>> {
+        let until = now + self.settings.timers.timeout();
+        if let Some(c) = self.cluster.as_mut() {
+            c.bye_holds = Some((until, Vec::new()));
+        }
+        self.end_session(now, call_id, out);
+        let (_, held) = self.cluster.as_mut()?.bye_holds.take()?;
         (!held.is_empty()).then(|| held.into_boxed_slice())
     }
 

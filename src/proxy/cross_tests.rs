@@ -1344,6 +1344,8 @@ fn a_hosted_joiners_leg_ended_normally_leaves_no_record_on_its_blade() {
 /// A session whose BYE never comes ends after `max_call`: the hosted agent
 /// goes back to its blade and both agents are ready again (SPEC §2 steps 7
 /// and 8: nobody stays hosted for ever, even while S lives and renews).
+/// S's own BYE to the callee goes through T; with the phones gone it gets
+/// no answer, and the hosting waits for it no longer than its timeout.
 #[test]
 fn a_call_that_outlives_max_call_is_ended_and_its_agent_handed_back() {
     let mut w = World::new();
@@ -1352,11 +1354,16 @@ fn a_call_that_outlives_max_call_is_ended_and_its_agent_handed_back() {
     assert_eq!(w.take("1002").method(), Some(Method::Ack));
     w.advance(MAX_CALL - Duration::from_secs(60));
     assert_eq!(w.state(T, "1002"), "hosted", "renewed all along");
-    w.advance(Duration::from_secs(61));
-    assert_eq!(w.state(T, "1002"), "ready");
+    w.advance(Duration::from_secs(60));
     assert_eq!(w.state(S, "1001"), "ready");
     assert!(w.snapshot(S).sessions.is_empty());
     assert_eq!(w.nodes[S].proxy.metrics().sessions_expired, 1);
+    let timeout = TimerConfig::default().timeout();
+    w.advance(timeout - Duration::from_millis(1));
+    assert_eq!(w.state(T, "1002"), "hosted", "S's BYE still on its way");
+    w.advance(Duration::from_millis(1));
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert!(!s_hosts(&w, "1002"));
 }
 
 /// The phones of a cross-blade call that outlives `max_call` are hung up
@@ -1368,18 +1375,24 @@ fn a_cross_blade_call_that_outlives_max_call_is_hung_up_on_both_phones() {
     let ok = answered_call(&mut w);
     w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
     assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let since = w.link_log.len();
     w.advance(MAX_CALL);
-    assert_eq!(w.state(T, "1002"), "ready");
     assert_eq!(w.state(S, "1001"), "ready");
     let to_caller = w.take("1001");
     let to_callee = w.take("1002");
     assert_bye_to_caller(&to_caller, &ok);
     assert_bye_to_callee(&to_callee, &ok);
     assert!(w.idle("1001") && w.idle("1002"));
+    // As for a BYE S relays: no unhost overtakes S's own BYE to 1002.
+    assert_eq!(w.state(T, "1002"), "hosted");
+    assert_eq!(unhosts_since(&w, since), 0);
 
-    // Both answer: nothing is retransmitted, nothing reopens.
+    // Both answer: nothing is retransmitted, nothing reopens; the callee's
+    // answer, back through T, releases the hosting.
     w.send_from(S, "1001", &answer(&to_caller, 200));
     w.send_from(T, "1002", &answer(&to_callee, 200));
+    assert_eq!(unhosts_since(&w, since), 1);
+    assert_eq!(w.state(T, "1002"), "ready");
     assert!(w.idle("1001") && w.idle("1002"), "the answers end at S");
     w.advance(Duration::from_secs(40));
     assert!(w.idle("1001") && w.idle("1002"));

@@ -58,6 +58,10 @@ pub(super) struct OwnBye {
     tx: ClientTx,
     generation: u32,
     call_id: Box<str>,
+    /// S: sent to a peer blade, towards a hosted callee: the sessions
+    /// whose hostings wait for it to pass there, released at its final
+    /// response or when it ends without one ([`Proxy::hang_up_and_end`]).
+    held_hostings: Option<Box<[String]>>,
 }
 
 /// Why a session is hung up, for the log.
@@ -85,19 +89,22 @@ impl Proxy {
     /// The blade ends session `call_id` itself (`why`): each party of its
     /// dialog, if confirmed and not hung up already, gets a BYE of the
     /// blade's own where it can be reached. Call before the session is
-    /// closed.
-    pub(super) fn hang_up(&mut self, now: Duration, call_id: &str, why: HangUp, out: &mut Output) {
-        let Some(session) = self.sessions.get(call_id) else {
-            return;
-        };
+    /// closed. Returns the number of the BYE that went to a peer blade
+    /// (towards a hosted callee), if one did.
+    pub(super) fn hang_up(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        why: HangUp,
+        out: &mut Output,
+    ) -> Option<u64> {
+        let session = self.sessions.get(call_id)?;
         // `left`: the dialog itself ended (its BYE passed) while join legs
         // lived on.
         if session.phase != Phase::Confirmed || session.left.is_some() {
-            return;
+            return None;
         }
-        let Some(d) = session.dialog.clone() else {
-            return;
-        };
+        let d = session.dialog.clone()?;
         let caller_target = session.caller_contact.as_ref().map(|c| c.1.clone());
         let (caller, callee) = (session.caller.clone(), session.callee.clone());
         let parties = [
@@ -107,6 +114,7 @@ impl Proxy {
             ),
             (callee, d.bye_to_callee()),
         ];
+        let mut to_peer_blade = None;
         for (agent, bye) in parties {
             let Some(bye) = bye else {
                 tracing::debug!(%call_id, %agent, "no way to address a BYE to this party");
@@ -117,7 +125,38 @@ impl Proxy {
                 continue;
             }
             tracing::debug!(%call_id, %agent, why = why.as_str(), "sending BYE");
-            self.send_own_bye(now, call_id, &bye, out);
+            let sent = self.send_own_bye(now, call_id, &bye, out);
+            if self.cluster.is_some() && self.is_peer_blade_sip(bye.hop.addr) {
+                to_peer_blade = to_peer_blade.or(sent);
+            }
+        }
+        to_peer_blade
+    }
+
+    /// S: the hostings of `sessions` wait for own BYE `n` to pass the
+    /// peer blade it went to; released now if that BYE is gone already.
+    pub(super) fn hold_hostings_for_own_bye(
+        &mut self,
+        now: Duration,
+        n: u64,
+        sessions: Box<[String]>,
+        out: &mut Output,
+    ) {
+        match self.own_byes.get_mut(&n) {
+            Some(bye) => bye.held_hostings = Some(sessions),
+            None => self.release_held_hostings(now, &sessions, out),
+        }
+    }
+
+    /// Releases the hostings own BYE `n` held, if any: it was answered,
+    /// or ended without an answer.
+    fn release_own_bye_hostings(&mut self, now: Duration, n: u64, out: &mut Output) {
+        let held = self
+            .own_byes
+            .get_mut(&n)
+            .and_then(|b| b.held_hostings.take());
+        if let Some(held) = held {
+            self.release_held_hostings(now, &held, out);
         }
     }
 
@@ -129,14 +168,15 @@ impl Proxy {
     }
 
     /// Sends `bye` in dialog `call_id` over a client transaction of its
-    /// own, with a fresh Via and [`BYE_CSEQ`], and counts it.
+    /// own, with a fresh Via and [`BYE_CSEQ`], and counts it. Returns its
+    /// number, if sent.
     pub(super) fn send_own_bye(
         &mut self,
         now: Duration,
         call_id: &str,
         bye: &ByeTo,
         out: &mut Output,
-    ) {
+    ) -> Option<u64> {
         let ByeTo {
             target,
             route,
@@ -169,7 +209,7 @@ impl Proxy {
         if let Err(err) = Message::parse(data.clone()) {
             // Parts copied from a 2xx that parsed: not expected.
             tracing::warn!(%call_id, %err, "could not build a BYE");
-            return;
+            return None;
         }
         let (tx, first) = ClientTx::start(now, false, data, hop, self.settings.timers);
         out.transmits.push(first);
@@ -180,9 +220,11 @@ impl Proxy {
                 tx,
                 generation: 0,
                 call_id: call_id.into(),
+                held_hostings: None,
             },
         );
         self.reschedule_own_bye(n);
+        Some(n)
     }
 
     /// T: grants that ended, as the target reports them: the dialogs kept
@@ -253,6 +295,7 @@ impl Proxy {
         if bye.tx.on_timeout(now, &mut out.transmits) == Some(ClientEvent::Timeout) {
             tracing::info!(call_id = %bye.call_id, "the blade's BYE got no answer");
             self.metrics.sessions_bye_failed += 1;
+            self.release_own_bye_hostings(now, n, out);
         }
         self.reschedule_own_bye(n);
     }
@@ -293,6 +336,7 @@ impl Proxy {
                 tracing::info!(call_id = %bye.call_id, status, "the blade's BYE refused");
                 self.metrics.sessions_bye_failed += 1;
             }
+            self.release_own_bye_hostings(now, n, out);
         }
         self.reschedule_own_bye(n);
         true
@@ -300,10 +344,16 @@ impl Proxy {
 
     /// An own BYE that could not be sent (no TCP connection): given up
     /// now rather than at timer F. Returns whether `msg` was one.
-    pub(super) fn own_bye_unsent(&mut self, msg: &Message) -> bool {
+    pub(super) fn own_bye_unsent(
+        &mut self,
+        now: Duration,
+        msg: &Message,
+        out: &mut Output,
+    ) -> bool {
         let Some(n) = msg.top_via().branch().and_then(|b| self.own_bye_of(b)) else {
             return false;
         };
+        self.release_own_bye_hostings(now, n, out);
         if let Some(bye) = self.own_byes.remove(&n) {
             tracing::info!(call_id = %bye.call_id, "the blade's BYE could not be sent");
             self.metrics.sessions_bye_failed += 1;

@@ -167,7 +167,7 @@ impl Proxy {
         };
         let key = (msg.buffer().slice_ref(branch.as_bytes()), false);
         let Some(&id) = self.by_client.get(&key) else {
-            self.own_bye_unsent(msg);
+            self.own_bye_unsent(now, msg, out);
             return;
         };
         let Some(pair) = self.txs.get_mut(id) else {
