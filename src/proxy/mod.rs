@@ -77,6 +77,11 @@ pub const TIMER_C: Duration = Duration::from_secs(181);
 /// UDP, since not every phone listens on TCP.
 pub const UDP_MAX_TO_BLADES: usize = 1300;
 
+/// How often a core forgets what expired in the tables pruned otherwise
+/// only when an entry is added (INVITE hand-offs, leaves to relay, nonce
+/// counts), so that an idle core does not keep them: while any is held.
+const TIDY_EVERY: Duration = Duration::from_secs(60);
+
 /// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
 /// A request for an agent on UDP that grows past it when forwarded cannot
 /// be sent: the caller gets 513 at once rather than 408 after timer B.
@@ -324,6 +329,8 @@ pub struct Proxy {
     /// INVITE transactions handed to another core (a Join for a session it
     /// owns), and until when: their later requests go there too.
     handed_off: HashMap<ServerKey, (usize, Duration), ahash::RandomState>,
+    /// When [`Proxy::tidy`] last ran.
+    tidied_at: Duration,
     /// Transaction pairs; their slab keys index the maps below and the
     /// timer queue.
     txs: Slab<TxPair>,
@@ -396,6 +403,7 @@ impl Proxy {
             logged_in_elsewhere: HashSet::default(),
             remote_sessions: HashMap::default(),
             handed_off: HashMap::default(),
+            tidied_at: Duration::ZERO,
             txs: Slab::new(),
             by_server: HashMap::default(),
             by_client: HashMap::default(),
@@ -484,10 +492,35 @@ impl Proxy {
         let expiry = self.registrar.location().next_expiry();
         let cluster = self.cluster.as_ref().and_then(Cluster::next_deadline);
         let sessions = self.sessions.next_expiry();
-        [self.timers.next_deadline(), expiry, cluster, sessions]
+        let tidy = self.holds_expiring().then_some(self.tidied_at + TIDY_EVERY);
+        [self.timers.next_deadline(), expiry, cluster, sessions, tidy]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Whether a table that expires its entries only when others are
+    /// added holds any ([`TIDY_EVERY`]).
+    fn holds_expiring(&self) -> bool {
+        !self.handed_off.is_empty()
+            || self.registrar.nonces().tracked_nonces() > 0
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.target.relays_held() > 0)
+    }
+
+    /// Forgets what expired in those tables, if [`TIDY_EVERY`] has passed.
+    fn tidy(&mut self, now: Duration) {
+        if now < self.tidied_at + TIDY_EVERY || !self.holds_expiring() {
+            return;
+        }
+        self.tidied_at = now;
+        self.handed_off.retain(|_, (_, until)| *until > now);
+        self.registrar.nonces_mut().forget_expired(now);
+        if let Some(c) = self.cluster.as_mut() {
+            c.target.forget_expired_relays(now);
+        }
     }
 
     /// Handles a datagram (or stream frame) from `source`.

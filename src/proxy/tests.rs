@@ -816,12 +816,21 @@ fn invites_are_challenged_when_auth_is_on() {
         Default::default(),
         "a challenge is no call outcome"
     );
+    let header = proxy_authorization(&challenge, "1001", "sip:1002@cc.example");
+    let out = b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi2", &header));
+    assert_eq!(status(&out[0]), 100);
+    assert_eq!(out[1].to, udp(&terminal("1002")));
+}
+
+/// The Proxy-Authorization line with which `ext` (password `pw<ext>`)
+/// answers `challenge` for an INVITE to `uri`.
+fn proxy_authorization(challenge: &Message, ext: &str, uri: &str) -> String {
     let d = challenge.proxy_authenticate().unwrap().digest().unwrap();
     let mut creds = crate::registrar::digest::Credentials {
-        username: "1001",
+        username: ext,
         realm: d.realm.unwrap(),
         nonce: d.nonce.unwrap(),
-        uri: "sip:1002@cc.example",
+        uri,
         response: "",
         algorithm: d.algorithm,
         cnonce: Some("abc"),
@@ -829,19 +838,49 @@ fn invites_are_challenged_when_auth_is_on() {
         nc: Some("00000001"),
         opaque: None,
     };
-    let secret = crate::registrar::digest::Secret::Password("pw1001");
+    let password = format!("pw{ext}");
+    let secret = crate::registrar::digest::Secret::Password(&password);
     let response = crate::registrar::digest::expected_response("INVITE", &creds, secret).unwrap();
     creds.response = &response;
-    let header = format!(
-        "Proxy-Authorization: Digest username=\"1001\", realm=\"{}\", nonce=\"{}\", uri=\"sip:1002@cc.example\", \
+    format!(
+        "Proxy-Authorization: Digest username=\"{ext}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", \
          response=\"{response}\", algorithm={}, cnonce=\"abc\", qop=auth, nc=00000001\r\n",
         creds.realm,
         creds.nonce,
         creds.algorithm.unwrap()
-    );
+    )
+}
+
+/// A nonce's count is kept against replay while the nonce lives; once it
+/// expired, an idle core forgets it (at most a minute later) rather than
+/// keeping it until the next authenticated request, and then has no timer
+/// left at all.
+#[test]
+fn an_idle_core_forgets_expired_nonce_counts() {
+    let mut b = Blade::new(true, 100);
+    b.register("1001");
+    b.register("1002");
+    let a = terminal("1001");
+    let out = b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi1", ""));
+    let header = proxy_authorization(&parse(&out[0]), "1001", "sip:1002@cc.example");
     let out = b.send(&a, &invite("1001", "1002", "c1", "z9hG4bKi2", &header));
     assert_eq!(status(&out[0]), 100);
-    assert_eq!(out[1].to, udp(&terminal("1002")));
+    let busy = answer(&parse(&out[1]), 486, "t1");
+    b.send(&terminal("1002"), &busy);
+    assert_eq!(b.proxy.registrar().nonces().tracked_nonces(), 1);
+
+    let lifetime = crate::registrar::digest::DEFAULT_NONCE_LIFETIME;
+    b.advance(lifetime - Duration::from_secs(1));
+    assert_eq!(
+        b.proxy.registrar().nonces().tracked_nonces(),
+        1,
+        "still live"
+    );
+    b.advance(Duration::from_secs(61));
+    assert_eq!(b.proxy.registrar().nonces().tracked_nonces(), 0);
+    // Registrations last an hour; past them, nothing is left to wake for.
+    b.advance(Duration::from_secs(7200));
+    assert_eq!(b.proxy.next_deadline(), None);
 }
 
 #[test]

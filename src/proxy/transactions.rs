@@ -24,6 +24,7 @@ pub(super) const IDLE_TABLE_CAPACITY: usize = 1024;
 impl Proxy {
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Duration, out: &mut Output) {
+        self.tidy(now);
         for ext in self.registrar.expire(now) {
             self.announce_logout(&ext, out);
         }

@@ -558,6 +558,12 @@ impl NonceManager {
         Ok(())
     }
 
+    /// [`NonceManager::prune_expired`] at `now`: for a periodic tidy, as
+    /// the table is otherwise pruned only when a nonce is used.
+    pub fn forget_expired(&mut self, now: Duration) {
+        self.prune_expired(millis(now));
+    }
+
     /// Drops expired nonces: they fail the freshness check before the table
     /// is consulted, so their counts are no longer needed.
     fn prune_expired(&mut self, now_ms: u64) {

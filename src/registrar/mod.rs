@@ -102,6 +102,11 @@ impl Registrar {
     }
 
     /// The nonce manager, shared with proxy authentication on this shard.
+    pub fn nonces(&self) -> &NonceManager {
+        &self.nonces
+    }
+
+    /// The nonce manager, to change.
     pub fn nonces_mut(&mut self) -> &mut NonceManager {
         &mut self.nonces
     }

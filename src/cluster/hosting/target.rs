@@ -360,17 +360,7 @@ impl Target {
                 return Ok(r.token);
             }
         }
-        while let Some((at, _)) = self.relay_expiry.front() {
-            if *at > now {
-                break;
-            }
-            if let Some((at, key)) = self.relay_expiry.pop_front() {
-                // Unless the key was given again since (by another blade).
-                if self.relays.get(&key).is_some_and(|r| r.expires_at == at) {
-                    self.relays.remove(&key);
-                }
-            }
-        }
+        self.forget_expired_relays(now);
         if self.relays.len() >= self.max_grants {
             return Err(Refusal::Overloaded);
         }
@@ -537,6 +527,27 @@ impl Target {
             .get(&blade.to_ascii_lowercase())
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Forgets the leaves to relay that expired by `now` (done at each new
+    /// leave, and by the proxy's periodic tidy when none comes).
+    pub fn forget_expired_relays(&mut self, now: Duration) {
+        while let Some((at, _)) = self.relay_expiry.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((at, key)) = self.relay_expiry.pop_front() {
+                // Unless the key was given again since (by another blade).
+                if self.relays.get(&key).is_some_and(|r| r.expires_at == at) {
+                    self.relays.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Leaves to relay still remembered, expired or not.
+    pub fn relays_held(&self) -> usize {
+        self.relays.len()
     }
 
     /// The live grant of `extension`, if hosted.
