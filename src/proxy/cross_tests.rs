@@ -557,11 +557,7 @@ fn a_new_call_on_s_for_an_agent_s_hosts_is_486_without_asking_t() {
 #[test]
 fn once_the_hosted_call_ends_a_new_call_on_s_hosts_the_agent_again() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
-    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
-    let bye = w.take("1002");
+    let (bye, _) = caller_hung_up(&mut w);
     w.send_from(T, "1002", &answer(&bye, 200));
     assert_eq!(w.take("1001").status(), Some(200));
     assert!(
@@ -578,6 +574,20 @@ fn once_the_hosted_call_ends_a_new_call_on_s_hosts_the_agent_again() {
     let inv = w.take_final("1002");
     assert_eq!(inv.call_id(), "c2");
     assert_eq!(w.state(T, "1002"), "hosted");
+}
+
+/// An answered, ACKed cross-blade call whose caller has hung up: the BYE,
+/// relayed by S and T, reached 1002's phone. Returns the BYE as the phone
+/// got it, and where the link log stood before it.
+fn caller_hung_up(w: &mut World) -> (Message, usize) {
+    let ok = answered_call(w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let since = w.link_log.len();
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    (bye, since)
 }
 
 /// The unhosts that left S since link message `since`.
@@ -603,15 +613,9 @@ fn s_hosts(w: &World, ext: &str) -> bool {
 #[test]
 fn the_unhost_of_a_relayed_bye_waits_for_its_200_through_t() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
     w.register(S, "1003");
     w.register(T, "1004");
-    let since = w.link_log.len();
-    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
-    let bye = w.take("1002");
-    assert_eq!(bye.method(), Some(Method::Bye));
+    let (bye, since) = caller_hung_up(&mut w);
     assert_eq!(unhosts_since(&w, since), 0, "{:?}", &w.link_log[since..]);
     assert_eq!(w.state(S, "1001"), "ready");
     assert!(w.snapshot(S).sessions.is_empty());
@@ -641,12 +645,7 @@ fn the_unhost_of_a_relayed_bye_waits_for_its_200_through_t() {
 #[test]
 fn the_unhost_of_an_unanswered_bye_leaves_at_its_timeout() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
-    let since = w.link_log.len();
-    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
-    assert_eq!(w.take("1002").method(), Some(Method::Bye));
+    let (_, since) = caller_hung_up(&mut w);
     let timeout = TimerConfig::default().timeout();
     w.advance(timeout - Duration::from_millis(1));
     assert_eq!(unhosts_since(&w, since), 0);
@@ -673,12 +672,7 @@ fn the_unhost_of_an_unanswered_bye_leaves_at_its_timeout() {
 #[test]
 fn a_stopping_blade_releases_the_hosting_its_relayed_bye_held() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
-    let since = w.link_log.len();
-    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
-    assert_eq!(w.take("1002").method(), Some(Method::Bye));
+    let (_, since) = caller_hung_up(&mut w);
     assert_eq!(unhosts_since(&w, since), 0);
     let mut out = Output::default();
     w.nodes[S].proxy.abandon_pending(w.now, &mut out);
