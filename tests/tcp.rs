@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -134,7 +134,12 @@ fn tcp_callee(blade: &TestBlade) -> (TcpUa, String) {
 /// Agent 1001 as a UDP phone on 127.0.0.21, registered and ready; and
 /// its address.
 fn udp_caller(blade: &TestBlade) -> (UdpSocket, String) {
-    let caller = UdpSocket::bind("127.0.0.21:0").unwrap();
+    udp_caller_on(blade, Ipv4Addr::new(127, 0, 0, 21).into())
+}
+
+/// [`udp_caller`] on `ip`.
+fn udp_caller_on(blade: &TestBlade, ip: IpAddr) -> (UdpSocket, String) {
+    let caller = UdpSocket::bind((ip, 0)).unwrap();
     caller
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -167,13 +172,34 @@ fn invite_to_1002(caller_addr: &str, branch: &str, call_id: &str) -> String {
 
 #[test]
 fn a_udp_caller_reaches_a_tcp_callee_and_back() {
-    let blade = TestBlade::start(2, false);
+    udp_caller_reaches_tcp_callee_and_back(
+        Ipv4Addr::LOCALHOST.into(),
+        Ipv4Addr::new(127, 0, 0, 21).into(),
+    );
+}
+
+/// The same with the blade and both phones on the IPv6 loopback: a TCP
+/// connection and a record-route bridging UDP and TCP, on `[::1]`.
+#[test]
+fn a_udp_caller_reaches_a_tcp_callee_and_back_over_ipv6() {
+    let v6 = IpAddr::from(Ipv6Addr::LOCALHOST);
+    if let Err(e) = UdpSocket::bind((v6, 0)) {
+        eprintln!("skipped: no IPv6 loopback here ({e})");
+        return;
+    }
+    udp_caller_reaches_tcp_callee_and_back(v6, v6);
+}
+
+/// A call from a UDP phone on `caller_ip` to a TCP phone, through a blade
+/// of two cores on `blade_ip`, answered, with an INFO each way and a BYE.
+fn udp_caller_reaches_tcp_callee_and_back(blade_ip: IpAddr, caller_ip: IpAddr) {
+    let blade = TestBlade::start_at(2, false, Options::default(), "", blade_ip);
     let (mut callee, callee_addr) = tcp_callee(&blade);
     wait_until("1002 ready", || {
         agent(blade.admin, "1002")["state"] == "ready"
     });
 
-    let (caller, caller_addr) = udp_caller(&blade);
+    let (caller, caller_addr) = udp_caller_on(&blade, caller_ip);
     let invite = invite_to_1002(&caller_addr, "z9hG4bKtcp1", "tcp-bridge-1");
     caller.send_to(invite.as_bytes(), blade.sip).unwrap();
     assert_eq!(recv_udp(&caller).status(), Some(100));
@@ -802,7 +828,7 @@ fn an_idle_connection_after_a_message_stays_open() {
 
 // The blade's own BYEs over TCP, with two cores.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use common::{Ua, assert_dialog_bye};
 use sipblade::proxy::route::shard_of;
