@@ -484,14 +484,20 @@ fn a_new_call_for_a_hosted_agent_at_t_is_decided_by_s() {
     assert!(w.idle("1002"), "B got no second INVITE");
 }
 
-#[test]
-fn without_the_hosting_blade_t_answers_486_itself() {
-    let mut w = World::new();
-    answered_call(&mut w);
+/// 1002 hosted by S in an answered call, the link down: 1003 on T calls
+/// 1002 (Call-ID `c2`), and T, which would ask S, gets no verdict.
+fn call_to_hosted_agent_with_the_link_down(w: &mut World) {
+    answered_call(w);
     w.register(T, "1003");
     w.link_up = false;
     w.send_from(T, "1003", &invite("1003", "1002", "c2"));
     assert_eq!(w.take("1003").status(), Some(100));
+}
+
+#[test]
+fn without_the_hosting_blade_t_answers_486_itself() {
+    let mut w = World::new();
+    call_to_hosted_agent_with_the_link_down(&mut w);
     w.advance(cross::REDIRECT_WAIT);
     assert_eq!(w.take("1003").status(), Some(486));
 }
@@ -501,11 +507,7 @@ fn without_the_hosting_blade_t_answers_486_itself() {
 #[test]
 fn a_cancelled_redirect_whose_answer_never_comes_leaves_nothing_behind() {
     let mut w = World::new();
-    answered_call(&mut w);
-    w.register(T, "1003");
-    w.link_up = false;
-    w.send_from(T, "1003", &invite("1003", "1002", "c2"));
-    assert_eq!(w.take("1003").status(), Some(100));
+    call_to_hosted_agent_with_the_link_down(&mut w);
     assert_eq!(w.nodes[T].proxy.awaiting_redirects(), 1);
     let cancel = invite("1003", "1002", "c2")
         .replace("INVITE sip", "CANCEL sip")
