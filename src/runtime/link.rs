@@ -178,6 +178,9 @@ pub(crate) fn summary(msg: &Message) -> String {
         }
         Message::HostRefused { reason, .. } => format!("HostRefused ({reason})"),
         Message::RedirectAnswer { status, .. } => format!("RedirectAnswer {status}"),
+        Message::Confirmed { held, .. } => {
+            format!("Confirmed ({})", if *held { "held" } else { "not held" })
+        }
         other => match other.extension() {
             Some(ext) => format!("{} {ext}", other.name()),
             None => other.name().to_owned(),

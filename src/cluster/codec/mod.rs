@@ -274,8 +274,9 @@ impl LoginInfo {
 ///
 /// Three families: directory notices (no reply), requests to the blade
 /// that owns an agent (each answered once, echoing its `request_id`), and
-/// the redirect a target sends the hosting blade; and the [`Message::Hello`]
-/// that opens each connection. Which blade sent a frame is the link's
+/// the requests a target sends the hosting blade about a grant (a
+/// redirect, a confirmation); and the [`Message::Hello`] that opens each
+/// connection. Which blade sent a frame is the link's
 /// authenticated peer (the certificate's blade id), never a field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -429,6 +430,33 @@ pub enum Message {
         /// Call-ID.
         token: Token,
     },
+    /// Does the hosting blade still hold this grant? A target asks it of
+    /// every grant its source was given over an earlier connection when
+    /// that source's link comes back over a new one, same run: the source
+    /// may have seen the link drop and ended those sessions, and their
+    /// unhosts were lost with the link.
+    Confirm {
+        /// Echoed by the answer.
+        request_id: u64,
+        /// The `request_id` of the host request that won the grant, so a
+        /// multi-core source routes this to the core holding the hosting.
+        grant: u64,
+        /// The grant's token.
+        token: Token,
+        /// The hosted agent.
+        extension: String,
+        /// The session's Call-ID.
+        call_id: String,
+    },
+    /// The answer to [`Message::Confirm`].
+    Confirmed {
+        /// The request's id.
+        request_id: u64,
+        /// The source holds the grant, waits for it (its host request is
+        /// unanswered), or holds it until its session's BYE has passed:
+        /// the target keeps it. `false`: the target takes the agent back.
+        held: bool,
+    },
     /// The first message on each connection, one-way: which run of the
     /// sender this is. A peer that sees a new instance id from a blade
     /// knows the blade restarted, and that every grant its previous run
@@ -451,10 +479,12 @@ pub enum Class {
     /// The answer to a request (Located, HostGranted, HostRefused,
     /// RenewAck, RenewRefused, UnhostAck).
     Reply,
-    /// A target's redirect to the hosting blade: answered by
-    /// [`Message::RedirectAnswer`].
+    /// A target's request to the hosting blade about one of its grants
+    /// (Redirect, Confirm): one-way, answered by a one-way message of
+    /// class [`Class::RedirectAnswer`].
     Redirect,
-    /// The answer to a redirect.
+    /// The answer to a redirect or a confirmation (RedirectAnswer,
+    /// Confirmed).
     RedirectAnswer,
     /// About the link itself ([`Message::Hello`]): the link's driver reads
     /// it; no hosting state does.
@@ -488,6 +518,12 @@ mod ty {
     // A HostRequest for a newcomer. A blade that predates it leaves it
     // unanswered (503), as for the relay request.
     pub const HOST_NEWCOMER: u8 = 19;
+    // A target's question after a same-run reconnection, and its answer.
+    // A blade that predates them logs the Confirm as undecodable and does
+    // not answer: the asker gives up and keeps the grant (its lease still
+    // ends it), as before they existed.
+    pub const CONFIRM: u8 = 20;
+    pub const CONFIRMED: u8 = 21;
 }
 
 impl Message {
@@ -511,6 +547,8 @@ impl Message {
             Message::RedirectAnswer { .. } => "RedirectAnswer",
             Message::RelayRequest { .. } => "RelayRequest",
             Message::RelayGranted { .. } => "RelayGranted",
+            Message::Confirm { .. } => "Confirm",
+            Message::Confirmed { .. } => "Confirmed",
             Message::Hello { .. } => "Hello",
         }
     }
@@ -533,8 +571,8 @@ impl Message {
             | Message::RenewRefused { .. }
             | Message::UnhostAck { .. }
             | Message::RelayGranted { .. } => Class::Reply,
-            Message::Redirect { .. } => Class::Redirect,
-            Message::RedirectAnswer { .. } => Class::RedirectAnswer,
+            Message::Redirect { .. } | Message::Confirm { .. } => Class::Redirect,
+            Message::RedirectAnswer { .. } | Message::Confirmed { .. } => Class::RedirectAnswer,
             Message::Hello { .. } => Class::Link,
         }
     }
@@ -560,7 +598,9 @@ impl Message {
             | Message::Redirect { request_id, .. }
             | Message::RedirectAnswer { request_id, .. }
             | Message::RelayRequest { request_id, .. }
-            | Message::RelayGranted { request_id, .. } => Some(*request_id),
+            | Message::RelayGranted { request_id, .. }
+            | Message::Confirm { request_id, .. }
+            | Message::Confirmed { request_id, .. } => Some(*request_id),
         }
     }
 
@@ -573,7 +613,8 @@ impl Message {
             | Message::Renew { extension, .. }
             | Message::Unhost { extension, .. }
             | Message::Redirect { extension, .. }
-            | Message::RelayRequest { extension, .. } => Some(extension),
+            | Message::RelayRequest { extension, .. }
+            | Message::Confirm { extension, .. } => Some(extension),
             _ => None,
         }
     }
@@ -726,6 +767,25 @@ impl Message {
                 out.put_u64(*request_id);
                 out.put_slice(&token.0);
             }
+            Message::Confirm {
+                request_id,
+                grant,
+                token,
+                extension,
+                call_id,
+            } => {
+                out.put_u8(ty::CONFIRM);
+                out.put_u64(*request_id);
+                out.put_u64(*grant);
+                out.put_slice(&token.0);
+                put_str(out, extension);
+                put_str(out, call_id);
+            }
+            Message::Confirmed { request_id, held } => {
+                out.put_u8(ty::CONFIRMED);
+                out.put_u64(*request_id);
+                out.put_u8(u8::from(*held));
+            }
             Message::Hello { instance } => {
                 out.put_u8(ty::HELLO);
                 out.put_u64(*instance);
@@ -842,6 +902,21 @@ impl Message {
             ty::RELAY_GRANTED => Message::RelayGranted {
                 request_id: r.u64()?,
                 token: r.token()?,
+            },
+            ty::CONFIRM => Message::Confirm {
+                request_id: r.u64()?,
+                grant: r.u64()?,
+                token: r.token()?,
+                extension: r.str("extension")?,
+                call_id: r.str("call_id")?,
+            },
+            ty::CONFIRMED => Message::Confirmed {
+                request_id: r.u64()?,
+                held: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid("held")),
+                },
             },
             ty::HELLO => Message::Hello { instance: r.u64()? },
             other => return Err(DecodeError::UnknownType(other)),

@@ -171,6 +171,19 @@ fn samples() -> Vec<Message> {
     v.push(Message::Hello {
         instance: 0x0123_4567_89ab_cdef,
     });
+    v.push(Message::Confirm {
+        request_id: 1 << 48 | 3,
+        grant: 2 << 48 | 1,
+        token: TOKEN,
+        extension: "2001".into(),
+        call_id: "c1".into(),
+    });
+    for held in [true, false] {
+        v.push(Message::Confirmed {
+            request_id: 1 << 48 | 3,
+            held,
+        });
+    }
     v
 }
 
@@ -196,7 +209,7 @@ fn every_message_round_trips() {
     }
     types.sort_unstable();
     types.dedup();
-    assert_eq!(types, (1..=19).collect::<Vec<u8>>(), "every type sampled");
+    assert_eq!(types, (1..=21).collect::<Vec<u8>>(), "every type sampled");
 }
 
 #[test]
@@ -236,7 +249,7 @@ fn unknown_version_magic_and_type_are_refused() {
     bytes[0] = b'I';
     assert_eq!(Message::decode(&bytes), Err(DecodeError::BadMagic(b'I')));
     bytes[0] = MAGIC;
-    for t in [0, 20, 255] {
+    for t in [0, 22, 255] {
         bytes[2] = t;
         assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownType(t)));
     }
@@ -336,6 +349,54 @@ fn hello_has_one_fixed_encoding() {
     );
 }
 
+/// The confirmation and its answer (types 20 and 21, after the last one
+/// the previous build knew): their encodings are fixed, `held` is one byte,
+/// 0 or 1, and they travel as a redirect does (a target's question to the
+/// hosting blade, routed there by the grant's host request id; the answer
+/// routed back by its own id).
+#[test]
+fn confirm_and_confirmed_have_fixed_encodings() {
+    let m = Message::Confirm {
+        request_id: 0x0102_0304_0506_0708,
+        grant: 0x1112_1314_1516_1718,
+        token: Token([0xee; 16]),
+        extension: "2001".into(),
+        call_id: "c".into(),
+    };
+    let mut want = vec![MAGIC, VERSION, 20, 1, 2, 3, 4, 5, 6, 7, 8];
+    want.extend_from_slice(&[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
+    want.extend_from_slice(&[0xee; 16]);
+    want.extend_from_slice(&[0, 4, b'2', b'0', b'0', b'1', 0, 1, b'c']);
+    assert_eq!(enc(&m), want);
+    assert_eq!(Message::decode(&want), Ok(m.clone()));
+    assert_eq!(
+        (m.class(), m.name(), m.request_id(), m.extension()),
+        (
+            Class::Redirect,
+            "Confirm",
+            Some(0x0102_0304_0506_0708),
+            Some("2001")
+        )
+    );
+    for (held, byte) in [(false, 0), (true, 1)] {
+        let m = Message::Confirmed {
+            request_id: 9,
+            held,
+        };
+        let bytes = enc(&m);
+        assert_eq!(bytes, [MAGIC, VERSION, 21, 0, 0, 0, 0, 0, 0, 0, 9, byte]);
+        assert_eq!(Message::decode(&bytes), Ok(m.clone()));
+        assert_eq!(
+            (m.class(), m.name(), m.request_id(), m.extension()),
+            (Class::RedirectAnswer, "Confirmed", Some(9), None)
+        );
+        assert_eq!(
+            Message::decode(&bytes[..11]),
+            Err(DecodeError::UnexpectedEnd)
+        );
+    }
+}
+
 #[test]
 fn invalid_fields_are_named() {
     let mut b = header(ty::LOCATE);
@@ -353,6 +414,13 @@ fn invalid_fields_are_named() {
     b.put_u64(1);
     b.put_u8(2);
     assert_eq!(Message::decode(&b), Err(DecodeError::Invalid("epoch")));
+
+    for held in [2u8, 0x80, u8::MAX] {
+        let mut b = header(ty::CONFIRMED);
+        b.put_u64(1);
+        b.put_u8(held);
+        assert_eq!(Message::decode(&b), Err(DecodeError::Invalid("held")));
+    }
 
     for status in [0u16, 200, 299, 700, u16::MAX] {
         let mut b = header(ty::REDIRECT_ANSWER);
@@ -676,6 +744,16 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (id, token()).prop_map(|(request_id, token)| Message::RelayGranted { request_id, token }),
         any::<u64>().prop_map(|instance| Message::Hello { instance }),
+        (id, id, token(), text(), text()).prop_map(
+            |(request_id, grant, token, extension, call_id)| Message::Confirm {
+                request_id,
+                grant,
+                token,
+                extension,
+                call_id,
+            }
+        ),
+        (id, any::<bool>()).prop_map(|(request_id, held)| Message::Confirmed { request_id, held }),
     ]
 }
 
@@ -700,7 +778,7 @@ proptest! {
 
     #[test]
     fn random_bodies_never_panic(
-        ty in 0u8..19,
+        ty in 0u8..23,
         body in proptest::collection::vec(any::<u8>(), 0..192),
     ) {
         // Past the header, so every type's field decoding is reached.
