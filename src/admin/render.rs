@@ -85,7 +85,7 @@ pub fn metrics_text(snapshots: &[Snapshot], link_datagrams: (u64, u64)) -> Strin
     let name = "sipblade_hosting_released_total";
     let _ = writeln!(
         out,
-        "# HELP {name} Hostings this blade granted that ended, by how: unhost (the source ended it), lapsed (its lease ran out), peer_restarted (the source blade came back as a new run, or stopped).\n# TYPE {name} counter"
+        "# HELP {name} Hostings this blade granted that ended, by how: unhost (the source ended it), lapsed (its lease ran out), peer_restarted (the source blade came back as a new run, or stopped), peer_disowned (the source, asked after its link came back, no longer held it).\n# TYPE {name} counter"
     );
     for (how, n) in Ending::ALL.iter().zip(m.hosting_released.iter()) {
         let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", how.as_str());

@@ -14,6 +14,12 @@
 //! handed to S ([`Target::redirect`]), whose answer (486 while the agent is
 //! in the session) T relays to the caller.
 //!
+//! When the link to S comes back over a new connection (same run of S),
+//! T asks S about each grant it gave over an older one
+//! ([`Target::peer_up`], [`Source::still_holds`]): S may have seen the link
+//! drop and ended those sessions, their unhosts lost with the link. A
+//! grant S no longer holds ends at once, as a lapse would.
+//!
 //! Which core handles what: the session, its [`Source`] hostings and the
 //! redirects for its agent live on the core the callee's extension hashes
 //! to; the agent's record and grant on T live on that core of T. The
@@ -381,6 +387,17 @@ impl Proxy {
             // `peer_restarted` when it names a new run).
             Class::Link => {}
             Class::RedirectAnswer => {
+                if let LinkMessage::Confirmed { request_id, held } = msg {
+                    let location = self.registrar.location_mut();
+                    if c.target.confirmed(now, location, from, request_id, held) {
+                        tracing::info!(
+                            peer = from,
+                            "peer no longer holds a grant after its link came back: agent taken back"
+                        );
+                    }
+                    self.pump_released(now, out);
+                    return;
+                }
                 if let LinkMessage::RedirectAnswer { request_id, status } = msg {
                     let Some(id) = c.awaiting_redirect.remove(&request_id) else {
                         return;
@@ -430,14 +447,29 @@ impl Proxy {
 
     /// The link to `peer` came up over its connection number `link`
     /// (`Some`: numbers grow with each connection to that peer; see
-    /// [`Proxy::peer_restarted`]) or went down (`None`).
+    /// [`Proxy::peer_restarted`]) or went down (`None`). On a new
+    /// connection, the grants `peer` holds from an earlier one on this
+    /// core are confirmed with it ([`Target::peer_up`]).
     pub fn peer_state(&mut self, now: Duration, peer: &str, link: Option<u64>, out: &mut Output) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
         if let Some(link) = link {
             c.directory.peer_up(peer);
-            c.target.peer_up(peer, link);
+            let asked = c.target.peer_up(now, peer, link);
+            if asked > 0 {
+                tracing::info!(
+                    peer,
+                    grants = asked,
+                    "peer reconnected: confirming the grants it held"
+                );
+            }
+            while let Some((to, msg)) = c.target.poll_transmit() {
+                out.cluster.push(ClusterSend {
+                    to: Dest::Peer(to),
+                    msg,
+                });
+            }
         } else {
             c.directory.peer_down(peer);
             c.source.peer_lost(peer);

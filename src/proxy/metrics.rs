@@ -117,8 +117,9 @@ pub struct Metrics {
     /// Grants this blade (as target) handed out.
     pub hosting_granted: u64,
     /// Grants this blade (as target) saw end, by how, in the order of
-    /// [`Ending::ALL`]: unhosted by the source, lapsed, or ended because
-    /// the source restarted.
+    /// [`Ending::ALL`]: unhosted by the source, lapsed, ended because
+    /// the source restarted, or disowned by the source after a
+    /// reconnection.
     pub hosting_released: [u64; Ending::ALL.len()],
     /// Host request to grant, as the source saw it.
     pub hosting_rtt: Histogram,

@@ -3,8 +3,10 @@
 //! - [`Target`]: the blade that owns an agent. Answers host requests from
 //!   its [`Location`](crate::registrar::location::Location) (grant or refuse), marks the agent hosted, checks the
 //!   hosting token of the INVITE that follows, renews and ends grants, and
-//!   takes agents back when a lease lapses or their source restarted. It
-//!   also numbers its own agents' logins for the directory announcements.
+//!   takes agents back when a lease lapses, their source restarted, or
+//!   their source, asked after its link came back, no longer holds them.
+//!   It also numbers its own agents' logins for the directory
+//!   announcements.
 //! - [`Source`]: the blade that hosts. Finds the target (directory, else
 //!   asking every peer), sends the host request, keeps the grants of live
 //!   sessions renewed, and releases them when the session ends.

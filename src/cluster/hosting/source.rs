@@ -363,11 +363,13 @@ impl Source {
         );
     }
 
-    /// Handles a reply from `from` to one of this source's requests, or a
-    /// redirect; returns false (and changes nothing) for other messages.
-    /// Answers from the wrong peer or to unknown requests are ignored,
-    /// except a grant nobody waits for any more, which is released at once
-    /// so the agent is not stranded until its lease lapses.
+    /// Handles a reply from `from` to one of this source's requests, a
+    /// redirect, or a confirmation (answered at once: see
+    /// [`Source::still_holds`]); returns false (and changes nothing) for
+    /// other messages. Answers from the wrong peer or to unknown requests
+    /// are ignored, except a grant nobody waits for any more, which is
+    /// released at once so the agent is not stranded until its lease
+    /// lapses.
     pub fn handle(
         &mut self,
         now: Duration,
@@ -407,6 +409,17 @@ impl Source {
                 call_id,
                 caller,
             } => self.on_redirect(from, request_id, token, extension, call_id, caller),
+            Message::Confirm {
+                request_id,
+                grant: _,
+                token,
+                extension,
+                call_id,
+            } => {
+                let held = self.still_holds(from, &call_id, &extension, &token);
+                self.transmits
+                    .push_back((from.to_owned(), Message::Confirmed { request_id, held }));
+            }
             _ => return false,
         }
         true
@@ -965,6 +978,28 @@ impl Source {
     pub fn holds(&self, from: &str, call_id: &str, extension: &str, token: &Token) -> bool {
         self.hosting(call_id, extension)
             .is_some_and(|h| same_blade(&h.peer, from) && h.token.matches(token))
+    }
+
+    /// The answer to `from`'s [`Message::Confirm`], asked after its link
+    /// to this blade came back: whether this blade still counts on the
+    /// grant of `extension` for the session `call_id` with `token`. It
+    /// does while it holds the grant ([`Source::holds`], also while the
+    /// hosting only waits for its session's BYE to pass the target,
+    /// [`Source::end_after`]), and while a host request for that agent
+    /// and session to `from` is unanswered: the grant may be that
+    /// request's, its answer still on its way, and must not be released
+    /// under it. Otherwise the target may take the agent back: this
+    /// blade dropped the hosting (it saw the link drop, and its unhost
+    /// was lost with the link) or never had it.
+    pub fn still_holds(&self, from: &str, call_id: &str, extension: &str, token: &Token) -> bool {
+        self.holds(from, call_id, extension, token)
+            || self.pending.values().any(|(_, p)| {
+                matches!(p, Pending::Host { peer, key, ask, .. }
+                    if *ask != Ask::Relay
+                        && same_blade(peer, from)
+                        && key.0 == call_id
+                        && key.1 == extension)
+            })
     }
 
     /// Whether this blade holds a grant for `extension` in any session

@@ -6,7 +6,7 @@ use std::time::Duration;
 use hmac::Mac;
 use hmac::digest::KeyInit;
 
-use super::{HmacSha256, HostSecret, same_blade};
+use super::{DEFAULT_REQUEST_TIMEOUT, HmacSha256, HostSecret, same_blade};
 use crate::cluster::codec::{DirectoryEntry, LoginInfo, Message, Refusal, Token};
 use crate::registrar::location::{AgentState, Location};
 
@@ -32,8 +32,10 @@ pub struct Grant {
     /// deadline index.
     serial: u64,
     /// The source's connection ([`Target::peer_up`]) the grant was last
-    /// asked for or renewed over: a restart of the source seen on a later
-    /// connection ends it ([`Target::peer_restarted`]).
+    /// asked for or renewed over (or confirmed after): a restart of the
+    /// source seen on a later connection ends it
+    /// ([`Target::peer_restarted`]), and a later connection of the same
+    /// run has it confirmed ([`Target::confirmed`]).
     link: u64,
 }
 
@@ -48,11 +50,21 @@ pub enum Ending {
     /// The source blade restarted: its previous run, which held the
     /// grant, is gone.
     SourceRestarted,
+    /// Asked after its link came back (same run, new connection), the
+    /// source said it no longer holds the grant ([`Target::confirmed`]):
+    /// it saw the link drop and ended the session, and the unhost was
+    /// lost with the link.
+    SourceDisowned,
 }
 
 impl Ending {
     /// Every way, in the order [`Ending::index`] numbers them.
-    pub const ALL: [Ending; 3] = [Ending::Unhosted, Ending::Lapsed, Ending::SourceRestarted];
+    pub const ALL: [Ending; 4] = [
+        Ending::Unhosted,
+        Ending::Lapsed,
+        Ending::SourceRestarted,
+        Ending::SourceDisowned,
+    ];
 
     /// The position in [`Ending::ALL`] (for counters).
     pub fn index(self) -> usize {
@@ -60,6 +72,7 @@ impl Ending {
             Ending::Unhosted => 0,
             Ending::Lapsed => 1,
             Ending::SourceRestarted => 2,
+            Ending::SourceDisowned => 3,
         }
     }
 
@@ -69,13 +82,20 @@ impl Ending {
             Ending::Unhosted => "unhost",
             Ending::Lapsed => "lapsed",
             Ending::SourceRestarted => "peer_restarted",
+            Ending::SourceDisowned => "peer_disowned",
         }
     }
 
     /// Whether the source went away without ending the calls on the
-    /// grant: the target then hangs them up on its agent's phone.
+    /// grant towards the agent: the target then hangs them up on its
+    /// agent's phone. A source that disowned a grant ended its session
+    /// when the link dropped, and could not reach the agent's phone
+    /// through the lost link.
     pub fn hangs_up(self) -> bool {
-        matches!(self, Ending::Lapsed | Ending::SourceRestarted)
+        matches!(
+            self,
+            Ending::Lapsed | Ending::SourceRestarted | Ending::SourceDisowned
+        )
     }
 }
 
@@ -102,14 +122,40 @@ pub struct Granted {
 /// The owning blade's side of hosting (one per core: each core owns the
 /// agents of its shard and their grants).
 ///
-/// Two things take an agent back from a source that stopped talking: the
-/// grant's lease, and proof that the source restarted (a new instance id
+/// Three things take an agent back from a source that stopped talking:
+/// the grant's lease; proof that the source restarted (a new instance id
 /// in its [`Message::Hello`], [`Target::peer_restarted`]), since its new
-/// run holds nothing its previous one did. Losing the link to the source
+/// run holds nothing its previous one did; and the source's own word,
+/// asked for when its link comes back. Losing the link to the source
 /// ([`Target::peer_lost`]) does not, because SIP may still be flowing, the
 /// link may come back and renew, and a take-back while the source still
 /// drives the call would let a second session in. The lease bounds the
 /// wait (SPEC §2 step 8).
+///
+/// **Confirmation after a reconnection.** When the link to a source comes
+/// back over a new connection ([`Target::peer_up`] with a higher number)
+/// and the source is the same run, the two ends may have seen different
+/// things: the source may have seen the link drop (it then ended the
+/// sessions of every grant it held from here, and their unhosts were lost
+/// with the link), or not (its old connection was merely replaced by the
+/// new one, without a loss it could see: it still holds its grants and
+/// renews them over the new connection). So nothing ends on the
+/// reconnection itself; instead each grant the source was given, renewed
+/// or confirmed over an earlier connection gets a [`Message::Confirm`]
+/// ([`Target::poll_transmit`]), whose answer ([`Target::confirmed`])
+/// decides:
+/// - `held: false`: the grant ends at once, as a lapse would
+///   ([`Ending::SourceDisowned`]: the agent is ready again and the phone
+///   of a call on it gets this blade's BYE);
+/// - `held: true`: the grant stays, tagged with the new connection, so it
+///   is not asked about again on it;
+/// - no answer within the request timeout (a source of an earlier build,
+///   a link that dropped again): the grant stays, and its lease bounds it.
+///
+/// A grant asked for or renewed over the new connection (or a later one)
+/// after the question went out is the source's own now: a `held: false`
+/// that crossed the request never ends it. The question is only asked
+/// when the link comes back, so this costs nothing per SIP message.
 #[derive(Debug)]
 pub struct Target {
     mac: HmacSha256,
@@ -135,6 +181,27 @@ pub struct Target {
     /// The latest connection of each source blade (lowercased id), as
     /// [`Target::peer_up`] numbers them.
     links: HashMap<String, u64>,
+    /// Confirmations awaiting their answer, by request id.
+    confirms: HashMap<u64, Confirming>,
+    /// Their request ids by deadline, oldest first (every one waits
+    /// [`DEFAULT_REQUEST_TIMEOUT`], so sending order is deadline order).
+    confirm_expiry: VecDeque<(Duration, u64)>,
+    /// Messages to send: `(source blade, Confirm)`.
+    transmits: VecDeque<(String, Message)>,
+}
+
+/// A [`Message::Confirm`] sent, awaiting its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Confirming {
+    /// The blade asked: the grant's source.
+    source: String,
+    /// The grant asked about: its agent and token.
+    extension: String,
+    token: Token,
+    /// The source's connection the question went out after: a grant
+    /// asked for, renewed or confirmed over it (or a later one) since is
+    /// not ended by the answer.
+    link: u64,
 }
 
 /// How long leave to relay a request holds: a non-INVITE transaction's
@@ -171,6 +238,9 @@ impl Target {
             relay_expiry: VecDeque::new(),
             released: VecDeque::new(),
             links: HashMap::new(),
+            confirms: HashMap::new(),
+            confirm_expiry: VecDeque::new(),
+            transmits: VecDeque::new(),
         }
     }
 
@@ -189,8 +259,9 @@ impl Target {
         self
     }
 
-    /// Numbers this target's redirect requests from `base` (a multi-core
-    /// driver gives each core its own range so answers route back).
+    /// Numbers this target's redirect and confirm requests from `base` (a
+    /// multi-core driver gives each core its own range so answers route
+    /// back).
     pub fn with_request_base(mut self, base: u64) -> Target {
         self.next_request = base;
         self
@@ -462,8 +533,16 @@ impl Target {
     }
 
     /// Takes back every agent whose lease lapsed at `now`; returns their
-    /// extensions.
+    /// extensions. Confirmations unanswered by `now` are given up: their
+    /// grants stay, until their leases lapse.
     pub fn handle_timeout(&mut self, now: Duration, location: &mut Location) -> Vec<String> {
+        while let Some(&(at, id)) = self.confirm_expiry.front() {
+            if at > now {
+                break;
+            }
+            self.confirm_expiry.pop_front();
+            self.confirms.remove(&id);
+        }
         let mut released = Vec::new();
         while let Some(entry) = self.deadlines.first_entry() {
             if entry.key().0 > now {
@@ -477,9 +556,15 @@ impl Target {
         released
     }
 
-    /// When the next lease lapses, for the caller's timer.
+    /// When the next lease lapses or a confirmation is given up, for the
+    /// caller's timer.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.deadlines.keys().next().map(|(at, _)| *at)
+        let lease = self.deadlines.keys().next().map(|(at, _)| *at);
+        let confirm = self.confirm_expiry.front().map(|(at, _)| *at);
+        match (lease, confirm) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The link to `blade` went down. Its grants stay until their leases
@@ -494,9 +579,132 @@ impl Target {
     /// The link to `blade` is up over its connection number `link`
     /// (numbers grow with each connection to that blade). Grants asked
     /// for from now on are tagged with it.
-    pub fn peer_up(&mut self, blade: &str, link: u64) {
+    ///
+    /// When `link` is newer than the connection known before, every grant
+    /// of `blade` tagged with an older one is asked about: a
+    /// [`Message::Confirm`] for each goes to `blade`
+    /// ([`Target::poll_transmit`]), and the answers come to
+    /// [`Target::confirmed`] (see the type's docs). Returns how many went.
+    /// The same news again (another copy, a repeated event) asks nothing.
+    pub fn peer_up(&mut self, now: Duration, blade: &str, link: u64) -> usize {
+        let before = self.note_link(blade, link);
+        if link <= before {
+            return 0;
+        }
+        let mut asked: Vec<(String, String, Token, u64)> = self
+            .grants
+            .values()
+            .filter(|g| same_blade(&g.source, blade) && g.link < link)
+            .map(|g| {
+                (
+                    g.extension.clone(),
+                    g.call_id.clone(),
+                    g.token,
+                    g.request_id,
+                )
+            })
+            .collect();
+        // Deterministic frames make ladders and tests reproducible.
+        asked.sort_by(|a, b| a.0.cmp(&b.0));
+        let deadline = now + DEFAULT_REQUEST_TIMEOUT;
+        let n = asked.len();
+        for (extension, call_id, token, grant) in asked {
+            let request_id = self.next_request_id();
+            self.confirms.insert(
+                request_id,
+                Confirming {
+                    source: blade.to_owned(),
+                    extension: extension.clone(),
+                    token,
+                    link,
+                },
+            );
+            self.confirm_expiry.push_back((deadline, request_id));
+            self.transmits.push_back((
+                blade.to_owned(),
+                Message::Confirm {
+                    request_id,
+                    grant,
+                    token,
+                    extension,
+                    call_id,
+                },
+            ));
+        }
+        n
+    }
+
+    /// Records that `blade`'s latest connection is at least `link`;
+    /// returns the number known before.
+    fn note_link(&mut self, blade: &str, link: u64) -> u64 {
         let known = self.links.entry(blade.to_ascii_lowercase()).or_default();
-        *known = (*known).max(link);
+        let before = *known;
+        *known = before.max(link);
+        before
+    }
+
+    /// Blade `from` answered the confirmation `request_id`
+    /// ([`Target::peer_up`]): whether it still holds the grant. `false`
+    /// ends the grant at once ([`Ending::SourceDisowned`],
+    /// [`Target::poll_released`] has it), unless it was asked for, renewed
+    /// or confirmed over the connection the question went out after (or a
+    /// later one) since; `true` tags it with that connection, so it is not
+    /// asked about again there. An answer to no pending question (given
+    /// up, or about a grant that ended or was replaced meanwhile), or from
+    /// another blade than the grant's source, changes nothing. Returns
+    /// whether a grant ended.
+    pub fn confirmed(
+        &mut self,
+        now: Duration,
+        location: &mut Location,
+        from: &str,
+        request_id: u64,
+        held: bool,
+    ) -> bool {
+        // Another blade's answer to this id leaves the question open for
+        // the source's own.
+        if !self
+            .confirms
+            .get(&request_id)
+            .is_some_and(|asked| same_blade(&asked.source, from))
+        {
+            return false;
+        }
+        let Some(asked) = self.confirms.remove(&request_id) else {
+            return false;
+        };
+        // A lease that lapsed meanwhile ends as a lapse.
+        self.expire_one(now, &asked.extension, location);
+        let Some(g) = self
+            .grants
+            .get_mut(&asked.extension)
+            .filter(|g| g.token.matches(&asked.token))
+        else {
+            // The grant ended, or a later one holds the agent.
+            return false;
+        };
+        if g.link >= asked.link {
+            // Asked for, renewed or confirmed since over the new
+            // connection: the source's current word.
+            return false;
+        }
+        if held {
+            g.link = asked.link;
+            return false;
+        }
+        self.release(&asked.extension, location, Ending::SourceDisowned)
+    }
+
+    /// The next message to send, and the blade it goes to: the
+    /// confirmations [`Target::peer_up`] asks. Poll after each call to it.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(String, Message)> {
+        self.transmits.pop_front()
+    }
+
+    /// Confirmations awaiting their answer.
+    pub fn confirming(&self) -> usize {
+        self.confirms.len()
     }
 
     /// `blade` restarted: its [`Message::Hello`] on connection `link`
@@ -508,7 +716,16 @@ impl Target {
     /// cores saw first. Returns how many ended ([`Target::poll_released`]
     /// has them).
     pub fn peer_restarted(&mut self, location: &mut Location, blade: &str, link: u64) -> usize {
-        self.peer_up(blade, link);
+        // Nothing to confirm: what predates `link` ends here, and so do
+        // the questions asked about it (on `link` or before).
+        self.note_link(blade, link);
+        if !self.confirms.is_empty() {
+            self.confirms
+                .retain(|_, c| !(same_blade(&c.source, blade) && c.link <= link));
+            let confirms = &self.confirms;
+            self.confirm_expiry
+                .retain(|(_, id)| confirms.contains_key(id));
+        }
         let gone: Vec<String> = self
             .grants
             .values()
@@ -598,12 +815,13 @@ impl Target {
 
     /// The next grant that ended, by [`Target::unhost`], by its lease
     /// lapsing (in [`Target::handle_timeout`], or found lapsed by a later
-    /// request for the agent) or by its source's restart
-    /// ([`Target::peer_restarted`]), oldest first. A driver polls after
-    /// each of those calls and [`Target::handle_request`], so that what it
-    /// keeps for a grant ends with it (the proxy's record of the hosted
-    /// agent's dialog: the phone of a grant that lapsed or whose source
-    /// restarted gets a BYE).
+    /// request for the agent), by its source's restart
+    /// ([`Target::peer_restarted`]) or by its source disowning it
+    /// ([`Target::confirmed`]), oldest first. A driver polls after each of
+    /// those calls and [`Target::handle_request`], so that what it keeps
+    /// for a grant ends with it (the proxy's record of the hosted agent's
+    /// dialog: the phone of a grant that lapsed, whose source restarted or
+    /// disowned it gets a BYE).
     #[must_use]
     pub fn poll_released(&mut self) -> Option<Released> {
         self.released.pop_front()
@@ -716,19 +934,26 @@ impl Target {
         caller: &str,
     ) -> Option<(String, Message)> {
         let g = self.grants.get(extension)?;
-        let request_id = self.next_request;
-        self.next_request = self.next_request.wrapping_add(1);
+        let (source, grant, token) = (g.source.clone(), g.request_id, g.token);
+        let request_id = self.next_request_id();
         Some((
-            g.source.clone(),
+            source,
             Message::Redirect {
                 request_id,
-                grant: g.request_id,
-                token: g.token,
+                grant,
+                token,
                 extension: extension.to_owned(),
                 call_id: call_id.to_owned(),
                 caller: caller.to_owned(),
             },
         ))
+    }
+
+    /// A fresh id for a request of this target's (redirect, confirm).
+    fn next_request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1);
+        id
     }
 
     // -- directory announcements of this shard's agents --

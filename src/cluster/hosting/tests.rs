@@ -582,8 +582,8 @@ fn a_restarted_source_loses_its_previous_runs_grants_at_once() {
     for ext in ["2001", "2002", "3001"] {
         bind(&mut loc, ext);
     }
-    t.peer_up("s", 1);
-    t.peer_up("u", 1);
+    t.peer_up(secs(0), "s", 1);
+    t.peer_up(secs(0), "u", 1);
     let tok = t
         .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE, false)
         .unwrap()
@@ -596,7 +596,7 @@ fn a_restarted_source_loses_its_previous_runs_grants_at_once() {
     // S is killed; the link to it goes down (or not yet: a restart within
     // the idle timeout replaces the connection) and comes up again.
     assert_eq!(t.peer_lost("s"), 2);
-    t.peer_up("S", 2);
+    t.peer_up(secs(0), "S", 2);
     assert!(released(&mut t).is_empty(), "a reconnection ends nothing");
     assert_eq!(t.peer_restarted(&mut loc, "S", 2), 2);
     let mut gone = released(&mut t);
@@ -630,14 +630,14 @@ fn a_reconnecting_source_of_the_same_run_keeps_its_grants() {
     let mut t = target();
     let mut loc = location();
     bind(&mut loc, "2001");
-    t.peer_up("s", 1);
+    t.peer_up(secs(0), "s", 1);
     let tok = t
         .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE, false)
         .unwrap()
         .token;
     for (link, at) in [(2, 5), (3, 20), (4, 40)] {
         assert_eq!(t.peer_lost("s"), 1);
-        t.peer_up("s", link);
+        t.peer_up(secs(at), "s", link);
         t.handle_timeout(secs(at), &mut loc);
         assert_eq!(
             t.renew(secs(at), &mut loc, "s", "2001", "c1", &tok),
@@ -665,7 +665,7 @@ fn grants_of_the_new_run_survive_the_restart_news() {
     for ext in ["1001", "2001", "2002", "3001"] {
         bind(&mut loc, ext);
     }
-    t.peer_up("s", 1);
+    t.peer_up(secs(0), "s", 1);
     t.grant(secs(0), &mut loc, "s", 1, "2001", "old", LEASE, false)
         .unwrap();
     t.grant(secs(0), &mut loc, "s", 2, "1001", "retried", LEASE, false)
@@ -673,7 +673,7 @@ fn grants_of_the_new_run_survive_the_restart_news() {
 
     // S restarts: connection 2 comes up; a host request of the new run
     // outruns its Hello, and a retry of an old Call-ID comes too.
-    t.peer_up("s", 2);
+    t.peer_up(secs(0), "s", 2);
     let early = t
         .grant(secs(1), &mut loc, "s", 1, "2002", "new-early", LEASE, false)
         .unwrap()
@@ -702,19 +702,267 @@ fn grants_of_the_new_run_survive_the_restart_news() {
     let mut loc2 = location();
     bind(&mut loc2, "2001");
     bind(&mut loc2, "2002");
-    t2.peer_up("s", 1);
+    t2.peer_up(secs(0), "s", 1);
     t2.grant(secs(0), &mut loc2, "s", 1, "2001", "old", LEASE, false)
         .unwrap();
     assert_eq!(t2.peer_restarted(&mut loc2, "s", 2), 1);
     t2.grant(secs(1), &mut loc2, "s", 2, "2002", "new", LEASE, false)
         .unwrap();
-    t2.peer_up("s", 2);
+    t2.peer_up(secs(0), "s", 2);
     assert_eq!(t2.peer_restarted(&mut loc2, "s", 2), 0);
     assert_eq!(state(&loc2, "2002"), hosted_by("s"));
     // A later restart (a third run) ends the second run's grants.
-    t2.peer_up("s", 3);
+    t2.peer_up(secs(0), "s", 3);
     assert_eq!(t2.peer_restarted(&mut loc2, "s", 3), 1);
     assert_eq!(state(&loc2, "2002"), AgentState::Ready);
+}
+
+/// The confirmations `t` queued, as (to, request id, grant's host request
+/// id, agent, Call-ID, token).
+fn confirms(t: &mut Target) -> Vec<(String, u64, u64, String, String, Token)> {
+    std::iter::from_fn(|| t.poll_transmit())
+        .map(|(to, msg)| match wire(msg) {
+            Message::Confirm {
+                request_id,
+                grant,
+                token,
+                extension,
+                call_id,
+            } => (to, request_id, grant, extension, call_id, token),
+            other => panic!("not a confirmation: {other:?}"),
+        })
+        .collect()
+}
+
+/// S's link flaps, same run, and S saw it drop: it ended the session and
+/// its unhost was lost. On the new connection T asks S about the grant
+/// it gave over the old one (and only that one: not another source's,
+/// nor one asked for over the new connection), S disowns it, and T takes
+/// the agent back at once, long before the lease, as a lapse would
+/// (reported as disowned, the phone hung up). The same news again asks
+/// nothing; an answer from another blade, or a second one, changes
+/// nothing.
+#[test]
+fn a_grant_its_source_disowns_after_a_reconnection_ends_at_once() {
+    let mut t = target().with_request_base(5 << 48 | 1);
+    let mut loc = location();
+    for ext in ["1001", "2001", "3001"] {
+        bind(&mut loc, ext);
+    }
+    t.peer_up(secs(0), "s", 1);
+    t.peer_up(secs(0), "u", 1);
+    let tok = t
+        .grant(secs(0), &mut loc, "s", 7, "2001", "c1", LEASE, false)
+        .unwrap()
+        .token;
+    t.grant(secs(0), &mut loc, "u", 8, "3001", "c3", LEASE, false)
+        .unwrap();
+    assert!(
+        confirms(&mut t).is_empty(),
+        "the first connection asks nothing"
+    );
+
+    assert_eq!(t.peer_lost("s"), 1);
+    assert_eq!(t.peer_up(secs(5), "S", 2), 1);
+    let asked = confirms(&mut t);
+    let [(to, rid, grant, ext, call_id, token)] = &asked[..] else {
+        panic!("{asked:?}");
+    };
+    assert_eq!(
+        (to.as_str(), *grant, ext.as_str(), call_id.as_str(), *token),
+        ("S", 7, "2001", "c1", tok)
+    );
+    assert_eq!(*rid >> 48, 5, "numbered in this core's range");
+    assert_eq!(t.confirming(), 1);
+    assert_eq!(t.next_deadline(), Some(secs(6)), "the request timeout");
+    assert!(released(&mut t).is_empty(), "the reconnection ends nothing");
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    // Another copy of the news asks nothing; a grant over the new
+    // connection is not asked about.
+    assert_eq!(t.peer_up(secs(5), "s", 2), 0);
+    t.grant(secs(5), &mut loc, "s", 9, "1001", "c4", LEASE, false)
+        .unwrap();
+    assert!(confirms(&mut t).is_empty());
+
+    // Only the source's answer counts.
+    assert!(!t.confirmed(secs(5), &mut loc, "u", *rid, false));
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert!(t.confirmed(secs(5), &mut loc, "s", *rid, false));
+    assert_eq!(
+        released(&mut t),
+        [("2001".into(), "c1".into(), Ending::SourceDisowned)]
+    );
+    assert!(Ending::SourceDisowned.hangs_up(), "as a lapse: a BYE");
+    assert_eq!(Ending::SourceDisowned.as_str(), "peer_disowned");
+    assert_eq!(
+        Ending::ALL[Ending::SourceDisowned.index()],
+        Ending::SourceDisowned
+    );
+    assert_eq!(state(&loc, "2001"), AgentState::Ready);
+    assert!(!t.check_token(secs(5), "s", "2001", "c1", &tok));
+    assert_eq!(t.confirming(), 0);
+    // The answer again, or to an unknown question, changes nothing.
+    assert!(!t.confirmed(secs(5), &mut loc, "s", *rid, false));
+    assert!(!t.confirmed(secs(5), &mut loc, "s", 12345, false));
+    assert!(released(&mut t).is_empty());
+    assert_eq!(state(&loc, "3001"), hosted_by("u"));
+    assert_eq!(state(&loc, "1001"), hosted_by("s"));
+}
+
+/// S's link flaps but S did not see it (its old connection was replaced):
+/// it still holds the grant and says so. The grant stays, with its lease
+/// as it was (a confirmation is no renewal), tagged with the connection
+/// asked on: an older question's `held: false` crossing the answer does
+/// not end it, and the same connection asks nothing again.
+#[test]
+fn a_grant_its_source_still_holds_is_kept_and_not_asked_again() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    t.peer_up(secs(0), "s", 1);
+    t.grant(secs(0), &mut loc, "s", 7, "2001", "c1", LEASE, false)
+        .unwrap();
+    // Two reconnections in quick succession: two questions.
+    t.peer_up(secs(1), "s", 2);
+    let first = confirms(&mut t)[0].1;
+    t.peer_up(secs(1), "s", 3);
+    let second = confirms(&mut t)[0].1;
+    assert_ne!(first, second);
+    assert!(!t.confirmed(secs(1), &mut loc, "s", second, true));
+    assert!(!t.confirmed(secs(1), &mut loc, "s", first, false));
+    assert!(released(&mut t).is_empty());
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert_eq!(t.peer_up(secs(1), "s", 3), 0);
+    assert!(confirms(&mut t).is_empty());
+    assert_eq!(t.grant_of("2001").unwrap().expires_at, secs(30));
+    // Confirmed over connection 3: a restart told on it is a run that
+    // answered for the grant, so it stays; one told on a later one ends it.
+    assert_eq!(t.peer_restarted(&mut loc, "s", 3), 0);
+    assert_eq!(t.peer_restarted(&mut loc, "s", 4), 1);
+}
+
+/// A question nobody answers (a source of an earlier build, a link that
+/// dropped again) is given up after the request timeout: the grant stays
+/// until its lease lapses, and an answer after that is ignored.
+#[test]
+fn an_unanswered_confirmation_keeps_the_grant_until_its_lease() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    t.peer_up(secs(0), "s", 1);
+    t.grant(secs(0), &mut loc, "s", 7, "2001", "c1", LEASE, false)
+        .unwrap();
+    assert_eq!(t.peer_up(secs(2), "s", 2), 1);
+    let rid = confirms(&mut t)[0].1;
+    assert_eq!(t.next_deadline(), Some(secs(3)));
+    assert!(t.handle_timeout(secs(3), &mut loc).is_empty());
+    assert_eq!(t.confirming(), 0);
+    assert_eq!(t.next_deadline(), Some(secs(30)), "the lease's");
+    assert!(!t.confirmed(secs(4), &mut loc, "s", rid, false), "too late");
+    assert!(released(&mut t).is_empty());
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert!(t.handle_timeout(secs(29), &mut loc).is_empty());
+    assert_eq!(
+        t.handle_timeout(secs(30), &mut loc),
+        vec!["2001".to_owned()]
+    );
+    assert_eq!(
+        released(&mut t),
+        [("2001".into(), "c1".into(), Ending::Lapsed)]
+    );
+}
+
+/// While a question is out, the source renews one grant and asks for
+/// another again (a retried host request) over the new connection: both
+/// are its own now, and its `held: false` (sent before) ends neither; a
+/// grant it did neither for ends. A grant that lapsed meanwhile ends as a
+/// lapse, and one replaced by a later grant of the agent is left alone.
+#[test]
+fn a_grant_renewed_or_asked_for_over_the_new_connection_is_never_released() {
+    let mut t = target();
+    let mut loc = location();
+    for ext in ["1001", "2001", "2002", "3001"] {
+        bind(&mut loc, ext);
+    }
+    t.peer_up(secs(0), "s", 1);
+    let renewed = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE, false)
+        .unwrap()
+        .token;
+    t.grant(secs(0), &mut loc, "s", 2, "1001", "c2", LEASE, false)
+        .unwrap();
+    t.grant(secs(0), &mut loc, "s", 3, "2002", "c3", LEASE, false)
+        .unwrap();
+    t.grant(secs(0), &mut loc, "s", 4, "3001", "c4", 2, false)
+        .unwrap();
+    assert_eq!(t.peer_up(secs(1), "s", 2), 4);
+    let asked = confirms(&mut t);
+    let ids: Vec<(&str, u64)> = asked.iter().map(|a| (a.3.as_str(), a.1)).collect();
+    assert_eq!(
+        ids.iter().map(|(ext, _)| *ext).collect::<Vec<_>>(),
+        ["1001", "2001", "2002", "3001"],
+        "in a stable order"
+    );
+    let rid = |ext: &str| ids.iter().find(|(e, _)| *e == ext).unwrap().1;
+
+    assert_eq!(
+        t.renew(secs(1), &mut loc, "s", "2001", "c1", &renewed),
+        Some(LEASE)
+    );
+    t.grant(secs(1), &mut loc, "s", 2, "1001", "c2", LEASE, false)
+        .unwrap();
+    for ext in ["2001", "1001"] {
+        assert!(
+            !t.confirmed(secs(1), &mut loc, "s", rid(ext), false),
+            "{ext}"
+        );
+    }
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert_eq!(state(&loc, "1001"), hosted_by("s"));
+    assert!(released(&mut t).is_empty());
+    assert!(t.confirmed(secs(1), &mut loc, "s", rid("2002"), false));
+    assert_eq!(
+        released(&mut t),
+        [("2002".into(), "c3".into(), Ending::SourceDisowned)]
+    );
+    // 3001's two-second lease ran out before the answer came.
+    assert!(!t.confirmed(secs(2), &mut loc, "s", rid("3001"), false));
+    assert_eq!(
+        released(&mut t),
+        [("3001".into(), "c4".into(), Ending::Lapsed)]
+    );
+    // A question about a grant another one replaced since.
+    assert_eq!(t.peer_up(secs(3), "s", 3), 2);
+    let again = confirms(&mut t);
+    assert!(t.unhost(&mut loc, "s", "2001", "c1", &renewed));
+    released(&mut t);
+    t.grant(secs(3), &mut loc, "s", 5, "2001", "c5", LEASE, false)
+        .unwrap();
+    let (_, rid_2001, ..) = again.iter().find(|a| a.3 == "2001").unwrap();
+    assert!(!t.confirmed(secs(3), &mut loc, "s", *rid_2001, false));
+    assert_eq!(state(&loc, "2001"), hosted_by("s"));
+    assert_eq!(t.grant_of("2001").unwrap().call_id, "c5");
+    assert!(released(&mut t).is_empty());
+}
+
+/// A restart told while questions are out ends the grants itself; the
+/// answers that follow change nothing.
+#[test]
+fn a_restart_told_while_confirming_ends_the_grants_once() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    t.peer_up(secs(0), "s", 1);
+    t.grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE, false)
+        .unwrap();
+    t.peer_up(secs(1), "s", 2);
+    let rid = confirms(&mut t)[0].1;
+    assert_eq!(t.peer_restarted(&mut loc, "s", 2), 1);
+    assert!(!t.confirmed(secs(1), &mut loc, "s", rid, false));
+    assert_eq!(
+        released(&mut t),
+        [("2001".into(), "c1".into(), Ending::SourceRestarted)]
+    );
 }
 
 #[test]
@@ -1441,6 +1689,168 @@ fn a_peer_lost_mid_exchange_fails_pending_and_drops_hostings() {
             ..
         }]
     ));
+}
+
+/// What S answers T's confirmation of (`call_id`, `ext`, `token`),
+/// asked by `from`.
+fn confirm_at(s: &mut Blade, from: &str, call_id: &str, ext: &str, token: Token) -> bool {
+    let ask = Message::Confirm {
+        request_id: 77,
+        grant: 1,
+        token,
+        extension: ext.into(),
+        call_id: call_id.into(),
+    };
+    assert!(s.source.handle(secs(5), &mut s.dir, from, wire(ask)));
+    let sent: Vec<(String, Message)> = std::iter::from_fn(|| s.source.poll_transmit()).collect();
+    let [
+        (
+            to,
+            Message::Confirmed {
+                request_id: 77,
+                held,
+            },
+        ),
+    ] = &sent[..]
+    else {
+        panic!("{sent:?}");
+    };
+    assert_eq!(to, from, "answered to the asker");
+    assert!(s.events().is_empty(), "answered by the source itself");
+    *held
+}
+
+/// S answers a confirmation from what it holds: a grant it holds (the
+/// right peer, session, agent and token), one held only until its
+/// session's BYE has passed T, and one whose host request is unanswered
+/// (T may have granted it, the answer still on its way) are held; one it
+/// released, dropped with the link, or never had is not.
+#[test]
+fn the_source_answers_a_confirmation_by_what_it_holds() {
+    let mut blades = cluster(&["s", "t", "u"]);
+    for ext in ["1001", "2001", "2002", "3001"] {
+        login(&mut blades, "t", ext);
+    }
+    let s = idx(&blades, "s");
+    let dir = blades[s].dir.clone();
+    let host = |blades: &mut Vec<Blade>, call_id: &str, ext: &str| {
+        blades[s].source.host(secs(0), &dir, call_id, ext);
+        pump(secs(0), blades);
+        let ev = blades[s].events();
+        granted(&ev[0]).unwrap_or_else(|| panic!("{ev:?}"))
+    };
+    let held = host(&mut blades, "c1", "2001");
+    let ending = host(&mut blades, "c2", "2002");
+    let ended = host(&mut blades, "c4", "1001");
+    let lost = Token([9; 16]);
+    assert_eq!(blades[s].source.end_after("c2", secs(60)), 1);
+    assert_eq!(blades[s].source.end("c4"), 1);
+    pump(secs(0), &mut blades);
+    // A host request whose answer has not come.
+    blades[s].source.host(secs(0), &dir, "c3", "3001");
+    assert!(blades[s].source.poll_transmit().is_some());
+
+    let sb = &mut blades[s];
+    assert!(confirm_at(sb, "t", "c1", "2001", held));
+    assert!(confirm_at(sb, "T", "c1", "2001", held), "ids without case");
+    assert!(!confirm_at(sb, "t", "c1", "2001", lost), "another token");
+    assert!(!confirm_at(sb, "u", "c1", "2001", held), "another blade");
+    assert!(!confirm_at(sb, "t", "c9", "2001", held), "another session");
+    assert!(
+        confirm_at(sb, "t", "c2", "2002", ending),
+        "until its BYE passed"
+    );
+    assert!(confirm_at(sb, "t", "c3", "3001", lost), "awaited");
+    assert!(!confirm_at(sb, "u", "c3", "3001", lost), "awaited from t");
+    assert!(!confirm_at(sb, "t", "c3", "2001", lost), "another agent");
+    assert!(!confirm_at(sb, "t", "c4", "1001", ended), "released");
+    assert!(!confirm_at(sb, "t", "c5", "3001", lost), "never had");
+    // Leave to relay awaited is no grant.
+    sb.source.relay(secs(5), &dir, "c6", "2001");
+    assert!(sb.source.poll_transmit().is_some());
+    assert!(!confirm_at(sb, "t", "c6", "2001", lost), "a relay");
+    // Dropped with the link (S saw it go down): nothing is held any more.
+    sb.source.peer_lost("t");
+    sb.events();
+    assert!(!confirm_at(sb, "t", "c1", "2001", held));
+    assert!(!confirm_at(sb, "t", "c2", "2002", ending));
+    assert!(!confirm_at(sb, "t", "c3", "3001", lost));
+}
+
+/// Carries T's confirmations (after `peer_up` on `link`) to S and S's
+/// answers back; returns the answers, by agent.
+fn confirm_round(blades: &mut [Blade], now: Duration, link: u64) -> Vec<(String, bool)> {
+    let (s, t) = (idx(blades, "s"), idx(blades, "t"));
+    blades[t].target.peer_up(now, "s", link);
+    let mut answers = Vec::new();
+    while let Some((to, ask)) = blades[t].target.poll_transmit() {
+        assert_eq!(to, "s");
+        let ext = ask.extension().unwrap().to_owned();
+        let sb = &mut blades[s];
+        assert!(sb.source.handle(now, &mut sb.dir, "t", wire(ask)));
+        while let Some((to, answer)) = blades[s].source.poll_transmit() {
+            assert_eq!(to, "t");
+            let Message::Confirmed { request_id, held } = wire(answer) else {
+                panic!("not an answer");
+            };
+            let tb = &mut blades[t];
+            tb.target.confirmed(now, &mut tb.loc, "s", request_id, held);
+            answers.push((ext.clone(), held));
+        }
+    }
+    answers
+}
+
+/// Both sides of a link flap, same run of S. When S saw the link drop,
+/// its session ended and its unhost went nowhere; the confirmation on
+/// the new connection gives T the agent back at once. When S did not
+/// (only T's connection moved on), S still holds the grant, says so, and
+/// goes on renewing it.
+#[test]
+fn after_a_flap_the_target_gets_back_only_what_the_source_dropped() {
+    let mut blades = cluster(&["s", "t"]);
+    login(&mut blades, "t", "2001");
+    login(&mut blades, "t", "2002");
+    let (s, t) = (idx(&blades, "s"), idx(&blades, "t"));
+    blades[t].target.peer_up(secs(0), "s", 1);
+    let dir = blades[s].dir.clone();
+    blades[s].source.host(secs(0), &dir, "c1", "2001");
+    pump(secs(0), &mut blades);
+    assert!(granted(&blades[s].events()[0]).is_some());
+
+    // S does not see the flap: the grant is confirmed and lives on.
+    assert_eq!(
+        confirm_round(&mut blades, secs(1), 2),
+        [("2001".to_owned(), true)]
+    );
+    for at in [10, 20, 30, 40] {
+        blades[s].tick(secs(at));
+        blades[t].tick(secs(at));
+        pump(secs(at), &mut blades);
+    }
+    assert_eq!(state(&blades[t].loc, "2001"), hosted_by("s"));
+    assert!(blades[s].events().is_empty());
+
+    // S sees the next flap: it drops the hosting, and its unhost is lost.
+    blades[s].source.host(secs(40), &dir, "c2", "2002");
+    pump(secs(40), &mut blades);
+    blades[s].events();
+    blades[s].source.peer_lost("t");
+    assert_eq!(blades[s].events().len(), 2, "both sessions lost");
+    assert_eq!(blades[t].target.peer_lost("s"), 2);
+    let mut answers = confirm_round(&mut blades, secs(41), 3);
+    answers.sort();
+    assert_eq!(
+        answers,
+        [("2001".to_owned(), false), ("2002".to_owned(), false)]
+    );
+    assert_eq!(state(&blades[t].loc, "2001"), AgentState::Ready);
+    assert_eq!(state(&blades[t].loc, "2002"), AgentState::Ready);
+    assert!(blades[t].target.is_empty());
+    // And the agent can be hosted again at once.
+    blades[s].source.host(secs(41), &dir, "c3", "2001");
+    pump(secs(41), &mut blades);
+    assert!(granted(&blades[s].events()[0]).is_some());
 }
 
 #[test]
