@@ -24,7 +24,8 @@
 //! redirects for its agent live on the core the callee's extension hashes
 //! to; the agent's record and grant on T live on that core of T. The
 //! runtime routes link messages by extension or by request id
-//! ([`request_core`]).
+//! ([`request_core`]); a confirmation goes to the core of S that asked
+//! for the grant, named by the host request's id.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -293,10 +294,17 @@ pub fn hosting_token<'a>(uri: &Uri<'a>) -> Option<&'a [u8]> {
 
 /// The core a link message belongs to on this blade: by its agent's
 /// extension for requests, notices of one agent and redirects, by its
-/// request id for answers. `None` for directory notices, which the
-/// runtime splits by extension, and for what concerns the link itself.
+/// request id for answers. A confirmation goes by the id of the host
+/// request that won the grant, which names the core that sent it: the
+/// core holding the hosting, and any request still waiting for it (a join
+/// leg's hosting lives on its session's core, which the agent's extension
+/// need not name). `None` for directory notices, which the runtime splits
+/// by extension, and for what concerns the link itself.
 pub fn request_core(msg: &LinkMessage, cores: usize) -> Option<usize> {
     let by_id = |id: u64| ((id >> CORE_SHIFT) as usize).min(cores.saturating_sub(1));
+    if let LinkMessage::Confirm { grant, .. } = msg {
+        return Some(by_id(*grant));
+    }
     match msg.class() {
         Class::Notice | Class::Link => None,
         Class::Request | Class::Redirect => msg

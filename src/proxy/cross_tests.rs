@@ -863,6 +863,40 @@ fn a_restarted_s_gets_the_hosted_agents_phone_hung_up_by_t_at_once() {
     assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_sent, 1);
 }
 
+/// On a blade of several cores, a confirmation goes to the core that
+/// asked for the grant (named by the host request's id in its top bits),
+/// not the one the agent's extension hashes to: a join leg's hosting
+/// lives on its session's core. Its answer goes back by its own id.
+#[test]
+fn a_confirmation_goes_to_the_core_that_asked_for_the_grant() {
+    let cores = 4;
+    let ext = "1002";
+    let by_ext = super::route::shard_of(ext.as_bytes(), cores);
+    let asker = (by_ext + 1) % cores;
+    let confirm = LinkMessage::Confirm {
+        request_id: 2 << 48 | 9,
+        grant: (asker as u64) << 48 | 1,
+        token: crate::cluster::codec::Token([1; 16]),
+        extension: ext.into(),
+        call_id: "leg".into(),
+    };
+    assert_eq!(super::cross::request_core(&confirm, cores), Some(asker));
+    let answer = LinkMessage::Confirmed {
+        request_id: 2 << 48 | 9,
+        held: true,
+    };
+    assert_eq!(super::cross::request_core(&answer, cores), Some(2));
+    // An id naming no core of this blade goes to the last one.
+    let confirm = LinkMessage::Confirm {
+        request_id: 1,
+        grant: 9 << 48,
+        token: crate::cluster::codec::Token([1; 16]),
+        extension: ext.into(),
+        call_id: "leg".into(),
+    };
+    assert_eq!(super::cross::request_core(&confirm, cores), Some(3));
+}
+
 /// A hosted call that ends normally leaves T nothing to hang up: its
 /// record goes with the unhost, or with the BYE that passes T when the
 /// unhost is lost and the lease lapses after all.
