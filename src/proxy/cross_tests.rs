@@ -863,6 +863,125 @@ fn a_restarted_s_gets_the_hosted_agents_phone_hung_up_by_t_at_once() {
     assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_sent, 1);
 }
 
+/// Tells blade `node` that its link to the other went down (`None`) or
+/// came up over connection `link`.
+fn link_news(w: &mut World, node: usize, link: Option<u64>) {
+    let peer = w.nodes[World::other(node)].id.clone();
+    let mut out = Output::default();
+    w.nodes[node].proxy.peer_state(w.now, &peer, link, &mut out);
+    w.run(node, out);
+}
+
+/// How many link messages named `name` blade `from` sent.
+fn sent_on_link(w: &World, from: usize, name: &str) -> usize {
+    let id = &w.nodes[from].id;
+    w.link_log
+        .iter()
+        .filter(|(f, n)| f == id && *n == name)
+        .count()
+}
+
+/// The link flaps mid-call and S sees it drop (same run: no restart): S
+/// ends the session, hangs up its caller, and its unhost is lost with
+/// the link. On the new connection T asks S about the grant, S disowns
+/// it, and T frees B at once, far from the lease: B's phone gets T's BYE
+/// as on a lapse, B is ready, and a new call to B goes through.
+#[test]
+fn a_flap_s_saw_frees_the_hosted_agent_on_t_when_the_link_is_back() {
+    use crate::cluster::hosting::Ending;
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+
+    w.link_up = false;
+    link_news(&mut w, S, None);
+    link_news(&mut w, T, None);
+    assert!(w.snapshot(S).sessions.is_empty());
+    let bye = w.take("1001");
+    assert_bye_to_caller(&bye, &ok);
+    w.send_from(S, "1001", &answer(&bye, 200));
+    assert_eq!(w.state(T, "1002"), "hosted", "the unhost was lost");
+
+    w.advance(Duration::from_secs(2));
+    w.link_up = true;
+    link_news(&mut w, S, Some(2));
+    link_news(&mut w, T, Some(2));
+    assert_eq!(sent_on_link(&w, T, "Confirm"), 1);
+    assert_eq!(sent_on_link(&w, S, "Confirmed"), 1);
+    assert_eq!(w.state(T, "1002"), "ready", "at once, not at the lease");
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(bye.call_id(), "c1");
+    assert_eq!(
+        (bye.from().tag(), bye.to().tag()),
+        (Some("f1001"), Some("callee"))
+    );
+    assert_eq!(bye.vias().count(), 1, "T's own request");
+    assert_eq!(bye.top_via().host(), "127.0.0.2");
+    assert_eq!(bye.cseq().seq, super::hangup::BYE_CSEQ);
+    w.send_from(T, "1002", &answer(&bye, 200));
+    let m = w.nodes[T].proxy.metrics();
+    assert_eq!(m.hosting_released[Ending::SourceDisowned.index()], 1);
+    assert_eq!(m.hosting_released[Ending::Lapsed.index()], 0);
+    assert_eq!(m.sessions_bye_sent, 1);
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 0);
+
+    // A new call to B is hosted and answered.
+    w.send_from(S, "1001", &invite("1001", "1002", "c2"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    assert_eq!(inv.method(), Some(Method::Invite));
+    w.send_from(T, "1002", &answer(&inv, 200));
+    assert_eq!(w.take_final("1001").status(), Some(200));
+    assert_eq!(w.state(T, "1002"), "hosted");
+    // Nothing more is asked, and nothing lapses later.
+    w.advance(Duration::from_secs(u64::from(LEASE) + 1));
+    assert_eq!(w.state(T, "1002"), "hosted", "the new call renews");
+    assert_eq!(sent_on_link(&w, T, "Confirm"), 1);
+    assert!(w.idle("1002"));
+}
+
+/// The link flaps but S does not see it drop: only T's connection moved
+/// on (S's old one was replaced, which S is not told as a loss). T asks
+/// about the grant, S holds it, and the call goes on: B stays hosted, no
+/// phone is hung up, the renewals go on over the new connection, and the
+/// call ends normally.
+#[test]
+fn a_flap_s_did_not_see_leaves_the_call_and_its_hosting_alone() {
+    use crate::cluster::hosting::Ending;
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+
+    link_news(&mut w, T, None);
+    link_news(&mut w, T, Some(2));
+    assert_eq!(sent_on_link(&w, T, "Confirm"), 1);
+    assert_eq!(sent_on_link(&w, S, "Confirmed"), 1);
+    assert_eq!(w.state(T, "1002"), "hosted");
+    assert_eq!(w.snapshot(S).sessions.len(), 1);
+    assert!(w.idle("1001") && w.idle("1002"), "nobody hung up");
+    // The same news again asks nothing.
+    link_news(&mut w, T, Some(2));
+    assert_eq!(sent_on_link(&w, T, "Confirm"), 1);
+
+    w.advance(Duration::from_secs(u64::from(LEASE) * 2));
+    assert_eq!(w.state(T, "1002"), "hosted", "renewed all along");
+    assert!(w.idle("1001") && w.idle("1002"));
+    let released: u64 = w.nodes[T].proxy.metrics().hosting_released.iter().sum();
+    assert_eq!(released, 0);
+
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take_final("1001").status(), Some(200));
+    assert_eq!(w.state(T, "1002"), "ready");
+    let m = w.nodes[T].proxy.metrics();
+    assert_eq!(m.hosting_released[Ending::Unhosted.index()], 1);
+    assert_eq!(m.sessions_bye_sent, 0);
+}
+
 /// On a blade of several cores, a confirmation goes to the core that
 /// asked for the grant (named by the host request's id in its top bits),
 /// not the one the agent's extension hashes to: a join leg's hosting
