@@ -1266,10 +1266,14 @@ fn a_restarted_source_blade_gets_the_hosted_callees_phone_hung_up_at_once() {
 
 /// A link that drops while S lives is no restart: S is stopped (SIGSTOP)
 /// until T's side of the link times out, then resumed; the link comes
-/// back with the same run of S, and T frees nothing: B stays hosted (the
-/// lease alone decides now, as before).
+/// back with the same run of S. S, whose side timed out too, saw the link
+/// drop: it ended the call (its BYE to A) and its unhost was lost. The
+/// reconnection itself frees nothing on T, but T asks S about the grant
+/// over the new connection, S disowns it, and T frees B at once, long
+/// before the 60 s lease: B's phone gets T's BYE, and the release is
+/// counted as disowned, not as a restart.
 #[test]
-fn a_link_flap_without_a_restart_frees_nothing() {
+fn a_link_flap_that_s_saw_frees_the_agent_once_the_link_is_back() {
     use std::net::Ipv4Addr;
     let mut cluster = TestCluster::new_in(2, 2, 11, LONG_LEASE, 1);
     let (s, t) = (0, 1);
@@ -1294,18 +1298,23 @@ fn a_link_flap_without_a_restart_frees_nothing() {
     }
     cluster.signal_blade(s, "CONT");
     cluster.wait_linked();
-    // The Hello of the same run came with the new connection; nothing
-    // may end for it.
-    std::thread::sleep(QUIET);
-    assert_hosted(&cluster, t, "1002", "blade-1");
-    assert_eq!(
+    let bye_to_a = a.next_where(WAIT, |m| m.method() == Some(Method::Bye));
+    assert!(bye_to_a.is_some(), "S saw the link drop and ended the call");
+    wait_ready(&cluster, t, "1002");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(u64::from(LONG_LEASE) / 2),
+        "freed long before the lease"
+    );
+    let released = |reason: &str| {
         cluster.metric(
             t,
-            "sipblade_hosting_released_total{reason=\"peer_restarted\"}"
-        ),
-        0.0
-    );
-    assert_eq!(cluster.metric(t, "sipblade_sessions_bye_sent_total"), 0.0);
-    let bye_to_b = b.next_where(QUIET, |m| m.method() == Some(Method::Bye));
-    assert!(bye_to_b.is_none(), "{bye_to_b:?}");
+            &format!("sipblade_hosting_released_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(released("peer_disowned"), 1.0);
+    assert_eq!(released("peer_restarted"), 0.0);
+    assert_eq!(released("lapsed"), 0.0);
+    assert_eq!(cluster.metric(t, "sipblade_sessions_bye_sent_total"), 1.0);
+    let bye_to_b = b.next_where(WAIT, |m| m.method() == Some(Method::Bye));
+    assert_eq!(bye_to_b.map(|m| m.call_id().to_owned()), Some(call.call_id));
 }
