@@ -266,9 +266,10 @@ fn options_over_tcp(blade: SocketAddr, local: SocketAddr, eol: &str) -> String {
 /// Over TCP, bytes that can never be SIP (a run of NULs, another
 /// protocol's binary, LF-only line endings) close the connection at once,
 /// not at the 32 s stall timeout, counted as malformed; a sender that gave
-/// a usable Via first gets a 400 saying why. A CRLF ping still gets its
-/// pong, and a request trickled a byte at a time its answer. Over UDP an
-/// LF-only message is dropped and counted, as before.
+/// a usable Via first gets a 400 saying why, an LF-only request included.
+/// A CRLF ping still gets its pong, and a request trickled a byte at a
+/// time its answer. Over UDP an LF-only request is counted and answered
+/// 400 too (SPEC §5: a malformed request gets a 400, not silence).
 #[test]
 fn a_tcp_stream_that_cannot_be_sip_is_closed_at_once() {
     let blade = TestBlade::start_at(1, false, Options::default(), "", AUDIT_IP);
@@ -291,17 +292,21 @@ fn a_tcp_stream_that_cannot_be_sip_is_closed_at_once() {
     let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".repeat(8);
     let lf_only =
         options_over_tcp(blade.sip, "127.0.5.5:5060".parse().unwrap(), "\n").replace("\r\n", "\n");
-    for (host, bytes) in [
-        (3, vec![0; 4096]),
-        (4, tls_hello),
-        (5, lf_only.into_bytes()),
-    ] {
+    for (host, bytes) in [(3, vec![0; 4096]), (4, tls_hello)] {
         let mut stream = tcp_from(blade.sip, host);
         stream.write_all(&bytes).unwrap();
         let (got, closed) = receive(&mut stream, |_| false);
         assert!(closed, "127.0.5.{host}: the connection is closed at once");
         assert_eq!(got, "", "127.0.5.{host}: nothing to answer");
     }
+    let mut stream = tcp_from(blade.sip, 5);
+    stream.write_all(lf_only.as_bytes()).unwrap();
+    let (got, closed) = receive(&mut stream, |_| false);
+    assert!(closed, "an LF-only request's connection is closed at once");
+    assert!(
+        got.starts_with("SIP/2.0 400 Bad Request (line not ended by CRLF)\r\n"),
+        "an LF-only request is told why: {got:?}"
+    );
     // A start line the blade can answer, then a header ended by a bare LF.
     let mut mixed = tcp_from(blade.sip, 6);
     let text = options_over_tcp(blade.sip, mixed.local_addr().unwrap(), "\r\n").replacen(
@@ -328,10 +333,16 @@ fn a_tcp_stream_that_cannot_be_sip_is_closed_at_once() {
     common::wait_until("the LF-only datagram counted", || {
         blade.metric(malformed) == 5.0
     });
-    udp.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut buf = [0u8; 2048];
-    assert!(udp.recv_from(&mut buf).is_err(), "no answer to it");
+    let (n, _) = udp
+        .recv_from(&mut buf)
+        .expect("a 400 to the LF-only datagram");
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        got.starts_with("SIP/2.0 400 Bad Request (line not ended by CRLF)\r\n"),
+        "{got:?}"
+    );
     drop(fine);
 }
 

@@ -419,15 +419,27 @@ pub fn best_effort_response(
     out: &mut BytesMut,
 ) -> bool {
     let request_line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
-    // Never answer a response, and never answer an ACK (§17.2.1).
+    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
+    // Never answer a response, and never answer an ACK (§17.2.1). A first
+    // line with a control byte in it (binary junk, a lone CR for a line
+    // end) is no request; one ended by a bare LF is a malformed one, whose
+    // Via is as usable as any (SPEC §5: a malformed request gets its 400).
     if raw.len() < 4
         || raw[..4].eq_ignore_ascii_case(b"SIP/")
         || raw.starts_with(b"ACK ")
-        || !request_line.ends_with(b"\r")
+        || request_line.iter().any(|&b| b < 0x20 && b != b'\t')
     {
         return false;
     }
-    let head_end = memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
+    // The header section ends at the first empty line, CRLF or bare LF.
+    let head_end = [
+        memchr::memmem::find(raw, b"\r\n\r\n").map(|i| i + 2),
+        memchr::memmem::find(raw, b"\n\n").map(|i| i + 1),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(raw.len());
     // The kept lines, each with its offset in `raw`, and which is the top
     // Via.
     let mut lines: Vec<(usize, &[u8])> = Vec::new();
@@ -811,6 +823,50 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
         ));
         assert!(!super::best_effort_response(
             b"BYE x SIP/2.0\r\nFrom: a\r\n\r\n",
+            400,
+            "x",
+            SOURCE,
+            &mut out
+        ));
+    }
+
+    /// A request whose lines end in a bare LF is malformed (RFC 3261 §7),
+    /// but its Via is as usable as any: it gets its 400 too (SPEC §5: a
+    /// malformed request is answered 400), with CRLF line ends. A first
+    /// line with control bytes in it (binary junk) is still no request.
+    #[test]
+    fn best_effort_answers_an_lf_only_request() {
+        let raw = b"OPTIONS sip:x@y SIP/2.0\nVia: SIP/2.0/UDP h:5;rport;branch=z9hG4bK1\n\
+From: <sip:a@b>;tag=1\nTo: <sip:x@y>\nCall-ID: c\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n\
+Via: SIP/2.0/UDP body:9;branch=z9hG4bKbody\n";
+        let mut out = BytesMut::new();
+        assert!(super::best_effort_response(
+            raw,
+            400,
+            "Bad Request",
+            SOURCE,
+            &mut out
+        ));
+        let resp = parse(&out);
+        assert_eq!(resp.status(), Some(400));
+        assert_eq!(resp.top_via().branch(), Some("z9hG4bK1"));
+        assert_eq!(resp.top_via().rport(), Some(Some(5099)));
+        assert_eq!(resp.call_id(), "c");
+        assert_eq!(
+            resp.header_values(HeaderName::Via).count(),
+            1,
+            "the body's lines are no headers"
+        );
+        let mut out = BytesMut::new();
+        assert!(!super::best_effort_response(
+            b"\x16\x03\x01\nVia: SIP/2.0/UDP h:5;branch=z9hG4bK1\n\n",
+            400,
+            "x",
+            SOURCE,
+            &mut out
+        ));
+        assert!(!super::best_effort_response(
+            b"OPTIONS sip:x@y SIP/2.0\rVia: SIP/2.0/UDP h:5;branch=z9hG4bK1\r\r",
             400,
             "x",
             SOURCE,
