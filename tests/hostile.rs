@@ -346,6 +346,42 @@ fn a_tcp_stream_that_cannot_be_sip_is_closed_at_once() {
     drop(fine);
 }
 
+/// A request with no Via has nothing to route its answer by, yet its
+/// sender is told why it hears nothing more: a 400 without a Via, back to
+/// the datagram's source or down the same TCP connection (SPEC §5: a
+/// malformed request gets a 400, not silence). Junk stays unanswered.
+#[test]
+fn a_request_without_via_gets_its_400_from_its_source() {
+    let blade = TestBlade::start_at(1, false, Options::default(), "", AUDIT_IP);
+    let request = "OPTIONS sip:cc.example SIP/2.0\r\nFrom: <sip:a@cc.example>;tag=nv1\r\n\
+To: <sip:cc.example>\r\nCall-ID: no-via\r\nCSeq: 3 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let expected = "SIP/2.0 400 Bad Request (missing Via header)\r\n";
+
+    let udp = UdpSocket::bind(SocketAddr::new(audit_ua_ip(9).into(), 0)).unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    udp.send_to(b"hello there\r\n\r\n", blade.sip).unwrap();
+    udp.send_to(request.as_bytes(), blade.sip).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = udp
+        .recv_from(&mut buf)
+        .expect("a 400 to the Via-less request");
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        got.starts_with(expected),
+        "the first answer is the request's: {got:?}"
+    );
+    assert!(got.contains("Call-ID: no-via\r\n"), "{got:?}");
+    assert!(!got.contains("Via:"), "{got:?}");
+
+    let mut stream = tcp_from(blade.sip, 10);
+    stream.write_all(request.as_bytes()).unwrap();
+    let (got, _) = receive(&mut stream, |got| got.ends_with(b"\r\n\r\n"));
+    assert!(got.starts_with(expected), "over TCP: {got:?}");
+    common::wait_until("three malformed messages counted", || {
+        blade.metric("sipblade_messages_malformed_total") == 3.0
+    });
+}
+
 /// RFC 9112 §3.2.2: the admin port takes an absolute-form request target
 /// (`GET http://host:port/status`, as a client set to use a proxy sends
 /// it) as well as the origin form.

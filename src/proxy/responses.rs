@@ -271,7 +271,8 @@ pub(super) fn reason_phrase(status: u16) -> &'static str {
 /// on a stream: 400 whose reason phrase says what is wrong (the sender's
 /// operator has nothing else to go by), 505 for another SIP version, 513
 /// for a message over the size limit. `None` when there is nothing to
-/// answer (a response, an ACK, no Via).
+/// answer (a response, an ACK, junk: see
+/// [`crate::sip::edit::best_effort_response`]).
 pub fn malformed_response(
     data: &[u8],
     err: &crate::sip::ParseError,

@@ -409,8 +409,9 @@ impl Message {
 /// from whatever Via, From, To, Call-ID and CSeq lines it has
 /// (RFC 3261 §16.3 step 1: answer a malformed request if at all possible).
 /// The top Via gets `received` and the `rport` value as for any request
-/// from `source` (RFC 3581 §4), when it parses. `false` when the input is
-/// not a request or has no Via to answer to.
+/// from `source` (RFC 3581 §4), when it parses; a request with no Via at
+/// all is answered without one. `false` when the input is not a request
+/// (a response, an ACK, a first line not shaped as a request line).
 pub fn best_effort_response(
     raw: &[u8],
     status: u16,
@@ -472,9 +473,13 @@ pub fn best_effort_response(
             _ => {}
         }
     }
-    let Some(top_via) = top_via else {
+    // Without a Via there is nothing to route the answer by, but it goes
+    // back to the request's transport source all the same: a sender that
+    // forgot the Via learns why it hears nothing more. Only for what is
+    // shaped as a request line, so junk stays unanswered.
+    if top_via.is_none() && !is_request_line(request_line) {
         return false;
-    };
+    }
     out.put_slice(b"SIP/2.0 ");
     put_u32(out, u32::from(status));
     out.put_u8(b' ');
@@ -482,7 +487,7 @@ pub fn best_effort_response(
     out.put_slice(b"\r\n");
     for (i, &(start, line)) in lines.iter().enumerate() {
         let name_end = memchr::memchr(b':', line).unwrap_or(0);
-        let stamp = (i == top_via)
+        let stamp = (Some(i) == top_via)
             .then(|| {
                 let value = Span::new(start + name_end + 1, start + line.len());
                 let spans = via::parse(&mut Cursor::new(raw, value))?;
@@ -508,6 +513,22 @@ pub fn best_effort_response(
     }
     out.put_slice(b"Content-Length: 0\r\n\r\n");
     true
+}
+
+/// Whether `line` has the shape of a Request-Line: `Method SP
+/// Request-URI SP SIP/…`, the method a token of letters.
+fn is_request_line(line: &[u8]) -> bool {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    !method.is_empty()
+        && method.iter().all(u8::is_ascii_alphabetic)
+        && !uri.is_empty()
+        && version.len() > 4
+        && version[..4].eq_ignore_ascii_case(b"SIP/")
 }
 
 /// Whether a raw To line has a `tag` parameter (outside a quoted display
@@ -821,13 +842,54 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: five\r\n\r\n";
         assert!(!super::best_effort_response(
             b"garbage", 400, "x", SOURCE, &mut out
         ));
-        assert!(!super::best_effort_response(
-            b"BYE x SIP/2.0\r\nFrom: a\r\n\r\n",
+    }
+
+    /// A request with no Via has nothing to route its answer by, but the
+    /// answer goes back to its transport source all the same (SPEC §5: a
+    /// malformed request gets its 400, not silence): the lines it has,
+    /// and no Via. What is not shaped as a request line stays unanswered.
+    #[test]
+    fn best_effort_answers_a_request_without_via() {
+        let raw = b"OPTIONS sip:cc.example SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\n\
+To: <sip:cc.example>\r\nCall-ID: nv\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        let mut out = BytesMut::new();
+        assert!(super::best_effort_response(
+            raw,
             400,
-            "x",
+            "Bad Request (missing Via header)",
             SOURCE,
             &mut out
         ));
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("SIP/2.0 400 Bad Request (missing Via header)\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Via:"), "{text}");
+        for line in [
+            "From: <sip:a@b>;tag=1\r\n",
+            "Call-ID: nv\r\n",
+            "CSeq: 7 OPTIONS\r\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(text.contains("To: <sip:cc.example>;tag=sb"), "{text}");
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
+        for junk in [
+            &b"garbage"[..],
+            b"hello there\r\nFrom: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"BYE x SIP/2.0 extra\r\nFrom: a\r\n\r\n",
+            b"B-Y-E x SIP/2.0\r\nFrom: a\r\n\r\n",
+            b"ACK x SIP/2.0\r\nFrom: a\r\n\r\n",
+        ] {
+            let mut out = BytesMut::new();
+            assert!(
+                !super::best_effort_response(junk, 400, "x", SOURCE, &mut out),
+                "{:?}",
+                String::from_utf8_lossy(junk)
+            );
+        }
     }
 
     /// A request whose lines end in a bare LF is malformed (RFC 3261 §7),
