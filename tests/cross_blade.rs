@@ -138,9 +138,14 @@ fn cross_blade_call_hosts_the_callee_and_hands_it_back() {
 
     let (mut call, _) = answered_cross_call(&mut a, &mut b);
 
-    // During the call: B hosted on T by S; S owns the session.
+    // During the call: B hosted on T by S; S owns the session, and holds
+    // B's login information: B is in a call there, at its contact.
     assert_hosted(&cluster, t, "1002", "blade-1");
     assert_eq!(cluster.agent(s, "1001")["state"], "in_call");
+    let b_on_s = cluster.agent(s, "1002");
+    assert_eq!(b_on_s["state"], "in_call", "{b_on_s}");
+    assert_eq!(b_on_s["contact"], b.addr.to_string(), "{b_on_s}");
+    assert_eq!(b_on_s["hosted_by"], serde_json::Value::Null, "{b_on_s}");
     let sessions = cluster.sessions(s);
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0]["call_id"], call.call_id.as_str());
@@ -155,6 +160,9 @@ fn cross_blade_call_hosts_the_callee_and_hands_it_back() {
     wait_ready(&cluster, t, "1002");
     cluster.wait_state(s, "1001", "ready");
     assert!(cluster.sessions(s).is_empty());
+    let b_on_s = cluster.agent(s, "1002");
+    assert_eq!(b_on_s["state"], "logged_out", "S drops its copy: {b_on_s}");
+    assert_eq!(b_on_s["contact"], serde_json::Value::Null, "{b_on_s}");
     assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 1.0);
     assert_eq!(cluster.metric(s, "sipblade_hosting_rtt_seconds_count"), 1.0);
     assert_eq!(cluster.metric(t, "sipblade_hosting_granted_total"), 1.0);

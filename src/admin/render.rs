@@ -1,6 +1,8 @@
 //! `/status` JSON and `/metrics` text from the cores' snapshots.
 
+use std::collections::HashMap;
 use std::fmt::Write;
+use std::net::SocketAddr;
 
 use serde_json::json;
 
@@ -10,19 +12,37 @@ use crate::proxy::metrics::{REFUSALS, RTT_BUCKETS};
 use crate::proxy::{Metrics, Snapshot};
 
 /// The `/status` document of SPEC §6.
+///
+/// An agent of another blade that a session here hosts is logged out
+/// here (it registered there), but this blade holds its login information
+/// and drives its call (SPEC §2 step 4): it shows `in_call`, at the
+/// contact its blade gave with the grant.
 pub fn status_json(info: &BladeInfo, snapshots: &[Snapshot]) -> String {
     let mut agents: Vec<_> = snapshots.iter().flat_map(|s| s.agents.iter()).collect();
     agents.sort_by(|a, b| a.extension.cmp(&b.extension));
+    // Sessions and agent records may live on different cores.
+    let hosted: HashMap<&str, SocketAddr> = snapshots
+        .iter()
+        .flat_map(|s| s.hosted.iter())
+        .map(|h| (h.extension.as_str(), h.contact))
+        .collect();
     let agents: Vec<_> = agents
         .iter()
         .map(|a| {
+            let here = hosted
+                .get(a.extension.as_str())
+                .filter(|_| a.contact.is_none());
+            let (state, contact) = match here {
+                Some(&contact) => ("in_call", Some(contact)),
+                None => (a.state, a.contact),
+            };
             json!({
                 "badge": a.badge,
                 "extension": a.extension,
                 "kind": a.kind,
-                "state": a.state,
+                "state": state,
                 "hosted_by": a.hosted_by,
-                "contact": a.contact.map(|c| c.to_string()),
+                "contact": contact.map(|c| c.to_string()),
             })
         })
         .collect();

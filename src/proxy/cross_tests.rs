@@ -367,8 +367,16 @@ fn the_directory_names_the_target_and_one_round_trip_hosts() {
     );
     assert_eq!(w.state(T, "1002"), "hosted");
     assert_eq!(w.state(S, "1001"), "in_call");
-    let session = &w.snapshot(S).sessions[0];
-    assert_eq!(session.hosted, ["1002"]);
+    let snapshot = w.snapshot(S);
+    assert_eq!(snapshot.sessions[0].hosted, ["1002"]);
+    assert_eq!(
+        snapshot.hosted,
+        [HostedAgent {
+            extension: "1002".into(),
+            contact: terminal("1002"),
+        }],
+        "S shows B in the call, at B's contact"
+    );
     let hosted = w.nodes[S].proxy.sessions.get("c1").unwrap().hosted.clone();
     let info = hosted.unwrap().info.unwrap();
     assert_eq!(
@@ -387,6 +395,7 @@ fn the_directory_names_the_target_and_one_round_trip_hosts() {
     w.send_from(T, "1002", &answer(&bye, 200));
     assert_eq!(w.take("1001").status(), Some(200));
     assert_eq!(w.state(T, "1002"), "ready", "released after the BYE");
+    assert!(w.snapshot(S).hosted.is_empty());
     assert_eq!(w.nodes[S].proxy.metrics().cross_blade.answered, 1);
     assert_eq!(w.nodes[S].proxy.metrics().hosting_rtt.count, 1);
 }

@@ -65,7 +65,7 @@ pub use metrics::Metrics;
 pub use responses::{malformed_response, overload_response};
 use route::{BRANCH_PREFIX, CORE_PARAM};
 use session::Sessions;
-pub use status::{AgentStatus, SessionStatus, Snapshot};
+pub use status::{AgentStatus, HostedAgent, SessionStatus, Snapshot};
 
 /// How long an INVITE may ring before the proxy gives up (timer C,
 /// RFC 3261 §16.6 step 11: more than 3 minutes).

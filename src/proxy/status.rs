@@ -33,6 +33,16 @@ pub struct SessionStatus {
     pub hosted: Vec<String>,
 }
 
+/// An agent of another blade that this blade hosts in a live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostedAgent {
+    /// Extension.
+    pub extension: String,
+    /// Its registered contact, from the login information its blade gave
+    /// with the grant.
+    pub contact: SocketAddr,
+}
+
 /// A core's share of `/status` and `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -40,6 +50,10 @@ pub struct Snapshot {
     pub agents: Vec<AgentStatus>,
     /// The sessions this core owns.
     pub sessions: Vec<SessionStatus>,
+    /// The agents of other blades that this core's sessions host: their
+    /// state is unified here for the length of the session (SPEC §2 step
+    /// 4), so `/status` shows them in a call, at their contact.
+    pub hosted: Vec<HostedAgent>,
     /// Counters.
     pub metrics: Metrics,
     /// Live transactions.
@@ -68,6 +82,20 @@ impl Proxy {
         // Join legs show as part of the session they joined. A call that
         // replaced another shows as its own session; the one it replaced,
         // kept only for the grant the new call rides on, not at all.
+        let mut hosted = Vec::new();
+        let mut host = |status: &mut SessionStatus, h: &super::session::Hosted| {
+            if status.hosted.contains(&h.extension) {
+                return;
+            }
+            status.hosted.push(h.extension.clone());
+            // Granted: its login information is here.
+            if let Some(info) = &h.info {
+                hosted.push(HostedAgent {
+                    extension: h.extension.clone(),
+                    contact: info.addr,
+                });
+            }
+        };
         let sessions = self
             .sessions
             .iter()
@@ -94,7 +122,7 @@ impl Proxy {
                         }
                     }
                     if let Some(h) = leg.hosted.as_ref().filter(|h| leg.has_party(&h.extension)) {
-                        status.hosted.push(h.extension.clone());
+                        host(&mut status, h);
                     }
                 }
                 // A replacing call's target hosted under the replaced
@@ -106,9 +134,7 @@ impl Proxy {
                     .and_then(|r| r.hosted.as_ref())
                     .filter(|h| h.extension == s.callee && s.has_party(&s.callee));
                 if let Some(h) = carried {
-                    if !status.hosted.contains(&h.extension) {
-                        status.hosted.push(h.extension.clone());
-                    }
+                    host(&mut status, h);
                 }
                 Some(status)
             })
@@ -116,6 +142,7 @@ impl Proxy {
         Snapshot {
             agents,
             sessions,
+            hosted,
             metrics: self.metrics.clone(),
             transactions: self.txs.len(),
         }
