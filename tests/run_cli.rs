@@ -281,6 +281,47 @@ fn a_flood_of_tcp_connections_leaves_the_blade_serving_and_stoppable() {
     drop(flood);
 }
 
+/// A memory-lock limit too low for io_uring stops `run` at once, exit
+/// status 2, with one line that names the core, glommio's reason and the
+/// limit to raise (not, after a wait, "a core did not start in time").
+/// Root's CAP_IPC_LOCK lifts the limit, so as root the test drops that
+/// capability (setpriv) for the blade.
+#[test]
+fn a_memory_lock_limit_too_low_is_named_at_start() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    if root && Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: running as root without setpriv to drop CAP_IPC_LOCK");
+        return;
+    }
+    let mut command = if root {
+        let mut setpriv = Command::new("setpriv");
+        setpriv.args(["--bounding-set", "-ipc_lock", "sh"]);
+        setpriv
+    } else {
+        Command::new("sh")
+    };
+    let (dir, config, _, _) = blade_files(2, false);
+    command
+        .arg("-c")
+        .arg("ulimit -l 64 && exec \"$0\" run --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_sipblade"))
+        .arg(&config);
+    let mut blade = Process::spawn(command, &dir.path().join("stderr"));
+    let exit = blade.wait_exit(WAIT);
+    let stderr = blade.stderr();
+    assert_eq!(exit.code(), Some(2), "stderr:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("sipblade: run: cannot start executor ")
+            && last.contains("MemLockLimit")
+            && last.contains("raise RLIMIT_MEMLOCK"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn run_refuses_a_bad_config_with_file_and_line() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -696,7 +696,7 @@ pub(crate) async fn run(
     mesh: Option<(Mesh, flume::Receiver<CoreMsg>)>,
     status: flume::Receiver<SnapshotRequest>,
     link: Option<super::link::Setup>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<(usize, super::Started)>,
 ) {
     let (mesh, inbox) = mesh.unzip();
     let span = tracing::info_span!("core", index);
@@ -794,10 +794,11 @@ pub(crate) async fn run(
                 shared.tcp_per_core,
             )));
             // The blade counts as started once every core listens.
-            let _ = ready.send(Ok(()));
+            let _ = ready.send((index, super::Started::Listening));
         }
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot listen on TCP {}: {e}", shared.sip)));
+            let message = format!("cannot listen on TCP {}: {e}", shared.sip);
+            let _ = ready.send((index, super::Started::Failed(message)));
             return;
         }
     }

@@ -44,6 +44,61 @@ const MESH_CAPACITY: usize = 4096;
 /// How long `start` waits for every core to be listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a core tells `start` about its start.
+pub(crate) enum Started {
+    /// It listens on its sockets.
+    Listening,
+    /// Its executor runs, but it could not listen.
+    Failed(String),
+    /// glommio could not create its executor (io_uring set-up, often the
+    /// memory-lock limit): the executor's join handle says why.
+    NoExecutor,
+}
+
+/// Travels into a core's executor closure. glommio drops the closure
+/// without running it when it cannot create the executor; this says so,
+/// at once, instead of `start` waiting out [`START_TIMEOUT`].
+struct StartReport {
+    core: usize,
+    ready: std::sync::mpsc::Sender<(usize, Started)>,
+    ran: bool,
+}
+
+impl StartReport {
+    /// The executor runs: the core reports for itself from now on.
+    fn running(mut self) -> std::sync::mpsc::Sender<(usize, Started)> {
+        self.ran = true;
+        self.ready.clone()
+    }
+}
+
+impl Drop for StartReport {
+    fn drop(&mut self) {
+        if !self.ran {
+            let _ = self.ready.send((self.core, Started::NoExecutor));
+        }
+    }
+}
+
+/// Why a core's executor could not be created, from its join handle (its
+/// thread has ended, or is ending: the closure was dropped unrun).
+fn executor_error(handle: glommio::ExecutorJoinHandle<()>) -> String {
+    match handle.join() {
+        Err(e) => {
+            let text = e.to_string();
+            if text.contains("MemLock") {
+                format!(
+                    "{text}: io_uring needs at least {} KiB of locked memory per core; raise RLIMIT_MEMLOCK (`ulimit -l`, see the README's requirements)",
+                    IO_MEMORY >> 10
+                )
+            } else {
+                text
+            }
+        }
+        Ok(()) => "its executor stopped before it ran".into(),
+    }
+}
+
 /// How long a stopping blade lets running transactions finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -303,12 +358,17 @@ impl Blade {
             let mesh = inboxes.next().map(|inbox| (mesh.clone(), inbox));
             // The first core also runs the inter-blade link.
             let link = link.take();
-            let ready = ready_tx.clone();
+            let report = StartReport {
+                core: i,
+                ready: ready_tx.clone(),
+                ran: false,
+            };
             let core_ports = core_ports.clone();
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
                 .name(&format!("sipblade-core-{i}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || {
+                    let ready = report.running();
                     let sockets = core::Sockets {
                         sip: socket,
                         via: via_socket,
@@ -325,21 +385,22 @@ impl Blade {
         drop(ready_tx);
         // Return only once every core listens, so a client that connects
         // right after `start` is not refused.
-        for _ in 0..cores {
-            match ready_rx.recv_timeout(START_TIMEOUT) {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => {
-                    stopping.store(true, Ordering::SeqCst);
-                    return Err(StartError::Executor { core: 0, message });
+        let mut listening = vec![false; cores];
+        while let Some(waiting) = listening.iter().position(|&l| !l) {
+            let (core, message) = match ready_rx.recv_timeout(START_TIMEOUT) {
+                Ok((core, Started::Listening)) => {
+                    listening[core] = true;
+                    continue;
                 }
-                Err(_) => {
-                    stopping.store(true, Ordering::SeqCst);
-                    return Err(StartError::Executor {
-                        core: 0,
-                        message: "a core did not start in time".into(),
-                    });
-                }
-            }
+                Ok((core, Started::Failed(message))) => (core, message),
+                Ok((core, Started::NoExecutor)) => (core, executor_error(executors.remove(core))),
+                Err(_) => (
+                    waiting,
+                    format!("not listening after {} s", START_TIMEOUT.as_secs()),
+                ),
+            };
+            stopping.store(true, Ordering::SeqCst);
+            return Err(StartError::Executor { core, message });
         }
         let admin = Admin::start(admin_listener, info, status_senders).map_err(|source| {
             StartError::Bind {
