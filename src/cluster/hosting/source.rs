@@ -885,10 +885,7 @@ impl Source {
     pub fn next_deadline(&self) -> Option<Duration> {
         let pending = self.pending_deadlines.first().map(|(at, _)| *at);
         let wake = self.wakes.keys().next().map(|(at, _)| *at);
-        match (pending, wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        pending.into_iter().chain(wake).min()
     }
 
     /// The link to `peer` went down mid-exchange: its unanswered host

@@ -561,10 +561,7 @@ impl Target {
     pub fn next_deadline(&self) -> Option<Duration> {
         let lease = self.deadlines.keys().next().map(|(at, _)| *at);
         let confirm = self.confirm_expiry.front().map(|(at, _)| *at);
-        match (lease, confirm) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        lease.into_iter().chain(confirm).min()
     }
 
     /// The link to `blade` went down. Its grants stay until their leases
