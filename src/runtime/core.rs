@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::net::{TcpListener, UdpSocket};
@@ -661,7 +661,8 @@ async fn receive_loop(core: Rc<Core>, own: bool) {
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
-                if let Some(shedding) = backlog.as_mut().and_then(Backlog::received) {
+                let look = backlog.as_mut().and_then(|b| b.received(Instant::now()));
+                if let Some(shedding) = look {
                     core.set_shedding(shedding);
                 }
                 let data = Bytes::copy_from_slice(&buf[..n]);
