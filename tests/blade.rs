@@ -13,7 +13,7 @@ mod common;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{Call, TestBlade, Ua, aor, assert_dialog_bye, first_line, header, password};
+use common::{Call, DOMAIN, TestBlade, Ua, aor, assert_dialog_bye, first_line, header, password};
 use sipblade::proxy::route::shard_of;
 use sipblade::runtime::Options;
 use sipblade::sip::{HeaderName, Message, Method};
@@ -873,6 +873,66 @@ fn the_first_request_after_a_shed_burst_is_served() {
     probe.send(options_to_blade(&probe, &branch));
     let ok = probe.response(&format!("{branch}@probe"), Method::Options);
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+}
+
+/// A request that a core cannot hand to its owner (the owner's inbox full)
+/// gets 503 with Retry-After, and `/metrics` counts it with the rest
+/// (`sipblade_overload_rejected_total`): every 503 sent for overload is
+/// counted, whichever core sent it. (Inboxes of one message here, so that
+/// a flood fills them.)
+#[test]
+fn a_503_for_a_full_core_inbox_is_counted() {
+    let ip = std::net::Ipv4Addr::new(127, 0, 9, 33);
+    let options = Options {
+        mesh_capacity: 1,
+        ..Options::default()
+    };
+    let blade = TestBlade::start_at(2, false, options, "", ip);
+    // Many sources, so that the kernel's hash puts about half of the
+    // requests on the core that does not own their agent.
+    let sockets: Vec<UdpSocket> = (0..32)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.9.34:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let mut shed = 0u32;
+    let mut count = |s: &UdpSocket| {
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = s.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if text.starts_with("SIP/2.0 503") {
+                assert!(text.contains("\r\nRetry-After: "), "{text}");
+                shed += 1;
+            }
+        }
+    };
+    for n in 0..20_000 {
+        let s = &sockets[n % sockets.len()];
+        let from = s.local_addr().unwrap();
+        // For an agent, from one who is not logged in: 403 at the owner.
+        let request = format!(
+            "OPTIONS sip:1002@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKinbox{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1003@{DOMAIN}>;tag=f\r\nTo: <sip:1002@{DOMAIN}>\r\n\
+             Call-ID: inbox-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let _ = s.send_to(request.as_bytes(), blade.sip);
+        if n % 64 == 0 {
+            sockets.iter().for_each(&mut count);
+        }
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        sockets.iter().for_each(&mut count);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(shed > 0, "no request was shed");
+    let counted = blade.metric("sipblade_overload_rejected_total");
+    assert!(
+        counted >= f64::from(shed),
+        "{shed} requests got 503, {counted} counted"
+    );
 }
 
 #[test]

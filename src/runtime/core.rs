@@ -528,6 +528,8 @@ impl Core {
                             // rather than queue without limit (SPEC §5: 503).
                             tracing::debug!(owner, "core queue full: 503");
                             if let Some(data) = crate::proxy::overload_response(&msg) {
+                                // Counted as the owner's own 503s are.
+                                self.proxy.borrow_mut().note_overload();
                                 out.transmits
                                     .push(crate::transaction::Transmit { to: source, data });
                             }
