@@ -875,6 +875,56 @@ fn the_first_request_after_a_shed_burst_is_served() {
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
 }
 
+/// After a shed burst, a request that the kernel puts on one core's socket
+/// and that core hands to the agent's core is served too: a core stops
+/// shedding once its queue has drained, not only when its own socket
+/// receives another datagram (until then every request handed to it, and
+/// every TCP one, got 503, for as long as no datagram reached its socket).
+#[test]
+fn after_a_shed_burst_a_request_handed_between_cores_is_served() {
+    let ip = std::net::Ipv4Addr::new(127, 0, 9, 35);
+    let blade = TestBlade::start_at(2, false, Options::default(), "", ip);
+    // Two phones of agent 1002: the kernel puts one's datagrams on the
+    // socket of 1002's core, the other's on the other core's socket (its
+    // REGISTERs reach 1002's core only by hand-over).
+    let handoffs = || blade.metric("sipblade_core_handoffs_total");
+    let (mut direct, mut handed) = (None, None);
+    for _ in 0..64 {
+        let mut ua = Ua::new_at(blade.sip, "1002", std::net::Ipv4Addr::new(127, 0, 9, 36));
+        let before = handoffs();
+        assert_eq!(ua.register(3600).status(), Some(200));
+        if handoffs() > before {
+            handed.get_or_insert(ua);
+        } else {
+            direct.get_or_insert(ua);
+        }
+        if direct.is_some() && handed.is_some() {
+            break;
+        }
+    }
+    let (mut flood, mut phone) = direct.zip(handed).expect("sources on both cores");
+    // The burst, on the socket of 1002's core.
+    for n in 0..40_000 {
+        flood.send(format!(
+            "OPTIONS sip:{ip} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKhand{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@{from}>;tag=f\r\nTo: <sip:{ip}>\r\n\
+             Call-ID: hand-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            from = flood.addr
+        ));
+    }
+    common::wait_until("some of the burst shed with 503", || {
+        blade.metric("sipblade_overload_rejected_total") > 0.0
+    });
+    // Drained once the blade has answered nothing for a while.
+    while flood.recv_raw(Duration::from_millis(300)).is_some() {}
+    // Nothing reaches that core's socket any more; the phone's REGISTER
+    // comes to it from the other core.
+    let before = handoffs();
+    let ok = phone.register(3600);
+    assert!(handoffs() > before, "handed over");
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+}
+
 /// A request that a core cannot hand to its owner (the owner's inbox full)
 /// gets 503 with Retry-After, and `/metrics` counts it with the rest
 /// (`sipblade_overload_rejected_total`): every 503 sent for overload is

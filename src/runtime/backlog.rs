@@ -9,7 +9,9 @@
 //! buffer at a time, or all of it once the reader has emptied the queue),
 //! so the looks made while draining see more in use than is queued, and
 //! the one that would see the queue empty is never made when no datagram
-//! follows. So while shedding, a datagram that comes after a pause
+//! follows. So while shedding, the core also looks every [`WATCH_EVERY`]
+//! whether datagrams come or not (the requests other cores hand it, and
+//! TCP ones, come by other ways), and a datagram that comes after a pause
 //! ([`PAUSE`]) is looked at at once: a burst's end does not leave the core
 //! answering 503 to the next requests, however long after they come.
 
@@ -29,6 +31,9 @@ const EVERY_SHEDDING: u32 = 8;
 /// looked at at once: a core that is behind reads back to back, so a gap
 /// means the queue ran dry (and it costs one look per gap at most).
 const PAUSE: Duration = Duration::from_millis(1);
+/// While shedding, the queue is also looked at this often, datagrams or
+/// not.
+pub const WATCH_EVERY: Duration = Duration::from_millis(10);
 
 /// One socket's backlog watch.
 pub(crate) struct Backlog {
@@ -36,6 +41,8 @@ pub(crate) struct Backlog {
     since_look: u32,
     last_look: Option<Instant>,
     shedding: bool,
+    /// Whether a task looks every [`WATCH_EVERY`] (while shedding).
+    watched: bool,
 }
 
 impl Backlog {
@@ -45,7 +52,24 @@ impl Backlog {
             since_look: 0,
             last_look: None,
             shedding: false,
+            watched: false,
         }
+    }
+
+    /// Whether the core sheds new requests.
+    pub fn shedding(&self) -> bool {
+        self.shedding
+    }
+
+    /// Whether a task that looks every [`WATCH_EVERY`] is to be started
+    /// now (it was not watched); [`Backlog::unwatched`] when it ends.
+    pub fn watch(&mut self) -> bool {
+        !std::mem::replace(&mut self.watched, true)
+    }
+
+    /// The watching task has ended.
+    pub fn unwatched(&mut self) {
+        self.watched = false;
     }
 
     /// A datagram was received at `now`: the new state when shedding
@@ -64,6 +88,12 @@ impl Backlog {
         if self.since_look < every && !paused {
             return None;
         }
+        self.look(now)
+    }
+
+    /// Looks at the queue at `now`: the new state when shedding starts or
+    /// stops.
+    pub fn look(&mut self, now: Instant) -> Option<bool> {
         self.since_look = 0;
         self.last_look = Some(now);
         let (queued, size) = queue_memory(self.fd)?;
