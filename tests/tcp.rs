@@ -494,6 +494,66 @@ fn a_tcp_agent_is_reached_at_its_contact_once_its_connection_closed() {
     });
 }
 
+/// Once an agent's own TCP connection has closed, the connection the blade
+/// opens to its Contact carries everything after: the call's ACK and BYE,
+/// and the next call. Each request used to open a connection of its own
+/// (three a call), which the blade never closed: a descriptor leaked per
+/// request to an agent such as sipp over TCP.
+#[test]
+fn requests_to_an_agent_whose_connection_closed_share_one_connection() {
+    let blade = TestBlade::start_at(
+        2,
+        false,
+        Options::default(),
+        "",
+        Ipv4Addr::new(127, 0, 9, 40),
+    );
+    let listener = TcpListener::bind("127.0.9.41:0").unwrap();
+    let contact = listener.local_addr().unwrap().to_string();
+    let mut registration = TcpUa::connect_from(blade.sip, Ipv4Addr::new(127, 0, 9, 41));
+    registration.send(&register("1002", &contact, "TCP"));
+    assert_eq!(registration.recv().status(), Some(200));
+    drop(registration);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut caller = Ua::new_at(blade.sip, "1001", Ipv4Addr::new(127, 0, 9, 42));
+    assert_eq!(caller.register(3600).status(), Some(200));
+
+    let mut callee: Option<TcpUa> = None;
+    for _ in 0..2 {
+        let mut call = caller.call("1002");
+        caller.invite(&mut call, "");
+        let callee = callee.get_or_insert_with(|| TcpUa::accept(&listener));
+        let invite = callee.recv();
+        assert_eq!(invite.method(), Some(Method::Invite));
+        callee.send(&answer(&invite, 200, &contact));
+        let ok = caller.response(&call.call_id, Method::Invite);
+        assert_eq!(ok.status(), Some(200));
+        call.learn(&ok);
+        caller.ack_2xx(&call);
+        assert_eq!(
+            callee.recv().method(),
+            Some(Method::Ack),
+            "on the same connection"
+        );
+        caller.bye(&mut call);
+        let bye = callee.recv();
+        assert_eq!(bye.method(), Some(Method::Bye), "on the same connection");
+        let mut out = bytes::BytesMut::new();
+        bye.response(200, "OK", None, &[], &mut out);
+        callee.send(std::str::from_utf8(&out).unwrap());
+        assert_eq!(
+            caller.response(&call.call_id, Method::Bye).status(),
+            Some(200)
+        );
+        blade.wait_state("1002", "ready");
+    }
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "the blade opened another connection to the agent"
+    );
+}
+
 /// An agent registered over TCP whose connection has closed, and whose
 /// Contact takes no connection (a listener with a full accept queue drops
 /// the blade's SYNs, as an address gone behind NAT would): the blade gives

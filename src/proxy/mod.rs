@@ -475,6 +475,12 @@ impl Proxy {
         self.metrics.handoffs += 1;
     }
 
+    /// Counts a request the runtime answered 503 itself (its core's queue
+    /// full), as [`Proxy::handle_message`] counts its own.
+    pub fn note_overload(&mut self) {
+        self.metrics.overloaded += 1;
+    }
+
     /// Starts or stops refusing new out-of-dialog requests (503), for a
     /// graceful stop.
     pub fn set_draining(&mut self, draining: bool) {

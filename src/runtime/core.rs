@@ -8,12 +8,12 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::net::{TcpListener, UdpSocket};
 
-use super::backlog::Backlog;
+use super::backlog::{Backlog, WATCH_EVERY};
 use super::link::LinkDriver;
 use super::mesh::Mesh;
 use super::tcp::{self, Connections};
@@ -528,6 +528,8 @@ impl Core {
                             // rather than queue without limit (SPEC §5: 503).
                             tracing::debug!(owner, "core queue full: 503");
                             if let Some(data) = crate::proxy::overload_response(&msg) {
+                                // Counted as the owner's own 503s are.
+                                self.proxy.borrow_mut().note_overload();
                                 out.transmits
                                     .push(crate::transaction::Transmit { to: source, data });
                             }
@@ -656,13 +658,19 @@ async fn receive_loop(core: Rc<Core>, own: bool) {
     };
     // New calls arrive on the shared socket: that is where falling behind
     // is shed (this core's own port takes answers and in-dialog requests).
-    let mut backlog = (!own).then(|| Backlog::new(socket.as_raw_fd()));
+    let backlog = (!own).then(|| Rc::new(RefCell::new(Backlog::new(socket.as_raw_fd()))));
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
-                if let Some(shedding) = backlog.as_mut().and_then(Backlog::received) {
-                    core.set_shedding(shedding);
+                if let Some(backlog) = &backlog {
+                    let look = backlog.borrow_mut().received(Instant::now());
+                    if let Some(shedding) = look {
+                        core.set_shedding(shedding);
+                        if shedding {
+                            watch_backlog(&core, backlog);
+                        }
+                    }
                 }
                 let data = Bytes::copy_from_slice(&buf[..n]);
                 core.on_datagram(Peer::udp(from), data).await;
@@ -675,6 +683,28 @@ async fn receive_loop(core: Rc<Core>, own: bool) {
             }
         }
     }
+}
+
+/// While `core` sheds, looks at its queue every [`WATCH_EVERY`], datagrams
+/// or not, and stops shedding once it has drained: requests that reach
+/// the core by other ways than its socket (handed over by another core,
+/// or on TCP) are not refused 503 after a burst until its socket happens
+/// to receive another datagram.
+fn watch_backlog(core: &Rc<Core>, backlog: &Rc<RefCell<Backlog>>) {
+    if !backlog.borrow_mut().watch() {
+        return;
+    }
+    let (core, backlog) = (core.clone(), backlog.clone());
+    glommio::spawn_local(async move {
+        while backlog.borrow().shedding() && !core.stopping() {
+            glommio::timer::sleep(WATCH_EVERY).await;
+            if backlog.borrow_mut().look(Instant::now()) == Some(false) {
+                core.set_shedding(false);
+            }
+        }
+        backlog.borrow_mut().unwatched();
+    })
+    .detach();
 }
 
 /// A core's UDP sockets.

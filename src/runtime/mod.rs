@@ -38,8 +38,9 @@ use crate::proxy::cross::{ClusterSettings, PeerBlade};
 /// several executors under an 8 MiB RLIMIT_MEMLOCK (RUNTIME-NOTES).
 const IO_MEMORY: usize = 512 << 10;
 
-/// Depth of each core's inbox (messages from all the other cores).
-const MESH_CAPACITY: usize = 4096;
+/// Depth of each core's inbox (messages from all the other cores): the
+/// default of [`Options::mesh_capacity`].
+pub const MESH_CAPACITY: usize = 4096;
 
 /// How long `start` waits for every core to be listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,6 +157,9 @@ pub struct Options {
     /// connection (a stalled or "slowloris" sender). An idle connection
     /// between messages is never closed for this.
     pub tcp_message_timeout: Duration,
+    /// Messages each core's inbox holds (from the other cores). A request
+    /// handed to a core whose inbox is full gets 503 (overload).
+    pub mesh_capacity: usize,
 }
 
 /// The default of both [`Options::tcp_first_message_timeout`] and
@@ -176,6 +180,7 @@ impl Default for Options {
             tcp_write_timeout: Duration::from_secs(10),
             tcp_first_message_timeout: TCP_MESSAGE_TIMEOUT,
             tcp_message_timeout: TCP_MESSAGE_TIMEOUT,
+            mesh_capacity: MESH_CAPACITY,
         }
     }
 }
@@ -322,7 +327,8 @@ impl Blade {
         });
 
         // With one core there is no one to talk to.
-        let (mesh, inboxes) = mesh::Mesh::build(if cores > 1 { cores } else { 0 }, MESH_CAPACITY);
+        let inboxes = if cores > 1 { cores } else { 0 };
+        let (mesh, inboxes) = mesh::Mesh::build(inboxes, shared.options.mesh_capacity.max(1));
         let mut inboxes = inboxes.into_iter();
         let cpus = allowed_cpus();
         let mut executors = Vec::with_capacity(cores);

@@ -150,15 +150,20 @@ impl Connections {
     }
 
     /// Queues `data` on the connection `peer` names, or on any connection
-    /// of this core to its address. Returns false when there is none.
+    /// of this core to its address (also when the one it names has
+    /// closed: an agent whose own connection closed is reached on the one
+    /// the blade opened to its Contact, not on a new one per request).
+    /// Returns false when there is none.
     pub fn send(&self, peer: Peer, data: Bytes) -> bool {
-        let id = peer
+        let by_id = self.by_id.borrow();
+        let named = peer
             .conn
             .filter(|c| c.core == self.core)
-            .map(|c| c.id)
-            .or_else(|| self.by_addr.borrow().get(&peer.addr).copied());
-        let by_id = self.by_id.borrow();
-        let Some((addr, queue)) = id.and_then(|id| by_id.get(&id)) else {
+            .and_then(|c| by_id.get(&c.id));
+        let Some((addr, queue)) = named.or_else(|| {
+            let id = self.by_addr.borrow().get(&peer.addr).copied()?;
+            by_id.get(&id)
+        }) else {
             return false;
         };
         match queue.try_send(data) {
