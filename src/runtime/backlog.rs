@@ -72,23 +72,25 @@ impl Backlog {
         self.watched = false;
     }
 
-    /// A datagram was received at `now`: the new state when shedding
-    /// starts or stops.
-    pub fn received(&mut self, now: Instant) -> Option<bool> {
+    /// A datagram was received (`now` tells the time): the new state when
+    /// shedding starts or stops. The clock is read only while shedding or
+    /// for a look, not for every datagram of a core that keeps up.
+    pub fn received(&mut self, now: impl Fn() -> Instant) -> Option<bool> {
         self.since_look += 1;
-        let every = if self.shedding {
-            EVERY_SHEDDING
-        } else {
-            EVERY_KEEPING_UP
-        };
-        let paused = self.shedding
-            && self
+        if self.shedding {
+            let now = now();
+            let paused = self
                 .last_look
                 .is_none_or(|last| now.saturating_duration_since(last) >= PAUSE);
-        if self.since_look < every && !paused {
+            if self.since_look < EVERY_SHEDDING && !paused {
+                return None;
+            }
+            return self.look(now);
+        }
+        if self.since_look < EVERY_KEEPING_UP {
             return None;
         }
-        self.look(now)
+        self.look(now())
     }
 
     /// Looks at the queue at `now`: the new state when shedding starts or
@@ -184,10 +186,10 @@ mod tests {
         let (socket, _sender) = flooded();
         let mut backlog = Backlog::new(socket.as_raw_fd());
         let start = Instant::now();
-        let starts = (0..EVERY_KEEPING_UP).filter_map(|_| backlog.received(start));
+        let starts = (0..EVERY_KEEPING_UP).filter_map(|_| backlog.received(|| start));
         assert_eq!(starts.collect::<Vec<_>>(), [true], "more than half full");
         // Back to back while behind: looked at every few datagrams only.
-        assert_eq!(backlog.received(start), None);
+        assert_eq!(backlog.received(|| start), None);
         // The core reads the queue dry (the kernel gives its memory back
         // once the queue is empty); then the burst is over.
         let mut buf = [std::mem::MaybeUninit::new(0u8); 2048];
@@ -196,8 +198,8 @@ mod tests {
         // (it used to wait for EVERY_SHEDDING datagrams, answering 503 to
         // all but the last however long after the burst they came).
         let later = start + Duration::from_secs(5);
-        assert_eq!(backlog.received(later), Some(false));
-        assert_eq!(backlog.received(later), None);
+        assert_eq!(backlog.received(|| later), Some(false));
+        assert_eq!(backlog.received(|| later), None);
     }
 
     #[test]

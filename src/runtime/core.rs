@@ -664,7 +664,7 @@ async fn receive_loop(core: Rc<Core>, own: bool) {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
                 if let Some(backlog) = &backlog {
-                    let look = backlog.borrow_mut().received(Instant::now());
+                    let look = backlog.borrow_mut().received(Instant::now);
                     if let Some(shedding) = look {
                         core.set_shedding(shedding);
                         if shedding {
