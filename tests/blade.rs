@@ -10,8 +10,11 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use common::{Call, DOMAIN, TestBlade, Ua, aor, assert_dialog_bye, first_line, header, password};
 use sipblade::proxy::route::shard_of;
@@ -925,49 +928,43 @@ fn after_a_shed_burst_a_request_handed_between_cores_is_served() {
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
 }
 
-/// A request that a core cannot hand to its owner (the owner's inbox full)
-/// gets 503 with Retry-After, and `/metrics` counts it with the rest
-/// (`sipblade_overload_rejected_total`): every 503 sent for overload is
-/// counted, whichever core sent it. (Inboxes of one message here, so that
-/// a flood fills them.)
-#[test]
-fn a_503_for_a_full_core_inbox_is_counted() {
-    let ip = std::net::Ipv4Addr::new(127, 0, 9, 33);
+/// Floods a 2-core blade on 127.0.9.`host` whose cores' inboxes hold one
+/// message each, from 32 sockets on 127.0.9.`host + 1` (so that the
+/// kernel's hash puts about half of the requests on the core that does not
+/// own their agent), with 20,000 requests that `request(n, from)` writes.
+/// Returns the blade and the answers' status codes, counted.
+fn flood_one_message_inboxes(
+    host: u8,
+    request: impl Fn(usize, SocketAddr) -> String,
+) -> (TestBlade, HashMap<u16, u32>) {
+    let ip = std::net::Ipv4Addr::new(127, 0, 9, host);
     let options = Options {
         mesh_capacity: 1,
         ..Options::default()
     };
     let blade = TestBlade::start_at(2, false, options, "", ip);
-    // Many sources, so that the kernel's hash puts about half of the
-    // requests on the core that does not own their agent.
     let sockets: Vec<UdpSocket> = (0..32)
         .map(|_| {
-            let s = UdpSocket::bind("127.0.9.34:0").unwrap();
+            let s = UdpSocket::bind(SocketAddr::from(([127, 0, 9, host + 1], 0))).unwrap();
             s.set_nonblocking(true).unwrap();
             s
         })
         .collect();
-    let mut shed = 0u32;
+    let mut answers = HashMap::new();
     let mut count = |s: &UdpSocket| {
         let mut buf = [0u8; 2048];
         while let Ok(n) = s.recv(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]);
-            if text.starts_with("SIP/2.0 503") {
-                assert!(text.contains("\r\nRetry-After: "), "{text}");
-                shed += 1;
+            let resp = Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap();
+            let status = resp.status().unwrap();
+            if status == 503 {
+                assert!(resp.header(HeaderName::RetryAfter).is_some(), "{resp:?}");
             }
+            *answers.entry(status).or_insert(0) += 1;
         }
     };
     for n in 0..20_000 {
         let s = &sockets[n % sockets.len()];
-        let from = s.local_addr().unwrap();
-        // For an agent, from one who is not logged in: 403 at the owner.
-        let request = format!(
-            "OPTIONS sip:1002@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKinbox{n}\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:1003@{DOMAIN}>;tag=f\r\nTo: <sip:1002@{DOMAIN}>\r\n\
-             Call-ID: inbox-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-        );
-        let _ = s.send_to(request.as_bytes(), blade.sip);
+        let _ = s.send_to(request(n, s.local_addr().unwrap()).as_bytes(), blade.sip);
         if n % 64 == 0 {
             sockets.iter().for_each(&mut count);
         }
@@ -977,12 +974,49 @@ fn a_503_for_a_full_core_inbox_is_counted() {
         sockets.iter().for_each(&mut count);
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(shed > 0, "no request was shed");
+    (blade, answers)
+}
+
+/// A request that a core cannot hand to its owner (the owner's inbox full)
+/// gets 503 with Retry-After, and `/metrics` counts it with the rest
+/// (`sipblade_overload_rejected_total`): every 503 sent for overload is
+/// counted, whichever core sent it.
+#[test]
+fn a_503_for_a_full_core_inbox_is_counted() {
+    // For an agent, from one who is not logged in: 403 at the owner.
+    let (blade, answers) = flood_one_message_inboxes(33, |n, from| {
+        format!(
+            "OPTIONS sip:1002@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKinbox{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1003@{DOMAIN}>;tag=f\r\nTo: <sip:1002@{DOMAIN}>\r\n\
+             Call-ID: inbox-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    });
+    let shed = answers.get(&503).copied().unwrap_or(0);
+    assert!(shed > 0, "no request was shed: {answers:?}");
     let counted = blade.metric("sipblade_overload_rejected_total");
     assert!(
         counted >= f64::from(shed),
         "{shed} requests got 503, {counted} counted"
     );
+}
+
+/// An in-dialog request that a core cannot hand to its owner is not
+/// refused: a BYE answered 503 would end the call at the phone while the
+/// blade kept it (and both agents `in_call`). Over UDP it is dropped, and
+/// its sender's retransmission gets through; the owner answers the rest
+/// (481 here: no such dialog).
+#[test]
+fn an_in_dialog_request_is_never_refused_for_a_full_core_inbox() {
+    let (blade, answers) = flood_one_message_inboxes(35, |n, from| {
+        format!(
+            "BYE sip:1002@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKbye{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1003@{DOMAIN}>;tag=f\r\nTo: <sip:1002@{DOMAIN}>;tag=t\r\n\
+             Call-ID: bye-{n}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+    });
+    assert_eq!(answers.get(&503), None, "{answers:?}");
+    assert!(answers.values().sum::<u32>() > 0, "answered: {answers:?}");
+    assert_eq!(blade.metric("sipblade_overload_rejected_total"), 0.0);
 }
 
 #[test]

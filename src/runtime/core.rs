@@ -524,14 +524,31 @@ impl Core {
                         if let Err(flume::TrySendError::Full(CoreMsg::Sip { source, msg })) =
                             mesh.try_send_to(owner, handoff)
                         {
-                            // The owner's queue is at its bound: shed load here
-                            // rather than queue without limit (SPEC §5: 503).
-                            tracing::debug!(owner, "core queue full: 503");
-                            if let Some(data) = crate::proxy::overload_response(&msg) {
-                                // Counted as the owner's own 503s are.
-                                self.proxy.borrow_mut().note_overload();
-                                out.transmits
-                                    .push(crate::transaction::Transmit { to: source, data });
+                            // The owner's queue is at its bound.
+                            match Backpressure::of(&msg, source) {
+                                // Shed a new request here rather than queue
+                                // without limit (SPEC §5: 503), counted as
+                                // the owner's own 503s are.
+                                Backpressure::Refuse => {
+                                    tracing::debug!(owner, "core queue full: 503");
+                                    if let Some(data) = crate::proxy::overload_response(&msg) {
+                                        self.proxy.borrow_mut().note_overload();
+                                        out.transmits.push(crate::transaction::Transmit {
+                                            to: source,
+                                            data,
+                                        });
+                                    }
+                                }
+                                Backpressure::Wait => {
+                                    let handoff = CoreMsg::Sip { source, msg };
+                                    let _ = mesh.send_to(owner, handoff).await;
+                                }
+                                Backpressure::Drop => {
+                                    tracing::debug!(
+                                        owner,
+                                        "core queue full: dropped, to be retransmitted"
+                                    );
+                                }
                             }
                         }
                     }
@@ -644,6 +661,37 @@ impl Core {
                 })
                 .detach();
             }
+        }
+    }
+}
+
+/// What a core does with a message for another core whose inbox is full.
+/// A new request is refused (503), as the owner would under load. An
+/// in-dialog request or a response must not be: a BYE answered 503 ends
+/// the call at the phone while the blade keeps it, and both agents
+/// `in_call`. Over UDP its sender retransmits it (a response comes again
+/// with its request's retransmission, or is itself retransmitted), so it
+/// is dropped; a stream has no retransmission, so its reading waits for
+/// room (the connection's own backpressure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backpressure {
+    Refuse,
+    Wait,
+    Drop,
+}
+
+impl Backpressure {
+    fn of(msg: &Message, source: Peer) -> Backpressure {
+        // A REGISTER is never in a dialog, whatever its To says (as the
+        // proxy's own shedding reads it).
+        let new_request = msg.is_request()
+            && (msg.to().tag().is_none() || msg.method() == Some(crate::sip::Method::Register));
+        if new_request {
+            Backpressure::Refuse
+        } else if source.transport.is_reliable() {
+            Backpressure::Wait
+        } else {
+            Backpressure::Drop
         }
     }
 }
