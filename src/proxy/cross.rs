@@ -356,6 +356,7 @@ impl Proxy {
         reply: Option<ReplyTo>,
         out: &mut Output,
     ) {
+        let loaded = self.loaded();
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -367,8 +368,20 @@ impl Proxy {
                 }
             }
             Class::Request => {
-                let location = self.registrar.location_mut();
-                let answer = c.target.handle_request(now, location, from, &msg);
+                let answer = match &msg {
+                    // A loaded core takes on no call from a peer either:
+                    // the grant's INVITE would not be shed.
+                    LinkMessage::HostRequest { request_id, .. } if loaded => {
+                        Some(LinkMessage::HostRefused {
+                            request_id: *request_id,
+                            reason: Refusal::Overloaded,
+                        })
+                    }
+                    _ => {
+                        let location = self.registrar.location_mut();
+                        c.target.handle_request(now, location, from, &msg)
+                    }
+                };
                 if let Some(answer) = answer {
                     if let LinkMessage::HostGranted { info, .. } = &answer {
                         self.metrics.hosting_granted += 1;
@@ -630,6 +643,20 @@ impl Proxy {
         }
         self.reschedule(id);
         self.pump_source(now, out);
+    }
+
+    /// Whether `msg` comes from a peer blade's SIP address under a
+    /// hosting token (the INVITE of a grant, a relayed request): this
+    /// blade admitted it when it granted, so overload does not shed it (a
+    /// 503 would waste the grant and fail a call it already took on). A
+    /// forged token is refused by its check all the same.
+    pub(crate) fn granted_by_peer(&self, source: Peer, msg: &Message) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.peer_by_ip(source.addr.ip()).is_some())
+            && msg
+                .request_uri()
+                .is_some_and(|uri| hosting_token(&uri).is_some())
     }
 
     /// T: an INVITE from a peer blade with a hosting token. Checked

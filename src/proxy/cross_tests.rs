@@ -400,6 +400,43 @@ fn the_directory_names_the_target_and_one_round_trip_hosts() {
     assert_eq!(w.nodes[S].proxy.metrics().hosting_rtt.count, 1);
 }
 
+/// T sheds new requests under load (503), a peer's host request
+/// included, but not the INVITE of a grant it gave before: it took that
+/// call on when it granted, and a 503 there would fail it after all (S
+/// turns it into a 500 for the caller).
+#[test]
+fn an_overloaded_target_refuses_new_grants_but_takes_the_invite_of_one_it_gave() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(S, "1004");
+    w.register(T, "1002");
+    w.register(T, "1003");
+    // T grants, then falls behind before S's INVITE comes.
+    w.link_held = Some(Vec::new());
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let host_request = w.link_held.replace(Vec::new()).unwrap_or_default();
+    for event in host_request {
+        w.process(event);
+    }
+    assert_eq!(w.state(T, "1002"), "hosted", "granted; the answer held");
+    w.nodes[T].proxy.set_shedding(true);
+    w.release_link();
+    let inv = w.take("1002");
+    assert_eq!(inv.method(), Some(Method::Invite), "T relayed it");
+    w.send_from(T, "1002", &answer(&inv, 200));
+    assert_eq!(w.take_final("1001").status(), Some(200));
+
+    // While T sheds, neither a new cross-blade call nor a call at T
+    // itself is taken on.
+    w.send_from(S, "1004", &invite("1004", "1003", "c2"));
+    assert_eq!(w.take("1004").status(), Some(100));
+    assert_eq!(w.take_final("1004").status(), Some(503));
+    assert_eq!(w.state(T, "1003"), "ready");
+    w.send_from(T, "1003", &invite("1003", "1002", "c3"));
+    assert_eq!(w.take_final("1003").status(), Some(503));
+}
+
 #[test]
 fn t_defers_its_100_to_s_and_sends_it_only_for_a_slow_callee() {
     let mut w = World::new();

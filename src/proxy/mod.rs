@@ -475,6 +475,13 @@ impl Proxy {
         self.metrics.handoffs += 1;
     }
 
+    /// Whether this core refuses new work: its transactions waiting for an
+    /// answer at their bound, or its receive queue filling up
+    /// ([`Proxy::set_shedding`]).
+    pub(crate) fn loaded(&self) -> bool {
+        self.pending >= self.settings.max_transactions || self.shedding
+    }
+
     /// Counts a request the runtime answered 503 itself (its core's queue
     /// full), as [`Proxy::handle_message`] counts its own.
     pub fn note_overload(&mut self) {
@@ -613,8 +620,9 @@ impl Proxy {
         let max = self.settings.max_transactions;
         // In-dialog requests pass the pending bound: a BYE refused under
         // load would leave its call, and both agents, up. Only the memory
-        // bound refuses them.
-        let busy = new_call && (self.pending >= max || self.draining || self.shedding);
+        // bound refuses them. So do the requests of a grant this blade gave.
+        let busy =
+            new_call && (self.draining || (self.loaded() && !self.granted_by_peer(source, &msg)));
         if busy || self.txs.len() >= max.saturating_mul(LINGER_FACTOR) {
             self.metrics.overloaded += 1;
             if let Some(data) = overload_response(&msg) {
