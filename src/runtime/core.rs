@@ -17,6 +17,7 @@ use super::backlog::{Backlog, WATCH_EVERY};
 use super::link::LinkDriver;
 use super::mesh::Mesh;
 use super::tcp::{self, Connections};
+use super::warnings::Warnings;
 use super::{DRAIN_TIMEOUT, Shared};
 use crate::admin::SnapshotRequest;
 use crate::cluster::codec::{DirectoryEntry, Message as LinkMessage};
@@ -127,6 +128,9 @@ pub(crate) struct Core {
     outbox: RefCell<Vec<Vec<AgentEvent>>>,
     /// Whether a task will send the outbox.
     outbox_flush_due: std::cell::Cell<bool>,
+    /// Shedding starts and stops, logged at most every ten seconds each: a
+    /// sustained flood turns shedding on and off many times a second.
+    shedding_news: RefCell<(Warnings, Warnings)>,
 }
 
 impl Core {
@@ -416,13 +420,20 @@ impl Core {
 
     /// Starts or stops shedding new requests (see [`Backlog`]).
     fn set_shedding(&self, shedding: bool) {
+        let core = self.index;
+        let mut news = self.shedding_news.borrow_mut();
         if shedding {
-            tracing::warn!(
-                core = self.index,
-                "behind the SIP receive queue: new requests get 503 until it drains"
-            );
+            news.0.warn(|times| {
+                tracing::warn!(
+                    core,
+                    times,
+                    "behind the SIP receive queue: new requests get 503 until it drains"
+                );
+            });
         } else {
-            tracing::info!(core = self.index, "caught up with the SIP receive queue");
+            news.1.warn(|times| {
+                tracing::info!(core, times, "caught up with the SIP receive queue");
+            });
         }
         self.proxy.borrow_mut().set_shedding(shedding);
     }
@@ -838,6 +849,7 @@ pub(crate) async fn run(
         link: OnceCell::new(),
         outbox: RefCell::new(vec![Vec::new(); shared.cores]),
         outbox_flush_due: std::cell::Cell::new(false),
+        shedding_news: RefCell::default(),
     });
 
     // The long-lived tasks, cancelled when the core stops: each holds the
