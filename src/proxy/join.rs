@@ -83,7 +83,9 @@ impl Named {
             call_id: j.call_id.to_owned(),
             from_tag: j.from_tag.to_owned(),
             to_tag: j.to_tag.to_owned(),
-            early_only: j.early_only,
+            // A Replaces flag only: a Join's grammar has no such
+            // parameter (RFC 3911 §7), so there it is a generic one.
+            early_only: replaces && j.early_only,
             replaces,
         }))
     }
@@ -114,7 +116,6 @@ fn no_such_dialog() -> Refusal {
 fn joinable(dialog: &Session, named: &Named, joiner: &str, target: &str) -> Result<(), Refusal> {
     let ok = dialog.phase == Phase::Confirmed
         && dialog.left.is_none()
-        && !named.early_only
         && dialog
             .to_tag
             .as_deref()
