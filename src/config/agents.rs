@@ -91,6 +91,21 @@ pub struct Agent {
     pub credential: Credential,
 }
 
+impl Agent {
+    /// A stand-in for an extension nobody has, to challenge as an agent
+    /// is challenged: a request then answers as a wrong password would,
+    /// and does not tell which extensions exist. Whatever its credentials
+    /// prove, the caller is refused (403) after.
+    pub fn nobody(extension: &str) -> Agent {
+        Agent {
+            badge: String::new(),
+            extension: extension.to_owned(),
+            kind: AgentKind::Agent,
+            credential: Credential::Password(String::new()),
+        }
+    }
+}
+
 /// The provisioned agents, checked: badges and extensions are unique, each
 /// extension is a valid SIP user part, each agent has exactly one credential.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

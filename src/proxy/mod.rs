@@ -881,11 +881,17 @@ impl Proxy {
     /// SPEC §5: the caller must be a provisioned agent, logged in, and with
     /// `auth` on, prove it with Proxy-Authorization.
     fn check_caller(&mut self, now: Duration, msg: &Message, caller: &str) -> Result<(), Refusal> {
-        let agent = self
-            .agents
-            .get(caller)
-            .cloned()
-            .ok_or(Refusal::new(403, "Forbidden"))?;
+        let Some(agent) = self.agents.get(caller).cloned() else {
+            if self.settings.auth {
+                // A challenge first, as for an agent (and as a REGISTER
+                // is answered): the answer does not tell which extensions
+                // exist.
+                let nobody = Agent::nobody(caller);
+                self.registrar
+                    .check_digest(now, msg, &nobody, Challenger::Proxy)?;
+            }
+            return Err(Refusal::new(403, "Forbidden"));
+        };
         if self.settings.auth {
             self.registrar
                 .check_digest(now, msg, &agent, Challenger::Proxy)?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::config::{Agent, AgentKind, Credential};
+use crate::config::{Agent, Credential};
 use crate::sip::{
     AuthValue, DigestParams, HeaderName, Message, Peer, Scheme, Span, Transport, edit::derived_tag,
 };
@@ -159,13 +159,7 @@ impl Registrar {
                 // REGISTER does not tell which extensions exist: a
                 // challenge, then 403 (a fresh challenge for a stale or
                 // forged nonce, as for an agent).
-                let nobody = Agent {
-                    badge: String::new(),
-                    extension: extension.to_owned(),
-                    kind: AgentKind::Agent,
-                    credential: Credential::Password(String::new()),
-                };
-                self.authenticate(now, msg, &nobody)?;
+                self.authenticate(now, msg, &Agent::nobody(extension))?;
                 return Err(Refusal::new(403, "Forbidden"));
             }
             None => return Err(Refusal::new(404, "Not Found")),
