@@ -77,6 +77,13 @@ pub const TIMER_C: Duration = Duration::from_secs(181);
 /// UDP, since not every phone listens on TCP.
 pub const UDP_MAX_TO_BLADES: usize = 1300;
 
+/// Whether the request `msg` belongs to a dialog: it has a To tag, and is
+/// no REGISTER, which is never in a dialog (RFC 3261 §10.2) whatever its To
+/// says (some phones copy the To tag of the last 200 into their refreshes).
+fn in_dialog(msg: &Message) -> bool {
+    msg.to().tag().is_some() && msg.method() != Some(Method::Register)
+}
+
 /// How often a core forgets what expired in the tables pruned otherwise
 /// only when an entry is added (INVITE hand-offs, leaves to relay, nonce
 /// counts), so that an idle core does not keep them: while any is held.
@@ -482,6 +489,12 @@ impl Proxy {
         self.pending >= self.settings.max_transactions || self.shedding
     }
 
+    /// Whether overload may refuse `msg` (503): a new request, not one in
+    /// a dialog, nor a peer blade's under a grant this blade gave.
+    pub(crate) fn sheddable(&self, source: Peer, msg: &Message) -> bool {
+        msg.is_request() && !in_dialog(msg) && !self.granted_by_peer(source, msg)
+    }
+
     /// Counts a request the runtime answered 503 itself (its core's queue
     /// full), as [`Proxy::handle_message`] counts its own.
     pub fn note_overload(&mut self) {
@@ -612,17 +625,12 @@ impl Proxy {
             let no_tls = Refusal::new(416, "Unsupported URI Scheme (SIPS needs TLS)");
             return self.refuse(now, source, msg, &no_tls, out);
         }
-        // A REGISTER is never in a dialog (RFC 3261 §10.2), whatever its To
-        // says: some phones copy the To tag of the last 200 into their
-        // refreshes.
-        let in_dialog = msg.to().tag().is_some() && method != Method::Register;
-        let new_call = !in_dialog;
+        let in_dialog = in_dialog(&msg);
         let max = self.settings.max_transactions;
         // In-dialog requests pass the pending bound: a BYE refused under
         // load would leave its call, and both agents, up. Only the memory
         // bound refuses them. So do the requests of a grant this blade gave.
-        let busy =
-            new_call && (self.draining || (self.loaded() && !self.granted_by_peer(source, &msg)));
+        let busy = (!in_dialog && self.draining) || (self.loaded() && self.sheddable(source, &msg));
         if busy || self.txs.len() >= max.saturating_mul(LINGER_FACTOR) {
             self.metrics.overloaded += 1;
             if let Some(data) = overload_response(&msg) {
@@ -881,22 +889,17 @@ impl Proxy {
     /// SPEC §5: the caller must be a provisioned agent, logged in, and with
     /// `auth` on, prove it with Proxy-Authorization.
     fn check_caller(&mut self, now: Duration, msg: &Message, caller: &str) -> Result<(), Refusal> {
-        let Some(agent) = self.agents.get(caller).cloned() else {
-            if self.settings.auth {
-                // A challenge first, as for an agent (and as a REGISTER
-                // is answered): the answer does not tell which extensions
-                // exist.
-                let nobody = Agent::nobody(caller);
-                self.registrar
-                    .check_digest(now, msg, &nobody, Challenger::Proxy)?;
-            }
-            return Err(Refusal::new(403, "Forbidden"));
-        };
+        let agent = self.agents.get(caller).cloned();
+        let known = agent.is_some();
         if self.settings.auth {
+            // A stranger is challenged as an agent is (and as a REGISTER
+            // is answered), then refused: the answer does not tell which
+            // extensions exist.
+            let agent = agent.unwrap_or_else(|| Agent::nobody(caller).into());
             self.registrar
                 .check_digest(now, msg, &agent, Challenger::Proxy)?;
         }
-        if self.logged_in_on_blade(caller) {
+        if known && self.logged_in_on_blade(caller) {
             Ok(())
         } else {
             Err(Refusal::new(403, "Forbidden"))

@@ -536,8 +536,8 @@ impl Core {
                             mesh.try_send_to(owner, handoff)
                         {
                             // The owner's queue is at its bound.
-                            let granted = self.proxy.borrow().granted_by_peer(source, &msg);
-                            match Backpressure::of(&msg, source, granted) {
+                            let sheddable = self.proxy.borrow().sheddable(source, &msg);
+                            match Backpressure::of(sheddable, source) {
                                 // Shed a new request here rather than queue
                                 // without limit (SPEC §5: 503), counted as
                                 // the owner's own 503s are.
@@ -680,7 +680,8 @@ impl Core {
 /// What a core does with a message for another core whose inbox is full.
 /// A new request is refused (503), as the owner would under load. An
 /// in-dialog request, a peer blade's request under a grant this blade
-/// gave (`granted`), or a response must not be: a BYE answered 503 ends
+/// gave, or a response must not be (not `sheddable`, as
+/// [`Proxy::sheddable`] reads it): a BYE answered 503 ends
 /// the call at the phone while the blade keeps it, and both agents
 /// `in_call`. Over UDP its sender retransmits it (a response comes again
 /// with its request's retransmission, or is itself retransmitted), so it
@@ -694,13 +695,8 @@ enum Backpressure {
 }
 
 impl Backpressure {
-    fn of(msg: &Message, source: Peer, granted: bool) -> Backpressure {
-        // A REGISTER is never in a dialog, whatever its To says (as the
-        // proxy's own shedding reads it).
-        let new_request = msg.is_request()
-            && !granted
-            && (msg.to().tag().is_none() || msg.method() == Some(crate::sip::Method::Register));
-        if new_request {
+    fn of(sheddable: bool, source: Peer) -> Backpressure {
+        if sheddable {
             Backpressure::Refuse
         } else if source.transport.is_reliable() {
             Backpressure::Wait
