@@ -587,10 +587,14 @@ for _ in $(seq 30); do
     fi
     sleep 0.1
 done
-malformed="$(http_get /metrics 2>/dev/null |
-    awk '$1 == "sipblade_messages_malformed_total" { print $2 + 0 }')" || malformed=""
-malformed="${malformed:-?}"
-echo "$prog: sipblade at the end: $sb_end; malformed messages $malformed" >&2
+metrics="$(http_get /metrics 2>/dev/null)" || metrics=""
+metric() { # metric NAME: its value in $metrics, or ?
+    awk -v name="$1" '$1 == name { v = $2 + 0; found = 1 } END { print found ? v : "?" }' <<<"$metrics"
+}
+malformed="$(metric sipblade_messages_malformed_total)"
+handoffs="$(metric sipblade_core_handoffs_total)"
+echo "$prog: sipblade at the end: $sb_end; malformed messages $malformed;" \
+    "messages handed from core to core $handoffs" >&2
 
 # ---- 4. the report ------------------------------------------------------------
 
