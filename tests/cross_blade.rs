@@ -1114,6 +1114,84 @@ fn a_killed_source_blade_gets_the_hosted_callees_phone_hung_up_by_its_blade() {
     assert_eq!(cluster.metric(t, "sipblade_sessions_bye_failed_total"), 0.0);
 }
 
+/// The same for a hosted joiner: a supervisor on T joins T's agent, whose
+/// call S hosts, so S hosts the supervisor too, and the leg goes T, S, T.
+/// S is killed: when the lease lapses, T hangs up the supervisor's phone
+/// as well as the agent's, reaching it by T's own Record-Route entry of
+/// the supervisor's pass (the last of T's two), not through S. With two
+/// cores T relays the leg on the core of the agent it joins, while the
+/// supervisor's grant lives on the supervisor's own core: the first hands
+/// the leg's record to the second at the 2xx.
+#[test]
+fn a_killed_source_blade_gets_a_hosted_joiners_phone_hung_up_by_its_blade() {
+    hosted_joiner_hung_up(1, 229);
+}
+
+/// [`a_killed_source_blade_gets_a_hosted_joiners_phone_hung_up_by_its_blade`]
+/// on blades of two cores, with the supervisor and the agent it joins on
+/// different cores.
+#[test]
+fn a_killed_source_blade_gets_a_hosted_joiners_phone_hung_up_on_a_blade_of_two_cores() {
+    use sipblade::proxy::route::shard_of;
+    assert_ne!(shard_of(b"1002", 2), shard_of(b"1003", 2), "cores apart");
+    hosted_joiner_hung_up(2, 224);
+}
+
+/// Blades on 127.0.0.`first_ip` and the next address, phones on the
+/// three after.
+fn hosted_joiner_hung_up(cores: usize, first_ip: u8) {
+    use std::net::Ipv4Addr;
+    const LEASE: u64 = 2;
+    let mut cluster = TestCluster::new(2, first_ip, LEASE as u32, cores);
+    let (s, t) = (0, 1);
+    cluster.spawn_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let phone = |n: u8| Ipv4Addr::new(127, 0, 0, first_ip + n);
+    let mut a = cluster.registered_on(s, "1001", phone(2));
+    let mut b = cluster.registered_on(t, "1002", phone(3));
+    let mut sup = cluster.registered_on(t, "1003", phone(4));
+    let (call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let mut monitor = sup.call("1002");
+    let join = format!(
+        "Join: {};from-tag={CALLEE_TAG};to-tag={}\r\n",
+        call.call_id, call.from_tag
+    );
+    sup.invite(&mut monitor, &join);
+    let invite = b.request(Method::Invite, &monitor.call_id);
+    assert_eq!(invite.record_routes().count(), 3, "T, S, then T again");
+    assert_hosted(&cluster, t, "1003", "blade-1");
+    b.answer(&invite, 200, "OK", "b-join");
+    let ok = sup.response(&monitor.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    monitor.learn(&ok);
+    sup.ack_2xx(&monitor);
+    b.request(Method::Ack, &monitor.call_id);
+
+    cluster.kill_blade(s);
+    let killed = Instant::now();
+    let bye = sup
+        .next_where(Duration::from_secs(LEASE + 2), |m| {
+            m.method() == Some(Method::Bye) && m.call_id() == monitor.call_id
+        })
+        .unwrap_or_else(|| panic!("no BYE {:?} after S was killed", killed.elapsed()));
+    assert_dialog_bye(
+        &sup,
+        &bye,
+        &monitor.call_id,
+        (&monitor.from_tag, "b-join"),
+        ok.cseq().seq,
+    );
+    let vias: Vec<String> = bye.vias().map(|v| v.host().to_owned()).collect();
+    assert_eq!(vias, [cluster.members[t].sip.ip().to_string()], "T's own");
+    sup.answer(&bye, 200, "OK", "unused");
+    wait_ready(&cluster, t, "1003");
+    wait_ready(&cluster, t, "1002");
+    assert_eq!(sup.recv_raw(QUIET), None, "answered: not retransmitted");
+}
+
 /// T is killed mid-call (SIGKILL: no goodbye on the link), and a second
 /// agent on S calls the agent S hosts before S's link notices (the QUIC
 /// idle timeout takes seconds): S hosts that agent in a live session, so

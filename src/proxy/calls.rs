@@ -60,6 +60,7 @@ impl Proxy {
                 self.set_in_call(&extension, &call_id);
             }
             AgentEvent::Free { extension, call_id } => self.free_here(&extension, &call_id),
+            AgentEvent::HostedLeg(leg) => self.keep_handed_leg(*leg),
         }
     }
 
@@ -219,7 +220,7 @@ impl Proxy {
     }
 
     /// Whether this core owns agent `extension`.
-    fn owns(&self, extension: &str) -> bool {
+    pub(super) fn owns(&self, extension: &str) -> bool {
         self.owner_of(extension) == self.settings.core
     }
 

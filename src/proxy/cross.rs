@@ -166,6 +166,16 @@ pub(super) struct HostedDialog {
     pub(super) dialog: Dialog,
 }
 
+/// The record of a hosted joiner's leg ([`HostedDialog`]), on its way
+/// from the core that relayed the leg to the joiner's own core, which
+/// holds the grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostedLeg {
+    pub(super) extension: String,
+    pub(super) call_id: Box<str>,
+    pub(super) dialog: Dialog,
+}
+
 impl Cluster {
     pub(super) fn new(settings: &ClusterSettings, core: usize) -> Cluster {
         let base = (core as u64) << CORE_SHIFT | 1;

@@ -52,16 +52,20 @@
 //!   A hosted joiner (or Replaces newcomer) is the caller of its leg: its
 //!   blade, which sent the leg's INVITE on from the agent's phone, keeps
 //!   the agent's side the same way when the 2xx passes, if the agent's
-//!   grant is bound to the leg's Call-ID ([`Dialog::towards_caller`]);
-//!   with several cores, only where that INVITE's core (the core of the
-//!   extension it is addressed to) is the joiner's own, which holds the
-//!   grant.
+//!   grant is bound to the leg's Call-ID ([`Dialog::towards_caller`]).
+//!   With several cores, the core that relayed the leg (the core of the
+//!   extension it is addressed to) hands that record to the joiner's own,
+//!   which holds the grant ([`super::AgentEvent::HostedLeg`]). A leg to
+//!   an agent of the joiner's own blade passes that blade twice (T, S,
+//!   T): the joiner's side is read from the Record-Route entries of the
+//!   pass nearest the joiner ([`Pass`]).
 
 use smallvec::SmallVec;
 
-use super::Proxy;
-use super::cross::{self, HostedDialog};
+use super::cross::{self, HostedDialog, HostedLeg};
+use super::join::Named;
 use super::route;
+use super::{AgentEvent, Output, Proxy};
 use crate::cluster::codec::Token;
 use crate::sip::{Message, NameAddr};
 use crate::transaction::Peer;
@@ -269,29 +273,53 @@ fn reached_at(source: Peer, target: &str) -> Peer {
     }
 }
 
+/// Which of this blade's Record-Route entries in a 2xx stand for the
+/// transaction it answers. A request passes a blade twice when another
+/// blade sends it back: a supervisor's join leg to an agent of the same
+/// blade whose call another blade hosts goes T, S, T, and its 2xx carries
+/// T's entries twice, the first for the pass towards the agent, the last
+/// for the pass from the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// The first run of ours: the pass nearest the callee.
+    NearestCallee,
+    /// The last run of ours: the pass nearest the caller.
+    NearestCaller,
+}
+
 impl Proxy {
     /// The dialog that the 2xx `ok` confirms: From, To, the callee's
     /// Contact, and the route towards it from this blade (`downstream`,
     /// where the INVITE went, when none leads past it); with `caller`, the
     /// route towards the caller too (`caller`'s address, where its INVITE
     /// came from, when none leads past this blade). `None` without a
-    /// Contact: no request can be sent in that dialog.
+    /// Contact: no request can be sent in that dialog. `pass` says which
+    /// of this blade's Record-Route entries stand for the transaction
+    /// `ok` answers, when the request passed this blade twice.
     pub(super) fn dialog_of(
         &self,
         ok: &Message,
         downstream: Peer,
         caller: Option<Option<Peer>>,
+        pass: Pass,
     ) -> Option<Dialog> {
         let contact = ok.contacts().next()?;
         let rrs: SmallVec<[NameAddr<'_>; 4]> = ok.record_routes().collect();
-        let (past_callee, towards_caller) = match rrs.iter().position(|r| self.is_us(&r.uri())) {
-            Some(first) => {
-                let ours = rrs[first..]
-                    .iter()
-                    .take_while(|r| self.is_us(&r.uri()))
-                    .count();
-                (&rrs[..first], &rrs[first + ours..])
-            }
+        let us = |r: &NameAddr<'_>| self.is_us(&r.uri());
+        // This pass's entries: one run of ours (two for a change of
+        // transport, RFC 5658), from `start` to `end`.
+        let run = match pass {
+            Pass::NearestCallee => rrs.iter().position(us).map(|start| {
+                let len = rrs[start..].iter().take_while(|r| us(r)).count();
+                (start, start + len)
+            }),
+            Pass::NearestCaller => rrs.iter().rposition(us).map(|last| {
+                let len = rrs[..=last].iter().rev().take_while(|r| us(r)).count();
+                (last + 1 - len, last + 1)
+            }),
+        };
+        let (past_callee, towards_caller) = match run {
+            Some((start, end)) => (&rrs[..start], &rrs[end..]),
             None => (&rrs[..], &[][..]),
         };
         let past_caller = if caller.is_some() {
@@ -334,7 +362,8 @@ impl Proxy {
             .get(call_id)
             .and_then(|s| s.caller_contact.as_ref())
             .map(|(source, target)| reached_at(*source, target));
-        let Some(dialog) = self.dialog_of(ok, downstream, Some(caller_source)) else {
+        let Some(dialog) = self.dialog_of(ok, downstream, Some(caller_source), Pass::NearestCallee)
+        else {
             return;
         };
         if let Some(session) = self.sessions.get_mut(call_id) {
@@ -409,8 +438,17 @@ impl Proxy {
     /// its agent's INVITE on to the session's blade: the agent is the
     /// caller there, hosted under a grant bound to this very Call-ID (the
     /// leg's). A session of this blade's own is kept by
-    /// [`Proxy::remember_dialog`] instead.
-    pub(super) fn remember_hosted_dialog(&mut self, id: usize, ok: &Message, downstream: Peer) {
+    /// [`Proxy::remember_dialog`] instead. With several cores the
+    /// joiner's grant lives on the joiner's own core, and its leg's
+    /// transaction on the core of the extension the leg is addressed to:
+    /// that core hands the record over ([`AgentEvent::HostedLeg`]).
+    pub(super) fn remember_hosted_dialog(
+        &mut self,
+        id: usize,
+        ok: &Message,
+        downstream: Peer,
+        out: &mut Output,
+    ) {
         let Some(c) = self.cluster.as_ref() else {
             return;
         };
@@ -436,23 +474,48 @@ impl Proxy {
                         .is_some_and(|g| g.token.matches(&token))
                 })
                 .and_then(|agent| {
-                    let dialog = self.dialog_of(ok, downstream, None)?;
-                    Some((agent, token, dialog))
+                    let dialog = self.dialog_of(ok, downstream, None, Pass::NearestCallee)?;
+                    Some((agent, Some(token), dialog))
                 }),
             // From the agent's phone: a hosted joiner's leg, if the
             // caller's grant names this Call-ID.
             None => request.from().uri().user_str().and_then(|agent| {
-                let grant = c.target.grant_of(&agent)?;
-                if grant.call_id != ok.call_id() {
+                let grant = c
+                    .target
+                    .grant_of(&agent)
+                    .filter(|g| g.call_id == ok.call_id())
+                    .map(|g| g.token);
+                // A leg this core relayed for a joiner another core owns
+                // (no session of it here): that core holds the grant, if
+                // any.
+                let hand_over = grant.is_none()
+                    && !self.owns(&agent)
+                    && self.sessions.get(ok.call_id()).is_none()
+                    && Named::of(request).is_some();
+                if grant.is_none() && !hand_over {
                     return None;
                 }
                 let target = request.contacts().next()?.uri();
                 let caller = reached_at(pair.server.peer(), target.as_str());
-                let dialog = self.dialog_of(ok, downstream, Some(Some(caller)))?;
-                Some((agent, grant.token, dialog.towards_caller(target.as_str())))
+                // The leg went on from here to the session's blade, which
+                // may have sent it back through here to the agent it
+                // joins: the entries nearest the joiner are this pass's.
+                let dialog =
+                    self.dialog_of(ok, downstream, Some(Some(caller)), Pass::NearestCaller)?;
+                Some((agent, grant, dialog.towards_caller(target.as_str())))
             }),
         };
         let Some((agent, grant, dialog)) = kept else {
+            return;
+        };
+        let Some(grant) = grant else {
+            let agent = agent.into_owned();
+            let leg = HostedLeg {
+                extension: agent.clone(),
+                call_id: ok.call_id().into(),
+                dialog,
+            };
+            self.tell_owner(&agent, AgentEvent::HostedLeg(Box::new(leg)), out);
             return;
         };
         let agent = agent.into_owned();
@@ -460,6 +523,35 @@ impl Proxy {
         if let Some(c) = self.cluster.as_mut() {
             c.keep_hosted_dialog(
                 agent,
+                HostedDialog {
+                    call_id,
+                    grant,
+                    dialog,
+                },
+            );
+        }
+    }
+
+    /// The record of a hosted joiner's leg that the core which relayed the
+    /// leg handed over: kept if the joiner's grant here is still the
+    /// leg's (it may have ended on the way).
+    pub(super) fn keep_handed_leg(&mut self, leg: HostedLeg) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let grant = c
+            .target
+            .grant_of(&leg.extension)
+            .filter(|g| *g.call_id == *leg.call_id)
+            .map(|g| g.token);
+        if let Some(grant) = grant {
+            let HostedLeg {
+                extension,
+                call_id,
+                dialog,
+            } = leg;
+            c.keep_hosted_dialog(
+                extension,
                 HostedDialog {
                     call_id,
                     grant,

@@ -198,6 +198,10 @@ pub enum AgentEvent {
         /// The call.
         call_id: String,
     },
+    /// The agent (owned by the receiving core), hosted by another blade
+    /// as a joiner, is in this answered leg, which another core relayed:
+    /// the record that hangs the leg up should its grant lapse.
+    HostedLeg(Box<cross::HostedLeg>),
 }
 
 /// Server transaction key (RFC 3261 §17.2.3): the branch, the sent-by of

@@ -129,7 +129,7 @@ impl Proxy {
                     if self.cluster.is_some() {
                         // No session here: perhaps a call a hosting blade
                         // brought to one of this blade's agents.
-                        self.remember_hosted_dialog(id, &msg, downstream);
+                        self.remember_hosted_dialog(id, &msg, downstream, out);
                     }
                 }
             } else {
