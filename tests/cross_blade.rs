@@ -1574,12 +1574,25 @@ fn a_killed_joiners_blade_ends_only_the_join_leg() {
     three_blade_join_lost(1, 128, Lost::Joiner);
 }
 
+/// Three blades as above, but B's blade T is killed: S ends the call and
+/// the leg to B. A gets S's BYE; so does the supervisor, whose phone U
+/// still reaches although the leg's route towards it passes dead T
+/// first (U, T, S, T): S's BYE goes to U, past T. The supervisor is
+/// ready again, and none of it waits for a lease. Two cores per blade:
+/// the Record-Routes name the cores' own ports, not the SIP port.
+#[test]
+fn a_killed_agents_blade_gets_the_three_blade_joiner_hung_up_through_its_own_blade() {
+    three_blade_join_lost(2, 134, Lost::Agent);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lost {
     /// S, the blade of the session.
     Session,
     /// U, the supervisor's blade.
     Joiner,
+    /// T, the blade of the agent joined (and hosted).
+    Agent,
 }
 
 /// Blades S, T, U on 127.0.0.`first_ip` and the next two addresses,
@@ -1684,6 +1697,30 @@ fn three_blade_join_lost(cores: usize, first_ip: u8, lost: Lost) {
             wait_ready(&cluster, t, "1002");
             cluster.wait_state(s, "1001", "ready");
             assert!(cluster.sessions(s).is_empty());
+        }
+        Lost::Agent => {
+            cluster.kill_blade(t);
+            // S learns of it when the link's idle timeout (10 s) lapses.
+            let within = Duration::from_secs(15);
+            let to_a = own_bye(&mut a, &call.call_id, within);
+            assert_dialog_bye(&a, &to_a, &call.call_id, (&call.from_tag, CALLEE_TAG), 0);
+            assert_eq!(via_hosts(&to_a), [ip(s)], "S's own");
+            a.answer(&to_a, 200, "OK", "unused");
+            let to_sup = own_bye(&mut sup, &monitor.call_id, WAIT);
+            assert_dialog_bye(
+                &sup,
+                &to_sup,
+                &monitor.call_id,
+                (&monitor.from_tag, "b-join"),
+                ok.cseq().seq,
+            );
+            assert_eq!(via_hosts(&to_sup), [ip(u), ip(s)], "S's own, through U");
+            sup.answer(&to_sup, 200, "OK", "unused");
+            cluster.wait_state(s, "1001", "ready");
+            wait_ready(&cluster, u, "1003");
+            assert!(cluster.sessions(s).is_empty());
+            assert_eq!(sup.recv_raw(QUIET), None, "nothing more for the supervisor");
+            assert_eq!(cluster.metric(s, "sipblade_sessions_bye_failed_total"), 0.0);
         }
     }
 }
