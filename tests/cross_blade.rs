@@ -1438,7 +1438,8 @@ fn via_hosts(msg: &Message) -> Vec<String> {
 /// with both calls up: when the leases lapse, T hangs up B's phone in
 /// both calls and C's in the new one, each reached straight from T (not
 /// through dead S), each BYE one its phone matches, and both agents are
-/// ready again.
+/// ready again. Before the kill C's phone moves (a re-INVITE with a new
+/// Contact, from a new socket): its BYE goes there.
 #[test]
 fn a_killed_session_blade_gets_a_replaces_newcomer_on_the_agents_blade_hung_up() {
     hosted_newcomer_hung_up(1, 101, false);
@@ -1493,6 +1494,26 @@ fn hosted_newcomer_hung_up(cores: usize, first_ip: u8, transferred: bool) {
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
     transfer.learn(&ok);
     confirm(&mut c, &mut b, &transfer);
+    // With one core, C's phone moves first (RFC 3261 §12.2 target
+    // refresh: a re-INVITE from a new socket naming it in its Contact).
+    // The re-INVITE passes T twice; T's BYE must follow it there.
+    let mut moved = (cores == 1).then(|| Ua::new_at(cluster.members[t].sip, "1003", phone(4)));
+    if let Some(c2) = moved.as_mut() {
+        transfer.cseq += 1;
+        let reinvite = c2
+            .in_dialog_text(&transfer, "INVITE", transfer.cseq)
+            .replace(
+                "Content-Length:",
+                &format!("Contact: <{}>\r\nContent-Length:", c2.contact_uri()),
+            );
+        c2.send(reinvite);
+        let refresh = b.request(Method::Invite, &transfer.call_id);
+        b.answer(&refresh, 200, "OK", "b-new");
+        let ok = c2.response(&transfer.call_id, Method::Invite);
+        assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+        c2.send(c2.in_dialog_text(&transfer, "ACK", transfer.cseq));
+        b.request(Method::Ack, &transfer.call_id);
+    }
     if transferred {
         hang_up(&mut a, &mut b, &mut call);
         cluster.wait_state(s, "1001", "ready");
@@ -1501,9 +1522,10 @@ fn hosted_newcomer_hung_up(cores: usize, first_ip: u8, transferred: bool) {
 
     cluster.kill_blade(s);
     let within = Duration::from_secs(LEASE + 2);
-    let to_c = own_bye(&mut c, &transfer.call_id, within);
+    let c_now = moved.as_mut().unwrap_or(&mut c);
+    let to_c = own_bye(c_now, &transfer.call_id, within);
     assert_dialog_bye(
-        &c,
+        c_now,
         &to_c,
         &transfer.call_id,
         (&transfer.from_tag, "b-new"),
@@ -1511,7 +1533,7 @@ fn hosted_newcomer_hung_up(cores: usize, first_ip: u8, transferred: bool) {
     );
     let t_ip = cluster.members[t].sip.ip().to_string();
     assert_eq!(via_hosts(&to_c), [t_ip.as_str()], "T's own, straight to C");
-    c.answer(&to_c, 200, "OK", "unused");
+    c_now.answer(&to_c, 200, "OK", "unused");
     let to_b = own_bye(&mut b, &transfer.call_id, within);
     assert_dialog_bye(
         &b,
@@ -1541,7 +1563,10 @@ fn hosted_newcomer_hung_up(cores: usize, first_ip: u8, transferred: bool) {
     }
     wait_ready(&cluster, t, "1002");
     wait_ready(&cluster, t, "1003");
-    assert_eq!(c.recv_raw(QUIET), None, "answered: nothing more for C");
+    assert_eq!(c.recv_raw(QUIET), None, "nothing more (or else) for C");
+    if let Some(c2) = moved.as_mut() {
+        assert_eq!(c2.recv_raw(QUIET), None, "answered: nothing more for C");
+    }
     assert_eq!(b.recv_raw(QUIET), None, "answered: nothing more for B");
     assert_eq!(cluster.metric(t, "sipblade_sessions_bye_failed_total"), 0.0);
 }
