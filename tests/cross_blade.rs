@@ -8,7 +8,8 @@
 //! 82-83, 84-85, 86-87; the phones of 170-171, 177-178 and 194-195 on
 //! 172-173, 179-180 and 196-197. Blades 150-151 (phones 152-154) and
 //! 155-157 (phones 158-160). The restart tests use 127.0.2.x: blades
-//! 1-2 (phones 3-4) and 11-12 (phones 13-14).
+//! 1-2 (phones 3-4) and 11-12 (phones 13-14). The topology tests at the
+//! end use 127.0.0.101-139 (their own comments say which).
 
 mod common;
 
@@ -1403,4 +1404,348 @@ fn a_link_flap_that_s_saw_frees_the_agent_once_the_link_is_back() {
     assert_eq!(cluster.metric(t, "sipblade_sessions_bye_sent_total"), 1.0);
     let bye_to_b = b.next_where(WAIT, |m| m.method() == Some(Method::Bye));
     assert_eq!(bye_to_b.map(|m| m.call_id().to_owned()), Some(call.call_id));
+}
+
+// Topologies in which a leg passes a blade twice, or crosses three
+// blades, and a blade is lost mid-call. Blades and phones on
+// 127.0.0.101-139.
+
+/// The BYE that `ua` gets in `call_id` within `within` (a lost blade's
+/// lease and a margin); panics if none comes.
+fn own_bye(ua: &mut Ua, call_id: &str, within: Duration) -> Message {
+    let since = Instant::now();
+    ua.next_where(within, |m| {
+        m.method() == Some(Method::Bye) && m.call_id() == call_id
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{}: no BYE in {call_id} {:?} after the loss",
+            ua.ext,
+            since.elapsed()
+        )
+    })
+}
+
+/// The Via hosts of `msg`, top first.
+fn via_hosts(msg: &Message) -> Vec<String> {
+    msg.vias().map(|v| v.host().to_owned()).collect()
+}
+
+/// Attended transfer (Replaces) with the newcomer on the agent's blade:
+/// A on S calls B on T (S hosts B); C, also on T, replaces that call
+/// (the consultation named in a transferor's REFER), so the new call goes
+/// T, S, T: S hosts C, and the new call rides on B's grant. S is killed
+/// with both calls up: when the leases lapse, T hangs up B's phone in
+/// both calls and C's in the new one, each reached straight from T (not
+/// through dead S), each BYE one its phone matches, and both agents are
+/// ready again. Before the kill C's phone moves (a re-INVITE with a new
+/// Contact, from a new socket): its BYE goes there.
+#[test]
+fn a_killed_session_blade_gets_a_replaces_newcomer_on_the_agents_blade_hung_up() {
+    hosted_newcomer_hung_up(1, 101, false);
+}
+
+/// [`a_killed_session_blade_gets_a_replaces_newcomer_on_the_agents_blade_hung_up`]
+/// with two cores per blade, the newcomer (1003) and the agent (1002) on
+/// different cores.
+#[test]
+fn a_killed_session_blade_gets_a_replaces_newcomer_hung_up_on_a_blade_of_two_cores() {
+    use sipblade::proxy::route::shard_of;
+    assert_ne!(shard_of(b"1002", 2), shard_of(b"1003", 2), "cores apart");
+    hosted_newcomer_hung_up(2, 106, false);
+}
+
+/// The same once the replaced call has been hung up (the transfer done):
+/// only the new call is left to hang up, on both phones.
+#[test]
+fn a_killed_session_blade_gets_a_completed_transfer_hung_up_on_both_phones() {
+    hosted_newcomer_hung_up(2, 111, true);
+}
+
+/// Blades on 127.0.0.`first_ip` and the next address, phones on the
+/// three after.
+fn hosted_newcomer_hung_up(cores: usize, first_ip: u8, transferred: bool) {
+    use std::net::Ipv4Addr;
+    const LEASE: u64 = 2;
+    let mut cluster = TestCluster::new(2, first_ip, LEASE as u32, cores);
+    let (s, t) = (0, 1);
+    cluster.spawn_blade(s);
+    cluster.start_blade(t);
+    cluster.wait_linked();
+    let phone = |n: u8| Ipv4Addr::new(127, 0, 0, first_ip + n);
+    let mut a = cluster.registered_on(s, "1001", phone(2));
+    let mut b = cluster.registered_on(t, "1002", phone(3));
+    let mut c = cluster.registered_on(t, "1003", phone(4));
+    let (mut call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let mut transfer = c.call("1002");
+    let replaces = format!(
+        "Replaces: {};to-tag={CALLEE_TAG};from-tag={}\r\n",
+        call.call_id, call.from_tag
+    );
+    c.invite(&mut transfer, &replaces);
+    let new = b.request(Method::Invite, &transfer.call_id);
+    assert!(new.header_named("Replaces").is_some(), "{new:?}");
+    assert_eq!(new.record_routes().count(), 3, "T, S, then T again");
+    assert_hosted(&cluster, t, "1003", "blade-1");
+    b.answer(&new, 200, "OK", "b-new");
+    let ok = c.response(&transfer.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    transfer.learn(&ok);
+    confirm(&mut c, &mut b, &transfer);
+    // With one core, C's phone moves first (RFC 3261 §12.2 target
+    // refresh: a re-INVITE from a new socket naming it in its Contact).
+    // The re-INVITE passes T twice; T's BYE must follow it there.
+    let mut moved = (cores == 1).then(|| Ua::new_at(cluster.members[t].sip, "1003", phone(4)));
+    if let Some(c2) = moved.as_mut() {
+        transfer.cseq += 1;
+        let reinvite = c2
+            .in_dialog_text(&transfer, "INVITE", transfer.cseq)
+            .replace(
+                "Content-Length:",
+                &format!("Contact: <{}>\r\nContent-Length:", c2.contact_uri()),
+            );
+        c2.send(reinvite);
+        let refresh = b.request(Method::Invite, &transfer.call_id);
+        b.answer(&refresh, 200, "OK", "b-new");
+        let ok = c2.response(&transfer.call_id, Method::Invite);
+        assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+        c2.send(c2.in_dialog_text(&transfer, "ACK", transfer.cseq));
+        b.request(Method::Ack, &transfer.call_id);
+    }
+    if transferred {
+        hang_up(&mut a, &mut b, &mut call);
+        cluster.wait_state(s, "1001", "ready");
+    }
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    cluster.kill_blade(s);
+    let within = Duration::from_secs(LEASE + 2);
+    let c_now = moved.as_mut().unwrap_or(&mut c);
+    let to_c = own_bye(c_now, &transfer.call_id, within);
+    assert_dialog_bye(
+        c_now,
+        &to_c,
+        &transfer.call_id,
+        (&transfer.from_tag, "b-new"),
+        0,
+    );
+    let t_ip = cluster.members[t].sip.ip().to_string();
+    assert_eq!(via_hosts(&to_c), [t_ip.as_str()], "T's own, straight to C");
+    c_now.answer(&to_c, 200, "OK", "unused");
+    let to_b = own_bye(&mut b, &transfer.call_id, within);
+    assert_dialog_bye(
+        &b,
+        &to_b,
+        &transfer.call_id,
+        ("b-new", &transfer.from_tag),
+        new.cseq().seq,
+    );
+    assert_eq!(via_hosts(&to_b), [t_ip.as_str()], "T's own, straight to B");
+    b.answer(&to_b, 200, "OK", "unused");
+    if transferred {
+        let stray = b.collect_where(QUIET, |m| {
+            m.method() == Some(Method::Bye) && m.call_id() == call.call_id
+        });
+        assert!(stray.is_empty(), "the replaced call had ended: {stray:?}");
+    } else {
+        let old = own_bye(&mut b, &call.call_id, within);
+        assert_dialog_bye(
+            &b,
+            &old,
+            &call.call_id,
+            (CALLEE_TAG, &call.from_tag),
+            invite.cseq().seq,
+        );
+        assert_eq!(via_hosts(&old), [t_ip.as_str()], "T's own");
+        b.answer(&old, 200, "OK", "unused");
+    }
+    wait_ready(&cluster, t, "1002");
+    wait_ready(&cluster, t, "1003");
+    assert_eq!(c.recv_raw(QUIET), None, "nothing more (or else) for C");
+    if let Some(c2) = moved.as_mut() {
+        assert_eq!(c2.recv_raw(QUIET), None, "answered: nothing more for C");
+    }
+    assert_eq!(b.recv_raw(QUIET), None, "answered: nothing more for B");
+    assert_eq!(cluster.metric(t, "sipblade_sessions_bye_failed_total"), 0.0);
+}
+
+/// Three blades: a supervisor on U joins B on T, whose call with A S
+/// hosts; the leg goes U, T, S, T. S is killed: U hangs up the
+/// supervisor's phone (its own BYE, straight from U), T hangs up B's in
+/// both the call and the leg, and every agent is ready within the lease.
+#[test]
+fn a_killed_session_blade_gets_a_three_blade_join_hung_up_on_every_phone() {
+    three_blade_join_lost(1, 116, Lost::Session);
+}
+
+/// [`a_killed_session_blade_gets_a_three_blade_join_hung_up_on_every_phone`]
+/// with two cores per blade: the supervisor (1003) and B (1002) on
+/// different cores.
+#[test]
+fn a_killed_session_blade_gets_a_three_blade_join_hung_up_on_blades_of_two_cores() {
+    use sipblade::proxy::route::shard_of;
+    assert_ne!(shard_of(b"1002", 2), shard_of(b"1003", 2), "cores apart");
+    three_blade_join_lost(2, 122, Lost::Session);
+}
+
+/// Three blades as above, but the supervisor's blade U is killed: S
+/// loses the joiner's hosting, so it hangs up the join leg on B's phone
+/// (through T), and only the leg: the monitored call goes on, B still
+/// hosted, until A hangs up.
+#[test]
+fn a_killed_joiners_blade_ends_only_the_join_leg() {
+    three_blade_join_lost(1, 128, Lost::Joiner);
+}
+
+/// Three blades as above, but B's blade T is killed: S ends the call and
+/// the leg to B. A gets S's BYE; so does the supervisor, whose phone U
+/// still reaches although the leg's route towards it passes dead T
+/// first (U, T, S, T): S's BYE goes to U, past T. The supervisor is
+/// ready again, and none of it waits for a lease. Two cores per blade:
+/// the Record-Routes name the cores' own ports, not the SIP port.
+#[test]
+fn a_killed_agents_blade_gets_the_three_blade_joiner_hung_up_through_its_own_blade() {
+    three_blade_join_lost(2, 134, Lost::Agent);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    /// S, the blade of the session.
+    Session,
+    /// U, the supervisor's blade.
+    Joiner,
+    /// T, the blade of the agent joined (and hosted).
+    Agent,
+}
+
+/// Blades S, T, U on 127.0.0.`first_ip` and the next two addresses,
+/// phones on the three after.
+fn three_blade_join_lost(cores: usize, first_ip: u8, lost: Lost) {
+    use std::net::Ipv4Addr;
+    const LEASE: u64 = 2;
+    let mut cluster = TestCluster::new(3, first_ip, LEASE as u32, cores);
+    let (s, t, u) = (0, 1, 2);
+    for i in [s, t, u] {
+        cluster.spawn_blade(i);
+    }
+    cluster.wait_linked();
+    let phone = |n: u8| Ipv4Addr::new(127, 0, 0, first_ip + n);
+    let mut a = cluster.registered_on(s, "1001", phone(3));
+    let mut b = cluster.registered_on(t, "1002", phone(4));
+    let mut sup = cluster.registered_on(u, "1003", phone(5));
+    let (mut call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let mut monitor = sup.call("1002");
+    let join = format!(
+        "Join: {};from-tag={};to-tag={CALLEE_TAG}\r\n",
+        call.call_id, call.from_tag
+    );
+    sup.invite(&mut monitor, &join);
+    let leg = b.request(Method::Invite, &monitor.call_id);
+    assert_eq!(leg.record_routes().count(), 4, "U, T, S and T again");
+    assert_hosted(&cluster, u, "1003", "blade-1");
+    b.answer(&leg, 200, "OK", "b-join");
+    let ok = sup.response(&monitor.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    monitor.learn(&ok);
+    sup.ack_2xx(&monitor);
+    b.request(Method::Ack, &monitor.call_id);
+
+    let ips: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.sip.ip().to_string())
+        .collect();
+    let ip = |i: usize| ips[i].clone();
+    match lost {
+        Lost::Session => {
+            cluster.kill_blade(s);
+            let within = Duration::from_secs(LEASE + 2);
+            let to_sup = own_bye(&mut sup, &monitor.call_id, within);
+            assert_dialog_bye(
+                &sup,
+                &to_sup,
+                &monitor.call_id,
+                (&monitor.from_tag, "b-join"),
+                ok.cseq().seq,
+            );
+            assert_eq!(via_hosts(&to_sup), [ip(u)], "U's own, straight to it");
+            sup.answer(&to_sup, 200, "OK", "unused");
+            for (call_id, tags, cseq) in [
+                (
+                    &monitor.call_id,
+                    ("b-join", monitor.from_tag.as_str()),
+                    leg.cseq().seq,
+                ),
+                (
+                    &call.call_id,
+                    (CALLEE_TAG, call.from_tag.as_str()),
+                    invite.cseq().seq,
+                ),
+            ] {
+                let to_b = own_bye(&mut b, call_id, within);
+                assert_dialog_bye(&b, &to_b, call_id, tags, cseq);
+                assert_eq!(via_hosts(&to_b), [ip(t)], "T's own");
+                b.answer(&to_b, 200, "OK", "unused");
+            }
+            wait_ready(&cluster, u, "1003");
+            wait_ready(&cluster, t, "1002");
+            assert_eq!(sup.recv_raw(QUIET), None, "nothing more for the supervisor");
+            assert_eq!(b.recv_raw(QUIET), None, "nothing more for B");
+        }
+        Lost::Joiner => {
+            cluster.kill_blade(u);
+            // S learns of it when the link's idle timeout (10 s) lapses.
+            let to_b = b
+                .next_where(Duration::from_secs(15), |m| m.method() == Some(Method::Bye))
+                .unwrap_or_else(|| panic!("B got no BYE for the leg"));
+            assert_eq!(to_b.call_id(), monitor.call_id, "the leg's, not the call's");
+            assert_dialog_bye(
+                &b,
+                &to_b,
+                &monitor.call_id,
+                ("b-join", &monitor.from_tag),
+                leg.cseq().seq,
+            );
+            assert_eq!(via_hosts(&to_b), [ip(t), ip(s)], "S's own, through T");
+            b.answer(&to_b, 200, "OK", "unused");
+            let stray = a.collect_where(QUIET, |m| m.method() == Some(Method::Bye));
+            assert!(stray.is_empty(), "the call goes on: {stray:?}");
+            assert_hosted(&cluster, t, "1002", "blade-1");
+            let sessions = cluster.sessions(s);
+            assert_eq!(sessions.len(), 1, "{sessions:?}");
+            assert_eq!(sessions[0]["agents"], serde_json::json!(["1001", "1002"]));
+            hang_up(&mut a, &mut b, &mut call);
+            wait_ready(&cluster, t, "1002");
+            cluster.wait_state(s, "1001", "ready");
+            assert!(cluster.sessions(s).is_empty());
+        }
+        Lost::Agent => {
+            cluster.kill_blade(t);
+            // S learns of it when the link's idle timeout (10 s) lapses.
+            let within = Duration::from_secs(15);
+            let to_a = own_bye(&mut a, &call.call_id, within);
+            assert_dialog_bye(&a, &to_a, &call.call_id, (&call.from_tag, CALLEE_TAG), 0);
+            assert_eq!(via_hosts(&to_a), [ip(s)], "S's own");
+            a.answer(&to_a, 200, "OK", "unused");
+            let to_sup = own_bye(&mut sup, &monitor.call_id, WAIT);
+            assert_dialog_bye(
+                &sup,
+                &to_sup,
+                &monitor.call_id,
+                (&monitor.from_tag, "b-join"),
+                ok.cseq().seq,
+            );
+            assert_eq!(via_hosts(&to_sup), [ip(u), ip(s)], "S's own, through U");
+            sup.answer(&to_sup, 200, "OK", "unused");
+            cluster.wait_state(s, "1001", "ready");
+            wait_ready(&cluster, u, "1003");
+            assert!(cluster.sessions(s).is_empty());
+            assert_eq!(sup.recv_raw(QUIET), None, "nothing more for the supervisor");
+            assert_eq!(cluster.metric(s, "sipblade_sessions_bye_failed_total"), 0.0);
+        }
+    }
 }

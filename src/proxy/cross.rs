@@ -997,11 +997,16 @@ impl Proxy {
                     .into_iter()
                     .filter(|j| self.sessions.get(j).is_some_and(|r| r.callee == extension))
                     .collect();
+                let lost = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.peer(&peer))
+                    .map(|p| p.sip.ip());
                 for rider in riders {
-                    self.hang_up(now, &rider, HangUp::PeerLost, out);
+                    self.hang_up(now, &rider, HangUp::PeerLost(lost), out);
                     self.end_session(now, &rider, out);
                 }
-                self.hang_up(now, &call_id, HangUp::PeerLost, out);
+                self.hang_up(now, &call_id, HangUp::PeerLost(lost), out);
                 self.end_session(now, &call_id, out);
             }
             SourceEvent::Relayed {

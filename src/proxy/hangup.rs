@@ -28,19 +28,23 @@
 //!   already.
 //! - **Reach.** A party whose first hop is a peer blade whose link is down
 //!   gets no BYE: nothing would carry it (the party on this blade does).
+//!   Where its route goes on past that blade to one still up (a joiner on
+//!   a third blade, its leg U, T, S, T), the BYE goes to that one, past
+//!   the lost blade ([`Proxy::past_lost_peers`]).
 //!
 //! What each BYE is built from is kept in [`super::dialog`].
 
 use std::fmt::Write;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::dialog::ByeTo;
-use super::route::BRANCH_PREFIX;
+use super::route::{self, BRANCH_PREFIX};
 use super::session::Phase;
 use super::{Output, Proxy};
-use crate::sip::{Message, Method};
+use crate::sip::{Message, Method, NameAddr};
 use crate::transaction::Peer;
 use crate::transaction::client::{ClientEvent, ClientTx};
 
@@ -69,8 +73,9 @@ pub(super) struct OwnBye {
 pub(super) enum HangUp {
     /// It outlived `max_call_secs`.
     Expired,
-    /// Its hosted party's blade was lost.
-    PeerLost,
+    /// Its hosted party's blade was lost: the one at this address, if
+    /// known (its link may still look up when the lease ran out first).
+    PeerLost(Option<IpAddr>),
     /// Its 2xx was never ACKed ([`super::session::Sessions::confirm`]).
     Unacked,
 }
@@ -79,7 +84,7 @@ impl HangUp {
     fn as_str(self) -> &'static str {
         match self {
             HangUp::Expired => "max_call_secs",
-            HangUp::PeerLost => "peer lost",
+            HangUp::PeerLost(_) => "peer lost",
             HangUp::Unacked => "no ACK",
         }
     }
@@ -120,10 +125,14 @@ impl Proxy {
                 tracing::debug!(%call_id, %agent, "no way to address a BYE to this party");
                 continue;
             };
-            if self.behind_lost_peer(bye.hop) {
+            let lost = match why {
+                HangUp::PeerLost(lost) => lost,
+                HangUp::Expired | HangUp::Unacked => None,
+            };
+            let Some(bye) = self.past_lost_peers(bye, lost) else {
                 tracing::debug!(%call_id, %agent, "party behind a lost blade: no BYE");
                 continue;
-            }
+            };
             tracing::debug!(%call_id, %agent, why = why.as_str(), "sending BYE");
             let sent = self.send_own_bye(now, call_id, &bye, out);
             if self.cluster.is_some() && self.is_peer_blade_sip(bye.hop.addr) {
@@ -165,6 +174,47 @@ impl Proxy {
         self.cluster
             .as_ref()
             .is_some_and(|c| c.link_down_at(hop.addr.ip()))
+    }
+
+    /// `bye` as it can still go when its first hop is a lost peer blade
+    /// (its link down, or `lost`, the blade whose hosting was lost):
+    /// past the route entries of lost blades at the head of its route,
+    /// to the first blade after them that is still up (a joiner's or
+    /// newcomer's own blade: a leg U, T, S, T reaches the joiner through
+    /// T and U, and U alone serves once T is lost). With none after them,
+    /// through `lost` all the same while its link is up (a lease may run
+    /// out with the blade alive, its renewals refused or late); `None`
+    /// behind a link that is down: nothing would carry it (the lost
+    /// blade's own party is its blade's to hang up).
+    fn past_lost_peers<'a>(&self, bye: ByeTo<'a>, lost: Option<IpAddr>) -> Option<ByeTo<'a>> {
+        let gone = |hop: Peer| self.behind_lost_peer(hop) || lost == Some(hop.addr.ip());
+        if !gone(bye.hop) {
+            return Some(bye);
+        }
+        let fallback = (!self.behind_lost_peer(bye.hop)).then_some(bye);
+        let mut rest = bye.route;
+        loop {
+            let Some(entry) = NameAddr::parse_value(rest.as_bytes()) else {
+                return fallback;
+            };
+            let Some(hop) = route::uri_peer(&entry.uri()) else {
+                return fallback;
+            };
+            if !gone(hop) {
+                return Some(ByeTo {
+                    route: rest,
+                    hop,
+                    ..bye
+                });
+            }
+            // Past this entry and the ", " that joins it to the next.
+            let end = entry.spans().all.end as usize;
+            let next = rest.get(end..).map(str::trim_start);
+            match next.and_then(|n| n.strip_prefix(',')) {
+                Some(next) => rest = next.trim_start(),
+                None => return fallback,
+            }
+        }
     }
 
     /// Sends `bye` in dialog `call_id` over a client transaction of its
