@@ -860,6 +860,62 @@ fn a_lapsed_lease_hangs_up_the_hosted_agents_phone_from_t() {
     assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_failed, 0);
 }
 
+/// S vanishes while the hosted agent's phone still rings (no answer yet,
+/// so no dialog to hang up): when the lease lapses, T cancels the INVITE
+/// it forwarded under the grant, so the phone stops ringing for a call
+/// nobody can take, instead of ringing on until timer C (and, picked up,
+/// putting an agent that is `ready` again into a call with no caller).
+#[test]
+fn a_lapsed_lease_cancels_the_ringing_hosted_agents_phone() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    w.send_from(T, "1002", &answer(&inv, 180));
+    assert_eq!(w.take_final("1001").status(), Some(180));
+    w.link_up = false; // S is gone: no renewals, no CANCEL, no unhost.
+    let lease = Duration::from_secs(u64::from(LEASE));
+    advance_only(&mut w, T, lease - Duration::from_secs(1));
+    assert!(w.idle("1002"), "nothing before the lease lapses");
+
+    advance_only(&mut w, T, Duration::from_secs(1));
+    assert_eq!(w.state(T, "1002"), "ready");
+    let cancel = w.take("1002");
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(cancel.call_id(), "c1");
+    assert_eq!(cancel.top_via().branch(), inv.top_via().branch());
+    w.send_from(T, "1002", &answer(&cancel, 200));
+    w.send_from(T, "1002", &answer(&inv, 487));
+    let ack = w.take("1002");
+    assert_eq!(ack.method(), Some(Method::Ack), "T acknowledges the 487");
+    advance_only(&mut w, T, Duration::from_secs(40));
+    assert!(w.idle("1002"), "the branch is over");
+}
+
+/// The same when S comes back as a new run while the phone rings: its
+/// Hello ends the old run's grant at once, and the INVITE is cancelled.
+#[test]
+fn a_restarted_s_gets_the_ringing_hosted_agents_phone_cancelled_by_t() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    let inv = w.take("1002");
+    w.send_from(T, "1002", &answer(&inv, 180));
+    w.link_up = false; // The old run of S is gone.
+    let mut out = Output::default();
+    w.nodes[T]
+        .proxy
+        .peer_restarted(w.now, "blade-1", 2, &mut out);
+    w.run(T, out);
+    assert_eq!(w.state(T, "1002"), "ready");
+    let cancel = w.take("1002");
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(cancel.top_via().branch(), inv.top_via().branch());
+}
+
 /// S is killed and comes back as a new run, long before the lease would
 /// lapse: its reconnection alone frees nothing, but its Hello naming a
 /// new run makes T end the grant of the run before at once, as a lapse
