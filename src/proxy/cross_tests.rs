@@ -1216,6 +1216,56 @@ fn a_hosting_lost_with_the_link_up_hangs_up_both_phones() {
     assert_bye_to_callee(&w.take("1002"), &ok);
 }
 
+/// 1001 on S calls 1002 on T, whose phone rings: the INVITE as the
+/// callee got it.
+fn ringing_call(w: &mut World) -> Message {
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    w.send_from(T, "1002", &answer(&inv, 180));
+    assert_eq!(w.take_final("1001").status(), Some(180));
+    inv
+}
+
+/// T is lost (killed) while the callee's phone rings: S ends the session
+/// and frees the caller, and the caller's INVITE gets its final answer
+/// then (503, as when T cannot be reached for the grant), not only at
+/// timer C, minutes later, with the caller's agent `ready` meanwhile.
+#[test]
+fn losing_the_link_to_t_while_it_rings_answers_the_caller() {
+    let mut w = World::new();
+    ringing_call(&mut w);
+    let mut out = Output::default();
+    w.nodes[S]
+        .proxy
+        .peer_state(w.now, "blade-2", None, &mut out);
+    w.run(S, out);
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert_eq!(w.state(S, "1001"), "ready");
+    let answer = w.take("1001");
+    assert_eq!(answer.status(), Some(503));
+    assert_eq!(answer.call_id(), "c1");
+    assert_eq!(w.nodes[S].proxy.metrics().cross_blade.failed, 1);
+}
+
+/// The same hosting lost while the link is up (the renewals did not get
+/// through): T is still reachable by SIP, so the ringing phone gets S's
+/// CANCEL through it, and the caller its 503.
+#[test]
+fn a_hosting_lost_with_the_link_up_while_it_rings_cancels_the_callee() {
+    let mut w = World::new();
+    let inv = ringing_call(&mut w);
+    w.link_up = false; // Link messages are lost; SIP still flows.
+    advance_only(&mut w, S, Duration::from_secs(u64::from(LEASE)));
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert_eq!(w.take("1001").status(), Some(503));
+    let cancel = w.take("1002");
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(cancel.top_via().branch(), inv.top_via().branch());
+}
+
 /// Checks a BYE of S's own to the caller of the call answered by `ok`.
 fn assert_bye_to_caller(bye: &Message, ok: &Message) {
     use crate::sip::HeaderName;

@@ -200,6 +200,39 @@ impl Proxy {
         }
     }
 
+    /// S: the hosting of call `call_id`'s callee was lost (its blade, or
+    /// the lease): an INVITE of the call still without a final answer is
+    /// cancelled downstream (the callee's blade may still carry it) and
+    /// answered `status` at once, rather than left to timer C with its
+    /// session already gone.
+    pub(super) fn fail_unanswered_call(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        status: u16,
+        out: &mut Output,
+    ) {
+        let open: Vec<usize> = self
+            .txs
+            .iter()
+            .filter(|(_, pair)| pair.call && !pair.server.is_final() && &*pair.call_id == call_id)
+            .map(|(id, _)| id)
+            .collect();
+        for id in open {
+            if let Some(pair) = self.txs.get_mut(id) {
+                if pair.client.is_some() {
+                    send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+                    // The CANCEL's branch ends 64×T1 later at most (§9.1).
+                    let give_up = now + 64 * self.settings.timers.t1;
+                    pair.ringing_until =
+                        Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
+                }
+            }
+            self.fail_pending(now, id, status, out);
+            self.reschedule(id);
+        }
+    }
+
     /// Cancels the forwarded INVITE of transaction `id` downstream, once
     /// (a retransmitted CANCEL finds the CANCEL already sent or due).
     fn cancel_downstream(&mut self, now: Duration, id: usize, out: &mut Output) {
