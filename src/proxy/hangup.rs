@@ -238,10 +238,7 @@ impl Proxy {
         // The grants that end without their source: an INVITE forwarded
         // under one that the phone has not answered yet is cancelled.
         let mut unanswered = HashSet::new();
-        loop {
-            let Some(c) = self.cluster.as_mut() else {
-                break;
-            };
+        while let Some(c) = self.cluster.as_mut() {
             let Some(released) = c.target.poll_released() else {
                 break;
             };
