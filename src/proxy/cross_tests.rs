@@ -1250,6 +1250,41 @@ fn losing_the_link_to_t_while_it_rings_answers_the_caller() {
     assert_eq!(w.nodes[S].proxy.metrics().cross_blade.failed, 1);
 }
 
+/// A caller that cancelled a ringing call whose 487 never comes (T lost
+/// before it answered the CANCEL) gets its 487 when the hosting is lost,
+/// and the call counts as cancelled.
+#[test]
+fn losing_the_link_to_t_after_a_cancel_answers_the_caller_487() {
+    let mut w = World::new();
+    ringing_call(&mut w);
+    w.link_up = false;
+    // The CANCEL reaches T, which is gone before it answers it.
+    let mut cancel = bytes::BytesMut::new();
+    Message::parse(Bytes::from(invite("1001", "1002", "c1")))
+        .unwrap()
+        .cancel_for(&mut cancel);
+    let mut out = Output::default();
+    w.nodes[S].proxy.handle_datagram(
+        w.now,
+        Peer::udp(terminal("1001")),
+        cancel.freeze(),
+        &mut out,
+    );
+    // Only S runs: nothing reaches T any more.
+    out.transmits.retain(|t| t.to.addr != w.nodes[T].sip);
+    w.run(S, out);
+    assert_eq!(w.take("1001").status(), Some(200), "the CANCEL's own 200");
+    let mut out = Output::default();
+    w.nodes[S]
+        .proxy
+        .peer_state(w.now, "blade-2", None, &mut out);
+    out.transmits.retain(|t| t.to.addr != w.nodes[T].sip);
+    w.run(S, out);
+    assert_eq!(w.take("1001").status(), Some(487));
+    let m = w.nodes[S].proxy.metrics();
+    assert_eq!((m.cross_blade.cancelled, m.cross_blade.failed), (1, 0));
+}
+
 /// The same hosting lost while the link is up (the renewals did not get
 /// through): T is still reachable by SIP, so the ringing phone gets S's
 /// CANCEL through it, and the caller its 503.

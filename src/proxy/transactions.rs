@@ -203,8 +203,8 @@ impl Proxy {
     /// S: the hosting of call `call_id`'s callee was lost (its blade, or
     /// the lease): an INVITE of the call still without a final answer is
     /// cancelled downstream (the callee's blade may still carry it) and
-    /// answered `status` at once, rather than left to timer C with its
-    /// session already gone.
+    /// answered `status` at once (487 if its caller had cancelled it),
+    /// rather than left to timer C with its session already gone.
     pub(super) fn fail_unanswered_call(
         &mut self,
         now: Duration,
@@ -219,6 +219,7 @@ impl Proxy {
             .map(|(id, _)| id)
             .collect();
         for id in open {
+            let mut answer = status;
             if let Some(pair) = self.txs.get_mut(id) {
                 if pair.client.is_some() {
                     send_cancel(now, self.settings.timers, pair, &mut out.transmits);
@@ -227,8 +228,12 @@ impl Proxy {
                     pair.ringing_until =
                         Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
                 }
+                if pair.cancelled {
+                    // The caller had cancelled: its INVITE ends as such.
+                    answer = 487;
+                }
             }
-            self.fail_pending(now, id, status, out);
+            self.fail_pending(now, id, answer, out);
             self.reschedule(id);
         }
     }
