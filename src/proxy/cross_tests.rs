@@ -1258,7 +1258,7 @@ fn losing_the_link_to_t_after_a_cancel_answers_the_caller_487() {
     let mut w = World::new();
     ringing_call(&mut w);
     w.link_up = false;
-    // The CANCEL reaches T, which is gone before it answers it.
+    // The caller cancels; T is gone and never answers.
     let mut cancel = bytes::BytesMut::new();
     Message::parse(Bytes::from(invite("1001", "1002", "c1")))
         .unwrap()
