@@ -1006,6 +1006,9 @@ impl Proxy {
                     self.hang_up(now, &rider, HangUp::PeerLost(lost), out);
                     self.end_session(now, &rider, out);
                 }
+                // A call still ringing has no dialog to hang up: its
+                // caller gets its final answer now.
+                self.fail_unanswered_call(now, &call_id, 503, out);
                 self.hang_up(now, &call_id, HangUp::PeerLost(lost), out);
                 self.end_session(now, &call_id, out);
             }

@@ -860,6 +860,62 @@ fn a_lapsed_lease_hangs_up_the_hosted_agents_phone_from_t() {
     assert_eq!(w.nodes[T].proxy.metrics().sessions_bye_failed, 0);
 }
 
+/// S vanishes while the hosted agent's phone still rings (no answer yet,
+/// so no dialog to hang up): when the lease lapses, T cancels the INVITE
+/// it forwarded under the grant, so the phone stops ringing for a call
+/// nobody can take, instead of ringing on until timer C (and, picked up,
+/// putting an agent that is `ready` again into a call with no caller).
+#[test]
+fn a_lapsed_lease_cancels_the_ringing_hosted_agents_phone() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    w.send_from(T, "1002", &answer(&inv, 180));
+    assert_eq!(w.take_final("1001").status(), Some(180));
+    w.link_up = false; // S is gone: no renewals, no CANCEL, no unhost.
+    let lease = Duration::from_secs(u64::from(LEASE));
+    advance_only(&mut w, T, lease - Duration::from_secs(1));
+    assert!(w.idle("1002"), "nothing before the lease lapses");
+
+    advance_only(&mut w, T, Duration::from_secs(1));
+    assert_eq!(w.state(T, "1002"), "ready");
+    let cancel = w.take("1002");
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(cancel.call_id(), "c1");
+    assert_eq!(cancel.top_via().branch(), inv.top_via().branch());
+    w.send_from(T, "1002", &answer(&cancel, 200));
+    w.send_from(T, "1002", &answer(&inv, 487));
+    let ack = w.take("1002");
+    assert_eq!(ack.method(), Some(Method::Ack), "T acknowledges the 487");
+    advance_only(&mut w, T, Duration::from_secs(40));
+    assert!(w.idle("1002"), "the branch is over");
+}
+
+/// The same when S comes back as a new run while the phone rings: its
+/// Hello ends the old run's grant at once, and the INVITE is cancelled.
+#[test]
+fn a_restarted_s_gets_the_ringing_hosted_agents_phone_cancelled_by_t() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    let inv = w.take("1002");
+    w.send_from(T, "1002", &answer(&inv, 180));
+    w.link_up = false; // The old run of S is gone.
+    let mut out = Output::default();
+    w.nodes[T]
+        .proxy
+        .peer_restarted(w.now, "blade-1", 2, &mut out);
+    w.run(T, out);
+    assert_eq!(w.state(T, "1002"), "ready");
+    let cancel = w.take("1002");
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(cancel.top_via().branch(), inv.top_via().branch());
+}
+
 /// S is killed and comes back as a new run, long before the lease would
 /// lapse: its reconnection alone frees nothing, but its Hello naming a
 /// new run makes T end the grant of the run before at once, as a lapse
@@ -1158,6 +1214,91 @@ fn a_hosting_lost_with_the_link_up_hangs_up_both_phones() {
     assert!(w.snapshot(S).sessions.is_empty());
     assert_bye_to_caller(&w.take("1001"), &ok);
     assert_bye_to_callee(&w.take("1002"), &ok);
+}
+
+/// 1001 on S calls 1002 on T, whose phone rings: the INVITE as the
+/// callee got it.
+fn ringing_call(w: &mut World) -> Message {
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    w.send_from(T, "1002", &answer(&inv, 180));
+    assert_eq!(w.take_final("1001").status(), Some(180));
+    inv
+}
+
+/// T is lost (killed) while the callee's phone rings: S ends the session
+/// and frees the caller, and the caller's INVITE gets its final answer
+/// then (503, as when T cannot be reached for the grant), not only at
+/// timer C, minutes later, with the caller's agent `ready` meanwhile.
+#[test]
+fn losing_the_link_to_t_while_it_rings_answers_the_caller() {
+    let mut w = World::new();
+    ringing_call(&mut w);
+    let mut out = Output::default();
+    w.nodes[S]
+        .proxy
+        .peer_state(w.now, "blade-2", None, &mut out);
+    w.run(S, out);
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert_eq!(w.state(S, "1001"), "ready");
+    let answer = w.take("1001");
+    assert_eq!(answer.status(), Some(503));
+    assert_eq!(answer.call_id(), "c1");
+    assert_eq!(w.nodes[S].proxy.metrics().cross_blade.failed, 1);
+}
+
+/// A caller that cancelled a ringing call whose 487 never comes (T lost
+/// before it answered the CANCEL) gets its 487 when the hosting is lost,
+/// and the call counts as cancelled.
+#[test]
+fn losing_the_link_to_t_after_a_cancel_answers_the_caller_487() {
+    let mut w = World::new();
+    ringing_call(&mut w);
+    w.link_up = false;
+    // The caller cancels; T is gone and never answers.
+    let mut cancel = bytes::BytesMut::new();
+    Message::parse(Bytes::from(invite("1001", "1002", "c1")))
+        .unwrap()
+        .cancel_for(&mut cancel);
+    let mut out = Output::default();
+    w.nodes[S].proxy.handle_datagram(
+        w.now,
+        Peer::udp(terminal("1001")),
+        cancel.freeze(),
+        &mut out,
+    );
+    // Only S runs: nothing reaches T any more.
+    out.transmits.retain(|t| t.to.addr != w.nodes[T].sip);
+    w.run(S, out);
+    assert_eq!(w.take("1001").status(), Some(200), "the CANCEL's own 200");
+    let mut out = Output::default();
+    w.nodes[S]
+        .proxy
+        .peer_state(w.now, "blade-2", None, &mut out);
+    out.transmits.retain(|t| t.to.addr != w.nodes[T].sip);
+    w.run(S, out);
+    assert_eq!(w.take("1001").status(), Some(487));
+    let m = w.nodes[S].proxy.metrics();
+    assert_eq!((m.cross_blade.cancelled, m.cross_blade.failed), (1, 0));
+}
+
+/// The same hosting lost while the link is up (the renewals did not get
+/// through): T is still reachable by SIP, so the ringing phone gets S's
+/// CANCEL through it, and the caller its 503.
+#[test]
+fn a_hosting_lost_with_the_link_up_while_it_rings_cancels_the_callee() {
+    let mut w = World::new();
+    let inv = ringing_call(&mut w);
+    w.link_up = false; // Link messages are lost; SIP still flows.
+    advance_only(&mut w, S, Duration::from_secs(u64::from(LEASE)));
+    assert!(w.snapshot(S).sessions.is_empty());
+    assert_eq!(w.take("1001").status(), Some(503));
+    let cancel = w.take("1002");
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(cancel.top_via().branch(), inv.top_via().branch());
 }
 
 /// Checks a BYE of S's own to the caller of the call answered by `ok`.

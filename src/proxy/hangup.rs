@@ -34,6 +34,7 @@
 //!
 //! What each BYE is built from is kept in [`super::dialog`].
 
+use std::collections::HashSet;
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -284,12 +285,12 @@ impl Proxy {
     /// of this blade's own, as from the caller. Each is counted by how it
     /// ended. Call after anything that may end a grant.
     pub(super) fn pump_released(&mut self, now: Duration, out: &mut Output) {
-        loop {
-            let Some(c) = self.cluster.as_mut() else {
-                return;
-            };
+        // The grants that end without their source: an INVITE forwarded
+        // under one that the phone has not answered yet is cancelled.
+        let mut unanswered = HashSet::new();
+        while let Some(c) = self.cluster.as_mut() {
             let Some(released) = c.target.poll_released() else {
-                return;
+                break;
             };
             let grant = released.grant;
             let dialogs = c.take_hosted_dialogs(&grant.extension, &grant.token);
@@ -297,6 +298,7 @@ impl Proxy {
             if !released.how.hangs_up() {
                 continue;
             }
+            unanswered.insert(grant.token);
             for d in dialogs {
                 let Some(bye) = d.dialog.bye_to_callee() else {
                     continue;
@@ -310,6 +312,9 @@ impl Proxy {
                 );
                 self.send_own_bye(now, &d.call_id, &bye, out);
             }
+        }
+        if !unanswered.is_empty() {
+            self.cancel_under_grants(now, &unanswered, out);
         }
     }
 

@@ -1,16 +1,18 @@
 //! The transaction table: server and client transactions paired, their
 //! timers, and CANCEL.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::cross::Waiting;
+use super::cross::{self, Waiting};
 use super::forward::Forwarded;
 use super::hangup::{HangUp, OWN_BYE_TIMER};
 use super::responses::reason_phrase;
 use super::route;
 use super::{Client, Output, Proxy, ServerKey, TIMER_C, TxPair};
+use crate::cluster::codec::Token;
 use crate::registrar;
 use crate::sip::{Message, Method};
 use crate::transaction::client::{ClientEvent, ClientState, ClientTx};
@@ -161,6 +163,98 @@ impl Proxy {
             self.fail_pending(now, id, 503, out);
             self.reschedule(id);
         }
+    }
+
+    /// T: grants that ended without their source (the lease lapsed, the
+    /// source came back as a new run or disowned them): each INVITE this
+    /// blade forwarded to the agent's phone under one of them and that
+    /// has no final answer yet is cancelled downstream, as the caller's
+    /// CANCEL would have been (RFC 3261 §16.10), so the phone stops
+    /// ringing for a call nobody can take. Without it the phone rang on
+    /// until timer C, and answered meanwhile it would put an agent that
+    /// is `ready` again into a call with no caller.
+    pub(super) fn cancel_under_grants(
+        &mut self,
+        now: Duration,
+        tokens: &HashSet<Token>,
+        out: &mut Output,
+    ) {
+        let open: Vec<usize> = self
+            .txs
+            .iter()
+            .filter(|(_, pair)| {
+                pair.invite
+                    && pair.client.is_some()
+                    && !pair.server.is_final()
+                    && pair
+                        .request
+                        .as_deref()
+                        .and_then(Message::request_uri)
+                        .and_then(|uri| cross::hosting_token(&uri).and_then(Token::from_hex))
+                        .is_some_and(|token| tokens.contains(&token))
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in open {
+            self.cancel_downstream(now, id, out);
+        }
+    }
+
+    /// S: the hosting of call `call_id`'s callee was lost (its blade, or
+    /// the lease): an INVITE of the call still without a final answer is
+    /// cancelled downstream (the callee's blade may still carry it) and
+    /// answered `status` at once (487 if its caller had cancelled it),
+    /// rather than left to timer C with its session already gone.
+    pub(super) fn fail_unanswered_call(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        status: u16,
+        out: &mut Output,
+    ) {
+        let open: Vec<usize> = self
+            .txs
+            .iter()
+            .filter(|(_, pair)| pair.call && !pair.server.is_final() && &*pair.call_id == call_id)
+            .map(|(id, _)| id)
+            .collect();
+        for id in open {
+            let mut answer = status;
+            if let Some(pair) = self.txs.get_mut(id) {
+                if pair.client.is_some() {
+                    send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+                    // The CANCEL's branch ends 64×T1 later at most (§9.1).
+                    let give_up = now + 64 * self.settings.timers.t1;
+                    pair.ringing_until =
+                        Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
+                }
+                if pair.cancelled {
+                    // The caller had cancelled: its INVITE ends as such.
+                    answer = 487;
+                }
+            }
+            self.fail_pending(now, id, answer, out);
+            self.reschedule(id);
+        }
+    }
+
+    /// Cancels the forwarded INVITE of transaction `id` downstream, once
+    /// (a retransmitted CANCEL finds the CANCEL already sent or due).
+    fn cancel_downstream(&mut self, now: Duration, id: usize, out: &mut Output) {
+        let Some(pair) = self.txs.get_mut(id) else {
+            return;
+        };
+        let first = pair.cancel.is_none() && !pair.cancel_pending;
+        if !pair.server.is_final() && first {
+            send_cancel(now, self.settings.timers, pair, &mut out.transmits);
+            // A callee that never answers the CANCEL with a final response
+            // is given up 64×T1 later (RFC 3261 §9.1), not at timer C.
+            let give_up = now + 64 * self.settings.timers.t1;
+            pair.ringing_until = Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
+            // Counted when the INVITE ends: a 200 may yet cross the CANCEL.
+            pair.cancelled = true;
+        }
+        self.reschedule(id);
     }
 
     /// Answers transaction `id`'s caller `status` for a failure on our
@@ -415,18 +509,7 @@ impl Proxy {
             self.end_session(now, &call_id, out);
             return;
         }
-        // A retransmitted CANCEL finds the CANCEL already sent or due.
-        let first = pair.cancel.is_none() && !pair.cancel_pending;
-        if !pair.server.is_final() && first {
-            send_cancel(now, self.settings.timers, pair, &mut out.transmits);
-            // A callee that never answers the CANCEL with a final response
-            // is given up 64×T1 later (RFC 3261 §9.1), not at timer C.
-            let give_up = now + 64 * self.settings.timers.t1;
-            pair.ringing_until = Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
-            // Counted when the INVITE ends: a 200 may yet cross the CANCEL.
-            pair.cancelled = true;
-        }
-        self.reschedule(id);
+        self.cancel_downstream(now, id, out);
     }
 }
 
