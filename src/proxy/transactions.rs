@@ -222,11 +222,7 @@ impl Proxy {
             let mut answer = status;
             if let Some(pair) = self.txs.get_mut(id) {
                 if pair.client.is_some() {
-                    send_cancel(now, self.settings.timers, pair, &mut out.transmits);
-                    // The CANCEL's branch ends 64×T1 later at most (§9.1).
-                    let give_up = now + 64 * self.settings.timers.t1;
-                    pair.ringing_until =
-                        Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
+                    cancel_and_give_up(now, self.settings.timers, pair, out);
                 }
                 if pair.cancelled {
                     // The caller had cancelled: its INVITE ends as such.
@@ -246,11 +242,7 @@ impl Proxy {
         };
         let first = pair.cancel.is_none() && !pair.cancel_pending;
         if !pair.server.is_final() && first {
-            send_cancel(now, self.settings.timers, pair, &mut out.transmits);
-            // A callee that never answers the CANCEL with a final response
-            // is given up 64×T1 later (RFC 3261 §9.1), not at timer C.
-            let give_up = now + 64 * self.settings.timers.t1;
-            pair.ringing_until = Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
+            cancel_and_give_up(now, self.settings.timers, pair, out);
             // Counted when the INVITE ends: a 200 may yet cross the CANCEL.
             pair.cancelled = true;
         }
@@ -515,6 +507,15 @@ impl Proxy {
 
 /// Sends the CANCEL of a forwarded INVITE, or marks it due once a
 /// provisional arrives (a CANCEL may not overtake the first response, §9.1).
+/// Cancels `pair`'s forwarded INVITE ([`send_cancel`]); a callee that
+/// never answers the CANCEL with a final response is given up 64×T1 later
+/// (RFC 3261 §9.1), not at timer C.
+fn cancel_and_give_up(now: Duration, timers: TimerConfig, pair: &mut TxPair, out: &mut Output) {
+    send_cancel(now, timers, pair, &mut out.transmits);
+    let give_up = now + 64 * timers.t1;
+    pair.ringing_until = Some(pair.ringing_until.map_or(give_up, |at| at.min(give_up)));
+}
+
 pub(super) fn send_cancel(
     now: Duration,
     timers: TimerConfig,
