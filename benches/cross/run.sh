@@ -4,7 +4,8 @@
 # callers on blade-1; callees on blade-1 (local) or blade-2 (cross),
 # distinct agents per phase; two rounds. Prints blade CPU per 1,000 calls
 # (from /proc/PID/stat), setup latency, and blade-1's hosting round trip
-# (from its /metrics histogram), and UDP / QUIC datagrams per call.
+# (from its /metrics histogram), and UDP / QUIC datagrams per call (the
+# QUIC ones also as blade-1 sends and receives them).
 # Needs curl and python3. RATES runs a ladder: each rate in turn, its
 # rounds alternating local and cross (ROUNDS, default 2).
 #
@@ -65,7 +66,7 @@ def pct(p):
     if not d or d[-1]==0: return '-'
     for i,c in enumerate(d):
         if c>=p*d[-1]: return le[i]
-print(f'rate $RATE round $round $kind: ok={r[\"ok\"]} failed={r[\"failed\"]} setup p50/p99={r[\"setup_ms\"][\"p50\"]}/{r[\"setup_ms\"][\"p99\"]} ms  blade-1 {($a2-$a)*10*1000/n:.0f} ms/1000  blade-2 {($b2-$b)*10*1000/n:.0f} ms/1000  rtt p50<={pct(0.5)} p99<={pct(0.99)} ({d[-1] if d else 0} hostings)  UDP datagrams/call {($u2-$u)/n:.1f} (QUIC {(${l1b:-0}-${l1:-0}+${l2b:-0}-${l2:-0})/n:.2f})')
+print(f'rate $RATE round $round $kind: ok={r[\"ok\"]} failed={r[\"failed\"]} setup p50/p99={r[\"setup_ms\"][\"p50\"]}/{r[\"setup_ms\"][\"p99\"]} ms  blade-1 {($a2-$a)*10*1000/n:.0f} ms/1000  blade-2 {($b2-$b)*10*1000/n:.0f} ms/1000  rtt p50<={pct(0.5)} p99<={pct(0.99)} ({d[-1] if d else 0} hostings)  UDP datagrams/call {($u2-$u)/n:.1f} (QUIC {(${l1b:-0}-${l1:-0}+${l2b:-0}-${l2:-0})/n:.2f}: blade-1 {(${l1b:-0}-${l1:-0})/n:.2f} out, {(${l2b:-0}-${l2:-0})/n:.2f} in)')
 "
   done
 done
