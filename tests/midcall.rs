@@ -3,7 +3,8 @@
 //! 200, re-INVITE glare.
 //!
 //! Addresses (127.0.0.x), one range per test: blades 101-102 (phones
-//! 103-104), 105-106 (107-108), 109-110 (111-112), 113-114 (115-116).
+//! 103-104), 105-106 (107-108), 109-110 (111-112), 113-114 (115-116),
+//! 117-118 (119-120), 121-122 (123-124), 125-126 (127-128).
 
 mod common;
 
@@ -391,4 +392,283 @@ fn reinvite_glare_passes_491_both_ways() {
     hang_up(&mut a, &mut b, &mut call);
     wait_ready(&cluster, s, "1001");
     wait_ready(&cluster, t, "1002");
+}
+
+/// `invite` answered 183 reliably by `ua` (RFC 3262: `Require: 100rel`,
+/// `RSeq`), as [`Ua::answer`] answers a provisional: Vias, From, To with
+/// [`CALLEE_TAG`], Call-ID, CSeq, Record-Route, Contact.
+fn reliable_183(ua: &Ua, invite: &Message, rseq: u32) {
+    let mut text = String::from("SIP/2.0 183 Session Progress\r\n");
+    for h in invite.headers() {
+        let value = String::from_utf8_lossy(h.value);
+        let name = match h.kind {
+            HeaderName::Via => "Via",
+            HeaderName::From => "From",
+            HeaderName::CallId => "Call-ID",
+            HeaderName::CSeq => "CSeq",
+            HeaderName::RecordRoute => "Record-Route",
+            HeaderName::To => {
+                text.push_str(&format!("To: {value};tag={CALLEE_TAG}\r\n"));
+                continue;
+            }
+            _ => continue,
+        };
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str(&format!(
+        "Contact: <{}>\r\nRequire: 100rel\r\nRSeq: {rseq}\r\nContent-Length: 0\r\n\r\n",
+        ua.contact_uri()
+    ));
+    ua.send(text);
+}
+
+/// Scenario: reliable provisionals (RFC 3262) across blades. B answers
+/// 183 with `Require: 100rel`; A's PRACK follows the early dialog's route
+/// set (S, T) to B's Contact and B's 200 comes back; then A cancels and
+/// the call ends 487, with both agents ready and nothing left hosted.
+#[test]
+fn a_prack_follows_the_early_route_set_and_a_cancel_ends_the_call() {
+    let cluster = TestCluster::start_with(2, 117, 30, 1);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 119));
+    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 120));
+
+    let mut call = a.call("1002");
+    a.invite(&mut call, "Supported: 100rel\r\n");
+    let invite = b.request(Method::Invite, &call.call_id);
+    assert!(invite.header_named("Supported").is_some(), "passed on");
+    reliable_183(&b, &invite, 1);
+    let early = a.response(&call.call_id, Method::Invite);
+    assert_eq!(early.status(), Some(183), "{}", first_line(&early));
+    assert_eq!(
+        early.header_named("RSeq").map(|v| v.to_vec()),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(early.record_routes().count(), 2);
+    // The early dialog (RFC 3261 §12.1.2), as a 2xx would set it up.
+    let mut early_dialog = call.clone();
+    early_dialog.to = header(&early, HeaderName::To);
+    early_dialog.target = early.contacts().next().map(|c| c.uri().as_str().to_owned());
+    let mut routes: Vec<String> = early
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    routes.reverse();
+    early_dialog.routes = routes;
+    let prack = a
+        .in_dialog_text(&early_dialog, "PRACK", call.cseq + 1)
+        .replace(
+            "Content-Length: 0\r\n",
+            &format!("RAck: 1 {} INVITE\r\nContent-Length: 0\r\n", call.cseq),
+        );
+    a.send(&prack);
+    let got = b.request(Method::Prack, &call.call_id);
+    assert_eq!(got.request_uri().unwrap().as_str(), b.contact_uri());
+    assert_eq!(got.routes().count(), 0, "both blades popped their Route");
+    assert!(got.header_named("RAck").is_some());
+    b.answer(&got, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Prack);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+
+    a.cancel(&call);
+    let cancelled = a.response(&call.call_id, Method::Cancel);
+    assert_eq!(cancelled.status(), Some(200), "{}", first_line(&cancelled));
+    let cancel = b.request(Method::Cancel, &call.call_id);
+    b.answer(&cancel, 200, "OK", CALLEE_TAG);
+    b.answer(&invite, 487, "Request Terminated", CALLEE_TAG);
+    let resp = a.response(&call.call_id, Method::Invite);
+    assert_eq!(resp.status(), Some(487), "{}", first_line(&resp));
+    a.ack_failure(&call, &resp);
+    let ack = b.request(Method::Ack, &call.call_id);
+    assert_eq!(ack.cseq().seq, call.cseq, "T ACKs B's 487");
+    wait_ready(&cluster, s, "1001");
+    wait_ready(&cluster, t, "1002");
+    assert!(cluster.sessions(s).is_empty(), "{:?}", cluster.sessions(s));
+}
+
+/// Scenario: both phones hang up at once (crossing BYEs). Each BYE
+/// reaches the other phone through both blades and is answered; both
+/// agents end `ready` on their own blades, B no longer hosted, and no
+/// blade sends a BYE of its own. A BYE retransmitted after the unhost is
+/// absorbed by the blade that relayed it (its 200 again), not sent on.
+#[test]
+fn crossing_byes_both_pass_and_free_both_agents() {
+    let cluster = TestCluster::start_with(2, 121, 30, 1);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 123));
+    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 124));
+    let (mut call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let from_b = callee_request(&b, &invite, "BYE", 1);
+    a.bye(&mut call);
+    b.send(&from_b);
+    let at_b = b.request(Method::Bye, &call.call_id);
+    let at_a = a.request(Method::Bye, &call.call_id);
+    assert_eq!(at_b.cseq().seq, call.cseq, "A's BYE");
+    assert_eq!(at_a.cseq().seq, 1, "B's BYE");
+    b.answer(&at_b, 200, "OK", CALLEE_TAG);
+    a.answer(&at_a, 200, "OK", "unused");
+    let to_a = a.response(&call.call_id, Method::Bye);
+    assert_eq!(to_a.status(), Some(200), "{}", first_line(&to_a));
+    assert_eq!(to_a.cseq().seq, call.cseq);
+    let to_b = b.response(&call.call_id, Method::Bye);
+    assert_eq!(to_b.status(), Some(200), "{}", first_line(&to_b));
+    assert_eq!(to_b.cseq().seq, 1);
+
+    wait_ready(&cluster, s, "1001");
+    wait_ready(&cluster, t, "1002");
+    assert!(cluster.sessions(s).is_empty(), "{:?}", cluster.sessions(s));
+    let own = |cluster: &TestCluster, i| cluster.metric(i, "sipblade_sessions_bye_sent_total");
+    assert_eq!((own(&cluster, s), own(&cluster, t)), (0.0, 0.0));
+
+    // B's BYE again, after the unhost: T answers it from its transaction.
+    b.send(&from_b);
+    let again = b.recv_raw(Duration::from_secs(1)).expect("the 200 again");
+    let again = Message::parse(again).expect("a response");
+    assert_eq!(again.status(), Some(200), "{}", first_line(&again));
+    assert_eq!(again.cseq().method, Method::Bye);
+    assert_eq!(a.recv_raw(QUIET), None, "not relayed to A again");
+    wait_ready(&cluster, t, "1002");
+    wait_ready(&cluster, s, "1001");
+}
+
+/// A SIP endpoint on one TCP connection, reading whole frames.
+struct TcpPhone {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl TcpPhone {
+    fn on(stream: std::net::TcpStream) -> TcpPhone {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("a read timeout");
+        TcpPhone {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next connection the blade opens to `listener`, within 5 s.
+    fn accept(listener: &std::net::TcpListener) -> TcpPhone {
+        listener.set_nonblocking(true).expect("non-blocking");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok((stream, _)) = listener.accept() {
+                stream.set_nonblocking(false).expect("blocking");
+                return TcpPhone::on(stream);
+            }
+            assert!(Instant::now() < deadline, "the blade did not connect");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        use std::io::Write;
+        self.stream.write_all(text.as_bytes()).expect("write");
+    }
+
+    fn recv(&mut self) -> Message {
+        use sipblade::sip::framing::{DEFAULT_MAX_MESSAGE, Frame, frame};
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match frame(&self.buf, DEFAULT_MAX_MESSAGE).expect("framing") {
+                Frame::Complete(n) => {
+                    let data: Vec<u8> = self.buf.drain(..n).collect();
+                    return Message::parse(bytes::Bytes::from(data)).expect("a message");
+                }
+                Frame::KeepAlive { len, .. } => {
+                    self.buf.drain(..len);
+                    continue;
+                }
+                Frame::Partial => {}
+            }
+            assert!(Instant::now() < deadline, "nothing arrived over TCP");
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the blade closed the connection"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A UAS answer to `req` from agent 1002 at `contact` (TCP).
+fn tcp_answer(req: &Message, status: u16, contact: &str) -> String {
+    let mut out = bytes::BytesMut::new();
+    let rr: Vec<String> = req
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let contact = format!("<sip:1002@{contact};transport=tcp>");
+    let mut extra = vec![("Contact", contact.as_str())];
+    extra.extend(rr.iter().map(|r| ("Record-Route", r.as_str())));
+    req.response(status, "OK", Some(CALLEE_TAG), &extra, &mut out);
+    String::from_utf8(out.to_vec()).expect("text")
+}
+
+/// Scenario: B (on T) is registered over TCP, with a Contact it listens
+/// on. Mid-call its connection drops; then A hangs up. The BYE, relayed
+/// by S and T, reaches B on a new connection T opens to B's Contact
+/// (README: an agent whose connection closed is reached at its Contact);
+/// B's 200 goes back on it; both agents end ready, B no longer hosted.
+#[test]
+fn a_bye_reaches_a_tcp_callee_whose_connection_dropped_at_its_contact() {
+    let cluster = TestCluster::start_with(2, 125, 30, 1);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 127));
+    let phone_ip = Ipv4Addr::new(127, 0, 0, 128);
+    let listener = std::net::TcpListener::bind((phone_ip, 0)).expect("a listener");
+    let contact = listener.local_addr().expect("an address").to_string();
+    let stream = {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        socket
+            .bind(&std::net::SocketAddr::new(phone_ip.into(), 0).into())
+            .expect("bind");
+        socket
+            .connect(&cluster.members[t].sip.into())
+            .expect("connect");
+        std::net::TcpStream::from(socket)
+    };
+    let mut b = TcpPhone::on(stream);
+    let local = b.stream.local_addr().expect("an address").to_string();
+    b.send(&format!(
+        "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKreg1002\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1002@cc.example>;tag=r1002\r\nTo: <sip:1002@cc.example>\r\n\
+         Call-ID: reg-1002-midcall\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:1002@{contact};transport=tcp>;expires=3600\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert_eq!(b.recv().status(), Some(200), "1002 registers over TCP");
+    cluster.wait_state(t, "1002", "ready");
+
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.recv();
+    assert_eq!(invite.method(), Some(Method::Invite), "on its connection");
+    b.send(&tcp_answer(&invite, 200, &contact));
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    call.learn(&ok);
+    a.ack_2xx(&call);
+    assert_eq!(b.recv().method(), Some(Method::Ack));
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    drop(b);
+    std::thread::sleep(Duration::from_millis(200));
+    a.bye(&mut call);
+    let mut at_contact = TcpPhone::accept(&listener);
+    let bye = at_contact.recv();
+    assert_eq!(bye.method(), Some(Method::Bye), "at B's Contact");
+    assert_eq!(bye.call_id(), call.call_id);
+    assert_eq!(bye.cseq().seq, call.cseq, "A's BYE, relayed");
+    at_contact.send(&tcp_answer(&bye, 200, &contact));
+    let done = a.response(&call.call_id, Method::Bye);
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+    wait_ready(&cluster, s, "1001");
+    wait_ready(&cluster, t, "1002");
+    assert!(cluster.sessions(s).is_empty(), "{:?}", cluster.sessions(s));
 }
