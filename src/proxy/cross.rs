@@ -1003,12 +1003,19 @@ impl Proxy {
                     .and_then(|c| c.peer(&peer))
                     .map(|p| p.sip.ip());
                 for rider in riders {
+                    if let Some(ip) = lost {
+                        self.fail_reinvites_to(now, &rider, ip, out);
+                    }
                     self.hang_up(now, &rider, HangUp::PeerLost(lost), out);
                     self.end_session(now, &rider, out);
                 }
                 // A call still ringing has no dialog to hang up: its
-                // caller gets its final answer now.
+                // caller gets its final answer now; so does a re-INVITE
+                // on its way to the lost blade.
                 self.fail_unanswered_call(now, &call_id, 503, out);
+                if let Some(ip) = lost {
+                    self.fail_reinvites_to(now, &call_id, ip, out);
+                }
                 self.hang_up(now, &call_id, HangUp::PeerLost(lost), out);
                 self.end_session(now, &call_id, out);
             }

@@ -288,6 +288,8 @@ impl Proxy {
         // The grants that end without their source: an INVITE forwarded
         // under one that the phone has not answered yet is cancelled.
         let mut unanswered = HashSet::new();
+        // And a re-INVITE of their calls on its way to the source.
+        let mut reinvites = Vec::new();
         while let Some(c) = self.cluster.as_mut() {
             let Some(released) = c.target.poll_released() else {
                 break;
@@ -299,6 +301,10 @@ impl Proxy {
                 continue;
             }
             unanswered.insert(grant.token);
+            if let Some(source) = c.peer(&grant.source).map(|p| p.sip.ip()) {
+                reinvites.push((grant.call_id.clone(), source));
+                reinvites.extend(dialogs.iter().map(|d| (d.call_id.to_string(), source)));
+            }
             for d in dialogs {
                 let Some(bye) = d.dialog.bye_to_callee() else {
                     continue;
@@ -315,6 +321,11 @@ impl Proxy {
         }
         if !unanswered.is_empty() {
             self.cancel_under_grants(now, &unanswered, out);
+        }
+        reinvites.sort_unstable();
+        reinvites.dedup();
+        for (call_id, source) in reinvites {
+            self.fail_reinvites_to(now, &call_id, source, out);
         }
     }
 

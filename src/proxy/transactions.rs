@@ -2,6 +2,7 @@
 //! timers, and CANCEL.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -230,6 +231,45 @@ impl Proxy {
                 }
             }
             self.fail_pending(now, id, answer, out);
+            self.reschedule(id);
+        }
+    }
+
+    /// The blade at `lost` left call `call_id` (S: its hosted callee's
+    /// blade, the hosting lost; T: the source of a grant that ended
+    /// without it): a re-INVITE of the call forwarded to that blade and
+    /// still without a final answer is cancelled there and answered 408
+    /// at once, as the blade hangs the call up with BYEs of its own (RFC
+    /// 3261 §12.2.1.2: a 408 ends the dialog at its sender too). Left to
+    /// its timers, one the lost blade had answered 100 waited for timer C
+    /// and the CANCEL after it, over three minutes.
+    pub(super) fn fail_reinvites_to(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        lost: IpAddr,
+        out: &mut Output,
+    ) {
+        let open: Vec<usize> = self
+            .txs
+            .iter()
+            .filter(|(_, pair)| {
+                pair.invite
+                    && !pair.call
+                    && !pair.server.is_final()
+                    && &*pair.call_id == call_id
+                    && pair
+                        .client
+                        .as_ref()
+                        .is_some_and(|c| c.tx.peer().addr.ip() == lost)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in open {
+            if let Some(pair) = self.txs.get_mut(id) {
+                cancel_and_give_up(now, self.settings.timers, pair, out);
+            }
+            self.fail_pending(now, id, 408, out);
             self.reschedule(id);
         }
     }
