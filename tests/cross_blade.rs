@@ -975,19 +975,35 @@ fn callee_side(invite: &Message) -> Call {
 /// until it ends and everyone is ready.
 #[test]
 fn an_attended_transfer_across_blades_replaces_the_call_and_hands_everyone_back() {
-    let cluster = TestCluster::start_with(2, 231, 30, 1);
+    attended_transfer_across_blades(231, 1, "1004");
+}
+
+/// The same with two cores per blade, and a C whose extension hashes to
+/// the other core than B's: B's two sessions live on different cores of
+/// S (each call's on its callee's core), each with its own hosting of B
+/// under T's one grant.
+#[test]
+fn an_attended_transfer_across_blades_of_two_cores_goes_through() {
+    attended_transfer_across_blades(236, 2, "1003");
+}
+
+/// The attended transfer to `to` on blades at 127.0.0.`first_ip` and the
+/// next, phones on the three addresses after them.
+fn attended_transfer_across_blades(first_ip: u8, cores: usize, to: &str) {
+    let cluster = TestCluster::start_with(2, first_ip, 30, cores);
     let (s, t) = (0, 1);
-    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 233));
-    let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 234));
-    let mut c = cluster.registered_on(t, "1004", Ipv4Addr::new(127, 0, 0, 235));
+    let phone = |n: u8| Ipv4Addr::new(127, 0, 0, first_ip + 1 + n);
+    let mut a = cluster.registered_on(s, "1001", phone(1));
+    let mut b = cluster.registered_on(t, "1002", phone(2));
+    let mut c = cluster.registered_on(t, to, phone(3));
     let (mut held, _) = answered_cross_call(&mut a, &mut b);
     confirm(&mut a, &mut b, &held);
     let (consult, consult_invite) = answered_cross_call(&mut a, &mut c);
     confirm(&mut a, &mut c, &consult);
     assert_hosted(&cluster, t, "1002", "blade-1");
-    assert_hosted(&cluster, t, "1004", "blade-1");
+    assert_hosted(&cluster, t, to, "blade-1");
 
-    let mut moved = b.call("1004");
+    let mut moved = b.call(to);
     let replaces = format!(
         "Replaces: {};to-tag={CALLEE_TAG};from-tag={}\r\n",
         consult.call_id, consult.from_tag
@@ -1024,18 +1040,18 @@ fn an_attended_transfer_across_blades_replaces_the_call_and_hands_everyone_back(
     hang_up(&mut a, &mut b, &mut held);
     cluster.wait_state(s, "1001", "ready");
     assert_hosted(&cluster, t, "1002", "blade-1");
-    assert_hosted(&cluster, t, "1004", "blade-1");
+    assert_hosted(&cluster, t, to, "blade-1");
     let sessions = cluster.sessions(s);
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0]["call_id"], moved.call_id.as_str());
-    assert_eq!(sessions[0]["agents"], serde_json::json!(["1002", "1004"]));
-    assert_eq!(sessions[0]["hosted"], serde_json::json!(["1002", "1004"]));
+    assert_eq!(sessions[0]["agents"], serde_json::json!(["1002", to]));
+    assert_eq!(sessions[0]["hosted"], serde_json::json!(["1002", to]));
     assert!(cluster.sessions(t).is_empty());
 
     // The new call ends: nothing stays hosted.
     hang_up(&mut b, &mut c, &mut moved);
     wait_ready(&cluster, t, "1002");
-    wait_ready(&cluster, t, "1004");
+    wait_ready(&cluster, t, to);
     assert_eq!(cluster.agent(s, "1001")["state"], "ready");
     assert!(cluster.sessions(s).is_empty() && cluster.sessions(t).is_empty());
 }
