@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -935,6 +935,127 @@ fn a_supervisor_joins_a_cross_blade_call_and_the_sessions_blade_hosts_it() {
     assert!(cluster.sessions(s).is_empty());
 }
 
+/// The callee's side of the dialog that `invite` (as the callee got it,
+/// answered with [`CALLEE_TAG`]) opened: for the callee's own in-dialog
+/// requests, along the route set as the Record-Routes give it (RFC 3261
+/// §12.1.1).
+fn callee_side(invite: &Message) -> Call {
+    let caller = invite
+        .from()
+        .uri()
+        .user_str()
+        .unwrap_or_default()
+        .into_owned();
+    Call {
+        call_id: invite.call_id().to_owned(),
+        from_tag: CALLEE_TAG.to_owned(),
+        callee: caller,
+        cseq: 1,
+        branch: String::new(),
+        invite: String::new(),
+        to: common::header(invite, sipblade::sip::HeaderName::From),
+        target: invite
+            .contacts()
+            .next()
+            .map(|c| c.uri().as_str().to_owned()),
+        routes: invite
+            .record_routes()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+            .collect(),
+    }
+}
+
+/// Attended transfer across blades, the everyday shape: A (1001, on S)
+/// talks to B (1002, on T, hosted by S), puts it on hold and calls C
+/// (1004, also on T, hosted by S too). A transfers: B's phone sends C an
+/// INVITE with Replaces naming the A-C dialog. S owns that session and B
+/// is hosted there already, so T hands B over under the same grant, and
+/// the call goes through: C's phone takes it, hangs up on A (RFC 3891),
+/// A hangs up its held call with B, and the B-C call is all that is left,
+/// until it ends and everyone is ready.
+#[test]
+fn an_attended_transfer_across_blades_replaces_the_call_and_hands_everyone_back() {
+    attended_transfer_across_blades(231, 1, "1004");
+}
+
+/// The same with two cores per blade, and a C whose extension hashes to
+/// the other core than B's: B's two sessions live on different cores of
+/// S (each call's on its callee's core), each with its own hosting of B
+/// under T's one grant.
+#[test]
+fn an_attended_transfer_across_blades_of_two_cores_goes_through() {
+    attended_transfer_across_blades(236, 2, "1003");
+}
+
+/// The attended transfer to `to` on blades at 127.0.0.`first_ip` and the
+/// next, phones on the three addresses after them.
+fn attended_transfer_across_blades(first_ip: u8, cores: usize, to: &str) {
+    let cluster = TestCluster::start_with(2, first_ip, 30, cores);
+    let (s, t) = (0, 1);
+    let phone = |n: u8| Ipv4Addr::new(127, 0, 0, first_ip + 1 + n);
+    let mut a = cluster.registered_on(s, "1001", phone(1));
+    let mut b = cluster.registered_on(t, "1002", phone(2));
+    let mut c = cluster.registered_on(t, to, phone(3));
+    let (mut held, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &held);
+    let (consult, consult_invite) = answered_cross_call(&mut a, &mut c);
+    confirm(&mut a, &mut c, &consult);
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_hosted(&cluster, t, to, "blade-1");
+
+    let mut moved = b.call(to);
+    let replaces = format!(
+        "Replaces: {};to-tag={CALLEE_TAG};from-tag={}\r\n",
+        consult.call_id, consult.from_tag
+    );
+    b.invite(&mut moved, &replaces);
+    let Some(invite) = c.next_where(WAIT, |m| m.call_id() == moved.call_id) else {
+        let refused = b.response(&moved.call_id, Method::Invite);
+        panic!("C's phone got no INVITE; B got {}", first_line(&refused));
+    };
+    assert_eq!(
+        invite.method(),
+        Some(Method::Invite),
+        "{}",
+        first_line(&invite)
+    );
+    assert!(invite.header_named("Replaces").is_some(), "{invite:?}");
+    assert_eq!(invite.request_uri().unwrap().as_str(), c.contact_uri());
+    c.answer(&invite, 200, "OK", "c-moved");
+    let ok = b.response(&moved.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    moved.learn(&ok);
+    b.ack_2xx(&moved);
+    c.request(Method::Ack, &moved.call_id);
+    assert_eq!(cluster.metric(s, "sipblade_replaces_total"), 1.0);
+    assert_eq!(refused(&cluster, s, "already_hosted"), 0.0);
+
+    // C's phone ends the replaced dialog; A hangs up the held call.
+    let mut from_c = callee_side(&consult_invite);
+    c.bye(&mut from_c);
+    let bye = a.request(Method::Bye, &consult.call_id);
+    a.answer(&bye, 200, "OK", "unused");
+    let done = c.response(&consult.call_id, Method::Bye);
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+    hang_up(&mut a, &mut b, &mut held);
+    cluster.wait_state(s, "1001", "ready");
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_hosted(&cluster, t, to, "blade-1");
+    let sessions = cluster.sessions(s);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["call_id"], moved.call_id.as_str());
+    assert_eq!(sessions[0]["agents"], serde_json::json!(["1002", to]));
+    assert_eq!(sessions[0]["hosted"], serde_json::json!(["1002", to]));
+    assert!(cluster.sessions(t).is_empty());
+
+    // The new call ends: nothing stays hosted.
+    hang_up(&mut b, &mut c, &mut moved);
+    wait_ready(&cluster, t, "1002");
+    wait_ready(&cluster, t, to);
+    assert_eq!(cluster.agent(s, "1001")["state"], "ready");
+    assert!(cluster.sessions(s).is_empty() && cluster.sessions(t).is_empty());
+}
+
 /// Three blades: a supervisor on U joins an agent on T whose call S hosts.
 /// U relays the Join to T (the agent's blade), T hands it to S (which
 /// hosts the agent), and S hosts the supervisor from U before sending the
@@ -1264,6 +1385,7 @@ fn a_replaces_crosses_three_blades_to_the_session_and_hosts_the_newcomer_there()
     transfer.learn(&ok);
     confirm(&mut c, &mut b, &transfer);
     assert_eq!(cluster.metric(s, "sipblade_replaces_total"), 1.0);
+    assert_eq!(refused(&cluster, s, "already_hosted"), 0.0);
 
     // The replaced call ends; the agent stays hosted for the new one.
     hang_up(&mut a, &mut b, &mut call);

@@ -2397,3 +2397,204 @@ fn a_replaces_ringing_when_the_replaced_call_is_hung_up_leaves_nothing_behind() 
     }
     assert!(w.idle("1001") && w.idle("1002") && w.idle("1003"));
 }
+
+/// 1001 on S calls `callee` (registered on blade `node`), answered and
+/// ACKed under Call-ID `call_id`: the INVITE as the callee got it, and
+/// the 200 as the caller got it.
+fn acked_call_from_1001(
+    w: &mut World,
+    node: usize,
+    callee: &str,
+    call_id: &str,
+) -> (Message, Message) {
+    w.send_from(S, "1001", &invite("1001", callee, call_id));
+    let inv = w.take_final(callee);
+    assert_eq!(inv.method(), Some(Method::Invite), "{inv:?}");
+    w.send_from(node, callee, &answer(&inv, 200));
+    let ok = w.take_final("1001");
+    assert_eq!(ok.status(), Some(200));
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take(callee).method(), Some(Method::Ack));
+    (inv, ok)
+}
+
+/// Whether no blade keeps anything of a call any more (after the
+/// transactions' linger).
+fn nothing_left(w: &mut World) {
+    w.advance(Duration::from_secs(64));
+    for n in [S, T] {
+        let p = &w.nodes[n].proxy;
+        assert!(
+            p.sessions.is_empty(),
+            "node {n}: {:?}",
+            w.snapshot(n).sessions
+        );
+        assert_eq!(p.hosted_dialogs_kept(), 0, "node {n}");
+        assert_eq!(p.transactions(), 0, "node {n}");
+        assert!(
+            p.cluster
+                .as_ref()
+                .is_none_or(|c| c.source.is_empty() && c.target.is_empty()),
+            "node {n}: a hosting is left"
+        );
+    }
+}
+
+/// Attended transfer across blades, the everyday shape: 1001 (A) on S
+/// talks to 1002 (B) on T, hosted by S (c1); puts it on hold and calls
+/// `transfer_to` (C), on blade `c_node` (c2). B's phone, told to by A's
+/// REFER, sends C an INVITE replacing c2. B is hosted by S already: its
+/// blade hands it over for the new call too, under the same grant, so the
+/// call goes through. C's phone hangs up c2, A hangs up c1, and the new
+/// call alone is left, until it ends too.
+fn attended_transfer_across_blades(c_node: usize, transfer_to: &str) {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.register(c_node, transfer_to);
+    let (_, ok_c1) = acked_call_from_1001(&mut w, T, "1002", "c1");
+    let (inv_c2, _) = acked_call_from_1001(&mut w, c_node, transfer_to, "c2");
+    assert_eq!(w.state(T, "1002"), "hosted");
+
+    w.send_from(
+        T,
+        "1002",
+        &replaces_invite("1002", transfer_to, "r1", "c2;to-tag=callee;from-tag=f1001"),
+    );
+    if w.idle(transfer_to) {
+        let refused = w.take_final("1002");
+        panic!(
+            "refused: {:?} {:?}",
+            refused.status(),
+            refused.reason().map(String::from_utf8_lossy)
+        );
+    }
+    let rep = w.take_final(transfer_to);
+    assert_eq!(rep.method(), Some(Method::Invite), "{rep:?}");
+    assert_eq!(rep.call_id(), "r1");
+    assert!(rep.header_named("Replaces").is_some());
+    w.send_from(c_node, transfer_to, &answer(&rep, 200));
+    let rep_ok = w.take_final("1002");
+    assert_eq!(rep_ok.status(), Some(200));
+    w.send_from(T, "1002", &in_dialog("ACK", "1002", &rep_ok, 1));
+    assert_eq!(w.take(transfer_to).method(), Some(Method::Ack));
+    let r1 = session_of(&w, S, "r1");
+    assert_eq!(r1.agents, ["1002", transfer_to]);
+    assert!(r1.hosted.contains(&"1002".to_owned()), "{r1:?}");
+
+    // C's phone ends the replaced call (RFC 3891 §3).
+    w.send_from(
+        c_node,
+        transfer_to,
+        &from_callee("BYE", transfer_to, &inv_c2, 2),
+    );
+    let bye = w.take("1001");
+    assert_eq!((bye.method(), bye.call_id()), (Some(Method::Bye), "c2"));
+    w.send_from(S, "1001", &answer(&bye, 200));
+    assert_eq!(w.take(transfer_to).status(), Some(200));
+    // A hangs up its held call with B.
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok_c1, 2));
+    let bye = w.take("1002");
+    assert_eq!((bye.method(), bye.call_id()), (Some(Method::Bye), "c1"));
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(w.state(T, "1002"), "hosted", "for the new call");
+    let sessions = w.snapshot(S).sessions;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].call_id, "r1");
+    assert_eq!(sessions[0].agents, ["1002", transfer_to]);
+    let mut hosted = sessions[0].hosted.clone();
+    hosted.sort();
+    let mut expected = vec!["1002".to_owned()];
+    if c_node == T {
+        expected.push(transfer_to.to_owned());
+        assert_eq!(w.state(T, transfer_to), "hosted");
+    } else {
+        assert_eq!(w.state(S, transfer_to), "in_call");
+    }
+    assert_eq!(hosted, expected);
+    // T keeps B's side of the new call under the grant it rides on (and
+    // C's, when C is T's too), so a lapse would hang up its phone.
+    let kept = if c_node == T { 2 } else { 1 };
+    assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), kept);
+    // The grant outlives its lease by renewals, as for any call.
+    w.advance(Duration::from_secs(u64::from(LEASE) * 2));
+    assert_eq!(w.state(T, "1002"), "hosted");
+
+    // The new call ends: everyone is ready, nothing is hosted.
+    w.send_from(T, "1002", &in_dialog("BYE", "1002", &rep_ok, 2));
+    let bye = w.take(transfer_to);
+    assert_eq!((bye.method(), bye.call_id()), (Some(Method::Bye), "r1"));
+    w.send_from(c_node, transfer_to, &answer(&bye, 200));
+    assert_eq!(w.take("1002").status(), Some(200));
+    nothing_left(&mut w);
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert_eq!(w.state(c_node, transfer_to), "ready");
+    assert!(w.idle("1001") && w.idle("1002") && w.idle(transfer_to));
+}
+
+#[test]
+fn an_attended_transfer_to_an_agent_on_the_transferees_blade_goes_through() {
+    attended_transfer_across_blades(T, "1004");
+}
+
+#[test]
+fn an_attended_transfer_to_an_agent_on_the_sessions_blade_goes_through() {
+    attended_transfer_across_blades(S, "1003");
+}
+
+/// Blind transfer across blades: 1002 (B) on T, hosted by S in a call
+/// with 1001 (A), is REFERred to `transfer_to` (C, on blade `c_node`) and
+/// calls it with a plain INVITE, which its own blade routes (no Replaces:
+/// nothing of S's is named). A then hangs up; B is in the new call.
+fn blind_transfer_across_blades(c_node: usize, transfer_to: &str) {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.register(c_node, transfer_to);
+    let (_, ok_c1) = acked_call_from_1001(&mut w, T, "1002", "c1");
+    w.send_from(T, "1002", &invite("1002", transfer_to, "b1"));
+    let inv = w.take_final(transfer_to);
+    assert_eq!(inv.method(), Some(Method::Invite), "{inv:?}");
+    w.send_from(c_node, transfer_to, &answer(&inv, 200));
+    let ok_b1 = w.take_final("1002");
+    assert_eq!(ok_b1.status(), Some(200));
+    w.send_from(T, "1002", &in_dialog("ACK", "1002", &ok_b1, 1));
+    assert_eq!(w.take(transfer_to).method(), Some(Method::Ack));
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok_c1, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert_eq!(w.state(T, "1002"), "in_call", "in the new call");
+    // A new call to B is busy while it talks to C.
+    let other = if transfer_to == "1003" {
+        "1004"
+    } else {
+        "1003"
+    };
+    w.register(S, other);
+    w.send_from(S, other, &invite(other, "1002", "x1"));
+    assert_eq!(w.take_final(other).status(), Some(486));
+    w.send_from(T, "1002", &in_dialog("BYE", "1002", &ok_b1, 2));
+    let bye = w.take(transfer_to);
+    w.send_from(c_node, transfer_to, &answer(&bye, 200));
+    assert_eq!(w.take("1002").status(), Some(200));
+    nothing_left(&mut w);
+    assert_eq!(w.state(T, "1002"), "ready");
+    assert_eq!(w.state(c_node, transfer_to), "ready");
+}
+
+#[test]
+fn a_blind_transfer_to_an_agent_on_the_transferees_blade_goes_through() {
+    blind_transfer_across_blades(T, "1004");
+}
+
+#[test]
+fn a_blind_transfer_to_an_agent_on_the_sessions_blade_goes_through() {
+    blind_transfer_across_blades(S, "1003");
+}

@@ -478,12 +478,13 @@ impl Proxy {
                     Some((agent, Some(token), dialog))
                 }),
             // From the agent's phone: a hosted joiner's leg, if the
-            // caller's grant names this Call-ID.
+            // caller's grant names this Call-ID (as its own, or as a
+            // rider's: a transferee already hosted).
             None => request.from().uri().user_str().and_then(|agent| {
                 let grant = c
                     .target
                     .grant_of(&agent)
-                    .filter(|g| g.call_id == ok.call_id())
+                    .filter(|g| g.covers(ok.call_id()))
                     .map(|g| g.token);
                 // A leg this core relayed for a joiner another core owns
                 // (no session of it here): that core holds the grant, if
@@ -542,7 +543,7 @@ impl Proxy {
         let grant = c
             .target
             .grant_of(&leg.extension)
-            .filter(|g| *g.call_id == *leg.call_id)
+            .filter(|g| g.covers(&leg.call_id))
             .map(|g| g.token);
         if let Some(grant) = grant {
             let HostedLeg {

@@ -11,7 +11,8 @@ use crate::cluster::codec::{DirectoryEntry, LoginInfo, Message, Refusal, Token};
 use crate::registrar::location::{AgentState, Location};
 
 /// One live grant on the target: an agent handed over to a source blade
-/// for one session.
+/// for one session, and for the sessions of that blade the agent came
+/// into as a newcomer meanwhile (`riders`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// The hosted agent.
@@ -20,6 +21,13 @@ pub struct Grant {
     pub source: String,
     /// The session's Call-ID.
     pub call_id: String,
+    /// Further sessions of the same source that the agent, hosted by it,
+    /// came into as a newcomer (a Join or Replaces of its own: the
+    /// transferee of an attended transfer, whose held call the source
+    /// already hosts it in), with their host requests' ids. They ride on
+    /// this grant (one grant holds an agent): each is unhosted on its
+    /// own, and the grant ends with the last of its sessions.
+    pub riders: Vec<(String, u64)>,
     /// The token the source's INVITE must carry.
     pub token: Token,
     /// The `request_id` of the host request that won.
@@ -37,6 +45,14 @@ pub struct Grant {
     /// ([`Target::peer_restarted`]), and a later connection of the same
     /// run has it confirmed ([`Target::confirmed`]).
     link: u64,
+}
+
+impl Grant {
+    /// Whether `call_id` is one of the grant's sessions: its own or a
+    /// rider's.
+    pub fn covers(&self, call_id: &str) -> bool {
+        self.call_id == call_id || self.riders.iter().any(|(c, _)| c == call_id)
+    }
 }
 
 /// How a grant ended.
@@ -280,7 +296,10 @@ impl Target {
     /// maximum, and more is cut to it. A `newcomer` (the agent sent the
     /// session a Join or Replaces) in a call is handed over all the same:
     /// a transferee or a supervisor joins from within a call, and is in
-    /// that call again when the hosting ends.
+    /// that call again when the hosting ends. A newcomer that the same
+    /// source hosts already (in the call it transfers from) gets that
+    /// grant, with `call_id` among its riders ([`Grant::riders`]): the
+    /// agent is the source's to decide on either way.
     #[allow(clippy::too_many_arguments)] // One field per wire field.
     pub fn grant(
         &mut self,
@@ -309,11 +328,15 @@ impl Target {
             AgentState::InCall { .. } if !newcomer => return Err(Refusal::Busy),
             AgentState::Hosted { .. } => {
                 // A retry of the request that won: same source, same call.
+                // Or a newcomer the same source hosts already: it rides.
                 let Some(g) = self.grants.get_mut(extension) else {
                     return Err(Refusal::AlreadyHosted);
                 };
-                if !same_blade(&g.source, from) || g.call_id != call_id {
+                if !same_blade(&g.source, from) || !(g.covers(call_id) || newcomer) {
                     return Err(Refusal::AlreadyHosted);
+                }
+                if !g.covers(call_id) {
+                    g.riders.push((call_id.to_owned(), request_id));
                 }
                 self.deadlines.remove(&(g.expires_at, g.serial));
                 g.expires_at = expires_at;
@@ -357,6 +380,7 @@ impl Target {
                 extension: extension.to_owned(),
                 source: from.to_owned(),
                 call_id: call_id.to_owned(),
+                riders: Vec::new(),
                 token,
                 request_id,
                 expires_at,
@@ -404,7 +428,7 @@ impl Target {
         let g = self.grants.get(extension)?;
         let ok = g.token.matches(token)
             && same_blade(&g.source, from)
-            && g.call_id == call_id
+            && g.covers(call_id)
             && g.expires_at > now;
         ok.then_some(g)
     }
@@ -512,7 +536,10 @@ impl Target {
     /// Ends the matching grant: the agent goes back to ready (SPEC §2
     /// step 7). Returns whether a grant ended; a repeated or late unhost
     /// is harmless, and never ends a later grant of the same agent (its
-    /// token differs).
+    /// token differs). While other sessions ride on the grant, only
+    /// `call_id` leaves it (a rider that is left becomes the grant's own
+    /// session: confirmations ask about it, redirects go to its core),
+    /// and the agent stays hosted; this returns `false` then.
     pub fn unhost(
         &mut self,
         location: &mut Location,
@@ -523,13 +550,24 @@ impl Target {
     ) -> bool {
         // Matching ignores the lease: an unhost just after it lapsed still
         // ends the grant.
-        let found = self.grants.get(extension).is_some_and(|g| {
-            g.token.matches(token) && same_blade(&g.source, from) && g.call_id == call_id
-        });
-        if found {
-            self.release(extension, location, Ending::Unhosted);
+        let Some(g) = self
+            .grants
+            .get_mut(extension)
+            .filter(|g| g.token.matches(token) && same_blade(&g.source, from) && g.covers(call_id))
+        else {
+            return false;
+        };
+        if g.call_id == call_id {
+            if g.riders.is_empty() {
+                return self.release(extension, location, Ending::Unhosted);
+            }
+            let (next, request_id) = g.riders.remove(0);
+            g.call_id = next;
+            g.request_id = request_id;
+        } else {
+            g.riders.retain(|(c, _)| c != call_id);
         }
-        found
+        false
     }
 
     /// Takes back every agent whose lease lapsed at `now`; returns their

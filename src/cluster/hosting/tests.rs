@@ -388,6 +388,60 @@ fn a_newcomer_in_a_call_is_granted_and_back_in_it_after() {
     assert_eq!(state(&loc, "2001"), AgentState::Ready);
 }
 
+/// A newcomer that the same source hosts already (the transferee of an
+/// attended transfer: its held call is hosted there) rides on that grant:
+/// same token, renewed and checked under either Call-ID, and the agent
+/// stays hosted until the last of the sessions is unhosted, in either
+/// order. Another source, or a plain call, is still refused.
+#[test]
+fn a_newcomer_hosted_by_the_same_source_rides_on_its_grant() {
+    for primary_first in [true, false] {
+        let mut t = target();
+        let mut loc = location();
+        bind(&mut loc, "2001");
+        let g = t
+            .grant(secs(0), &mut loc, "s", 1, "2001", "c1", LEASE, false)
+            .unwrap();
+        let refused = |t: &mut Target, loc: &mut Location, from, newcomer| {
+            t.grant(secs(1), loc, from, 9, "2001", "r1", LEASE, newcomer)
+                .map(|g| g.token)
+        };
+        assert_eq!(
+            refused(&mut t, &mut loc, "s", false),
+            Err(Refusal::AlreadyHosted)
+        );
+        assert_eq!(
+            refused(&mut t, &mut loc, "u", true),
+            Err(Refusal::AlreadyHosted)
+        );
+        let rider = t
+            .grant(secs(1), &mut loc, "s", 2, "2001", "r1", LEASE, true)
+            .unwrap();
+        assert_eq!(rider.token, g.token, "one grant holds the agent");
+        assert!(t.check_token(secs(2), "s", "2001", "r1", &g.token));
+        assert_eq!(
+            t.renew(secs(2), &mut loc, "s", "2001", "r1", &g.token),
+            Some(LEASE)
+        );
+        let (first, last) = if primary_first {
+            ("c1", "r1")
+        } else {
+            ("r1", "c1")
+        };
+        assert!(!t.unhost(&mut loc, "s", "2001", first, &g.token));
+        assert_eq!(state(&loc, "2001"), hosted_by("s"), "{first} left");
+        assert!(!t.check_token(secs(3), "s", "2001", first, &g.token));
+        assert!(t.check_token(secs(3), "s", "2001", last, &g.token));
+        if primary_first {
+            // Redirects and confirmations go to the rider's core now.
+            assert_eq!(t.grant_of("2001").map(|g| g.request_id), Some(2));
+        }
+        assert!(t.unhost(&mut loc, "s", "2001", last, &g.token));
+        assert_eq!(state(&loc, "2001"), AgentState::Ready);
+        assert!(t.is_empty());
+    }
+}
+
 #[test]
 fn token_check_binds_blade_call_agent_and_lease() {
     let mut t = target();
