@@ -180,22 +180,16 @@ impl Proxy {
         tokens: &HashSet<Token>,
         out: &mut Output,
     ) {
-        let open: Vec<usize> = self
-            .txs
-            .iter()
-            .filter(|(_, pair)| {
-                pair.invite
-                    && pair.client.is_some()
-                    && !pair.server.is_final()
-                    && pair
-                        .request
-                        .as_deref()
-                        .and_then(Message::request_uri)
-                        .and_then(|uri| cross::hosting_token(&uri).and_then(Token::from_hex))
-                        .is_some_and(|token| tokens.contains(&token))
-            })
-            .map(|(id, _)| id)
-            .collect();
+        let open = self.unanswered(|pair| {
+            pair.invite
+                && pair.client.is_some()
+                && pair
+                    .request
+                    .as_deref()
+                    .and_then(Message::request_uri)
+                    .and_then(|uri| cross::hosting_token(&uri).and_then(Token::from_hex))
+                    .is_some_and(|token| tokens.contains(&token))
+        });
         for id in open {
             self.cancel_downstream(now, id, out);
         }
@@ -213,25 +207,8 @@ impl Proxy {
         status: u16,
         out: &mut Output,
     ) {
-        let open: Vec<usize> = self
-            .txs
-            .iter()
-            .filter(|(_, pair)| pair.call && !pair.server.is_final() && &*pair.call_id == call_id)
-            .map(|(id, _)| id)
-            .collect();
-        for id in open {
-            let mut answer = status;
-            if let Some(pair) = self.txs.get_mut(id) {
-                if pair.client.is_some() {
-                    cancel_and_give_up(now, self.settings.timers, pair, out);
-                }
-                if pair.cancelled {
-                    // The caller had cancelled: its INVITE ends as such.
-                    answer = 487;
-                }
-            }
-            self.fail_pending(now, id, answer, out);
-            self.reschedule(id);
+        for id in self.unanswered(|pair| pair.call && &*pair.call_id == call_id) {
+            self.cancel_and_answer(now, id, status, out);
         }
     }
 
@@ -250,28 +227,46 @@ impl Proxy {
         lost: IpAddr,
         out: &mut Output,
     ) {
-        let open: Vec<usize> = self
-            .txs
-            .iter()
-            .filter(|(_, pair)| {
-                pair.invite
-                    && !pair.call
-                    && !pair.server.is_final()
-                    && &*pair.call_id == call_id
-                    && pair
-                        .client
-                        .as_ref()
-                        .is_some_and(|c| c.tx.peer().addr.ip() == lost)
-            })
-            .map(|(id, _)| id)
-            .collect();
+        let open = self.unanswered(|pair| {
+            pair.invite
+                && !pair.call
+                && &*pair.call_id == call_id
+                && pair
+                    .client
+                    .as_ref()
+                    .is_some_and(|c| c.tx.peer().addr.ip() == lost)
+        });
         for id in open {
-            if let Some(pair) = self.txs.get_mut(id) {
+            self.cancel_and_answer(now, id, 408, out);
+        }
+    }
+
+    /// The transactions `which` picks among those whose caller has no
+    /// final answer yet (a scan of the table: for the rare ends of a
+    /// hosting, never per message).
+    fn unanswered(&self, which: impl Fn(&TxPair) -> bool) -> Vec<usize> {
+        self.txs
+            .iter()
+            .filter(|(_, pair)| !pair.server.is_final() && which(pair))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Cancels transaction `id`'s forwarded INVITE, if it was forwarded,
+    /// and answers its caller `status` at once; 487 if the caller had
+    /// cancelled it already, as its INVITE then ends.
+    fn cancel_and_answer(&mut self, now: Duration, id: usize, status: u16, out: &mut Output) {
+        let mut answer = status;
+        if let Some(pair) = self.txs.get_mut(id) {
+            if pair.client.is_some() {
                 cancel_and_give_up(now, self.settings.timers, pair, out);
             }
-            self.fail_pending(now, id, 408, out);
-            self.reschedule(id);
+            if pair.cancelled {
+                answer = 487;
+            }
         }
+        self.fail_pending(now, id, answer, out);
+        self.reschedule(id);
     }
 
     /// Cancels the forwarded INVITE of transaction `id` downstream, once
