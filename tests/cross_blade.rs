@@ -17,69 +17,17 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::calls::{
+    CALLEE_TAG, answered_call, answered_cross_call, assert_hosted, confirm, hang_up, wait_ready,
+};
 use common::cluster::TestCluster;
 use common::{Call, DOMAIN, Ua, WAIT, aor, assert_dialog_bye, branch, first_line, unique};
 use sipblade::cluster::certs::generate_cluster;
 use sipblade::sip::{Message, Method};
 
-const CALLEE_TAG: &str = "callee-tag";
-
 /// Long enough to see that a message does not arrive: every message in
 /// these tests crosses loopback in well under a millisecond.
 const QUIET: Duration = Duration::from_millis(300);
-
-/// `a` calls `b` up to the caller's 200 OK through `blades` proxies (1:
-/// a local call, 2: S and T); returns the dialog and the INVITE as `b`
-/// got it.
-fn answered_call(a: &mut Ua, b: &mut Ua, blades: u8) -> (Call, Message) {
-    let hops = usize::from(blades);
-    let mut call = a.call(&b.ext);
-    a.invite(&mut call, "");
-    let invite = b.request(Method::Invite, &call.call_id);
-    assert_eq!(
-        invite.request_uri().unwrap().as_str(),
-        b.contact_uri(),
-        "the last blade retargets to the registered contact"
-    );
-    assert_eq!(invite.vias().count(), hops + 1, "caller's and blades' Vias");
-    assert_eq!(
-        invite.record_routes().count(),
-        hops,
-        "each blade Record-Routes"
-    );
-    assert_eq!(invite.max_forwards(), Some(70 - blades));
-    b.answer(&invite, 180, "Ringing", CALLEE_TAG);
-    let ringing = a.response(&call.call_id, Method::Invite);
-    assert_eq!(ringing.status(), Some(180), "{}", first_line(&ringing));
-    b.answer(&invite, 200, "OK", CALLEE_TAG);
-    let ok = a.response(&call.call_id, Method::Invite);
-    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
-    call.learn(&ok);
-    assert_eq!(call.routes.len(), hops, "the route set has every blade");
-    (call, invite)
-}
-
-/// `a` (on S) calls `b` (on T) up to the caller's 200 OK; returns the
-/// dialog and the INVITE as `b` got it.
-fn answered_cross_call(a: &mut Ua, b: &mut Ua) -> (Call, Message) {
-    answered_call(a, b, 2)
-}
-
-/// The caller ACKs the 2xx of `call`; the callee gets it.
-fn confirm(a: &mut Ua, b: &mut Ua, call: &Call) {
-    a.ack_2xx(call);
-    let ack = b.request(Method::Ack, &call.call_id);
-    assert_eq!(ack.routes().count(), 0, "every blade popped its Route");
-}
-
-/// The caller hangs up a confirmed `call`; the callee answers the BYE.
-fn hang_up(a: &mut Ua, b: &mut Ua, call: &mut Call) {
-    a.bye(call);
-    let bye = b.request(Method::Bye, &call.call_id);
-    b.answer(&bye, 200, "OK", CALLEE_TAG);
-    let done = a.response(&call.call_id, Method::Bye);
-    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
-}
 
 /// `a` calls `callee` and gets a final failure, which it ACKs; returns the
 /// call and the final response.
@@ -114,20 +62,6 @@ fn refused(cluster: &TestCluster, i: usize, reason: &str) -> f64 {
         i,
         &format!("sipblade_hosting_refused_total{{reason=\"{reason}\"}}"),
     )
-}
-
-/// Asserts that `ext` on member `i` is `hosted` by `by`.
-fn assert_hosted(cluster: &TestCluster, i: usize, ext: &str, by: &str) {
-    let agent = cluster.agent(i, ext);
-    assert_eq!(agent["state"], "hosted", "{agent}");
-    assert_eq!(agent["hosted_by"], by, "{agent}");
-}
-
-/// Waits until `ext` on member `i` is `ready` and hosted by nobody.
-fn wait_ready(cluster: &TestCluster, i: usize, ext: &str) {
-    cluster.wait_state(i, ext, "ready");
-    let agent = cluster.agent(i, ext);
-    assert_eq!(agent["hosted_by"], serde_json::Value::Null, "{agent}");
 }
 
 #[test]

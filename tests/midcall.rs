@@ -11,62 +11,13 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use common::calls::{CALLEE_TAG, answered_cross_call, assert_hosted, confirm, hang_up, wait_ready};
 use common::cluster::TestCluster;
 use common::{Call, Ua, branch, first_line, header};
 use sipblade::sip::{HeaderName, Message, Method};
 
-const CALLEE_TAG: &str = "callee-tag";
-
 /// Long enough to see that a message does not arrive.
 const QUIET: Duration = Duration::from_millis(300);
-
-/// `a` (on S) calls `b` (on T) up to the caller's 200 OK; returns the
-/// dialog and the INVITE as `b` got it.
-fn answered_cross_call(a: &mut Ua, b: &mut Ua) -> (Call, Message) {
-    let mut call = a.call(&b.ext);
-    a.invite(&mut call, "");
-    let invite = b.request(Method::Invite, &call.call_id);
-    assert_eq!(invite.record_routes().count(), 2, "S and T Record-Route");
-    b.answer(&invite, 180, "Ringing", CALLEE_TAG);
-    let ringing = a.response(&call.call_id, Method::Invite);
-    assert_eq!(ringing.status(), Some(180), "{}", first_line(&ringing));
-    b.answer(&invite, 200, "OK", CALLEE_TAG);
-    let ok = a.response(&call.call_id, Method::Invite);
-    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
-    call.learn(&ok);
-    assert_eq!(call.routes.len(), 2, "the route set has both blades");
-    (call, invite)
-}
-
-/// The caller ACKs the 2xx of `call`; the callee gets it.
-fn confirm(a: &mut Ua, b: &mut Ua, call: &Call) {
-    a.ack_2xx(call);
-    let ack = b.request(Method::Ack, &call.call_id);
-    assert_eq!(ack.routes().count(), 0, "every blade popped its Route");
-}
-
-/// The caller hangs up a confirmed `call`; the callee answers the BYE.
-fn hang_up(a: &mut Ua, b: &mut Ua, call: &mut Call) {
-    a.bye(call);
-    let bye = b.request(Method::Bye, &call.call_id);
-    b.answer(&bye, 200, "OK", CALLEE_TAG);
-    let done = a.response(&call.call_id, Method::Bye);
-    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
-}
-
-/// Asserts that `ext` on member `i` is `hosted` by `by`.
-fn assert_hosted(cluster: &TestCluster, i: usize, ext: &str, by: &str) {
-    let agent = cluster.agent(i, ext);
-    assert_eq!(agent["state"], "hosted", "{agent}");
-    assert_eq!(agent["hosted_by"], by, "{agent}");
-}
-
-/// Waits until `ext` on member `i` is `ready` and hosted by nobody.
-fn wait_ready(cluster: &TestCluster, i: usize, ext: &str) {
-    cluster.wait_state(i, ext, "ready");
-    let agent = cluster.agent(i, ext);
-    assert_eq!(agent["hosted_by"], serde_json::Value::Null, "{agent}");
-}
 
 /// The caller's re-INVITE in `call` (next CSeq, fresh branch, a Contact:
 /// a target refresh with new SDP, as hold or unhold sends it).

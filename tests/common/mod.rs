@@ -9,6 +9,7 @@
 // Each test binary uses part of this module.
 #![allow(dead_code)]
 
+pub mod calls;
 pub mod cluster;
 
 use std::collections::{HashSet, VecDeque};

@@ -1,0 +1,77 @@
+//! Calls between agents of a test cluster, as the cross-blade tests
+//! place them, and the agent states they check.
+
+use sipblade::sip::{Message, Method};
+
+use super::cluster::TestCluster;
+use super::{Call, Ua, first_line};
+
+/// The callee's To tag in every answered call.
+pub const CALLEE_TAG: &str = "callee-tag";
+
+/// `a` calls `b` up to the caller's 200 OK through `blades` proxies (1:
+/// a local call, 2: S and T); returns the dialog and the INVITE as `b`
+/// got it.
+pub fn answered_call(a: &mut Ua, b: &mut Ua, blades: u8) -> (Call, Message) {
+    let hops = usize::from(blades);
+    let mut call = a.call(&b.ext);
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    assert_eq!(
+        invite.request_uri().unwrap().as_str(),
+        b.contact_uri(),
+        "the last blade retargets to the registered contact"
+    );
+    assert_eq!(invite.vias().count(), hops + 1, "caller's and blades' Vias");
+    assert_eq!(
+        invite.record_routes().count(),
+        hops,
+        "each blade Record-Routes"
+    );
+    assert_eq!(invite.max_forwards(), Some(70 - blades));
+    b.answer(&invite, 180, "Ringing", CALLEE_TAG);
+    let ringing = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ringing.status(), Some(180), "{}", first_line(&ringing));
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    call.learn(&ok);
+    assert_eq!(call.routes.len(), hops, "the route set has every blade");
+    (call, invite)
+}
+
+/// `a` (on S) calls `b` (on T) up to the caller's 200 OK; returns the
+/// dialog and the INVITE as `b` got it.
+pub fn answered_cross_call(a: &mut Ua, b: &mut Ua) -> (Call, Message) {
+    answered_call(a, b, 2)
+}
+
+/// The caller ACKs the 2xx of `call`; the callee gets it.
+pub fn confirm(a: &mut Ua, b: &mut Ua, call: &Call) {
+    a.ack_2xx(call);
+    let ack = b.request(Method::Ack, &call.call_id);
+    assert_eq!(ack.routes().count(), 0, "every blade popped its Route");
+}
+
+/// The caller hangs up a confirmed `call`; the callee answers the BYE.
+pub fn hang_up(a: &mut Ua, b: &mut Ua, call: &mut Call) {
+    a.bye(call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    let done = a.response(&call.call_id, Method::Bye);
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+}
+
+/// Asserts that `ext` on member `i` is `hosted` by `by`.
+pub fn assert_hosted(cluster: &TestCluster, i: usize, ext: &str, by: &str) {
+    let agent = cluster.agent(i, ext);
+    assert_eq!(agent["state"], "hosted", "{agent}");
+    assert_eq!(agent["hosted_by"], by, "{agent}");
+}
+
+/// Waits until `ext` on member `i` is `ready` and hosted by nobody.
+pub fn wait_ready(cluster: &TestCluster, i: usize, ext: &str) {
+    cluster.wait_state(i, ext, "ready");
+    let agent = cluster.agent(i, ext);
+    assert_eq!(agent["hosted_by"], serde_json::Value::Null, "{agent}");
+}
