@@ -868,13 +868,7 @@ fn a_lapsed_lease_hangs_up_the_hosted_agents_phone_from_t() {
 #[test]
 fn a_lapsed_lease_cancels_the_ringing_hosted_agents_phone() {
     let mut w = World::new();
-    w.register(S, "1001");
-    w.register(T, "1002");
-    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
-    assert_eq!(w.take("1001").status(), Some(100));
-    let inv = w.take("1002");
-    w.send_from(T, "1002", &answer(&inv, 180));
-    assert_eq!(w.take_final("1001").status(), Some(180));
+    let inv = ringing_call(&mut w);
     w.link_up = false; // S is gone: no renewals, no CANCEL, no unhost.
     let lease = Duration::from_secs(u64::from(LEASE));
     advance_only(&mut w, T, lease - Duration::from_secs(1));
@@ -899,11 +893,7 @@ fn a_lapsed_lease_cancels_the_ringing_hosted_agents_phone() {
 #[test]
 fn a_restarted_s_gets_the_ringing_hosted_agents_phone_cancelled_by_t() {
     let mut w = World::new();
-    w.register(S, "1001");
-    w.register(T, "1002");
-    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
-    let inv = w.take("1002");
-    w.send_from(T, "1002", &answer(&inv, 180));
+    let inv = ringing_call(&mut w);
     w.link_up = false; // The old run of S is gone.
     let mut out = Output::default();
     w.nodes[T]
