@@ -368,11 +368,8 @@ fn a_final_failure_from_the_callee_hands_it_back() {
 #[test]
 fn a_killed_source_blade_strands_no_one_past_the_lease() {
     const LEASE: u64 = 2;
-    let mut cluster = TestCluster::new(2, 71, LEASE as u32, 1);
     let (s, t) = (0, 1);
-    cluster.spawn_blade(s);
-    cluster.start_blade(t);
-    cluster.wait_linked();
+    let mut cluster = TestCluster::start_in(0, 2, 71, LEASE as u32, 1, &[0]);
     let mut a = cluster.registered(s, "1001");
     let mut b = cluster.registered(t, "1002");
 
@@ -686,11 +683,8 @@ fn two_cross_calls_at_once(
 /// waiting, not a hang; a CANCEL while S waits ends the call at once.
 #[test]
 fn a_silent_target_is_503_and_a_cancel_while_waiting_is_487() {
-    let mut cluster = TestCluster::new(2, 86, 30, 1);
     let (s, t) = (0, 1);
-    cluster.start_blade(s);
-    cluster.spawn_blade(t);
-    cluster.wait_linked();
+    let mut cluster = TestCluster::start_in(0, 2, 86, 30, 1, &[1]);
     let mut a = cluster.registered(s, "1001");
     let _b = cluster.registered(t, "1002");
     cluster.kill_blade(t);
@@ -1136,11 +1130,8 @@ fn a_cross_blade_call_that_outlives_max_call_secs_is_hung_up_on_both_phones() {
 fn a_killed_source_blade_gets_the_hosted_callees_phone_hung_up_by_its_blade() {
     use std::net::Ipv4Addr;
     const LEASE: u64 = 2;
-    let mut cluster = TestCluster::new(2, 194, LEASE as u32, 1);
     let (s, t) = (0, 1);
-    cluster.spawn_blade(s);
-    cluster.start_blade(t);
-    cluster.wait_linked();
+    let mut cluster = TestCluster::start_in(0, 2, 194, LEASE as u32, 1, &[0]);
     let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 196));
     let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 197));
     let (call, invite) = answered_cross_call(&mut a, &mut b);
@@ -1198,11 +1189,8 @@ fn a_killed_source_blade_gets_a_hosted_joiners_phone_hung_up_on_a_blade_of_two_c
 fn hosted_joiner_hung_up(cores: usize, first_ip: u8) {
     use std::net::Ipv4Addr;
     const LEASE: u64 = 2;
-    let mut cluster = TestCluster::new(2, first_ip, LEASE as u32, cores);
     let (s, t) = (0, 1);
-    cluster.spawn_blade(s);
-    cluster.start_blade(t);
-    cluster.wait_linked();
+    let mut cluster = TestCluster::start_in(0, 2, first_ip, LEASE as u32, cores, &[0]);
     let phone = |n: u8| Ipv4Addr::new(127, 0, 0, first_ip + n);
     let mut a = cluster.registered_on(s, "1001", phone(2));
     let mut b = cluster.registered_on(t, "1002", phone(3));
@@ -1256,11 +1244,8 @@ fn hosted_joiner_hung_up(cores: usize, first_ip: u8) {
 #[test]
 fn a_call_to_an_agent_s_hosts_is_busy_while_its_dead_blade_goes_unnoticed() {
     use std::net::Ipv4Addr;
-    let mut cluster = TestCluster::new(2, 150, 30, 1);
     let (s, t) = (0, 1);
-    cluster.start_blade(s);
-    cluster.spawn_blade(t);
-    cluster.wait_linked();
+    let mut cluster = TestCluster::start_in(0, 2, 150, 30, 1, &[1]);
     let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 152));
     let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 153));
     let mut d = cluster.registered_on(s, "1004", Ipv4Addr::new(127, 0, 0, 154));
@@ -1346,11 +1331,8 @@ const LONG_LEASE: u32 = 60;
 #[test]
 fn a_restarted_source_blade_gets_the_hosted_callees_phone_hung_up_at_once() {
     use std::net::Ipv4Addr;
-    let mut cluster = TestCluster::new_in(2, 2, 1, LONG_LEASE, 2);
     let (s, t) = (0, 1);
-    cluster.spawn_blade(s);
-    cluster.start_blade(t);
-    cluster.wait_linked();
+    let mut cluster = TestCluster::start_in(2, 2, 1, LONG_LEASE, 2, &[0]);
     let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 2, 3));
     let mut b = cluster.registered_on(t, "1003", Ipv4Addr::new(127, 0, 2, 4));
     let (call, invite) = answered_cross_call(&mut a, &mut b);
@@ -1418,11 +1400,8 @@ fn a_restarted_source_blade_gets_the_hosted_callees_phone_hung_up_at_once() {
 #[test]
 fn a_link_flap_that_s_saw_frees_the_agent_once_the_link_is_back() {
     use std::net::Ipv4Addr;
-    let mut cluster = TestCluster::new_in(2, 2, 11, LONG_LEASE, 1);
     let (s, t) = (0, 1);
-    cluster.spawn_blade(s);
-    cluster.start_blade(t);
-    cluster.wait_linked();
+    let cluster = TestCluster::start_in(2, 2, 11, LONG_LEASE, 1, &[0]);
     let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 2, 13));
     let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 2, 14));
     let (call, _) = answered_cross_call(&mut a, &mut b);
@@ -1523,11 +1502,8 @@ fn a_killed_session_blade_gets_a_completed_transfer_hung_up_on_both_phones() {
 fn hosted_newcomer_hung_up(cores: usize, first_ip: u8, transferred: bool) {
     use std::net::Ipv4Addr;
     const LEASE: u64 = 2;
-    let mut cluster = TestCluster::new(2, first_ip, LEASE as u32, cores);
     let (s, t) = (0, 1);
-    cluster.spawn_blade(s);
-    cluster.start_blade(t);
-    cluster.wait_linked();
+    let mut cluster = TestCluster::start_in(0, 2, first_ip, LEASE as u32, cores, &[0]);
     let phone = |n: u8| Ipv4Addr::new(127, 0, 0, first_ip + n);
     let mut a = cluster.registered_on(s, "1001", phone(2));
     let mut b = cluster.registered_on(t, "1002", phone(3));

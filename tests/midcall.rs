@@ -120,11 +120,8 @@ fn final_to_invite(m: &Message, call_id: &str, seq: u32) -> bool {
 #[test]
 fn a_reinvite_through_a_killed_target_is_answered_when_the_hosting_is_lost() {
     const LEASE: u64 = 3;
-    let mut cluster = TestCluster::new(2, 101, LEASE as u32, 1);
     let (s, t) = (0, 1);
-    cluster.start_blade(s);
-    cluster.spawn_blade(t);
-    cluster.wait_linked();
+    let mut cluster = TestCluster::start_in(0, 2, 101, LEASE as u32, 1, &[1]);
     let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 103));
     let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 104));
     let (mut call, _) = answered_cross_call(&mut a, &mut b);
@@ -175,11 +172,8 @@ fn a_reinvite_through_a_killed_target_is_answered_when_the_hosting_is_lost() {
 #[test]
 fn a_reinvite_through_a_killed_source_is_answered_when_the_lease_lapses() {
     const LEASE: u64 = 3;
-    let mut cluster = TestCluster::new(2, 105, LEASE as u32, 1);
     let (s, t) = (0, 1);
-    cluster.spawn_blade(s);
-    cluster.start_blade(t);
-    cluster.wait_linked();
+    let mut cluster = TestCluster::start_in(0, 2, 105, LEASE as u32, 1, &[0]);
     let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 107));
     let mut b = cluster.registered_on(t, "1002", Ipv4Addr::new(127, 0, 0, 108));
     let (call, invite) = answered_cross_call(&mut a, &mut b);

@@ -103,6 +103,30 @@ impl TestCluster {
         TestCluster::new_in(0, n, first_ip, lease_secs, cores)
     }
 
+    /// [`TestCluster::new_in`], started: the members in `children` as
+    /// child processes (a test may SIGKILL them,
+    /// [`TestCluster::kill_blade`]), the others in this process; waits
+    /// until every link is up.
+    pub fn start_in(
+        subnet: u8,
+        n: usize,
+        first_ip: u8,
+        lease_secs: u32,
+        cores: usize,
+        children: &[usize],
+    ) -> TestCluster {
+        let mut cluster = TestCluster::new_in(subnet, n, first_ip, lease_secs, cores);
+        for i in 0..n {
+            if children.contains(&i) {
+                cluster.spawn_blade(i);
+            } else {
+                cluster.start_blade(i);
+            }
+        }
+        cluster.wait_linked();
+        cluster
+    }
+
     /// [`TestCluster::new`] on 127.0.`subnet`.`first_ip`, … instead of
     /// 127.0.0.…
     pub fn new_in(
