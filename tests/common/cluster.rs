@@ -259,6 +259,17 @@ impl TestCluster {
         self.start_blade_with(i, &certs);
     }
 
+    /// Starts member `i` in this process with runtime `options` (a low
+    /// `max_transactions`, say).
+    pub fn start_blade_with_options(&mut self, i: usize, options: Options) {
+        assert!(!self.blades[i].is_running(), "member {i} already runs");
+        let path = self.write_config(i);
+        let config = Config::load(&path).expect("valid config");
+        let blade = Blade::start_with(config, options).expect("the blade starts");
+        self.admins[i] = blade.admin_addr().expect("an admin port");
+        self.blades[i] = Running::Here(blade);
+    }
+
     /// Starts member `i` in this process with certificates from `certs`
     /// (another CA's: an impostor claiming the member's id).
     pub fn start_blade_with(&mut self, i: usize, certs: &Path) {
