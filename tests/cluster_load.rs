@@ -132,11 +132,14 @@ fn source_killed_under_load_strands_no_callee() {
     assert!(callee_states(&cluster, 1).contains_key("hosted"));
     // Nothing but the lease gives them back: 2 s, renewals every 2/3 s.
     assert_all_taken_back(&cluster, Duration::from_secs(6), "lapsed");
+    // Each answered callee is hung up (the generator answers at once); a
+    // grant whose INVITE had not reached T when S died has nobody to hang
+    // up.
     let granted = cluster.metric(1, "sipblade_hosting_granted_total");
-    assert_eq!(
-        cluster.metric(1, "sipblade_sessions_bye_sent_total"),
-        granted,
-        "T hangs up every answered callee (the generator answers at once)"
+    let byes = cluster.metric(1, "sipblade_sessions_bye_sent_total");
+    assert!(
+        byes >= 1.0 && byes <= granted,
+        "{byes} BYEs, {granted} grants"
     );
     let _ = loadgen.kill();
     let _ = loadgen.wait();
