@@ -1,0 +1,193 @@
+//! Login state changes (SPEC §5: a REGISTER is the agent's login, its
+//! expiry or `Expires: 0` its logout) of agents in cross-blade calls:
+//! the call goes on, `/status` stays consistent on both blades, and once
+//! the call ends the agent is where its registration says (README "SIP
+//! details": an agent that logs out during a call stays `in_call` or
+//! `hosted` until the call ends, then `logged_out`).
+//!
+//! Addresses (127.0.0.x), one range per test: blades 101-102 (phones
+//! 103-105), 106-107 (108-109), 110-112 (113-115), 116-117 (118-120),
+//! 121-122 (123-124).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::calls::{answered_cross_call, assert_hosted, confirm, hang_up, wait_ready};
+use common::cluster::TestCluster;
+use common::{Ua, first_line};
+use sipblade::sip::Method;
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// `a` calls `callee` and gets a final answer (after any 100); ACKs a
+/// failure and returns its status.
+fn call_status(a: &mut Ua, callee: &str) -> u16 {
+    let mut call = a.call(callee);
+    a.invite(&mut call, "");
+    let resp = a.response(&call.call_id, Method::Invite);
+    let status = resp.status().unwrap_or(0);
+    if status >= 300 {
+        a.ack_failure(&call, &resp);
+    }
+    status
+}
+
+/// No session on any member, nobody `hosted` anywhere.
+fn assert_nobody_hosted(cluster: &TestCluster, members: usize) {
+    for i in 0..members {
+        common::wait_until("no sessions", || cluster.sessions(i).is_empty());
+        let status = cluster.status(i);
+        for agent in status["agents"].as_array().expect("agents") {
+            assert_ne!(agent["state"], "hosted", "member {i}: {agent}");
+            assert_eq!(agent["hosted_by"], serde_json::Value::Null, "member {i}: {agent}");
+        }
+    }
+}
+
+/// Scenario 1: B (on T, hosted by S) logs out (`Expires: 0`) mid-call.
+/// The call goes on; B stays `hosted` on T (never `ready` while logged
+/// out), S's directory drops B (a call placed on S after the call gets
+/// 480, not a hosting), and after the BYE B is `logged_out` on both.
+#[test]
+fn a_hosted_agent_that_logs_out_mid_call_stays_hosted_until_the_call_ends() {
+    let cluster = TestCluster::start(2, 101);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", ip(103));
+    let mut b = cluster.registered_on(t, "1002", ip(104));
+    let mut c = cluster.registered_on(s, "1003", ip(105));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let bye_bye = b.register(0);
+    assert_eq!(bye_bye.status(), Some(200), "{}", first_line(&bye_bye));
+    // Give T's withdrawal time to reach S.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_eq!(cluster.agent(t, "1002")["contact"], serde_json::Value::Null);
+    assert_eq!(cluster.agent(s, "1002")["state"], "in_call");
+    assert_eq!(cluster.sessions(s).len(), 1);
+    // B is still in the call: busy, decided by S.
+    assert_eq!(call_status(&mut c, "1002"), 486);
+
+    // The call goes on: the BYE still reaches B's phone through T.
+    hang_up(&mut a, &mut b, &mut call);
+    cluster.wait_state(t, "1002", "logged_out");
+    cluster.wait_state(s, "1001", "ready");
+    assert_nobody_hosted(&cluster, 2);
+    assert_eq!(cluster.agent(s, "1002")["state"], "logged_out");
+    // Not registered anywhere: 480, on either blade.
+    assert_eq!(call_status(&mut a, "1002"), 480);
+    assert_eq!(call_status(&mut c, "1002"), 480);
+    assert_eq!(cluster.agent(t, "1002")["state"], "logged_out");
+    assert_nobody_hosted(&cluster, 2);
+}
+
+/// Scenario 2: the caller A (on S) logs out mid-call; B hangs up. A stays
+/// `in_call` until then, is `logged_out` after (not `ready`), B is back to
+/// `ready` on T, and A can no longer place a call (403: not logged in).
+#[test]
+fn a_caller_that_logs_out_mid_call_is_logged_out_once_it_ends() {
+    let cluster = TestCluster::start(2, 106);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", ip(108));
+    let mut b = cluster.registered_on(t, "1002", ip(109));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    assert_eq!(a.register(0).status(), Some(200));
+    assert_eq!(cluster.agent(s, "1001")["state"], "in_call");
+    assert_hosted(&cluster, t, "1002", "blade-1");
+
+    // The caller hangs up from its logged-out phone: the dialog does not
+    // depend on the registration.
+    hang_up(&mut a, &mut b, &mut call);
+    cluster.wait_state(s, "1001", "logged_out");
+    wait_ready(&cluster, t, "1002");
+    assert_nobody_hosted(&cluster, 2);
+    assert_eq!(call_status(&mut a, "1002"), 403);
+    // And B reaches nobody at A: 480.
+    assert_eq!(call_status(&mut b, "1001"), 480);
+}
+
+/// Scenario 3 (same blade) and 4: B refreshes its registration mid-call
+/// (same Contact: nothing changes), then registers from another phone on
+/// T. The call goes on to the old phone, B stays `hosted`; after the call
+/// B is `ready` at the new phone, and a new call rings it.
+#[test]
+fn a_hosted_agent_refreshing_or_moving_its_phone_on_its_blade_keeps_the_call() {
+    let cluster = TestCluster::start(2, 121);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", ip(123));
+    let mut b = cluster.registered_on(t, "1002", ip(124));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    // Scenario 4: a refresh.
+    assert_eq!(b.register(3600).status(), Some(200));
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_eq!(cluster.agent(t, "1002")["contact"], b.addr.to_string());
+    assert_eq!(cluster.sessions(s).len(), 1);
+
+    // Scenario 3: another phone of B's on T.
+    let mut b2 = Ua::new_at(cluster.members[t].sip, "1002", ip(125));
+    assert_eq!(b2.register(3600).status(), Some(200));
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_eq!(cluster.agent(t, "1002")["contact"], b2.addr.to_string());
+
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, t, "1002");
+    assert_eq!(cluster.agent(t, "1002")["contact"], b2.addr.to_string());
+    assert_nobody_hosted(&cluster, 2);
+
+    // A new call rings the new phone only.
+    let (mut call2, _) = answered_cross_call(&mut a, &mut b2);
+    confirm(&mut a, &mut b2, &call2);
+    assert!(
+        b.next_where(Duration::from_millis(300), |m| m.method() == Some(Method::Invite))
+            .is_none(),
+        "the old phone rang"
+    );
+    hang_up(&mut a, &mut b2, &mut call2);
+    wait_ready(&cluster, t, "1002");
+}
+
+/// Scenario 3 (another blade): B, hosted from T by S, logs in on U
+/// mid-call. T logs it out (B stays `hosted` there until the call ends),
+/// U has it `ready`; the old call's BYE still reaches the old phone;
+/// after the call T has B `logged_out`, nobody is `hosted`, and a call
+/// from S reaches B's new phone on U.
+#[test]
+fn a_hosted_agent_moving_blades_mid_call_ends_up_on_the_new_blade() {
+    let cluster = TestCluster::start(3, 110);
+    let (s, t, u) = (0, 1, 2);
+    let mut a = cluster.registered_on(s, "1001", ip(113));
+    let mut b = cluster.registered_on(t, "1002", ip(114));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let mut moved = cluster.registered_on(u, "1002", ip(115));
+    cluster.wait_state(u, "1002", "ready");
+    common::wait_until("T logs B out", || {
+        cluster.agent(t, "1002")["contact"] == serde_json::Value::Null
+    });
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    assert_eq!(cluster.sessions(s).len(), 1);
+
+    hang_up(&mut a, &mut b, &mut call);
+    cluster.wait_state(t, "1002", "logged_out");
+    cluster.wait_state(s, "1001", "ready");
+    assert_nobody_hosted(&cluster, 3);
+    assert_eq!(cluster.agent(u, "1002")["state"], "ready");
+
+    let (mut call2, _) = answered_cross_call(&mut a, &mut moved);
+    assert_hosted(&cluster, u, "1002", "blade-1");
+    assert_eq!(cluster.agent(t, "1002")["state"], "logged_out");
+    confirm(&mut a, &mut moved, &call2);
+    hang_up(&mut a, &mut moved, &mut call2);
+    wait_ready(&cluster, u, "1002");
+    assert_nobody_hosted(&cluster, 3);
+}
