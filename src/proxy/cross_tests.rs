@@ -2624,7 +2624,16 @@ fn a_hosted_agents_registration_lapsing_mid_call_keeps_the_call_and_logs_it_out_
 
     w.advance(Duration::from_secs(61));
     assert_eq!(w.state(T, "1002"), "hosted");
-    assert!(w.nodes[T].proxy.registrar().location().get("1002").unwrap().binding.is_none());
+    assert!(
+        w.nodes[T]
+            .proxy
+            .registrar()
+            .location()
+            .get("1002")
+            .unwrap()
+            .binding
+            .is_none()
+    );
     assert!(s_hosts(&w, "1002"), "S still hosts 1002");
     assert!(w.idle("1001") && w.idle("1002"), "nobody hung up");
 
@@ -2645,4 +2654,35 @@ fn a_hosted_agents_registration_lapsing_mid_call_keeps_the_call_and_logs_it_out_
     assert_eq!(w.state(T, "1002"), "logged_out");
     let asked: Vec<_> = w.link_log[since..].iter().map(|(_, name)| *name).collect();
     assert_eq!(asked, ["Locate", "Located"]);
+}
+
+/// SPEC §2 step 6 holds for a hosted agent that logged out mid-call
+/// (README: it stays `hosted` until the call ends): a new call for it
+/// that reaches T is handed to S, which answers 486 as it does for a
+/// call placed on S. T does not take it for an agent registered nowhere
+/// (asking every peer, 480). Once the call ends, it is 480.
+#[test]
+fn a_call_at_t_for_a_hosted_agent_that_logged_out_is_decided_by_s() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.register(T, "1003");
+    register_for(&mut w, T, "1002", 0);
+    assert_eq!(w.state(T, "1002"), "hosted");
+
+    let since = w.link_log.len();
+    w.send_from(T, "1003", &invite("1003", "1002", "c2"));
+    assert_eq!(w.take_final("1003").status(), Some(486));
+    let names: Vec<&str> = w.link_log[since..].iter().map(|(_, n)| *n).collect();
+    assert_eq!(names, ["Redirect", "RedirectAnswer"]);
+    assert!(w.idle("1002"), "B got no second INVITE");
+
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.state(T, "1002"), "logged_out");
+    w.send_from(T, "1003", &invite("1003", "1002", "c3"));
+    assert_eq!(w.take_final("1003").status(), Some(480));
 }
