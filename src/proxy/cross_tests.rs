@@ -2686,3 +2686,51 @@ fn a_call_at_t_for_a_hosted_agent_that_logged_out_is_decided_by_s() {
     w.send_from(T, "1003", &invite("1003", "1002", "c3"));
     assert_eq!(w.take_final("1003").status(), Some(480));
 }
+
+/// S vanishes mid-call after the hosted callee logged out: when the lease
+/// lapses T still hangs up the phone (the dialog does not depend on the
+/// registration) and takes the agent back as `logged_out`, not `ready`.
+#[test]
+fn a_lapsed_lease_of_an_agent_that_logged_out_hangs_it_up_and_leaves_it_logged_out() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    register_for(&mut w, T, "1002", 0);
+    w.link_up = false;
+    advance_only(&mut w, T, Duration::from_secs(u64::from(LEASE) + 1));
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(bye.call_id(), "c1");
+    assert_eq!(w.state(T, "1002"), "logged_out");
+    assert!(
+        w.nodes[T]
+            .proxy
+            .registrar()
+            .location()
+            .get("1002")
+            .unwrap()
+            .binding
+            .is_none()
+    );
+}
+
+/// The hosted callee logs out while its phone rings, then declines: the
+/// caller gets the answer, and the agent is `logged_out` on T, not
+/// `ready`; S holds nothing.
+#[test]
+fn a_callee_that_logs_out_while_ringing_and_declines_ends_up_logged_out() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    register_for(&mut w, T, "1002", 0);
+    assert_eq!(w.state(T, "1002"), "hosted");
+    w.send_from(T, "1002", &answer(&inv, 603));
+    assert_eq!(w.take_final("1001").status(), Some(603));
+    assert_eq!(w.state(T, "1002"), "logged_out");
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert!(!s_hosts(&w, "1002"));
+}
