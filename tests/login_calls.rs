@@ -7,7 +7,7 @@
 //!
 //! Addresses (127.0.0.x), one range per test: blades 101-102 (phones
 //! 103-105), 106-107 (108-109), 110-112 (113-115), 116-117 (118-120),
-//! 121-122 (123-125), 126-127 (128-130).
+//! 121-122 (123-125), 126-127 (128-130), 132-134 (135-138).
 
 mod common;
 
@@ -182,14 +182,24 @@ fn a_hosted_agent_refreshing_or_moving_its_phone_on_its_blade_keeps_the_call() {
 /// from S reaches B's new phone on U.
 #[test]
 fn a_hosted_agent_moving_blades_mid_call_ends_up_on_the_new_blade() {
-    let cluster = TestCluster::start(3, 110);
+    moving_blades_mid_call(TestCluster::start(3, 110), [113, 114, 115, 131]);
+}
+
+/// The same on two cores per blade (the directory and the hosting live on
+/// the agent's core).
+#[test]
+fn a_hosted_agent_moving_blades_mid_call_on_two_cores() {
+    moving_blades_mid_call(TestCluster::start_with(3, 132, 30, 2), [135, 136, 137, 138]);
+}
+
+fn moving_blades_mid_call(cluster: TestCluster, phones: [u8; 4]) {
     let (s, t, u) = (0, 1, 2);
-    let mut a = cluster.registered_on(s, "1001", ip(113));
-    let mut b = cluster.registered_on(t, "1002", ip(114));
+    let mut a = cluster.registered_on(s, "1001", ip(phones[0]));
+    let mut b = cluster.registered_on(t, "1002", ip(phones[1]));
     let (mut call, _) = answered_cross_call(&mut a, &mut b);
     confirm(&mut a, &mut b, &call);
 
-    let mut moved = cluster.registered_on(u, "1002", ip(115));
+    let mut moved = cluster.registered_on(u, "1002", ip(phones[2]));
     cluster.wait_state(u, "1002", "ready");
     common::wait_until("T logs B out", || {
         cluster.agent(t, "1002")["contact"] == serde_json::Value::Null
@@ -198,7 +208,7 @@ fn a_hosted_agent_moving_blades_mid_call_ends_up_on_the_new_blade() {
     assert_eq!(cluster.sessions(s).len(), 1);
     // README "SIP details": U does not learn of the call, so the new
     // phone can be called meanwhile, also through T (not handed to S).
-    let mut c = cluster.registered_on(t, "1003", ip(131));
+    let mut c = cluster.registered_on(t, "1003", ip(phones[3]));
     let mut probe = c.call("1002");
     c.invite(&mut probe, "");
     let rings = moved.request(Method::Invite, &probe.call_id);
