@@ -795,6 +795,18 @@ impl Proxy {
         self.pump_source(now, out);
     }
 
+    /// T: whether a new INVITE for `callee`, this blade's agent that is
+    /// hosted but no longer registered here, is still the hosting blade's
+    /// to decide (SPEC §2 step 6). It is while the agent, logged out or
+    /// lapsed mid-call, is in the call (README: it stays `hosted` until
+    /// the call ends); not once another blade announced a login of it
+    /// (an agent that moved on mid-call is reached there).
+    pub(super) fn hosted_without_login(&self, callee: &str) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.directory.lookup(callee).is_none())
+    }
+
     /// T: a new INVITE for an agent another blade hosts (SPEC §2 step 6):
     /// held, answered 100 Trying, while the hosting blade decides.
     pub(super) fn redirect_to_host(

@@ -2588,3 +2588,149 @@ fn a_blind_transfer_to_an_agent_on_the_transferees_blade_goes_through() {
 fn a_blind_transfer_to_an_agent_on_the_sessions_blade_goes_through() {
     blind_transfer_across_blades(S, "1003");
 }
+
+/// `ext` registers on `node` for `secs` seconds (Min-Expires is 60).
+fn register_for(w: &mut World, node: usize, ext: &str, secs: u32) {
+    let t = terminal(ext);
+    let text = format!(
+        "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKr{ext}{secs}\r\n\
+         From: <sip:{ext}@cc.example>;tag=r\r\nTo: <sip:{ext}@cc.example>\r\nCall-ID: reg{ext}\r\n\
+         CSeq: {} REGISTER\r\nContact: <sip:{ext}@{t}>\r\nExpires: {secs}\r\n\
+         Content-Length: 0\r\n\r\n",
+        2 + secs
+    );
+    w.send_from(node, ext, &text);
+    assert_eq!(w.take(ext).status(), Some(200));
+}
+
+/// The hosted callee's registration lapses mid-call (SPEC §5: its
+/// logout). The call goes on, and the hosting with it (S renews the
+/// lease): 1002 stays `hosted` on T, never `ready` while logged out, and
+/// S's directory drops it. Once the call ends 1002 is `logged_out` on
+/// both blades, and a new call to it is 480.
+#[test]
+fn a_hosted_agents_registration_lapsing_mid_call_keeps_the_call_and_logs_it_out_after() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    register_for(&mut w, T, "1002", 60);
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    w.send_from(T, "1002", &answer(&inv, 200));
+    let ok = w.take_final("1001");
+    assert_eq!(ok.status(), Some(200));
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+
+    w.advance(Duration::from_secs(61));
+    assert_eq!(w.state(T, "1002"), "hosted");
+    assert!(
+        w.nodes[T]
+            .proxy
+            .registrar()
+            .location()
+            .get("1002")
+            .unwrap()
+            .binding
+            .is_none()
+    );
+    assert!(s_hosts(&w, "1002"), "S still hosts 1002");
+    assert!(w.idle("1001") && w.idle("1002"), "nobody hung up");
+
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.state(T, "1002"), "logged_out");
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert!(!s_hosts(&w, "1002"));
+    assert!(w.snapshot(S).sessions.is_empty());
+
+    // S's directory dropped 1002: S asks every peer, and hosts nobody.
+    let since = w.link_log.len();
+    w.send_from(S, "1001", &invite("1001", "1002", "c2"));
+    assert_eq!(w.take_final("1001").status(), Some(480));
+    assert_eq!(w.state(T, "1002"), "logged_out");
+    let asked: Vec<_> = w.link_log[since..].iter().map(|(_, name)| *name).collect();
+    assert_eq!(asked, ["Locate", "Located"]);
+}
+
+/// SPEC §2 step 6 holds for a hosted agent that logged out mid-call
+/// (README: it stays `hosted` until the call ends): a new call for it
+/// that reaches T is handed to S, which answers 486 as it does for a
+/// call placed on S. T does not take it for an agent registered nowhere
+/// (asking every peer, 480). Once the call ends, it is 480.
+#[test]
+fn a_call_at_t_for_a_hosted_agent_that_logged_out_is_decided_by_s() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    w.register(T, "1003");
+    register_for(&mut w, T, "1002", 0);
+    assert_eq!(w.state(T, "1002"), "hosted");
+
+    let since = w.link_log.len();
+    w.send_from(T, "1003", &invite("1003", "1002", "c2"));
+    assert_eq!(w.take_final("1003").status(), Some(486));
+    let names: Vec<&str> = w.link_log[since..].iter().map(|(_, n)| *n).collect();
+    assert_eq!(names, ["Redirect", "RedirectAnswer"]);
+    assert!(w.idle("1002"), "B got no second INVITE");
+
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.state(T, "1002"), "logged_out");
+    w.send_from(T, "1003", &invite("1003", "1002", "c3"));
+    assert_eq!(w.take_final("1003").status(), Some(480));
+}
+
+/// S vanishes mid-call after the hosted callee logged out: when the lease
+/// lapses T still hangs up the phone (the dialog does not depend on the
+/// registration) and takes the agent back as `logged_out`, not `ready`.
+#[test]
+fn a_lapsed_lease_of_an_agent_that_logged_out_hangs_it_up_and_leaves_it_logged_out() {
+    let mut w = World::new();
+    let ok = answered_call(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    register_for(&mut w, T, "1002", 0);
+    w.link_up = false;
+    advance_only(&mut w, T, Duration::from_secs(u64::from(LEASE) + 1));
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(bye.call_id(), "c1");
+    assert_eq!(w.state(T, "1002"), "logged_out");
+    assert!(
+        w.nodes[T]
+            .proxy
+            .registrar()
+            .location()
+            .get("1002")
+            .unwrap()
+            .binding
+            .is_none()
+    );
+}
+
+/// The hosted callee logs out while its phone rings, then declines: the
+/// caller gets the answer, and the agent is `logged_out` on T, not
+/// `ready`; S holds nothing.
+#[test]
+fn a_callee_that_logs_out_while_ringing_and_declines_ends_up_logged_out() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    w.register(T, "1002");
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    register_for(&mut w, T, "1002", 0);
+    assert_eq!(w.state(T, "1002"), "hosted");
+    w.send_from(T, "1002", &answer(&inv, 603));
+    assert_eq!(w.take_final("1001").status(), Some(603));
+    assert_eq!(w.state(T, "1002"), "logged_out");
+    assert_eq!(w.state(S, "1001"), "ready");
+    assert!(!s_hosts(&w, "1002"));
+}

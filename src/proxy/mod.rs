@@ -792,11 +792,16 @@ impl Proxy {
                 None => {}
             }
         }
+        let hosted = matches!(record.state, AgentState::Hosted { .. });
         let Some(binding) = record.binding.clone() else {
             if self.cluster.is_some() {
                 // Not registered here: perhaps on another blade. A call
                 // hosts the agent; anything else is only relayed.
                 if method == Method::Invite {
+                    if hosted && self.hosted_without_login(&callee) {
+                        // Logged out mid-call, still in the hosted call.
+                        return self.redirect_to_host(now, source, msg, &callee, &caller, out);
+                    }
                     if self
                         .cluster
                         .as_ref()
