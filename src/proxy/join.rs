@@ -431,6 +431,41 @@ impl Proxy {
         };
         if finish {
             self.end_session(now, main, out);
+        } else {
+            self.free_unconnected(now, main, out);
+        }
+    }
+
+    /// A call whose own dialog has ended, some of its join legs still up:
+    /// each of its parties that no leg connects any more leaves now (a
+    /// hosted one goes back), not with the session's last leg.
+    fn free_unconnected(&mut self, now: Duration, main: &str, out: &mut Output) {
+        let Some(session) = self.sessions.get(main) else {
+            return;
+        };
+        if session.left.is_none() {
+            return;
+        }
+        let staying: Vec<&str> = session
+            .joined
+            .iter()
+            .filter_map(|j| self.sessions.get(j))
+            .map(|leg| leg.callee.as_str())
+            .collect();
+        let leaving: Vec<String> = [&session.caller, &session.callee]
+            .into_iter()
+            .filter(|p| session.has_party(p) && !staying.contains(&p.as_str()))
+            .cloned()
+            .collect();
+        let hosted = session.hosted.as_ref().map(|h| h.extension.clone());
+        for party in leaving {
+            if hosted.as_ref() == Some(&party) {
+                self.release_hosting(now, main, out);
+            }
+            self.agent_free(&party, main, out);
+            if let Some(session) = self.sessions.get_mut(main) {
+                session.left.get_or_insert_default().push(party);
+            }
         }
     }
 }
