@@ -4,7 +4,7 @@
 //! one, leaving in every order; joins racing; a join of a join leg.
 //!
 //! Blades S, T, U on 127.0.0.x, one range per test: 231-233, 234-236,
-//! 237-239, 240-242, 243-245, 246-248.
+//! 237-239, 240-242, 243-245.
 
 mod common;
 
@@ -255,4 +255,153 @@ fn two_joiners_the_call_ends_first_and_each_party_goes_with_its_last_leg() {
         &[(S, "1001"), (T, "1002"), (T, "1003"), (U, "1004")],
     );
     assert_eq!(cross_calls(&cluster, S, "answered"), 3.0);
+}
+
+/// A join leg refused (486) while another is up: the refused joiner goes
+/// back at once, the rest of the session is untouched, and the leg counts
+/// as a busy call, not a join.
+#[test]
+fn a_join_refused_while_another_leg_is_up_hands_only_its_joiner_back() {
+    let cluster = TestCluster::start(3, 237);
+    let mut a = cluster.registered(S, "1001");
+    let mut b = cluster.registered(T, "1002");
+    let mut c = cluster.registered(T, "1003");
+    let mut d = cluster.registered(U, "1004");
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    let mut leg_c = join_answered(
+        &mut c,
+        &mut b,
+        &join_header(&call.call_id, &call.from_tag, CALLEE_TAG),
+        "b-join",
+    );
+    let (leg_d, invite) = join_ringing(
+        &mut d,
+        &mut a,
+        &join_header(&call.call_id, CALLEE_TAG, &call.from_tag),
+    );
+    assert_hosted(&cluster, U, "1004", "blade-1");
+    a.answer(&invite, 486, "Busy Here", "a-join");
+    let busy = d.response(&leg_d.call_id, Method::Invite);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    d.ack_failure(&leg_d, &busy);
+    wait_ready(&cluster, U, "1004");
+    let (agents, hosted) = session_of(&cluster, S);
+    assert_eq!(agents, strings(&["1001", "1002", "1003"]));
+    assert_eq!(hosted, strings(&["1002", "1003"]));
+    assert_hosted(&cluster, T, "1003", "blade-1");
+    assert_eq!(cluster.metric(S, "sipblade_joins_total"), 1.0);
+    assert_eq!(cross_calls(&cluster, S, "busy"), 1.0);
+
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, S, "1001");
+    assert_hosted(&cluster, T, "1002", "blade-1");
+    leave(&mut c, &mut b, &mut leg_c, "b-join");
+    all_done(
+        &cluster,
+        &[S, T, U],
+        &[(S, "1001"), (T, "1002"), (T, "1003"), (U, "1004")],
+    );
+    assert_eq!(cross_calls(&cluster, S, "answered"), 2.0);
+}
+
+/// Two joins of the same call sent at once from two blades (T and U),
+/// both for B: S hosts both joiners, both legs reach B's phone.
+#[test]
+fn two_joins_racing_from_two_blades_are_both_hosted() {
+    let cluster = TestCluster::start(3, 240);
+    let mut a = cluster.registered(S, "1001");
+    let mut b = cluster.registered(T, "1002");
+    let mut c = cluster.registered(T, "1003");
+    let mut d = cluster.registered(U, "1004");
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    let join = join_header(&call.call_id, &call.from_tag, CALLEE_TAG);
+    let mut leg_c = c.call("1002");
+    let mut leg_d = d.call("1002");
+    c.invite(&mut leg_c, &join);
+    d.invite(&mut leg_d, &join);
+    let mut legs = Vec::new();
+    for (joiner, leg, tag) in [(&mut c, &mut leg_c, "b-c"), (&mut d, &mut leg_d, "b-d")] {
+        let Some(invite) = b.next_where(common::WAIT, |m| m.call_id() == leg.call_id) else {
+            let refused = joiner.response(&leg.call_id, Method::Invite);
+            panic!(
+                "B got no INVITE from {}; it got {}",
+                joiner.ext,
+                first_line(&refused)
+            );
+        };
+        b.answer(&invite, 200, "OK", tag);
+        let ok = joiner.response(&leg.call_id, Method::Invite);
+        assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+        leg.learn(&ok);
+        joiner.ack_2xx(leg);
+        b.request(Method::Ack, &leg.call_id);
+        legs.push(tag);
+    }
+    let (agents, hosted) = session_of(&cluster, S);
+    assert_eq!(agents, strings(&["1001", "1002", "1003", "1004"]));
+    assert_eq!(hosted, strings(&["1002", "1003", "1004"]));
+    assert_hosted(&cluster, T, "1003", "blade-1");
+    assert_hosted(&cluster, U, "1004", "blade-1");
+    assert_eq!(cluster.metric(S, "sipblade_joins_total"), 2.0);
+
+    leave(&mut d, &mut b, &mut leg_d, "b-d");
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, S, "1001");
+    assert_hosted(&cluster, T, "1002", "blade-1");
+    leave(&mut c, &mut b, &mut leg_c, "b-c");
+    all_done(
+        &cluster,
+        &[S, T, U],
+        &[(S, "1001"), (T, "1002"), (T, "1003"), (U, "1004")],
+    );
+}
+
+/// A join of a join leg: C (T) joins B's call; D (U) joins C, naming C's
+/// leg. The leg is a confirmed dialog of C's, so the Join goes through
+/// (hosted C's blade hands it to S, which hosts D). C leaving its own leg
+/// while D's leg to it is up leaves C hosted (it is still in a call);
+/// D's leaving then frees everyone.
+#[test]
+fn a_join_of_a_join_leg_keeps_its_target_hosted_until_its_last_leg_ends() {
+    let cluster = TestCluster::start(3, 243);
+    let mut a = cluster.registered(S, "1001");
+    let mut b = cluster.registered(T, "1002");
+    let mut c = cluster.registered(T, "1003");
+    let mut d = cluster.registered(U, "1004");
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    let mut leg_c = join_answered(
+        &mut c,
+        &mut b,
+        &join_header(&call.call_id, &call.from_tag, CALLEE_TAG),
+        "b-join",
+    );
+    let mut leg_d = join_answered(
+        &mut d,
+        &mut c,
+        &join_header(&leg_c.call_id, &leg_c.from_tag, "b-join"),
+        "c-join",
+    );
+    let (agents, hosted) = session_of(&cluster, S);
+    assert_eq!(agents, strings(&["1001", "1002", "1003", "1004"]));
+    assert_eq!(hosted, strings(&["1002", "1003", "1004"]));
+    assert_hosted(&cluster, U, "1004", "blade-1");
+
+    leave(&mut c, &mut b, &mut leg_c, "b-join");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_hosted(&cluster, T, "1003", "blade-1");
+    let (agents, _) = session_of(&cluster, S);
+    assert!(agents.contains(&"1003".to_owned()), "{agents:?}");
+
+    leave(&mut d, &mut c, &mut leg_d, "c-join");
+    wait_ready(&cluster, T, "1003");
+    wait_ready(&cluster, U, "1004");
+    hang_up(&mut a, &mut b, &mut call);
+    all_done(
+        &cluster,
+        &[S, T, U],
+        &[(S, "1001"), (T, "1002"), (T, "1003"), (U, "1004")],
+    );
 }

@@ -96,6 +96,7 @@ impl Proxy {
             .joined
             .iter()
             .filter_map(|j| self.sessions.get(j))
+            .filter(|leg| leg.left.is_none())
             .map(|leg| leg.callee.clone())
             .collect();
         let leaving: SmallVec<[&String; 2]> = [&session.caller, &session.callee]

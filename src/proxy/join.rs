@@ -418,6 +418,14 @@ impl Proxy {
         main: &str,
         out: &mut Output,
     ) {
+        let mut leg = leg;
+        if leg.left.is_none() && self.is_join_target(main, leg_id, &leg.caller) {
+            // A join of this leg targets its joiner, which stays in that
+            // leg (hosted under this leg's grant) until it ends too.
+            leg.left = Some(vec![leg.callee.clone()]);
+            self.sessions.restore(leg_id, leg);
+            return self.free_unconnected(now, main, out);
+        }
         if leg.hosted.is_some() {
             self.release_hosting(now, leg_id, out);
         }
@@ -430,10 +438,46 @@ impl Proxy {
             None => false,
         };
         if finish {
-            self.end_session(now, main, out);
-        } else {
-            self.free_unconnected(now, main, out);
+            return self.end_session(now, main, out);
         }
+        // Legs kept for their joiner, which this leg targeted: done now
+        // unless another leg still targets it.
+        let waiting: Vec<String> = self
+            .sessions
+            .get(main)
+            .map(|m| {
+                m.joined
+                    .iter()
+                    .filter(|j| {
+                        self.sessions
+                            .get(j.as_str())
+                            .is_some_and(|l| l.left.is_some())
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for j in waiting {
+            let joiner = self.sessions.get(&j).map(|l| l.caller.clone());
+            if joiner.is_some_and(|c| !self.is_join_target(main, &j, &c)) {
+                self.end_session(now, &j, out);
+            }
+        }
+        self.free_unconnected(now, main, out);
+    }
+
+    /// Whether a live join leg of `main` other than `except` targets
+    /// `extension`.
+    fn is_join_target(&self, main: &str, except: &str, extension: &str) -> bool {
+        self.sessions.get(main).is_some_and(|m| {
+            m.joined.iter().any(|j| {
+                j != except
+                    && self
+                        .sessions
+                        .get(j)
+                        .is_some_and(|l| l.left.is_none() && l.callee == extension)
+            })
+        })
     }
 
     /// A call whose own dialog has ended, some of its join legs still up:
@@ -450,6 +494,7 @@ impl Proxy {
             .joined
             .iter()
             .filter_map(|j| self.sessions.get(j))
+            .filter(|leg| leg.left.is_none())
             .map(|leg| leg.callee.as_str())
             .collect();
         let leaving: Vec<String> = [&session.caller, &session.callee]
