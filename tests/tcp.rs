@@ -17,7 +17,7 @@ use sipblade::sip::Message;
 use common::cluster::TestCluster;
 use common::tcp::{
     TcpUa, ack_along_route, answer, answered_cross_call_to_tcp, assert_tcp_callee_bye,
-    final_response, register_tcp, registered_on_core_of,
+    final_response, from_tcp_callee, register_tcp, registered_on_core_of,
 };
 use common::{TestBlade, agent, wait_until};
 use sipblade::runtime::Options;
@@ -1217,28 +1217,6 @@ fn tcp_callee_gone(ip: Ipv4Addr, refresh: bool) {
     at_contact.send(&answer(&to_callee, 200, &contact));
     caller.answer(&to_caller, 200, "OK", "unused");
     assert_hung_up(&blade, caller_ext, callee_ext);
-}
-
-/// A request `method` (CSeq 1, in the callee's own numbering) from the
-/// callee of `invite` (over TCP from `from`) to the caller, along the
-/// route set its Record-Routes give, with Contact `contact`.
-fn from_tcp_callee(invite: &Message, from: &str, method: &str, contact: &str) -> String {
-    let target = invite.contacts().next().unwrap().uri().as_str().to_owned();
-    let routes: Vec<String> = invite
-        .record_routes()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .collect();
-    let to = String::from_utf8_lossy(invite.to().as_bytes()).into_owned();
-    let from_value = String::from_utf8_lossy(invite.from().as_bytes()).into_owned();
-    let branch = format!("z9hG4bKtcpcallee{method}");
-    format!(
-        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch={branch}\r\n\
-         Route: {}\r\nMax-Forwards: 70\r\nFrom: {to};tag=callee\r\nTo: {from_value}\r\n\
-         Call-ID: {}\r\nCSeq: 1 {method}\r\nContact: <sip:1002@{contact};transport=tcp>\r\n\
-         Content-Length: 0\r\n\r\n",
-        routes.join(", "),
-        invite.call_id(),
-    )
 }
 
 /// [`registered_on_core`] with `contact` (a TCP address the agent listens

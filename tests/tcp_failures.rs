@@ -6,7 +6,7 @@
 //!
 //! Addresses (127.0.0.x), one range per test: blades 101-102 (phones
 //! 103-104), 105-106 (107-108), 109-110 (111-112), 113-114 (115-116),
-//! 117-118 (119-120).
+//! 117-118 (119-120), 121-122 (123-124).
 
 mod common;
 
@@ -16,7 +16,8 @@ use std::time::Duration;
 use common::calls::wait_ready;
 use common::cluster::TestCluster;
 use common::tcp::{
-    TcpUa, ack_along_route, answer, final_response, register_tcp, registered_on_core_of,
+    TcpUa, ack_along_route, answer, final_response, from_tcp_callee, register_tcp,
+    registered_on_core_of,
 };
 use common::{Ua, first_line};
 use sipblade::sip::{HeaderName, Message, Method};
@@ -322,4 +323,55 @@ fn a_tcp_callers_reinvite_through_a_killed_blade_is_answered_408() {
         }
     }
     wait_ready(&cluster, s, "1001");
+}
+
+/// S is killed while the hosted callee's re-INVITE (on TCP at T, relayed
+/// to S) waits for its answer: when the lease lapses, T answers it 408 on
+/// the callee's connection and hangs up with its own BYE there.
+#[test]
+fn a_tcp_callees_reinvite_to_a_killed_source_blade_is_answered_408() {
+    let mut cluster = cluster(121, 0);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, "1001", Ipv4Addr::new(127, 0, 0, 123));
+    let mut b = registered_on_core_of(
+        cluster.members[t].sip,
+        cluster.admin(t),
+        "1002",
+        Ipv4Addr::new(127, 0, 0, 124),
+        false,
+    );
+    let b_addr = b.local();
+    cluster.wait_state(t, "1002", "ready");
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.recv();
+    assert_eq!(invite.method(), Some(Method::Invite));
+    b.send(&answer(&invite, 200, &b_addr));
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    a.ack_2xx(&call);
+    assert_eq!(b.recv().method(), Some(Method::Ack));
+    b.send(&from_tcp_callee(&invite, &b_addr, "INVITE", &b_addr));
+    a.request(Method::Invite, &call.call_id);
+
+    cluster.kill_blade(s);
+    let mut got_408 = false;
+    let mut got_bye = false;
+    while !(got_408 && got_bye) {
+        let m = b.recv_within(LOSS);
+        if m.method() == Some(Method::Bye) {
+            assert_eq!(m.call_id(), call.call_id);
+            assert_eq!(m.to().tag(), Some("callee"));
+            assert_eq!(m.vias().count(), 1, "T's own request");
+            assert_eq!(m.top_via().transport(), "TCP");
+            b.send(&answer(&m, 200, &b_addr));
+            got_bye = true;
+        } else if m.status().is_some_and(|s| s >= 200) {
+            assert_eq!(m.status(), Some(408), "{}", first_line(&m));
+            assert_eq!(m.cseq().method, Method::Invite);
+            got_408 = true;
+        }
+    }
+    wait_ready(&cluster, t, "1002");
 }

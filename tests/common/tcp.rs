@@ -300,3 +300,25 @@ impl TcpUa {
         }
     }
 }
+
+/// A request `method` (CSeq 1, in the callee's own numbering) from the
+/// callee of `invite` (over TCP from `from`) to the caller, along the
+/// route set its Record-Routes give, with Contact `contact`.
+pub fn from_tcp_callee(invite: &Message, from: &str, method: &str, contact: &str) -> String {
+    let target = invite.contacts().next().unwrap().uri().as_str().to_owned();
+    let routes: Vec<String> = invite
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let to = String::from_utf8_lossy(invite.to().as_bytes()).into_owned();
+    let from_value = String::from_utf8_lossy(invite.from().as_bytes()).into_owned();
+    let branch = format!("z9hG4bKtcpcallee{method}");
+    format!(
+        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch={branch}\r\n\
+         Route: {}\r\nMax-Forwards: 70\r\nFrom: {to};tag=callee\r\nTo: {from_value}\r\n\
+         Call-ID: {}\r\nCSeq: 1 {method}\r\nContact: <sip:1002@{contact};transport=tcp>\r\n\
+         Content-Length: 0\r\n\r\n",
+        routes.join(", "),
+        invite.call_id(),
+    )
+}
