@@ -13,85 +13,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sipblade::sip::Message;
-use sipblade::sip::framing::{DEFAULT_MAX_MESSAGE, Frame, frame};
 
 use common::cluster::TestCluster;
+use common::tcp::{
+    TcpUa, ack_along_route, answer, answered_cross_call_to_tcp, assert_tcp_callee_bye,
+    final_response, from_tcp_callee, register_tcp, registered_on_core_of,
+};
 use common::{TestBlade, agent, wait_until};
 use sipblade::runtime::Options;
-
-/// A SIP endpoint on a TCP connection: reads whole frames.
-struct TcpUa {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl TcpUa {
-    fn connect(blade: &TestBlade) -> TcpUa {
-        TcpUa::on(TcpStream::connect(blade.sip).unwrap())
-    }
-
-    /// The next connection the blade opens to `listener`, within 5 s.
-    fn accept(listener: &TcpListener) -> TcpUa {
-        listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false).unwrap();
-                    return TcpUa::on(stream);
-                }
-                Err(_) => {
-                    assert!(Instant::now() < deadline, "the blade did not connect");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-
-    fn on(stream: TcpStream) -> TcpUa {
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        TcpUa {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn local(&self) -> String {
-        self.stream.local_addr().unwrap().to_string()
-    }
-
-    fn send(&mut self, text: &str) {
-        self.stream.write_all(text.as_bytes()).unwrap();
-    }
-
-    /// The next message, within a few seconds (keep-alives skipped).
-    fn recv_frame(&mut self) -> Vec<u8> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match frame(&self.buf, DEFAULT_MAX_MESSAGE).unwrap() {
-                Frame::Complete(n) => return self.buf.drain(..n).collect(),
-                Frame::KeepAlive { len, .. } => {
-                    self.buf.drain(..len);
-                    continue;
-                }
-                Frame::Partial => {}
-            }
-            assert!(Instant::now() < deadline, "nothing arrived over TCP");
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("the blade closed the connection"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => {}
-            }
-        }
-    }
-
-    fn recv(&mut self) -> Message {
-        Message::parse(Bytes::from(self.recv_frame())).unwrap()
-    }
-}
 
 fn register(ext: &str, contact: &str, transport: &str) -> String {
     format!(
@@ -101,20 +30,6 @@ fn register(ext: &str, contact: &str, transport: &str) -> String {
          Contact: <sip:{ext}@{contact};transport={}>\r\nContent-Length: 0\r\n\r\n",
         transport.to_lowercase()
     )
-}
-
-/// The callee's answer to `req`, copying what a UAS copies.
-fn answer(req: &Message, status: u16, contact: &str) -> String {
-    let mut out = bytes::BytesMut::new();
-    let rr: Vec<String> = req
-        .record_routes()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .collect();
-    let contact = format!("<sip:1002@{contact};transport=tcp>");
-    let mut extra = vec![("Contact", contact.as_str())];
-    extra.extend(rr.iter().map(|r| ("Record-Route", r.as_str())));
-    req.response(status, "OK", Some("callee"), &extra, &mut out);
-    String::from_utf8(out.to_vec()).unwrap()
 }
 
 /// Agent 1002 registered over a TCP connection of its own; and the
@@ -888,27 +803,9 @@ fn an_idle_connection_after_a_message_stays_open() {
 
 // The blade's own BYEs over TCP, with two cores.
 
-use std::net::SocketAddr;
-
 use common::{Ua, assert_dialog_bye};
 use sipblade::proxy::route::shard_of;
 use sipblade::sip::Method;
-
-impl TcpUa {
-    /// A connection to `blade` from `ip` (tests that keep to an address
-    /// range of their own).
-    fn connect_from(blade: SocketAddr, ip: Ipv4Addr) -> TcpUa {
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .unwrap();
-        socket.bind(&SocketAddr::new(ip.into(), 0).into()).unwrap();
-        socket.connect(&blade.into()).unwrap();
-        TcpUa::on(socket.into())
-    }
-}
 
 /// The core an extension's calls live on, with two cores.
 fn core_of(ext: &str) -> usize {
@@ -923,17 +820,6 @@ fn other_core_agent(ext: &str) -> &'static str {
         .unwrap()
 }
 
-/// A REGISTER of `ext` at `contact` (a TCP address) over TCP, `expires`
-/// seconds, with CSeq `cseq` of Call-ID `reg-EXT-own-bye`.
-fn register_tcp(ext: &str, contact: &str, expires: u32, cseq: u32) -> String {
-    format!(
-        "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {contact};branch=z9hG4bKob{ext}x{cseq}\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:{ext}@cc.example>;tag=r{ext}\r\nTo: <sip:{ext}@cc.example>\r\n\
-         Call-ID: reg-{ext}-own-bye\r\nCSeq: {cseq} REGISTER\r\n\
-         Contact: <sip:{ext}@{contact};transport=tcp>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
-    )
-}
-
 /// Agent `ext` registered over a connection from `ip` whose Contact is the
 /// connection's own address, accepted by a core that is (`same`) or is
 /// not `ext`'s: the blade hands the REGISTER over to `ext`'s core exactly
@@ -941,67 +827,6 @@ fn register_tcp(ext: &str, contact: &str, expires: u32, cseq: u32) -> String {
 /// connection is tried (the kernel picks its core) until one fits.
 fn registered_on_core(blade: &TestBlade, ext: &str, ip: Ipv4Addr, same: bool) -> TcpUa {
     registered_on_core_of(blade.sip, blade.admin, ext, ip, same)
-}
-
-/// [`registered_on_core`] on the blade at `sip` whose admin port is
-/// `admin`.
-fn registered_on_core_of(
-    sip: SocketAddr,
-    admin: SocketAddr,
-    ext: &str,
-    ip: Ipv4Addr,
-    same: bool,
-) -> TcpUa {
-    let handoffs = || common::metric(admin, "sipblade_core_handoffs_total");
-    for cseq in 1..40 {
-        let mut ua = TcpUa::connect_from(sip, ip);
-        let contact = ua.local();
-        let before = handoffs();
-        ua.send(&register_tcp(ext, &contact, 3600, cseq * 2));
-        assert_eq!(ua.recv().status(), Some(200), "{ext} registers over TCP");
-        let handed = handoffs() > before;
-        if handed != same {
-            return ua;
-        }
-        // Not the core wanted: this binding goes, and the connection.
-        ua.send(&register_tcp(ext, &contact, 0, cseq * 2 + 1));
-        assert_eq!(ua.recv().status(), Some(200), "{ext} unregisters");
-    }
-    panic!("no connection landed on the core wanted");
-}
-
-/// The caller's ACK (over TCP from `caller_addr`) for the 2xx `ok`, sent
-/// along the route set it records to the callee at `target`.
-fn ack_along_route(
-    ok: &Message,
-    target: &str,
-    caller_addr: &str,
-    branch: &str,
-    (caller_ext, callee_ext): (&str, &str),
-    call_id: &str,
-) -> String {
-    let mut rr: Vec<String> = ok
-        .record_routes()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .collect();
-    rr.reverse();
-    format!(
-        "ACK {target} SIP/2.0\r\nVia: SIP/2.0/TCP {caller_addr};branch={branch}\r\nRoute: {}\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:{caller_ext}@cc.example>;tag=a\r\n\
-         To: <sip:{callee_ext}@cc.example>;tag=callee\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
-         Content-Length: 0\r\n\r\n",
-        rr.join(", ")
-    )
-}
-
-/// The first final response on `ua`'s connection.
-fn final_response(ua: &mut TcpUa) -> Message {
-    loop {
-        let m = ua.recv();
-        if m.status().is_some_and(|s| s >= 200) {
-            return m;
-        }
-    }
 }
 
 /// A blade at `ip` with two cores whose calls last two seconds at most.
@@ -1212,48 +1037,6 @@ fn a_tcp_callee_on_another_core_gets_the_blades_bye_on_its_connection() {
 
 // Cross-blade calls whose hosted callee is on TCP at its blade.
 
-/// `a` (UDP, on S) calls agent 1002, registered over a TCP connection of
-/// its own at T (accepted by a core other than 1002's), up to the ACK;
-/// returns the dialog and the callee's connection address.
-fn answered_cross_call_to_tcp(a: &mut Ua, b: &mut TcpUa) -> (common::Call, String) {
-    let b_addr = b.local();
-    let mut call = a.call("1002");
-    a.invite(&mut call, "");
-    let invite = b.recv();
-    assert_eq!(invite.method(), Some(Method::Invite));
-    assert_eq!(
-        invite.record_routes().count(),
-        3,
-        "S, and T twice: it changes transport (RFC 5658)"
-    );
-    b.send(&answer(&invite, 200, &b_addr));
-    let ok = a.response(&call.call_id, Method::Invite);
-    assert_eq!(ok.status(), Some(200));
-    call.learn(&ok);
-    a.ack_2xx(&call);
-    assert_eq!(b.recv().method(), Some(Method::Ack));
-    (call, b_addr)
-}
-
-/// Checks that `bye`, received by agent 1002 on its connection at
-/// `b_addr`, is a BYE of `call` as from the caller, carried on TCP.
-fn assert_tcp_callee_bye(bye: &Message, call: &common::Call, b_addr: &str) {
-    assert_eq!(
-        bye.method(),
-        Some(Method::Bye),
-        "on the callee's connection"
-    );
-    assert_eq!(bye.call_id(), call.call_id);
-    assert_eq!(
-        bye.request_uri().unwrap().as_str(),
-        format!("sip:1002@{b_addr};transport=tcp")
-    );
-    assert_eq!(bye.to().tag(), Some("callee"));
-    assert_eq!(bye.from().tag(), Some(call.from_tag.as_str()));
-    assert_eq!(bye.routes().count(), 0, "every blade popped its Route");
-    assert_eq!(bye.top_via().transport(), "TCP");
-}
-
 /// A cross-blade call whose callee is on TCP at T outlives
 /// `max_call_secs` on S: S's BYE to the callee goes through T, which
 /// takes it to the callee's connection (held by a core other than the
@@ -1434,28 +1217,6 @@ fn tcp_callee_gone(ip: Ipv4Addr, refresh: bool) {
     at_contact.send(&answer(&to_callee, 200, &contact));
     caller.answer(&to_caller, 200, "OK", "unused");
     assert_hung_up(&blade, caller_ext, callee_ext);
-}
-
-/// A request `method` (CSeq 1, in the callee's own numbering) from the
-/// callee of `invite` (over TCP from `from`) to the caller, along the
-/// route set its Record-Routes give, with Contact `contact`.
-fn from_tcp_callee(invite: &Message, from: &str, method: &str, contact: &str) -> String {
-    let target = invite.contacts().next().unwrap().uri().as_str().to_owned();
-    let routes: Vec<String> = invite
-        .record_routes()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .collect();
-    let to = String::from_utf8_lossy(invite.to().as_bytes()).into_owned();
-    let from_value = String::from_utf8_lossy(invite.from().as_bytes()).into_owned();
-    let branch = format!("z9hG4bKtcpcallee{method}");
-    format!(
-        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch={branch}\r\n\
-         Route: {}\r\nMax-Forwards: 70\r\nFrom: {to};tag=callee\r\nTo: {from_value}\r\n\
-         Call-ID: {}\r\nCSeq: 1 {method}\r\nContact: <sip:1002@{contact};transport=tcp>\r\n\
-         Content-Length: 0\r\n\r\n",
-        routes.join(", "),
-        invite.call_id(),
-    )
 }
 
 /// [`registered_on_core`] with `contact` (a TCP address the agent listens

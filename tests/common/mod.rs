@@ -11,6 +11,7 @@
 
 pub mod calls;
 pub mod cluster;
+pub mod tcp;
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
