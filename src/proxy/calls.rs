@@ -92,30 +92,15 @@ impl Proxy {
         if let Some(main) = session.joins.clone() {
             return self.end_join_leg(now, call_id, session, &main, out);
         }
-        let staying: Vec<String> = session
-            .joined
-            .iter()
-            .filter_map(|j| self.sessions.get(j))
-            .filter(|leg| leg.left.is_none())
-            .map(|leg| leg.callee.clone())
-            .collect();
-        let leaving: SmallVec<[&String; 2]> = [&session.caller, &session.callee]
-            .into_iter()
-            .filter(|p| session.has_party(p) && !staying.contains(p))
-            .collect();
-        for &party in &leaving {
-            if session
-                .hosted
-                .as_ref()
-                .is_some_and(|h| &h.extension == party)
-            {
-                self.release_hosting(now, call_id, out);
-            }
-            self.agent_free(party, call_id, out);
-        }
-        if !session.joined.is_empty() {
-            let leaving: Vec<String> = leaving.into_iter().cloned().collect();
-            session.left.get_or_insert_default().extend(leaving);
+        // With join legs left the session stays, noting who left it.
+        let left: Option<SmallVec<[String; 2]>> = {
+            let leaving = self.unconnected_parties(&session);
+            let hosted = session.hosted.as_ref().map(|h| h.extension.as_str());
+            self.let_go(now, call_id, hosted, &leaving, out);
+            (!session.joined.is_empty()).then(|| leaving.iter().map(|&p| p.to_owned()).collect())
+        };
+        if let Some(left) = left {
+            session.left.get_or_insert_default().extend(left);
             self.sessions.restore(call_id, session);
             return;
         }
@@ -198,6 +183,40 @@ impl Proxy {
                 call_id: call_id.to_owned(),
             };
             self.tell_owner(extension, event, out);
+        }
+    }
+
+    /// The parties of `session` (its caller and callee, while in it) that
+    /// no live join leg of it connects any more.
+    pub(super) fn unconnected_parties<'s>(&self, session: &'s Session) -> SmallVec<[&'s str; 2]> {
+        let connected = |party: &str| {
+            session.joined.iter().any(|j| {
+                self.sessions
+                    .get(j)
+                    .is_some_and(|leg| leg.left.is_none() && leg.callee == party)
+            })
+        };
+        [session.caller.as_str(), session.callee.as_str()]
+            .into_iter()
+            .filter(|p| session.has_party(p) && !connected(p))
+            .collect()
+    }
+
+    /// Lets `parties` of call `call_id` go: the one the call hosts
+    /// (`hosted`) goes back to its blade, and each is free.
+    pub(super) fn let_go(
+        &mut self,
+        now: Duration,
+        call_id: &str,
+        hosted: Option<&str>,
+        parties: &[&str],
+        out: &mut Output,
+    ) {
+        for &party in parties {
+            if hosted == Some(party) {
+                self.release_hosting(now, call_id, out);
+            }
+            self.agent_free(party, call_id, out);
         }
     }
 

@@ -484,33 +484,19 @@ impl Proxy {
     /// each of its parties that no leg connects any more leaves now (a
     /// hosted one goes back), not with the session's last leg.
     fn free_unconnected(&mut self, now: Duration, main: &str, out: &mut Output) {
-        let Some(session) = self.sessions.get(main) else {
+        let Some(session) = self.sessions.get(main).filter(|s| s.left.is_some()) else {
             return;
         };
-        if session.left.is_none() {
-            return;
-        }
-        let staying: Vec<&str> = session
-            .joined
+        let leaving: Vec<String> = self
+            .unconnected_parties(session)
             .iter()
-            .filter_map(|j| self.sessions.get(j))
-            .filter(|leg| leg.left.is_none())
-            .map(|leg| leg.callee.as_str())
-            .collect();
-        let leaving: Vec<String> = [&session.caller, &session.callee]
-            .into_iter()
-            .filter(|p| session.has_party(p) && !staying.contains(&p.as_str()))
-            .cloned()
+            .map(|&p| p.to_owned())
             .collect();
         let hosted = session.hosted.as_ref().map(|h| h.extension.clone());
-        for party in leaving {
-            if hosted.as_ref() == Some(&party) {
-                self.release_hosting(now, main, out);
-            }
-            self.agent_free(&party, main, out);
-            if let Some(session) = self.sessions.get_mut(main) {
-                session.left.get_or_insert_default().push(party);
-            }
+        let parties: Vec<&str> = leaving.iter().map(String::as_str).collect();
+        self.let_go(now, main, hosted.as_deref(), &parties, out);
+        if let Some(session) = self.sessions.get_mut(main) {
+            session.left.get_or_insert_default().extend(leaving);
         }
     }
 }
