@@ -14,10 +14,12 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::calls::{CALLEE_TAG, answered_cross_call, assert_hosted, confirm, hang_up, wait_ready};
+use common::calls::{
+    CALLEE_TAG, answered_cross_call, assert_hosted, callee_in_dialog, confirm, hang_up, wait_ready,
+};
 use common::cluster::TestCluster;
-use common::{Ua, branch, first_line, header};
-use sipblade::sip::{HeaderName, Message, Method};
+use common::{Ua, first_line};
+use sipblade::sip::Method;
 
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
@@ -233,32 +235,6 @@ fn moving_blades_mid_call(cluster: TestCluster, phones: [u8; 4]) {
     assert_nobody_hosted(&cluster, 3);
 }
 
-/// The callee's BYE in the dialog of `invite` (as the callee got it and
-/// answered with [`CALLEE_TAG`]), along the Record-Route.
-fn callee_bye(b: &Ua, invite: &Message) -> String {
-    let target = invite
-        .contacts()
-        .next()
-        .map(|c| c.uri().as_str().to_owned())
-        .expect("the INVITE has a Contact");
-    let routes: Vec<String> = invite
-        .record_routes()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .collect();
-    let to = header(invite, HeaderName::From).expect("a From");
-    let from = format!(
-        "{};tag={CALLEE_TAG}",
-        header(invite, HeaderName::To).expect("a To")
-    );
-    format!(
-        "BYE {target} SIP/2.0\r\n{}Route: {}\r\nMax-Forwards: 70\r\nFrom: {from}\r\n\
-         To: {to}\r\nCall-ID: {}\r\nCSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
-        b.via(&branch()),
-        routes.join(", "),
-        invite.call_id(),
-    )
-}
-
 /// Scenario 1 on two cores per blade, the callee hanging up: B logs out
 /// mid-call, then hangs up itself from its logged-out phone. The BYE
 /// reaches A through T and S, the session ends, and B is `logged_out`
@@ -278,7 +254,7 @@ fn a_logged_out_hosted_callee_hangs_up_itself_on_two_cores() {
     // A call to B reaching T is still decided by S: busy.
     assert_eq!(call_status(&mut c, "1002"), 486);
 
-    b.send(callee_bye(&b, &invite));
+    b.send(callee_in_dialog(&b, &invite, "BYE", 9));
     let bye = a.request(Method::Bye, &call.call_id);
     a.answer(&bye, 200, "OK", "");
     let done = b.response(&call.call_id, Method::Bye);

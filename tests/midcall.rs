@@ -11,9 +11,12 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::calls::{CALLEE_TAG, answered_cross_call, assert_hosted, confirm, hang_up, wait_ready};
+use common::calls::{
+    CALLEE_TAG, answered_cross_call, assert_hosted, callee_in_dialog, confirm, hang_up, wait_ready,
+};
 use common::cluster::TestCluster;
-use common::{Call, Ua, branch, first_line, header};
+use common::tcp::{TcpUa, answer, register_tcp};
+use common::{Call, Ua, first_line, header};
 use sipblade::sip::{HeaderName, Message, Method};
 
 /// Long enough to see that a message does not arrive.
@@ -32,27 +35,7 @@ fn caller_reinvite(a: &Ua, call: &mut Call) -> String {
 /// `cseq`, to the caller's Contact along the Record-Route (RFC 3261
 /// §12.1.1: the UAS keeps the Record-Route in order).
 fn callee_request(b: &Ua, invite: &Message, method: &str, cseq: u32) -> String {
-    let target = invite
-        .contacts()
-        .next()
-        .map(|c| c.uri().as_str().to_owned())
-        .expect("the INVITE has a Contact");
-    let routes: Vec<String> = invite
-        .record_routes()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .collect();
-    let to = header(invite, HeaderName::From).expect("a From");
-    let from = format!(
-        "{};tag={CALLEE_TAG}",
-        header(invite, HeaderName::To).expect("a To")
-    );
-    let text = format!(
-        "{method} {target} SIP/2.0\r\n{}Route: {}\r\nMax-Forwards: 70\r\nFrom: {from}\r\n\
-         To: {to}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
-        b.via(&branch()),
-        routes.join(", "),
-        invite.call_id(),
-    );
+    let text = callee_in_dialog(b, invite, method, cseq);
     if method == "INVITE" {
         with_contact_and_sdp(&text, b)
     } else {
@@ -478,83 +461,6 @@ fn crossing_byes_both_pass_and_free_both_agents() {
     wait_ready(&cluster, s, "1001");
 }
 
-/// A SIP endpoint on one TCP connection, reading whole frames.
-struct TcpPhone {
-    stream: std::net::TcpStream,
-    buf: Vec<u8>,
-}
-
-impl TcpPhone {
-    fn on(stream: std::net::TcpStream) -> TcpPhone {
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("a read timeout");
-        TcpPhone {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next connection the blade opens to `listener`, within 5 s.
-    fn accept(listener: &std::net::TcpListener) -> TcpPhone {
-        listener.set_nonblocking(true).expect("non-blocking");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok((stream, _)) = listener.accept() {
-                stream.set_nonblocking(false).expect("blocking");
-                return TcpPhone::on(stream);
-            }
-            assert!(Instant::now() < deadline, "the blade did not connect");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        use std::io::Write;
-        self.stream.write_all(text.as_bytes()).expect("write");
-    }
-
-    fn recv(&mut self) -> Message {
-        use sipblade::sip::framing::{DEFAULT_MAX_MESSAGE, Frame, frame};
-        use std::io::Read;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match frame(&self.buf, DEFAULT_MAX_MESSAGE).expect("framing") {
-                Frame::Complete(n) => {
-                    let data: Vec<u8> = self.buf.drain(..n).collect();
-                    return Message::parse(bytes::Bytes::from(data)).expect("a message");
-                }
-                Frame::KeepAlive { len, .. } => {
-                    self.buf.drain(..len);
-                    continue;
-                }
-                Frame::Partial => {}
-            }
-            assert!(Instant::now() < deadline, "nothing arrived over TCP");
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("the blade closed the connection"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => {}
-            }
-        }
-    }
-}
-
-/// A UAS answer to `req` from agent 1002 at `contact` (TCP).
-fn tcp_answer(req: &Message, status: u16, contact: &str) -> String {
-    let mut out = bytes::BytesMut::new();
-    let rr: Vec<String> = req
-        .record_routes()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .collect();
-    let contact = format!("<sip:1002@{contact};transport=tcp>");
-    let mut extra = vec![("Contact", contact.as_str())];
-    extra.extend(rr.iter().map(|r| ("Record-Route", r.as_str())));
-    req.response(status, "OK", Some(CALLEE_TAG), &extra, &mut out);
-    String::from_utf8(out.to_vec()).expect("text")
-}
-
 /// Scenario: B (on T) is registered over TCP, with a Contact it listens
 /// on. Mid-call its connection drops; then A hangs up. The BYE, relayed
 /// by S and T, reaches B on a new connection T opens to B's Contact
@@ -568,25 +474,8 @@ fn a_bye_reaches_a_tcp_callee_whose_connection_dropped_at_its_contact() {
     let phone_ip = Ipv4Addr::new(127, 0, 0, 128);
     let listener = std::net::TcpListener::bind((phone_ip, 0)).expect("a listener");
     let contact = listener.local_addr().expect("an address").to_string();
-    let stream = {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("a socket");
-        socket
-            .bind(&std::net::SocketAddr::new(phone_ip.into(), 0).into())
-            .expect("bind");
-        socket
-            .connect(&cluster.members[t].sip.into())
-            .expect("connect");
-        std::net::TcpStream::from(socket)
-    };
-    let mut b = TcpPhone::on(stream);
-    let local = b.stream.local_addr().expect("an address").to_string();
-    b.send(&format!(
-        "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKreg1002\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:1002@cc.example>;tag=r1002\r\nTo: <sip:1002@cc.example>\r\n\
-         Call-ID: reg-1002-midcall\r\nCSeq: 1 REGISTER\r\n\
-         Contact: <sip:1002@{contact};transport=tcp>;expires=3600\r\nContent-Length: 0\r\n\r\n"
-    ));
+    let mut b = TcpUa::connect_from(cluster.members[t].sip, phone_ip);
+    b.send(&register_tcp("1002", &contact, 3600, 1));
     assert_eq!(b.recv().status(), Some(200), "1002 registers over TCP");
     cluster.wait_state(t, "1002", "ready");
 
@@ -594,7 +483,7 @@ fn a_bye_reaches_a_tcp_callee_whose_connection_dropped_at_its_contact() {
     a.invite(&mut call, "");
     let invite = b.recv();
     assert_eq!(invite.method(), Some(Method::Invite), "on its connection");
-    b.send(&tcp_answer(&invite, 200, &contact));
+    b.send(&answer(&invite, 200, &contact));
     let ok = a.response(&call.call_id, Method::Invite);
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
     call.learn(&ok);
@@ -605,12 +494,12 @@ fn a_bye_reaches_a_tcp_callee_whose_connection_dropped_at_its_contact() {
     drop(b);
     std::thread::sleep(Duration::from_millis(200));
     a.bye(&mut call);
-    let mut at_contact = TcpPhone::accept(&listener);
+    let mut at_contact = TcpUa::accept(&listener);
     let bye = at_contact.recv();
     assert_eq!(bye.method(), Some(Method::Bye), "at B's Contact");
     assert_eq!(bye.call_id(), call.call_id);
     assert_eq!(bye.cseq().seq, call.cseq, "A's BYE, relayed");
-    at_contact.send(&tcp_answer(&bye, 200, &contact));
+    at_contact.send(&answer(&bye, 200, &contact));
     let done = a.response(&call.call_id, Method::Bye);
     assert_eq!(done.status(), Some(200), "{}", first_line(&done));
     wait_ready(&cluster, s, "1001");

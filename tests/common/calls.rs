@@ -1,10 +1,10 @@
 //! Calls between agents of a test cluster, as the cross-blade tests
 //! place them, and the agent states they check.
 
-use sipblade::sip::{Message, Method};
+use sipblade::sip::{HeaderName, Message, Method};
 
 use super::cluster::TestCluster;
-use super::{Call, Ua, first_line};
+use super::{Call, Ua, branch, first_line, header};
 
 /// The callee's To tag in every answered call.
 pub const CALLEE_TAG: &str = "callee-tag";
@@ -74,4 +74,32 @@ pub fn wait_ready(cluster: &TestCluster, i: usize, ext: &str) {
     cluster.wait_state(i, ext, "ready");
     let agent = cluster.agent(i, ext);
     assert_eq!(agent["hosted_by"], serde_json::Value::Null, "{agent}");
+}
+
+/// The callee's side of the dialog of `invite` (as the callee got it and
+/// answered with [`CALLEE_TAG`]): an in-dialog request `method` with
+/// `cseq` and no body, to the caller's Contact along the Record-Route
+/// (RFC 3261 §12.1.1: the UAS keeps the Record-Route in order).
+pub fn callee_in_dialog(b: &Ua, invite: &Message, method: &str, cseq: u32) -> String {
+    let target = invite
+        .contacts()
+        .next()
+        .map(|c| c.uri().as_str().to_owned())
+        .expect("the INVITE has a Contact");
+    let routes: Vec<String> = invite
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let to = header(invite, HeaderName::From).expect("a From");
+    let from = format!(
+        "{};tag={CALLEE_TAG}",
+        header(invite, HeaderName::To).expect("a To")
+    );
+    format!(
+        "{method} {target} SIP/2.0\r\n{}Route: {}\r\nMax-Forwards: 70\r\nFrom: {from}\r\n\
+         To: {to}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+        b.via(&branch()),
+        routes.join(", "),
+        invite.call_id(),
+    )
 }

@@ -25,20 +25,7 @@ impl TcpUa {
 
     /// The next connection the blade opens to `listener`, within 5 s.
     pub fn accept(listener: &TcpListener) -> TcpUa {
-        listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false).unwrap();
-                    return TcpUa::on(stream);
-                }
-                Err(_) => {
-                    assert!(Instant::now() < deadline, "the blade did not connect");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
+        TcpUa::accept_within(listener, Duration::from_secs(5))
     }
 
     pub fn on(stream: TcpStream) -> TcpUa {
@@ -61,28 +48,77 @@ impl TcpUa {
 
     /// The next message, within a few seconds (keep-alives skipped).
     pub fn recv_frame(&mut self) -> Vec<u8> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        self.recv_frame_within(Duration::from_secs(5))
+            .expect("a message over TCP within 5 s")
+    }
+
+    pub fn recv(&mut self) -> Message {
+        self.recv_within(Duration::from_secs(5))
+    }
+
+    /// A connection to `blade` from `ip` (tests that keep to an address
+    /// range of their own).
+    pub fn connect_from(blade: SocketAddr, ip: Ipv4Addr) -> TcpUa {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket.bind(&SocketAddr::new(ip.into(), 0).into()).unwrap();
+        socket.connect(&blade.into()).unwrap();
+        TcpUa::on(socket.into())
+    }
+
+    /// The next message within `wait` (keep-alives skipped).
+    pub fn recv_within(&mut self, wait: Duration) -> Message {
+        let bytes = self
+            .recv_frame_within(wait)
+            .expect("a message over TCP in time");
+        Message::parse(Bytes::from(bytes)).unwrap()
+    }
+
+    /// The next connection the blade opens to `listener`, within `wait`.
+    pub fn accept_within(listener: &TcpListener, wait: Duration) -> TcpUa {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + wait;
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    return TcpUa::on(stream);
+                }
+                Err(_) => {
+                    assert!(Instant::now() < deadline, "the blade did not connect");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// The next message's bytes within `wait`, or `None` (keep-alives
+    /// skipped).
+    pub fn recv_frame_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + wait;
         loop {
             match frame(&self.buf, DEFAULT_MAX_MESSAGE).unwrap() {
-                Frame::Complete(n) => return self.buf.drain(..n).collect(),
+                Frame::Complete(n) => return Some(self.buf.drain(..n).collect()),
                 Frame::KeepAlive { len, .. } => {
                     self.buf.drain(..len);
                     continue;
                 }
                 Frame::Partial => {}
             }
-            assert!(Instant::now() < deadline, "nothing arrived over TCP");
+            if Instant::now() >= deadline {
+                return None;
+            }
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("the blade closed the connection"),
+                Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(_) => {}
             }
         }
-    }
-
-    pub fn recv(&mut self) -> Message {
-        Message::parse(Bytes::from(self.recv_frame())).unwrap()
     }
 }
 
@@ -98,22 +134,6 @@ pub fn answer(req: &Message, status: u16, contact: &str) -> String {
     extra.extend(rr.iter().map(|r| ("Record-Route", r.as_str())));
     req.response(status, "OK", Some("callee"), &extra, &mut out);
     String::from_utf8(out.to_vec()).unwrap()
-}
-
-impl TcpUa {
-    /// A connection to `blade` from `ip` (tests that keep to an address
-    /// range of their own).
-    pub fn connect_from(blade: SocketAddr, ip: Ipv4Addr) -> TcpUa {
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .unwrap();
-        socket.bind(&SocketAddr::new(ip.into(), 0).into()).unwrap();
-        socket.connect(&blade.into()).unwrap();
-        TcpUa::on(socket.into())
-    }
 }
 
 /// A REGISTER of `ext` at `contact` (a TCP address) over TCP, `expires`
@@ -206,30 +226,6 @@ pub fn assert_tcp_callee_bye(bye: &Message, call: &Call, b_addr: &str) {
     assert_eq!(bye.top_via().transport(), "TCP");
 }
 
-impl TcpUa {
-    /// The next message within `wait` (keep-alives skipped).
-    pub fn recv_within(&mut self, wait: Duration) -> Message {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Frame::Complete(n) = frame(&self.buf, DEFAULT_MAX_MESSAGE).unwrap() {
-                let bytes: Vec<u8> = self.buf.drain(..n).collect();
-                return Message::parse(Bytes::from(bytes)).unwrap();
-            }
-            if let Frame::KeepAlive { len, .. } = frame(&self.buf, DEFAULT_MAX_MESSAGE).unwrap() {
-                self.buf.drain(..len);
-                continue;
-            }
-            assert!(Instant::now() < deadline, "nothing arrived over TCP");
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("the blade closed the connection"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => {}
-            }
-        }
-    }
-}
-
 /// The caller's ACK (over TCP from `caller_addr`) for the 2xx `ok`, sent
 /// along the route set it records to the callee at `target`.
 pub fn ack_along_route(
@@ -252,53 +248,6 @@ pub fn ack_along_route(
          Content-Length: 0\r\n\r\n",
         rr.join(", ")
     )
-}
-
-impl TcpUa {
-    /// The next connection the blade opens to `listener`, within `wait`.
-    pub fn accept_within(listener: &TcpListener, wait: Duration) -> TcpUa {
-        listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + wait;
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false).unwrap();
-                    return TcpUa::on(stream);
-                }
-                Err(_) => {
-                    assert!(Instant::now() < deadline, "the blade did not connect");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-}
-
-impl TcpUa {
-    /// The next message's bytes within `wait`, or `None` (keep-alives
-    /// skipped).
-    pub fn recv_frame_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + wait;
-        loop {
-            match frame(&self.buf, DEFAULT_MAX_MESSAGE).unwrap() {
-                Frame::Complete(n) => return Some(self.buf.drain(..n).collect()),
-                Frame::KeepAlive { len, .. } => {
-                    self.buf.drain(..len);
-                    continue;
-                }
-                Frame::Partial => {}
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => {}
-            }
-        }
-    }
 }
 
 /// A request `method` (CSeq 1, in the callee's own numbering) from the
