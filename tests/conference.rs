@@ -124,14 +124,21 @@ struct Conference {
     leg_d: Call,
 }
 
-fn conference(first_ip: u8) -> Conference {
+/// Three blades on 127.0.0.`first_ip`…: A (S) and B (T) in an answered
+/// call; C (T) and D (U) registered.
+fn four_parties(first_ip: u8) -> (TestCluster, [Ua; 4], Call) {
     let cluster = TestCluster::start(3, first_ip);
     let mut a = cluster.registered(S, "1001");
     let mut b = cluster.registered(T, "1002");
-    let mut c = cluster.registered(T, "1003");
-    let mut d = cluster.registered(U, "1004");
+    let c = cluster.registered(T, "1003");
+    let d = cluster.registered(U, "1004");
     let (call, _) = answered_cross_call(&mut a, &mut b);
     confirm(&mut a, &mut b, &call);
+    (cluster, [a, b, c, d], call)
+}
+
+fn conference(first_ip: u8) -> Conference {
+    let (cluster, [mut a, mut b, mut c, mut d], call) = four_parties(first_ip);
     let leg_c = join_answered(
         &mut c,
         &mut b,
@@ -262,13 +269,7 @@ fn two_joiners_the_call_ends_first_and_each_party_goes_with_its_last_leg() {
 /// as a busy call, not a join.
 #[test]
 fn a_join_refused_while_another_leg_is_up_hands_only_its_joiner_back() {
-    let cluster = TestCluster::start(3, 237);
-    let mut a = cluster.registered(S, "1001");
-    let mut b = cluster.registered(T, "1002");
-    let mut c = cluster.registered(T, "1003");
-    let mut d = cluster.registered(U, "1004");
-    let (mut call, _) = answered_cross_call(&mut a, &mut b);
-    confirm(&mut a, &mut b, &call);
+    let (cluster, [mut a, mut b, mut c, mut d], mut call) = four_parties(237);
     let mut leg_c = join_answered(
         &mut c,
         &mut b,
@@ -309,13 +310,7 @@ fn a_join_refused_while_another_leg_is_up_hands_only_its_joiner_back() {
 /// both for B: S hosts both joiners, both legs reach B's phone.
 #[test]
 fn two_joins_racing_from_two_blades_are_both_hosted() {
-    let cluster = TestCluster::start(3, 240);
-    let mut a = cluster.registered(S, "1001");
-    let mut b = cluster.registered(T, "1002");
-    let mut c = cluster.registered(T, "1003");
-    let mut d = cluster.registered(U, "1004");
-    let (mut call, _) = answered_cross_call(&mut a, &mut b);
-    confirm(&mut a, &mut b, &call);
+    let (cluster, [mut a, mut b, mut c, mut d], mut call) = four_parties(240);
     let join = join_header(&call.call_id, &call.from_tag, CALLEE_TAG);
     let mut leg_c = c.call("1002");
     let mut leg_d = d.call("1002");
@@ -365,13 +360,7 @@ fn two_joins_racing_from_two_blades_are_both_hosted() {
 /// D's leaving then frees everyone.
 #[test]
 fn a_join_of_a_join_leg_keeps_its_target_hosted_until_its_last_leg_ends() {
-    let cluster = TestCluster::start(3, 243);
-    let mut a = cluster.registered(S, "1001");
-    let mut b = cluster.registered(T, "1002");
-    let mut c = cluster.registered(T, "1003");
-    let mut d = cluster.registered(U, "1004");
-    let (mut call, _) = answered_cross_call(&mut a, &mut b);
-    confirm(&mut a, &mut b, &call);
+    let (cluster, [mut a, mut b, mut c, mut d], mut call) = four_parties(243);
     let mut leg_c = join_answered(
         &mut c,
         &mut b,
