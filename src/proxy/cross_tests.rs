@@ -336,6 +336,14 @@ fn answered_call(w: &mut World) -> Message {
     answered_call_seen_by_both(w).1
 }
 
+/// [`answered_call`], ACKed: the ACK reached the callee.
+fn acked_call(w: &mut World) -> Message {
+    let ok = answered_call(w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    ok
+}
+
 /// The same: the INVITE as the callee got it, and the 200 as the caller
 /// got it.
 fn answered_call_seen_by_both(w: &mut World) -> (Message, Message) {
@@ -808,9 +816,7 @@ fn a_lapsed_lease_hangs_up_the_hosted_agents_phone_from_t() {
     use crate::sip::HeaderName;
     let header = |m: &Message, name| String::from_utf8_lossy(m.header(name).unwrap()).into_owned();
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
     assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
     w.link_up = false;
     let lease = Duration::from_secs(u64::from(LEASE));
@@ -915,9 +921,7 @@ fn a_restarted_s_gets_the_ringing_hosted_agents_phone_cancelled_by_t() {
 fn a_restarted_s_gets_the_hosted_agents_phone_hung_up_by_t_at_once() {
     use crate::cluster::hosting::Ending;
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    acked_call(&mut w);
     w.link_up = false; // The old run of S is gone.
     let mut out = Output::default();
     w.nodes[T]
@@ -982,9 +986,7 @@ fn sent_on_link(w: &World, from: usize, name: &str) -> usize {
 fn a_flap_s_saw_frees_the_hosted_agent_on_t_when_the_link_is_back() {
     use crate::cluster::hosting::Ending;
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
 
     w.link_up = false;
     link_news(&mut w, S, None);
@@ -1043,9 +1045,7 @@ fn a_flap_s_saw_frees_the_hosted_agent_on_t_when_the_link_is_back() {
 fn a_flap_s_did_not_see_leaves_the_call_and_its_hosting_alone() {
     use crate::cluster::hosting::Ending;
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
 
     link_news(&mut w, T, None);
     link_news(&mut w, T, Some(2));
@@ -1114,9 +1114,7 @@ fn a_confirmation_goes_to_the_core_that_asked_for_the_grant() {
 #[test]
 fn a_hosted_call_ended_normally_gets_no_bye_from_t() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
     assert_eq!(w.nodes[T].proxy.hosted_dialogs_kept(), 1);
     w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
     let bye = w.take("1002");
@@ -1168,9 +1166,7 @@ fn renewals_keep_a_long_call_hosted() {
 #[test]
 fn losing_the_link_to_t_ends_the_session_on_s() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
     let mut out = Output::default();
     w.nodes[S]
         .proxy
@@ -1196,9 +1192,7 @@ fn losing_the_link_to_t_ends_the_session_on_s() {
 #[test]
 fn a_hosting_lost_with_the_link_up_hangs_up_both_phones() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
     w.link_up = false; // Link messages are lost; SIP still flows.
     w.advance(Duration::from_secs(u64::from(LEASE)));
     assert!(w.snapshot(S).sessions.is_empty());
@@ -1681,9 +1675,7 @@ fn a_hosted_joiners_leg_ended_normally_leaves_no_record_on_its_blade() {
 #[test]
 fn a_call_that_outlives_max_call_is_ended_and_its_agent_handed_back() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    acked_call(&mut w);
     w.advance(MAX_CALL - Duration::from_secs(60));
     assert_eq!(w.state(T, "1002"), "hosted", "renewed all along");
     w.advance(Duration::from_secs(60));
@@ -1704,9 +1696,7 @@ fn a_call_that_outlives_max_call_is_ended_and_its_agent_handed_back() {
 #[test]
 fn a_cross_blade_call_that_outlives_max_call_is_hung_up_on_both_phones() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
     let since = w.link_log.len();
     w.advance(MAX_CALL);
     assert_eq!(w.state(S, "1001"), "ready");
@@ -2100,9 +2090,7 @@ fn a_replaces_for_a_hosted_agent_goes_to_the_hosting_blade() {
 #[test]
 fn a_replaces_racing_the_unhost_of_the_call_it_names_is_481() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
     w.register(T, "1004");
     w.link_held = Some(Vec::new());
     w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
@@ -2144,9 +2132,7 @@ fn a_replaces_racing_the_unhost_of_the_call_it_names_is_481() {
 #[test]
 fn a_lost_hosting_ends_the_join_legs_to_the_lost_agent() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
     w.register(S, "1003");
     w.send_from(
         S,
@@ -2664,9 +2650,7 @@ fn a_hosted_agents_registration_lapsing_mid_call_keeps_the_call_and_logs_it_out_
 #[test]
 fn a_call_at_t_for_a_hosted_agent_that_logged_out_is_decided_by_s() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let ok = acked_call(&mut w);
     w.register(T, "1003");
     register_for(&mut w, T, "1002", 0);
     assert_eq!(w.state(T, "1002"), "hosted");
@@ -2693,9 +2677,7 @@ fn a_call_at_t_for_a_hosted_agent_that_logged_out_is_decided_by_s() {
 #[test]
 fn a_lapsed_lease_of_an_agent_that_logged_out_hangs_it_up_and_leaves_it_logged_out() {
     let mut w = World::new();
-    let ok = answered_call(&mut w);
-    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
-    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    acked_call(&mut w);
     register_for(&mut w, T, "1002", 0);
     w.link_up = false;
     advance_only(&mut w, T, Duration::from_secs(u64::from(LEASE) + 1));
