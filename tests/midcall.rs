@@ -326,28 +326,8 @@ fn reinvite_glare_passes_491_both_ways() {
 /// `RSeq`), as [`Ua::answer`] answers a provisional: Vias, From, To with
 /// [`CALLEE_TAG`], Call-ID, CSeq, Record-Route, Contact.
 fn reliable_183(ua: &Ua, invite: &Message, rseq: u32) {
-    let mut text = String::from("SIP/2.0 183 Session Progress\r\n");
-    for h in invite.headers() {
-        let value = String::from_utf8_lossy(h.value);
-        let name = match h.kind {
-            HeaderName::Via => "Via",
-            HeaderName::From => "From",
-            HeaderName::CallId => "Call-ID",
-            HeaderName::CSeq => "CSeq",
-            HeaderName::RecordRoute => "Record-Route",
-            HeaderName::To => {
-                text.push_str(&format!("To: {value};tag={CALLEE_TAG}\r\n"));
-                continue;
-            }
-            _ => continue,
-        };
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str(&format!(
-        "Contact: <{}>\r\nRequire: 100rel\r\nRSeq: {rseq}\r\nContent-Length: 0\r\n\r\n",
-        ua.contact_uri()
-    ));
-    ua.send(text);
+    let extra = format!("Require: 100rel\r\nRSeq: {rseq}\r\n");
+    ua.answer_with(invite, 183, "Session Progress", CALLEE_TAG, &extra);
 }
 
 /// Scenario: reliable provisionals (RFC 3262) across blades. B answers

@@ -806,6 +806,19 @@ impl Ua {
     }
 
     pub fn answer(&self, req: &Message, status: u16, reason: &str, to_tag: &str) -> String {
+        self.answer_with(req, status, reason, to_tag, "")
+    }
+
+    /// [`Ua::answer`] with `extra` header lines (each ending in CRLF)
+    /// before the Content-Length.
+    pub fn answer_with(
+        &self,
+        req: &Message,
+        status: u16,
+        reason: &str,
+        to_tag: &str,
+        extra: &str,
+    ) -> String {
         let mut text = format!("SIP/2.0 {status} {reason}\r\n");
         let dialog = req.method() == Some(Method::Invite) && (101..300).contains(&status);
         for h in req.headers() {
@@ -832,6 +845,7 @@ impl Ua {
         if dialog {
             text.push_str(&format!("Contact: <{}>\r\n", self.contact_uri()));
         }
+        text.push_str(extra);
         text.push_str("Content-Length: 0\r\n\r\n");
         self.send(&text);
         text
