@@ -1014,20 +1014,23 @@ impl Proxy {
                     .as_ref()
                     .and_then(|c| c.peer(&peer))
                     .map(|p| p.sip.ip());
+                // A re-INVITE on its way to the lost blade gets its final
+                // answer now, in the call or a rider.
+                if let Some(ip) = lost {
+                    let calls: Vec<(&str, IpAddr)> = riders
+                        .iter()
+                        .chain([&call_id])
+                        .map(|c| (c.as_str(), ip))
+                        .collect();
+                    self.fail_reinvites_to(now, &calls, out);
+                }
                 for rider in riders {
-                    if let Some(ip) = lost {
-                        self.fail_reinvites_to(now, &rider, ip, out);
-                    }
                     self.hang_up(now, &rider, HangUp::PeerLost(lost), out);
                     self.end_session(now, &rider, out);
                 }
                 // A call still ringing has no dialog to hang up: its
-                // caller gets its final answer now; so does a re-INVITE
-                // on its way to the lost blade.
+                // caller gets its final answer now.
                 self.fail_unanswered_call(now, &call_id, 503, out);
-                if let Some(ip) = lost {
-                    self.fail_reinvites_to(now, &call_id, ip, out);
-                }
                 self.hang_up(now, &call_id, HangUp::PeerLost(lost), out);
                 self.end_session(now, &call_id, out);
             }

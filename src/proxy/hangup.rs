@@ -322,10 +322,10 @@ impl Proxy {
         if !unanswered.is_empty() {
             self.cancel_under_grants(now, &unanswered, out);
         }
-        reinvites.sort_unstable();
-        reinvites.dedup();
-        for (call_id, source) in reinvites {
-            self.fail_reinvites_to(now, &call_id, source, out);
+        if !reinvites.is_empty() {
+            let lost: Vec<(&str, IpAddr)> =
+                reinvites.iter().map(|(c, ip)| (c.as_str(), *ip)).collect();
+            self.fail_reinvites_to(now, &lost, out);
         }
     }
 

@@ -212,29 +212,29 @@ impl Proxy {
         }
     }
 
-    /// The blade at `lost` left call `call_id` (S: its hosted callee's
-    /// blade, the hosting lost; T: the source of a grant that ended
-    /// without it): a re-INVITE of the call forwarded to that blade and
-    /// still without a final answer is cancelled there and answered 408
-    /// at once, as the blade hangs the call up with BYEs of its own (RFC
-    /// 3261 §12.2.1.2: a 408 ends the dialog at its sender too). Left to
-    /// its timers, one the lost blade had answered 100 waited for timer C
-    /// and the CANCEL after it, over three minutes.
+    /// Each blade in `lost` left its call (S: its hosted callee's blade,
+    /// the hosting lost; T: the source of a grant that ended without it):
+    /// a re-INVITE of that call forwarded to that blade and still without
+    /// a final answer is cancelled there and answered 408 at once, as the
+    /// blade hangs the call up with BYEs of its own (RFC 3261 §12.2.1.2: a
+    /// 408 ends the dialog at its sender too). Left to its timers, one the
+    /// lost blade had answered 100 waited for timer C and the CANCEL
+    /// after it, over three minutes. One scan for all of them: a lost
+    /// blade ends many calls at once.
     pub(super) fn fail_reinvites_to(
         &mut self,
         now: Duration,
-        call_id: &str,
-        lost: IpAddr,
+        lost: &[(&str, IpAddr)],
         out: &mut Output,
     ) {
         let open = self.unanswered(|pair| {
             pair.invite
                 && !pair.call
-                && &*pair.call_id == call_id
-                && pair
-                    .client
-                    .as_ref()
-                    .is_some_and(|c| c.tx.peer().addr.ip() == lost)
+                && pair.client.as_ref().is_some_and(|c| {
+                    let hop = c.tx.peer().addr.ip();
+                    lost.iter()
+                        .any(|&(call_id, ip)| ip == hop && *pair.call_id == *call_id)
+                })
         });
         for id in open {
             self.cancel_and_answer(now, id, 408, out);
