@@ -8,16 +8,15 @@
 //!
 //! Addresses: 127.0.12.x only, one range per test (blades, then phones):
 //! 1-2 (3-4), 11-12 (13-14), 21-22 (23-24), 31-32 (33-36), 41-42
-//! (43-44), 51-52 (53-55), 61-62 (63-65), 71-72 (73-75), 81-82 (83-85).
+//! (43-44), 51-52 (53-55), 61-62 (63-65), 71-72 (73-75), 81-82 (83-85),
+//! 91-92 (93-96).
 
 mod common;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::calls::{
-    CALLEE_TAG, assert_hosted, callee_in_dialog, confirm, hang_up, wait_ready,
-};
+use common::calls::{CALLEE_TAG, assert_hosted, callee_in_dialog, confirm, hang_up, wait_ready};
 use common::cluster::TestCluster;
 use common::{Call, DOMAIN, Ua, aor, branch, first_line, password, unique};
 use sipblade::registrar::digest::{Credentials, Secret, expected_response};
@@ -127,8 +126,8 @@ fn proxy_authorization(
         nc: Some(&nc),
         opaque: None,
     };
-    let response = expected_response(method, &creds, Secret::Password(password))
-        .expect("a digest response");
+    let response =
+        expected_response(method, &creds, Secret::Password(password)).expect("a digest response");
     format!(
         "Proxy-Authorization: Digest username=\"{username}\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", \
          uri=\"{uri}\", response=\"{response}\", algorithm=MD5, cnonce=\"{cnonce}\", qop=auth, \
@@ -248,7 +247,11 @@ fn an_authenticated_cross_blade_call_is_challenged_once_then_hosts_the_callee() 
     );
     assert_no_hosting(&cluster, s, t, "1002");
     assert_eq!(calls(&cluster, s, "failed", "cross_blade"), 0.0);
-    assert_eq!(calls(&cluster, s, "failed", "local"), 0.0, "a 407 is no outcome");
+    assert_eq!(
+        calls(&cluster, s, "failed", "local"),
+        0.0,
+        "a 407 is no outcome"
+    );
 
     // The retry, in the same call.
     let creds = a.authorization(&challenge, true, "INVITE", &aor("1002"), &password("1001"));
@@ -365,7 +368,12 @@ fn a_cancel_of_a_challenged_then_retried_invite_hands_the_callee_back() {
     b.answer(&invite, 487, "Request Terminated", CALLEE_TAG);
     b.request(Method::Ack, &call.call_id);
     let terminated = a.response(&call.call_id, Method::Invite);
-    assert_eq!(terminated.status(), Some(487), "{}", first_line(&terminated));
+    assert_eq!(
+        terminated.status(),
+        Some(487),
+        "{}",
+        first_line(&terminated)
+    );
     a.ack_failure(&call, &terminated);
 
     wait_ready(&cluster, t, "1002");
@@ -488,7 +496,12 @@ fn wrong_credentials_or_callers_are_refused_without_a_hosting_request() {
         let challenge = challenged(&mut ua, &mut call);
         let creds = ua.authorization(&challenge, true, "INVITE", &aor("1002"), &password(ext));
         let refused = invite_final(&mut ua, &mut call, &creds);
-        assert_eq!(refused.status(), Some(403), "{ext}: {}", first_line(&refused));
+        assert_eq!(
+            refused.status(),
+            Some(403),
+            "{ext}: {}",
+            first_line(&refused)
+        );
     }
 
     assert!(
@@ -528,7 +541,12 @@ fn replayed_or_foreign_nonces_are_challenged_again_and_host_nobody() {
     // The same credentials, replayed in a new call: a challenge again.
     let mut replay = a.call("1002");
     let again = invite_final(&mut a, &mut replay, &creds);
-    assert_eq!(again.status(), Some(407), "a replay: {}", first_line(&again));
+    assert_eq!(
+        again.status(),
+        Some(407),
+        "a replay: {}",
+        first_line(&again)
+    );
     assert_ne!(nonce_of(&again), nonce, "a fresh nonce");
 
     // A nonce T issued (to a phone of A's on T), shown to S: S cannot
@@ -546,7 +564,12 @@ fn replayed_or_foreign_nonces_are_challenged_again_and_host_nobody() {
     );
     let mut call3 = a.call("1002");
     let again = invite_final(&mut a, &mut call3, &foreign);
-    assert_eq!(again.status(), Some(407), "T's nonce: {}", first_line(&again));
+    assert_eq!(
+        again.status(),
+        Some(407),
+        "T's nonce: {}",
+        first_line(&again)
+    );
 
     assert!(
         b.collect_where(QUIET, |m| m.is_request()).is_empty(),
@@ -618,14 +641,19 @@ fn a_hosted_agent_refreshes_its_registration_with_digest_during_the_call() {
 /// retry meet on the callee's core (its nonce is that core's), the call
 /// hosts the callee, and it is handed back. A nonce from one core shown to
 /// another is challenged again with `stale=true`, so the phone retries
-/// with the new nonce and no password prompt.
+/// with the new nonce and no password prompt. The callee's BYE crosses
+/// both blades' cores unchallenged.
 #[test]
 fn authenticated_cross_blade_calls_work_with_two_cores_per_blade() {
     let cluster = auth_cluster(2, 71, 2);
     let (s, t) = (0, 1);
     let core = |ext: &str| sipblade::proxy::route::shard_of(ext.as_bytes(), 2);
     // Two callees on T on different cores.
-    assert_ne!(core("1002"), core("1003"), "the test needs two cores' agents");
+    assert_ne!(
+        core("1002"),
+        core("1003"),
+        "the test needs two cores' agents"
+    );
     let mut a = register_with_digest(&cluster, s, "1001", 73);
     let mut b = register_with_digest(&cluster, t, "1002", 74);
     let mut c = register_with_digest(&cluster, t, "1003", 75);
@@ -663,8 +691,16 @@ fn authenticated_cross_blade_calls_work_with_two_cores_per_blade() {
     call.learn(&ok);
     assert_hosted(&cluster, t, "1003", "blade-1");
     confirm(&mut a, &mut c, &call);
-    hang_up(&mut a, &mut c, &mut call);
+    // The callee hangs up: its BYE crosses T and S unchallenged.
+    c.send(callee_in_dialog(&c, &invite, "BYE", 1));
+    let bye = a.request(Method::Bye, &call.call_id);
+    a.answer(&bye, 200, "OK", "unused");
+    let done = c.expect_where("200 to C's BYE", |m| {
+        !m.is_request() && m.call_id() == call.call_id && m.cseq().method == Method::Bye
+    });
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
     wait_ready(&cluster, t, "1003");
+    cluster.wait_state(s, "1001", "ready");
     assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 3.0);
 }
 
@@ -721,5 +757,50 @@ fn a_supervisor_join_is_challenged_by_its_blade_then_hosted_by_the_calls() {
 
     hang_up(&mut a, &mut b, &mut call);
     wait_ready(&cluster, t, "1002");
+    cluster.wait_state(s, "1001", "ready");
+}
+
+/// B, hosted from T by S, logs in with digest on S itself mid-call (its
+/// phone moved to its hosting blade). The call goes on, and B is in it on
+/// S: `in_call`, and a new call to B placed on S is busy (486, SPEC §2
+/// step 6), not rung on B's new phone. After the call B is ready on S at
+/// its new phone and logged out on T.
+#[test]
+fn a_hosted_agent_logging_in_on_its_hosting_blade_mid_call_is_busy_there() {
+    let cluster = auth_cluster(2, 91, 1);
+    let (s, t) = (0, 1);
+    let mut a = register_with_digest(&cluster, s, "1001", 93);
+    let mut b = register_with_digest(&cluster, t, "1002", 94);
+    let mut c = register_with_digest(&cluster, s, "1003", 96);
+    let (mut call, _) = authenticated_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let mut moved = register_with_digest(&cluster, s, "1002", 95);
+    common::wait_until("T logs B out", || {
+        cluster.agent(t, "1002")["contact"] == serde_json::Value::Null
+    });
+    assert_hosted(&cluster, t, "1002", "blade-1");
+    let b_on_s = cluster.agent(s, "1002");
+    assert_eq!(
+        b_on_s["state"], "in_call",
+        "B is in the call on S: {b_on_s}"
+    );
+
+    let mut second = c.call("1002");
+    let challenge = challenged(&mut c, &mut second);
+    let creds = c.authorization(&challenge, true, "INVITE", &aor("1002"), &password("1003"));
+    let busy = invite_final(&mut c, &mut second, &creds);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    assert!(
+        moved
+            .collect_where(QUIET, |m| m.call_id() == second.call_id)
+            .is_empty(),
+        "B's new phone is not rung while B is in the call"
+    );
+
+    hang_up(&mut a, &mut b, &mut call);
+    cluster.wait_state(s, "1002", "ready");
+    assert_eq!(cluster.agent(s, "1002")["contact"], moved.addr.to_string());
+    cluster.wait_state(t, "1002", "logged_out");
     cluster.wait_state(s, "1001", "ready");
 }
