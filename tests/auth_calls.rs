@@ -9,7 +9,7 @@
 //! Addresses: 127.0.12.x only, one range per test (blades, then phones):
 //! 1-2 (3-4), 11-12 (13-14), 21-22 (23-24), 31-32 (33-36), 41-42
 //! (43-44), 51-52 (53-55), 61-62 (63-65), 71-72 (73-75), 81-82 (83-85),
-//! 91-92 (93-96).
+//! 91-92 (93-96), 101-102 (103-105).
 
 mod common;
 
@@ -321,10 +321,11 @@ fn an_authenticated_message_to_another_blade_is_relayed_without_credentials() {
     assert_no_hosting(&cluster, s, t, "1002");
 }
 
-/// A CANCEL of an INVITE that was challenged and sent again (its CANCEL
-/// names the retry's branch; a CANCEL is never challenged, RFC 3261
-/// §22.1) crosses both blades: B's INVITE is cancelled, A gets 487, and B
-/// is handed back.
+/// A CANCEL of an INVITE that was challenged and sent again with SHA-256
+/// credentials (its CANCEL names the retry's branch; a CANCEL is never
+/// challenged, RFC 3261 §22.1) crosses both blades: B's INVITE is
+/// cancelled, A gets 487, and B is handed back. A CANCEL of the challenged
+/// INVITE itself cancels nothing.
 #[test]
 fn a_cancel_of_a_challenged_then_retried_invite_hands_the_callee_back() {
     let cluster = auth_cluster(2, 11, 1);
@@ -335,7 +336,15 @@ fn a_cancel_of_a_challenged_then_retried_invite_hands_the_callee_back() {
     let mut call = a.call("1002");
     let challenge = challenged(&mut a, &mut call);
     let first = call.clone();
-    let creds = a.authorization(&challenge, true, "INVITE", &aor("1002"), &password("1001"));
+    // SHA-256 this time (RFC 8760; the challenge offers MD5 and SHA-256).
+    let creds = a.authorization_with(
+        &challenge,
+        true,
+        "INVITE",
+        &aor("1002"),
+        &password("1001"),
+        Some("SHA-256"),
+    );
     a.invite(&mut call, &creds);
     let invite = b.request(Method::Invite, &call.call_id);
     b.answer(&invite, 180, "Ringing", CALLEE_TAG);
@@ -803,4 +812,174 @@ fn a_hosted_agent_logging_in_on_its_hosting_blade_mid_call_is_busy_there() {
     assert_eq!(cluster.agent(s, "1002")["contact"], moved.addr.to_string());
     cluster.wait_state(t, "1002", "logged_out");
     cluster.wait_state(s, "1001", "ready");
+}
+
+/// A request over TCP from `ext` at `contact` (its connection's address):
+/// `method` to `uri` with CSeq `cseq`, `branch`, `to` (with a tag in a
+/// dialog), `extra` header lines (CRLF-ended).
+#[allow(clippy::too_many_arguments)]
+fn tcp_request(
+    ext: &str,
+    contact: &str,
+    method: &str,
+    uri: &str,
+    call_id: &str,
+    cseq: u32,
+    branch: &str,
+    to: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TCP {contact};branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <{}>;tag=ft{ext}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\nContact: <sip:{ext}@{contact};transport=tcp>\r\n{extra}\
+         Content-Length: 0\r\n\r\n",
+        aor(ext),
+    )
+}
+
+/// The next final response on `ua`'s connection to `method` in `call_id`.
+fn tcp_final(ua: &mut common::tcp::TcpUa, call_id: &str, method: Method) -> Message {
+    loop {
+        let m = ua.recv();
+        if !m.is_request()
+            && m.call_id() == call_id
+            && m.cseq().method == method
+            && m.status().is_some_and(|s| s >= 200)
+        {
+            return m;
+        }
+    }
+}
+
+/// A caller on TCP, two cores per blade, auth on: its REGISTER and its
+/// INVITEs are challenged and answered on its connection whichever core
+/// holds it, also when the callee's core (where the INVITE's challenge is
+/// issued and checked) is another one (1002 and 1003 are on different
+/// cores, so one of the two calls is handed between cores); each call
+/// hosts its callee on T and hands it back.
+#[test]
+fn a_tcp_caller_is_challenged_and_authenticated_across_cores() {
+    let cluster = auth_cluster(2, 101, 2);
+    let (s, t) = (0, 1);
+    let mut b = register_with_digest(&cluster, t, "1002", 104);
+    let mut c = register_with_digest(&cluster, t, "1003", 105);
+
+    let mut a = common::tcp::TcpUa::connect_from(cluster.members[s].sip, ip(103));
+    let contact = a.local();
+    let binding = format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP {contact};branch={{b}}\r\n\
+         Max-Forwards: 70\r\nFrom: <{aor}>;tag=r1\r\nTo: <{aor}>\r\nCall-ID: reg-tcp@test\r\n\
+         CSeq: {{n}} REGISTER\r\nContact: <sip:1001@{contact};transport=tcp>\r\nExpires: 3600\r\n\
+         {{auth}}Content-Length: 0\r\n\r\n",
+        aor = aor("1001"),
+    );
+    let register = |n: u32, auth: &str| {
+        binding
+            .replace("{b}", &branch())
+            .replace("{n}", &n.to_string())
+            .replace("{auth}", auth)
+    };
+    a.send(&register(1, ""));
+    let challenge = tcp_final(&mut a, "reg-tcp@test", Method::Register);
+    assert_eq!(challenge.status(), Some(401), "{}", first_line(&challenge));
+    // Any UA can compute the answer; the helper needs one for its extension.
+    let helper = Ua::new_at(cluster.members[s].sip, "1001", ip(103));
+    let auth = helper.authorization(
+        &challenge,
+        false,
+        "REGISTER",
+        &format!("sip:{DOMAIN}"),
+        &password("1001"),
+    );
+    a.send(&register(2, &auth));
+    let ok = tcp_final(&mut a, "reg-tcp@test", Method::Register);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+
+    for callee in [&mut b, &mut c] {
+        let ext = callee.ext.clone();
+        let call_id = format!("tcp-{}@test", unique());
+        let first = branch();
+        a.send(&tcp_request(
+            "1001",
+            &contact,
+            "INVITE",
+            &aor(&ext),
+            &call_id,
+            1,
+            &first,
+            &format!("<{}>", aor(&ext)),
+            "",
+        ));
+        let challenge = tcp_final(&mut a, &call_id, Method::Invite);
+        assert_eq!(challenge.status(), Some(407), "{}", first_line(&challenge));
+        let to = common::header(&challenge, sipblade::sip::HeaderName::To).expect("a To");
+        a.send(&tcp_request(
+            "1001",
+            &contact,
+            "ACK",
+            &aor(&ext),
+            &call_id,
+            1,
+            &first,
+            &to,
+            "",
+        ));
+        let creds = helper.authorization(&challenge, true, "INVITE", &aor(&ext), &password("1001"));
+        a.send(&tcp_request(
+            "1001",
+            &contact,
+            "INVITE",
+            &aor(&ext),
+            &call_id,
+            2,
+            &branch(),
+            &format!("<{}>", aor(&ext)),
+            &creds,
+        ));
+        let invite = callee.request(Method::Invite, &call_id);
+        assert!(invite.proxy_authorization().is_none());
+        assert_hosted(&cluster, t, &ext, "blade-1");
+        callee.answer(&invite, 200, "OK", CALLEE_TAG);
+        let ok = tcp_final(&mut a, &call_id, Method::Invite);
+        assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+        let mut routes: Vec<String> = ok
+            .record_routes()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+            .collect();
+        routes.reverse();
+        let route = format!("Route: {}\r\n", routes.join(", "));
+        let to = common::header(&ok, sipblade::sip::HeaderName::To).expect("a To");
+        let target = callee.contact_uri();
+        a.send(&tcp_request(
+            "1001",
+            &contact,
+            "ACK",
+            &target,
+            &call_id,
+            2,
+            &branch(),
+            &to,
+            &route,
+        ));
+        callee.request(Method::Ack, &call_id);
+        a.send(&tcp_request(
+            "1001",
+            &contact,
+            "BYE",
+            &target,
+            &call_id,
+            3,
+            &branch(),
+            &to,
+            &route,
+        ));
+        let bye = callee.request(Method::Bye, &call_id);
+        callee.answer(&bye, 200, "OK", CALLEE_TAG);
+        let done = tcp_final(&mut a, &call_id, Method::Bye);
+        assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+        wait_ready(&cluster, t, &ext);
+    }
+    assert_eq!(calls(&cluster, s, "answered", "cross_blade"), 2.0);
+    assert!(cluster.metric(s, "sipblade_core_handoffs_total") > 0.0);
 }
