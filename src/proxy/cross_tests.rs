@@ -632,6 +632,43 @@ fn once_the_hosted_call_ends_a_new_call_on_s_hosts_the_agent_again() {
     assert_eq!(w.state(T, "1002"), "hosted");
 }
 
+/// 1002, hosted from T by S, logs in on S itself mid-call (its phone
+/// moved to the hosting blade): it is in the call there, so a new call to
+/// it on S is 486, not rung; when the call ends it is ready on S.
+#[test]
+fn a_hosted_agent_logging_in_on_s_mid_call_is_in_the_call_there() {
+    let mut w = World::new();
+    let ok = acked_call(&mut w);
+    w.register(S, "1002");
+    assert_eq!(w.state(S, "1002"), "in_call");
+    w.register(S, "1003");
+    w.send_from(S, "1003", &invite("1003", "1002", "c2"));
+    assert_eq!(w.take_final("1003").status(), Some(486));
+    assert!(w.idle("1002"), "the moved phone is not rung");
+
+    w.send_from(S, "1001", &in_dialog("BYE", "1001", &ok, 2));
+    let bye = w.take("1002");
+    assert_eq!(bye.method(), Some(Method::Bye));
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.state(S, "1002"), "ready");
+}
+
+/// 1002 logs in on S once the hosted call has ended there, while its
+/// grant still waits for the BYE's 200 through T: the call is over, so it
+/// is ready (not put in a call whose end has passed).
+#[test]
+fn a_login_on_s_after_the_hosted_call_ended_leaves_the_agent_ready() {
+    let mut w = World::new();
+    let (bye, _) = caller_hung_up(&mut w);
+    assert!(s_hosts(&w, "1002"), "the grant waits for the BYE's 200");
+    w.register(S, "1002");
+    assert_eq!(w.state(S, "1002"), "ready");
+    w.send_from(T, "1002", &answer(&bye, 200));
+    assert_eq!(w.take("1001").status(), Some(200));
+    assert_eq!(w.state(S, "1002"), "ready");
+}
+
 /// An answered, ACKed cross-blade call whose caller has hung up: the BYE,
 /// relayed by S and T, reached 1002's phone. Returns the BYE as the phone
 /// got it, and where the link log stood before it.

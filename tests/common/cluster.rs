@@ -75,6 +75,9 @@ pub struct TestCluster {
     cores: usize,
     /// More `[blade]` settings (TOML lines) for every member.
     pub blade_settings: String,
+    /// `[agents] auth` of every member (false unless a test sets it
+    /// before starting the members).
+    pub auth: bool,
 }
 
 impl TestCluster {
@@ -196,6 +199,7 @@ impl TestCluster {
             lease_secs,
             cores,
             blade_settings: String::new(),
+            auth: false,
         }
     }
 
@@ -227,8 +231,9 @@ impl TestCluster {
             }
         }
         text += &format!(
-            "[agents]\nfile = \"{}\"\nauth = false\n",
-            self.dir.path().join("agents.toml").display()
+            "[agents]\nfile = \"{}\"\nauth = {}\n",
+            self.dir.path().join("agents.toml").display(),
+            self.auth
         );
         text
     }

@@ -1008,6 +1008,16 @@ impl Source {
         self.hosted.contains_key(extension)
     }
 
+    /// The sessions in which this blade holds a grant for `extension`. A
+    /// scan of the grants: for the rare caller that [`Source::hosts`]
+    /// answered yes.
+    pub fn sessions_hosting<'a>(&'a self, extension: &'a str) -> impl Iterator<Item = &'a str> {
+        self.hostings
+            .keys()
+            .filter(move |(_, e)| e == extension)
+            .map(|(call_id, _)| call_id.as_str())
+    }
+
     /// Number of live hostings.
     pub fn len(&self) -> usize {
         self.hostings.len()
