@@ -250,6 +250,15 @@ impl Dialog {
     pub(super) fn callee_tag(&self) -> Option<&str> {
         NameAddr::parse_value(self.part(TO).as_bytes())?.tag()
     }
+
+    /// Whether the in-dialog request `msg` carries this dialog's two tags
+    /// (in either direction): a BYE with other tags ends nothing.
+    pub(super) fn has_tags_of(&self, msg: &Message) -> bool {
+        let tag = |i: usize| NameAddr::parse_value(self.part(i).as_bytes()).and_then(|n| n.tag());
+        let (ours, theirs) = (tag(FROM), tag(TO));
+        let (from, to) = (msg.from().tag(), msg.to().tag());
+        (from == ours && to == theirs) || (from == theirs && to == ours)
+    }
 }
 
 /// Where a party whose request came from `source` and whose remote
