@@ -219,6 +219,15 @@ impl Cluster {
 
     /// T: a BYE `msg` passes: the hosted agent's dialog it ends, if kept,
     /// is over (the agent is named in its From or To).
+    /// T: the dialog kept for `agent` in `call_id`, if any.
+    pub(super) fn hosted_dialog(&self, agent: &str, call_id: &str) -> Option<&Dialog> {
+        self.hosted_dialogs
+            .get(agent)?
+            .iter()
+            .find(|d| &*d.call_id == call_id)
+            .map(|d| &d.dialog)
+    }
+
     pub(super) fn hosted_dialog_ended(&mut self, msg: &Message) {
         if self.hosted_dialogs.is_empty() {
             return;
