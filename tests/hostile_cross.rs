@@ -1073,3 +1073,125 @@ fn a_quic_client_without_a_cluster_certificate_is_refused() {
     }
     live.converges();
 }
+
+/// Two blades as [`TestCluster`] lays them out, started here with
+/// `auth = true` (the harness runs its clusters with auth off); stopped
+/// when dropped.
+struct AuthCluster {
+    cluster: TestCluster,
+    blades: Vec<Option<sipblade::runtime::Blade>>,
+    admins: Vec<SocketAddr>,
+}
+
+impl AuthCluster {
+    fn start(first: u8) -> AuthCluster {
+        let cluster = TestCluster::new_in(14, 2, first, 30, 1);
+        let mut blades = Vec::new();
+        let mut admins = Vec::new();
+        for i in [S, T] {
+            let text = cluster
+                .config_text(i, &cluster.certs_dir())
+                .replace("auth = false", "auth = true");
+            assert!(text.contains("auth = true"), "{text}");
+            let path = cluster.dir.path().join(format!("auth-{i}.toml"));
+            std::fs::write(&path, &text).unwrap();
+            let config = sipblade::config::Config::load(&path).expect("valid config");
+            let blade = sipblade::runtime::Blade::start_with(config, Options::default())
+                .expect("the blade starts");
+            admins.push(blade.admin_addr().expect("an admin port"));
+            blades.push(Some(blade));
+        }
+        let c = AuthCluster {
+            cluster,
+            blades,
+            admins,
+        };
+        for (i, peer) in [(S, "blade-2"), (T, "blade-1")] {
+            wait_until(&format!("member {i} to see {peer} up"), || {
+                common::status(c.admins[i])["peers"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["id"] == peer && p["up"] == true))
+            });
+        }
+        c
+    }
+
+    fn agent(&self, i: usize, ext: &str) -> serde_json::Value {
+        common::agent(self.admins[i], ext)
+    }
+}
+
+impl Drop for AuthCluster {
+    fn drop(&mut self) {
+        for blade in &mut self.blades {
+            if let Some(blade) = blade.take() {
+                blade.stop();
+            }
+        }
+    }
+}
+
+/// With `auth = true` (SPEC §4, §5), a REGISTER for the hosted B from
+/// another address is challenged, and refused with a wrong password: B's
+/// binding and its hosting stay as they were, and the live call (placed
+/// with Proxy-Authorization) converges.
+#[test]
+fn with_auth_a_register_for_the_hosted_agent_from_elsewhere_is_challenged() {
+    let first = 110;
+    let c = AuthCluster::start(first);
+    let mut a = Ua::new_at(c.cluster.members[S].sip, "1001", ip(first + 2));
+    let mut b = Ua::new_at(c.cluster.members[T].sip, "1002", ip(first + 3));
+    for ua in [&mut a, &mut b] {
+        let ok = ua.register(3600);
+        assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    }
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let challenge = a.response(&call.call_id, Method::Invite);
+    assert_eq!(challenge.status(), Some(407), "{}", first_line(&challenge));
+    a.ack_failure(&call, &challenge);
+    let auth = a.authorization(
+        &challenge,
+        true,
+        "INVITE",
+        &aor("1002"),
+        &common::password("1001"),
+    );
+    a.invite(&mut call, &auth);
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    call.learn(&ok);
+    confirm(&mut a, &mut b, &call);
+    let hosted = c.agent(T, "1002");
+    assert_eq!(hosted["state"], "hosted", "{hosted}");
+
+    let mut thief = Ua::new_at(c.cluster.members[T].sip, "1002", ip(first + 5));
+    let headers = thief.binding_headers(3600);
+    let bare = thief.register_once(&headers);
+    assert_eq!(bare.status(), Some(401), "{}", first_line(&bare));
+    let (wrong, sent) = thief.register_as(&headers, "not-the-password");
+    assert!(sent.is_some(), "the thief answered the challenge");
+    assert!(
+        matches!(wrong.status(), Some(401 | 403)),
+        "{}",
+        first_line(&wrong)
+    );
+    let on_t = c.agent(T, "1002");
+    assert_eq!(on_t["state"], "hosted", "{on_t}");
+    assert_eq!(on_t["hosted_by"], "blade-1", "{on_t}");
+    assert_eq!(on_t["contact"], b.addr.to_string(), "{on_t}");
+
+    hang_up(&mut a, &mut b, &mut call);
+    wait_until("1002 ready on T", || c.agent(T, "1002")["state"] == "ready");
+    wait_until("1001 ready on S", || c.agent(S, "1001")["state"] == "ready");
+    for i in [S, T] {
+        wait_until(&format!("no session on member {i}"), || {
+            common::status(c.admins[i])["sessions"]
+                .as_array()
+                .is_some_and(|s| s.is_empty())
+        });
+    }
+    assert_eq!(c.agent(T, "1002")["contact"], b.addr.to_string());
+}
