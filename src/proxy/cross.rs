@@ -219,6 +219,15 @@ impl Cluster {
 
     /// T: a BYE `msg` passes: the hosted agent's dialog it ends, if kept,
     /// is over (the agent is named in its From or To).
+    /// T: the dialog kept for `agent` in `call_id`, if any.
+    pub(super) fn hosted_dialog(&self, agent: &str, call_id: &str) -> Option<&Dialog> {
+        self.hosted_dialogs
+            .get(agent)?
+            .iter()
+            .find(|d| &*d.call_id == call_id)
+            .map(|d| &d.dialog)
+    }
+
     pub(super) fn hosted_dialog_ended(&mut self, msg: &Message) {
         if self.hosted_dialogs.is_empty() {
             return;
@@ -228,7 +237,7 @@ impl Cluster {
                 continue;
             };
             if let Some(list) = self.hosted_dialogs.get_mut(&*agent) {
-                list.retain(|d| &*d.call_id != msg.call_id());
+                list.retain(|d| &*d.call_id != msg.call_id() || !d.dialog.has_tags_of(msg));
                 if list.is_empty() {
                     self.hosted_dialogs.remove(&*agent);
                 }
@@ -906,6 +915,16 @@ impl Proxy {
         target: Peer,
         out: &mut Output,
     ) -> Option<Box<[String]>> {
+        if self
+            .sessions
+            .get(bye.call_id())
+            .is_some_and(|s| !s.is_dialog_of(bye))
+        {
+            // A BYE with the Call-ID but not the tags of the session's
+            // dialog (stale, forged, or a broken phone's): the far UA
+            // answers it 481, and the call goes on.
+            return None;
+        }
         let held = if self.cluster.is_some() && self.is_peer_blade_sip(target.addr) {
             self.end_session_holding_hostings(now, bye.call_id(), out)
         } else {

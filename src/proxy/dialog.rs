@@ -60,6 +60,8 @@
 //!   T): the joiner's side is read from the Record-Route entries of the
 //!   pass nearest the joiner ([`Pass`]).
 
+use std::net::SocketAddr;
+
 use smallvec::SmallVec;
 
 use super::cross::{self, HostedDialog, HostedLeg};
@@ -249,6 +251,25 @@ impl Dialog {
     /// The callee's tag: the To tag the 2xx gave.
     pub(super) fn callee_tag(&self) -> Option<&str> {
         NameAddr::parse_value(self.part(TO).as_bytes())?.tag()
+    }
+
+    /// Whether `addr` is where this dialog reaches a party: the first hop
+    /// towards either, or the callee's remote target.
+    pub(super) fn reaches(&self, addr: SocketAddr) -> bool {
+        self.callee_hop.is_some_and(|p| p.addr == addr)
+            || self.caller_hop.is_some_and(|p| p.addr == addr)
+            || crate::sip::Uri::parse(self.part(CALLEE_TARGET).as_bytes())
+                .and_then(|uri| route::uri_peer(&uri))
+                .is_some_and(|p| p.addr == addr)
+    }
+
+    /// Whether the in-dialog request `msg` carries this dialog's two tags
+    /// (in either direction): a BYE with other tags ends nothing.
+    pub(super) fn has_tags_of(&self, msg: &Message) -> bool {
+        let tag = |i: usize| NameAddr::parse_value(self.part(i).as_bytes()).and_then(|n| n.tag());
+        let (ours, theirs) = (tag(FROM), tag(TO));
+        let (from, to) = (msg.from().tag(), msg.to().tag());
+        (from == ours && to == theirs) || (from == theirs && to == ours)
     }
 }
 

@@ -202,6 +202,10 @@ impl Proxy {
             let outside = Refusal::new(403, "Forbidden (not routed through this blade)");
             return self.refuse(now, source, msg, &outside, out);
         }
+        if pop_routes > 0 && !self.may_relay_routed(&msg, target) {
+            let outside = Refusal::new(403, "Forbidden (Route outside the cluster)");
+            return self.refuse(now, source, msg, &outside, out);
+        }
         let method = msg.method();
         if matches!(method, Some(Method::Invite | Method::Update)) && msg.to().tag().is_some() {
             // A target refresh: the kept dialog follows its sender.
@@ -261,6 +265,56 @@ impl Proxy {
                 || self.is_peer_blade_ip(source.addr.ip()))
     }
 
+    /// Whether a request that named this blade in its Route may go on to
+    /// `target`, the next Route past ours or its Request-URI. Every
+    /// dialog sipblade record-routes runs between the agents' terminals
+    /// and the blades, so that is where such a request may go: a peer
+    /// blade, a core of this one, the caller's terminal of a session here,
+    /// the binding of the agent it is addressed to, or the remote target
+    /// a dialog kept here has. Anywhere else would make the blade an open
+    /// relay for whoever puts its Record-Route in a Route header.
+    pub(super) fn may_relay_routed(&self, msg: &Message, target: Peer) -> bool {
+        self.is_peer_blade_sip(target.addr)
+            || self.is_own_port(target.addr)
+            || self.is_callers_terminal(msg, target)
+            || self
+                .addressed_binding(msg)
+                .is_some_and(|b| b.peer.addr == target.addr)
+            || self.is_kept_dialog_hop(msg, target)
+    }
+
+    /// Whether `addr` is this blade's SIP address or a core's own port.
+    fn is_own_port(&self, addr: std::net::SocketAddr) -> bool {
+        let s = &self.settings;
+        addr.ip() == s.local.ip()
+            && (addr.port() == s.local.port()
+                || Some(addr.port()) == s.via_port
+                || s.core_ports.contains(&addr.port()))
+    }
+
+    /// Whether `target` is where a dialog kept here for `msg`'s Call-ID
+    /// (the session's, or on the agent's blade the hosted agent's side)
+    /// reaches a party: the first hop towards either, or the callee's
+    /// Contact as target refreshes moved it.
+    fn is_kept_dialog_hop(&self, msg: &Message, target: Peer) -> bool {
+        let call_id = msg.call_id();
+        if self
+            .sessions
+            .get(call_id)
+            .and_then(|s| s.dialog.as_deref())
+            .is_some_and(|d| d.reaches(target.addr))
+        {
+            return true;
+        }
+        let Some(agent) = self.addressed_agent(msg) else {
+            return false;
+        };
+        self.cluster.as_ref().is_some_and(|c| {
+            c.hosted_dialog(&agent, call_id)
+                .is_some_and(|d| d.reaches(target.addr))
+        })
+    }
+
     /// Whether `target` is the terminal the caller of `msg`'s session on
     /// this core called from (where its INVITE came from, or its Contact):
     /// the callee's requests go back there, routed or not.
@@ -291,6 +345,9 @@ impl Proxy {
             return;
         };
         if pop_routes == 0 && !self.may_relay_unrouted(source, msg, target) {
+            return;
+        }
+        if pop_routes > 0 && !self.may_relay_routed(msg, target) {
             return;
         }
         // A stateless branch: derived from the incoming one, so every

@@ -574,7 +574,7 @@ impl Proxy {
         if msg.is_request() {
             self.handle_request(now, source, msg, out);
         } else {
-            self.handle_response(now, msg, out);
+            self.handle_response(now, source, msg, out);
         }
     }
 

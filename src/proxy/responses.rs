@@ -11,12 +11,18 @@ use super::{Output, Proxy, TIMER_C};
 use crate::registrar::{self, Refusal};
 use crate::sip::edit::best_effort_response;
 use crate::sip::{Message, Method};
-use crate::transaction::client::{ClientEvent, ClientState};
+use crate::transaction::client::{ClientEvent, ClientState, ClientTx};
 use crate::transaction::server::{ServerState, ServerTx};
 use crate::transaction::{Peer, Transmit};
 
 impl Proxy {
-    pub(super) fn handle_response(&mut self, now: Duration, msg: Message, out: &mut Output) {
+    pub(super) fn handle_response(
+        &mut self,
+        now: Duration,
+        source: Peer,
+        msg: Message,
+        out: &mut Output,
+    ) {
         let Some(branch) = msg.top_via().branch() else {
             return;
         };
@@ -34,6 +40,17 @@ impl Proxy {
         let Some(pair) = self.txs.get_mut(id) else {
             return;
         };
+        // Only the hop the request went to answers it: a response under a
+        // live branch from any other address (the branch is in every
+        // Via the far side sees) must neither answer the caller nor end
+        // the call. Compared by IP: a blade answers from its core's own
+        // port, and a phone need not answer from the port it listens on.
+        let sent_to = pair.client.as_ref().map(|c| &c.tx).or(pair.cancel.as_ref());
+        let sent_to = sent_to.map(ClientTx::peer);
+        if sent_to.is_some_and(|p| p.addr.ip() != source.addr.ip()) {
+            tracing::debug!(from = %source.addr, "response from another address than its request went to: dropped");
+            return;
+        }
         if cancel {
             if let Some(c) = pair.cancel.as_mut() {
                 c.on_response(now, &msg, &mut out.transmits);

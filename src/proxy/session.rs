@@ -96,6 +96,22 @@ pub struct Hosted {
 }
 
 impl Session {
+    /// Whether the in-dialog request `msg` belongs to this session's
+    /// dialog: its From and To tags are the caller's and the callee's, in
+    /// either direction (only the caller's while no 2xx has named the
+    /// callee's). A request under the Call-ID with other tags is of no
+    /// dialog this session knows (the far UA answers it 481).
+    pub fn is_dialog_of(&self, msg: &crate::sip::Message) -> bool {
+        let (from, to) = (msg.from().tag(), msg.to().tag());
+        let caller = Some(self.from_tag.as_str());
+        match self.to_tag.as_deref() {
+            Some(callee) => {
+                (from == caller && to == Some(callee)) || (from == Some(callee) && to == caller)
+            }
+            None => from == caller || to == caller,
+        }
+    }
+
     /// Whether `extension` is one of this dialog's two parties and has not
     /// left.
     pub fn has_party(&self, extension: &str) -> bool {

@@ -434,6 +434,10 @@ impl Link {
                 self.buf.clear();
             }
             if !progressed {
+                if c.conn.is_drained() {
+                    // Its drained event reached the endpoint above.
+                    self.conns.remove(&ch);
+                }
                 return;
             }
         }
@@ -443,13 +447,22 @@ impl Link {
         match event {
             Event::Connected => self.on_connected(ch, now),
             Event::ConnectionLost { reason } => {
-                let Some(c) = self.conns.remove(&ch) else {
+                // The connection stays until it has drained: a connection
+                // that failed here (a refused handshake) still has its
+                // CONNECTION_CLOSE to send, and the endpoint frees its
+                // state only on the drained event (`drive` removes it).
+                let Some(c) = self.conns.get_mut(&ch) else {
                     return;
                 };
-                if c.peer.is_none() && c.conn.side().is_server() {
-                    self.on_unauthenticated_loss(&c, &reason);
+                let peer = c.peer.take();
+                let exchanges = std::mem::take(&mut c.exchanges);
+                c.inbound.clear();
+                c.outbound.clear();
+                if peer.is_none() && c.conn.side().is_server() {
+                    let remote = c.conn.remote_address();
+                    self.on_unauthenticated_loss(remote, &reason);
                 }
-                if let Some(i) = c.peer {
+                if let Some(i) = peer {
                     let id = self.peers[i].id.clone();
                     if misconfigured(&reason) {
                         // A CA, a certificate or a peer list to fix: said
@@ -458,7 +471,7 @@ impl Link {
                     } else {
                         tracing::info!(peer = %id, "link down: {reason}");
                     }
-                    for exchange in c.exchanges.into_values() {
+                    for exchange in exchanges.into_values() {
                         self.events.push_back(LinkEvent::Failed {
                             peer: id.clone(),
                             exchange,
@@ -511,9 +524,13 @@ impl Link {
     /// Reports a connection that dialled us and ended before it showed a
     /// peer's certificate. The dialling side hears why; so should this
     /// side's operator. A dialler that does not trust this cluster's CA
-    /// aborts the handshake where only it can tell, so here it shows as a
-    /// handshake that timed out.
-    fn on_unauthenticated_loss(&mut self, c: &Conn, reason: &quinn_proto::ConnectionError) {
+    /// aborts the handshake and says so in its close; one that goes quiet
+    /// instead shows here as a handshake that timed out.
+    fn on_unauthenticated_loss(
+        &mut self,
+        remote: SocketAddr,
+        reason: &quinn_proto::ConnectionError,
+    ) {
         use quinn_proto::ConnectionError;
         let reason = match reason {
             // Our own refusal, already reported.
@@ -524,7 +541,7 @@ impl Link {
             other => format!("its handshake failed: {other}"),
         };
         self.events.push_back(LinkEvent::Refused {
-            addr: c.conn.remote_address(),
+            addr: remote,
             claimed: None,
             reason,
         });
