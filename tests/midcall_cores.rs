@@ -891,3 +891,175 @@ fn calls_both_ways_at_once() {
     let own = |i| cluster.metric(i, "sipblade_sessions_bye_sent_total");
     assert_eq!((own(s), own(t)), (0.0, 0.0), "no blade hung up itself");
 }
+
+/// 14. Scenario (as in tests/midcall.rs, on blades of two cores): A's
+/// re-INVITE has reached B's phone, which answered 100 and thinks it
+/// over, when T is SIGKILLed. When the lease runs out S hangs A up with a
+/// BYE of its own, and A's re-INVITE gets its final answer then (408),
+/// not after timer C; once ACKed it is not retransmitted, and A is free.
+#[test]
+fn a_reinvite_through_a_killed_target_is_answered_when_the_hosting_is_lost() {
+    const LEASE: u64 = 3;
+    let k = 14;
+    let (s, t) = (0, 1);
+    let mut cluster = TestCluster::start_in(SUBNET, 2, 8 * k + 1, LEASE as u32, CORES, &[t]);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let reinvite = caller_request(&a, &mut call, "INVITE");
+    a.send(&reinvite);
+    let got = b.request(Method::Invite, &call.call_id);
+    assert_eq!(got.cseq().seq, call.cseq);
+    b.answer(&got, 100, "Trying", CALLEE_TAG);
+    // T's own 100 (held back 200 ms towards a peer) reaches S first.
+    std::thread::sleep(Duration::from_millis(600));
+    cluster.kill_blade(t);
+
+    let bye = a
+        .next_where(Duration::from_secs(LEASE + 4), |m| {
+            m.method() == Some(Method::Bye) && m.call_id() == call.call_id
+        })
+        .expect("S's BYE once the hosting is lost");
+    a.answer(&bye, 200, "OK", "unused");
+    let answer = a
+        .next_where(Duration::from_secs(3), |m| {
+            final_to(m, &call.call_id, Method::Invite, call.cseq)
+        })
+        .expect("the re-INVITE's final answer");
+    assert_eq!(answer.status(), Some(408), "{}", first_line(&answer));
+    a.send(ack_of(&reinvite));
+    wait_ready(&cluster, s, CALLER);
+    common::wait_until("no session on S", || cluster.sessions(s).is_empty());
+    let again = a.collect_where(Duration::from_millis(1200), |m| {
+        final_to(m, &call.call_id, Method::Invite, call.cseq)
+    });
+    assert!(again.is_empty(), "ACKed: not retransmitted: {again:?}");
+}
+
+/// 15. The mirror image: B's re-INVITE has reached A's phone when S is
+/// SIGKILLed; when the lease lapses T hangs B up with a BYE of its own,
+/// and B's re-INVITE gets its final answer then (408); B is free on T.
+#[test]
+fn a_reinvite_through_a_killed_source_is_answered_when_the_lease_lapses() {
+    const LEASE: u64 = 3;
+    let k = 15;
+    let (s, t) = (0, 1);
+    let mut cluster = TestCluster::start_in(SUBNET, 2, 8 * k + 1, LEASE as u32, CORES, &[s]);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    let (call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    assert_hosted(&cluster, t, CALLEE, "blade-1");
+
+    let reinvite = callee_request(&b, &invite, "INVITE", 1);
+    b.send(&reinvite);
+    let got = a.request(Method::Invite, &call.call_id);
+    assert_eq!(got.cseq().seq, 1);
+    a.answer(&got, 100, "Trying", "unused");
+    std::thread::sleep(Duration::from_millis(600));
+    cluster.kill_blade(s);
+
+    let bye = b
+        .next_where(Duration::from_secs(LEASE + 4), |m| {
+            m.method() == Some(Method::Bye) && m.call_id() == call.call_id
+        })
+        .expect("T's BYE once the lease lapses");
+    b.answer(&bye, 200, "OK", "unused");
+    let answer = b
+        .next_where(Duration::from_secs(3), |m| {
+            final_to(m, &call.call_id, Method::Invite, 1)
+        })
+        .expect("the re-INVITE's final answer");
+    assert_eq!(answer.status(), Some(408), "{}", first_line(&answer));
+    b.send(ack_of(&reinvite));
+    wait_ready(&cluster, t, CALLEE);
+    let again = b.collect_where(Duration::from_millis(1200), |m| {
+        final_to(m, &call.call_id, Method::Invite, 1)
+    });
+    assert!(again.is_empty(), "ACKed: not retransmitted: {again:?}");
+}
+
+/// 16. Scenario: both phones hang up at once (crossing BYEs) on blades of
+/// two cores. Each BYE reaches the other phone and is answered 200; both
+/// agents end free and no blade sends a BYE of its own. B's BYE sent
+/// again after the unhost is answered 200 by T from its transaction
+/// (wherever the kernel puts it), not relayed to A again.
+#[test]
+fn crossing_byes_both_pass_and_free_both_agents() {
+    let k = 16;
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    let (mut call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let from_b = callee_request(&b, &invite, "BYE", 1);
+    a.bye(&mut call);
+    b.send(&from_b);
+    let at_b = b.request(Method::Bye, &call.call_id);
+    let at_a = a.request(Method::Bye, &call.call_id);
+    assert_eq!(at_b.cseq().seq, call.cseq, "A's BYE");
+    assert_eq!(at_a.cseq().seq, 1, "B's BYE");
+    b.answer(&at_b, 200, "OK", CALLEE_TAG);
+    a.answer(&at_a, 200, "OK", "unused");
+    let to_a = final_response(&mut a, &call.call_id, Method::Bye, call.cseq);
+    assert_eq!(to_a.status(), Some(200), "{}", first_line(&to_a));
+    let to_b = final_response(&mut b, &call.call_id, Method::Bye, 1);
+    assert_eq!(to_b.status(), Some(200), "{}", first_line(&to_b));
+
+    assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
+    let own = |i| cluster.metric(i, "sipblade_sessions_bye_sent_total");
+    assert_eq!((own(s), own(t)), (0.0, 0.0), "no blade hung up itself");
+
+    b.send(&from_b);
+    let again = b.recv_raw(Duration::from_secs(1)).expect("the 200 again");
+    let again = Message::parse(again).expect("a response");
+    assert_eq!(again.status(), Some(200), "{}", first_line(&again));
+    assert_eq!(again.cseq().method, Method::Bye);
+    assert_eq!(a.recv_raw(QUIET), None, "not relayed to A again");
+    assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
+}
+
+/// 17. Scenario: a call that outlasts its lease several times, with the
+/// callee (1003) on core 1 of each blade and the caller (1002) on core 0:
+/// the session and the grant live on core 1 while the link is core 0's,
+/// so every renewal crosses cores both ways. B stays hosted by S all
+/// along, a re-INVITE late in the call passes, and the hang-up frees both.
+#[test]
+fn renewals_keep_a_callee_hosted_from_a_core_away_from_the_link() {
+    const LEASE: u32 = 2;
+    let k = 17;
+    let (caller, callee) = ("1002", "1003");
+    assert_eq!(shard_of(caller.as_bytes(), CORES), 0, "the link's core");
+    assert_eq!(shard_of(callee.as_bytes(), CORES), 1);
+    let cluster = TestCluster::start_in(SUBNET, 2, 8 * k + 1, LEASE, CORES, &[]);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, caller, phone(k, 0));
+    let mut b = cluster.registered_on(t, callee, phone(k, 1));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let until = std::time::Instant::now() + Duration::from_secs(3 * u64::from(LEASE));
+    while std::time::Instant::now() < until {
+        assert_hosted(&cluster, t, callee, "blade-1");
+        assert_eq!(cluster.sessions(s).len(), 1, "{:?}", cluster.sessions(s));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let stray = b.collect_where(QUIET, |m| m.call_id() == call.call_id);
+    assert!(stray.is_empty(), "nothing for B meanwhile: {stray:?}");
+
+    let reinvite = caller_request(&a, &mut call, "INVITE");
+    a.send(&reinvite);
+    let got = b.request(Method::Invite, &call.call_id);
+    b.answer(&got, 200, "OK", CALLEE_TAG);
+    let ok = final_response(&mut a, &call.call_id, Method::Invite, call.cseq);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    a.ack_2xx(&call);
+    b.request(Method::Ack, &call.call_id);
+
+    hang_up(&mut a, &mut b, &mut call);
+    assert_all_free(&cluster, &[(caller, s), (callee, t)]);
+}
