@@ -1063,3 +1063,125 @@ fn renewals_keep_a_callee_hosted_from_a_core_away_from_the_link() {
     hang_up(&mut a, &mut b, &mut call);
     assert_all_free(&cluster, &[(caller, s), (callee, t)]);
 }
+
+/// The CANCEL of the re-INVITE `reinvite` (its text as sent): same
+/// Request-URI, Via, Route, From, To, Call-ID and CSeq number (RFC 3261
+/// §9.1).
+fn cancel_of(reinvite: &str) -> String {
+    ack_of(reinvite)
+        .replacen("ACK ", "CANCEL ", 1)
+        .replace(" ACK\r\n", " CANCEL\r\n")
+}
+
+/// A re-INVITE (from `sender`) that its sender cancels while the other
+/// phone thinks it over: the CANCEL is answered 200 and reaches the other
+/// phone, which answers it 200 and the re-INVITE 487; the 487 comes back
+/// (ACKed hop by hop and by the sender), and the call goes on: a BYE
+/// after it passes and frees both agents.
+fn cancelled_reinvite(k: u8, sender: Sender) {
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    let (mut call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    let call_id = call.call_id.clone();
+
+    let (reinvite, seq) = match sender {
+        Sender::Caller => (caller_request(&a, &mut call, "INVITE"), call.cseq),
+        Sender::Callee => (callee_request(&b, &invite, "INVITE", 1), 1),
+    };
+    {
+        let (from, to) = match sender {
+            Sender::Caller => (&mut a, &mut b),
+            Sender::Callee => (&mut b, &mut a),
+        };
+        from.send(&reinvite);
+        let got = to.request(Method::Invite, &call_id);
+        assert_eq!(got.cseq().seq, seq);
+        to.answer(&got, 100, "Trying", CALLEE_TAG);
+        from.send(cancel_of(&reinvite));
+        let cancelled = final_response(from, &call_id, Method::Cancel, seq);
+        assert_eq!(cancelled.status(), Some(200), "{}", first_line(&cancelled));
+        let cancel = to.request(Method::Cancel, &call_id);
+        assert_eq!(cancel.cseq().seq, seq);
+        to.answer(&cancel, 200, "OK", CALLEE_TAG);
+        to.answer(&got, 487, "Request Terminated", CALLEE_TAG);
+        let ended = final_response(from, &call_id, Method::Invite, seq);
+        assert_eq!(ended.status(), Some(487), "{}", first_line(&ended));
+        from.send(ack_of(&reinvite));
+        let ack = to.request(Method::Ack, &call_id);
+        assert_eq!(ack.cseq().seq, seq, "the blade next to it ACKs the 487");
+        let again = from.collect_where(Duration::from_millis(1200), |m| {
+            final_to(m, &call_id, Method::Invite, seq)
+        });
+        assert!(again.is_empty(), "ACKed: not retransmitted: {again:?}");
+    }
+    // The 487 ended the re-INVITE, not the call.
+    in_call(&cluster, s, CALLER);
+    assert_hosted(&cluster, t, CALLEE, "blade-1");
+    assert_eq!(cluster.sessions(s).len(), 1, "{:?}", cluster.sessions(s));
+    hang_up(&mut a, &mut b, &mut call);
+    assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
+}
+
+/// 18. A cancels its own re-INVITE.
+#[test]
+fn a_callers_cancelled_reinvite_leaves_the_call_up() {
+    cancelled_reinvite(18, Sender::Caller);
+}
+
+/// 19. B cancels its own re-INVITE.
+#[test]
+fn a_callees_cancelled_reinvite_leaves_the_call_up() {
+    cancelled_reinvite(19, Sender::Callee);
+}
+
+/// 20. Scenario: while B (1002, core 0) is in a call hosted by S, C
+/// (1003, core 1 of T) calls B: T holds the INVITE and asks S, which
+/// answers busy; C gets 486 (and T ACKs nothing of B's: B never rings).
+/// A's call is untouched. Once A hangs up, C's call to B goes through on
+/// T alone.
+#[test]
+fn a_call_to_the_hosted_callee_from_its_own_blade_is_busy_then_goes_through() {
+    let k = 20;
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    let mut c = cluster.registered_on(t, "1003", phone(k, 2));
+    assert_ne!(shard_of(b"1003", CORES), shard_of(CALLEE.as_bytes(), CORES));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let mut busy = c.call(CALLEE);
+    c.invite(&mut busy, "");
+    let refused = c.response(&busy.call_id, Method::Invite);
+    assert_eq!(refused.status(), Some(486), "{}", first_line(&refused));
+    c.ack_failure(&busy, &refused);
+    let rung = b.collect_where(QUIET, |m| m.call_id() == busy.call_id);
+    assert!(rung.is_empty(), "B never rings: {rung:?}");
+    assert_hosted(&cluster, t, CALLEE, "blade-1");
+    in_call(&cluster, s, CALLER);
+
+    // A's call goes on.
+    let reinvite = caller_request(&a, &mut call, "INVITE");
+    a.send(&reinvite);
+    let got = b.request(Method::Invite, &call.call_id);
+    b.answer(&got, 200, "OK", CALLEE_TAG);
+    let ok = final_response(&mut a, &call.call_id, Method::Invite, call.cseq);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    a.ack_2xx(&call);
+    b.request(Method::Ack, &call.call_id);
+    hang_up(&mut a, &mut b, &mut call);
+    assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
+
+    let (mut local, _) = common::calls::answered_call(&mut c, &mut b, 1);
+    confirm(&mut c, &mut b, &local);
+    in_call(&cluster, t, "1003");
+    cluster.wait_state(t, CALLEE, "in_call");
+    assert!(cluster.sessions(s).is_empty(), "{:?}", cluster.sessions(s));
+    hang_up(&mut c, &mut b, &mut local);
+    wait_ready(&cluster, t, "1003");
+    wait_ready(&cluster, t, CALLEE);
+}
