@@ -1185,3 +1185,179 @@ fn a_call_to_the_hosted_callee_from_its_own_blade_is_busy_then_goes_through() {
     wait_ready(&cluster, t, "1003");
     wait_ready(&cluster, t, CALLEE);
 }
+
+/// 21. Scenario: UPDATE glare (RFC 3311 §5.2): both phones UPDATE at once
+/// and each answers the other's 491; each 491 reaches the UPDATE's sender
+/// through both blades (no ACK: UPDATE is not an INVITE), and a later
+/// UPDATE from each passes. The call ends with both free.
+#[test]
+fn update_glare_passes_491_both_ways() {
+    let k = 21;
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    let (mut call, invite) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    let from_a = caller_request(&a, &mut call, "UPDATE");
+    let from_b = callee_request(&b, &invite, "UPDATE", 1);
+    a.send(&from_a);
+    b.send(&from_b);
+    let at_b = b.request(Method::Update, &call.call_id);
+    let at_a = a.request(Method::Update, &call.call_id);
+    b.answer(&at_b, 491, "Request Pending", CALLEE_TAG);
+    a.answer(&at_a, 491, "Request Pending", "unused");
+    let to_a = final_response(&mut a, &call.call_id, Method::Update, call.cseq);
+    assert_eq!(to_a.status(), Some(491), "{}", first_line(&to_a));
+    let to_b = final_response(&mut b, &call.call_id, Method::Update, 1);
+    assert_eq!(to_b.status(), Some(491), "{}", first_line(&to_b));
+    let acks = b.collect_where(QUIET, |m| m.method() == Some(Method::Ack));
+    assert!(acks.is_empty(), "no ACK for a non-INVITE: {acks:?}");
+
+    let retry = caller_request(&a, &mut call, "UPDATE");
+    a.send(&retry);
+    let got = b.request(Method::Update, &call.call_id);
+    b.answer(&got, 200, "OK", CALLEE_TAG);
+    let ok = final_response(&mut a, &call.call_id, Method::Update, call.cseq);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    let retry = callee_request(&b, &invite, "UPDATE", 2);
+    b.send(&retry);
+    let got = a.request(Method::Update, &call.call_id);
+    a.answer(&got, 200, "OK", "unused");
+    let ok = final_response(&mut b, &call.call_id, Method::Update, 2);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+
+    hang_up(&mut a, &mut b, &mut call);
+    assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
+}
+
+/// 22. Scenario: A's CANCEL goes out right after its INVITE, at delays
+/// that put it while S waits for the grant, while the INVITE is on its way
+/// to T or B, and after B rang. Whatever B saw, A's CANCEL is answered
+/// 200 and its INVITE 487 (after a 180 if B rang first); if the INVITE
+/// reached B, so does the CANCEL (B answers 487, which T ACKs). Each time both agents end free and no
+/// session is left. (B rings at once: a CANCEL goes downstream only once
+/// a provisional came back, RFC 3261 §9.1.)
+#[test]
+fn a_cancel_at_any_point_of_the_set_up_frees_both() {
+    let k = 22;
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    for delay_ms in [0, 1, 2, 4, 8, 16, 32] {
+        let mut call = a.call(CALLEE);
+        a.invite(&mut call, "");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        a.cancel(&call);
+        let cancelled = a.response(&call.call_id, Method::Cancel);
+        assert_eq!(
+            cancelled.status(),
+            Some(200),
+            "{delay_ms} ms: {}",
+            first_line(&cancelled)
+        );
+        // B: nothing, or the INVITE and then the CANCEL.
+        if let Some(invite) = b.next_where(Duration::from_millis(500), |m| {
+            m.method() == Some(Method::Invite) && m.call_id() == call.call_id
+        }) {
+            // A CANCEL waits for a provisional (RFC 3261 §9.1).
+            b.answer(&invite, 180, "Ringing", CALLEE_TAG);
+            let cancel = b.request(Method::Cancel, &call.call_id);
+            b.answer(&cancel, 200, "OK", CALLEE_TAG);
+            b.answer(&invite, 487, "Request Terminated", CALLEE_TAG);
+            let ack = b.request(Method::Ack, &call.call_id);
+            assert_eq!(ack.cseq().seq, call.cseq, "T ACKs B's 487");
+        }
+        let ended = final_response(&mut a, &call.call_id, Method::Invite, call.cseq);
+        assert_eq!(
+            ended.status(),
+            Some(487),
+            "{delay_ms} ms: {}",
+            first_line(&ended)
+        );
+        a.ack_failure(&call, &ended);
+        assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
+        let stray = b.collect_where(QUIET, |m| m.call_id() == call.call_id);
+        assert!(stray.is_empty(), "{delay_ms} ms: {stray:?}");
+        let again = a.collect_where(Duration::ZERO, |m| {
+            m.call_id() == call.call_id && m.status().is_some_and(|s| s >= 200)
+        });
+        assert!(again.is_empty(), "{delay_ms} ms: {again:?}");
+    }
+}
+
+/// 23. Scenario: A sends its ACK and then at once a request of the call
+/// (a BYE; a re-INVITE and then a BYE), with no pause between: on blades
+/// of two cores the ACK is steered to the session's core by its
+/// Request-URI user while the other request may land on the other core
+/// and be handed over. B gets the ACK and the request; everything is
+/// answered, and both agents end free each time.
+#[test]
+fn requests_right_behind_the_ack() {
+    let k = 23;
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    for round in 0..4 {
+        let (mut call, _) = answered_cross_call(&mut a, &mut b);
+        if round % 2 == 1 {
+            a.ack_2xx(&call);
+            let reinvite = caller_request(&a, &mut call, "INVITE");
+            a.send(&reinvite);
+            b.request(Method::Ack, &call.call_id);
+            let got = b.request(Method::Invite, &call.call_id);
+            b.answer(&got, 200, "OK", CALLEE_TAG);
+            let ok = final_response(&mut a, &call.call_id, Method::Invite, call.cseq);
+            assert_eq!(ok.status(), Some(200), "{round}: {}", first_line(&ok));
+        }
+        a.ack_2xx(&call);
+        a.bye(&mut call);
+        let ack = b.request(Method::Ack, &call.call_id);
+        assert_eq!(ack.cseq().seq, call.cseq - 1, "{round}");
+        let bye = b.request(Method::Bye, &call.call_id);
+        b.answer(&bye, 200, "OK", CALLEE_TAG);
+        let done = final_response(&mut a, &call.call_id, Method::Bye, call.cseq);
+        assert_eq!(done.status(), Some(200), "{round}: {}", first_line(&done));
+        assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
+    }
+}
+
+/// 24. Scenario: B's 200 passes both blades and reaches A before A's
+/// CANCEL (sent before A saw the 200) reaches S: the CANCEL finds an
+/// answered INVITE and goes no further (B gets no CANCEL); A still gets a
+/// final answer to it, the call is established by A's ACK and ends with a
+/// BYE, leaving both free.
+#[test]
+fn a_cancel_behind_the_200_does_not_end_the_call() {
+    let k = 24;
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    let mut call = a.call(CALLEE);
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    call.learn(&ok);
+    a.cancel(&call);
+    let answer = final_response(&mut a, &call.call_id, Method::Cancel, call.cseq);
+    assert!(
+        matches!(answer.status(), Some(200 | 481)),
+        "{}",
+        first_line(&answer)
+    );
+    confirm(&mut a, &mut b, &call);
+    let stray = b.collect_where(QUIET, |m| m.method() == Some(Method::Cancel));
+    assert!(stray.is_empty(), "{stray:?}");
+    let stray = a.collect_where(QUIET, |m| m.status() == Some(487));
+    assert!(stray.is_empty(), "{stray:?}");
+    in_call(&cluster, s, CALLER);
+    assert_hosted(&cluster, t, CALLEE, "blade-1");
+    hang_up(&mut a, &mut b, &mut call);
+    assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
+}
