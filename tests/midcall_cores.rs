@@ -15,7 +15,7 @@
 //! caller's core and handed over to the session's.
 //!
 //! Addresses: 127.0.13.x, eight per test: blades at 8k+1 and 8k+2, phones
-//! at 8k+3 to 8k+8 (k = the test's number below).
+//! at 8k+3 to 8k+8, for the k each test names (1 to 28).
 
 mod common;
 
@@ -184,7 +184,7 @@ fn assert_all_free(cluster: &TestCluster, exts: &[(&str, usize)]) {
     }
 }
 
-/// 1. Scenario: UPDATE (RFC 3311) both ways in an early dialog. B answers
+/// Scenario: UPDATE (RFC 3311) both ways in an early dialog. B answers
 /// 183 with a Contact; A's UPDATE follows the early route set (S, T) to B,
 /// and B's UPDATE the INVITE's Record-Route back to A; each is answered
 /// 200 end to end. Then B answers, the call is confirmed, and hangs up.
@@ -242,7 +242,7 @@ fn update_both_ways_in_an_early_dialog() {
     assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
 }
 
-/// 2. Scenario: UPDATE both ways in a confirmed dialog (a target refresh
+/// Scenario: UPDATE both ways in a confirmed dialog (a target refresh
 /// with SDP, as a session timer or hold sends it); each 200 comes back;
 /// the call goes on (a later re-INVITE passes) and ends with both free.
 #[test]
@@ -386,31 +386,31 @@ fn request_crossing_a_bye(k: u8, method: &str, sender: Sender) {
     assert_eq!((own(s), own(t)), (0.0, 0.0), "no blade hung up itself");
 }
 
-/// 3. A's INFO crosses B's BYE.
+/// A's INFO crosses B's BYE.
 #[test]
 fn a_callers_info_crossing_the_callees_bye() {
     request_crossing_a_bye(3, "INFO", Sender::Caller);
 }
 
-/// 4. B's INFO crosses A's BYE.
+/// B's INFO crosses A's BYE.
 #[test]
 fn a_callees_info_crossing_the_callers_bye() {
     request_crossing_a_bye(4, "INFO", Sender::Callee);
 }
 
-/// 5. A's re-INVITE crosses B's BYE.
+/// A's re-INVITE crosses B's BYE.
 #[test]
 fn a_callers_reinvite_crossing_the_callees_bye() {
     request_crossing_a_bye(5, "INVITE", Sender::Caller);
 }
 
-/// 6. B's re-INVITE crosses A's BYE.
+/// B's re-INVITE crosses A's BYE.
 #[test]
 fn a_callees_reinvite_crossing_the_callers_bye() {
     request_crossing_a_bye(6, "INVITE", Sender::Callee);
 }
 
-/// 7. Scenario: the caller's CANCEL crosses the callee's 200 on blades of
+/// Scenario: the caller's CANCEL crosses the callee's 200 on blades of
 /// two cores (RFC 3261 §9.2, §16.7 step 5): the CANCEL is answered 200
 /// and relayed, the 200 all the same reaches A (no 487), its ACK reaches
 /// B, and the call stays up until A hangs up.
@@ -455,7 +455,7 @@ fn a_cancel_crossing_the_callees_200_leaves_an_established_call() {
     assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
 }
 
-/// 8. Scenario: re-INVITE glare (RFC 3261 §14.1) on blades of two cores:
+/// Scenario: re-INVITE glare (RFC 3261 §14.1) on blades of two cores:
 /// each phone answers the other's re-INVITE 491; each 491 reaches its
 /// sender through both blades and is ACKed hop by hop; a later re-INVITE
 /// passes and the hang-up frees both.
@@ -514,7 +514,7 @@ fn reinvite_glare_passes_491_both_ways() {
     assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
 }
 
-/// 9. Scenario: reliable provisionals (RFC 3262) on blades of two cores:
+/// Scenario: reliable provisionals (RFC 3262) on blades of two cores:
 /// B's 183 with `Require: 100rel`; A's PRACK follows the early route set
 /// to B and B's 200 comes back; then A cancels: the CANCEL is answered
 /// 200, B's 487 reaches A and is ACKed by T, and both agents end free.
@@ -542,12 +542,10 @@ fn a_prack_then_a_cancel() {
     assert_eq!(early.header_named("RSeq"), Some(&b"1"[..]));
     assert_eq!(early.record_routes().count(), 2);
     let dialog = early_dialog(&call, &early);
-    let prack = a
-        .in_dialog_text(&dialog, "PRACK", call.cseq + 1)
-        .replace(
-            "Content-Length: 0\r\n",
-            &format!("RAck: 1 {} INVITE\r\nContent-Length: 0\r\n", call.cseq),
-        );
+    let prack = a.in_dialog_text(&dialog, "PRACK", call.cseq + 1).replace(
+        "Content-Length: 0\r\n",
+        &format!("RAck: 1 {} INVITE\r\nContent-Length: 0\r\n", call.cseq),
+    );
     a.send(&prack);
     let got = b.request(Method::Prack, &call.call_id);
     assert_eq!(got.request_uri().unwrap().as_str(), b.contact_uri());
@@ -572,7 +570,7 @@ fn a_prack_then_a_cancel() {
     assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
 }
 
-/// 10. Scenario: the callee hangs up. B's BYE follows the INVITE's
+/// Scenario: the callee hangs up. B's BYE follows the INVITE's
 /// Record-Route (T, S) to A's Contact; A's 200 comes back to B; both
 /// agents end free, no session left, and no blade sent a BYE itself.
 #[test]
@@ -588,13 +586,7 @@ fn the_callee_hangs_up() {
     let bye = callee_request(&b, &invite, "BYE", 1);
     b.send(&bye);
     let got = a.request(Method::Bye, &call.call_id);
-    common::assert_dialog_bye(
-        &a,
-        &got,
-        &call.call_id,
-        (&call.from_tag, CALLEE_TAG),
-        0,
-    );
+    common::assert_dialog_bye(&a, &got, &call.call_id, (&call.from_tag, CALLEE_TAG), 0);
     a.answer(&got, 200, "OK", "unused");
     let done = final_response(&mut b, &call.call_id, Method::Bye, 1);
     assert_eq!(done.status(), Some(200), "{}", first_line(&done));
@@ -605,7 +597,7 @@ fn the_callee_hangs_up() {
     assert!(stray.is_empty(), "{stray:?}");
 }
 
-/// 11. Scenario: a whole call (re-INVITE and UPDATE both ways, INFO, BYE
+/// Scenario: a whole call (re-INVITE and UPDATE both ways, INFO, BYE
 /// from the callee) for each placement of caller and callee on the cores:
 /// apart (1001 → 1002, 1002 → 1001) and together (1001 → 1003, both on
 /// core 1; 1004 → 1002, both on core 0).
@@ -636,7 +628,12 @@ fn mid_call_requests_pass_for_every_placement_on_the_cores() {
             let got = b.request(m, &call.call_id);
             b.answer(&got, 200, "OK", CALLEE_TAG);
             let ok = final_response(&mut a, &call.call_id, m, call.cseq);
-            assert_eq!(ok.status(), Some(200), "{caller} {method}: {}", first_line(&ok));
+            assert_eq!(
+                ok.status(),
+                Some(200),
+                "{caller} {method}: {}",
+                first_line(&ok)
+            );
             if m == Method::Invite {
                 a.ack_2xx(&call);
                 b.request(Method::Ack, &call.call_id);
@@ -648,7 +645,12 @@ fn mid_call_requests_pass_for_every_placement_on_the_cores() {
             let got = a.request(m, &call.call_id);
             a.answer(&got, 200, "OK", "unused");
             let ok = final_response(&mut b, &call.call_id, m, b_cseq);
-            assert_eq!(ok.status(), Some(200), "{callee} {method}: {}", first_line(&ok));
+            assert_eq!(
+                ok.status(),
+                Some(200),
+                "{callee} {method}: {}",
+                first_line(&ok)
+            );
             if m == Method::Invite {
                 b.send(callee_request(&b, &invite, "ACK", b_cseq));
                 a.request(Method::Ack, &call.call_id);
@@ -666,8 +668,8 @@ fn mid_call_requests_pass_for_every_placement_on_the_cores() {
         assert_eq!(done.status(), Some(200), "{}", first_line(&done));
         assert_all_free(&cluster, &[(caller, s), (callee, t)]);
         // Logged out, so the next pair may use these extensions anywhere.
-        a.register(0);
-        b.register(0);
+        assert_eq!(a.register(0).status(), Some(200));
+        assert_eq!(b.register(0).status(), Some(200));
         cluster.wait_state(s, caller, "logged_out");
         cluster.wait_state(t, callee, "logged_out");
     }
@@ -695,7 +697,7 @@ fn two_blades_with_agents(k: u8, extra: &[String]) -> TestCluster {
 /// How many calls [`concurrent_calls_each_reinvite_then_hang_up`] places.
 const CALLS: usize = 10;
 
-/// 12. Scenario: ten cross-blade calls at once between distinct pairs
+/// Scenario: ten cross-blade calls at once between distinct pairs
 /// (callers 20xx on S, callees 30xx on T, spread over both cores), each in
 /// a thread of its own: answered, confirmed; while all ten are up, every
 /// caller is in a call on S and every callee hosted by S on T, with ten
@@ -708,10 +710,8 @@ fn concurrent_calls_each_reinvite_then_hang_up() {
     let callers: Vec<String> = (1..=CALLS).map(|n| format!("{}", 2000 + n)).collect();
     let callees: Vec<String> = (1..=CALLS).map(|n| format!("{}", 3000 + n)).collect();
     let all: Vec<String> = callers.iter().chain(&callees).cloned().collect();
-    let cores: std::collections::HashSet<_> = all
-        .iter()
-        .map(|e| shard_of(e.as_bytes(), CORES))
-        .collect();
+    let cores: std::collections::HashSet<_> =
+        all.iter().map(|e| shard_of(e.as_bytes(), CORES)).collect();
     assert_eq!(cores.len(), 2, "agents on both cores");
     let cluster = two_blades_with_agents(k, &all);
     let (s, t) = (0, 1);
@@ -764,7 +764,12 @@ fn concurrent_calls_each_reinvite_then_hang_up() {
             assert_eq!(cluster.agent(s, b)["state"], "in_call", "{b} on S");
             assert_hosted(&cluster, t, b, "blade-1");
         }
-        assert_eq!(cluster.sessions(s).len(), CALLS, "{:?}", cluster.sessions(s));
+        assert_eq!(
+            cluster.sessions(s).len(),
+            CALLS,
+            "{:?}",
+            cluster.sessions(s)
+        );
         assert!(cluster.sessions(t).is_empty(), "{:?}", cluster.sessions(t));
         for g in &go {
             let _ = g.send(());
@@ -789,7 +794,7 @@ fn concurrent_calls_each_reinvite_then_hang_up() {
     }
 }
 
-/// 13. Scenario: calls both ways at once. A (1001, on S) calls B (1002,
+/// Scenario: calls both ways at once. A (1001, on S) calls B (1002,
 /// on T) while C (1003, on T) calls D (1004, on S): both INVITEs are out
 /// before either is answered. Each blade is source of one session and
 /// target of the other: S hosts B, T hosts D. Both calls re-INVITE at once
@@ -892,7 +897,7 @@ fn calls_both_ways_at_once() {
     assert_eq!((own(s), own(t)), (0.0, 0.0), "no blade hung up itself");
 }
 
-/// 14. Scenario (as in tests/midcall.rs, on blades of two cores): A's
+/// Scenario (as in tests/midcall.rs, on blades of two cores): A's
 /// re-INVITE has reached B's phone, which answered 100 and thinks it
 /// over, when T is SIGKILLed. When the lease runs out S hangs A up with a
 /// BYE of its own, and A's re-INVITE gets its final answer then (408),
@@ -938,7 +943,7 @@ fn a_reinvite_through_a_killed_target_is_answered_when_the_hosting_is_lost() {
     assert!(again.is_empty(), "ACKed: not retransmitted: {again:?}");
 }
 
-/// 15. The mirror image: B's re-INVITE has reached A's phone when S is
+/// The mirror image: B's re-INVITE has reached A's phone when S is
 /// SIGKILLed; when the lease lapses T hangs B up with a BYE of its own,
 /// and B's re-INVITE gets its final answer then (408); B is free on T.
 #[test]
@@ -981,7 +986,7 @@ fn a_reinvite_through_a_killed_source_is_answered_when_the_lease_lapses() {
     assert!(again.is_empty(), "ACKed: not retransmitted: {again:?}");
 }
 
-/// 16. Scenario: both phones hang up at once (crossing BYEs) on blades of
+/// Scenario: both phones hang up at once (crossing BYEs) on blades of
 /// two cores. Each BYE reaches the other phone and is answered 200; both
 /// agents end free and no blade sends a BYE of its own. B's BYE sent
 /// again after the unhost is answered 200 by T from its transaction
@@ -1023,7 +1028,7 @@ fn crossing_byes_both_pass_and_free_both_agents() {
     assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
 }
 
-/// 17. Scenario: a call that outlasts its lease several times, with the
+/// Scenario: a call that outlasts its lease several times, with the
 /// callee (1003) on core 1 of each blade and the caller (1002) on core 0:
 /// the session and the grant live on core 1 while the link is core 0's,
 /// so every renewal crosses cores both ways. B stays hosted by S all
@@ -1125,19 +1130,19 @@ fn cancelled_reinvite(k: u8, sender: Sender) {
     assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
 }
 
-/// 18. A cancels its own re-INVITE.
+/// A cancels its own re-INVITE.
 #[test]
 fn a_callers_cancelled_reinvite_leaves_the_call_up() {
     cancelled_reinvite(18, Sender::Caller);
 }
 
-/// 19. B cancels its own re-INVITE.
+/// B cancels its own re-INVITE.
 #[test]
 fn a_callees_cancelled_reinvite_leaves_the_call_up() {
     cancelled_reinvite(19, Sender::Callee);
 }
 
-/// 20. Scenario: while B (1002, core 0) is in a call hosted by S, C
+/// Scenario: while B (1002, core 0) is in a call hosted by S, C
 /// (1003, core 1 of T) calls B: T holds the INVITE and asks S, which
 /// answers busy; C gets 486 (and T ACKs nothing of B's: B never rings).
 /// A's call is untouched. Once A hangs up, C's call to B goes through on
@@ -1186,7 +1191,7 @@ fn a_call_to_the_hosted_callee_from_its_own_blade_is_busy_then_goes_through() {
     wait_ready(&cluster, t, CALLEE);
 }
 
-/// 21. Scenario: UPDATE glare (RFC 3311 §5.2): both phones UPDATE at once
+/// Scenario: UPDATE glare (RFC 3311 §5.2): both phones UPDATE at once
 /// and each answers the other's 491; each 491 reaches the UPDATE's sender
 /// through both blades (no ACK: UPDATE is not an INVITE), and a later
 /// UPDATE from each passes. The call ends with both free.
@@ -1232,7 +1237,7 @@ fn update_glare_passes_491_both_ways() {
     assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
 }
 
-/// 22. Scenario: A's CANCEL goes out right after its INVITE, at delays
+/// Scenario: A's CANCEL goes out right after its INVITE, at delays
 /// that put it while S waits for the grant, while the INVITE is on its way
 /// to T or B, and after B rang. Whatever B saw, A's CANCEL is answered
 /// 200 and its INVITE 487 (after a 180 if B rang first); if the INVITE
@@ -1288,7 +1293,7 @@ fn a_cancel_at_any_point_of_the_set_up_frees_both() {
     }
 }
 
-/// 23. Scenario: A sends its ACK and then at once a request of the call
+/// Scenario: A sends its ACK and then at once a request of the call
 /// (a BYE; a re-INVITE and then a BYE), with no pause between: on blades
 /// of two cores the ACK is steered to the session's core by its
 /// Request-URI user while the other request may land on the other core
@@ -1325,7 +1330,7 @@ fn requests_right_behind_the_ack() {
     }
 }
 
-/// 24. Scenario: B's 200 passes both blades and reaches A before A's
+/// Scenario: B's 200 passes both blades and reaches A before A's
 /// CANCEL (sent before A saw the 200) reaches S: the CANCEL finds an
 /// answered INVITE and goes no further (B gets no CANCEL); A still gets a
 /// final answer to it, the call is established by A's ACK and ends with a
@@ -1360,4 +1365,159 @@ fn a_cancel_behind_the_200_does_not_end_the_call() {
     assert_hosted(&cluster, t, CALLEE, "blade-1");
     hang_up(&mut a, &mut b, &mut call);
     assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t)]);
+}
+
+/// Scenario: two calls for B at once, one from A on S (a cross-blade
+/// call, hosting B) and one from C on B's own blade T (a local call there):
+/// exactly one reaches B's phone, and the other caller gets 486 Busy Here
+/// (T refuses to host a busy B, or S, hosting B, answers T's redirect
+/// busy). B answers the one it got; that call confirms and hangs up, and
+/// all three agents end free, round after round, whichever goes first.
+#[test]
+fn two_callers_racing_for_one_callee_one_rings_one_is_busy() {
+    let k = 25;
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, CALLER, phone(k, 0));
+    let mut b = cluster.registered_on(t, CALLEE, phone(k, 1));
+    let mut c = cluster.registered_on(t, "1003", phone(k, 2));
+    for round in 0..6 {
+        let mut from_a = a.call(CALLEE);
+        let mut from_c = c.call(CALLEE);
+        if round % 2 == 0 {
+            a.invite(&mut from_a, "");
+            c.invite(&mut from_c, "");
+        } else {
+            c.invite(&mut from_c, "");
+            a.invite(&mut from_a, "");
+        }
+        let invite = b.expect_where("an INVITE", |m| m.method() == Some(Method::Invite));
+        let (winner, loser, mut call, mut lost, blades) = if invite.call_id() == from_a.call_id {
+            (&mut a, &mut c, from_a, from_c, 2)
+        } else {
+            (&mut c, &mut a, from_c, from_a, 1)
+        };
+        let busy = loser.response(&lost.call_id, Method::Invite);
+        assert_eq!(busy.status(), Some(486), "{round}: {}", first_line(&busy));
+        loser.ack_failure(&lost, &busy);
+        lost.cseq = 0;
+        b.answer(&invite, 200, "OK", CALLEE_TAG);
+        let ok = winner.response(&call.call_id, Method::Invite);
+        assert_eq!(ok.status(), Some(200), "{round}: {}", first_line(&ok));
+        call.learn(&ok);
+        assert_eq!(call.routes.len(), blades);
+        confirm(winner, &mut b, &call);
+        let more = b.collect_where(QUIET, |m| m.method() == Some(Method::Invite));
+        assert!(more.is_empty(), "{round}: one INVITE only: {more:?}");
+        hang_up(winner, &mut b, &mut call);
+        assert_all_free(&cluster, &[(CALLER, s), (CALLEE, t), ("1003", t)]);
+    }
+}
+
+/// Scenario: B hangs up and at once calls A back (an auto-dialler
+/// would). A's call ended on S's session core, B's (core 0), the core
+/// that runs the link, while A's own record lives on core 1; T's host
+/// request for A reaches core 1 through core 0. The notice that A left
+/// its call must get there first: the call back rings A (not 486 Busy
+/// Here, as it did while the notice waited for the timer grid). Then the
+/// call back ends and all are free, round after round.
+#[test]
+fn the_callee_calls_the_caller_back_at_once_after_hanging_up() {
+    call_back_at_once(26, CALLER, CALLEE);
+}
+
+/// B (`callee`, on T) hangs up the call from A (`caller`, on S) and at
+/// once calls A back: A rings, answers, and the call back ends; three
+/// rounds.
+fn call_back_at_once(k: u8, caller: &str, callee: &str) {
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, caller, phone(k, 0));
+    let mut b = cluster.registered_on(t, callee, phone(k, 1));
+    for round in 0..3 {
+        let (call, invite) = answered_cross_call(&mut a, &mut b);
+        confirm(&mut a, &mut b, &call);
+        in_call(&cluster, s, caller);
+        b.send(callee_request(&b, &invite, "BYE", 1));
+        let bye = a.request(Method::Bye, &call.call_id);
+        a.answer(&bye, 200, "OK", "unused");
+        let done = final_response(&mut b, &call.call_id, Method::Bye, 1);
+        assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+
+        let mut back = b.call(caller);
+        b.invite(&mut back, "");
+        let Some(got) = a.next_where(common::WAIT, |m| {
+            m.method() == Some(Method::Invite) && m.call_id() == back.call_id
+        }) else {
+            let answer = b.response(&back.call_id, Method::Invite);
+            panic!("{round}: A never rang; B got {}", first_line(&answer));
+        };
+        a.answer(&got, 200, "OK", CALLEE_TAG);
+        let ok = b.response(&back.call_id, Method::Invite);
+        assert_eq!(ok.status(), Some(200), "{round}: {}", first_line(&ok));
+        back.learn(&ok);
+        confirm(&mut b, &mut a, &back);
+        hang_up(&mut b, &mut a, &mut back);
+        assert_all_free(&cluster, &[(caller, s), (callee, t)]);
+    }
+}
+
+/// The same with the session's core away from the link's: the
+/// callee 1003 on core 1, the caller 1002 on core 0, which runs the link
+/// and so takes T's host request for the caller itself. The notice that
+/// the caller left its call goes to core 0 ahead of the unhost (which the
+/// session's core hands core 0 for the link), so the call back rings.
+#[test]
+fn the_callee_calls_the_caller_back_at_once_from_a_session_core_away_from_the_link() {
+    assert_eq!(shard_of(b"1002", CORES), 0, "the link's core");
+    assert_eq!(shard_of(b"1003", CORES), 1);
+    call_back_at_once(27, "1002", "1003");
+}
+
+/// Scenario: A hangs up (or B does) and A at once calls B again: the
+/// unhost of the first call and the host request of the second go over
+/// the link one right behind the other; the second call must ring B (not
+/// 486 for a B still hosted by the first), and end with both free. With
+/// B on core 0 and on core 1 of T.
+#[test]
+fn the_caller_redials_at_once_after_either_party_hangs_up() {
+    let k = 28;
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    for (caller, callee) in [("1001", "1002"), ("1002", "1003")] {
+        let mut a = cluster.registered_on(s, caller, phone(k, 0));
+        let mut b = cluster.registered_on(t, callee, phone(k, 1));
+        for round in 0..4 {
+            let mut call = a.call(callee);
+            a.invite(&mut call, "");
+            let Some(invite) = b.next_where(common::WAIT, |m| {
+                m.method() == Some(Method::Invite) && m.call_id() == call.call_id
+            }) else {
+                let answer = a.response(&call.call_id, Method::Invite);
+                panic!(
+                    "{caller} → {callee} {round}: B never rang; A got {}",
+                    first_line(&answer)
+                );
+            };
+            b.answer(&invite, 200, "OK", CALLEE_TAG);
+            let ok = a.response(&call.call_id, Method::Invite);
+            assert_eq!(ok.status(), Some(200), "{round}: {}", first_line(&ok));
+            call.learn(&ok);
+            confirm(&mut a, &mut b, &call);
+            if round % 2 == 0 {
+                hang_up(&mut a, &mut b, &mut call);
+            } else {
+                b.send(callee_request(&b, &invite, "BYE", 1));
+                let bye = a.request(Method::Bye, &call.call_id);
+                a.answer(&bye, 200, "OK", "unused");
+                let done = final_response(&mut b, &call.call_id, Method::Bye, 1);
+                assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+            }
+        }
+        assert_all_free(&cluster, &[(caller, s), (callee, t)]);
+        assert_eq!(a.register(0).status(), Some(200));
+        assert_eq!(b.register(0).status(), Some(200));
+        cluster.wait_state(s, caller, "logged_out");
+        cluster.wait_state(t, callee, "logged_out");
+    }
 }
