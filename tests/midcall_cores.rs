@@ -15,7 +15,7 @@
 //! caller's core and handed over to the session's.
 //!
 //! Addresses: 127.0.13.x, eight per test: blades at 8k+1 and 8k+2, phones
-//! at 8k+3 to 8k+8, for the k each test names (1 to 28).
+//! at 8k+3 to 8k+8, for the k each test names (1 to 30).
 
 mod common;
 
@@ -1520,4 +1520,53 @@ fn the_caller_redials_at_once_after_either_party_hangs_up() {
         cluster.wait_state(s, caller, "logged_out");
         cluster.wait_state(t, callee, "logged_out");
     }
+}
+
+/// A (`caller`, on S) calls B (`callee`, on T); as soon as A has B's 200,
+/// C (`other`, on T) calls A: A is in a call on S, so C gets 486 Busy
+/// Here and A's phone never rings for it. Then A's call ends and all are
+/// free; three rounds.
+fn call_to_a_caller_just_answered(k: u8, caller: &str, callee: &str, other: &str) {
+    let cluster = two_blades(k);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, caller, phone(k, 0));
+    let mut b = cluster.registered_on(t, callee, phone(k, 1));
+    let mut c = cluster.registered_on(t, other, phone(k, 2));
+    for round in 0..3 {
+        let (mut call, _) = answered_cross_call(&mut a, &mut b);
+        let mut busy = c.call(caller);
+        c.invite(&mut busy, "");
+        confirm(&mut a, &mut b, &call);
+        let Some(refused) = c.next_where(common::WAIT, |m| {
+            final_to(m, &busy.call_id, Method::Invite, busy.cseq)
+        }) else {
+            let rung = a.collect_where(QUIET, |m| m.call_id() == busy.call_id);
+            panic!("{round}: no answer to C; A, in a call, got {rung:?}");
+        };
+        assert_eq!(
+            refused.status(),
+            Some(486),
+            "{round}: {}",
+            first_line(&refused)
+        );
+        c.ack_failure(&busy, &refused);
+        let rung = a.collect_where(QUIET, |m| m.call_id() == busy.call_id);
+        assert!(rung.is_empty(), "{round}: A never rings for C: {rung:?}");
+        hang_up(&mut a, &mut b, &mut call);
+        assert_all_free(&cluster, &[(caller, s), (callee, t), (other, t)]);
+    }
+}
+
+/// A (1001, core 1) in a call whose session is on core 0 of S, the
+/// link's: C's call to A, through the link, finds A busy.
+#[test]
+fn a_call_to_a_caller_just_answered_is_busy() {
+    call_to_a_caller_just_answered(29, "1001", "1002", "1003");
+}
+
+/// A (1002, core 0, the link's) in a call whose session is on core 1 of
+/// S: C's call to A, through the link, finds A busy.
+#[test]
+fn a_call_to_a_caller_just_answered_is_busy_with_the_session_away_from_the_link() {
+    call_to_a_caller_just_answered(30, "1002", "1003", "1001");
 }
