@@ -175,22 +175,6 @@ impl Core {
     /// core up to date. That wait runs in a task of its own: it must not
     /// stall this core, nor a full peer queue.
     async fn flush(self: &Rc<Self>, mut out: Output) {
-        for handoff in std::mem::take(&mut out.handoffs) {
-            if let Some(mesh) = &self.mesh {
-                let (source, msg) = (handoff.source, Box::new(handoff.msg));
-                let msg = if handoff.join {
-                    CoreMsg::Join { source, msg }
-                } else {
-                    CoreMsg::Sip { source, msg }
-                };
-                // Rare and retransmitted by the phone if lost: never wait.
-                let _ = mesh.try_send_to(handoff.core, msg);
-            }
-        }
-        let cluster = std::mem::take(&mut out.cluster);
-        if !cluster.is_empty() {
-            self.to_link(cluster).await;
-        }
         // Only logins and logouts gate the reply: another core must know a
         // caller is logged in before the caller can act on its 200. Call
         // state changes of the caller need no such ordering.
@@ -199,7 +183,28 @@ impl Core {
             .iter()
             .any(|n| matches!(n.event, AgentEvent::LoggedIn(_) | AgentEvent::LoggedOut(_)));
         if !gating {
-            self.queue_notices(out.notices);
+            // Queued before the messages below go: one for another core
+            // takes that core's notices along, ahead of it.
+            self.queue_notices(std::mem::take(&mut out.notices));
+        }
+        for handoff in std::mem::take(&mut out.handoffs) {
+            if let Some(mesh) = &self.mesh {
+                let (source, msg) = (handoff.source, Box::new(handoff.msg));
+                let msg = if handoff.join {
+                    CoreMsg::Join { source, msg }
+                } else {
+                    CoreMsg::Sip { source, msg }
+                };
+                self.send_outbox(handoff.core);
+                // Rare and retransmitted by the phone if lost: never wait.
+                let _ = mesh.try_send_to(handoff.core, msg);
+            }
+        }
+        let cluster = std::mem::take(&mut out.cluster);
+        if !cluster.is_empty() {
+            self.to_link(cluster).await;
+        }
+        if !gating {
             return self.transmit(out.transmits).await;
         }
         let core = self.clone();
@@ -234,6 +239,10 @@ impl Core {
             return driver.send(sends).await;
         }
         let Some(mesh) = &self.mesh else { return };
+        // What core 0 sends a peer may lead to a request back to core 0 (a
+        // call for an agent whose call just ended here): the notices it
+        // needs go first.
+        self.send_outbox(0);
         if let Err(flume::TrySendError::Full(msg)) = mesh.try_send_to(0, CoreMsg::ToLink(sends)) {
             // Core 0 is busy: wait for room in a task of our own.
             let core = self.clone();
@@ -341,10 +350,16 @@ impl Core {
 
     /// Handles `msg` here if it is this core's, else queues it for its
     /// core. A full queue drops it: the hosting layer's timeouts answer.
+    ///
+    /// Call-state notices queued for that core go first, as with a SIP
+    /// handoff: a host request for an agent whose call just ended on this
+    /// core must find the agent free there, not busy until the next
+    /// timer grid point.
     async fn deliver(self: &Rc<Self>, core: usize, msg: CoreMsg) {
         if core == self.index {
             return self.on_core_msg(msg).await;
         }
+        self.send_outbox(core);
         if let Some(mesh) = &self.mesh {
             if mesh.try_send_to(core, msg).is_err() {
                 tracing::warn!(core, "core queue full: link message dropped");
