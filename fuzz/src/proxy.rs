@@ -442,10 +442,12 @@ impl World {
         }
         // A login or logout reaches the other cores before the replies
         // go; call-state notices may wait for the next step.
-        let gating = out
-            .notices
-            .iter()
-            .any(|n| matches!(n.event, AgentEvent::LoggedIn(_) | AgentEvent::LoggedOut(_)));
+        let gating = out.notices.iter().any(|n| {
+            matches!(
+                n.event,
+                AgentEvent::LoggedIn { .. } | AgentEvent::LoggedOut(_)
+            )
+        });
         for n in out.notices {
             let targets: Vec<usize> = match n.to {
                 Some(c) => vec![c],

@@ -230,6 +230,24 @@ impl Proxy {
             .location()
             .get(extension)
             .map(|r| r.is_logged_in());
-        local.unwrap_or_else(|| self.logged_in_elsewhere.contains(extension))
+        local.unwrap_or_else(|| self.logged_in_elsewhere.contains_key(extension))
+    }
+
+    /// Where requests for `extension`, logged in on this core, go.
+    pub(super) fn terminal_of(&self, extension: &str) -> Option<SocketAddr> {
+        let binding = self.registrar.location().get(extension)?.binding.as_ref()?;
+        Some(binding.peer.addr)
+    }
+
+    /// Whether `target` is the terminal of the agent `msg` is addressed
+    /// to, logged in on this core or (known from its notices) another.
+    pub(super) fn is_addressed_terminal(&self, msg: &Message, target: Peer) -> bool {
+        let Some(agent) = self.addressed_agent(msg) else {
+            return false;
+        };
+        let terminal = self
+            .terminal_of(&agent)
+            .or_else(|| self.logged_in_elsewhere.get(&*agent).copied());
+        terminal == Some(target.addr)
     }
 }

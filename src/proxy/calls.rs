@@ -43,8 +43,11 @@ impl Proxy {
     /// Applies an agent event from another core.
     pub fn handle_notice(&mut self, event: AgentEvent) {
         match event {
-            AgentEvent::LoggedIn(ext) => {
-                self.logged_in_elsewhere.insert(ext);
+            AgentEvent::LoggedIn {
+                extension,
+                terminal,
+            } => {
+                self.logged_in_elsewhere.insert(extension, terminal);
             }
             AgentEvent::LoggedOut(ext) => {
                 self.logged_in_elsewhere.remove(&ext);

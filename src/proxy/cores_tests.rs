@@ -116,6 +116,12 @@ impl Blade {
     fn send_from(&mut self, ext: &str, text: &str) {
         let msg = Message::parse(Bytes::from(text.to_owned())).unwrap();
         let core = route::owner_core(&msg, CORES).unwrap_or(0);
+        self.deliver(core, ext, msg);
+    }
+
+    /// Delivers a datagram from terminal `ext` to `core` (as a core's own
+    /// port would: the one a Record-Route of that core names).
+    fn deliver(&mut self, core: usize, ext: &str, msg: Message) {
         let source = Peer::udp(terminal(ext));
         let mut queue = VecDeque::from([Event::Message { core, source, msg }]);
         while let Some(event) = queue.pop_front() {
@@ -318,4 +324,43 @@ fn a_replaces_through_the_party_of_another_core_is_handed_to_the_sessions_core()
         assert_eq!(b.state(ext), "ready", "{ext}");
     }
     assert!(b.sessions().is_empty());
+}
+
+/// A routed in-dialog request reaching a core that does not own the agent
+/// it is addressed to (the core whose Record-Route the dialog has: a
+/// supervisor's join leg relayed by the joined agent's core) goes on to
+/// that agent's terminal, which the owner's login notice told every core;
+/// the same request aimed at another address is refused, as no open relay.
+#[test]
+fn a_routed_request_goes_to_a_terminal_another_core_registered_and_nowhere_else() {
+    let (caller, callee, _) = parties();
+    let mut blade = Blade::new();
+    blade.register(caller);
+    blade.register(callee);
+    let bye = |host: SocketAddr| {
+        let t = terminal(caller);
+        Message::parse(Bytes::from(format!(
+            "BYE sip:{callee}@{host} SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKrouted{}\r\n\
+             Route: <sip:127.0.0.1:5060;lr>\r\nMax-Forwards: 70\r\n\
+             From: <sip:{caller}@cc.example>;tag=a\r\nTo: <sip:{callee}@cc.example>;tag=b\r\n\
+             Call-ID: leg@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            host.port()
+        )))
+        .unwrap()
+    };
+    let other_core = core_of(caller);
+    assert_ne!(other_core, core_of(callee));
+
+    blade.deliver(other_core, caller, bye(terminal(callee)));
+    let relayed = blade.take(callee);
+    assert_eq!(relayed.method(), Some(Method::Bye));
+    assert_eq!(relayed.call_id(), "leg@test");
+
+    let outside: SocketAddr = addr("198.51.100.7:5060");
+    blade.deliver(other_core, caller, bye(outside));
+    assert_eq!(blade.take_final(caller).status(), Some(403));
+    assert!(
+        !blade.inbox.contains_key(&outside),
+        "nothing left the cluster"
+    );
 }

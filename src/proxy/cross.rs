@@ -553,16 +553,28 @@ impl Proxy {
     /// `extension`, this core's agent, logged in: the other cores and the
     /// peer blades learn it.
     pub(super) fn announce_login(&mut self, extension: &str, out: &mut Output) {
-        out.notices.push(super::Notice {
-            to: None,
-            event: super::AgentEvent::LoggedIn(extension.to_owned()),
-        });
+        self.announce_terminal(extension, out);
         if let Some(c) = self.cluster.as_mut() {
             out.cluster.push(ClusterSend {
                 to: Dest::AllPeers,
                 msg: c.target.logged_in(extension),
             });
         }
+    }
+
+    /// The other cores learn where the terminal of `extension`, this
+    /// core's agent, now is.
+    pub(super) fn announce_terminal(&mut self, extension: &str, out: &mut Output) {
+        let Some(terminal) = self.terminal_of(extension) else {
+            return;
+        };
+        out.notices.push(super::Notice {
+            to: None,
+            event: super::AgentEvent::LoggedIn {
+                extension: extension.to_owned(),
+                terminal,
+            },
+        });
     }
 
     /// `extension`, this core's agent, logged out: the other cores and the

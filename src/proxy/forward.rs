@@ -273,14 +273,15 @@ impl Proxy {
     /// the binding of the agent it is addressed to, or the remote target
     /// a dialog kept here has. Anywhere else would make the blade an open
     /// relay for whoever puts its Record-Route in a Route header.
-    /// Cheapest first: an agent-to-agent dialog's requests match the
-    /// addressed binding, before the caller's Contact would be parsed.
+    ///
+    /// A peer blade matches on any port: its Record-Route names the port
+    /// of the core that handled the request. Cheapest first: an
+    /// agent-to-agent dialog's requests match the addressed binding,
+    /// before the caller's Contact would be parsed.
     pub(super) fn may_relay_routed(&self, msg: &Message, target: Peer) -> bool {
-        self.is_peer_blade_sip(target.addr)
+        self.is_peer_blade_ip(target.addr.ip())
             || self.is_own_port(target.addr)
-            || self
-                .addressed_binding(msg)
-                .is_some_and(|b| b.peer.addr == target.addr)
+            || self.is_addressed_terminal(msg, target)
             || self.is_callers_terminal(msg, target)
             || self.is_kept_dialog_hop(msg, target)
     }

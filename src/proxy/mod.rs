@@ -44,7 +44,7 @@ pub mod session;
 mod status;
 mod transactions;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,8 +178,15 @@ pub struct Notice {
 /// Agent events that cross cores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
-    /// The agent registered (every core learns it may place calls).
-    LoggedIn(String),
+    /// The agent registered, or its terminal moved (every core learns it
+    /// may place calls, and where its terminal is: a routed in-dialog
+    /// request may go there from any core).
+    LoggedIn {
+        /// The agent.
+        extension: String,
+        /// Where requests for it go (its binding's address).
+        terminal: SocketAddr,
+    },
     /// The agent's registration ended.
     LoggedOut(String),
     /// The agent (owned by the receiving core) joined a call.
@@ -332,8 +339,9 @@ pub struct Proxy {
     settings: Settings,
     registrar: Registrar,
     agents: Arc<AgentTable>,
-    /// Agents owned by other cores that are logged in (from notices).
-    logged_in_elsewhere: HashSet<String, ahash::RandomState>,
+    /// Agents owned by other cores that are logged in, and their
+    /// terminals (from notices).
+    logged_in_elsewhere: HashMap<String, SocketAddr, ahash::RandomState>,
     /// Calls of this core's agents whose sessions other cores own, by
     /// Call-ID: where a Join for them goes.
     remote_sessions: HashMap<String, usize, ahash::RandomState>,
@@ -411,7 +419,7 @@ impl Proxy {
             settings,
             registrar,
             agents,
-            logged_in_elsewhere: HashSet::default(),
+            logged_in_elsewhere: HashMap::default(),
             remote_sessions: HashMap::default(),
             handed_off: HashMap::default(),
             tidied_at: Duration::ZERO,
@@ -714,6 +722,7 @@ impl Proxy {
             return self.refuse(now, source, msg, &looping, out);
         }
         let mut buf = BytesMut::new();
+        let terminal_before = to.user_str().and_then(|ext| self.terminal_of(&ext));
         let outcome = self.registrar.handle_register(now, &msg, source, &mut buf);
         match &outcome {
             Outcome::LoggedIn(ext) => {
@@ -721,7 +730,12 @@ impl Proxy {
                 self.announce_login(ext, out);
                 self.enter_hosted_calls(ext);
             }
-            Outcome::Refreshed(_) => self.metrics.registrations += 1,
+            Outcome::Refreshed(ext) => {
+                self.metrics.registrations += 1;
+                if self.terminal_of(ext) != terminal_before {
+                    self.announce_terminal(ext, out);
+                }
+            }
             Outcome::LoggedOut(ext) => {
                 self.announce_logout(ext, out);
             }

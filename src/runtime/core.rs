@@ -178,10 +178,12 @@ impl Core {
         // Only logins and logouts gate the reply: another core must know a
         // caller is logged in before the caller can act on its 200. Call
         // state changes of the caller need no such ordering.
-        let gating = out
-            .notices
-            .iter()
-            .any(|n| matches!(n.event, AgentEvent::LoggedIn(_) | AgentEvent::LoggedOut(_)));
+        let gating = out.notices.iter().any(|n| {
+            matches!(
+                n.event,
+                AgentEvent::LoggedIn { .. } | AgentEvent::LoggedOut(_)
+            )
+        });
         if !gating {
             // Queued before the messages below go: one for another core
             // takes that core's notices along, ahead of it.
