@@ -180,6 +180,20 @@ impl Side {
 /// dialog-creating request (INVITE 101-299, SUBSCRIBE, REFER 2xx) the
 /// Record-Route and our Contact; `extra` lines and `body`.
 fn respond(ua: &Ua, req: &Message, status: u16, reason: &str, extra: &str, body: &str) -> String {
+    let text = response_text(ua, req, status, reason, extra, body);
+    ua.send(&text);
+    text
+}
+
+/// The response [`respond`] sends.
+fn response_text(
+    ua: &Ua,
+    req: &Message,
+    status: u16,
+    reason: &str,
+    extra: &str,
+    body: &str,
+) -> String {
     let creates = match req.method() {
         Some(Method::Invite) => (101..300).contains(&status),
         Some(Method::Subscribe | Method::Refer) => (200..300).contains(&status),
@@ -218,7 +232,6 @@ fn respond(ua: &Ua, req: &Message, status: u16, reason: &str, extra: &str, body:
         "{extra}{content_type}Content-Length: {}\r\n\r\n{body}",
         body.len()
     ));
-    ua.send(&text);
     text
 }
 
@@ -830,8 +843,9 @@ fn a_whole_dialog_across_two_blades_of_two_cores() {
 
 /// In-dialog requests follow the caller's whole route set (loose routing,
 /// RFC 3261 §16.4, §16.6): past the blade, a proxy the callee's side
-/// record-routed gets the request with its Route kept and the Request-URI
-/// untouched. Max-Forwards 0 in a dialog is 483 at the blade, 1 passes
+/// record-routed (in the 200 the blade relayed, so the blade knows it as
+/// the dialog's next hop) gets the request with its Route kept and the
+/// Request-URI untouched. Max-Forwards 0 in a dialog is 483 at the blade, 1 passes
 /// as 0. The ACK of a 2xx is forwarded statelessly, each retransmission
 /// too.
 #[test]
@@ -844,14 +858,19 @@ fn in_dialog_requests_follow_the_route_set_and_max_forwards() {
     let mut call = a.call("1002");
     a.invite(&mut call, "");
     let invite = routed(&mut b, Method::Invite, &call.call_id, 1);
-    respond(&b, &invite, 200, "OK", "", "");
+    // The callee's outbound proxy record-routed too, nearer the callee:
+    // the caller's route set is the blade, then that proxy.
+    let ok = response_text(&b, &invite, 200, "OK", "", "").replacen(
+        "Record-Route: ",
+        &format!("Record-Route: <sip:{};lr>, ", proxy.addr),
+        1,
+    );
+    b.send(&ok);
     let resp = a.response(&call.call_id, Method::Invite);
     assert_eq!(resp.status(), Some(200));
     call.learn(&resp);
-    // The callee's outbound proxy record-routed too, nearer the callee:
-    // the caller's route set is the blade, then that proxy.
-    assert_eq!(call.routes.len(), 1, "{:?}", call.routes);
-    call.routes.push(format!("<sip:{};lr>", proxy.addr));
+    assert_eq!(call.routes.len(), 2, "{:?}", call.routes);
+    assert_eq!(call.routes[1], format!("<sip:{};lr>", proxy.addr));
 
     a.ack_2xx(&call);
     let ack = proxy.request(Method::Ack, &call.call_id);
