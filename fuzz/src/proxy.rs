@@ -2,35 +2,45 @@
 //! by hostile SIP after parsing: transactions, dialogs and sessions,
 //! CANCEL/ACK matching, Replaces/Join, REGISTER with digest, timers.
 //!
-//! The first byte picks the world: auth on or off, one blade or two blades
-//! whose SIP and link messages are carried in memory (a cross-blade call
-//! hosts its callee), one core per blade or two. A blade of two cores runs
-//! one proxy per core as `src/runtime/core.rs` does: a datagram arrives on
-//! the core the input picks (SO_REUSEPORT spreads them), goes to the core
-//! that owns it (`route::owner_core`); hand-offs, and the notices that tell
-//! the other core of logins and calls, are carried between cores, call
-//! notices either at once or, as the input picks, at the next step (the
-//! runtime batches them); link messages go to their core as
+//! The first byte picks the world: auth on or off (bit 0), one core per
+//! blade or two (bit 2), and one blade, two blades (bit 1) or, where the top
+//! three bits are `100` (0x80-0x9f), three blades, each a peer of the other
+//! two. The blades' SIP and link messages are carried in memory (a
+//! cross-blade call hosts its callee). Bits 3-7 meant nothing before there
+//! were three-blade worlds; the committed inputs that started 0x80-0x9f had
+//! bit 7 cleared, so every committed input keeps its meaning, and a
+//! three-blade world alone reads the few bytes that only it needs (which
+//! pair of blades a link step takes, whether an address names blade-3). A
+//! blade of two cores runs one proxy per core as `src/runtime/core.rs` does:
+//! a datagram arrives on the core the input picks (SO_REUSEPORT spreads
+//! them), goes to the core that owns it (`route::owner_core`); hand-offs,
+//! and the notices that tell the other core of logins and calls, are carried
+//! between cores, call notices either at once or, as the input picks, at the
+//! next step (the runtime batches them); link messages go to their core as
 //! `Core::from_link` sends them. Each step of such a world starts with two
 //! bytes for those choices, so the inputs of 1-core worlds keep their
-//! meaning. Agents 1001-1003 are registered, 1004 is not. The
-//! rest of the input is a program of steps: a request built from a
-//! template (INVITE, REGISTER, OPTIONS, MESSAGE, INVITE with Replaces or
-//! Join naming a dialog the proxy emitted), a response or in-dialog
-//! request built from what the proxy actually sent to a terminal (its
-//! Call-IDs, branches, tags, Contacts and Record-Routes), a CANCEL, ACK or
-//! repeat of what was sent before, raw bytes, each with a few mutations
+//! meaning. Agents 1001-1003 are registered, 1004 is not: 1001 and 1002 on
+//! the first blade and 1003 on the last, or, with three blades, 100d on
+//! blade-d, so that calls, Joins and Replaces go between every pair of
+//! blades (a Join from blade-3 for a call of blade-1's caller to blade-2's
+//! agent involves all three). The rest of the input is a program of steps: a
+//! request built from a template (INVITE, REGISTER, OPTIONS, MESSAGE, INVITE
+//! with Replaces or Join naming a dialog the proxy emitted), a response or
+//! in-dialog request built from what the proxy actually sent to a terminal
+//! (its Call-IDs, branches, tags, Contacts and Record-Routes), a CANCEL, ACK
+//! or repeat of what was sent before, raw bytes, each with a few mutations
 //! (a header dropped, duplicated, swapped or given a hostile value; the
-//! method, status, CSeq, branch, tag, Call-ID, Max-Forwards,
-//! Content-Length, Route or Request-URI changed); virtual time advancing
-//! so that retransmission, transaction, timer C, session and registration
-//! timers fire; the link between the blades going down and up.
+//! method, status, CSeq, branch, tag, Call-ID, Max-Forwards, Content-Length,
+//! Route or Request-URI changed); virtual time advancing so that
+//! retransmission, transaction, timer C, session and registration timers
+//! fire; the link between two blades going down and up (with three blades,
+//! the input picks the pair; every pair has its own link).
 //!
 //! Invariants: nothing panics (overflow checks are on); the proxy emits
 //! only messages that parse; a step ends (no message storm between the
 //! blades, no timer that fires without moving on); and once time has run
 //! past every timer, no transaction, session or busy agent is left on any
-//! core.
+//! core of any blade.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -43,7 +53,7 @@ use sipblade::cluster::codec::{Class, Message as LinkMessage};
 use sipblade::cluster::hosting::HostSecret;
 use sipblade::cluster::link::ReplyTo;
 use sipblade::config::{Agent, AgentKind, Credential};
-use sipblade::proxy::cross::{self, ClusterSend, ClusterSettings, PeerBlade};
+use sipblade::proxy::cross::{self, ClusterSend, ClusterSettings, Dest, PeerBlade};
 use sipblade::proxy::{AgentEvent, AgentTable, Output, Proxy, Settings, route};
 use sipblade::registrar::digest::{self, Credentials, NonceManager, Secret};
 use sipblade::registrar::{Registrar, Settings as RegistrarSettings};
@@ -52,7 +62,11 @@ use sipblade::transaction::TimerConfig;
 
 const DOMAIN: &str = "cc.example";
 const EXTS: [&str; 4] = ["1001", "1002", "1003", "1004"];
-const BLADES: [(&str, &str); 2] = [("blade-1", "127.0.0.1:5060"), ("blade-2", "127.0.0.2:5060")];
+const BLADES: [(&str, &str); 3] = [
+    ("blade-1", "127.0.0.1:5060"),
+    ("blade-2", "127.0.0.2:5060"),
+    ("blade-3", "127.0.0.3:5060"),
+];
 const STRANGER: &str = "198.51.100.7:5060";
 /// At most this many steps per input, so one input stays fast.
 const MAX_STEPS: usize = 256;
@@ -141,8 +155,11 @@ struct World {
     hold: bool,
     /// Notices held back: blade, from core, to core, event.
     held: Vec<(usize, usize, usize, AgentEvent)>,
-    link_up: bool,
-    link_epoch: u64,
+    /// Whether the link between blades `a` and `b` is up, `a < b`:
+    /// `links[pair(a, b)]`.
+    link_up: Vec<bool>,
+    /// The epoch each pair's link is in.
+    link_epoch: Vec<u64>,
     seen: Vec<Seen>,
     sent: Vec<Sent>,
     challenges: HashMap<SocketAddr, Challenge>,
@@ -162,8 +179,9 @@ enum Event {
     Join { source: Peer, msg: Message },
     /// An agent event from another core.
     Notice(AgentEvent),
-    /// A hosting message from the peer blade.
+    /// A hosting message from peer blade `from`.
     Cluster {
+        from: usize,
         msg: LinkMessage,
         reply: Option<ReplyTo>,
     },
@@ -187,13 +205,16 @@ fn node(index: usize, core: usize, cores: usize, auth: bool, blades: usize) -> P
         })
         .collect();
     let (id, sip) = BLADES[index];
-    let cluster = (blades == 2).then(|| {
-        let (peer, peer_sip) = BLADES[1 - index];
+    let cluster = (blades > 1).then(|| {
+        let peers = (0..blades)
+            .filter(|&b| b != index)
+            .map(|b| PeerBlade {
+                id: BLADES[b].0.into(),
+                sip: addr(BLADES[b].1),
+            })
+            .collect();
         ClusterSettings {
-            peers: vec![PeerBlade {
-                id: peer.into(),
-                sip: addr(peer_sip),
-            }],
+            peers,
             lease_secs: 30,
             secret: HostSecret::from_bytes([7; 32]),
             epoch_base: 1,
@@ -240,7 +261,13 @@ pub fn proxy(data: &[u8]) {
     let mut input = Input(data);
     let config = input.byte();
     let auth = config & 1 != 0;
-    let blades = if config & 2 != 0 { 2 } else { 1 };
+    let blades = if config & 0xe0 == 0x80 {
+        3
+    } else if config & 2 != 0 {
+        2
+    } else {
+        1
+    };
     let cores = if config & 4 != 0 { 2 } else { 1 };
     let nodes = (0..blades)
         .map(|b| {
@@ -258,8 +285,8 @@ pub fn proxy(data: &[u8]) {
         rx_n: 0,
         hold: false,
         held: Vec::new(),
-        link_up: blades == 2,
-        link_epoch: 1,
+        link_up: vec![true; pairs(blades)],
+        link_epoch: vec![1; pairs(blades)],
         seen: Vec::new(),
         sent: Vec::new(),
         challenges: HashMap::new(),
@@ -267,18 +294,19 @@ pub fn proxy(data: &[u8]) {
         branch: 0,
         trace: std::env::var_os("SIPBLADE_FUZZ_TRACE").is_some(),
     };
-    if blades == 2 {
-        for n in 0..2 {
-            for c in 0..cores {
+    for n in 0..blades {
+        for c in 0..cores {
+            for peer in (0..blades).filter(|&b| b != n) {
                 let mut out = Output::default();
-                w.nodes[n][c].peer_state(w.now, BLADES[1 - n].0, Some(1), &mut out);
+                w.nodes[n][c].peer_state(w.now, BLADES[peer].0, Some(1), &mut out);
                 w.run(n, c, Event::Output(out));
             }
         }
     }
-    // 1001 and 1002 on the first blade, 1003 on the last; 1004 never.
+    // 1001 and 1002 on the first blade, 1003 on the last, or one per blade
+    // of three; 1004 never.
     for i in 0..3 {
-        let home = if i == 2 { blades - 1 } else { 0 };
+        let home = w.home_of(Some(i));
         w.register(i, home);
     }
     let mut steps = 0;
@@ -415,8 +443,8 @@ impl World {
             Event::Sip { source, msg } => p.handle_message(now, source, msg, &mut out),
             Event::Join { source, msg } => p.handle_join_handoff(now, source, msg, &mut out),
             Event::Notice(e) => p.handle_notice(e),
-            Event::Cluster { msg, reply } => {
-                p.handle_cluster(now, BLADES[1 - node].0, msg, reply, &mut out)
+            Event::Cluster { from, msg, reply } => {
+                p.handle_cluster(now, BLADES[from].0, msg, reply, &mut out)
             }
             Event::Output(o) => out = o,
         }
@@ -471,8 +499,16 @@ impl World {
                 Err(_) if best_effort(&t.data) => continue,
                 Err(e) => panic!("the proxy emitted an unparsable message: {e}"),
             };
-            let other = (self.nodes.len() == 2).then(|| 1 - node);
-            if let Some(other) = other.filter(|&o| t.to.addr == addr(BLADES[o].1)) {
+            let other =
+                (0..self.nodes.len()).find(|&o| o != node && t.to.addr == addr(BLADES[o].1));
+            if let Some(other) = other {
+                if self.trace {
+                    let text = String::from_utf8_lossy(&t.data);
+                    eprintln!(
+                        "[{:?}] blade {node} core {core} -> blade {other}:\n{text}",
+                        self.now
+                    );
+                }
                 let source = Peer::new(me, t.to.transport);
                 let c = self.rx_core();
                 let data = t.data;
@@ -488,28 +524,55 @@ impl World {
                 self.note(node, t.to.addr, msg);
             }
         }
-        if self.nodes.len() == 2 && self.link_up {
-            let other = 1 - node;
-            for ClusterSend { msg, .. } in out.cluster {
-                let reply = (msg.class() == Class::Request).then(|| ReplyTo::for_tests(0));
-                if self.cores == 1 {
-                    self.at_once(other, 0, Event::Cluster { msg, reply }, queue);
-                    continue;
-                }
-                // As `Core::from_link` hands them out.
-                match cross::request_core(&msg, self.cores) {
-                    Some(c) => self.at_once(other, c, Event::Cluster { msg, reply }, queue),
-                    None => {
-                        for (c, msg) in cross::split_notice(&msg, self.cores) {
-                            self.at_once(other, c, Event::Cluster { msg, reply: None }, queue);
-                        }
-                    }
+        for ClusterSend { to, msg } in out.cluster {
+            // As the link driver sends them: to one peer, or to all; a
+            // peer whose link is down gets nothing.
+            let peers: Vec<usize> = match &to {
+                Dest::Peer(peer) | Dest::Reply { peer, .. } => blade_of(peer).into_iter().collect(),
+                Dest::AllPeers => (0..self.nodes.len()).collect(),
+            };
+            let peers = peers
+                .into_iter()
+                .filter(|&o| o != node && o < self.nodes.len() && self.link_up[pair(node, o)]);
+            for other in peers.collect::<Vec<_>>() {
+                self.carry(node, other, msg.clone(), queue);
+            }
+        }
+    }
+
+    /// Gives a link message from blade `from` to blade `other`.
+    fn carry(
+        &mut self,
+        from: usize,
+        other: usize,
+        msg: LinkMessage,
+        queue: &mut VecDeque<(usize, usize, Event)>,
+    ) {
+        if self.trace {
+            eprintln!("[{:?}] blade {from} => blade {other}: {msg:?}", self.now);
+        }
+        let reply = (msg.class() == Class::Request).then(|| ReplyTo::for_tests(0));
+        if self.cores == 1 {
+            self.at_once(other, 0, Event::Cluster { from, msg, reply }, queue);
+            return;
+        }
+        // As `Core::from_link` hands them out.
+        match cross::request_core(&msg, self.cores) {
+            Some(c) => self.at_once(other, c, Event::Cluster { from, msg, reply }, queue),
+            None => {
+                for (c, msg) in cross::split_notice(&msg, self.cores) {
+                    let event = Event::Cluster {
+                        from,
+                        msg,
+                        reply: None,
+                    };
+                    self.at_once(other, c, event, queue);
                 }
             }
         }
     }
 
-    /// Gives `event` to a core of the other blade now (a message on the
+    /// Gives `event` to a core of another blade now (a message on the
     /// wire is handled as it arrives), queueing what that emits.
     fn at_once(
         &mut self,
@@ -573,18 +636,20 @@ impl World {
         self.now = end;
     }
 
-    /// Link news reach every core of both blades.
-    fn peer_news(&mut self, restart: bool) {
-        for n in 0..2 {
-            let peer = BLADES[1 - n].0;
+    /// News of the link between blades `a` and `b` (`a < b`) reach every
+    /// core of both.
+    fn peer_news(&mut self, a: usize, b: usize, restart: bool) {
+        let k = pair(a, b);
+        let (up, epoch) = (self.link_up[k], self.link_epoch[k]);
+        for (n, other) in [(a, b), (b, a)] {
+            let peer = BLADES[other].0;
             for c in 0..self.cores {
                 let mut out = Output::default();
-                if self.link_up && restart {
+                if up && restart {
                     // The peer came back as a new process.
-                    self.nodes[n][c].peer_restarted(self.now, peer, self.link_epoch, &mut out);
+                    self.nodes[n][c].peer_restarted(self.now, peer, epoch, &mut out);
                 } else {
-                    let link = self.link_up.then_some(self.link_epoch);
-                    self.nodes[n][c].peer_state(self.now, peer, link, &mut out);
+                    self.nodes[n][c].peer_state(self.now, peer, up.then_some(epoch), &mut out);
                 }
                 self.run(n, c, Event::Output(out));
             }
@@ -592,24 +657,32 @@ impl World {
     }
 
     fn link(&mut self, input: &mut Input) {
-        if self.nodes.len() < 2 {
-            return;
-        }
+        let (a, b) = match self.nodes.len() {
+            0 | 1 => return,
+            2 => (0, 1),
+            // Only three-blade worlds read which pair.
+            _ => [(0, 1), (0, 2), (1, 2)][input.below(3)],
+        };
         let restart = input.byte() & 1 != 0;
-        self.link_up = !self.link_up;
-        if self.link_up {
-            self.link_epoch += 1;
+        let k = pair(a, b);
+        self.link_up[k] = !self.link_up[k];
+        if self.link_up[k] {
+            self.link_epoch[k] += 1;
         }
-        self.peer_news(restart);
+        self.peer_news(a, b, restart);
     }
 
     /// Everything ends: the link goes down, time runs past every timer,
     /// and nothing may be left.
     fn finish(&mut self) {
         self.release_held();
-        if self.nodes.len() == 2 && self.link_up {
-            self.link_up = false;
-            self.peer_news(false);
+        for a in 0..self.nodes.len() {
+            for b in a + 1..self.nodes.len() {
+                if self.link_up[pair(a, b)] {
+                    self.link_up[pair(a, b)] = false;
+                    self.peer_news(a, b, false);
+                }
+            }
         }
         let mut firings = 0;
         while let Some((at, n, c)) = self.next_deadline() {
@@ -740,10 +813,12 @@ impl World {
         self.deliver(node, source, data);
     }
 
-    /// Who sends: an agent's phone, a stranger, or a peer blade's address.
+    /// Who sends: an agent's phone, a stranger, or a peer blade's address
+    /// (blade-2's, or with three blades, blade-2's or blade-3's).
     fn source(&self, input: &mut Input) -> (Option<usize>, Peer) {
         let who = input.below(6);
-        let transport = if input.byte() & 0x80 != 0 {
+        let b = input.byte();
+        let transport = if b & 0x80 != 0 {
             Transport::Tcp
         } else {
             Transport::Udp
@@ -751,22 +826,47 @@ impl World {
         match who {
             0..=3 => (Some(who), Peer::new(terminal(who), transport)),
             4 => (None, Peer::new(addr(STRANGER), transport)),
-            _ => (None, Peer::new(addr(BLADES[1].1), transport)),
+            _ => {
+                let blade = if self.nodes.len() == 3 && b & 1 != 0 {
+                    2
+                } else {
+                    1
+                };
+                (None, Peer::new(addr(BLADES[blade].1), transport))
+            }
+        }
+    }
+
+    /// The blade an agent registered with: 1001 and 1002 on the first,
+    /// 1003 on the last; with three blades, 100d on blade d; anyone else
+    /// on the first.
+    fn home_of(&self, who: Option<usize>) -> usize {
+        let n = self.nodes.len();
+        match who {
+            Some(i) if n == 3 && i < 3 => i,
+            Some(2) => n - 1,
+            _ => 0,
         }
     }
 
     /// The blade an agent's phone sends to: the one it registered with,
     /// unless the input says otherwise.
     fn home(&self, who: Option<usize>, input: &mut Input) -> usize {
-        let n = self.nodes.len();
-        let home = match who {
-            Some(2) => n - 1,
-            _ => 0,
-        };
-        if input.byte() & 0x40 != 0 {
-            n - 1 - home
+        let home = self.home_of(who);
+        let b = input.byte();
+        if b & 0x40 != 0 {
+            self.another(home, b >> 7)
         } else {
             home
+        }
+    }
+
+    /// A blade other than `node` (if there is one), the choice `bit`'s
+    /// where there are two.
+    fn another(&self, node: usize, bit: u8) -> usize {
+        match self.nodes.len() {
+            3 => (node + 1 + (bit & 1) as usize) % 3,
+            n => n - 1 - node,
         }
     }
 
@@ -975,8 +1075,9 @@ impl World {
         }
         let s = &self.sent[input.below(self.sent.len())];
         let (node, source, data) = (s.node, s.source, s.data.clone());
-        let node = if input.byte() & 1 != 0 {
-            self.nodes.len() - 1 - node
+        let b = input.byte();
+        let node = if b & 1 != 0 {
+            self.another(node, b >> 1)
         } else {
             node
         };
@@ -1046,6 +1147,23 @@ impl World {
     }
 }
 
+/// How many pairs of blades `blades` make, so how many links.
+fn pairs(blades: usize) -> usize {
+    blades * blades.saturating_sub(1) / 2
+}
+
+/// The index of the link between blades `a` and `b` (in either order).
+fn pair(a: usize, b: usize) -> usize {
+    let (a, b) = (a.min(b), a.max(b));
+    // (0, 1) → 0, (0, 2) → 1, (1, 2) → 2.
+    a + b - 1
+}
+
+/// The index of the blade named `id`.
+fn blade_of(id: &str) -> Option<usize> {
+    BLADES.iter().position(|(b, _)| *b == id)
+}
+
 /// Whether `data` is the answer to a request that failed to parse.
 fn best_effort(data: &[u8]) -> bool {
     [
@@ -1085,6 +1203,17 @@ const VALUES: &[&str] = &[
     "application/sdp",
 ];
 
+/// `value`, or with three blades, as the input picks, naming blade-3
+/// where it names blade-2 (only three-blade worlds read the choice).
+fn third(w: &World, input: &mut Input, value: &str) -> String {
+    const TWO: &str = "127.0.0.2:5060";
+    if w.nodes.len() == 3 && value.contains(TWO) && input.byte() & 1 != 0 {
+        value.replace(TWO, "127.0.0.3:5060")
+    } else {
+        value.to_owned()
+    }
+}
+
 /// A few mutations chosen by the input.
 fn mutate(m: &mut Text, input: &mut Input, w: &World) {
     let count = input.byte();
@@ -1111,7 +1240,8 @@ fn mutate(m: &mut Text, input: &mut Input, w: &World) {
             }
             2 => {
                 let i = input.below(n);
-                let v = input.pick(VALUES).to_owned();
+                let v = input.pick(VALUES);
+                let v = third(w, input, v);
                 if let Some(h) = m.headers.get_mut(i) {
                     h.1 = v;
                 }
@@ -1187,8 +1317,9 @@ fn mutate(m: &mut Text, input: &mut Input, w: &World) {
                     "<sip:127.0.0.11:5001;lr>",
                     "<sip:127.0.0.1:5060>",
                 ]);
+                let route = third(w, input, route);
                 let i = input.below(n + 1).min(m.headers.len());
-                m.headers.insert(i, ("Route".into(), route.into()));
+                m.headers.insert(i, ("Route".into(), route));
             }
             10 => {
                 let branch = w.seen_value(input, 0).unwrap_or_else(|| "z9hG4bK".into());
@@ -1238,6 +1369,7 @@ fn mutate(m: &mut Text, input: &mut Input, w: &World) {
                         "sips:1002@cc.example",
                         "tel:1002",
                     ]);
+                    let uri = third(w, input, uri);
                     let method = m.method().to_owned();
                     m.start = format!("{method} {uri} SIP/2.0");
                 }
@@ -1265,8 +1397,9 @@ fn mutate(m: &mut Text, input: &mut Input, w: &World) {
                     ("Content-Length", "5"),
                     ("Max-Forwards", "70"),
                 ]);
+                let value = third(w, input, value);
                 let i = input.below(n + 1).min(m.headers.len());
-                m.headers.insert(i, (name.into(), value.into()));
+                m.headers.insert(i, (name.into(), value));
             }
         }
     }
