@@ -12,76 +12,16 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::calls::{
-    CALLEE_TAG, answered_cross_call, assert_hosted, callee_in_dialog, confirm, hang_up, wait_ready,
+    CALLEE_TAG, ack_of, answered_cross_call, assert_hosted, callee_request, caller_request,
+    confirm, hang_up, wait_ready,
 };
 use common::cluster::TestCluster;
 use common::tcp::{TcpUa, answer, register_tcp};
-use common::{Call, Ua, first_line, header};
+use common::{Ua, first_line, header};
 use sipblade::sip::{HeaderName, Message, Method};
 
 /// Long enough to see that a message does not arrive.
 const QUIET: Duration = Duration::from_millis(300);
-
-/// The caller's re-INVITE in `call` (next CSeq, fresh branch, a Contact:
-/// a target refresh with new SDP, as hold or unhold sends it).
-fn caller_reinvite(a: &Ua, call: &mut Call) -> String {
-    call.cseq += 1;
-    let text = a.in_dialog_text(call, "INVITE", call.cseq);
-    with_contact_and_sdp(&text, a)
-}
-
-/// The callee's side of the dialog of `invite` (as the callee got it, and
-/// answered with [`CALLEE_TAG`]): an in-dialog request `method` with
-/// `cseq`, to the caller's Contact along the Record-Route (RFC 3261
-/// §12.1.1: the UAS keeps the Record-Route in order).
-fn callee_request(b: &Ua, invite: &Message, method: &str, cseq: u32) -> String {
-    let text = callee_in_dialog(b, invite, method, cseq);
-    if method == "INVITE" {
-        with_contact_and_sdp(&text, b)
-    } else {
-        text
-    }
-}
-
-/// `text` (ending in an empty body) with a Contact of `ua` and an SDP
-/// body that puts the media on hold.
-fn with_contact_and_sdp(text: &str, ua: &Ua) -> String {
-    let body = format!(
-        "v=0\r\no={} 1 2 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendonly\r\n",
-        ua.ext,
-        ip = ua.addr.ip()
-    );
-    text.replace(
-        "Content-Length: 0\r\n\r\n",
-        &format!(
-            "Contact: <{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-            ua.contact_uri(),
-            body.len()
-        ),
-    )
-}
-
-/// The ACK of a non-2xx final response to the INVITE `invite` (its text
-/// as sent): same branch, Request-URI and Route (RFC 3261 §17.1.1.3).
-fn ack_of(invite: &str) -> String {
-    let head = invite.split("\r\n\r\n").next().expect("a header section");
-    let mut ack = String::new();
-    for line in head.split("\r\n") {
-        if let Some(rest) = line.strip_prefix("INVITE ") {
-            ack.push_str(&format!("ACK {rest}\r\n"));
-        } else if line.starts_with("CSeq:") {
-            ack.push_str(&line.replace("INVITE", "ACK"));
-            ack.push_str("\r\n");
-        } else if line.starts_with("Contact:") || line.starts_with("Content-") {
-            continue;
-        } else {
-            ack.push_str(line);
-            ack.push_str("\r\n");
-        }
-    }
-    ack.push_str("Content-Length: 0\r\n\r\n");
-    ack
-}
 
 /// Whether `m` is a final response to an INVITE of `call_id` with CSeq
 /// number `seq`.
@@ -110,7 +50,7 @@ fn a_reinvite_through_a_killed_target_is_answered_when_the_hosting_is_lost() {
     let (mut call, _) = answered_cross_call(&mut a, &mut b);
     confirm(&mut a, &mut b, &call);
 
-    let reinvite = caller_reinvite(&a, &mut call);
+    let reinvite = caller_request(&a, &mut call, "INVITE");
     a.send(&reinvite);
     let got = b.request(Method::Invite, &call.call_id);
     assert_eq!(got.cseq().seq, call.cseq);
@@ -266,7 +206,7 @@ fn reinvite_glare_passes_491_both_ways() {
     let (mut call, invite) = answered_cross_call(&mut a, &mut b);
     confirm(&mut a, &mut b, &call);
 
-    let from_a = caller_reinvite(&a, &mut call);
+    let from_a = caller_request(&a, &mut call, "INVITE");
     let from_b = callee_request(&b, &invite, "INVITE", 1);
     a.send(&from_a);
     b.send(&from_b);
@@ -302,7 +242,7 @@ fn reinvite_glare_passes_491_both_ways() {
     assert_eq!(more, ["SIP/2.0 100 Trying"], "T's 100 to B's re-INVITE");
 
     // A tries again after its back-off and gets through.
-    let retry = caller_reinvite(&a, &mut call);
+    let retry = caller_request(&a, &mut call, "INVITE");
     a.send(&retry);
     let at_b = b.request(Method::Invite, &call.call_id);
     b.answer(&at_b, 200, "OK", CALLEE_TAG);

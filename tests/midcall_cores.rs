@@ -23,7 +23,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::calls::{
-    CALLEE_TAG, answered_cross_call, assert_hosted, callee_in_dialog, confirm, hang_up, wait_ready,
+    CALLEE_TAG, ack_of, answered_cross_call, assert_hosted, callee_request, caller_request,
+    confirm, hang_up, wait_ready,
 };
 use common::cluster::TestCluster;
 use common::{Call, Ua, first_line, header};
@@ -62,70 +63,6 @@ fn two_blades(k: u8) -> TestCluster {
 fn phone(k: u8, n: u8) -> Ipv4Addr {
     assert!(n < 6);
     ip(8 * k + 3 + n)
-}
-
-/// The caller's in-dialog request `method` in `call` with the next CSeq,
-/// with a Contact and SDP when it is a target refresh (re-INVITE, UPDATE).
-fn caller_request(a: &Ua, call: &mut Call, method: &str) -> String {
-    call.cseq += 1;
-    let text = a.in_dialog_text(call, method, call.cseq);
-    refresh(text, a, method)
-}
-
-/// The callee's in-dialog request `method` with `cseq` in the dialog of
-/// `invite` (as the callee got it, answered with [`CALLEE_TAG`]).
-fn callee_request(b: &Ua, invite: &Message, method: &str, cseq: u32) -> String {
-    refresh(callee_in_dialog(b, invite, method, cseq), b, method)
-}
-
-/// `text`, with a Contact and an SDP body when `method` refreshes the
-/// target.
-fn refresh(text: String, ua: &Ua, method: &str) -> String {
-    if matches!(method, "INVITE" | "UPDATE") {
-        with_contact_and_sdp(&text, ua)
-    } else {
-        text
-    }
-}
-
-/// `text` (ending in an empty body) with a Contact of `ua` and an SDP
-/// body that puts the media on hold.
-fn with_contact_and_sdp(text: &str, ua: &Ua) -> String {
-    let body = format!(
-        "v=0\r\no={} 1 2 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendonly\r\n",
-        ua.ext,
-        ip = ua.addr.ip()
-    );
-    text.replace(
-        "Content-Length: 0\r\n\r\n",
-        &format!(
-            "Contact: <{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-            ua.contact_uri(),
-            body.len()
-        ),
-    )
-}
-
-/// The ACK of a non-2xx final response to the INVITE `invite` (its text
-/// as sent): same branch, Request-URI and Route (RFC 3261 §17.1.1.3).
-fn ack_of(invite: &str) -> String {
-    let head = invite.split("\r\n\r\n").next().expect("a header section");
-    let mut ack = String::new();
-    for line in head.split("\r\n") {
-        if let Some(rest) = line.strip_prefix("INVITE ") {
-            ack.push_str(&format!("ACK {rest}\r\n"));
-        } else if line.starts_with("CSeq:") {
-            ack.push_str(&line.replace("INVITE", "ACK"));
-            ack.push_str("\r\n");
-        } else if line.starts_with("Contact:") || line.starts_with("Content-") {
-            continue;
-        } else {
-            ack.push_str(line);
-            ack.push_str("\r\n");
-        }
-    }
-    ack.push_str("Content-Length: 0\r\n\r\n");
-    ack
 }
 
 /// Whether `m` is a final response to `method` in `call_id` with CSeq

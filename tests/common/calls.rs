@@ -103,3 +103,67 @@ pub fn callee_in_dialog(b: &Ua, invite: &Message, method: &str, cseq: u32) -> St
         invite.call_id(),
     )
 }
+
+/// The caller's in-dialog request `method` in `call` with the next CSeq,
+/// with a Contact and SDP when it is a target refresh (re-INVITE, UPDATE).
+pub fn caller_request(a: &Ua, call: &mut Call, method: &str) -> String {
+    call.cseq += 1;
+    let text = a.in_dialog_text(call, method, call.cseq);
+    refresh(text, a, method)
+}
+
+/// The callee's in-dialog request `method` with `cseq` in the dialog of
+/// `invite` (as the callee got it, answered with [`CALLEE_TAG`]).
+pub fn callee_request(b: &Ua, invite: &Message, method: &str, cseq: u32) -> String {
+    refresh(callee_in_dialog(b, invite, method, cseq), b, method)
+}
+
+/// `text`, with a Contact and an SDP body when `method` refreshes the
+/// target.
+fn refresh(text: String, ua: &Ua, method: &str) -> String {
+    if matches!(method, "INVITE" | "UPDATE") {
+        with_contact_and_sdp(&text, ua)
+    } else {
+        text
+    }
+}
+
+/// `text` (ending in an empty body) with a Contact of `ua` and an SDP
+/// body that puts the media on hold.
+fn with_contact_and_sdp(text: &str, ua: &Ua) -> String {
+    let body = format!(
+        "v=0\r\no={} 1 2 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendonly\r\n",
+        ua.ext,
+        ip = ua.addr.ip()
+    );
+    text.replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Contact: <{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            ua.contact_uri(),
+            body.len()
+        ),
+    )
+}
+
+/// The ACK of a non-2xx final response to the INVITE `invite` (its text
+/// as sent): same branch, Request-URI and Route (RFC 3261 §17.1.1.3).
+pub fn ack_of(invite: &str) -> String {
+    let head = invite.split("\r\n\r\n").next().expect("a header section");
+    let mut ack = String::new();
+    for line in head.split("\r\n") {
+        if let Some(rest) = line.strip_prefix("INVITE ") {
+            ack.push_str(&format!("ACK {rest}\r\n"));
+        } else if line.starts_with("CSeq:") {
+            ack.push_str(&line.replace("INVITE", "ACK"));
+            ack.push_str("\r\n");
+        } else if line.starts_with("Contact:") || line.starts_with("Content-") {
+            continue;
+        } else {
+            ack.push_str(line);
+            ack.push_str("\r\n");
+        }
+    }
+    ack.push_str("Content-Length: 0\r\n\r\n");
+    ack
+}
