@@ -1507,3 +1507,30 @@ fn a_call_to_a_caller_just_answered_is_busy() {
 fn a_call_to_a_caller_just_answered_is_busy_with_the_session_away_from_the_link() {
     call_to_a_caller_just_answered(30, "1002", "1003", "1001");
 }
+
+/// S's unhost of a call its relayed BYE ends waits for that BYE's 200 to
+/// come back through T, also on blades of two cores, whose
+/// Record-Routes name a core's port rather than the peer's SIP port: B
+/// stays `hosted` on T while its phone holds the BYE unanswered (before,
+/// S took the core port for no peer blade and unhosted at once, so T
+/// freed B, and dropped its record of B's dialog, before the BYE got
+/// there). On 127.0.15.x: this file's subnet is full.
+#[test]
+fn the_unhost_waits_for_the_byes_200_on_blades_of_two_cores() {
+    let cluster = TestCluster::start_in(15, 2, 1, 30, CORES, &[]);
+    let (s, t) = (0, 1);
+    let mut a = cluster.registered_on(s, CALLER, Ipv4Addr::new(127, 0, 15, 3));
+    let mut b = cluster.registered_on(t, CALLEE, Ipv4Addr::new(127, 0, 15, 4));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    std::thread::sleep(QUIET);
+    assert_hosted(&cluster, t, CALLEE, "blade-1");
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    let done = a.response(&call.call_id, Method::Bye);
+    assert_eq!(done.status(), Some(200), "{}", first_line(&done));
+    wait_ready(&cluster, t, CALLEE);
+    cluster.wait_state(s, CALLER, "ready");
+}

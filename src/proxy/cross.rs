@@ -937,7 +937,7 @@ impl Proxy {
             // answers it 481, and the call goes on.
             return None;
         }
-        let held = if self.cluster.is_some() && self.is_peer_blade_sip(target.addr) {
+        let held = if self.cluster.is_some() && self.is_peer_blade_ip(target.addr.ip()) {
             self.end_session_holding_hostings(now, bye.call_id(), out)
         } else {
             self.end_session(now, bye.call_id(), out);

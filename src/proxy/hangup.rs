@@ -136,7 +136,7 @@ impl Proxy {
             };
             tracing::debug!(%call_id, %agent, why = why.as_str(), "sending BYE");
             let sent = self.send_own_bye(now, call_id, &bye, out);
-            if self.cluster.is_some() && self.is_peer_blade_sip(bye.hop.addr) {
+            if self.cluster.is_some() && self.is_peer_blade_ip(bye.hop.addr.ip()) {
                 to_peer_blade = to_peer_blade.or(sent);
             }
         }
