@@ -202,7 +202,7 @@ impl Proxy {
             let outside = Refusal::new(403, "Forbidden (not routed through this blade)");
             return self.refuse(now, source, msg, &outside, out);
         }
-        if pop_routes > 0 && !self.may_relay_routed(source, &msg, target) {
+        if pop_routes > 0 && !self.may_relay_routed(&msg, target) {
             let outside = Refusal::new(403, "Forbidden (Route outside the cluster)");
             return self.refuse(now, source, msg, &outside, out);
         }
@@ -274,18 +274,12 @@ impl Proxy {
     /// a dialog kept here has. Anywhere else would make the blade an open
     /// relay for whoever puts its Record-Route in a Route header.
     ///
-    /// A request from a peer blade goes on: the blade where it entered the
-    /// cluster checked it, and the far end may be one only that blade
-    /// knows (a hosted agent's old terminal, after the agent logged in on
-    /// another blade mid-call).
-    ///
     /// A peer blade matches on any port: its Record-Route names the port
     /// of the core that handled the request. Cheapest first: an
     /// agent-to-agent dialog's requests match the addressed binding,
     /// before the caller's Contact would be parsed.
-    pub(super) fn may_relay_routed(&self, source: Peer, msg: &Message, target: Peer) -> bool {
-        self.is_peer_blade_ip(source.addr.ip())
-            || self.is_peer_blade_ip(target.addr.ip())
+    pub(super) fn may_relay_routed(&self, msg: &Message, target: Peer) -> bool {
+        self.is_peer_blade_ip(target.addr.ip())
             || self.is_own_port(target.addr)
             || self.is_addressed_terminal(msg, target)
             || self.is_callers_terminal(msg, target)
@@ -356,7 +350,7 @@ impl Proxy {
         if pop_routes == 0 && !self.may_relay_unrouted(source, msg, target) {
             return;
         }
-        if pop_routes > 0 && !self.may_relay_routed(source, msg, target) {
+        if pop_routes > 0 && !self.may_relay_routed(msg, target) {
             return;
         }
         // A stateless branch: derived from the incoming one, so every
