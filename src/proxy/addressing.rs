@@ -70,7 +70,7 @@ impl Proxy {
     }
 
     /// [`Proxy::is_us`] for an address.
-    fn is_us_at(&self, addr: SocketAddr) -> bool {
+    pub(super) fn is_us_at(&self, addr: SocketAddr) -> bool {
         let local = self.settings.local;
         addr == local || (addr.ip() == local.ip() && Some(addr.port()) == self.settings.via_port)
     }
@@ -79,10 +79,12 @@ impl Proxy {
     /// apart from [`Proxy::is_us`]: a Route naming another core is that
     /// core's to pop, as it owns the dialog.
     pub(super) fn is_core_port(&self, uri: &crate::sip::Uri<'_>) -> bool {
-        route::uri_peer(uri).is_some_and(|p| {
-            p.addr.ip() == self.settings.local.ip()
-                && self.settings.core_ports.contains(&p.addr.port())
-        })
+        route::uri_peer(uri).is_some_and(|p| self.is_core_port_at(p.addr))
+    }
+
+    /// [`Proxy::is_core_port`] for an address.
+    pub(super) fn is_core_port_at(&self, addr: SocketAddr) -> bool {
+        addr.ip() == self.settings.local.ip() && self.settings.core_ports.contains(&addr.port())
     }
 
     /// Whether a Request-URI host names the cluster's agents (SPEC §5):

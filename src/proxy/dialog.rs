@@ -267,9 +267,7 @@ impl Dialog {
     /// (in either direction): a BYE with other tags ends nothing.
     pub(super) fn has_tags_of(&self, msg: &Message) -> bool {
         let tag = |i: usize| NameAddr::parse_value(self.part(i).as_bytes()).and_then(|n| n.tag());
-        let (ours, theirs) = (tag(FROM), tag(TO));
-        let (from, to) = (msg.from().tag(), msg.to().tag());
-        (from == ours && to == theirs) || (from == theirs && to == ours)
+        super::session::has_tags(msg, tag(FROM), tag(TO))
     }
 }
 

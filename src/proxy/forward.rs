@@ -280,19 +280,11 @@ impl Proxy {
     /// before the caller's Contact would be parsed.
     pub(super) fn may_relay_routed(&self, msg: &Message, target: Peer) -> bool {
         self.is_peer_blade_ip(target.addr.ip())
-            || self.is_own_port(target.addr)
+            || self.is_us_at(target.addr)
+            || self.is_core_port_at(target.addr)
             || self.is_addressed_terminal(msg, target)
             || self.is_callers_terminal(msg, target)
             || self.is_kept_dialog_hop(msg, target)
-    }
-
-    /// Whether `addr` is this blade's SIP address or a core's own port.
-    fn is_own_port(&self, addr: std::net::SocketAddr) -> bool {
-        let s = &self.settings;
-        addr.ip() == s.local.ip()
-            && (addr.port() == s.local.port()
-                || Some(addr.port()) == s.via_port
-                || s.core_ports.contains(&addr.port()))
     }
 
     /// Whether `target` is where a dialog kept here for `msg`'s Call-ID

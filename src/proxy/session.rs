@@ -102,13 +102,10 @@ impl Session {
     /// callee's). A request under the Call-ID with other tags is of no
     /// dialog this session knows (the far UA answers it 481).
     pub fn is_dialog_of(&self, msg: &crate::sip::Message) -> bool {
-        let (from, to) = (msg.from().tag(), msg.to().tag());
         let caller = Some(self.from_tag.as_str());
         match self.to_tag.as_deref() {
-            Some(callee) => {
-                (from == caller && to == Some(callee)) || (from == Some(callee) && to == caller)
-            }
-            None => from == caller || to == caller,
+            Some(callee) => has_tags(msg, caller, Some(callee)),
+            None => msg.from().tag() == caller || msg.to().tag() == caller,
         }
     }
 
@@ -292,4 +289,11 @@ impl Sessions {
     pub fn is_empty(&self) -> bool {
         self.by_call_id.is_empty()
     }
+}
+
+/// Whether `msg`'s From and To tags are `one` and `other`, in either
+/// direction (either party may send an in-dialog request).
+pub(super) fn has_tags(msg: &crate::sip::Message, one: Option<&str>, other: Option<&str>) -> bool {
+    let (from, to) = (msg.from().tag(), msg.to().tag());
+    (from == one && to == other) || (from == other && to == one)
 }
