@@ -372,6 +372,41 @@ fn a_replay_of_the_sources_invite_after_the_call_ended_is_refused() {
     settled(&live.cluster);
 }
 
+/// S's INVITE to T, token and all, replayed while the call is up from
+/// S's own IP (another port), as a spoofer on the path would: once as
+/// captured under the spoofer's Via, once as a new call (a fresh From
+/// tag) in the live Call-ID. A grant admits its session's one INVITE, so
+/// T refuses both 403 and B's phone hears nothing; the call goes on.
+#[test]
+fn a_replay_of_the_sources_invite_during_the_call_from_its_ip_is_refused() {
+    let mut live = Live::start(70, true);
+    let uri = live.traced_invite_uri();
+    let replay = as_s_sent_it(&live.invite, &uri);
+    let call_id = live.call.call_id.clone();
+    let mut spoofer = Ua::new_at(live.sip(T), "evil", ip(live.first));
+    let copy = replay.replacen(
+        "\r\nVia:",
+        &format!("\r\n{}Via:", spoofer.via(&branch())),
+        1,
+    );
+    let new_call = invite_text(&spoofer, &uri, "1001", &call_id, "");
+    for (what, text) in [("the copy", copy), ("a new From tag", new_call)] {
+        spoofer.send(&text);
+        let refused = spoofer.response(&call_id, Method::Invite);
+        assert_eq!(
+            refused.status(),
+            Some(403),
+            "{what}: {}",
+            first_line(&refused)
+        );
+        let got = stray(&mut live.b, Method::Invite, &call_id);
+        assert!(got.is_empty(), "{what}: B got {got:?}");
+        assert_hosted(&live.cluster, T, "1002", "blade-1");
+    }
+    assert_eq!(live.cluster.sessions(S).len(), 1);
+    live.converges();
+}
+
 /// Sends `text` from `from`; the phone `to` answers the request if it
 /// gets it (481: it has no such dialog); returns the final answer `from`
 /// got.

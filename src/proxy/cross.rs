@@ -703,7 +703,7 @@ impl Proxy {
         out: &mut Output,
     ) {
         let forbidden = super::Refusal::new(403, "Forbidden");
-        let Some(c) = self.cluster.as_ref() else {
+        let Some(c) = self.cluster.as_mut() else {
             return self.refuse(now, source, msg, &forbidden, out);
         };
         let method = msg.method().unwrap_or(Method::Other);
@@ -738,11 +738,14 @@ impl Proxy {
                 return self.route_join(now, source, msg, &joiner, callee, named, true, out);
             }
         }
-        let granted = if invite {
+        let granted = if let Some(j) = &join {
             // A join leg (or a replacing call) to a hosted agent names the
-            // hosting session in its Join (Replaces), not in its own Call-ID.
-            let session = join.as_ref().map_or(msg.call_id(), |j| j.call_id.as_str());
-            c.target.check_token(now, &peer, callee, session, &token)
+            // hosting session in its Join (Replaces), not in its own Call-ID;
+            // a session may have several.
+            c.target.check_token(now, &peer, callee, &j.call_id, &token)
+        } else if invite {
+            c.target
+                .admit_invite(now, &peer, callee, msg.call_id(), &token)
         } else {
             c.target
                 .check_relay(now, &peer, callee, msg.call_id(), &token)

@@ -30,6 +30,9 @@ pub struct Grant {
     pub riders: Vec<(String, u64)>,
     /// The token the source's INVITE must carry.
     pub token: Token,
+    /// Whether the session's INVITE came in under the token: it admits
+    /// one ([`Target::admit_invite`]).
+    invited: bool,
     /// The `request_id` of the host request that won.
     pub request_id: u64,
     /// When the lease lapses unless renewed.
@@ -382,6 +385,7 @@ impl Target {
                 call_id: call_id.to_owned(),
                 riders: Vec::new(),
                 token,
+                invited: false,
                 request_id,
                 expires_at,
                 lease_secs,
@@ -504,6 +508,34 @@ impl Target {
     ) -> bool {
         self.matching(now, from, extension, call_id, token)
             .is_some()
+    }
+
+    /// Admits the INVITE of the grant's own session (`call_id`), once. Its
+    /// retransmissions are absorbed by its transaction before they get
+    /// here, and the source sends one INVITE per grant, so another INVITE
+    /// under the token is a copy replayed from a peer blade's address (the
+    /// token crosses the network in the clear) and is refused.
+    pub fn admit_invite(
+        &mut self,
+        now: Duration,
+        from: &str,
+        extension: &str,
+        call_id: &str,
+        token: &Token,
+    ) -> bool {
+        if self
+            .matching(now, from, extension, call_id, token)
+            .is_none()
+        {
+            return false;
+        }
+        match self.grants.get_mut(extension) {
+            Some(g) if g.call_id == call_id && !g.invited => {
+                g.invited = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Extends the lease of the matching grant; the new lease in seconds,

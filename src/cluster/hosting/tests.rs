@@ -499,6 +499,37 @@ fn token_check_binds_blade_call_agent_and_lease() {
 }
 
 #[test]
+fn a_grant_admits_its_sessions_invite_once() {
+    let mut t = target();
+    let mut loc = location();
+    bind(&mut loc, "2001");
+    let tok = t
+        .grant(secs(0), &mut loc, "s", 1, "2001", "c", LEASE, false)
+        .unwrap()
+        .token;
+    // Refused before the first admission without using it up.
+    assert!(!t.admit_invite(secs(1), "x", "2001", "c", &tok));
+    assert!(!t.admit_invite(secs(1), "s", "2001", "c2", &tok));
+    assert!(t.admit_invite(secs(1), "s", "2001", "c", &tok));
+    // A second INVITE under the token: a replayed copy.
+    assert!(!t.admit_invite(secs(2), "s", "2001", "c", &tok));
+    // Join legs to the session still pass the plain check, and a retried
+    // host request (the same grant) does not reopen the INVITE.
+    assert!(t.check_token(secs(2), "s", "2001", "c", &tok));
+    t.grant(secs(3), &mut loc, "s", 1, "2001", "c", LEASE, false)
+        .unwrap();
+    assert!(!t.admit_invite(secs(3), "s", "2001", "c", &tok));
+    // The next grant admits its own INVITE.
+    assert!(t.unhost(&mut loc, "s", "2001", "c", &tok));
+    let next = t
+        .grant(secs(4), &mut loc, "s", 2, "2001", "c", LEASE, false)
+        .unwrap()
+        .token;
+    assert!(!t.admit_invite(secs(4), "s", "2001", "c", &tok));
+    assert!(t.admit_invite(secs(4), "s", "2001", "c", &next));
+}
+
+#[test]
 fn a_retried_request_gets_the_same_grant_and_a_fresh_lease() {
     let mut t = target();
     let mut loc = location();
