@@ -4,7 +4,7 @@
 //! one, leaving in every order; joins racing; a join of a join leg.
 //!
 //! Blades S, T, U on 127.0.0.x, one range per test: 231-233, 234-236,
-//! 237-239, 240-242, 243-245.
+//! 237-239, 240-242, 243-245; on two-core blades, 127.0.19.10-16.
 
 mod common;
 
@@ -393,4 +393,58 @@ fn a_join_of_a_join_leg_keeps_its_target_hosted_until_its_last_leg_ends() {
         &[S, T, U],
         &[(S, "1001"), (T, "1002"), (T, "1003"), (U, "1004")],
     );
+}
+
+/// A joiner that logs in on the blade hosting its leg, on another core
+/// than the leg's session (blades of two cores, 127.0.19.10-11, phones
+/// .12-.15): S hosts J (1003, on T) in its join leg to A's call, whose
+/// session is on S's core of B (1002); J's record on S is on the other
+/// core. J's phone moves to S mid-leg: J is `in_call` there (a call to J
+/// on S is 486, its new phone not rung), and `ready` once the leg ends.
+#[test]
+fn a_joiner_logging_in_on_the_hosting_blade_is_in_its_leg_there_on_any_core() {
+    use sipblade::proxy::route::shard_of;
+    use std::net::Ipv4Addr;
+    let ip = |last: u8| Ipv4Addr::new(127, 0, 19, last);
+    assert_ne!(shard_of(b"1002", 2), shard_of(b"1003", 2), "cores apart");
+    let mut cluster = TestCluster::new_in(19, 2, 10, 30, 2);
+    cluster.start_blade(S);
+    cluster.start_blade(T);
+    cluster.wait_linked();
+    let mut a = cluster.registered_on(S, "1001", ip(12));
+    let mut b = cluster.registered_on(T, "1002", ip(13));
+    let mut j = cluster.registered_on(T, "1003", ip(14));
+    let mut c = cluster.registered_on(S, "1004", ip(15));
+    let (mut call, _) = answered_cross_call(&mut a, &mut b);
+    confirm(&mut a, &mut b, &call);
+    let join = join_header(&call.call_id, CALLEE_TAG, &call.from_tag);
+    let mut leg = join_answered(&mut j, &mut a, &join, "a-join");
+    assert_hosted(&cluster, T, "1003", "blade-1");
+
+    // J's phone moves to S (T keeps its old binding until the leg ends),
+    // once S's cores have exchanged the leg's notices (batched for up to
+    // 50 ms): J's record on S was logged out then.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let moved = cluster.registered_on(S, "1003", ip(16));
+    cluster.wait_state(S, "1003", "in_call");
+    let mut ring = c.call("1003");
+    c.invite(&mut ring, "");
+    let busy = c.response(&ring.call_id, Method::Invite);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    c.ack_failure(&ring, &busy);
+    let mut moved = moved;
+    assert!(
+        moved
+            .next_where(std::time::Duration::from_millis(300), |_| true)
+            .is_none(),
+        "the moved phone is not rung"
+    );
+
+    leave(&mut j, &mut a, &mut leg, "a-join");
+    cluster.wait_state(S, "1003", "ready");
+    hang_up(&mut a, &mut b, &mut call);
+    wait_ready(&cluster, T, "1002");
+    for i in [S, T] {
+        common::wait_until("no session", || cluster.sessions(i).is_empty());
+    }
 }

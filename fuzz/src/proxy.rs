@@ -373,7 +373,7 @@ impl World {
     /// Applies the notices held back, as the runtime's batch would.
     fn release_held(&mut self) {
         for (b, _, to, event) in std::mem::take(&mut self.held) {
-            self.nodes[b][to].handle_notice(event);
+            self.run(b, to, Event::Notice(event));
         }
     }
 
@@ -442,7 +442,7 @@ impl World {
             },
             Event::Sip { source, msg } => p.handle_message(now, source, msg, &mut out),
             Event::Join { source, msg } => p.handle_join_handoff(now, source, msg, &mut out),
-            Event::Notice(e) => p.handle_notice(e),
+            Event::Notice(e) => p.handle_notice(e, &mut out),
             Event::Cluster { from, msg, reply } => {
                 p.handle_cluster(now, BLADES[from].0, msg, reply, &mut out)
             }

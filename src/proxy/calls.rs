@@ -40,13 +40,15 @@ impl Proxy {
         session
     }
 
-    /// Applies an agent event from another core.
-    pub fn handle_notice(&mut self, event: AgentEvent) {
+    /// Applies an agent event from another core; what it makes this core
+    /// tell others goes to `out`.
+    pub fn handle_notice(&mut self, event: AgentEvent, out: &mut Output) {
         match event {
             AgentEvent::LoggedIn {
                 extension,
                 terminal,
             } => {
+                self.enter_hosted_calls(&extension, out);
                 self.logged_in_elsewhere.insert(extension, terminal);
             }
             AgentEvent::LoggedOut(ext) => {
@@ -176,6 +178,37 @@ impl Proxy {
         }
     }
 
+    /// An agent this core hosts from another blade logged in on this
+    /// blade mid-call (its phone moved to the hosting blade), here or on
+    /// another core: its record, on its own core, was logged out and would
+    /// now be `ready`, rung for a second call. It is in the calls this
+    /// core hosts it in instead, until they end (SPEC §2 step 6: busy while
+    /// in the session); each core does this for its own sessions when told
+    /// of the login (a joiner's leg may live on another core than its
+    /// record). Only sessions still live with the agent in them: a grant
+    /// that waits for its session's BYE to pass the agent's blade outlives
+    /// the session, whose end would never free the agent again. A refresh
+    /// that moved the terminal tells the owner again, which changes
+    /// nothing.
+    pub(super) fn enter_hosted_calls(&mut self, extension: &str, out: &mut Output) {
+        let Some(c) = self.cluster.as_ref().filter(|c| c.source.hosts(extension)) else {
+            return;
+        };
+        let calls: SmallVec<[String; 1]> = c
+            .source
+            .sessions_hosting(extension)
+            .filter(|call_id| {
+                self.sessions
+                    .get(call_id)
+                    .is_some_and(|s| s.has_party(extension))
+            })
+            .map(str::to_owned)
+            .collect();
+        for call_id in calls {
+            self.agent_in_call(extension, &call_id, out);
+        }
+    }
+
     /// `extension` left the call `call_id`: as [`Proxy::agent_in_call`].
     pub(super) fn agent_free(&mut self, extension: &str, call_id: &str, out: &mut Output) {
         if self.owns(extension) {
@@ -228,7 +261,7 @@ impl Proxy {
     pub(super) fn tell_owner(&mut self, extension: &str, event: AgentEvent, out: &mut Output) {
         let owner = self.owner_of(extension);
         if owner == self.settings.core {
-            self.handle_notice(event);
+            self.handle_notice(event, out);
         } else {
             out.notices.push(Notice {
                 to: Some(owner),

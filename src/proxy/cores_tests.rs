@@ -137,7 +137,7 @@ impl Blade {
                     core
                 }
                 Event::Notice { core, event } => {
-                    self.cores[core].handle_notice(event);
+                    self.cores[core].handle_notice(event, &mut out);
                     core
                 }
             };

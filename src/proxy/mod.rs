@@ -728,7 +728,7 @@ impl Proxy {
             Outcome::LoggedIn(ext) => {
                 self.metrics.registrations += 1;
                 self.announce_login(ext, out);
-                self.enter_hosted_calls(ext);
+                self.enter_hosted_calls(ext, out);
             }
             Outcome::Refreshed(ext) => {
                 self.metrics.registrations += 1;
@@ -927,32 +927,6 @@ impl Proxy {
             Ok(())
         } else {
             Err(Refusal::new(403, "Forbidden"))
-        }
-    }
-
-    /// An agent this core hosts from another blade logged in here mid-call
-    /// (its phone moved to the hosting blade): its record here was logged
-    /// out, and would now be `ready`, rung for a second call. It is in the
-    /// hosted calls instead, until they end (SPEC §2 step 6: busy while
-    /// in the session). Only sessions still live with the agent in them:
-    /// a grant that waits for its session's BYE to pass the agent's blade
-    /// outlives the session, whose end would never free the agent again.
-    fn enter_hosted_calls(&mut self, extension: &str) {
-        let Some(c) = self.cluster.as_ref().filter(|c| c.source.hosts(extension)) else {
-            return;
-        };
-        let calls: Vec<String> = c
-            .source
-            .sessions_hosting(extension)
-            .filter(|call_id| {
-                self.sessions
-                    .get(call_id)
-                    .is_some_and(|s| s.has_party(extension))
-            })
-            .map(str::to_owned)
-            .collect();
-        for call_id in calls {
-            self.set_in_call(extension, &call_id);
         }
     }
 

@@ -605,13 +605,13 @@ impl Core {
                     .handle_message(now, source, *msg, &mut out);
             }
             CoreMsg::Notice(event, applied) => {
-                self.proxy.borrow_mut().handle_notice(event);
+                self.proxy.borrow_mut().handle_notice(event, &mut out);
                 let _ = applied.send(());
             }
             CoreMsg::Notices(events) => {
                 let mut proxy = self.proxy.borrow_mut();
                 for event in events {
-                    proxy.handle_notice(event);
+                    proxy.handle_notice(event, &mut out);
                 }
             }
             CoreMsg::StreamSend { peer, data } => self.send_stream_here(peer, data),
