@@ -496,8 +496,10 @@ impl Target {
     }
 
     /// Whether an INVITE from blade `from` for `extension` in `call_id`
-    /// carrying `token` is covered by a live grant (SPEC §2 step 5). A
-    /// token for another blade, call, agent, or a lapsed lease is refused.
+    /// carrying `token` is covered by a live grant (SPEC §2 step 5): a join
+    /// leg's, which names the session in its Join (a session may have
+    /// several; its own INVITE is [`Target::admit_invite`]'s). A token for
+    /// another blade, call, agent, or a lapsed lease is refused.
     pub fn check_token(
         &self,
         now: Duration,
