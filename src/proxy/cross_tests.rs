@@ -363,6 +363,42 @@ fn answered_call_seen_by_both(w: &mut World) -> (Message, Message) {
     (inv, ok)
 }
 
+/// A callee whose phone registered a Contact naming its badge rather than
+/// its extension (as a phone that logs in with its badge may): the
+/// caller's ACK and in-dialog requests, whose Request-URI is that
+/// Contact, still reach it through T, which finds its terminal by the To
+/// (they were dropped and refused 403 as routed outside the cluster).
+#[test]
+fn in_dialog_requests_reach_a_hosted_callee_whose_contact_names_its_badge() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    let t = terminal("1002");
+    let contact = format!("sip:A1002@{t}");
+    let register = format!(
+        "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKrb\r\n\
+         From: <sip:1002@cc.example>;tag=r\r\nTo: <sip:1002@cc.example>\r\nCall-ID: regb\r\n\
+         CSeq: 1 REGISTER\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    w.send_from(T, "1002", &register);
+    assert_eq!(w.take("1002").status(), Some(200));
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    assert_eq!(inv.request_uri().unwrap().as_str(), contact);
+    w.send_from(T, "1002", &answer(&inv, 200));
+    let ok = w.take_final("1001");
+    assert_eq!(ok.status(), Some(200));
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    for (cseq, method) in [(2, "REFER"), (3, "BYE")] {
+        w.send_from(S, "1001", &in_dialog(method, "1001", &ok, cseq));
+        let got = w.take("1002");
+        assert_eq!(got.method(), Some(Method::from_bytes(method.as_bytes())));
+        assert_eq!(got.request_uri().unwrap().as_str(), contact);
+    }
+    assert!(w.idle("1001"), "no refusal");
+}
+
 #[test]
 fn the_directory_names_the_target_and_one_round_trip_hosts() {
     let mut w = World::new();
