@@ -913,3 +913,227 @@ fn a_transfer_reaches_phones_whose_contacts_name_their_badges() {
     exchange(&mut c, &mut b, &bye, Method::Bye, 1, 200);
     assert_all_free(&cluster, 2, &[("1001", S), ("1002", T), ("1003", S)]);
 }
+
+/// A conference made by REFER (RFC 5589 style, with a Join, RFC 3911):
+/// A (on S) talks to B (on T, hosted by S) and calls C (on `c_home`);
+/// A sends C a REFER whose Refer-To names the A–B call's party (B, or A
+/// itself with `at_caller`) with a Join of that call; C accepts it and
+/// NOTIFYs `100 Trying`; C's phone sends the Join INVITE, which reaches
+/// the session's core of S (from the target's core, when the target is
+/// A), and the target's phone takes it. C NOTIFYs `200 OK` and A hangs
+/// up their consultation. S's session lists all three; the party the join
+/// leg does not connect hangs up the call, and leaves; C hangs up the
+/// leg: every agent is ready on its own blade, and no session is left.
+fn conference_by_refer(t: &Transfer, at_caller: bool) {
+    let cluster = blades(t.k, t.blades);
+    let mut a = placed(&cluster, S, t.a, phone(t.k, 0), t.own[0]);
+    let mut b = placed(&cluster, T, t.b, phone(t.k, 1), t.own[1]);
+    let mut c = placed(&cluster, t.c_home, t.c, phone(t.k, 2), t.own[2]);
+    let hops_ac = if t.c_home == S { 1 } else { 2 };
+    let (mut ab, ab_invite) = answered_call(&mut a, &mut b, 2);
+    confirm(&mut a, &mut b, &ab);
+    let (mut ac, ac_invite) = answered_call(&mut a, &mut c, hops_ac);
+    confirm(&mut a, &mut c, &ac);
+
+    // The join names the A–B dialog as its target sees it: the local tag
+    // as the to-tag (either order is taken).
+    let (target, to_tag, from_tag) = if at_caller {
+        (t.a, ab.from_tag.as_str(), CALLEE_TAG)
+    } else {
+        (t.b, CALLEE_TAG, ab.from_tag.as_str())
+    };
+    let refer_to = format!(
+        "{}?Join={}%3Bto-tag%3D{to_tag}%3Bfrom-tag%3D{from_tag}",
+        aor(target),
+        ab.call_id.replace('@', "%40"),
+    );
+    let mut c_cseq = refer(&mut a, &mut c, &mut ac, &ac_invite, &refer_to);
+
+    let mut leg = c.call(target);
+    c.invite(
+        &mut leg,
+        &format!(
+            "Join: {};to-tag={to_tag};from-tag={from_tag}\r\n",
+            ab.call_id
+        ),
+    );
+    let (joined, leg_tag) = if at_caller {
+        (&mut a, "a-join")
+    } else {
+        (&mut b, "b-join")
+    };
+    let Some(join) = joined.next_where(common::WAIT, |m| m.call_id() == leg.call_id) else {
+        let refused = c.response(&leg.call_id, Method::Invite);
+        panic!("the target got no Join; C got {}", first_line(&refused));
+    };
+    assert_eq!(join.method(), Some(Method::Invite));
+    assert!(join.header_named("Join").is_some(), "{join:?}");
+    joined.answer(&join, 200, "OK", leg_tag);
+    let ok = c.response(&leg.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    leg.learn(&ok);
+    c.ack_2xx(&leg);
+    joined.request(Method::Ack, &leg.call_id);
+    assert_eq!(cluster.metric(S, "sipblade_joins_total"), 1.0);
+
+    c_cseq += 1;
+    notify(
+        &mut c,
+        &mut a,
+        &ac_invite,
+        c_cseq,
+        "terminated;reason=noresource",
+        "SIP/2.0 200 OK\r\n",
+    );
+    let bye = caller_request(&a, &mut ac, "BYE");
+    exchange(&mut a, &mut c, &bye, Method::Bye, ac.cseq, 200);
+    common::wait_until("one session on S, of all three", || {
+        let sessions = cluster.sessions(S);
+        sessions.len() == 1
+            && sessions[0]["agents"]
+                .as_array()
+                .is_some_and(|a| a.len() == 3)
+    });
+    for i in 1..t.blades {
+        assert!(cluster.sessions(i).is_empty(), "blade {i}");
+    }
+    assert_in_transfer(&cluster, t.a, S);
+    assert_in_transfer(&cluster, t.b, T);
+    assert_in_transfer(&cluster, t.c, t.c_home);
+
+    // The party the leg does not connect hangs up the call and leaves.
+    let (left, left_home) = if at_caller {
+        let bye = callee_request(&b, &ab_invite, "BYE", 1);
+        exchange(&mut b, &mut a, &bye, Method::Bye, 1, 200);
+        (t.b, T)
+    } else {
+        let bye = caller_request(&a, &mut ab, "BYE");
+        exchange(&mut a, &mut b, &bye, Method::Bye, ab.cseq, 200);
+        (t.a, S)
+    };
+    cluster.wait_state(left_home, left, "ready");
+    assert_agent(&cluster, left_home, left, "ready", None);
+    let (stays, stays_home) = if at_caller { (t.a, S) } else { (t.b, T) };
+    assert_in_transfer(&cluster, stays, stays_home);
+    assert_in_transfer(&cluster, t.c, t.c_home);
+
+    // C hangs up the leg.
+    let bye = caller_request(&c, &mut leg, "BYE");
+    let joined = if at_caller { &mut a } else { &mut b };
+    exchange(&mut c, joined, &bye, Method::Bye, leg.cseq, 200);
+    assert_all_free(&cluster, t.blades, &[(t.a, S), (t.b, T), (t.c, t.c_home)]);
+}
+
+/// C on a third blade joins B: S hosts C, already hosted for the
+/// consultation, for the leg too.
+#[test]
+fn conference_by_refer_joining_the_callee_from_a_third_blade() {
+    conference_by_refer(
+        &Transfer {
+            k: 15,
+            blades: 3,
+            a: "1001",
+            b: "1002",
+            c: "1003",
+            c_home: U,
+            own: [false, true, false],
+        },
+        false,
+    );
+}
+
+/// C on T joins A, the caller, whose core on S is not the session's: the
+/// Join reaches A's core and is handed to B's.
+#[test]
+fn conference_by_refer_joining_the_caller_on_another_core() {
+    let t = Transfer {
+        k: 16,
+        blades: 2,
+        a: "1001",
+        b: "1002",
+        c: "1004",
+        c_home: T,
+        own: [true, false, true],
+    };
+    assert_ne!(
+        shard_of(t.a.as_bytes(), CORES),
+        shard_of(t.b.as_bytes(), CORES)
+    );
+    conference_by_refer(&t, true);
+}
+
+/// C on S joins A: a local joiner; A's core is the session's (0).
+#[test]
+fn conference_by_refer_joining_the_caller_from_its_own_blade() {
+    let t = Transfer {
+        k: 17,
+        blades: 2,
+        a: "1002",
+        b: "1004",
+        c: "1001",
+        c_home: S,
+        own: [false, false, true],
+    };
+    assert_eq!(
+        shard_of(t.a.as_bytes(), CORES),
+        shard_of(t.b.as_bytes(), CORES)
+    );
+    conference_by_refer(&t, true);
+}
+
+/// Out-of-dialog REFER (RFC 3515 §2.4.7 allows one outside the call it
+/// concerns; a transferor may send it with Target-Dialog, RFC 4538): A
+/// (1001, on S) talks to B (1002, on T, hosted by S) and sends B a REFER
+/// of its own, which S relays to T with T's leave and record-routes, as
+/// does T; B accepts it (202) from a Contact of its own and NOTIFYs `100
+/// Trying` and `200 OK` back along that route set to A's phone. Then A
+/// REFERs D (1004, on a third blade U, in no call) the same way. Nothing
+/// changes: B stays hosted in the one session, and when A hangs up
+/// everyone is ready.
+#[test]
+fn an_out_of_dialog_refer_and_its_notifies_pass_between_blades_of_two_cores() {
+    let k = 18;
+    let cluster = blades(k, 3);
+    let mut a = placed(&cluster, S, "1001", phone(k, 0), true);
+    let mut b = placed(&cluster, T, "1002", phone(k, 1), false);
+    let mut d = placed(&cluster, U, "1004", phone(k, 2), false);
+    let (mut ab, _) = answered_call(&mut a, &mut b, 2);
+    confirm(&mut a, &mut b, &ab);
+
+    for to in [&mut b, &mut d] {
+        let call_id = format!("refer-{}@test", common::unique());
+        let text = format!(
+            "REFER {uri} SIP/2.0\r\n{via}Max-Forwards: 70\r\nFrom: <{from}>;tag=r{n}\r\n\
+             To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 REFER\r\nContact: <{contact}>\r\n\
+             Refer-To: <{target}>\r\nTarget-Dialog: {dialog};local-tag={local};remote-tag={CALLEE_TAG}\r\n\
+             Content-Length: 0\r\n\r\n",
+            uri = aor(&to.ext),
+            via = a.via(&common::branch()),
+            from = aor("1001"),
+            n = common::unique(),
+            contact = a.contact_uri(),
+            target = aor("1003"),
+            dialog = ab.call_id,
+            local = ab.from_tag,
+        );
+        a.send(&text);
+        let refer = to.request(Method::Refer, &call_id);
+        assert_eq!(refer.record_routes().count(), 2, "{refer:?}");
+        answer_as(to, &refer, 202, "Accepted", CALLEE_TAG, &to.contact_uri());
+        let accepted = final_response(&mut a, &call_id, Method::Refer, 1);
+        assert_eq!(accepted.status(), Some(202), "{}", first_line(&accepted));
+        assert_eq!(accepted.record_routes().count(), 2);
+        for (cseq, state, frag) in [
+            (1, "active;expires=60", "SIP/2.0 100 Trying\r\n"),
+            (2, "terminated;reason=noresource", "SIP/2.0 200 OK\r\n"),
+        ] {
+            notify(to, &mut a, &refer, cseq, state, frag);
+        }
+    }
+    assert_eq!(cluster.sessions(S).len(), 1);
+    assert_in_transfer(&cluster, "1002", T);
+    assert_agent(&cluster, U, "1004", "ready", None);
+    let bye = caller_request(&a, &mut ab, "BYE");
+    exchange(&mut a, &mut b, &bye, Method::Bye, ab.cseq, 200);
+    assert_all_free(&cluster, 3, &[("1001", S), ("1002", T), ("1004", U)]);
+}
