@@ -1137,3 +1137,164 @@ fn an_out_of_dialog_refer_and_its_notifies_pass_between_blades_of_two_cores() {
     exchange(&mut a, &mut b, &bye, Method::Bye, ab.cseq, 200);
     assert_all_free(&cluster, 3, &[("1001", S), ("1002", T), ("1004", U)]);
 }
+
+/// Call pickup across blades of two cores (RFC 3891 with an early
+/// dialog): A (1001, on S, core 1) calls B (1002, on T), which rings; C
+/// (on `c_home`) sends A an INVITE replacing that ringing call, named as A
+/// sees it. It reaches A's core of S, which hands it to the session's
+/// (B's, core 0), and S hosts C for the new call. A takes it and cancels
+/// its INVITE to B: B is ready again on T, A and C talk (C hosted by S);
+/// when C hangs up everyone is ready and no session is left.
+fn pickup_across_blades(k: u8, blades_n: usize, c_ext: &str, c_home: usize) {
+    let cluster = blades(k, blades_n);
+    let mut a = placed(&cluster, S, "1001", phone(k, 0), false);
+    let mut b = placed(&cluster, T, "1002", phone(k, 1), true);
+    let mut c = placed(&cluster, c_home, c_ext, phone(k, 2), false);
+    let mut ab = a.call("1002");
+    a.invite(&mut ab, "");
+    let b_invite = b.request(Method::Invite, &ab.call_id);
+    b.answer(&b_invite, 180, "Ringing", CALLEE_TAG);
+    let ringing = a.response(&ab.call_id, Method::Invite);
+    assert_eq!(ringing.status(), Some(180), "{}", first_line(&ringing));
+    assert_in_transfer(&cluster, "1001", S);
+
+    let mut ca = c.call("1001");
+    let replaces = format!(
+        "Replaces: {};to-tag={};from-tag={CALLEE_TAG}\r\n",
+        ab.call_id, ab.from_tag
+    );
+    c.invite(&mut ca, &replaces);
+    let Some(a_invite) = a.next_where(common::WAIT, |m| m.call_id() == ca.call_id) else {
+        let refused = c.response(&ca.call_id, Method::Invite);
+        panic!("A's phone got no INVITE; C got {}", first_line(&refused));
+    };
+    assert!(a_invite.header_named("Replaces").is_some(), "{a_invite:?}");
+    a.answer(&a_invite, 200, "OK", "a-picked");
+    let ok = c.response(&ca.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    ca.learn(&ok);
+    confirm(&mut c, &mut a, &ca);
+
+    // A's phone cancels its INVITE to B, as the Replaces asks.
+    a.cancel(&ab);
+    let cancelled = final_response(&mut a, &ab.call_id, Method::Cancel, ab.cseq);
+    assert_eq!(cancelled.status(), Some(200));
+    let cancel = b.request(Method::Cancel, &ab.call_id);
+    b.answer(&cancel, 200, "OK", CALLEE_TAG);
+    b.answer(&b_invite, 487, "Request Terminated", CALLEE_TAG);
+    b.request(Method::Ack, &ab.call_id);
+    let gone = final_response(&mut a, &ab.call_id, Method::Invite, ab.cseq);
+    assert_eq!(gone.status(), Some(487), "{}", first_line(&gone));
+    a.ack_failure(&ab, &gone);
+
+    cluster.wait_state(T, "1002", "ready");
+    assert_agent(&cluster, T, "1002", "ready", None);
+    common::wait_until("only the C–A session on S", || {
+        let sessions = cluster.sessions(S);
+        sessions.len() == 1 && sessions[0]["call_id"] == ca.call_id.as_str()
+    });
+    assert_in_transfer(&cluster, "1001", S);
+    assert_in_transfer(&cluster, c_ext, c_home);
+    assert_eq!(cluster.metric(S, "sipblade_replaces_total"), 1.0);
+
+    let bye = caller_request(&c, &mut ca, "BYE");
+    exchange(&mut c, &mut a, &bye, Method::Bye, ca.cseq, 200);
+    assert_all_free(
+        &cluster,
+        blades_n,
+        &[("1001", S), ("1002", T), (c_ext, c_home)],
+    );
+}
+
+/// C on T, beside B.
+#[test]
+fn a_pickup_from_the_ringing_agents_blade() {
+    pickup_across_blades(19, 2, "1003", T);
+}
+
+/// C on a third blade U.
+#[test]
+fn a_pickup_from_a_third_blade() {
+    pickup_across_blades(20, 3, "1004", U);
+}
+
+/// The replacing call of an attended transfer fails, then one ends before
+/// the calls it replaced: A (1001, on S) talks to B (1002, on T) and
+/// consults C (on `c_home`). B's first INVITE with Replaces is declined
+/// by C's phone (603): S drops the new session and B's and C's riders on
+/// their grants, and nothing else changes. B's second is taken, and B
+/// hangs the new call up at once: B and C are still in their calls with
+/// A (hosted when remote). Then C hangs up on A and A on B: every agent
+/// is ready on its own blade and no session is left (a rider left behind
+/// would keep B or C hosted).
+fn replacing_call_declined_then_ended_first(k: u8, blades_n: usize, c_ext: &str, c_home: usize) {
+    let cluster = blades(k, blades_n);
+    let mut a = placed(&cluster, S, "1001", phone(k, 0), true);
+    let mut b = placed(&cluster, T, "1002", phone(k, 1), true);
+    let mut c = placed(&cluster, c_home, c_ext, phone(k, 2), false);
+    let hops_ac = if c_home == S { 1 } else { 2 };
+    let (mut ab, _) = answered_call(&mut a, &mut b, 2);
+    confirm(&mut a, &mut b, &ab);
+    let (ac, ac_invite) = answered_call(&mut a, &mut c, hops_ac);
+    confirm(&mut a, &mut c, &ac);
+    let header = format!(
+        "Replaces: {};to-tag={CALLEE_TAG};from-tag={}\r\n",
+        ac.call_id, ac.from_tag
+    );
+    let steady = |cluster: &TestCluster| {
+        cluster.wait_state(S, "1001", "in_call");
+        assert_in_transfer(cluster, "1002", T);
+        assert_in_transfer(cluster, c_ext, c_home);
+    };
+
+    let mut declined = b.call(c_ext);
+    b.invite(&mut declined, &header);
+    let invite = c.request(Method::Invite, &declined.call_id);
+    c.answer(&invite, 603, "Decline", "c-no");
+    let no = b.response(&declined.call_id, Method::Invite);
+    assert_eq!(no.status(), Some(603), "{}", first_line(&no));
+    b.ack_failure(&declined, &no);
+    c.request(Method::Ack, &declined.call_id);
+    common::wait_until("S drops the declined session", || {
+        session(&cluster, S, &declined.call_id).is_none()
+    });
+    steady(&cluster);
+    assert_eq!(cluster.sessions(S).len(), 2);
+
+    let mut bc = b.call(c_ext);
+    b.invite(&mut bc, &header);
+    let invite = c.request(Method::Invite, &bc.call_id);
+    c.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = b.response(&bc.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    bc.learn(&ok);
+    confirm(&mut b, &mut c, &bc);
+    let bye = caller_request(&b, &mut bc, "BYE");
+    exchange(&mut b, &mut c, &bye, Method::Bye, bc.cseq, 200);
+    common::wait_until("S drops the ended session", || {
+        session(&cluster, S, &bc.call_id).is_none()
+    });
+    steady(&cluster);
+
+    let bye = callee_request(&c, &ac_invite, "BYE", 1);
+    exchange(&mut c, &mut a, &bye, Method::Bye, 1, 200);
+    let bye = caller_request(&a, &mut ab, "BYE");
+    exchange(&mut a, &mut b, &bye, Method::Bye, ab.cseq, 200);
+    assert_all_free(
+        &cluster,
+        blades_n,
+        &[("1001", S), ("1002", T), (c_ext, c_home)],
+    );
+}
+
+/// C on a third blade U.
+#[test]
+fn a_declined_replacing_call_and_one_ended_first_leave_no_rider_on_a_third_blade() {
+    replacing_call_declined_then_ended_first(21, 3, "1003", U);
+}
+
+/// C on T with B.
+#[test]
+fn a_declined_replacing_call_and_one_ended_first_leave_no_rider_on_the_transferees_blade() {
+    replacing_call_declined_then_ended_first(22, 2, "1004", T);
+}
