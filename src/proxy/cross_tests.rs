@@ -2353,6 +2353,42 @@ fn answered_call_then_callee_moves(w: &mut World) -> (SocketAddr, Message) {
     (moved, ok)
 }
 
+/// A hosted callee whose Contact names its badge moves to a new socket
+/// with a target refresh: the caller's next request, sent to the new
+/// Contact, still reaches it through T, which keeps the dialog under the
+/// agent the To names (it was refused 403, the Request-URI's user naming
+/// no agent).
+#[test]
+fn a_request_follows_the_target_refresh_of_a_callee_whose_contact_names_its_badge() {
+    let mut w = World::new();
+    let (inv, ok) = answered_call_seen_by_both(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let moved = addr("127.0.0.12:6102");
+    let contact = format!("sip:A1002@{moved}");
+    let reinvite = from_callee("INVITE", "1002", &inv, 2).replacen(
+        "Content-Length",
+        &format!("Contact: <{contact}>\r\nContent-Length"),
+        1,
+    );
+    w.process(Event::Sip {
+        node: T,
+        source: Peer::udp(moved),
+        data: Bytes::from(reinvite),
+    });
+    let relayed = w.take("1001");
+    w.send_from(S, "1001", &answer(&relayed, 200));
+    w.inbox.get_mut(&moved).unwrap().clear();
+    let old = ok.contacts().next().unwrap().uri().as_str().to_owned();
+    let info = in_dialog("INFO", "1001", &ok, 2).replacen(&old, &contact, 1);
+    w.send_from(S, "1001", &info);
+    let got = w.inbox.get_mut(&moved).and_then(VecDeque::pop_front);
+    let got = got.expect("the INFO reached the new Contact");
+    assert_eq!(got.method(), Some(Method::Info));
+    assert_eq!(got.request_uri().unwrap().as_str(), contact);
+    assert!(w.idle("1001"), "no refusal");
+}
+
 /// S's BYE at `max_call` follows the callee's target refresh: through T
 /// to the new Contact.
 #[test]
