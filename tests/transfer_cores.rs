@@ -1220,14 +1220,15 @@ fn a_pickup_from_a_third_blade() {
 
 /// The replacing call of an attended transfer fails, then one ends before
 /// the calls it replaced: A (1001, on S) talks to B (1002, on T) and
-/// consults C (on `c_home`). B's first INVITE with Replaces is declined
-/// by C's phone (603): S drops the new session and B's and C's riders on
-/// their grants, and nothing else changes. B's second is taken, and B
+/// consults C (on `c_home`). B's first INVITE with Replaces is cancelled
+/// while C's phone rings, its second declined by C's phone (603): each
+/// time S drops the new session and B's and C's riders on their grants,
+/// and nothing else changes. B's second is taken, and B
 /// hangs the new call up at once: B and C are still in their calls with
 /// A (hosted when remote). Then C hangs up on A and A on B: every agent
 /// is ready on its own blade and no session is left (a rider left behind
 /// would keep B or C hosted).
-fn replacing_call_declined_then_ended_first(k: u8, blades_n: usize, c_ext: &str, c_home: usize) {
+fn replacing_calls_that_fail_or_end_first(k: u8, blades_n: usize, c_ext: &str, c_home: usize) {
     let cluster = blades(k, blades_n);
     let mut a = placed(&cluster, S, "1001", phone(k, 0), true);
     let mut b = placed(&cluster, T, "1002", phone(k, 1), true);
@@ -1246,6 +1247,28 @@ fn replacing_call_declined_then_ended_first(k: u8, blades_n: usize, c_ext: &str,
         assert_in_transfer(cluster, "1002", T);
         assert_in_transfer(cluster, c_ext, c_home);
     };
+
+    // B's phone gives up while C's rings: the CANCEL follows the INVITE's
+    // way (through U and S when C is on U), and C's phone answers 487.
+    let mut cancelled = b.call(c_ext);
+    b.invite(&mut cancelled, &header);
+    let invite = c.request(Method::Invite, &cancelled.call_id);
+    c.answer(&invite, 180, "Ringing", "c-ring");
+    let ringing = b.response(&cancelled.call_id, Method::Invite);
+    assert_eq!(ringing.status(), Some(180), "{}", first_line(&ringing));
+    b.cancel(&cancelled);
+    let cancel = c.request(Method::Cancel, &cancelled.call_id);
+    c.answer(&cancel, 200, "OK", "c-ring");
+    c.answer(&invite, 487, "Request Terminated", "c-ring");
+    c.request(Method::Ack, &cancelled.call_id);
+    let gone = final_response(&mut b, &cancelled.call_id, Method::Invite, cancelled.cseq);
+    assert_eq!(gone.status(), Some(487), "{}", first_line(&gone));
+    b.ack_failure(&cancelled, &gone);
+    common::wait_until("S drops the cancelled session", || {
+        session(&cluster, S, &cancelled.call_id).is_none()
+    });
+    steady(&cluster);
+    assert_eq!(cluster.sessions(S).len(), 2);
 
     let mut declined = b.call(c_ext);
     b.invite(&mut declined, &header);
@@ -1289,12 +1312,12 @@ fn replacing_call_declined_then_ended_first(k: u8, blades_n: usize, c_ext: &str,
 
 /// C on a third blade U.
 #[test]
-fn a_declined_replacing_call_and_one_ended_first_leave_no_rider_on_a_third_blade() {
-    replacing_call_declined_then_ended_first(21, 3, "1003", U);
+fn cancelled_declined_and_early_ended_replacing_calls_leave_no_rider_on_a_third_blade() {
+    replacing_calls_that_fail_or_end_first(21, 3, "1003", U);
 }
 
 /// C on T with B.
 #[test]
-fn a_declined_replacing_call_and_one_ended_first_leave_no_rider_on_the_transferees_blade() {
-    replacing_call_declined_then_ended_first(22, 2, "1004", T);
+fn cancelled_declined_and_early_ended_replacing_calls_leave_no_rider_on_the_transferees_blade() {
+    replacing_calls_that_fail_or_end_first(22, 2, "1004", T);
 }
