@@ -470,8 +470,16 @@ fn attended_transfer_to_a_party_on_a_third_blade_sessions_together() {
 /// hangs up on B. Then B is in its call with C, on T; when it ends every
 /// agent is ready on its own blade and no blade holds a session.
 /// `own`: whether A's, B's and C's phones send to their agents' own
-/// cores ([`placed`]).
-fn blind_transfer(k: u8, blades_n: usize, exts: [&str; 3], c_home: usize, own: [bool; 3]) {
+/// cores ([`placed`]). `hang_up_first`: A hangs up as soon as B has
+/// accepted the REFER, before B calls C, and B's last NOTIFY comes after.
+fn blind_transfer(
+    k: u8,
+    blades_n: usize,
+    exts: [&str; 3],
+    c_home: usize,
+    own: [bool; 3],
+    hang_up_first: bool,
+) {
     let [a_ext, b_ext, c_ext] = exts;
     let cluster = blades(k, blades_n);
     let mut a = placed(&cluster, S, a_ext, phone(k, 0), own[0]);
@@ -483,9 +491,15 @@ fn blind_transfer(k: u8, blades_n: usize, exts: [&str; 3], c_home: usize, own: [
     assert_in_transfer(&cluster, b_ext, T);
 
     let mut b_cseq = refer(&mut a, &mut b, &mut ab, &ab_invite, &aor(c_ext));
+    if hang_up_first {
+        let bye = caller_request(&a, &mut ab, "BYE");
+        exchange(&mut a, &mut b, &bye, Method::Bye, ab.cseq, 200);
+    }
     let hops_bc = if c_home == T { 1 } else { 2 };
     let (mut bc, bc_invite) = answered_call(&mut b, &mut c, hops_bc);
     confirm(&mut b, &mut c, &bc);
+    // The refer subscription outlives the call it was sent in (RFC 6665
+    // §4.5.2): its last NOTIFY still follows the route set.
     b_cseq += 1;
     notify(
         &mut b,
@@ -495,8 +509,10 @@ fn blind_transfer(k: u8, blades_n: usize, exts: [&str; 3], c_home: usize, own: [
         "terminated;reason=noresource",
         "SIP/2.0 200 OK\r\n",
     );
-    let bye = caller_request(&a, &mut ab, "BYE");
-    exchange(&mut a, &mut b, &bye, Method::Bye, ab.cseq, 200);
+    if !hang_up_first {
+        let bye = caller_request(&a, &mut ab, "BYE");
+        exchange(&mut a, &mut b, &bye, Method::Bye, ab.cseq, 200);
+    }
 
     // B is in its own call on T now, not hosted; C too (hosted by T when
     // it is elsewhere).
@@ -537,19 +553,26 @@ fn blind_transfer(k: u8, blades_n: usize, exts: [&str; 3], c_home: usize, own: [
 /// C on S: T hosts C from the blade that hosts B.
 #[test]
 fn blind_transfer_to_a_party_on_the_transferors_blade() {
-    blind_transfer(7, 2, ["1001", "1002", "1003"], S, [true, false, false]);
+    blind_transfer(
+        7,
+        2,
+        ["1001", "1002", "1003"],
+        S,
+        [true, false, false],
+        false,
+    );
 }
 
-/// C on T with B: a local call on T while S still hosts B.
+/// C on T with B: a local call on T; A hangs up before it.
 #[test]
 fn blind_transfer_to_a_party_on_the_transferees_blade() {
-    blind_transfer(8, 2, ["1001", "1002", "1004"], T, [false, true, true]);
+    blind_transfer(8, 2, ["1001", "1002", "1004"], T, [false, true, true], true);
 }
 
-/// C on a third blade U, hosted by T.
+/// C on a third blade U, hosted by T; A hangs up before B calls C.
 #[test]
 fn blind_transfer_to_a_party_on_a_third_blade() {
-    blind_transfer(9, 3, ["1004", "1001", "1002"], U, [true, true, false]);
+    blind_transfer(9, 3, ["1004", "1001", "1002"], U, [true, true, false], true);
 }
 
 /// `b` sends an INVITE to `to` with `replaces` (a Replaces header value);
