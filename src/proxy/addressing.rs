@@ -242,14 +242,24 @@ impl Proxy {
     }
 
     /// Whether `target` is the terminal of the agent `msg` is addressed
-    /// to, logged in on this core or (known from its notices) another.
+    /// to, logged in on this core or (known from its notices) another:
+    /// the agent its Request-URI names, or else the one its To names. A
+    /// phone's Contact, the Request-URI of the requests it is sent, need
+    /// not carry its extension (its badge, the login id it authenticates
+    /// with, or a token of its own), but the To of a request in its
+    /// dialogs is its address of record. Either way `target` is an
+    /// agent's registered terminal.
     pub(super) fn is_addressed_terminal(&self, msg: &Message, target: Peer) -> bool {
-        let Some(agent) = self.addressed_agent(msg) else {
-            return false;
+        let terminal_is = |agent: &str| {
+            let terminal = self
+                .terminal_of(agent)
+                .or_else(|| self.logged_in_elsewhere.get(agent).copied());
+            terminal == Some(target.addr)
         };
-        let terminal = self
-            .terminal_of(&agent)
-            .or_else(|| self.logged_in_elsewhere.get(&*agent).copied());
-        terminal == Some(target.addr)
+        if self.addressed_agent(msg).is_some_and(|a| terminal_is(&a)) {
+            return true;
+        }
+        let to = msg.to().uri();
+        self.is_our_host(&to) && to.user_str().is_some_and(|a| terminal_is(&a))
     }
 }

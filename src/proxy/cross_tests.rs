@@ -363,6 +363,42 @@ fn answered_call_seen_by_both(w: &mut World) -> (Message, Message) {
     (inv, ok)
 }
 
+/// A callee whose phone registered a Contact naming its badge rather than
+/// its extension (as a phone that logs in with its badge may): the
+/// caller's ACK and in-dialog requests, whose Request-URI is that
+/// Contact, still reach it through T, which finds its terminal by the To
+/// (they were dropped and refused 403 as routed outside the cluster).
+#[test]
+fn in_dialog_requests_reach_a_hosted_callee_whose_contact_names_its_badge() {
+    let mut w = World::new();
+    w.register(S, "1001");
+    let t = terminal("1002");
+    let contact = format!("sip:A1002@{t}");
+    let register = format!(
+        "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKrb\r\n\
+         From: <sip:1002@cc.example>;tag=r\r\nTo: <sip:1002@cc.example>\r\nCall-ID: regb\r\n\
+         CSeq: 1 REGISTER\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    w.send_from(T, "1002", &register);
+    assert_eq!(w.take("1002").status(), Some(200));
+    w.send_from(S, "1001", &invite("1001", "1002", "c1"));
+    assert_eq!(w.take("1001").status(), Some(100));
+    let inv = w.take("1002");
+    assert_eq!(inv.request_uri().unwrap().as_str(), contact);
+    w.send_from(T, "1002", &answer(&inv, 200));
+    let ok = w.take_final("1001");
+    assert_eq!(ok.status(), Some(200));
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    for (cseq, method) in [(2, "REFER"), (3, "BYE")] {
+        w.send_from(S, "1001", &in_dialog(method, "1001", &ok, cseq));
+        let got = w.take("1002");
+        assert_eq!(got.method(), Some(Method::from_bytes(method.as_bytes())));
+        assert_eq!(got.request_uri().unwrap().as_str(), contact);
+    }
+    assert!(w.idle("1001"), "no refusal");
+}
+
 #[test]
 fn the_directory_names_the_target_and_one_round_trip_hosts() {
     let mut w = World::new();
@@ -2315,6 +2351,42 @@ fn answered_call_then_callee_moves(w: &mut World) -> (SocketAddr, Message) {
     let statuses: Vec<_> = at_moved.drain(..).filter_map(|m| m.status()).collect();
     assert_eq!(statuses, [100, 200], "at the new socket");
     (moved, ok)
+}
+
+/// A hosted callee whose Contact names its badge moves to a new socket
+/// with a target refresh: the caller's next request, sent to the new
+/// Contact, still reaches it through T, which keeps the dialog under the
+/// agent the To names (it was refused 403, the Request-URI's user naming
+/// no agent).
+#[test]
+fn a_request_follows_the_target_refresh_of_a_callee_whose_contact_names_its_badge() {
+    let mut w = World::new();
+    let (inv, ok) = answered_call_seen_by_both(&mut w);
+    w.send_from(S, "1001", &in_dialog("ACK", "1001", &ok, 1));
+    assert_eq!(w.take("1002").method(), Some(Method::Ack));
+    let moved = addr("127.0.0.12:6102");
+    let contact = format!("sip:A1002@{moved}");
+    let reinvite = from_callee("INVITE", "1002", &inv, 2).replacen(
+        "Content-Length",
+        &format!("Contact: <{contact}>\r\nContent-Length"),
+        1,
+    );
+    w.process(Event::Sip {
+        node: T,
+        source: Peer::udp(moved),
+        data: Bytes::from(reinvite),
+    });
+    let relayed = w.take("1001");
+    w.send_from(S, "1001", &answer(&relayed, 200));
+    w.inbox.get_mut(&moved).unwrap().clear();
+    let old = ok.contacts().next().unwrap().uri().as_str().to_owned();
+    let info = in_dialog("INFO", "1001", &ok, 2).replacen(&old, &contact, 1);
+    w.send_from(S, "1001", &info);
+    let got = w.inbox.get_mut(&moved).and_then(VecDeque::pop_front);
+    let got = got.expect("the INFO reached the new Contact");
+    assert_eq!(got.method(), Some(Method::Info));
+    assert_eq!(got.request_uri().unwrap().as_str(), contact);
+    assert!(w.idle("1001"), "no refusal");
 }
 
 /// S's BYE at `max_call` follows the callee's target refresh: through T

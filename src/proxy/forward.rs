@@ -301,13 +301,20 @@ impl Proxy {
         {
             return true;
         }
-        let Some(agent) = self.addressed_agent(msg) else {
+        let Some(c) = self.cluster.as_ref() else {
             return false;
         };
-        self.cluster.as_ref().is_some_and(|c| {
-            c.hosted_dialog(&agent, call_id)
+        let reaches = |agent: &str| {
+            c.hosted_dialog(agent, call_id)
                 .is_some_and(|d| d.reaches(target.addr))
-        })
+        };
+        if self.addressed_agent(msg).is_some_and(|a| reaches(&a)) {
+            return true;
+        }
+        // A Contact that names no extension: the To names the agent, as
+        // in [`Proxy::is_addressed_terminal`].
+        let to = msg.to().uri();
+        self.is_our_host(&to) && to.user_str().is_some_and(|a| reaches(&a))
     }
 
     /// Whether `target` is the terminal the caller of `msg`'s session on
