@@ -961,6 +961,57 @@ fn many_tcp_calls_at_once_across_two_blades_of_two_cores() {
     assert_all_free(&cluster, &homes);
 }
 
+// A TCP phone behind NAT.
+
+/// A phone registered over TCP whose Contact names another IP than its
+/// connection's (a phone behind NAT names its private address, where
+/// nothing can reach it) is reached on its connection (README: "An agent
+/// registered over TCP is reached on the connection it registered on"),
+/// and its answers come back on that connection: from the address the
+/// blade sent the request to, so they count. Called from a UDP phone on
+/// one blade of two cores, and across two blades from a TCP phone; each
+/// call carries a re-INVITE, an INFO each way, and a BYE.
+#[test]
+fn a_tcp_phone_whose_contact_names_a_private_address_is_answered_on_its_connection() {
+    let k = 8;
+    let blade = one_blade(k);
+    let mut a = Ua::new_at(blade.sip, "1001", phone_ip(k, 0));
+    assert_eq!(a.register(3600).status(), Some(200));
+    let mut b = TcpPhone::on("1002", TcpUa::connect_from(blade.sip, phone_ip(k, 1)));
+    b.contact_at = Some(format!("{}:5060", phone_ip(k, 2)));
+    b.register();
+    blade.wait_state("1001", "ready");
+    blade.wait_state("1002", "ready");
+    let (mut sa, mut sb) = establish(&mut a, &mut b);
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "INVITE");
+    transact((&mut b, &mut sb), (&mut a, &mut sa), "INFO");
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "INFO");
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "BYE");
+    blade.wait_state("1001", "ready");
+    blade.wait_state("1002", "ready");
+    blade.wait_no_sessions();
+    drop(blade);
+
+    let cluster = two_blades(k + 1);
+    let (s, t) = (0, 1);
+    let k = k + 1;
+    let mut a = TcpPhone::registered(cluster.members[s].sip, "1001", phone_ip(k, 0));
+    let mut b = TcpPhone::on(
+        "1002",
+        TcpUa::connect_from(cluster.members[t].sip, phone_ip(k, 1)),
+    );
+    b.contact_at = Some(format!("{}:5060", phone_ip(k, 2)));
+    b.register();
+    cluster.wait_state(s, "1001", "ready");
+    cluster.wait_state(t, "1002", "ready");
+    let (mut sa, mut sb) = establish(&mut a, &mut b);
+    assert_hosting(&cluster, (s, "1001"), (t, "1002"));
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "INVITE");
+    transact((&mut b, &mut sb), (&mut a, &mut sa), "INFO");
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "BYE");
+    assert_all_free(&cluster, &[("1001", s), ("1002", t)]);
+}
+
 // A call too large for UDP between the blades.
 
 /// A (TCP on S) calls B (TCP on T) with an INVITE of over 1300 bytes, so
