@@ -970,7 +970,9 @@ fn many_tcp_calls_at_once_across_two_blades_of_two_cores() {
 /// and its answers come back on that connection: from the address the
 /// blade sent the request to, so they count. Called from a UDP phone on
 /// one blade of two cores, and across two blades from a TCP phone; each
-/// call carries a re-INVITE, an INFO each way, and a BYE.
+/// call carries a re-INVITE, an INFO each way, and a BYE. It calls too:
+/// the other phone's requests reach it on its connection, from the core
+/// of the session (the callee's), which does not hold its binding.
 #[test]
 fn a_tcp_phone_whose_contact_names_a_private_address_is_answered_on_its_connection() {
     let k = 8;
@@ -986,6 +988,17 @@ fn a_tcp_phone_whose_contact_names_a_private_address_is_answered_on_its_connecti
     transact((&mut a, &mut sa), (&mut b, &mut sb), "INVITE");
     transact((&mut b, &mut sb), (&mut a, &mut sa), "INFO");
     transact((&mut a, &mut sa), (&mut b, &mut sb), "INFO");
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "BYE");
+    blade.wait_state("1001", "ready");
+    blade.wait_state("1002", "ready");
+    blade.wait_no_sessions();
+    // The NATed phone calls: the session lives on the callee's core, not
+    // on the core that holds the caller's binding.
+    assert_ne!(shard_of(b"1001", CORES), shard_of(b"1002", CORES));
+    let (mut sb, mut sa) = establish(&mut b, &mut a);
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "INFO");
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "INVITE");
+    transact((&mut b, &mut sb), (&mut a, &mut sa), "INFO");
     transact((&mut a, &mut sa), (&mut b, &mut sb), "BYE");
     blade.wait_state("1001", "ready");
     blade.wait_state("1002", "ready");
@@ -1008,6 +1021,12 @@ fn a_tcp_phone_whose_contact_names_a_private_address_is_answered_on_its_connecti
     assert_hosting(&cluster, (s, "1001"), (t, "1002"));
     transact((&mut a, &mut sa), (&mut b, &mut sb), "INVITE");
     transact((&mut b, &mut sb), (&mut a, &mut sa), "INFO");
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "BYE");
+    assert_all_free(&cluster, &[("1001", s), ("1002", t)]);
+    // And the other way: T hosts A for B's call.
+    let (mut sb, mut sa) = establish(&mut b, &mut a);
+    assert_hosting(&cluster, (t, "1002"), (s, "1001"));
+    transact((&mut a, &mut sa), (&mut b, &mut sb), "INFO");
     transact((&mut a, &mut sa), (&mut b, &mut sb), "BYE");
     assert_all_free(&cluster, &[("1001", s), ("1002", t)]);
 }

@@ -1647,3 +1647,43 @@ fn a_tcp_agent_behind_nat_is_heard_on_its_connection() {
     assert_eq!(ok[0].to, udp(&a));
     assert_eq!((b.state("1001"), b.state("1002")), ("in_call", "in_call"));
 }
+
+/// A caller behind NAT on TCP whose INVITE's Contact (its private
+/// address, on another port than it registered) is no binding: the
+/// callee's BYE goes to that Contact on the connection the caller called
+/// on, the one way to reach it, and its 200 there counts.
+#[test]
+fn a_tcp_caller_behind_nat_gets_the_callees_bye_on_its_connection() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    let conn = Some(crate::sip::ConnId { core: 0, id: 9 });
+    let nat = Peer {
+        addr: addr("127.0.0.50:40002"),
+        transport: crate::sip::Transport::Tcp,
+        conn,
+    };
+    let register = "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bKrn\r\n\
+         From: <sip:1002@cc.example>;tag=r\r\nTo: <sip:1002@cc.example>\r\nCall-ID: regnat\r\n\
+         CSeq: 1 REGISTER\r\nContact: <sip:1002@10.0.0.5:5060;transport=tcp>\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(status(&b.send_on(nat, register)[0]), 200);
+    let contact = "sip:1002@10.0.0.5:5062;transport=tcp";
+    let invite = format!(
+        "INVITE sip:1001@cc.example SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.5:5062;branch=z9hG4bKnat\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1002@cc.example>;tag=fnat\r\nTo: <sip:1001@cc.example>\r\n\
+         Call-ID: natcaller\r\nCSeq: 1 INVITE\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = b.send_on(nat, &invite);
+    let fwd = parse(&out[1]);
+    let callee = terminal("1001");
+    assert_eq!(status(&b.send(&callee, &answer(&fwd, 200, "t2"))[0]), 200);
+
+    let bye = from_callee("BYE", &fwd, 1, "z9hG4bKbnat", &format!("sip:1001@{callee}"));
+    let out = b.send(&callee, &bye);
+    assert_eq!(out.len(), 1);
+    assert_eq!(parse(&out[0]).request_uri().unwrap().as_str(), contact);
+    assert_eq!(out[0].to.addr, addr("10.0.0.5:5062"));
+    assert_eq!(out[0].to.conn, conn, "on the caller's connection");
+    let done = b.send_on(nat, &answer(&parse(&out[0]), 200, "fnat"));
+    assert_eq!(status(&done[0]), 200, "the 200 on the connection counts");
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
+}
