@@ -204,7 +204,9 @@ impl Proxy {
     /// Where the Request-URI points. When it is the registered contact of
     /// an agent this core owns, the binding's peer: over TCP that is the
     /// agent's own connection, which its ephemeral port alone would not
-    /// reach.
+    /// reach. Else, over a stream, when it is the Contact of the caller
+    /// of this core's session, the connection the caller called on
+    /// ([`Proxy::callers_stream`]).
     pub(super) fn request_uri_peer(&self, msg: &Message) -> Option<Peer> {
         let uri = msg.request_uri()?;
         let named = route::uri_peer(&uri);
@@ -212,7 +214,41 @@ impl Proxy {
             Some(b) if b.uri == uri.as_str() || named.is_some_and(|p| p.addr == b.peer.addr) => {
                 Some(b.peer)
             }
-            _ => named,
+            _ => match named {
+                Some(p) if p.transport.is_reliable() => Some(self.callers_stream(msg, p)),
+                _ => named,
+            },
+        }
+    }
+
+    /// `named`, a stream peer the Request-URI of `msg` names, with the
+    /// connection of the caller of `msg`'s session on this core when it
+    /// is that caller's Contact and the caller called over a stream: a
+    /// caller behind NAT names its private address, reachable only
+    /// through its connection. That connection serves while it lasts;
+    /// once it has closed, a new one goes to `named` (RFC 3261 §18.1.1).
+    /// The caller's binding may be another core's (the session lives on
+    /// the callee's), so the binding cannot tell. Not a caller whose
+    /// INVITE a peer blade relayed: that connection is the peer's.
+    fn callers_stream(&self, msg: &Message, named: Peer) -> Peer {
+        let caller = self
+            .sessions
+            .get(msg.call_id())
+            .and_then(|s| s.caller_contact.as_ref())
+            .filter(|(from, _)| from.conn.is_some() && !self.is_peer_blade_ip(from.addr.ip()));
+        let Some((from, contact)) = caller else {
+            return named;
+        };
+        let at_contact = crate::sip::Uri::parse(contact.as_bytes())
+            .and_then(|uri| route::uri_peer(&uri))
+            .is_some_and(|p| p.addr == named.addr);
+        if at_contact {
+            Peer {
+                conn: from.conn,
+                ..named
+            }
+        } else {
+            named
         }
     }
 

@@ -43,11 +43,10 @@ impl Proxy {
         // Only the hop the request went to answers it: a response under a
         // live branch from any other address (the branch is in every
         // Via the far side sees) must neither answer the caller nor end
-        // the call. Compared by IP: a blade answers from its core's own
-        // port, and a phone need not answer from the port it listens on.
+        // the call.
         let sent_to = pair.client.as_ref().map(|c| &c.tx).or(pair.cancel.as_ref());
         let sent_to = sent_to.map(ClientTx::peer);
-        if sent_to.is_some_and(|p| p.addr.ip() != source.addr.ip()) {
+        if sent_to.is_some_and(|p| !answers_for(p, source)) {
             tracing::debug!(from = %source.addr, "response from another address than its request went to: dropped");
             return;
         }
@@ -320,4 +319,15 @@ pub fn overload_response(msg: &Message) -> Option<Bytes> {
         &mut buf,
     );
     Some(buf.freeze())
+}
+
+/// Whether a response from `source` comes from where its request went,
+/// `sent_to`. Compared by IP: a blade answers from its core's own port,
+/// and a phone need not answer from the port it listens on. Or, over a
+/// stream, on the very connection the request went out on: an agent
+/// registered over TCP is reached on its connection, whose far end (a
+/// NAT's public address) need not be the IP its Contact names (its
+/// private one), which is the address the request is filed under.
+fn answers_for(sent_to: Peer, source: Peer) -> bool {
+    sent_to.addr.ip() == source.addr.ip() || (sent_to.conn.is_some() && sent_to.conn == source.conn)
 }

@@ -102,6 +102,15 @@ impl Blade {
         out.transmits
     }
 
+    /// Delivers `text` from `from` (a stream peer, say).
+    fn send_on(&mut self, from: Peer, text: &str) -> Vec<Transmit> {
+        let mut out = Output::default();
+        self.proxy
+            .handle_datagram(self.now, from, Bytes::from(text.to_owned()), &mut out);
+        self.sent.extend(out.transmits.iter().cloned());
+        out.transmits
+    }
+
     fn advance(&mut self, by: Duration) -> Vec<Transmit> {
         let end = self.now + by;
         let mut all = Vec::new();
@@ -1597,4 +1606,84 @@ fn a_new_call_under_a_live_calls_call_id_is_refused() {
     b.advance(Duration::from_secs(400));
     assert_eq!(b.state("1002"), "ready");
     assert_eq!(b.state("1001"), "ready");
+}
+
+/// An agent registered over TCP from behind NAT: its Contact names its
+/// private address, its connection comes from the NAT's public one. The
+/// INVITE goes out on that connection, filed under the Contact's address;
+/// the callee's answers come back on the same connection, from the public
+/// address, and are relayed. A response from a third address under the
+/// same branch is still dropped.
+#[test]
+fn a_tcp_agent_behind_nat_is_heard_on_its_connection() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    let conn = Some(crate::sip::ConnId { core: 0, id: 7 });
+    let nat = Peer {
+        addr: addr("127.0.0.50:40000"),
+        transport: crate::sip::Transport::Tcp,
+        conn,
+    };
+    let private = "10.0.0.5:5060";
+    let register = format!(
+        "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/TCP {private};branch=z9hG4bKrn\r\n\
+         From: <sip:1002@cc.example>;tag=r\r\nTo: <sip:1002@cc.example>\r\nCall-ID: regnat\r\n\
+         CSeq: 1 REGISTER\r\nContact: <sip:1002@{private};transport=tcp>\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(status(&b.send_on(nat, &register)[0]), 200);
+    let a = terminal("1001");
+    let out = b.send(&a, &invite("1001", "1002", "natcall", "z9hG4bKin", ""));
+    let fwd = parse(&out[1]);
+    assert_eq!(out[1].to.conn, conn, "on the agent's connection");
+    assert_eq!(out[1].to.addr, addr(private));
+
+    let forged = b.send("127.0.0.66:5001", &answer(&fwd, 486, "x"));
+    assert!(forged.is_empty(), "a third address is not heard");
+    let ringing = b.send_on(nat, &answer(&fwd, 180, "t2"));
+    assert_eq!(ringing.len(), 1, "the 180 on the connection is relayed");
+    assert_eq!(status(&ringing[0]), 180);
+    let ok = b.send_on(nat, &answer(&fwd, 200, "t2"));
+    assert_eq!(status(&ok[0]), 200);
+    assert_eq!(ok[0].to, udp(&a));
+    assert_eq!((b.state("1001"), b.state("1002")), ("in_call", "in_call"));
+}
+
+/// A caller behind NAT on TCP whose INVITE's Contact (its private
+/// address, on another port than it registered) is no binding: the
+/// callee's BYE goes to that Contact on the connection the caller called
+/// on, the one way to reach it, and its 200 there counts.
+#[test]
+fn a_tcp_caller_behind_nat_gets_the_callees_bye_on_its_connection() {
+    let mut b = Blade::new(false, 100);
+    b.register("1001");
+    let conn = Some(crate::sip::ConnId { core: 0, id: 9 });
+    let nat = Peer {
+        addr: addr("127.0.0.50:40002"),
+        transport: crate::sip::Transport::Tcp,
+        conn,
+    };
+    let register = "REGISTER sip:cc.example SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bKrn\r\n\
+         From: <sip:1002@cc.example>;tag=r\r\nTo: <sip:1002@cc.example>\r\nCall-ID: regnat\r\n\
+         CSeq: 1 REGISTER\r\nContact: <sip:1002@10.0.0.5:5060;transport=tcp>\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(status(&b.send_on(nat, register)[0]), 200);
+    let contact = "sip:1002@10.0.0.5:5062;transport=tcp";
+    let invite = format!(
+        "INVITE sip:1001@cc.example SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.5:5062;branch=z9hG4bKnat\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1002@cc.example>;tag=fnat\r\nTo: <sip:1001@cc.example>\r\n\
+         Call-ID: natcaller\r\nCSeq: 1 INVITE\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = b.send_on(nat, &invite);
+    let fwd = parse(&out[1]);
+    let callee = terminal("1001");
+    assert_eq!(status(&b.send(&callee, &answer(&fwd, 200, "t2"))[0]), 200);
+
+    let bye = from_callee("BYE", &fwd, 1, "z9hG4bKbnat", &format!("sip:1001@{callee}"));
+    let out = b.send(&callee, &bye);
+    assert_eq!(out.len(), 1);
+    assert_eq!(parse(&out[0]).request_uri().unwrap().as_str(), contact);
+    assert_eq!(out[0].to.addr, addr("10.0.0.5:5062"));
+    assert_eq!(out[0].to.conn, conn, "on the caller's connection");
+    let done = b.send_on(nat, &answer(&parse(&out[0]), 200, "fnat"));
+    assert_eq!(status(&done[0]), 200, "the 200 on the connection counts");
+    assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
 }
