@@ -29,7 +29,7 @@
 //! must `blade.sip`'s IP: it goes into the blade's Vias and Record-Routes.
 //! No two peers share an address.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -466,26 +466,27 @@ fn check_cluster(
                 format!("peer sip = \"{sip}\" is this blade's own address"),
             ));
         }
-        // The blade's SIP sockets are bound to its SIP address, so they
-        // reach that address family only; the link's socket likewise,
-        // unless it listens on `[::]` (dual-stack: it reaches IPv4 too).
+        // The blade's SIP sockets are bound to its SIP address, and the
+        // link's socket to `listen`: each reaches one IP version. Not even
+        // `[::]` reaches IPv4 peers: such a link never came up on Linux
+        // (the peers' answers arrive from IPv4-mapped addresses, not the
+        // ones dialled).
         if sip.is_ipv4() != blade.sip.is_ipv4() {
             return Err(src.at(
                 peer.sip.span(),
                 format!(
-                    "peer sip = \"{sip}\" is {}, but this blade's sip = \"{}\" is {}: its SIP sockets reach one address family",
+                    "peer sip = \"{sip}\" is {}, but this blade's sip = \"{}\" is {}: its SIP sockets reach one IP version",
                     family(sip),
                     blade.sip,
                     family(blade.sip)
                 ),
             ));
         }
-        let dual_stack = listen.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-        if !dual_stack && quic.is_ipv4() != listen.is_ipv4() {
+        if quic.is_ipv4() != listen.is_ipv4() {
             return Err(src.at(
                 peer.quic.span(),
                 format!(
-                    "peer quic = \"{quic}\" is {}, but this blade's listen = \"{listen}\" is {}: the link's socket reaches one address family (\"[::]:PORT\" reaches both)",
+                    "peer quic = \"{quic}\" is {}, but this blade's listen = \"{listen}\" is {}: the link's socket reaches one IP version",
                     family(quic),
                     family(listen)
                 ),
