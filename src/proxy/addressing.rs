@@ -128,8 +128,7 @@ impl Proxy {
     pub(super) fn is_peer_blade_sip(&self, addr: SocketAddr) -> bool {
         self.cluster
             .as_ref()
-            .and_then(|c| c.peer_by_ip(addr.ip()))
-            .is_some_and(|p| p.sip == addr)
+            .is_some_and(|c| c.peer_by_sip(addr).is_some())
     }
 
     /// The binding of the agent a request is addressed to, when this core
