@@ -29,7 +29,7 @@
 //! must `blade.sip`'s IP: it goes into the blade's Vias and Record-Routes.
 //! No two peers share an address.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -466,6 +466,32 @@ fn check_cluster(
                 format!("peer sip = \"{sip}\" is this blade's own address"),
             ));
         }
+        // The blade's SIP sockets are bound to its SIP address, and the
+        // link's socket to `listen`: each reaches one IP version. Not even
+        // `[::]` reaches IPv4 peers: such a link never came up on Linux
+        // (the peers' answers arrive from IPv4-mapped addresses, not the
+        // ones dialled).
+        if sip.is_ipv4() != blade.sip.is_ipv4() {
+            return Err(src.at(
+                peer.sip.span(),
+                format!(
+                    "peer sip = \"{sip}\" is {}, but this blade's sip = \"{}\" is {}: its SIP sockets reach one IP version",
+                    family(sip),
+                    blade.sip,
+                    family(blade.sip)
+                ),
+            ));
+        }
+        if quic.is_ipv4() != listen.is_ipv4() {
+            return Err(src.at(
+                peer.quic.span(),
+                format!(
+                    "peer quic = \"{quic}\" is {}, but this blade's listen = \"{listen}\" is {}: the link's socket reaches one IP version",
+                    family(quic),
+                    family(listen)
+                ),
+            ));
+        }
         if quic == listen || quic == blade.sip {
             return Err(src.at(
                 peer.quic.span(),
@@ -507,8 +533,13 @@ fn check_cluster(
     })
 }
 
+/// An address's family, as an error message names it.
+fn family(addr: SocketAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
 fn address(src: &Source<'_>, key: &str, raw: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
-    raw.get_ref().parse().map_err(|_| {
+    let addr: SocketAddr = raw.get_ref().parse().map_err(|_| {
         src.at(
             raw.span(),
             format!(
@@ -516,7 +547,23 @@ fn address(src: &Source<'_>, key: &str, raw: &Spanned<String>) -> Result<SocketA
                 raw.get_ref()
             ),
         )
-    })
+    })?;
+    // An IPv4 address written as IPv6 (`[::ffff:a.b.c.d]`) would bind an
+    // IPv6 socket that serves IPv4 under another name: Vias and
+    // Record-Routes would carry the IPv6 form, and IPv4 phones' Contacts
+    // would be of the wrong IP version.
+    if let IpAddr::V6(v6) = addr.ip() {
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Err(src.at(
+                raw.span(),
+                format!(
+                    "{key} = \"{addr}\" is an IPv4-mapped IPv6 address: write the IPv4 address, \"{}\"",
+                    SocketAddr::new(IpAddr::V4(v4), addr.port())
+                ),
+            ));
+        }
+    }
+    Ok(addr)
 }
 
 /// A peer's address: one this blade can send to.

@@ -88,7 +88,8 @@ impl Proxy {
     }
 
     /// Whether a Request-URI host names the cluster's agents (SPEC §5):
-    /// the domain, our address, or a peer blade's address.
+    /// the domain (an IP literal in any spelling), our address, or a peer
+    /// blade's address.
     pub(super) fn is_our_host(&self, uri: &crate::sip::Uri<'_>) -> bool {
         if uri.host().eq_ignore_ascii_case(&self.settings.domain) {
             return true;
@@ -96,7 +97,7 @@ impl Proxy {
         let Some(ip) = uri.ip() else {
             return false;
         };
-        ip == self.settings.local.ip() || self.is_peer_blade_ip(ip)
+        ip == self.settings.local.ip() || Some(ip) == self.domain_ip || self.is_peer_blade_ip(ip)
     }
 
     /// Whether `ip` is a peer blade's (on any port: each of its cores
@@ -127,8 +128,7 @@ impl Proxy {
     pub(super) fn is_peer_blade_sip(&self, addr: SocketAddr) -> bool {
         self.cluster
             .as_ref()
-            .and_then(|c| c.peer_by_ip(addr.ip()))
-            .is_some_and(|p| p.sip == addr)
+            .is_some_and(|c| c.peer_by_sip(addr).is_some())
     }
 
     /// The binding of the agent a request is addressed to, when this core

@@ -286,9 +286,15 @@ impl Cluster {
             .min()
     }
 
-    /// The peer blade whose SIP address has this IP.
+    /// The peer blade whose SIP address has this IP (the first, where
+    /// several share it).
     pub(super) fn peer_by_ip(&self, ip: IpAddr) -> Option<&PeerBlade> {
         self.peers.iter().find(|p| p.sip.ip() == ip)
+    }
+
+    /// The peer blade whose SIP address this is.
+    pub(super) fn peer_by_sip(&self, addr: SocketAddr) -> Option<&PeerBlade> {
+        self.peers.iter().find(|p| p.sip == addr)
     }
 
     pub(super) fn peer(&self, id: &str) -> Option<&PeerBlade> {
@@ -703,21 +709,20 @@ impl Proxy {
         out: &mut Output,
     ) {
         let forbidden = super::Refusal::new(403, "Forbidden");
-        let Some(c) = self.cluster.as_mut() else {
-            return self.refuse(now, source, msg, &forbidden, out);
-        };
         let method = msg.method().unwrap_or(Method::Other);
         let invite = method == Method::Invite;
-        let (Some(peer), Some(token)) = (c.peer_by_ip(source.addr.ip()), Token::from_hex(token))
-        else {
-            tracing::debug!(agent = callee, from = %source.addr, "hosting token refused");
-            return self.refuse(now, source, msg, &forbidden, out);
-        };
-        let peer = peer.id.clone();
         let join = invite
             .then(|| super::join::Named::of(&msg))
             .flatten()
             .flatten();
+        let token = Token::from_hex(token);
+        let peer = token
+            .as_ref()
+            .and_then(|t| self.peer_vouched(now, source, &msg, callee, join.as_ref(), t));
+        let (Some(token), Some(peer), Some(c)) = (token, peer, self.cluster.as_mut()) else {
+            tracing::debug!(agent = callee, from = %source.addr, "hosting token refused");
+            return self.refuse(now, source, msg, &forbidden, out);
+        };
         if let Some(named) = &join {
             // A join (or a Replaces) from another blade: handed over by the
             // blade of an agent this blade hosts, or relayed by the
@@ -791,6 +796,42 @@ impl Proxy {
             record_route,
             out,
         );
+    }
+
+    /// The peer blade a request from `source` under `token` comes from:
+    /// the peer with the source's IP, or where several peers share that
+    /// IP (blades on one host, told apart by port), the one the token was
+    /// given to (a request comes from a core's own port, which is not
+    /// known here). One peer per IP, the usual case, is taken without a
+    /// token check (the caller checks it).
+    fn peer_vouched(
+        &self,
+        now: Duration,
+        source: Peer,
+        msg: &Message,
+        callee: &str,
+        join: Option<&super::join::Named>,
+        token: &Token,
+    ) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let ip = source.addr.ip();
+        let mut at_ip = c.peers.iter().filter(|p| p.sip.ip() == ip);
+        let first = at_ip.next()?;
+        let Some(second) = at_ip.next() else {
+            return Some(first.id.clone());
+        };
+        let session = join.map_or(msg.call_id(), |j| j.call_id.as_str());
+        let vouched = |id: &str| {
+            c.target.check_token(now, id, callee, session, token)
+                || c.target.check_relay(now, id, callee, msg.call_id(), token)
+                || join.is_some_and(|j| c.source.holds(id, &j.call_id, callee, token))
+        };
+        [first, second]
+            .into_iter()
+            .chain(at_ip)
+            .find(|p| vouched(&p.id))
+            .or(Some(first))
+            .map(|p| p.id.clone())
     }
 
     /// S: an out-of-dialog request that is not a call (MESSAGE, SUBSCRIBE,

@@ -71,6 +71,11 @@ struct World {
 }
 
 fn node(id: &str, sip: &str, peer: (&str, &str)) -> Node {
+    node_with(id, sip, &[peer])
+}
+
+/// [`node`] with several peers.
+fn node_with(id: &str, sip: &str, peers: &[(&str, &str)]) -> Node {
     let settings = Settings {
         blade_id: id.into(),
         domain: "cc.example".into(),
@@ -81,10 +86,13 @@ fn node(id: &str, sip: &str, peer: (&str, &str)) -> Node {
         timers: TimerConfig::default(),
         max_transactions: 1000,
         cluster: Some(ClusterSettings {
-            peers: vec![PeerBlade {
-                id: peer.0.into(),
-                sip: addr(peer.1),
-            }],
+            peers: peers
+                .iter()
+                .map(|&(id, sip)| PeerBlade {
+                    id: id.into(),
+                    sip: addr(sip),
+                })
+                .collect(),
             lease_secs: LEASE,
             secret: HostSecret::from_bytes([7; 32]),
             epoch_base: 1,
@@ -556,6 +564,41 @@ fn a_forged_token_is_forbidden() {
     assert_eq!(refusal.status(), Some(403));
     assert!(w.idle("1002"));
     assert_eq!(w.state(T, "1002"), "ready");
+}
+
+#[test]
+fn t_tells_s_from_another_peer_on_its_ip_by_the_token() {
+    // T's first peer on S's IP is another blade (blades on one host, told
+    // apart by port): S's INVITE under its grant still reaches the callee,
+    // and a forged token from that IP is still refused.
+    let mut w = World::new();
+    w.nodes[T] = node_with(
+        "blade-2",
+        "127.0.0.2:5060",
+        &[("blade-9", "127.0.0.1:5999"), ("blade-1", "127.0.0.1:5060")],
+    );
+    let mut out = Output::default();
+    w.nodes[T]
+        .proxy
+        .peer_state(w.now, "blade-1", Some(1), &mut out);
+    w.run(T, out);
+    acked_call(&mut w);
+    assert_eq!(w.state(T, "1002"), "hosted");
+    w.register(T, "1003");
+    let forged = invite("1001", "1003", "c9").replacen(
+        "sip:1003@cc.example SIP",
+        "sip:1003@127.0.0.2:5060;sbh=00112233445566778899aabbccddeeff SIP",
+        1,
+    );
+    let mut out = Output::default();
+    w.nodes[T].proxy.handle_datagram(
+        w.now,
+        Peer::udp(addr("127.0.0.1:5060")),
+        Bytes::from(forged),
+        &mut out,
+    );
+    let refusal = Message::parse(out.transmits[0].data.clone()).unwrap();
+    assert_eq!(refusal.status(), Some(403));
 }
 
 #[test]

@@ -370,6 +370,9 @@ pub struct Proxy {
     own_byes: HashMap<u64, hangup::OwnBye>,
     metrics: Metrics,
     sent_by: String,
+    /// The domain's address, when the domain is an IP literal: a host
+    /// that names it in another spelling is the domain too.
+    domain_ip: Option<std::net::IpAddr>,
     /// The sent-by of UDP Vias: this core's own port.
     udp_sent_by: String,
     /// Our Record-Route for requests that stay on TCP: it says so, or a
@@ -415,6 +418,8 @@ impl Proxy {
             .cluster
             .as_ref()
             .map(|c| Cluster::new(c, settings.core));
+        let domain_uri = format!("sip:{}", settings.domain);
+        let domain_ip = crate::sip::Uri::parse(domain_uri.as_bytes()).and_then(|u| u.ip());
         Proxy {
             settings,
             registrar,
@@ -433,6 +438,7 @@ impl Proxy {
             own_byes: HashMap::new(),
             metrics: Metrics::default(),
             sent_by,
+            domain_ip,
             udp_sent_by,
             tcp_record_route,
             udp_record_route,

@@ -1687,3 +1687,43 @@ fn a_tcp_caller_behind_nat_gets_the_callees_bye_on_its_connection() {
     assert_eq!(status(&done[0]), 200, "the 200 on the connection counts");
     assert_eq!((b.state("1001"), b.state("1002")), ("ready", "ready"));
 }
+
+#[test]
+fn a_domain_that_is_an_ip_literal_is_known_in_any_spelling() {
+    let settings = Settings {
+        blade_id: "blade-1".into(),
+        domain: "[2001:db8::10]".into(),
+        local: addr(BLADE),
+        auth: false,
+        core: 0,
+        cores: 1,
+        timers: TimerConfig::default(),
+        max_transactions: 1000,
+        cluster: None,
+        via_port: None,
+        core_ports: Vec::new(),
+        max_call: Duration::from_secs(4 * 3600),
+    };
+    let mut blade = Blade {
+        proxy: proxy_with_agents(settings, &["1001"]),
+        now: Duration::ZERO,
+        sent: Vec::new(),
+    };
+    let t = terminal("1001");
+    let hosts = [
+        ("[2001:db8::10]", 200),
+        ("[2001:DB8:0:0:0:0:0:10]", 200),
+        ("[2001:db8:0::0010]", 200),
+        ("[2001:db8::11]", 404),
+    ];
+    for (cseq, (host, want)) in hosts.into_iter().enumerate() {
+        let text = format!(
+            "REGISTER sip:{host} SIP/2.0\r\nVia: SIP/2.0/UDP {t};branch=z9hG4bKd{cseq}\r\n\
+             From: <sip:1001@{host}>;tag=r\r\nTo: <sip:1001@{host}>\r\nCall-ID: regd\r\n\
+             CSeq: {} REGISTER\r\nContact: <sip:1001@{t}>\r\nContent-Length: 0\r\n\r\n",
+            cseq + 1
+        );
+        let out = blade.send(&t, &text);
+        assert_eq!(status(&out[0]), want, "{host}");
+    }
+}

@@ -426,7 +426,7 @@ fn names_request_uri(given: &crate::sip::Uri<'_>, msg: &Message) -> bool {
     given.as_str() == target.as_str()
         || given.scheme() == target.scheme()
             && given.user() == target.user()
-            && given.host().eq_ignore_ascii_case(target.host())
+            && given.same_host(&target)
             && given.port() == target.port()
 }
 
@@ -602,7 +602,8 @@ fn contact_peer(uri: &crate::sip::Uri<'_>, source: Peer) -> Peer {
 
 /// Whether a Contact URI names the bound contact `bound` (RFC 3261
 /// §19.1.4, in the parts that tell terminals apart: scheme, user, host,
-/// port and transport, a port or transport left out meaning the default).
+/// port and transport, a port or transport left out meaning the default,
+/// an IP address compared as one, however spelled).
 fn same_contact(bound: &str, uri: &crate::sip::Uri<'_>) -> bool {
     let Some(bound) = crate::sip::Uri::parse(bound.as_bytes()) else {
         return false;
@@ -621,7 +622,7 @@ fn same_contact(bound: &str, uri: &crate::sip::Uri<'_>) -> bool {
     };
     bound.scheme() == uri.scheme()
         && bound.user() == uri.user()
-        && bound.host().eq_ignore_ascii_case(uri.host())
+        && bound.same_host(uri)
         && port(&bound) == port(uri)
         && transport(&bound) == transport(uri)
 }

@@ -153,6 +153,16 @@ impl<'a> Uri<'a> {
         self.spans.port
     }
 
+    /// Whether `other` names the same host: the same IP address however
+    /// it is written (`[::1]`, `[0:0:0:0:0:0:0:1]`, `[0::1]`), or the same
+    /// name regardless of case (RFC 3261 §19.1.4).
+    pub fn same_host(&self, other: &Uri<'_>) -> bool {
+        match (self.ip(), other.ip()) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.host().eq_ignore_ascii_case(other.host()),
+        }
+    }
+
     /// The parameters, in order: `(name, value)` as written.
     pub fn params(&self) -> Params<'a> {
         Params {

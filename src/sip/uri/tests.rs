@@ -392,3 +392,16 @@ fn other_schemes() {
     assert!(uri("").is_none());
     assert!(uri("sip:").is_none());
 }
+
+#[test]
+fn same_host_compares_ip_literals_as_addresses_and_names_without_case() {
+    let host = |a: &str, b: &str| uri(a).unwrap().same_host(&uri(b).unwrap());
+    assert!(host("sip:a@[::1]:5", "sip:b@[0:0:0:0:0:0:0:1]"));
+    assert!(host("sip:[2001:DB8::A]", "sip:[2001:db8:0:0::a]"));
+    assert!(host("sip:010.000.002.001", "sip:10.0.2.1"));
+    assert!(host("sip:Blade.Example", "sip:blade.example"));
+    assert!(!host("sip:[::1]", "sip:[::2]"));
+    // An IPv4-mapped IPv6 literal stays an IPv6 address.
+    assert!(!host("sip:[::ffff:10.0.2.1]", "sip:10.0.2.1"));
+    assert!(!host("sip:[::1]", "sip:localhost"));
+}
