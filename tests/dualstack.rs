@@ -533,3 +533,40 @@ fn three_blades_on_one_ipv6_address_tell_each_other_apart_by_port() {
     common::calls::wait_ready(&cluster, t, "1002");
     cluster.wait_state(s, "1001", "ready");
 }
+
+/// A callee whose 2xx names a Contact of the other IP version (IPv6 on an
+/// IPv4 blade): the caller's BYE to it cannot be sent, and the blade says
+/// so at once (RFC 3261 §16.9: a transport error is a failure answer)
+/// rather than leaving the caller to its 32 s timer; the call is over on
+/// the blade either way.
+#[test]
+fn a_bye_to_a_contact_the_blade_cannot_send_to_fails_at_once() {
+    let blade = TestBlade::start_at(1, false, Options::default(), "", v4(1));
+    let mut a = Ua::new_at(blade.sip, "1001", v4(41));
+    let mut b = Ua::new_at(blade.sip, "1002", v4(42));
+    assert_eq!(a.register(3600).status(), Some(200));
+    assert_eq!(b.register(3600).status(), Some(200));
+    let unreachable = "sip:1002@[2001:db8::2]:5060";
+    let mut call = a.call(&b.ext);
+    a.invite(&mut call, "");
+    let got = b.request(Method::Invite, &call.call_id);
+    b.send(answer_text(&got, 200, unreachable));
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    call.learn(&ok);
+    a.ack_2xx(&call);
+
+    let sent = std::time::Instant::now();
+    a.bye(&mut call);
+    let failed = a.response(&call.call_id, Method::Bye);
+    let status = failed.status().unwrap_or(0);
+    assert!(status >= 400, "{}", first_line(&failed));
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(2),
+        "answered after {:?}",
+        sent.elapsed()
+    );
+    blade.wait_state("1001", "ready");
+    blade.wait_state("1002", "ready");
+    blade.wait_no_sessions();
+}

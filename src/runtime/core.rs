@@ -468,6 +468,9 @@ impl Core {
                     // port, which our Vias name.
                     if let Err(e) = self.socket.send_to(&t.data, t.to.addr).await {
                         tracing::debug!(to = %t.to.addr, "send failed: {e}");
+                        if is_unreachable(&e) {
+                            self.unsent(t.data);
+                        }
                     }
                 }
                 Transport::Tcp => self.send_stream(t.to, t.data),
@@ -692,6 +695,20 @@ impl Core {
             }
         }
     }
+}
+
+/// Whether a failed datagram send says the destination cannot be reached
+/// from this socket at all (an address of the other IP version, no
+/// route), so that the request's transaction fails now (RFC 3261 §16.9)
+/// rather than at its timeout. A passing shortage (a full buffer) is not:
+/// the retransmission timer gets past it.
+fn is_unreachable(e: &glommio::GlommioError<()>) -> bool {
+    let glommio::GlommioError::IoError(e) = e else {
+        return false;
+    };
+    let transient = [libc::EAGAIN, libc::EINTR, libc::ENOBUFS, libc::ENOMEM];
+    e.raw_os_error()
+        .is_some_and(|code| !transient.contains(&code))
 }
 
 /// What a core does with a message for another core whose inbox is full.
