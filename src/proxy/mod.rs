@@ -33,6 +33,8 @@
 mod addressing;
 mod calls;
 pub mod cross;
+mod cross_source;
+mod cross_target;
 mod dialog;
 mod forward;
 mod hangup;
