@@ -306,3 +306,64 @@ fn a_hosted_agent_moving_to_its_hosting_blade_mid_call_ends_up_there() {
     cluster.wait_state(s, "1002", "ready");
     assert_nobody_hosted(&cluster, 2);
 }
+
+/// Two phones of one agent log in on two blades at the same moment
+/// (127.0.19.20-21, phones .24-.30): each blade hears of the other's login
+/// after making its own. The later login (by the blades' clocks, which
+/// the announcements carry) stays and the other blade logs its phone
+/// out, as for a move. Before, each took the other's announcement for a
+/// move and the agent ended logged out on both, its phones told 200 OK,
+/// and calls to it got 480.
+#[test]
+fn agents_logging_in_on_two_blades_at_once_stay_logged_in_on_the_later() {
+    let ip = |last: u8| Ipv4Addr::new(127, 0, 19, last);
+    let mut cluster = TestCluster::new_in(19, 2, 20, 30, 1);
+    cluster.start_blade(0);
+    cluster.start_blade(1);
+    cluster.wait_linked();
+    let (s, t) = (0, 1);
+    // Three agents, as the race goes either way: one of them crossing
+    // on the link is enough to lose it without the login times.
+    let mut phones = Vec::new();
+    for (n, ext) in (0u8..).zip(["1002", "1003", "1004"]) {
+        let mut p = Ua::new_at(cluster.members[s].sip, ext, ip(25 + 2 * n));
+        let mut q = Ua::new_at(cluster.members[t].sip, ext, ip(26 + 2 * n));
+        let (on_s, on_t) = (
+            p.register_text(&p.binding_headers(3600)),
+            q.register_text(&q.binding_headers(3600)),
+        );
+        p.send(on_s);
+        q.send(on_t);
+        for ua in [&mut p, &mut q] {
+            let ok = ua.expect_where("the REGISTER's answer", |m| {
+                m.cseq().method == Method::Register && m.status().is_some()
+            });
+            assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+        }
+        phones.push((p, q));
+    }
+    // The announcements have crossed.
+    std::thread::sleep(Duration::from_millis(300));
+    for ext in ["1002", "1003", "1004"] {
+        let states = [s, t].map(|i| cluster.agent(i, ext)["state"].clone());
+        let ready = states.iter().filter(|st| **st == "ready").count();
+        let out = states.iter().filter(|st| **st == "logged_out").count();
+        assert_eq!((ready, out), (1, 1), "{ext}: {states:?}");
+    }
+    // A call reaches a phone of the agent.
+    let mut a = cluster.registered_on(s, "1001", ip(24));
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let (p, q) = &mut phones[0];
+    let rung = [p, q].into_iter().find_map(|ua| {
+        let invite = ua.next_where(Duration::from_secs(1), |m| {
+            m.method() == Some(Method::Invite)
+        })?;
+        ua.answer(&invite, 486, "Busy Here", "busy");
+        Some(())
+    });
+    assert!(rung.is_some(), "no phone of 1002 rang");
+    let busy = a.response(&call.call_id, Method::Invite);
+    assert_eq!(busy.status(), Some(486), "{}", first_line(&busy));
+    a.ack_failure(&call, &busy);
+}

@@ -476,10 +476,25 @@ impl Proxy {
     /// the cluster), so its registration here ends, or calls placed on
     /// this blade would still ring the phone it left. A call it is in goes
     /// on. A resync is not taken this way: after a partition both blades
-    /// may hold a login, and neither is known to be the later one.
+    /// may hold a login, and neither is known to be the later one. Nor is
+    /// an announcement of a login older than this blade's: the two crossed
+    /// on the link, and the peer drops its own on hearing of this one.
     fn moved_to_peer(&mut self, peer: &str, entries: &[DirectoryEntry], out: &mut Output) {
         for entry in entries {
             let ext = entry.extension.as_str();
+            let me = self.settings.blade_id.as_str();
+            if self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.target.later_than_peers(me, peer, ext, entry.epoch))
+            {
+                tracing::info!(
+                    agent = ext,
+                    blade = peer,
+                    "agent logged in on another blade before its login here: kept here"
+                );
+                continue;
+            }
             if !self.registrar.location_mut().unbind(ext) {
                 continue;
             }
@@ -559,12 +574,16 @@ impl Proxy {
 
     /// `extension`, this core's agent, logged in: the other cores and the
     /// peer blades learn it.
-    pub(super) fn announce_login(&mut self, extension: &str, out: &mut Output) {
+    pub(super) fn announce_login(&mut self, now: Duration, extension: &str, out: &mut Output) {
         self.announce_terminal(extension, out);
+        let at_micros = self
+            .registrar
+            .unix_time(now)
+            .and_then(|t| u64::try_from(t.as_micros()).ok());
         if let Some(c) = self.cluster.as_mut() {
             out.cluster.push(ClusterSend {
                 to: Dest::AllPeers,
-                msg: c.target.logged_in(extension),
+                msg: c.target.logged_in(extension, at_micros),
             });
         }
     }

@@ -735,7 +735,7 @@ impl Proxy {
         match &outcome {
             Outcome::LoggedIn(ext) => {
                 self.metrics.registrations += 1;
-                self.announce_login(ext, out);
+                self.announce_login(now, ext, out);
                 self.enter_hosted_calls(ext, out);
             }
             Outcome::Refreshed(ext) => {

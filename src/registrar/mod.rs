@@ -91,6 +91,11 @@ impl Registrar {
         }
     }
 
+    /// Wall-clock time (since 1970) at `now`, when the blade knows it.
+    pub fn unix_time(&self, now: Duration) -> Option<Duration> {
+        self.settings.unix_at_epoch.map(|at| at + now)
+    }
+
     /// The location store.
     pub fn location(&self) -> &Location {
         &self.location

@@ -146,9 +146,13 @@ fn hex_val(c: u8) -> Option<u8> {
 pub struct DirectoryEntry {
     /// The agent's extension.
     pub extension: String,
-    /// The announcing blade's counter for this login: a higher epoch is a
+    /// The announcing blade's number for this login: a higher epoch is a
     /// later login, so a withdrawal or announcement that arrives out of
-    /// order is recognised as stale.
+    /// order is recognised as stale. A login's time in microseconds since
+    /// 1970 (never below the blade's last epoch), so that two blades'
+    /// logins of one agent compare too
+    /// ([`crate::cluster::hosting::Target::later_than_peers`]); earlier
+    /// builds count from their start time in milliseconds.
     pub epoch: u64,
 }
 

@@ -138,6 +138,11 @@ pub struct Granted {
     pub lease_secs: u32,
 }
 
+/// Epochs at least this large are login times in microseconds since 1970
+/// (this one is in 1973); smaller ones count logins from a start time in
+/// milliseconds, as blades of earlier builds number them.
+pub const LOGIN_TIME_EPOCHS: u64 = 100_000_000_000_000;
+
 /// The owning blade's side of hosting (one per core: each core owns the
 /// agents of its shard and their grants).
 ///
@@ -1039,9 +1044,13 @@ impl Target {
     }
 
     /// `extension` logged in (or logged in again): the announcement for
-    /// every peer. Each login gets a higher epoch.
-    pub fn logged_in(&mut self, extension: &str) -> Message {
+    /// every peer. Each login gets a higher epoch: the login's wall-clock
+    /// time in microseconds since 1970 when `at_micros` gives it (so that
+    /// blades can tell which of two logins of one agent came later, see
+    /// [`Target::later_than_peers`]), and never less than the last one.
+    pub fn logged_in(&mut self, extension: &str, at_micros: Option<u64>) -> Message {
         self.epochs.remove(extension);
+        self.next_epoch = self.next_epoch.max(at_micros.unwrap_or(0));
         let epoch = self.epoch(extension);
         Message::Announce {
             entries: vec![DirectoryEntry {
@@ -1049,6 +1058,25 @@ impl Target {
                 epoch,
             }],
         }
+    }
+
+    /// Whether this shard's login of `extension` came after a peer's
+    /// (`peer_epoch`, from its announcement), so it stays when that
+    /// announcement comes in: both logins crossed on the link (two phones
+    /// of the agent, or one registering with both blades), and the agent
+    /// is the later one's. Compared only when both epochs are login times
+    /// ([`LOGIN_TIME_EPOCHS`]; a peer of an earlier build numbers them
+    /// from its start), else the peer's, the news, wins; a tie goes to the
+    /// blade whose id sorts first.
+    pub fn later_than_peers(&self, me: &str, peer: &str, extension: &str, peer_epoch: u64) -> bool {
+        let Some(&ours) = self.epochs.get(extension) else {
+            return false;
+        };
+        if ours < LOGIN_TIME_EPOCHS || peer_epoch < LOGIN_TIME_EPOCHS {
+            return false;
+        }
+        ours > peer_epoch
+            || ours == peer_epoch && me.to_ascii_lowercase() < peer.to_ascii_lowercase()
     }
 
     /// `extension` logged out or its registration lapsed: the withdrawal

@@ -120,7 +120,7 @@ fn idx(blades: &[Blade], id: &str) -> usize {
 fn login(blades: &mut [Blade], at: &str, ext: &str) {
     let i = idx(blades, at);
     bind(&mut blades[i].loc, ext);
-    let msg = wire(blades[i].target.logged_in(ext));
+    let msg = wire(blades[i].target.logged_in(ext, None));
     for b in blades.iter_mut().filter(|b| b.id != at) {
         assert!(b.dir.apply(at, &msg));
     }
@@ -1238,11 +1238,11 @@ fn requests_are_answered_once_each() {
 fn announcements_number_each_login() {
     let mut t = target();
     let mut loc = location();
-    let Message::Announce { entries } = t.logged_in("2001") else {
+    let Message::Announce { entries } = t.logged_in("2001", None) else {
         panic!()
     };
     let first = entries[0].epoch;
-    let Message::Announce { entries } = t.logged_in("2001") else {
+    let Message::Announce { entries } = t.logged_in("2001", None) else {
         panic!()
     };
     let second = entries[0].epoch;
@@ -1266,10 +1266,49 @@ fn announcements_number_each_login() {
     assert!(entries.iter().all(|e| e.epoch > second));
     assert_eq!(t.entries(&loc), entries, "stable until the next login");
     let mut t = target().with_epoch_base(1_000);
-    let Message::Announce { entries } = t.logged_in("2001") else {
+    let Message::Announce { entries } = t.logged_in("2001", None) else {
         panic!()
     };
     assert_eq!(entries[0].epoch, 1_000);
+}
+
+/// Logins numbered by their time tell two blades which came later: the
+/// later one stays when the earlier one's announcement arrives (they
+/// crossed on the link); the earlier one goes. Counted epochs (a peer of
+/// an earlier build, or no clock) never keep a login.
+#[test]
+fn a_login_later_than_a_peers_announced_one_stays() {
+    let at = 1_800_000_000_000_000; // 2027, in microseconds
+    let mut s = target();
+    let mut t = target();
+    let Message::Announce { entries } = s.logged_in("2001", Some(at)) else {
+        panic!()
+    };
+    let on_s = entries[0].epoch;
+    assert_eq!(on_s, at);
+    let Message::Announce { entries } = t.logged_in("2001", Some(at + 300)) else {
+        panic!()
+    };
+    let on_t = entries[0].epoch;
+    assert!(t.later_than_peers("blade-2", "blade-1", "2001", on_s));
+    assert!(!s.later_than_peers("blade-1", "blade-2", "2001", on_t));
+    // The same microsecond: the blade whose id sorts first keeps it.
+    let mut u = target();
+    u.logged_in("2001", Some(at));
+    assert!(s.later_than_peers("blade-1", "Blade-3", "2001", at));
+    assert!(!u.later_than_peers("blade-3", "blade-1", "2001", at));
+    // A counted epoch on either side: the news wins.
+    assert!(!t.later_than_peers("blade-2", "blade-1", "2001", 1_764_000_000_123));
+    let mut counted = target().with_epoch_base(1_764_000_000_000);
+    counted.logged_in("2001", None);
+    assert!(!counted.later_than_peers("blade-2", "blade-1", "2001", on_s));
+    // Each login is numbered above the last, whatever the clock says.
+    let Message::Announce { entries } = s.logged_in("2001", Some(at - 5)) else {
+        panic!()
+    };
+    assert!(entries[0].epoch > on_s);
+    // No login here: nothing to keep.
+    assert!(!s.later_than_peers("blade-1", "blade-2", "2002", 1));
 }
 
 // -- directory --
