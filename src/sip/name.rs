@@ -77,9 +77,12 @@ impl HeaderName {
         // comparison is specialised to a known length and pattern.
         let is = |lower: &[u8], h: HeaderName| if eq_lower(n, lower) { h } else { Other };
         match (n.len(), first | 0x20) {
-            (3, b'v') => is(b"via", Via),
+            // Under four bytes, a letter or two to fold and compare (the
+            // first is matched already): `eq_lower` packs these through an
+            // out-of-line closure.
+            (3, b'v') if n[1] | 0x20 == b'i' && n[2] | 0x20 == b'a' => Via,
             (4, b'f') => is(b"from", From),
-            (2, b't') => is(b"to", To),
+            (2, b't') if n[1] | 0x20 == b'o' => To,
             (7, b'c') => match is(b"call-id", CallId) {
                 Other => is(b"contact", Contact),
                 h => h,
