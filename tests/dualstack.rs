@@ -24,7 +24,7 @@ use common::cluster::TestCluster;
 use common::{TestBlade, Ua, first_line};
 use sipblade::config::Config;
 use sipblade::runtime::Options;
-use sipblade::sip::{HeaderName, Message, Method};
+use sipblade::sip::{Message, Method};
 
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 /// `::1` as the blade never writes it.
@@ -57,34 +57,10 @@ fn register_contact(ua: &mut Ua, contact: &str) -> Message {
     ua.register_once(&format!("Contact: <{contact}>\r\nExpires: 3600\r\n"))
 }
 
-/// The response `status` to `req` as a UAS writes it (the Vias, From, To,
-/// Call-ID, CSeq copied as received), with `contact` as its Contact and
-/// the Record-Route copied for an INVITE's 101-299.
+/// The response `status` to `req` as a UAS writes it, with `contact` as
+/// its Contact on an INVITE's 101-299.
 fn answer_text(req: &Message, status: u16, contact: &str) -> String {
-    let mut text = format!("SIP/2.0 {status} Whatever\r\n");
-    let dialog = req.method() == Some(Method::Invite) && (101..300).contains(&status);
-    for h in req.headers() {
-        let value = String::from_utf8_lossy(h.value);
-        let name = match h.kind {
-            HeaderName::Via => "Via",
-            HeaderName::From => "From",
-            HeaderName::CallId => "Call-ID",
-            HeaderName::CSeq => "CSeq",
-            HeaderName::RecordRoute if dialog => "Record-Route",
-            HeaderName::To if req.to().tag().is_none() => {
-                text.push_str(&format!("To: {value};tag={CALLEE_TAG}\r\n"));
-                continue;
-            }
-            HeaderName::To => "To",
-            _ => continue,
-        };
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if dialog {
-        text.push_str(&format!("Contact: <{contact}>\r\n"));
-    }
-    text.push_str("Content-Length: 0\r\n\r\n");
-    text
+    common::response_text(req, status, "Whatever", CALLEE_TAG, contact, "")
 }
 
 /// `ua` sends `req`, `peer` gets it as `method` and answers 200, `ua`

@@ -23,7 +23,7 @@ use common::tcp::{TcpUa, register_tcp, registered_on_core_of};
 use common::{TestBlade, Ua, WAIT, first_line, unique, wait_until};
 use sipblade::proxy::route::shard_of;
 use sipblade::runtime::Options;
-use sipblade::sip::{HeaderName, Message, Method};
+use sipblade::sip::{Message, Method};
 
 /// Cores per blade.
 const CORES: usize = 2;
@@ -290,9 +290,8 @@ fn in_dialog_on(phone: &dyn Phone, side: &Side, method: &str, cseq: u32, branch:
     )
 }
 
-/// A UAS's response to `req`: Via, From, To (tagged `tag` if untagged),
-/// Call-ID and CSeq copied; for an INVITE's 101-299 the Record-Route
-/// too; a Contact on those and on a 2xx to UPDATE.
+/// A UAS's response to `req` ([`common::response_text`]), with a Contact
+/// on a 2xx to UPDATE too.
 fn response_text(req: &Message, status: u16, tag: &str, contact: &str) -> String {
     let reason = match status {
         180 => "Ringing",
@@ -300,35 +299,13 @@ fn response_text(req: &Message, status: u16, tag: &str, contact: &str) -> String
         487 => "Request Terminated",
         _ => "Whatever",
     };
-    let method = req.method();
-    let dialog = method == Some(Method::Invite) && (101..300).contains(&status);
-    let mut text = format!("SIP/2.0 {status} {reason}\r\n");
-    for h in req.headers() {
-        let value = String::from_utf8_lossy(h.value);
-        let name = match h.kind {
-            HeaderName::Via => "Via",
-            HeaderName::From => "From",
-            HeaderName::CallId => "Call-ID",
-            HeaderName::CSeq => "CSeq",
-            HeaderName::RecordRoute if dialog => "Record-Route",
-            HeaderName::To => {
-                let tagged = if req.to().tag().is_none() && status > 100 {
-                    format!(";tag={tag}")
-                } else {
-                    String::new()
-                };
-                text.push_str(&format!("To: {value}{tagged}\r\n"));
-                continue;
-            }
-            _ => continue,
-        };
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if dialog || (method == Some(Method::Update) && (200..300).contains(&status)) {
-        text.push_str(&format!("Contact: <{contact}>\r\n"));
-    }
-    text.push_str("Content-Length: 0\r\n\r\n");
-    text
+    let update_ok = req.method() == Some(Method::Update) && (200..300).contains(&status);
+    let extra = if update_ok {
+        format!("Contact: <{contact}>\r\n")
+    } else {
+        String::new()
+    };
+    common::response_text(req, status, reason, tag, contact, &extra)
 }
 
 /// The next request `method` with `cseq` in `call_id` at `phone`.

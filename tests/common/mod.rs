@@ -819,35 +819,51 @@ impl Ua {
         to_tag: &str,
         extra: &str,
     ) -> String {
-        let mut text = format!("SIP/2.0 {status} {reason}\r\n");
-        let dialog = req.method() == Some(Method::Invite) && (101..300).contains(&status);
-        for h in req.headers() {
-            let value = String::from_utf8_lossy(h.value);
-            let name = match h.kind {
-                HeaderName::Via => "Via",
-                HeaderName::From => "From",
-                HeaderName::CallId => "Call-ID",
-                HeaderName::CSeq => "CSeq",
-                HeaderName::RecordRoute if dialog => "Record-Route",
-                HeaderName::To => {
-                    let tag = if req.to().tag().is_none() && status > 100 {
-                        format!(";tag={to_tag}")
-                    } else {
-                        String::new()
-                    };
-                    text.push_str(&format!("To: {value}{tag}\r\n"));
-                    continue;
-                }
-                _ => continue,
-            };
-            text.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if dialog {
-            text.push_str(&format!("Contact: <{}>\r\n", self.contact_uri()));
-        }
-        text.push_str(extra);
-        text.push_str("Content-Length: 0\r\n\r\n");
+        let text = response_text(req, status, reason, to_tag, &self.contact_uri(), extra);
         self.send(&text);
         text
     }
+}
+
+/// The response a UAS writes to `req`: its Vias, From, Call-ID and CSeq
+/// copied, its To with `to_tag` added where it had none (not on a 100);
+/// on an INVITE's 101-299 its Record-Route and `contact` as the Contact;
+/// then `extra` header lines (each ending in CRLF).
+pub fn response_text(
+    req: &Message,
+    status: u16,
+    reason: &str,
+    to_tag: &str,
+    contact: &str,
+    extra: &str,
+) -> String {
+    let mut text = format!("SIP/2.0 {status} {reason}\r\n");
+    let dialog = req.method() == Some(Method::Invite) && (101..300).contains(&status);
+    for h in req.headers() {
+        let value = String::from_utf8_lossy(h.value);
+        let name = match h.kind {
+            HeaderName::Via => "Via",
+            HeaderName::From => "From",
+            HeaderName::CallId => "Call-ID",
+            HeaderName::CSeq => "CSeq",
+            HeaderName::RecordRoute if dialog => "Record-Route",
+            HeaderName::To => {
+                let tag = if req.to().tag().is_none() && status > 100 {
+                    format!(";tag={to_tag}")
+                } else {
+                    String::new()
+                };
+                text.push_str(&format!("To: {value}{tag}\r\n"));
+                continue;
+            }
+            _ => continue,
+        };
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if dialog {
+        text.push_str(&format!("Contact: <{contact}>\r\n"));
+    }
+    text.push_str(extra);
+    text.push_str("Content-Length: 0\r\n\r\n");
+    text
 }
