@@ -407,10 +407,7 @@ fn a_joiner_logging_in_on_the_hosting_blade_is_in_its_leg_there_on_any_core() {
     use std::net::Ipv4Addr;
     let ip = |last: u8| Ipv4Addr::new(127, 0, 19, last);
     assert_ne!(shard_of(b"1002", 2), shard_of(b"1003", 2), "cores apart");
-    let mut cluster = TestCluster::new_in(19, 2, 10, 30, 2);
-    cluster.start_blade(S);
-    cluster.start_blade(T);
-    cluster.wait_linked();
+    let cluster = TestCluster::start_in(19, 2, 10, 30, 2, &[]);
     let mut a = cluster.registered_on(S, "1001", ip(12));
     let mut b = cluster.registered_on(T, "1002", ip(13));
     let mut j = cluster.registered_on(T, "1003", ip(14));

@@ -317,10 +317,7 @@ fn a_hosted_agent_moving_to_its_hosting_blade_mid_call_ends_up_there() {
 #[test]
 fn agents_logging_in_on_two_blades_at_once_stay_logged_in_on_the_later() {
     let ip = |last: u8| Ipv4Addr::new(127, 0, 19, last);
-    let mut cluster = TestCluster::new_in(19, 2, 20, 30, 1);
-    cluster.start_blade(0);
-    cluster.start_blade(1);
-    cluster.wait_linked();
+    let cluster = TestCluster::start_in(19, 2, 20, 30, 1, &[]);
     let (s, t) = (0, 1);
     // Three agents, as the race goes either way: one of them crossing
     // on the link is enough to lose it without the login times.

@@ -615,20 +615,7 @@ fn mid_call_requests_pass_for_every_placement_on_the_cores() {
 /// Two blades of two cores like [`two_blades`], provisioned with `extra`
 /// agents besides the usual four.
 fn two_blades_with_agents(k: u8, extra: &[String]) -> TestCluster {
-    let mut cluster = TestCluster::new_in(SUBNET, 2, 8 * k + 1, 30, CORES);
-    let mut agents = common::agents_toml();
-    for ext in extra {
-        agents += &format!(
-            "[[agent]]\nbadge = \"A{ext}\"\nextension = \"{ext}\"\nkind = \"agent\"\npassword = \"{}\"\n\n",
-            common::password(ext)
-        );
-    }
-    std::fs::write(cluster.dir.path().join("agents.toml"), agents).expect("agents file");
-    for i in 0..2 {
-        cluster.start_blade(i);
-    }
-    cluster.wait_linked();
-    cluster
+    TestCluster::start_in_with_agents(SUBNET, 2, 8 * k + 1, CORES, extra)
 }
 
 /// How many calls [`concurrent_calls_each_reinvite_then_hang_up`] places.

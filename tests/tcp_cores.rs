@@ -846,20 +846,7 @@ const CALLS: usize = 20;
 /// Two blades of two cores like [`two_blades`], provisioned with `extra`
 /// agents besides the usual four.
 fn two_blades_with_agents(k: u8, extra: &[String]) -> TestCluster {
-    let mut cluster = TestCluster::new_in(SUBNET, 2, 16 * k + 1, 30, CORES);
-    let mut agents = common::agents_toml();
-    for ext in extra {
-        agents += &format!(
-            "[[agent]]\nbadge = \"A{ext}\"\nextension = \"{ext}\"\nkind = \"agent\"\npassword = \"{}\"\n\n",
-            common::password(ext)
-        );
-    }
-    std::fs::write(cluster.dir.path().join("agents.toml"), agents).expect("agents file");
-    for i in 0..2 {
-        cluster.start_blade(i);
-    }
-    cluster.wait_linked();
-    cluster
+    TestCluster::start_in_with_agents(SUBNET, 2, 16 * k + 1, CORES, extra)
 }
 
 /// Twenty cross-blade calls at once between TCP phones (callers 20xx on

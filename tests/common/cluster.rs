@@ -119,15 +119,37 @@ impl TestCluster {
         children: &[usize],
     ) -> TestCluster {
         let mut cluster = TestCluster::new_in(subnet, n, first_ip, lease_secs, cores);
-        for i in 0..n {
+        cluster.start_all(children);
+        cluster
+    }
+
+    /// [`TestCluster::start_in`] with no child processes, provisioned with
+    /// `extra` agents besides the usual ones.
+    pub fn start_in_with_agents(
+        subnet: u8,
+        n: usize,
+        first_ip: u8,
+        cores: usize,
+        extra: &[String],
+    ) -> TestCluster {
+        let mut cluster = TestCluster::new_in(subnet, n, first_ip, 30, cores);
+        let agents = super::agents_toml_with(extra);
+        std::fs::write(cluster.dir.path().join("agents.toml"), agents).expect("agents file");
+        cluster.start_all(&[]);
+        cluster
+    }
+
+    /// Starts every member (those in `children` as child processes) and
+    /// waits until every link is up.
+    fn start_all(&mut self, children: &[usize]) {
+        for i in 0..self.members.len() {
             if children.contains(&i) {
-                cluster.spawn_blade(i);
+                self.spawn_blade(i);
             } else {
-                cluster.start_blade(i);
+                self.start_blade(i);
             }
         }
-        cluster.wait_linked();
-        cluster
+        self.wait_linked();
     }
 
     /// [`TestCluster::new`] on 127.0.`subnet`.`first_ip`, … instead of

@@ -60,8 +60,15 @@ pub fn aor(ext: &str) -> String {
 
 /// The `agents.toml` every test blade is provisioned with.
 pub fn agents_toml() -> String {
+    agents_toml_with(&[])
+}
+
+/// [`agents_toml`] with `extra` extensions besides [`AGENTS`].
+pub fn agents_toml_with(extra: &[String]) -> String {
     AGENTS
         .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
         .map(|ext| {
             format!(
                 "[[agent]]\nbadge = \"A{ext}\"\nextension = \"{ext}\"\nkind = \"agent\"\npassword = \"{}\"\n\n",
@@ -825,10 +832,10 @@ impl Ua {
     }
 }
 
-/// The response a UAS writes to `req`: its Vias, From, Call-ID and CSeq
-/// copied, its To with `to_tag` added where it had none (not on a 100);
-/// on an INVITE's 101-299 its Record-Route and `contact` as the Contact;
-/// then `extra` header lines (each ending in CRLF).
+/// The response a UAS writes to `req` ([`Message::response`]: its Vias,
+/// From, To, Call-ID and CSeq, `to_tag` added to a To without one, not on
+/// a 100); on an INVITE's 101-299 its Record-Route and `contact` as the
+/// Contact; then `extra` header lines (each ending in CRLF).
 pub fn response_text(
     req: &Message,
     status: u16,
@@ -837,33 +844,31 @@ pub fn response_text(
     contact: &str,
     extra: &str,
 ) -> String {
-    let mut text = format!("SIP/2.0 {status} {reason}\r\n");
     let dialog = req.method() == Some(Method::Invite) && (101..300).contains(&status);
-    for h in req.headers() {
-        let value = String::from_utf8_lossy(h.value);
-        let name = match h.kind {
-            HeaderName::Via => "Via",
-            HeaderName::From => "From",
-            HeaderName::CallId => "Call-ID",
-            HeaderName::CSeq => "CSeq",
-            HeaderName::RecordRoute if dialog => "Record-Route",
-            HeaderName::To => {
-                let tag = if req.to().tag().is_none() && status > 100 {
-                    format!(";tag={to_tag}")
-                } else {
-                    String::new()
-                };
-                text.push_str(&format!("To: {value}{tag}\r\n"));
-                continue;
-            }
-            _ => continue,
-        };
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
+    let routes: Vec<String> = req
+        .record_routes()
+        .filter(|_| dialog)
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    let contact = format!("<{contact}>");
+    let mut headers: Vec<(&str, &str)> = routes
+        .iter()
+        .map(|r| ("Record-Route", r.as_str()))
+        .collect();
     if dialog {
-        text.push_str(&format!("Contact: <{contact}>\r\n"));
+        headers.push(("Contact", &contact));
     }
-    text.push_str(extra);
-    text.push_str("Content-Length: 0\r\n\r\n");
-    text
+    let mut out = bytes::BytesMut::new();
+    req.response(
+        status,
+        reason,
+        (status > 100).then_some(to_tag),
+        &headers,
+        &mut out,
+    );
+    let text = String::from_utf8_lossy(&out).into_owned();
+    match text.strip_suffix("Content-Length: 0\r\n\r\n") {
+        Some(head) => format!("{head}{extra}Content-Length: 0\r\n\r\n"),
+        None => text,
+    }
 }
