@@ -214,23 +214,25 @@ impl Proxy {
             Some(b) if b.uri == uri.as_str() || named.is_some_and(|p| p.addr == b.peer.addr) => {
                 Some(b.peer)
             }
-            _ => match named {
-                Some(p) if p.transport.is_reliable() => Some(self.callers_stream(msg, p)),
-                _ => named,
-            },
+            _ => named.map(|p| self.callers_stream(msg, &uri, p)),
         }
     }
 
-    /// `named`, a stream peer the Request-URI of `msg` names, with the
+    /// `named`, the peer the Request-URI `uri` of `msg` names, with the
     /// connection of the caller of `msg`'s session on this core when it
     /// is that caller's Contact and the caller called over a stream: a
     /// caller behind NAT names its private address, reachable only
-    /// through its connection. That connection serves while it lasts;
-    /// once it has closed, a new one goes to `named` (RFC 3261 §18.1.1).
-    /// The caller's binding may be another core's (the session lives on
-    /// the callee's), so the binding cannot tell. Not a caller whose
-    /// INVITE a peer blade relayed: that connection is the peer's.
-    fn callers_stream(&self, msg: &Message, named: Peer) -> Peer {
+    /// through its connection, and a Contact with no `transport` (UDP by
+    /// RFC 3263) names a phone that registered and called over a stream
+    /// and listens there only, as Kamailio reaches it on the socket it
+    /// registered on. That connection serves while it lasts; once it has
+    /// closed, a new one goes to `named` (RFC 3261 §18.1.1). The caller's
+    /// binding may be another core's (the session lives on the callee's),
+    /// so the binding cannot tell. Not a caller whose INVITE a peer blade
+    /// relayed: that connection is the peer's. Not a Contact that asks for
+    /// UDP in so many words. Cheapest first: a UDP caller is ruled out
+    /// before anything is parsed.
+    fn callers_stream(&self, msg: &Message, uri: &crate::sip::Uri<'_>, named: Peer) -> Peer {
         let caller = self
             .sessions
             .get(msg.call_id())
@@ -239,12 +241,16 @@ impl Proxy {
         let Some((from, contact)) = caller else {
             return named;
         };
+        if !named.transport.is_reliable() && uri.param("transport").is_some() {
+            return named;
+        }
         let at_contact = crate::sip::Uri::parse(contact.as_bytes())
             .and_then(|uri| route::uri_peer(&uri))
             .is_some_and(|p| p.addr == named.addr);
         if at_contact {
             Peer {
                 conn: from.conn,
+                transport: from.transport,
                 ..named
             }
         } else {
