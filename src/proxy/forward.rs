@@ -22,6 +22,23 @@ pub(super) struct Forwarded {
     pub branch: Bytes,
 }
 
+/// How long a refer subscription is kept after its REFER passed, with
+/// no NOTIFY that ends it: a blind transfer's last NOTIFY comes when the
+/// transfer target answers, within a few minutes of ringing (timer C).
+const REFER_SUBSCRIPTION: Duration = Duration::from_secs(300);
+
+/// The most refer subscriptions one core keeps ([`Proxy::note_refer`]).
+const MAX_REFER_SUBSCRIPTIONS: usize = 4096;
+
+/// A refer subscription kept on the transferor's side ([`Proxy::note_refer`]).
+#[derive(Debug)]
+pub(super) struct ReferSubscription {
+    /// Where its NOTIFYs may go: the REFERs' Contacts.
+    subscribers: Vec<std::net::SocketAddr>,
+    /// Until when it is kept.
+    pub(super) until: Duration,
+}
+
 impl Proxy {
     /// Forwards `msg` to `target` through a new transaction pair, or
     /// answers it here when it cannot go (too many hops, too large).
@@ -211,6 +228,13 @@ impl Proxy {
             // A target refresh: the kept dialog follows its sender.
             self.follow_target_refresh(&msg, Some(source));
         }
+        match method {
+            Some(Method::Refer) => self.note_refer(now, &msg),
+            Some(Method::Notify) if !self.refer_subscriptions.is_empty() => {
+                self.notify_passes(&msg);
+            }
+            _ => {}
+        }
         let held = if method == Some(Method::Bye) {
             self.end_session_by_bye(now, &msg, target, out)
         } else {
@@ -285,6 +309,74 @@ impl Proxy {
             || self.is_addressed_terminal(msg, target)
             || self.is_callers_terminal(msg, target)
             || self.is_kept_dialog_hop(msg, target)
+            || self.is_refer_subscriber(msg, target)
+    }
+
+    /// An in-dialog REFER passes (RFC 3515): it opens a subscription whose
+    /// NOTIFYs come back in the same dialog, to the REFER's Contact, and
+    /// may come after the INVITE dialog ended (RFC 6665 §4.5.2: a blind
+    /// transfer's last NOTIFY often follows the transferor's BYE). Keeps
+    /// that Contact's address for NOTIFYs of this Call-ID
+    /// ([`Proxy::is_refer_subscriber`]), when it is a party of the dialog
+    /// now (the caller's terminal, or a hop of the dialog kept here), so
+    /// the subscription stretches only in time what this blade relays
+    /// already, never to a new address.
+    pub(super) fn note_refer(&mut self, now: Duration, msg: &Message) {
+        let Some(contact) = msg.contacts().next() else {
+            return;
+        };
+        let Some(subscriber) = route::uri_peer(&contact.uri()) else {
+            return;
+        };
+        if !self.is_callers_terminal(msg, subscriber) && !self.is_kept_dialog_hop(msg, subscriber) {
+            return;
+        }
+        let until = now + REFER_SUBSCRIPTION;
+        if let Some(s) = self.refer_subscriptions.get_mut(msg.call_id()) {
+            if !s.subscribers.contains(&subscriber.addr) {
+                s.subscribers.push(subscriber.addr);
+            }
+            s.until = until;
+            return;
+        }
+        if self.refer_subscriptions.len() >= MAX_REFER_SUBSCRIPTIONS {
+            self.refer_subscriptions.retain(|_, s| s.until > now);
+            if self.refer_subscriptions.len() >= MAX_REFER_SUBSCRIPTIONS {
+                tracing::debug!(call_id = msg.call_id(), "too many refer subscriptions kept");
+                return;
+            }
+        }
+        self.refer_subscriptions.insert(
+            msg.call_id().into(),
+            ReferSubscription {
+                subscribers: vec![subscriber.addr],
+                until,
+            },
+        );
+    }
+
+    /// A NOTIFY passes: the last of a refer subscription
+    /// (`Subscription-State: terminated`) ends what [`Proxy::note_refer`]
+    /// kept for its Call-ID.
+    fn notify_passes(&mut self, msg: &Message) {
+        let terminated = msg
+            .header_named("Subscription-State")
+            .is_some_and(|v| v.trim_ascii_start().starts_with(b"terminated"));
+        if terminated {
+            self.refer_subscriptions.remove(msg.call_id());
+        }
+    }
+
+    /// Whether `msg` is a NOTIFY of a refer subscription kept for its
+    /// Call-ID ([`Proxy::note_refer`]) and `target` is its subscriber.
+    /// Last of the relay checks, and only with subscriptions kept.
+    fn is_refer_subscriber(&self, msg: &Message, target: Peer) -> bool {
+        !self.refer_subscriptions.is_empty()
+            && msg.method() == Some(Method::Notify)
+            && self
+                .refer_subscriptions
+                .get(msg.call_id())
+                .is_some_and(|s| s.subscribers.contains(&target.addr))
     }
 
     /// Whether `target` is where a dialog kept here for `msg`'s Call-ID

@@ -350,6 +350,10 @@ pub struct Proxy {
     /// INVITE transactions handed to another core (a Join for a session it
     /// owns), and until when: their later requests go there too.
     handed_off: HashMap<ServerKey, (usize, Duration), ahash::RandomState>,
+    /// Refer subscriptions (RFC 3515), by Call-ID: where the NOTIFYs of
+    /// a REFER this core passed in a dialog may go after that dialog's
+    /// session ended ([`Proxy::note_refer`]).
+    refer_subscriptions: HashMap<Box<str>, forward::ReferSubscription, ahash::RandomState>,
     /// When [`Proxy::tidy`] last ran.
     tidied_at: Duration,
     /// Transaction pairs; their slab keys index the maps below and the
@@ -429,6 +433,7 @@ impl Proxy {
             logged_in_elsewhere: HashMap::default(),
             remote_sessions: HashMap::default(),
             handed_off: HashMap::default(),
+            refer_subscriptions: HashMap::default(),
             tidied_at: Duration::ZERO,
             txs: Slab::new(),
             by_server: HashMap::default(),
@@ -549,6 +554,7 @@ impl Proxy {
     /// added holds any ([`TIDY_EVERY`]).
     fn holds_expiring(&self) -> bool {
         !self.handed_off.is_empty()
+            || !self.refer_subscriptions.is_empty()
             || self.registrar.nonces().tracked_nonces() > 0
             || self
                 .cluster
@@ -563,6 +569,7 @@ impl Proxy {
         }
         self.tidied_at = now;
         self.handed_off.retain(|_, (_, until)| *until > now);
+        self.refer_subscriptions.retain(|_, s| s.until > now);
         self.registrar.nonces_mut().forget_expired(now);
         if let Some(c) = self.cluster.as_mut() {
             c.target.forget_expired_relays(now);
@@ -943,6 +950,7 @@ impl Proxy {
     /// C before it); forgets hand-offs past that.
     fn remember_handoff(&mut self, now: Duration, msg: &Message, core: usize) {
         self.handed_off.retain(|_, (_, until)| *until > now);
+        self.refer_subscriptions.retain(|_, s| s.until > now);
         let key = ServerKey::of(msg).owned();
         let until = now + TIMER_C + self.settings.timers.t1 * 64;
         self.handed_off.insert(key, (core, until));
