@@ -302,14 +302,46 @@ impl Cluster {
         self.peers.iter().find(|p| p.id.eq_ignore_ascii_case(id))
     }
 
-    /// Whether `ip` is a peer blade's SIP address and its link is down.
-    pub(super) fn link_down_at(&self, ip: IpAddr) -> bool {
-        self.peer_by_ip(ip).is_some_and(|p| {
-            !self
-                .directory
-                .peers()
-                .any(|up| up.eq_ignore_ascii_case(&p.id))
-        })
+    /// Whether the peer blade `p`'s link is down.
+    fn is_down(&self, p: &PeerBlade) -> bool {
+        !self
+            .directory
+            .peers()
+            .any(|up| up.eq_ignore_ascii_case(&p.id))
+    }
+
+    /// Whether a hop at `addr` is a peer blade whose link is down: the
+    /// peer whose SIP address it is; else, on a peer's IP (a Record-Route
+    /// names the port of the core that handled the request, which is not
+    /// known here), every peer on that IP, as where several blades share
+    /// an IP the hop may be any of them.
+    pub(super) fn link_down_at(&self, addr: SocketAddr) -> bool {
+        if let Some(p) = self.peer_by_sip(addr) {
+            return self.is_down(p);
+        }
+        let mut at_ip = self
+            .peers
+            .iter()
+            .filter(|p| p.sip.ip() == addr.ip())
+            .peekable();
+        at_ip.peek().is_some() && at_ip.all(|p| self.is_down(p))
+    }
+
+    /// Whether a hop at `addr` leads to the peer blade whose SIP address
+    /// is `sip`: that address, or another port on its IP (a core's own,
+    /// [`Cluster::link_down_at`]) that no other peer on that IP whose link
+    /// is up may own.
+    pub(super) fn hop_is_peer(&self, addr: SocketAddr, sip: SocketAddr) -> bool {
+        if addr == sip {
+            return true;
+        }
+        if addr.ip() != sip.ip() || self.peer_by_sip(addr).is_some() {
+            return false;
+        }
+        self.peers
+            .iter()
+            .filter(|p| p.sip.ip() == addr.ip() && p.sip != sip)
+            .all(|p| self.is_down(p))
     }
 }
 

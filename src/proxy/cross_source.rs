@@ -268,10 +268,10 @@ impl Proxy {
                     .cluster
                     .as_ref()
                     .and_then(|c| c.peer(&peer))
-                    .map(|p| p.sip.ip());
+                    .map(|p| p.sip);
                 // A re-INVITE on its way to the lost blade gets its final
                 // answer now, in the call or a rider.
-                if let Some(ip) = lost {
+                if let Some(ip) = lost.map(|a| a.ip()) {
                     let calls: Vec<(&str, IpAddr)> = riders
                         .iter()
                         .chain([&call_id])

@@ -36,7 +36,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,9 +74,10 @@ pub(super) struct OwnBye {
 pub(super) enum HangUp {
     /// It outlived `max_call_secs`.
     Expired,
-    /// Its hosted party's blade was lost: the one at this address, if
-    /// known (its link may still look up when the lease ran out first).
-    PeerLost(Option<IpAddr>),
+    /// Its hosted party's blade was lost: the one with this SIP address,
+    /// if known (its link may still look up when the lease ran out
+    /// first).
+    PeerLost(Option<SocketAddr>),
     /// Its 2xx was never ACKed ([`super::session::Sessions::confirm`]).
     Unacked,
 }
@@ -174,7 +175,7 @@ impl Proxy {
     fn behind_lost_peer(&self, hop: Peer) -> bool {
         self.cluster
             .as_ref()
-            .is_some_and(|c| c.link_down_at(hop.addr.ip()))
+            .is_some_and(|c| c.link_down_at(hop.addr))
     }
 
     /// `bye` as it can still go when its first hop is a lost peer blade
@@ -187,8 +188,12 @@ impl Proxy {
     /// out with the blade alive, its renewals refused or late); `None`
     /// behind a link that is down: nothing would carry it (the lost
     /// blade's own party is its blade's to hang up).
-    fn past_lost_peers<'a>(&self, bye: ByeTo<'a>, lost: Option<IpAddr>) -> Option<ByeTo<'a>> {
-        let gone = |hop: Peer| self.behind_lost_peer(hop) || lost == Some(hop.addr.ip());
+    fn past_lost_peers<'a>(&self, bye: ByeTo<'a>, lost: Option<SocketAddr>) -> Option<ByeTo<'a>> {
+        let is_lost = |hop: Peer| {
+            lost.zip(self.cluster.as_ref())
+                .is_some_and(|(lost, c)| c.hop_is_peer(hop.addr, lost))
+        };
+        let gone = |hop: Peer| self.behind_lost_peer(hop) || is_lost(hop);
         if !gone(bye.hop) {
             return Some(bye);
         }
