@@ -950,7 +950,6 @@ impl Proxy {
     /// C before it); forgets hand-offs past that.
     fn remember_handoff(&mut self, now: Duration, msg: &Message, core: usize) {
         self.handed_off.retain(|_, (_, until)| *until > now);
-        self.refer_subscriptions.retain(|_, s| s.until > now);
         let key = ServerKey::of(msg).owned();
         let until = now + TIMER_C + self.settings.timers.t1 * 64;
         self.handed_off.insert(key, (core, until));
