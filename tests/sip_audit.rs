@@ -96,6 +96,14 @@ fn a_long_expiry_is_capped_and_the_200_says_so() {
         "Contact: <{contact}>;expires=120\r\nExpires: 3600\r\n"
     ));
     assert_eq!(listed_expiry(&ok), Some(120));
+    for huge in ["4294967295", "4294967296", "99999999999999999999"] {
+        let ok = phone.register_once(&format!("Contact: <{contact}>\r\nExpires: {huge}\r\n"));
+        assert_eq!(ok.status(), Some(200), "Expires {huge}: {}", first_line(&ok));
+        assert_eq!(listed_expiry(&ok), Some(86_400), "Expires {huge}");
+        let ok = phone.register_once(&format!("Contact: <{contact}>;expires={huge}\r\n"));
+        assert_eq!(ok.status(), Some(200), "expires={huge}: {}", first_line(&ok));
+        assert_eq!(listed_expiry(&ok), Some(86_400), "expires={huge}");
+    }
     let bad = phone.register_once(&format!("Contact: <{contact}>;q=1.5\r\n"));
     assert_eq!(bad.status(), Some(400));
 }
@@ -209,6 +217,13 @@ fn digest_corner_cases() {
     let headers = phone.binding_headers(3600);
     let challenge = phone.register_once(&headers);
     assert_eq!(challenge.status(), Some(401));
+    let offered: Vec<String> = challenge
+        .header_values(HeaderName::WwwAuthenticate)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(offered.len(), 2, "{offered:?}");
+    assert!(offered[0].contains("algorithm=MD5"), "{offered:?}");
+    assert!(offered[1].contains("algorithm=SHA-256"), "{offered:?}");
     let uri = format!("sip:{DOMAIN}");
     let good = phone.authorization(&challenge, false, "REGISTER", &uri, &password("1002"));
 
@@ -673,4 +688,101 @@ fn options_to_an_agent_is_proxied() {
         header(&ok, HeaderName::Allow).as_deref(),
         Some("INVITE, ACK, BYE")
     );
+}
+
+/// The callee's own 100 Trying is not passed upstream (RFC 3261 §16.7
+/// step 5): the caller has the blade's.
+#[test]
+fn the_callees_100_is_not_forwarded() {
+    let blade = blade(false, 170);
+    let mut a = registered(&blade, "1001", 171);
+    let mut b = registered(&blade, "1002", 172);
+    let (call, invite) = ringing(&mut a, &mut b, "");
+    let ours = a.recv_raw(common::WAIT).expect("the blade's 100");
+    assert!(ours.starts_with(b"SIP/2.0 100 "), "{ours:?}");
+    b.send(
+        common::response_text(&invite, 100, "Trying", CALLEE_TAG, &b.contact_uri(), "")
+            .replace("Content-Length: 0", "X-From-Callee: 1\r\nContent-Length: 0"),
+    );
+    let relayed = a.collect_where(SILENCE, |m| m.status() == Some(100));
+    assert!(relayed.is_empty(), "the callee's 100 was relayed: {relayed:?}");
+    b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
+    let busy = a.response(&call.call_id, Method::Invite);
+    a.ack_failure(&call, &busy);
+    blade.wait_no_sessions();
+}
+
+/// A non-INVITE request retransmitted after its final answer gets that
+/// answer again from the blade's completed transaction (RFC 3261
+/// §17.2.2), and the callee does not get it twice.
+#[test]
+fn a_message_retransmitted_after_its_answer_gets_the_answer_again() {
+    let blade = blade(false, 180);
+    let mut a = registered(&blade, "1001", 181);
+    let mut b = registered(&blade, "1002", 182);
+    let call_id = "msg-again@audit";
+    let text = format!(
+        "MESSAGE {} SIP/2.0\r\n{}Max-Forwards: 70\r\nFrom: <{}>;tag=m2\r\nTo: <{}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+         Content-Length: 2\r\n\r\nhi",
+        aor("1002"),
+        a.via(&common::branch()),
+        aor("1001"),
+        aor("1002"),
+    );
+    a.send(&text);
+    let got = b.request(Method::Message, call_id);
+    b.answer(&got, 202, "Accepted", CALLEE_TAG);
+    let first = a.recv_raw(common::WAIT).expect("the 202");
+    assert!(first.starts_with(b"SIP/2.0 202 "), "{first:?}");
+    a.send(&text);
+    let again = a.recv_raw(common::WAIT).expect("the 202 again");
+    assert_eq!(again, first);
+    let more = b.collect_where(SILENCE, |m| m.method() == Some(Method::Message));
+    assert!(more.is_empty(), "the callee got the MESSAGE twice: {more:?}");
+}
+
+/// An INVITE retransmitted while it rings gets the latest provisional
+/// answer again, the callee's 180 rather than the blade's 100 (RFC 3261
+/// §17.2.1), and is not forwarded a second time.
+#[test]
+fn an_invite_retransmitted_while_ringing_gets_the_180_again() {
+    let blade = blade(false, 190);
+    let mut a = registered(&blade, "1001", 191);
+    let mut b = registered(&blade, "1002", 192);
+    let (call, invite) = ringing(&mut a, &mut b, "");
+    b.answer(&invite, 180, "Ringing", CALLEE_TAG);
+    let ringing = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ringing.status(), Some(180));
+    a.retransmit_invite(&call);
+    let again = a.recv_raw(common::WAIT).expect("an answer to the retransmission");
+    assert!(
+        again.starts_with(b"SIP/2.0 180 "),
+        "{:?}",
+        String::from_utf8_lossy(&again)
+    );
+    let more = b.collect_where(SILENCE, |m| m.method() == Some(Method::Invite));
+    assert!(more.is_empty(), "a second INVITE reached the callee: {more:?}");
+    a.cancel(&call);
+    let cancel = b.request(Method::Cancel, &call.call_id);
+    b.answer(&cancel, 200, "OK", CALLEE_TAG);
+    b.answer(&invite, 487, "Request Terminated", CALLEE_TAG);
+    let done = a.response(&call.call_id, Method::Invite);
+    a.ack_failure(&call, &done);
+    blade.wait_no_sessions();
+}
+
+/// A REGISTER for an extension nobody has: 404 without auth; with auth a
+/// challenge, then 403 whatever the credentials (the registrar does not
+/// tell which extensions exist).
+#[test]
+fn a_register_for_an_unknown_extension() {
+    for (auth, host) in [(false, 200u8), (true, 203)] {
+        let blade = blade(auth, host);
+        let mut phone = Ua::new_at(blade.sip, "7777", ip(host + 1));
+        let (answer, sent) = phone.register_as(&phone.binding_headers(3600), "guess");
+        let want = if auth { 403 } else { 404 };
+        assert_eq!(answer.status(), Some(want), "auth {auth}: {}", first_line(&answer));
+        assert_eq!(sent.is_some(), auth, "challenged only with auth");
+    }
 }
