@@ -98,10 +98,20 @@ fn a_long_expiry_is_capped_and_the_200_says_so() {
     assert_eq!(listed_expiry(&ok), Some(120));
     for huge in ["4294967295", "4294967296", "99999999999999999999"] {
         let ok = phone.register_once(&format!("Contact: <{contact}>\r\nExpires: {huge}\r\n"));
-        assert_eq!(ok.status(), Some(200), "Expires {huge}: {}", first_line(&ok));
+        assert_eq!(
+            ok.status(),
+            Some(200),
+            "Expires {huge}: {}",
+            first_line(&ok)
+        );
         assert_eq!(listed_expiry(&ok), Some(86_400), "Expires {huge}");
         let ok = phone.register_once(&format!("Contact: <{contact}>;expires={huge}\r\n"));
-        assert_eq!(ok.status(), Some(200), "expires={huge}: {}", first_line(&ok));
+        assert_eq!(
+            ok.status(),
+            Some(200),
+            "expires={huge}: {}",
+            first_line(&ok)
+        );
         assert_eq!(listed_expiry(&ok), Some(86_400), "expires={huge}");
     }
     let bad = phone.register_once(&format!("Contact: <{contact}>;q=1.5\r\n"));
@@ -705,7 +715,10 @@ fn the_callees_100_is_not_forwarded() {
             .replace("Content-Length: 0", "X-From-Callee: 1\r\nContent-Length: 0"),
     );
     let relayed = a.collect_where(SILENCE, |m| m.status() == Some(100));
-    assert!(relayed.is_empty(), "the callee's 100 was relayed: {relayed:?}");
+    assert!(
+        relayed.is_empty(),
+        "the callee's 100 was relayed: {relayed:?}"
+    );
     b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
     let busy = a.response(&call.call_id, Method::Invite);
     a.ack_failure(&call, &busy);
@@ -739,7 +752,10 @@ fn a_message_retransmitted_after_its_answer_gets_the_answer_again() {
     let again = a.recv_raw(common::WAIT).expect("the 202 again");
     assert_eq!(again, first);
     let more = b.collect_where(SILENCE, |m| m.method() == Some(Method::Message));
-    assert!(more.is_empty(), "the callee got the MESSAGE twice: {more:?}");
+    assert!(
+        more.is_empty(),
+        "the callee got the MESSAGE twice: {more:?}"
+    );
 }
 
 /// An INVITE retransmitted while it rings gets the latest provisional
@@ -755,14 +771,19 @@ fn an_invite_retransmitted_while_ringing_gets_the_180_again() {
     let ringing = a.response(&call.call_id, Method::Invite);
     assert_eq!(ringing.status(), Some(180));
     a.retransmit_invite(&call);
-    let again = a.recv_raw(common::WAIT).expect("an answer to the retransmission");
+    let again = a
+        .recv_raw(common::WAIT)
+        .expect("an answer to the retransmission");
     assert!(
         again.starts_with(b"SIP/2.0 180 "),
         "{:?}",
         String::from_utf8_lossy(&again)
     );
     let more = b.collect_where(SILENCE, |m| m.method() == Some(Method::Invite));
-    assert!(more.is_empty(), "a second INVITE reached the callee: {more:?}");
+    assert!(
+        more.is_empty(),
+        "a second INVITE reached the callee: {more:?}"
+    );
     a.cancel(&call);
     let cancel = b.request(Method::Cancel, &call.call_id);
     b.answer(&cancel, 200, "OK", CALLEE_TAG);
@@ -782,7 +803,44 @@ fn a_register_for_an_unknown_extension() {
         let mut phone = Ua::new_at(blade.sip, "7777", ip(host + 1));
         let (answer, sent) = phone.register_as(&phone.binding_headers(3600), "guess");
         let want = if auth { 403 } else { 404 };
-        assert_eq!(answer.status(), Some(want), "auth {auth}: {}", first_line(&answer));
+        assert_eq!(
+            answer.status(),
+            Some(want),
+            "auth {auth}: {}",
+            first_line(&answer)
+        );
         assert_eq!(sent.is_some(), auth, "challenged only with auth");
     }
+}
+
+/// A phone set up with the domain as its outbound proxy preloads
+/// `Route: <sip:DOMAIN;lr>`: that Route names the blade (the domain's
+/// proxy) and is removed (RFC 3261 §16.4), not passed on to the callee.
+#[test]
+fn a_preloaded_route_naming_the_domain_is_removed() {
+    let blade = blade(false, 210);
+    let mut a = registered(&blade, "1001", 211);
+    let mut b = registered(&blade, "1002", 212);
+    let outbound = format!("<sip:{DOMAIN};lr>");
+    let (mut call, invite) = ringing(&mut a, &mut b, &format!("Route: {outbound}\r\n"));
+    assert_eq!(
+        invite.routes().count(),
+        0,
+        "the Route naming the domain is gone"
+    );
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    call.learn(&ok);
+    // Some phones put their outbound proxy before the dialog's route set
+    // on in-dialog requests too: both Routes are the blade's.
+    call.routes.insert(0, outbound);
+    a.ack_2xx(&call);
+    let ack = b.request(Method::Ack, &call.call_id);
+    assert_eq!(ack.routes().count(), 0, "both Routes popped from the ACK");
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    assert_eq!(bye.routes().count(), 0, "both Routes popped from the BYE");
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    blade.wait_no_sessions();
 }

@@ -93,13 +93,24 @@ impl Proxy {
     }
 
     /// Loose routing (RFC 3261 §16.4): how many top Routes name this blade
-    /// (ours to remove), and where the next one leads. One pass over the
+    /// (ours to remove: its address, or the domain with no user part), and
+    /// where the next one leads. One pass over the
     /// Route values, each URI read once.
     pub(super) fn route_split(&self, msg: &Message) -> (usize, Option<Peer>) {
         let mut ours = 0;
         for route in msg.routes() {
-            let next = route::uri_peer(&route.uri());
-            if !next.is_some_and(|p| self.is_us_at(p.addr)) {
+            let uri = route.uri();
+            let next = route::uri_peer(&uri);
+            let is_ours = match next {
+                Some(p) => self.is_us_at(p.addr),
+                // A phone whose outbound proxy is set to the domain
+                // preloads `Route: <sip:DOMAIN;lr>`: the domain's proxy is
+                // this blade. Looked at only when the Route names no IP.
+                None => {
+                    uri.user().is_none() && uri.host().eq_ignore_ascii_case(&self.settings.domain)
+                }
+            };
+            if !is_ours {
                 return (ours, next);
             }
             ours += 1;
