@@ -844,3 +844,118 @@ fn a_preloaded_route_naming_the_domain_is_removed() {
     assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
     blade.wait_no_sessions();
 }
+
+/// A phone refreshing its registration reuses the nonce with the next
+/// nonce count (RFC 7616 §3.4): taken without a new challenge; the same
+/// count again is a replay, and a lower one too.
+#[test]
+fn a_nonce_reused_with_the_next_count_is_taken() {
+    use sipblade::registrar::digest::{Credentials, Secret, expected_response};
+    let blade = blade(true, 220);
+    let mut phone = Ua::new_at(blade.sip, "1003", ip(221));
+    let headers = phone.binding_headers(3600);
+    let challenge = phone.register_once(&headers);
+    let d = challenge
+        .www_authenticate()
+        .and_then(|v| v.digest())
+        .expect("a challenge");
+    let nonce = d.nonce.expect("a nonce").trim_matches('"').to_owned();
+    let uri = format!("sip:{DOMAIN}");
+    let line = |nc: &str| {
+        let creds = Credentials {
+            username: "1003",
+            realm: DOMAIN,
+            nonce: &nonce,
+            uri: &uri,
+            response: "",
+            algorithm: Some("MD5"),
+            cnonce: Some("cn"),
+            qop: Some("auth"),
+            nc: Some(nc),
+            opaque: None,
+        };
+        let response = expected_response("REGISTER", &creds, Secret::Password(&password("1003")))
+            .expect("a response");
+        format!(
+            "Authorization: Digest username=\"1003\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", \
+             uri=\"{uri}\", response=\"{response}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc={nc}\r\n"
+        )
+    };
+    for (nc, want) in [
+        ("00000001", 200),
+        ("00000002", 200),
+        ("00000002", 401),
+        ("00000001", 401),
+        ("00000003", 200),
+    ] {
+        let answer = phone.register_once(&format!("{headers}{}", line(nc)));
+        assert_eq!(
+            answer.status(),
+            Some(want),
+            "nc {nc}: {}",
+            first_line(&answer)
+        );
+    }
+}
+
+/// An RFC 2543 caller (a Via without a `z9hG4bK` branch): its
+/// retransmission, CANCEL and ACK still match its INVITE's transaction
+/// (RFC 3261 §17.2.3's fallback).
+#[test]
+fn an_rfc_2543_caller_without_branches() {
+    let blade = blade(false, 230);
+    let mut a = registered(&blade, "1001", 231);
+    let mut b = registered(&blade, "1002", 232);
+    let mut call = a.call("1002");
+    let old_via = format!("Via: SIP/2.0/UDP {}\r\n", a.addr);
+    let text = a.invite_text(&mut call, "");
+    let text = text.replacen(&a.via(&call.branch), &old_via, 1);
+    call.invite = text.clone();
+    a.send(&text);
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 180, "Ringing", CALLEE_TAG);
+    assert_eq!(
+        a.response(&call.call_id, Method::Invite).status(),
+        Some(180)
+    );
+    a.send(&text);
+    let more = b.collect_where(SILENCE, |m| m.method() == Some(Method::Invite));
+    assert!(
+        more.is_empty(),
+        "the retransmission was forwarded: {more:?}"
+    );
+    let cancel = format!(
+        "CANCEL {} SIP/2.0\r\n{old_via}Max-Forwards: 70\r\nFrom: <{}>;tag={}\r\nTo: <{}>\r\n\
+         Call-ID: {}\r\nCSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n",
+        aor("1002"),
+        aor("1001"),
+        call.from_tag,
+        aor("1002"),
+        call.call_id,
+        call.cseq
+    );
+    a.send(cancel);
+    assert_eq!(
+        a.response(&call.call_id, Method::Cancel).status(),
+        Some(200)
+    );
+    let cancel = b.request(Method::Cancel, &call.call_id);
+    b.answer(&cancel, 200, "OK", CALLEE_TAG);
+    b.answer(&invite, 487, "Request Terminated", CALLEE_TAG);
+    let done = a.response(&call.call_id, Method::Invite);
+    assert_eq!(done.status(), Some(487));
+    let to = header(&done, HeaderName::To).expect("a To");
+    a.send(format!(
+        "ACK {} SIP/2.0\r\n{old_via}Max-Forwards: 70\r\nFrom: <{}>;tag={}\r\nTo: {to}\r\n\
+         Call-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+        aor("1002"),
+        aor("1001"),
+        call.from_tag,
+        call.call_id,
+        call.cseq
+    ));
+    // The 487 is not sent again once ACKed (timer G stops).
+    let again = a.recv_raw(Duration::from_millis(1200));
+    assert!(again.is_none(), "the 487 came again: {again:?}");
+    blade.wait_no_sessions();
+}
