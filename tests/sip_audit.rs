@@ -147,11 +147,11 @@ fn register_ordering_and_a_refresh_from_a_new_address() {
     let first = phone.register_text(&phone.binding_headers(3600));
     let second = phone.register_text(&phone.binding_headers(3600));
     phone.send(&second);
-    let ok = phone.response(&second_call_id(&second), Method::Register);
+    let ok = phone.response(&call_id_of(&second), Method::Register);
     assert_eq!(ok.status(), Some(200));
     // The older one (CSeq 1), arriving late with its own branch.
     phone.send(&first);
-    let late = phone.response(&second_call_id(&first), Method::Register);
+    let late = phone.response(&call_id_of(&first), Method::Register);
     assert_eq!(late.status(), Some(500), "{}", first_line(&late));
 
     // The same Call-ID and a higher CSeq from another socket: a phone that
@@ -163,12 +163,13 @@ fn register_ordering_and_a_refresh_from_a_new_address() {
         1,
     );
     moved.send(&third);
-    let ok = moved.response(&second_call_id(&third), Method::Register);
+    let ok = moved.response(&call_id_of(&third), Method::Register);
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
     assert_eq!(blade.agent("1003")["contact"], moved.addr.to_string());
 }
 
-fn second_call_id(text: &str) -> String {
+/// The Call-ID of a request written as text.
+fn call_id_of(text: &str) -> String {
     text.lines()
         .find_map(|l| l.strip_prefix("Call-ID: "))
         .expect("a Call-ID")
@@ -186,10 +187,10 @@ fn a_third_party_register_needs_the_registered_agents_credentials() {
     let third_party = |text: String| text.replacen("From: <sip:1004@", "From: <sip:1001@", 1);
     let text = third_party(phone.register_text(&headers));
     phone.send(&text);
-    let challenge = phone.response(&second_call_id(&text), Method::Register);
+    let challenge = phone.response(&call_id_of(&text), Method::Register);
     assert_eq!(challenge.status(), Some(401));
     // 1001's own credentials for 1004's binding.
-    let mut as_1001 = Ua::new_at(blade.sip, "1001", ip(42));
+    let as_1001 = Ua::new_at(blade.sip, "1001", ip(42));
     let wrong = as_1001.authorization(
         &challenge,
         false,
@@ -199,9 +200,8 @@ fn a_third_party_register_needs_the_registered_agents_credentials() {
     );
     let text = third_party(phone.register_text(&format!("{headers}{wrong}")));
     phone.send(&text);
-    let refused = phone.response(&second_call_id(&text), Method::Register);
+    let refused = phone.response(&call_id_of(&text), Method::Register);
     assert_eq!(refused.status(), Some(403), "{}", first_line(&refused));
-    let _ = &mut as_1001;
     let right = phone.authorization(
         &challenge,
         false,
@@ -211,7 +211,7 @@ fn a_third_party_register_needs_the_registered_agents_credentials() {
     );
     let text = third_party(phone.register_text(&format!("{headers}{right}")));
     phone.send(&text);
-    let ok = phone.response(&second_call_id(&text), Method::Register);
+    let ok = phone.response(&call_id_of(&text), Method::Register);
     assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
     assert_eq!(blade.agent_state("1004"), "ready");
 }
