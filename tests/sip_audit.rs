@@ -959,3 +959,91 @@ fn an_rfc_2543_caller_without_branches() {
     assert!(again.is_none(), "the 487 came again: {again:?}");
     blade.wait_no_sessions();
 }
+
+/// A Contact as phones write it with RFC 5626 / RFC 3840 parameters: a
+/// quoted display name with a comma, `+sip.instance` quoting angle
+/// brackets, a `methods` list quoting commas. One contact, bound as such;
+/// the agent is then reached at it.
+#[test]
+fn a_contact_with_quoted_commas_and_brackets_is_one_contact() {
+    let blade = blade(false, 240);
+    let mut a = registered(&blade, "1001", 241);
+    let mut b = Ua::new_at(blade.sip, "1002", ip(242));
+    let contact = format!(
+        "Contact: \"Desk, 2nd floor\" <{}>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>\";\
+         reg-id=1;methods=\"INVITE,ACK,BYE,CANCEL,MESSAGE\";expires=600\r\nSupported: outbound, path\r\n",
+        b.contact_uri()
+    );
+    let ok = b.register_once(&contact);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    assert_eq!(ok.contacts().count(), 1);
+    assert_eq!(listed_expiry(&ok), Some(600));
+    assert_eq!(blade.agent("1002")["contact"], b.addr.to_string());
+    let (call, invite) = ringing(&mut a, &mut b, "");
+    assert_eq!(invite.request_uri().unwrap().as_str(), b.contact_uri());
+    b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
+    let busy = a.response(&call.call_id, Method::Invite);
+    a.ack_failure(&call, &busy);
+    blade.wait_no_sessions();
+}
+
+/// Compact header names (RFC 3261 §7.3.3), as some phones send them:
+/// `v`, `f`, `t`, `i`, `m`, `c`, `l`. The call goes through, the body
+/// intact, and the answers come back.
+#[test]
+fn a_call_in_compact_headers() {
+    let blade = blade(false, 245);
+    let mut a = registered(&blade, "1001", 246);
+    let mut b = registered(&blade, "1002", 247);
+    let mut call = a.call("1002");
+    let text = a
+        .invite_text(&mut call, "")
+        .replace("Via: ", "v: ")
+        .replace("From: ", "f: ")
+        .replace("To: ", "t: ")
+        .replace("Call-ID: ", "i: ")
+        .replace("Contact: ", "m: ")
+        .replace("Content-Type: ", "c: ")
+        .replace("Content-Length: ", "l: ");
+    call.invite = text.clone();
+    a.send(&text);
+    let invite = b.request(Method::Invite, &call.call_id);
+    assert_eq!(
+        invite.body(),
+        text.split_once("\r\n\r\n").unwrap().1.as_bytes()
+    );
+    assert_eq!(invite.vias().count(), 2);
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    a.ack_2xx(&call);
+    b.request(Method::Ack, &call.call_id);
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    blade.wait_no_sessions();
+}
+
+/// Credentials folded over several lines (RFC 3261 §7.3.1 line folding,
+/// which older phones use for their long Authorization) are read as one.
+#[test]
+fn folded_credentials_are_taken() {
+    let blade = blade(true, 248);
+    let mut phone = Ua::new_at(blade.sip, "1004", ip(249));
+    let headers = phone.binding_headers(3600);
+    let challenge = phone.register_once(&headers);
+    assert_eq!(challenge.status(), Some(401));
+    let line = phone.authorization(
+        &challenge,
+        false,
+        "REGISTER",
+        &format!("sip:{DOMAIN}"),
+        &password("1004"),
+    );
+    let folded = line.replace(", ", ",\r\n   ");
+    assert!(folded.matches("\r\n").count() > 3, "{folded}");
+    let ok = phone.register_once(&format!("{headers}{folded}"));
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+}
