@@ -34,6 +34,50 @@ impl Proxy {
         })
     }
 
+    /// A strict router's request made loose (RFC 3261 §16.4): a router
+    /// of RFC 2543's kind before this blade put the blade's Record-Route
+    /// URI (no user, this blade's address) in the Request-URI and the real
+    /// target last in Route. The blade puts that last Route back into the
+    /// Request-URI, as the RFC requires; forwarded as it came, the request
+    /// would reach the next hop addressed to the blade. `None` for any
+    /// other request (a Request-URI with a user part, the common case, is
+    /// ruled out first). Rare, so the rewrite copies the message.
+    pub(super) fn strict_route_fixup(&self, msg: &Message) -> Option<Message> {
+        let uri = msg.request_uri()?;
+        if uri.user().is_some()
+            || !route::uri_peer(&uri)
+                .is_some_and(|p| self.is_us_at(p.addr) || self.is_core_port_at(p.addr))
+        {
+            return None;
+        }
+        let routes: Vec<_> = msg.routes().collect();
+        let (last, kept) = routes.split_last()?;
+        let src = msg.as_bytes();
+        let mut text = Vec::with_capacity(src.len());
+        text.extend_from_slice(msg.method_str()?.as_bytes());
+        text.push(b' ');
+        text.extend_from_slice(last.uri().as_str().as_bytes());
+        text.extend_from_slice(b" SIP/2.0\r\n");
+        let mut routes_written = false;
+        for h in msg.header_fields() {
+            if h.name != crate::sip::HeaderName::Route {
+                text.extend_from_slice(h.line().of(src));
+            } else if !routes_written && !kept.is_empty() {
+                routes_written = true;
+                text.extend_from_slice(b"Route: ");
+                for (i, r) in kept.iter().enumerate() {
+                    if i > 0 {
+                        text.extend_from_slice(b", ");
+                    }
+                    text.extend_from_slice(r.as_bytes());
+                }
+                text.extend_from_slice(b"\r\n");
+            }
+        }
+        text.extend_from_slice(&src[msg.headers_end() - 2..msg.body_span().end as usize]);
+        Message::parse(bytes::Bytes::from(text)).ok()
+    }
+
     /// The sent-by of a Via for a request that goes over `transport`.
     pub(super) fn sent_by(&self, transport: crate::sip::Transport) -> &str {
         match transport {
@@ -49,13 +93,24 @@ impl Proxy {
     }
 
     /// Loose routing (RFC 3261 §16.4): how many top Routes name this blade
-    /// (ours to remove), and where the next one leads. One pass over the
+    /// (ours to remove: its address, or the domain with no user part), and
+    /// where the next one leads. One pass over the
     /// Route values, each URI read once.
     pub(super) fn route_split(&self, msg: &Message) -> (usize, Option<Peer>) {
         let mut ours = 0;
         for route in msg.routes() {
-            let next = route::uri_peer(&route.uri());
-            if !next.is_some_and(|p| self.is_us_at(p.addr)) {
+            let uri = route.uri();
+            let next = route::uri_peer(&uri);
+            let is_ours = match next {
+                Some(p) => self.is_us_at(p.addr),
+                // A phone whose outbound proxy is set to the domain
+                // preloads `Route: <sip:DOMAIN;lr>`: the domain's proxy is
+                // this blade. Looked at only when the Route names no IP.
+                None => {
+                    uri.user().is_none() && uri.host().eq_ignore_ascii_case(&self.settings.domain)
+                }
+            };
+            if !is_ours {
                 return (ours, next);
             }
             ours += 1;

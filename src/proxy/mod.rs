@@ -602,6 +602,9 @@ impl Proxy {
     }
 
     fn handle_request(&mut self, now: Duration, source: Peer, mut msg: Message, out: &mut Output) {
+        if let Some(loose) = self.strict_route_fixup(&msg) {
+            msg = loose;
+        }
         // What we forward or answer tells the sender where we saw it.
         msg.stamp_top_via(source.addr);
         let method = msg.method().unwrap_or(Method::Other);
