@@ -146,7 +146,14 @@ fn usage_error_line(err: &clap::Error) -> String {
         .collect();
     let first = first.join(" ");
     let first = first.strip_prefix("error: ").unwrap_or(&first);
-    format!("{first} ({help})")
+    // clap's tips (the flag meant, `--` before a value that looks like a
+    // flag) are what a user needs most: kept, on the same line.
+    let tips: String = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .map(|tip| format!("; {tip}"))
+        .collect();
+    format!("{first}{tips} ({help})")
 }
 
 /// `sipblade` and the subcommands that lead `args`, as in `sipblade load
