@@ -199,3 +199,55 @@ fn certs_into_a_file_says_it_is_not_a_directory() {
     assert!(stderr.contains("not a directory"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+/// In a cluster, the QUIC `listen` port must be fixed: the peers are
+/// configured with it, so a port of the kernel's choosing (0) could never
+/// be reached. Refused with file, line and exit 1, as any bad config
+/// (SPEC §4).
+#[test]
+fn a_cluster_blade_on_port_0_is_refused_at_its_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = |sip: &str, listen: &str| {
+        format!(
+            "[blade]\nid = \"b1\"\ndomain = \"cc.example\"\nsip = \"{sip}\"\n\
+             admin = \"127.0.21.1:0\"\n\n[cluster]\nlisten = \"{listen}\"\nca = \"ca.pem\"\n\
+             cert = \"b1.pem\"\nkey = \"b1.key\"\n\n[[cluster.peer]]\nid = \"b2\"\n\
+             quic = \"127.0.21.2:7060\"\nsip = \"127.0.21.2:5060\"\n\n\
+             [agents]\nfile = \"agents.toml\"\n"
+        )
+    };
+    for (name, text, line, key) in [(
+        "listen0.toml",
+        config("127.0.21.1:5060", "127.0.21.1:0"),
+        8,
+        "listen",
+    )] {
+        let path = write(dir.path(), name, text.as_bytes());
+        let out = sipblade(&["check", "--config", path.to_str().expect("UTF-8")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&format!("{name}:{line}:")), "{stderr}");
+        assert!(stderr.contains(key) && stderr.contains("port"), "{stderr}");
+    }
+}
+
+/// `help` is a command too: `sipblade help --help` is not a usage error.
+#[test]
+fn help_of_help_exits_0() {
+    for args in [
+        &["help", "--help"][..],
+        &["help", "-h"],
+        &["help", "run", "--help"],
+    ] {
+        let out = sipblade(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
+    }
+}
