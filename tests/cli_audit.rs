@@ -205,31 +205,23 @@ fn certs_into_a_file_says_it_is_not_a_directory() {
 /// be reached. Refused with file, line and exit 1, as any bad config
 /// (SPEC §4).
 #[test]
-fn a_cluster_blade_on_port_0_is_refused_at_its_line() {
+fn a_cluster_listen_on_port_0_is_refused_at_its_line() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = |sip: &str, listen: &str| {
-        format!(
-            "[blade]\nid = \"b1\"\ndomain = \"cc.example\"\nsip = \"{sip}\"\n\
-             admin = \"127.0.21.1:0\"\n\n[cluster]\nlisten = \"{listen}\"\nca = \"ca.pem\"\n\
-             cert = \"b1.pem\"\nkey = \"b1.key\"\n\n[[cluster.peer]]\nid = \"b2\"\n\
-             quic = \"127.0.21.2:7060\"\nsip = \"127.0.21.2:5060\"\n\n\
-             [agents]\nfile = \"agents.toml\"\n"
-        )
-    };
-    for (name, text, line, key) in [(
-        "listen0.toml",
-        config("127.0.21.1:5060", "127.0.21.1:0"),
-        8,
-        "listen",
-    )] {
-        let path = write(dir.path(), name, text.as_bytes());
-        let out = sipblade(&["check", "--config", path.to_str().expect("UTF-8")]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(&format!("{name}:{line}:")), "{stderr}");
-        assert!(stderr.contains(key) && stderr.contains("port"), "{stderr}");
-    }
+    let text = "[blade]\nid = \"b1\"\ndomain = \"cc.example\"\nsip = \"127.0.21.1:5060\"\n\
+                admin = \"127.0.21.1:0\"\n\n[cluster]\nlisten = \"127.0.21.1:0\"\nca = \"ca.pem\"\n\
+                cert = \"b1.pem\"\nkey = \"b1.key\"\n\n[[cluster.peer]]\nid = \"b2\"\n\
+                quic = \"127.0.21.2:7060\"\nsip = \"127.0.21.2:5060\"\n\n\
+                [agents]\nfile = \"agents.toml\"\n";
+    let path = write(dir.path(), "listen0.toml", text.as_bytes());
+    let out = sipblade(&["check", "--config", path.to_str().expect("UTF-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("listen0.toml:8:"), "{stderr}");
+    assert!(
+        stderr.contains("listen") && stderr.contains("port 0"),
+        "{stderr}"
+    );
 }
 
 /// `help` is a command too: `sipblade help --help` is not a usage error.
@@ -250,4 +242,38 @@ fn help_of_help_exits_0() {
         );
         assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
     }
+}
+
+/// An input without end (`/dev/zero`, a stream on stdin) is not read
+/// without bound: past the documented cap (64 MiB, far above the 64 KiB a
+/// blade takes) it is refused as invalid, on its one line, at once.
+#[test]
+fn an_endless_input_is_refused_not_read_for_ever() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sipblade"))
+        .args(["parse", "/dev/zero"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipblade runs");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`sipblade parse /dev/zero` still reading after 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("its output");
+    assert_eq!(out.status.code(), Some(1));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["ok"], false);
+    assert_eq!(lines[0]["offset"], 64 * 1024 * 1024);
+    assert!(
+        lines[0]["error"].as_str().unwrap_or("").contains("64 MiB"),
+        "{}",
+        lines[0]
+    );
 }
