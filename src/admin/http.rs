@@ -20,6 +20,10 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; past that a new one is closed unanswered.
 pub const MAX_CONNECTIONS: usize = 32;
 
+/// How long, after the answer, what a client still sends is read and
+/// dropped before the connection closes (see [`linger`]).
+const LINGER: Duration = Duration::from_millis(500);
+
 /// The largest request head read: a request line and a few headers.
 const MAX_HEAD: usize = 8 * 1024;
 
@@ -237,13 +241,18 @@ fn serve_connection(mut stream: TcpStream, handler: &Handler) {
 /// Closes after the answer without losing it: closing a socket with
 /// unread bytes (a body, more pipelined requests) sends a reset that can
 /// overtake the answer, so what the client still sends is read and
-/// dropped, briefly, until it closes its side.
+/// dropped, until it closes its side, for [`LINGER`] at most all told: a
+/// client that keeps trickling bytes is cut off then, not when it stops.
 fn linger(mut stream: TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let deadline = Instant::now() + LINGER;
     let mut sink = [0u8; 4096];
     let mut left: usize = 64 * 1024;
     while left > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+            break;
+        }
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n),

@@ -73,7 +73,7 @@ enum Command {
 
 /// Runs the command line and returns the process exit status.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(help_flags_of_help_dropped(std::env::args_os())) {
         Ok(cli) => cli,
         // --help and --version: clap prints them to stdout.
         Err(err) if !err.use_stderr() => {
@@ -92,6 +92,24 @@ pub fn main() -> ExitCode {
         Command::Parse { files } => parse::run(&files),
         Command::Certs { dir, blades } => certs::run(&dir, &blades),
         Command::Load { command } => load::run(command),
+    }
+}
+
+/// `help` is a command too, so `sipblade help [COMMAND] --help` should
+/// work; clap's built-in `help` takes no flags, so `--help` and `-h` after
+/// it are dropped: `help --help` prints the top-level help.
+fn help_flags_of_help_dropped(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let args: Vec<_> = args.into_iter().collect();
+    if args.get(1).is_some_and(|a| a == "help") {
+        args.into_iter()
+            .enumerate()
+            .filter(|(i, a)| *i < 2 || (a != "--help" && a != "-h"))
+            .map(|(_, a)| a)
+            .collect()
+    } else {
+        args
     }
 }
 
@@ -146,7 +164,14 @@ fn usage_error_line(err: &clap::Error) -> String {
         .collect();
     let first = first.join(" ");
     let first = first.strip_prefix("error: ").unwrap_or(&first);
-    format!("{first} ({help})")
+    // clap's tips (the flag meant, `--` before a value that looks like a
+    // flag) are what a user needs most: kept, on the same line.
+    let tips: String = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .map(|tip| format!("; {tip}"))
+        .collect();
+    format!("{first}{tips} ({help})")
 }
 
 /// `sipblade` and the subcommands that lead `args`, as in `sipblade load

@@ -14,15 +14,24 @@ use crate::sip::Message;
 /// The name printed for standard input.
 const STDIN_NAME: &str = "-";
 
+/// The most of one input read (64 MiB, far above the 64 KiB a blade
+/// takes): a larger one, or one without end (`/dev/zero`, a stream), is
+/// refused as invalid rather than read into memory without bound.
+const MAX_INPUT: u64 = 64 * 1024 * 1024;
+
+/// All of `input`, or [`MAX_INPUT`] + 1 bytes of it if it is longer.
+fn read_capped(input: impl Read) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    input.take(MAX_INPUT + 1).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
     let mut invalid = false;
     let mut io_error = false;
     // No file, or a file named "-", reads standard input to its end; a
     // second "-" finds it empty, as `cat - -` does.
-    let read_stdin = || {
-        let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).map(|_| buf)
-    };
+    let read_stdin = || read_capped(std::io::stdin().lock());
     let inputs: Vec<(String, std::io::Result<Vec<u8>>)> = if files.is_empty() {
         vec![(STDIN_NAME.to_string(), read_stdin())]
     } else {
@@ -30,7 +39,10 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
             .iter()
             .map(|f| match f.to_str() {
                 Some(STDIN_NAME) => (STDIN_NAME.to_string(), read_stdin()),
-                _ => (f.display().to_string(), std::fs::read(f)),
+                _ => (
+                    f.display().to_string(),
+                    std::fs::File::open(f).and_then(read_capped),
+                ),
             })
             .collect()
     };
@@ -62,6 +74,15 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
 
 /// The JSON report of one message and whether it parsed.
 pub(crate) fn report(name: &str, bytes: Bytes) -> (Value, bool) {
+    if bytes.len() as u64 > MAX_INPUT {
+        let line = json!({
+            "file": name,
+            "ok": false,
+            "error": format!("larger than {} MiB, not read past it", MAX_INPUT >> 20),
+            "offset": MAX_INPUT,
+        });
+        return (line, false);
+    }
     match Message::parse(bytes) {
         Ok(msg) => {
             let request = msg.is_request();

@@ -321,9 +321,21 @@ fn create_dir(dir: &Path) -> Result<(), CertError> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|source| CertError::Io {
-        path: dir.to_owned(),
-        source,
+    builder.create(dir).map_err(|source| {
+        // A file in the way reads "File exists", which misleads: say
+        // what is wrong with it.
+        let source = if source.kind() == std::io::ErrorKind::AlreadyExists && !dir.is_dir() {
+            std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "exists and is not a directory",
+            )
+        } else {
+            source
+        };
+        CertError::Io {
+            path: dir.to_owned(),
+            source,
+        }
     })
 }
 

@@ -242,6 +242,7 @@ fn parse(src: &Source<'_>, base: &Path) -> Result<(Config, FileLines), ConfigErr
         Some(cluster) => Some(check_cluster(src, cluster, &blade, base)?),
         None => None,
     };
+
     let agents = AgentsConfig {
         file: path(src, "file", &raw.agents.file, base)?,
         auth: raw.agents.auth.unwrap_or(true),
@@ -422,6 +423,12 @@ fn check_cluster(
     base: &Path,
 ) -> Result<ClusterConfig, ConfigError> {
     let listen = address(src, "listen", &raw.listen)?;
+    if listen.port() == 0 {
+        return Err(src.at(
+            raw.listen.span(),
+            "listen needs a fixed port (the peers are configured with it), not port 0",
+        ));
+    }
     // QUIC and SIP both use UDP: one socket address cannot serve both.
     if listen == blade.sip && listen.port() != 0 {
         return Err(src.at(raw.listen.span(), "listen must not be the sip address"));
