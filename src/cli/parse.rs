@@ -2,7 +2,7 @@
 //! message and print one JSON object per line (SPEC §3).
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bytes::Bytes;
@@ -30,23 +30,24 @@ pub(crate) fn run(files: &[PathBuf]) -> ExitCode {
     let mut invalid = false;
     let mut io_error = false;
     // No file, or a file named "-", reads standard input to its end; a
-    // second "-" finds it empty, as `cat - -` does.
-    let read_stdin = || read_capped(std::io::stdin().lock());
-    let inputs: Vec<(String, std::io::Result<Vec<u8>>)> = if files.is_empty() {
-        vec![(STDIN_NAME.to_string(), read_stdin())]
+    // second "-" finds it empty, as `cat - -` does. One input is read at a
+    // time, its line printed before the next is read.
+    let inputs: Vec<Option<&Path>> = if files.is_empty() {
+        vec![None]
     } else {
         files
             .iter()
-            .map(|f| match f.to_str() {
-                Some(STDIN_NAME) => (STDIN_NAME.to_string(), read_stdin()),
-                _ => (
-                    f.display().to_string(),
-                    std::fs::File::open(f).and_then(read_capped),
-                ),
-            })
+            .map(|f| (f.to_str() != Some(STDIN_NAME)).then_some(f.as_path()))
             .collect()
     };
-    for (name, read) in inputs {
+    for input in inputs {
+        let (name, read) = match input {
+            None => (STDIN_NAME.to_string(), read_capped(std::io::stdin().lock())),
+            Some(f) => (
+                f.display().to_string(),
+                std::fs::File::open(f).and_then(read_capped),
+            ),
+        };
         let line = match read {
             Ok(bytes) => {
                 let (line, ok) = report(&name, Bytes::from(bytes));

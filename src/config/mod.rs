@@ -242,7 +242,6 @@ fn parse(src: &Source<'_>, base: &Path) -> Result<(Config, FileLines), ConfigErr
         Some(cluster) => Some(check_cluster(src, cluster, &blade, base)?),
         None => None,
     };
-
     let agents = AgentsConfig {
         file: path(src, "file", &raw.agents.file, base)?,
         auth: raw.agents.auth.unwrap_or(true),
@@ -430,7 +429,7 @@ fn check_cluster(
         ));
     }
     // QUIC and SIP both use UDP: one socket address cannot serve both.
-    if listen == blade.sip && listen.port() != 0 {
+    if listen == blade.sip {
         return Err(src.at(raw.listen.span(), "listen must not be the sip address"));
     }
     let lease_secs = seconds(

@@ -41,10 +41,12 @@ impl Proxy {
     /// Request-URI, as the RFC requires; forwarded as it came, the request
     /// would reach the next hop addressed to the blade. `None` for any
     /// other request (a Request-URI with a user part, the common case, is
-    /// ruled out first). Rare, so the rewrite copies the message.
+    /// ruled out first; then one without the `lr` every Record-Route of
+    /// ours carries). Rare, so the rewrite copies the message.
     pub(super) fn strict_route_fixup(&self, msg: &Message) -> Option<Message> {
         let uri = msg.request_uri()?;
         if uri.user().is_some()
+            || uri.param("lr").is_none()
             || !route::uri_peer(&uri)
                 .is_some_and(|p| self.is_us_at(p.addr) || self.is_core_port_at(p.addr))
         {
