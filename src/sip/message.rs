@@ -799,3 +799,21 @@ impl std::fmt::Debug for Message {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Message::parse` returns the message by value, so every parse
+    /// copies it at least once (and its headers once more, into it): a
+    /// bigger one costs every parse a longer copy. Session 20 measured
+    /// these sizes and found no smaller layout that paid for itself
+    /// (BENCHMARKS.md, Parsing); keep them from growing unnoticed.
+    #[test]
+    fn message_does_not_grow() {
+        let (message, header) = (size_of::<Message>(), size_of::<Header>());
+        assert!(header <= 24, "Header grew to {header} bytes");
+        assert!(message <= 1024, "Message grew to {message} bytes");
+        assert_eq!(size_of::<Result<Message, ParseError>>(), message);
+    }
+}
