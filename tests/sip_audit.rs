@@ -281,6 +281,20 @@ fn ringing(a: &mut Ua, b: &mut Ua, extra: &str) -> (Call, Message) {
     (call, invite)
 }
 
+/// The callee answers `invite` 200; the caller ACKs it and hangs up.
+fn answer_and_hang_up(a: &mut Ua, b: &mut Ua, call: &mut Call, invite: &Message) {
+    b.answer(invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    call.learn(&ok);
+    a.ack_2xx(call);
+    b.request(Method::Ack, &call.call_id);
+    a.bye(call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+}
+
 /// A final non-2xx answer is ACKed by the blade hop by hop (RFC 3261
 /// §17.1.1.3, §16.7 step 7): the callee gets the blade's ACK, never the
 /// caller's; and a caller INVITE retransmitted after the answer gets the
@@ -488,16 +502,7 @@ fn a_reliable_provisional_and_its_prack_pass_end_to_end() {
     let ok = a.response(&call.call_id, Method::Prack);
     assert_eq!(ok.status(), Some(200));
 
-    b.answer(&invite, 200, "OK", CALLEE_TAG);
-    let ok = a.response(&call.call_id, Method::Invite);
-    assert_eq!(ok.status(), Some(200));
-    call.learn(&ok);
-    a.ack_2xx(&call);
-    b.request(Method::Ack, &call.call_id);
-    a.bye(&mut call);
-    let bye = b.request(Method::Bye, &call.call_id);
-    b.answer(&bye, 200, "OK", CALLEE_TAG);
-    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    answer_and_hang_up(&mut a, &mut b, &mut call, &invite);
     blade.wait_no_sessions();
 }
 
@@ -1013,16 +1018,7 @@ fn a_call_in_compact_headers() {
         text.split_once("\r\n\r\n").unwrap().1.as_bytes()
     );
     assert_eq!(invite.vias().count(), 2);
-    b.answer(&invite, 200, "OK", CALLEE_TAG);
-    let ok = a.response(&call.call_id, Method::Invite);
-    assert_eq!(ok.status(), Some(200));
-    call.learn(&ok);
-    a.ack_2xx(&call);
-    b.request(Method::Ack, &call.call_id);
-    a.bye(&mut call);
-    let bye = b.request(Method::Bye, &call.call_id);
-    b.answer(&bye, 200, "OK", CALLEE_TAG);
-    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    answer_and_hang_up(&mut a, &mut b, &mut call, &invite);
     blade.wait_no_sessions();
 }
 
