@@ -12,13 +12,17 @@
 //!   to the CANCEL, 487 to the INVITE), the phone's own 603 and 486;
 //! - `auth = true`: 407 then a call that connects, 407 then 403 for a
 //!   caller not logged in or with a wrong password, 407 then 404, and a
-//!   REGISTER with a wrong password 401 then 403 (SPEC §5);
+//!   REGISTER with a wrong password 401 then 403 (SPEC §5); a CANCEL
+//!   without credentials answered 200, not challenged;
 //! - two blades: each refusal cross-blade, back through the caller's
 //!   blade S: 404, 480 (never registered, and logged out on T), 486 with
 //!   the callee hosted by S (the second call placed on S, or on T which
 //!   hands it to S) or in a local call on T, CANCEL on the 180 and on the
 //!   100 (racing the hosting), the phone's 603 and 486; after each, T shows
-//!   the callee `ready`, not `hosted`.
+//!   the callee `ready`, not `hosted`;
+//! - two blades with `auth = true`: 407 first, then 404, 480, the phone's
+//!   603, CANCEL on the 180 (the CANCEL not challenged), and 403 to an
+//!   agent that calls through a blade it is not logged in on.
 //!
 //! Each run ends with /status showing no session, every registered agent
 //! ready and, across blades, each peer up. The scripts run one at a time
@@ -113,9 +117,17 @@ fn refusals_across_two_blades_through_sipp() {
     run_refusals(&[("SIPP_REFUSALS", "cross")]);
 }
 
-/// The same on one blade and across two, with every sipp on TCP: the
-/// blades reach the phones by connecting to their Contact.
+/// Two blades, `auth = true`: the caller's blade challenges first, then
+/// the refusals come back as without auth; a CANCEL is not challenged.
 #[test]
-fn refusals_through_sipp_over_tcp() {
-    run_refusals(&[("SIPP_REFUSALS", "one,cross"), ("SIPP_TRANSPORT", "t1")]);
+fn refusals_across_two_blades_with_digest_authentication_through_sipp() {
+    run_refusals(&[("SIPP_REFUSALS", "crossauth")]);
+}
+
+/// The cross-blade refusals with every sipp on TCP: T reaches the phones
+/// by connecting to their Contact, and the refusals come back to the
+/// callers over their own connections.
+#[test]
+fn refusals_across_two_blades_through_sipp_over_tcp() {
+    run_refusals(&[("SIPP_REFUSALS", "cross"), ("SIPP_TRANSPORT", "t1")]);
 }

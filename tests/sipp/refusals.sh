@@ -8,7 +8,8 @@
 # Without an argument, $SIPBLADE_BIN or target/{release,debug}/sipblade.
 # SIPP_REFUSALS picks the parts, separated by commas, run in that order:
 # one (one blade, auth = false), auth (one blade, auth = true), cross (two
-# blades over QUIC, auth = false); all (the default) is one,auth,cross. SIPP_KEEP=1 keeps the work
+# blades over QUIC, auth = false), crossauth (two blades, auth = true);
+# all (the default) is one,auth,cross,crossauth. SIPP_KEEP=1 keeps the work
 # directory with every sipp's messages (NAME.msg) and the blades' logs.
 # SIPP_TRANSPORT=t1 runs every sipp over TCP (one connection each; the
 # blades reach the phones by connecting to their Contact, and each other
@@ -31,6 +32,7 @@
 # auth: the blade on 127.0.24.2 with auth = true.
 #   OPTIONS sip:IP:PORT                               200 (no challenge)
 #   2011 -> 2012 (uac_auth.xml)                       407, then 180 200
+#   2011 -> 2012, CANCEL (no credentials) on the 180  407, 180, 200, 487
 #   2013 (provisioned, not logged in) -> 2012         407, then 403
 #   2011 with a wrong password -> 2012                407, then 403
 #   2011 -> 9999                                      407, then 404
@@ -47,9 +49,19 @@
 #   2021 -> 2022 on T answered and held (S hosts 2022):
 #     2023 on S -> 2022                               486
 #     2026 on T -> 2022 (T hands it to S, SPEC §2.6)  486
+#     2026 on T -> 2021 (the caller, on S)            486
+#     (S's /status lists the session, 2022 hosted; T shows 2022 hosted
+#     by blade-1)
 #   2026 -> 2022, both on T, answered and held:
 #     2021 on S -> 2022 (T refuses the hosting)       486
 #   After each cross-blade call T shows the callee ready, not hosted.
+# crossauth: the same two blades with auth = true; every INVITE to S is
+# challenged 407 first, then sent with sipp's digest (refusal_uac_auth.xml):
+#   2021 -> 9999                                      404
+#   2021 -> 2029                                      480
+#   2021 -> 2025 on T, the phone declines             603
+#   2021 -> 2024 on T, CANCEL on the 180              200 to the CANCEL, 487
+#   2021 (logged in on S) -> 2022, sent to T          403 (not logged in there)
 #
 # Every sipp runs one call (-m 1), under its own -timeout and a `timeout`,
 # with -timeout_error, and its scenario expects the exact statuses, none
@@ -68,10 +80,10 @@ prog="sipp refusals"
 B1_IP=127.0.24.3
 B2_IP=127.0.24.4
 
-part="${SIPP_REFUSALS:-one,auth,cross}"
-[ "$part" != all ] || part=one,auth,cross
-[[ "$part" =~ ^(one|auth|cross)(,(one|auth|cross))*$ ]] ||
-    fail "SIPP_REFUSALS must be all, or parts (one, auth, cross) separated by commas"
+part="${SIPP_REFUSALS:-all}"
+[ "$part" != all ] || part=one,auth,cross,crossauth
+[[ "$part" =~ ^(one|auth|cross|crossauth)(,(one|auth|cross|crossauth))*$ ]] ||
+    fail "SIPP_REFUSALS must be all, or parts (one, auth, cross, crossauth) separated by commas"
 # lib.sh read SIPP_TRANSPORT (common.sh's sipp_variant): u1 or t1 here.
 [ "$transport" != tn ] || fail "SIPP_TRANSPORT must be u1 (UDP) or t1 (TCP, one connection per sipp)"
 hold_ms=3000 # how long a held call keeps its callee busy
@@ -140,11 +152,21 @@ TOML
     fail "$name did not answer /status within 10 s"
 }
 
-# Stops a blade started here (its pid stays in pids: killing it twice is
-# harmless).
+# Drops a reaped pid from pids, so that the EXIT trap never kills a
+# process that reuses it.
+forget_pid() {
+    local p kept=()
+    for p in "${pids[@]}"; do
+        [ "$p" = "$1" ] || kept+=("$p")
+    done
+    pids=("${kept[@]}")
+}
+
+# Stops a blade started here.
 blade_stop() {
     kill "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
+    forget_pid "$1"
 }
 
 # The log names of the blades of the running part, for show_logs.
@@ -192,6 +214,7 @@ sipp_bg() {
 sipp_wait() {
     local rc=0
     wait "$1" || rc=$?
+    forget_pid "$1"
     if [ "$rc" != 0 ]; then
         show_logs "$2.msg" "$2.err" "${blade_logs[@]}"
         fail "$2: sipp exit $rc"
@@ -338,6 +361,7 @@ cancelled_early() {
     if kill -0 "$uas" 2>/dev/null && ! grep -q '^INVITE ' "$work/${name}_uas.msg" 2>/dev/null; then
         kill "$uas" 2>/dev/null || true
         wait "$uas" 2>/dev/null || true
+        forget_pid "$uas"
         echo "$prog: $name: $caller -> $callee, CANCEL after 100: 200, 487 (the phone did not ring)"
     else
         sipp_wait "$uas" "${name}_uas"
@@ -403,6 +427,16 @@ part_auth() {
     sipp_wait "$uas" auth_call_uas
     echo "$prog: auth_call: 2011 -> 2012: 407, then 200"
 
+    # CANCEL carries no credentials and is not challenged (RFC 3261 §22.1).
+    addr 2012
+    sipp_bg auth_cancel_uas "$b" "$ip" "$port" -sf "$here/refusal_uas_cancel.xml"
+    uas=$bg_pid
+    addr 2011
+    sipp_one auth_cancel "$b" -sf "$here/refusal_uac_auth_cancel.xml" \
+        -key caller 2011 -key callee 2012 -au 2011 -ap sipp-2011 -i "$ip" -p "$port" -mi "$ip"
+    sipp_wait "$uas" auth_cancel_uas
+    echo "$prog: auth_cancel: 2011 -> 2012: 407, then 180; CANCEL: 200, 487"
+
     addr "2013"
     sipp_one auth_logged_out "$b" -sf "$(scenario refusal_uac_auth 403)" \
         -key caller 2013 -key callee 2012 -au 2013 -ap sipp-2013 -i "$ip" -p "$port" -mi "$ip"
@@ -432,6 +466,7 @@ part_auth() {
 part_cross() {
     echo "$prog: two blades, auth = false"
     auth_setting=false
+    rm -rf "$work/certs" # sipblade certs does not overwrite a cluster's
     cluster_start "$agents"
     blade_logs=(blade-1.log blade-2.log)
     local s="$B1_SIP" t="$B2_SIP" ip port
@@ -466,8 +501,13 @@ part_cross() {
     # placed on S or on T (which hands it to S).
     held cross_hold 2021 2022 "$s" "$t" cross_hold_uas
     wait_state "$B2_ADMIN" 2022 hosted '"blade-1"'
+    grep -q '"sessions":\[{[^{}]*"agents":\["2021","2022"\],"hosted":\["2022"\]' \
+        <<<"$(status_json "$B1_ADMIN")" ||
+        fail "blade-1 /status does not show the session of 2021 and 2022, 2022 hosted"
     refused cross_busy_on_s 486 2023 2022 "$s"
     refused cross_busy_on_t 486 2026 2022 "$t"
+    # The caller is in the call too: T asks S to host 2021, S refuses.
+    refused cross_caller_busy 486 2026 2021 "$t"
     sipp_wait "$hold_pid" cross_hold
     sipp_wait "$uas_pid" cross_hold_uas
     settled "$B2_ADMIN" blade-1 2022 2024 2025 2026
@@ -481,6 +521,58 @@ part_cross() {
 
     settled "$B1_ADMIN" blade-2 2021 2023
     settled "$B2_ADMIN" blade-1 2022 2024 2025 2026
+    blade_stop "$b1_pid"
+    blade_stop "$b2_pid"
+}
+
+# auth_refused NAME STATUS CALLER CALLEE BLADE_SIP: as refused, the INVITE
+# challenged 407 first and sent again with CALLER's digest.
+auth_refused() {
+    local name="$1" status="$2" caller="$3" callee="$4" blade="$5" ip port
+    addr "$caller"
+    sipp_one "$name" "$blade" -sf "$(scenario refusal_uac_auth "$status")" \
+        -key caller "$caller" -key callee "$callee" -au "$caller" -ap "sipp-$caller" \
+        -i "$ip" -p "$port" -mi "$ip"
+    echo "$prog: $name: $caller -> $callee: 407, then $status"
+}
+
+part_crossauth() {
+    echo "$prog: two blades, auth = true"
+    auth_setting=true
+    rm -rf "$work/certs" # sipblade certs does not overwrite a cluster's
+    cluster_start "$agents"
+    blade_logs=(blade-1.log blade-2.log)
+    local s="$B1_SIP" t="$B2_SIP" ip port uas
+    register_agent 2021 "$s" auth
+    for ext in 2022 2024 2025; do register_agent "$ext" "$t" auth; done
+
+    auth_refused crossauth_unknown 404 2021 9999 "$s"
+    auth_refused crossauth_not_registered 480 2021 2029 "$s"
+    addr 2025
+    sipp_bg crossauth_decline_uas "$t" "$ip" "$port" \
+        -sf "$(scenario refusal_uas_decline 603 Decline)"
+    uas=$bg_pid
+    auth_refused crossauth_decline 603 2021 2025 "$s"
+    sipp_wait "$uas" crossauth_decline_uas
+    settled "$B2_ADMIN" blade-1 2025
+
+    addr 2024
+    sipp_bg crossauth_cancel_uas "$t" "$ip" "$port" -sf "$here/refusal_uas_cancel.xml"
+    uas=$bg_pid
+    addr 2021
+    sipp_one crossauth_cancel "$s" -sf "$here/refusal_uac_auth_cancel.xml" \
+        -key caller 2021 -key callee 2024 -au 2021 -ap sipp-2021 -i "$ip" -p "$port" -mi "$ip"
+    sipp_wait "$uas" crossauth_cancel_uas
+    echo "$prog: crossauth_cancel: 2021 -> 2024: 407, then 180; CANCEL: 200, 487"
+
+    # An agent calls through its own blade: T knows 2021 is not logged in
+    # there (SPEC §5), whatever S says.
+    auth_refused crossauth_other_blade 403 2021 2022 "$t"
+
+    settled "$B1_ADMIN" blade-2 2021
+    settled "$B2_ADMIN" blade-1 2022 2024 2025
+    blade_stop "$b1_pid"
+    blade_stop "$b2_pid"
 }
 
 started=$SECONDS
