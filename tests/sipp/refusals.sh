@@ -488,6 +488,7 @@ part_cross() {
     refused cross_logged_out 480 2021 2027 "$s"
 
     cancelled cross_cancel 2021 2024 "$s" "$t"
+    settled "$B1_ADMIN" blade-2 2021
     settled "$B2_ADMIN" blade-1 2024
     cancelled_early cross_cancel_early 2021 2024 "$s" "$t"
     settled "$B1_ADMIN" blade-2 2021
