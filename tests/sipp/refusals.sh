@@ -37,6 +37,9 @@
 #   2011 with a wrong password -> 2012                407, then 403
 #   2011 -> 9999                                      407, then 404
 #   REGISTER 2014 with a wrong password               401, then 403
+#   REGISTER 2011 (logged in) with a wrong password,
+#   from elsewhere                                    401, then 403, and
+#                                                     2011's contact kept
 # cross: blade-1 (S) on 127.0.24.3, blade-2 (T) on 127.0.24.4, each the
 # other's peer, certificates from `sipblade certs`. Callers 2021 and 2023
 # register on S, callees 2022, 2024, 2025 and the caller 2026 on T.
@@ -453,6 +456,11 @@ part_auth() {
     sipp_one register_wrong_password "$b" -sf "$here/refusal_register_wrong_password.xml" \
         -key ext 2014 -au 2014 -ap wrong -i "$ip" -p "$port" -mi "$ip"
     echo "$prog: register_wrong_password: REGISTER 2014: 401, then 403"
+    # From another address, for the logged-in 2011: refused the same, and
+    # 2011's binding stays as it was.
+    sipp_one register_wrong_password_2011 "$b" -sf "$here/refusal_register_wrong_password.xml" \
+        -key ext 2011 -au 2011 -ap wrong -i "$ip" -p "$port" -mi "$ip"
+    echo "$prog: register_wrong_password_2011: REGISTER 2011 from 2014's address: 401, then 403"
 
     settled "$auth_admin" - 2011 2012
     local s
@@ -460,6 +468,9 @@ part_auth() {
     [ "$(agent_field "$s" 2013 state)" = '"logged_out"' ] || fail "2013 is not logged_out"
     [ "$(agent_field "$s" 2014 state)" = '"logged_out"' ] ||
         fail "2014 is logged in after a REGISTER with a wrong password"
+    addr 2011
+    [ "$(agent_field "$s" 2011 contact)" = "\"$ip:$port\"" ] ||
+        fail "2011's contact changed after a REGISTER with a wrong password"
     blade_stop "$auth_pid"
 }
 
