@@ -15,6 +15,8 @@
 //! along the route set the blades recorded. With `SIPP_FLOW=builtin` the
 //! callees are sipp's own `uas` scenario (`sipp -sn uas`), which keeps no
 //! route set: the caller's ACK and BYE reach the blade unrouted.
+//! `tests/sipp/refusals.sh` checks every refusal a caller can get, one
+//! call each, with exact statuses (below).
 //! The scripts run one after the other (a lock), not in parallel.
 //!
 //! When `sipp` is not on the PATH:
@@ -218,4 +220,80 @@ fn cross_blade_calls_to_sipps_builtin_uas() {
         &[("SIPP_FLOW", "builtin"), ("SIPP_CALLS", "20")],
         "sipp cross-blade: OK",
     );
+}
+
+// Refusals through real sipp (Debian's `sip-tester`):
+// `tests/sipp/refusals.sh` runs this build's `sipblade run --config FILE`
+// as SPEC §4 describes it (configs, `agents.toml` and, across blades,
+// certificates from `sipblade certs`, all written by the script) and
+// drives it with one-call sipp scenarios (`tests/sipp/refusal_*.xml`)
+// whose expected statuses are not optional, so that any other status
+// fails sipp and the script:
+//
+// - one blade: OPTIONS to the blade 200; 404 unknown extension, 480
+//   provisioned but not registered, 403 caller not logged in, 486 callee
+//   in a call (held by a sipp UAS that answers), CANCEL on the 180 (200
+//   to the CANCEL, 487 to the INVITE), the phone's own 603 and 486;
+// - `auth = true`: 407 then a call that connects, 407 then 403 for a
+//   caller not logged in or with a wrong password, 407 then 404, and a
+//   REGISTER with a wrong password 401 then 403 (SPEC §5); a CANCEL
+//   without credentials answered 200, not challenged;
+// - two blades: each refusal cross-blade, back through the caller's
+//   blade S: 404, 480 (never registered, and logged out on T), 486 with
+//   the callee hosted by S (the second call placed on S, or on T which
+//   hands it to S) or in a local call on T, CANCEL on the 180 and on the
+//   100 (racing the hosting), the phone's 603 and 486; after each, T shows
+//   the callee `ready`, not `hosted`;
+// - two blades with `auth = true`: 407 first, then 404, 480, the phone's
+//   603, CANCEL on the 180 (the CANCEL not challenged), and 403 to an
+//   agent that calls through a blade it is not logged in on.
+//
+// Each run ends with /status showing no session, every registered agent
+// ready and, across blades, each peer up.
+
+/// Runs the `part` of `tests/sipp/refusals.sh` with `env` added.
+fn run_refusals(part: &str, env: &[(&str, &str)]) {
+    let env: Vec<(&str, &str)> = [("SIPP_REFUSALS", part)]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    run_sipp_script("refusals.sh", &env, "sipp refusals: OK");
+}
+
+/// One blade, `auth = false`: OPTIONS 200, 404, 480, 403, 486 while the
+/// callee is in a call, CANCEL on the 180, the phone's 603 and 486.
+#[test]
+fn refusals_on_one_blade_through_sipp() {
+    run_refusals("one", &[]);
+}
+
+/// One blade, `auth = true`: every INVITE challenged 407 first; then a
+/// call, or 403 (not logged in, wrong password), or 404; a REGISTER with
+/// a wrong password 401 then 403, the agent left logged out.
+#[test]
+fn refusals_with_digest_authentication_through_sipp() {
+    run_refusals("auth", &[]);
+}
+
+/// Two blades: each refusal cross-blade, CANCEL on the 180 and on the
+/// 100, the phone's own refusals; the called agent ends `ready` on its
+/// blade, never left `hosted`.
+#[test]
+fn refusals_across_two_blades_through_sipp() {
+    run_refusals("cross", &[]);
+}
+
+/// Two blades, `auth = true`: the caller's blade challenges first, then
+/// the refusals come back as without auth; a CANCEL is not challenged.
+#[test]
+fn refusals_across_two_blades_with_digest_authentication_through_sipp() {
+    run_refusals("crossauth", &[]);
+}
+
+/// The cross-blade refusals with every sipp on TCP: T reaches the phones
+/// by connecting to their Contact, and the refusals come back to the
+/// callers over their own connections.
+#[test]
+fn refusals_across_two_blades_through_sipp_over_tcp() {
+    run_refusals("cross", &[("SIPP_TRANSPORT", "t1")]);
 }
