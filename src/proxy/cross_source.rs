@@ -3,7 +3,7 @@
 //! request waits, sending it on with the grant's token, and releasing the
 //! agent when the session ends. The overview is in [`super::cross`].
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::cross::{ClusterSend, Dest, TOKEN_PARAM, Waiting};
@@ -271,11 +271,11 @@ impl Proxy {
                     .map(|p| p.sip);
                 // A re-INVITE on its way to the lost blade gets its final
                 // answer now, in the call or a rider.
-                if let Some(ip) = lost.map(|a| a.ip()) {
-                    let calls: Vec<(&str, IpAddr)> = riders
+                if let Some(sip) = lost {
+                    let calls: Vec<(&str, SocketAddr)> = riders
                         .iter()
                         .chain([&call_id])
-                        .map(|c| (c.as_str(), ip))
+                        .map(|c| (c.as_str(), sip))
                         .collect();
                     self.fail_reinvites_to(now, &calls, out);
                 }

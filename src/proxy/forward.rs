@@ -33,8 +33,9 @@ const MAX_REFER_SUBSCRIPTIONS: usize = 4096;
 /// A refer subscription kept on the transferor's side ([`Proxy::note_refer`]).
 #[derive(Debug)]
 pub(super) struct ReferSubscription {
-    /// Where its NOTIFYs may go: the REFERs' Contacts.
-    subscribers: Vec<std::net::SocketAddr>,
+    /// Where its NOTIFYs may go: the REFERs' Contacts, each with the
+    /// transport and connection it is reached by.
+    subscribers: Vec<Peer>,
     /// Until when it is kept.
     pub(super) until: Duration,
 }
@@ -215,6 +216,11 @@ impl Proxy {
         let Some(target) = target else {
             return self.refuse(now, source, msg, &Refusal::new(404, "Not Found"), out);
         };
+        let target = if self.refer_subscriptions.is_empty() {
+            target
+        } else {
+            self.over_refers_stream(&msg, target)
+        };
         if pop_routes == 0 && !self.may_relay_unrouted(source, &msg, target) {
             let outside = Refusal::new(403, "Forbidden (not routed through this blade)");
             return self.refuse(now, source, msg, &outside, out);
@@ -229,7 +235,7 @@ impl Proxy {
             self.follow_target_refresh(&msg, Some(source));
         }
         match method {
-            Some(Method::Refer) => self.note_refer(now, &msg),
+            Some(Method::Refer) => self.note_refer(now, source, &msg),
             Some(Method::Notify) if !self.refer_subscriptions.is_empty() => {
                 self.notify_passes(&msg);
             }
@@ -320,21 +326,26 @@ impl Proxy {
     /// ([`Proxy::is_refer_subscriber`]), when it is a party of the dialog
     /// now (the caller's terminal, or a hop of the dialog kept here), so
     /// the subscription stretches only in time what this blade relays
-    /// already, never to a new address.
-    pub(super) fn note_refer(&mut self, now: Duration, msg: &Message) {
+    /// already, never to a new address. With it, how the REFER's sender
+    /// is reached ([`Proxy::refer_senders_side`]): once the session is
+    /// gone, nothing else here knows that.
+    pub(super) fn note_refer(&mut self, now: Duration, source: Peer, msg: &Message) {
         let Some(contact) = msg.contacts().next() else {
             return;
         };
-        let Some(subscriber) = route::uri_peer(&contact.uri()) else {
+        let uri = contact.uri();
+        let Some(subscriber) = route::uri_peer(&uri) else {
             return;
         };
         if !self.is_callers_terminal(msg, subscriber) && !self.is_kept_dialog_hop(msg, subscriber) {
             return;
         }
+        let subscriber = self.refer_senders_side(source, &uri, subscriber);
         let until = now + REFER_SUBSCRIPTION;
         if let Some(s) = self.refer_subscriptions.get_mut(msg.call_id()) {
-            if !s.subscribers.contains(&subscriber.addr) {
-                s.subscribers.push(subscriber.addr);
+            match s.subscribers.iter_mut().find(|p| p.addr == subscriber.addr) {
+                Some(kept) => *kept = subscriber,
+                None => s.subscribers.push(subscriber),
             }
             s.until = until;
             return;
@@ -349,10 +360,55 @@ impl Proxy {
         self.refer_subscriptions.insert(
             msg.call_id().into(),
             ReferSubscription {
-                subscribers: vec![subscriber.addr],
+                subscribers: vec![subscriber],
                 until,
             },
         );
+    }
+
+    /// `named`, the peer a REFER's Contact `uri` names, as its NOTIFYs
+    /// reach it: over the stream the REFER came on, when its sender (the
+    /// transferor's phone, not a peer blade) sent it over one and the
+    /// Contact asks for no other transport. A Contact with no `transport`
+    /// names a phone that listens on its stream only (as
+    /// [`Proxy::request_uri_peer`] reaches a caller's); the connection
+    /// serves while it lasts, then a new one goes to `named`.
+    fn refer_senders_side(&self, source: Peer, uri: &crate::sip::Uri<'_>, named: Peer) -> Peer {
+        if source.conn.is_none() || self.is_peer_blade_ip(source.addr.ip()) {
+            return named;
+        }
+        let same = if named.transport.is_reliable() {
+            named.transport == source.transport
+        } else {
+            uri.param("transport").is_none()
+        };
+        if !same {
+            return named;
+        }
+        Peer {
+            transport: source.transport,
+            conn: source.conn,
+            ..named
+        }
+    }
+
+    /// `target` of `msg`, a NOTIFY of a refer subscription kept here, as
+    /// its REFER's sender is reached ([`Proxy::note_refer`]) when it was
+    /// to go by address alone (after the session's end, its Contact with
+    /// no `transport` reads as UDP). Only while subscriptions are kept.
+    fn over_refers_stream(&self, msg: &Message, target: Peer) -> Peer {
+        if target.conn.is_some() || msg.method() != Some(Method::Notify) {
+            return target;
+        }
+        self.refer_subscriptions
+            .get(msg.call_id())
+            .and_then(|s| {
+                s.subscribers
+                    .iter()
+                    .find(|p| p.addr == target.addr && p.transport.is_reliable())
+            })
+            .copied()
+            .unwrap_or(target)
     }
 
     /// A NOTIFY passes: the last of a refer subscription
@@ -376,7 +432,7 @@ impl Proxy {
             && self
                 .refer_subscriptions
                 .get(msg.call_id())
-                .is_some_and(|s| s.subscribers.contains(&target.addr))
+                .is_some_and(|s| s.subscribers.iter().any(|p| p.addr == target.addr))
     }
 
     /// Whether `target` is where a dialog kept here for `msg`'s Call-ID

@@ -36,7 +36,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -306,7 +306,7 @@ impl Proxy {
                 continue;
             }
             unanswered.insert(grant.token);
-            if let Some(source) = c.peer(&grant.source).map(|p| p.sip.ip()) {
+            if let Some(source) = c.peer(&grant.source).map(|p| p.sip) {
                 reinvites.push((grant.call_id.clone(), source));
                 reinvites.extend(dialogs.iter().map(|d| (d.call_id.to_string(), source)));
             }
@@ -328,8 +328,10 @@ impl Proxy {
             self.cancel_under_grants(now, &unanswered, out);
         }
         if !reinvites.is_empty() {
-            let lost: Vec<(&str, IpAddr)> =
-                reinvites.iter().map(|(c, ip)| (c.as_str(), *ip)).collect();
+            let lost: Vec<(&str, SocketAddr)> = reinvites
+                .iter()
+                .map(|(c, sip)| (c.as_str(), *sip))
+                .collect();
             self.fail_reinvites_to(now, &lost, out);
         }
     }

@@ -2,7 +2,7 @@
 //! timers, and CANCEL.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -212,28 +212,37 @@ impl Proxy {
         }
     }
 
-    /// Each blade in `lost` left its call (S: its hosted callee's blade,
-    /// the hosting lost; T: the source of a grant that ended without it):
-    /// a re-INVITE of that call forwarded to that blade and still without
-    /// a final answer is cancelled there and answered 408 at once, as the
-    /// blade hangs the call up with BYEs of its own (RFC 3261 §12.2.1.2: a
-    /// 408 ends the dialog at its sender too). Left to its timers, one the
-    /// lost blade had answered 100 waited for timer C and the CANCEL
-    /// after it, over three minutes. One scan for all of them: a lost
-    /// blade ends many calls at once.
+    /// Each blade in `lost` (by its SIP address) left its call (S: its
+    /// hosted callee's blade, the hosting lost; T: the source of a grant
+    /// that ended without it): a re-INVITE of that call forwarded to that
+    /// blade and still without a final answer is cancelled there and
+    /// answered 408 at once, as the blade hangs the call up with BYEs of
+    /// its own (RFC 3261 §12.2.1.2: a 408 ends the dialog at its sender
+    /// too). Left to its timers, one the lost blade had answered 100
+    /// waited for timer C and the CANCEL after it, over three minutes. A
+    /// hop is that blade by its full address ([`Cluster::hop_is_peer`]):
+    /// where blades share an IP, a re-INVITE on its way to another one,
+    /// which is up, goes on. One scan for all of them: a lost blade ends
+    /// many calls at once.
+    ///
+    /// [`Cluster::hop_is_peer`]: super::cross::Cluster::hop_is_peer
     pub(super) fn fail_reinvites_to(
         &mut self,
         now: Duration,
-        lost: &[(&str, IpAddr)],
+        lost: &[(&str, SocketAddr)],
         out: &mut Output,
     ) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
         let open = self.unanswered(|pair| {
             pair.invite
                 && !pair.call
                 && pair.client.as_ref().is_some_and(|c| {
-                    let hop = c.tx.peer().addr.ip();
-                    lost.iter()
-                        .any(|&(call_id, ip)| ip == hop && *pair.call_id == *call_id)
+                    let hop = c.tx.peer().addr;
+                    lost.iter().any(|&(call_id, sip)| {
+                        *pair.call_id == *call_id && cluster.hop_is_peer(hop, sip)
+                    })
                 })
         });
         for id in open {
