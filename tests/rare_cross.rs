@@ -19,7 +19,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::calls::{CALLEE_TAG, answered_call, callee_request, caller_request, confirm};
+use common::calls::{
+    CALLEE_TAG, answered_call, callee_request, caller_request, confirm, with_body,
+};
 use common::cluster::TestCluster;
 use common::tcp::TcpUa;
 use common::{TestBlade, Ua, WAIT, aor, first_line, response_text, unique};
@@ -350,23 +352,10 @@ fn a_tcp_phone_whose_contact_names_no_transport_is_reached_over_tcp_across_blade
 
 // 2. A NOTIFY of a refer subscription after the call ended.
 
-/// `text`, a request with no body, with `extra` header lines and a body.
-fn with(text: &str, extra: &str, content_type: &str, body: &str) -> String {
-    let typed = if body.is_empty() {
-        String::new()
-    } else {
-        format!("Content-Type: {content_type}\r\n")
-    };
-    text.replace(
-        "Content-Length: 0\r\n\r\n",
-        &format!("{extra}{typed}Content-Length: {}\r\n\r\n{body}", body.len()),
-    )
-}
-
 /// The callee `b`'s NOTIFY (CSeq `cseq`) of the refer subscription in
 /// the call of `invite`, with `state`.
 fn notify_text(b: &Ua, invite: &Message, cseq: u32, state: &str) -> String {
-    with(
+    with_body(
         &callee_request(b, invite, "NOTIFY", cseq),
         &format!("Event: refer\r\nSubscription-State: {state}\r\n"),
         "message/sipfrag;version=2.0",
@@ -418,7 +407,7 @@ fn notify_after_bye(a: &mut Ua, line: &mut Ua, b: &mut Ua, blades: u8, stranger:
     call.learn(&ok);
     confirm(a, b, &call);
 
-    let refer = with(
+    let refer = with_body(
         &caller_request(a, &mut call, "REFER"),
         &format!(
             "Refer-To: <{}>\r\nReferred-By: <{}>\r\nContact: <{contact}>\r\n",

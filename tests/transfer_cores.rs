@@ -19,7 +19,9 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::calls::{CALLEE_TAG, answered_call, callee_request, caller_request, confirm};
+use common::calls::{
+    CALLEE_TAG, answered_call, callee_request, caller_request, confirm, with_body,
+};
 use common::cluster::TestCluster;
 use common::{Call, Ua, aor, first_line};
 use serde_json::Value;
@@ -50,20 +52,6 @@ fn blades(k: u8, n: usize) -> TestCluster {
 fn phone(k: u8, n: u8) -> Ipv4Addr {
     assert!(n < 5);
     Ipv4Addr::new(127, 0, SUBNET, 8 * k + 4 + n)
-}
-
-/// `text`, an in-dialog request with no body, with `extra` header lines
-/// and a `body` of `content_type` (none when empty).
-fn with(text: &str, extra: &str, content_type: &str, body: &str) -> String {
-    let typed = if body.is_empty() {
-        String::new()
-    } else {
-        format!("Content-Type: {content_type}\r\n")
-    };
-    text.replace(
-        "Content-Length: 0\r\n\r\n",
-        &format!("{extra}{typed}Content-Length: {}\r\n\r\n{body}", body.len()),
-    )
 }
 
 /// The final response `ua` gets to `method` with CSeq `seq` in `call_id`.
@@ -106,7 +94,7 @@ fn exchange(from: &mut Ua, to: &mut Ua, text: &str, method: Method, seq: u32, st
 /// blades in the same dialog.
 fn refer(a: &mut Ua, b: &mut Ua, ab: &mut Call, ab_invite: &Message, refer_to: &str) -> u32 {
     let text = caller_request(a, ab, "REFER");
-    let text = with(
+    let text = with_body(
         &text,
         &format!(
             "Refer-To: <{refer_to}>\r\nReferred-By: <{}>\r\nContact: <{}>\r\n",
@@ -132,7 +120,7 @@ fn refer(a: &mut Ua, b: &mut Ua, ab: &mut Call, ab_invite: &Message, refer_to: &
 /// `b` sends `a` a NOTIFY of the refer subscription with `state` and a
 /// sipfrag `body`, in the call whose INVITE `b` got as `invite`.
 fn notify(b: &mut Ua, a: &mut Ua, invite: &Message, cseq: u32, state: &str, body: &str) {
-    let text = with(
+    let text = with_body(
         &callee_request(b, invite, "NOTIFY", cseq),
         &format!(
             "Event: refer\r\nSubscription-State: {state}\r\nContact: <{}>\r\n",
@@ -711,7 +699,7 @@ fn attended_transfer_by_the_callee(t: &Transfer) {
         bc.from_tag
     );
     b_cseq += 1;
-    let refer = with(
+    let refer = with_body(
         &callee_request(&b, &ab_invite, "REFER", b_cseq),
         &format!(
             "Refer-To: <{}?Replaces={replaces}>\r\nReferred-By: <{}>\r\nContact: <{}>\r\n",
@@ -724,7 +712,7 @@ fn attended_transfer_by_the_callee(t: &Transfer) {
     );
     exchange(&mut b, &mut a, &refer, Method::Refer, b_cseq, 202);
     let a_notify = |a: &Ua, ab: &mut Call, state: &str, frag: &str| {
-        with(
+        with_body(
             &caller_request(a, ab, "NOTIFY"),
             &format!(
                 "Event: refer\r\nSubscription-State: {state}\r\nContact: <{}>\r\n",

@@ -167,3 +167,17 @@ pub fn ack_of(invite: &str) -> String {
     ack.push_str("Content-Length: 0\r\n\r\n");
     ack
 }
+
+/// `text`, an in-dialog request with no body, with `extra` header lines
+/// and a `body` of `content_type` (none when empty).
+pub fn with_body(text: &str, extra: &str, content_type: &str, body: &str) -> String {
+    let typed = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: {content_type}\r\n")
+    };
+    text.replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("{extra}{typed}Content-Length: {}\r\n\r\n{body}", body.len()),
+    )
+}
