@@ -268,6 +268,11 @@ fn a_stun_keep_alive_over_udp_is_dropped_silently() {
         a.send(b"\r\n");
     }
     assert!(a.recv_raw(SILENCE).is_none(), "a keep-alive was answered");
+    assert_eq!(
+        blade.metric("sipblade_messages_malformed_total"),
+        0.0,
+        "a keep-alive is not malformed"
+    );
     let ok = a.register(3600);
     assert_eq!(ok.status(), Some(200), "the blade still serves the phone");
 }
@@ -641,5 +646,260 @@ fn early_media_then_an_ack_addressed_otherwise() {
     let bye = b.request(Method::Bye, &call.call_id);
     b.answer(&bye, 200, "OK", CALLEE_TAG);
     assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    common::calls::wait_ready(&c, 1, "1002");
+}
+
+/// The outbound proxy as phones spell it: the domain with a port, in
+/// upper case, with `transport`; the blade's address with `transport`.
+/// Each is the blade's: a REGISTER and a call with it preloaded work, and
+/// the callee sees no Route.
+#[test]
+fn outbound_proxy_routes_as_phones_spell_them() {
+    let blade = blade(100);
+    let sip = blade.sip;
+    let mut a = Ua::new_at(sip, "1001", ip(101));
+    let mut b = phone(sip, "1002", 102, "");
+    for route in [
+        format!("<sip:{DOMAIN}:5060;lr>"),
+        format!("<sip:{};lr>", DOMAIN.to_ascii_uppercase()),
+        format!("<sip:{DOMAIN};transport=udp;lr>"),
+        format!("<sip:{sip};transport=UDP;lr>"),
+        format!("<sip:{sip};lr;transport=udp>"),
+    ] {
+        let line = format!("Route: {route}\r\n");
+        let headers = format!("{line}{}", a.binding_headers(3600));
+        let ok = a.register_once(&headers);
+        assert_eq!(ok.status(), Some(200), "{route}: {}", first_line(&ok));
+        let mut call = a.call("1002");
+        a.invite(&mut call, &line);
+        let invite = b.request(Method::Invite, &call.call_id);
+        assert_eq!(invite.routes().count(), 0, "{route}");
+        b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
+        assert_eq!(
+            a.response(&call.call_id, Method::Invite).status(),
+            Some(486)
+        );
+    }
+}
+
+/// A phone with an outbound proxy that keeps no route set (it sends its
+/// in-dialog requests to the remote target with its outbound Route only,
+/// as some older desk phones do) still reaches the callee across blades.
+#[test]
+fn an_outbound_proxy_without_a_route_set_across_blades() {
+    let c = cluster(110);
+    let (s, t) = (c.members[0].sip, c.members[1].sip);
+    let mut a = phone(s, "1001", 111, &domain_route());
+    let mut b = phone(t, "1002", 112, "");
+    c.wait_state(1, "1002", "ready");
+    let mut call = a.call("1002");
+    a.invite(&mut call, &domain_route());
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    call.routes = vec![format!("<sip:{DOMAIN};lr>")];
+    a.ack_2xx(&call);
+    let ack = b.request(Method::Ack, &call.call_id);
+    assert_eq!(ack.routes().count(), 0);
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    assert_eq!(bye.routes().count(), 0);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    common::calls::wait_ready(&c, 1, "1002");
+}
+
+/// On one blade with two cores, over TCP: the caller's ACK along the
+/// route set but addressed to the callee's address of record reaches the
+/// callee on its connection.
+#[test]
+fn an_ack_to_the_address_of_record_over_tcp() {
+    let blade = blade(120);
+    let mut a = phone(blade.sip, "1001", 121, "");
+    let mut b = TcpUa::connect_from(blade.sip, ip(122));
+    let me = b.local();
+    b.send(&common::tcp::register_tcp("1002", &me, 3600, 1));
+    assert_eq!(b.recv().status(), Some(200));
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.recv();
+    assert_eq!(invite.method(), Some(Method::Invite));
+    b.send(&common::tcp::answer(&invite, 200, &me));
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    call.target = Some(format!("sip:1002@{DOMAIN}"));
+    a.ack_2xx(&call);
+    let ack = b.recv();
+    assert_eq!(ack.method(), Some(Method::Ack), "{}", first_line(&ack));
+    a.bye(&mut call);
+    let bye = b.recv();
+    assert_eq!(bye.method(), Some(Method::Bye), "{}", first_line(&bye));
+    let mut out = bytes::BytesMut::new();
+    bye.response(200, "OK", None, &[], &mut out);
+    b.send(std::str::from_utf8(&out).unwrap());
+    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    blade.wait_no_sessions();
+}
+
+/// Reads what `ua`'s connection brings within `wait`, raw.
+fn read_raw(ua: &mut TcpUa, wait: Duration) -> Vec<u8> {
+    let mut got = std::mem::take(&mut ua.buf);
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match std::io::Read::read(&mut ua.stream, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    got
+}
+
+/// Keep-alives over TCP as phones send them: a double CRLF before any
+/// message, one glued to the front of a REGISTER, a single CRLF (no
+/// answer), and the connection serves on.
+#[test]
+fn tcp_keep_alives_in_the_ways_phones_send_them() {
+    let blade = blade(130);
+    let mut b = TcpUa::connect_from(blade.sip, ip(131));
+    let me = b.local();
+    b.send("\r\n\r\n");
+    assert_eq!(
+        read_raw(&mut b, SILENCE),
+        b"\r\n",
+        "a pong before any message"
+    );
+    b.send(&format!(
+        "\r\n\r\n{}",
+        common::tcp::register_tcp("1002", &me, 3600, 1)
+    ));
+    let got = read_raw(&mut b, SILENCE);
+    assert!(
+        got.starts_with(b"\r\nSIP/2.0 200 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    b.send("\r\n");
+    assert_eq!(
+        read_raw(&mut b, SILENCE),
+        b"",
+        "a single CRLF is not answered"
+    );
+    b.send(&common::tcp::register_tcp("1002", &me, 3600, 2));
+    assert_eq!(b.recv().status(), Some(200), "the connection serves on");
+}
+
+/// RFC 3261 §7.5: CRLFs before a start line are ignored, over UDP and
+/// TCP (some phones send them).
+#[test]
+fn crlf_before_the_start_line_is_ignored() {
+    let blade = blade(135);
+    let mut b = Ua::new_at(blade.sip, "1002", ip(136));
+    let text = b.register_text(&b.binding_headers(3600));
+    b.send(format!("\r\n{text}"));
+    let ok = b.expect_where("the 200", |m| m.status().is_some());
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    let mut t = TcpUa::connect_from(blade.sip, ip(137));
+    let me = t.local();
+    t.send(&format!(
+        "\r\n{}",
+        common::tcp::register_tcp("1003", &me, 3600, 1)
+    ));
+    assert_eq!(t.recv().status(), Some(200));
+}
+
+/// `Require: timer` is for the callee, not the proxy (RFC 3261 §8.2.2.3):
+/// the INVITE passes.
+#[test]
+fn require_timer_passes_the_proxy() {
+    let blade = blade(140);
+    let mut a = phone(blade.sip, "1001", 141, "");
+    let mut b = phone(blade.sip, "1002", 142, "");
+    let mut call = a.call("1002");
+    a.invite(&mut call, "Require: timer\r\nSession-Expires: 90\r\n");
+    let invite = b.request(Method::Invite, &call.call_id);
+    assert_eq!(values(&invite, "Require"), ["timer"]);
+    b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
+    assert_eq!(
+        a.response(&call.call_id, Method::Invite).status(),
+        Some(486)
+    );
+}
+
+/// A registrar that does not support outbound or path (the blade keeps
+/// one binding per agent and reaches it itself) answers a REGISTER that
+/// requires them 420 naming them in Unsupported (RFC 3261 §8.2.2.3), and
+/// a 200 to one that only supports them carries no `Require: outbound`
+/// (RFC 5626 §6: the phone then knows it has no outbound registrar).
+#[test]
+fn a_register_requiring_outbound_or_path() {
+    let blade = blade(145);
+    let mut b = Ua::new_at(blade.sip, "1002", ip(146));
+    for tag in ["outbound", "path"] {
+        let headers = format!(
+            "Require: {tag}\r\nSupported: outbound, path\r\n{}",
+            b.binding_headers(3600)
+        );
+        let refused = b.register_once(&headers);
+        assert_eq!(
+            refused.status(),
+            Some(420),
+            "{tag}: {}",
+            first_line(&refused)
+        );
+        assert_eq!(values(&refused, "Unsupported"), [tag]);
+    }
+    let headers = format!("Supported: outbound, path\r\n{}", b.binding_headers(3600));
+    let ok = b.register_once(&headers);
+    assert_eq!(ok.status(), Some(200));
+    assert!(values(&ok, "Require").is_empty(), "no Require: outbound");
+}
+
+/// Phones that name a host in their Contact both register so and answer
+/// (or call) so: across two blades, the ACK and BYE to that Contact reach
+/// the phone at its registered source address.
+#[test]
+fn a_dialog_with_phones_that_name_hosts_across_blades() {
+    let c = cluster(150);
+    let (s, t) = (c.members[0].sip, c.members[1].sip);
+    let mut a = Ua::new_at(s, "1001", ip(151));
+    let a_contact = "sip:1001@microsip-pc.local:5060";
+    let ok = a.register_once(&format!("Contact: <{a_contact}>\r\nExpires: 3600\r\n"));
+    assert_eq!(ok.status(), Some(200));
+    let mut b = Ua::new_at(t, "1002", ip(152));
+    let b_contact = "sip:1002@yealink-t46u.local:5060";
+    let ok = b.register_once(&format!("Contact: <{b_contact}>\r\nExpires: 3600\r\n"));
+    assert_eq!(ok.status(), Some(200));
+    c.wait_state(1, "1002", "ready");
+
+    let mut call = a.call("1002");
+    let text = a.invite_text(&mut call, "");
+    let text = text.replace(
+        &format!("Contact: <{}>", a.contact_uri()),
+        &format!("Contact: <{a_contact}>"),
+    );
+    call.invite = text.clone();
+    a.send(&text);
+    let invite = b.request(Method::Invite, &call.call_id);
+    b.send(common::response_text(
+        &invite, 200, "OK", CALLEE_TAG, b_contact, "",
+    ));
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    assert_eq!(call.target.as_deref(), Some(b_contact));
+    a.ack_2xx(&call);
+    let ack = b.request(Method::Ack, &call.call_id);
+    assert_eq!(ack.request_uri().unwrap().as_str(), b_contact);
+    // The callee hangs up, to the caller's named Contact.
+    let bye = callee_in_dialog(&b, &invite, "BYE", 1);
+    b.send(&bye);
+    let got = a.request(Method::Bye, &call.call_id);
+    a.answer(&got, 200, "OK", &call.from_tag);
+    assert_eq!(b.response(&call.call_id, Method::Bye).status(), Some(200));
     common::calls::wait_ready(&c, 1, "1002");
 }
