@@ -860,8 +860,9 @@ fn a_register_requiring_outbound_or_path() {
 }
 
 /// Phones that name a host in their Contact both register so and answer
-/// (or call) so: across two blades, the ACK and BYE to that Contact reach
-/// the phone at its registered source address.
+/// (or call) so, the callee in another spelling (case, a parameter
+/// more): across two blades, the ACK and the BYE to those Contacts reach
+/// each phone at its registered source address.
 #[test]
 fn a_dialog_with_phones_that_name_hosts_across_blades() {
     let c = cluster(150);
@@ -885,16 +886,23 @@ fn a_dialog_with_phones_that_name_hosts_across_blades() {
     call.invite = text.clone();
     a.send(&text);
     let invite = b.request(Method::Invite, &call.call_id);
+    // It answers with its host in another case, and a parameter more.
+    let answered_as = "sip:1002@YEALINK-T46U.local:5060;transport=udp";
     b.send(common::response_text(
-        &invite, 200, "OK", CALLEE_TAG, b_contact, "",
+        &invite,
+        200,
+        "OK",
+        CALLEE_TAG,
+        answered_as,
+        "",
     ));
     let ok = a.response(&call.call_id, Method::Invite);
     assert_eq!(ok.status(), Some(200));
     call.learn(&ok);
-    assert_eq!(call.target.as_deref(), Some(b_contact));
+    assert_eq!(call.target.as_deref(), Some(answered_as));
     a.ack_2xx(&call);
     let ack = b.request(Method::Ack, &call.call_id);
-    assert_eq!(ack.request_uri().unwrap().as_str(), b_contact);
+    assert_eq!(ack.request_uri().unwrap().as_str(), answered_as);
     // The callee hangs up, to the caller's named Contact.
     let bye = callee_in_dialog(&b, &invite, "BYE", 1);
     b.send(&bye);
@@ -902,4 +910,39 @@ fn a_dialog_with_phones_that_name_hosts_across_blades() {
     a.answer(&got, 200, "OK", &call.from_tag);
     assert_eq!(b.response(&call.call_id, Method::Bye).status(), Some(200));
     common::calls::wait_ready(&c, 1, "1002");
+}
+
+/// A phone registered with a Contact naming a host that answers with
+/// that host in another spelling of the URI (`;transport=udp` added)
+/// still gets its dialog's ACK and BYE at its registered address.
+#[test]
+fn a_callee_naming_its_host_in_another_spelling() {
+    let blade = blade(160);
+    let mut a = phone(blade.sip, "1001", 161, "");
+    let mut b = Ua::new_at(blade.sip, "1002", ip(162));
+    let ok = b.register_once("Contact: <sip:1002@GXP2170.lan:5060>\r\nExpires: 3600\r\n");
+    assert_eq!(ok.status(), Some(200));
+    let mut call = a.call("1002");
+    a.invite(&mut call, "");
+    let invite = b.request(Method::Invite, &call.call_id);
+    let answered_as = "sip:1002@gxp2170.lan:5060;transport=udp";
+    b.send(common::response_text(
+        &invite,
+        200,
+        "OK",
+        CALLEE_TAG,
+        answered_as,
+        "",
+    ));
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    a.ack_2xx(&call);
+    let ack = b.request(Method::Ack, &call.call_id);
+    assert_eq!(ack.request_uri().unwrap().as_str(), answered_as);
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    blade.wait_no_sessions();
 }
