@@ -946,3 +946,38 @@ fn a_callee_naming_its_host_in_another_spelling() {
     assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
     blade.wait_no_sessions();
 }
+
+/// An INVITE whose From and To carry display names (a quoted comma) and
+/// `user=phone`, as desk phones write them: the caller is recognised and
+/// the call goes through.
+#[test]
+fn display_names_and_user_phone_in_from_and_to() {
+    let blade = blade(170);
+    let mut a = phone(blade.sip, "1001", 171, "");
+    let mut b = phone(blade.sip, "1002", 172, "");
+    let mut call = a.call("1002");
+    let text = a.invite_text(&mut call, "");
+    let text = text
+        .replacen(
+            &format!("From: <sip:1001@{DOMAIN}>"),
+            &format!("From: \"Doe, John (1001)\" <sip:1001@{DOMAIN};user=phone>"),
+            1,
+        )
+        .replacen(
+            &format!("To: <sip:1002@{DOMAIN}>"),
+            &format!("To: \"1002\" <sip:1002@{DOMAIN};user=phone>"),
+            1,
+        );
+    a.send(&text);
+    let invite = b.request(Method::Invite, &call.call_id);
+    assert!(
+        header(&invite, HeaderName::From)
+            .unwrap()
+            .starts_with("\"Doe, John (1001)\"")
+    );
+    b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
+    assert_eq!(
+        a.response(&call.call_id, Method::Invite).status(),
+        Some(486)
+    );
+}
