@@ -981,3 +981,88 @@ fn display_names_and_user_phone_in_from_and_to() {
         Some(486)
     );
 }
+
+/// With digest authentication on, across two blades: phones with the
+/// domain as their outbound proxy register (401, then 200) and call (407,
+/// then the call) with the Route on every request, and the callee sees
+/// neither the Route nor the caller's credentials.
+#[test]
+fn an_outbound_proxy_route_with_digest_across_blades() {
+    let mut c = TestCluster::new_in(20, 2, 180, 30, 1);
+    c.auth = true;
+    c.start_blade(0);
+    c.start_blade(1);
+    c.wait_linked();
+    let (s, t) = (c.members[0].sip, c.members[1].sip);
+    let route = domain_route();
+    let reg = |blade: SocketAddr, ext: &str, host: u8| {
+        let mut ua = Ua::new_at(blade, ext, ip(host));
+        let headers = format!("{route}{}", ua.binding_headers(3600));
+        let (ok, auth) = ua.register_as(&headers, &common::password(ext));
+        assert!(auth.is_some(), "{ext} was challenged");
+        assert_eq!(ok.status(), Some(200), "{ext}: {}", first_line(&ok));
+        ua
+    };
+    let mut a = reg(s, "1001", 181);
+    let mut b = reg(t, "1002", 182);
+    c.wait_state(1, "1002", "ready");
+
+    let mut call = a.call("1002");
+    a.invite(&mut call, &route);
+    let challenge = a.response(&call.call_id, Method::Invite);
+    assert_eq!(challenge.status(), Some(407), "{}", first_line(&challenge));
+    a.ack_failure(&call, &challenge);
+    let auth = a.authorization(
+        &challenge,
+        true,
+        "INVITE",
+        &format!("sip:1002@{DOMAIN}"),
+        &common::password("1001"),
+    );
+    a.invite(&mut call, &format!("{route}{auth}"));
+    let invite = b.request(Method::Invite, &call.call_id);
+    assert_eq!(invite.routes().count(), 0);
+    assert!(values(&invite, "Proxy-Authorization").is_empty());
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200), "{}", first_line(&ok));
+    call.learn(&ok);
+    call.routes.insert(0, format!("<sip:{DOMAIN};lr>"));
+    a.ack_2xx(&call);
+    assert_eq!(b.request(Method::Ack, &call.call_id).routes().count(), 0);
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    assert_eq!(bye.routes().count(), 0);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    common::calls::wait_ready(&c, 1, "1002");
+}
+
+/// Phones that keep their registrar alive with OPTIONS (Yealink,
+/// Grandstream) send it to the domain or the blade's address, some with
+/// their outbound Route: the blade answers 200 itself.
+#[test]
+fn an_options_keep_alive_to_the_registrar() {
+    let blade = blade(190);
+    let mut a = phone(blade.sip, "1001", 191, "");
+    for (ruri, route) in [
+        (format!("sip:{DOMAIN}"), String::new()),
+        (format!("sip:{DOMAIN}"), domain_route()),
+        (format!("sip:{}", blade.sip), blade_route(blade.sip)),
+    ] {
+        let call_id = format!("opt-{}", common::unique());
+        a.send(format!(
+            "OPTIONS {ruri} SIP/2.0\r\n{}{route}Max-Forwards: 70\r\n\
+             From: <sip:1001@{DOMAIN}>;tag=o1\r\nTo: <{ruri}>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 OPTIONS\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n",
+            a.via(&common::branch())
+        ));
+        let ok = a.response(&call_id, Method::Options);
+        assert_eq!(
+            ok.status(),
+            Some(200),
+            "{ruri} {route}: {}",
+            first_line(&ok)
+        );
+    }
+}
