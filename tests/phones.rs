@@ -1066,3 +1066,78 @@ fn an_options_keep_alive_to_the_registrar() {
         );
     }
 }
+
+/// A reliable 183 with SDP across blades (RFC 3262): the caller, whose
+/// outbound proxy is the domain, PRACKs it along the early dialog's route
+/// set with its outbound Route first; the PRACK and its 200 pass, then
+/// the call is answered.
+#[test]
+fn a_reliable_183_prack_with_an_outbound_route_across_blades() {
+    let c = cluster(200);
+    let (s, t) = (c.members[0].sip, c.members[1].sip);
+    let mut a = phone(s, "1001", 201, &domain_route());
+    let mut b = phone(t, "1002", 202, "");
+    c.wait_state(1, "1002", "ready");
+    let mut call = a.call("1002");
+    a.invite(
+        &mut call,
+        &format!("{}Supported: 100rel, timer\r\n", domain_route()),
+    );
+    let invite = b.request(Method::Invite, &call.call_id);
+    let sdp = "v=0\r\no=- 3 3 IN IP4 127.0.20.202\r\ns=-\r\nc=IN IP4 127.0.20.202\r\nt=0 0\r\nm=audio 4004 RTP/AVP 0\r\n";
+    let early = common::response_text(
+        &invite,
+        183,
+        "Session Progress",
+        CALLEE_TAG,
+        &b.contact_uri(),
+        "Require: 100rel\r\nRSeq: 1\r\n",
+    )
+    .replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ),
+    );
+    b.send(&early);
+    let progress = a.response(&call.call_id, Method::Invite);
+    assert_eq!(progress.status(), Some(183));
+    let mut early_call = call.clone();
+    early_call.to = header(&progress, HeaderName::To);
+    early_call.target = progress
+        .contacts()
+        .next()
+        .map(|c| c.uri().as_str().to_owned());
+    let mut rr: Vec<String> = progress
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .collect();
+    rr.reverse();
+    rr.insert(0, format!("<sip:{DOMAIN};lr>"));
+    early_call.routes = rr;
+    let prack = a
+        .in_dialog_text(&early_call, "PRACK", call.cseq + 1)
+        .replace(
+            "Content-Length: 0\r\n",
+            "RAck: 1 1 INVITE\r\nContent-Length: 0\r\n",
+        );
+    a.send(&prack);
+    let got = b.request(Method::Prack, &call.call_id);
+    assert_eq!(got.routes().count(), 0);
+    b.answer(&got, 200, "OK", CALLEE_TAG);
+    assert_eq!(a.response(&call.call_id, Method::Prack).status(), Some(200));
+    b.answer(&invite, 200, "OK", CALLEE_TAG);
+    let ok = a.response(&call.call_id, Method::Invite);
+    assert_eq!(ok.status(), Some(200));
+    call.learn(&ok);
+    call.routes.insert(0, format!("<sip:{DOMAIN};lr>"));
+    a.ack_2xx(&call);
+    assert_eq!(b.request(Method::Ack, &call.call_id).routes().count(), 0);
+    call.cseq += 1; // past the PRACK's
+    a.bye(&mut call);
+    let bye = b.request(Method::Bye, &call.call_id);
+    b.answer(&bye, 200, "OK", CALLEE_TAG);
+    assert_eq!(a.response(&call.call_id, Method::Bye).status(), Some(200));
+    common::calls::wait_ready(&c, 1, "1002");
+}
