@@ -271,6 +271,12 @@ impl Proxy {
             Some(b) if b.uri == uri.as_str() || named.is_some_and(|p| p.addr == b.peer.addr) => {
                 Some(b.peer)
             }
+            // A Contact naming a host (never resolved: the agent is reached
+            // where it registered from) written otherwise than registered,
+            // with a parameter more or in another case: the same host and
+            // port are that agent's terminal. Looked at only for a
+            // Request-URI that names no IP.
+            Some(b) if named.is_none() && same_host_and_port(&b.uri, &uri) => Some(b.peer),
             _ => named.map(|p| self.callers_stream(msg, &uri, p)),
         }
     }
@@ -361,4 +367,12 @@ impl Proxy {
         let to = msg.to().uri();
         self.is_our_host(&to) && to.user_str().is_some_and(|a| terminal_is(&a))
     }
+}
+
+/// Whether the URI `registered` (a binding's, as registered) names the
+/// host and port `uri` names, hosts compared without case (RFC 3261
+/// §19.1.4).
+fn same_host_and_port(registered: &str, uri: &crate::sip::Uri<'_>) -> bool {
+    crate::sip::Uri::parse(registered.as_bytes())
+        .is_some_and(|r| r.host().eq_ignore_ascii_case(uri.host()) && r.port() == uri.port())
 }

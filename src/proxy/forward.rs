@@ -491,8 +491,24 @@ impl Proxy {
         let target = next
             .or_else(|| self.hosted_agent_blade(msg))
             .or_else(|| self.request_uri_peer(msg));
-        let Some(target) = target else {
-            return;
+        let mut request_uri = None;
+        let target = match target {
+            Some(target) => target,
+            // A 2xx's ACK that followed the route set but is addressed to
+            // the callee's address of record, not the 2xx's Contact (some
+            // phones write the To URI): it reaches the agent's contact,
+            // retargeted, as any in-dialog request so addressed does. Not
+            // one that named no Route of ours: that is a non-2xx's ACK on
+            // a branch of its own, which ends here. Looked at only where
+            // the ACK would otherwise be dropped.
+            None if pop_routes > 0 => match self.aor_binding(msg) {
+                Some(b) => {
+                    request_uri = Some(b.uri.clone());
+                    b.peer
+                }
+                None => return,
+            },
+            None => return,
         };
         if pop_routes == 0 && !self.may_relay_unrouted(source, msg, target) {
             return;
@@ -513,6 +529,7 @@ impl Proxy {
         via.push_str(msg.top_via().branch().unwrap_or("0"));
         let edit = Forward {
             via: Some(&via),
+            request_uri: request_uri.as_deref(),
             pop_routes,
             consume_credentials_of: Some(&self.settings.domain),
             ..Forward::default()

@@ -583,6 +583,10 @@ impl Proxy {
             // A keep-alive (RFC 5626 §4.4.1 sends CRLFs; phones do so over
             // UDP too): nothing to answer, nothing wrong.
             Err(_) if data.iter().all(|&b| b == b'\r' || b == b'\n') => {}
+            // So is a STUN binding request (RFC 5626 §4.4.2), binary: no
+            // answer (a 400 would be read as a broken STUN server), and
+            // not counted as malformed SIP.
+            Err(_) if crate::sip::framing::is_stun(&data) => {}
             Err(err) => {
                 self.metrics.malformed += 1;
                 if let Some(data) = malformed_response(&data, &err, source.addr) {

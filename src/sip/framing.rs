@@ -174,6 +174,24 @@ fn content_length(head: &[u8]) -> Result<u32, ParseError> {
     found.ok_or(ParseError::new(ErrorKind::MissingContentLength, head.len()))
 }
 
+/// Whether a datagram is a STUN message (RFC 5389 §6): the two top bits
+/// zero, the magic cookie `0x2112A442` at octet 4, and a length that
+/// counts the rest of the datagram in whole 32-bit words. RFC 5626 §4.4.2
+/// phones (Linphone, Bria) keep their NAT binding open with STUN binding
+/// requests to the SIP port over UDP: a keep-alive, not malformed SIP. No
+/// SIP message can look like this (its first octet is a letter).
+pub fn is_stun(data: &[u8]) -> bool {
+    const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+    let Some(header) = data.get(..20) else {
+        return false;
+    };
+    let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    header[0] & 0xC0 == 0
+        && header[4..8] == MAGIC_COOKIE
+        && length % 4 == 0
+        && length == data.len() - 20
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +217,23 @@ mod tests {
             frame(&two, DEFAULT_MAX_MESSAGE),
             Ok(Frame::Complete(MSG.len()))
         );
+    }
+
+    #[test]
+    fn stun() {
+        let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        binding.extend_from_slice(b"transaction!");
+        assert!(is_stun(&binding));
+        let mut with_attr = binding.clone();
+        with_attr[3] = 8;
+        with_attr.extend_from_slice(&[0x80, 0x22, 0x00, 0x04, b'p', b'h', b'o', b'n']);
+        assert!(is_stun(&with_attr));
+        assert!(!is_stun(&binding[..19]), "short");
+        assert!(!is_stun(&with_attr[..27]), "length not the rest");
+        let mut wrong_cookie = binding.clone();
+        wrong_cookie[4] = 0x22;
+        assert!(!is_stun(&wrong_cookie));
+        assert!(!is_stun(b"OPTIONS sip:cc.example SIP/2.0\r\n\r\n"));
     }
 
     #[test]
