@@ -79,6 +79,15 @@ fn values(msg: &Message, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The callee turns `call` down 486; the caller gets the 486.
+fn turned_down(a: &mut Ua, b: &mut Ua, call: &Call, invite: &Message) {
+    b.answer(invite, 486, "Busy Here", CALLEE_TAG);
+    assert_eq!(
+        a.response(&call.call_id, Method::Invite).status(),
+        Some(486)
+    );
+}
+
 // Outbound proxy.
 
 /// A phone with an outbound proxy set preloads a Route on every request,
@@ -217,11 +226,7 @@ fn an_rfc_5626_registration_is_taken_and_called() {
     let invite = b.request(Method::Invite, &call.call_id);
     let ruri = invite.request_uri().unwrap().as_str().to_owned();
     assert!(ruri.contains(";ob"), "{ruri}");
-    b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
-    assert_eq!(
-        a.response(&call.call_id, Method::Invite).status(),
-        Some(486)
-    );
+    turned_down(&mut a, &mut b, &call, &invite);
 }
 
 /// RFC 5626 §4.4.1: a double CRLF ping over TCP gets a single CRLF pong,
@@ -347,11 +352,7 @@ fn contacts_in_the_shapes_phones_write() {
         a.invite(&mut call, "");
         let invite = b.request(Method::Invite, &call.call_id);
         assert_eq!(invite.request_uri().unwrap().as_str(), uri, "{line}");
-        b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
-        assert_eq!(
-            a.response(&call.call_id, Method::Invite).status(),
-            Some(486)
-        );
+        turned_down(&mut a, &mut b, &call, &invite);
     }
 }
 
@@ -368,11 +369,7 @@ fn a_contact_naming_a_host_is_reached_at_the_source_address() {
     let mut call = a.call("1002");
     a.invite(&mut call, "");
     let invite = b.request(Method::Invite, &call.call_id);
-    b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
-    assert_eq!(
-        a.response(&call.call_id, Method::Invite).status(),
-        Some(486)
-    );
+    turned_down(&mut a, &mut b, &call, &invite);
 }
 
 /// Over TCP a Contact naming a host (upper-case `transport=TCP`, `;ob`)
@@ -513,11 +510,7 @@ fn the_headers_phones_add_pass_across_blades() {
     let ringing = a.response(&call.call_id, Method::Invite);
     assert_eq!(ringing.status(), Some(180));
     assert_eq!(ringing.vias().count(), 2, "the phone's two Vias come back");
-    b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
-    assert_eq!(
-        a.response(&call.call_id, Method::Invite).status(),
-        Some(486)
-    );
+    turned_down(&mut a, &mut b, &call, &invite);
 }
 
 // Registration habits.
@@ -580,11 +573,7 @@ fn tel_and_user_phone_targets() {
         a.send(&text);
         if expect == 0 {
             let invite = b.request(Method::Invite, &call.call_id);
-            b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
-            assert_eq!(
-                a.response(&call.call_id, Method::Invite).status(),
-                Some(486)
-            );
+            turned_down(&mut a, &mut b, &call, &invite);
         } else {
             let r = a.response(&call.call_id, Method::Invite);
             assert_eq!(r.status(), Some(expect), "{ruri}: {}", first_line(&r));
@@ -674,11 +663,7 @@ fn outbound_proxy_routes_as_phones_spell_them() {
         a.invite(&mut call, &line);
         let invite = b.request(Method::Invite, &call.call_id);
         assert_eq!(invite.routes().count(), 0, "{route}");
-        b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
-        assert_eq!(
-            a.response(&call.call_id, Method::Invite).status(),
-            Some(486)
-        );
+        turned_down(&mut a, &mut b, &call, &invite);
     }
 }
 
@@ -823,11 +808,7 @@ fn require_timer_passes_the_proxy() {
     a.invite(&mut call, "Require: timer\r\nSession-Expires: 90\r\n");
     let invite = b.request(Method::Invite, &call.call_id);
     assert_eq!(values(&invite, "Require"), ["timer"]);
-    b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
-    assert_eq!(
-        a.response(&call.call_id, Method::Invite).status(),
-        Some(486)
-    );
+    turned_down(&mut a, &mut b, &call, &invite);
 }
 
 /// A registrar that does not support outbound or path (the blade keeps
@@ -975,11 +956,7 @@ fn display_names_and_user_phone_in_from_and_to() {
             .unwrap()
             .starts_with("\"Doe, John (1001)\"")
     );
-    b.answer(&invite, 486, "Busy Here", CALLEE_TAG);
-    assert_eq!(
-        a.response(&call.call_id, Method::Invite).status(),
-        Some(486)
-    );
+    turned_down(&mut a, &mut b, &call, &invite);
 }
 
 /// With digest authentication on, across two blades: phones with the
