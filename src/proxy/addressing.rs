@@ -46,7 +46,7 @@ impl Proxy {
     pub(super) fn strict_route_fixup(&self, msg: &Message) -> Option<Message> {
         let uri = msg.request_uri()?;
         if uri.user().is_some()
-            || uri.param("lr").is_none()
+            || !uri.is_loose_route()
             || !route::uri_peer(&uri)
                 .is_some_and(|p| self.is_us_at(p.addr) || self.is_core_port_at(p.addr))
         {
@@ -276,7 +276,13 @@ impl Proxy {
             // with a parameter more or in another case: the same host and
             // port are that agent's terminal. Looked at only for a
             // Request-URI that names no IP.
-            Some(b) if named.is_none() && same_host_and_port(&b.uri, &uri) => Some(b.peer),
+            Some(b)
+                if named.is_none()
+                    && crate::sip::Uri::parse(b.uri.as_bytes())
+                        .is_some_and(|r| r.same_host(&uri) && r.port() == uri.port()) =>
+            {
+                Some(b.peer)
+            }
             _ => named.map(|p| self.callers_stream(msg, &uri, p)),
         }
     }
@@ -296,29 +302,44 @@ impl Proxy {
     /// UDP in so many words. Cheapest first: a UDP caller is ruled out
     /// before anything is parsed.
     fn callers_stream(&self, msg: &Message, uri: &crate::sip::Uri<'_>, named: Peer) -> Peer {
-        let caller = self
+        let Some((from, contact)) = self
             .sessions
             .get(msg.call_id())
             .and_then(|s| s.caller_contact.as_ref())
-            .filter(|(from, _)| from.conn.is_some() && !self.is_peer_blade_ip(from.addr.ip()));
-        let Some((from, contact)) = caller else {
+        else {
             return named;
         };
-        if !named.transport.is_reliable() && uri.param("transport").is_some() {
+        let Some(stream) = self.phones_stream(*from, uri, named) else {
             return named;
-        }
+        };
         let at_contact = crate::sip::Uri::parse(contact.as_bytes())
             .and_then(|uri| route::uri_peer(&uri))
             .is_some_and(|p| p.addr == named.addr);
-        if at_contact {
-            Peer {
-                conn: from.conn,
-                transport: from.transport,
-                ..named
-            }
-        } else {
-            named
+        if at_contact { stream } else { named }
+    }
+
+    /// `named`, the peer a phone's Contact `uri` names, reached over the
+    /// stream `from` that the phone sent on: when `from` is a stream from
+    /// a phone (not a peer blade's connection) and the Contact asks for no
+    /// other transport (no `transport`, which RFC 3263 reads as UDP, names
+    /// a phone that listens on its stream only). `None` otherwise.
+    pub(super) fn phones_stream(
+        &self,
+        from: Peer,
+        uri: &crate::sip::Uri<'_>,
+        named: Peer,
+    ) -> Option<Peer> {
+        if from.conn.is_none() || self.is_peer_blade_ip(from.addr.ip()) {
+            return None;
         }
+        if !named.transport.is_reliable() && uri.param("transport").is_some() {
+            return None;
+        }
+        Some(Peer {
+            conn: from.conn,
+            transport: from.transport,
+            ..named
+        })
     }
 
     /// The binding of the agent this core owns that the Request-URI names
@@ -367,12 +388,4 @@ impl Proxy {
         let to = msg.to().uri();
         self.is_our_host(&to) && to.user_str().is_some_and(|a| terminal_is(&a))
     }
-}
-
-/// Whether the URI `registered` (a binding's, as registered) names the
-/// host and port `uri` names, hosts compared without case (RFC 3261
-/// §19.1.4).
-fn same_host_and_port(registered: &str, uri: &crate::sip::Uri<'_>) -> bool {
-    crate::sip::Uri::parse(registered.as_bytes())
-        .is_some_and(|r| r.host().eq_ignore_ascii_case(uri.host()) && r.port() == uri.port())
 }

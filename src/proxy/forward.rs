@@ -326,9 +326,8 @@ impl Proxy {
     /// ([`Proxy::is_refer_subscriber`]), when it is a party of the dialog
     /// now (the caller's terminal, or a hop of the dialog kept here), so
     /// the subscription stretches only in time what this blade relays
-    /// already, never to a new address. With it, how the REFER's sender
-    /// is reached ([`Proxy::refer_senders_side`]): once the session is
-    /// gone, nothing else here knows that.
+    /// already, never to a new address; with it, how the REFER's sender
+    /// is reached (over the stream it sent on, [`Proxy::phones_stream`]).
     pub(super) fn note_refer(&mut self, now: Duration, source: Peer, msg: &Message) {
         let Some(contact) = msg.contacts().next() else {
             return;
@@ -340,7 +339,9 @@ impl Proxy {
         if !self.is_callers_terminal(msg, subscriber) && !self.is_kept_dialog_hop(msg, subscriber) {
             return;
         }
-        let subscriber = self.refer_senders_side(source, &uri, subscriber);
+        let subscriber = self
+            .phones_stream(source, &uri, subscriber)
+            .unwrap_or(subscriber);
         let until = now + REFER_SUBSCRIPTION;
         if let Some(s) = self.refer_subscriptions.get_mut(msg.call_id()) {
             match s.subscribers.iter_mut().find(|p| p.addr == subscriber.addr) {
@@ -364,32 +365,6 @@ impl Proxy {
                 until,
             },
         );
-    }
-
-    /// `named`, the peer a REFER's Contact `uri` names, as its NOTIFYs
-    /// reach it: over the stream the REFER came on, when its sender (the
-    /// transferor's phone, not a peer blade) sent it over one and the
-    /// Contact asks for no other transport. A Contact with no `transport`
-    /// names a phone that listens on its stream only (as
-    /// [`Proxy::request_uri_peer`] reaches a caller's); the connection
-    /// serves while it lasts, then a new one goes to `named`.
-    fn refer_senders_side(&self, source: Peer, uri: &crate::sip::Uri<'_>, named: Peer) -> Peer {
-        if source.conn.is_none() || self.is_peer_blade_ip(source.addr.ip()) {
-            return named;
-        }
-        let same = if named.transport.is_reliable() {
-            named.transport == source.transport
-        } else {
-            uri.param("transport").is_none()
-        };
-        if !same {
-            return named;
-        }
-        Peer {
-            transport: source.transport,
-            conn: source.conn,
-            ..named
-        }
     }
 
     /// `target` of `msg`, a NOTIFY of a refer subscription kept here, as
